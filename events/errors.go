@@ -1,0 +1,46 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Failure reasons carried by workspace.failed and dead-letter headers. They are stable strings so
+// that alerts and dashboards can match on them.
+const (
+	ReasonBadEvent         = "BadEvent"
+	ReasonInvalidWorkspace = "InvalidWorkspace"
+	ReasonUnknownType      = "UnknownEventType"
+	ReasonMaxDeliveries    = "MaxDeliveriesExceeded"
+	ReasonStepFailed       = "StepFailed"
+)
+
+// PermanentError marks a failure that retrying cannot fix. The runtime turns it into a
+// workspace.failed event and a dead letter; every other error is retried with backoff.
+type PermanentError struct {
+	Reason string
+	Err    error
+}
+
+func (e *PermanentError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err as a permanent failure with a machine-readable reason.
+func Permanent(reason string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Reason: reason, Err: err}
+}
+
+// Permanentf is Permanent with a formatted message.
+func Permanentf(reason, format string, args ...any) error {
+	return Permanent(reason, fmt.Errorf(format, args...))
+}
+
+// AsPermanent reports whether err (or anything it wraps) is permanent, and returns it.
+func AsPermanent(err error) (*PermanentError, bool) {
+	var p *PermanentError
+	ok := errors.As(err, &p)
+	return p, ok
+}

@@ -1,0 +1,214 @@
+// Package events is kaitoflow's contract: the CloudEvent types the functions exchange, their payloads,
+// how event ids are derived, how a Kaito Workspace manifest is decoded and validated, and how events
+// travel as NATS messages. It imports nothing else of the project.
+package events
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+)
+
+// Event types. The NATS subject of an event is its type.
+const (
+	WorkspaceRequested = "kaitoflow.workspace.requested"
+	NodeReady          = "kaitoflow.node.ready"
+	TuningStarted      = "kaitoflow.tuning.started"
+	TuningCompleted    = "kaitoflow.tuning.completed"
+	ImagePushed        = "kaitoflow.image.pushed"
+	InferenceReady     = "kaitoflow.inference.ready"
+	WorkspaceFailed    = "kaitoflow.workspace.failed"
+	WorkspaceDeleted   = "kaitoflow.workspace.deleted"
+)
+
+// Types lists every event type of the contract, in pipeline order.
+var Types = []string{
+	WorkspaceRequested, NodeReady, TuningStarted, TuningCompleted,
+	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted,
+}
+
+// Subject prefixes on the bus.
+const (
+	SubjectPrefix = "kaitoflow."
+	// DeadLetterPrefix + the original subject's tail (kaitoflow.dlq.node.ready) holds events that
+	// could not be handled, with the reason in DeadLetter* headers.
+	DeadLetterPrefix = "kaitoflow.dlq."
+)
+
+// Extension attribute names.
+const (
+	ExtGeneration  = "workspacegeneration"
+	ExtTraceParent = "traceparent"
+	ExtTraceState  = "tracestate"
+)
+
+// KnownType reports whether t is one of the contract's event types.
+func KnownType(t string) bool {
+	for _, k := range Types {
+		if k == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Ref identifies one generation of a workspace.
+type Ref struct {
+	Namespace  string `json:"namespace"`
+	Name       string `json:"name"`
+	Generation int64  `json:"generation"`
+}
+
+// Subject is the CloudEvents subject of every event about the workspace.
+func (r Ref) Subject() string { return r.Namespace + "/" + r.Name }
+
+func (r Ref) String() string { return fmt.Sprintf("%s/%s@%d", r.Namespace, r.Name, r.Generation) }
+
+// ID derives an event id from the workspace generation and the step that emits it. Redelivered
+// inputs therefore produce the same output ids, which JetStream deduplicates (Nats-Msg-Id).
+func (r Ref) ID(step string) string {
+	sum := sha256.Sum256([]byte(r.Namespace + "\x00" + r.Name + "\x00" + strconv.FormatInt(r.Generation, 10) + "\x00" + step))
+	return hex.EncodeToString(sum[:16])
+}
+
+// RefOf reads the workspace reference of an event from its subject and generation extension.
+func RefOf(e cloudevents.Event) (Ref, error) {
+	ns, name, ok := strings.Cut(e.Subject(), "/")
+	if !ok || ns == "" || name == "" {
+		return Ref{}, fmt.Errorf("subject %q: want namespace/name", e.Subject())
+	}
+	var gen int64
+	if v, ok := e.Extensions()[ExtGeneration]; ok {
+		n, err := toInt64(v)
+		if err != nil {
+			return Ref{}, fmt.Errorf("extension %s: %w", ExtGeneration, err)
+		}
+		gen = n
+	}
+	return Ref{Namespace: ns, Name: name, Generation: gen}, nil
+}
+
+func toInt64(v any) (int64, error) {
+	switch t := v.(type) {
+	case int32:
+		return int64(t), nil
+	case int64:
+		return t, nil
+	case int:
+		return int64(t), nil
+	case string:
+		return strconv.ParseInt(t, 10, 64)
+	default:
+		return 0, fmt.Errorf("unexpected %T", v)
+	}
+}
+
+// New builds the event of type typ about ref with payload data. The id is derived from ref and
+// step (use the type unless a step emits the same type twice), so re-running a step re-emits the
+// same event. When cause is given, its trace context is carried over.
+func New(source, typ, step string, ref Ref, data any, cause *cloudevents.Event) (cloudevents.Event, error) {
+	e := cloudevents.NewEvent()
+	e.SetID(ref.ID(step))
+	e.SetSource(source)
+	e.SetType(typ)
+	e.SetSubject(ref.Subject())
+	e.SetTime(time.Now().UTC())
+	// The generation goes out as a string: CloudEvents integers are 32-bit, generations are not.
+	e.SetExtension(ExtGeneration, strconv.FormatInt(ref.Generation, 10))
+	if cause != nil {
+		for _, k := range []string{ExtTraceParent, ExtTraceState} {
+			if v, ok := cause.Extensions()[k]; ok {
+				e.SetExtension(k, v)
+			}
+		}
+	}
+	if err := e.SetData(cloudevents.ApplicationJSON, data); err != nil {
+		return cloudevents.Event{}, fmt.Errorf("encode %s data: %w", typ, err)
+	}
+	return e, nil
+}
+
+// Data decodes an event's JSON payload into v. A payload that does not decode is a permanent error:
+// redelivering it cannot help.
+func Data(e cloudevents.Event, v any) error {
+	if err := json.Unmarshal(e.Data(), v); err != nil {
+		return Permanent(ReasonBadEvent, fmt.Errorf("decode %s data: %w", e.Type(), err))
+	}
+	return nil
+}
+
+// NodeReadyData is the payload of kaitoflow.node.ready: capacity exists for the workspace.
+type NodeReadyData struct {
+	Workspace    Workspace `json:"workspace"`
+	Provider     string    `json:"provider"`
+	InstanceType string    `json:"instanceType"`
+	Nodes        []string  `json:"nodes"`
+}
+
+// TuningStartedData is the payload of kaitoflow.tuning.started.
+type TuningStartedData struct {
+	Workspace Workspace `json:"workspace"`
+	Nodes     []string  `json:"nodes"`
+	Job       string    `json:"job"`
+	Trainer   string    `json:"trainer"`
+}
+
+// AdapterFile is one file of a trained adapter.
+type AdapterFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
+}
+
+// TuningCompletedData is the payload of kaitoflow.tuning.completed: the adapter exists at Location.
+type TuningCompletedData struct {
+	Workspace Workspace          `json:"workspace"`
+	Nodes     []string           `json:"nodes"`
+	Job       string             `json:"job"`
+	Location  string             `json:"location"`
+	Files     []AdapterFile      `json:"files"`
+	Metrics   map[string]float64 `json:"metrics,omitempty"`
+}
+
+// ImagePushedData is the payload of kaitoflow.image.pushed: the adapter image, by digest.
+type ImagePushedData struct {
+	Workspace Workspace `json:"workspace"`
+	Nodes     []string  `json:"nodes"`
+	Image     string    `json:"image"`
+	Reference string    `json:"reference"`
+	Digest    string    `json:"digest"`
+	Tag       string    `json:"tag,omitempty"`
+	Size      int64     `json:"size"`
+	MediaType string    `json:"mediaType"`
+}
+
+// InferenceReadyData is the payload of kaitoflow.inference.ready: the chat endpoint answers.
+type InferenceReadyData struct {
+	Ref      Ref      `json:"ref"`
+	Service  string   `json:"service"`
+	URL      string   `json:"url"`
+	Adapters []string `json:"adapters,omitempty"`
+	Driver   string   `json:"driver"`
+}
+
+// WorkspaceFailedData is the payload of kaitoflow.workspace.failed.
+type WorkspaceFailedData struct {
+	Ref        Ref    `json:"ref"`
+	Function   string `json:"function"`
+	EventType  string `json:"eventType"`
+	EventID    string `json:"eventID"`
+	Reason     string `json:"reason"`
+	Message    string `json:"message"`
+	Deliveries uint64 `json:"deliveries,omitempty"`
+}
+
+// WorkspaceDeletedData is the payload of kaitoflow.workspace.deleted.
+type WorkspaceDeletedData struct {
+	Ref Ref `json:"ref"`
+}

@@ -1,0 +1,336 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// AddressPolicy decides which hosts a dataset or adapter URL may point at. The zero value refuses
+// every loopback, link-local (the cloud metadata service lives at 169.254.169.254), private,
+// unspecified and otherwise non-public address; Allow admits specific private hosts or networks
+// (for example an in-cluster dataset server).
+//
+// The same policy runs twice: on literal IPs and "localhost" when a manifest is validated, and on
+// the resolved address in every fetcher's dialer, so a name that resolves to an internal address
+// (DNS rebinding) is refused at connect time.
+type AddressPolicy struct {
+	// Allow lists host names (exact, case-insensitive) and CIDR prefixes that are admitted even
+	// though they are internal.
+	Allow []string
+}
+
+// ErrInternalAddress is returned for an address the policy refuses.
+var ErrInternalAddress = errors.New("internal address")
+
+// CheckHost checks a host name or literal IP as it appears in a URL, without resolving names.
+func (p AddressPolicy) CheckHost(host string) error {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "" {
+		return errors.New("empty host")
+	}
+	for _, a := range p.Allow {
+		if strings.EqualFold(a, h) {
+			return nil
+		}
+	}
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return fmt.Errorf("%w: %s is loopback", ErrInternalAddress, host)
+	}
+	ip, err := netip.ParseAddr(strings.Trim(h, "[]"))
+	if err != nil {
+		// A name: whether it resolves is the dataset preflight's question, not validation's.
+		return nil
+	}
+	return p.CheckAddr(ip)
+}
+
+// CheckAddr checks a resolved address.
+func (p AddressPolicy) CheckAddr(ip netip.Addr) error {
+	ip = ip.Unmap()
+	for _, a := range p.Allow {
+		if pfx, err := netip.ParsePrefix(a); err == nil && pfx.Contains(ip) {
+			return nil
+		}
+		if addr, err := netip.ParseAddr(a); err == nil && addr == ip {
+			return nil
+		}
+	}
+	switch {
+	case ip.IsLoopback():
+		return fmt.Errorf("%w: %s is loopback", ErrInternalAddress, ip)
+	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast():
+		return fmt.Errorf("%w: %s is link-local (cloud metadata)", ErrInternalAddress, ip)
+	case ip.IsPrivate():
+		return fmt.Errorf("%w: %s is private", ErrInternalAddress, ip)
+	case ip.IsUnspecified():
+		return fmt.Errorf("%w: %s is unspecified", ErrInternalAddress, ip)
+	case ip.IsMulticast(), ip.IsInterfaceLocalMulticast():
+		return fmt.Errorf("%w: %s is multicast", ErrInternalAddress, ip)
+	case sharedAddressSpace.Contains(ip):
+		return fmt.Errorf("%w: %s is carrier-grade NAT space", ErrInternalAddress, ip)
+	}
+	return nil
+}
+
+// 100.64.0.0/10 (RFC 6598) is where AKS and other clouds put internal services; netip does not
+// count it as private.
+var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// CheckURL checks that raw is an absolute http(s) URL whose host the policy admits.
+func (p AddressPolicy) CheckURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("scheme %q: only http and https are fetched", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("no host")
+	}
+	if u.User != nil {
+		return errors.New("credentials in the URL are not accepted; use a secret")
+	}
+	host := u.Hostname()
+	if net.ParseIP(host) == nil && len(validation.IsDNS1123Subdomain(strings.ToLower(strings.TrimSuffix(host, ".")))) > 0 {
+		return fmt.Errorf("host %q is not a valid DNS name", host)
+	}
+	return p.CheckHost(host)
+}
+
+// Validate checks a workspace completely and returns every problem, each with its field path, so a
+// user fixes a manifest in one round. It does no I/O: names that need resolving are checked again
+// when they are fetched.
+func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
+	var errs field.ErrorList
+	if w.APIVersion != "" && w.APIVersion != APIVersion {
+		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), w.APIVersion, []string{APIVersion}))
+	}
+	if w.Kind != "" && w.Kind != Kind {
+		errs = append(errs, field.NotSupported(field.NewPath("kind"), w.Kind, []string{Kind}))
+	}
+	meta := field.NewPath("metadata")
+	if w.Name == "" {
+		errs = append(errs, field.Required(meta.Child("name"), ""))
+	} else {
+		for _, msg := range validation.IsDNS1123Subdomain(w.Name) {
+			errs = append(errs, field.Invalid(meta.Child("name"), w.Name, msg))
+		}
+		// Derived names (Jobs, Services, node pools) append suffixes; keep room for them.
+		if len(w.Name) > 63 {
+			errs = append(errs, field.TooLong(meta.Child("name"), w.Name, 63))
+		}
+	}
+	if w.Namespace != "" {
+		for _, msg := range validation.IsDNS1123Label(w.Namespace) {
+			errs = append(errs, field.Invalid(meta.Child("namespace"), w.Namespace, msg))
+		}
+	}
+	errs = append(errs, w.Resource.validate(field.NewPath("resource"))...)
+
+	switch {
+	case w.Tuning == nil && w.Inference == nil:
+		errs = append(errs, field.Required(field.NewPath("tuning"), "exactly one of tuning or inference is required"))
+	case w.Tuning != nil && w.Inference != nil:
+		errs = append(errs, field.Forbidden(field.NewPath("inference"), "tuning and inference cannot both be set; use two workspaces"))
+	}
+	if w.Tuning != nil {
+		errs = append(errs, w.Tuning.validate(field.NewPath("tuning"), p)...)
+	}
+	if w.Inference != nil {
+		errs = append(errs, w.Inference.validate(field.NewPath("inference"), p)...)
+	}
+	return errs
+}
+
+func (r ResourceSpec) validate(path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if r.Count != nil && *r.Count < 1 {
+		errs = append(errs, field.Invalid(path.Child("count"), *r.Count, "must be at least 1"))
+	}
+	if r.InstanceType != "" && !strings.HasPrefix(r.InstanceType, "Standard_") {
+		errs = append(errs, field.Invalid(path.Child("instanceType"), r.InstanceType, "must be an Azure VM size such as Standard_NC24ads_A100_v4"))
+	}
+	if r.LabelSelector == nil {
+		errs = append(errs, field.Required(path.Child("labelSelector"), "nodes are matched and labelled by it"))
+	} else if _, err := metav1.LabelSelectorAsSelector(r.LabelSelector); err != nil {
+		errs = append(errs, field.Invalid(path.Child("labelSelector"), r.LabelSelector, err.Error()))
+	}
+	for i, n := range r.PreferredNodes {
+		for _, msg := range validation.IsDNS1123Subdomain(n) {
+			errs = append(errs, field.Invalid(path.Child("preferredNodes").Index(i), n, msg))
+		}
+	}
+	return errs
+}
+
+func (t *TuningSpec) validate(path *field.Path, p AddressPolicy) field.ErrorList {
+	var errs field.ErrorList
+	if t.Preset == nil || t.Preset.Name == "" {
+		errs = append(errs, field.Required(path.Child("preset", "name"), "the model to tune"))
+	} else {
+		errs = append(errs, t.Preset.validate(path.Child("preset"))...)
+	}
+	switch t.Method {
+	case MethodLoRA, MethodQLoRA:
+	case "":
+		errs = append(errs, field.Required(path.Child("method"), "lora or qlora"))
+	default:
+		errs = append(errs, field.NotSupported(path.Child("method"), t.Method, []string{MethodLoRA, MethodQLoRA}))
+	}
+	if t.Config != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(t.Config) {
+			errs = append(errs, field.Invalid(path.Child("config"), t.Config, msg))
+		}
+	}
+	if t.Input == nil {
+		errs = append(errs, field.Required(path.Child("input"), "urls, image or volumeSource"))
+	} else {
+		errs = append(errs, t.Input.validate(path.Child("input"), p)...)
+	}
+	if t.Output == nil {
+		errs = append(errs, field.Required(path.Child("output"), "image or volumeSource"))
+	} else {
+		errs = append(errs, t.Output.validate(path.Child("output"))...)
+	}
+	return errs
+}
+
+func (ps *PresetSpec) validate(path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	switch ps.AccessMode {
+	case "", "public":
+	case "private":
+		if ps.Image == "" {
+			errs = append(errs, field.Required(path.Child("presetOptions", "image"), "a private preset needs its image"))
+		}
+	default:
+		errs = append(errs, field.NotSupported(path.Child("accessMode"), ps.AccessMode, []string{"public", "private"}))
+	}
+	if ps.Image != "" {
+		errs = append(errs, validateImageRef(path.Child("presetOptions", "image"), ps.Image)...)
+	}
+	return errs
+}
+
+func (d *DataSource) validate(path *field.Path, p AddressPolicy) field.ErrorList {
+	var errs field.ErrorList
+	set := 0
+	if len(d.URLs) > 0 {
+		set++
+	}
+	if d.Image != "" {
+		set++
+	}
+	if d.Volume != nil {
+		set++
+	}
+	if set != 1 {
+		errs = append(errs, field.Invalid(path, fmt.Sprintf("%d sources", set), "exactly one of urls, image or volumeSource is required"))
+	}
+	if d.Name != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(d.Name) {
+			errs = append(errs, field.Invalid(path.Child("name"), d.Name, msg))
+		}
+	}
+	for i, u := range d.URLs {
+		if err := p.CheckURL(u); err != nil {
+			errs = append(errs, field.Invalid(path.Child("urls").Index(i), u, err.Error()))
+		}
+	}
+	if d.Image != "" {
+		errs = append(errs, validateImageRef(path.Child("image"), d.Image)...)
+	}
+	// Secret names are not checked for shape here: Kaito's own quickstart uses placeholders such as
+	// ACR_REGISTRY_SECRET_HERE, and whether the secret exists is the step's question.
+	return errs
+}
+
+func (d *DataDestination) validate(path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	switch {
+	case d.Image == "" && d.Volume == nil:
+		errs = append(errs, field.Required(path, "exactly one of image or volumeSource is required"))
+	case d.Image != "" && d.Volume != nil:
+		errs = append(errs, field.Invalid(path, "2 destinations", "exactly one of image or volumeSource is required"))
+	}
+	if d.Image != "" {
+		errs = append(errs, validateImageRef(path.Child("image"), d.Image)...)
+		if d.ImagePushSecret == "" {
+			errs = append(errs, field.Required(path.Child("imagePushSecret"), "pushing output.image needs a registry secret"))
+		}
+	}
+	return errs
+}
+
+func (in *InferenceSpec) validate(path *field.Path, p AddressPolicy) field.ErrorList {
+	var errs field.ErrorList
+	switch {
+	case in.Preset == nil && in.Template == nil:
+		errs = append(errs, field.Required(path.Child("preset"), "exactly one of preset or template is required"))
+	case in.Preset != nil && in.Template != nil:
+		errs = append(errs, field.Forbidden(path.Child("template"), "preset and template cannot both be set"))
+	}
+	if in.Preset != nil {
+		if in.Preset.Name == "" {
+			errs = append(errs, field.Required(path.Child("preset", "name"), "the model to serve"))
+		}
+		errs = append(errs, in.Preset.validate(path.Child("preset"))...)
+	}
+	if in.Template != nil && len(in.Template.Spec.Containers) == 0 {
+		errs = append(errs, field.Required(path.Child("template", "spec", "containers"), "a template needs a container"))
+	}
+	if len(in.Adapters) > 0 && in.Preset == nil {
+		errs = append(errs, field.Forbidden(path.Child("adapters"), "adapters need a preset base model"))
+	}
+	for i, a := range in.Adapters {
+		ap := path.Child("adapters").Index(i)
+		if a.Source == nil {
+			errs = append(errs, field.Required(ap.Child("source"), ""))
+			continue
+		}
+		if a.Source.Name == "" {
+			errs = append(errs, field.Required(ap.Child("source", "name"), "adapters are addressed by name"))
+		}
+		errs = append(errs, a.Source.validate(ap.Child("source"), p)...)
+		if a.Strength != nil {
+			var f float64
+			if _, err := fmt.Sscanf(*a.Strength, "%g", &f); err != nil || f < 0 || f > 1 {
+				errs = append(errs, field.Invalid(ap.Child("strength"), *a.Strength, "must be a number between 0 and 1"))
+			}
+		}
+	}
+	if in.Config != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(in.Config) {
+			errs = append(errs, field.Invalid(path.Child("config"), in.Config, msg))
+		}
+	}
+	return errs
+}
+
+// validateImageRef checks the shape of an image reference (registry/repository[:tag][@digest])
+// without a registry client: the publish step parses it fully.
+func validateImageRef(path *field.Path, ref string) field.ErrorList {
+	if strings.ContainsAny(ref, " \t\n") || strings.Contains(ref, "://") {
+		return field.ErrorList{field.Invalid(path, ref, "must be an image reference such as myregistry.azurecr.io/adapter:0.0.1")}
+	}
+	repo := ref
+	if i := strings.Index(repo, "@"); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	if repo == "" || strings.HasPrefix(repo, "/") || strings.HasSuffix(repo, "/") || strings.Contains(repo, "//") {
+		return field.ErrorList{field.Invalid(path, ref, "must be an image reference such as myregistry.azurecr.io/adapter:0.0.1")}
+	}
+	return nil
+}

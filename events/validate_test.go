@@ -1,0 +1,187 @@
+package events
+
+import (
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+)
+
+const seedPath = "../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
+
+func TestSeedManifestValidates(t *testing.T) {
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatalf("decode seed: %v", err)
+	}
+	if errs := w.Validate(AddressPolicy{}); len(errs) > 0 {
+		t.Fatalf("seed manifest refused:\n%s", FieldErrors(errs))
+	}
+	if got, want := w.Tuning.Method, MethodQLoRA; got != want {
+		t.Errorf("method = %q, want %q", got, want)
+	}
+	if got, want := w.InstanceType(), "Standard_NC6s_v3"; got != want {
+		t.Errorf("instanceType = %q, want %q", got, want)
+	}
+	if got := w.Resource.LabelSelector.MatchLabels["app"]; got != "tuning-phi-3" {
+		t.Errorf("labelSelector app = %q", got)
+	}
+	if got := w.PresetName(); got != "phi-3-mini-128k-instruct" {
+		t.Errorf("preset = %q", got)
+	}
+	if got := w.Tuning.Output.ImagePushSecret; got != "ACR_REGISTRY_SECRET_HERE" {
+		t.Errorf("imagePushSecret = %q", got)
+	}
+}
+
+// base is a valid tuning manifest; each case below breaks it in one way.
+const base = `apiVersion: kaito.sh/v1alpha1
+kind: Workspace
+metadata:
+  name: ws
+resource:
+  instanceType: Standard_NC24ads_A100_v4
+  labelSelector:
+    matchLabels:
+      app: ws
+tuning:
+  preset:
+    name: phi-3-mini-128k-instruct
+  method: lora
+  input:
+    urls: ["https://example.com/data.parquet"]
+  output:
+    image: example.azurecr.io/adapter:1
+    imagePushSecret: push
+`
+
+func TestValidateRefusesBadManifests(t *testing.T) {
+	tests := []struct {
+		name      string
+		old, new  string // replace old with new in base
+		wantField string
+		wantMsg   string
+	}{
+		{"no name", "  name: ws\n", "", "metadata.name", "Required"},
+		{"name not DNS-1123", "name: ws", "name: WS_1", "metadata.name", "RFC 1123"},
+		{"name too long", "name: ws", "name: " + strings.Repeat("a", 200), "metadata.name", "may not be more than 63"},
+		{"bad namespace", "  name: ws\n", "  name: ws\n  namespace: Bad.NS\n", "metadata.namespace", "RFC 1123"},
+		{"wrong apiVersion", "kaito.sh/v1alpha1", "kaito.sh/v9", "apiVersion", "Unsupported"},
+		{"wrong kind", "kind: Workspace", "kind: Pod", "kind", "Unsupported"},
+		{"no labelSelector", "  labelSelector:\n    matchLabels:\n      app: ws\n", "", "resource.labelSelector", "Required"},
+		{"bad selector", "    matchLabels:\n      app: ws\n", "    matchExpressions:\n    - {key: app, operator: Sideways}\n", "resource.labelSelector", "not a valid"},
+		{"zero count", "  instanceType:", "  count: 0\n  instanceType:", "resource.count", "at least 1"},
+		{"not an Azure SKU", "Standard_NC24ads_A100_v4", "p4d.24xlarge", "resource.instanceType", "Azure VM size"},
+		{"bad method", "method: lora", "method: dora", "tuning.method", "Unsupported"},
+		{"no method", "  method: lora\n", "", "tuning.method", "Required"},
+		{"no preset", "  preset:\n    name: phi-3-mini-128k-instruct\n", "", "tuning.preset.name", "Required"},
+		{"two inputs", `urls: ["https://example.com/data.parquet"]`, "urls: [\"https://example.com/d\"]\n    image: example.azurecr.io/data:1", "tuning.input", "exactly one"},
+		{"no input", "  input:\n    urls: [\"https://example.com/data.parquet\"]\n", "", "tuning.input", "Required"},
+		{"no push secret", "    imagePushSecret: push\n", "", "tuning.output.imagePushSecret", "Required"},
+		{"two outputs", "    imagePushSecret: push\n", "    imagePushSecret: push\n    volumeSource: {emptyDir: {}}\n", "tuning.output", "exactly one"},
+		{"no output", "  output:\n    image: example.azurecr.io/adapter:1\n    imagePushSecret: push\n", "", "tuning.output", "Required"},
+		{"bad output image", "example.azurecr.io/adapter:1", "https://example.azurecr.io/adapter:1", "tuning.output.image", "image reference"},
+		{"file URL", "https://example.com/data.parquet", "file:///etc/passwd", "tuning.input.urls[0]", "only http and https"},
+		{"gopher URL", "https://example.com/data.parquet", "gopher://example.com/1", "tuning.input.urls[0]", "only http and https"},
+		{"loopback IP", "https://example.com/data.parquet", "http://127.0.0.1:8080/x", "tuning.input.urls[0]", "loopback"},
+		{"localhost", "https://example.com/data.parquet", "http://localhost/x", "tuning.input.urls[0]", "loopback"},
+		{"IPv6 loopback", "https://example.com/data.parquet", "http://[::1]/x", "tuning.input.urls[0]", "loopback"},
+		{"metadata service", "https://example.com/data.parquet", "http://169.254.169.254/metadata/identity", "tuning.input.urls[0]", "link-local"},
+		{"private 10/8", "https://example.com/data.parquet", "http://10.0.0.4/x", "tuning.input.urls[0]", "private"},
+		{"private 192.168", "https://example.com/data.parquet", "https://192.168.1.1/x", "tuning.input.urls[0]", "private"},
+		{"unspecified", "https://example.com/data.parquet", "http://0.0.0.0/x", "tuning.input.urls[0]", "unspecified"},
+		{"IPv4-mapped IPv6 loopback", "https://example.com/data.parquet", "http://[::ffff:127.0.0.1]/x", "tuning.input.urls[0]", "loopback"},
+		{"CGNAT", "https://example.com/data.parquet", "http://100.64.0.10/x", "tuning.input.urls[0]", "carrier-grade"},
+		{"credentials in URL", "https://example.com/data.parquet", "https://u:p@example.com/x", "tuning.input.urls[0]", "credentials"},
+		{"tuning and inference", "tuning:\n", "inference:\n  preset:\n    name: phi-3-mini-4k-instruct\ntuning:\n", "inference", "cannot both"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !strings.Contains(base, tc.old) {
+				t.Fatalf("test bug: %q not in base", tc.old)
+			}
+			doc := strings.Replace(base, tc.old, tc.new, 1)
+			w, err := DecodeWorkspace([]byte(doc))
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			errs := w.Validate(AddressPolicy{})
+			for _, e := range errs {
+				if e.Field == tc.wantField && strings.Contains(e.Error(), tc.wantMsg) {
+					return
+				}
+			}
+			t.Errorf("want an error on %s containing %q, got:\n%s", tc.wantField, tc.wantMsg, FieldErrors(errs))
+		})
+	}
+}
+
+func TestValidateNeitherTuningNorInference(t *testing.T) {
+	w, err := DecodeWorkspace([]byte("apiVersion: kaito.sh/v1alpha1\nkind: Workspace\nmetadata: {name: x}\nresource: {labelSelector: {matchLabels: {a: b}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := w.Validate(AddressPolicy{})
+	if len(errs) != 1 || errs[0].Field != "tuning" {
+		t.Fatalf("got %v", errs)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	doc := strings.NewReplacer("method: lora", "method: dora", "https://example.com/data.parquet", "http://10.1.2.3/x", "    imagePushSecret: push\n", "").Replace(base)
+	w, err := DecodeWorkspace([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := w.Validate(AddressPolicy{})
+	if len(errs) != 3 {
+		t.Fatalf("want 3 errors, got %d:\n%s", len(errs), FieldErrors(errs))
+	}
+}
+
+func TestDecodeRefusesUnknownFields(t *testing.T) {
+	doc := strings.Replace(base, "instanceType:", "instancetype:", 1)
+	if _, err := DecodeWorkspace([]byte(doc)); err == nil || !strings.Contains(err.Error(), "instancetype") {
+		t.Fatalf("want an error naming instancetype, got %v", err)
+	}
+}
+
+func TestAddressPolicyAllowList(t *testing.T) {
+	p := AddressPolicy{Allow: []string{"10.20.0.0/16", "datasets.internal"}}
+	for _, tc := range []struct {
+		url string
+		ok  bool
+	}{
+		{"http://10.20.1.1/d.parquet", true},
+		{"http://10.21.1.1/d.parquet", false},
+		{"http://datasets.internal/d.parquet", true},
+		{"http://127.0.0.1/d.parquet", false},
+		{"https://unresolvable.example/d.parquet", true}, // resolution is the preflight's job
+	} {
+		if err := p.CheckURL(tc.url); (err == nil) != tc.ok {
+			t.Errorf("CheckURL(%s) = %v, want ok=%v", tc.url, err, tc.ok)
+		}
+	}
+	if err := p.CheckAddr(netip.MustParseAddr("20.1.2.3")); err != nil {
+		t.Errorf("public address refused: %v", err)
+	}
+}
+
+func TestSplitYAML(t *testing.T) {
+	stream := "# leading comment\n---\n" + base + "---\n# only a comment\n---\n" + strings.Replace(base, "name: ws", "name: ws2", 1)
+	docs, err := SplitYAML([]byte(stream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(docs) != 2 {
+		t.Fatalf("want 2 documents, got %d", len(docs))
+	}
+	w, err := DecodeWorkspace(docs[1])
+	if err != nil || w.Name != "ws2" {
+		t.Fatalf("second document: %v %v", w, err)
+	}
+}

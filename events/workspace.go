@@ -1,0 +1,146 @@
+package events
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// APIVersion and Kind are Kaito's: a manifest written for Kaito is a kaitoflow request as it is.
+const (
+	APIVersion = "kaito.sh/v1alpha1"
+	Kind       = "Workspace"
+)
+
+// Workspace mirrors Kaito's kaito.sh/v1alpha1 Workspace field for field, with the same JSON
+// spelling, so that `kubectl apply -f` manifests and kaitoflow requests are the same document.
+// Unlike most CRDs, Kaito puts resource/tuning/inference at the top level, not under spec.
+type Workspace struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Resource  ResourceSpec    `json:"resource,omitempty"`
+	Inference *InferenceSpec  `json:"inference,omitempty"`
+	Tuning    *TuningSpec     `json:"tuning,omitempty"`
+	Status    WorkspaceStatus `json:"status,omitempty"`
+}
+
+// ResourceSpec describes the GPU nodes a workspace runs on.
+type ResourceSpec struct {
+	Count          *int                  `json:"count,omitempty"`
+	InstanceType   string                `json:"instanceType,omitempty"`
+	LabelSelector  *metav1.LabelSelector `json:"labelSelector"`
+	PreferredNodes []string              `json:"preferredNodes,omitempty"`
+}
+
+// PresetSpec names a model preset and, optionally, a private image for it.
+type PresetSpec struct {
+	PresetMeta    `json:",inline"`
+	PresetOptions `json:"presetOptions,omitempty"`
+}
+
+// PresetMeta is the preset name and how its image is reached.
+type PresetMeta struct {
+	Name       string `json:"name"`
+	AccessMode string `json:"accessMode,omitempty"`
+}
+
+// PresetOptions points a private preset at its image.
+type PresetOptions struct {
+	Image            string   `json:"image,omitempty"`
+	ImagePullSecrets []string `json:"imagePullSecrets,omitempty"`
+}
+
+// InferenceSpec serves a preset (optionally with adapters) or a user pod template.
+type InferenceSpec struct {
+	Preset   *PresetSpec             `json:"preset,omitempty"`
+	Template *corev1.PodTemplateSpec `json:"template,omitempty"`
+	Config   string                  `json:"config,omitempty"`
+	Adapters []AdapterSpec           `json:"adapters,omitempty"`
+}
+
+// AdapterSpec is one LoRA adapter applied at inference time.
+type AdapterSpec struct {
+	Source   *DataSource `json:"source,omitempty"`
+	Strength *string     `json:"strength,omitempty"`
+}
+
+// DataSource is where tuning data (or an adapter) comes from: exactly one of URLs, Volume, Image.
+type DataSource struct {
+	Name             string               `json:"name,omitempty"`
+	URLs             []string             `json:"urls,omitempty"`
+	Volume           *corev1.VolumeSource `json:"volumeSource,omitempty"`
+	Image            string               `json:"image,omitempty"`
+	ImagePullSecrets []string             `json:"imagePullSecrets,omitempty"`
+}
+
+// DataDestination is where the adapter goes: exactly one of Volume, Image.
+type DataDestination struct {
+	Volume          *corev1.VolumeSource `json:"volumeSource,omitempty"`
+	Image           string               `json:"image,omitempty"`
+	ImagePushSecret string               `json:"imagePushSecret,omitempty"`
+}
+
+// Tuning methods Kaito supports.
+const (
+	MethodLoRA  = "lora"
+	MethodQLoRA = "qlora"
+)
+
+// TuningSpec describes a fine-tuning run.
+type TuningSpec struct {
+	Preset *PresetSpec      `json:"preset,omitempty"`
+	Method string           `json:"method,omitempty"`
+	Config string           `json:"config,omitempty"`
+	Input  *DataSource      `json:"input"`
+	Output *DataDestination `json:"output"`
+}
+
+// WorkspaceStatus is Kaito's status block. kaitoflow keeps its richer status in the status store;
+// this field exists so that manifests carrying a status (kubectl get -o yaml) still decode.
+type WorkspaceStatus struct {
+	WorkerNodes []string           `json:"workerNodes,omitempty"`
+	Conditions  []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Ref returns the workspace's identity as events carry it.
+func (w *Workspace) Ref() Ref {
+	ns := w.Namespace
+	if ns == "" {
+		ns = DefaultNamespace
+	}
+	return Ref{Namespace: ns, Name: w.Name, Generation: w.Generation}
+}
+
+// InstanceType returns the requested SKU. Kaito defaults an empty instanceType to Standard_NC12s_v3
+// in its CRD; kaitoflow applies the same default so a manifest behaves the same in both.
+func (w *Workspace) InstanceType() string {
+	if w.Resource.InstanceType == "" {
+		return DefaultInstanceType
+	}
+	return w.Resource.InstanceType
+}
+
+// NodeCount returns resource.count, defaulting to 1 as Kaito does.
+func (w *Workspace) NodeCount() int {
+	if w.Resource.Count == nil {
+		return 1
+	}
+	return *w.Resource.Count
+}
+
+// PresetName returns the model preset the workspace tunes or serves, or "".
+func (w *Workspace) PresetName() string {
+	switch {
+	case w.Tuning != nil && w.Tuning.Preset != nil:
+		return w.Tuning.Preset.Name
+	case w.Inference != nil && w.Inference.Preset != nil:
+		return w.Inference.Preset.Name
+	}
+	return ""
+}
+
+// Defaults applied where a manifest leaves a field empty.
+const (
+	DefaultNamespace    = "default"
+	DefaultInstanceType = "Standard_NC12s_v3"
+)
