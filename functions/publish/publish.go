@@ -1,0 +1,181 @@
+// Package publish turns kaitoflow.tuning.completed into kaitoflow.image.pushed: it makes the
+// adapter an OCI image at tuning.output.image and pushes it.
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Name is the function's name.
+const Name = "publish"
+
+// Types are the events the function consumes.
+var Types = []string{events.TuningCompleted}
+
+// Annotation keys kaitoflow adds to the adapter manifest besides the OCI standard ones.
+const (
+	AnnotationBaseModel = "kaitoflow.io/base-model"
+	AnnotationMethod    = "kaitoflow.io/method"
+	AnnotationDataset   = "kaitoflow.io/dataset"
+	AnnotationWorkspace = "kaitoflow.io/workspace"
+)
+
+// Pusher writes an image to a registry.
+type Pusher interface {
+	Push(ctx context.Context, ref name.Reference, img v1.Image) error
+}
+
+// Resolver maps tuning.output.image to the reference actually pushed.
+type Resolver func(image string) (name.Reference, error)
+
+// Function is the publish handler.
+type Function struct {
+	pusher  Pusher
+	resolve Resolver
+	log     *slog.Logger
+}
+
+// New returns the publish function. A nil resolver parses the image reference as written.
+func New(p Pusher, resolve Resolver, log *slog.Logger) *Function {
+	if resolve == nil {
+		resolve = func(image string) (name.Reference, error) { return name.ParseReference(image) }
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Function{pusher: p, resolve: resolve, log: log.With("function", Name)}
+}
+
+// Handle implements runtime.Handler.
+func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	ref, err := events.RefOf(ev)
+	if err != nil {
+		return nil, events.Permanent(events.ReasonBadEvent, err)
+	}
+	var d events.TuningCompletedData
+	if err := events.Data(ev, &d); err != nil {
+		return nil, err
+	}
+	t := d.Workspace.Tuning
+	if t == nil || t.Output == nil || t.Output.Image == "" {
+		// Output to a volume: the Job already wrote the adapter there; there is nothing to push.
+		return nil, events.Permanentf(events.ReasonStepFailed, "tuning.output.volumeSource is not supported by publish yet; use tuning.output.image")
+	}
+	target, err := f.resolve(t.Output.Image)
+	if err != nil {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.image %q: %v", t.Output.Image, err)
+	}
+	anns := map[string]string{
+		"org.opencontainers.image.created": ev.Time().UTC().Format("2006-01-02T15:04:05Z"),
+		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",
+		"org.opencontainers.image.title":   "LoRA adapter for " + d.Workspace.PresetName(),
+		AnnotationBaseModel:                d.Workspace.PresetName(),
+		AnnotationMethod:                   t.Method,
+		AnnotationWorkspace:                ref.String(),
+	}
+	if t.Input != nil && len(t.Input.URLs) > 0 {
+		anns[AnnotationDataset] = strings.Join(t.Input.URLs, ",")
+	}
+	img, err := BuildAdapterImage(d.Location, d.Files, ev.Time(), anns)
+	if err != nil {
+		return nil, fmt.Errorf("build adapter image: %w", err)
+	}
+	if err := f.pusher.Push(ctx, target, img); err != nil {
+		return nil, classify(fmt.Errorf("push %s: %w", target, err))
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	size, err := imageSize(img)
+	if err != nil {
+		return nil, err
+	}
+	mt, _ := img.MediaType()
+	tag := ""
+	if tg, ok := target.(name.Tag); ok {
+		tag = tg.TagStr()
+	}
+	f.log.Info("pushed adapter image", "workspace", ref.String(), "image", target.String(), "digest", digest.String())
+	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
+		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
+		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
+		Tag: tag, Size: size, MediaType: string(mt),
+	}, &ev)
+	if err != nil {
+		return nil, err
+	}
+	return []cloudevents.Event{out}, nil
+}
+
+func imageSize(img v1.Image) (int64, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, err
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		return 0, err
+	}
+	n := int64(len(raw)) + m.Config.Size
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n, nil
+}
+
+// classify makes authentication and not-found answers permanent (retrying will not grant access)
+// and leaves server errors and timeouts retryable.
+func classify(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusBadRequest:
+			return events.Permanent(events.ReasonStepFailed, err)
+		}
+	}
+	return err
+}
+
+// RemotePusher pushes with go-containerregistry's remote package.
+type RemotePusher struct {
+	Options []remote.Option
+}
+
+// Push implements Pusher.
+func (p RemotePusher) Push(ctx context.Context, ref name.Reference, img v1.Image) error {
+	return remote.Write(ref, img, append([]remote.Option{remote.WithContext(ctx)}, p.Options...)...)
+}
+
+// RewriteRegistry returns a Resolver that pushes to registry instead of the host the manifest
+// names: the embedded mode's stand-in for ACR. Repository names are lowercased, since Kaito's
+// quickstart placeholders (IMAGE_NAME_HERE) are not valid repository names.
+func RewriteRegistry(registry string) Resolver {
+	return func(image string) (name.Reference, error) {
+		rest := image
+		if i := strings.IndexByte(image, '/'); i >= 0 && strings.ContainsAny(image[:i], ".:") {
+			rest = image[i+1:]
+		}
+		repo, tag, digest := rest, "", ""
+		if i := strings.IndexByte(repo, '@'); i >= 0 {
+			repo, digest = repo[:i], repo[i:]
+		}
+		if i := strings.LastIndexByte(repo, ':'); i >= 0 {
+			repo, tag = repo[:i], repo[i:]
+		}
+		return name.ParseReference(registry+"/"+strings.ToLower(repo)+tag+digest, name.Insecure)
+	}
+}

@@ -1,0 +1,251 @@
+// Package api is kaitoflow's HTTP API: submit, list, get, watch and delete workspaces. It is what
+// the CLI talks to in the embedded mode, and what a platform's own tooling can call.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Source is the CloudEvents source of events the API emits.
+const Source = "kaitoflow/api"
+
+// Server serves the API.
+type Server struct {
+	Store     *status.Store
+	Publisher runtime.Publisher
+	Policy    events.AddressPolicy
+	Log       *slog.Logger
+	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
+	Tracer trace.TracerProvider
+}
+
+// FieldError is one validation problem, as the API returns it.
+type FieldError struct {
+	Field   string `json:"field"`
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// Problem is the body of every 4xx/5xx answer.
+type Problem struct {
+	Error  string       `json:"error"`
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+// SubmitResult is the body of a successful submit.
+type SubmitResult struct {
+	Workspace status.Workspace `json:"workspace"`
+	// Unchanged is true when the same spec was already submitted: nothing new was started.
+	Unchanged bool `json:"unchanged"`
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/workspaces", s.submit)
+	mux.HandleFunc("GET /v1/workspaces", s.list)
+	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
+	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
+	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
+	return mux
+}
+
+func namespace(r *http.Request) string {
+	if ns := r.URL.Query().Get("namespace"); ns != "" {
+		return ns
+	}
+	return events.DefaultNamespace
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: err.Error()})
+		return
+	}
+	ws, err := events.DecodeWorkspace(body)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: err.Error()})
+		return
+	}
+	if ws.Namespace == "" {
+		ws.Namespace = namespace(r)
+	}
+	if ws.APIVersion == "" {
+		ws.APIVersion, ws.Kind = events.APIVersion, events.Kind
+	}
+	if errs := ws.Validate(s.Policy); len(errs) > 0 {
+		p := Problem{Error: fmt.Sprintf("workspace %s/%s is invalid", ws.Namespace, ws.Name)}
+		for _, e := range errs {
+			p.Fields = append(p.Fields, FieldError{Field: e.Field, Type: string(e.Type), Message: e.Error()})
+		}
+		writeJSON(w, http.StatusUnprocessableEntity, p)
+		return
+	}
+	rec, fresh, err := s.Store.Admit(r.Context(), ws)
+	if err != nil {
+		s.Log.Error("admit workspace", "workspace", ws.Namespace+"/"+ws.Name, "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+	ws.Generation = ref.Generation
+	// Published even when unchanged: if an earlier submit stored the record but crashed before
+	// publishing, this completes it; if not, JetStream drops the duplicate id.
+	ev, err := events.New(Source, events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil)
+	if err == nil {
+		ctx, span := s.tracer().Start(s.traceContext(r), "submit workspace", trace.WithSpanKind(trace.SpanKindProducer))
+		runtime.InjectTrace(ctx, &ev)
+		err = s.Publisher.Publish(ctx, ev)
+		span.End()
+	}
+	if err != nil {
+		s.Log.Error("publish workspace.requested", "workspace", ref.String(), "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	s.Log.Info("workspace submitted", "workspace", ref.String(), "event_id", ev.ID(), "unchanged", !fresh)
+	code := http.StatusAccepted
+	if !fresh {
+		code = http.StatusOK
+	}
+	writeJSON(w, code, SubmitResult{Workspace: *rec, Unchanged: !fresh})
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	ns := r.URL.Query().Get("namespace")
+	if r.URL.Query().Get("allNamespaces") == "" && ns == "" {
+		ns = events.DefaultNamespace
+	}
+	l, err := s.Store.List(r.Context(), ns)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	if l == nil {
+		l = []status.Workspace{}
+	}
+	writeJSON(w, http.StatusOK, l)
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.Store.Get(r.Context(), namespace(r), r.PathValue("name"))
+	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
+		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", namespace(r), r.PathValue("name"))})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+// watch streams the record as server-sent events ("event: status") each time it changes, and a
+// comment every 15s so proxies keep the connection open.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	if _, err := s.Store.Get(r.Context(), ns, name); err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, status.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeJSON(w, code, Problem{Error: err.Error()})
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, Problem{Error: "streaming unsupported"})
+		return
+	}
+	updates, err := s.Store.Watch(r.Context(), ns, name)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepalive.C:
+			_, _ = io.WriteString(w, ": keepalive\n\n")
+			flusher.Flush()
+		case rec, ok := <-updates:
+			if !ok {
+				return
+			}
+			b, _ := json.Marshal(rec)
+			_, _ = fmt.Fprintf(w, "event: status\ndata: %s\n\n", b)
+			flusher.Flush()
+		}
+	}
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	rec, err := s.Store.Get(r.Context(), ns, name)
+	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
+		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	ref := events.Ref{Namespace: ns, Name: name, Generation: rec.Generation}
+	ev, err := events.New(Source, events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{Ref: ref}, nil)
+	if err == nil {
+		ctx, span := s.tracer().Start(s.traceContext(r), "delete workspace", trace.WithSpanKind(trace.SpanKindProducer))
+		runtime.InjectTrace(ctx, &ev)
+		err = s.Publisher.Publish(ctx, ev)
+		span.End()
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	s.Log.Info("workspace deleted", "workspace", ref.String())
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (s *Server) tracer() trace.Tracer {
+	tp := s.Tracer
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer("github.com/kaitoflow/kaitoflow/internal/api")
+}
+
+// traceContext continues the caller's trace when the request carries a traceparent header.
+func (s *Server) traceContext(r *http.Request) context.Context {
+	return propagation.TraceContext{}.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

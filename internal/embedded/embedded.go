@@ -1,0 +1,257 @@
+// Package embedded runs the whole pipeline in one process: a NATS server with JetStream (or a
+// connection to an existing one), every function over the JetStream runtime with the sim
+// drivers, the status projector, an in-process OCI registry standing in for ACR, and the HTTP
+// API. `kaitoflow up`, the end-to-end tests and the benchmarks all start it the same way.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/publish"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Config configures an embedded pipeline.
+type Config struct {
+	// DataDir holds JetStream's store and the sim trainer's adapters.
+	DataDir string
+	// NATSURL connects to an existing NATS server with JetStream instead of embedding one.
+	NATSURL string
+	// NATSListen is the embedded server's address; "127.0.0.1:-1" picks a free port.
+	NATSListen string
+	// Listen is the API's address; "127.0.0.1:0" picks a free port.
+	Listen string
+	// Delay is how long each sim step takes.
+	Delay    time.Duration
+	Policy   events.AddressPolicy
+	Delivery runtime.JetStreamOptions
+	Logger   *slog.Logger
+	Tracer   trace.TracerProvider
+}
+
+// Pipeline is a running embedded pipeline.
+type Pipeline struct {
+	// URL is the API's base URL.
+	URL string
+	// NATSURL is the NATS server the pipeline uses.
+	NATSURL string
+	// Registry is the host:port of the in-process OCI registry.
+	Registry string
+	JS       jetstream.JetStream
+	Store    *status.Store
+	Metrics  *prometheus.Registry
+
+	cancel  context.CancelFunc
+	fns     sync.WaitGroup // function runtimes
+	servers sync.WaitGroup // HTTP servers
+	https   []*http.Server
+	nc      *nats.Conn
+	ns      *server.Server
+	errMu   sync.Mutex
+	err     error
+}
+
+// Start brings the pipeline up and returns once every part is serving.
+func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Pipeline{Metrics: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		ns, err := startNATS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.ns = ns
+		natsURL = ns.ClientURL()
+		log.Info("embedded NATS JetStream listening", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"))
+	}
+	p.NATSURL = natsURL
+	nc, err := nats.Connect(natsURL, nats.Name("kaitoflow-up"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+	}
+	p.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	p.JS = js
+	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+		return nil, err
+	}
+	store, err := status.Open(ctx, js, 1)
+	if err != nil {
+		return nil, err
+	}
+	p.Store = store
+
+	// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
+	regLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("registry listener: %w", err)
+	}
+	blobs := filepath.Join(cfg.DataDir, "registry")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		return nil, err
+	}
+	regSrv := &http.Server{Handler: registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs))), ReadHeaderTimeout: 10 * time.Second}
+	p.serve(regSrv, regLn)
+	p.Registry = regLn.Addr().String()
+	log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
+
+	apiLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("API listener %s: %w", cfg.Listen, err)
+	}
+	p.URL = "http://" + apiLn.Addr().String()
+
+	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := runtime.NewMetrics(p.Metrics)
+	deps := runtime.Deps{Logger: log, Metrics: metrics, Tracer: cfg.Tracer}
+	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
+	fns := []runtime.Function{
+		{Name: provision.Name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: cfg.Delay, Log: log}, cfg.Policy, log)},
+		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Log: log}, log)},
+		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
+		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},
+		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.cancel = cancel
+	for _, fn := range fns {
+		r, err := runtime.NewJetStream(js, fn, deps, cfg.Delivery)
+		if err != nil {
+			return nil, err
+		}
+		p.fns.Add(1)
+		go func() {
+			defer p.fns.Done()
+			if err := r.Run(runCtx); err != nil {
+				p.setErr(err)
+				log.Error("function stopped", "function", fn.Name, "err", err)
+			}
+		}()
+	}
+
+	mux := http.NewServeMux()
+	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer}
+	mux.Handle("/v1/", apiSrv.Handler())
+	mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", simServe.Handler()))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	p.serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, apiLn)
+	log.Info("kaitoflow API listening", "url", p.URL, "metrics", p.URL+"/metrics")
+	return p, nil
+}
+
+func startNATS(cfg Config) (*server.Server, error) {
+	host, port := "127.0.0.1", -1
+	if cfg.NATSListen != "" {
+		h, ps, err := net.SplitHostPort(cfg.NATSListen)
+		if err != nil {
+			return nil, fmt.Errorf("NATS listen address %q: %w", cfg.NATSListen, err)
+		}
+		host = h
+		if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
+			return nil, fmt.Errorf("NATS listen port %q: %w", ps, err)
+		}
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "kaitoflow-embedded",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(15 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded NATS did not start within 15s")
+	}
+	return ns, nil
+}
+
+func (p *Pipeline) serve(srv *http.Server, ln net.Listener) {
+	p.https = append(p.https, srv)
+	p.servers.Add(1)
+	go func() {
+		defer p.servers.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.setErr(err)
+		}
+	}()
+}
+
+func (p *Pipeline) setErr(err error) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+// Close stops taking requests, lets in-flight steps finish and publish, then closes the NATS
+// connection and the embedded server, in that order, so nothing in flight loses its bus.
+func (p *Pipeline) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range p.https {
+		_ = srv.Shutdown(ctx)
+	}
+	p.servers.Wait()
+	if p.cancel != nil {
+		p.cancel()
+	}
+	p.fns.Wait()
+	if p.nc != nil {
+		p.nc.Close()
+	}
+	if p.ns != nil {
+		p.ns.Shutdown()
+		p.ns.WaitForShutdown()
+	}
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}

@@ -1,0 +1,237 @@
+package embedded
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+const seedPath = "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
+
+func start(t *testing.T) *Pipeline {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := Start(ctx, Config{
+		DataDir:  t.TempDir(),
+		Listen:   "127.0.0.1:0",
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return p
+}
+
+func submit(t *testing.T, p *Pipeline, doc []byte) (int, []byte) {
+	t.Helper()
+	resp, err := http.Post(p.URL+"/v1/workspaces", "application/yaml", bytes.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func waitTerminal(t *testing.T, p *Pipeline, ns, name string, timeout time.Duration) *status.Workspace {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		w, err := p.Store.Get(context.Background(), ns, name)
+		if err == nil && w.Phase.Terminal() && w.Phase != status.Pending {
+			return w
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/%s not finished after %s: %+v (err %v)", ns, name, timeout, w, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSeedWorkspaceReachesReady(t *testing.T) {
+	p := start(t)
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := submit(t, p, doc)
+	if code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "workspace-tuning-phi-3", 30*time.Second)
+	if w.Phase != status.Ready {
+		t.Fatalf("phase %s, failure %+v", w.Phase, w.Failure)
+	}
+	var got []string
+	for _, e := range w.Events {
+		got = append(got, e.Type)
+	}
+	want := []string{events.WorkspaceRequested, events.NodeReady, events.TuningStarted, events.TuningCompleted, events.ImagePushed, events.InferenceReady}
+	if !slices.Equal(got, want) {
+		t.Errorf("events:\n got %v\nwant %v", got, want)
+	}
+	for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady} {
+		if w.ConditionStatus(c) != "True" {
+			t.Errorf("condition %s = %q", c, w.ConditionStatus(c))
+		}
+	}
+	for _, s := range w.Steps {
+		if s.Started == nil || s.Ended == nil {
+			t.Errorf("step %s not timed: %+v", s.Name, s)
+		}
+	}
+
+	// The adapter image is in the registry, laid out as Kaito's puller expects.
+	ref, err := name.ParseReference(w.Image, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatalf("pull %s: %v", w.Image, err)
+	}
+	if mt, _ := img.MediaType(); mt != types.OCIManifestSchema1 {
+		t.Errorf("manifest media type %s", mt)
+	}
+	layers, _ := img.Layers()
+	if len(layers) != 1 {
+		t.Fatalf("%d layers", len(layers))
+	}
+	if mt, _ := layers[0].MediaType(); mt != types.OCILayer {
+		t.Errorf("layer media type %s", mt)
+	}
+	cfg, _ := img.ConfigFile()
+	diff, _ := layers[0].DiffID()
+	if len(cfg.RootFS.DiffIDs) != 1 || cfg.RootFS.DiffIDs[0] != diff {
+		t.Errorf("diff_ids %v, layer %v", cfg.RootFS.DiffIDs, diff)
+	}
+	rc, _ := layers[0].Uncompressed()
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var files []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, h.Name)
+		if h.Name == "data/adapter_model.safetensors" {
+			b, _ := io.ReadAll(tr)
+			n := int(b[0]) | int(b[1])<<8 | int(b[2])<<16
+			var hdr map[string]any
+			if err := json.Unmarshal(b[8:8+n], &hdr); err != nil {
+				t.Errorf("safetensors header: %v", err)
+			}
+		}
+	}
+	if !slices.Equal(files, []string{"data/", "data/adapter_config.json", "data/adapter_model.safetensors"}) {
+		t.Errorf("layer files %v", files)
+	}
+	m, _ := img.Manifest()
+	if m.Annotations[`kaitoflow.io/base-model`] != "phi-3-mini-128k-instruct" {
+		t.Errorf("annotations %v", m.Annotations)
+	}
+
+	// The (sim) chat endpoint answers Kaito's /chat.
+	resp, err := http.Post(w.Endpoint+"/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "sim") {
+		t.Errorf("chat: %d %s", resp.StatusCode, b)
+	}
+
+	// Submitting the same manifest again starts nothing.
+	code, body = submit(t, p, doc)
+	var res api.SubmitResult
+	if err := json.Unmarshal(body, &res); err != nil || code != http.StatusOK || !res.Unchanged || res.Workspace.Generation != 1 {
+		t.Errorf("resubmit: %d %s", code, body)
+	}
+}
+
+func TestHundredWorkspacesAllReady(t *testing.T) {
+	p := start(t)
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := strings.Replace(string(doc), "name: workspace-tuning-phi-3", fmt.Sprintf("name: ws-%03d", i), 1)
+			resp, err := http.Post(p.URL+"/v1/workspaces", "application/yaml", strings.NewReader(d))
+			if err != nil {
+				errs <- err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				errs <- fmt.Errorf("ws-%03d: status %d", i, resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for i := range n {
+		w := waitTerminal(t, p, "default", fmt.Sprintf("ws-%03d", i), 60*time.Second)
+		if w.Phase != status.Ready {
+			t.Errorf("ws-%03d: %s %+v", i, w.Phase, w.Failure)
+		}
+	}
+	l, err := p.Store.List(context.Background(), "default")
+	if err != nil || len(l) != n {
+		t.Fatalf("list: %d records, %v", len(l), err)
+	}
+}
+
+func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {
+	p := start(t)
+	doc, _ := os.ReadFile(seedPath)
+	bad := strings.Replace(string(doc), "https://huggingface.co", "http://169.254.169.254", 1)
+	code, body := submit(t, p, []byte(bad))
+	if code != http.StatusUnprocessableEntity || !strings.Contains(string(body), "tuning.input.urls[0]") {
+		t.Fatalf("got %d %s", code, body)
+	}
+	if _, err := p.Store.Get(context.Background(), "default", "workspace-tuning-phi-3"); err == nil {
+		t.Error("an invalid workspace got a status record")
+	}
+}

@@ -1,0 +1,43 @@
+package runtime
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the per-function delivery metrics. One Metrics serves every function of a process;
+// the function is a label.
+type Metrics struct {
+	handled      *prometheus.CounterVec
+	failed       *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	redeliveries *prometheus.CounterVec
+	deadLetters  *prometheus.CounterVec
+	inFlight     *prometheus.GaugeVec
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kaitoflow_events_handled_total", Help: "Events a function handled successfully.",
+		}, []string{"function", "type"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kaitoflow_events_failed_total", Help: "Handler failures, by class (retryable or permanent).",
+		}, []string{"function", "type", "class"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kaitoflow_handler_duration_seconds", Help: "Handler latency including publishing its outputs.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 12),
+		}, []string{"function", "type"}),
+		redeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kaitoflow_redeliveries_total", Help: "Events delivered more than once.",
+		}, []string{"function", "type"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kaitoflow_dead_letters_total", Help: "Events sent to the dead-letter subject.",
+		}, []string{"function", "type"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kaitoflow_in_flight", Help: "Events being handled now.",
+		}, []string{"function"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.handled, m.failed, m.duration, m.redeliveries, m.deadLetters, m.inFlight)
+	}
+	return m
+}

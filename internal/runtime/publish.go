@@ -1,0 +1,110 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Publisher persists events. It returns nil only once every event is stored by the bus: the
+// runtime acknowledges an input after its outputs are safe, never before.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
+
+// StreamName is the one JetStream stream that carries every kaitoflow subject.
+const StreamName = "KAITOFLOW"
+
+// DuplicateWindow is how long JetStream remembers Nats-Msg-Id values. It bounds how late a
+// redelivered input may re-emit its outputs and still be deduplicated; handlers are idempotent
+// beyond it, so it only has to cover redelivery backoff and restarts.
+const DuplicateWindow = 30 * time.Minute
+
+// EnsureStream creates the stream, or updates it to these settings.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	if replicas < 1 {
+		replicas = 1
+	}
+	cfg := jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "kaitoflow pipeline events",
+		Subjects:    []string{events.SubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Duplicates:  DuplicateWindow,
+		MaxAge:      14 * 24 * time.Hour,
+		MaxMsgSize:  events.MaxEventSize,
+		Replicas:    replicas,
+	}
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	}
+	return s, nil
+}
+
+// JetStreamPublisher publishes events in binary mode with Nats-Msg-Id set to the event id, so a
+// re-published event is stored once.
+type JetStreamPublisher struct {
+	JS jetstream.JetStream
+}
+
+// Publish implements Publisher.
+func (p JetStreamPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
+	for _, e := range evs {
+		msg, err := NATSMsg(e)
+		if err != nil {
+			return err
+		}
+		if _, err := p.JS.PublishMsg(ctx, msg, jetstream.WithExpectStream(StreamName)); err != nil {
+			return fmt.Errorf("publish %s %s: %w", e.Type(), e.ID(), err)
+		}
+	}
+	return nil
+}
+
+// NATSMsg encodes e as a NATS message on the subject of its type.
+func NATSMsg(e cloudevents.Event) (*nats.Msg, error) {
+	if !strings.HasPrefix(e.Type(), events.SubjectPrefix) || !events.KnownType(e.Type()) {
+		return nil, fmt.Errorf("event type %q is not part of the kaitoflow contract", e.Type())
+	}
+	h, body, err := events.EncodeNATS(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s %s: %w", e.Type(), e.ID(), err)
+	}
+	return &nats.Msg{Subject: e.Type(), Header: nats.Header(h), Data: body}, nil
+}
+
+// HTTPPublisher sends events to a sink over HTTP (Knative's K_SINK: a Broker ingress). The
+// broker's 2xx means it has stored the event.
+type HTTPPublisher struct {
+	Client cloudevents.Client
+	Sink   string
+}
+
+// NewHTTPPublisher returns a publisher for sink.
+func NewHTTPPublisher(sink string) (*HTTPPublisher, error) {
+	c, err := cloudevents.NewClientHTTP()
+	if err != nil {
+		return nil, fmt.Errorf("cloudevents HTTP client: %w", err)
+	}
+	return &HTTPPublisher{Client: c, Sink: sink}, nil
+}
+
+// Publish implements Publisher.
+func (p *HTTPPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
+	for _, e := range evs {
+		res := p.Client.Send(cloudevents.ContextWithTarget(ctx, p.Sink), e)
+		if !cloudevents.IsACK(res) {
+			return fmt.Errorf("send %s %s to %s: %w", e.Type(), e.ID(), p.Sink, res)
+		}
+	}
+	return nil
+}

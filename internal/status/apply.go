@@ -1,0 +1,139 @@
+package status
+
+import (
+	"fmt"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Apply folds one event into the record and reports whether the record changed. It is idempotent
+// (an event already seen changes nothing) and tolerates any order within a generation: a phase only
+// moves forward, and events of an older generation are ignored.
+func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
+	ref, err := events.RefOf(ev)
+	if err != nil {
+		return false, events.Permanent(events.ReasonBadEvent, err)
+	}
+	switch {
+	case ref.Generation < w.Generation:
+		return false, nil
+	case ref.Generation > w.Generation || w.Name == "":
+		created := w.Created
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created}
+		if w.Created.IsZero() {
+			w.Created = ev.Time()
+		}
+	}
+	if w.seen(ev.ID()) {
+		return false, nil
+	}
+	at := ev.Time()
+	rec := EventRecord{Type: ev.Type(), ID: ev.ID(), Source: ev.Source(), Time: at}
+	if err := applyType(w, ev, at, &rec); err != nil {
+		return false, err
+	}
+	w.Events = append(w.Events, rec)
+	w.sortEvents()
+	w.Updated = time.Now().UTC()
+	return true, nil
+}
+
+func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecord) error {
+	switch ev.Type() {
+	case events.WorkspaceRequested:
+		var ws events.Workspace
+		if err := events.Data(ev, &ws); err != nil {
+			return err
+		}
+		w.Manifest = &ws
+		w.InstanceType, w.Preset = ws.InstanceType(), ws.PresetName()
+		if ws.Tuning != nil {
+			w.Method = ws.Tuning.Method
+		}
+		w.advance(Provisioning)
+		w.startStep(StepProvision, at)
+		w.setCondition(CondWorkspaceReady, false, "Pending", "the pipeline has started", at)
+	case events.NodeReady:
+		var d events.NodeReadyData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		w.Nodes = d.Nodes
+		rec.Note = fmt.Sprintf("%d node(s) via %s", len(d.Nodes), d.Provider)
+		w.endStep(StepProvision, at)
+		w.setCondition(CondResourceReady, true, "NodesReady", rec.Note, at)
+		if d.Workspace.Tuning != nil {
+			w.advance(Tuning)
+			w.startStep(StepTune, at)
+		} else {
+			w.advance(Deploying)
+			w.startStep(StepServe, at)
+		}
+	case events.TuningStarted:
+		var d events.TuningStartedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		w.Job = d.Job
+		rec.Note = "job " + d.Job + " (" + d.Trainer + ")"
+		w.advance(Tuning)
+		w.startStep(StepTune, at)
+		w.setCondition(CondJobStarted, true, "JobStarted", rec.Note, at)
+	case events.TuningCompleted:
+		var d events.TuningCompletedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
+		w.endStep(StepTune, at)
+		w.startStep(StepPublish, at)
+		w.advance(Publishing)
+		w.setCondition(CondWorkspaceSucceeded, true, "TuningSucceeded", rec.Note, at)
+	case events.ImagePushed:
+		var d events.ImagePushedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		w.Image, w.ImageDigest = d.Reference, d.Digest
+		rec.Note = d.Reference
+		w.endStep(StepPublish, at)
+		w.startStep(StepServe, at)
+		w.advance(Deploying)
+	case events.InferenceReady:
+		var d events.InferenceReadyData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		w.Endpoint = d.URL
+		rec.Note = d.URL
+		w.endStep(StepServe, at)
+		w.advance(Ready)
+		w.setCondition(CondInferenceReady, true, "InferenceReady", d.URL, at)
+		w.setCondition(CondWorkspaceReady, true, "Ready", "the chat endpoint answers", at)
+	case events.WorkspaceFailed:
+		var d events.WorkspaceFailedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		if w.Failure == nil {
+			w.Failure = &Failure{Reason: d.Reason, Message: d.Message, Function: d.Function, EventType: d.EventType}
+		}
+		rec.Note = d.Reason + ": " + d.Message
+		w.advance(Failed)
+		w.setCondition(CondWorkspaceReady, false, d.Reason, d.Message, at)
+		for i := range w.Steps {
+			if w.Steps[i].Ended == nil {
+				w.Steps[i].Ended = &at
+			}
+		}
+	case events.WorkspaceDeleted:
+		w.Phase = Deleted
+		rec.Note = "deleted"
+	default:
+		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+// Package status keeps each workspace's state — phase, Kaito-style conditions, step timings, the
+// events seen — in a JetStream key-value bucket. A Projector folds events into it; the API and the
+// CLI read it.
+package status
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Phase is where a workspace is in the pipeline.
+type Phase string
+
+// Phases, in pipeline order. Failed and Deleted end a generation.
+const (
+	Pending      Phase = "Pending"
+	Provisioning Phase = "Provisioning"
+	Tuning       Phase = "Tuning"
+	Publishing   Phase = "Publishing"
+	Deploying    Phase = "Deploying"
+	Ready        Phase = "Ready"
+	Failed       Phase = "Failed"
+	Deleted      Phase = "Deleted"
+)
+
+var phaseRank = map[Phase]int{Pending: 0, Provisioning: 1, Tuning: 2, Publishing: 3, Deploying: 4, Ready: 5}
+
+// Terminal reports whether no further events are expected for this generation.
+func (p Phase) Terminal() bool { return p == Ready || p == Failed || p == Deleted }
+
+// Kaito's condition types, so `get` prints the columns `kubectl get workspace` prints.
+const (
+	CondResourceReady      = "ResourceReady"
+	CondJobStarted         = "JobStarted"
+	CondWorkspaceSucceeded = "WorkspaceSucceeded"
+	CondInferenceReady     = "InferenceReady"
+	CondWorkspaceReady     = "WorkspaceReady"
+)
+
+// Step names and the event types that start and end them.
+const (
+	StepProvision = "provision"
+	StepTune      = "tune"
+	StepPublish   = "publish"
+	StepServe     = "serve"
+)
+
+// Workspace is the status record of one workspace (its latest generation).
+type Workspace struct {
+	Namespace    string             `json:"namespace"`
+	Name         string             `json:"name"`
+	Generation   int64              `json:"generation"`
+	SpecHash     string             `json:"specHash,omitempty"`
+	InstanceType string             `json:"instanceType,omitempty"`
+	Preset       string             `json:"preset,omitempty"`
+	Method       string             `json:"method,omitempty"`
+	Phase        Phase              `json:"phase"`
+	Conditions   []metav1.Condition `json:"conditions,omitempty"`
+	Nodes        []string           `json:"nodes,omitempty"`
+	Job          string             `json:"job,omitempty"`
+	Image        string             `json:"image,omitempty"`
+	ImageDigest  string             `json:"imageDigest,omitempty"`
+	Endpoint     string             `json:"endpoint,omitempty"`
+	Failure      *Failure           `json:"failure,omitempty"`
+	Steps        []Step             `json:"steps,omitempty"`
+	Events       []EventRecord      `json:"events,omitempty"`
+	Manifest     *events.Workspace  `json:"manifest,omitempty"`
+	Created      time.Time          `json:"created"`
+	Updated      time.Time          `json:"updated"`
+}
+
+// Failure says why a generation failed.
+type Failure struct {
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+	Function  string `json:"function,omitempty"`
+	EventType string `json:"eventType,omitempty"`
+}
+
+// Step is one function's part of the pipeline.
+type Step struct {
+	Name    string     `json:"name"`
+	Started *time.Time `json:"started,omitempty"`
+	Ended   *time.Time `json:"ended,omitempty"`
+}
+
+// Duration is how long the step took, or has taken so far.
+func (s Step) Duration(now time.Time) time.Duration {
+	switch {
+	case s.Started == nil:
+		return 0
+	case s.Ended == nil:
+		return now.Sub(*s.Started)
+	}
+	return s.Ended.Sub(*s.Started)
+}
+
+// EventRecord is one event seen for the workspace.
+type EventRecord struct {
+	Type   string    `json:"type"`
+	ID     string    `json:"id"`
+	Source string    `json:"source"`
+	Time   time.Time `json:"time"`
+	Note   string    `json:"note,omitempty"`
+}
+
+// Condition returns the condition of type t, or nil.
+func (w *Workspace) Condition(t string) *metav1.Condition {
+	for i := range w.Conditions {
+		if w.Conditions[i].Type == t {
+			return &w.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// ConditionStatus returns "True", "False" or "" (unknown) for condition t.
+func (w *Workspace) ConditionStatus(t string) string {
+	if c := w.Condition(t); c != nil {
+		return string(c.Status)
+	}
+	return ""
+}
+
+func (w *Workspace) seen(id string) bool {
+	return slices.ContainsFunc(w.Events, func(e EventRecord) bool { return e.ID == id })
+}
+
+func (w *Workspace) advance(p Phase) {
+	if w.Phase.Terminal() && w.Phase != Ready {
+		return // Failed and Deleted stay until a new generation
+	}
+	if phaseRank[p] >= phaseRank[w.Phase] || p == Failed {
+		w.Phase = p
+	}
+}
+
+func (w *Workspace) step(name string) *Step {
+	for i := range w.Steps {
+		if w.Steps[i].Name == name {
+			return &w.Steps[i]
+		}
+	}
+	w.Steps = append(w.Steps, Step{Name: name})
+	return &w.Steps[len(w.Steps)-1]
+}
+
+func (w *Workspace) startStep(name string, t time.Time) {
+	s := w.step(name)
+	if s.Started == nil || t.Before(*s.Started) {
+		s.Started = &t
+	}
+}
+
+func (w *Workspace) endStep(name string, t time.Time) {
+	s := w.step(name)
+	if s.Started == nil {
+		s.Started = &t
+	}
+	s.Ended = &t
+}
+
+func (w *Workspace) setCondition(t string, ok bool, reason, msg string, at time.Time) {
+	st := metav1.ConditionFalse
+	if ok {
+		st = metav1.ConditionTrue
+	}
+	c := w.Condition(t)
+	if c == nil {
+		w.Conditions = append(w.Conditions, metav1.Condition{Type: t})
+		c = &w.Conditions[len(w.Conditions)-1]
+	}
+	if c.Status != st {
+		c.LastTransitionTime = metav1.NewTime(at)
+	}
+	c.Status, c.Reason, c.Message, c.ObservedGeneration = st, reason, msg, w.Generation
+}
+
+func (w *Workspace) sortEvents() {
+	slices.SortStableFunc(w.Events, func(a, b EventRecord) int { return cmp.Compare(a.Time.UnixNano(), b.Time.UnixNano()) })
+}

@@ -1,0 +1,259 @@
+package status
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Bucket is the KV bucket holding one record per workspace.
+const Bucket = "kaitoflow-workspaces"
+
+// ErrNotFound is returned for a workspace the store has no record of.
+var ErrNotFound = errors.New("workspace not found")
+
+// Store reads and writes status records. Writes are compare-and-swap on the key's revision, so
+// concurrent projectors and the API never overwrite each other.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// Open creates or opens the bucket.
+func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
+	if replicas < 1 {
+		replicas = 1
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "kaitoflow workspace status",
+		Storage:     jetstream.FileStorage,
+		History:     1,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open status bucket: %w", err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// Key is the bucket key of a workspace. Namespaces are DNS labels (no dots), so the first dot
+// separates them from the name.
+func Key(namespace, name string) string { return namespace + "." + name }
+
+// Get returns the record of namespace/name.
+func (s *Store) Get(ctx context.Context, namespace, name string) (*Workspace, error) {
+	w, _, err := s.get(ctx, Key(namespace, name))
+	return w, err
+}
+
+func (s *Store) get(ctx context.Context, key string) (*Workspace, uint64, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get status %s: %w", key, err)
+	}
+	var w Workspace
+	if err := json.Unmarshal(e.Value(), &w); err != nil {
+		return nil, 0, fmt.Errorf("decode status %s: %w", key, err)
+	}
+	return &w, e.Revision(), nil
+}
+
+// List returns every record of namespace ("" for all), deleted ones left out, sorted by name.
+func (s *Store) List(ctx context.Context, namespace string) ([]Workspace, error) {
+	filter := ">"
+	if namespace != "" {
+		filter = namespace + ".>"
+	}
+	lister, err := s.kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, fmt.Errorf("list status keys: %w", err)
+	}
+	var out []Workspace
+	for key := range lister.Keys() {
+		w, _, err := s.get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if w.Phase != Deleted {
+			out = append(out, *w)
+		}
+	}
+	slices.SortFunc(out, func(a, b Workspace) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	return out, nil
+}
+
+// Update applies fn to the record under a compare-and-swap, retrying on conflict. fn receives a
+// zero record when there is none and returns whether it changed anything.
+func (s *Store) Update(ctx context.Context, namespace, name string, fn func(*Workspace) (bool, error)) (*Workspace, error) {
+	key := Key(namespace, name)
+	for attempt := 0; ; attempt++ {
+		w, rev, err := s.get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			w, rev = &Workspace{}, 0
+		} else if err != nil {
+			return nil, err
+		}
+		changed, err := fn(w)
+		if err != nil || !changed {
+			return w, err
+		}
+		b, err := json.Marshal(w)
+		if err != nil {
+			return nil, fmt.Errorf("encode status %s: %w", key, err)
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, b)
+		} else {
+			_, err = s.kv.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return w, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			return nil, fmt.Errorf("write status %s: %w", key, err)
+		}
+		if attempt > 50 {
+			return nil, fmt.Errorf("write status %s: too many concurrent updates: %w", key, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		}
+	}
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// Admit records a submitted workspace and returns the generation to publish it under. The same
+// spec submitted again keeps its generation (its event id is the same, so JetStream drops the
+// duplicate); a changed spec, or a resubmission after Failed or delete, gets the next generation.
+// A manifest that carries metadata.generation (from the Kubernetes API) keeps it.
+func (s *Store) Admit(ctx context.Context, ws *events.Workspace) (rec *Workspace, fresh bool, err error) {
+	hash, err := SpecHash(ws)
+	if err != nil {
+		return nil, false, err
+	}
+	ref := ws.Ref()
+	rec, err = s.Update(ctx, ref.Namespace, ref.Name, func(w *Workspace) (bool, error) {
+		fresh = false
+		if w.Name != "" && w.SpecHash == hash && w.Phase != Failed && w.Phase != Deleted &&
+			(ws.Generation == 0 || ws.Generation == w.Generation) {
+			return false, nil
+		}
+		gen := w.Generation + 1
+		if ws.Generation > 0 {
+			if ws.Generation < w.Generation {
+				return false, fmt.Errorf("generation %d is older than the recorded %d", ws.Generation, w.Generation)
+			}
+			gen = ws.Generation
+		}
+		created := w.Created
+		if created.IsZero() || w.Phase == Deleted {
+			created = time.Now().UTC()
+		}
+		*w = Workspace{
+			Namespace: ref.Namespace, Name: ref.Name, Generation: gen, SpecHash: hash,
+			InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: Pending,
+			Manifest: ws, Created: created, Updated: time.Now().UTC(),
+		}
+		if ws.Tuning != nil {
+			w.Method = ws.Tuning.Method
+		}
+		fresh = true
+		return true, nil
+	})
+	return rec, fresh, err
+}
+
+// SpecHash fingerprints what a workspace asks for: resource, tuning, inference and labels.
+func SpecHash(ws *events.Workspace) (string, error) {
+	b, err := json.Marshal(struct {
+		Labels    map[string]string     `json:"labels,omitempty"`
+		Resource  events.ResourceSpec   `json:"resource"`
+		Tuning    *events.TuningSpec    `json:"tuning,omitempty"`
+		Inference *events.InferenceSpec `json:"inference,omitempty"`
+	}{ws.Labels, ws.Resource, ws.Tuning, ws.Inference})
+	if err != nil {
+		return "", fmt.Errorf("hash workspace spec: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8]), nil
+}
+
+// Watch sends the record of namespace/name each time it changes, starting with its current
+// value, until ctx is done.
+func (s *Store) Watch(ctx context.Context, namespace, name string) (<-chan Workspace, error) {
+	wt, err := s.kv.Watch(ctx, Key(namespace, name))
+	if err != nil {
+		return nil, fmt.Errorf("watch status: %w", err)
+	}
+	out := make(chan Workspace)
+	go func() {
+		defer close(out)
+		defer func() { _ = wt.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-wt.Updates():
+				if !ok {
+					return
+				}
+				if e == nil || e.Operation() != jetstream.KeyValuePut {
+					continue // nil marks the end of the initial values
+				}
+				var w Workspace
+				if json.Unmarshal(e.Value(), &w) != nil {
+					continue
+				}
+				select {
+				case out <- w:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Projector folds events into the store. It is a runtime handler that emits nothing.
+type Projector struct {
+	Store *Store
+}
+
+// Types are the events the projector consumes: all of them.
+func (p *Projector) Types() []string { return events.Types }
+
+// Handle implements runtime.Handler.
+func (p *Projector) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	ref, err := events.RefOf(ev)
+	if err != nil {
+		return nil, events.Permanent(events.ReasonBadEvent, err)
+	}
+	_, err = p.Store.Update(ctx, ref.Namespace, ref.Name, func(w *Workspace) (bool, error) { return Apply(w, ev) })
+	return nil, err
+}
