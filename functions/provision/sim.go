@@ -34,14 +34,14 @@ func (s *Sim) Ensure(ctx context.Context, ref events.Ref, ws *events.Workspace) 
 	for i := range nodes {
 		nodes[i] = fmt.Sprintf("aks-%s-%d", pool, i)
 	}
-	s.log().Info("sim: simulated GPU nodes are ready; no capacity was bought",
-		"workspace", ref.String(), "instance_type", ws.InstanceType(), "nodes", nodes)
+	s.log().InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought",
+		"generation", ref.Generation, "instance_type", ws.InstanceType(), "nodes", nodes)
 	return nodes, nil
 }
 
 // Release implements Provider.
-func (s *Sim) Release(_ context.Context, ref events.Ref) error {
-	s.log().Info("sim: released simulated GPU nodes", "workspace", ref.Subject())
+func (s *Sim) Release(ctx context.Context, ref events.Ref) error {
+	s.log().InfoContext(ctx, "sim: released simulated GPU nodes")
 	return nil
 }
 

@@ -109,7 +109,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if tg, ok := target.(name.Tag); ok {
 		tag = tg.TagStr()
 	}
-	f.log.Info("pushed adapter image", "workspace", ref.String(), "image", target.String(), "digest", digest.String())
+	f.log.InfoContext(ctx, "pushed adapter image", "image", target.String(), "digest", digest.String())
 	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),

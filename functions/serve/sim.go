@@ -45,16 +45,16 @@ func (s *Sim) Deploy(ctx context.Context, d Deployment) (string, error) {
 	s.services[d.Ref.Namespace+"/"+d.Service] = d
 	s.mu.Unlock()
 	url := fmt.Sprintf("%s/%s/%s", strings.TrimSuffix(s.BaseURL, "/"), d.Ref.Namespace, d.Service)
-	s.log().Info("sim: simulated inference endpoint is up; no model is loaded", "workspace", d.Ref.String(), "url", url, "adapters", len(d.Adapters))
+	s.log().InfoContext(ctx, "sim: simulated inference endpoint is up; no model is loaded", "url", url, "adapters", len(d.Adapters))
 	return url, nil
 }
 
 // Delete implements Deployer.
-func (s *Sim) Delete(_ context.Context, ref events.Ref) error {
+func (s *Sim) Delete(ctx context.Context, ref events.Ref) error {
 	s.mu.Lock()
 	delete(s.services, ref.Namespace+"/"+ServiceName(ref))
 	s.mu.Unlock()
-	s.log().Info("sim: simulated inference endpoint removed", "workspace", ref.Subject())
+	s.log().InfoContext(ctx, "sim: simulated inference endpoint removed")
 	return nil
 }
 

@@ -36,7 +36,7 @@ type Sim struct {
 func (s *Sim) Name() string { return "sim" }
 
 // Start implements Trainer.
-func (s *Sim) Start(_ context.Context, job Job) error {
+func (s *Sim) Start(ctx context.Context, job Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started == nil {
@@ -44,7 +44,7 @@ func (s *Sim) Start(_ context.Context, job Job) error {
 	}
 	if _, ok := s.started[job.Name]; !ok {
 		s.started[job.Name] = time.Now()
-		s.log().Info("sim: tuning job started; nothing is trained", "job", job.Name, "workspace", job.Ref.String(), "nodes", job.Nodes)
+		s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
 	}
 	return nil
 }
@@ -74,7 +74,7 @@ func (s *Sim) Wait(ctx context.Context, job Job) (Result, error) {
 	s.mu.Lock()
 	delete(s.started, job.Name)
 	s.mu.Unlock()
-	s.log().Info("sim: tuning job finished with a simulated adapter", "job", job.Name, "dir", dir)
+	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", job.Name, "dir", dir)
 	return Result{Location: dir, Files: files, Metrics: map[string]float64{"sim_train_loss": 1.234, "sim_epochs": 1}}, nil
 }
 

@@ -52,6 +52,8 @@ type SubmitResult struct {
 	Workspace status.Workspace `json:"workspace"`
 	// Unchanged is true when the same spec was already submitted: nothing new was started.
 	Unchanged bool `json:"unchanged"`
+	// DryRun is true when the manifest was only validated (?dryRun=true).
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 // Handler returns the API's routes.
@@ -95,6 +97,10 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 			p.Fields = append(p.Fields, FieldError{Field: e.Field, Type: string(e.Type), Message: e.Error()})
 		}
 		writeJSON(w, http.StatusUnprocessableEntity, p)
+		return
+	}
+	if r.URL.Query().Get("dryRun") == "true" {
+		writeJSON(w, http.StatusOK, SubmitResult{Workspace: status.Workspace{Namespace: ws.Namespace, Name: ws.Name, Phase: status.Pending}, DryRun: true})
 		return
 	}
 	rec, fresh, err := s.Store.Admit(r.Context(), ws)

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"log/slog"
 	"encoding/json"
 	"net/http"
 
@@ -8,6 +9,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // HTTP runs a function behind a CloudEvents HTTP receiver (binary and structured mode), as a
@@ -57,7 +59,8 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		h.refuse(w, req, ev, ev.Subject(), events.Permanentf(events.ReasonUnknownType, "function %s does not handle %s", c.fn.Name, ev.Type()).(*events.PermanentError))
 		return
 	}
-	err = c.run(req.Context(), *ev, log)
+	ctx := logctx.With(req.Context(), slog.String("workspace", ev.Subject()), slog.String("event_id", ev.ID()))
+	err = c.run(ctx, *ev, log)
 	if err == nil {
 		w.WriteHeader(http.StatusAccepted)
 		return

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"log/slog"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Dead-letter headers: why an event was given up on, by whom, after how many deliveries.
@@ -195,6 +197,7 @@ func (r *JetStream) process(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
+	ctx = logctx.With(ctx, slog.String("workspace", ev.Subject()), slog.String("event_id", ev.ID()))
 	stop := r.heartbeat(ctx, msg)
 	err = c.run(ctx, ev, log)
 	stop()

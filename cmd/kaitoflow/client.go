@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+func (g *globals) client() *api.Client {
+	return &api.Client{BaseURL: g.server, Namespace: g.namespace, HTTP: &http.Client{}}
+}
+
+func newSubmit(g *globals) *cobra.Command {
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "submit -f FILE",
+		Short: "Submit Kaito Workspace manifests (multi-document YAML or JSON; - for stdin)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(files) == 0 {
+				return errors.New("-f FILE is required")
+			}
+			var docs [][]byte
+			for _, f := range files {
+				b, err := readFile(cmd.InOrStdin(), f)
+				if err != nil {
+					return err
+				}
+				d, err := events.SplitYAML(b)
+				if err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+				docs = append(docs, d...)
+			}
+			// The server validates every document (it knows which private hosts it admits) before
+			// any is submitted, so a bad file starts nothing.
+			c := g.client()
+			bad := false
+			for i, d := range docs {
+				if _, err := c.Submit(cmd.Context(), d, true); err != nil {
+					var apiErr *api.APIError
+					if !errors.As(err, &apiErr) {
+						return err
+					}
+					fmt.Fprintf(g.err, "document %d: %v\n", i+1, err)
+					bad = true
+				}
+			}
+			if bad {
+				return exitError{code: 1}
+			}
+			for _, d := range docs {
+				res, err := c.Submit(cmd.Context(), d, false)
+				if err != nil {
+					fmt.Fprintln(g.err, err)
+					return exitError{code: 1}
+				}
+				w := res.Workspace
+				verb := "submitted"
+				if res.Unchanged {
+					verb = "unchanged"
+				}
+				fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (namespace %s, generation %d)\n", w.Name, verb, w.Namespace, w.Generation)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
+	return cmd
+}
+
+func readFile(stdin io.Reader, name string) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(stdin)
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest: %w", err)
+	}
+	return b, nil
+}
+
+func newGet(g *globals) *cobra.Command {
+	var output string
+	var all bool
+	cmd := &cobra.Command{
+		Use:     "get workspaces [NAME]",
+		Short:   "List workspaces with kubectl's columns, or show one",
+		Example: "  kaitoflow get workspaces\n  kaitoflow get workspace workspace-tuning-phi-3 -o yaml",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch args[0] {
+			case "workspaces", "workspace", "ws", "wk", "wks":
+			default:
+				return fmt.Errorf("unknown resource %q: kaitoflow has workspaces", args[0])
+			}
+			c := g.client()
+			var list []status.Workspace
+			if len(args) == 2 {
+				w, err := c.Get(cmd.Context(), args[1])
+				if err != nil {
+					return err
+				}
+				list = []status.Workspace{*w}
+			} else {
+				l, err := c.List(cmd.Context(), all)
+				if err != nil {
+					return err
+				}
+				list = l
+			}
+			return printWorkspaces(g.out, list, output, len(args) == 2, all)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: yaml, json, wide")
+	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list workspaces in every namespace")
+	return cmd
+}
+
+func printWorkspaces(out io.Writer, list []status.Workspace, format string, single, allNS bool) error {
+	switch format {
+	case "json", "yaml":
+		var v any = list
+		if single {
+			v = list[0]
+		}
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		if format == "yaml" {
+			if b, err = yaml.JSONToYAML(b); err != nil {
+				return err
+			}
+		}
+		_, err = out.Write(append(bytes.TrimRight(b, "\n"), '\n'))
+		return err
+	case "", "wide":
+	default:
+		return fmt.Errorf("-o %q: want yaml, json or wide", format)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
+	cols := "NAME\tINSTANCE\tRESOURCEREADY\tINFERENCEREADY\tWORKSPACEREADY\tAGE\tPHASE"
+	if allNS {
+		cols = "NAMESPACE\t" + cols
+	}
+	if format == "wide" {
+		cols += "\tJOBSTARTED\tWORKSPACESUCCEEDED\tIMAGE\tENDPOINT"
+	}
+	fmt.Fprintln(tw, cols)
+	now := time.Now()
+	for _, w := range list {
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", w.Name, w.InstanceType,
+			w.ConditionStatus(status.CondResourceReady), w.ConditionStatus(status.CondInferenceReady),
+			w.ConditionStatus(status.CondWorkspaceReady), age(now.Sub(w.Created)), w.Phase)
+		if allNS {
+			row = w.Namespace + "\t" + row
+		}
+		if format == "wide" {
+			row += fmt.Sprintf("\t%s\t%s\t%s\t%s", w.ConditionStatus(status.CondJobStarted), w.ConditionStatus(status.CondWorkspaceSucceeded), w.Image, w.Endpoint)
+		}
+		fmt.Fprintln(tw, row)
+	}
+	return tw.Flush()
+}
+
+// age prints a duration the way kubectl does: the two most significant units.
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < 2*time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < 10*time.Minute:
+		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 3*time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func newWatch(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch NAME",
+		Short: "Follow a workspace through the pipeline until it is Ready or Failed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			printed := map[string]bool{}
+			var final *status.Workspace
+			err := g.client().Watch(cmd.Context(), args[0], func(w status.Workspace) bool {
+				printTimeline(g.out, w, printed)
+				if w.Phase == status.Ready || w.Phase == status.Failed {
+					final = &w
+					return false
+				}
+				return true
+			})
+			if err != nil {
+				return err
+			}
+			if final == nil {
+				return nil
+			}
+			fmt.Fprintln(g.out)
+			for _, s := range final.Steps {
+				fmt.Fprintf(g.out, "  %-10s %8s\n", s.Name, s.Duration(time.Now()).Round(time.Millisecond))
+			}
+			if final.Phase == status.Failed {
+				fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
+				return exitError{code: 1}
+			}
+			fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(final.Created).Round(time.Millisecond), final.Endpoint)
+			return nil
+		},
+	}
+}
+
+// printTimeline prints the events not printed yet, each with the time since the first.
+func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
+	if len(printed) == 0 {
+		fmt.Fprintf(out, "workspace %s/%s generation %d\n", w.Namespace, w.Name, w.Generation)
+	}
+	var start time.Time
+	if len(w.Events) > 0 {
+		start = w.Events[0].Time
+	}
+	for _, e := range w.Events {
+		if printed[e.ID] {
+			continue
+		}
+		printed[e.ID] = true
+		fmt.Fprintf(out, "  +%-9s %-30s %-20s %s\n", e.Time.Sub(start).Round(time.Millisecond), e.Type, e.Source, e.Note)
+	}
+}
+
+func newDelete(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete [workspace] NAME",
+		Short: "Delete a workspace: its capacity and inference service are released",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[len(args)-1]
+			if err := g.client().Delete(cmd.Context(), name); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "workspace.kaito.sh/%s deleted\n", name)
+			return nil
+		},
+	}
+}
+
+func newChat(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "chat NAME PROMPT",
+		Short: "Send a prompt to a Ready workspace's chat endpoint (Kaito's POST /chat)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w, err := g.client().Get(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if w.Endpoint == "" {
+				return fmt.Errorf("workspace %s has no endpoint yet (phase %s)", w.Name, w.Phase)
+			}
+			body, _ := json.Marshal(map[string]string{"prompt": args[1]})
+			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, w.Endpoint+"/chat", bytes.NewReader(body))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			_, err = io.Copy(g.out, resp.Body)
+			if resp.StatusCode >= 300 {
+				return fmt.Errorf("chat: HTTP %d", resp.StatusCode)
+			}
+			return err
+		},
+	}
+}

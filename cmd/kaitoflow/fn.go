@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/publish"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+type fnFlags struct {
+	transport, natsURL, listen, sink, dataDir, registry, publicURL, driver string
+	delay, ackWait                                                         time.Duration
+	maxDeliver, concurrency                                                int
+	allow                                                                  []string
+}
+
+func newFn(g *globals) *cobra.Command {
+	var f fnFlags
+	cmd := &cobra.Command{
+		Use:   "fn provision|tune|publish|serve|status",
+		Short: "Run one function alone: over HTTP (a Knative Service) or as a JetStream consumer",
+		Long: `fn runs a single function. --transport http serves CloudEvents on --listen (Knative sets $PORT)
+and publishes its output events to $K_SINK (the Broker) or, without one, to --nats; it answers 2xx
+only after they are stored. --transport jetstream consumes the function's input subjects from
+--nats with a durable consumer. The drivers available today are the sim ones (--driver sim).`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{provision.Name, tune.Name, publish.Name, serve.Name, "status"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return runFn(cmd.Context(), args[0], f, log)
+		},
+	}
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.transport, "transport", "http", "http or jetstream")
+	fl.StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
+	fl.StringVar(&f.listen, "listen", ":"+port, "HTTP address: CloudEvents (http transport), /metrics and /healthz")
+	fl.StringVar(&f.sink, "sink", os.Getenv("K_SINK"), "where output events go over HTTP (env K_SINK); empty publishes to --nats")
+	fl.StringVar(&f.driver, "driver", "sim", "driver for GPU work: sim")
+	fl.StringVar(&f.dataDir, "data-dir", filepath.Join(os.TempDir(), "kaitoflow"), "sim trainer output directory")
+	fl.StringVar(&f.registry, "registry-rewrite", "", "publish: push to this registry host instead of the one in tuning.output.image")
+	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve (sim): base URL of this process, for the simulated endpoint")
+	fl.DurationVar(&f.delay, "delay", 3*time.Second, "how long each simulated step takes")
+	fl.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait")
+	fl.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
+	fl.IntVar(&f.concurrency, "concurrency", 8, "events handled at once (jetstream transport)")
+	fl.StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
+	return cmd
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
+	if f.driver != "sim" {
+		return fmt.Errorf("--driver %q: only the sim driver exists so far", f.driver)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+
+	needNATS := f.transport == "jetstream" || f.sink == "" || name == "status"
+	var js jetstream.JetStream
+	if needNATS {
+		nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-fn-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+		if err != nil {
+			return fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return err
+		}
+		if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+			return err
+		}
+	}
+
+	var fn runtime.Function
+	switch name {
+	case provision.Name:
+		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, events.AddressPolicy{Allow: f.allow}, log)}
+	case tune.Name:
+		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Log: log}, log)}
+	case publish.Name:
+		var resolve publish.Resolver
+		if f.registry != "" {
+			resolve = publish.RewriteRegistry(f.registry)
+		}
+		fn = runtime.Function{Name: name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{Options: []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain)}}, resolve, log)}
+	case serve.Name:
+		sim := &serve.Sim{BaseURL: f.publicURL + "/sim/inference", Delay: f.delay, Log: log}
+		mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", sim.Handler()))
+		fn = runtime.Function{Name: name, Types: serve.Types, Handler: serve.New(sim, log)}
+	case "status":
+		store, err := status.Open(ctx, js, 1)
+		if err != nil {
+			return err
+		}
+		fn = runtime.Function{Name: name, Types: events.Types, Handler: &status.Projector{Store: store}}
+	default:
+		return fmt.Errorf("unknown function %q: want provision, tune, publish, serve or status", name)
+	}
+
+	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg)}
+	switch f.transport {
+	case "http":
+		if f.sink != "" {
+			p, err := runtime.NewHTTPPublisher(f.sink)
+			if err != nil {
+				return err
+			}
+			deps.Publisher = p
+		} else {
+			deps.Publisher = runtime.JetStreamPublisher{JS: js}
+		}
+		h, err := runtime.NewHTTP(fn, deps)
+		if err != nil {
+			return err
+		}
+		mux.Handle("POST /", h)
+		log.Info("function listening for CloudEvents over HTTP", "function", name, "addr", f.listen, "sink", f.sink)
+		return serveHTTP(ctx, f.listen, mux)
+	case "jetstream":
+		r, err := runtime.NewJetStream(js, fn, deps, runtime.JetStreamOptions{AckWait: f.ackWait, MaxDeliver: f.maxDeliver, Concurrency: f.concurrency})
+		if err != nil {
+			return err
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- serveHTTP(ctx, f.listen, mux) }()
+		if err := r.Run(ctx); err != nil {
+			return err
+		}
+		return <-errc
+	}
+	return fmt.Errorf("--transport %q: want http or jetstream", f.transport)
+}
+
+// serveHTTP serves until ctx ends, then shuts down gracefully: requests in flight (a handler
+// publishing its outputs) finish first, which is what Knative's SIGTERM expects.
+func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+// Command kaitoflow fine-tunes and serves open models as an event-driven pipeline. `kaitoflow up`
+// runs everything in one process; the other commands talk to it; `kaitoflow fn` runs one function
+// alone, as Knative does.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ex exitError
+		if errors.As(err, &ex) {
+			os.Exit(ex.code)
+		}
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}
+
+// exitError ends the command with a code after it has already said why.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+type globals struct {
+	server    string
+	namespace string
+	logFormat string
+	logLevel  string
+	out, err  io.Writer
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{out: stdout, err: stderr}
+	root := &cobra.Command{
+		Use:           "kaitoflow",
+		Short:         "Fine-tune and serve open models as an event-driven, serverless pipeline",
+		Long:          "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1) as CloudEvents flowing through small functions on NATS JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	server := os.Getenv("KAITOFLOW_SERVER")
+	if server == "" {
+		server = "http://127.0.0.1:8470"
+	}
+	root.PersistentFlags().StringVar(&g.server, "server", server, "kaitoflow API URL (env KAITOFLOW_SERVER)")
+	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newChat(g), newFn(g))
+	return root
+}
+
+// logger writes to stderr: text on a terminal, JSON otherwise (log collectors parse it).
+func (g *globals) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	format := g.logFormat
+	if format == "auto" {
+		format = "json"
+		if f, ok := g.err.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				format = "text"
+			}
+		}
+	}
+	switch format {
+	case "json":
+		return slog.New(logctx.New(slog.NewJSONHandler(g.err, opts))), nil
+	case "text":
+		return slog.New(logctx.New(slog.NewTextHandler(g.err, opts))), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want auto, text or json", g.logFormat)
+}

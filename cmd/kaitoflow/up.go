@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+)
+
+func newUp(g *globals) *cobra.Command {
+	var (
+		dataDir, natsURL, natsListen, listen string
+		delay, ackWait                       time.Duration
+		maxDeliver                           int
+		allow                                []string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the whole pipeline in this process (embedded NATS JetStream, every function, sim drivers, API)",
+		Long: `up runs kaitoflow on one machine with no cluster: an embedded NATS server with JetStream (or
+--nats for an existing one), the provision, tune, publish and serve functions with their sim
+drivers (simulated GPU nodes, trainer and endpoint; a real OCI push to an embedded registry), the
+status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish first.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if dataDir == "" {
+				cache, err := os.UserCacheDir()
+				if err != nil {
+					return fmt.Errorf("no --data-dir and no user cache dir: %w", err)
+				}
+				dataDir = filepath.Join(cache, "kaitoflow")
+			}
+			tp := sdktrace.NewTracerProvider()
+			defer func() { _ = tp.Shutdown(cmd.Context()) }()
+			log.Info("starting kaitoflow (embedded mode: GPU nodes, training and inference are simulated by the sim drivers)", "data_dir", dataDir, "sim_delay", delay)
+			p, err := embedded.Start(cmd.Context(), embedded.Config{
+				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
+				Delay: delay, Policy: events.AddressPolicy{Allow: allow}, Logger: log, Tracer: tp,
+				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.err, "\nkaitoflow is up. In another terminal:\n  kaitoflow submit -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml\n  kaitoflow watch workspace-tuning-phi-3\n  kaitoflow get workspaces\n\n")
+			<-cmd.Context().Done()
+			log.Info("shutting down: letting in-flight steps finish")
+			return p.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", "", "where JetStream, the registry and sim adapters keep their data (default: the user cache dir)")
+	f.StringVar(&natsURL, "nats", "", "use this NATS server (with JetStream) instead of the embedded one")
+	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (for `kaitoflow fn --nats`)")
+	f.StringVar(&listen, "listen", "127.0.0.1:8470", "API address")
+	f.DurationVar(&delay, "delay", 3*time.Second, "how long each simulated step takes")
+	f.DurationVar(&ackWait, "ack-wait", 30*time.Second, "JetStream AckWait; a crashed step is redelivered after it")
+	f.IntVar(&maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
+	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
+	return cmd
+}

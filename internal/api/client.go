@@ -1,0 +1,174 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Client calls the API.
+type Client struct {
+	BaseURL   string
+	Namespace string
+	HTTP      *http.Client
+}
+
+// APIError is a non-2xx answer.
+type APIError struct {
+	Status  int
+	Problem Problem
+}
+
+func (e *APIError) Error() string {
+	if len(e.Problem.Fields) == 0 {
+		return fmt.Sprintf("%s (HTTP %d)", e.Problem.Error, e.Status)
+	}
+	var b strings.Builder
+	b.WriteString(e.Problem.Error)
+	for _, f := range e.Problem.Fields {
+		b.WriteString("\n  " + f.Message)
+	}
+	return b.String()
+}
+
+func (c *Client) http() *http.Client {
+	if c.HTTP == nil {
+		return http.DefaultClient
+	}
+	return c.HTTP
+}
+
+func (c *Client) url(path string, q url.Values) string {
+	if q == nil {
+		q = url.Values{}
+	}
+	if c.Namespace != "" && q.Get("namespace") == "" {
+		q.Set("namespace", c.Namespace)
+	}
+	return strings.TrimSuffix(c.BaseURL, "/") + path + "?" + q.Encode()
+}
+
+func (c *Client) do(ctx context.Context, method, u string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/yaml")
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w (is `kaitoflow up` running?)", method, c.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		e := &APIError{Status: resp.StatusCode}
+		if json.Unmarshal(b, &e.Problem) != nil || e.Problem.Error == "" {
+			e.Problem.Error = strings.TrimSpace(string(b))
+		}
+		return e
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// Submit posts one manifest. With dryRun the server only validates it.
+func (c *Client) Submit(ctx context.Context, manifest []byte, dryRun bool) (*SubmitResult, error) {
+	var r SubmitResult
+	q := url.Values{}
+	if dryRun {
+		q.Set("dryRun", "true")
+	}
+	if err := c.do(ctx, http.MethodPost, c.url("/v1/workspaces", q), manifest, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// List returns the workspaces of the client's namespace, or of all when all is set.
+func (c *Client) List(ctx context.Context, all bool) ([]status.Workspace, error) {
+	q := url.Values{}
+	if all {
+		q.Set("allNamespaces", "true")
+		q.Set("namespace", "")
+	}
+	var l []status.Workspace
+	u := strings.TrimSuffix(c.BaseURL, "/") + "/v1/workspaces?" + q.Encode()
+	if !all {
+		u = c.url("/v1/workspaces", nil)
+	}
+	return l, c.do(ctx, http.MethodGet, u, nil, &l)
+}
+
+// Get returns one workspace.
+func (c *Client) Get(ctx context.Context, name string) (*status.Workspace, error) {
+	var w status.Workspace
+	if err := c.do(ctx, http.MethodGet, c.url("/v1/workspaces/"+url.PathEscape(name), nil), nil, &w); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
+// Delete deletes one workspace.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, c.url("/v1/workspaces/"+url.PathEscape(name), nil), nil, nil)
+}
+
+// Watch calls fn with the workspace each time it changes until fn returns false, ctx ends or
+// the stream does.
+func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/workspaces/"+url.PathEscape(name)+"/events", nil), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		e := &APIError{Status: resp.StatusCode}
+		if json.Unmarshal(b, &e.Problem) != nil {
+			e.Problem.Error = strings.TrimSpace(string(b))
+		}
+		return e
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 4<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var w status.Workspace
+		if err := json.Unmarshal([]byte(data), &w); err != nil {
+			return fmt.Errorf("watch %s: %w", name, err)
+		}
+		if !fn(w) {
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("watch %s: %w", name, err)
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,42 @@
+// Package logctx carries log attributes in a context, so that a driver deep inside a handler logs
+// the workspace and event id of the event it works for without being handed a special logger.
+package logctx
+
+import (
+	"context"
+	"log/slog"
+)
+
+type key struct{}
+
+// With returns ctx carrying attrs in addition to those it already carries.
+func With(ctx context.Context, attrs ...slog.Attr) context.Context {
+	prev, _ := ctx.Value(key{}).([]slog.Attr)
+	all := make([]slog.Attr, 0, len(prev)+len(attrs))
+	return context.WithValue(ctx, key{}, append(append(all, prev...), attrs...))
+}
+
+// Handler adds the context's attributes to every record logged with a *Context method.
+type Handler struct{ slog.Handler }
+
+// New wraps h.
+func New(h slog.Handler) *Handler { return &Handler{Handler: h} }
+
+// Handle implements slog.Handler.
+func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
+	if attrs, ok := ctx.Value(key{}).([]slog.Attr); ok {
+		r = r.Clone()
+		r.AddAttrs(attrs...)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs implements slog.Handler.
+func (h *Handler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &Handler{Handler: h.Handler.WithAttrs(attrs)}
+}
+
+// WithGroup implements slog.Handler.
+func (h *Handler) WithGroup(name string) slog.Handler {
+	return &Handler{Handler: h.Handler.WithGroup(name)}
+}
