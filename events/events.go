@@ -212,3 +212,11 @@ type WorkspaceFailedData struct {
 type WorkspaceDeletedData struct {
 	Ref Ref `json:"ref"`
 }
+
+// Must returns e, or panics with err. For tests and benchmarks building known-good events.
+func Must(e cloudevents.Event, err error) cloudevents.Event {
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
