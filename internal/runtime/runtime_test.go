@@ -376,3 +376,45 @@ func TestHTTPTransport(t *testing.T) {
 		t.Errorf("not a CloudEvent: %d, want 400", resp.StatusCode)
 	}
 }
+
+// On shutdown a handler in flight finishes and its outputs are stored and its input acked; the
+// event is not handled a second time by the next instance.
+func TestShutdownFinishesInFlightWork(t *testing.T) {
+	ns := natsServer(t)
+	js := connect(t, ns)
+	entered := make(chan struct{})
+	var calls atomic.Int32
+	fn := Function{Name: "tune", Types: []string{events.WorkspaceRequested}, Handler: HandlerFunc(func(ctx context.Context, e cloudevents.Event) ([]cloudevents.Event, error) {
+		if calls.Add(1) == 1 {
+			close(entered)
+		}
+		time.Sleep(300 * time.Millisecond)
+		return next(e)
+	})}
+	r, err := NewJetStream(js, fn, Deps{Logger: quiet}, JetStreamOptions{AckWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "inflight")); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	cancel() // SIGTERM while the handler runs
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if got := len(messages(t, js, events.NodeReady)); got != 1 {
+		t.Fatalf("%d outputs after shutdown, want the in-flight one", got)
+	}
+	c, err := js.Consumer(context.Background(), StreamName, "tune")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil || info.NumAckPending != 0 || info.NumPending != 0 {
+		t.Fatalf("input not acked on shutdown: %+v %v", info, err)
+	}
+}

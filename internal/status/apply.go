@@ -37,6 +37,17 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	}
 	w.Events = append(w.Events, rec)
 	w.sortEvents()
+	// WorkspaceReady follows the phase, never a single event: events arrive in any order, and a
+	// success that lands after a failure must not make a failed generation look ready.
+	switch w.Phase {
+	case Ready:
+		w.setCondition(CondWorkspaceReady, true, "Ready", "the chat endpoint answers", at)
+	case Failed:
+		w.setCondition(CondWorkspaceReady, false, w.Failure.Reason, w.Failure.Message, at)
+	case Deleted:
+	default:
+		w.setCondition(CondWorkspaceReady, false, string(w.Phase), "in progress", at)
+	}
 	w.Updated = time.Now().UTC()
 	return true, nil
 }
@@ -55,7 +66,6 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		}
 		w.advance(Provisioning)
 		w.startStep(StepProvision, at)
-		w.setCondition(CondWorkspaceReady, false, "Pending", "the pipeline has started", at)
 	case events.NodeReady:
 		var d events.NodeReadyData
 		if err := events.Data(ev, &d); err != nil {
@@ -112,7 +122,6 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		w.endStep(StepServe, at)
 		w.advance(Ready)
 		w.setCondition(CondInferenceReady, true, "InferenceReady", d.URL, at)
-		w.setCondition(CondWorkspaceReady, true, "Ready", "the chat endpoint answers", at)
 	case events.WorkspaceFailed:
 		var d events.WorkspaceFailedData
 		if err := events.Data(ev, &d); err != nil {
@@ -123,7 +132,6 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		}
 		rec.Note = d.Reason + ": " + d.Message
 		w.advance(Failed)
-		w.setCondition(CondWorkspaceReady, false, d.Reason, d.Message, at)
 		for i := range w.Steps {
 			if w.Steps[i].Ended == nil {
 				w.Steps[i].Ended = &at

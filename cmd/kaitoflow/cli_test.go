@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kaitoflow/kaitoflow/internal/embedded"
+)
+
+func cli(t *testing.T, server string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRoot(&out, &errb)
+	root.SetArgs(append([]string{"--server", server}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), errb.String(), err
+}
+
+func TestCLI(t *testing.T) {
+	ctx := context.Background()
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Delay: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	seed := "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
+
+	// A file with one bad document submits nothing and names the fields.
+	doc, _ := os.ReadFile(seed)
+	bad := strings.Replace(string(doc), "method: qlora", "method: dora", 1)
+	two := filepath.Join(t.TempDir(), "two.yaml")
+	if err := os.WriteFile(two, []byte(strings.Replace(string(doc), "workspace-tuning-phi-3", "first", 1)+"---\n"+bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := cli(t, p.URL, "submit", "-f", two)
+	var ex exitError
+	if !errors.As(err, &ex) || ex.code != 1 || !strings.Contains(stderr, "tuning.method") || !strings.Contains(stderr, "document 2") {
+		t.Fatalf("bad submit: err %v stderr %q", err, stderr)
+	}
+	if out, _, _ := cli(t, p.URL, "get", "workspaces"); strings.Contains(out, "first") {
+		t.Fatalf("a file with an invalid document started a workspace:\n%s", out)
+	}
+
+	out, stderr, err := cli(t, p.URL, "submit", "-f", seed)
+	if err != nil || !strings.Contains(out, "workspace.kaito.sh/workspace-tuning-phi-3 submitted") {
+		t.Fatalf("submit: %v %q %q", err, out, stderr)
+	}
+	out, _, err = cli(t, p.URL, "watch", "workspace-tuning-phi-3")
+	if err != nil {
+		t.Fatalf("watch: %v\n%s", err, out)
+	}
+	for _, want := range []string{"kaitoflow.workspace.requested", "kaitoflow.node.ready", "kaitoflow.tuning.started", "kaitoflow.tuning.completed", "kaitoflow.image.pushed", "kaitoflow.inference.ready", "Ready in"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("watch output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, err = cli(t, p.URL, "get", "workspaces")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME INSTANCE RESOURCEREADY INFERENCEREADY WORKSPACEREADY AGE PHASE" {
+		t.Fatalf("get:\n%s", out)
+	}
+	f := strings.Fields(lines[1])
+	if f[0] != "workspace-tuning-phi-3" || f[1] != "Standard_NC6s_v3" || f[2] != "True" || f[3] != "True" || f[4] != "True" || f[6] != "Ready" {
+		t.Errorf("row %q", lines[1])
+	}
+	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "what is kaito?")
+	if err != nil || !strings.Contains(out, "[sim]") {
+		t.Errorf("chat: %v %s", err, out)
+	}
+	out, _, err = cli(t, p.URL, "get", "workspace", "workspace-tuning-phi-3", "-o", "yaml")
+	if err != nil || !strings.Contains(out, "phase: Ready") || !strings.Contains(out, "instanceType: Standard_NC6s_v3") {
+		t.Errorf("get -o yaml: %v\n%s", err, out)
+	}
+	if _, _, err := cli(t, p.URL, "delete", "workspace-tuning-phi-3"); err != nil {
+		t.Fatal(err)
+	}
+	// Deletion is an event too: the record goes once the projector has seen it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, err := cli(t, p.URL, "get", "workspace", "workspace-tuning-phi-3")
+		if err != nil && strings.Contains(err.Error(), "not found") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("get after delete: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,70 @@
+package provision
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+
+func seed(t *testing.T) *events.Workspace {
+	t.Helper()
+	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := events.DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+func TestHandle(t *testing.T) {
+	f := New(&Sim{}, events.AddressPolicy{}, nil)
+	tests := []struct {
+		name       string
+		mutate     func(*events.Workspace)
+		wantReason string
+		wantMsg    string
+	}{
+		{name: "seed", mutate: func(*events.Workspace) {}},
+		{name: "two nodes", mutate: func(w *events.Workspace) { n := 2; w.Resource.Count = &n }},
+		{name: "invalid", mutate: func(w *events.Workspace) { w.Tuning.Method = "dora" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.method"},
+		{name: "metadata service", mutate: func(w *events.Workspace) { w.Tuning.Input.URLs = []string{"http://169.254.169.254/"} }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.input.urls[0]"},
+		{name: "subject mismatch", mutate: func(w *events.Workspace) { w.Name = "other" }, wantReason: events.ReasonBadEvent, wantMsg: "does not match"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := seed(t)
+			tc.mutate(ws)
+			ref := events.Ref{Namespace: "default", Name: "workspace-tuning-phi-3", Generation: 1}
+			in := events.Must(events.New("test", events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil))
+			out, err := f.Handle(context.Background(), in)
+			if tc.wantReason != "" {
+				p, ok := events.AsPermanent(err)
+				if !ok || p.Reason != tc.wantReason || !strings.Contains(p.Err.Error(), tc.wantMsg) {
+					t.Fatalf("got %v, want permanent %s mentioning %s", err, tc.wantReason, tc.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d events.NodeReadyData
+			if err := events.Data(out[0], &d); err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Nodes) != ws.NodeCount() || d.Provider != "sim" || d.InstanceType != "Standard_NC6s_v3" {
+				t.Errorf("node.ready %+v", d)
+			}
+			again, err := f.Handle(context.Background(), in)
+			if err != nil || again[0].ID() != out[0].ID() || string(again[0].Data()) != string(out[0].Data()) {
+				t.Errorf("a redelivery must emit the same event: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,151 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs from the golden file:\n got %s\nwant %s", name, got, want)
+	}
+}
+
+func seedJob(t *testing.T) (tune.Job, string, []events.AdapterFile) {
+	t.Helper()
+	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := events.DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := tune.Job{Name: "j", Ref: events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}, Workspace: *ws}
+	dir := t.TempDir()
+	files, err := tune.WriteSimAdapter(dir, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job, dir, files
+}
+
+var created = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+// The adapter image is a generated manifest: its exact bytes (and so its digest) are pinned.
+func TestAdapterImageGolden(t *testing.T) {
+	_, dir, files := seedJob(t)
+	img, err := BuildAdapterImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "adapter-manifest.json", indent(t, raw))
+	golden(t, "adapter-config.json", indent(t, cfg))
+
+	again, err := BuildAdapterImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := img.Digest()
+	d2, _ := again.Digest()
+	if d1 != d2 {
+		t.Errorf("the same adapter built twice has two digests: %s %s", d1, d2)
+	}
+}
+
+func indent(t *testing.T, b []byte) []byte {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := json.MarshalIndent(v, "", "  ")
+	return append(out, '\n')
+}
+
+func TestHandlePushesAndRedeliveryIsIdempotent(t *testing.T) {
+	job, dir, files := seedJob(t)
+	reg := httptest.NewServer(registry.New())
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	f := New(RemotePusher{}, RewriteRegistry(host), nil)
+	in, err := events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
+		Workspace: job.Workspace, Job: "j", Location: dir, Files: files,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var digests []string
+	for range 2 {
+		out, err := f.Handle(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 1 || out[0].Type() != events.ImagePushed {
+			t.Fatalf("out %v", out)
+		}
+		var d events.ImagePushedData
+		if err := events.Data(out[0], &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Tag != "0.0.1" || !strings.HasPrefix(d.Reference, host+"/image_name_here@sha256:") || d.Size <= 0 {
+			t.Errorf("image.pushed %+v", d)
+		}
+		digests = append(digests, d.Digest)
+	}
+	if digests[0] != digests[1] {
+		t.Errorf("redelivery pushed a different digest: %v", digests)
+	}
+	ref, _ := name.ParseReference(host+"/image_name_here:0.0.1", name.Insecure)
+	desc, err := remote.Head(ref)
+	if err != nil || desc.Digest.String() != digests[0] {
+		t.Fatalf("tag points at %v (%v), want %s", desc, err, digests[0])
+	}
+}
+
+func TestHandleClassifiesRegistryErrors(t *testing.T) {
+	job, dir, files := seedJob(t)
+	// A registry that refuses every push with 401: permanent, retrying will not grant access.
+	reg := httptest.NewServer(httpStatus(401))
+	defer reg.Close()
+	f := New(RemotePusher{}, RewriteRegistry(strings.TrimPrefix(reg.URL, "http://")), nil)
+	in := events.Must(events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{Workspace: job.Workspace, Location: dir, Files: files}, nil))
+	_, err := f.Handle(context.Background(), in)
+	if _, ok := events.AsPermanent(err); !ok {
+		t.Errorf("401 should be permanent, got %v", err)
+	}
+}

@@ -1,0 +1,132 @@
+package status
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+func chain(t *testing.T, gen int64, tuning bool) []cloudevents.Event {
+	t.Helper()
+	ref := events.Ref{Namespace: "default", Name: "ws", Generation: gen}
+	ws := events.Workspace{}
+	ws.Name = "ws"
+	ws.Resource.InstanceType = "Standard_NC6s_v3"
+	if tuning {
+		ws.Tuning = &events.TuningSpec{Method: "qlora"}
+	} else {
+		ws.Inference = &events.InferenceSpec{}
+	}
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(typ string, data any) cloudevents.Event {
+		e := events.Must(events.New("test", typ, typ, ref, data, nil))
+		at = at.Add(time.Second)
+		e.SetTime(at)
+		return e
+	}
+	out := []cloudevents.Event{
+		mk(events.WorkspaceRequested, ws),
+		mk(events.NodeReady, events.NodeReadyData{Workspace: ws, Provider: "sim", Nodes: []string{"n0"}}),
+	}
+	if tuning {
+		out = append(out,
+			mk(events.TuningStarted, events.TuningStartedData{Workspace: ws, Job: "ws-tuning-1", Trainer: "sim"}),
+			mk(events.TuningCompleted, events.TuningCompletedData{Workspace: ws, Files: []events.AdapterFile{{Path: "a"}}}),
+			mk(events.ImagePushed, events.ImagePushedData{Workspace: ws, Reference: "r@sha256:1", Digest: "sha256:1"}),
+		)
+	}
+	return append(out, mk(events.InferenceReady, events.InferenceReadyData{Ref: ref, URL: "http://x"}))
+}
+
+func TestApplyFullChainInAnyOrder(t *testing.T) {
+	for _, tuning := range []bool{true, false} {
+		evs := chain(t, 1, tuning)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for trial := range 20 {
+			order := rng.Perm(len(evs))
+			var w Workspace
+			for _, i := range order {
+				if _, err := Apply(&w, evs[i]); err != nil {
+					t.Fatal(err)
+				}
+				// Every event applied a second time changes nothing.
+				if changed, _ := Apply(&w, evs[i]); changed {
+					t.Fatalf("reapplying %s changed the record", evs[i].Type())
+				}
+			}
+			if w.Phase != Ready || w.Endpoint != "http://x" || w.ConditionStatus(CondWorkspaceReady) != "True" || w.ConditionStatus(CondResourceReady) != "True" {
+				t.Fatalf("tuning=%v trial %d order %v: phase %s conditions %+v", tuning, trial, order, w.Phase, w.Conditions)
+			}
+			if len(w.Events) != len(evs) {
+				t.Fatalf("%d events recorded", len(w.Events))
+			}
+			for i := 1; i < len(w.Events); i++ {
+				if w.Events[i].Time.Before(w.Events[i-1].Time) {
+					t.Fatal("events not in time order")
+				}
+			}
+			// tune spans node.ready → tuning.completed: start and finish are two hops.
+			want := map[string]time.Duration{StepProvision: time.Second, StepTune: 2 * time.Second, StepPublish: time.Second, StepServe: time.Second}
+			for _, s := range w.Steps {
+				if s.Started == nil || s.Ended == nil || s.Duration(time.Now()) != want[s.Name] {
+					t.Fatalf("step %s: %+v", s.Name, s)
+				}
+			}
+		}
+	}
+}
+
+func TestApplyPhases(t *testing.T) {
+	evs := chain(t, 2, true)
+	failed := events.Must(events.New("test", events.WorkspaceFailed, "failed/publish", events.Ref{Namespace: "default", Name: "ws", Generation: 2},
+		events.WorkspaceFailedData{Reason: "StepFailed", Message: "push refused", Function: "publish"}, nil))
+	failed.SetTime(evs[3].Time().Add(time.Millisecond))
+	tests := []struct {
+		name  string
+		apply []cloudevents.Event
+		want  Phase
+	}{
+		{"requested", evs[:1], Provisioning},
+		{"nodes ready, tuning", evs[:2], Tuning},
+		{"adapter trained", evs[:4], Publishing},
+		{"image pushed", evs[:5], Deploying},
+		{"failed stays failed", append(append([]cloudevents.Event{}, evs[:4]...), failed, evs[4], evs[5]), Failed},
+		{"older generation ignored", append(append([]cloudevents.Event{}, evs[:2]...), chain(t, 1, true)...), Tuning},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var w Workspace
+			for _, e := range tc.apply {
+				if _, err := Apply(&w, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if w.Phase != tc.want {
+				t.Errorf("phase %s, want %s", w.Phase, tc.want)
+			}
+			if tc.want == Failed && (w.Failure == nil || w.Failure.Reason != "StepFailed" || w.ConditionStatus(CondWorkspaceReady) != "False") {
+				t.Errorf("failure %+v conditions %+v", w.Failure, w.Conditions)
+			}
+		})
+	}
+}
+
+func TestApplyNewGenerationResets(t *testing.T) {
+	var w Workspace
+	for _, e := range chain(t, 1, true) {
+		if _, err := Apply(&w, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := w.Created
+	if _, err := Apply(&w, chain(t, 2, true)[0]); err != nil {
+		t.Fatal(err)
+	}
+	if w.Generation != 2 || w.Phase != Provisioning || len(w.Events) != 1 || w.Endpoint != "" || !w.Created.Equal(first) {
+		t.Errorf("after a new generation: %+v", w)
+	}
+}
