@@ -9,7 +9,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
-
 func seed(t *testing.T) *events.Workspace {
 	t.Helper()
 	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")

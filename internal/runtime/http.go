@@ -1,8 +1,8 @@
 package runtime
 
 import (
-	"log/slog"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
