@@ -2,7 +2,7 @@
 //
 //	go test ./bench -run '^$' -bench . -benchtime 1x [-workspaces 500]
 //
-// BenchmarkPipeline drives N workspaces through the embedded pipeline with the sim drivers at zero
+// The benchmarks drive N workspaces through the embedded pipeline with the sim drivers at zero
 // delay (so what is measured is kaitoflow: decoding, validation, the runtime's publish-then-ack,
 // the status projector, a real OCI build and push per workspace) and, in the same run, through a
 // raw JetStream baseline: five durable consumers that ack and republish each message with the same
@@ -59,7 +59,7 @@ func pct(ds []time.Duration, p float64) time.Duration {
 
 // observe records when each event of each workspace reaches an observer on the stream, and
 // returns once n workspaces have reached the end of the chain.
-func observe(ctx context.Context, js jetstream.JetStream, n int, started chan<- struct{}) (map[string]map[string]time.Time, error) {
+func observe(ctx context.Context, js jetstream.JetStream, n int, started chan<- struct{}, finished chan<- string) (map[string]map[string]time.Time, error) {
 	c, err := js.OrderedConsumer(ctx, runtime.StreamName, jetstream.OrderedConsumerConfig{FilterSubjects: chain, DeliverPolicy: jetstream.DeliverNewPolicy})
 	if err != nil {
 		return nil, err
@@ -86,6 +86,7 @@ func observe(ctx context.Context, js jetstream.JetStream, n int, started chan<- 
 			seen[ws][m.Subject()] = now
 			if m.Subject() == events.InferenceReady {
 				done++
+				finished <- ws
 			}
 		}
 	}
@@ -131,8 +132,20 @@ func newWorkspace(i int) (events.Ref, *events.Workspace, error) {
 	return ws.Ref(), ws, nil
 }
 
-// submitAll publishes workspace.requested for n workspaces the way the API does after admitting
-// them, 16 publishers at a time.
+// submit publishes workspace.requested for workspace i the way the API does after admitting it.
+func submit(ctx context.Context, js jetstream.JetStream, i int, admit func(*events.Workspace) error) error {
+	ref, ws, err := newWorkspace(i)
+	if err == nil && admit != nil {
+		err = admit(ws)
+	}
+	if err == nil {
+		e := events.Must(events.New("bench", events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil))
+		err = runtime.JetStreamPublisher{JS: js}.Publish(ctx, e)
+	}
+	return err
+}
+
+// submitAll submits n workspaces at once, 16 publishers at a time: a burst.
 func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*events.Workspace) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -143,15 +156,7 @@ func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*e
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ref, ws, err := newWorkspace(i)
-			if err == nil && admit != nil {
-				err = admit(ws)
-			}
-			if err == nil {
-				var e = events.Must(events.New("bench", events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil))
-				err = runtime.JetStreamPublisher{JS: js}.Publish(ctx, e)
-			}
-			if err != nil {
+			if err := submit(ctx, js, i, admit); err != nil {
 				errs <- err
 			}
 		}()
@@ -161,7 +166,7 @@ func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*e
 	return <-errs
 }
 
-func runKaitoflow(b *testing.B, n int) result {
+func runKaitoflow(b *testing.B, n int, burst bool) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -169,27 +174,43 @@ func runKaitoflow(b *testing.B, n int) result {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	return drive(b, ctx, p.JS, n, "kaitoflow (sim drivers, zero delay)", func(ws *events.Workspace) error {
+	return drive(b, ctx, p.JS, n, burst, "kaitoflow (sim drivers, zero delay)", func(ws *events.Workspace) error {
 		_, _, err := p.Store.Admit(ctx, ws)
 		return err
 	})
 }
 
-func drive(b *testing.B, ctx context.Context, js jetstream.JetStream, n int, name string, admit func(*events.Workspace) error) result {
+// drive submits n workspaces — all at once (burst), or each after the previous one is ready, which
+// shows per-hop latency without queueing — and summarizes what the observer saw.
+func drive(b *testing.B, ctx context.Context, js jetstream.JetStream, n int, burst bool, name string, admit func(*events.Workspace) error) result {
 	started := make(chan struct{})
+	finished := make(chan string, n)
 	type obs struct {
 		seen map[string]map[string]time.Time
 		err  error
 	}
 	res := make(chan obs, 1)
 	go func() {
-		s, err := observe(ctx, js, n, started)
+		s, err := observe(ctx, js, n, started, finished)
 		res <- obs{s, err}
 	}()
 	<-started
 	start := time.Now()
-	if err := submitAll(ctx, js, n, admit); err != nil {
-		b.Fatal(err)
+	if burst {
+		if err := submitAll(ctx, js, n, admit); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		for i := range n {
+			if err := submit(ctx, js, i, admit); err != nil {
+				b.Fatal(err)
+			}
+			select {
+			case <-finished:
+			case <-ctx.Done():
+				b.Fatal(ctx.Err())
+			}
+		}
 	}
 	o := <-res
 	if o.err != nil {
@@ -201,7 +222,7 @@ func drive(b *testing.B, ctx context.Context, js jetstream.JetStream, n int, nam
 // runBaseline: the same stream, the same five hops, each a durable pull consumer with the same
 // concurrency that publishes the next subject (awaiting the ack, with a Nats-Msg-Id) and then
 // acks its input — JetStream's own cost for this shape of pipeline, with no work in the hops.
-func runBaseline(b *testing.B, n int) result {
+func runBaseline(b *testing.B, n int, burst bool) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(), NoSigs: true, NoLog: true})
@@ -274,33 +295,46 @@ func runBaseline(b *testing.B, n int) result {
 			}
 		}()
 	}
-	r := drive(b, ctx, js, n, "baseline (raw JetStream, 5 ack+republish hops)", nil)
+	r := drive(b, ctx, js, n, burst, "baseline (raw JetStream, 5 ack+republish hops)", nil)
 	stopHops()
 	wg.Wait()
 	return r
 }
 
-func BenchmarkPipeline(b *testing.B) {
+// BenchmarkPipeline submits the workspaces as one burst: throughput, and latency under load.
+func BenchmarkPipeline(b *testing.B) { bench(b, true) }
+
+// BenchmarkPipelineSequential submits one workspace at a time: per-hop latency without queueing.
+func BenchmarkPipelineSequential(b *testing.B) { bench(b, false) }
+
+func bench(b *testing.B, burst bool) {
 	n := *workspaces
+	if !burst {
+		n = min(n, 100)
+	}
 	for b.Loop() {
-		base := runBaseline(b, n)
-		kf := runKaitoflow(b, n)
+		base := runBaseline(b, n, burst)
+		kf := runKaitoflow(b, n, burst)
 		for _, r := range []result{base, kf} {
 			if r.complete != n {
 				b.Fatalf("%s: %d of %d workspaces completed", r.name, r.complete, n)
 			}
 		}
-		report(b, base, kf)
+		report(b, base, kf, burst)
 		b.ReportMetric(kf.rate(), "workspaces/s")
 		b.ReportMetric(base.rate(), "baseline-workspaces/s")
 		b.ReportMetric(kf.rate()/base.rate(), "ratio")
 	}
 }
 
-func report(b *testing.B, base, kf result) {
+func report(b *testing.B, base, kf result, burst bool) {
 	var sb strings.Builder
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "\n%d workspaces\tworkspaces/s", kf.n)
+	mode := "one at a time"
+	if burst {
+		mode = "in one burst"
+	}
+	fmt.Fprintf(tw, "\n%d workspaces %s\tworkspaces/s", kf.n, mode)
 	for i := 1; i < len(chain); i++ {
 		fmt.Fprintf(tw, "\t%s p50/p99", strings.TrimPrefix(chain[i], "kaitoflow."))
 	}
@@ -315,5 +349,4 @@ func report(b *testing.B, base, kf result) {
 	fmt.Fprintf(tw, "ratio kaitoflow/baseline\t%.2f\n", kf.rate()/base.rate())
 	_ = tw.Flush()
 	b.Log(sb.String())
-	fmt.Print(sb.String())
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,53 +34,61 @@ func newSubmit(g *globals) *cobra.Command {
 			if len(files) == 0 {
 				return errors.New("-f FILE is required")
 			}
-			var docs [][]byte
-			for _, f := range files {
-				b, err := readFile(cmd.InOrStdin(), f)
-				if err != nil {
-					return err
-				}
-				d, err := events.SplitYAML(b)
-				if err != nil {
-					return fmt.Errorf("%s: %w", f, err)
-				}
-				docs = append(docs, d...)
-			}
-			// The server validates every document (it knows which private hosts it admits) before
-			// any is submitted, so a bad file starts nothing.
-			c := g.client()
-			bad := false
-			for i, d := range docs {
-				if _, err := c.Submit(cmd.Context(), d, true); err != nil {
-					var apiErr *api.APIError
-					if !errors.As(err, &apiErr) {
-						return err
-					}
-					fmt.Fprintf(g.err, "document %d: %v\n", i+1, err)
-					bad = true
-				}
-			}
-			if bad {
-				return exitError{code: 1}
-			}
-			for _, d := range docs {
-				res, err := c.Submit(cmd.Context(), d, false)
-				if err != nil {
-					fmt.Fprintln(g.err, err)
-					return exitError{code: 1}
-				}
-				w := res.Workspace
-				verb := "submitted"
-				if res.Unchanged {
-					verb = "unchanged"
-				}
-				fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (namespace %s, generation %d)\n", w.Name, verb, w.Namespace, w.Generation)
-			}
-			return nil
+			_, err := g.submitFiles(cmd.Context(), cmd.InOrStdin(), files)
+			return err
 		},
 	}
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
 	return cmd
+}
+
+// submitFiles submits every document of files and returns the submitted workspaces' names. The
+// server validates every document first (it knows which private hosts it admits), so a file with
+// one bad document starts nothing.
+func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []string) ([]string, error) {
+	var docs [][]byte
+	for _, f := range files {
+		b, err := readFile(stdin, f)
+		if err != nil {
+			return nil, err
+		}
+		d, err := events.SplitYAML(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		docs = append(docs, d...)
+	}
+	c := g.client()
+	bad := false
+	for i, d := range docs {
+		if _, err := c.Submit(ctx, d, true); err != nil {
+			var apiErr *api.APIError
+			if !errors.As(err, &apiErr) {
+				return nil, err
+			}
+			fmt.Fprintf(g.err, "document %d: %v\n", i+1, err)
+			bad = true
+		}
+	}
+	if bad {
+		return nil, exitError{code: 1}
+	}
+	var names []string
+	for _, d := range docs {
+		res, err := c.Submit(ctx, d, false)
+		if err != nil {
+			fmt.Fprintln(g.err, err)
+			return names, exitError{code: 1}
+		}
+		w := res.Workspace
+		verb := "submitted"
+		if res.Unchanged {
+			verb = "unchanged"
+		}
+		fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (namespace %s, generation %d)\n", w.Name, verb, w.Namespace, w.Generation)
+		names = append(names, w.Name)
+	}
+	return names, nil
 }
 
 func readFile(stdin io.Reader, name string) ([]byte, error) {
@@ -200,34 +209,39 @@ func newWatch(g *globals) *cobra.Command {
 		Short: "Follow a workspace through the pipeline until it is Ready or Failed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			printed := map[string]bool{}
-			var final *status.Workspace
-			err := g.client().Watch(cmd.Context(), args[0], func(w status.Workspace) bool {
-				printTimeline(g.out, w, printed)
-				if w.Phase == status.Ready || w.Phase == status.Failed {
-					final = &w
-					return false
-				}
-				return true
-			})
-			if err != nil {
-				return err
-			}
-			if final == nil {
-				return nil
-			}
-			fmt.Fprintln(g.out)
-			for _, s := range final.Steps {
-				fmt.Fprintf(g.out, "  %-10s %8s\n", s.Name, s.Duration(time.Now()).Round(time.Millisecond))
-			}
-			if final.Phase == status.Failed {
-				fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
-				return exitError{code: 1}
-			}
-			fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(final.Created).Round(time.Millisecond), final.Endpoint)
-			return nil
+			return g.watch(cmd.Context(), args[0])
 		},
 	}
+}
+
+// watch prints a workspace's timeline until it is Ready (nil) or Failed (exit 1).
+func (g *globals) watch(ctx context.Context, name string) error {
+	printed := map[string]bool{}
+	var final *status.Workspace
+	err := g.client().Watch(ctx, name, func(w status.Workspace) bool {
+		printTimeline(g.out, w, printed)
+		if w.Phase == status.Ready || w.Phase == status.Failed {
+			final = &w
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if final == nil {
+		return nil
+	}
+	fmt.Fprintln(g.out)
+	for _, s := range final.Steps {
+		fmt.Fprintf(g.out, "  %-10s %8s\n", s.Name, s.Duration(time.Now()).Round(time.Millisecond))
+	}
+	if final.Phase == status.Failed {
+		fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
+		return exitError{code: 1}
+	}
+	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(final.Created).Round(time.Millisecond), final.Endpoint)
+	return nil
 }
 
 // printTimeline prints the events not printed yet, each with the time since the first.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,7 +20,7 @@ func newUp(g *globals) *cobra.Command {
 		dataDir, natsURL, natsListen, listen string
 		delay, ackWait                       time.Duration
 		maxDeliver                           int
-		allow                                []string
+		allow, submit                        []string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -52,7 +53,12 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.err, "\nkaitoflow is up. In another terminal:\n  kaitoflow submit -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml\n  kaitoflow watch workspace-tuning-phi-3\n  kaitoflow get workspaces\n\n")
+			g.server = p.URL
+			if len(submit) > 0 {
+				go g.submitAndWatch(cmd.Context(), submit)
+			} else {
+				fmt.Fprintf(g.err, "\nkaitoflow is up at %s. In another terminal:\n  kaitoflow submit -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml\n  kaitoflow watch workspace-tuning-phi-3\n  kaitoflow get workspaces\n\n", p.URL)
+			}
 			<-cmd.Context().Done()
 			log.Info("shutting down: letting in-flight steps finish")
 			return p.Close()
@@ -67,5 +73,21 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.DurationVar(&ackWait, "ack-wait", 30*time.Second, "JetStream AckWait; a crashed step is redelivered after it")
 	f.IntVar(&maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
+	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
 	return cmd
+}
+
+// submitAndWatch is `up --submit`: the quickstart's one command.
+func (g *globals) submitAndWatch(ctx context.Context, files []string) {
+	names, err := g.submitFiles(ctx, nil, files)
+	if err != nil {
+		fmt.Fprintln(g.err, "submit:", err)
+		return
+	}
+	for _, n := range names {
+		if err := g.watch(ctx, n); err != nil && ctx.Err() == nil {
+			fmt.Fprintln(g.err, "watch:", err)
+		}
+	}
+	fmt.Fprintf(g.out, "\nkaitoflow keeps running at %s (Ctrl-C stops it). Try:\n  go run ./cmd/kaitoflow get workspaces\n  go run ./cmd/kaitoflow chat %s \"What is Kaito?\"\n", g.server, names[len(names)-1])
 }
