@@ -1,0 +1,290 @@
+package presets
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+)
+
+// headroom is the share of a GPU's memory a plan may fill: the driver, ECC and the estimator's own
+// error need the rest.
+const headroom = 0.95
+
+// Defaults a plan starts from and may shrink, when the user did not set them, to make a run fit.
+var (
+	defaultBatchSizes = []int{4, 2, 1}
+	defaultSeqLens    = []int{2048, 1024, 512}
+)
+
+// Overrides are the values the user set explicitly (in the training config); a plan never changes
+// them, it only refuses when they cannot fit.
+type Overrides struct {
+	BatchSize             *int
+	SeqLen                *int
+	GradientCheckpointing *bool
+	LoRARank              *int
+	LoRATargets           []string
+}
+
+// TuningPlan says what a tuning run will use and why.
+type TuningPlan struct {
+	Preset                string   `json:"preset"`
+	HuggingFace           string   `json:"huggingFace"`
+	Revision              string   `json:"revision"`
+	Method                string   `json:"method"`
+	InstanceType          string   `json:"instanceType"`
+	GPU                   string   `json:"gpu"`
+	GPUs                  int      `json:"gpus"`
+	GPUMemoryGiB          float64  `json:"gpuMemoryGiB"`
+	DType                 string   `json:"dtype"`
+	BatchSize             int      `json:"batchSize"`
+	SeqLen                int      `json:"seqLen"`
+	GradientCheckpointing bool     `json:"gradientCheckpointing"`
+	LoRARank              int      `json:"loraRank"`
+	LoRATargets           []string `json:"loraTargets"`
+	Estimate              Estimate `json:"estimate"`
+	Reasons               []string `json:"reasons"`
+}
+
+// FitError says a request cannot fit, with the numbers.
+type FitError struct {
+	Preset       string
+	InstanceType string
+	NeedsGiB     float64
+	HasGiB       float64
+	Detail       string
+}
+
+func (e *FitError) Error() string {
+	if e.InstanceType == "" {
+		return fmt.Sprintf("%s does not fit any known GPU SKU: %s", e.Preset, e.Detail)
+	}
+	return fmt.Sprintf("%s needs ~%.1f GiB per GPU, %s has %.0f GiB (%s)", e.Preset, e.NeedsGiB, e.InstanceType, e.HasGiB, e.Detail)
+}
+
+// PlanTuning picks the settings of a tuning run: the SKU (the cheapest that fits when
+// instanceType is empty), the compute dtype the GPU supports, and the largest default batch and
+// sequence length that fit. It returns a *FitError when nothing fits.
+func (c *Catalog) PlanTuning(preset, method, instanceType string, o Overrides) (*TuningPlan, error) {
+	m, err := c.Model(preset)
+	if err != nil {
+		return nil, err
+	}
+	if !m.Tuning {
+		return nil, fmt.Errorf("preset %s does not support tuning", m.Name)
+	}
+	if method != "lora" && method != "qlora" {
+		return nil, fmt.Errorf("method %q: want lora or qlora", method)
+	}
+	candidates, err := c.candidates(instanceType)
+	if err != nil {
+		return nil, err
+	}
+	rank := 8
+	if o.LoRARank != nil {
+		rank = *o.LoRARank
+	}
+	targets := o.LoRATargets
+	if len(targets) == 0 {
+		targets = m.LoRATargets
+	}
+	ckpt := true
+	if o.GradientCheckpointing != nil {
+		ckpt = *o.GradientCheckpointing
+	}
+	seqs := fixedOr(o.SeqLen, capAt(defaultSeqLens, m.MaxContext))
+	batches := fixedOr(o.BatchSize, defaultBatchSizes)
+
+	var smallest *Estimate
+	for _, sku := range candidates {
+		for _, s := range seqs {
+			for _, b := range batches {
+				e, err := EstimateTraining(TrainingInput{
+					Model: m, Method: method, LoRARank: rank, LoRATargets: targets, BatchSize: b, SeqLen: s,
+					GradientCheckpointing: ckpt, FlashAttention: true, GPUs: sku.GPUs,
+				})
+				if err != nil {
+					return nil, err
+				}
+				if smallest == nil || e.PerGPUGiB < smallest.PerGPUGiB {
+					smallest = &e
+				}
+				if e.PerGPUGiB > sku.MemoryGiB*headroom {
+					continue
+				}
+				p := &TuningPlan{
+					Preset: m.Name, HuggingFace: m.HuggingFace, Revision: m.Revision, Method: method,
+					InstanceType: sku.Name, GPU: sku.GPU, GPUs: sku.GPUs, GPUMemoryGiB: sku.MemoryGiB,
+					DType: dtype(sku), BatchSize: b, SeqLen: s, GradientCheckpointing: ckpt,
+					LoRARank: rank, LoRATargets: targets, Estimate: e,
+				}
+				p.explain(m, sku, instanceType == "", seqs[0], batches[0])
+				return p, nil
+			}
+		}
+	}
+	last := candidates[len(candidates)-1]
+	fe := &FitError{Preset: m.Name, NeedsGiB: smallest.PerGPUGiB, HasGiB: last.MemoryGiB,
+		Detail: fmt.Sprintf("%s at batch %d, sequence %d, the smallest settings tried", method, batches[len(batches)-1], seqs[len(seqs)-1])}
+	if instanceType != "" {
+		fe.InstanceType = last.Name
+		if method == "lora" {
+			fe.Detail += "; qlora needs about a quarter of the weight memory"
+		}
+	}
+	return nil, fe
+}
+
+func (p *TuningPlan) explain(m *Model, sku SKU, chosen bool, seq0, batch0 int) {
+	if chosen {
+		p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU where it fits (~$%.2f/h, %d× %s %.0f GiB)", sku.Name, sku.PricePerHour, sku.GPUs, sku.GPU, sku.MemoryGiB))
+	}
+	if sku.BF16() {
+		p.Reasons = append(p.Reasons, fmt.Sprintf("%s (compute capability %s) has bf16: computing in bfloat16", sku.GPU, sku.ComputeCapability))
+	} else {
+		p.Reasons = append(p.Reasons, fmt.Sprintf("%s (compute capability %s) has no bf16: computing in float16", sku.GPU, sku.ComputeCapability))
+	}
+	if p.Method == "qlora" {
+		p.Reasons = append(p.Reasons, fmt.Sprintf("qlora: base weights in NF4 with double quantization, %.2f GiB instead of %.2f GiB in 16-bit", p.Estimate.WeightsGiB, float64(m.Parameters)*bytes16/gib))
+	}
+	if p.SeqLen < seq0 || p.BatchSize < batch0 {
+		p.Reasons = append(p.Reasons, fmt.Sprintf("shrunk the defaults (batch %d, sequence %d) to batch %d, sequence %d to fit", batch0, seq0, p.BatchSize, p.SeqLen))
+	}
+	p.Reasons = append(p.Reasons, fmt.Sprintf("needs ~%.1f GiB per GPU of %.0f GiB (%.0f%%): weights %.2f, adapter+optimizer %.2f, activations %.2f, logits %.2f, overhead %.2f",
+		p.Estimate.PerGPUGiB, sku.MemoryGiB, 100*p.Estimate.PerGPUGiB/sku.MemoryGiB,
+		p.Estimate.WeightsGiB, p.Estimate.AdapterGiB, p.Estimate.ActivationsGiB, p.Estimate.LogitsGiB, p.Estimate.OverheadGiB))
+}
+
+// InferencePlan says how a preset will be served and why.
+type InferencePlan struct {
+	Preset               string   `json:"preset"`
+	HuggingFace          string   `json:"huggingFace"`
+	Revision             string   `json:"revision"`
+	InstanceType         string   `json:"instanceType"`
+	GPUs                 int      `json:"gpus"`
+	DType                string   `json:"dtype"`
+	MaxModelLen          int      `json:"maxModelLen"`
+	GPUMemoryUtilization float64  `json:"gpuMemoryUtilization"`
+	EnableLoRA           bool     `json:"enableLoRA"`
+	MaxLoRARank          int      `json:"maxLoRARank,omitempty"`
+	MaxLoRAs             int      `json:"maxLoRAs,omitempty"`
+	Estimate             Estimate `json:"estimate"`
+	Reasons              []string `json:"reasons"`
+}
+
+// gpuMemoryUtilization is vLLM's own default share of GPU memory.
+const gpuMemoryUtilization = 0.9
+
+// vLLM accepts these LoRA ranks only.
+var vllmLoRARanks = []int{8, 16, 32, 64, 128, 256}
+
+// PlanInference picks how to serve preset: the SKU (cheapest where at least a useful context fits,
+// when instanceType is empty), the dtype, tensor parallelism over the node's GPUs, and the longest
+// max model length the KV cache allows.
+func (c *Catalog) PlanInference(preset, instanceType string, adapters, loraRank int) (*InferencePlan, error) {
+	m, err := c.Model(preset)
+	if err != nil {
+		return nil, err
+	}
+	candidates, err := c.candidates(instanceType)
+	if err != nil {
+		return nil, err
+	}
+	minCtx := min(m.MaxContext, 2048)
+	var best int
+	for _, sku := range candidates {
+		n := MaxContextThatFits(m, &sku, gpuMemoryUtilization)
+		best = max(best, n)
+		if n < minCtx {
+			continue
+		}
+		p := &InferencePlan{
+			Preset: m.Name, HuggingFace: m.HuggingFace, Revision: m.Revision, InstanceType: sku.Name, GPUs: sku.GPUs,
+			DType: dtype(sku), MaxModelLen: n, GPUMemoryUtilization: gpuMemoryUtilization,
+			Estimate: EstimateInference(InferenceInput{Model: m, ContextTokens: n, GPUs: sku.GPUs}),
+		}
+		if instanceType == "" {
+			p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU that serves at least %d tokens of context", sku.Name, minCtx))
+		}
+		if !sku.BF16() {
+			p.Reasons = append(p.Reasons, fmt.Sprintf("%s has no bf16: serving in float16", sku.GPU))
+		}
+		if n < m.MaxContext {
+			p.Reasons = append(p.Reasons, fmt.Sprintf("max model length %d of the model's %d: the KV cache (%d KiB/token) must fit next to %.1f GiB of weights", n, m.MaxContext, m.Architecture.KVBytesPerToken()>>10, p.Estimate.WeightsGiB))
+		}
+		if adapters > 0 {
+			p.EnableLoRA, p.MaxLoRAs = true, adapters
+			i, _ := slices.BinarySearch(vllmLoRARanks, max(loraRank, 8))
+			p.MaxLoRARank = vllmLoRARanks[min(i, len(vllmLoRARanks)-1)]
+		}
+		return p, nil
+	}
+	last := candidates[len(candidates)-1]
+	fe := &FitError{Preset: m.Name,
+		NeedsGiB: EstimateInference(InferenceInput{Model: m, ContextTokens: minCtx, GPUs: last.GPUs}).PerGPUGiB, HasGiB: last.MemoryGiB,
+		Detail: fmt.Sprintf("serving %d tokens of context in 16-bit; at most %d fit", minCtx, best)}
+	if instanceType != "" {
+		fe.InstanceType = last.Name
+	}
+	return nil, fe
+}
+
+// VLLMArgs are the vLLM OpenAI server's arguments for the plan.
+func (p *InferencePlan) VLLMArgs() []string {
+	args := []string{
+		"--model", p.HuggingFace, "--revision", p.Revision, "--served-model-name", p.Preset,
+		"--dtype", p.DType, "--max-model-len", strconv.Itoa(p.MaxModelLen),
+		"--gpu-memory-utilization", strconv.FormatFloat(p.GPUMemoryUtilization, 'f', 2, 64),
+		"--tensor-parallel-size", strconv.Itoa(p.GPUs),
+	}
+	if p.EnableLoRA {
+		args = append(args, "--enable-lora", "--max-lora-rank", strconv.Itoa(p.MaxLoRARank), "--max-loras", strconv.Itoa(p.MaxLoRAs))
+	}
+	return args
+}
+
+func (c *Catalog) candidates(instanceType string) ([]SKU, error) {
+	if instanceType == "" {
+		return c.SKUsByPrice(), nil
+	}
+	s, err := c.SKU(instanceType)
+	if err != nil {
+		return nil, err
+	}
+	return []SKU{*s}, nil
+}
+
+func dtype(s SKU) string {
+	if s.BF16() {
+		return "bfloat16"
+	}
+	return "float16"
+}
+
+func fixedOr(v *int, defaults []int) []int {
+	if v != nil {
+		return []int{*v}
+	}
+	return defaults
+}
+
+// capAt drops values above limit, keeping limit itself when everything is above it.
+func capAt(values []int, limit int) []int {
+	var out []int
+	for _, v := range values {
+		if v <= limit {
+			out = append(out, v)
+		}
+	}
+	if len(out) == 0 {
+		return []int{limit}
+	}
+	return out
+}
+
+// IsFitError reports whether err is a FitError.
+func IsFitError(err error) bool {
+	var fe *FitError
+	return errors.As(err, &fe)
+}

@@ -1,0 +1,217 @@
+package presets
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/yaml"
+)
+
+// TrainingConfig is Kaito's training_config.yaml: sections of keyword arguments the trainer hands
+// to transformers and peft (ModelConfig → from_pretrained, QuantizationConfig → BitsAndBytesConfig,
+// LoraConfig → peft.LoraConfig, TrainingArguments → transformers.TrainingArguments), plus
+// DatasetConfig and DataCollator, which the trainer reads itself. Values are kept as given so a
+// user's ConfigMap can use any argument those libraries accept.
+type TrainingConfig map[string]map[string]any
+
+// The sections Kaito defines; any other is refused rather than silently ignored.
+var trainingSections = []string{"ModelConfig", "QuantizationConfig", "LoraConfig", "TrainingArguments", "DatasetConfig", "DataCollator"}
+
+// OutputRoot is where the trainer may write: the Job mounts its output volume there.
+const OutputRoot = "/mnt"
+
+// DefaultTrainingConfig is Kaito's default for method (its lora-params and qlora-params
+// templates: r 8, alpha 8, dropout 0.0, nf4 with double quantization for qlora, results under
+// /mnt), plus what kaitoflow's trainer needs to be explicit about.
+func DefaultTrainingConfig(method string) TrainingConfig {
+	c := TrainingConfig{
+		"ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": true, "device_map": "auto"},
+		"LoraConfig":  {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
+		"TrainingArguments": {
+			"output_dir": OutputRoot + "/results", "ddp_find_unused_parameters": false,
+			"save_strategy": "epoch", "per_device_train_batch_size": 1,
+		},
+		"DataCollator":  {"mlm": true},
+		"DatasetConfig": {"shuffle_dataset": true, "train_test_split": 1},
+	}
+	if method == "qlora" {
+		c["QuantizationConfig"] = map[string]any{
+			"load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
+			"bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_use_double_quant": true,
+		}
+	}
+	return c
+}
+
+// ParseTrainingConfig reads a training_config.yaml, with or without Kaito's top-level
+// "training_config:" key. Numbers come back as float64 or int64 as JSON has them.
+func ParseTrainingConfig(doc []byte) (TrainingConfig, error) {
+	var raw map[string]json.RawMessage
+	if err := yaml.Unmarshal(doc, &raw); err != nil {
+		return nil, fmt.Errorf("training_config.yaml: %w", err)
+	}
+	if inner, ok := raw["training_config"]; ok && len(raw) == 1 {
+		raw = nil
+		if err := json.Unmarshal(inner, &raw); err != nil {
+			return nil, fmt.Errorf("training_config: %w", err)
+		}
+	}
+	c := TrainingConfig{}
+	var errs field.ErrorList
+	root := field.NewPath("training_config")
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		if !slices.Contains(trainingSections, k) {
+			errs = append(errs, field.NotSupported(root.Child(k), k, trainingSections))
+			continue
+		}
+		var sec map[string]any
+		if err := json.Unmarshal(raw[k], &sec); err != nil {
+			errs = append(errs, field.Invalid(root.Child(k), string(raw[k]), "must be a mapping of arguments"))
+			continue
+		}
+		c[k] = sec
+	}
+	if len(errs) > 0 {
+		return nil, errs.ToAggregate()
+	}
+	return c, nil
+}
+
+// Merge returns base with over's arguments laid on top, section by section. Neither is modified.
+func Merge(base, over TrainingConfig) TrainingConfig {
+	out := TrainingConfig{}
+	for k, sec := range base {
+		out[k] = maps.Clone(sec)
+	}
+	for k, sec := range over {
+		if out[k] == nil {
+			out[k] = map[string]any{}
+		}
+		maps.Copy(out[k], sec)
+	}
+	return out
+}
+
+// Validate checks a merged configuration against method, with field paths.
+func (c TrainingConfig) Validate(method string) field.ErrorList {
+	var errs field.ErrorList
+	root := field.NewPath("training_config")
+	q := root.Child("QuantizationConfig")
+	in4, in8 := truthy(c["QuantizationConfig"]["load_in_4bit"]), truthy(c["QuantizationConfig"]["load_in_8bit"])
+	switch method {
+	case "lora":
+		if in4 {
+			errs = append(errs, field.Forbidden(q.Child("load_in_4bit"), "lora trains a 16-bit base model; use method qlora for 4-bit"))
+		}
+		if in8 {
+			errs = append(errs, field.Forbidden(q.Child("load_in_8bit"), "lora trains a 16-bit base model; use method qlora for a quantized one"))
+		}
+	case "qlora":
+		if !in4 && !in8 {
+			errs = append(errs, field.Required(q.Child("load_in_4bit"), "qlora needs a quantized base model (load_in_4bit: true)"))
+		}
+		if in4 && in8 {
+			errs = append(errs, field.Invalid(q.Child("load_in_8bit"), true, "load_in_4bit and load_in_8bit are exclusive"))
+		}
+	}
+	out, _ := c["TrainingArguments"]["output_dir"].(string)
+	if out == "" {
+		errs = append(errs, field.Required(root.Child("TrainingArguments", "output_dir"), "under "+OutputRoot))
+	} else if clean := path.Clean(out); clean != OutputRoot && !strings.HasPrefix(clean, OutputRoot+"/") {
+		errs = append(errs, field.Invalid(root.Child("TrainingArguments", "output_dir"), out, "must be under "+OutputRoot+", where the Job mounts its output volume"))
+	}
+	for _, k := range []string{"per_device_train_batch_size", "gradient_accumulation_steps"} {
+		if v, ok := c["TrainingArguments"][k]; ok {
+			if n, ok := intValue(v); !ok || n < 1 {
+				errs = append(errs, field.Invalid(root.Child("TrainingArguments", k), v, "must be a positive integer"))
+			}
+		}
+	}
+	if v, ok := c["LoraConfig"]["r"]; ok {
+		if n, ok := intValue(v); !ok || n < 1 || n > 256 {
+			errs = append(errs, field.Invalid(root.Child("LoraConfig", "r"), v, "must be an integer from 1 to 256"))
+		}
+	}
+	if v, ok := c["DatasetConfig"]["max_seq_length"]; ok {
+		if n, ok := intValue(v); !ok || n < 16 {
+			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "max_seq_length"), v, "must be an integer of at least 16"))
+		}
+	}
+	return errs
+}
+
+// Overrides extracts the settings the user fixed, which a plan must keep.
+func (c TrainingConfig) Overrides() Overrides {
+	var o Overrides
+	if n, ok := intValue(c["TrainingArguments"]["per_device_train_batch_size"]); ok {
+		o.BatchSize = &n
+	}
+	if n, ok := intValue(c["DatasetConfig"]["max_seq_length"]); ok {
+		o.SeqLen = &n
+	}
+	if b, ok := c["TrainingArguments"]["gradient_checkpointing"].(bool); ok {
+		o.GradientCheckpointing = &b
+	}
+	if n, ok := intValue(c["LoraConfig"]["r"]); ok {
+		o.LoRARank = &n
+	}
+	switch t := c["LoraConfig"]["target_modules"].(type) {
+	case string:
+		o.LoRATargets = strings.Split(t, ",")
+	case []any:
+		for _, v := range t {
+			if s, ok := v.(string); ok {
+				o.LoRATargets = append(o.LoRATargets, s)
+			}
+		}
+	}
+	return o
+}
+
+// Apply writes a plan's choices into the configuration the trainer will read: the compute dtype
+// (fp16 where the GPU has no bf16), batch size, sequence length, gradient checkpointing and the
+// preset's LoRA targets when the user named none.
+func (c TrainingConfig) Apply(p *TuningPlan) TrainingConfig {
+	out := Merge(c, TrainingConfig{
+		"ModelConfig":       {"torch_dtype": p.DType},
+		"TrainingArguments": {"per_device_train_batch_size": p.BatchSize, "gradient_checkpointing": p.GradientCheckpointing, "bf16": p.DType == "bfloat16", "fp16": p.DType == "float16"},
+		"DatasetConfig":     {"max_seq_length": p.SeqLen},
+		"LoraConfig":        {"r": p.LoRARank},
+	})
+	if _, ok := out["LoraConfig"]["target_modules"]; !ok {
+		out["LoraConfig"]["target_modules"] = p.LoRATargets
+	}
+	if q := out["QuantizationConfig"]; q != nil && truthy(q["load_in_4bit"]) {
+		q["bnb_4bit_compute_dtype"] = p.DType
+	}
+	return out
+}
+
+// Render writes the configuration as Kaito's training_config.yaml.
+func (c TrainingConfig) Render() ([]byte, error) {
+	return yaml.Marshal(map[string]any{"training_config": c})
+}
+
+func truthy(v any) bool {
+	b, ok := v.(bool)
+	return ok && b
+}
+
+func intValue(v any) (int, bool) {
+	switch n := v.(type) {
+	case int:
+		return n, true
+	case int64:
+		return int(n), true
+	case float64:
+		if n == float64(int(n)) {
+			return int(n), true
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,94 @@
+package presets
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDefaultTrainingConfigIsKaitos(t *testing.T) {
+	q := DefaultTrainingConfig("qlora")
+	if q["LoraConfig"]["r"] != 8 || q["LoraConfig"]["lora_alpha"] != 8 || q["LoraConfig"]["lora_dropout"] != 0.0 {
+		t.Errorf("lora defaults %v", q["LoraConfig"])
+	}
+	if q["QuantizationConfig"]["bnb_4bit_quant_type"] != "nf4" || q["QuantizationConfig"]["bnb_4bit_use_double_quant"] != true {
+		t.Errorf("qlora quantization %v", q["QuantizationConfig"])
+	}
+	if _, ok := DefaultTrainingConfig("lora")["QuantizationConfig"]; ok {
+		t.Error("lora must not quantize")
+	}
+	for _, m := range []string{"lora", "qlora"} {
+		if errs := DefaultTrainingConfig(m).Validate(m); len(errs) > 0 {
+			t.Errorf("%s defaults invalid: %v", m, errs)
+		}
+	}
+}
+
+func TestTrainingConfigValidation(t *testing.T) {
+	tests := []struct {
+		name, method, user, wantField string
+	}{
+		{"lora with 4-bit", "lora", "QuantizationConfig: {load_in_4bit: true}", "training_config.QuantizationConfig.load_in_4bit"},
+		{"lora with 8-bit", "lora", "QuantizationConfig: {load_in_8bit: true}", "training_config.QuantizationConfig.load_in_8bit"},
+		{"qlora without quantization", "qlora", "QuantizationConfig: {load_in_4bit: false}", "training_config.QuantizationConfig.load_in_4bit"},
+		{"output outside /mnt", "qlora", "TrainingArguments: {output_dir: /tmp/out}", "training_config.TrainingArguments.output_dir"},
+		{"output escaping /mnt", "lora", "TrainingArguments: {output_dir: /mnt/../etc}", "training_config.TrainingArguments.output_dir"},
+		{"relative output", "lora", "TrainingArguments: {output_dir: results}", "training_config.TrainingArguments.output_dir"},
+		{"zero batch", "lora", "TrainingArguments: {per_device_train_batch_size: 0}", "training_config.TrainingArguments.per_device_train_batch_size"},
+		{"rank too high", "lora", "LoraConfig: {r: 1024}", "training_config.LoraConfig.r"},
+		{"fractional sequence", "lora", "DatasetConfig: {max_seq_length: 10.5}", "training_config.DatasetConfig.max_seq_length"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			user, err := ParseTrainingConfig([]byte("training_config:\n  " + strings.ReplaceAll(tc.user, "\n", "\n  ")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			errs := Merge(DefaultTrainingConfig(tc.method), user).Validate(tc.method)
+			for _, e := range errs {
+				if e.Field == tc.wantField {
+					return
+				}
+			}
+			t.Errorf("want an error on %s, got %v", tc.wantField, errs)
+		})
+	}
+}
+
+func TestParseTrainingConfigRefusesUnknownSections(t *testing.T) {
+	_, err := ParseTrainingConfig([]byte("training_config:\n  LoraConfig: {r: 16}\n  Optimiser: {lr: 1}\n"))
+	if err == nil || !strings.Contains(err.Error(), "training_config.Optimiser") {
+		t.Fatalf("got %v", err)
+	}
+	// Without Kaito's wrapper key too.
+	c, err := ParseTrainingConfig([]byte("LoraConfig: {r: 16, target_modules: [qkv_proj]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.Overrides()
+	if *o.LoRARank != 16 || o.LoRATargets[0] != "qkv_proj" || o.BatchSize != nil {
+		t.Errorf("overrides %+v", o)
+	}
+}
+
+func TestApplyWritesThePlan(t *testing.T) {
+	p, err := catalog(t).PlanTuning("phi-3-mini-128k-instruct", "qlora", "Standard_NC6s_v3", Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultTrainingConfig("qlora").Apply(p)
+	if c["ModelConfig"]["torch_dtype"] != "float16" || c["QuantizationConfig"]["bnb_4bit_compute_dtype"] != "float16" ||
+		c["TrainingArguments"]["fp16"] != true || c["TrainingArguments"]["bf16"] != false {
+		t.Errorf("V100 config still asks for bf16: %v", c)
+	}
+	if c["DatasetConfig"]["max_seq_length"] != p.SeqLen || c["TrainingArguments"]["per_device_train_batch_size"] != p.BatchSize {
+		t.Errorf("plan not applied: %v", c)
+	}
+	out, err := c.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseTrainingConfig(out)
+	if err != nil || len(back.Validate("qlora")) > 0 {
+		t.Fatalf("rendered config does not read back: %v\n%s", err, out)
+	}
+}
