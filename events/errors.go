@@ -13,6 +13,8 @@ const (
 	ReasonUnknownType      = "UnknownEventType"
 	ReasonMaxDeliveries    = "MaxDeliveriesExceeded"
 	ReasonStepFailed       = "StepFailed"
+	// ReasonInsufficientGPUMemory: the request cannot fit the GPUs it names (or any).
+	ReasonInsufficientGPUMemory = "InsufficientGPUMemory"
 )
 
 // PermanentError marks a failure that retrying cannot fix. The runtime turns it into a

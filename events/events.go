@@ -149,6 +149,28 @@ type NodeReadyData struct {
 	Provider     string    `json:"provider"`
 	InstanceType string    `json:"instanceType"`
 	Nodes        []string  `json:"nodes"`
+	// Plan is what was checked before the capacity was bought; later steps run exactly it.
+	Plan *Plan `json:"plan,omitempty"`
+}
+
+// Plan is what the fit check decided for a workspace: the SKU, the precision and the run's shape,
+// the memory it expects, and why.
+type Plan struct {
+	InstanceType          string   `json:"instanceType"`
+	GPUs                  int      `json:"gpus"`
+	GPUMemoryGiB          float64  `json:"gpuMemoryGiB"`
+	DType                 string   `json:"dtype"`
+	EstimatedGiBPerGPU    float64  `json:"estimatedGiBPerGPU"`
+	BatchSize             int      `json:"batchSize,omitempty"`
+	SeqLen                int      `json:"seqLen,omitempty"`
+	GradientCheckpointing bool     `json:"gradientCheckpointing,omitempty"`
+	LoRARank              int      `json:"loraRank,omitempty"`
+	MaxModelLen           int      `json:"maxModelLen,omitempty"`
+	Reasons               []string `json:"reasons,omitempty"`
+	// TrainingConfig is the rendered training_config.yaml the tuning Job mounts.
+	TrainingConfig string `json:"trainingConfig,omitempty"`
+	// RuntimeArgs are the inference server's arguments.
+	RuntimeArgs []string `json:"runtimeArgs,omitempty"`
 }
 
 // TuningStartedData is the payload of kaitoflow.tuning.started.

@@ -111,14 +111,9 @@ func (w *Workspace) Ref() Ref {
 	return Ref{Namespace: ns, Name: w.Name, Generation: w.Generation}
 }
 
-// InstanceType returns the requested SKU. Kaito defaults an empty instanceType to Standard_NC12s_v3
-// in its CRD; kaitoflow applies the same default so a manifest behaves the same in both.
-func (w *Workspace) InstanceType() string {
-	if w.Resource.InstanceType == "" {
-		return DefaultInstanceType
-	}
-	return w.Resource.InstanceType
-}
+// InstanceType returns the requested SKU, or "" when the fit check is to choose one (the cheapest
+// that fits; Kaito instead defaults to Standard_NC12s_v3 whether the model fits it or not).
+func (w *Workspace) InstanceType() string { return w.Resource.InstanceType }
 
 // NodeCount returns resource.count, defaulting to 1 as Kaito does.
 func (w *Workspace) NodeCount() int {
@@ -139,8 +134,5 @@ func (w *Workspace) PresetName() string {
 	return ""
 }
 
-// Defaults applied where a manifest leaves a field empty.
-const (
-	DefaultNamespace    = "default"
-	DefaultInstanceType = "Standard_NC12s_v3"
-)
+// DefaultNamespace is the namespace of a manifest that names none.
+const DefaultNamespace = "default"

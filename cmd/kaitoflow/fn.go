@@ -27,6 +27,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 type fnFlags struct {
@@ -112,7 +113,12 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	var fn runtime.Function
 	switch name {
 	case provision.Name:
-		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, events.AddressPolicy{Allow: f.allow}, log)}
+		catalog, err := presets.Default()
+		if err != nil {
+			return err
+		}
+		planner := &presets.Planner{Catalog: catalog}
+		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, planner, events.AddressPolicy{Allow: f.allow}, log)}
 	case tune.Name:
 		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Log: log}, log)}
 	case publish.Name:

@@ -27,20 +27,27 @@ type Provider interface {
 	Release(ctx context.Context, ref events.Ref) error
 }
 
+// Planner is the fit check: the plan for a workspace, or a permanent error (with the numbers)
+// when it cannot work on the GPUs it asks for.
+type Planner interface {
+	Plan(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
+}
+
 // Function is the provision handler.
 type Function struct {
 	provider Provider
+	planner  Planner
 	policy   events.AddressPolicy
 	log      *slog.Logger
 }
 
-// New returns the provision function over provider. policy decides which dataset hosts are
-// acceptable.
-func New(p Provider, policy events.AddressPolicy, log *slog.Logger) *Function {
+// New returns the provision function over provider. planner checks that the request fits before
+// anything is bought; policy decides which dataset hosts are acceptable.
+func New(p Provider, planner Planner, policy events.AddressPolicy, log *slog.Logger) *Function {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Function{provider: p, policy: policy, log: log.With("function", Name, "provider", p.Name())}
+	return &Function{provider: p, planner: planner, policy: policy, log: log.With("function", Name, "provider", p.Name())}
 }
 
 // Handle implements runtime.Handler.
@@ -71,12 +78,19 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if ws.Name != ref.Name || (ws.Namespace != "" && ws.Namespace != ref.Namespace) {
 		return nil, events.Permanentf(events.ReasonBadEvent, "event subject %s does not match metadata %s/%s", ref.Subject(), ws.Namespace, ws.Name)
 	}
-	nodes, err := f.provider.Ensure(ctx, ref, &ws)
+	plan, err := f.planner.Plan(ctx, &ws)
+	if err != nil {
+		return nil, fmt.Errorf("fit check: %w", err)
+	}
+	// The provider buys what the plan chose (the cheapest SKU that fits, when none was named).
+	sized := ws
+	sized.Resource.InstanceType = plan.InstanceType
+	nodes, err := f.provider.Ensure(ctx, ref, &sized)
 	if err != nil {
 		return nil, fmt.Errorf("ensure capacity for %s: %w", ref, err)
 	}
 	out, err := events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, ref, events.NodeReadyData{
-		Workspace: ws, Provider: f.provider.Name(), InstanceType: ws.InstanceType(), Nodes: nodes,
+		Workspace: ws, Provider: f.provider.Name(), InstanceType: plan.InstanceType, Nodes: nodes, Plan: plan,
 	}, &ev)
 	if err != nil {
 		return nil, err

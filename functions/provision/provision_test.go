@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 func seed(t *testing.T) *events.Workspace {
@@ -23,7 +24,11 @@ func seed(t *testing.T) *events.Workspace {
 }
 
 func TestHandle(t *testing.T) {
-	f := New(&Sim{}, events.AddressPolicy{}, nil)
+	cat, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(&Sim{}, &presets.Planner{Catalog: cat}, events.AddressPolicy{}, nil)
 	tests := []struct {
 		name       string
 		mutate     func(*events.Workspace)
@@ -35,6 +40,11 @@ func TestHandle(t *testing.T) {
 		{name: "invalid", mutate: func(w *events.Workspace) { w.Tuning.Method = "dora" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.method"},
 		{name: "metadata service", mutate: func(w *events.Workspace) { w.Tuning.Input.URLs = []string{"http://169.254.169.254/"} }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.input.urls[0]"},
 		{name: "subject mismatch", mutate: func(w *events.Workspace) { w.Name = "other" }, wantReason: events.ReasonBadEvent, wantMsg: "does not match"},
+		{name: "cannot fit", mutate: func(w *events.Workspace) { w.Tuning.Preset.Name = "phi-4"; w.Tuning.Method = "lora" }, wantReason: events.ReasonInsufficientGPUMemory, wantMsg: "Standard_NC6s_v3 has 16 GiB"},
+		{name: "unknown preset", mutate: func(w *events.Workspace) { w.Tuning.Preset.Name = "gpt-5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.preset.name"},
+		{name: "unknown SKU", mutate: func(w *events.Workspace) { w.Resource.InstanceType = "Standard_D4s_v5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.instanceType"},
+		{name: "config map without a cluster", mutate: func(w *events.Workspace) { w.Tuning.Config = "my-config" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.config"},
+		{name: "no instance type: cheapest that fits", mutate: func(w *events.Workspace) { w.Resource.InstanceType = "" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -57,8 +67,14 @@ func TestHandle(t *testing.T) {
 			if err := events.Data(out[0], &d); err != nil {
 				t.Fatal(err)
 			}
-			if len(d.Nodes) != ws.NodeCount() || d.Provider != "sim" || d.InstanceType != "Standard_NC6s_v3" {
+			if len(d.Nodes) != ws.NodeCount() || d.Provider != "sim" || d.Plan == nil || d.InstanceType != d.Plan.InstanceType {
 				t.Errorf("node.ready %+v", d)
+			}
+			if ws.Resource.InstanceType == "Standard_NC6s_v3" && d.Plan.DType != "float16" {
+				t.Errorf("V100 plan %+v", d.Plan)
+			}
+			if ws.Resource.InstanceType == "" && d.InstanceType != "Standard_NC4as_T4_v3" {
+				t.Errorf("chose %s", d.InstanceType)
 			}
 			again, err := f.Handle(context.Background(), in)
 			if err != nil || again[0].ID() != out[0].ID() || string(again[0].Data()) != string(out[0].Data()) {

@@ -33,6 +33,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/api"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Config configures an embedded pipeline.
@@ -144,9 +145,14 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := runtime.NewMetrics(p.Metrics)
 	deps := runtime.Deps{Logger: log, Metrics: metrics, Tracer: cfg.Tracer}
+	catalog, err := presets.Default()
+	if err != nil {
+		return nil, fmt.Errorf("preset catalog: %w", err)
+	}
+	planner := &presets.Planner{Catalog: catalog}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
 	fns := []runtime.Function{
-		{Name: provision.Name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: cfg.Delay, Log: log}, cfg.Policy, log)},
+		{Name: provision.Name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: cfg.Delay, Log: log}, planner, cfg.Policy, log)},
 		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Log: log}, log)},
 		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
 		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},

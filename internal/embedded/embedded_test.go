@@ -235,3 +235,29 @@ func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {
 		t.Error("an invalid workspace got a status record")
 	}
 }
+
+// A request that cannot fit its GPUs is refused at workspace.requested, before anything is
+// provisioned, as workspace.failed with the numbers.
+func TestWorkspaceThatCannotFitFailsBeforeProvisioning(t *testing.T) {
+	p := start(t)
+	doc, _ := os.ReadFile(seedPath)
+	big := strings.NewReplacer("phi-3-mini-128k-instruct", "phi-4", "method: qlora", "method: lora").Replace(string(doc))
+	if code, body := submit(t, p, []byte(big)); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "workspace-tuning-phi-3", 30*time.Second)
+	if w.Phase != status.Failed || w.Failure.Reason != events.ReasonInsufficientGPUMemory || w.Failure.Function != "provision" {
+		t.Fatalf("phase %s failure %+v", w.Phase, w.Failure)
+	}
+	if !strings.Contains(w.Failure.Message, "phi-4 needs ~") || !strings.Contains(w.Failure.Message, "Standard_NC6s_v3 has 16 GiB") {
+		t.Errorf("failure message lacks the numbers: %q", w.Failure.Message)
+	}
+	for _, e := range w.Events {
+		if e.Type == events.NodeReady {
+			t.Error("capacity was provisioned for a request that cannot fit")
+		}
+	}
+	if w.ConditionStatus(status.CondWorkspaceReady) != "False" {
+		t.Errorf("WorkspaceReady %q", w.ConditionStatus(status.CondWorkspaceReady))
+	}
+}

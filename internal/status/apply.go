@@ -71,8 +71,11 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		w.Nodes = d.Nodes
-		rec.Note = fmt.Sprintf("%d node(s) via %s", len(d.Nodes), d.Provider)
+		w.Nodes, w.InstanceType, w.Plan = d.Nodes, d.InstanceType, d.Plan
+		rec.Note = fmt.Sprintf("%d× %s via %s", len(d.Nodes), d.InstanceType, d.Provider)
+		if d.Plan != nil && d.Plan.DType != "" {
+			rec.Note += fmt.Sprintf(", %s, ~%.1f GiB/GPU", d.Plan.DType, d.Plan.EstimatedGiBPerGPU)
+		}
 		w.endStep(StepProvision, at)
 		w.setCondition(CondResourceReady, true, "NodesReady", rec.Note, at)
 		if d.Workspace.Tuning != nil {

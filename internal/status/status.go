@@ -62,6 +62,7 @@ type Workspace struct {
 	Phase        Phase              `json:"phase"`
 	Conditions   []metav1.Condition `json:"conditions,omitempty"`
 	Nodes        []string           `json:"nodes,omitempty"`
+	Plan         *events.Plan       `json:"plan,omitempty"`
 	Job          string             `json:"job,omitempty"`
 	Image        string             `json:"image,omitempty"`
 	ImageDigest  string             `json:"imageDigest,omitempty"`

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+func newPresets(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "presets", Short: "The model presets and GPU SKUs kaitoflow knows"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the model presets",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			c, err := presets.Default()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 0, 3, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tPARAMS\tCONTEXT\tTUNING\tHUGGING FACE\tLICENSE")
+			for _, m := range c.Models {
+				fmt.Fprintf(tw, "%s\t%.1fB\t%d\t%v\t%s\t%s\n", m.Name, float64(m.Parameters)/1e9, m.MaxContext, m.Tuning, m.HuggingFace, m.License)
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a preset and where it fits: tuning with lora and qlora, and serving, on every SKU",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			c, err := presets.Default()
+			if err != nil {
+				return err
+			}
+			m, err := c.Model(args[0])
+			if err != nil {
+				return err
+			}
+			a := m.Architecture
+			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, %d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        %v\n  license:       %s\n  images:        %s (tuning), %s (inference)\n\n",
+				m.Name, m.HuggingFace, m.Revision, float64(m.Parameters)/1e9, a.Family, a.Layers, a.HiddenSize, a.IntermediateSize, a.Heads, a.KVHeads, a.Vocab,
+				m.MaxContext, a.KVBytesPerToken()>>10, strings.Join(m.LoRATargets, ", "), m.Tuning, m.License, presets.TrainerImage, presets.InferenceImage)
+			tw := tabwriter.NewWriter(g.out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "SKU\tGPUS\tQLORA\tLORA\tSERVE (max model len)\t$/H")
+			for _, s := range c.SKUsByPrice() {
+				cell := func(method string) string {
+					p, err := c.PlanTuning(m.Name, method, s.Name, presets.Overrides{})
+					if err != nil {
+						return "no"
+					}
+					return fmt.Sprintf("%.1f GiB b%d×%d %s", p.Estimate.PerGPUGiB, p.BatchSize, p.SeqLen, p.DType)
+				}
+				serve := "no"
+				if p, err := c.PlanInference(m.Name, s.Name, 0, 0); err == nil {
+					serve = fmt.Sprintf("%d %s", p.MaxModelLen, p.DType)
+				}
+				fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, cell("qlora"), cell("lora"), serve, s.PricePerHour)
+			}
+			return tw.Flush()
+		},
+	})
+	return cmd
+}
+
+func newPlan(g *globals) *cobra.Command {
+	var files []string
+	var trainingConfig string
+	var showConfig bool
+	cmd := &cobra.Command{
+		Use:   "plan -f FILE",
+		Short: "Say what would be provisioned and trained for each workspace, and why, without doing it",
+		Long: `plan runs the fit check provision runs on workspace.requested: which SKU (the cheapest that
+fits when resource.instanceType is empty), which precision (fp16 on GPUs without bf16), which batch
+and sequence length, how much GPU memory that needs — or why it cannot fit. It needs no server.
+--training-config FILE stands in for the ConfigMap a workspace names in tuning.config.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(files) == 0 {
+				return errors.New("-f FILE is required")
+			}
+			c, err := presets.Default()
+			if err != nil {
+				return err
+			}
+			planner := &presets.Planner{Catalog: c}
+			if trainingConfig != "" {
+				doc, err := os.ReadFile(trainingConfig)
+				if err != nil {
+					return err
+				}
+				planner.Configs = func(context.Context, string, string) ([]byte, error) { return doc, nil }
+			}
+			failed := false
+			for _, f := range files {
+				b, err := readFile(cmd.InOrStdin(), f)
+				if err != nil {
+					return err
+				}
+				docs, err := events.SplitYAML(b)
+				if err != nil {
+					return err
+				}
+				for _, d := range docs {
+					if !printPlan(cmd.Context(), g.out, planner, d, showConfig) {
+						failed = true
+					}
+				}
+			}
+			if failed {
+				return exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
+	cmd.Flags().StringVar(&trainingConfig, "training-config", "", "training_config.yaml standing in for the tuning.config ConfigMap")
+	cmd.Flags().BoolVar(&showConfig, "show-config", false, "print the training_config.yaml the tuning Job would mount")
+	return cmd
+}
+
+// printPlan prints one workspace's plan and reports whether it can run.
+func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc []byte, showConfig bool) bool {
+	ws, err := events.DecodeWorkspace(doc)
+	if err != nil {
+		fmt.Fprintf(out, "%v\n\n", err)
+		return false
+	}
+	if errs := ws.Validate(events.AddressPolicy{}); len(errs) > 0 {
+		fmt.Fprintf(out, "%s: invalid\n", ws.Name)
+		for _, e := range errs {
+			fmt.Fprintf(out, "  %s\n", e.Error())
+		}
+		fmt.Fprintln(out)
+		return false
+	}
+	if planner.Configs != nil && ws.Tuning != nil && ws.Tuning.Config == "" {
+		// --training-config applies even when the manifest names no ConfigMap yet.
+		ws.Tuning.Config = "training-config"
+	}
+	p, err := planner.Plan(ctx, ws)
+	if err != nil {
+		reason := ""
+		if pe, ok := events.AsPermanent(err); ok {
+			reason, err = pe.Reason+": ", pe.Err
+		}
+		fmt.Fprintf(out, "%s: refused, nothing would be provisioned\n  %s%v\n\n", ws.Name, reason, err)
+		return false
+	}
+	what := "serve " + ws.PresetName()
+	if ws.Tuning != nil {
+		what = ws.Tuning.Method + " " + ws.PresetName()
+	}
+	fmt.Fprintf(out, "%s: %s on %s × %d\n", ws.Name, what, p.InstanceType, ws.NodeCount())
+	if p.DType != "" {
+		fmt.Fprintf(out, "  fits: ~%.1f GiB per GPU of %.0f GiB, %s\n", p.EstimatedGiBPerGPU, p.GPUMemoryGiB, p.DType)
+	}
+	if p.BatchSize > 0 {
+		fmt.Fprintf(out, "  run:  batch %d, sequence %d, gradient checkpointing %v, LoRA r=%d\n", p.BatchSize, p.SeqLen, p.GradientCheckpointing, p.LoRARank)
+	}
+	if p.MaxModelLen > 0 {
+		fmt.Fprintf(out, "  serve: vllm %s\n", strings.Join(p.RuntimeArgs, " "))
+	}
+	fmt.Fprintln(out, "  why:")
+	for _, r := range p.Reasons {
+		fmt.Fprintf(out, "    - %s\n", r)
+	}
+	if showConfig && p.TrainingConfig != "" {
+		fmt.Fprintf(out, "  training_config.yaml:\n    %s\n", strings.ReplaceAll(strings.TrimSpace(p.TrainingConfig), "\n", "\n    "))
+	}
+	fmt.Fprintln(out)
+	return true
+}

@@ -1,0 +1,123 @@
+package presets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// ConfigSource returns the training_config.yaml of the ConfigMap a workspace names in
+// tuning.config (the ConfigMap's "training_config.yaml" key).
+type ConfigSource func(ctx context.Context, namespace, name string) ([]byte, error)
+
+// ErrNoConfigSource is returned when a workspace names a ConfigMap and there is no cluster to read
+// it from (the embedded mode).
+var ErrNoConfigSource = errors.New("no ConfigMap source configured")
+
+// Planner is the fit check provision runs on workspace.requested: the whole plan, or a permanent
+// error saying why the request cannot work, before any GPU is bought.
+type Planner struct {
+	Catalog *Catalog
+	// Configs reads tuning.config ConfigMaps; nil means none can be read.
+	Configs ConfigSource
+}
+
+// Plan implements provision's planner.
+func (p *Planner) Plan(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
+	switch {
+	case ws.Tuning != nil:
+		return p.planTuning(ctx, ws)
+	case ws.Inference != nil && ws.Inference.Preset != nil:
+		return p.planInference(ws)
+	}
+	// A custom inference template: the user sized it; only the SKU is known.
+	return &events.Plan{InstanceType: ws.InstanceType(), Reasons: []string{"inference.template: the pod template is used as given; no fit check"}}, nil
+}
+
+// UserTrainingConfig returns the training configuration of the ConfigMap ws names in
+// tuning.config, or an empty one.
+func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) (TrainingConfig, error) {
+	t := ws.Tuning
+	if t.Config == "" {
+		return TrainingConfig{}, nil
+	}
+	if p.Configs == nil {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: ConfigMap %q cannot be read: %v", t.Config, ErrNoConfigSource)
+	}
+	ns := ws.Namespace
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	doc, err := p.Configs(ctx, ns, t.Config)
+	if err != nil {
+		return nil, fmt.Errorf("tuning.config: read ConfigMap %s/%s: %w", ns, t.Config, err)
+	}
+	user, err := ParseTrainingConfig(doc)
+	if err != nil {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config %s: %v", t.Config, err)
+	}
+	return user, nil
+}
+
+func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
+	t := ws.Tuning
+	if _, err := p.Catalog.Model(t.Preset.Name); err != nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("tuning", "preset", "name"), t.Preset.Name, err.Error()))
+	}
+	user, err := p.UserTrainingConfig(ctx, ws)
+	if err != nil {
+		return nil, err
+	}
+	cfg := Merge(DefaultTrainingConfig(t.Method), user)
+	if errs := cfg.Validate(t.Method); len(errs) > 0 {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", events.FieldErrors(errs))
+	}
+	// Only what the user set is fixed; kaitoflow's own defaults are the plan's to choose.
+	tp, err := p.Catalog.PlanTuning(t.Preset.Name, t.Method, ws.InstanceType(), user.Overrides())
+	if err != nil {
+		return nil, classify(err, "resource.instanceType")
+	}
+	rendered, err := cfg.Apply(tp).Render()
+	if err != nil {
+		return nil, err
+	}
+	return &events.Plan{
+		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
+		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
+		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, Reasons: tp.Reasons,
+		TrainingConfig: string(rendered),
+	}, nil
+}
+
+func (p *Planner) planInference(ws *events.Workspace) (*events.Plan, error) {
+	in := ws.Inference
+	if _, err := p.Catalog.Model(in.Preset.Name); err != nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("inference", "preset", "name"), in.Preset.Name, err.Error()))
+	}
+	// Adapters of unknown rank: plan for Kaito's default rank, vLLM's smallest maximum.
+	ip, err := p.Catalog.PlanInference(in.Preset.Name, ws.InstanceType(), len(in.Adapters), 8)
+	if err != nil {
+		return nil, classify(err, "resource.instanceType")
+	}
+	return &events.Plan{
+		InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
+		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(),
+	}, nil
+}
+
+// classify makes the planner's refusals permanent: a request that does not fit will not fit on a
+// retry, and an unknown SKU stays unknown.
+func classify(err error, path string) error {
+	var fe *FitError
+	switch {
+	case errors.As(err, &fe):
+		return events.Permanent(events.ReasonInsufficientGPUMemory, err)
+	case errors.Is(err, ErrUnknown):
+		return events.Permanentf(events.ReasonInvalidWorkspace, "%s: %v", path, err)
+	}
+	return events.Permanent(events.ReasonInvalidWorkspace, err)
+}
