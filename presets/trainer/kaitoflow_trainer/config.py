@@ -1,0 +1,154 @@
+"""training_config.yaml: Kaito's sections, kaitoflow's defaults, merging and validation.
+
+The Go side (presets/trainingconfig.go) renders the file a Job mounts, already merged and checked;
+this module does the same for the trainer run on its own, and refuses a bad file with the field
+path before any model is loaded. tests/test_config.py and the Go test TestPythonDefaultsMatch keep
+the two in step.
+"""
+
+import copy
+import json
+import posixpath
+import sys
+
+from . import ConfigError
+
+SECTIONS = (
+    "ModelConfig",
+    "QuantizationConfig",
+    "LoraConfig",
+    "TrainingArguments",
+    "DatasetConfig",
+    "DataCollator",
+)
+
+OUTPUT_ROOT = "/mnt"
+
+
+def defaults(method):
+    """Kaito's defaults for method ("lora" or "qlora")."""
+    cfg = {
+        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
+        "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
+        "TrainingArguments": {
+            "output_dir": OUTPUT_ROOT + "/results",
+            "ddp_find_unused_parameters": False,
+            "save_strategy": "epoch",
+            "per_device_train_batch_size": 1,
+        },
+        "DataCollator": {"mlm": True},
+        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+    }
+    if method == "qlora":
+        cfg["QuantizationConfig"] = {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": "bfloat16",
+            "bnb_4bit_use_double_quant": True,
+        }
+    return cfg
+
+
+def parse(text):
+    """Parse a training_config.yaml (JSON is YAML too, and needs no PyYAML)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        try:
+            import yaml  # the trainer image has PyYAML; plain JSON needs none
+        except ImportError as exc:
+            raise ConfigError("training_config.yaml is not JSON and PyYAML is not installed") from exc
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError("training_config.yaml: %s" % str(exc).replace("\n", " ")) from exc
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError("training_config.yaml: want a mapping of sections")
+    if set(doc) == {"training_config"}:
+        doc = doc["training_config"] or {}
+    for name, section in doc.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                "training_config.%s: unsupported section; want one of %s" % (name, ", ".join(SECTIONS))
+            )
+        if not isinstance(section, dict):
+            raise ConfigError("training_config.%s: want a mapping of arguments" % name)
+    return doc
+
+
+def merge(base, override):
+    """base with override's arguments laid on top, section by section."""
+    out = copy.deepcopy(base)
+    for name, section in override.items():
+        out.setdefault(name, {}).update(copy.deepcopy(section))
+    return out
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate(cfg, method):
+    """Return every problem as "field.path: reason"; an empty list means valid."""
+    problems = []
+    quant = cfg.get("QuantizationConfig", {})
+    in4, in8 = quant.get("load_in_4bit") is True, quant.get("load_in_8bit") is True
+    q = "training_config.QuantizationConfig."
+    if method == "lora":
+        if in4:
+            problems.append(q + "load_in_4bit: lora trains a 16-bit base model; use method qlora for 4-bit")
+        if in8:
+            problems.append(q + "load_in_8bit: lora trains a 16-bit base model; use method qlora for a quantized one")
+    elif method == "qlora":
+        if not in4 and not in8:
+            problems.append(q + "load_in_4bit: qlora needs a quantized base model (load_in_4bit: true)")
+        if in4 and in8:
+            problems.append(q + "load_in_8bit: load_in_4bit and load_in_8bit are exclusive")
+    else:
+        problems.append("method: %r: want lora or qlora" % (method,))
+
+    args = cfg.get("TrainingArguments", {})
+    out = args.get("output_dir")
+    if not isinstance(out, str) or not out:
+        problems.append("training_config.TrainingArguments.output_dir: required, under " + OUTPUT_ROOT)
+    else:
+        clean = posixpath.normpath(out)
+        if not clean.startswith("/") or (clean != OUTPUT_ROOT and not clean.startswith(OUTPUT_ROOT + "/")):
+            problems.append(
+                "training_config.TrainingArguments.output_dir: %r must be under %s, where the Job mounts its output volume"
+                % (out, OUTPUT_ROOT)
+            )
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if key in args and not _positive_int(args[key]):
+            problems.append("training_config.TrainingArguments.%s: %r must be a positive integer" % (key, args[key]))
+    r = cfg.get("LoraConfig", {}).get("r")
+    if r is not None and not (_positive_int(r) and r <= 256):
+        problems.append("training_config.LoraConfig.r: %r must be an integer from 1 to 256" % (r,))
+    seq = cfg.get("DatasetConfig", {}).get("max_seq_length")
+    if seq is not None and not (_positive_int(seq) and seq >= 16):
+        problems.append("training_config.DatasetConfig.max_seq_length: %r must be an integer of at least 16" % (seq,))
+    return problems
+
+
+def load(text, method):
+    """Parse, merge over the defaults for method, and validate; raise ConfigError on any problem."""
+    cfg = merge(defaults(method), parse(text))
+    problems = validate(cfg, method)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def main(argv):
+    """python -m kaitoflow_trainer.config --defaults METHOD prints the defaults as JSON."""
+    if len(argv) == 2 and argv[0] == "--defaults":
+        json.dump(defaults(argv[1]), sys.stdout, sort_keys=True)
+        return 0
+    print("usage: python -m kaitoflow_trainer.config --defaults lora|qlora", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

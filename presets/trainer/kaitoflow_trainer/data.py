@@ -1,0 +1,139 @@
+"""Finding, reading and recognising a tuning dataset.
+
+Accepted files: parquet (read with pyarrow, which the trainer image has), jsonl, json and csv.
+Accepted shapes, decided from the first row:
+  messages           a list of {"role", "content"} turns (OpenAI chat style; the dolly-15k-oai-style parquet)
+  prompt_completion  "prompt" and "completion" columns (or DatasetConfig context_column/response_column)
+  text               a "text" column of ready-made training text
+"""
+
+import csv
+import json
+import os
+
+from . import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+
+
+def find_files(input_dir):
+    """Every dataset file under input_dir, sorted; DataError when there is none."""
+    found = []
+    for root, _dirs, files in os.walk(input_dir):
+        for name in files:
+            if name.lower().endswith(SUFFIXES) and not name.startswith("."):
+                found.append(os.path.join(root, name))
+    if not found:
+        raise DataError("no dataset file (%s) under %s" % (", ".join(SUFFIXES), input_dir))
+    return sorted(found)
+
+
+def read_rows(path):
+    """The rows of one file, as dicts."""
+    lower = path.lower()
+    try:
+        if lower.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as exc:
+                raise DataError("%s: reading parquet needs pyarrow" % path) from exc
+            return pq.read_table(path).to_pylist()
+        if lower.endswith(".jsonl"):
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise DataError("%s line %d: not JSON: %s" % (path, n, exc)) from exc
+            return rows
+        if lower.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                try:
+                    doc = json.load(f)
+                except ValueError as exc:
+                    raise DataError("%s: not JSON: %s" % (path, exc)) from exc
+            if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+                doc = doc["data"]
+            if not isinstance(doc, list):
+                raise DataError("%s: want a list of rows (or {\"data\": [...]})" % path)
+            return doc
+        if lower.endswith(".csv"):
+            with open(path, encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+    except OSError as exc:
+        raise DataError("%s: %s" % (path, exc.strerror or exc)) from exc
+    raise DataError("%s: unsupported file type" % path)
+
+
+def _columns(dataset_cfg):
+    cfg = dataset_cfg or {}
+    return cfg.get("context_column", "prompt"), cfg.get("response_column", "completion")
+
+
+def detect_shape(row, dataset_cfg=None):
+    """The shape of a row: "messages", "prompt_completion" or "text"."""
+    if not isinstance(row, dict):
+        raise DataError("rows must be objects, got %s" % type(row).__name__)
+    prompt, completion = _columns(dataset_cfg)
+    if "messages" in row:
+        msgs = row["messages"]
+        if isinstance(msgs, str):  # csv cells carry JSON text
+            try:
+                msgs = json.loads(msgs)
+            except ValueError as exc:
+                raise DataError("messages: not a JSON list of turns") from exc
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError("messages: want a non-empty list of {role, content} turns")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise DataError("messages[%d]: want {role: %s, content: text}" % (i, "|".join(ROLES)))
+        return "messages"
+    if prompt in row and completion in row:
+        return "prompt_completion"
+    if isinstance(row.get("text"), str):
+        return "text"
+    raise DataError(
+        "unrecognised row with columns [%s]: want messages, %s + %s, or text"
+        % (", ".join(sorted(map(str, row))), prompt, completion)
+    )
+
+
+def to_messages(row, shape, dataset_cfg=None):
+    """The conversation of a row, or None for plain text."""
+    if shape == "messages":
+        msgs = row["messages"]
+        if isinstance(msgs, str):
+            msgs = json.loads(msgs)
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    if shape == "prompt_completion":
+        prompt, completion = _columns(dataset_cfg)
+        return [
+            {"role": "user", "content": str(row[prompt])},
+            {"role": "assistant", "content": str(row[completion])},
+        ]
+    return None
+
+
+def load_examples(input_dir, dataset_cfg=None):
+    """(shape, rows) of every file under input_dir. All files must share one shape."""
+    shape, rows = None, []
+    for path in find_files(input_dir):
+        file_rows = read_rows(path)
+        if not file_rows:
+            continue
+        s = detect_shape(file_rows[0], dataset_cfg)
+        if shape is not None and s != shape:
+            raise DataError("%s has shape %s, earlier files %s: use one shape" % (path, s, shape))
+        shape = s
+        for n, row in enumerate(file_rows):
+            if detect_shape(row, dataset_cfg) != shape:
+                raise DataError("%s row %d: shape differs from the first row's (%s)" % (path, n, shape))
+        rows.extend(file_rows)
+    if not rows:
+        raise DataError("the dataset under %s has no rows" % input_dir)
+    return shape, rows

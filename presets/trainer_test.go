@@ -1,0 +1,34 @@
+package presets
+
+import (
+	"encoding/json"
+	"os/exec"
+	"reflect"
+	"testing"
+)
+
+// The trainer keeps its own copy of Kaito's defaults (it also runs on its own); they must not drift
+// from the ones kaitoflow renders.
+func TestPythonDefaultsMatch(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not installed")
+	}
+	for _, method := range []string{"lora", "qlora"} {
+		cmd := exec.Command(py, "-m", "kaitoflow_trainer.config", "--defaults", method)
+		cmd.Dir = "trainer"
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		var fromPython, fromGo map[string]map[string]any
+		if err := json.Unmarshal(out, &fromPython); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(DefaultTrainingConfig(method))
+		_ = json.Unmarshal(b, &fromGo)
+		if !reflect.DeepEqual(fromPython, fromGo) {
+			t.Errorf("%s defaults differ:\n python %v\n     go %v", method, fromPython, fromGo)
+		}
+	}
+}
