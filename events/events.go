@@ -179,6 +179,7 @@ type TuningStartedData struct {
 	Nodes     []string  `json:"nodes"`
 	Job       string    `json:"job"`
 	Trainer   string    `json:"trainer"`
+	Plan      *Plan     `json:"plan,omitempty"`
 }
 
 // AdapterFile is one file of a trained adapter.

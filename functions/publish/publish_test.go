@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"io"
+	"log"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -99,7 +101,7 @@ func indent(t *testing.T, b []byte) []byte {
 
 func TestHandlePushesAndRedeliveryIsIdempotent(t *testing.T) {
 	job, dir, files := seedJob(t)
-	reg := httptest.NewServer(registry.New())
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	host := strings.TrimPrefix(reg.URL, "http://")
 	f := New(RemotePusher{}, RewriteRegistry(host), nil)

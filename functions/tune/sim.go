@@ -98,9 +98,12 @@ func WriteSimAdapter(dir string, job Job) ([]events.AdapterFile, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	method := ""
+	method, dtype := "", ""
 	if job.Workspace.Tuning != nil {
 		method = job.Workspace.Tuning.Method
+	}
+	if job.Plan != nil {
+		dtype = job.Plan.DType
 	}
 	cfg, err := json.MarshalIndent(map[string]any{
 		"base_model_name_or_path": job.Workspace.PresetName(),
@@ -112,6 +115,7 @@ func WriteSimAdapter(dir string, job Job) ([]events.AdapterFile, error) {
 		"target_modules":          []string{"qkv_proj", "o_proj"},
 		"bias":                    "none",
 		"kaitoflow_method":        method,
+		"kaitoflow_dtype":         dtype,
 		"kaitoflow_trainer":       "sim",
 	}, "", "  ")
 	if err != nil {

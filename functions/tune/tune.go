@@ -27,6 +27,9 @@ type Job struct {
 	Ref       events.Ref
 	Workspace events.Workspace
 	Nodes     []string
+	// Plan is what provision checked: precision, batch, sequence length and the rendered
+	// training_config.yaml the run must use.
+	Plan *events.Plan
 }
 
 // Result is what a finished run produced.
@@ -80,12 +83,15 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		if d.Workspace.Tuning == nil {
 			return nil, nil // an inference-only workspace: serve takes it from here
 		}
-		job := Job{Name: JobName(ref), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes}
+		if d.Plan == nil {
+			return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
+		}
+		job := Job{Name: JobName(ref), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan}
 		if err := f.trainer.Start(ctx, job); err != nil {
 			return nil, fmt.Errorf("start tuning job %s: %w", job.Name, err)
 		}
 		out, err := events.New("kaitoflow/"+Name, events.TuningStarted, events.TuningStarted, ref, events.TuningStartedData{
-			Workspace: d.Workspace, Nodes: d.Nodes, Job: job.Name, Trainer: f.trainer.Name(),
+			Workspace: d.Workspace, Nodes: d.Nodes, Job: job.Name, Trainer: f.trainer.Name(), Plan: d.Plan,
 		}, &ev)
 		if err != nil {
 			return nil, err
@@ -97,7 +103,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		if err := events.Data(ev, &d); err != nil {
 			return nil, err
 		}
-		job := Job{Name: d.Job, Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes}
+		job := Job{Name: d.Job, Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan}
 		res, err := f.trainer.Wait(ctx, job)
 		if err != nil {
 			return nil, fmt.Errorf("tuning job %s: %w", job.Name, err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -15,13 +16,13 @@ func TestStartThenComplete(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 3}
 	f := New(&Sim{Dir: t.TempDir()}, nil)
-	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}}, nil))
+	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: &events.Plan{DType: "float16"}}, nil))
 	out, err := f.Handle(context.Background(), ready)
 	if err != nil || len(out) != 1 || out[0].Type() != events.TuningStarted {
 		t.Fatalf("node.ready → %v, %v", out, err)
 	}
 	var started events.TuningStartedData
-	if err := events.Data(out[0], &started); err != nil || started.Job != "ws-tuning-3" {
+	if err := events.Data(out[0], &started); err != nil || started.Job != "ws-tuning-3" || started.Plan == nil || started.Plan.DType != "float16" {
 		t.Fatalf("tuning.started %+v %v", started, err)
 	}
 	done, err := f.Handle(context.Background(), out[0])
@@ -58,6 +59,10 @@ func TestStartThenComplete(t *testing.T) {
 			t.Errorf("tensor %s: %s", k, v)
 		}
 	}
+	cfg, err := os.ReadFile(filepath.Join(c.Location, "adapter_config.json"))
+	if err != nil || !strings.Contains(string(cfg), `"kaitoflow_dtype": "float16"`) {
+		t.Errorf("the adapter does not record the planned dtype: %s", cfg)
+	}
 	// A rerun (redelivered tuning.started) yields the same files.
 	again, err := f.Handle(context.Background(), out[0])
 	if err != nil {
@@ -76,5 +81,14 @@ func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
 	out, err := New(&Sim{Dir: t.TempDir()}, nil).Handle(context.Background(), in)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("got %v %v", out, err)
+	}
+}
+
+func TestNodeReadyWithoutAPlanIsRefused(t *testing.T) {
+	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "lora"}}
+	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
+	_, err := New(&Sim{Dir: t.TempDir()}, nil).Handle(context.Background(), in)
+	if _, ok := events.AsPermanent(err); !ok {
+		t.Fatalf("got %v", err)
 	}
 }
