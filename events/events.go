@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,11 +28,23 @@ const (
 	WorkspaceDeleted   = "kaitoflow.workspace.deleted"
 )
 
-// Types lists every event type of the contract, in pipeline order.
+// Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningCompleted,
 	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted,
 }
+
+// Signals are events about the world rather than one workspace's progress: they make functions
+// look again. NodeChanged comes from a watch on Nodes (an in-process informer in the embedded
+// mode, an ApiServerSource in Knative); Tick comes every TickInterval (a ticker, or a PingSource),
+// for what can fail silently: an ARM operation, capacity that never becomes ready.
+const (
+	NodeChanged = "kaitoflow.node.changed"
+	Tick        = "kaitoflow.tick"
+)
+
+// Signals lists the signal types.
+var Signals = []string{NodeChanged, Tick}
 
 // Subject prefixes on the bus.
 const (
@@ -48,14 +61,9 @@ const (
 	ExtTraceState  = "tracestate"
 )
 
-// KnownType reports whether t is one of the contract's event types.
+// KnownType reports whether t is one of the contract's event or signal types.
 func KnownType(t string) bool {
-	for _, k := range Types {
-		if k == t {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(Types, t) || slices.Contains(Signals, t)
 }
 
 // Ref identifies one generation of a workspace.
@@ -149,6 +157,8 @@ type NodeReadyData struct {
 	Provider     string    `json:"provider"`
 	InstanceType string    `json:"instanceType"`
 	Nodes        []string  `json:"nodes"`
+	// NodeInfo describes each node's GPUs.
+	NodeInfo []Node `json:"nodeInfo,omitempty"`
 	// Plan is what was checked before the capacity was bought; later steps run exactly it.
 	Plan *Plan `json:"plan,omitempty"`
 }
@@ -171,6 +181,25 @@ type Plan struct {
 	TrainingConfig string `json:"trainingConfig,omitempty"`
 	// RuntimeArgs are the inference server's arguments.
 	RuntimeArgs []string `json:"runtimeArgs,omitempty"`
+}
+
+// Node is a GPU node a workspace runs on.
+type Node struct {
+	Name         string  `json:"name"`
+	GPU          string  `json:"gpu,omitempty"`
+	GPUs         int64   `json:"gpus"`
+	GPUMemoryGiB float64 `json:"gpuMemoryGiB,omitempty"`
+}
+
+// NodeChangedData is the payload of kaitoflow.node.changed: a node labelled for a workspace
+// changed. The event's subject is the workspace's.
+type NodeChangedData struct {
+	Node string `json:"node"`
+}
+
+// TickData is the payload of kaitoflow.tick.
+type TickData struct {
+	At time.Time `json:"at"`
 }
 
 // TuningStartedData is the payload of kaitoflow.tuning.started.

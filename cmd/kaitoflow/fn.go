@@ -94,7 +94,8 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 
-	needNATS := f.transport == "jetstream" || f.sink == "" || name == "status"
+	// provision keeps its pending requests in a JetStream KV bucket, status its records.
+	needNATS := f.transport == "jetstream" || f.sink == "" || name == "status" || name == provision.Name
 	var js jetstream.JetStream
 	if needNATS {
 		nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-fn-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
@@ -118,7 +119,12 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 			return err
 		}
 		planner := &presets.Planner{Catalog: catalog}
-		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, planner, events.AddressPolicy{Allow: f.allow}, log)}
+		pending, err := provision.OpenKVPending(ctx, js)
+		if err != nil {
+			return err
+		}
+		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, planner, pending,
+			provision.Options{Policy: events.AddressPolicy{Allow: f.allow}, Log: log})}
 	case tune.Name:
 		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Log: log}, log)}
 	case publish.Name:

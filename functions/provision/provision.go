@@ -1,12 +1,16 @@
 // Package provision turns kaitoflow.workspace.requested into kaitoflow.node.ready: it validates
-// the request completely before anything is bought, asks a Provider for GPU capacity, and gives
-// the capacity back on kaitoflow.workspace.deleted.
+// and plans the request completely before anything is bought, asks a Provider for GPU capacity,
+// and emits node.ready once the Kubernetes API shows the nodes Ready with their GPUs — right away
+// when they already are, otherwise when a kaitoflow.node.changed or kaitoflow.tick says to look
+// again. It fails a workspace whose capacity fails or does not come within the deadline, and gives
+// tuning capacity back when the run has finished, failed or been deleted.
 package provision
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
@@ -16,15 +20,77 @@ import (
 // Name is the function's name: its consumer, its metrics label, its event source.
 const Name = "provision"
 
-// Types are the events the function consumes.
-var Types = []string{events.WorkspaceRequested, events.WorkspaceDeleted}
+// Types are the events the function consumes. It reads its own node.ready back to learn that the
+// event is stored, and its own workspace.failed to release what a failed workspace holds.
+var Types = []string{
+	events.WorkspaceRequested, events.NodeReady, events.NodeChanged, events.Tick,
+	events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted,
+}
 
-// Provider supplies GPU nodes. Ensure is create-or-get: called again for the same workspace
-// generation it returns the same nodes and creates nothing new.
+// Failure reasons of this step.
+const (
+	ReasonCapacityTimeout = "CapacityTimeout"
+	ReasonCapacityFailed  = "CapacityFailed"
+)
+
+// DefaultDeadline is how long capacity may take to become ready.
+const DefaultDeadline = 30 * time.Minute
+
+// Purpose says what capacity is for: tuning capacity is released when the run ends; serving
+// capacity stays and scales to zero with the inference service.
+type Purpose string
+
+// Purposes.
+const (
+	Tuning  Purpose = "tuning"
+	Serving Purpose = "serving"
+)
+
+// Request is capacity a workspace generation needs.
+type Request struct {
+	Ref       events.Ref       `json:"ref"`
+	Workspace events.Workspace `json:"workspace"`
+	Plan      events.Plan      `json:"plan"`
+	Purpose   Purpose          `json:"purpose"`
+}
+
+// Labels every node of the request carries: kaitoflow's workspace labels and the workspace's own
+// labelSelector.matchLabels, so Kaito-style selectors find the nodes too.
+func (r Request) Labels() map[string]string {
+	l := map[string]string{LabelWorkspace: r.Ref.Name, LabelNamespace: r.Ref.Namespace}
+	if sel := r.Workspace.Resource.LabelSelector; sel != nil {
+		for k, v := range sel.MatchLabels {
+			l[k] = v
+		}
+	}
+	return l
+}
+
+// Node labels and taint kaitoflow puts on the capacity it creates.
+const (
+	LabelWorkspace = "kaitoflow.io/workspace"
+	LabelNamespace = "kaitoflow.io/namespace"
+	// GPUTaint keeps everything but GPU workloads off the nodes (Kaito's sku=gpu:NoSchedule).
+	GPUTaint = "sku=gpu:NoSchedule"
+)
+
+// Capacity is what a provider sees of a request's capacity now.
+type Capacity struct {
+	Nodes []events.Node
+	Ready bool
+	// Waiting says what is missing while not Ready; it becomes the timeout's message.
+	Waiting string
+}
+
+// Provider supplies GPU capacity. Ensure starts creating it and returns without waiting; called
+// again for the same workspace it creates nothing new. Check reports the capacity's state and
+// returns an events.PermanentError when it failed for good (an ARM error, a NodeClaim that cannot
+// launch). Release is idempotent.
 type Provider interface {
 	Name() string
-	Ensure(ctx context.Context, ref events.Ref, ws *events.Workspace) (nodes []string, err error)
-	Release(ctx context.Context, ref events.Ref) error
+	Ensure(ctx context.Context, req Request) error
+	Check(ctx context.Context, req Request) (Capacity, error)
+	Release(ctx context.Context, req Request) error
 }
 
 // Planner is the fit check: the plan for a workspace, or a permanent error (with the numbers)
@@ -33,40 +99,87 @@ type Planner interface {
 	Plan(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
 }
 
+// Record is a request the function is responsible for, from workspace.requested until its
+// capacity is released.
+type Record struct {
+	Request
+	Requested time.Time `json:"requested"`
+	Deadline  time.Time `json:"deadline"`
+	// Ready is set once node.ready is stored (the function reads its own event back).
+	Ready bool `json:"ready"`
+}
+
+// Pending stores records. Get returns nil, nil when there is none.
+type Pending interface {
+	Put(ctx context.Context, rec Record) error
+	Get(ctx context.Context, namespace, name string) (*Record, error)
+	List(ctx context.Context) ([]Record, error)
+	MarkReady(ctx context.Context, ref events.Ref) error
+	Delete(ctx context.Context, ref events.Ref) error
+}
+
 // Function is the provision handler.
 type Function struct {
 	provider Provider
 	planner  Planner
+	pending  Pending
 	policy   events.AddressPolicy
+	deadline time.Duration
+	now      func() time.Time
 	log      *slog.Logger
 }
 
-// New returns the provision function over provider. planner checks that the request fits before
-// anything is bought; policy decides which dataset hosts are acceptable.
-func New(p Provider, planner Planner, policy events.AddressPolicy, log *slog.Logger) *Function {
-	if log == nil {
-		log = slog.Default()
+// Options configure a Function.
+type Options struct {
+	// Policy decides which dataset hosts are acceptable.
+	Policy events.AddressPolicy
+	// Deadline for capacity to become ready; DefaultDeadline when zero.
+	Deadline time.Duration
+	// Now is the clock (tests).
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// New returns the provision function.
+func New(p Provider, planner Planner, pending Pending, o Options) *Function {
+	if o.Log == nil {
+		o.Log = slog.Default()
 	}
-	return &Function{provider: p, planner: planner, policy: policy, log: log.With("function", Name, "provider", p.Name())}
+	if o.Deadline <= 0 {
+		o.Deadline = DefaultDeadline
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Function{provider: p, planner: planner, pending: pending, policy: o.Policy, deadline: o.Deadline, now: o.Now,
+		log: o.Log.With("function", Name, "provider", p.Name())}
 }
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	if ev.Type() == events.Tick {
+		return f.tick(ctx, ev)
+	}
 	ref, err := events.RefOf(ev)
 	if err != nil {
 		return nil, events.Permanent(events.ReasonBadEvent, err)
 	}
 	switch ev.Type() {
-	case events.WorkspaceDeleted:
-		if err := f.provider.Release(ctx, ref); err != nil {
-			return nil, fmt.Errorf("release capacity of %s: %w", ref, err)
-		}
-		return nil, nil
 	case events.WorkspaceRequested:
-	default:
-		return nil, nil
+		return f.requested(ctx, ev, ref)
+	case events.NodeReady:
+		return nil, f.pending.MarkReady(ctx, ref)
+	case events.NodeChanged:
+		return f.recheck(ctx, ev, ref)
+	case events.TuningCompleted:
+		return nil, f.release(ctx, ref, Tuning)
+	case events.WorkspaceFailed, events.WorkspaceDeleted:
+		return nil, f.release(ctx, ref, "")
 	}
+	return nil, nil
+}
 
+func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
 	var ws events.Workspace
 	if err := events.Data(ev, &ws); err != nil {
 		return nil, err
@@ -82,18 +195,126 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if err != nil {
 		return nil, fmt.Errorf("fit check: %w", err)
 	}
-	// The provider buys what the plan chose (the cheapest SKU that fits, when none was named).
-	sized := ws
-	sized.Resource.InstanceType = plan.InstanceType
-	nodes, err := f.provider.Ensure(ctx, ref, &sized)
-	if err != nil {
-		return nil, fmt.Errorf("ensure capacity for %s: %w", ref, err)
+	req := Request{Ref: ref, Workspace: ws, Plan: *plan, Purpose: Serving}
+	if ws.Tuning != nil {
+		req.Purpose = Tuning
 	}
-	out, err := events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, ref, events.NodeReadyData{
-		Workspace: ws, Provider: f.provider.Name(), InstanceType: plan.InstanceType, Nodes: nodes, Plan: plan,
-	}, &ev)
+	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil || rec.Ref.Generation < ref.Generation {
+		// The deadline starts at the first delivery of this generation, not at a redelivery.
+		rec = &Record{Request: req, Requested: f.now(), Deadline: f.now().Add(f.deadline)}
+		if err := f.pending.Put(ctx, *rec); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.provider.Ensure(ctx, req); err != nil {
+		return nil, fmt.Errorf("ensure %s capacity for %s: %w", req.Purpose, ref, err)
+	}
+	return f.check(ctx, *rec, &ev)
+}
+
+func (f *Function) recheck(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
+	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil || rec == nil || rec.Ready {
+		return nil, err
+	}
+	return f.check(ctx, *rec, &ev)
+}
+
+// check emits node.ready when the capacity is ready. Its id is derived from the generation, so
+// however many node changes and ticks find it ready, one node.ready is stored.
+func (f *Function) check(ctx context.Context, rec Record, cause *cloudevents.Event) ([]cloudevents.Event, error) {
+	c, err := f.provider.Check(ctx, rec.Request)
+	if err != nil {
+		return nil, fmt.Errorf("check capacity of %s: %w", rec.Ref, err)
+	}
+	return f.nodeReady(ctx, rec, c, cause)
+}
+
+func (f *Function) nodeReady(ctx context.Context, rec Record, c Capacity, cause *cloudevents.Event) ([]cloudevents.Event, error) {
+	if !c.Ready {
+		f.log.InfoContext(ctx, "waiting for capacity", "workspace", rec.Ref.String(), "waiting_for", c.Waiting, "deadline", rec.Deadline)
+		return nil, nil
+	}
+	names := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		names[i] = n.Name
+	}
+	out, err := events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, rec.Ref, events.NodeReadyData{
+		Workspace: rec.Workspace, Provider: f.provider.Name(), InstanceType: rec.Plan.InstanceType,
+		Nodes: names, NodeInfo: c.Nodes, Plan: &rec.Plan,
+	}, cause)
 	if err != nil {
 		return nil, err
 	}
 	return []cloudevents.Event{out}, nil
+}
+
+// tick looks at every request still waiting: capacity that failed or missed its deadline fails
+// the workspace; capacity that became ready without a node event being seen gets its node.ready.
+// One workspace's trouble does not hold up the others.
+func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	recs, err := f.pending.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []cloudevents.Event
+	for _, rec := range recs {
+		if rec.Ready {
+			continue
+		}
+		c, err := f.provider.Check(ctx, rec.Request)
+		var failure error
+		if p, ok := events.AsPermanent(err); ok {
+			failure = events.Permanent(ReasonCapacityFailed, p.Err)
+		} else if err != nil {
+			f.log.WarnContext(ctx, "capacity check failed; the next tick retries", "workspace", rec.Ref.String(), "err", err)
+			continue
+		} else if !c.Ready && f.now().After(rec.Deadline) {
+			failure = events.Permanentf(ReasonCapacityTimeout, "capacity (%s) not ready within %s of the request: %s",
+				rec.Plan.InstanceType, rec.Deadline.Sub(rec.Requested).Round(time.Second), c.Waiting)
+		}
+		if failure != nil {
+			e, err := f.failed(rec.Ref, failure, &ev)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+			continue
+		}
+		evs, err := f.nodeReady(ctx, rec, c, &ev)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
+}
+
+func (f *Function) failed(ref events.Ref, err error, cause *cloudevents.Event) (cloudevents.Event, error) {
+	p, _ := events.AsPermanent(err)
+	return events.New("kaitoflow/"+Name, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
+		Ref: ref, Function: Name, EventType: events.Tick, Reason: p.Reason, Message: p.Err.Error(),
+	}, cause)
+}
+
+// release gives back the capacity of ref (only tuning capacity when only is Tuning). An event of
+// an older generation never releases a newer generation's capacity.
+func (f *Function) release(ctx context.Context, ref events.Ref, only Purpose) error {
+	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil || rec == nil || rec.Ref.Generation > ref.Generation {
+		return err
+	}
+	if only != "" && rec.Purpose != only {
+		return nil
+	}
+	if err := f.provider.Release(ctx, rec.Request); err != nil {
+		return fmt.Errorf("release %s capacity of %s: %w", rec.Purpose, rec.Ref, err)
+	}
+	f.log.InfoContext(ctx, "released capacity", "purpose", rec.Purpose, "instance_type", rec.Plan.InstanceType,
+		"held", f.now().Sub(rec.Requested).Round(time.Second))
+	return f.pending.Delete(ctx, rec.Ref)
 }

@@ -1,6 +1,8 @@
 package provision
 
 import (
+	"io"
+	"log/slog"
 	"context"
 	"os"
 	"strings"
@@ -28,7 +30,6 @@ func TestHandle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(&Sim{}, &presets.Planner{Catalog: cat}, events.AddressPolicy{}, nil)
 	tests := []struct {
 		name       string
 		mutate     func(*events.Workspace)
@@ -48,6 +49,7 @@ func TestHandle(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			f := New(&Sim{Log: quiet}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Log: quiet})
 			ws := seed(t)
 			tc.mutate(ws)
 			ref := events.Ref{Namespace: "default", Name: "workspace-tuning-phi-3", Generation: 1}
@@ -83,3 +85,5 @@ func TestHandle(t *testing.T) {
 		})
 	}
 }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -22,26 +22,34 @@ type Sim struct {
 // Name implements Provider.
 func (s *Sim) Name() string { return "sim" }
 
-// Ensure implements Provider. Node names derive from the workspace generation, so a retry
-// returns the same nodes.
-func (s *Sim) Ensure(ctx context.Context, ref events.Ref, ws *events.Workspace) ([]string, error) {
-	if err := sleep(ctx, s.Delay); err != nil {
-		return nil, err
+// Ensure implements Provider.
+func (s *Sim) Ensure(ctx context.Context, req Request) error {
+	t := time.NewTimer(s.Delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	sum := sha256.Sum256([]byte(ref.String()))
+	s.log().InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought", "generation", req.Ref.Generation, "instance_type", req.Plan.InstanceType)
+	return nil
+}
+
+// Check implements Provider: simulated nodes are ready as soon as they are ensured. Names derive
+// from the workspace generation, so a retry sees the same nodes.
+func (s *Sim) Check(_ context.Context, req Request) (Capacity, error) {
+	sum := sha256.Sum256([]byte(req.Ref.String()))
 	pool := "sim" + hex.EncodeToString(sum[:])[:6]
-	nodes := make([]string, ws.NodeCount())
+	nodes := make([]events.Node, req.Workspace.NodeCount())
 	for i := range nodes {
-		nodes[i] = fmt.Sprintf("aks-%s-%d", pool, i)
+		nodes[i] = events.Node{Name: fmt.Sprintf("aks-%s-%d", pool, i), GPUs: int64(max(req.Plan.GPUs, 1)), GPUMemoryGiB: req.Plan.GPUMemoryGiB, GPU: "sim"}
 	}
-	s.log().InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought",
-		"generation", ref.Generation, "instance_type", ws.InstanceType(), "nodes", nodes)
-	return nodes, nil
+	return Capacity{Nodes: nodes, Ready: true}, nil
 }
 
 // Release implements Provider.
-func (s *Sim) Release(ctx context.Context, ref events.Ref) error {
-	s.log().InfoContext(ctx, "sim: released simulated GPU nodes")
+func (s *Sim) Release(ctx context.Context, req Request) error {
+	s.log().InfoContext(ctx, "sim: released simulated GPU nodes", "purpose", req.Purpose)
 	return nil
 }
 
@@ -50,18 +58,4 @@ func (s *Sim) log() *slog.Logger {
 		return slog.Default()
 	}
 	return s.Log
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -52,6 +52,15 @@ type Config struct {
 	Delivery runtime.JetStreamOptions
 	Logger   *slog.Logger
 	Tracer   trace.TracerProvider
+	// Provider supplies GPU capacity; nil means the sim provider.
+	Provider provision.Provider
+	// CapacityDeadline is how long capacity may take; provision's default when zero.
+	CapacityDeadline time.Duration
+	// TickInterval is how often kaitoflow.tick re-checks what can fail silently; 30s when zero.
+	TickInterval time.Duration
+	// Watchers run alongside the functions until shutdown, publishing with the given publisher
+	// (the Node watch of a real provider).
+	Watchers []func(ctx context.Context, pub runtime.Publisher) error
 }
 
 // Pipeline is a running embedded pipeline.
@@ -150,9 +159,17 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, fmt.Errorf("preset catalog: %w", err)
 	}
 	planner := &presets.Planner{Catalog: catalog}
+	pending, err := provision.OpenKVPending(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	provider := cfg.Provider
+	if provider == nil {
+		provider = &provision.Sim{Delay: cfg.Delay, Log: log}
+	}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
 	fns := []runtime.Function{
-		{Name: provision.Name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: cfg.Delay, Log: log}, planner, cfg.Policy, log)},
+		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log})},
 		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Log: log}, log)},
 		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
 		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},
@@ -175,8 +192,29 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		}()
 	}
 
+	pub := runtime.JetStreamPublisher{JS: js}
+	tickEvery := cfg.TickInterval
+	if tickEvery <= 0 {
+		tickEvery = 30 * time.Second
+	}
+	p.fns.Add(1)
+	go func() {
+		defer p.fns.Done()
+		runtime.Tick(runCtx, pub, tickEvery, log)
+	}()
+	for _, w := range cfg.Watchers {
+		p.fns.Add(1)
+		go func() {
+			defer p.fns.Done()
+			if err := w(runCtx, pub); err != nil && runCtx.Err() == nil {
+				p.setErr(err)
+				log.Error("watcher stopped", "err", err)
+			}
+		}()
+	}
+
 	mux := http.NewServeMux()
-	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer}
+	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer}
 	mux.Handle("/v1/", apiSrv.Handler())
 	mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", simServe.Handler()))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))

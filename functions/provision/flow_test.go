@@ -1,0 +1,174 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// scripted is a Provider whose capacity state the test sets.
+type scripted struct {
+	mu       sync.Mutex
+	ready    bool
+	err      error
+	ensured  int
+	released []Purpose
+}
+
+func (s *scripted) Name() string { return "scripted" }
+func (s *scripted) Ensure(context.Context, Request) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ensured++
+	return nil
+}
+func (s *scripted) Check(context.Context, Request) (Capacity, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return Capacity{}, s.err
+	}
+	if !s.ready {
+		return Capacity{Waiting: "0 of 1 nodes Ready with 1 nvidia.com/gpu"}, nil
+	}
+	return Capacity{Ready: true, Nodes: []events.Node{{Name: "aks-kf1-0", GPUs: 1}}}, nil
+}
+func (s *scripted) Release(_ context.Context, r Request) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.released = append(s.released, r.Purpose)
+	return nil
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func setup(t *testing.T) (*Function, *scripted, *clock, *MemoryPending) {
+	t.Helper()
+	cat, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, clk, pend := &scripted{}, &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}, &MemoryPending{}
+	return New(p, &presets.Planner{Catalog: cat}, pend, Options{Deadline: 30 * time.Minute, Now: clk.now, Log: quiet}), p, clk, pend
+}
+
+func ev(t *testing.T, typ string, gen int64, data any) cloudevents.Event {
+	t.Helper()
+	return events.Must(events.New("test", typ, typ, events.Ref{Namespace: "default", Name: "workspace-tuning-phi-3", Generation: gen}, data, nil))
+}
+
+func tick(t *testing.T) cloudevents.Event {
+	e := cloudevents.NewEvent()
+	e.SetID("tick-1")
+	e.SetSource("test")
+	e.SetType(events.Tick)
+	_ = e.SetData(cloudevents.ApplicationJSON, events.TickData{})
+	return e
+}
+
+func handle(t *testing.T, f *Function, e cloudevents.Event) []cloudevents.Event {
+	t.Helper()
+	out, err := f.Handle(context.Background(), e)
+	if err != nil {
+		t.Fatalf("%s: %v", e.Type(), err)
+	}
+	return out
+}
+
+func TestWaitsForNodesThenEmitsNodeReadyOnce(t *testing.T) {
+	f, p, _, pend := setup(t)
+	if out := handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t))); len(out) != 0 {
+		t.Fatalf("node.ready before any node is ready: %v", out)
+	}
+	if out := handle(t, f, ev(t, events.NodeChanged, 1, events.NodeChangedData{Node: "aks-kf1-0"})); len(out) != 0 {
+		t.Fatal("node.ready while the node has no GPU")
+	}
+	p.ready = true
+	out := handle(t, f, ev(t, events.NodeChanged, 1, events.NodeChangedData{Node: "aks-kf1-0"}))
+	if len(out) != 1 || out[0].Type() != events.NodeReady {
+		t.Fatalf("got %v", out)
+	}
+	var d events.NodeReadyData
+	if err := events.Data(out[0], &d); err != nil || d.Plan == nil || d.NodeInfo[0].GPUs != 1 {
+		t.Fatalf("node.ready data %+v %v", d, err)
+	}
+	// A redelivered request creates nothing new and emits the same event.
+	again := handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
+	if len(again) != 1 || again[0].ID() != out[0].ID() {
+		t.Fatalf("redelivery: %v", again)
+	}
+	// Once node.ready is stored, ticks leave the workspace alone.
+	handle(t, f, out[0])
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || !rec.Ready {
+		t.Fatalf("record not marked ready: %+v", rec)
+	}
+	if out := handle(t, f, tick(t)); len(out) != 0 {
+		t.Errorf("tick after ready: %v", out)
+	}
+}
+
+func TestDeadlineFailsTheWorkspace(t *testing.T) {
+	f, _, clk, _ := setup(t)
+	handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
+	clk.t = clk.t.Add(29 * time.Minute)
+	if out := handle(t, f, tick(t)); len(out) != 0 {
+		t.Fatalf("failed before the deadline: %v", out)
+	}
+	clk.t = clk.t.Add(2 * time.Minute)
+	out := handle(t, f, tick(t))
+	if len(out) != 1 || out[0].Type() != events.WorkspaceFailed || out[0].Subject() != "default/workspace-tuning-phi-3" {
+		t.Fatalf("got %v", out)
+	}
+	var d events.WorkspaceFailedData
+	_ = events.Data(out[0], &d)
+	if d.Reason != ReasonCapacityTimeout || !strings.Contains(d.Message, "nvidia.com/gpu") || !strings.Contains(d.Message, "30m0s") {
+		t.Errorf("failure %+v", d)
+	}
+}
+
+func TestCapacityFailureFailsTheWorkspace(t *testing.T) {
+	f, p, _, _ := setup(t)
+	handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
+	p.err = errors.New("ARM throttled")
+	if out := handle(t, f, tick(t)); len(out) != 0 {
+		t.Fatalf("a retryable check error failed the workspace: %v", out)
+	}
+	p.err = events.Permanentf("QuotaExceeded", "Operation could not be completed as it results in exceeding approved standardNCSv3Family Cores quota")
+	out := handle(t, f, tick(t))
+	var d events.WorkspaceFailedData
+	if len(out) != 1 || events.Data(out[0], &d) != nil || d.Reason != ReasonCapacityFailed || !strings.Contains(d.Message, "quota") {
+		t.Fatalf("got %v %+v", out, d)
+	}
+}
+
+func TestRelease(t *testing.T) {
+	f, p, _, pend := setup(t)
+	handle(t, f, ev(t, events.WorkspaceRequested, 2, seed(t)))
+	// An event of an older generation releases nothing.
+	handle(t, f, ev(t, events.WorkspaceFailed, 1, events.WorkspaceFailedData{}))
+	if len(p.released) != 0 {
+		t.Fatal("an old generation's failure released the new one's capacity")
+	}
+	handle(t, f, ev(t, events.TuningCompleted, 2, events.TuningCompletedData{}))
+	if len(p.released) != 1 || p.released[0] != Tuning {
+		t.Fatalf("released %v", p.released)
+	}
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec != nil {
+		t.Error("record kept after release")
+	}
+	// Releasing again (a redelivery, or workspace.deleted later) is a no-op.
+	handle(t, f, ev(t, events.WorkspaceDeleted, 2, events.WorkspaceDeletedData{}))
+	if len(p.released) != 1 {
+		t.Errorf("released twice: %v", p.released)
+	}
+}
