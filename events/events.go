@@ -166,17 +166,19 @@ type NodeReadyData struct {
 // Plan is what the fit check decided for a workspace: the SKU, the precision and the run's shape,
 // the memory it expects, and why.
 type Plan struct {
-	InstanceType          string   `json:"instanceType"`
-	GPUs                  int      `json:"gpus"`
-	GPUMemoryGiB          float64  `json:"gpuMemoryGiB"`
-	DType                 string   `json:"dtype"`
-	EstimatedGiBPerGPU    float64  `json:"estimatedGiBPerGPU"`
-	BatchSize             int      `json:"batchSize,omitempty"`
-	SeqLen                int      `json:"seqLen,omitempty"`
-	GradientCheckpointing bool     `json:"gradientCheckpointing,omitempty"`
-	LoRARank              int      `json:"loraRank,omitempty"`
-	MaxModelLen           int      `json:"maxModelLen,omitempty"`
-	Reasons               []string `json:"reasons,omitempty"`
+	InstanceType          string  `json:"instanceType"`
+	GPUs                  int     `json:"gpus"`
+	GPUMemoryGiB          float64 `json:"gpuMemoryGiB"`
+	DType                 string  `json:"dtype"`
+	EstimatedGiBPerGPU    float64 `json:"estimatedGiBPerGPU"`
+	BatchSize             int     `json:"batchSize,omitempty"`
+	SeqLen                int     `json:"seqLen,omitempty"`
+	GradientCheckpointing bool    `json:"gradientCheckpointing,omitempty"`
+	LoRARank              int     `json:"loraRank,omitempty"`
+	MaxModelLen           int     `json:"maxModelLen,omitempty"`
+	// DiskGiB is the OS disk a node needs for the model's image and weights.
+	DiskGiB int      `json:"diskGiB,omitempty"`
+	Reasons []string `json:"reasons,omitempty"`
 	// TrainingConfig is the rendered training_config.yaml the tuning Job mounts.
 	TrainingConfig string `json:"trainingConfig,omitempty"`
 	// RuntimeArgs are the inference server's arguments.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -89,7 +90,7 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
 		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
 		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, Reasons: tp.Reasons,
-		TrainingConfig: string(rendered),
+		TrainingConfig: string(rendered), DiskGiB: p.diskGiB(t.Preset.Name),
 	}, nil
 }
 
@@ -105,7 +106,7 @@ func (p *Planner) planInference(ws *events.Workspace) (*events.Plan, error) {
 	}
 	return &events.Plan{
 		InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
-		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(),
+		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: p.diskGiB(in.Preset.Name),
 	}, nil
 }
 
@@ -120,4 +121,15 @@ func classify(err error, path string) error {
 		return events.Permanentf(events.ReasonInvalidWorkspace, "%s: %v", path, err)
 	}
 	return events.Permanent(events.ReasonInvalidWorkspace, err)
+}
+
+// diskGiB sizes a node's OS disk: the 16-bit weights twice (the download and the loaded copy the
+// image cache keeps) plus 64 GiB for images and logs, in steps of 64 GiB, at least 128.
+func (p *Planner) diskGiB(preset string) int {
+	m, err := p.Catalog.Model(preset)
+	if err != nil {
+		return 128
+	}
+	need := 2*float64(m.Parameters)*bytes16/gib + 64
+	return max(128, int(math.Ceil(need/64))*64)
 }

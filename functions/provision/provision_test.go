@@ -1,9 +1,9 @@
 package provision
 
 import (
+	"context"
 	"io"
 	"log/slog"
-	"context"
 	"os"
 	"strings"
 	"testing"

@@ -1,0 +1,172 @@
+// Package nodes reads GPU readiness from the Kubernetes API: which nodes of a workspace are Ready
+// with their GPUs allocatable, and — as a watch — when that changes.
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+)
+
+// GPUResource is the extended resource the NVIDIA device plugin advertises.
+const GPUResource corev1.ResourceName = "nvidia.com/gpu"
+
+// gpuProductLabel is set by NVIDIA's GPU feature discovery.
+const gpuProductLabel = "nvidia.com/gpu.product"
+
+// Want describes the nodes a request needs.
+type Want struct {
+	Selector labels.Selector
+	// Names, when set, limits the nodes to these (Kaito's preferredNodes).
+	Names []string
+	Count int
+	// GPUs is the nvidia.com/gpu each node must have allocatable.
+	GPUs int64
+	// GPU and GPUMemoryGiB describe the SKU's GPU, for node.ready.
+	GPU          string
+	GPUMemoryGiB float64
+}
+
+// Checker finds Ready GPU nodes.
+type Checker struct {
+	Client kubernetes.Interface
+}
+
+// Check lists the nodes Want selects. It reports how many exist at all (matching) besides the
+// ready ones, so a provider can tell "coming" from "not there".
+func (c *Checker) Check(ctx context.Context, w Want) (provision.Capacity, int, error) {
+	list, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: w.Selector.String()})
+	if err != nil {
+		return provision.Capacity{}, 0, fmt.Errorf("list nodes %s: %w", w.Selector, err)
+	}
+	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+	var ready []events.Node
+	var notes []string
+	matching := 0
+	for _, n := range list.Items {
+		if len(w.Names) > 0 && !slices.Contains(w.Names, n.Name) {
+			continue
+		}
+		matching++
+		ok, why := usable(&n, w.GPUs)
+		if !ok {
+			notes = append(notes, n.Name+": "+why)
+			continue
+		}
+		gpu := n.Labels[gpuProductLabel]
+		if gpu == "" {
+			gpu = w.GPU
+		}
+		q := n.Status.Allocatable[GPUResource]
+		ready = append(ready, events.Node{Name: n.Name, GPU: gpu, GPUs: q.Value(), GPUMemoryGiB: w.GPUMemoryGiB})
+	}
+	c2 := provision.Capacity{Nodes: ready, Ready: len(ready) >= w.Count}
+	if c2.Ready {
+		c2.Nodes = ready[:w.Count]
+	} else {
+		c2.Waiting = fmt.Sprintf("%d of %d nodes (%s) Ready with %d %s", len(ready), w.Count, w.Selector, w.GPUs, GPUResource)
+		if len(notes) > 0 {
+			c2.Waiting += "; " + strings.Join(notes, "; ")
+		}
+	}
+	return c2, matching, nil
+}
+
+// usable: the node is Ready, schedulable and has the GPUs allocatable.
+func usable(n *corev1.Node, gpus int64) (bool, string) {
+	if n.Spec.Unschedulable {
+		return false, "cordoned"
+	}
+	ready := false
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			ready = c.Status == corev1.ConditionTrue
+		}
+	}
+	if !ready {
+		return false, "not Ready"
+	}
+	q, ok := n.Status.Allocatable[GPUResource]
+	if !ok || q.Value() < gpus {
+		return false, fmt.Sprintf("%s %d of %d allocatable (is the NVIDIA device plugin running?)", GPUResource, q.Value(), gpus)
+	}
+	return true, ""
+}
+
+// Publisher is what the watch needs to emit events.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
+
+// Watch publishes kaitoflow.node.changed whenever a node labelled for a workspace appears or its
+// readiness or GPUs change — not on every status heartbeat. It runs until ctx ends: the embedded
+// mode's ApiServerSource on Nodes.
+func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log *slog.Logger) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = provision.LabelWorkspace
+	}))
+	inf := factory.Core().V1().Nodes().Informer()
+	emit := func(n *corev1.Node) {
+		ns, name := n.Labels[provision.LabelNamespace], n.Labels[provision.LabelWorkspace]
+		if ns == "" || name == "" {
+			return
+		}
+		e := cloudevents.NewEvent()
+		// One event per observed state of the node: duplicates from resyncs are deduplicated.
+		e.SetID("node/" + n.Name + "/" + n.ResourceVersion)
+		e.SetSource("kaitoflow/node-watch")
+		e.SetType(events.NodeChanged)
+		e.SetSubject(ns + "/" + name)
+		if err := e.SetData(cloudevents.ApplicationJSON, events.NodeChangedData{Node: n.Name}); err != nil {
+			return
+		}
+		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
+			// The tick re-checks every pending request, so a lost change only delays node.ready.
+			log.Warn("publish node.changed", "node", n.Name, "err", err)
+		}
+	}
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok {
+				emit(n)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Node)
+			n, ok2 := newObj.(*corev1.Node)
+			if ok1 && ok2 && state(o) != state(n) {
+				emit(n)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("node watch: %w", err)
+	}
+	log.Info("watching nodes", "selector", provision.LabelWorkspace)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
+
+// state is what readiness depends on.
+func state(n *corev1.Node) string {
+	ok, why := usable(n, 1)
+	q := n.Status.Allocatable[GPUResource]
+	return fmt.Sprintf("%v|%s|%d|%v", ok, why, q.Value(), n.Spec.Unschedulable)
+}

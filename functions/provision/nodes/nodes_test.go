@@ -1,0 +1,125 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+var (
+	kube    kubernetes.Interface
+	kubeErr error
+)
+
+func TestMain(m *testing.M) {
+	env, err := testenv.Start()
+	if err != nil {
+		kubeErr = err
+		if testenv.Required() {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	} else {
+		kube = kubernetes.NewForConfigOrDie(env.Config)
+	}
+	code := m.Run()
+	if env != nil {
+		_ = env.Stop()
+	}
+	os.Exit(code)
+}
+
+type recorder struct {
+	mu  sync.Mutex
+	evs []cloudevents.Event
+}
+
+func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, evs...)
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.evs)
+}
+
+func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
+	if kube == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := &recorder{}
+	done := make(chan error, 1)
+	go func() { done <- Watch(ctx, kube, rec, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+
+	kl := testenv.Kubelet{Client: kube}
+	labels := map[string]string{provision.LabelWorkspace: "ws", provision.LabelNamespace: "team-a"}
+	if err := kl.Node(ctx, "watched-0", labels, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Unrelated nodes are not watched.
+	if err := kl.Node(ctx, "other-0", map[string]string{"app": "x"}, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return rec.count() >= 1 })
+	base := rec.count()
+	// A heartbeat that changes nothing readiness depends on: no event.
+	n, _ := kube.CoreV1().Nodes().Get(ctx, "watched-0", metav1.GetOptions{})
+	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(time.Now().Add(time.Minute))
+	if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kl.Node(ctx, "watched-0", labels, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return rec.count() > base })
+	time.Sleep(200 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.evs) != base+1 {
+		t.Errorf("%d events after a heartbeat and a readiness change, want %d", len(rec.evs), base+1)
+	}
+	last := rec.evs[len(rec.evs)-1]
+	var d events.NodeChangedData
+	if last.Type() != events.NodeChanged || last.Subject() != "team-a/ws" || events.Data(last, &d) != nil || d.Node != "watched-0" {
+		t.Errorf("event %v", last)
+	}
+	for _, e := range rec.evs {
+		if e.Subject() != "team-a/ws" {
+			t.Errorf("an unlabelled node produced %v", e)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
