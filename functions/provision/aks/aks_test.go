@@ -117,13 +117,12 @@ func (a *armState) server() *fake.AgentPoolsServer {
 		BeginDelete: func(_ context.Context, _, _, name string, _ *armcontainerservice.AgentPoolsClientBeginDeleteOptions) (resp azfake.PollerResponder[armcontainerservice.AgentPoolsClientDeleteResponse], errResp azfake.ErrorResponder) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
-			if _, ok := a.pools[name]; !ok {
-				errResp.SetResponseError(http.StatusNotFound, "NotFound")
-				return
+			// ARM answers 204 No Content for a pool that is gone (or goes at once): deleting twice is fine.
+			if _, ok := a.pools[name]; ok {
+				a.deletes++
+				delete(a.pools, name)
 			}
-			a.deletes++
-			delete(a.pools, name)
-			resp.SetTerminalResponse(http.StatusOK, armcontainerservice.AgentPoolsClientDeleteResponse{}, nil)
+			resp.SetTerminalResponse(http.StatusNoContent, armcontainerservice.AgentPoolsClientDeleteResponse{}, nil)
 			return
 		},
 	}
