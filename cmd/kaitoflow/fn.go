@@ -35,6 +35,7 @@ type fnFlags struct {
 	delay, ackWait                                                         time.Duration
 	maxDeliver, concurrency                                                int
 	allow                                                                  []string
+	provider                                                               providerFlags
 }
 
 func newFn(g *globals) *cobra.Command {
@@ -65,7 +66,8 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
 	fl.StringVar(&f.listen, "listen", ":"+port, "HTTP address: CloudEvents (http transport), /metrics and /healthz")
 	fl.StringVar(&f.sink, "sink", os.Getenv("K_SINK"), "where output events go over HTTP (env K_SINK); empty publishes to --nats")
-	fl.StringVar(&f.driver, "driver", "sim", "driver for GPU work: sim")
+	fl.StringVar(&f.driver, "driver", "sim", "driver for training and inference: sim")
+	f.provider.register(fl)
 	fl.StringVar(&f.dataDir, "data-dir", filepath.Join(os.TempDir(), "kaitoflow"), "sim trainer output directory")
 	fl.StringVar(&f.registry, "registry-rewrite", "", "publish: push to this registry host instead of the one in tuning.output.image")
 	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve (sim): base URL of this process, for the simulated endpoint")
@@ -86,7 +88,7 @@ func envOr(k, def string) string {
 
 func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
 	if f.driver != "sim" {
-		return fmt.Errorf("--driver %q: only the sim driver exists so far", f.driver)
+		return fmt.Errorf("--driver %q: only the sim driver exists so far for training and inference", f.driver)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -123,8 +125,19 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if err != nil {
 			return err
 		}
-		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(&provision.Sim{Delay: f.delay, Log: log}, planner, pending,
-			provision.Options{Policy: events.AddressPolicy{Allow: f.allow}, Log: log})}
+		prov, watchers, err := f.provider.build(&provision.Sim{Delay: f.delay, Log: log}, log)
+		if err != nil {
+			return err
+		}
+		for _, w := range watchers {
+			go func() {
+				if err := w(ctx, runtime.JetStreamPublisher{JS: js}); err != nil {
+					log.Error("node watch stopped", "err", err)
+				}
+			}()
+		}
+		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(prov, planner, pending,
+			provision.Options{Policy: events.AddressPolicy{Allow: f.allow}, Deadline: f.provider.deadline, Log: log})}
 	case tune.Name:
 		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Log: log}, log)}
 	case publish.Name:

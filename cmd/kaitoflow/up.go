@@ -11,6 +11,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
@@ -21,6 +22,8 @@ func newUp(g *globals) *cobra.Command {
 		delay, ackWait                       time.Duration
 		maxDeliver                           int
 		allow, submit                        []string
+		pf                                   providerFlags
+		tick                                 time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -42,13 +45,18 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 				}
 				dataDir = filepath.Join(cache, "kaitoflow")
 			}
+			provider, watchers, err := pf.build(&provision.Sim{Delay: delay, Log: log}, log)
+			if err != nil {
+				return err
+			}
 			tp := sdktrace.NewTracerProvider()
 			defer func() { _ = tp.Shutdown(cmd.Context()) }()
-			log.Info("starting kaitoflow (embedded mode: GPU nodes, training and inference are simulated by the sim drivers)", "data_dir", dataDir, "sim_delay", delay)
+			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
 				Delay: delay, Policy: events.AddressPolicy{Allow: allow}, Logger: log, Tracer: tp,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
+				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
 			})
 			if err != nil {
 				return err
@@ -73,6 +81,8 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.DurationVar(&ackWait, "ack-wait", 30*time.Second, "JetStream AckWait; a crashed step is redelivered after it")
 	f.IntVar(&maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
+	f.DurationVar(&tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity and deadlines")
+	pf.register(f)
 	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
 	return cmd
 }

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
+	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
+	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
+	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+)
+
+// providerFlags choose and configure where GPU capacity comes from; `up` and `fn provision`
+// share them.
+type providerFlags struct {
+	provider, kubeconfig, subscription, resourceGroup, cluster, nodeClass string
+	spot                                                                  bool
+	spotMaxPrice                                                          float64
+	deadline                                                              time.Duration
+}
+
+func (p *providerFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&p.provider, "provider", "sim", "where GPU nodes come from: sim, aks (agent pools), karpenter (NodeClaims), byo (existing nodes)")
+	f.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig for aks, karpenter and byo (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+	f.StringVar(&p.subscription, "subscription", "", "aks: Azure subscription ID")
+	f.StringVar(&p.resourceGroup, "resource-group", "", "aks: the cluster's resource group")
+	f.StringVar(&p.cluster, "cluster", "", "aks: the AKS cluster's name")
+	f.BoolVar(&p.spot, "spot", false, "aks: spot node pools (cheaper, may be evicted)")
+	f.Float64Var(&p.spotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
+	f.StringVar(&p.nodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")
+	f.DurationVar(&p.deadline, "capacity-deadline", provision.DefaultDeadline, "fail a workspace whose GPU nodes are not ready within this long")
+}
+
+// build returns the provider and, for the real ones, the Node watch that turns node changes into
+// kaitoflow.node.changed.
+func (p *providerFlags) build(sim provision.Provider, log *slog.Logger) (provision.Provider, []func(context.Context, runtime.Publisher) error, error) {
+	if p.provider == "sim" {
+		return sim, nil, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = p.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--provider %s needs a cluster: %w", p.provider, err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	checker := &nodes.Checker{Client: kube}
+	watch := []func(context.Context, runtime.Publisher) error{
+		func(ctx context.Context, pub runtime.Publisher) error { return nodes.Watch(ctx, kube, pub, log) },
+	}
+	switch p.provider {
+	case "byo":
+		return &byo.Provider{Nodes: checker, Log: log}, watch, nil
+	case "karpenter":
+		parts := strings.Split(p.nodeClass, "/")
+		if len(parts) != 3 {
+			return nil, nil, fmt.Errorf("--node-class %q: want group/kind/name", p.nodeClass)
+		}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &karpenter.Provider{Client: dyn, Nodes: checker, NodeClass: karpenter.NodeClassRef{Group: parts[0], Kind: parts[1], Name: parts[2]}, Log: log}, watch, nil
+	case "aks":
+		// Workload identity in a pod, a managed identity on a VM, environment variables, or the
+		// Azure CLI's login on a workstation: DefaultAzureCredential tries them in that order.
+		cred, err := azidentity.NewDefaultAzureCredential(nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("azure credential: %w", err)
+		}
+		prov, err := aks.New(aks.Config{SubscriptionID: p.subscription, ResourceGroup: p.resourceGroup, Cluster: p.cluster, Spot: p.spot, SpotMaxPrice: p.spotMaxPrice}, cred, nil, checker, log)
+		return prov, watch, err
+	}
+	return nil, nil, fmt.Errorf("--provider %q: want sim, aks, karpenter or byo", p.provider)
+}
