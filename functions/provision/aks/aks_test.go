@@ -12,8 +12,8 @@ import (
 	"sync"
 	"testing"
 
-	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerservice/armcontainerservice/v9"
@@ -65,7 +65,7 @@ type armState struct {
 	creates  int
 	deletes  int
 	createFn func(name string) (code int, armCode string) // refuse a create
-	failWith string                                      // the pool ends Failed with this ARM error
+	failWith string                                       // the pool ends Failed with this ARM error
 }
 
 func newARM() *armState {
