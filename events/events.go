@@ -40,11 +40,13 @@ var Types = []string{
 // for what can fail silently: an ARM operation, capacity that never becomes ready.
 const (
 	NodeChanged = "kaitoflow.node.changed"
-	Tick        = "kaitoflow.tick"
+	// JobChanged comes from a watch on tuning Jobs and their Pods (or the sim trainer's clock).
+	JobChanged = "kaitoflow.job.changed"
+	Tick       = "kaitoflow.tick"
 )
 
 // Signals lists the signal types.
-var Signals = []string{NodeChanged, Tick}
+var Signals = []string{NodeChanged, JobChanged, Tick}
 
 // Subject prefixes on the bus.
 const (
@@ -199,6 +201,12 @@ type NodeChangedData struct {
 	Node string `json:"node"`
 }
 
+// JobChangedData is the payload of kaitoflow.job.changed: a tuning Job (or its Pod) of the
+// workspace named by the subject changed.
+type JobChangedData struct {
+	Job string `json:"job"`
+}
+
 // TickData is the payload of kaitoflow.tick.
 type TickData struct {
 	At time.Time `json:"at"`
@@ -211,6 +219,9 @@ type TuningStartedData struct {
 	Job       string    `json:"job"`
 	Trainer   string    `json:"trainer"`
 	Plan      *Plan     `json:"plan,omitempty"`
+	// Node is where the trainer runs, Started when it started.
+	Node    string    `json:"node,omitempty"`
+	Started time.Time `json:"started,omitempty"`
 }
 
 // AdapterFile is one file of a trained adapter.

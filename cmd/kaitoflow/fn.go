@@ -139,7 +139,13 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(prov, planner, pending,
 			provision.Options{Policy: events.AddressPolicy{Allow: f.allow}, Deadline: f.provider.deadline, Log: log})}
 	case tune.Name:
-		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Log: log}, log)}
+		var pub tune.Publisher
+		if js != nil {
+			pub = runtime.JetStreamPublisher{JS: js}
+		} else if p, err := runtime.NewHTTPPublisher(f.sink); err == nil {
+			pub = p
+		}
+		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Publisher: pub, Log: log}, log)}
 	case publish.Name:
 		var resolve publish.Resolver
 		if f.registry != "" {

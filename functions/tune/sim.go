@@ -1,81 +1,152 @@
 package tune
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
-// Sim is the simulated trainer: no GPU, no model, no dataset download. After Delay it writes a
-// small but well-formed PEFT adapter (adapter_config.json and adapter_model.safetensors with a
-// valid header) whose bytes are derived from the job, so a rerun yields the same digests. Every
-// file and log line says "sim".
-type Sim struct {
-	Dir   string
-	Delay time.Duration
-	Log   *slog.Logger
+// Publisher is what the sim trainer needs to announce that a run changed.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
 
-	mu      sync.Mutex
-	started map[string]time.Time
+// Sim is the simulated trainer: no GPU, no model, no dataset download. A run "trains" for Delay,
+// then writes a small but well-formed PEFT adapter (adapter_config.json and
+// adapter_model.safetensors with a valid header) whose bytes are derived from the job, so a rerun
+// yields the same digests, and announces the change with kaitoflow.job.changed, as the Job watch
+// does for real runs. Runs live in memory: a restarted process forgets them. Every file and log
+// line says "sim".
+type Sim struct {
+	Dir       string
+	Delay     time.Duration
+	Publisher Publisher
+	Log       *slog.Logger
+
+	mu   sync.Mutex
+	runs map[string]*simRun
+}
+
+type simRun struct {
+	job     Job
+	started time.Time
+	done    bool
+	acked   bool
+	result  Result
+	err     error
 }
 
 // Name implements Trainer.
 func (s *Sim) Name() string { return "sim" }
 
+func simKey(ref events.Ref) string { return ref.Namespace + "/" + ref.Name }
+
 // Start implements Trainer.
 func (s *Sim) Start(ctx context.Context, job Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.started == nil {
-		s.started = map[string]time.Time{}
+	if s.runs == nil {
+		s.runs = map[string]*simRun{}
 	}
-	if _, ok := s.started[job.Name]; !ok {
-		s.started[job.Name] = time.Now()
-		s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
+	if r, ok := s.runs[simKey(job.Ref)]; ok && r.job.Ref.Generation >= job.Ref.Generation {
+		return nil
+	}
+	r := &simRun{job: job, started: time.Now().UTC()}
+	s.runs[simKey(job.Ref)] = r
+	s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
+	go s.finish(context.WithoutCancel(ctx), r)
+	return nil
+}
+
+func (s *Sim) finish(ctx context.Context, r *simRun) {
+	time.Sleep(s.Delay)
+	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
+	files, err := WriteSimAdapter(dir, r.job)
+	s.mu.Lock()
+	r.done, r.err = true, err
+	r.result = Result{Location: dir, Files: files, Metrics: map[string]float64{"sim_train_loss": 1.234, "sim_epochs": 1}}
+	s.mu.Unlock()
+	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "dir", dir, "err", err)
+	if s.Publisher == nil {
+		return
+	}
+	e := cloudevents.NewEvent()
+	e.SetID("sim-job/" + r.job.Name + "/done")
+	e.SetSource("kaitoflow/sim-trainer")
+	e.SetType(events.JobChanged)
+	e.SetSubject(r.job.Ref.Subject())
+	e.SetExtension(events.ExtGeneration, strconv.FormatInt(r.job.Ref.Generation, 10))
+	if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: r.job.Name}); err == nil {
+		if err := s.Publisher.Publish(ctx, e); err != nil {
+			s.log().WarnContext(ctx, "sim: publish job.changed; the next tick sees the run finished", "err", err)
+		}
+	}
+}
+
+// Status implements Trainer.
+func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.runs[simKey(ref)]
+	if !ok {
+		return nil, nil
+	}
+	st := &Status{Job: r.job, Phase: Running, Node: firstOr(r.job.Nodes, "sim-node"), Started: r.started}
+	switch {
+	case r.done && r.err != nil:
+		st.Phase, st.Reason, st.Message = Failed, "TrainerFailed", "sim: "+r.err.Error()
+	case r.done:
+		st.Phase, st.Result = Succeeded, r.result
+	}
+	return st, nil
+}
+
+// List implements Trainer.
+func (s *Sim) List(context.Context) ([]events.Ref, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var refs []events.Ref
+	for _, r := range s.runs {
+		if !r.acked {
+			refs = append(refs, r.job.Ref)
+		}
+	}
+	slices.SortFunc(refs, func(a, b events.Ref) int { return cmp.Compare(a.Subject(), b.Subject()) })
+	return refs, nil
+}
+
+// Acknowledge implements Trainer.
+func (s *Sim) Acknowledge(_ context.Context, ref events.Ref) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.runs[simKey(ref)]; ok && r.job.Ref.Generation == ref.Generation {
+		r.acked = true
 	}
 	return nil
 }
 
-// Wait implements Trainer. A job this process never saw (it restarted) starts over.
-func (s *Sim) Wait(ctx context.Context, job Job) (Result, error) {
-	if err := s.Start(ctx, job); err != nil {
-		return Result{}, err
-	}
+// Delete implements Trainer.
+func (s *Sim) Delete(_ context.Context, ref events.Ref) error {
 	s.mu.Lock()
-	remaining := s.Delay - time.Since(s.started[job.Name])
-	s.mu.Unlock()
-	if remaining > 0 {
-		t := time.NewTimer(remaining)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return Result{}, ctx.Err()
-		}
-	}
-	dir := filepath.Join(s.Dir, job.Ref.Namespace, job.Ref.Name, strconv.FormatInt(job.Ref.Generation, 10))
-	files, err := WriteSimAdapter(dir, job)
-	if err != nil {
-		return Result{}, fmt.Errorf("sim: write adapter: %w", err)
-	}
-	s.mu.Lock()
-	delete(s.started, job.Name)
-	s.mu.Unlock()
-	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", job.Name, "dir", dir)
-	return Result{Location: dir, Files: files, Metrics: map[string]float64{"sim_train_loss": 1.234, "sim_epochs": 1}}, nil
+	defer s.mu.Unlock()
+	delete(s.runs, simKey(ref))
+	return nil
 }
 
 func (s *Sim) log() *slog.Logger {
@@ -83,6 +154,13 @@ func (s *Sim) log() *slog.Logger {
 		return slog.Default()
 	}
 	return s.Log
+}
+
+func firstOr(xs []string, def string) string {
+	if len(xs) > 0 {
+		return xs[0]
+	}
+	return def
 }
 
 // Sim adapter shape: rank and width are tiny on purpose; the files are for the pipeline, not for

@@ -170,7 +170,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
 	fns := []runtime.Function{
 		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log})},
-		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Log: log}, log)},
+		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log}, log)},
 		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
 		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},
 		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
