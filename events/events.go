@@ -168,6 +168,9 @@ type NodeReadyData struct {
 // Plan is what the fit check decided for a workspace: the SKU, the precision and the run's shape,
 // the memory it expects, and why.
 type Plan struct {
+	// Model is the Hugging Face id of the preset, at Revision.
+	Model                 string  `json:"model,omitempty"`
+	Revision              string  `json:"revision,omitempty"`
 	InstanceType          string  `json:"instanceType"`
 	GPUs                  int     `json:"gpus"`
 	GPUMemoryGiB          float64 `json:"gpuMemoryGiB"`

@@ -87,6 +87,7 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		return nil, err
 	}
 	return &events.Plan{
+		Model: tp.HuggingFace, Revision: tp.Revision,
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
 		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
 		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, Reasons: tp.Reasons,
@@ -105,6 +106,7 @@ func (p *Planner) planInference(ws *events.Workspace) (*events.Plan, error) {
 		return nil, classify(err, "resource.instanceType")
 	}
 	return &events.Plan{
+		Model: ip.HuggingFace, Revision: ip.Revision,
 		InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
 		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: p.diskGiB(in.Preset.Name),
 	}, nil

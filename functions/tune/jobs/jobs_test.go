@@ -1,0 +1,285 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+var (
+	update  = flag.Bool("update", false, "rewrite golden files")
+	kube    kubernetes.Interface
+	kubeErr error
+	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	env, err := testenv.Start()
+	if err != nil {
+		kubeErr = err
+		if testenv.Required() {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	} else {
+		kube = kubernetes.NewForConfigOrDie(env.Config)
+	}
+	code := m.Run()
+	if env != nil {
+		_ = env.Stop()
+	}
+	os.Exit(code)
+}
+
+// seedRun is the seed workspace's run as provision plans it on its node.
+func seedRun(t *testing.T, namespace string) tune.Job {
+	t.Helper()
+	doc, err := os.ReadFile("../../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := events.DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Namespace = namespace
+	cat, _ := presets.Default()
+	plan, err := (&presets.Planner{Catalog: cat}).Plan(context.Background(), ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := events.Ref{Namespace: namespace, Name: ws.Name, Generation: 1}
+	return tune.Job{Name: tune.JobName(ref), Ref: ref, Workspace: *ws, Nodes: []string{"aks-kf89f6322161-vmss000000"}, Plan: plan}
+}
+
+func TestSeedJobGolden(t *testing.T) {
+	j, cm, err := Build(seedRun(t, "default"), DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(j.Annotations, AnnotationRun) // the run's JSON is the input, not the output
+	var docs []string
+	for _, o := range []any{cm, j} {
+		b, err := yaml.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+	}
+	got := []byte(strings.Join(docs, "---\n"))
+	path := filepath.Join("testdata", "seed-job.yaml")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("the seed's Job differs from %s; if intended, go test ./functions/tune/jobs -update\n%s", path, got)
+	}
+}
+
+func TestJobStatus(t *testing.T) {
+	run := tune.Job{Name: "ws-tuning-1"}
+	running := corev1.Pod{Spec: corev1.PodSpec{NodeName: "n0"}, Status: corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &metav1.Time{Time: time.Unix(100, 0)}}}
+	terminated := func(reason string, code int32, msg string) corev1.Pod {
+		return corev1.Pod{Spec: corev1.PodSpec{NodeName: "n0"}, Status: corev1.PodStatus{Phase: corev1.PodFailed, ContainerStatuses: []corev1.ContainerStatus{
+			{Name: "trainer", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: reason, ExitCode: code, Message: msg}}}}}}
+	}
+	cond := func(typ batchv1.JobConditionType, reason string) batchv1.Job {
+		return batchv1.Job{Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: typ, Status: corev1.ConditionTrue, Reason: reason, Message: "Job was active longer than specified deadline"}}}}
+	}
+	summary := `{"location":"r.azurecr.io/a","files":[{"path":"adapter_model.safetensors","size":3,"digest":"sha256:abc"}]}`
+	tests := []struct {
+		name       string
+		job        batchv1.Job
+		pods       []corev1.Pod
+		phase      tune.Phase
+		reason     string
+		messageHas string
+	}{
+		{"no pod yet", batchv1.Job{}, nil, tune.Pending, "", ""},
+		{"running", batchv1.Job{}, []corev1.Pod{running}, tune.Running, "", ""},
+		{"complete", cond(batchv1.JobComplete, ""), []corev1.Pod{terminated("Completed", 0, summary)}, tune.Succeeded, "", ""},
+		{"complete without summary", cond(batchv1.JobComplete, ""), []corev1.Pod{terminated("Completed", 0, "")}, tune.Failed, "NoSummary", "summary"},
+		{"out of memory", cond(batchv1.JobFailed, "PodFailurePolicy"), []corev1.Pod{terminated("OOMKilled", 137, "")}, tune.Failed, "OOMKilled", "per_device_train_batch_size"},
+		{"bad data", cond(batchv1.JobFailed, "PodFailurePolicy"), []corev1.Pod{terminated("Error", 3, "unrecognised row with columns [instruction]")}, tune.Failed, "TrainerExit3", "unrecognised row"},
+		{"deadline", cond(batchv1.JobFailed, batchv1.JobReasonDeadlineExceeded), []corev1.Pod{running}, tune.Failed, "DeadlineExceeded", "deadline"},
+		{"image pull", batchv1.Job{}, []corev1.Pod{{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer",
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "pull access denied"}}}}}}}, tune.Failed, "ImagePullError", "pull access denied"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := jobStatus(run, &tc.job, tc.pods)
+			if st.Phase != tc.phase || st.Reason != tc.reason || !strings.Contains(st.Message, tc.messageHas) {
+				t.Errorf("got %s %s %q", st.Phase, st.Reason, st.Message)
+			}
+			if tc.phase == tune.Succeeded && (st.Result.Files[0].Digest != "sha256:abc" || st.Result.Location != "r.azurecr.io/a") {
+				t.Errorf("result %+v", st.Result)
+			}
+		})
+	}
+}
+
+type recorder struct {
+	mu  sync.Mutex
+	evs []cloudevents.Event
+}
+
+func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, evs...)
+	return nil
+}
+
+func (r *recorder) last(t *testing.T, after int) cloudevents.Event {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		r.mu.Lock()
+		if len(r.evs) > after {
+			e := r.evs[len(r.evs)-1]
+			r.mu.Unlock()
+			return e
+		}
+		r.mu.Unlock()
+	}
+	t.Fatal("no job.changed from the watch")
+	return cloudevents.Event{}
+}
+
+func (r *recorder) n() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.evs)
+}
+
+func typesOf(evs []cloudevents.Event) string {
+	var s []string
+	for _, e := range evs {
+		s = append(s, strings.TrimPrefix(e.Type(), "kaitoflow."))
+	}
+	return strings.Join(s, ",")
+}
+
+// The seed's run against a real API server; the test plays the Job controller and the kubelet.
+func TestRunLifecycle(t *testing.T) {
+	if kube == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := "tuning"
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	go func() { _ = Watch(ctx, kube, rec, quiet) }()
+	f := tune.New(&Trainer{Client: kube, Options: DefaultOptions(), Log: quiet}, quiet)
+	run := seedRun(t, ns)
+	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
+	for range 2 { // the second is a redelivery
+		out, err := f.Handle(ctx, ready)
+		if err != nil || len(out) != 0 {
+			t.Fatalf("node.ready: %s %v", typesOf(out), err)
+		}
+	}
+	jobs, _ := kube.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{})
+	if len(jobs.Items) != 1 {
+		t.Fatalf("%d Jobs after a redelivered node.ready, want 1", len(jobs.Items))
+	}
+	cm, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, run.Name, metav1.GetOptions{})
+	if err != nil || !strings.Contains(cm.Data["training_config.yaml"], "bnb_4bit_compute_dtype: float16") {
+		t.Fatalf("ConfigMap: %v %v", cm, err)
+	}
+
+	// The Job controller creates the Pod; the scheduler binds it; the kubelet starts it.
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: run.Name + "-abcde", Namespace: ns, Labels: jobs.Items[0].Spec.Template.Labels},
+		Spec: corev1.PodSpec{NodeName: run.Nodes[0], RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "trainer", Image: "trainer"}}}}
+	pod, err = kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := rec.n()
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &metav1.Time{Time: time.Now()},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}
+	if pod, err = kube.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.Handle(ctx, rec.last(t, seen))
+	if err != nil || typesOf(out) != "tuning.started" {
+		t.Fatalf("pod running: %s %v", typesOf(out), err)
+	}
+	var started events.TuningStartedData
+	if err := events.Data(out[0], &started); err != nil || started.Node != run.Nodes[0] || started.Started.IsZero() {
+		t.Errorf("tuning.started %+v %v", started, err)
+	}
+
+	// The trainer finishes; the wrapper has written its summary; the Job completes.
+	summary, _ := json.Marshal(Summary{Location: "acr_repo_here.azurecr.io/image_name_here", Files: []events.AdapterFile{
+		{Path: "adapter_config.json", Size: 512, Digest: "sha256:" + strings.Repeat("a", 64)},
+		{Path: "adapter_model.safetensors", Size: 25165824, Digest: "sha256:" + strings.Repeat("b", 64)}}, Metrics: map[string]float64{"train_loss": 1.02}})
+	pod.Status.Phase = corev1.PodSucceeded
+	pod.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", Message: string(summary)}}
+	if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	j := &jobs.Items[0]
+	now := metav1.Now()
+	j.Status = batchv1.JobStatus{StartTime: &now, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
+		{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, LastTransitionTime: now}}}
+	seen = rec.n()
+	if _, err := kube.BatchV1().Jobs(ns).UpdateStatus(ctx, j, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("Job status: %v", err)
+	}
+	out, err = f.Handle(ctx, rec.last(t, seen))
+	if err != nil || typesOf(out) != "tuning.started,tuning.completed" {
+		t.Fatalf("job complete: %s %v", typesOf(out), err)
+	}
+	var done events.TuningCompletedData
+	if err := events.Data(out[1], &done); err != nil || done.Files[1].Digest != "sha256:"+strings.Repeat("b", 64) || done.Metrics["train_loss"] != 1.02 {
+		t.Fatalf("tuning.completed %+v %v", done, err)
+	}
+	// Reading tuning.completed back acknowledges the run; deletion removes it.
+	if _, err := f.Handle(ctx, out[1]); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := kube.BatchV1().Jobs(ns).Get(ctx, run.Name, metav1.GetOptions{})
+	if got.Annotations[AnnotationAcked] != "true" {
+		t.Error("run not acknowledged")
+	}
+	if _, err := f.Handle(ctx, events.Must(events.New("test", events.WorkspaceDeleted, events.WorkspaceDeleted, run.Ref, events.WorkspaceDeletedData{Ref: run.Ref}, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.BatchV1().Jobs(ns).Get(ctx, run.Name, metav1.GetOptions{}); err == nil {
+		if g, _ := kube.BatchV1().Jobs(ns).Get(ctx, run.Name, metav1.GetOptions{}); g.DeletionTimestamp == nil {
+			t.Error("Job not deleted")
+		}
+	}
+}

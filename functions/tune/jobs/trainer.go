@@ -1,0 +1,306 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+)
+
+// Summary is what the job-run wrapper writes to the trainer container's termination message on
+// success: where the adapter went and what the run measured. Kubernetes keeps at most 4 KiB of it,
+// so it carries scalar metrics only.
+type Summary struct {
+	Location string               `json:"location"`
+	Files    []events.AdapterFile `json:"files"`
+	Metrics  map[string]float64   `json:"metrics,omitempty"`
+}
+
+// Trainer runs tuning as Jobs in the workspace's namespace.
+type Trainer struct {
+	Client  kubernetes.Interface
+	Options Options
+	Log     *slog.Logger
+}
+
+// Name implements tune.Trainer.
+func (t *Trainer) Name() string { return "job" }
+
+// Start implements tune.Trainer: create the ConfigMap and the Job unless they exist, and delete
+// the Jobs of older generations (a changed spec replaces its run).
+func (t *Trainer) Start(ctx context.Context, job tune.Job) error {
+	j, cm, err := Build(job, t.Options)
+	if err != nil {
+		return err
+	}
+	if err := t.deleteOlder(ctx, job.Ref); err != nil {
+		return err
+	}
+	if _, err := t.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{FieldManager: "kaitoflow"}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return classify(fmt.Errorf("create ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
+	}
+	_, err = t.Client.BatchV1().Jobs(j.Namespace).Create(ctx, j, metav1.CreateOptions{FieldManager: "kaitoflow"})
+	switch {
+	case apierrors.IsAlreadyExists(err):
+		return nil
+	case err != nil:
+		return classify(fmt.Errorf("create Job %s/%s: %w", j.Namespace, j.Name, err))
+	}
+	t.log().InfoContext(ctx, "tuning Job created", "job", j.Name, "namespace", j.Namespace, "image", t.Options.TrainerImage)
+	return nil
+}
+
+func classify(err error) error {
+	if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) {
+		return events.Permanent(events.ReasonStepFailed, err)
+	}
+	return err
+}
+
+func (t *Trainer) jobs(ctx context.Context, ref events.Ref) ([]batchv1.Job, error) {
+	sel := labels.SelectorFromSet(labels.Set{LabelWorkspace: ref.Name, LabelNamespace: ref.Namespace})
+	l, err := t.Client.BatchV1().Jobs(ref.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list tuning Jobs of %s: %w", ref.Subject(), err)
+	}
+	return l.Items, nil
+}
+
+func generation(j *batchv1.Job) int64 {
+	n, _ := strconv.ParseInt(j.Labels[LabelGeneration], 10, 64)
+	return n
+}
+
+func (t *Trainer) deleteOlder(ctx context.Context, ref events.Ref) error {
+	js, err := t.jobs(ctx, ref)
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if generation(&j) < ref.Generation {
+			if err := t.delete(ctx, &j); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (t *Trainer) delete(ctx context.Context, j *batchv1.Job) error {
+	bg := metav1.DeletePropagationBackground
+	if err := t.Client.BatchV1().Jobs(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete Job %s/%s: %w", j.Namespace, j.Name, err)
+	}
+	if err := t.Client.CoreV1().ConfigMaps(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete ConfigMap %s/%s: %w", j.Namespace, j.Name, err)
+	}
+	t.log().InfoContext(ctx, "tuning Job deleted", "job", j.Name)
+	return nil
+}
+
+// Status implements tune.Trainer: the newest run of the workspace, from its Job and Pods.
+func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, error) {
+	js, err := t.jobs(ctx, ref)
+	if err != nil || len(js) == 0 {
+		return nil, err
+	}
+	j := slices.MaxFunc(js, func(a, b batchv1.Job) int { return int(generation(&a) - generation(&b)) })
+	var run tune.Job
+	if err := json.Unmarshal([]byte(j.Annotations[AnnotationRun]), &run); err != nil {
+		return nil, events.Permanentf(events.ReasonBadEvent, "Job %s/%s: annotation %s: %v", j.Namespace, j.Name, AnnotationRun, err)
+	}
+	pods, err := t.Client.CoreV1().Pods(j.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelJob + "=" + j.Name})
+	if err != nil {
+		return nil, fmt.Errorf("list Pods of Job %s: %w", j.Name, err)
+	}
+	return jobStatus(run, &j, pods.Items), nil
+}
+
+// jobStatus reads a run's phase from its Job and Pods: a pure function, so each outcome the
+// Job controller and kubelet can report is a table case.
+func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
+	st := &tune.Status{Job: run, Phase: tune.Pending}
+	var last *corev1.ContainerStateTerminated
+	for i := range pods {
+		p := &pods[i]
+		if p.Spec.NodeName != "" && (p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) {
+			st.Node = p.Spec.NodeName
+			if p.Status.StartTime != nil {
+				st.Started = p.Status.StartTime.Time
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				st.Phase = tune.Running
+			}
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name != "trainer" {
+				continue
+			}
+			if w := cs.State.Waiting; w != nil {
+				switch w.Reason {
+				case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
+					st.Phase, st.Reason, st.Message = tune.Failed, "ImagePullError", fmt.Sprintf("%s: %s", w.Reason, w.Message)
+					return st
+				}
+			}
+			if cs.State.Terminated != nil {
+				last = cs.State.Terminated
+			}
+		}
+	}
+	for _, c := range j.Status.Conditions {
+		if c.Status != corev1.ConditionTrue {
+			continue
+		}
+		switch c.Type {
+		case batchv1.JobComplete:
+			st.Phase = tune.Succeeded
+			var s Summary
+			if last == nil || json.Unmarshal([]byte(last.Message), &s) != nil || len(s.Files) == 0 {
+				st.Phase, st.Reason, st.Message = tune.Failed, "NoSummary", "the Job completed but its trainer left no adapter summary in the termination message"
+				return st
+			}
+			st.Result = tune.Result{Location: s.Location, Files: s.Files, Metrics: s.Metrics}
+			return st
+		case batchv1.JobFailed:
+			st.Phase = tune.Failed
+			switch {
+			case last != nil && last.Reason == "OOMKilled":
+				st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
+			case c.Reason == batchv1.JobReasonDeadlineExceeded:
+				st.Reason, st.Message = "DeadlineExceeded", c.Message
+			case last != nil && last.ExitCode != 0:
+				st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
+				st.Message = last.Message
+				if st.Message == "" {
+					st.Message = fmt.Sprintf("the trainer exited with code %d", last.ExitCode)
+				}
+			default:
+				st.Reason, st.Message = c.Reason, c.Message
+			}
+			return st
+		}
+	}
+	return st
+}
+
+// List implements tune.Trainer: every run not yet acknowledged, in all namespaces.
+func (t *Trainer) List(ctx context.Context) ([]events.Ref, error) {
+	l, err := t.Client.BatchV1().Jobs("").List(ctx, metav1.ListOptions{LabelSelector: LabelWorkspace})
+	if err != nil {
+		return nil, fmt.Errorf("list tuning Jobs: %w", err)
+	}
+	var refs []events.Ref
+	for _, j := range l.Items {
+		if j.Annotations[AnnotationAcked] == "" {
+			refs = append(refs, events.Ref{Namespace: j.Labels[LabelNamespace], Name: j.Labels[LabelWorkspace], Generation: generation(&j)})
+		}
+	}
+	return refs, nil
+}
+
+// Acknowledge implements tune.Trainer: annotate the run's Job so ticks skip it.
+func (t *Trainer) Acknowledge(ctx context.Context, ref events.Ref) error {
+	name := tune.JobName(ref)
+	patch := []byte(`{"metadata":{"annotations":{"` + AnnotationAcked + `":"true"}}}`)
+	_, err := t.Client.BatchV1().Jobs(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("acknowledge Job %s/%s: %w", ref.Namespace, name, err)
+	}
+	return nil
+}
+
+// Delete implements tune.Trainer.
+func (t *Trainer) Delete(ctx context.Context, ref events.Ref) error {
+	js, err := t.jobs(ctx, ref)
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if err := t.delete(ctx, &j); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Trainer) log() *slog.Logger {
+	if t.Log == nil {
+		return slog.Default()
+	}
+	return t.Log
+}
+
+// Publisher is what the watch needs.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
+
+// Watch publishes kaitoflow.job.changed when a tuning Job or its Pod changes: the embedded mode's
+// ApiServerSource on Jobs and Pods. It runs until ctx ends.
+func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log *slog.Logger) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = LabelWorkspace
+	}))
+	emit := func(kind string, obj metav1.Object) {
+		l := obj.GetLabels()
+		ns, name := l[LabelNamespace], l[LabelWorkspace]
+		if ns == "" || name == "" {
+			return
+		}
+		e := cloudevents.NewEvent()
+		e.SetID(kind + "/" + obj.GetNamespace() + "/" + obj.GetName() + "/" + obj.GetResourceVersion())
+		e.SetSource("kaitoflow/job-watch")
+		e.SetType(events.JobChanged)
+		e.SetSubject(ns + "/" + name)
+		e.SetExtension(events.ExtGeneration, l[LabelGeneration])
+		if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: l[LabelJob]}); err != nil {
+			return
+		}
+		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
+			log.Warn("publish job.changed; the next tick looks again", "job", l[LabelJob], "err", err)
+		}
+	}
+	handler := func(kind string) cache.ResourceEventHandlerFuncs {
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) {
+				if o, ok := obj.(metav1.Object); ok {
+					emit(kind, o)
+				}
+			},
+			UpdateFunc: func(_, obj any) {
+				if o, ok := obj.(metav1.Object); ok {
+					emit(kind, o)
+				}
+			},
+		}
+	}
+	if _, err := factory.Batch().V1().Jobs().Informer().AddEventHandler(handler("job")); err != nil {
+		return err
+	}
+	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(handler("pod")); err != nil {
+		return err
+	}
+	log.Info("watching tuning Jobs and Pods", "selector", LabelWorkspace)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
