@@ -234,14 +234,24 @@ type AdapterFile struct {
 	Digest string `json:"digest"`
 }
 
-// TuningCompletedData is the payload of kaitoflow.tuning.completed: the adapter exists at Location.
+// TuningCompletedData is the payload of kaitoflow.tuning.completed: the adapter exists at Location
+// (a directory, or the output repository when Layer is set: the Job already uploaded it there).
 type TuningCompletedData struct {
 	Workspace Workspace          `json:"workspace"`
 	Nodes     []string           `json:"nodes"`
 	Job       string             `json:"job"`
 	Location  string             `json:"location"`
 	Files     []AdapterFile      `json:"files"`
+	Layer     *Blob              `json:"layer,omitempty"`
 	Metrics   map[string]float64 `json:"metrics,omitempty"`
+}
+
+// Blob is a registry blob: the adapter's image layer.
+type Blob struct {
+	Digest    string `json:"digest"`
+	DiffID    string `json:"diffID"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"mediaType"`
 }
 
 // ImagePushedData is the payload of kaitoflow.image.pushed: the adapter image, by digest.

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 )
 
 // Name is the function's name.
@@ -46,6 +47,8 @@ type Function struct {
 	pusher  Pusher
 	resolve Resolver
 	log     *slog.Logger
+	// remoteOptions reach the output registry to read a layer it lacks (auth, transport).
+	remoteOptions []remote.Option
 }
 
 // New returns the publish function. A nil resolver parses the image reference as written.
@@ -56,7 +59,11 @@ func New(p Pusher, resolve Resolver, log *slog.Logger) *Function {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Function{pusher: p, resolve: resolve, log: log.With("function", Name)}
+	f := &Function{pusher: p, resolve: resolve, log: log.With("function", Name)}
+	if rp, ok := p.(RemotePusher); ok {
+		f.remoteOptions = rp.Options
+	}
+	return f
 }
 
 // Handle implements runtime.Handler.
@@ -89,7 +96,19 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if t.Input != nil && len(t.Input.URLs) > 0 {
 		anns[AnnotationDataset] = strings.Join(t.Input.URLs, ",")
 	}
-	img, err := BuildAdapterImage(d.Location, d.Files, ev.Time(), anns)
+	// Compose, don't copy: when the Job has uploaded the layer to the output repository, the image
+	// is written around it and only the config and manifest move.
+	var img v1.Image
+	if d.Layer != nil {
+		layer, lerr := adapter.Remote(target.Context(), *d.Layer, f.remoteOptions...)
+		if lerr == nil {
+			img, err = adapter.Image(layer, ev.Time(), anns)
+		} else {
+			err = lerr
+		}
+	} else {
+		img, err = adapter.BuildImage(d.Location, d.Files, ev.Time(), anns)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("build adapter image: %w", err)
 	}

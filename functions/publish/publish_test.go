@@ -19,6 +19,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -64,7 +65,7 @@ var created = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 // The adapter image is a generated manifest: its exact bytes (and so its digest) are pinned.
 func TestAdapterImageGolden(t *testing.T) {
 	_, dir, files := seedJob(t)
-	img, err := BuildAdapterImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
+	img, err := adapter.BuildImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func TestAdapterImageGolden(t *testing.T) {
 	golden(t, "adapter-manifest.json", indent(t, raw))
 	golden(t, "adapter-config.json", indent(t, cfg))
 
-	again, err := BuildAdapterImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
+	again, err := adapter.BuildImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
 	if err != nil {
 		t.Fatal(err)
 	}

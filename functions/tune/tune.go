@@ -68,7 +68,9 @@ type Result struct {
 	// uploaded blobs.
 	Location string
 	Files    []events.AdapterFile
-	Metrics  map[string]float64
+	// Layer is the adapter's image layer when the run uploaded it to the output repository.
+	Layer   *events.Blob
+	Metrics map[string]float64
 }
 
 // Trainer runs tuning jobs. Start is create-or-get per job name and returns at once. Status
@@ -190,7 +192,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	case Succeeded:
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
-			Location: st.Result.Location, Files: st.Result.Files, Metrics: st.Result.Metrics,
+			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics,
 		})
 	case Failed:
 		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "reason", st.Reason, "message", st.Message)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -241,7 +242,7 @@ func TestRunLifecycle(t *testing.T) {
 	}
 
 	// The trainer finishes; the wrapper has written its summary; the Job completes.
-	summary, _ := json.Marshal(Summary{Location: "acr_repo_here.azurecr.io/image_name_here", Files: []events.AdapterFile{
+	summary, _ := json.Marshal(jobrun.Summary{Location: "acr_repo_here.azurecr.io/image_name_here", Files: []events.AdapterFile{
 		{Path: "adapter_config.json", Size: 512, Digest: "sha256:" + strings.Repeat("a", 64)},
 		{Path: "adapter_model.safetensors", Size: 25165824, Digest: "sha256:" + strings.Repeat("b", 64)}}, Metrics: map[string]float64{"train_loss": 1.02}})
 	pod.Status.Phase = corev1.PodSucceeded

@@ -21,16 +21,8 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
-
-// Summary is what the job-run wrapper writes to the trainer container's termination message on
-// success: where the adapter went and what the run measured. Kubernetes keeps at most 4 KiB of it,
-// so it carries scalar metrics only.
-type Summary struct {
-	Location string               `json:"location"`
-	Files    []events.AdapterFile `json:"files"`
-	Metrics  map[string]float64   `json:"metrics,omitempty"`
-}
 
 // Trainer runs tuning as Jobs in the workspace's namespace.
 type Trainer struct {
@@ -171,12 +163,12 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 		switch c.Type {
 		case batchv1.JobComplete:
 			st.Phase = tune.Succeeded
-			var s Summary
+			var s jobrun.Summary
 			if last == nil || json.Unmarshal([]byte(last.Message), &s) != nil || len(s.Files) == 0 {
 				st.Phase, st.Reason, st.Message = tune.Failed, "NoSummary", "the Job completed but its trainer left no adapter summary in the termination message"
 				return st
 			}
-			st.Result = tune.Result{Location: s.Location, Files: s.Files, Metrics: s.Metrics}
+			st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics}
 			return st
 		case batchv1.JobFailed:
 			st.Phase = tune.Failed

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+)
+
+func newJobRun(g *globals) *cobra.Command {
+	var c jobrun.Config
+	var allow []string
+	cmd := &cobra.Command{
+		Use:    "job-run [flags] -- TRAINER [ARGS...]",
+		Short:  "The tuning Job's entrypoint: fetch the dataset, run the trainer, upload the adapter, summarise",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			c.Command, c.Policy = args, events.AddressPolicy{Allow: allow}
+			err = jobrun.Run(cmd.Context(), c, log)
+			var ee jobrun.ExitError
+			if errors.As(err, &ee) {
+				// The trainer has said why, on stderr and in the termination log.
+				return exitError{code: ee.Code}
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.DataDir, "data", "/mnt/data", "where the dataset goes")
+	f.StringVar(&c.ResultsDir, "results", "/mnt/results", "where the trainer leaves the adapter")
+	f.StringSliceVar(&c.InputURLs, "input-url", nil, "dataset URL (repeatable)")
+	f.StringVar(&c.InputImage, "input-image", "", "dataset image (its /data directory)")
+	f.StringVar(&c.OutputImage, "output-image", "", "the adapter's image reference: its layer is uploaded to this repository")
+	f.StringVar(&c.PushSecret, "push-secret", "", "dockerconfigjson file with the registry credentials")
+	f.BoolVar(&c.InsecureRegistry, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
+	f.StringVar(&c.TerminationLog, "termination-log", "/dev/termination-log", "where the summary (or the failure reason) goes")
+	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit")
+	return cmd
+}
+
+func newInstallSelf() *cobra.Command {
+	return &cobra.Command{
+		Use:    "install-self PATH",
+		Short:  "Copy this binary to PATH (the tuning Job's init container)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			in, err := os.Open(self)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			if err := os.MkdirAll(filepath.Dir(args[0]), 0o755); err != nil {
+				return err
+			}
+			out, err := os.OpenFile(args[0], os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(out, in); err != nil {
+				out.Close()
+				return fmt.Errorf("install %s: %w", args[0], err)
+			}
+			return out.Close()
+		},
+	}
+}

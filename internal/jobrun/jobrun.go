@@ -1,0 +1,344 @@
+// Package jobrun is `kaitoflow job-run`, the tuning Job's entrypoint wrapper: it fetches the
+// dataset, runs the trainer as a child process (forwarding signals), and on success uploads the
+// adapter's layer to the output repository and writes a summary to the container's termination
+// message. There is no sidecar waiting for a marker file: the Job ends when the trainer does, and a
+// failed trainer uploads nothing.
+package jobrun
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
+)
+
+// Summary is what the wrapper writes to the termination message on success: where the adapter
+// went and what the run measured. Kubernetes keeps at most 4 KiB of it, so it carries scalar
+// metrics only.
+type Summary struct {
+	Location string               `json:"location"`
+	Files    []events.AdapterFile `json:"files"`
+	Layer    *events.Blob         `json:"layer,omitempty"`
+	Metrics  map[string]float64   `json:"metrics,omitempty"`
+}
+
+// AdapterFiles are what the trainer leaves in the results directory and the image carries.
+var AdapterFiles = []string{"adapter_config.json", "adapter_model.safetensors"}
+
+// Config is one run.
+type Config struct {
+	DataDir, ResultsDir string
+	InputURLs           []string
+	InputImage          string
+	OutputImage         string
+	// PushSecret is a kubernetes.io/dockerconfigjson file with the output registry's credentials.
+	PushSecret string
+	// InsecureRegistry talks plain HTTP to the registries (tests, local registries only).
+	InsecureRegistry bool
+	Policy           events.AddressPolicy
+	TerminationLog   string
+	Command          []string
+	// Attempts at fetching each URL before giving up.
+	Attempts int
+}
+
+// ExitError carries the trainer's exit code.
+type ExitError struct{ Code int }
+
+func (e ExitError) Error() string { return fmt.Sprintf("trainer exited with code %d", e.Code) }
+
+// Run fetches, trains, uploads and summarises. It returns ExitError with the trainer's code when
+// the trainer fails, and other errors when the wrapper's own work fails (after writing the reason
+// to the termination log).
+func Run(ctx context.Context, c Config, log *slog.Logger) error {
+	if len(c.Command) == 0 {
+		return errors.New("job-run: no trainer command after --")
+	}
+	if c.Attempts <= 0 {
+		c.Attempts = 4
+	}
+	if err := fetch(ctx, c, log); err != nil {
+		return c.fail(fmt.Errorf("fetch dataset: %w", err))
+	}
+	if code := runTrainer(ctx, c.Command, log); code != 0 {
+		return ExitError{Code: code}
+	}
+	s, err := summarize(ctx, c, log)
+	if err != nil {
+		return c.fail(err)
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return c.fail(err)
+	}
+	if c.TerminationLog != "" {
+		if err := os.WriteFile(c.TerminationLog, b, 0o644); err != nil {
+			log.Warn("write termination message", "err", err)
+		}
+	}
+	log.Info("job-run: done", "summary", string(b))
+	return nil
+}
+
+// fail records the wrapper's own failure reason where Kubernetes shows it, in one line.
+func (c Config) fail(err error) error {
+	if c.TerminationLog != "" {
+		_ = os.WriteFile(c.TerminationLog, []byte("kaitoflow job-run: "+strings.ReplaceAll(err.Error(), "\n", " ")), 0o644)
+	}
+	return err
+}
+
+func fetch(ctx context.Context, c Config, log *slog.Logger) error {
+	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+		return err
+	}
+	client := netguard.Client(c.Policy, 0)
+	for i, raw := range c.InputURLs {
+		if err := c.Policy.CheckURL(raw); err != nil {
+			return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+		}
+		u, _ := url.Parse(raw)
+		dst := filepath.Join(c.DataDir, fmt.Sprintf("%02d-%s", i, safeName(path.Base(u.Path))))
+		var err error
+		for attempt := 1; attempt <= c.Attempts; attempt++ {
+			var sum string
+			var n int64
+			if sum, n, err = download(ctx, client, raw, dst); err == nil {
+				log.Info("job-run: fetched", "url", u.Redacted(), "bytes", n, "sha256", sum)
+				break
+			}
+			if netguard.Refused(err) || errors.Is(err, errPermanent) {
+				return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+			}
+			log.Warn("job-run: fetch failed, retrying", "url", u.Redacted(), "attempt", attempt, "err", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt*attempt) * time.Second):
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+		}
+	}
+	if c.InputImage != "" {
+		if err := pullData(ctx, c, log); err != nil {
+			return fmt.Errorf("tuning.input.image %s: %w", c.InputImage, err)
+		}
+	}
+	return nil
+}
+
+var errPermanent = errors.New("permanent")
+
+func download(ctx context.Context, client *http.Client, raw, dst string) (string, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+	if err != nil {
+		return "", 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		err := fmt.Errorf("HTTP %s", resp.Status)
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
+			err = fmt.Errorf("%w: %w", errPermanent, err)
+		}
+		return "", 0, err
+	}
+	f, err := os.Create(dst + ".part")
+	if err != nil {
+		return "", 0, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("got %d of %d bytes", n, resp.ContentLength)
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, os.Rename(dst+".part", dst)
+}
+
+func safeName(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '/' || r == '\\' || r < 0x20 {
+			return '_'
+		}
+		return r
+	}, s)
+	if s == "" || s == "." || s == ".." || s == "/" {
+		return "dataset"
+	}
+	return s
+}
+
+// pullData extracts the image's /data directory (Kaito's layout for dataset images).
+func pullData(ctx context.Context, c Config, log *slog.Logger) error {
+	ref, err := name.ParseReference(c.InputImage, c.nameOptions()...)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(ref, append(c.remoteOptions(), remote.WithContext(ctx))...)
+	if err != nil {
+		return err
+	}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	n, err := untarData(rc, c.DataDir)
+	log.Info("job-run: pulled dataset image", "image", c.InputImage, "files", n)
+	return err
+}
+
+func runTrainer(ctx context.Context, argv []string, log *slog.Logger) int {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = os.Stdout, os.Stderr, os.Stdin
+	if err := cmd.Start(); err != nil {
+		log.Error("job-run: start trainer", "err", err)
+		return 127
+	}
+	// Forward SIGTERM and SIGINT: the kubelet's stop, or the Job's deadline, reaches the trainer,
+	// which can save what it has before the grace period ends.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case s := <-sigs:
+			log.Info("job-run: forwarding signal to the trainer", "signal", s.String())
+			_ = cmd.Process.Signal(s)
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		case err := <-done:
+			if err == nil {
+				return 0
+			}
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+					return 128 + int(st.Signal())
+				}
+				return ee.ExitCode()
+			}
+			return 1
+		}
+	}
+}
+
+func summarize(ctx context.Context, c Config, log *slog.Logger) (*Summary, error) {
+	s := &Summary{Location: c.ResultsDir, Metrics: map[string]float64{}}
+	for _, f := range AdapterFiles {
+		b, err := os.Open(filepath.Join(c.ResultsDir, f))
+		if err != nil {
+			return nil, fmt.Errorf("the trainer succeeded but left no %s: %w", f, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, b)
+		b.Close()
+		if err != nil {
+			return nil, err
+		}
+		s.Files = append(s.Files, events.AdapterFile{Path: f, Size: n, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil))})
+	}
+	if b, err := os.ReadFile(filepath.Join(c.ResultsDir, "metrics.json")); err == nil {
+		var m map[string]any
+		if json.Unmarshal(b, &m) == nil {
+			for k, v := range m {
+				if f, ok := v.(float64); ok {
+					s.Metrics[k] = f
+				}
+			}
+		}
+	}
+	if c.OutputImage == "" {
+		return s, nil // output to a volume: the files stay there
+	}
+	ref, err := name.ParseReference(c.OutputImage, c.nameOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("tuning.output.image %q: %w", c.OutputImage, err)
+	}
+	layer, err := adapter.Layer(c.ResultsDir, s.Files)
+	if err != nil {
+		return nil, err
+	}
+	if err := remote.WriteLayer(ref.Context(), layer, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
+		return nil, fmt.Errorf("upload the adapter to %s: %w", ref.Context(), err)
+	}
+	blob, err := adapter.Describe(layer)
+	if err != nil {
+		return nil, err
+	}
+	s.Location, s.Layer = ref.Context().String(), &blob
+	log.Info("job-run: adapter layer uploaded", "repository", s.Location, "digest", blob.Digest, "bytes", blob.Size)
+	return s, nil
+}
+
+func (c Config) nameOptions() []name.Option {
+	if c.InsecureRegistry {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+func (c Config) remoteOptions() []remote.Option {
+	if c.PushSecret == "" {
+		return nil
+	}
+	return []remote.Option{remote.WithAuthFromKeychain(secretKeychain{path: c.PushSecret})}
+}
+
+// secretKeychain reads credentials from a mounted kubernetes.io/dockerconfigjson Secret (the
+// same format as Docker's config.json).
+type secretKeychain struct{ path string }
+
+func (k secretKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	b, err := os.ReadFile(k.path)
+	if err != nil {
+		return nil, fmt.Errorf("read push secret: %w", err)
+	}
+	cf := configfile.New(k.path)
+	if err := cf.LoadFromReader(bytes.NewReader(b)); err != nil {
+		return nil, fmt.Errorf("parse push secret: %w", err)
+	}
+	ac, err := cf.GetAuthConfig(r.RegistryStr())
+	if err != nil {
+		return nil, err
+	}
+	if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
+		return authn.Anonymous, nil
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+}

@@ -1,0 +1,206 @@
+package jobrun
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// The wrapper is tested as what it is: a process (the kaitoflow binary) around a trainer process.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kaitoflow-jobrun")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "kaitoflow")
+	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/kaitoflow").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// fakeTrainer is a shell script standing in for presets/trainer: it checks the dataset arrived,
+// then writes an adapter and metrics — or fails, or waits for a signal.
+const fakeTrainer = `#!/bin/sh
+set -e
+mode=$1; data=$2; results=$3; mark=$4
+case $mode in
+ok)
+  ls "$data"/*dolly* >/dev/null
+  mkdir -p "$results"
+  echo '{"peft_type":"LORA","r":8}' > "$results/adapter_config.json"
+  printf 'safetensors-bytes' > "$results/adapter_model.safetensors"
+  echo '{"train_loss": 1.5, "steps": 12, "loss_history": [1, 2]}' > "$results/metrics.json"
+  ;;
+fail)
+  echo "kaitoflow-trainer: unrecognised row" >&2
+  exit 3
+  ;;
+wait)
+  trap 'echo got-term > "$mark"; exit 143' TERM
+  echo started > "$mark.started"
+  while true; do sleep 0.05; done
+  ;;
+esac
+`
+
+type env struct {
+	dir, data, results, termLog, trainer, secret string
+	dataset                                      *httptest.Server
+	reg                                          *httptest.Server
+	uploads                                      atomic.Int32
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	e := &env{dir: t.TempDir()}
+	e.data, e.results, e.termLog = filepath.Join(e.dir, "data"), filepath.Join(e.dir, "results"), filepath.Join(e.dir, "termination-log")
+	e.trainer = filepath.Join(e.dir, "trainer.sh")
+	if err := os.WriteFile(e.trainer, []byte(fakeTrainer), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.dataset = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "missing") {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}` + "\n"))
+	}))
+	t.Cleanup(e.dataset.Close)
+	regHandler := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	e.reg = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+			e.uploads.Add(1)
+		}
+		regHandler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.reg.Close)
+	e.secret = filepath.Join(e.dir, ".dockerconfigjson")
+	host := strings.TrimPrefix(e.reg.URL, "http://")
+	secret := `{"auths":{"` + host + `":{"username":"kaitoflow","password":"s3cret","auth":"a2FpdG9mbG93OnMzY3JldA=="}}}`
+	if err := os.WriteFile(e.secret, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) cmd(datasetPath, mode string) *exec.Cmd {
+	host := strings.TrimPrefix(e.reg.URL, "http://")
+	return exec.Command(binary, "job-run", "--log-format", "text",
+		"--data", e.data, "--results", e.results, "--termination-log", e.termLog,
+		"--input-url", e.dataset.URL+datasetPath, "--allow-host", "127.0.0.1",
+		"--output-image", host+"/acr/adapter:0.0.1", "--push-secret", e.secret, "--insecure-registry",
+		"--", "sh", e.trainer, mode, e.data, e.results, filepath.Join(e.dir, "mark"))
+}
+
+func TestFetchRunUploadSummarise(t *testing.T) {
+	e := setup(t)
+	out, err := e.cmd("/datasets/dolly.jsonl?download=true", "ok").CombinedOutput()
+	if err != nil {
+		t.Fatalf("job-run: %v\n%s", err, out)
+	}
+	var s Summary
+	b, _ := os.ReadFile(e.termLog)
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatalf("termination message %q: %v", b, err)
+	}
+	if len(s.Files) != 2 || s.Layer == nil || s.Metrics["train_loss"] != 1.5 || s.Metrics["steps"] != 12 {
+		t.Fatalf("summary %+v", s)
+	}
+	if _, ok := s.Metrics["loss_history"]; ok {
+		t.Error("the summary must keep to scalars (4 KiB termination message)")
+	}
+	if len(b) > 4096 {
+		t.Errorf("summary of %d bytes exceeds the termination message limit", len(b))
+	}
+	// The layer is in the output repository, by the digest the summary names.
+	repo, _ := name.NewRepository(strings.TrimPrefix(e.reg.URL, "http://")+"/acr/adapter", name.Insecure)
+	l, err := remote.Layer(repo.Digest(s.Layer.Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := l.Digest(); err != nil || d.String() != s.Layer.Digest {
+		t.Fatalf("layer %v %v", d, err)
+	}
+	if _, err := l.Compressed(); err != nil {
+		t.Fatalf("the uploaded blob is not there: %v", err)
+	}
+}
+
+func TestFailingTrainerUploadsNothing(t *testing.T) {
+	e := setup(t)
+	cmd := e.cmd("/dolly.jsonl", "fail")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err == nil || !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("want the trainer's exit code 3, got %v\n%s", err, out)
+	}
+	if n := e.uploads.Load(); n != 0 {
+		t.Errorf("%d uploads after a failed run", n)
+	}
+	if b, _ := os.ReadFile(e.termLog); strings.Contains(string(b), `"files"`) {
+		t.Errorf("a summary was written for a failed run: %s", b)
+	}
+}
+
+func TestUnreachableDatasetFailsBeforeTraining(t *testing.T) {
+	e := setup(t)
+	out, err := e.cmd("/missing.parquet", "ok").CombinedOutput()
+	if err == nil {
+		t.Fatalf("a 404 dataset passed:\n%s", out)
+	}
+	b, _ := os.ReadFile(e.termLog)
+	if !strings.Contains(string(b), "tuning.input.urls[0]") || !strings.Contains(string(b), "404") {
+		t.Errorf("termination message %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(e.results, "adapter_config.json")); err == nil {
+		t.Error("the trainer ran without its dataset")
+	}
+}
+
+func TestSIGTERMReachesTheTrainer(t *testing.T) {
+	e := setup(t)
+	cmd := e.cmd("/dolly.jsonl", "wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mark := filepath.Join(e.dir, "mark")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(mark + ".started"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the trainer never started")
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 143 {
+		t.Fatalf("exit %v, want the trainer's 143", err)
+	}
+	if b, _ := os.ReadFile(mark); strings.TrimSpace(string(b)) != "got-term" {
+		t.Errorf("the trainer did not see SIGTERM (%q)", b)
+	}
+}
