@@ -68,6 +68,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.StringVar(&f.sink, "sink", os.Getenv("K_SINK"), "where output events go over HTTP (env K_SINK); empty publishes to --nats")
 	fl.StringVar(&f.driver, "driver", "sim", "driver for training and inference: sim")
 	f.provider.register(fl)
+	f.provider.preflightFlag(fl, "enforce")
 	fl.StringVar(&f.dataDir, "data-dir", filepath.Join(os.TempDir(), "kaitoflow"), "sim trainer output directory")
 	fl.StringVar(&f.registry, "registry-rewrite", "", "publish: push to this registry host instead of the one in tuning.output.image")
 	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve (sim): base URL of this process, for the simulated endpoint")
@@ -136,8 +137,13 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 				}
 			}()
 		}
+		policy := events.AddressPolicy{Allow: f.allow}
+		preflight, warnOnly, err := f.provider.preflightOptions(policy)
+		if err != nil {
+			return err
+		}
 		fn = runtime.Function{Name: name, Types: provision.Types, Handler: provision.New(prov, planner, pending,
-			provision.Options{Policy: events.AddressPolicy{Allow: f.allow}, Deadline: f.provider.deadline, Log: log})}
+			provision.Options{Policy: policy, Deadline: f.provider.deadline, Log: log, Preflight: preflight, PreflightWarnOnly: warnOnly})}
 	case tune.Name:
 		var pub tune.Publisher
 		if js != nil {
@@ -145,7 +151,18 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		} else if p, err := runtime.NewHTTPPublisher(f.sink); err == nil {
 			pub = p
 		}
-		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Publisher: pub, Log: log}, log)}
+		trainer, watchers, err := f.provider.buildTrainer(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Publisher: pub, Log: log}, log)
+		if err != nil {
+			return err
+		}
+		for _, w := range watchers {
+			go func() {
+				if err := w(ctx, pub.(runtime.Publisher)); err != nil {
+					log.Error("job watch stopped", "err", err)
+				}
+			}()
+		}
+		fn = runtime.Function{Name: name, Types: tune.Types, Handler: tune.New(trainer, log)}
 	case publish.Name:
 		var resolve publish.Resolver
 		if f.registry != "" {

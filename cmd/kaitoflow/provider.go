@@ -11,20 +11,27 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
 	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
+	"github.com/kaitoflow/kaitoflow/internal/dataset"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // providerFlags choose and configure where GPU capacity comes from; `up` and `fn provision`
 // share them.
 type providerFlags struct {
 	provider, kubeconfig, subscription, resourceGroup, cluster, nodeClass string
+	trainer, preflight, trainerImage, wrapperImage                        string
 	spot                                                                  bool
 	spotMaxPrice                                                          float64
 	deadline                                                              time.Duration
@@ -40,6 +47,61 @@ func (p *providerFlags) register(f *pflag.FlagSet) {
 	f.Float64Var(&p.spotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
 	f.StringVar(&p.nodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")
 	f.DurationVar(&p.deadline, "capacity-deadline", provision.DefaultDeadline, "fail a workspace whose GPU nodes are not ready within this long")
+	f.StringVar(&p.trainer, "trainer", "sim", "how tuning runs: sim, or job (a Kubernetes Job running presets/trainer; needs a cluster)")
+	f.StringVar(&p.trainerImage, "trainer-image", presets.TrainerImage, "job trainer: the trainer image")
+	f.StringVar(&p.wrapperImage, "wrapper-image", jobs.DefaultOptions().WrapperImage, "job trainer: kaitoflow's own image (its binary wraps the trainer)")
+}
+
+// preflightFlag registers --preflight with a default: warn for the embedded demo (an offline
+// machine still runs the quickstart), enforce for functions in a cluster.
+func (p *providerFlags) preflightFlag(f *pflag.FlagSet, def string) {
+	f.StringVar(&p.preflight, "preflight", def, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
+}
+
+// preflightOptions turns --preflight into provision's options.
+func (p *providerFlags) preflightOptions(policy events.AddressPolicy) (provision.Preflight, bool, error) {
+	switch p.preflight {
+	case "off":
+		return nil, false, nil
+	case "warn", "enforce":
+		c := dataset.New(policy)
+		check := func(ctx context.Context, urls []string) error {
+			_, err := c.Check(ctx, urls)
+			return err
+		}
+		return check, p.preflight == "warn", nil
+	}
+	return nil, false, fmt.Errorf("--preflight %q: want enforce, warn or off", p.preflight)
+}
+
+func (p *providerFlags) restConfig() (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = p.kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+}
+
+// buildTrainer returns the trainer and, for Jobs, the watch that turns Job and Pod changes into
+// kaitoflow.job.changed.
+func (p *providerFlags) buildTrainer(sim tune.Trainer, log *slog.Logger) (tune.Trainer, []func(context.Context, runtime.Publisher) error, error) {
+	switch p.trainer {
+	case "sim":
+		return sim, nil, nil
+	case "job":
+		cfg, err := p.restConfig()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--trainer job needs a cluster: %w", err)
+		}
+		kube, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		o := jobs.DefaultOptions()
+		o.TrainerImage, o.WrapperImage = p.trainerImage, p.wrapperImage
+		return &jobs.Trainer{Client: kube, Options: o, Log: log}, []func(context.Context, runtime.Publisher) error{
+			func(ctx context.Context, pub runtime.Publisher) error { return jobs.Watch(ctx, kube, pub, log) },
+		}, nil
+	}
+	return nil, nil, fmt.Errorf("--trainer %q: want sim or job", p.trainer)
 }
 
 // build returns the provider and, for the real ones, the Node watch that turns node changes into
@@ -48,9 +110,7 @@ func (p *providerFlags) build(sim provision.Provider, log *slog.Logger) (provisi
 	if p.provider == "sim" {
 		return sim, nil, nil
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = p.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	cfg, err := p.restConfig()
 	if err != nil {
 		return nil, nil, fmt.Errorf("--provider %s needs a cluster: %w", p.provider, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
@@ -49,12 +50,27 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			if err != nil {
 				return err
 			}
+			// nil trainer: the embedded pipeline makes its sim trainer with its own publisher.
+			var trainer tune.Trainer
+			if pf.trainer != "sim" {
+				t, w, err := pf.buildTrainer(nil, log)
+				if err != nil {
+					return err
+				}
+				trainer, watchers = t, append(watchers, w...)
+			}
+			policy := events.AddressPolicy{Allow: allow}
+			preflight, warnOnly, err := pf.preflightOptions(policy)
+			if err != nil {
+				return err
+			}
 			tp := sdktrace.NewTracerProvider()
 			defer func() { _ = tp.Shutdown(cmd.Context()) }()
 			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
-				Delay: delay, Policy: events.AddressPolicy{Allow: allow}, Logger: log, Tracer: tp,
+				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer,
+				Preflight: preflight, PreflightWarnOnly: warnOnly,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
 			})
@@ -83,6 +99,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
 	f.DurationVar(&tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity and deadlines")
 	pf.register(f)
+	pf.preflightFlag(f, "warn")
 	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
 	return cmd
 }

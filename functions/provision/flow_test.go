@@ -172,3 +172,25 @@ func TestRelease(t *testing.T) {
 		t.Errorf("released twice: %v", p.released)
 	}
 }
+
+func TestPreflightRefusesOrWarns(t *testing.T) {
+	cat, _ := presets.Default()
+	bad := func(context.Context, []string) error {
+		return events.Permanentf("DatasetInvalid", "tuning.input.urls[0] https://x/d.parquet: HTTP 404 Not Found")
+	}
+	f := New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, Log: quiet})
+	_, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
+	if p, ok := events.AsPermanent(err); !ok || p.Reason != "DatasetInvalid" {
+		t.Fatalf("enforced preflight: %v", err)
+	}
+	f = New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, PreflightWarnOnly: true, Log: quiet})
+	out, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
+	if err != nil || len(out) != 1 {
+		t.Fatalf("warn-only preflight: %v %v", out, err)
+	}
+	var d events.NodeReadyData
+	_ = events.Data(out[0], &d)
+	if !strings.Contains(strings.Join(d.Plan.Reasons, "\n"), "404") {
+		t.Errorf("the warning is not on the plan: %v", d.Plan.Reasons)
+	}
+}

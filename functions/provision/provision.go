@@ -120,14 +120,20 @@ type Pending interface {
 
 // Function is the provision handler.
 type Function struct {
-	provider Provider
-	planner  Planner
-	pending  Pending
-	policy   events.AddressPolicy
-	deadline time.Duration
-	now      func() time.Time
-	log      *slog.Logger
+	provider  Provider
+	planner   Planner
+	pending   Pending
+	policy    events.AddressPolicy
+	preflight Preflight
+	warnOnly  bool
+	deadline  time.Duration
+	now       func() time.Time
+	log       *slog.Logger
 }
+
+// Preflight checks a workspace's dataset URLs before capacity is bought; its error is permanent
+// and names the URL and the reason.
+type Preflight func(ctx context.Context, urls []string) error
 
 // Options configure a Function.
 type Options struct {
@@ -138,6 +144,10 @@ type Options struct {
 	// Now is the clock (tests).
 	Now func() time.Time
 	Log *slog.Logger
+	// Preflight checks dataset URLs; nil skips the check. With PreflightWarnOnly a failed check
+	// becomes a warning in the plan's reasons (demos, air-gapped machines) instead of a failure.
+	Preflight         Preflight
+	PreflightWarnOnly bool
 }
 
 // New returns the provision function.
@@ -152,7 +162,7 @@ func New(p Provider, planner Planner, pending Pending, o Options) *Function {
 		o.Now = time.Now
 	}
 	return &Function{provider: p, planner: planner, pending: pending, policy: o.Policy, deadline: o.Deadline, now: o.Now,
-		log: o.Log.With("function", Name, "provider", p.Name())}
+		preflight: o.Preflight, warnOnly: o.PreflightWarnOnly, log: o.Log.With("function", Name, "provider", p.Name())}
 }
 
 // Handle implements runtime.Handler.
@@ -191,9 +201,22 @@ func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref even
 	if ws.Name != ref.Name || (ws.Namespace != "" && ws.Namespace != ref.Namespace) {
 		return nil, events.Permanentf(events.ReasonBadEvent, "event subject %s does not match metadata %s/%s", ref.Subject(), ws.Namespace, ws.Name)
 	}
+	var warning string
+	if f.preflight != nil && ws.Tuning != nil && ws.Tuning.Input != nil && len(ws.Tuning.Input.URLs) > 0 {
+		if err := f.preflight(ctx, ws.Tuning.Input.URLs); err != nil {
+			if !f.warnOnly {
+				return nil, fmt.Errorf("dataset preflight: %w", err)
+			}
+			warning = "dataset preflight failed, continuing (--preflight=warn): " + err.Error()
+			f.log.WarnContext(ctx, warning)
+		}
+	}
 	plan, err := f.planner.Plan(ctx, &ws)
 	if err != nil {
 		return nil, fmt.Errorf("fit check: %w", err)
+	}
+	if warning != "" {
+		plan.Reasons = append(plan.Reasons, warning)
 	}
 	req := Request{Ref: ref, Workspace: ws, Plan: *plan, Purpose: Serving}
 	if ws.Tuning != nil {

@@ -54,6 +54,11 @@ type Config struct {
 	Tracer   trace.TracerProvider
 	// Provider supplies GPU capacity; nil means the sim provider.
 	Provider provision.Provider
+	// Trainer runs tuning; nil means the sim trainer.
+	Trainer tune.Trainer
+	// Preflight checks dataset URLs before capacity is bought (nil: no check).
+	Preflight         provision.Preflight
+	PreflightWarnOnly bool
 	// CapacityDeadline is how long capacity may take; provision's default when zero.
 	CapacityDeadline time.Duration
 	// TickInterval is how often kaitoflow.tick re-checks what can fail silently; 30s when zero.
@@ -167,10 +172,15 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if provider == nil {
 		provider = &provision.Sim{Delay: cfg.Delay, Log: log}
 	}
+	trainer := cfg.Trainer
+	if trainer == nil {
+		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log}
+	}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
 	fns := []runtime.Function{
-		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log})},
-		{Name: tune.Name, Types: tune.Types, Handler: tune.New(&tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log}, log)},
+		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log,
+			Preflight: cfg.Preflight, PreflightWarnOnly: cfg.PreflightWarnOnly})},
+		{Name: tune.Name, Types: tune.Types, Handler: tune.New(trainer, log)},
 		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
 		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},
 		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
