@@ -21,6 +21,7 @@ const (
 	WorkspaceRequested = "kaitoflow.workspace.requested"
 	NodeReady          = "kaitoflow.node.ready"
 	TuningStarted      = "kaitoflow.tuning.started"
+	TuningProgress     = "kaitoflow.tuning.progress"
 	TuningCompleted    = "kaitoflow.tuning.completed"
 	ImagePushed        = "kaitoflow.image.pushed"
 	InferenceReady     = "kaitoflow.inference.ready"
@@ -30,7 +31,7 @@ const (
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
-	WorkspaceRequested, NodeReady, TuningStarted, TuningCompleted,
+	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningCompleted,
 	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted,
 }
 
@@ -225,6 +226,25 @@ type TuningStartedData struct {
 	// Node is where the trainer runs, Started when it started.
 	Node    string    `json:"node,omitempty"`
 	Started time.Time `json:"started,omitempty"`
+}
+
+// TuningProgressData is the payload of kaitoflow.tuning.progress, sent at a bounded rate while
+// the trainer runs.
+type TuningProgressData struct {
+	Job             string  `json:"job"`
+	Step            int     `json:"step"`
+	MaxSteps        int     `json:"maxSteps,omitempty"`
+	Loss            float64 `json:"loss,omitempty"`
+	TokensPerSecond float64 `json:"tokensPerSecond,omitempty"`
+	ETASeconds      float64 `json:"etaSeconds,omitempty"`
+}
+
+// Percent is how far the run is, or -1 when the total is unknown.
+func (p TuningProgressData) Percent() float64 {
+	if p.MaxSteps <= 0 {
+		return -1
+	}
+	return 100 * float64(p.Step) / float64(p.MaxSteps)
 }
 
 // AdapterFile is one file of a trained adapter.

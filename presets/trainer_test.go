@@ -2,9 +2,13 @@ package presets
 
 import (
 	"encoding/json"
+	"os"
+	"strings"
 	"os/exec"
 	"reflect"
 	"testing"
+
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
 // The trainer keeps its own copy of Kaito's defaults (it also runs on its own); they must not drift
@@ -30,5 +34,16 @@ func TestPythonDefaultsMatch(t *testing.T) {
 		if !reflect.DeepEqual(fromPython, fromGo) {
 			t.Errorf("%s defaults differ:\n python %v\n     go %v", method, fromPython, fromGo)
 		}
+	}
+}
+
+// job-run recognises the trainer's progress lines by their prefix: the two must agree.
+func TestTrainerProgressPrefixMatchesJobRun(t *testing.T) {
+	src, err := os.ReadFile("trainer/kaitoflow_trainer/train.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `PROGRESS_PREFIX = "` + jobrun.ProgressPrefix + `"`; !strings.Contains(string(src), want) {
+		t.Errorf("train.py does not define %s", want)
 	}
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"errors"
+	"log/slog"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
@@ -27,6 +30,7 @@ func newJobRun(g *globals) *cobra.Command {
 				return err
 			}
 			c.Command, c.Policy = args, events.AddressPolicy{Allow: allow}
+			c.Reporter = podReporter(log)
 			err = jobrun.Run(cmd.Context(), c, log)
 			var ee jobrun.ExitError
 			if errors.As(err, &ee) {
@@ -79,4 +83,23 @@ func newInstallSelf() *cobra.Command {
 			return out.Close()
 		},
 	}
+}
+
+// podReporter reports progress on the pod job-run runs in (POD_NAME and POD_NAMESPACE from the
+// downward API), or nowhere outside a cluster.
+func podReporter(log *slog.Logger) jobrun.Reporter {
+	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if pod == "" || ns == "" {
+		return nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		log.Warn("job-run: no in-cluster API access; progress is not reported", "err", err)
+		return nil
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil
+	}
+	return jobrun.PodAnnotator{Client: client, Namespace: ns, Pod: pod}
 }

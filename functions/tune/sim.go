@@ -44,12 +44,13 @@ type Sim struct {
 }
 
 type simRun struct {
-	job     Job
-	started time.Time
-	done    bool
-	acked   bool
-	result  Result
-	err     error
+	job      Job
+	started  time.Time
+	done     bool
+	acked    bool
+	progress *events.TuningProgressData
+	result   Result
+	err      error
 }
 
 // Name implements Trainer.
@@ -75,7 +76,13 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 }
 
 func (s *Sim) finish(ctx context.Context, r *simRun) {
-	time.Sleep(s.Delay)
+	// Half way, the simulated trainer reports progress, as the real one does through the wrapper.
+	time.Sleep(s.Delay / 2)
+	s.mu.Lock()
+	r.progress = &events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.234, TokensPerSecond: 1000, ETASeconds: (s.Delay / 2).Seconds()}
+	s.mu.Unlock()
+	s.announce(ctx, r, "progress")
+	time.Sleep(s.Delay - s.Delay/2)
 	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
 	files, err := WriteSimAdapter(dir, r.job)
 	s.mu.Lock()
@@ -83,11 +90,16 @@ func (s *Sim) finish(ctx context.Context, r *simRun) {
 	r.result = Result{Location: dir, Files: files, Metrics: map[string]float64{"sim_train_loss": 1.234, "sim_epochs": 1}}
 	s.mu.Unlock()
 	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "dir", dir, "err", err)
+	s.announce(ctx, r, "done")
+}
+
+// announce publishes kaitoflow.job.changed for the run, as the Job watch does for real runs.
+func (s *Sim) announce(ctx context.Context, r *simRun, what string) {
 	if s.Publisher == nil {
 		return
 	}
 	e := cloudevents.NewEvent()
-	e.SetID("sim-job/" + r.job.Name + "/done")
+	e.SetID("sim-job/" + r.job.Name + "/" + what)
 	e.SetSource("kaitoflow/sim-trainer")
 	e.SetType(events.JobChanged)
 	e.SetSubject(r.job.Ref.Subject())
@@ -108,6 +120,10 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 		return nil, nil
 	}
 	st := &Status{Job: r.job, Phase: Running, Node: firstOr(r.job.Nodes, "sim-node"), Started: r.started}
+	if r.progress != nil {
+		p := *r.progress
+		st.Progress = &p
+	}
 	switch {
 	case r.done && r.err != nil:
 		st.Phase, st.Reason, st.Message = Failed, "TrainerFailed", "sim: "+r.err.Error()

@@ -60,6 +60,8 @@ type Status struct {
 	Result Result
 	// Reason and Message are set when Failed (OOMKilled, DeadlineExceeded, exit code 3: …).
 	Reason, Message string
+	// Progress is the trainer's latest report while Running.
+	Progress *events.TuningProgressData
 }
 
 // Result is what a finished run produced.
@@ -189,6 +191,12 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		}
 	}
 	switch st.Phase {
+	case Running:
+		if p := st.Progress; p != nil {
+			p.Job = st.Job.Name
+			// One event per reported step: the wrapper reports at a bounded rate, so do these.
+			err = emit(events.TuningProgress, fmt.Sprintf("progress/%d", p.Step), *p)
+		}
 	case Succeeded:
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,

@@ -32,12 +32,12 @@ func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
 	return nil
 }
 
-func (r *recorder) wait(t *testing.T) cloudevents.Event {
+func (r *recorder) wait(t *testing.T, i int) cloudevents.Event {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		r.mu.Lock()
-		if len(r.evs) > 0 {
-			e := r.evs[0]
+		if len(r.evs) > i {
+			e := r.evs[i]
 			r.mu.Unlock()
 			return e
 		}
@@ -69,10 +69,20 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	if err := events.Data(out[0], &started); err != nil || started.Job != "ws-tuning-3" || started.Plan.DType != "float16" || started.Node != "n0" {
 		t.Fatalf("tuning.started %+v %v", started, err)
 	}
-	changed := rec.wait(t)
-	if changed.Type() != events.JobChanged || changed.Subject() != "default/ws" {
-		t.Fatalf("sim announced %v", changed)
+	// Half way the sim trainer reports progress, as job-run does for real runs.
+	halfway := rec.wait(t, 0)
+	if halfway.Type() != events.JobChanged || halfway.Subject() != "default/ws" {
+		t.Fatalf("sim announced %v", halfway)
 	}
+	prog, err := f.Handle(context.Background(), halfway)
+	if err != nil || len(prog) != 2 || prog[1].Type() != events.TuningProgress {
+		t.Fatalf("progress → %v, %v", types(prog), err)
+	}
+	var p events.TuningProgressData
+	if err := events.Data(prog[1], &p); err != nil || p.Percent() != 50 || p.Job != "ws-tuning-3" {
+		t.Fatalf("progress %+v %v", p, err)
+	}
+	changed := rec.wait(t, 1)
 	done, err := f.Handle(context.Background(), changed)
 	if err != nil || strings.Join(types(done), ",") != events.TuningStarted+","+events.TuningCompleted || done[0].ID() != out[0].ID() {
 		t.Fatalf("job.changed → %v, %v", types(done), err)

@@ -65,6 +65,8 @@ type Config struct {
 	Command          []string
 	// Attempts at fetching each URL before giving up.
 	Attempts int
+	// Reporter, when set, receives the trainer's progress at most every ReportInterval.
+	Reporter Reporter
 }
 
 // ExitError carries the trainer's exit code.
@@ -85,7 +87,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err := fetch(ctx, c, log); err != nil {
 		return c.fail(fmt.Errorf("fetch dataset: %w", err))
 	}
-	if code := runTrainer(ctx, c.Command, log); code != 0 {
+	if code := runTrainer(ctx, c.Command, c.Reporter, log); code != 0 {
 		return ExitError{Code: code}
 	}
 	s, err := summarize(ctx, c, log)
@@ -221,13 +223,28 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	return err
 }
 
-func runTrainer(ctx context.Context, argv []string, log *slog.Logger) int {
+func runTrainer(ctx context.Context, argv []string, rep Reporter, log *slog.Logger) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr, cmd.Stdin = os.Stdout, os.Stderr, os.Stdin
-	if err := cmd.Start(); err != nil {
+	cmd.Stderr, cmd.Stdin = os.Stderr, os.Stdin
+	// An os.Pipe rather than StdoutPipe: Wait must not close the reading end before the tee has
+	// read the trainer's last lines.
+	stdout, w, err := os.Pipe()
+	if err != nil {
+		return 127
+	}
+	defer stdout.Close()
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		log.Error("job-run: start trainer", "err", err)
 		return 127
 	}
+	teed := make(chan struct{})
+	go func() {
+		defer close(teed)
+		progressTee(ctx, stdout, os.Stdout, rep, ReportInterval, time.Now, log)
+	}()
 	// Forward SIGTERM and SIGINT: the kubelet's stop, or the Job's deadline, reaches the trainer,
 	// which can save what it has before the grace period ends.
 	sigs := make(chan os.Signal, 2)
@@ -243,6 +260,7 @@ func runTrainer(ctx context.Context, argv []string, log *slog.Logger) int {
 		case <-ctx.Done():
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 		case err := <-done:
+			<-teed
 			if err == nil {
 				return 0
 			}

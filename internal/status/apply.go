@@ -2,6 +2,7 @@ package status
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -95,6 +96,16 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		w.advance(Tuning)
 		w.startStep(StepTune, at)
 		w.setCondition(CondJobStarted, true, "JobStarted", rec.Note, at)
+	case events.TuningProgress:
+		var d events.TuningProgressData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		if w.Progress == nil || d.Step >= w.Progress.Step {
+			w.Progress = &d
+		}
+		rec.Note = ProgressNote(d)
+		w.advance(Tuning)
 	case events.TuningCompleted:
 		var d events.TuningCompletedData
 		if err := events.Data(ev, &d); err != nil {
@@ -147,4 +158,26 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}
 	return nil
+}
+
+// ProgressNote renders training progress as a bar with step, loss, throughput and ETA.
+func ProgressNote(d events.TuningProgressData) string {
+	var b strings.Builder
+	if pct := d.Percent(); pct >= 0 {
+		const width = 20
+		filled := int(pct / 100 * width)
+		fmt.Fprintf(&b, "[%s%s] %3.0f%% step %d/%d", strings.Repeat("=", filled), strings.Repeat(" ", width-filled), pct, d.Step, d.MaxSteps)
+	} else {
+		fmt.Fprintf(&b, "step %d", d.Step)
+	}
+	if d.Loss != 0 {
+		fmt.Fprintf(&b, " loss %.4f", d.Loss)
+	}
+	if d.TokensPerSecond > 0 {
+		fmt.Fprintf(&b, " %.0f tok/s", d.TokensPerSecond)
+	}
+	if d.ETASeconds > 0 {
+		fmt.Fprintf(&b, " ETA %s", (time.Duration(d.ETASeconds) * time.Second).String())
+	}
+	return b.String()
 }

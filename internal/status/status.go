@@ -52,27 +52,28 @@ const (
 
 // Workspace is the status record of one workspace (its latest generation).
 type Workspace struct {
-	Namespace    string             `json:"namespace"`
-	Name         string             `json:"name"`
-	Generation   int64              `json:"generation"`
-	SpecHash     string             `json:"specHash,omitempty"`
-	InstanceType string             `json:"instanceType,omitempty"`
-	Preset       string             `json:"preset,omitempty"`
-	Method       string             `json:"method,omitempty"`
-	Phase        Phase              `json:"phase"`
-	Conditions   []metav1.Condition `json:"conditions,omitempty"`
-	Nodes        []string           `json:"nodes,omitempty"`
-	Plan         *events.Plan       `json:"plan,omitempty"`
-	Job          string             `json:"job,omitempty"`
-	Image        string             `json:"image,omitempty"`
-	ImageDigest  string             `json:"imageDigest,omitempty"`
-	Endpoint     string             `json:"endpoint,omitempty"`
-	Failure      *Failure           `json:"failure,omitempty"`
-	Steps        []Step             `json:"steps,omitempty"`
-	Events       []EventRecord      `json:"events,omitempty"`
-	Manifest     *events.Workspace  `json:"manifest,omitempty"`
-	Created      time.Time          `json:"created"`
-	Updated      time.Time          `json:"updated"`
+	Namespace    string                     `json:"namespace"`
+	Name         string                     `json:"name"`
+	Generation   int64                      `json:"generation"`
+	SpecHash     string                     `json:"specHash,omitempty"`
+	InstanceType string                     `json:"instanceType,omitempty"`
+	Preset       string                     `json:"preset,omitempty"`
+	Method       string                     `json:"method,omitempty"`
+	Phase        Phase                      `json:"phase"`
+	Conditions   []metav1.Condition         `json:"conditions,omitempty"`
+	Nodes        []string                   `json:"nodes,omitempty"`
+	Plan         *events.Plan               `json:"plan,omitempty"`
+	Job          string                     `json:"job,omitempty"`
+	Progress     *events.TuningProgressData `json:"progress,omitempty"`
+	Image        string                     `json:"image,omitempty"`
+	ImageDigest  string                     `json:"imageDigest,omitempty"`
+	Endpoint     string                     `json:"endpoint,omitempty"`
+	Failure      *Failure                   `json:"failure,omitempty"`
+	Steps        []Step                     `json:"steps,omitempty"`
+	Events       []EventRecord              `json:"events,omitempty"`
+	Manifest     *events.Workspace          `json:"manifest,omitempty"`
+	Created      time.Time                  `json:"created"`
+	Updated      time.Time                  `json:"updated"`
 }
 
 // Failure says why a generation failed.

@@ -28,7 +28,13 @@ const (
 	AnnotationRun    = "kaitoflow.io/run"
 	AnnotationAcked  = "kaitoflow.io/acknowledged"
 	AnnotationTuning = "kaitoflow.io/tuning-deadline"
+	// AnnotationProgress on the Pod is where job-run reports training progress (JSON of
+	// events.TuningProgressData); the Pod watch carries it to tune.
+	AnnotationProgress = "kaitoflow.io/progress"
 )
+
+// TrainerServiceAccount runs tuning pods; it may patch its own Pod (progress) and nothing else.
+const TrainerServiceAccount = "kaitoflow-trainer"
 
 // Exit codes of the trainer (presets/trainer) the Job must not retry: bad configuration, bad
 // data, out of GPU memory with these settings.
@@ -175,9 +181,10 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
-					RestartPolicy:    corev1.RestartPolicyNever,
-					ImagePullSecrets: pullSecrets,
-					SecurityContext:  &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid},
+					RestartPolicy:      corev1.RestartPolicyNever,
+					ServiceAccountName: TrainerServiceAccount,
+					ImagePullSecrets:   pullSecrets,
+					SecurityContext:    &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid},
 					Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
 						NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
 							{Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: job.Nodes}}}}}}},
@@ -193,7 +200,12 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 					}},
 					Containers: []corev1.Container{{
 						Name: trainerName, Image: o.TrainerImage, Command: command,
-						Env: []corev1.EnvVar{{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"}},
+						Env: []corev1.EnvVar{
+							{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"},
+							// job-run reports progress on its own Pod.
+							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+						},
 						Resources: corev1.ResourceRequirements{
 							Limits:   corev1.ResourceList{"nvidia.com/gpu": gpus},
 							Requests: corev1.ResourceList{"nvidia.com/gpu": gpus},

@@ -284,3 +284,51 @@ func TestRunLifecycle(t *testing.T) {
 		}
 	}
 }
+
+// A trainer killed for memory fails the workspace with OOMKilled, through the real API server.
+func TestOOMKilledFailsTheWorkspace(t *testing.T) {
+	if kube == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx := context.Background()
+	ns := "tuning-oom"
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f := tune.New(&Trainer{Client: kube, Options: DefaultOptions(), Log: quiet}, quiet)
+	run := seedRun(t, ns)
+	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
+	if _, err := f.Handle(ctx, ready); err != nil {
+		t.Fatal(err)
+	}
+	j, err := kube.BatchV1().Jobs(ns).Get(ctx, run.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: run.Name + "-oom", Namespace: ns, Labels: j.Spec.Template.Labels},
+		Spec: corev1.PodSpec{NodeName: run.Nodes[0], RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "trainer", Image: "trainer"}}}}
+	if pod, err = kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodFailed, StartTime: &metav1.Time{Time: time.Now()}, ContainerStatuses: []corev1.ContainerStatus{
+		{Name: "trainer", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "OOMKilled"}}}}}
+	if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	j.Status = batchv1.JobStatus{StartTime: &now, Failed: 1, Conditions: []batchv1.JobCondition{
+		{Type: batchv1.JobFailureTarget, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", LastTransitionTime: now},
+		{Type: batchv1.JobFailed, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", Message: "Job has reached the specified backoff limit", LastTransitionTime: now}}}
+	if _, err := kube.BatchV1().Jobs(ns).UpdateStatus(ctx, j, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("Job status: %v", err)
+	}
+	changed := events.Must(events.New("test", events.JobChanged, "changed", run.Ref, events.JobChangedData{Job: run.Name}, nil))
+	out, err := f.Handle(ctx, changed)
+	if err != nil || typesOf(out) != "tuning.started,workspace.failed" {
+		t.Fatalf("got %s %v", typesOf(out), err)
+	}
+	var d events.WorkspaceFailedData
+	if err := events.Data(out[1], &d); err != nil || d.Reason != "OOMKilled" || !strings.Contains(d.Message, "per_device_train_batch_size") {
+		t.Fatalf("failure %+v %v", d, err)
+	}
+}

@@ -138,6 +138,10 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 			}
 			if p.Status.Phase == corev1.PodRunning {
 				st.Phase = tune.Running
+				var prog events.TuningProgressData
+				if a := p.Annotations[AnnotationProgress]; a != "" && json.Unmarshal([]byte(a), &prog) == nil {
+					st.Progress = &prog
+				}
 			}
 		}
 		for _, cs := range p.Status.ContainerStatuses {

@@ -20,6 +20,7 @@ import time
 from . import EXIT_FAILED, EXIT_OOM, ConfigError, TrainerError, chat, config, data
 
 TERMINATION_LOG = "/dev/termination-log"
+PROGRESS_PREFIX = "KAITOFLOW_PROGRESS "
 
 
 def _dtype(torch, name):
@@ -113,18 +114,27 @@ def train(args):
 
     losses = []
 
+    avg_tokens = tokens / max(len(train_set), 1)
+
     class Record(transformers.TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_kw):
+        def on_log(self, args, state, _control, logs=None, **_kw):
             if logs and "loss" in logs:
                 losses.append({"step": state.global_step, "loss": logs["loss"]})
+                elapsed = time.time() - started
+                seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+                # kaitoflow job-run reads these lines and reports them as tuning.progress.
+                print(PROGRESS_PREFIX + json.dumps({
+                    "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
+                    "tokens_per_second": seen * avg_tokens / elapsed if elapsed > 0 else 0.0,
+                }), flush=True)
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    started = time.time()
     trainer = transformers.Trainer(
         model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=collator, callbacks=[Record()],
     )
-    started = time.time()
     result = trainer.train()
     duration = time.time() - started
     model.save_pretrained(targs.output_dir, safe_serialization=True)
