@@ -3,9 +3,9 @@ package presets
 import (
 	"encoding/json"
 	"os"
-	"strings"
 	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"

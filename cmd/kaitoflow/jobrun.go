@@ -2,9 +2,9 @@ package main
 
 import (
 	"errors"
-	"log/slog"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 

@@ -93,7 +93,7 @@ func TestSeedWorkspaceReachesReady(t *testing.T) {
 	for _, e := range w.Events {
 		got = append(got, e.Type)
 	}
-	want := []string{events.WorkspaceRequested, events.NodeReady, events.TuningStarted, events.TuningCompleted, events.ImagePushed, events.InferenceReady}
+	want := []string{events.WorkspaceRequested, events.NodeReady, events.TuningStarted, events.TuningProgress, events.TuningCompleted, events.ImagePushed, events.InferenceReady}
 	if !slices.Equal(got, want) {
 		t.Errorf("events:\n got %v\nwant %v", got, want)
 	}
