@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	ggcrname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +26,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/publish"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -151,7 +153,11 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		} else if p, err := runtime.NewHTTPPublisher(f.sink); err == nil {
 			pub = p
 		}
-		trainer, watchers, err := f.provider.buildTrainer(&tune.Sim{Dir: f.dataDir, Delay: f.delay, Publisher: pub, Log: log}, log)
+		sim := &tune.Sim{Dir: f.dataDir, Delay: f.delay, Publisher: pub, Log: log}
+		if f.registry != "" {
+			sim.Resolve = func(image string) (ggcrname.Reference, error) { return adapter.Rewrite(f.registry, image) }
+		}
+		trainer, watchers, err := f.provider.buildTrainer(sim, log)
 		if err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
@@ -22,6 +23,8 @@ import (
 var version = "dev"
 
 func main() {
+	// The sim trainer is this binary re-executed as the tuning "process" job-run wraps.
+	tune.SimTrainerMain()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()

@@ -180,21 +180,7 @@ func (p RemotePusher) Push(ctx context.Context, ref name.Reference, img v1.Image
 }
 
 // RewriteRegistry returns a Resolver that pushes to registry instead of the host the manifest
-// names: the embedded mode's stand-in for ACR. Repository names are lowercased, since Kaito's
-// quickstart placeholders (IMAGE_NAME_HERE) are not valid repository names.
+// names: the embedded mode's stand-in for ACR.
 func RewriteRegistry(registry string) Resolver {
-	return func(image string) (name.Reference, error) {
-		rest := image
-		if i := strings.IndexByte(image, '/'); i >= 0 && strings.ContainsAny(image[:i], ".:") {
-			rest = image[i+1:]
-		}
-		repo, tag, digest := rest, "", ""
-		if i := strings.IndexByte(repo, '@'); i >= 0 {
-			repo, digest = repo[:i], repo[i:]
-		}
-		if i := strings.LastIndexByte(repo, ':'); i >= 0 {
-			repo, tag = repo[:i], repo[i:]
-		}
-		return name.ParseReference(registry+"/"+strings.ToLower(repo)+tag+digest, name.Insecure)
-	}
+	return func(image string) (name.Reference, error) { return adapter.Rewrite(registry, image) }
 }

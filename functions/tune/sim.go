@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -14,12 +15,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
 // Publisher is what the sim trainer needs to announce that a run changed.
@@ -27,17 +31,25 @@ type Publisher interface {
 	Publish(ctx context.Context, evs ...cloudevents.Event) error
 }
 
-// Sim is the simulated trainer: no GPU, no model, no dataset download. A run "trains" for Delay,
-// then writes a small but well-formed PEFT adapter (adapter_config.json and
-// adapter_model.safetensors with a valid header) whose bytes are derived from the job, so a rerun
-// yields the same digests, and announces the change with kaitoflow.job.changed, as the Job watch
-// does for real runs. Runs live in memory: a restarted process forgets them. Every file and log
-// line says "sim".
+// Sim is the simulated trainer: no GPU, no model. It goes through the same path as a real run —
+// kaitoflow's job-run wrapper fetches the dataset (best effort: the sim reads none), runs a trainer
+// process, uploads the adapter's layer to the output registry and writes the summary — but the
+// trainer process is kaitoflow's own simulated one (SimTrainerMain): after Delay it writes a small
+// well-formed PEFT adapter (adapter_config.json and adapter_model.safetensors with a valid header)
+// whose bytes derive from the job, so a rerun yields the same digests, reporting progress half way.
+// Changes are announced with kaitoflow.job.changed, as the Job watch does for real runs. Runs live
+// in memory: a restarted process forgets them. Every file and log line says "sim".
 type Sim struct {
 	Dir       string
 	Delay     time.Duration
 	Publisher Publisher
-	Log       *slog.Logger
+	// Resolve maps tuning.output.image to where the layer is uploaded (the embedded registry);
+	// nil keeps the adapter on disk and uploads nothing.
+	Resolve func(image string) (name.Reference, error)
+	// Trainer is the simulated trainer process's command; nil runs this binary with
+	// SimTrainerEnv set (see SimTrainerMain).
+	Trainer []string
+	Log     *slog.Logger
 
 	mu   sync.Mutex
 	runs map[string]*simRun
@@ -71,26 +83,82 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 	r := &simRun{job: job, started: time.Now().UTC()}
 	s.runs[simKey(job.Ref)] = r
 	s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
-	go s.finish(context.WithoutCancel(ctx), r)
+	go s.run(context.WithoutCancel(ctx), r)
 	return nil
 }
 
-func (s *Sim) finish(ctx context.Context, r *simRun) {
-	// Half way, the simulated trainer reports progress, as the real one does through the wrapper.
-	time.Sleep(s.Delay / 2)
+func (s *Sim) run(ctx context.Context, r *simRun) {
+	res, err := s.wrap(ctx, r)
 	s.mu.Lock()
-	r.progress = &events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.234, TokensPerSecond: 1000, ETASeconds: (s.Delay / 2).Seconds()}
+	r.done, r.err, r.result = true, err, res
 	s.mu.Unlock()
-	s.announce(ctx, r, "progress")
-	time.Sleep(s.Delay - s.Delay/2)
-	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
-	files, err := WriteSimAdapter(dir, r.job)
-	s.mu.Lock()
-	r.done, r.err = true, err
-	r.result = Result{Location: dir, Files: files, Metrics: map[string]float64{"sim_train_loss": 1.234, "sim_epochs": 1}}
-	s.mu.Unlock()
-	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "dir", dir, "err", err)
+	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)
 	s.announce(ctx, r, "done")
+}
+
+// wrap runs the job through job-run, as a tuning Job's container does.
+func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
+	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
+	trainer := s.Trainer
+	if trainer == nil {
+		self, err := os.Executable()
+		if err != nil {
+			return Result{}, err
+		}
+		trainer = []string{self}
+	}
+	dtype, method := "", ""
+	if r.job.Plan != nil {
+		dtype = r.job.Plan.DType
+	}
+	t := r.job.Workspace.Tuning
+	if t != nil {
+		method = t.Method
+	}
+	cfg := jobrun.Config{
+		DataDir: filepath.Join(dir, "data"), ResultsDir: filepath.Join(dir, "results"),
+		TerminationLog: filepath.Join(dir, "termination-log"), Attempts: 1, FetchBestEffort: true,
+		Env: []string{SimTrainerEnv + "=1"},
+		Command: append(append([]string{}, trainer...), "--results", filepath.Join(dir, "results"), "--delay", s.Delay.String(),
+			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
+			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype),
+		Reporter: simReporter{s: s, r: r},
+	}
+	if t != nil && t.Input != nil {
+		cfg.InputURLs = t.Input.URLs
+	}
+	if s.Resolve != nil && t != nil && t.Output != nil && t.Output.Image != "" {
+		ref, err := s.Resolve(t.Output.Image)
+		if err != nil {
+			return Result{}, err
+		}
+		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
+	}
+	if err := jobrun.Run(ctx, cfg, s.log()); err != nil {
+		return Result{}, fmt.Errorf("sim: %w", err)
+	}
+	b, err := os.ReadFile(cfg.TerminationLog)
+	if err != nil {
+		return Result{}, err
+	}
+	var sum jobrun.Summary
+	if err := json.Unmarshal(b, &sum); err != nil {
+		return Result{}, fmt.Errorf("sim: summary: %w", err)
+	}
+	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics}, nil
+}
+
+type simReporter struct {
+	s *Sim
+	r *simRun
+}
+
+func (sr simReporter) Report(ctx context.Context, p events.TuningProgressData) error {
+	sr.s.mu.Lock()
+	sr.r.progress = &p
+	sr.s.mu.Unlock()
+	sr.s.announce(ctx, sr.r, fmt.Sprintf("progress-%d", p.Step))
+	return nil
 }
 
 // announce publishes kaitoflow.job.changed for the run, as the Job watch does for real runs.
@@ -106,9 +174,52 @@ func (s *Sim) announce(ctx context.Context, r *simRun, what string) {
 	e.SetExtension(events.ExtGeneration, strconv.FormatInt(r.job.Ref.Generation, 10))
 	if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: r.job.Name}); err == nil {
 		if err := s.Publisher.Publish(ctx, e); err != nil {
-			s.log().WarnContext(ctx, "sim: publish job.changed; the next tick sees the run finished", "err", err)
+			s.log().WarnContext(ctx, "sim: publish job.changed; the next tick sees the change", "err", err)
 		}
 	}
+}
+
+// SimTrainerEnv, set in a process's environment, makes SimTrainerMain take the process over.
+const SimTrainerEnv = "KAITOFLOW_SIM_TRAINER"
+
+// SimTrainerMain is the simulated trainer process: when SimTrainerEnv is set it writes the sim
+// adapter and metrics.json into --results after --delay, printing a progress line half way, and
+// exits; otherwise it returns. kaitoflow's main (and the TestMain of packages that run the sim
+// trainer) call it first.
+func SimTrainerMain() {
+	if os.Getenv(SimTrainerEnv) == "" {
+		return
+	}
+	os.Exit(simTrain(os.Args[1:]))
+}
+
+func simTrain(args []string) int {
+	flags := map[string]string{}
+	for i := 0; i+1 < len(args); i += 2 {
+		flags[strings.TrimPrefix(args[i], "--")] = args[i+1]
+	}
+	delay, _ := time.ParseDuration(flags["delay"])
+	parts := strings.Split(flags["ref"], "/")
+	if len(parts) != 3 || flags["results"] == "" {
+		fmt.Fprintln(os.Stderr, "sim trainer: want --results DIR --ref ns/name/generation")
+		return 2
+	}
+	gen, _ := strconv.ParseInt(parts[2], 10, 64)
+	job := Job{Ref: events.Ref{Namespace: parts[0], Name: parts[1], Generation: gen}, Plan: &events.Plan{DType: flags["dtype"]}}
+	job.Workspace.Tuning = &events.TuningSpec{Method: flags["method"], Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: flags["preset"]}}}
+	time.Sleep(delay / 2)
+	fmt.Printf("%s{\"step\": 50, \"max_steps\": 100, \"loss\": 1.234, \"tokens_per_second\": 1000}\n", jobrun.ProgressPrefix)
+	time.Sleep(delay - delay/2)
+	if _, err := WriteSimAdapter(flags["results"], job); err != nil {
+		fmt.Fprintln(os.Stderr, "sim trainer:", err)
+		return 1
+	}
+	metrics := []byte(`{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": 100}`)
+	if err := os.WriteFile(filepath.Join(flags["results"], "metrics.json"), metrics, 0o644); err != nil {
+		return 1
+	}
+	fmt.Println("sim trainer: wrote a simulated adapter; nothing was trained")
+	return 0
 }
 
 // Status implements Trainer.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -174,4 +175,22 @@ func Describe(l v1.Layer) (events.Blob, error) {
 		return events.Blob{}, err
 	}
 	return events.Blob{Digest: d.String(), DiffID: diff.String(), Size: size, MediaType: string(mt)}, nil
+}
+
+// Rewrite points image at registry instead of the host it names: the embedded mode's stand-in for
+// ACR. Repository names are lowercased, since Kaito's quickstart placeholders (IMAGE_NAME_HERE) are
+// not valid repository names. The result is a plain-HTTP reference (a local registry).
+func Rewrite(registry, image string) (name.Reference, error) {
+	rest := image
+	if i := strings.IndexByte(image, '/'); i >= 0 && strings.ContainsAny(image[:i], ".:") {
+		rest = image[i+1:]
+	}
+	repo, tag, digest := rest, "", ""
+	if i := strings.IndexByte(repo, '@'); i >= 0 {
+		repo, digest = repo[:i], repo[i:]
+	}
+	if i := strings.LastIndexByte(repo, ':'); i >= 0 {
+		repo, tag = repo[:i], repo[i:]
+	}
+	return name.ParseReference(registry+"/"+strings.ToLower(repo)+tag+digest, name.Insecure)
 }

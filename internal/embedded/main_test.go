@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -18,6 +19,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The sim trainer re-executes the test binary as its trainer process.
+	tune.SimTrainerMain()
 	env, err := testenv.Start()
 	if err != nil {
 		kubeErr = err

@@ -67,6 +67,11 @@ type Config struct {
 	Attempts int
 	// Reporter, when set, receives the trainer's progress at most every ReportInterval.
 	Reporter Reporter
+	// Env is added to the trainer's environment.
+	Env []string
+	// FetchBestEffort logs and skips datasets that cannot be fetched instead of failing (the
+	// sim trainer, which reads none, on an offline machine).
+	FetchBestEffort bool
 }
 
 // ExitError carries the trainer's exit code.
@@ -85,9 +90,12 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		c.Attempts = 4
 	}
 	if err := fetch(ctx, c, log); err != nil {
-		return c.fail(fmt.Errorf("fetch dataset: %w", err))
+		if !c.FetchBestEffort {
+			return c.fail(fmt.Errorf("fetch dataset: %w", err))
+		}
+		log.Warn("job-run: dataset not fetched; continuing (best effort)", "err", err)
 	}
-	if code := runTrainer(ctx, c.Command, c.Reporter, log); code != 0 {
+	if code := runTrainer(ctx, c.Command, c.Env, c.Reporter, log); code != 0 {
 		return ExitError{Code: code}
 	}
 	s, err := summarize(ctx, c, log)
@@ -223,8 +231,11 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	return err
 }
 
-func runTrainer(ctx context.Context, argv []string, rep Reporter, log *slog.Logger) int {
+func runTrainer(ctx context.Context, argv, env []string, rep Reporter, log *slog.Logger) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stderr, cmd.Stdin = os.Stderr, os.Stdin
 	// An os.Pipe rather than StdoutPipe: Wait must not close the reading end before the tee has
 	// read the trainer's last lines.
