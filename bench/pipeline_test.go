@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -117,6 +119,10 @@ func summarize(name string, n int, start time.Time, seen map[string]map[string]t
 	return r
 }
 
+// datasetURL is a small dolly-style jsonl served on loopback: the sim trainer's wrapper really
+// fetches it, as a tuning Job fetches its dataset.
+var datasetURL string
+
 func newWorkspace(i int) (events.Ref, *events.Workspace, error) {
 	doc, err := os.ReadFile("../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
 	if err != nil {
@@ -127,6 +133,7 @@ func newWorkspace(i int) (events.Ref, *events.Workspace, error) {
 		return events.Ref{}, nil, err
 	}
 	ws.Name = fmt.Sprintf("bench-%05d", i)
+	ws.Tuning.Input.URLs = []string{datasetURL}
 	ws.Namespace = "default"
 	ws.Generation = 1
 	return ws.Ref(), ws, nil
@@ -169,7 +176,13 @@ func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*e
 func runKaitoflow(b *testing.B, n int, burst bool) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"messages":[{"role":"user","content":"When did Virgin Australia start operating?"},{"role":"assistant","content":"31 August 2000."}]}`+"\n")
+	}))
+	defer ds.Close()
+	datasetURL = ds.URL + "/dolly.jsonl"
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,10 +50,16 @@ type Sim struct {
 	// Trainer is the simulated trainer process's command; nil runs this binary with
 	// SimTrainerEnv set (see SimTrainerMain).
 	Trainer []string
-	Log     *slog.Logger
+	// Policy is the address policy job-run fetches datasets under.
+	Policy events.AddressPolicy
+	// Parallel bounds how many simulated trainer processes run at once, as a cluster's GPUs bound
+	// real runs; runtime.NumCPU() when zero.
+	Parallel int
+	Log      *slog.Logger
 
-	mu   sync.Mutex
-	runs map[string]*simRun
+	mu    sync.Mutex
+	runs  map[string]*simRun
+	slots chan struct{}
 }
 
 type simRun struct {
@@ -80,6 +87,13 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 	if r, ok := s.runs[simKey(job.Ref)]; ok && r.job.Ref.Generation >= job.Ref.Generation {
 		return nil
 	}
+	if s.slots == nil {
+		n := s.Parallel
+		if n <= 0 {
+			n = goruntime.NumCPU()
+		}
+		s.slots = make(chan struct{}, n)
+	}
 	r := &simRun{job: job, started: time.Now().UTC()}
 	s.runs[simKey(job.Ref)] = r
 	s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
@@ -88,7 +102,9 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 }
 
 func (s *Sim) run(ctx context.Context, r *simRun) {
+	s.slots <- struct{}{}
 	res, err := s.wrap(ctx, r)
+	<-s.slots
 	s.mu.Lock()
 	r.done, r.err, r.result = true, err, res
 	s.mu.Unlock()
@@ -117,7 +133,7 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
 	}
 	cfg := jobrun.Config{
 		DataDir: filepath.Join(dir, "data"), ResultsDir: filepath.Join(dir, "results"),
-		TerminationLog: filepath.Join(dir, "termination-log"), Attempts: 1, FetchBestEffort: true,
+		TerminationLog: filepath.Join(dir, "termination-log"), Attempts: 1, FetchBestEffort: true, Policy: s.Policy,
 		Env: []string{SimTrainerEnv + "=1"},
 		Command: append(append([]string{}, trainer...), "--results", filepath.Join(dir, "results"), "--delay", s.Delay.String(),
 			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),

@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	}
 	trainer := cfg.Trainer
 	if trainer == nil {
-		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log,
+		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log, Policy: cfg.Policy,
 			Resolve: func(image string) (name.Reference, error) { return adapter.Rewrite(p.Registry, image) }}
 	}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
