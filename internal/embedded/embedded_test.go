@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -37,6 +38,8 @@ func start(t *testing.T) *Pipeline {
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
+		// Datasets served by the tests themselves live on loopback.
+		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +194,13 @@ func TestHundredWorkspacesAllReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The sim trainer's wrapper really fetches the dataset: serve one here rather than wait on an
+	// unreachable Hugging Face a hundred times.
+	ds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}`+"\n")
+	}))
+	defer ds.Close()
+	doc = []byte(strings.Replace(string(doc), "https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true", ds.URL+"/dolly.jsonl", 1))
 	const n = 100
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
