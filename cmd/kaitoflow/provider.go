@@ -65,8 +65,11 @@ func (p *providerFlags) preflightOptions(policy events.AddressPolicy) (provision
 		return nil, false, nil
 	case "warn", "enforce":
 		c := dataset.New(policy)
-		check := func(ctx context.Context, urls []string) error {
-			_, err := c.Check(ctx, urls)
+		check := func(ctx context.Context, in *events.DataSource) error {
+			if in.Image != "" {
+				return c.CheckImage(ctx, in.Image, false)
+			}
+			_, err := c.Check(ctx, in.URLs)
 			return err
 		}
 		return check, p.preflight == "warn", nil

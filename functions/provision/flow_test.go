@@ -175,7 +175,7 @@ func TestRelease(t *testing.T) {
 
 func TestPreflightRefusesOrWarns(t *testing.T) {
 	cat, _ := presets.Default()
-	bad := func(context.Context, []string) error {
+	bad := func(context.Context, *events.DataSource) error {
 		return events.Permanentf("DatasetInvalid", "tuning.input.urls[0] https://x/d.parquet: HTTP 404 Not Found")
 	}
 	f := New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, Log: quiet})

@@ -131,9 +131,9 @@ type Function struct {
 	log       *slog.Logger
 }
 
-// Preflight checks a workspace's dataset URLs before capacity is bought; its error is permanent
-// and names the URL and the reason.
-type Preflight func(ctx context.Context, urls []string) error
+// Preflight checks a workspace's tuning input (its URLs or its image) before capacity is bought;
+// its error is permanent and names the field and the reason.
+type Preflight func(ctx context.Context, input *events.DataSource) error
 
 // Options configure a Function.
 type Options struct {
@@ -202,8 +202,8 @@ func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref even
 		return nil, events.Permanentf(events.ReasonBadEvent, "event subject %s does not match metadata %s/%s", ref.Subject(), ws.Namespace, ws.Name)
 	}
 	var warning string
-	if f.preflight != nil && ws.Tuning != nil && ws.Tuning.Input != nil && len(ws.Tuning.Input.URLs) > 0 {
-		if err := f.preflight(ctx, ws.Tuning.Input.URLs); err != nil {
+	if f.preflight != nil && ws.Tuning != nil && ws.Tuning.Input != nil {
+		if err := f.preflight(ctx, ws.Tuning.Input); err != nil {
 			if !f.warnOnly {
 				return nil, fmt.Errorf("dataset preflight: %w", err)
 			}

@@ -21,6 +21,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -42,6 +45,8 @@ const (
 // Checker checks dataset URLs.
 type Checker struct {
 	Client *http.Client
+	// Policy is the address policy (the client enforces it at connect time too).
+	Policy events.AddressPolicy
 	// MaxBytes is the largest dataset file accepted.
 	MaxBytes int64
 	// Attempts and Backoff bound the retries of an unreachable host: brief, so an air-gapped
@@ -55,7 +60,7 @@ type Checker struct {
 // New returns a checker whose HTTP client applies the address policy at connect time and to
 // every redirect.
 func New(p events.AddressPolicy) *Checker {
-	return &Checker{Client: netguard.Client(p, 30*time.Second), MaxBytes: DefaultMaxBytes, Attempts: 3, Backoff: 500 * time.Millisecond}
+	return &Checker{Client: netguard.Client(p, 30*time.Second), Policy: p, MaxBytes: DefaultMaxBytes, Attempts: 3, Backoff: 500 * time.Millisecond}
 }
 
 // Shape is what a dataset file holds.
@@ -375,4 +380,36 @@ func human(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// CheckImage resolves a dataset image's manifest (tuning.input.image). A registry that wants
+// credentials is not an error here: the pull secrets live in the cluster, and the Job uses them.
+func (c *Checker) CheckImage(ctx context.Context, image string, insecure bool) error {
+	var opts []name.Option
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+	ref, err := name.ParseReference(image, opts...)
+	if err != nil {
+		return events.Permanentf(ReasonInvalid, "tuning.input.image %q: %v", image, err)
+	}
+	if err := c.Policy.CheckHost(ref.Context().RegistryStr()); err != nil {
+		host, _, _ := net.SplitHostPort(ref.Context().RegistryStr())
+		if host == "" || c.Policy.CheckHost(host) != nil {
+			return events.Permanentf(ReasonInvalid, "tuning.input.image %s: %v", image, err)
+		}
+	}
+	_, err = remote.Head(ref, remote.WithContext(ctx), remote.WithTransport(c.Client.Transport))
+	var te *transport.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden):
+		return nil
+	case errors.As(err, &te) && te.StatusCode == http.StatusNotFound:
+		return events.Permanentf(ReasonInvalid, "tuning.input.image %s: no such image (%v)", image, err)
+	case errors.As(err, &te):
+		return events.Permanentf(ReasonInvalid, "tuning.input.image %s: %v", image, err)
+	}
+	return events.Permanentf(ReasonUnreachable, "tuning.input.image %s: %v", image, err)
 }

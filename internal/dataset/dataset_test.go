@@ -3,12 +3,18 @@ package dataset
 import (
 	"bytes"
 	"context"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -132,5 +138,30 @@ func TestUnreachableHostFailsBriefly(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("took %s", d)
+	}
+}
+
+func TestCheckImage(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	ref, _ := name.ParseReference(host+"/datasets/dolly:1", name.Insecure)
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	c := New(events.AddressPolicy{Allow: []string{"127.0.0.1"}})
+	if err := c.CheckImage(context.Background(), host+"/datasets/dolly:1", true); err != nil {
+		t.Fatalf("existing image: %v", err)
+	}
+	err = c.CheckImage(context.Background(), host+"/datasets/missing:1", true)
+	if p, ok := events.AsPermanent(err); !ok || p.Reason != ReasonInvalid || !strings.Contains(err.Error(), "no such image") {
+		t.Fatalf("missing image: %v", err)
+	}
+	if err := New(events.AddressPolicy{}).CheckImage(context.Background(), host+"/datasets/dolly:1", true); err == nil {
+		t.Fatal("a loopback registry passed the default policy")
 	}
 }
