@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -139,6 +140,8 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
 			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
 			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype),
 		Reporter: simReporter{s: s, r: r},
+		// The simulated trainer's chatter would interleave with `up`'s own output.
+		Stdout: io.Discard,
 	}
 	if t != nil && t.Input != nil {
 		cfg.InputURLs = t.Input.URLs

@@ -69,6 +69,8 @@ type Config struct {
 	Reporter Reporter
 	// Env is added to the trainer's environment.
 	Env []string
+	// Stdout receives the trainer's output (os.Stdout when nil: the pod's log).
+	Stdout io.Writer
 	// FetchBestEffort logs and skips datasets that cannot be fetched instead of failing (the
 	// sim trainer, which reads none, on an offline machine).
 	FetchBestEffort bool
@@ -95,7 +97,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		}
 		log.Warn("job-run: dataset not fetched; continuing (best effort)", "err", err)
 	}
-	if code := runTrainer(ctx, c.Command, c.Env, c.Reporter, log); code != 0 {
+	out := c.Stdout
+	if out == nil {
+		out = os.Stdout
+	}
+	if code := runTrainer(ctx, c.Command, c.Env, out, c.Reporter, log); code != 0 {
 		return ExitError{Code: code}
 	}
 	s, err := summarize(ctx, c, log)
@@ -231,7 +237,7 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	return err
 }
 
-func runTrainer(ctx context.Context, argv, env []string, rep Reporter, log *slog.Logger) int {
+func runTrainer(ctx context.Context, argv, env []string, out io.Writer, rep Reporter, log *slog.Logger) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if len(env) > 0 {
 		cmd.Env = append(os.Environ(), env...)
@@ -254,7 +260,7 @@ func runTrainer(ctx context.Context, argv, env []string, rep Reporter, log *slog
 	teed := make(chan struct{})
 	go func() {
 		defer close(teed)
-		progressTee(ctx, stdout, os.Stdout, rep, ReportInterval, time.Now, log)
+		progressTee(ctx, stdout, out, rep, ReportInterval, time.Now, log)
 	}()
 	// Forward SIGTERM and SIGINT: the kubelet's stop, or the Job's deadline, reaches the trainer,
 	// which can save what it has before the grace period ends.
