@@ -4,6 +4,7 @@ package publish
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,8 +14,13 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -32,7 +38,26 @@ const (
 	AnnotationMethod    = "kaitoflow.io/method"
 	AnnotationDataset   = "kaitoflow.io/dataset"
 	AnnotationWorkspace = "kaitoflow.io/workspace"
+	AnnotationMetrics   = "kaitoflow.io/metrics"
 )
+
+// ProvenanceType is the artifact type of the training record attached to each adapter image.
+const ProvenanceType = "application/vnd.kaitoflow.training-record.v1+json"
+
+// TrainingRecord is how an adapter was made: what was asked for, what was planned, what went in
+// and what came out. It is attached to the image as an OCI 1.1 referrer, so any registry client
+// (oras discover, crane) and `kaitoflow get workspace -o yaml` can find it.
+type TrainingRecord struct {
+	Workspace events.Ref           `json:"workspace"`
+	Spec      events.Workspace     `json:"spec"`
+	Job       string               `json:"job"`
+	Nodes     []string             `json:"nodes,omitempty"`
+	Dataset   []string             `json:"dataset,omitempty"`
+	Files     []events.AdapterFile `json:"files"`
+	Layer     *events.Blob         `json:"layer,omitempty"`
+	Metrics   map[string]float64   `json:"metrics,omitempty"`
+	Completed string               `json:"completed"`
+}
 
 // Pusher writes an image to a registry.
 type Pusher interface {
@@ -96,6 +121,17 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if t.Input != nil && len(t.Input.URLs) > 0 {
 		anns[AnnotationDataset] = strings.Join(t.Input.URLs, ",")
 	}
+	if t.Input != nil && t.Input.Image != "" {
+		anns[AnnotationDataset] = t.Input.Image
+	}
+	if d.Layer != nil {
+		anns["org.opencontainers.image.revision"] = d.Layer.Digest
+	}
+	if len(d.Metrics) > 0 {
+		if b, err := json.Marshal(d.Metrics); err == nil {
+			anns[AnnotationMetrics] = string(b)
+		}
+	}
 	// Compose, don't copy: when the Job has uploaded the layer to the output repository, the image
 	// is written around it and only the config and manifest move.
 	var img v1.Image
@@ -129,6 +165,9 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		tag = tg.TagStr()
 	}
 	f.log.InfoContext(ctx, "pushed adapter image", "image", target.String(), "digest", digest.String())
+	if err := f.pushProvenance(ctx, target, img, ref, d, ev); err != nil {
+		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
+	}
 	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
@@ -138,6 +177,44 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		return nil, err
 	}
 	return []cloudevents.Event{out}, nil
+}
+
+// pushProvenance attaches the training record to img as a referrer (its manifest's subject is the
+// adapter). go-containerregistry falls back to the referrers tag scheme on registries without the
+// referrers API.
+func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event) error {
+	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer,
+		Metrics: d.Metrics, Completed: ev.Time().UTC().Format("2006-01-02T15:04:05Z")}
+	if in := d.Workspace.Tuning.Input; in != nil {
+		rec.Dataset = append(append(rec.Dataset, in.URLs...), in.Image)
+		if in.Image == "" {
+			rec.Dataset = rec.Dataset[:len(rec.Dataset)-1]
+		}
+	}
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	desc, err := partial.Descriptor(img)
+	if err != nil {
+		return err
+	}
+	artifact, err := mutate.Append(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.MediaType(ProvenanceType)),
+		mutate.Addendum{Layer: static.NewLayer(body, types.MediaType("application/json")), MediaType: "application/json"})
+	if err != nil {
+		return err
+	}
+	withSubject, ok := mutate.Subject(mutate.Annotations(artifact, map[string]string{
+		"org.opencontainers.image.created": rec.Completed, AnnotationWorkspace: ref.String(),
+	}), *desc).(v1.Image)
+	if !ok {
+		return fmt.Errorf("provenance artifact: unexpected type")
+	}
+	d2, err := withSubject.Digest()
+	if err != nil {
+		return err
+	}
+	return f.pusher.Push(ctx, target.Context().Digest(d2.String()), withSubject)
 }
 
 func imageSize(img v1.Image) (int64, error) {

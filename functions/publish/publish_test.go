@@ -6,10 +6,12 @@ import (
 	"flag"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,5 +152,93 @@ func TestHandleClassifiesRegistryErrors(t *testing.T) {
 	_, err := f.Handle(context.Background(), in)
 	if _, ok := events.AsPermanent(err); !ok {
 		t.Errorf("401 should be permanent, got %v", err)
+	}
+}
+
+// countingRegistry records the blob digests uploaded to it.
+type countingRegistry struct {
+	h       http.Handler
+	mu      sync.Mutex
+	uploads []string
+}
+
+func (c *countingRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") {
+		c.mu.Lock()
+		c.uploads = append(c.uploads, r.URL.Query().Get("digest"))
+		c.mu.Unlock()
+	}
+	c.h.ServeHTTP(w, r)
+}
+
+func TestComposeMovesNoAdapterBytesAndAttachesProvenance(t *testing.T) {
+	job, dir, files := seedJob(t)
+	reg := &countingRegistry{h: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true))}
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	target, _ := RewriteRegistry(host)(job.Workspace.Tuning.Output.Image)
+
+	// The Job's wrapper uploads the layer, as in a cluster.
+	layer, err := adapter.Layer(dir, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(target.Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	blob, _ := adapter.Describe(layer)
+	reg.mu.Lock()
+	reg.uploads = nil
+	reg.mu.Unlock()
+
+	f := New(RemotePusher{}, RewriteRegistry(host), nil)
+	in := events.Must(events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
+		Workspace: job.Workspace, Job: "j", Location: target.Context().String(), Files: files, Layer: &blob, // no local files
+		Metrics: map[string]float64{"train_loss": 1.02},
+	}, nil))
+	out, err := f.Handle(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.mu.Lock()
+	for _, d := range reg.uploads {
+		if d == blob.Digest {
+			t.Error("the adapter layer was uploaded again")
+		}
+	}
+	reg.mu.Unlock()
+	var pushed events.ImagePushedData
+	if err := events.Data(out[0], &pushed); err != nil {
+		t.Fatal(err)
+	}
+	digest, _ := name.NewDigest(pushed.Reference, name.Insecure)
+	img, err := remote.Image(digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	if m.Layers[0].Digest.String() != blob.Digest || m.Annotations[AnnotationMetrics] != `{"train_loss":1.02}` || m.Annotations["org.opencontainers.image.revision"] != blob.Digest {
+		t.Errorf("manifest %+v", m)
+	}
+	// The training record is listed by the referrers API.
+	idx, err := remote.Referrers(digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 1 || im.Manifests[0].ArtifactType != ProvenanceType {
+		t.Fatalf("referrers %+v", im.Manifests)
+	}
+	rec, err := remote.Image(digest.Context().Digest(im.Manifests[0].Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := rec.Layers()
+	rc, _ := ls[0].Uncompressed()
+	b, _ := io.ReadAll(rc)
+	var tr TrainingRecord
+	if err := json.Unmarshal(b, &tr); err != nil || tr.Job != "j" || tr.Layer.Digest != blob.Digest || tr.Spec.Tuning.Method != "qlora" {
+		t.Errorf("training record %s: %v", b, err)
 	}
 }
