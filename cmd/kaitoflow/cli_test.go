@@ -84,6 +84,20 @@ func TestCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "phase: Ready") || !strings.Contains(out, "instanceType: Standard_NC6s_v3") {
 		t.Errorf("get -o yaml: %v\n%s", err, out)
 	}
+	// serve's init container: pull the adapter image and unpack it, digests verified.
+	rec, err := p.Store.Get(ctx, "default", "workspace-tuning-phi-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if out, _, err := cli(t, p.URL, "pull-adapter", rec.Image, dir, "--insecure-registry"); err != nil || !strings.Contains(out, "2 file(s)") {
+		t.Fatalf("pull-adapter: %v %s", err, out)
+	}
+	for _, f := range []string{"adapter_config.json", "adapter_model.safetensors"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("pull-adapter: %v", err)
+		}
+	}
 	if _, _, err := cli(t, p.URL, "delete", "workspace-tuning-phi-3"); err != nil {
 		t.Fatal(err)
 	}

@@ -8,11 +8,14 @@ import (
 	"os"
 	"path/filepath"
 
+	ggcrname "github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
@@ -102,4 +105,37 @@ func podReporter(log *slog.Logger) jobrun.Reporter {
 		return nil
 	}
 	return jobrun.PodAnnotator{Client: client, Namespace: ns, Pod: pod}
+}
+
+func newPullAdapter(g *globals) *cobra.Command {
+	var insecure bool
+	var secret string
+	cmd := &cobra.Command{
+		Use:   "pull-adapter REF DIR",
+		Short: "Pull an adapter image and unpack its data/ files into DIR, verifying every digest (serve's init container)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var opts []ggcrname.Option
+			if insecure {
+				opts = append(opts, ggcrname.Insecure)
+			}
+			ref, err := ggcrname.ParseReference(args[0], opts...)
+			if err != nil {
+				return fmt.Errorf("adapter reference %q: %w", args[0], err)
+			}
+			ropts := []remote.Option{remote.WithContext(cmd.Context())}
+			if secret != "" {
+				ropts = append(ropts, remote.WithAuthFromKeychain(jobrun.SecretKeychain(secret)))
+			}
+			n, err := adapter.Pull(ref, args[1], ropts...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "pulled %s: %d file(s) into %s\n", ref, n, args[1])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&insecure, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
+	cmd.Flags().StringVar(&secret, "pull-secret", "", "dockerconfigjson file with the registry credentials")
+	return cmd
 }

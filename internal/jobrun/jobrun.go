@@ -29,7 +29,6 @@ import (
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -226,13 +225,7 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	img, err := remote.Image(ref, append(c.remoteOptions(), remote.WithContext(ctx))...)
-	if err != nil {
-		return err
-	}
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	n, err := untarData(rc, c.DataDir)
+	n, err := adapter.Pull(ref, c.DataDir, append(c.remoteOptions(), remote.WithContext(ctx))...)
 	log.Info("job-run: pulled dataset image", "image", c.InputImage, "files", n)
 	return err
 }
@@ -352,8 +345,11 @@ func (c Config) remoteOptions() []remote.Option {
 	if c.PushSecret == "" {
 		return nil
 	}
-	return []remote.Option{remote.WithAuthFromKeychain(secretKeychain{path: c.PushSecret})}
+	return []remote.Option{remote.WithAuthFromKeychain(SecretKeychain(c.PushSecret))}
 }
+
+// SecretKeychain reads registry credentials from a mounted kubernetes.io/dockerconfigjson Secret.
+func SecretKeychain(path string) authn.Keychain { return secretKeychain{path: path} }
 
 // secretKeychain reads credentials from a mounted kubernetes.io/dockerconfigjson Secret (the
 // same format as Docker's config.json).
