@@ -11,15 +11,16 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -27,6 +28,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -174,7 +176,25 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if f.registry != "" {
 			resolve = publish.RewriteRegistry(f.registry)
 		}
-		fn = runtime.Function{Name: name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{Options: []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain)}}, resolve, log)}
+		pf := publish.New(publish.RemotePusher{}, resolve, log)
+		if f.registry == "" {
+			// In a cluster: the workspace's imagePushSecret, and Entra ID for ACR; elsewhere the
+			// local Docker login.
+			if cfg, err := f.provider.restConfig(); err == nil {
+				kube, err := kubernetes.NewForConfig(cfg)
+				if err != nil {
+					return err
+				}
+				var acr *registryauth.ACR
+				if cred, err := azidentity.NewDefaultAzureCredential(nil); err == nil {
+					acr = &registryauth.ACR{Credential: cred}
+				}
+				pf = pf.WithKeychain(registryauth.Secrets{Client: kube, ACR: acr}.For)
+			} else {
+				pf = pf.WithKeychain(func(context.Context, *events.Workspace) (authn.Keychain, error) { return authn.DefaultKeychain, nil })
+			}
+		}
+		fn = runtime.Function{Name: name, Types: publish.Types, Handler: pf}
 	case serve.Name:
 		sim := &serve.Sim{BaseURL: f.publicURL + "/sim/inference", Delay: f.delay, Log: log}
 		mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", sim.Handler()))

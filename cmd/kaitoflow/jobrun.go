@@ -17,6 +17,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
 
 func newJobRun(g *globals) *cobra.Command {
@@ -125,7 +126,7 @@ func newPullAdapter(g *globals) *cobra.Command {
 			}
 			ropts := []remote.Option{remote.WithContext(cmd.Context())}
 			if secret != "" {
-				ropts = append(ropts, remote.WithAuthFromKeychain(jobrun.SecretKeychain(secret)))
+				ropts = append(ropts, remote.WithAuthFromKeychain(registryauth.DockerConfigFile(secret)))
 			}
 			n, err := adapter.Pull(ref, args[1], ropts...)
 			if err != nil {

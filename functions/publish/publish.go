@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -61,8 +62,12 @@ type TrainingRecord struct {
 
 // Pusher writes an image to a registry.
 type Pusher interface {
-	Push(ctx context.Context, ref name.Reference, img v1.Image) error
+	Push(ctx context.Context, ref name.Reference, img v1.Image, opts ...remote.Option) error
 }
+
+// Keychain returns the credentials to push a workspace's adapter with (its imagePushSecret,
+// Entra ID for ACR). Secrets never leave it: not into logs, events or errors.
+type Keychain func(ctx context.Context, ws *events.Workspace) (authn.Keychain, error)
 
 // Resolver maps tuning.output.image to the reference actually pushed.
 type Resolver func(image string) (name.Reference, error)
@@ -74,6 +79,13 @@ type Function struct {
 	log     *slog.Logger
 	// remoteOptions reach the output registry to read a layer it lacks (auth, transport).
 	remoteOptions []remote.Option
+	keychain      Keychain
+}
+
+// WithKeychain sets where push credentials come from; without one, pushes are anonymous.
+func (f *Function) WithKeychain(k Keychain) *Function {
+	f.keychain = k
+	return f
 }
 
 // New returns the publish function. A nil resolver parses the image reference as written.
@@ -110,6 +122,14 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if err != nil {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.image %q: %v", t.Output.Image, err)
 	}
+	opts := append([]remote.Option{}, f.remoteOptions...)
+	if f.keychain != nil {
+		kc, err := f.keychain(ctx, &d.Workspace)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, remote.WithAuthFromKeychain(kc))
+	}
 	anns := map[string]string{
 		"org.opencontainers.image.created": ev.Time().UTC().Format("2006-01-02T15:04:05Z"),
 		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",
@@ -136,7 +156,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	// is written around it and only the config and manifest move.
 	var img v1.Image
 	if d.Layer != nil {
-		layer, lerr := adapter.Remote(target.Context(), *d.Layer, f.remoteOptions...)
+		layer, lerr := adapter.Remote(target.Context(), *d.Layer, opts...)
 		if lerr == nil {
 			img, err = adapter.Image(layer, ev.Time(), anns)
 		} else {
@@ -148,7 +168,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if err != nil {
 		return nil, fmt.Errorf("build adapter image: %w", err)
 	}
-	if err := f.pusher.Push(ctx, target, img); err != nil {
+	if err := f.pusher.Push(ctx, target, img, opts...); err != nil {
 		return nil, classify(fmt.Errorf("push %s: %w", target, err))
 	}
 	digest, err := img.Digest()
@@ -165,7 +185,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		tag = tg.TagStr()
 	}
 	f.log.InfoContext(ctx, "pushed adapter image", "image", target.String(), "digest", digest.String())
-	if err := f.pushProvenance(ctx, target, img, ref, d, ev); err != nil {
+	if err := f.pushProvenance(ctx, target, img, ref, d, ev, opts); err != nil {
 		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
 	}
 	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
@@ -182,7 +202,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 // pushProvenance attaches the training record to img as a referrer (its manifest's subject is the
 // adapter). go-containerregistry falls back to the referrers tag scheme on registries without the
 // referrers API.
-func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event) error {
+func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) error {
 	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer,
 		Metrics: d.Metrics, Completed: ev.Time().UTC().Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {
@@ -214,7 +234,7 @@ func (f *Function) pushProvenance(ctx context.Context, target name.Reference, im
 	if err != nil {
 		return err
 	}
-	return f.pusher.Push(ctx, target.Context().Digest(d2.String()), withSubject)
+	return f.pusher.Push(ctx, target.Context().Digest(d2.String()), withSubject, opts...)
 }
 
 func imageSize(img v1.Image) (int64, error) {
@@ -252,8 +272,8 @@ type RemotePusher struct {
 }
 
 // Push implements Pusher.
-func (p RemotePusher) Push(ctx context.Context, ref name.Reference, img v1.Image) error {
-	return remote.Write(ref, img, append([]remote.Option{remote.WithContext(ctx)}, p.Options...)...)
+func (p RemotePusher) Push(ctx context.Context, ref name.Reference, img v1.Image, opts ...remote.Option) error {
+	return remote.Write(ref, img, append(append([]remote.Option{remote.WithContext(ctx)}, p.Options...), opts...)...)
 }
 
 // RewriteRegistry returns a Resolver that pushes to registry instead of the host the manifest

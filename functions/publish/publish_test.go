@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -22,6 +23,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -240,5 +242,55 @@ func TestComposeMovesNoAdapterBytesAndAttachesProvenance(t *testing.T) {
 	var tr TrainingRecord
 	if err := json.Unmarshal(b, &tr); err != nil || tr.Job != "j" || tr.Layer.Digest != blob.Digest || tr.Spec.Tuning.Method != "qlora" {
 		t.Errorf("training record %s: %v", b, err)
+	}
+}
+
+// basicAuth is a registry that wants user/password (as ACR with an admin user or token does).
+type basicAuth struct {
+	h          http.Handler
+	user, pass string
+}
+
+func (b basicAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if u, p, ok := r.BasicAuth(); !ok || u != b.user || p != b.pass {
+		w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
+		return
+	}
+	b.h.ServeHTTP(w, r)
+}
+
+func TestPushWithTheWorkspaceSecret(t *testing.T) {
+	job, dir, files := seedJob(t)
+	srv := httptest.NewServer(basicAuth{h: registry.New(registry.Logger(log.New(io.Discard, "", 0))), user: "kaitoflow", pass: "s3cret-push-token"})
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	in := events.Must(events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{Workspace: job.Workspace, Location: dir, Files: files}, nil))
+	for _, tc := range []struct {
+		name, secret string
+		ok           bool
+	}{
+		{"right secret", `{"auths":{"` + host + `":{"username":"kaitoflow","password":"s3cret-push-token"}}}`, true},
+		{"wrong secret", `{"auths":{"` + host + `":{"username":"kaitoflow","password":"nope"}}}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := New(RemotePusher{}, RewriteRegistry(host), nil).WithKeychain(func(context.Context, *events.Workspace) (authn.Keychain, error) {
+				return registryauth.DockerConfig([]byte(tc.secret))
+			})
+			_, err := f.Handle(context.Background(), in)
+			if tc.ok && err != nil {
+				t.Fatalf("push: %v", err)
+			}
+			if !tc.ok {
+				if _, perm := events.AsPermanent(err); !perm {
+					t.Fatalf("an auth failure must fail the workspace: %v", err)
+				}
+				if strings.Contains(err.Error(), "nope") {
+					t.Error("the secret leaked into the error")
+				}
+			}
+		})
 	}
 }

@@ -6,7 +6,6 @@
 package jobrun
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,14 +25,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/docker/cli/cli/config/configfile"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
 
 // Summary is what the wrapper writes to the termination message on success: where the adapter
@@ -345,31 +343,5 @@ func (c Config) remoteOptions() []remote.Option {
 	if c.PushSecret == "" {
 		return nil
 	}
-	return []remote.Option{remote.WithAuthFromKeychain(SecretKeychain(c.PushSecret))}
-}
-
-// SecretKeychain reads registry credentials from a mounted kubernetes.io/dockerconfigjson Secret.
-func SecretKeychain(path string) authn.Keychain { return secretKeychain{path: path} }
-
-// secretKeychain reads credentials from a mounted kubernetes.io/dockerconfigjson Secret (the
-// same format as Docker's config.json).
-type secretKeychain struct{ path string }
-
-func (k secretKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
-	b, err := os.ReadFile(k.path)
-	if err != nil {
-		return nil, fmt.Errorf("read push secret: %w", err)
-	}
-	cf := configfile.New(k.path)
-	if err := cf.LoadFromReader(bytes.NewReader(b)); err != nil {
-		return nil, fmt.Errorf("parse push secret: %w", err)
-	}
-	ac, err := cf.GetAuthConfig(r.RegistryStr())
-	if err != nil {
-		return nil, err
-	}
-	if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
-		return authn.Anonymous, nil
-	}
-	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+	return []remote.Option{remote.WithAuthFromKeychain(registryauth.DockerConfigFile(c.PushSecret))}
 }

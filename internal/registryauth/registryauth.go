@@ -1,0 +1,196 @@
+// Package registryauth finds registry credentials without static passwords where it can: a
+// kubernetes.io/dockerconfigjson Secret (the workspace's imagePushSecret), and for ACR an Entra ID
+// token (workload or managed identity) exchanged for an ACR refresh token.
+package registryauth
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/google/go-containerregistry/pkg/authn"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// DockerConfig is a keychain over dockerconfigjson bytes (a Secret's .dockerconfigjson).
+func DockerConfig(b []byte) (authn.Keychain, error) {
+	cf := configfile.New("")
+	if err := cf.LoadFromReader(bytes.NewReader(b)); err != nil {
+		return nil, fmt.Errorf("parse dockerconfigjson: %w", err)
+	}
+	return dockerConfig{cf: cf}, nil
+}
+
+// DockerConfigFile is a keychain over a mounted dockerconfigjson file, read when used.
+func DockerConfigFile(path string) authn.Keychain { return dockerConfigFile(path) }
+
+type dockerConfigFile string
+
+func (p dockerConfigFile) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	b, err := os.ReadFile(string(p))
+	if err != nil {
+		return nil, fmt.Errorf("read registry secret: %w", err)
+	}
+	kc, err := DockerConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	return kc.Resolve(r)
+}
+
+type dockerConfig struct{ cf *configfile.ConfigFile }
+
+func (d dockerConfig) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	ac, err := d.cf.GetAuthConfig(r.RegistryStr())
+	if err != nil {
+		return nil, err
+	}
+	if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
+		return authn.Anonymous, nil
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+}
+
+// acrUser is the user name ACR expects with a refresh token obtained by exchange.
+const acrUser = "00000000-0000-0000-0000-000000000000"
+
+// ACR exchanges an Entra ID access token for an ACR refresh token (POST /oauth2/exchange), so the
+// identity the function runs as (workload identity, managed identity) pushes with no password.
+// Refresh tokens are cached per registry until shortly before they expire.
+type ACR struct {
+	Credential azcore.TokenCredential
+	HTTP       *http.Client
+	// Suffixes are the registry host suffixes this applies to; ".azurecr.io" when empty.
+	Suffixes []string
+	// Scheme is "https" unless a test says otherwise.
+	Scheme string
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	token   string
+	expires time.Time
+}
+
+// acrTokenLifetime is how long ACR refresh tokens are trusted here (ACR issues them for 3 hours).
+const acrTokenLifetime = 2 * time.Hour
+
+// Resolve implements authn.Keychain.
+func (a *ACR) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	host := r.RegistryStr()
+	suffixes := a.Suffixes
+	if len(suffixes) == 0 {
+		suffixes = []string{".azurecr.io"}
+	}
+	match := false
+	for _, s := range suffixes {
+		if strings.HasSuffix(host, s) || host == s {
+			match = true
+		}
+	}
+	if !match || a.Credential == nil {
+		return authn.Anonymous, nil
+	}
+	a.mu.Lock()
+	c, ok := a.cache[host]
+	a.mu.Unlock()
+	if ok && time.Now().Before(c.expires) {
+		return authn.FromConfig(authn.AuthConfig{Username: acrUser, Password: c.token}), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := a.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://containerregistry.azure.net/.default"}})
+	if err != nil {
+		return nil, fmt.Errorf("entra token for %s: %w", host, err)
+	}
+	scheme := a.Scheme
+	if scheme == "" {
+		scheme = "https"
+	}
+	form := url.Values{"grant_type": {"access_token"}, "service": {host}, "access_token": {tok.Token}}
+	client := a.HTTP
+	if client == nil {
+		client = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+host+"/oauth2/exchange", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("acr token exchange with %s: %w", host, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("acr token exchange with %s: HTTP %s (does the identity have AcrPush on the registry?)", host, resp.Status)
+	}
+	var out struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.RefreshToken == "" {
+		return nil, fmt.Errorf("acr token exchange with %s: no refresh token in the answer", host)
+	}
+	a.mu.Lock()
+	if a.cache == nil {
+		a.cache = map[string]cached{}
+	}
+	a.cache[host] = cached{token: out.RefreshToken, expires: time.Now().Add(acrTokenLifetime)}
+	a.mu.Unlock()
+	return authn.FromConfig(authn.AuthConfig{Username: acrUser, Password: out.RefreshToken}), nil
+}
+
+// Secrets reads a workspace's imagePushSecret from the cluster and, for ACR, adds Entra ID
+// credentials: the secret's entry wins where it has one.
+type Secrets struct {
+	Client kubernetes.Interface
+	ACR    *ACR
+}
+
+// For returns the keychain to push the adapter of ws with.
+func (s Secrets) For(ctx context.Context, ws *events.Workspace) (authn.Keychain, error) {
+	var chains []authn.Keychain
+	if out := ws.Tuning.Output; out != nil && out.ImagePushSecret != "" && s.Client != nil {
+		ns := ws.Namespace
+		if ns == "" {
+			ns = events.DefaultNamespace
+		}
+		sec, err := s.Client.CoreV1().Secrets(ns).Get(ctx, out.ImagePushSecret, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s not found", ns, out.ImagePushSecret)
+		case err != nil:
+			return nil, fmt.Errorf("read secret %s/%s: %w", ns, out.ImagePushSecret, err)
+		}
+		b, ok := sec.Data[corev1.DockerConfigJsonKey]
+		if !ok {
+			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s has no %s (want type kubernetes.io/dockerconfigjson)", ns, out.ImagePushSecret, corev1.DockerConfigJsonKey)
+		}
+		kc, err := DockerConfig(b)
+		if err != nil {
+			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret %s/%s: %v", ns, out.ImagePushSecret, err)
+		}
+		chains = append(chains, kc)
+	}
+	if s.ACR != nil {
+		chains = append(chains, s.ACR)
+	}
+	return authn.NewMultiKeychain(chains...), nil
+}
