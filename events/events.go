@@ -284,6 +284,8 @@ type ImagePushedData struct {
 	Tag       string    `json:"tag,omitempty"`
 	Size      int64     `json:"size"`
 	MediaType string    `json:"mediaType"`
+	// Provenance is the training record attached to the image (an OCI referrer), by digest.
+	Provenance string `json:"provenance,omitempty"`
 }
 
 // InferenceReadyData is the payload of kaitoflow.inference.ready: the chat endpoint answers.

@@ -185,13 +185,14 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		tag = tg.TagStr()
 	}
 	f.log.InfoContext(ctx, "pushed adapter image", "image", target.String(), "digest", digest.String())
-	if err := f.pushProvenance(ctx, target, img, ref, d, ev, opts); err != nil {
+	provenance, err := f.pushProvenance(ctx, target, img, ref, d, ev, opts)
+	if err != nil {
 		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
 	}
 	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
-		Tag: tag, Size: size, MediaType: string(mt),
+		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance,
 	}, &ev)
 	if err != nil {
 		return nil, err
@@ -202,7 +203,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 // pushProvenance attaches the training record to img as a referrer (its manifest's subject is the
 // adapter). go-containerregistry falls back to the referrers tag scheme on registries without the
 // referrers API.
-func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) error {
+func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) (string, error) {
 	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer,
 		Metrics: d.Metrics, Completed: ev.Time().UTC().Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {
@@ -213,28 +214,29 @@ func (f *Function) pushProvenance(ctx context.Context, target name.Reference, im
 	}
 	body, err := json.Marshal(rec)
 	if err != nil {
-		return err
+		return "", err
 	}
 	desc, err := partial.Descriptor(img)
 	if err != nil {
-		return err
+		return "", err
 	}
 	artifact, err := mutate.Append(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.MediaType(ProvenanceType)),
 		mutate.Addendum{Layer: static.NewLayer(body, types.MediaType("application/json")), MediaType: "application/json"})
 	if err != nil {
-		return err
+		return "", err
 	}
 	withSubject, ok := mutate.Subject(mutate.Annotations(artifact, map[string]string{
 		"org.opencontainers.image.created": rec.Completed, AnnotationWorkspace: ref.String(),
 	}), *desc).(v1.Image)
 	if !ok {
-		return fmt.Errorf("provenance artifact: unexpected type")
+		return "", fmt.Errorf("provenance artifact: unexpected type")
 	}
 	d2, err := withSubject.Digest()
 	if err != nil {
-		return err
+		return "", err
 	}
-	return f.pusher.Push(ctx, target.Context().Digest(d2.String()), withSubject, opts...)
+	at := target.Context().Digest(d2.String())
+	return at.String(), f.pusher.Push(ctx, at, withSubject, opts...)
 }
 
 func imageSize(img v1.Image) (int64, error) {

@@ -168,6 +168,9 @@ func TestSeedWorkspaceReachesReady(t *testing.T) {
 	if m.Annotations[`kaitoflow.io/base-model`] != "phi-3-mini-128k-instruct" {
 		t.Errorf("annotations %v", m.Annotations)
 	}
+	if !strings.Contains(w.Provenance, "@sha256:") {
+		t.Errorf("the status does not name the training record: %q", w.Provenance)
+	}
 
 	// The (sim) chat endpoint answers Kaito's /chat.
 	resp, err := http.Post(w.Endpoint+"/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))

@@ -121,7 +121,7 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		w.Image, w.ImageDigest = d.Reference, d.Digest
+		w.Image, w.ImageDigest, w.Provenance = d.Reference, d.Digest, d.Provenance
 		rec.Note = d.Reference
 		w.endStep(StepPublish, at)
 		w.startStep(StepServe, at)

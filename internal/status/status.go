@@ -67,13 +67,15 @@ type Workspace struct {
 	Progress     *events.TuningProgressData `json:"progress,omitempty"`
 	Image        string                     `json:"image,omitempty"`
 	ImageDigest  string                     `json:"imageDigest,omitempty"`
-	Endpoint     string                     `json:"endpoint,omitempty"`
-	Failure      *Failure                   `json:"failure,omitempty"`
-	Steps        []Step                     `json:"steps,omitempty"`
-	Events       []EventRecord              `json:"events,omitempty"`
-	Manifest     *events.Workspace          `json:"manifest,omitempty"`
-	Created      time.Time                  `json:"created"`
-	Updated      time.Time                  `json:"updated"`
+	// Provenance is the training record attached to the image (an OCI referrer).
+	Provenance string            `json:"provenance,omitempty"`
+	Endpoint   string            `json:"endpoint,omitempty"`
+	Failure    *Failure          `json:"failure,omitempty"`
+	Steps      []Step            `json:"steps,omitempty"`
+	Events     []EventRecord     `json:"events,omitempty"`
+	Manifest   *events.Workspace `json:"manifest,omitempty"`
+	Created    time.Time         `json:"created"`
+	Updated    time.Time         `json:"updated"`
 }
 
 // Failure says why a generation failed.
