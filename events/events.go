@@ -264,6 +264,8 @@ type TuningCompletedData struct {
 	Files     []AdapterFile      `json:"files"`
 	Layer     *Blob              `json:"layer,omitempty"`
 	Metrics   map[string]float64 `json:"metrics,omitempty"`
+	// Datasets are the digests of the dataset files the run read, in input order.
+	Datasets []string `json:"datasets,omitempty"`
 }
 
 // Blob is a registry blob: the adapter's image layer.

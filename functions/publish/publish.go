@@ -40,6 +40,8 @@ const (
 	AnnotationDataset   = "kaitoflow.io/dataset"
 	AnnotationWorkspace = "kaitoflow.io/workspace"
 	AnnotationMetrics   = "kaitoflow.io/metrics"
+	// AnnotationDatasetDigest lists the sha256 of each dataset file the run read.
+	AnnotationDatasetDigest = "kaitoflow.io/dataset-digest"
 )
 
 // ProvenanceType is the artifact type of the training record attached to each adapter image.
@@ -49,15 +51,16 @@ const ProvenanceType = "application/vnd.kaitoflow.training-record.v1+json"
 // and what came out. It is attached to the image as an OCI 1.1 referrer, so any registry client
 // (oras discover, crane) and `kaitoflow get workspace -o yaml` can find it.
 type TrainingRecord struct {
-	Workspace events.Ref           `json:"workspace"`
-	Spec      events.Workspace     `json:"spec"`
-	Job       string               `json:"job"`
-	Nodes     []string             `json:"nodes,omitempty"`
-	Dataset   []string             `json:"dataset,omitempty"`
-	Files     []events.AdapterFile `json:"files"`
-	Layer     *events.Blob         `json:"layer,omitempty"`
-	Metrics   map[string]float64   `json:"metrics,omitempty"`
-	Completed string               `json:"completed"`
+	Workspace      events.Ref           `json:"workspace"`
+	Spec           events.Workspace     `json:"spec"`
+	Job            string               `json:"job"`
+	Nodes          []string             `json:"nodes,omitempty"`
+	Dataset        []string             `json:"dataset,omitempty"`
+	DatasetDigests []string             `json:"datasetDigests,omitempty"`
+	Files          []events.AdapterFile `json:"files"`
+	Layer          *events.Blob         `json:"layer,omitempty"`
+	Metrics        map[string]float64   `json:"metrics,omitempty"`
+	Completed      string               `json:"completed"`
 }
 
 // Pusher writes an image to a registry.
@@ -147,6 +150,9 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if d.Layer != nil {
 		anns["org.opencontainers.image.revision"] = d.Layer.Digest
 	}
+	if len(d.Datasets) > 0 {
+		anns[AnnotationDatasetDigest] = strings.Join(d.Datasets, ",")
+	}
 	if len(d.Metrics) > 0 {
 		if b, err := json.Marshal(d.Metrics); err == nil {
 			anns[AnnotationMetrics] = string(b)
@@ -204,7 +210,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 // adapter). go-containerregistry falls back to the referrers tag scheme on registries without the
 // referrers API.
 func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) (string, error) {
-	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer,
+	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer, DatasetDigests: d.Datasets,
 		Metrics: d.Metrics, Completed: ev.Time().UTC().Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {
 		rec.Dataset = append(append(rec.Dataset, in.URLs...), in.Image)

@@ -164,7 +164,7 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
 	if err := json.Unmarshal(b, &sum); err != nil {
 		return Result{}, fmt.Errorf("sim: summary: %w", err)
 	}
-	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics}, nil
+	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics, Datasets: sum.Datasets}, nil
 }
 
 type simReporter struct {

@@ -71,8 +71,9 @@ type Result struct {
 	Location string
 	Files    []events.AdapterFile
 	// Layer is the adapter's image layer when the run uploaded it to the output repository.
-	Layer   *events.Blob
-	Metrics map[string]float64
+	Layer    *events.Blob
+	Metrics  map[string]float64
+	Datasets []string
 }
 
 // Trainer runs tuning jobs. Start is create-or-get per job name and returns at once. Status
@@ -200,7 +201,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	case Succeeded:
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
-			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics,
+			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics, Datasets: st.Result.Datasets,
 		})
 	case Failed:
 		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "reason", st.Reason, "message", st.Message)

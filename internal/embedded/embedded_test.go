@@ -238,6 +238,15 @@ func TestHundredWorkspacesAllReady(t *testing.T) {
 	if err != nil || len(l) != n {
 		t.Fatalf("list: %d records, %v", len(l), err)
 	}
+	// Their dataset was fetched for real: the adapter names its digest.
+	ref, _ := name.ParseReference(l[0].Image, name.Insecure)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := img.Manifest(); !strings.HasPrefix(m.Annotations["kaitoflow.io/dataset-digest"], "sha256:") {
+		t.Errorf("no dataset digest on the adapter: %v", m.Annotations)
+	}
 }
 
 func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {

@@ -42,6 +42,8 @@ type Summary struct {
 	Files    []events.AdapterFile `json:"files"`
 	Layer    *events.Blob         `json:"layer,omitempty"`
 	Metrics  map[string]float64   `json:"metrics,omitempty"`
+	// Datasets are the sha256 digests of the fetched dataset files, in input order.
+	Datasets []string `json:"datasets,omitempty"`
 }
 
 // AdapterFiles are what the trainer leaves in the results directory and the image carries.
@@ -88,7 +90,8 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if c.Attempts <= 0 {
 		c.Attempts = 4
 	}
-	if err := fetch(ctx, c, log); err != nil {
+	datasets, err := fetch(ctx, c, log)
+	if err != nil {
 		if !c.FetchBestEffort {
 			return c.fail(fmt.Errorf("fetch dataset: %w", err))
 		}
@@ -105,6 +108,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return c.fail(err)
 	}
+	s.Datasets = datasets
 	b, err := json.Marshal(s)
 	if err != nil {
 		return c.fail(err)
@@ -126,14 +130,15 @@ func (c Config) fail(err error) error {
 	return err
 }
 
-func fetch(ctx context.Context, c Config, log *slog.Logger) error {
+func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
+	var digests []string
 	client := netguard.Client(c.Policy, 0)
 	for i, raw := range c.InputURLs {
 		if err := c.Policy.CheckURL(raw); err != nil {
-			return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+			return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
 		}
 		u, _ := url.Parse(raw)
 		dst := filepath.Join(c.DataDir, fmt.Sprintf("%02d-%s", i, safeName(path.Base(u.Path))))
@@ -143,28 +148,29 @@ func fetch(ctx context.Context, c Config, log *slog.Logger) error {
 			var n int64
 			if sum, n, err = download(ctx, client, raw, dst); err == nil {
 				log.Info("job-run: fetched", "url", u.Redacted(), "bytes", n, "sha256", sum)
+				digests = append(digests, "sha256:"+sum)
 				break
 			}
 			if netguard.Refused(err) || errors.Is(err, errPermanent) {
-				return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+				return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
 			}
 			log.Warn("job-run: fetch failed, retrying", "url", u.Redacted(), "attempt", attempt, "err", err)
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				return digests, ctx.Err()
 			case <-time.After(time.Duration(attempt*attempt) * time.Second):
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+			return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
 		}
 	}
 	if c.InputImage != "" {
 		if err := pullData(ctx, c, log); err != nil {
-			return fmt.Errorf("tuning.input.image %s: %w", c.InputImage, err)
+			return digests, fmt.Errorf("tuning.input.image %s: %w", c.InputImage, err)
 		}
 	}
-	return nil
+	return digests, nil
 }
 
 var errPermanent = errors.New("permanent")

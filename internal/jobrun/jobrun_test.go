@@ -123,7 +123,7 @@ func TestFetchRunUploadSummarise(t *testing.T) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatalf("termination message %q: %v", b, err)
 	}
-	if len(s.Files) != 2 || s.Layer == nil || s.Metrics["train_loss"] != 1.5 || s.Metrics["steps"] != 12 {
+	if len(s.Files) != 2 || s.Layer == nil || s.Metrics["train_loss"] != 1.5 || s.Metrics["steps"] != 12 || len(s.Datasets) != 1 || !strings.HasPrefix(s.Datasets[0], "sha256:") {
 		t.Fatalf("summary %+v", s)
 	}
 	if _, ok := s.Metrics["loss_history"]; ok {

@@ -172,7 +172,7 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 				st.Phase, st.Reason, st.Message = tune.Failed, "NoSummary", "the Job completed but its trainer left no adapter summary in the termination message"
 				return st
 			}
-			st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics}
+			st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics, Datasets: s.Datasets}
 			return st
 		case batchv1.JobFailed:
 			st.Phase = tune.Failed
