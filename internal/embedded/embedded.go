@@ -61,6 +61,8 @@ type Config struct {
 	// Preflight checks dataset URLs before capacity is bought (nil: no check).
 	Preflight         provision.Preflight
 	PreflightWarnOnly bool
+	// SimParallel bounds the sim trainer's concurrent runs (its default when zero).
+	SimParallel int
 	// CapacityDeadline is how long capacity may take; provision's default when zero.
 	CapacityDeadline time.Duration
 	// TickInterval is how often kaitoflow.tick re-checks what can fail silently; 30s when zero.
@@ -176,7 +178,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	}
 	trainer := cfg.Trainer
 	if trainer == nil {
-		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log, Policy: cfg.Policy,
+		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log, Policy: cfg.Policy, Parallel: cfg.SimParallel,
 			Resolve: func(image string) (name.Reference, error) { return adapter.Rewrite(p.Registry, image) }}
 	}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}

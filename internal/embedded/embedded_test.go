@@ -40,6 +40,8 @@ func start(t *testing.T) *Pipeline {
 		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		// Datasets served by the tests themselves live on loopback.
 		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+		// More simulated trainer processes at once than CPUs: they mostly wait on I/O.
+		SimParallel: 8,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -228,8 +230,10 @@ func TestHundredWorkspacesAllReady(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	// One deadline for all: under the race detector a hundred trainer processes take a while.
+	deadline := time.Now().Add(4 * time.Minute)
 	for i := range n {
-		w := waitTerminal(t, p, "default", fmt.Sprintf("ws-%03d", i), 60*time.Second)
+		w := waitTerminal(t, p, "default", fmt.Sprintf("ws-%03d", i), time.Until(deadline))
 		if w.Phase != status.Ready {
 			t.Errorf("ws-%03d: %s %+v", i, w.Phase, w.Failure)
 		}
