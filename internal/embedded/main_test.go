@@ -1,11 +1,11 @@
 package embedded
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -21,19 +21,9 @@ var (
 func TestMain(m *testing.M) {
 	// The sim trainer re-executes the test binary as its trainer process.
 	tune.SimTrainerMain()
-	env, err := testenv.Start()
-	if err != nil {
-		kubeErr = err
-		if testenv.Required() {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
-	} else {
-		kube = kubernetes.NewForConfigOrDie(env.Config)
-	}
-	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
-	os.Exit(code)
+	}))
 }

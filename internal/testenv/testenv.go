@@ -123,3 +123,22 @@ func ModuleDir(module, version string) (string, error) {
 	}
 	return info.Dir, nil
 }
+
+// Main is a test package's TestMain around an API server: it starts one with the CRDs of crdDirs,
+// calls setup with its config (or, when the binaries are missing, with nil and the reason, so the
+// tests that need it can skip), runs the tests and stops it. Missing binaries fail the run when
+// Required.
+func Main(m interface{ Run() int }, setup func(*rest.Config, error), crdDirs ...string) int {
+	env, err := Start(crdDirs...)
+	if err != nil {
+		if Required() {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		setup(nil, err)
+		return m.Run()
+	}
+	setup(env.Config, nil)
+	defer func() { _ = env.Stop() }()
+	return m.Run()
+}

@@ -3,7 +3,6 @@ package aks
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerservice/armcontainerservice/v9/fake"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -33,21 +33,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	env, err := testenv.Start()
-	if err != nil {
-		kubeErr = err
-		if testenv.Required() {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
-	} else {
-		kube = kubernetes.NewForConfigOrDie(env.Config)
-	}
-	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
-	os.Exit(code)
+	}))
 }
 
 func needKube(t *testing.T) {

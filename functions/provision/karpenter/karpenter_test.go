@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -31,26 +32,17 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	var env *testenv.Env
 	dir, err := testenv.ModuleDir("sigs.k8s.io/karpenter", karpenterVersion)
-	if err == nil {
-		env, err = testenv.Start(filepath.Join(dir, "pkg", "apis", "crds"))
-	}
 	if err != nil {
-		kubeErr = err
-		if testenv.Required() {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			kube = kubernetes.NewForConfigOrDie(cfg)
+			dyn = dynamic.NewForConfigOrDie(cfg)
 		}
-	} else {
-		kube = kubernetes.NewForConfigOrDie(env.Config)
-		dyn = dynamic.NewForConfigOrDie(env.Config)
-	}
-	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
-	os.Exit(code)
+	}, filepath.Join(dir, "pkg", "apis", "crds")))
 }
 
 func setup(t *testing.T) *Provider {

@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +12,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -25,21 +25,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	env, err := testenv.Start()
-	if err != nil {
-		kubeErr = err
-		if testenv.Required() {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
-	} else {
-		kube = kubernetes.NewForConfigOrDie(env.Config)
-	}
-	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
-	os.Exit(code)
+	}))
 }
 
 type recorder struct {

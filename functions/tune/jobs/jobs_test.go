@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -19,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -37,21 +37,11 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	env, err := testenv.Start()
-	if err != nil {
-		kubeErr = err
-		if testenv.Required() {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
-	} else {
-		kube = kubernetes.NewForConfigOrDie(env.Config)
-	}
-	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
-	os.Exit(code)
+	}))
 }
 
 // seedRun is the seed workspace's run as provision plans it on its node.
