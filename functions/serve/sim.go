@@ -65,12 +65,6 @@ func (s *Sim) log() *slog.Logger {
 	return s.Log
 }
 
-// ChatRequest is Kaito's /chat body.
-type ChatRequest struct {
-	Prompt         string         `json:"prompt"`
-	GenerateKwargs map[string]any `json:"generate_kwargs,omitempty"`
-}
-
 // Handler serves POST {ns}/{service}/chat for simulated services; mount it under BaseURL's path.
 func (s *Sim) Handler() http.Handler {
 	mux := http.NewServeMux()
