@@ -1,0 +1,176 @@
+package serve
+
+import (
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+
+)
+
+// ServiceOptions are the cluster-wide settings of inference Services.
+type ServiceOptions struct {
+	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is kaitoflow's own
+	// image, which runs chat-proxy and, in init containers, pull-adapter.
+	RuntimeImage string
+	ProxyImage   string
+	// Target is the concurrent requests per replica the autoscaler aims at.
+	Target int
+	// Retention keeps the last replica this long after traffic stops, before scaling to zero.
+	Retention string
+	// TimeoutSeconds bounds a request: long generations need more than Knative's default 300.
+	TimeoutSeconds int64
+	// StartupSeconds is how long the model may take to load before the pod counts as failed.
+	StartupSeconds int32
+}
+
+// DefaultServiceOptions are the defaults of ServiceOptions.
+func DefaultServiceOptions() ServiceOptions {
+	return ServiceOptions{
+		RuntimeImage: "docker.io/vllm/vllm-openai:v0.8.5", ProxyImage: "ghcr.io/kaitoflow/kaitoflow:0.1.0",
+		Target: 16, Retention: "10m", TimeoutSeconds: 600, StartupSeconds: 1200,
+	}
+}
+
+// Ports and paths inside the pod.
+const (
+	proxyPort   = 5000
+	runtimePort = 8000
+	adapterDir  = "/mnt/adapters"
+)
+
+// autoscaling annotations a workspace may override with its own metadata.annotations.
+const autoscaling = "autoscaling.knative.dev/"
+
+// BuildService returns the Knative Service that serves a deployment: chat-proxy on the one port
+// Knative routes to, the model server beside it on localhost, one pull-adapter init container per
+// adapter, GPUs, the serving pool's node selector and taint toleration, and scale-to-zero
+// autoscaling. runtimeArgs are the plan's model server arguments (presets.InferencePlan.VLLMArgs),
+// gpus its GPU count. A pure function of its inputs.
+func BuildService(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (*servingv1.Service, error) {
+	ws := d.Workspace
+	labels := map[string]string{"kaitoflow.io/workspace": d.Ref.Name, "kaitoflow.io/namespace": d.Ref.Namespace,
+		"kaitoflow.io/generation": strconv.FormatInt(d.Ref.Generation, 10)}
+	count := ws.NodeCount()
+	annotations := map[string]string{
+		autoscaling + "min-scale":                          "0",
+		autoscaling + "max-scale":                          strconv.Itoa(count),
+		autoscaling + "initial-scale":                      "1",
+		autoscaling + "target":                             strconv.Itoa(o.Target),
+		autoscaling + "scale-to-zero-pod-retention-period": o.Retention,
+	}
+	for k, v := range ws.Annotations {
+		if strings.HasPrefix(k, autoscaling) {
+			annotations[k] = v
+		}
+	}
+	tolerations := []corev1.Toleration{
+		{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+	}
+	nodeSelector := map[string]string{"kaitoflow.io/workspace": d.Ref.Name, "kaitoflow.io/namespace": d.Ref.Namespace}
+
+	var spec corev1.PodSpec
+	if in := ws.Inference; in != nil && in.Template != nil {
+		// Kaito's inference.template: the user's pod, placed on the workspace's nodes.
+		spec = *in.Template.Spec.DeepCopy()
+		maps.Copy(labels, in.Template.Labels)
+	} else {
+		var err error
+		if spec, err = presetPod(d, runtimeArgs, gpus, o); err != nil {
+			return nil, err
+		}
+	}
+	spec.NodeSelector = nodeSelector
+	spec.Tolerations = append(spec.Tolerations, tolerations...)
+	timeout := o.TimeoutSeconds
+	return &servingv1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "serving.knative.dev/v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: labels},
+		Spec: servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: servingv1.RevisionTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
+			Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
+		}}},
+	}, nil
+}
+
+func presetPod(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (corev1.PodSpec, error) {
+	if len(runtimeArgs) == 0 {
+		return corev1.PodSpec{}, fmt.Errorf("service %s: no runtime arguments from the plan", d.Service)
+	}
+	args := append(append([]string{}, runtimeArgs...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
+	var inits []corev1.Container
+	served := ""
+	if len(d.Adapters) > 0 {
+		var modules []string
+		for _, a := range d.Adapters {
+			name := adapterName(a.Name)
+			modules = append(modules, name+"="+adapterDir+"/"+name)
+			inits = append(inits, corev1.Container{
+				Name: "adapter-" + name, Image: o.ProxyImage,
+				Command:      []string{"/ko-app/kaitoflow", "pull-adapter", a.Image, adapterDir + "/" + name},
+				VolumeMounts: []corev1.VolumeMount{{Name: "adapters", MountPath: adapterDir}},
+			})
+		}
+		args = append(append(args, "--lora-modules"), modules...)
+		served = adapterName(d.Adapters[0].Name)
+	}
+	if served == "" {
+		served = d.Workspace.PresetName()
+	}
+	gpu := resource.MustParse(strconv.Itoa(max(gpus, 1)))
+	health := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10}
+	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
+		PeriodSeconds: 10, FailureThreshold: max(o.StartupSeconds/10, 1)}
+	shm := resource.MustParse("8Gi")
+	return corev1.PodSpec{
+		InitContainers: inits,
+		Containers: []corev1.Container{
+			{
+				Name: "chat-proxy", Image: o.ProxyImage,
+				Command:        []string{"/ko-app/kaitoflow", "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served},
+				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort}},
+				ReadinessProbe: health,
+				StartupProbe:   startup,
+			},
+			{
+				Name: "model", Image: o.RuntimeImage, Args: args,
+				Env: []corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+				Resources: corev1.ResourceRequirements{
+					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
+				},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "adapters", MountPath: adapterDir, ReadOnly: true},
+					{Name: "shm", MountPath: "/dev/shm"},
+					{Name: "cache", MountPath: "/mnt/cache"},
+				},
+			},
+		},
+		Volumes: []corev1.Volume{
+			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
+			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		},
+	}, nil
+}
+
+// adapterName makes an adapter name safe as a container name and a vLLM LoRA module name.
+func adapterName(s string) string {
+	s = strings.ToLower(s)
+	s = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, s)
+	if len(s) > 50 {
+		s = s[:50]
+	}
+	return strings.Trim(s, "-")
+}
+

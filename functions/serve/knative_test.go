@@ -1,0 +1,101 @@
+package serve
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, file string, v any) {
+	t.Helper()
+	got, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", file)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs; if intended: go test ./functions/serve -update\n%s", path, got)
+	}
+}
+
+// The seed's tuned adapter, served on the seed's SKU.
+func TestSeedServiceGolden(t *testing.T) {
+	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := events.DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, _ := presets.Default()
+	plan, err := cat.PlanInference(ws.PresetName(), ws.InstanceType(), 1, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: *ws,
+		Adapters: []Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64)}}}
+	svc, err := BuildService(d, plan.VLLMArgs(), plan.GPUs, DefaultServiceOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "seed-service.yaml", svc)
+
+	spec := svc.Spec.Template.Spec
+	ports := 0
+	for _, c := range spec.Containers {
+		ports += len(c.Ports)
+	}
+	if ports != 1 {
+		t.Errorf("Knative allows one container with a port, got %d ports", ports)
+	}
+	if svc.Spec.Template.Annotations["autoscaling.knative.dev/min-scale"] != "0" {
+		t.Error("not scale-to-zero")
+	}
+	args := strings.Join(spec.Containers[1].Args, " ")
+	if !strings.Contains(args, "--dtype float16") || !strings.Contains(args, "--lora-modules workspace-tuning-phi-3=/mnt/adapters/workspace-tuning-phi-3") {
+		t.Errorf("model args %s", args)
+	}
+}
+
+func TestUserTemplateIsHonoured(t *testing.T) {
+	ws := events.Workspace{Inference: &events.InferenceSpec{Template: &corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "custom"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "server", Image: "my/llm:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+	}}}
+	ws.Name = "custom"
+	ws.Annotations = map[string]string{"autoscaling.knative.dev/max-scale": "4", "unrelated": "x"}
+	ref := events.Ref{Namespace: "team-a", Name: "custom", Generation: 2}
+	svc, err := BuildService(Deployment{Ref: ref, Service: "custom", Workspace: ws}, nil, 0, DefaultServiceOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := svc.Spec.Template.Spec
+	if len(spec.Containers) != 1 || spec.Containers[0].Image != "my/llm:1" || spec.NodeSelector["kaitoflow.io/workspace"] != "custom" || len(spec.Tolerations) == 0 {
+		t.Errorf("template pod %+v", spec)
+	}
+	if a := svc.Spec.Template.Annotations; a["autoscaling.knative.dev/max-scale"] != "4" || a["unrelated"] != "" {
+		t.Errorf("annotations %v", a)
+	}
+}
