@@ -10,7 +10,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
-
 )
 
 // ServiceOptions are the cluster-wide settings of inference Services.
@@ -173,4 +172,3 @@ func adapterName(s string) string {
 	}
 	return strings.Trim(s, "-")
 }
-

@@ -82,7 +82,7 @@ func TestSeedServiceGolden(t *testing.T) {
 func TestUserTemplateIsHonoured(t *testing.T) {
 	ws := events.Workspace{Inference: &events.InferenceSpec{Template: &corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "custom"}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "server", Image: "my/llm:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "server", Image: "my/llm:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
 	}}}
 	ws.Name = "custom"
 	ws.Annotations = map[string]string{"autoscaling.knative.dev/max-scale": "4", "unrelated": "x"}
