@@ -3,13 +3,11 @@ package publish
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,27 +21,9 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs from the golden file:\n got %s\nwant %s", name, got, want)
-	}
-}
 
 func seedJob(t *testing.T) (tune.Job, string, []events.AdapterFile) {
 	t.Helper()
@@ -81,8 +61,8 @@ func TestAdapterImageGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "adapter-manifest.json", indent(t, raw))
-	golden(t, "adapter-config.json", indent(t, cfg))
+	golden.Check(t, "adapter-manifest.json", indent(t, raw))
+	golden.Check(t, "adapter-config.json", indent(t, cfg))
 
 	again, err := adapter.BuildImage(dir, files, created, map[string]string{AnnotationBaseModel: "phi-3-mini-128k-instruct"})
 	if err != nil {

@@ -1,42 +1,17 @@
 package serve
 
 import (
-	"flag"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, file string, v any) {
-	t.Helper()
-	got, err := yaml.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join("testdata", file)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -update writes it)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs; if intended: go test ./functions/serve -update\n%s", path, got)
-	}
-}
 
 // The seed's tuned adapter, served on the seed's SKU.
 func TestSeedServiceGolden(t *testing.T) {
@@ -60,7 +35,7 @@ func TestSeedServiceGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "seed-service.yaml", svc)
+	golden.CheckYAML(t, "seed-service.yaml", svc)
 
 	spec := svc.Spec.Template.Spec
 	ports := 0

@@ -3,11 +3,9 @@ package jobs
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,20 +21,19 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 var (
-	update  = flag.Bool("update", false, "rewrite golden files")
 	kube    kubernetes.Interface
 	kubeErr error
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
@@ -79,20 +76,7 @@ func TestSeedJobGolden(t *testing.T) {
 		}
 		docs = append(docs, string(b))
 	}
-	got := []byte(strings.Join(docs, "---\n"))
-	path := filepath.Join("testdata", "seed-job.yaml")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -update writes it)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("the seed's Job differs from %s; if intended, go test ./functions/tune/jobs -update\n%s", path, got)
-	}
+	golden.Check(t, "seed-job.yaml", []byte(strings.Join(docs, "---\n")))
 }
 
 func TestJobStatus(t *testing.T) {
