@@ -36,7 +36,7 @@ import (
 
 type fnFlags struct {
 	transport, natsURL, listen, sink, dataDir, registry, publicURL, driver string
-	delay, ackWait                                                         time.Duration
+	delay, ackWait, tick                                                   time.Duration
 	maxDeliver, concurrency                                                int
 	allow                                                                  []string
 	provider                                                               providerFlags
@@ -78,6 +78,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve (sim): base URL of this process, for the simulated endpoint")
 	fl.DurationVar(&f.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	fl.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait")
+	fl.DurationVar(&f.tick, "tick", 30*time.Second, "jetstream transport: publish kaitoflow.tick this often (provision, tune); 0 leaves it to a PingSource")
 	fl.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "events handled at once (jetstream transport)")
 	fl.StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
@@ -235,6 +236,11 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		}
 		errc := make(chan error, 1)
 		go func() { errc <- serveHTTP(ctx, f.listen, mux) }()
+		// Outside Knative there is no PingSource: provision and tune need kaitoflow.tick to re-check
+		// pending capacity and runs. Ticks of several replicas share ids and are stored once.
+		if f.tick > 0 && (name == provision.Name || name == tune.Name) {
+			go runtime.Tick(ctx, runtime.JetStreamPublisher{JS: js}, f.tick, log)
+		}
 		if err := r.Run(ctx); err != nil {
 			return err
 		}
