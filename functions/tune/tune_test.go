@@ -9,43 +9,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-type recorder struct {
-	mu  sync.Mutex
-	evs []cloudevents.Event
-}
-
-func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.evs = append(r.evs, evs...)
-	return nil
-}
-
-func (r *recorder) wait(t *testing.T, i int) cloudevents.Event {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		r.mu.Lock()
-		if len(r.evs) > i {
-			e := r.evs[i]
-			r.mu.Unlock()
-			return e
-		}
-		r.mu.Unlock()
-	}
-	t.Fatal("no job.changed")
-	return cloudevents.Event{}
-}
 
 func types(evs []cloudevents.Event) []string {
 	var out []string
@@ -58,7 +31,7 @@ func types(evs []cloudevents.Event) []string {
 func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 3}
-	rec := &recorder{}
+	rec := &testenv.Recorder{}
 	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, quiet)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: &events.Plan{DType: "float16"}}, nil))
 	out, err := f.Handle(context.Background(), ready)
@@ -70,7 +43,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 		t.Fatalf("tuning.started %+v %v", started, err)
 	}
 	// Half way the sim trainer reports progress, as job-run does for real runs.
-	halfway := rec.wait(t, 0)
+	halfway := rec.Wait(t, 0)[0]
 	if halfway.Type() != events.JobChanged || halfway.Subject() != "default/ws" {
 		t.Fatalf("sim announced %v", halfway)
 	}
@@ -82,7 +55,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	if err := events.Data(prog[1], &p); err != nil || p.Percent() != 50 || p.Job != "ws-tuning-3" {
 		t.Fatalf("progress %+v %v", p, err)
 	}
-	changed := rec.wait(t, 1)
+	changed := rec.Wait(t, 1)[1]
 	done, err := f.Handle(context.Background(), changed)
 	if err != nil || strings.Join(types(done), ",") != events.TuningStarted+","+events.TuningCompleted || done[0].ID() != out[0].ID() {
 		t.Fatalf("job.changed → %v, %v", types(done), err)

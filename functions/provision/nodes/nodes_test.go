@@ -5,11 +5,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -32,31 +30,13 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-type recorder struct {
-	mu  sync.Mutex
-	evs []cloudevents.Event
-}
-
-func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.evs = append(r.evs, evs...)
-	return nil
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.evs)
-}
-
 func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	if kube == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rec := &recorder{}
+	rec := &testenv.Recorder{}
 	done := make(chan error, 1)
 	go func() { done <- Watch(ctx, kube, rec, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 
@@ -69,8 +49,8 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	if err := kl.Node(ctx, "other-0", map[string]string{"app": "x"}, true, 1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return rec.count() >= 1 })
-	base := rec.count()
+	rec.Wait(t, 0)
+	base := rec.Len()
 	// A heartbeat that changes nothing readiness depends on: no event.
 	n, _ := kube.CoreV1().Nodes().Get(ctx, "watched-0", metav1.GetOptions{})
 	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(time.Now().Add(time.Minute))
@@ -80,19 +60,18 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	if err := kl.Node(ctx, "watched-0", labels, true, 1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return rec.count() > base })
+	rec.Wait(t, base)
 	time.Sleep(200 * time.Millisecond)
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.evs) != base+1 {
-		t.Errorf("%d events after a heartbeat and a readiness change, want %d", len(rec.evs), base+1)
+	evs := rec.Events()
+	if len(evs) != base+1 {
+		t.Errorf("%d events after a heartbeat and a readiness change, want %d", len(evs), base+1)
 	}
-	last := rec.evs[len(rec.evs)-1]
+	last := evs[len(evs)-1]
 	var d events.NodeChangedData
 	if last.Type() != events.NodeChanged || last.Subject() != "team-a/ws" || events.Data(last, &d) != nil || d.Node != "watched-0" {
 		t.Errorf("event %v", last)
 	}
-	for _, e := range rec.evs {
+	for _, e := range evs {
 		if e.Subject() != "team-a/ws" {
 			t.Errorf("an unlabelled node produced %v", e)
 		}
@@ -100,16 +79,5 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

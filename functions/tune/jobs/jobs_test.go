@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -121,39 +120,6 @@ func TestJobStatus(t *testing.T) {
 	}
 }
 
-type recorder struct {
-	mu  sync.Mutex
-	evs []cloudevents.Event
-}
-
-func (r *recorder) Publish(_ context.Context, evs ...cloudevents.Event) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.evs = append(r.evs, evs...)
-	return nil
-}
-
-func (r *recorder) last(t *testing.T, after int) cloudevents.Event {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		r.mu.Lock()
-		if len(r.evs) > after {
-			e := r.evs[len(r.evs)-1]
-			r.mu.Unlock()
-			return e
-		}
-		r.mu.Unlock()
-	}
-	t.Fatal("no job.changed from the watch")
-	return cloudevents.Event{}
-}
-
-func (r *recorder) n() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.evs)
-}
-
 func typesOf(evs []cloudevents.Event) string {
 	var s []string
 	for _, e := range evs {
@@ -173,7 +139,7 @@ func TestRunLifecycle(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{}
+	rec := &testenv.Recorder{}
 	go func() { _ = Watch(ctx, kube, rec, quiet) }()
 	f := tune.New(&Trainer{Client: kube, Options: DefaultOptions(), Log: quiet}, quiet)
 	run := seedRun(t, ns)
@@ -200,13 +166,13 @@ func TestRunLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := rec.n()
+	seen := rec.Len()
 	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &metav1.Time{Time: time.Now()},
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}
 	if pod, err = kube.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out, err := f.Handle(ctx, rec.last(t, seen))
+	out, err := f.Handle(ctx, last(rec.Wait(t, seen)))
 	if err != nil || typesOf(out) != "tuning.started" {
 		t.Fatalf("pod running: %s %v", typesOf(out), err)
 	}
@@ -229,11 +195,11 @@ func TestRunLifecycle(t *testing.T) {
 	j.Status = batchv1.JobStatus{StartTime: &now, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
 		{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, LastTransitionTime: now},
 		{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, LastTransitionTime: now}}}
-	seen = rec.n()
+	seen = rec.Len()
 	if _, err := kube.BatchV1().Jobs(ns).UpdateStatus(ctx, j, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("Job status: %v", err)
 	}
-	out, err = f.Handle(ctx, rec.last(t, seen))
+	out, err = f.Handle(ctx, last(rec.Wait(t, seen)))
 	if err != nil || typesOf(out) != "tuning.started,tuning.completed" {
 		t.Fatalf("job complete: %s %v", typesOf(out), err)
 	}
@@ -306,3 +272,5 @@ func TestOOMKilledFailsTheWorkspace(t *testing.T) {
 		t.Fatalf("failure %+v %v", d, err)
 	}
 }
+
+func last(evs []cloudevents.Event) cloudevents.Event { return evs[len(evs)-1] }
