@@ -65,12 +65,26 @@ func submit(t *testing.T, p *Pipeline, doc []byte) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// complete: the projector applies events concurrently, so inference.ready can land before
+// image.pushed; a Ready record is complete once every step it started has ended.
+func complete(w *status.Workspace) bool {
+	if w.Phase != status.Ready {
+		return true
+	}
+	for _, s := range w.Steps {
+		if s.Ended == nil {
+			return false
+		}
+	}
+	return len(w.Steps) > 0
+}
+
 func waitTerminal(t *testing.T, p *Pipeline, ns, name string, timeout time.Duration) *status.Workspace {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		w, err := p.Store.Get(context.Background(), ns, name)
-		if err == nil && w.Phase.Terminal() && w.Phase != status.Pending {
+		if err == nil && w.Phase.Terminal() && w.Phase != status.Pending && complete(w) {
 			return w
 		}
 		if time.Now().After(deadline) {
