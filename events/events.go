@@ -43,11 +43,13 @@ const (
 	NodeChanged = "kaitoflow.node.changed"
 	// JobChanged comes from a watch on tuning Jobs and their Pods (or the sim trainer's clock).
 	JobChanged = "kaitoflow.job.changed"
-	Tick       = "kaitoflow.tick"
+	// ServiceChanged comes from a watch on inference Services (Knative Services in a cluster).
+	ServiceChanged = "kaitoflow.service.changed"
+	Tick           = "kaitoflow.tick"
 )
 
 // Signals lists the signal types.
-var Signals = []string{NodeChanged, JobChanged, Tick}
+var Signals = []string{NodeChanged, JobChanged, ServiceChanged, Tick}
 
 // Subject prefixes on the bus.
 const (
@@ -55,6 +57,16 @@ const (
 	// DeadLetterPrefix + the original subject's tail (kaitoflow.dlq.node.ready) holds events that
 	// could not be handled, with the reason in DeadLetter* headers.
 	DeadLetterPrefix = "kaitoflow.dlq."
+)
+
+// Labels kaitoflow puts on what it creates for a workspace (nodes, Jobs, Pods, Services), so
+// watches and selectors find a workspace's objects.
+const (
+	LabelWorkspace  = "kaitoflow.io/workspace"
+	LabelNamespace  = "kaitoflow.io/namespace"
+	LabelGeneration = "kaitoflow.io/generation"
+	// AnnotationAcked marks an object whose outcome is stored, so periodic checks skip it.
+	AnnotationAcked = "kaitoflow.io/acknowledged"
 )
 
 // Extension attribute names.
@@ -211,6 +223,12 @@ type JobChangedData struct {
 	Job string `json:"job"`
 }
 
+// ServiceChangedData is the payload of kaitoflow.service.changed: the inference Service of the
+// workspace named by the subject changed.
+type ServiceChangedData struct {
+	Service string `json:"service"`
+}
+
 // TickData is the payload of kaitoflow.tick.
 type TickData struct {
 	At time.Time `json:"at"`
@@ -266,6 +284,8 @@ type TuningCompletedData struct {
 	Metrics   map[string]float64 `json:"metrics,omitempty"`
 	// Datasets are the digests of the dataset files the run read, in input order.
 	Datasets []string `json:"datasets,omitempty"`
+	// Plan is the run's plan, passed on so serving knows the adapter's rank and the SKU.
+	Plan *Plan `json:"plan,omitempty"`
 }
 
 // Blob is a registry blob: the adapter's image layer.
@@ -288,13 +308,17 @@ type ImagePushedData struct {
 	MediaType string    `json:"mediaType"`
 	// Provenance is the training record attached to the image (an OCI referrer), by digest.
 	Provenance string `json:"provenance,omitempty"`
+	// Plan is the tuning run's plan (see TuningCompletedData.Plan).
+	Plan *Plan `json:"plan,omitempty"`
 }
 
 // InferenceReadyData is the payload of kaitoflow.inference.ready: the chat endpoint answers.
 type InferenceReadyData struct {
-	Ref      Ref      `json:"ref"`
-	Service  string   `json:"service"`
-	URL      string   `json:"url"`
+	Ref     Ref    `json:"ref"`
+	Service string `json:"service"`
+	URL     string `json:"url"`
+	// Revision is the serving revision (a Knative Revision's name) that answers.
+	Revision string   `json:"revision,omitempty"`
 	Adapters []string `json:"adapters,omitempty"`
 	Driver   string   `json:"driver"`
 }

@@ -17,8 +17,15 @@ import (
 
 func cli(t *testing.T, server string, args ...string) (string, string, error) {
 	t.Helper()
+	return cliIn(t, "", server, args...)
+}
+
+// cliIn runs the CLI with stdin.
+func cliIn(t *testing.T, stdin, server string, args ...string) (string, string, error) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	root := newRoot(&out, &errb)
+	root.SetIn(strings.NewReader(stdin))
 	root.SetArgs(append([]string{"--server", server}, args...))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -76,9 +83,19 @@ func TestCLI(t *testing.T) {
 	if f[0] != "workspace-tuning-phi-3" || f[1] != "Standard_NC6s_v3" || f[2] != "True" || f[3] != "True" || f[4] != "True" || f[6] != "Ready" {
 		t.Errorf("row %q", lines[1])
 	}
+	// chat: streamed through chat-proxy from the simulated runtime, which says it is simulated;
+	// Kaito's /chat; and a conversation from stdin.
 	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "what is kaito?")
-	if err != nil || !strings.Contains(out, "[sim]") {
+	if err != nil || !strings.HasPrefix(out, "[sim]") || !strings.Contains(out, "You said: what is kaito?") {
 		t.Errorf("chat: %v %s", err, out)
+	}
+	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "hello", "--no-stream", "--max-tokens", "3")
+	if err != nil || strings.TrimSpace(out) != "[sim] no model" {
+		t.Errorf("chat --no-stream --max-tokens 3: %v %q", err, out)
+	}
+	out, _, err = cliIn(t, "first question\nsecond question\n", p.URL, "chat", "workspace-tuning-phi-3")
+	if err != nil || !strings.Contains(out, "You said: first question\n") || !strings.Contains(out, "You said: second question\n") {
+		t.Errorf("interactive chat: %v %q", err, out)
 	}
 	out, _, err = cli(t, p.URL, "get", "workspace", "workspace-tuning-phi-3", "-o", "yaml")
 	if err != nil || !strings.Contains(out, "phase: Ready") || !strings.Contains(out, "instanceType: Standard_NC6s_v3") {

@@ -277,36 +277,3 @@ func newDelete(g *globals) *cobra.Command {
 		},
 	}
 }
-
-func newChat(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "chat NAME PROMPT",
-		Short: "Send a prompt to a Ready workspace's chat endpoint (Kaito's POST /chat)",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.client().Get(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if w.Endpoint == "" {
-				return fmt.Errorf("workspace %s has no endpoint yet (phase %s)", w.Name, w.Phase)
-			}
-			body, _ := json.Marshal(map[string]string{"prompt": args[1]})
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, w.Endpoint+"/chat", bytes.NewReader(body))
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			_, err = io.Copy(g.out, resp.Body)
-			if resp.StatusCode >= 300 {
-				return fmt.Errorf("chat: HTTP %d", resp.StatusCode)
-			}
-			return err
-		},
-	}
-}

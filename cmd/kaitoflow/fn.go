@@ -35,11 +35,11 @@ import (
 )
 
 type fnFlags struct {
-	transport, natsURL, listen, sink, dataDir, registry, publicURL, driver string
-	delay, ackWait, tick                                                   time.Duration
-	maxDeliver, concurrency                                                int
-	allow                                                                  []string
-	provider                                                               providerFlags
+	transport, natsURL, listen, sink, dataDir, registry, publicURL string
+	delay, ackWait, tick                                           time.Duration
+	maxDeliver, concurrency                                        int
+	allow                                                          []string
+	provider                                                       providerFlags
 }
 
 func newFn(g *globals) *cobra.Command {
@@ -50,7 +50,8 @@ func newFn(g *globals) *cobra.Command {
 		Long: `fn runs a single function. --transport http serves CloudEvents on --listen (Knative sets $PORT)
 and publishes its output events to $K_SINK (the Broker) or, without one, to --nats; it answers 2xx
 only after they are stored. --transport jetstream consumes the function's input subjects from
---nats with a durable consumer. The drivers available today are the sim ones (--driver sim).`,
+--nats with a durable consumer. Drivers: --provider sim|aks|karpenter|byo, --trainer sim|job,
+--deployer sim|knative.`,
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{provision.Name, tune.Name, publish.Name, serve.Name, "status"},
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -70,7 +71,6 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
 	fl.StringVar(&f.listen, "listen", ":"+port, "HTTP address: CloudEvents (http transport), /metrics and /healthz")
 	fl.StringVar(&f.sink, "sink", os.Getenv("K_SINK"), "where output events go over HTTP (env K_SINK); empty publishes to --nats")
-	fl.StringVar(&f.driver, "driver", "sim", "driver for training and inference: sim")
 	f.provider.register(fl)
 	f.provider.preflightFlag(fl, "enforce")
 	fl.StringVar(&f.dataDir, "data-dir", filepath.Join(os.TempDir(), "kaitoflow"), "sim trainer output directory")
@@ -93,9 +93,6 @@ func envOr(k, def string) string {
 }
 
 func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
-	if f.driver != "sim" {
-		return fmt.Errorf("--driver %q: only the sim driver exists so far for training and inference", f.driver)
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -199,7 +196,24 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	case serve.Name:
 		sim := &serve.Sim{BaseURL: f.publicURL + "/sim/inference", Delay: f.delay, Log: log}
 		mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", sim.Handler()))
-		fn = runtime.Function{Name: name, Types: serve.Types, Handler: serve.New(sim, log)}
+		deployer, watchers, err := f.provider.buildDeployer(sim, log)
+		if err != nil {
+			return err
+		}
+		var pub runtime.Publisher = runtime.JetStreamPublisher{JS: js}
+		if js == nil {
+			if pub, err = runtime.NewHTTPPublisher(f.sink); err != nil {
+				return err
+			}
+		}
+		for _, w := range watchers {
+			go func() {
+				if err := w(ctx, pub); err != nil {
+					log.Error("service watch stopped", "err", err)
+				}
+			}()
+		}
+		fn = runtime.Function{Name: name, Types: serve.Types, Handler: serve.New(deployer, log)}
 	case "status":
 		store, err := status.Open(ctx, js, 1)
 		if err != nil {

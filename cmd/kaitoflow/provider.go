@@ -20,6 +20,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
@@ -32,6 +34,7 @@ import (
 type providerFlags struct {
 	provider, kubeconfig, subscription, resourceGroup, cluster, nodeClass string
 	trainer, preflight, trainerImage, wrapperImage                        string
+	deployer, runtimeImage, proxyImage                                    string
 	spot                                                                  bool
 	spotMaxPrice                                                          float64
 	deadline                                                              time.Duration
@@ -50,6 +53,9 @@ func (p *providerFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&p.trainer, "trainer", "sim", "how tuning runs: sim, or job (a Kubernetes Job running presets/trainer; needs a cluster)")
 	f.StringVar(&p.trainerImage, "trainer-image", presets.TrainerImage, "job trainer: the trainer image")
 	f.StringVar(&p.wrapperImage, "wrapper-image", jobs.DefaultOptions().WrapperImage, "job trainer: kaitoflow's own image (its binary wraps the trainer)")
+	f.StringVar(&p.deployer, "deployer", "sim", "how inference runs: sim, or knative (a scale-to-zero Knative Service running vLLM behind chat-proxy; needs a cluster)")
+	f.StringVar(&p.runtimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
+	f.StringVar(&p.proxyImage, "proxy-image", knative.DefaultOptions().ProxyImage, "knative deployer: kaitoflow's own image (chat-proxy and pull-adapter)")
 }
 
 // preflightFlag registers --preflight with a default: warn for the embedded demo (an offline
@@ -105,6 +111,34 @@ func (p *providerFlags) buildTrainer(sim tune.Trainer, log *slog.Logger) (tune.T
 		}, nil
 	}
 	return nil, nil, fmt.Errorf("--trainer %q: want sim or job", p.trainer)
+}
+
+// buildDeployer returns the inference deployer and, for Knative, the watch that turns Service
+// changes into kaitoflow.service.changed.
+func (p *providerFlags) buildDeployer(sim serve.Deployer, log *slog.Logger) (serve.Deployer, []func(context.Context, runtime.Publisher) error, error) {
+	switch p.deployer {
+	case "sim":
+		return sim, nil, nil
+	case "knative":
+		cfg, err := p.restConfig()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--deployer knative needs a cluster: %w", err)
+		}
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		catalog, err := presets.Default()
+		if err != nil {
+			return nil, nil, err
+		}
+		o := knative.DefaultOptions()
+		o.RuntimeImage, o.ProxyImage = p.runtimeImage, p.proxyImage
+		return &knative.Deployer{Client: dyn, Catalog: catalog, Options: o, Log: log}, []func(context.Context, runtime.Publisher) error{
+			func(ctx context.Context, pub runtime.Publisher) error { return knative.Watch(ctx, dyn, pub, log) },
+		}, nil
+	}
+	return nil, nil, fmt.Errorf("--deployer %q: want sim or knative", p.deployer)
 }
 
 // build returns the provider and, for the real ones, the Node watch that turns node changes into

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -59,6 +60,15 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 				}
 				trainer, watchers = t, append(watchers, w...)
 			}
+			// nil deployer: the embedded pipeline serves its sim endpoints on its own API address.
+			var deployer serve.Deployer
+			if pf.deployer != "sim" {
+				d, w, err := pf.buildDeployer(nil, log)
+				if err != nil {
+					return err
+				}
+				deployer, watchers = d, append(watchers, w...)
+			}
 			policy := events.AddressPolicy{Allow: allow}
 			preflight, warnOnly, err := pf.preflightOptions(policy)
 			if err != nil {
@@ -69,7 +79,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
-				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer,
+				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer,
 				Preflight: preflight, PreflightWarnOnly: warnOnly,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,

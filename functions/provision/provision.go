@@ -68,8 +68,8 @@ func (r Request) Labels() map[string]string {
 
 // Node labels and taint kaitoflow puts on the capacity it creates.
 const (
-	LabelWorkspace = "kaitoflow.io/workspace"
-	LabelNamespace = "kaitoflow.io/namespace"
+	LabelWorkspace = events.LabelWorkspace
+	LabelNamespace = events.LabelNamespace
 	// GPUTaint keeps everything but GPU workloads off the nodes (Kaito's sku=gpu:NoSchedule).
 	GPUTaint = "sku=gpu:NoSchedule"
 )

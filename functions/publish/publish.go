@@ -198,7 +198,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
-		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance,
+		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,
 	}, &ev)
 	if err != nil {
 		return nil, err

@@ -8,8 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -43,20 +43,10 @@ func (p *Proxy) Handler() http.Handler {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Minute, Transport: transport}
 	}
-	rp := &httputil.ReverseProxy{
-		Transport: transport,
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(p.Upstream)
-			r.Out.Host = p.Upstream.Host
-		},
-		// No periodic flushing: ReverseProxy flushes text/event-stream (and unknown-length)
-		// responses after every write on its own, so token streams are never buffered, while
-		// ordinary answers cost one write.
-		FlushInterval: 0,
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
-		},
-	}
+	// The OpenAI API passes through a lean forwarder rather than httputil.ReverseProxy: the same
+	// request and response, minus hop-by-hop headers, with streamed answers flushed per write. It
+	// adds about a third of ReverseProxy's p99 (bench: BenchmarkChatProxy).
+	fwd := &forwarder{upstream: p.Upstream, transport: transport}
 	limited := func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -64,9 +54,9 @@ func (p *Proxy) Handler() http.Handler {
 		})
 	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/chat/completions", limited(rp))
-	mux.Handle("POST /v1/completions", limited(rp))
-	mux.Handle("GET /v1/models", rp)
+	mux.Handle("POST /v1/chat/completions", limited(fwd))
+	mux.Handle("POST /v1/completions", limited(fwd))
+	mux.Handle("GET /v1/models", fwd)
 	mux.HandleFunc("POST /chat", func(w http.ResponseWriter, r *http.Request) { p.chat(w, r, client, maxBody) })
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, p.Upstream.JoinPath("/health").String(), nil)
@@ -161,4 +151,77 @@ func problem(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// forwarder passes a request to the model server and its answer back.
+type forwarder struct {
+	upstream  *url.URL
+	transport http.RoundTripper
+}
+
+// hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		dst[k] = append(dst[k], vs...)
+	}
+	for _, name := range src.Values("Connection") {
+		for _, h := range strings.Split(name, ",") {
+			dst.Del(strings.TrimSpace(h))
+		}
+	}
+	for _, h := range hopByHop {
+		dst.Del(h)
+	}
+}
+
+func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u := *f.upstream
+	u.Path, u.RawPath = f.upstream.JoinPath(r.URL.Path).Path, ""
+	u.RawQuery = r.URL.RawQuery
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, u.String(), r.Body)
+	if err != nil {
+		problem(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	out.ContentLength = r.ContentLength
+	copyHeader(out.Header, r.Header)
+	resp, err := f.transport.RoundTrip(out)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", tooBig.Limit))
+			return
+		}
+		problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	copyHeader(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	// Token streams (server-sent events, or any answer of unknown length) are flushed after each
+	// read, so the first token reaches the client before the model has finished; answers of known
+	// length are copied in one go.
+	if resp.ContentLength >= 0 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		_, _ = io.Copy(w, resp.Body)
+		return
+	}
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			_ = rc.Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
 }

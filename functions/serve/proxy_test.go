@@ -147,3 +147,46 @@ func TestHealthFollowsTheRuntimeAndModelsPassThrough(t *testing.T) {
 		t.Errorf("models: %d %s", code, body)
 	}
 }
+
+func TestPassthroughLimitsAndHeaders(t *testing.T) {
+	var got atomic.Value
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got.Store(r.Header.Clone())
+		w.Header().Set("Connection", "X-Internal")
+		w.Header().Set("X-Internal", "hop")
+		w.Header().Set("X-Request-Id", "abc")
+		_, _ = io.WriteString(w, `{"query":"`+r.URL.RawQuery+`"}`)
+	}))
+	defer upstream.Close()
+	u, _ := url.Parse(upstream.URL)
+	srv := httptest.NewServer((&Proxy{Upstream: u, Model: "m", MaxBody: 4096}).Handler())
+	defer srv.Close()
+
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/completions?echo=1", strings.NewReader(`{"model":"m","prompt":"x"}`))
+	req.Header.Set("Authorization", "Bearer token")
+	req.Header.Set("Proxy-Authorization", "Basic secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	h := got.Load().(http.Header)
+	if resp.StatusCode != 200 || string(b) != `{"query":"echo=1"}` || h.Get("Authorization") != "Bearer token" || h.Get("Proxy-Authorization") != "" {
+		t.Errorf("passthrough: %d %s, upstream saw %v", resp.StatusCode, b, h)
+	}
+	if resp.Header.Get("X-Internal") != "" || resp.Header.Get("X-Request-Id") != "abc" {
+		t.Errorf("response headers %v", resp.Header)
+	}
+
+	resp, err = http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"m","prompt":"`+strings.Repeat("x", 5000)+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "over 4096 bytes") {
+		t.Errorf("oversized passthrough: %d %s", resp.StatusCode, b)
+	}
+}

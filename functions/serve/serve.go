@@ -1,5 +1,9 @@
 // Package serve turns kaitoflow.image.pushed (a tuned adapter), or kaitoflow.node.ready for an
-// inference-only workspace, into a running chat endpoint and kaitoflow.inference.ready.
+// inference-only workspace, into a running chat endpoint, and the endpoint's readiness into
+// kaitoflow.inference.ready — or kaitoflow.workspace.failed with the revision's reason. Applying
+// the service returns at once; readiness comes from kaitoflow.service.changed (a watch on the
+// Knative Service, or the sim deployer) and kaitoflow.tick, so no step holds a request open while a
+// model loads.
 package serve
 
 import (
@@ -15,30 +19,63 @@ import (
 // Name is the function's name.
 const Name = "serve"
 
-// Types are the events the function consumes.
-var Types = []string{events.ImagePushed, events.NodeReady, events.WorkspaceDeleted}
+// Types are the events the function consumes. It reads its own inference.ready and
+// workspace.failed back: once stored, the service is acknowledged and ticks stop looking at it.
+var Types = []string{events.ImagePushed, events.NodeReady, events.ServiceChanged, events.Tick,
+	events.InferenceReady, events.WorkspaceFailed, events.WorkspaceDeleted}
 
 // Adapter is one LoRA adapter to load next to the base model.
 type Adapter struct {
-	Name     string
-	Image    string
-	Strength string
+	Name  string `json:"name"`
+	Image string `json:"image"`
+	// Strength is Kaito's adapter weight, kept as given ("1.0" for a freshly tuned adapter).
+	Strength string `json:"strength,omitempty"`
 }
 
 // Deployment is what to serve: a workspace generation's base model with its adapters.
 type Deployment struct {
-	Ref       events.Ref
-	Service   string
-	Workspace events.Workspace
-	Nodes     []string
-	Adapters  []Adapter
+	Ref       events.Ref       `json:"ref"`
+	Service   string           `json:"service"`
+	Workspace events.Workspace `json:"workspace"`
+	Nodes     []string         `json:"nodes,omitempty"`
+	Adapters  []Adapter        `json:"adapters,omitempty"`
+	// Plan is provision's (inference-only workspaces) or the tuning run's plan; nil when unknown.
+	Plan *events.Plan `json:"plan,omitempty"`
 }
 
-// Deployer runs inference services. Deploy is create-or-update and returns the endpoint URL once
-// it answers.
+// Phase of a service.
+type Phase string
+
+// Phases.
+const (
+	Pending Phase = "Pending"
+	Ready   Phase = "Ready"
+	Failed  Phase = "Failed"
+)
+
+// Status is what a deployer knows of a workspace's service.
+type Status struct {
+	// Ref is the generation the service serves.
+	Ref      events.Ref
+	Service  string
+	Adapters []string
+	Phase    Phase
+	// URL and Revision are set when Ready.
+	URL, Revision string
+	// Reason and Message are set when Failed (ImagePullBackOff, Unschedulable, ExitCode1, …).
+	Reason, Message string
+}
+
+// Deployer runs inference services. Apply is create-or-update per workspace generation and returns
+// at once. Status finds the service of a workspace (nil when it has none). List returns the
+// services whose outcome is not yet acknowledged; Acknowledge marks one whose outcome is stored.
+// Delete removes the service.
 type Deployer interface {
 	Name() string
-	Deploy(ctx context.Context, d Deployment) (url string, err error)
+	Apply(ctx context.Context, d Deployment) error
+	Status(ctx context.Context, ref events.Ref) (*Status, error)
+	List(ctx context.Context) ([]events.Ref, error)
+	Acknowledge(ctx context.Context, ref events.Ref) error
 	Delete(ctx context.Context, ref events.Ref) error
 }
 
@@ -62,6 +99,9 @@ func ServiceName(ref events.Ref) string { return ref.Name }
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	if ev.Type() == events.Tick {
+		return f.tick(ctx, ev)
+	}
 	ref, err := events.RefOf(ev)
 	if err != nil {
 		return nil, events.Permanent(events.ReasonBadEvent, err)
@@ -73,6 +113,19 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 			return nil, fmt.Errorf("delete inference service of %s: %w", ref, err)
 		}
 		return nil, nil
+	case events.ServiceChanged:
+		return f.observe(ctx, ref, &ev)
+	case events.InferenceReady:
+		return nil, f.deployer.Acknowledge(ctx, ref)
+	case events.WorkspaceFailed:
+		var in events.WorkspaceFailedData
+		if err := events.Data(ev, &in); err != nil {
+			return nil, err
+		}
+		if in.Function == Name {
+			return nil, f.deployer.Acknowledge(ctx, ref)
+		}
+		return nil, nil
 	case events.NodeReady:
 		var in events.NodeReadyData
 		if err := events.Data(ev, &in); err != nil {
@@ -81,8 +134,11 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		if in.Workspace.Tuning != nil || in.Workspace.Inference == nil {
 			return nil, nil // a tuning workspace is served once its adapter image is pushed
 		}
-		d.Workspace, d.Nodes = in.Workspace, in.Nodes
+		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
 		for _, a := range in.Workspace.Inference.Adapters {
+			if a.Source == nil {
+				continue // validation refuses this; a hand-made event must not crash the handler
+			}
 			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image}
 			if a.Strength != nil {
 				ad.Strength = *a.Strength
@@ -94,24 +150,62 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 		if err := events.Data(ev, &in); err != nil {
 			return nil, err
 		}
-		d.Workspace, d.Nodes = in.Workspace, in.Nodes
+		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
 		d.Adapters = []Adapter{{Name: ref.Name, Image: in.Reference, Strength: "1.0"}}
 	default:
 		return nil, nil
 	}
-	url, err := f.deployer.Deploy(ctx, d)
-	if err != nil {
-		return nil, fmt.Errorf("deploy %s: %w", d.Service, err)
+	if err := f.deployer.Apply(ctx, d); err != nil {
+		return nil, fmt.Errorf("apply inference service %s: %w", d.Service, err)
 	}
-	names := make([]string, len(d.Adapters))
-	for i, a := range d.Adapters {
-		names[i] = a.Name
+	return f.observe(ctx, ref, &ev)
+}
+
+// observe turns the service's state into events. Their ids derive from the generation, so however
+// often a state is observed, inference.ready (or the failure) is stored once per generation.
+func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudevents.Event) ([]cloudevents.Event, error) {
+	st, err := f.deployer.Status(ctx, ref)
+	if err != nil || st == nil {
+		return nil, err
 	}
-	out, err := events.New("kaitoflow/"+Name, events.InferenceReady, events.InferenceReady, ref, events.InferenceReadyData{
-		Ref: ref, Service: d.Service, URL: url, Adapters: names, Driver: f.deployer.Name(),
-	}, &ev)
+	if st.Ref.Generation < ref.Generation {
+		return nil, nil // the service still serves an older generation: its update is on the way
+	}
+	ref = st.Ref
+	var e cloudevents.Event
+	switch st.Phase {
+	case Ready:
+		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, events.InferenceReady, ref, events.InferenceReadyData{
+			Ref: ref, Service: st.Service, URL: st.URL, Revision: st.Revision, Adapters: st.Adapters, Driver: f.deployer.Name(),
+		}, cause)
+	case Failed:
+		f.log.WarnContext(ctx, "inference service failed", "service", st.Service, "reason", st.Reason, "message", st.Message)
+		e, err = events.New("kaitoflow/"+Name, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
+			Ref: ref, Function: Name, EventType: events.ServiceChanged, Reason: st.Reason, Message: st.Message,
+		}, cause)
+	default:
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	return []cloudevents.Event{out}, nil
+	return []cloudevents.Event{e}, nil
+}
+
+// tick re-observes every unacknowledged service, for changes whose watch event was lost.
+func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	refs, err := f.deployer.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []cloudevents.Event
+	for _, ref := range refs {
+		evs, err := f.observe(ctx, ref, &ev)
+		if err != nil {
+			f.log.WarnContext(ctx, "observe inference service; the next tick retries", "workspace", ref.String(), "err", err)
+			continue
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
 }

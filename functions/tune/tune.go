@@ -202,6 +202,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
 			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics, Datasets: st.Result.Datasets,
+			Plan: st.Job.Plan,
 		})
 	case Failed:
 		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "reason", st.Reason, "message", st.Message)

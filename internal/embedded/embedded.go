@@ -58,6 +58,8 @@ type Config struct {
 	Provider provision.Provider
 	// Trainer runs tuning; nil means the sim trainer.
 	Trainer tune.Trainer
+	// Deployer runs inference; nil means the sim deployer, served on the API address.
+	Deployer serve.Deployer
 	// Preflight checks dataset URLs before capacity is bought (nil: no check).
 	Preflight         provision.Preflight
 	PreflightWarnOnly bool
@@ -182,12 +184,16 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 			Resolve: func(image string) (name.Reference, error) { return adapter.Rewrite(p.Registry, image) }}
 	}
 	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
+	var deployer serve.Deployer = simServe
+	if cfg.Deployer != nil {
+		deployer = cfg.Deployer
+	}
 	fns := []runtime.Function{
 		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log,
 			Preflight: cfg.Preflight, PreflightWarnOnly: cfg.PreflightWarnOnly})},
 		{Name: tune.Name, Types: tune.Types, Handler: tune.New(trainer, log)},
 		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
-		{Name: serve.Name, Types: serve.Types, Handler: serve.New(simServe, log)},
+		{Name: serve.Name, Types: serve.Types, Handler: serve.New(deployer, log)},
 		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

@@ -131,7 +131,7 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		w.Endpoint = d.URL
+		w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
 		rec.Note = d.URL
 		w.endStep(StepServe, at)
 		w.advance(Ready)

@@ -68,14 +68,17 @@ type Workspace struct {
 	Image        string                     `json:"image,omitempty"`
 	ImageDigest  string                     `json:"imageDigest,omitempty"`
 	// Provenance is the training record attached to the image (an OCI referrer).
-	Provenance string            `json:"provenance,omitempty"`
-	Endpoint   string            `json:"endpoint,omitempty"`
-	Failure    *Failure          `json:"failure,omitempty"`
-	Steps      []Step            `json:"steps,omitempty"`
-	Events     []EventRecord     `json:"events,omitempty"`
-	Manifest   *events.Workspace `json:"manifest,omitempty"`
-	Created    time.Time         `json:"created"`
-	Updated    time.Time         `json:"updated"`
+	Provenance string `json:"provenance,omitempty"`
+	Endpoint   string `json:"endpoint,omitempty"`
+	// Revision is the serving revision; Adapters the LoRA adapters it serves, by model name.
+	Revision string            `json:"revision,omitempty"`
+	Adapters []string          `json:"adapters,omitempty"`
+	Failure  *Failure          `json:"failure,omitempty"`
+	Steps    []Step            `json:"steps,omitempty"`
+	Events   []EventRecord     `json:"events,omitempty"`
+	Manifest *events.Workspace `json:"manifest,omitempty"`
+	Created  time.Time         `json:"created"`
+	Updated  time.Time         `json:"updated"`
 }
 
 // Failure says why a generation failed.

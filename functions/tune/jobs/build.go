@@ -21,12 +21,12 @@ import (
 
 // Labels and annotations on the Job, its Pod and its ConfigMap.
 const (
-	LabelWorkspace   = "kaitoflow.io/workspace"
-	LabelNamespace   = "kaitoflow.io/namespace"
-	LabelGeneration  = "kaitoflow.io/generation"
+	LabelWorkspace   = events.LabelWorkspace
+	LabelNamespace   = events.LabelNamespace
+	LabelGeneration  = events.LabelGeneration
 	LabelJob         = "kaitoflow.io/job"
 	AnnotationRun    = "kaitoflow.io/run"
-	AnnotationAcked  = "kaitoflow.io/acknowledged"
+	AnnotationAcked  = events.AnnotationAcked
 	AnnotationTuning = "kaitoflow.io/tuning-deadline"
 	// AnnotationProgress on the Pod is where job-run reports training progress (JSON of
 	// events.TuningProgressData); the Pod watch carries it to tune.

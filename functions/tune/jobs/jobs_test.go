@@ -23,7 +23,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
-	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 var (
@@ -43,20 +42,7 @@ func TestMain(m *testing.M) {
 // seedRun is the seed workspace's run as provision plans it on its node.
 func seedRun(t *testing.T, namespace string) tune.Job {
 	t.Helper()
-	doc, err := os.ReadFile("../../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws, err := events.DecodeWorkspace(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws.Namespace = namespace
-	cat, _ := presets.Default()
-	plan, err := (&presets.Planner{Catalog: cat}).Plan(context.Background(), ws)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ws, plan := testenv.Seed(t, namespace)
 	ref := events.Ref{Namespace: namespace, Name: ws.Name, Generation: 1}
 	return tune.Job{Name: tune.JobName(ref), Ref: ref, Workspace: *ws, Nodes: []string{"aks-kf89f6322161-vmss000000"}, Plan: plan}
 }

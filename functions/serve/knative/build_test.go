@@ -1,7 +1,6 @@
-package serve
+package knative
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -9,29 +8,20 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // The seed's tuned adapter, served on the seed's SKU.
 func TestSeedServiceGolden(t *testing.T) {
-	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	d := seedDeployment(t, "default", 1)
+	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, _ := presets.Default()
-	plan, err := cat.PlanInference(ws.PresetName(), ws.InstanceType(), 1, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}
-	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: *ws,
-		Adapters: []Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64)}}}
-	svc, err := BuildService(d, plan.VLLMArgs(), plan.GPUs, DefaultServiceOptions())
+	svc, err := BuildService(d, rt, DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +52,7 @@ func TestUserTemplateIsHonoured(t *testing.T) {
 	ws.Name = "custom"
 	ws.Annotations = map[string]string{"autoscaling.knative.dev/max-scale": "4", "unrelated": "x"}
 	ref := events.Ref{Namespace: "team-a", Name: "custom", Generation: 2}
-	svc, err := BuildService(Deployment{Ref: ref, Service: "custom", Workspace: ws}, nil, 0, DefaultServiceOptions())
+	svc, err := BuildService(serve.Deployment{Ref: ref, Service: "custom", Workspace: ws}, Runtime{}, DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,4 +63,23 @@ func TestUserTemplateIsHonoured(t *testing.T) {
 	if a := svc.Spec.Template.Annotations; a["autoscaling.knative.dev/max-scale"] != "4" || a["unrelated"] != "" {
 		t.Errorf("annotations %v", a)
 	}
+}
+
+func catalog(t testing.TB) *presets.Catalog {
+	t.Helper()
+	cat, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat
+}
+
+// seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
+// plan provision made for its tuning run.
+func seedDeployment(t testing.TB, namespace string, generation int64) serve.Deployment {
+	t.Helper()
+	ws, plan := testenv.Seed(t, namespace)
+	ref := events.Ref{Namespace: namespace, Name: ws.Name, Generation: generation}
+	return serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: *ws, Plan: plan,
+		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0"}}}
 }

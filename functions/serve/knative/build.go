@@ -1,4 +1,8 @@
-package serve
+// Package knative runs inference services as Knative Services: scale-to-zero revisions of
+// chat-proxy in front of vLLM on the workspace's GPU nodes. It builds the Service (a pure function,
+// golden-tested), applies it with a dynamic client, and turns its status into serve's phases; Watch
+// is the embedded mode's ApiServerSource on Knative Services.
+package knative
 
 import (
 	"fmt"
@@ -10,10 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
 )
 
-// ServiceOptions are the cluster-wide settings of inference Services.
-type ServiceOptions struct {
+// Options are the cluster-wide settings of inference Services.
+type Options struct {
 	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is kaitoflow's own
 	// image, which runs chat-proxy and, in init containers, pull-adapter.
 	RuntimeImage string
@@ -24,16 +31,24 @@ type ServiceOptions struct {
 	Retention string
 	// TimeoutSeconds bounds a request: long generations need more than Knative's default 300.
 	TimeoutSeconds int64
-	// StartupSeconds is how long the model may take to load before the pod counts as failed.
-	StartupSeconds int32
 }
 
-// DefaultServiceOptions are the defaults of ServiceOptions.
-func DefaultServiceOptions() ServiceOptions {
-	return ServiceOptions{
+// DefaultOptions are the defaults of Options.
+func DefaultOptions() Options {
+	return Options{
 		RuntimeImage: "docker.io/vllm/vllm-openai:v0.8.5", ProxyImage: "ghcr.io/kaitoflow/kaitoflow:0.1.0",
-		Target: 16, Retention: "10m", TimeoutSeconds: 600, StartupSeconds: 1200,
+		Target: 16, Retention: "10m", TimeoutSeconds: 600,
 	}
+}
+
+// Runtime is how the model server runs, from the inference plan.
+type Runtime struct {
+	// Args are the model server's arguments (presets.InferencePlan.VLLMArgs).
+	Args []string
+	GPUs int
+	// StartupSeconds is how long the model may take to download and load before the pod counts
+	// as failed: sized to the weights.
+	StartupSeconds int32
 }
 
 // Ports and paths inside the pod.
@@ -49,12 +64,11 @@ const autoscaling = "autoscaling.knative.dev/"
 // BuildService returns the Knative Service that serves a deployment: chat-proxy on the one port
 // Knative routes to, the model server beside it on localhost, one pull-adapter init container per
 // adapter, GPUs, the serving pool's node selector and taint toleration, and scale-to-zero
-// autoscaling. runtimeArgs are the plan's model server arguments (presets.InferencePlan.VLLMArgs),
-// gpus its GPU count. A pure function of its inputs.
-func BuildService(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (*servingv1.Service, error) {
+// autoscaling. A pure function of its inputs.
+func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service, error) {
 	ws := d.Workspace
-	labels := map[string]string{"kaitoflow.io/workspace": d.Ref.Name, "kaitoflow.io/namespace": d.Ref.Namespace,
-		"kaitoflow.io/generation": strconv.FormatInt(d.Ref.Generation, 10)}
+	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace,
+		events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}
 	count := ws.NodeCount()
 	annotations := map[string]string{
 		autoscaling + "min-scale":                          "0",
@@ -72,7 +86,7 @@ func BuildService(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions
 		{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
 		{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
 	}
-	nodeSelector := map[string]string{"kaitoflow.io/workspace": d.Ref.Name, "kaitoflow.io/namespace": d.Ref.Namespace}
+	nodeSelector := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace}
 
 	var spec corev1.PodSpec
 	if in := ws.Inference; in != nil && in.Template != nil {
@@ -81,16 +95,24 @@ func BuildService(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions
 		maps.Copy(labels, in.Template.Labels)
 	} else {
 		var err error
-		if spec, err = presetPod(d, runtimeArgs, gpus, o); err != nil {
+		if spec, err = presetPod(d, rt, o); err != nil {
 			return nil, err
 		}
 	}
 	spec.NodeSelector = nodeSelector
 	spec.Tolerations = append(spec.Tolerations, tolerations...)
 	timeout := o.TimeoutSeconds
+	var meta map[string]string
+	if len(d.Adapters) > 0 {
+		names := make([]string, len(d.Adapters))
+		for i, a := range d.Adapters {
+			names[i] = serve.AdapterName(a.Name)
+		}
+		meta = map[string]string{AnnotationAdapters: strings.Join(names, ",")}
+	}
 	return &servingv1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "serving.knative.dev/v1", Kind: "Service"},
-		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: labels, Annotations: meta},
 		Spec: servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: servingv1.RevisionTemplateSpec{
 			ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
 			Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
@@ -98,17 +120,16 @@ func BuildService(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions
 	}, nil
 }
 
-func presetPod(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (corev1.PodSpec, error) {
-	if len(runtimeArgs) == 0 {
+func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error) {
+	if len(rt.Args) == 0 {
 		return corev1.PodSpec{}, fmt.Errorf("service %s: no runtime arguments from the plan", d.Service)
 	}
-	args := append(append([]string{}, runtimeArgs...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
+	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
 	var inits []corev1.Container
-	served := ""
 	if len(d.Adapters) > 0 {
 		var modules []string
 		for _, a := range d.Adapters {
-			name := adapterName(a.Name)
+			name := serve.AdapterName(a.Name)
 			modules = append(modules, name+"="+adapterDir+"/"+name)
 			inits = append(inits, corev1.Container{
 				Name: "adapter-" + name, Image: o.ProxyImage,
@@ -117,15 +138,12 @@ func presetPod(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (
 			})
 		}
 		args = append(append(args, "--lora-modules"), modules...)
-		served = adapterName(d.Adapters[0].Name)
 	}
-	if served == "" {
-		served = d.Workspace.PresetName()
-	}
-	gpu := resource.MustParse(strconv.Itoa(max(gpus, 1)))
+	served := serve.ServedModel(d)
+	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
 	health := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10}
 	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
-		PeriodSeconds: 10, FailureThreshold: max(o.StartupSeconds/10, 1)}
+		PeriodSeconds: 10, FailureThreshold: max(rt.StartupSeconds/10, 1)}
 	shm := resource.MustParse("8Gi")
 	return corev1.PodSpec{
 		InitContainers: inits,
@@ -133,7 +151,7 @@ func presetPod(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
 				Command:        []string{"/ko-app/kaitoflow", "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served},
-				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort}},
+				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
 				ReadinessProbe: health,
 				StartupProbe:   startup,
 			},
@@ -156,19 +174,4 @@ func presetPod(d Deployment, runtimeArgs []string, gpus int, o ServiceOptions) (
 			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 		},
 	}, nil
-}
-
-// adapterName makes an adapter name safe as a container name and a vLLM LoRA module name.
-func adapterName(s string) string {
-	s = strings.ToLower(s)
-	s = strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' {
-			return r
-		}
-		return '-'
-	}, s)
-	if len(s) > 50 {
-		s = s[:50]
-	}
-	return strings.Trim(s, "-")
 }

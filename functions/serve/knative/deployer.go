@@ -1,0 +1,341 @@
+package knative
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"strconv"
+	"strings"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"knative.dev/pkg/apis"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// Resources the deployer reads and writes.
+var (
+	Services  = schema.GroupVersionResource{Group: "serving.knative.dev", Version: "v1", Resource: "services"}
+	Revisions = schema.GroupVersionResource{Group: "serving.knative.dev", Version: "v1", Resource: "revisions"}
+)
+
+// AnnotationAdapters on the Service lists the served adapters' names, for inference.ready.
+const AnnotationAdapters = "kaitoflow.io/adapters"
+
+const fieldManager = "kaitoflow"
+
+// Deployer runs inference as Knative Services in the workspace's namespace.
+type Deployer struct {
+	Client  dynamic.Interface
+	Catalog *presets.Catalog
+	Options Options
+	Log     *slog.Logger
+}
+
+// Name implements serve.Deployer.
+func (k *Deployer) Name() string { return "knative" }
+
+// Runtime sizes the model server for a deployment: provision's plan for an inference-only
+// workspace, otherwise a plan for the tuned adapter's rank on the SKU it was tuned on.
+func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
+	ws := d.Workspace
+	if in := ws.Inference; in != nil && in.Template != nil {
+		return Runtime{}, nil // the user's pod: sized by the user
+	}
+	preset := ws.PresetName()
+	m, err := k.Catalog.Model(preset)
+	if err != nil {
+		return Runtime{}, events.Permanentf(events.ReasonInvalidWorkspace, "preset %q: %v", preset, err)
+	}
+	if p := d.Plan; p != nil && len(p.RuntimeArgs) > 0 {
+		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(m)}, nil
+	}
+	rank, instanceType := 8, ws.InstanceType()
+	if p := d.Plan; p != nil {
+		rank = max(rank, p.LoRARank)
+		if p.InstanceType != "" {
+			instanceType = p.InstanceType
+		}
+	}
+	ip, err := k.Catalog.PlanInference(preset, instanceType, len(d.Adapters), rank)
+	if err != nil {
+		var fe *presets.FitError
+		if errors.As(err, &fe) {
+			return Runtime{}, events.Permanent(events.ReasonInsufficientGPUMemory, err)
+		}
+		return Runtime{}, events.Permanent(events.ReasonInvalidWorkspace, err)
+	}
+	return Runtime{Args: ip.VLLMArgs(), GPUs: ip.GPUs, StartupSeconds: startupSeconds(m)}, nil
+}
+
+// startupSeconds allows five minutes plus 30 s per GiB of 16-bit weights (a download at a modest
+// 35 MB/s, then loading onto the GPUs) before a model server that has not answered counts as
+// failed.
+func startupSeconds(m *presets.Model) int32 {
+	gib := float64(m.Parameters) * 2 / (1 << 30)
+	return int32(300 + 30*math.Ceil(gib))
+}
+
+// Apply implements serve.Deployer: create the Service, or update it to a newer generation (which
+// rolls a new revision). The same or an older generation changes nothing.
+func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
+	rt, err := k.Runtime(d)
+	if err != nil {
+		return err
+	}
+	svc, err := BuildService(d, rt, k.Options)
+	if err != nil {
+		return events.Permanent(events.ReasonInvalidWorkspace, err)
+	}
+	obj, err := toUnstructured(svc)
+	if err != nil {
+		return err
+	}
+	client := k.Client.Resource(Services).Namespace(svc.Namespace)
+	cur, err := client.Get(ctx, svc.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		if _, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			// AlreadyExists included: a concurrent create; the redelivery compares generations.
+			return classify(fmt.Errorf("create Knative Service %s/%s: %w", svc.Namespace, svc.Name, err))
+		}
+		k.log().InfoContext(ctx, "Knative Service created", "service", svc.Name, "namespace", svc.Namespace, "generation", d.Ref.Generation)
+		return nil
+	case err != nil:
+		return fmt.Errorf("get Knative Service %s/%s: %w", svc.Namespace, svc.Name, err)
+	}
+	if cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name {
+		return events.Permanentf(events.ReasonStepFailed, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
+			svc.Namespace, svc.Name, events.LabelWorkspace, d.Ref.Name)
+	}
+	if generationOf(cur) >= d.Ref.Generation {
+		return nil
+	}
+	// Keep what others put on the Service's metadata (Knative's creator annotations, say).
+	ann := cur.GetAnnotations()
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	maps.Copy(ann, obj.GetAnnotations())
+	delete(ann, events.AnnotationAcked)
+	obj.SetAnnotations(ann)
+	obj.SetResourceVersion(cur.GetResourceVersion())
+	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		return classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", svc.Namespace, svc.Name, d.Ref.Generation, err))
+	}
+	k.log().InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", svc.Name, "namespace", svc.Namespace,
+		"from", generationOf(cur), "generation", d.Ref.Generation)
+	return nil
+}
+
+func toUnstructured(svc *servingv1.Service) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(svc)
+	if err != nil {
+		return nil, fmt.Errorf("convert Knative Service %s: %w", svc.Name, err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	// The typed object's status is empty; a create must not carry it.
+	delete(u.Object, "status")
+	return u, nil
+}
+
+func classify(err error) error {
+	if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) {
+		return events.Permanent(events.ReasonStepFailed, err)
+	}
+	return err
+}
+
+func generationOf(o metav1.Object) int64 {
+	n, _ := strconv.ParseInt(o.GetLabels()[events.LabelGeneration], 10, 64)
+	return n
+}
+
+// Status implements serve.Deployer. A Service is Pending until Knative has observed its current
+// spec and decided; Ready with its URL; Failed with the failing revision's reason.
+func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, error) {
+	name := serve.ServiceName(ref)
+	u, err := k.Client.Resource(Services).Namespace(ref.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get Knative Service %s/%s: %w", ref.Namespace, name, err)
+	}
+	if u.GetLabels()[events.LabelWorkspace] != ref.Name {
+		return nil, nil
+	}
+	var svc servingv1.Service
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &svc); err != nil {
+		return nil, fmt.Errorf("decode Knative Service %s/%s: %w", ref.Namespace, name, err)
+	}
+	st := &serve.Status{Ref: events.Ref{Namespace: ref.Namespace, Name: ref.Name, Generation: generationOf(u)}, Service: name, Phase: serve.Pending}
+	if a := u.GetAnnotations()[AnnotationAdapters]; a != "" {
+		st.Adapters = strings.Split(a, ",")
+	}
+	switch {
+	case svc.IsReady():
+		st.Phase, st.Revision = serve.Ready, svc.Status.LatestReadyRevisionName
+		if svc.Status.URL != nil {
+			st.URL = svc.Status.URL.String()
+		}
+		if st.URL == "" {
+			st.Phase = serve.Pending // Ready without a route yet: wait for the URL
+		}
+	case svc.IsFailed():
+		c := svc.Status.GetCondition(servingv1.ServiceConditionReady)
+		st.Phase, st.Reason, st.Message = serve.Failed, c.Reason, c.Message
+		if rev := svc.Status.LatestCreatedRevisionName; rev != "" {
+			st.Revision = rev
+			if reason, msg, ok := k.revisionFailure(ctx, ref.Namespace, rev); ok {
+				st.Reason, st.Message = reason, msg
+			}
+		}
+		if st.Reason == "" {
+			st.Reason = "RevisionFailed"
+		}
+	}
+	return st, nil
+}
+
+// revisionFailure is the specific reason a revision failed (ImagePullBackOff, Unschedulable,
+// ExitCode1, ProgressDeadlineExceeded), which the Service's own condition only summarises.
+func (k *Deployer) revisionFailure(ctx context.Context, ns, name string) (reason, message string, ok bool) {
+	u, err := k.Client.Resource(Revisions).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", "", false
+	}
+	var rev servingv1.Revision
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &rev); err != nil {
+		return "", "", false
+	}
+	for _, t := range []apis.ConditionType{servingv1.RevisionConditionContainerHealthy, servingv1.RevisionConditionResourcesAvailable, servingv1.RevisionConditionReady} {
+		if c := rev.Status.GetCondition(t); c.IsFalse() && c.Reason != "" {
+			return c.Reason, c.Message, true
+		}
+	}
+	return "", "", false
+}
+
+// List implements serve.Deployer: the workspaces' Services whose current generation's outcome is
+// not acknowledged.
+func (k *Deployer) List(ctx context.Context) ([]events.Ref, error) {
+	l, err := k.Client.Resource(Services).Namespace("").List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace})
+	if err != nil {
+		return nil, fmt.Errorf("list Knative Services: %w", err)
+	}
+	var refs []events.Ref
+	for _, u := range l.Items {
+		gen := generationOf(&u)
+		if u.GetAnnotations()[events.AnnotationAcked] != strconv.FormatInt(gen, 10) {
+			refs = append(refs, events.Ref{Namespace: u.GetNamespace(), Name: u.GetLabels()[events.LabelWorkspace], Generation: gen})
+		}
+	}
+	return refs, nil
+}
+
+// Acknowledge implements serve.Deployer: annotate the Service with the acknowledged generation.
+// The annotation is on the Service's metadata, not its template, so it rolls no revision.
+func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref) error {
+	name := serve.ServiceName(ref)
+	patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationAcked + `":"` + strconv.FormatInt(ref.Generation, 10) + `"}}}`)
+	_, err := k.Client.Resource(Services).Namespace(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("acknowledge Knative Service %s/%s: %w", ref.Namespace, name, err)
+	}
+	return nil
+}
+
+// Delete implements serve.Deployer.
+func (k *Deployer) Delete(ctx context.Context, ref events.Ref) error {
+	name := serve.ServiceName(ref)
+	client := k.Client.Resource(Services).Namespace(ref.Namespace)
+	u, err := client.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get Knative Service %s/%s: %w", ref.Namespace, name, err)
+	}
+	if u.GetLabels()[events.LabelWorkspace] != ref.Name {
+		return nil // not ours
+	}
+	err = client.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete Knative Service %s/%s: %w", ref.Namespace, name, err)
+	}
+	k.log().InfoContext(ctx, "Knative Service deleted", "service", name, "namespace", ref.Namespace)
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (k *Deployer) log() *slog.Logger {
+	if k.Log == nil {
+		return slog.Default()
+	}
+	return k.Log
+}
+
+// Publisher is what the watch needs.
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
+
+// Watch publishes kaitoflow.service.changed when a workspace's Knative Service changes: the
+// embedded mode's ApiServerSource on Knative Services. It runs until ctx ends.
+func Watch(ctx context.Context, client dynamic.Interface, pub Publisher, log *slog.Logger) error {
+	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
+		o.LabelSelector = events.LabelWorkspace
+	})
+	emit := func(obj any) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return
+		}
+		l := u.GetLabels()
+		ns, name := l[events.LabelNamespace], l[events.LabelWorkspace]
+		if ns == "" || name == "" {
+			return
+		}
+		e := cloudevents.NewEvent()
+		e.SetID("ksvc/" + u.GetNamespace() + "/" + u.GetName() + "/" + u.GetResourceVersion())
+		e.SetSource("kaitoflow/service-watch")
+		e.SetType(events.ServiceChanged)
+		e.SetSubject(ns + "/" + name)
+		e.SetExtension(events.ExtGeneration, l[events.LabelGeneration])
+		if err := e.SetData(cloudevents.ApplicationJSON, events.ServiceChangedData{Service: u.GetName()}); err != nil {
+			return
+		}
+		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
+			log.Warn("publish service.changed; the next tick looks again", "service", u.GetName(), "err", err)
+		}
+	}
+	if _, err := factory.ForResource(Services).Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    emit,
+		UpdateFunc: func(_, obj any) { emit(obj) },
+	}); err != nil {
+		return err
+	}
+	log.Info("watching Knative Services", "selector", events.LabelWorkspace)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
