@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
@@ -91,46 +92,46 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	if ws.APIVersion == "" {
 		ws.APIVersion, ws.Kind = events.APIVersion, events.Kind
 	}
-	if errs := ws.Validate(s.Policy); len(errs) > 0 {
-		p := Problem{Error: fmt.Sprintf("workspace %s/%s is invalid", ws.Namespace, ws.Name)}
-		for _, e := range errs {
-			p.Fields = append(p.Fields, FieldError{Field: e.Field, Type: string(e.Type), Message: e.Error()})
-		}
-		writeJSON(w, http.StatusUnprocessableEntity, p)
-		return
-	}
 	if r.URL.Query().Get("dryRun") == "true" {
+		if errs := ws.Validate(s.Policy); len(errs) > 0 {
+			writeInvalid(w, &ingress.InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs})
+			return
+		}
 		writeJSON(w, http.StatusOK, SubmitResult{Workspace: status.Workspace{Namespace: ws.Namespace, Name: ws.Name, Phase: status.Pending}, DryRun: true})
 		return
 	}
-	rec, fresh, err := s.Store.Admit(r.Context(), ws)
-	if err != nil {
-		s.Log.Error("admit workspace", "workspace", ws.Namespace+"/"+ws.Name, "err", err)
+	ctx, span := s.tracer().Start(s.traceContext(r), "submit workspace", trace.WithSpanKind(trace.SpanKindProducer))
+	res, err := s.submitter().Submit(ctx, ws, "")
+	span.End()
+	var invalid *ingress.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		writeInvalid(w, invalid)
+		return
+	case err != nil:
+		s.Log.Error("submit workspace", "workspace", ws.Namespace+"/"+ws.Name, "err", err)
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return
 	}
-	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
-	ws.Generation = ref.Generation
-	// Published even when unchanged: if an earlier submit stored the record but crashed before
-	// publishing, this completes it; if not, JetStream drops the duplicate id.
-	ev, err := events.New(Source, events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil)
-	if err == nil {
-		ctx, span := s.tracer().Start(s.traceContext(r), "submit workspace", trace.WithSpanKind(trace.SpanKindProducer))
-		runtime.InjectTrace(ctx, &ev)
-		err = s.Publisher.Publish(ctx, ev)
-		span.End()
-	}
-	if err != nil {
-		s.Log.Error("publish workspace.requested", "workspace", ref.String(), "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
-		return
-	}
-	s.Log.Info("workspace submitted", "workspace", ref.String(), "event_id", ev.ID(), "unchanged", !fresh)
+	rec, fresh := res.Workspace, res.Fresh
+	s.Log.Info("workspace submitted", "workspace", res.Event.Subject(), "generation", rec.Generation, "event_id", res.Event.ID(), "unchanged", !fresh)
 	code := http.StatusAccepted
 	if !fresh {
 		code = http.StatusOK
 	}
 	writeJSON(w, code, SubmitResult{Workspace: *rec, Unchanged: !fresh})
+}
+
+func (s *Server) submitter() *ingress.Submitter {
+	return &ingress.Submitter{Store: s.Store, Publisher: s.Publisher, Policy: s.Policy, Source: Source}
+}
+
+func writeInvalid(w http.ResponseWriter, e *ingress.InvalidError) {
+	p := Problem{Error: fmt.Sprintf("workspace %s/%s is invalid", e.Namespace, e.Name)}
+	for _, fe := range e.Fields {
+		p.Fields = append(p.Fields, FieldError{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()})
+	}
+	writeJSON(w, http.StatusUnprocessableEntity, p)
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/ingress/servicebus"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// ingressFlags are what the bridge and the webhook share: the bus and the address policy.
+type ingressFlags struct {
+	natsURL string
+	allow   []string
+}
+
+func (f *ingressFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
+	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+}
+
+// submitter connects to NATS and returns the submission path shared with the API.
+func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ingress.Submitter, func(), error) {
+	nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	store, err := status.Open(ctx, js, 1)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: events.AddressPolicy{Allow: f.allow}, Source: source},
+		func() { _ = nc.Drain() }, nil
+}
+
+func newBridge(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "bridge", Short: "Bring workspaces in from a message broker"}
+	cmd.AddCommand(newBridgeServiceBus(g))
+	return cmd
+}
+
+func newBridgeServiceBus(g *globals) *cobra.Command {
+	var (
+		in                                          ingressFlags
+		namespace, queue, topic, subscription, conn string
+		receivers, batch                            int
+		hold                                        time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "servicebus",
+		Short: "Receive Kaito Workspace manifests (or CloudEvents) from an Azure Service Bus queue or subscription",
+		Long: `servicebus receives from a queue (--queue) or a topic subscription (--topic, --subscription) in
+peek-lock mode. A message's body is a Kaito Workspace manifest (YAML or JSON) or a CloudEvent of type
+kaitoflow.workspace.requested (structured JSON, or the AMQP binding's binary mode with cloudEvents:
+application properties). It is completed only after JetStream stored the workspace.requested event
+(Nats-Msg-Id derived from the MessageId); a message that cannot be parsed or validated is
+dead-lettered with DeadLetterReason and a DeadLetterErrorDescription naming the field; one whose
+publish fails is held (lock renewed) for --hold, then abandoned so Service Bus redelivers it.
+
+Authentication: --namespace NAME.servicebus.windows.net with workload identity, managed identity or
+any azidentity credential (the role "Azure Service Bus Data Receiver" on the entity), or a connection
+string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out of process lists).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if (queue == "") == (topic == "") || (topic != "") != (subscription != "") {
+				return errors.New("give --queue, or --topic with --subscription")
+			}
+			conn = os.Getenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
+			var client *azservicebus.Client
+			switch {
+			case conn != "":
+				client, err = azservicebus.NewClientFromConnectionString(conn, nil)
+			case namespace != "":
+				cred, cerr := azidentity.NewDefaultAzureCredential(nil)
+				if cerr != nil {
+					return fmt.Errorf("azure credential: %w", cerr)
+				}
+				client, err = azservicebus.NewClient(namespace, cred, nil)
+			default:
+				return errors.New("give --namespace (Entra ID) or set KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
+			}
+			if err != nil {
+				// The SDK's message can quote a malformed connection string; say which input failed.
+				return errors.New("service bus client: the namespace or connection string is not usable")
+			}
+			defer client.Close(context.WithoutCancel(cmd.Context()))
+			entity := queue
+			if topic != "" {
+				entity = topic + "/subscriptions/" + subscription
+			}
+			var rs []servicebus.Receiver
+			for range max(receivers, 1) {
+				var r *azservicebus.Receiver
+				if queue != "" {
+					r, err = client.NewReceiverForQueue(queue, &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModePeekLock})
+				} else {
+					r, err = client.NewReceiverForSubscription(topic, subscription, &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModePeekLock})
+				}
+				if err != nil {
+					return fmt.Errorf("receiver for %s: %w", entity, err)
+				}
+				defer r.Close(context.WithoutCancel(cmd.Context()))
+				rs = append(rs, r)
+			}
+			sub, closeNATS, err := in.submitter(cmd.Context(), "bridge-servicebus", "kaitoflow/servicebus")
+			if err != nil {
+				return err
+			}
+			defer closeNATS()
+			log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", in.natsURL)
+			b := &servicebus.Bridge{Receivers: rs, Submitter: sub, Entity: entity, Hold: hold, Batch: batch, Log: log}
+			return b.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	in.register(cmd)
+	f.StringVar(&namespace, "namespace", os.Getenv("KAITOFLOW_SERVICEBUS_NAMESPACE"), "fully qualified namespace, NAME.servicebus.windows.net (env KAITOFLOW_SERVICEBUS_NAMESPACE)")
+	f.StringVar(&queue, "queue", "", "queue to receive from")
+	f.StringVar(&topic, "topic", "", "topic to receive from (with --subscription)")
+	f.StringVar(&subscription, "subscription", "", "the topic's subscription")
+	f.IntVar(&receivers, "receivers", 4, "concurrent receivers")
+	f.IntVar(&batch, "batch", 8, "messages per receive call")
+	f.DurationVar(&hold, "hold", 30*time.Second, "how long a message is held (lock renewed) while NATS is unavailable before it is abandoned")
+	return cmd
+}

@@ -1,0 +1,92 @@
+// Package ingress is how workspaces enter the pipeline from outside the CLI's API: the one
+// submission path (validate, admit, publish, wait for the ack) that the API, the Service Bus bridge
+// and the dataset-upload webhook share, and the parsers for what those sources deliver.
+package ingress
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Admitter records a submission and decides its generation: the same spec again is the same
+// generation, a changed one the next (status.Store).
+type Admitter interface {
+	Admit(ctx context.Context, ws *events.Workspace) (rec *status.Workspace, fresh bool, err error)
+}
+
+// Submitter admits workspaces and publishes kaitoflow.workspace.requested.
+type Submitter struct {
+	Store     Admitter
+	Publisher runtime.Publisher
+	Policy    events.AddressPolicy
+	// Source is the CloudEvents source of the events it publishes (kaitoflow/api, …).
+	Source string
+}
+
+// Result is a submission's outcome.
+type Result struct {
+	Workspace *status.Workspace
+	// Fresh is false when the same spec was already submitted: nothing new started.
+	Fresh bool
+	Event cloudevents.Event
+}
+
+// InvalidError is a workspace that fails validation; Fields name each problem. It is permanent:
+// the same manifest fails the same way.
+type InvalidError struct {
+	Namespace, Name string
+	Fields          field.ErrorList
+}
+
+func (e *InvalidError) Error() string {
+	return fmt.Sprintf("workspace %s/%s is invalid: %s", e.Namespace, e.Name, events.FieldErrors(e.Fields))
+}
+
+// Submit validates ws, admits it and publishes workspace.requested, and returns once JetStream has
+// stored the event. A namespace-less ws goes to the default namespace. origin, when not empty, is
+// the id of the message ws arrived in (a Service Bus MessageId, a blob's version): the event id
+// derives from it and the generation, so a redelivered message is stored once, while a retried
+// failed workspace (a new generation) is not mistaken for a duplicate. Any error but an
+// *InvalidError is transient.
+func (s *Submitter) Submit(ctx context.Context, ws *events.Workspace, origin string) (*Result, error) {
+	if ws.Namespace == "" {
+		ws.Namespace = events.DefaultNamespace
+	}
+	if ws.APIVersion == "" {
+		ws.APIVersion, ws.Kind = events.APIVersion, events.Kind
+	}
+	if errs := ws.Validate(s.Policy); len(errs) > 0 {
+		return nil, &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs}
+	}
+	rec, fresh, err := s.Store.Admit(ctx, ws)
+	if err != nil {
+		return nil, fmt.Errorf("admit workspace %s/%s: %w", ws.Namespace, ws.Name, err)
+	}
+	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+	ws.Generation = ref.Generation
+	ev, err := events.New(s.Source, events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil)
+	if err != nil {
+		return nil, err
+	}
+	if origin != "" {
+		sum := sha256.Sum256([]byte(s.Source + "\x00" + origin + "\x00" + strconv.FormatInt(ref.Generation, 10)))
+		ev.SetID(hex.EncodeToString(sum[:16]))
+	}
+	runtime.InjectTrace(ctx, &ev)
+	// Published even when unchanged: if an earlier submission was admitted but its publish never
+	// happened, this completes it; if it did, JetStream drops the duplicate id.
+	if err := s.Publisher.Publish(ctx, ev); err != nil {
+		return nil, fmt.Errorf("publish workspace.requested for %s: %w", ref, err)
+	}
+	return &Result{Workspace: rec, Fresh: fresh, Event: ev}, nil
+}
