@@ -1,0 +1,104 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
+)
+
+func newWebhook(g *globals) *cobra.Command {
+	var (
+		in                                       ingressFlags
+		listen, template, container, issuer, aud string
+		suffixes                                 []string
+		maxBody                                  int64
+		insecure                                 bool
+	)
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	cmd := &cobra.Command{
+		Use:   "webhook",
+		Short: "Start a workspace when a dataset is uploaded (Azure Event Grid BlobCreated, or a signed notification)",
+		Long: `webhook serves POST /eventgrid for Azure Event Grid (Event Grid or CloudEvents 1.0 schema, single
+or batched deliveries, and each schema's handshake) and POST /upload for a generic notification
+{"url": ..., "sha256": ...} signed with HMAC-SHA256 (X-Kaitoflow-Signature: sha256=HEX).
+
+A Microsoft.Storage.BlobCreated (or Data Lake FlushWithClose) for a blob in --container whose name
+ends in a --suffix becomes kaitoflow.workspace.requested from the --template manifest, with the
+blob's URL as tuning.input.urls[0]. The workspace's name derives from the blob's path, its
+generation from the blob's version: Event Grid's redeliveries start one workspace, a re-upload starts
+the next generation. 200 comes only after JetStream stored the event; 503 when NATS is unavailable
+(Event Grid retries); 4xx for bad or unauthenticated input.
+
+Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOFLOW_WEBHOOK_KEYS
+(comma-separated; sent as X-Kaitoflow-Key or ?code=), and/or an Entra ID bearer token
+(--entra-issuer, --entra-audience). /upload needs $KAITOFLOW_WEBHOOK_SIGNING_KEY.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			doc, err := os.ReadFile(template)
+			if err != nil {
+				return fmt.Errorf("--template: %w", err)
+			}
+			tmpl, err := events.DecodeWorkspace(doc)
+			if err != nil {
+				return fmt.Errorf("--template %s: %w", template, err)
+			}
+			if tmpl.Tuning == nil {
+				return fmt.Errorf("--template %s: tuning: required (an upload becomes the tuning input)", template)
+			}
+			h := &webhook.Handler{Template: tmpl, Container: container, Suffixes: suffixes, MaxBody: maxBody, Log: log}
+			for _, k := range strings.Split(os.Getenv("KAITOFLOW_WEBHOOK_KEYS"), ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					h.Keys = append(h.Keys, k)
+				}
+			}
+			if k := os.Getenv("KAITOFLOW_WEBHOOK_SIGNING_KEY"); k != "" {
+				h.SigningKey = []byte(k)
+			}
+			if issuer != "" || aud != "" {
+				if issuer == "" || aud == "" {
+					return errors.New("--entra-issuer and --entra-audience go together")
+				}
+				if h.Verifier, err = webhook.NewEntraVerifier(cmd.Context(), issuer, aud); err != nil {
+					return err
+				}
+			}
+			if len(h.Keys) == 0 && h.Verifier == nil && !insecure {
+				return errors.New("no authentication configured: set KAITOFLOW_WEBHOOK_KEYS or --entra-issuer/--entra-audience (or --insecure-no-auth for a test)")
+			}
+			sub, closeNATS, err := in.submitter(cmd.Context(), "webhook", "kaitoflow/webhook")
+			if err != nil {
+				return err
+			}
+			defer closeNATS()
+			h.Submitter = sub
+			log.Info("webhook listening", "addr", listen, "template", tmpl.Name, "container", container, "suffixes", suffixes,
+				"keys", len(h.Keys), "entra", h.Verifier != nil, "upload_notifications", len(h.SigningKey) > 0)
+			return serveHTTP(cmd.Context(), listen, h.Routes())
+		},
+	}
+	f := cmd.Flags()
+	in.register(cmd)
+	f.StringVar(&listen, "listen", ":"+port, "HTTP address (Knative sets $PORT)")
+	f.StringVar(&template, "template", "", "the Kaito Workspace manifest every upload instantiates (a mounted ConfigMap in a cluster)")
+	f.StringVar(&container, "container", "", "only blobs in this container (default: any)")
+	f.StringSliceVar(&suffixes, "suffix", []string{".parquet", ".jsonl", ".json", ".csv"}, "accepted blob name endings")
+	f.StringVar(&issuer, "entra-issuer", "", "require Entra ID bearer tokens from this issuer, e.g. https://login.microsoftonline.com/TENANT/v2.0")
+	f.StringVar(&aud, "entra-audience", "", "the tokens' audience: the application ID Event Grid's subscription uses")
+	f.Int64Var(&maxBody, "max-body", 1<<20, "largest delivery accepted, in bytes")
+	f.BoolVar(&insecure, "insecure-no-auth", false, "accept unauthenticated deliveries (tests only)")
+	_ = cmd.MarkFlagRequired("template")
+	return cmd
+}
