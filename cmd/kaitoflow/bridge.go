@@ -31,28 +31,29 @@ func (f *ingressFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
 }
 
-// submitter connects to NATS and returns the submission path shared with the API.
-func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ingress.Submitter, func(), error) {
+// submitter connects to NATS and returns the submission path shared with the API, and the
+// JetStream handle.
+func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ingress.Submitter, jetstream.JetStream, func(), error) {
 	nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
+		return nil, nil, nil, fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	store, err := status.Open(ctx, js, 1)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: events.AddressPolicy{Allow: f.allow}, Source: source},
-		func() { _ = nc.Drain() }, nil
+		js, func() { _ = nc.Drain() }, nil
 }
 
 func newBridge(g *globals) *cobra.Command {
@@ -63,10 +64,10 @@ func newBridge(g *globals) *cobra.Command {
 
 func newBridgeServiceBus(g *globals) *cobra.Command {
 	var (
-		in                                          ingressFlags
-		namespace, queue, topic, subscription, conn string
-		receivers, batch                            int
-		hold                                        time.Duration
+		in                                                       ingressFlags
+		namespace, queue, topic, subscription, conn, statusTopic string
+		receivers, batch                                         int
+		hold                                                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "servicebus",
@@ -78,6 +79,9 @@ application properties). It is completed only after JetStream stored the workspa
 (Nats-Msg-Id derived from the MessageId); a message that cannot be parsed or validated is
 dead-lettered with DeadLetterReason and a DeadLetterErrorDescription naming the field; one whose
 publish fails is held (lock renewed) for --hold, then abandoned so Service Bus redelivers it.
+
+--status-topic also sends every status event to a topic (binary-mode CloudEvents; the role
+"Azure Service Bus Data Sender" on it).
 
 Authentication: --namespace NAME.servicebus.windows.net with workload identity, managed identity or
 any azidentity credential (the role "Azure Service Bus Data Receiver" on the entity), or a connection
@@ -128,14 +132,33 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 				defer r.Close(context.WithoutCancel(cmd.Context()))
 				rs = append(rs, r)
 			}
-			sub, closeNATS, err := in.submitter(cmd.Context(), "bridge-servicebus", "kaitoflow/servicebus")
+			sub, js, closeNATS, err := in.submitter(cmd.Context(), "bridge-servicebus", "kaitoflow/servicebus")
 			if err != nil {
 				return err
 			}
 			defer closeNATS()
+			errc := make(chan error, 1)
+			if statusTopic != "" {
+				sender, err := client.NewSender(statusTopic, nil)
+				if err != nil {
+					return fmt.Errorf("sender for %s: %w", statusTopic, err)
+				}
+				defer sender.Close(context.WithoutCancel(cmd.Context()))
+				fn := runtime.Function{Name: "servicebus-status", Types: events.Types, Handler: &servicebus.Exporter{Sender: sender}, Observer: true}
+				r, err := runtime.NewJetStream(js, fn, runtime.Deps{Logger: log}, runtime.JetStreamOptions{MaxDeliver: 20})
+				if err != nil {
+					return err
+				}
+				go func() { errc <- r.Run(cmd.Context()) }()
+				log.Info("exporting status events to Service Bus", "topic", statusTopic)
+			}
 			log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", in.natsURL)
 			b := &servicebus.Bridge{Receivers: rs, Submitter: sub, Entity: entity, Hold: hold, Batch: batch, Log: log}
-			return b.Run(cmd.Context())
+			err = b.Run(cmd.Context())
+			if statusTopic != "" {
+				err = errors.Join(err, <-errc)
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -146,6 +169,7 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 	f.StringVar(&subscription, "subscription", "", "the topic's subscription")
 	f.IntVar(&receivers, "receivers", 4, "concurrent receivers")
 	f.IntVar(&batch, "batch", 8, "messages per receive call")
+	f.StringVar(&statusTopic, "status-topic", "", "also send every status event (CloudEvents, AMQP binary mode) to this topic, for consumers outside the cluster")
 	f.DurationVar(&hold, "hold", 30*time.Second, "how long a message is held (lock renewed) while NATS is unavailable before it is abandoned")
 	return cmd
 }

@@ -78,7 +78,7 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 			if len(h.Keys) == 0 && h.Verifier == nil && !insecure {
 				return errors.New("no authentication configured: set KAITOFLOW_WEBHOOK_KEYS or --entra-issuer/--entra-audience (or --insecure-no-auth for a test)")
 			}
-			sub, closeNATS, err := in.submitter(cmd.Context(), "webhook", "kaitoflow/webhook")
+			sub, _, closeNATS, err := in.submitter(cmd.Context(), "webhook", "kaitoflow/webhook")
 			if err != nil {
 				return err
 			}

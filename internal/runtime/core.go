@@ -111,8 +111,12 @@ func (c *core) call(ctx context.Context, ev cloudevents.Event) (out []cloudevent
 
 // failureEvent builds the workspace.failed event for a permanent failure. The subject comes from
 // the event, or for an event that did not decode, from its raw subject header. ok is false when
-// no workspace can be named: then only the dead letter records the failure.
+// no workspace can be named, or the function is an observer: then only the dead letter records
+// the failure.
 func (c *core) failureEvent(ev *cloudevents.Event, subject string, perr *events.PermanentError, deliveries uint64) (cloudevents.Event, bool) {
+	if c.fn.Observer {
+		return cloudevents.Event{}, false
+	}
 	probe := cloudevents.NewEvent()
 	probe.SetSubject(subject)
 	var typ, id string

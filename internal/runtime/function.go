@@ -35,6 +35,10 @@ type Function struct {
 	Name    string
 	Types   []string
 	Handler Handler
+	// Observer marks a function that watches the pipeline rather than takes part in it (the
+	// status projector, an exporter): its permanent failures are dead-lettered with their reason
+	// but never fail the workspace.
+	Observer bool
 }
 
 // Source is the CloudEvents source of the events a function emits.

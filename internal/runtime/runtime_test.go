@@ -227,6 +227,24 @@ func TestPermanentErrorDeadLettersAndFailsWorkspace(t *testing.T) {
 	}
 }
 
+// An observer (an exporter, say) that cannot handle an event dead-letters it but never fails the
+// workspace it watches.
+func TestObserverFailureDeadLettersOnly(t *testing.T) {
+	ns := natsServer(t)
+	js := connect(t, ns)
+	fn := Function{Name: "exporter", Types: []string{events.WorkspaceRequested}, Observer: true, Handler: HandlerFunc(func(context.Context, cloudevents.Event) ([]cloudevents.Event, error) {
+		return nil, events.Permanentf(events.ReasonStepFailed, "the export target refused the event")
+	})}
+	run(t, js, fn, Deps{}, JetStreamOptions{AckWait: time.Second})
+	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "watched")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
+	if failed := messages(t, js, events.WorkspaceFailed); len(failed) != 0 {
+		t.Errorf("an observer failed the workspace: %d workspace.failed", len(failed))
+	}
+}
+
 func TestRetryableErrorIsRetriedThenDeadLettered(t *testing.T) {
 	ns := natsServer(t)
 	js := connect(t, ns)
