@@ -27,12 +27,15 @@ const (
 	InferenceReady     = "kaitoflow.inference.ready"
 	WorkspaceFailed    = "kaitoflow.workspace.failed"
 	WorkspaceDeleted   = "kaitoflow.workspace.deleted"
+	// CapacityReleased says a workspace's GPU capacity is given back: after tuning, after a
+	// failure, and always after a deletion (so a finalizer can wait for it).
+	CapacityReleased = "kaitoflow.capacity.released"
 )
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningCompleted,
-	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted,
+	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
 }
 
 // Signals are events about the world rather than one workspace's progress: they make functions
@@ -337,6 +340,18 @@ type WorkspaceFailedData struct {
 // WorkspaceDeletedData is the payload of kaitoflow.workspace.deleted.
 type WorkspaceDeletedData struct {
 	Ref Ref `json:"ref"`
+}
+
+// CapacityReleasedData is the payload of kaitoflow.capacity.released.
+type CapacityReleasedData struct {
+	Ref Ref `json:"ref"`
+	// Purpose is what the capacity was for (tuning, serving); empty when there was none to release.
+	Purpose      string `json:"purpose,omitempty"`
+	InstanceType string `json:"instanceType,omitempty"`
+	// HeldSeconds is how long the capacity was held, from the request.
+	HeldSeconds float64 `json:"heldSeconds,omitempty"`
+	// Because is the event type that caused the release.
+	Because string `json:"because"`
 }
 
 // Must returns e, or panics with err. For tests and benchmarks building known-good events.

@@ -182,9 +182,9 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	case events.NodeChanged:
 		return f.recheck(ctx, ev, ref)
 	case events.TuningCompleted:
-		return nil, f.release(ctx, ref, Tuning)
+		return f.release(ctx, ev, ref, Tuning)
 	case events.WorkspaceFailed, events.WorkspaceDeleted:
-		return nil, f.release(ctx, ref, "")
+		return f.release(ctx, ev, ref, "")
 	}
 	return nil, nil
 }
@@ -326,18 +326,31 @@ func (f *Function) failed(ref events.Ref, err error, cause *cloudevents.Event) (
 
 // release gives back the capacity of ref (only tuning capacity when only is Tuning). An event of
 // an older generation never releases a newer generation's capacity.
-func (f *Function) release(ctx context.Context, ref events.Ref, only Purpose) error {
+func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events.Ref, only Purpose) ([]cloudevents.Event, error) {
 	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
-	if err != nil || rec == nil || rec.Ref.Generation > ref.Generation {
-		return err
+	if err != nil || (rec != nil && rec.Ref.Generation > ref.Generation) {
+		return nil, err
 	}
-	if only != "" && rec.Purpose != only {
-		return nil
+	data := events.CapacityReleasedData{Ref: ref, Because: ev.Type()}
+	switch {
+	case rec == nil && ev.Type() != events.WorkspaceDeleted:
+		return nil, nil // nothing held; only a deletion is always answered
+	case rec != nil && only != "" && rec.Purpose != only:
+		return nil, nil
+	case rec != nil:
+		if err := f.provider.Release(ctx, rec.Request); err != nil {
+			return nil, fmt.Errorf("release %s capacity of %s: %w", rec.Purpose, rec.Ref, err)
+		}
+		held := f.now().Sub(rec.Requested)
+		f.log.InfoContext(ctx, "released capacity", "purpose", rec.Purpose, "instance_type", rec.Plan.InstanceType, "held", held.Round(time.Second))
+		if err := f.pending.Delete(ctx, rec.Ref); err != nil {
+			return nil, err
+		}
+		data.Ref, data.Purpose, data.InstanceType, data.HeldSeconds = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType, held.Seconds()
 	}
-	if err := f.provider.Release(ctx, rec.Request); err != nil {
-		return fmt.Errorf("release %s capacity of %s: %w", rec.Purpose, rec.Ref, err)
+	out, err := events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev)
+	if err != nil {
+		return nil, err
 	}
-	f.log.InfoContext(ctx, "released capacity", "purpose", rec.Purpose, "instance_type", rec.Plan.InstanceType,
-		"held", f.now().Sub(rec.Requested).Round(time.Second))
-	return f.pending.Delete(ctx, rec.Ref)
+	return []cloudevents.Event{out}, nil
 }

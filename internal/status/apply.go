@@ -154,6 +154,19 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 	case events.WorkspaceDeleted:
 		w.Phase = Deleted
 		rec.Note = "deleted"
+	case events.CapacityReleased:
+		var d events.CapacityReleasedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		rec.Note = "no capacity held"
+		if d.Purpose != "" {
+			rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType, time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
+		}
+		if d.Because == events.WorkspaceDeleted {
+			t := at
+			w.Released = &t
+		}
 	default:
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}

@@ -70,6 +70,8 @@ type Workspace struct {
 	// Provenance is the training record attached to the image (an OCI referrer).
 	Provenance string `json:"provenance,omitempty"`
 	Endpoint   string `json:"endpoint,omitempty"`
+	// Released is when a deleted workspace's capacity was given back (a finalizer waits for it).
+	Released *time.Time `json:"released,omitempty"`
 	// Revision is the serving revision; Adapters the LoRA adapters it serves, by model name.
 	Revision string            `json:"revision,omitempty"`
 	Adapters []string          `json:"adapters,omitempty"`
