@@ -95,11 +95,18 @@ type TuningSpec struct {
 	Output *DataDestination `json:"output"`
 }
 
-// WorkspaceStatus is Kaito's status block. kaitoflow keeps its richer status in the status store;
-// this field exists so that manifests carrying a status (kubectl get -o yaml) still decode.
+// WorkspaceStatus is Kaito's status block (workerNodes, conditions) and, on a Workspace custom
+// resource, what kaitoflow's controller writes back from the status store: the generation it
+// describes, the phase, the endpoint, the adapter image and a failure's reason. Manifests carrying a
+// status (kubectl get -o yaml) still decode.
 type WorkspaceStatus struct {
-	WorkerNodes []string           `json:"workerNodes,omitempty"`
-	Conditions  []metav1.Condition `json:"conditions,omitempty"`
+	WorkerNodes        []string           `json:"workerNodes,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Phase              string             `json:"phase,omitempty"`
+	Endpoint           string             `json:"endpoint,omitempty"`
+	Image              string             `json:"image,omitempty"`
+	Failure            string             `json:"failure,omitempty"`
 }
 
 // Ref returns the workspace's identity as events carry it.

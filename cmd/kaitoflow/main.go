@@ -69,7 +69,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g))
+	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g))
 	return root
 }
 

@@ -206,7 +206,17 @@ func SpecHash(ws *events.Workspace) (string, error) {
 // Watch sends the record of namespace/name each time it changes, starting with its current
 // value, until ctx is done.
 func (s *Store) Watch(ctx context.Context, namespace, name string) (<-chan Workspace, error) {
-	wt, err := s.kv.Watch(ctx, Key(namespace, name))
+	return s.watch(ctx, Key(namespace, name))
+}
+
+// WatchAll sends every record each time it changes, starting with the current ones, until ctx is
+// done.
+func (s *Store) WatchAll(ctx context.Context) (<-chan Workspace, error) {
+	return s.watch(ctx, ">")
+}
+
+func (s *Store) watch(ctx context.Context, keys string) (<-chan Workspace, error) {
+	wt, err := s.kv.Watch(ctx, keys)
 	if err != nil {
 		return nil, fmt.Errorf("watch status: %w", err)
 	}

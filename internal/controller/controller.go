@@ -1,0 +1,324 @@
+// Package controller connects the Workspace custom resource to the pipeline, so Kaito's
+// `kubectl apply -f workspace.yaml` then `kubectl get workspace` work: a create or spec change
+// becomes kaitoflow.workspace.requested (generation = metadata.generation), a deletion becomes
+// kaitoflow.workspace.deleted behind a finalizer that holds the object until the workspace's
+// capacity is released, and the status store's record is written back to the object's status.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Finalizer holds a deleted Workspace until its capacity is released.
+const Finalizer = "kaitoflow.io/release-capacity"
+
+// Source is the CloudEvents source of the events the controller emits.
+const Source = "kaitoflow/controller"
+
+// Submitter admits workspaces (*ingress.Submitter).
+type Submitter interface {
+	Submit(ctx context.Context, ws *events.Workspace, origin string) (*ingress.Result, error)
+}
+
+// Store is the part of the status store the controller reads (*status.Store).
+type Store interface {
+	Get(ctx context.Context, namespace, name string) (*status.Workspace, error)
+	WatchAll(ctx context.Context) (<-chan status.Workspace, error)
+}
+
+// Publisher publishes events (runtime.Publisher).
+type Publisher interface {
+	Publish(ctx context.Context, evs ...cloudevents.Event) error
+}
+
+// Controller reconciles Workspace objects with the pipeline.
+type Controller struct {
+	Client    dynamic.Interface
+	Submitter Submitter
+	Store     Store
+	Publisher Publisher
+	// Group is the CRD's API group: kaito.sh, or another where Kaito itself owns kaito.sh.
+	Group string
+	// Resync re-lists every Workspace this often, for anything a watch missed. Default 10m.
+	Resync time.Duration
+	Log    *slog.Logger
+
+	queue    workqueue.TypedRateLimitingInterface[string]
+	informer cache.SharedIndexInformer
+}
+
+// GVR is the Workspace resource in group.
+func GVR(group string) schema.GroupVersionResource {
+	if group == "" {
+		group = "kaito.sh"
+	}
+	return schema.GroupVersionResource{Group: group, Version: "v1alpha1", Resource: "workspaces"}
+}
+
+func (c *Controller) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.Default()
+	}
+	return c.Log
+}
+
+// Run watches Workspaces and status records until ctx ends, with workers reconciling.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	resync := c.Resync
+	if resync <= 0 {
+		resync = 10 * time.Minute
+	}
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "workspaces"})
+	defer c.queue.ShutDown()
+	factory := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, resync)
+	c.informer = factory.ForResource(GVR(c.Group)).Informer()
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			c.queue.Add(key)
+		}
+	}
+	if _, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
+		return fmt.Errorf("workspaces informer did not sync: %w", ctx.Err())
+	}
+	records, err := c.Store.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for rec := range records {
+			c.queue.Add(rec.Namespace + "/" + rec.Name)
+		}
+	}()
+	c.log().Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", workers)
+	for range max(workers, 1) {
+		go c.work(ctx)
+	}
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
+
+func (c *Controller) work(ctx context.Context) {
+	for {
+		key, quit := c.queue.Get()
+		if quit {
+			return
+		}
+		err := c.reconcileKey(ctx, key)
+		switch {
+		case err == nil:
+			c.queue.Forget(key)
+		case ctx.Err() != nil:
+		default:
+			c.log().Warn("reconcile Workspace; retrying", "workspace", key, "err", err)
+			c.queue.AddRateLimited(key)
+		}
+		c.queue.Done(key)
+	}
+}
+
+func (c *Controller) reconcileKey(ctx context.Context, key string) error {
+	obj, exists, err := c.informer.GetStore().GetByKey(key)
+	if err != nil || !exists {
+		return err
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	return c.Reconcile(ctx, u.DeepCopy())
+}
+
+// Reconcile brings one Workspace and the pipeline together.
+func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured) error {
+	ns, name := u.GetNamespace(), u.GetName()
+	rec, err := c.Store.Get(ctx, ns, name)
+	if errors.Is(err, status.ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s/%s: %w", ns, name, err)
+	}
+	if u.GetDeletionTimestamp() != nil {
+		return c.finalize(ctx, u, rec)
+	}
+	if !slices.Contains(u.GetFinalizers(), Finalizer) {
+		// The finalizer goes on before anything is bought, so no deletion can outrun the release.
+		return c.patchFinalizers(ctx, u, append(u.GetFinalizers(), Finalizer))
+	}
+	// Submit a generation once: again only while its record shows nothing happened yet (an
+	// earlier submit may have been admitted and then lost its publish).
+	if rec == nil || rec.Generation < u.GetGeneration() || (rec.Generation == u.GetGeneration() && rec.Phase == status.Pending) {
+		if err := c.submit(ctx, u); err != nil {
+			return err
+		}
+		if rec, err = c.Store.Get(ctx, ns, name); err != nil && !errors.Is(err, status.ErrNotFound) {
+			return err
+		}
+	}
+	if rec != nil {
+		return c.writeStatus(ctx, u, statusOf(rec))
+	}
+	return nil
+}
+
+func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured) error {
+	ws, err := decode(u)
+	if err == nil {
+		_, err = c.Submitter.Submit(ctx, ws, "")
+	}
+	var invalid *ingress.InvalidError
+	switch {
+	case errors.As(err, &invalid), err != nil && !isTransient(err):
+		// Tell the user where they look, and do not retry: the spec must change.
+		now := metav1.Now()
+		msg := err.Error()
+		st := events.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
+			Conditions: []metav1.Condition{
+				{Type: status.CondWorkspaceSucceeded, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()},
+				{Type: status.CondWorkspaceReady, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()},
+			}}
+		c.log().Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
+		return c.writeStatus(ctx, u, st)
+	case err != nil:
+		return err
+	}
+	c.log().Info("Workspace submitted", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration())
+	return nil
+}
+
+// decodeError marks a custom resource that does not decode as a Kaito Workspace: permanent.
+type decodeError struct{ err error }
+
+func (e decodeError) Error() string { return e.err.Error() }
+
+func isTransient(err error) bool {
+	var d decodeError
+	return !errors.As(err, &d)
+}
+
+// decode reads the object as the Kaito Workspace it is, with the strict decoder every other
+// entrance uses; the server's own fields (status, managedFields) are not the user's.
+func decode(u *unstructured.Unstructured) (*events.Workspace, error) {
+	obj := u.DeepCopy().Object
+	delete(obj, "status")
+	obj["apiVersion"] = events.APIVersion // a --crd-group resource is still Kaito's shape
+	meta, _ := obj["metadata"].(map[string]any)
+	delete(meta, "managedFields")
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, decodeError{err}
+	}
+	ws, err := events.DecodeWorkspace(b)
+	if err != nil {
+		return nil, decodeError{err}
+	}
+	ws.Generation = u.GetGeneration()
+	return ws, nil
+}
+
+// finalize publishes workspace.deleted for the recorded generation and lets the object go once
+// the capacity is released (or there never was a record).
+func (c *Controller) finalize(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace) error {
+	if !slices.Contains(u.GetFinalizers(), Finalizer) {
+		return nil
+	}
+	if rec != nil && rec.Released == nil {
+		if rec.Phase != status.Deleted {
+			ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+			ev, err := events.New(Source, events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{Ref: ref}, nil)
+			if err != nil {
+				return err
+			}
+			if err := c.Publisher.Publish(ctx, ev); err != nil {
+				return fmt.Errorf("publish workspace.deleted for %s: %w", ref, err)
+			}
+			c.log().Info("Workspace deleted: releasing its capacity before letting it go", "workspace", ref.String())
+		}
+		return nil // the record's next change (capacity.released) brings it back here
+	}
+	kept := slices.DeleteFunc(slices.Clone(u.GetFinalizers()), func(f string) bool { return f == Finalizer })
+	c.log().Info("Workspace released", "workspace", u.GetNamespace()+"/"+u.GetName())
+	return c.patchFinalizers(ctx, u, kept)
+}
+
+func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstructured, finalizers []string) error {
+	if finalizers == nil {
+		finalizers = []string{}
+	}
+	// The resourceVersion makes it a compare-and-swap: another writer's finalizers are not lost.
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": finalizers, "resourceVersion": u.GetResourceVersion()}})
+	_, err := c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("finalizers of %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+// statusOf renders a record as the custom resource's status.
+func statusOf(rec *status.Workspace) events.WorkspaceStatus {
+	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image}
+	if rec.Failure != nil {
+		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
+	}
+	return st
+}
+
+func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, st events.WorkspaceStatus) error {
+	m, err := toMap(st)
+	if err != nil {
+		return err
+	}
+	if cur, _, _ := unstructured.NestedMap(u.Object, "status"); reflect.DeepEqual(cur, m) {
+		return nil
+	}
+	patch, _ := json.Marshal(map[string]any{"status": m})
+	_, err = c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, json.Unmarshal(b, &m)
+}

@@ -1,0 +1,248 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+var (
+	dyn     dynamic.Interface
+	kubeErr error
+	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
+		if kubeErr = err; cfg != nil {
+			dyn = dynamic.NewForConfigOrDie(cfg)
+		}
+	}, filepath.Join("..", "..", "deploy", "knative", "crd")))
+}
+
+// pipeline is the bus, the status store with its projector, and the controller, against the API
+// server.
+type pipeline struct {
+	js    jetstream.JetStream
+	store *status.Store
+	pub   runtime.Publisher
+	ns    string
+}
+
+func start(t *testing.T) *pipeline {
+	t.Helper()
+	if dyn == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	store, err := status.Open(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := runtime.JetStreamPublisher{JS: js}
+	proj, err := runtime.NewJetStream(js, runtime.Function{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}}, runtime.Deps{Logger: quiet}, runtime.JetStreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = proj.Run(ctx) }()
+	c := &Controller{Client: dyn, Store: store, Publisher: pub, Log: quiet,
+		Submitter: &ingress.Submitter{Store: store, Publisher: pub, Source: "kaitoflow/controller"}}
+	go func() { _ = c.Run(ctx, 2) }()
+
+	ns := fmt.Sprintf("ctl-%d", time.Now().UnixNano())
+	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(ctx, nsObj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return &pipeline{js: js, store: store, pub: pub, ns: ns}
+}
+
+func (p *pipeline) apply(t *testing.T, doc []byte) *unstructured.Unstructured {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	u.SetNamespace(p.ns)
+	out, err := dyn.Resource(GVR("")).Namespace(p.ns).Create(context.Background(), u, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (p *pipeline) get(t *testing.T, name string) *unstructured.Unstructured {
+	t.Helper()
+	u, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func (p *pipeline) emit(t *testing.T, gen int64, typ string, data any) {
+	t.Helper()
+	ref := events.Ref{Namespace: p.ns, Name: "workspace-tuning-phi-3", Generation: gen}
+	if err := p.pub.Publish(context.Background(), events.Must(events.New("test", typ, typ, ref, data, nil))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(25 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func condition(u *unstructured.Unstructured, typ string) string {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, _ := c.(map[string]any); m["type"] == typ {
+			return fmt.Sprint(m["status"])
+		}
+	}
+	return ""
+}
+
+func seed(t *testing.T) []byte {
+	t.Helper()
+	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// The seed's manifest, applied as a custom resource: a finalizer, workspace.requested, the
+// pipeline's progress as the object's status, a spec change as generation 2, and a deletion that
+// waits for the capacity to be released.
+func TestWorkspaceCustomResource(t *testing.T) {
+	p := start(t)
+	ctx := context.Background()
+	p.apply(t, seed(t))
+	eventually(t, "the finalizer and Provisioning", func() bool {
+		u := p.get(t, "workspace-tuning-phi-3")
+		ph, _, _ := unstructured.NestedString(u.Object, "status", "phase")
+		return len(u.GetFinalizers()) == 1 && ph == string(status.Provisioning)
+	})
+	rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
+	if err != nil || rec.Generation != 1 || rec.Manifest.Tuning.Method != "qlora" {
+		t.Fatalf("record %+v %v", rec, err)
+	}
+
+	// The pipeline's steps, as the functions would emit them.
+	p.emit(t, 1, events.NodeReady, events.NodeReadyData{Nodes: []string{"gpu-0"}, InstanceType: "Standard_NC6s_v3", Provider: "byo"})
+	p.emit(t, 1, events.TuningStarted, events.TuningStartedData{Job: "j"})
+	p.emit(t, 1, events.TuningCompleted, events.TuningCompletedData{Job: "j"})
+	p.emit(t, 1, events.ImagePushed, events.ImagePushedData{Image: "r/i:1", Reference: "r/i@sha256:1"})
+	p.emit(t, 1, events.InferenceReady, events.InferenceReadyData{URL: "http://workspace-tuning-phi-3.example.com"})
+	eventually(t, "WorkspaceReady", func() bool {
+		u := p.get(t, "workspace-tuning-phi-3")
+		return condition(u, status.CondWorkspaceReady) == "True"
+	})
+	u := p.get(t, "workspace-tuning-phi-3")
+	for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady} {
+		if condition(u, c) != "True" {
+			t.Errorf("condition %s = %q", c, condition(u, c))
+		}
+	}
+	if ep, _, _ := unstructured.NestedString(u.Object, "status", "endpoint"); ep != "http://workspace-tuning-phi-3.example.com" {
+		t.Errorf("endpoint %q", ep)
+	}
+
+	// kubectl edit: a changed spec is generation 2.
+	u.Object["tuning"].(map[string]any)["method"] = "lora"
+	if _, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "generation 2 admitted", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
+		return err == nil && rec.Generation == 2 && rec.Method == "lora"
+	})
+
+	// kubectl delete: workspace.deleted, and the object stays until capacity.released.
+	if err := dyn.Resource(GVR("")).Namespace(p.ns).Delete(ctx, "workspace-tuning-phi-3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Deleted in the store", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
+		return err == nil && rec.Phase == status.Deleted
+	})
+	time.Sleep(300 * time.Millisecond)
+	if u := p.get(t, "workspace-tuning-phi-3"); u.GetDeletionTimestamp() == nil {
+		t.Fatal("not being deleted")
+	}
+	p.emit(t, 2, events.CapacityReleased, events.CapacityReleasedData{Because: events.WorkspaceDeleted})
+	eventually(t, "the object gone", func() bool {
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(ctx, "workspace-tuning-phi-3", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+}
+
+// A custom resource the schema admits but kaitoflow refuses says why in its status, naming the field.
+func TestInvalidWorkspaceSaysWhy(t *testing.T) {
+	p := start(t)
+	doc := strings.Replace(string(seed(t)), "https://huggingface.co/datasets", "http://169.254.169.254/datasets", 1)
+	p.apply(t, []byte(doc))
+	eventually(t, "the refusal in the status", func() bool {
+		u := p.get(t, "workspace-tuning-phi-3")
+		f, _, _ := unstructured.NestedString(u.Object, "status", "failure")
+		return condition(u, status.CondWorkspaceSucceeded) == "False" && strings.Contains(f, "tuning.input.urls[0]")
+	})
+	if _, err := p.store.Get(context.Background(), p.ns, "workspace-tuning-phi-3"); err == nil {
+		t.Error("an invalid workspace was admitted")
+	}
+	// Deleting it needs no release: there is nothing to release.
+	if err := dyn.Resource(GVR("")).Namespace(p.ns).Delete(context.Background(), "workspace-tuning-phi-3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the object gone", func() bool {
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(context.Background(), "workspace-tuning-phi-3", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+}

@@ -1,0 +1,90 @@
+package controller
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// The CRD's schema and events.Workspace must not drift apart: every field the decoder knows is in
+// the schema (a field missing there would be pruned by the API server, silently), down to the
+// core/v1 types the schema leaves open.
+func TestCRDSchemaCoversTheWorkspaceType(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/knative/crd/workspaces.kaito.sh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := yaml.UnmarshalStrict(b, &crd); err != nil {
+		t.Fatal(err)
+	}
+	if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1alpha1" || crd.Spec.Versions[0].Subresources.Status == nil {
+		t.Fatalf("versions %+v", crd.Spec.Versions)
+	}
+	var cols []string
+	for _, c := range crd.Spec.Versions[0].AdditionalPrinterColumns {
+		if c.Priority == 0 {
+			cols = append(cols, strings.ToUpper(c.Name))
+		}
+	}
+	if got := strings.Join(cols, " "); got != "INSTANCE RESOURCEREADY INFERENCEREADY JOBSTARTED WORKSPACESUCCEEDED WORKSPACEREADY AGE" {
+		t.Errorf("printer columns %s", got)
+	}
+	cover(t, "", reflect.TypeOf(events.Workspace{}), *crd.Spec.Versions[0].Schema.OpenAPIV3Schema)
+}
+
+func cover(t *testing.T, path string, typ reflect.Type, s apiextensionsv1.JSONSchemaProps) {
+	t.Helper()
+	for typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	if s.XPreserveUnknownFields != nil && *s.XPreserveUnknownFields {
+		return // left open on purpose: a core/v1 type the API server validates where it is used
+	}
+	switch typ.Kind() {
+	case reflect.Slice:
+		if s.Type != "array" || s.Items == nil || s.Items.Schema == nil {
+			t.Errorf("%s: the type is a list, the schema says %q", path, s.Type)
+			return
+		}
+		cover(t, path+"[]", typ.Elem(), *s.Items.Schema)
+		return
+	case reflect.Map:
+		if s.Type != "object" || s.AdditionalProperties == nil {
+			t.Errorf("%s: the type is a map, the schema has no additionalProperties", path)
+		}
+		return
+	case reflect.Struct:
+		if typ.PkgPath() == "time" || typ.Name() == "Time" {
+			return
+		}
+	default:
+		return
+	}
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		tag := strings.Split(f.Tag.Get("json"), ",")[0]
+		if tag == "-" || !f.IsExported() {
+			continue
+		}
+		if tag == "" && f.Anonymous {
+			cover(t, path, f.Type, s) // inlined
+			continue
+		}
+		if tag == "metadata" && path == "" {
+			continue
+		}
+		p, ok := s.Properties[tag]
+		if !ok {
+			t.Errorf("%s.%s: in events.Workspace, not in the CRD schema (the API server would prune it)", path, tag)
+			continue
+		}
+		cover(t, path+"."+tag, f.Type, p)
+	}
+}
