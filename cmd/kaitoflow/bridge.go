@@ -83,7 +83,7 @@ publish fails is held (lock renewed) for --hold, then abandoned so Service Bus r
 --status-topic also sends every status event to a topic (binary-mode CloudEvents; the role
 "Azure Service Bus Data Sender" on it).
 
-Authentication: --namespace NAME.servicebus.windows.net with workload identity, managed identity or
+Authentication: --servicebus-namespace NAME.servicebus.windows.net with workload identity, managed identity or
 any azidentity credential (the role "Azure Service Bus Data Receiver" on the entity), or a connection
 string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out of process lists).`,
 		Args: cobra.NoArgs,
@@ -107,7 +107,7 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 				}
 				client, err = azservicebus.NewClient(namespace, cred, nil)
 			default:
-				return errors.New("give --namespace (Entra ID) or set KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
+				return errors.New("give --servicebus-namespace (Entra ID) or set KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
 			}
 			if err != nil {
 				// The SDK's message can quote a malformed connection string; say which input failed.
@@ -163,7 +163,7 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 	}
 	f := cmd.Flags()
 	in.register(cmd)
-	f.StringVar(&namespace, "namespace", os.Getenv("KAITOFLOW_SERVICEBUS_NAMESPACE"), "fully qualified namespace, NAME.servicebus.windows.net (env KAITOFLOW_SERVICEBUS_NAMESPACE)")
+	f.StringVar(&namespace, "servicebus-namespace", "", "fully qualified Service Bus namespace, NAME.servicebus.windows.net")
 	f.StringVar(&queue, "queue", "", "queue to receive from")
 	f.StringVar(&topic, "topic", "", "topic to receive from (with --subscription)")
 	f.StringVar(&subscription, "subscription", "", "the topic's subscription")

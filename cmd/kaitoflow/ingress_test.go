@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // The ingress commands refuse a configuration that cannot work before they connect anywhere.
@@ -23,7 +26,7 @@ func TestIngressCommandsRefuseBadConfiguration(t *testing.T) {
 		{[]string{"webhook", "--template", inference, "--insecure-no-auth"}, "tuning: required"},
 		{[]string{"webhook", "--template", "missing.yaml", "--insecure-no-auth"}, "--template"},
 		{[]string{"webhook", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "--entra-issuer", "https://login.microsoftonline.com/t/v2.0"}, "go together"},
-		{[]string{"bridge", "servicebus", "--namespace", "ns.servicebus.windows.net"}, "--queue, or --topic with --subscription"},
+		{[]string{"bridge", "servicebus", "--servicebus-namespace", "ns.servicebus.windows.net"}, "--queue, or --topic with --subscription"},
 		{[]string{"bridge", "servicebus", "--queue", "q", "--topic", "t"}, "--queue, or --topic with --subscription"},
 		{[]string{"bridge", "servicebus", "--queue", "q"}, "KAITOFLOW_SERVICEBUS_CONNECTION_STRING"},
 	} {
@@ -31,5 +34,32 @@ func TestIngressCommandsRefuseBadConfiguration(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+func TestFlagsFromEnvironment(t *testing.T) {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	image := fs.String("trainer-image", "default", "")
+	given := fs.String("provider", "sim", "")
+	hosts := fs.StringSlice("allow-host", []string{"a"}, "")
+	tick := fs.Duration("tick", time.Second, "")
+	if err := fs.Parse([]string{"--provider", "byo"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KAITOFLOW_TRAINER_IMAGE", "registry/trainer:1")
+	t.Setenv("KAITOFLOW_PROVIDER", "aks")
+	t.Setenv("KAITOFLOW_ALLOW_HOST", "10.0.0.0/8,datasets.internal")
+	t.Setenv("KAITOFLOW_TICK", "1m")
+	if err := flagsFromEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	if *image != "registry/trainer:1" || *given != "byo" || strings.Join(*hosts, " ") != "10.0.0.0/8 datasets.internal" || *tick != time.Minute {
+		t.Errorf("image %q provider %q hosts %v tick %v", *image, *given, *hosts, *tick)
+	}
+	t.Setenv("KAITOFLOW_TICK", "soon")
+	fs2 := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs2.Duration("tick", time.Second, "")
+	if err := flagsFromEnv(fs2); err == nil || !strings.Contains(err.Error(), "KAITOFLOW_TICK") {
+		t.Errorf("a bad value must name its variable: %v", err)
 	}
 }

@@ -11,9 +11,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
@@ -60,6 +62,10 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,
+		// Every flag can come from the environment as KAITOFLOW_<FLAG> (--trainer-image is
+		// KAITOFLOW_TRAINER_IMAGE), so a ConfigMap's envFrom configures a function; a flag given
+		// on the command line wins.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
 	}
 	server := os.Getenv("KAITOFLOW_SERVER")
 	if server == "" {
@@ -96,4 +102,29 @@ func (g *globals) logger() (*slog.Logger, error) {
 		return slog.New(logctx.New(slog.NewTextHandler(g.err, opts))), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want auto, text or json", g.logFormat)
+}
+
+// flagsFromEnv sets every flag not given on the command line from KAITOFLOW_<FLAG>, if set.
+func flagsFromEnv(fs *pflag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		name := "KAITOFLOW_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			if err := sv.Replace(strings.Split(v, ",")); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	})
+	return errors.Join(errs...)
 }
