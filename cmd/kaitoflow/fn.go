@@ -30,6 +30,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/sources"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -45,7 +46,7 @@ type fnFlags struct {
 func newFn(g *globals) *cobra.Command {
 	var f fnFlags
 	cmd := &cobra.Command{
-		Use:   "fn provision|tune|publish|serve|status",
+		Use:   "fn provision|tune|publish|serve|status|signals|deadletter",
 		Short: "Run one function alone: over HTTP (a Knative Service) or as a JetStream consumer",
 		Long: `fn runs a single function. --transport http serves CloudEvents on --listen (Knative sets $PORT)
 and publishes its output events to $K_SINK (the Broker) or, without one, to --nats; it answers 2xx
@@ -53,7 +54,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 --nats with a durable consumer. Drivers: --provider sim|aks|karpenter|byo, --trainer sim|job,
 --deployer sim|knative.`,
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{provision.Name, tune.Name, publish.Name, serve.Name, "status"},
+		ValidArgs: []string{provision.Name, tune.Name, publish.Name, serve.Name, "status", sources.Name, sources.DeadLetterName},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := g.logger()
 			if err != nil {
@@ -78,7 +79,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve (sim): base URL of this process, for the simulated endpoint")
 	fl.DurationVar(&f.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	fl.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait")
-	fl.DurationVar(&f.tick, "tick", 30*time.Second, "jetstream transport: publish kaitoflow.tick this often (provision, tune); 0 leaves it to a PingSource")
+	fl.DurationVar(&f.tick, "tick", 30*time.Second, "jetstream transport: publish kaitoflow.tick this often (0 leaves it to a PingSource); signals: the PingSource's period")
 	fl.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "events handled at once (jetstream transport)")
 	fl.StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
@@ -214,6 +215,11 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 			}()
 		}
 		fn = runtime.Function{Name: name, Types: serve.Types, Handler: serve.New(deployer, log)}
+	case sources.Name:
+		// Knative's ApiServerSources and PingSource in, kaitoflow's signals out.
+		fn = runtime.Function{Name: name, Types: sources.Types, Handler: &sources.Signals{TickEvery: f.tick}, Observer: true}
+	case sources.DeadLetterName:
+		fn = runtime.Function{Name: name, Types: sources.DeadLetterTypes, Handler: &sources.DeadLetters{Log: log}, Observer: true}
 	case "status":
 		store, err := status.Open(ctx, js, 1)
 		if err != nil {
@@ -221,7 +227,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		}
 		fn = runtime.Function{Name: name, Types: events.Types, Handler: &status.Projector{Store: store}}
 	default:
-		return fmt.Errorf("unknown function %q: want provision, tune, publish, serve or status", name)
+		return fmt.Errorf("unknown function %q: want provision, tune, publish, serve, status, signals or deadletter", name)
 	}
 
 	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg)}

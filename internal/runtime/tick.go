@@ -3,10 +3,7 @@ package runtime
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"time"
-
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
 )
@@ -21,14 +18,7 @@ func Tick(ctx context.Context, pub Publisher, every time.Duration, log *slog.Log
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			e := cloudevents.NewEvent()
-			e.SetID("tick-" + strconv.FormatInt(now.UnixNano()/int64(every), 10))
-			e.SetSource("kaitoflow/tick")
-			e.SetType(events.Tick)
-			e.SetTime(now.UTC())
-			if err := e.SetData(cloudevents.ApplicationJSON, events.TickData{At: now.UTC()}); err != nil {
-				continue
-			}
+			e := events.TickAt(now, every)
 			if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
 				log.Warn("publish tick", "err", err)
 			}

@@ -121,17 +121,9 @@ func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log 
 	}))
 	inf := factory.Core().V1().Nodes().Informer()
 	emit := func(n *corev1.Node) {
-		ns, name := n.Labels[provision.LabelNamespace], n.Labels[provision.LabelWorkspace]
-		if ns == "" || name == "" {
-			return
-		}
-		e := cloudevents.NewEvent()
 		// One event per observed state of the node: duplicates from resyncs are deduplicated.
-		e.SetID("node/" + n.Name + "/" + n.ResourceVersion)
-		e.SetSource("kaitoflow/node-watch")
-		e.SetType(events.NodeChanged)
-		e.SetSubject(ns + "/" + name)
-		if err := e.SetData(cloudevents.ApplicationJSON, events.NodeChangedData{Node: n.Name}); err != nil {
+		e, ok := events.ObjectChanged(events.NodeChanged, n)
+		if !ok {
 			return
 		}
 		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {

@@ -308,18 +308,8 @@ func Watch(ctx context.Context, client dynamic.Interface, pub Publisher, log *sl
 		if !ok {
 			return
 		}
-		l := u.GetLabels()
-		ns, name := l[events.LabelNamespace], l[events.LabelWorkspace]
-		if ns == "" || name == "" {
-			return
-		}
-		e := cloudevents.NewEvent()
-		e.SetID("ksvc/" + u.GetNamespace() + "/" + u.GetName() + "/" + u.GetResourceVersion())
-		e.SetSource("kaitoflow/service-watch")
-		e.SetType(events.ServiceChanged)
-		e.SetSubject(ns + "/" + name)
-		e.SetExtension(events.ExtGeneration, l[events.LabelGeneration])
-		if err := e.SetData(cloudevents.ApplicationJSON, events.ServiceChangedData{Service: u.GetName()}); err != nil {
+		e, ok := events.ObjectChanged(events.ServiceChanged, u)
+		if !ok {
 			return
 		}
 		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {

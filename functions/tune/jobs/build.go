@@ -24,7 +24,7 @@ const (
 	LabelWorkspace   = events.LabelWorkspace
 	LabelNamespace   = events.LabelNamespace
 	LabelGeneration  = events.LabelGeneration
-	LabelJob         = "kaitoflow.io/job"
+	LabelJob         = events.LabelJob
 	AnnotationRun    = "kaitoflow.io/run"
 	AnnotationAcked  = events.AnnotationAcked
 	AnnotationTuning = "kaitoflow.io/tuning-deadline"

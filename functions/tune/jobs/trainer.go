@@ -255,22 +255,12 @@ func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log 
 		o.LabelSelector = LabelWorkspace
 	}))
 	emit := func(kind string, obj metav1.Object) {
-		l := obj.GetLabels()
-		ns, name := l[LabelNamespace], l[LabelWorkspace]
-		if ns == "" || name == "" {
-			return
-		}
-		e := cloudevents.NewEvent()
-		e.SetID(kind + "/" + obj.GetNamespace() + "/" + obj.GetName() + "/" + obj.GetResourceVersion())
-		e.SetSource("kaitoflow/job-watch")
-		e.SetType(events.JobChanged)
-		e.SetSubject(ns + "/" + name)
-		e.SetExtension(events.ExtGeneration, l[LabelGeneration])
-		if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: l[LabelJob]}); err != nil {
+		e, ok := events.ObjectChanged(events.JobChanged, obj)
+		if !ok {
 			return
 		}
 		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
-			log.Warn("publish job.changed; the next tick looks again", "job", l[LabelJob], "err", err)
+			log.Warn("publish job.changed; the next tick looks again", kind, obj.GetName(), "err", err)
 		}
 	}
 	handler := func(kind string) cache.ResourceEventHandlerFuncs {
