@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -125,6 +126,18 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 			return err
 		}
 		planner := &presets.Planner{Catalog: catalog}
+		if f.provider.provider != "sim" {
+			// tuning.config names a ConfigMap in the workspace's namespace.
+			cfg, err := f.provider.restConfig()
+			if err != nil {
+				return fmt.Errorf("--provider %s needs a cluster: %w", f.provider.provider, err)
+			}
+			kube, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				return err
+			}
+			planner.Configs = configMapSource(kube)
+		}
 		pending, err := provision.OpenKVPending(ctx, js)
 		if err != nil {
 			return err
@@ -133,7 +146,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if err != nil {
 			return err
 		}
-		for _, w := range watchers {
+		for _, w := range f.inProcess(watchers) {
 			go func() {
 				if err := w(ctx, runtime.JetStreamPublisher{JS: js}); err != nil {
 					log.Error("node watch stopped", "err", err)
@@ -162,7 +175,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if err != nil {
 			return err
 		}
-		for _, w := range watchers {
+		for _, w := range f.inProcess(watchers) {
 			go func() {
 				if err := w(ctx, pub.(runtime.Publisher)); err != nil {
 					log.Error("job watch stopped", "err", err)
@@ -207,7 +220,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 				return err
 			}
 		}
-		for _, w := range watchers {
+		for _, w := range f.inProcess(watchers) {
 			go func() {
 				if err := w(ctx, pub); err != nil {
 					log.Error("service watch stopped", "err", err)
@@ -293,4 +306,30 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 		return err
 	}
 	return nil
+}
+
+// configMapSource reads tuning.config ConfigMaps from the cluster: the training_config.yaml key,
+// as Kaito reads it.
+func configMapSource(client kubernetes.Interface) presets.ConfigSource {
+	return func(ctx context.Context, namespace, name string) ([]byte, error) {
+		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		doc, ok := cm.Data["training_config.yaml"]
+		if !ok {
+			return nil, fmt.Errorf("ConfigMap %s/%s has no training_config.yaml key", namespace, name)
+		}
+		return []byte(doc), nil
+	}
+}
+
+// inProcess returns the watches to run in this process: with the JetStream transport, all of
+// them; over HTTP (Knative), none, since ApiServerSources deliver the same changes through the
+// signals function and a watch in every scaled-up replica would only repeat them.
+func (f fnFlags) inProcess(watchers []func(context.Context, runtime.Publisher) error) []func(context.Context, runtime.Publisher) error {
+	if f.transport == "http" {
+		return nil
+	}
+	return watchers
 }

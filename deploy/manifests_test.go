@@ -1,0 +1,379 @@
+// Package deploy_test checks the manifests under deploy/: every object decodes strictly as its
+// type (built-in, Knative Serving and Eventing, our CRD), passes Knative's own webhook validation,
+// the Triggers ask for exactly what each function takes, and a real API server accepts all of it in
+// a server-side dry-run apply.
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
+	"knative.dev/pkg/apis"
+	servingconfig "knative.dev/serving/pkg/apis/config"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	autoscalerconfig "knative.dev/serving/pkg/autoscaler/config"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/publish"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/sources"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// Versions of the modules whose CRDs the API server gets (go.mod pins the same).
+const (
+	servingVersion  = "v0.50.0"
+	eventingVersion = "v0.50.0"
+)
+
+var (
+	restCfg *rest.Config
+	kubeErr error
+)
+
+func TestMain(m *testing.M) {
+	serving, err := testenv.ModuleDir("knative.dev/serving", servingVersion)
+	if err == nil {
+		var eventing string
+		if eventing, err = testenv.ModuleDir("knative.dev/eventing", eventingVersion); err == nil {
+			os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) { restCfg, kubeErr = cfg, err },
+				filepath.Join("knative", "crd"),
+				filepath.Join(serving, "config", "core", "300-resources"),
+				filepath.Join(eventing, "config", "core", "resources")))
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// object is one document of a manifest file.
+type object struct {
+	file string
+	doc  []byte
+	u    *unstructured.Unstructured
+}
+
+func (o object) String() string {
+	return fmt.Sprintf("%s: %s %s", o.file, o.u.GetKind(), o.u.GetName())
+}
+
+// load reads the kustomization's resources (and fails on a manifest it does not list).
+func load(t *testing.T, dir string) []object {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		APIVersion string           `json:"apiVersion"`
+		Kind       string           `json:"kind"`
+		Labels     []map[string]any `json:"labels"`
+		Resources  []string         `json:"resources"`
+	}
+	if err := yaml.UnmarshalStrict(b, &k); err != nil {
+		t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+	}
+	var listed []string
+	var out []object
+	for _, f := range k.Resources {
+		listed = append(listed, filepath.Clean(f))
+		raw, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := utilyaml.NewYAMLReader(bufioReader(raw))
+		for {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+				continue
+			}
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			out = append(out, object{file: f, doc: doc, u: u})
+		}
+	}
+	var found []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, _ error) error {
+		if d.IsDir() && p != dir && fileExists(filepath.Join(p, "kustomization.yaml")) {
+			return filepath.SkipDir // a kustomization of its own
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".yaml") && d.Name() != "kustomization.yaml" {
+			rel, _ := filepath.Rel(dir, p)
+			found = append(found, rel)
+		}
+		return nil
+	})
+	sort.Strings(found)
+	sort.Strings(listed)
+	if !slices.Equal(found, listed) {
+		t.Errorf("%s: the kustomization lists %v, the directory holds %v", dir, listed, found)
+	}
+	return out
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func stripComments(doc []byte) []byte {
+	var b bytes.Buffer
+	for _, l := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.Bytes()
+}
+
+func all(t *testing.T) []object {
+	return append(load(t, "knative"), load(t, filepath.Join("knative", "serving-features"))...)
+}
+
+// knativeContext carries the configuration Knative's webhooks validate with: defaults, and the
+// features serving-features/ enables.
+func knativeContext(t *testing.T, features map[string]string) context.Context {
+	t.Helper()
+	f, err := servingconfig.NewFeaturesConfigFromMap(features)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := servingconfig.NewDefaultsConfigFromMap(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := autoscalerconfig.NewConfigFromMap(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return servingconfig.ToContext(apis.WithinCreate(context.Background()), &servingconfig.Config{Defaults: d, Features: f, Autoscaler: a})
+}
+
+type validatable interface {
+	Validate(context.Context) *apis.FieldError
+	SetDefaults(context.Context)
+}
+
+// Every document decodes strictly as its type, and Knative's objects pass Knative's own
+// validation, as its admission webhooks would run it.
+func TestManifestsDecodeStrictlyAndValidate(t *testing.T) {
+	sch := runtime.NewScheme()
+	if err := scheme.AddToScheme(sch); err != nil {
+		t.Fatal(err)
+	}
+	if err := apiextensionsv1.AddToScheme(sch); err != nil {
+		t.Fatal(err)
+	}
+	strict := serializer.NewCodecFactory(sch, serializer.EnableStrict).UniversalDeserializer()
+	ctx := knativeContext(t, nil)
+	for _, o := range all(t) {
+		t.Run(o.String(), func(t *testing.T) {
+			var typed validatable
+			switch gv := o.u.GroupVersionKind(); gv.Group + "/" + gv.Kind {
+			case "serving.knative.dev/Service":
+				typed = &servingv1.Service{}
+			case "eventing.knative.dev/Broker":
+				typed = &eventingv1.Broker{}
+			case "eventing.knative.dev/Trigger":
+				typed = &eventingv1.Trigger{}
+			case "sources.knative.dev/ApiServerSource":
+				typed = &sourcesv1.ApiServerSource{}
+			case "sources.knative.dev/PingSource":
+				typed = &sourcesv1.PingSource{}
+			case "sources.knative.dev/SinkBinding":
+				typed = &sourcesv1.SinkBinding{}
+			default:
+				if _, _, err := strict.Decode(o.doc, nil, nil); err != nil {
+					t.Fatalf("strict decode: %v", err)
+				}
+				return
+			}
+			if err := yaml.UnmarshalStrict(o.doc, typed); err != nil {
+				t.Fatalf("strict decode: %v", err)
+			}
+			typed.SetDefaults(ctx)
+			if err := typed.Validate(ctx); err != nil {
+				t.Fatalf("Knative's validation: %v", err)
+			}
+		})
+	}
+}
+
+// Each function's Trigger asks for exactly the event types the function handles.
+func TestTriggersMatchFunctionTypes(t *testing.T) {
+	want := map[string][]string{
+		"kaitoflow-provision": provision.Types, "kaitoflow-tune": tune.Types, "kaitoflow-publish": publish.Types,
+		"kaitoflow-serve": serve.Types, "kaitoflow-status": events.Types, "kaitoflow-signals": sources.Types,
+	}
+	got := map[string][]string{}
+	for _, o := range all(t) {
+		if o.u.GetKind() != "Trigger" {
+			continue
+		}
+		var tr eventingv1.Trigger
+		if err := yaml.UnmarshalStrict(o.doc, &tr); err != nil {
+			t.Fatal(err)
+		}
+		if len(tr.Spec.Filters) != 1 || tr.Spec.Subscriber.Ref == nil || tr.Spec.Subscriber.Ref.Name != tr.Name {
+			t.Errorf("%s: want one filter with an any of exact types, and its function as subscriber", tr.Name)
+			continue
+		}
+		for _, f := range tr.Spec.Filters[0].Any {
+			got[tr.Name] = append(got[tr.Name], f.Exact["type"])
+		}
+		if tr.Spec.Delivery == nil || tr.Spec.Delivery.DeadLetterSink == nil {
+			t.Errorf("%s: no dead-letter sink", tr.Name)
+		}
+	}
+	for name, types := range want {
+		w := slices.Sorted(slices.Values(types))
+		g := slices.Sorted(slices.Values(got[name]))
+		if !slices.Equal(w, g) {
+			t.Errorf("%s: the Trigger asks for %v, the function takes %v", name, g, w)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("Triggers for %v, want one per function %v", slices.Sorted(maps(got)), slices.Sorted(maps(want)))
+	}
+}
+
+func maps[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// RBAC is enumerated: no wildcard verbs, resources or groups, and nothing bound to cluster-admin.
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	for _, o := range all(t) {
+		switch o.u.GetKind() {
+		case "ClusterRole", "Role":
+			rules, _, _ := unstructured.NestedSlice(o.u.Object, "rules")
+			for _, r := range rules {
+				m := r.(map[string]any)
+				for _, key := range []string{"verbs", "resources", "apiGroups"} {
+					for _, v := range m[key].([]any) {
+						if v == "*" {
+							t.Errorf("%s: wildcard in %s", o, key)
+						}
+					}
+				}
+			}
+		case "ClusterRoleBinding", "RoleBinding":
+			if name, _, _ := unstructured.NestedString(o.u.Object, "roleRef", "name"); name == "cluster-admin" || name == "admin" || name == "edit" {
+				t.Errorf("%s binds %s", o, name)
+			}
+		}
+	}
+}
+
+// A real API server (Knative Serving and Eventing CRDs from the module cache, our CRD) accepts
+// every object in a server-side dry-run apply.
+func TestServerSideDryRun(t *testing.T) {
+	if restCfg == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx := context.Background()
+	dyn := dynamic.NewForConfigOrDie(restCfg)
+	dc := discovery.NewDiscoveryClientForConfigOrDie(restCfg)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	// Namespaces exist for real; everything else is a dry run.
+	for _, ns := range []string{"kaitoflow", "knative-serving"} {
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+		if _, err := dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range all(t) {
+		gvk := o.u.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Errorf("%s: the API server does not know it: %v", o, err)
+			continue
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == "namespace" {
+			ri = dyn.Resource(m.Resource).Namespace(o.u.GetNamespace())
+		}
+		if _, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-manifest-test", Force: true, DryRun: []string{metav1.DryRunAll}}); err != nil {
+			t.Errorf("%s: %v", o, err)
+		}
+	}
+}
+
+// The inference Service serve builds passes Knative's validation with the features
+// serving-features/ enables, and not without them: the README's requirement is real.
+func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	b, err := os.ReadFile(filepath.Join("knative", "serving-features", "config-features.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		t.Fatal(err)
+	}
+	ws, plan := testenv.Seed(t, "default")
+	ref := events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}
+	d := serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: *ws, Plan: plan,
+		Adapters: []serve.Adapter{{Name: ws.Name, Image: "example.azurecr.io/adapters/phi-3@sha256:" + strings.Repeat("a", 64)}}}
+	cat, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &knative.Deployer{Catalog: cat}
+	rt, err := k.Runtime(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := knative.BuildService(d, rt, knative.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := knativeContext(t, cm.Data)
+	svc.SetDefaults(with)
+	if err := svc.Validate(with).Filter(apis.ErrorLevel); err != nil {
+		t.Errorf("with serving-features: %v", err)
+	}
+	if err := svc.Validate(knativeContext(t, nil)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "nodeSelector") {
+		t.Errorf("without serving-features Knative should refuse the node selector: %v", err)
+	}
+}
