@@ -86,7 +86,12 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 		{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
 		{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
 	}
+	// The workspace's nodes: those its resource.labelSelector names (kaitoflow puts those labels on
+	// the nodes it creates, and they are how your own nodes are chosen), else kaitoflow's labels.
 	nodeSelector := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace}
+	if sel := ws.Resource.LabelSelector; sel != nil && len(sel.MatchLabels) > 0 {
+		nodeSelector = maps.Clone(sel.MatchLabels)
+	}
 
 	var spec corev1.PodSpec
 	if in := ws.Inference; in != nil && in.Template != nil {
