@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -26,6 +27,8 @@ func newUp(g *globals) *cobra.Command {
 		allow, submit                        []string
 		pf                                   providerFlags
 		tick                                 time.Duration
+		watchWorkspaces                      bool
+		crdGroup                             string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -69,6 +72,16 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 				}
 				deployer, watchers = d, append(watchers, w...)
 			}
+			var workspaces dynamic.Interface
+			if watchWorkspaces {
+				cfg, err := pf.restConfig()
+				if err != nil {
+					return fmt.Errorf("--watch-workspaces needs a cluster: %w", err)
+				}
+				if workspaces, err = dynamic.NewForConfig(cfg); err != nil {
+					return err
+				}
+			}
 			policy := events.AddressPolicy{Allow: allow}
 			preflight, warnOnly, err := pf.preflightOptions(policy)
 			if err != nil {
@@ -79,7 +92,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
-				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer,
+				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, Workspaces: workspaces, CRDGroup: crdGroup,
 				Preflight: preflight, PreflightWarnOnly: warnOnly,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
@@ -110,6 +123,8 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.DurationVar(&tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity and deadlines")
 	pf.register(f)
 	pf.preflightFlag(f, "warn")
+	f.BoolVar(&watchWorkspaces, "watch-workspaces", false, "also reconcile Workspace custom resources in the --kubeconfig cluster (kubectl apply -f workspace.yaml)")
+	f.StringVar(&crdGroup, "crd-group", "kaito.sh", "with --watch-workspaces: the Workspace CRD's API group")
 	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
 	return cmd
 }

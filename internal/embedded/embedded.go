@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -33,6 +34,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/controller"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -60,6 +63,13 @@ type Config struct {
 	Trainer tune.Trainer
 	// Deployer runs inference; nil means the sim deployer, served on the API address.
 	Deployer serve.Deployer
+	// PublishKeychain finds push credentials (the imagePushSecret); nil pushes anonymously to the
+	// embedded registry.
+	PublishKeychain publish.Keychain
+	// Workspaces, when set, runs the Workspace controller against this cluster: custom resources
+	// in, status written back (CRDGroup: the CRD's group, kaito.sh by default).
+	Workspaces dynamic.Interface
+	CRDGroup   string
 	// Preflight checks dataset URLs before capacity is bought (nil: no check).
 	Preflight         provision.Preflight
 	PreflightWarnOnly bool
@@ -188,11 +198,15 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if cfg.Deployer != nil {
 		deployer = cfg.Deployer
 	}
+	publisher := publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)
+	if cfg.PublishKeychain != nil {
+		publisher = publisher.WithKeychain(cfg.PublishKeychain)
+	}
 	fns := []runtime.Function{
 		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log,
 			Preflight: cfg.Preflight, PreflightWarnOnly: cfg.PreflightWarnOnly})},
 		{Name: tune.Name, Types: tune.Types, Handler: tune.New(trainer, log)},
-		{Name: publish.Name, Types: publish.Types, Handler: publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)},
+		{Name: publish.Name, Types: publish.Types, Handler: publisher},
 		{Name: serve.Name, Types: serve.Types, Handler: serve.New(deployer, log)},
 		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
 	}
@@ -230,6 +244,19 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 			if err := w(runCtx, pub); err != nil && runCtx.Err() == nil {
 				p.setErr(err)
 				log.Error("watcher stopped", "err", err)
+			}
+		}()
+	}
+
+	if cfg.Workspaces != nil {
+		c := &controller.Controller{Client: cfg.Workspaces, Store: store, Publisher: pub, Group: cfg.CRDGroup, Log: log,
+			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: cfg.Policy, Source: controller.Source}}
+		p.fns.Add(1)
+		go func() {
+			defer p.fns.Done()
+			if err := c.Run(runCtx, 4); err != nil && runCtx.Err() == nil {
+				p.setErr(err)
+				log.Error("workspace controller stopped", "err", err)
 			}
 		}()
 	}

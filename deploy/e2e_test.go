@@ -1,0 +1,322 @@
+package deploy_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
+	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/controller"
+	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// as returns a config that acts as the ServiceAccount sa of deploy/knative: the API server
+// authorizes every request with that account's RBAC, so a verb missing from rbac.yaml fails here.
+func as(sa string) *rest.Config {
+	c := rest.CopyConfig(restCfg)
+	c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:kaitoflow:" + sa,
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kaitoflow", "system:authenticated"}}
+	return c
+}
+
+// applyRBAC installs rbac.yaml for real.
+func applyRBAC(t *testing.T, dyn dynamic.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ns := range []string{"kaitoflow"} {
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+		if _, err := dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range load(t, "knative") {
+		if o.file != "rbac.yaml" {
+			continue
+		}
+		gvk := o.u.GroupVersionKind()
+		plural := map[string]string{"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings"}[gvk.Kind]
+		gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: plural}
+		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+		if ns := o.u.GetNamespace(); ns != "" {
+			ri = dyn.Resource(gvr).Namespace(ns)
+		}
+		if _, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-e2e", Force: true}); err != nil {
+			t.Fatalf("%s: %v", o, err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// The seed's Workspace, applied as a custom resource to a real API server, through every step:
+// provision (byo; the test plays the kubelet of a GPU node), tune (a Job; the test plays the Job
+// controller and the kubelet, and job-run's upload of the adapter layer), publish (to the in-process
+// registry, with the imagePushSecret read from the cluster), serve (a Knative Service; the test plays
+// Knative's controller and marks it Ready), until the Workspace's status says WORKSPACEREADY True.
+// Deleting it releases everything. Every function runs as its own ServiceAccount from rbac.yaml.
+func TestClusterEndToEnd(t *testing.T) {
+	if restCfg == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	admin := kubernetes.NewForConfigOrDie(restCfg)
+	adminDyn := dynamic.NewForConfigOrDie(restCfg)
+	applyRBAC(t, adminDyn)
+	kubeAs := func(sa string) kubernetes.Interface { return kubernetes.NewForConfigOrDie(as(sa)) }
+	dynAs := func(sa string) dynamic.Interface { return dynamic.NewForConfigOrDie(as(sa)) }
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	const ns = "default"
+
+	// The user's side: a GPU node (byo), the push secret, and the seed's manifest with its
+	// placeholders filled in as the guide asks.
+	if err := (testenv.Kubelet{Client: admin}).Node(ctx, "aks-gpu-e2e-0", map[string]string{"app": "tuning-phi-3"}, true, 1); err != nil {
+		t.Fatal(err)
+	}
+	dockercfg, _ := json.Marshal(map[string]any{"auths": map[string]any{"example.azurecr.io": map[string]string{"username": "00000000-0000-0000-0000-000000000000", "password": "e2e-secret-value"}}})
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "acr-push"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: dockercfg}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	seed, err := os.ReadFile(filepath.Join("..", "examples", "fine-tuning", "kaito_workspace_tuning_phi_3.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.NewReplacer("ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/phi-3:0.0.1",
+		"ACR_REGISTRY_SECRET_HERE", "acr-push").Replace(string(seed))
+
+	// kaitoflow: every function with its own identity.
+	cat, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := kubeAs("kaitoflow-sources")
+	sourcesDyn := dynAs("kaitoflow-sources")
+	p, err := embedded.Start(ctx, embedded.Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log, TickInterval: time.Second,
+		Provider:        &byo.Provider{Nodes: &nodes.Checker{Client: kubeAs("kaitoflow-provision")}, Log: log},
+		Trainer:         &jobs.Trainer{Client: kubeAs("kaitoflow-tune"), Options: jobs.DefaultOptions(), Log: log},
+		PublishKeychain: registryauth.Secrets{Client: kubeAs("kaitoflow-publish")}.For,
+		Deployer:        &knative.Deployer{Client: dynAs("kaitoflow-serve"), Catalog: cat, Options: knative.DefaultOptions(), Log: log},
+		Workspaces:      dynAs("kaitoflow-controller"),
+		Watchers: []func(context.Context, runtime.Publisher) error{
+			func(ctx context.Context, pub runtime.Publisher) error { return nodes.Watch(ctx, sources, pub, log) },
+			func(ctx context.Context, pub runtime.Publisher) error { return jobs.Watch(ctx, sources, pub, log) },
+			func(ctx context.Context, pub runtime.Publisher) error {
+				return knative.Watch(ctx, sourcesDyn, pub, log)
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	// kubectl apply -f.
+	cr := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(manifest), &cr.Object); err != nil {
+		t.Fatal(err)
+	}
+	cr.SetNamespace(ns)
+	wsClient := adminDyn.Resource(controller.GVR("")).Namespace(ns)
+	if _, err := wsClient.Create(ctx, cr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name := cr.GetName()
+
+	// tune's Job appears; the Job controller, the scheduler and the kubelet do their part.
+	var job batchv1.Job
+	waitFor(t, "the tuning Job", 30*time.Second, func() bool {
+		l, err := admin.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
+		if err == nil && len(l.Items) == 1 {
+			job = l.Items[0]
+			return true
+		}
+		return false
+	})
+	if job.Spec.Template.Spec.ServiceAccountName != jobs.TrainerServiceAccount {
+		t.Errorf("tuning pods run as %q", job.Spec.Template.Spec.ServiceAccountName)
+	}
+	pod, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: job.Name + "-x7k2p", Labels: job.Spec.Template.Labels},
+		Spec: corev1.PodSpec{NodeName: "aks-gpu-e2e-0", RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: jobs.TrainerServiceAccount,
+			Containers: []corev1.Container{{Name: "trainer", Image: "trainer"}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &metav1.Time{Time: time.Now()},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}
+	if pod, err = admin.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// job-run (as kaitoflow-trainer) reports progress on its own Pod.
+	trainer := kubernetes.NewForConfigOrDie(func() *rest.Config {
+		c := rest.CopyConfig(restCfg)
+		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:default:" + jobs.TrainerServiceAccount}
+		return c
+	}())
+	if err := (&jobrun.PodAnnotator{Client: trainer, Namespace: ns, Pod: pod.Name}).Report(ctx, events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.4}); err != nil {
+		t.Fatalf("the trainer's ServiceAccount cannot report progress: %v", err)
+	}
+	// job-run uploads the adapter layer to the output repository, then writes its summary.
+	dir := t.TempDir()
+	files := writeAdapter(t, dir)
+	layer, err := adapter.Layer(dir, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := adapter.Rewrite(p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(target.Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := adapter.Describe(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod, err = admin.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	summary, _ := json.Marshal(jobrun.Summary{Location: target.Context().String(), Files: files, Layer: &blob, Metrics: map[string]float64{"train_loss": 1.02}})
+	pod.Status.Phase = corev1.PodSucceeded
+	pod.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", Message: string(summary)}}
+	if _, err := admin.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	job.Status = batchv1.JobStatus{StartTime: &now, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
+		{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: batchv1.JobComplete, Status: corev1.ConditionTrue, LastTransitionTime: now}}}
+	if _, err := admin.BatchV1().Jobs(ns).UpdateStatus(ctx, &job, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// serve's Knative Service appears; Knative's controller marks it Ready.
+	ksvcs := adminDyn.Resource(knative.Services).Namespace(ns)
+	var ksvc *unstructured.Unstructured
+	waitFor(t, "the Knative Service", 30*time.Second, func() bool {
+		ksvc, err = ksvcs.Get(ctx, name, metav1.GetOptions{})
+		return err == nil
+	})
+	image, _, _ := unstructured.NestedSlice(ksvc.Object, "spec", "template", "spec", "initContainers")
+	if len(image) != 1 || !strings.Contains(fmt.Sprint(image[0]), target.Context().String()+"@sha256:") {
+		t.Errorf("the inference Service does not pull the pushed adapter by digest: %v", image)
+	}
+	ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + ".default.example.com",
+		"latestCreatedRevisionName": name + "-00001", "latestReadyRevisionName": name + "-00001",
+		"conditions": []any{map[string]any{"type": "Ready", "status": "True", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
+	if _, err := ksvcs.UpdateStatus(ctx, ksvc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// kubectl get workspace: WORKSPACEREADY True, each condition with its reason.
+	var got *unstructured.Unstructured
+	waitFor(t, "WorkspaceReady on the custom resource", 30*time.Second, func() bool {
+		got, err = wsClient.Get(ctx, name, metav1.GetOptions{})
+		return err == nil && conditionOf(got, status.CondWorkspaceReady)["status"] == "True"
+	})
+	for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady} {
+		cond := conditionOf(got, c)
+		if cond["status"] != "True" || cond["reason"] == "" {
+			t.Errorf("condition %s: %v", c, cond)
+		}
+		t.Logf("%-18s %s  %v: %v", c, cond["status"], cond["reason"], cond["message"])
+	}
+	if ep, _, _ := unstructured.NestedString(got.Object, "status", "endpoint"); ep != "http://"+name+".default.example.com" {
+		t.Errorf("endpoint %q", ep)
+	}
+	if workers, _, _ := unstructured.NestedStringSlice(got.Object, "status", "workerNodes"); len(workers) != 1 || workers[0] != "aks-gpu-e2e-0" {
+		t.Errorf("workerNodes %v", workers)
+	}
+
+	// kubectl delete: the Job and the Knative Service go, capacity is released, then the object.
+	if err := wsClient.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the Workspace gone (finalizer released)", 30*time.Second, func() bool {
+		_, err := wsClient.Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+	waitFor(t, "the Knative Service and the Job gone", 30*time.Second, func() bool {
+		_, e1 := ksvcs.Get(ctx, name, metav1.GetOptions{})
+		j, e2 := admin.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(e1) && (apierrors.IsNotFound(e2) || j.DeletionTimestamp != nil)
+	})
+	rec, err := p.Store.Get(ctx, ns, name)
+	if err != nil || rec.Phase != status.Deleted || rec.Released == nil {
+		t.Errorf("record after deletion: %+v %v", rec, err)
+	}
+}
+
+func conditionOf(u *unstructured.Unstructured, typ string) map[string]any {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, _ := c.(map[string]any); m["type"] == typ {
+			return m
+		}
+	}
+	return map[string]any{}
+}
+
+// writeAdapter writes a small PEFT adapter (the files job-run uploads) and describes it.
+func writeAdapter(t *testing.T, dir string) []events.AdapterFile {
+	t.Helper()
+	config := []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["qkv_proj","o_proj"],"base_model_name_or_path":"microsoft/Phi-3-mini-128k-instruct"}`)
+	header := []byte(`{"__metadata__":{"format":"pt"}}`)
+	weights := append([]byte{byte(len(header)), 0, 0, 0, 0, 0, 0, 0}, header...)
+	var out []events.AdapterFile
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{"adapter_config.json", config}, {"adapter_model.safetensors", weights}} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(f.b)
+		out = append(out, events.AdapterFile{Path: f.name, Size: int64(len(f.b)), Digest: "sha256:" + hex.EncodeToString(sum[:])})
+	}
+	return out
+}
