@@ -254,11 +254,19 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	// kubectl get workspace: WORKSPACEREADY True, each condition with its reason.
 	var got *unstructured.Unstructured
-	waitFor(t, "WorkspaceReady on the custom resource", 30*time.Second, func() bool {
-		got, err = wsClient.Get(ctx, name, metav1.GetOptions{})
-		return err == nil && conditionOf(got, status.CondWorkspaceReady)["status"] == "True"
+	conds := []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady}
+	waitFor(t, "every condition True on the custom resource", 30*time.Second, func() bool {
+		if got, err = wsClient.Get(ctx, name, metav1.GetOptions{}); err != nil {
+			return false
+		}
+		for _, c := range conds {
+			if conditionOf(got, c)["status"] != "True" {
+				return false
+			}
+		}
+		return true
 	})
-	for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady} {
+	for _, c := range conds {
 		cond := conditionOf(got, c)
 		if cond["status"] != "True" || cond["reason"] == "" {
 			t.Errorf("condition %s: %v", c, cond)

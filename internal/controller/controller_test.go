@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -181,23 +182,29 @@ func TestWorkspaceCustomResource(t *testing.T) {
 	p.emit(t, 1, events.TuningCompleted, events.TuningCompletedData{Job: "j"})
 	p.emit(t, 1, events.ImagePushed, events.ImagePushedData{Image: "r/i:1", Reference: "r/i@sha256:1"})
 	p.emit(t, 1, events.InferenceReady, events.InferenceReadyData{URL: "http://workspace-tuning-phi-3.example.com"})
-	eventually(t, "WorkspaceReady", func() bool {
+	// The projector applies events in any order: wait for the record to hold them all.
+	eventually(t, "every condition True", func() bool {
 		u := p.get(t, "workspace-tuning-phi-3")
-		return condition(u, status.CondWorkspaceReady) == "True"
+		for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady} {
+			if condition(u, c) != "True" {
+				return false
+			}
+		}
+		return true
 	})
 	u := p.get(t, "workspace-tuning-phi-3")
-	for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady} {
-		if condition(u, c) != "True" {
-			t.Errorf("condition %s = %q", c, condition(u, c))
-		}
-	}
 	if ep, _, _ := unstructured.NestedString(u.Object, "status", "endpoint"); ep != "http://workspace-tuning-phi-3.example.com" {
 		t.Errorf("endpoint %q", ep)
 	}
 
-	// kubectl edit: a changed spec is generation 2.
-	u.Object["tuning"].(map[string]any)["method"] = "lora"
-	if _, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+	// kubectl edit: a changed spec is generation 2. The controller writes status meanwhile, so
+	// retry on conflict as kubectl does.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u := p.get(t, "workspace-tuning-phi-3")
+		u.Object["tuning"].(map[string]any)["method"] = "lora"
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "generation 2 admitted", func() bool {
