@@ -108,7 +108,27 @@ func TestClusterEndToEnd(t *testing.T) {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	const ns = "default"
+	// A namespace of its own, with the trainer's ServiceAccount copied into it as the README tells
+	// users to do for every namespace that runs workspaces.
+	ns := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range load(t, "knative") {
+		if o.file == "rbac.yaml" && o.u.GetNamespace() == "default" {
+			u := o.u.DeepCopy()
+			u.SetNamespace(ns)
+			if subjects, ok := u.Object["subjects"].([]any); ok {
+				for _, sub := range subjects {
+					sub.(map[string]any)["namespace"] = ns
+				}
+			}
+			gvr := schema.GroupVersionResource{Group: u.GroupVersionKind().Group, Version: "v1", Resource: map[string]string{"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]}
+			if _, err := adminDyn.Resource(gvr).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	// The user's side: a GPU node (byo), the push secret, and the seed's manifest with its
 	// placeholders filled in as the guide asks.
@@ -193,7 +213,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	// job-run (as kaitoflow-trainer) reports progress on its own Pod.
 	trainer := kubernetes.NewForConfigOrDie(func() *rest.Config {
 		c := rest.CopyConfig(restCfg)
-		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:default:" + jobs.TrainerServiceAccount}
+		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + jobs.TrainerServiceAccount}
 		return c
 	}())
 	if err := (&jobrun.PodAnnotator{Client: trainer, Namespace: ns, Pod: pod.Name}).Report(ctx, events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.4}); err != nil {
@@ -245,7 +265,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	if len(image) != 1 || !strings.Contains(fmt.Sprint(image[0]), target.Context().String()+"@sha256:") {
 		t.Errorf("the inference Service does not pull the pushed adapter by digest: %v", image)
 	}
-	ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + ".default.example.com",
+	ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + "." + ns + ".example.com",
 		"latestCreatedRevisionName": name + "-00001", "latestReadyRevisionName": name + "-00001",
 		"conditions": []any{map[string]any{"type": "Ready", "status": "True", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
 	if _, err := ksvcs.UpdateStatus(ctx, ksvc, metav1.UpdateOptions{}); err != nil {
@@ -273,7 +293,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		t.Logf("%-18s %s  %v: %v", c, cond["status"], cond["reason"], cond["message"])
 	}
-	if ep, _, _ := unstructured.NestedString(got.Object, "status", "endpoint"); ep != "http://"+name+".default.example.com" {
+	if ep, _, _ := unstructured.NestedString(got.Object, "status", "endpoint"); ep != "http://"+name+"."+ns+".example.com" {
 		t.Errorf("endpoint %q", ep)
 	}
 	if workers, _, _ := unstructured.NestedStringSlice(got.Object, "status", "workerNodes"); len(workers) != 1 || workers[0] != "aks-gpu-e2e-0" {
