@@ -44,6 +44,8 @@ type Deployer struct {
 	Client  dynamic.Interface
 	Catalog *presets.Catalog
 	Options Options
+	// Configs reads Kaito's inference.config ConfigMaps (vLLM settings); nil: none can be read.
+	Configs ConfigSource
 	Log     *slog.Logger
 }
 
@@ -96,6 +98,9 @@ func startupSeconds(m *presets.Model) int32 {
 func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	rt, err := k.Runtime(d)
 	if err != nil {
+		return err
+	}
+	if rt, err = k.withInferenceConfig(ctx, &d.Workspace, rt); err != nil {
 		return err
 	}
 	svc, err := BuildService(d, rt, k.Options)

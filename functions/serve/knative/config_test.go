@@ -1,0 +1,94 @@
+package knative
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+func TestInferenceConfigArgs(t *testing.T) {
+	base := []string{"--model", "m", "--dtype", "float16", "--max-model-len", "14425", "--gpu-memory-utilization", "0.90", "--enable-lora"}
+	for _, tc := range []struct {
+		name, doc string
+		want      string
+		err       string
+	}{
+		{"Kaito's example", "vllm:\n  cpu-offload-gb: 0\n  gpu-memory-utilization: 0.95\n  swap-space: 4\n  max-model-len: 4096\n",
+			"--model m --dtype float16 --enable-lora --cpu-offload-gb 0 --gpu-memory-utilization 0.95 --max-model-len 4096 --swap-space 4", ""},
+		{"flags", "vllm:\n  enforce-eager: true\n  enable-lora: false\n", "--model m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enforce-eager", ""},
+		{"a string", "vllm:\n  quantization: awq\n", "--model m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enable-lora --quantization awq", ""},
+		{"dashes", "vllm:\n  --dtype: half\n", "", "without dashes"},
+		{"a list", "vllm:\n  lora-modules: [a, b]\n", "", "vllm.lora-modules"},
+		{"unknown section", "vllmm:\n  x: 1\n", "", "unknown field"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			over, err := parseInferenceConfig(tc.doc)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("want %q, got %v", tc.err, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(mergeArgs(slices.Clone(base), over), " "); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// An inference-only workspace naming inference.config gets those vLLM settings in its Service.
+func TestInferenceConfigFromTheCluster(t *testing.T) {
+	k, ns := setup(t)
+	ctx := context.Background()
+	cm := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": "phi-3-serving", "namespace": ns},
+		"data":     map[string]any{InferenceConfigKey: "vllm:\n  max-model-len: 4096\n  gpu-memory-utilization: 0.95\n"}}}
+	configmaps := schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+	if _, err := dyn.Resource(configmaps).Namespace(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	k.Configs = func(ctx context.Context, ns, name string) (map[string]string, error) {
+		u, err := dyn.Resource(configmaps).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		data, _, err := unstructured.NestedStringMap(u.Object, "data")
+		return data, err
+	}
+	d := seedDeployment(t, ns, 1)
+	d.Workspace.Tuning = nil
+	d.Workspace.Inference = &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}, Config: "phi-3-serving"}
+	d.Adapters, d.Plan = nil, nil
+	if err := k.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	u, err := dyn.Resource(Services).Namespace(ns).Get(ctx, d.Service, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+	args := strings.Join(func() (out []string) {
+		for _, a := range containers[1].(map[string]any)["args"].([]any) {
+			out = append(out, a.(string))
+		}
+		return
+	}(), " ")
+	if !strings.Contains(args, "--max-model-len 4096") || !strings.Contains(args, "--gpu-memory-utilization 0.95") || strings.Contains(args, "0.90") {
+		t.Errorf("model args %s", args)
+	}
+	d.Workspace.Inference.Config = "missing"
+	d.Ref.Generation = 2
+	if err := k.Apply(ctx, d); err == nil || !strings.Contains(err.Error(), "inference.config") {
+		t.Errorf("a missing ConfigMap: %v", err)
+	}
+}
