@@ -9,34 +9,34 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/ingress/servicebus"
+	"github.com/kaitoflow/kaitoflow/internal/natsconn"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
 // ingressFlags are what the bridge and the webhook share: the bus and the address policy.
 type ingressFlags struct {
-	natsURL string
-	allow   []string
+	nats  natsFlags
+	allow []string
 }
 
 func (f *ingressFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
+	f.nats.register(cmd.Flags(), "nats://127.0.0.1:4222", "NATS server with JetStream")
 	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
 }
 
 // submitter connects to NATS and returns the submission path shared with the API, and the
 // JetStream handle.
 func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ingress.Submitter, jetstream.JetStream, func(), error) {
-	nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	nc, err := f.nats.Connect("kaitoflow-" + name)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
+		return nil, nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -152,7 +152,7 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 				go func() { errc <- r.Run(cmd.Context()) }()
 				log.Info("exporting status events to Service Bus", "topic", statusTopic)
 			}
-			log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", in.natsURL)
+			log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", natsconn.Redacted(in.nats.URL))
 			b := &servicebus.Bridge{Receivers: rs, Submitter: sub, Entity: entity, Hold: hold, Batch: batch, Log: log}
 			err = b.Run(cmd.Context())
 			if statusTopic != "" {

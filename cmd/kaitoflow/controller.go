@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
@@ -45,9 +44,9 @@ prints its columns, plus phase, endpoint, image and failure).`,
 			if err != nil {
 				return err
 			}
-			nc, err := nats.Connect(in.natsURL, nats.Name("kaitoflow-controller"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+			nc, err := in.nats.Connect("kaitoflow-controller")
 			if err != nil {
-				return fmt.Errorf("connect to NATS at %s: %w", in.natsURL, err)
+				return err
 			}
 			defer func() { _ = nc.Drain() }()
 			js, err := jetstream.New(nc)

@@ -14,7 +14,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -37,11 +36,12 @@ import (
 )
 
 type fnFlags struct {
-	transport, natsURL, listen, sink, dataDir, registry, publicURL string
-	delay, ackWait, tick                                           time.Duration
-	maxDeliver, concurrency                                        int
-	allow                                                          []string
-	provider                                                       providerFlags
+	transport, listen, sink, dataDir, registry, publicURL string
+	nats                                                  natsFlags
+	delay, ackWait, tick                                  time.Duration
+	maxDeliver, concurrency                               int
+	allow                                                 []string
+	provider                                              providerFlags
 }
 
 func newFn(g *globals) *cobra.Command {
@@ -70,7 +70,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.transport, "transport", "http", "http or jetstream")
-	fl.StringVar(&f.natsURL, "nats", envOr("KAITOFLOW_NATS", "nats://127.0.0.1:4222"), "NATS server with JetStream (env KAITOFLOW_NATS)")
+	f.nats.register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
 	fl.StringVar(&f.listen, "listen", ":"+port, "HTTP address: CloudEvents (http transport), /metrics and /healthz")
 	fl.StringVar(&f.sink, "sink", os.Getenv("K_SINK"), "where output events go over HTTP (env K_SINK); empty publishes to --nats")
 	f.provider.register(fl)
@@ -105,9 +105,9 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	needNATS := f.transport == "jetstream" || f.sink == "" || name == "status" || name == provision.Name
 	var js jetstream.JetStream
 	if needNATS {
-		nc, err := nats.Connect(f.natsURL, nats.Name("kaitoflow-fn-"+name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+		nc, err := f.nats.Connect("kaitoflow-fn-" + name)
 		if err != nil {
-			return fmt.Errorf("connect to NATS at %s: %w", f.natsURL, err)
+			return err
 		}
 		defer nc.Close()
 		if js, err = jetstream.New(nc); err != nil {

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/kaitoflow/kaitoflow/internal/embedded"
 )
 
 // The ingress commands refuse a configuration that cannot work before they connect anywhere.
@@ -61,5 +67,32 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	fs2.Duration("tick", time.Second, "")
 	if err := flagsFromEnv(fs2); err == nil || !strings.Contains(err.Error(), "KAITOFLOW_TICK") {
 		t.Errorf("a bad value must name its variable: %v", err)
+	}
+}
+
+// With a token configured, the API refuses requests without it.
+func TestAPIRequiresItsToken(t *testing.T) {
+	p, err := embedded.Start(context.Background(), embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", APIToken: "kf-api-token-0123",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, args := range [][]string{{"get", "workspaces"}, {"--token", "wrong", "get", "workspaces"}} {
+		_, _, err := cli(t, p.URL, args...)
+		if err == nil || !strings.Contains(err.Error(), "bearer token") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if _, _, err := cli(t, p.URL, "--token", "kf-api-token-0123", "submit", "-f", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"); err != nil {
+		t.Errorf("with the token: %v", err)
+	}
+	resp, err := http.Get(p.URL + "/v1/workspaces/workspace-tuning-phi-3/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("watch without the token: %d", resp.StatusCode)
 	}
 }

@@ -21,14 +21,15 @@ import (
 
 func newUp(g *globals) *cobra.Command {
 	var (
-		dataDir, natsURL, natsListen, listen string
-		delay, ackWait                       time.Duration
-		maxDeliver                           int
-		allow, submit                        []string
-		pf                                   providerFlags
-		tick                                 time.Duration
-		watchWorkspaces                      bool
-		crdGroup                             string
+		dataDir, natsListen, listen string
+		natsOpts                    natsFlags
+		delay, ackWait              time.Duration
+		maxDeliver                  int
+		allow, submit               []string
+		pf                          providerFlags
+		tick                        time.Duration
+		watchWorkspaces             bool
+		crdGroup                    string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -91,8 +92,8 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			defer func() { _ = tp.Shutdown(cmd.Context()) }()
 			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
-				DataDir: dataDir, NATSURL: natsURL, NATSListen: natsListen, Listen: listen,
-				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, Workspaces: workspaces, CRDGroup: crdGroup,
+				DataDir: dataDir, NATS: natsOpts.Options, NATSListen: natsListen, Listen: listen,
+				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, APIToken: g.token, Workspaces: workspaces, CRDGroup: crdGroup,
 				Preflight: preflight, PreflightWarnOnly: warnOnly,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
@@ -113,7 +114,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	}
 	f := cmd.Flags()
 	f.StringVar(&dataDir, "data-dir", "", "where JetStream, the registry and sim adapters keep their data (default: the user cache dir)")
-	f.StringVar(&natsURL, "nats", "", "use this NATS server (with JetStream) instead of the embedded one")
+	natsOpts.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
 	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (for `kaitoflow fn --nats`)")
 	f.StringVar(&listen, "listen", "127.0.0.1:8470", "API address")
 	f.DurationVar(&delay, "delay", 3*time.Second, "how long each simulated step takes")

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,8 @@ type Server struct {
 	Log       *slog.Logger
 	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
 	Tracer trace.TracerProvider
+	// Token, when set, is the bearer token every request must carry.
+	Token string
 }
 
 // FieldError is one validation problem, as the API returns it.
@@ -65,7 +68,18 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
 	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
 	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
-	return mux
+	if s.Token == "" {
+		return mux
+	}
+	want := []byte("Bearer " + s.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kaitoflow"`)
+			writeJSON(w, http.StatusUnauthorized, Problem{Error: "missing or wrong bearer token (kaitoflow --token, or KAITOFLOW_TOKEN)"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func namespace(r *http.Request) string {

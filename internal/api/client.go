@@ -19,7 +19,9 @@ import (
 type Client struct {
 	BaseURL   string
 	Namespace string
-	HTTP      *http.Client
+	// Token is sent as a bearer token when the server requires one.
+	Token string
+	HTTP  *http.Client
 }
 
 // APIError is a non-2xx answer.
@@ -65,6 +67,7 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte, out any)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/yaml")
 	}
+	c.authorize(req)
 	resp, err := c.http().Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w (is `kaitoflow up` running?)", method, c.BaseURL, err)
@@ -139,6 +142,7 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspac
 		return err
 	}
 	req.Header.Set("Accept", "text/event-stream")
+	c.authorize(req)
 	resp, err := c.http().Do(req)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", name, err)
@@ -171,4 +175,10 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspac
 		return fmt.Errorf("watch %s: %w", name, err)
 	}
 	return ctx.Err()
+}
+
+func (c *Client) authorize(req *http.Request) {
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 }

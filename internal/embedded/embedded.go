@@ -36,6 +36,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/api"
 	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/natsconn"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -45,8 +46,9 @@ import (
 type Config struct {
 	// DataDir holds JetStream's store and the sim trainer's adapters.
 	DataDir string
-	// NATSURL connects to an existing NATS server with JetStream instead of embedding one.
-	NATSURL string
+	// NATS connects to an existing NATS server with JetStream (its URL, auth and TLS) instead of
+	// embedding one.
+	NATS natsconn.Options
 	// NATSListen is the embedded server's address; "127.0.0.1:-1" picks a free port.
 	NATSListen string
 	// Listen is the API's address; "127.0.0.1:0" picks a free port.
@@ -61,6 +63,8 @@ type Config struct {
 	Provider provision.Provider
 	// Trainer runs tuning; nil means the sim trainer.
 	Trainer tune.Trainer
+	// APIToken, when set, is the bearer token the API requires.
+	APIToken string
 	// Deployer runs inference; nil means the sim deployer, served on the API address.
 	Deployer serve.Deployer
 	// PublishKeychain finds push credentials (the imagePushSecret); nil pushes anonymously to the
@@ -122,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 
-	natsURL := cfg.NATSURL
+	natsURL := cfg.NATS.URL
 	if natsURL == "" {
 		ns, err := startNATS(cfg)
 		if err != nil {
@@ -133,9 +137,11 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		log.Info("embedded NATS JetStream listening", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"))
 	}
 	p.NATSURL = natsURL
-	nc, err := nats.Connect(natsURL, nats.Name("kaitoflow-up"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	conn := cfg.NATS
+	conn.URL = natsURL
+	nc, err := conn.Connect("kaitoflow-up")
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+		return nil, err
 	}
 	p.nc = nc
 	js, err := jetstream.New(nc)
@@ -262,7 +268,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	}
 
 	mux := http.NewServeMux()
-	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer}
+	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer, Token: cfg.APIToken}
 	mux.Handle("/v1/", apiSrv.Handler())
 	mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", simServe.Handler()))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))

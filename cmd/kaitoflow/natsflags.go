@@ -1,0 +1,20 @@
+package main
+
+import (
+	"github.com/spf13/pflag"
+
+	"github.com/kaitoflow/kaitoflow/internal/natsconn"
+)
+
+// natsFlags are how a command reaches NATS: the URL (user:password@ may be in it), and NKey or
+// credentials-file auth and TLS, as a NATS cluster that requires them asks.
+type natsFlags struct{ natsconn.Options }
+
+func (n *natsFlags) register(fs *pflag.FlagSet, def, usage string) {
+	fs.StringVar(&n.URL, "nats", def, usage)
+	fs.StringVar(&n.Creds, "nats-creds", "", "NATS credentials file (a user JWT and its NKey seed)")
+	fs.StringVar(&n.NKey, "nats-nkey", "", "file with the NKey seed to authenticate to NATS with")
+	fs.StringVar(&n.CA, "nats-ca", "", "CA certificate(s) that sign the NATS server's certificate")
+	fs.StringVar(&n.Cert, "nats-cert", "", "client certificate for NATS mutual TLS (with --nats-key)")
+	fs.StringVar(&n.Key, "nats-key", "", "client key for NATS mutual TLS")
+}
