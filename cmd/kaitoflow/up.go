@@ -29,7 +29,7 @@ func newUp(g *globals) *cobra.Command {
 		pf                          providerFlags
 		tick                        time.Duration
 		watchWorkspaces             bool
-		crdGroup                    string
+		crdGroup, registryHost      string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -93,7 +93,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			log.Info("starting kaitoflow (embedded mode: training and inference are simulated by the sim drivers)", "data_dir", dataDir, "provider", pf.provider, "sim_delay", delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATS: natsOpts.Options, NATSListen: natsListen, Listen: listen,
-				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, APIToken: g.token, Workspaces: workspaces, CRDGroup: crdGroup,
+				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, APIToken: g.token, Registry: registryHost, Workspaces: workspaces, CRDGroup: crdGroup,
 				Preflight: preflight, PreflightWarnOnly: warnOnly,
 				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
@@ -124,6 +124,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.DurationVar(&tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity and deadlines")
 	pf.register(f)
 	pf.preflightFlag(f, "warn")
+	f.StringVar(&registryHost, "registry", "", "push adapters to this registry (host:port, plain HTTP on loopback) instead of an embedded one")
 	f.BoolVar(&watchWorkspaces, "watch-workspaces", false, "also reconcile Workspace custom resources in the --kubeconfig cluster (kubectl apply -f workspace.yaml)")
 	f.StringVar(&crdGroup, "crd-group", "kaito.sh", "with --watch-workspaces: the Workspace CRD's API group")
 	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")

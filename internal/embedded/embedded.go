@@ -63,6 +63,9 @@ type Config struct {
 	Provider provision.Provider
 	// Trainer runs tuning; nil means the sim trainer.
 	Trainer tune.Trainer
+	// Registry, when set, is an existing registry (host:port) that stands in for the output
+	// registry instead of the embedded one.
+	Registry string
 	// APIToken, when set, is the bearer token the API requires.
 	APIToken string
 	// Deployer runs inference; nil means the sim deployer, served on the API address.
@@ -158,19 +161,24 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	}
 	p.Store = store
 
-	// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
-	regLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("registry listener: %w", err)
+	if cfg.Registry != "" {
+		p.Registry = cfg.Registry
+		log.Info("using the registry given as the output registry", "addr", p.Registry)
+	} else {
+		// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
+		regLn, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("registry listener: %w", err)
+		}
+		blobs := filepath.Join(cfg.DataDir, "registry")
+		if err := os.MkdirAll(blobs, 0o755); err != nil {
+			return nil, err
+		}
+		regSrv := &http.Server{Handler: registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs))), ReadHeaderTimeout: 10 * time.Second}
+		p.serve(regSrv, regLn)
+		p.Registry = regLn.Addr().String()
+		log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
 	}
-	blobs := filepath.Join(cfg.DataDir, "registry")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
-		return nil, err
-	}
-	regSrv := &http.Server{Handler: registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs))), ReadHeaderTimeout: 10 * time.Second}
-	p.serve(regSrv, regLn)
-	p.Registry = regLn.Addr().String()
-	log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -32,6 +32,9 @@ type Env struct {
 	env    *envtest.Environment
 }
 
+// KubeConfig is a kubeconfig for the API server, for a process the test starts.
+func (e *Env) KubeConfig() []byte { return e.env.KubeConfig }
+
 // Stop stops the API server and etcd.
 func (e *Env) Stop() error { return e.env.Stop() }
 
