@@ -41,6 +41,7 @@ type fnFlags struct {
 	delay, ackWait, tick                                  time.Duration
 	maxDeliver, concurrency                               int
 	allow                                                 []string
+	backoff                                               []time.Duration
 	provider                                              providerFlags
 }
 
@@ -82,6 +83,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 	fl.DurationVar(&f.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait")
 	fl.DurationVar(&f.tick, "tick", 30*time.Second, "jetstream transport: publish kaitoflow.tick this often (0 leaves it to a PingSource); signals: the PingSource's period")
 	fl.IntVar(&f.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
+	fl.DurationSliceVar(&f.backoff, "retry-backoff", nil, "jetstream transport: delays before redelivering after the n-th failure, the last repeating (default 1s,5s,15s,30s,60s)")
 	fl.IntVar(&f.concurrency, "concurrency", 8, "events handled at once (jetstream transport)")
 	fl.StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
 	return cmd
@@ -263,7 +265,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		log.Info("function listening for CloudEvents over HTTP", "function", name, "addr", f.listen, "sink", f.sink)
 		return serveHTTP(ctx, f.listen, mux)
 	case "jetstream":
-		r, err := runtime.NewJetStream(js, fn, deps, runtime.JetStreamOptions{AckWait: f.ackWait, MaxDeliver: f.maxDeliver, Concurrency: f.concurrency})
+		r, err := runtime.NewJetStream(js, fn, deps, runtime.JetStreamOptions{AckWait: f.ackWait, MaxDeliver: f.maxDeliver, Concurrency: f.concurrency, Backoff: f.backoff})
 		if err != nil {
 			return err
 		}

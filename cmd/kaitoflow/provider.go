@@ -39,10 +39,12 @@ type providerFlags struct {
 	spot                                                                  bool
 	spotMaxPrice                                                          float64
 	deadline                                                              time.Duration
+	qps                                                                   float32
 }
 
 func (p *providerFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&p.provider, "provider", "sim", "where GPU nodes come from: sim, aks (agent pools), karpenter (NodeClaims), byo (existing nodes)")
+	f.Float32Var(&p.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
 	f.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig for aks, karpenter and byo (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
 	f.StringVar(&p.subscription, "subscription", "", "aks: Azure subscription ID")
 	f.StringVar(&p.resourceGroup, "resource-group", "", "aks: the cluster's resource group")
@@ -87,7 +89,14 @@ func (p *providerFlags) preflightOptions(policy events.AddressPolicy) (provision
 func (p *providerFlags) restConfig() (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = p.kubeconfig
-	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	// client-go's default of 5 requests/s would make a few hundred workspaces wait on the client,
+	// not on the cluster: a tick re-checks every unfinished one.
+	cfg.QPS, cfg.Burst = p.qps, int(p.qps*2)
+	return cfg, nil
 }
 
 // buildTrainer returns the trainer and, for Jobs, the watch that turns Job and Pod changes into

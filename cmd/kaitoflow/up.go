@@ -30,6 +30,7 @@ func newUp(g *globals) *cobra.Command {
 		tick                        time.Duration
 		watchWorkspaces             bool
 		crdGroup, registryHost      string
+		backoff                     []time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -95,7 +96,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 				DataDir: dataDir, NATS: natsOpts.Options, NATSListen: natsListen, Listen: listen,
 				Delay: delay, Policy: policy, Logger: log, Tracer: tp, Trainer: trainer, Deployer: deployer, APIToken: g.token, Registry: registryHost, Workspaces: workspaces, CRDGroup: crdGroup,
 				Preflight: preflight, PreflightWarnOnly: warnOnly,
-				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver},
+				Delivery: runtime.JetStreamOptions{AckWait: ackWait, MaxDeliver: maxDeliver, Backoff: backoff},
 				Provider: provider, Watchers: watchers, CapacityDeadline: pf.deadline, TickInterval: tick,
 			})
 			if err != nil {
@@ -120,6 +121,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f.DurationVar(&delay, "delay", 3*time.Second, "how long each simulated step takes")
 	f.DurationVar(&ackWait, "ack-wait", 30*time.Second, "JetStream AckWait; a crashed step is redelivered after it")
 	f.IntVar(&maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
+	f.DurationSliceVar(&backoff, "retry-backoff", nil, "delays before redelivering after the n-th failure, the last repeating (default 1s,5s,15s,30s,60s)")
 	f.StringSliceVar(&allow, "allow-host", nil, "private dataset hosts or CIDRs to admit (repeatable)")
 	f.DurationVar(&tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity and deadlines")
 	pf.register(f)

@@ -113,15 +113,20 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	}
 	client := k.Client.Resource(Services).Namespace(svc.Namespace)
 	cur, err := client.Get(ctx, svc.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		if _, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
-			// AlreadyExists included: a concurrent create; the redelivery compares generations.
+	if apierrors.IsNotFound(err) {
+		_, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
+		if err == nil {
+			k.log().InfoContext(ctx, "Knative Service created", "service", svc.Name, "namespace", svc.Namespace, "generation", d.Ref.Generation)
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
 			return classify(fmt.Errorf("create Knative Service %s/%s: %w", svc.Namespace, svc.Name, err))
 		}
-		k.log().InfoContext(ctx, "Knative Service created", "service", svc.Name, "namespace", svc.Namespace, "generation", d.Ref.Generation)
-		return nil
-	case err != nil:
+		// Created meanwhile (a duplicate of this event, handled at the same time): compare
+		// generations with what is there.
+		cur, err = client.Get(ctx, svc.Name, metav1.GetOptions{})
+	}
+	if err != nil {
 		return fmt.Errorf("get Knative Service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}
 	if cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name {
