@@ -163,13 +163,30 @@ func TestRelease(t *testing.T) {
 	if len(p.released) != 1 || p.released[0] != Tuning {
 		t.Fatalf("released %v", p.released)
 	}
-	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec != nil {
-		t.Error("record kept after release")
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || !rec.Released {
+		t.Errorf("no tombstone after release: %+v", rec)
 	}
-	// Releasing again (a redelivery, or workspace.deleted later) is a no-op.
-	handle(t, f, ev(t, events.WorkspaceDeleted, 2, events.WorkspaceDeletedData{}))
+	// A late duplicate of the generation's request buys nothing again, and ticks skip it.
+	ensured := p.ensured
+	if out := handle(t, f, ev(t, events.WorkspaceRequested, 2, seed(t))); len(out) != 0 || p.ensured != ensured {
+		t.Errorf("a duplicate request after the release re-provisioned: %v (ensured %d → %d)", out, ensured, p.ensured)
+	}
+	if out := handle(t, f, tick(t)); len(out) != 0 {
+		t.Errorf("a tick looked at released capacity: %v", out)
+	}
+	// Releasing again (a redelivery, or workspace.deleted later) is a no-op, but a deletion is
+	// still answered, for the finalizer.
+	out := handle(t, f, ev(t, events.WorkspaceDeleted, 2, events.WorkspaceDeletedData{}))
 	if len(p.released) != 1 {
 		t.Errorf("released twice: %v", p.released)
+	}
+	if len(out) != 1 || out[0].Type() != events.CapacityReleased {
+		t.Errorf("deletion not answered: %v", out)
+	}
+	// A new generation is provisioned as usual.
+	handle(t, f, ev(t, events.WorkspaceRequested, 3, seed(t)))
+	if p.ensured == ensured {
+		t.Error("generation 3 was not provisioned")
 	}
 }
 

@@ -105,16 +105,24 @@ func (p *KVPending) MarkReady(ctx context.Context, ref events.Ref) error {
 	return fmt.Errorf("mark %s ready: too many concurrent updates", ref)
 }
 
-// Delete implements Pending; only the record of ref's generation (or an older one) is removed.
-func (p *KVPending) Delete(ctx context.Context, ref events.Ref) error {
-	rec, rev, err := p.get(ctx, key(ref.Namespace, ref.Name))
-	if err != nil || rec == nil || rec.Ref.Generation > ref.Generation {
-		return err
+// MarkReleased implements Pending: a compare-and-swap on ref's generation, so a newer
+// generation's record is never overwritten.
+func (p *KVPending) MarkReleased(ctx context.Context, ref events.Ref) error {
+	for range 10 {
+		rec, rev, err := p.get(ctx, key(ref.Namespace, ref.Name))
+		if err != nil || rec == nil || rec.Ref.Generation != ref.Generation || rec.Released {
+			return err
+		}
+		rec.Released = true
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if _, err := p.kv.Update(ctx, key(ref.Namespace, ref.Name), b, rev); err == nil {
+			return nil
+		}
 	}
-	if err := p.kv.Delete(ctx, key(ref.Namespace, ref.Name), jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("delete provision record %s: %w", ref, err)
-	}
-	return nil
+	return fmt.Errorf("mark %s released: too many concurrent updates", ref)
 }
 
 // MemoryPending keeps records in memory: for tests and single-process tools.
@@ -168,13 +176,14 @@ func (m *MemoryPending) MarkReady(_ context.Context, ref events.Ref) error {
 	return nil
 }
 
-// Delete implements Pending.
-func (m *MemoryPending) Delete(_ context.Context, ref events.Ref) error {
+// MarkReleased implements Pending.
+func (m *MemoryPending) MarkReleased(_ context.Context, ref events.Ref) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := key(ref.Namespace, ref.Name)
-	if rec, ok := m.recs[k]; ok && rec.Ref.Generation <= ref.Generation {
-		delete(m.recs, k)
+	if rec, ok := m.recs[k]; ok && rec.Ref.Generation == ref.Generation {
+		rec.Released = true
+		m.recs[k] = rec
 	}
 	return nil
 }

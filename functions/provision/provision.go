@@ -107,6 +107,9 @@ type Record struct {
 	Deadline  time.Time `json:"deadline"`
 	// Ready is set once node.ready is stored (the function reads its own event back).
 	Ready bool `json:"ready"`
+	// Released is set once the capacity is given back. The record stays, as a tombstone: a late
+	// duplicate of the generation's workspace.requested must not buy the capacity again.
+	Released bool `json:"released,omitempty"`
 }
 
 // Pending stores records. Get returns nil, nil when there is none.
@@ -115,7 +118,7 @@ type Pending interface {
 	Get(ctx context.Context, namespace, name string) (*Record, error)
 	List(ctx context.Context) ([]Record, error)
 	MarkReady(ctx context.Context, ref events.Ref) error
-	Delete(ctx context.Context, ref events.Ref) error
+	MarkReleased(ctx context.Context, ref events.Ref) error
 }
 
 // Function is the provision handler.
@@ -226,6 +229,10 @@ func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref even
 	if err != nil {
 		return nil, err
 	}
+	if rec != nil && rec.Ref.Generation == ref.Generation && rec.Released {
+		f.log.InfoContext(ctx, "workspace.requested again for a generation whose capacity was already released: nothing to buy")
+		return nil, nil
+	}
 	if rec == nil || rec.Ref.Generation < ref.Generation {
 		// The deadline starts at the first delivery of this generation, not at a redelivery.
 		rec = &Record{Request: req, Requested: f.now(), Deadline: f.now().Add(f.deadline)}
@@ -286,7 +293,7 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 	}
 	var out []cloudevents.Event
 	for _, rec := range recs {
-		if rec.Ready {
+		if rec.Ready || rec.Released {
 			continue
 		}
 		c, err := f.provider.Check(ctx, rec.Request)
@@ -332,21 +339,24 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 		return nil, err
 	}
 	data := events.CapacityReleasedData{Ref: ref, Because: ev.Type()}
+	held := rec != nil && !rec.Released
 	switch {
-	case rec == nil && ev.Type() != events.WorkspaceDeleted:
+	case !held && ev.Type() != events.WorkspaceDeleted:
 		return nil, nil // nothing held; only a deletion is always answered
-	case rec != nil && only != "" && rec.Purpose != only:
+	case held && only != "" && rec.Purpose != only:
 		return nil, nil
-	case rec != nil:
+	case held:
 		if err := f.provider.Release(ctx, rec.Request); err != nil {
 			return nil, fmt.Errorf("release %s capacity of %s: %w", rec.Purpose, rec.Ref, err)
 		}
-		held := f.now().Sub(rec.Requested)
-		f.log.InfoContext(ctx, "released capacity", "purpose", rec.Purpose, "instance_type", rec.Plan.InstanceType, "held", held.Round(time.Second))
-		if err := f.pending.Delete(ctx, rec.Ref); err != nil {
+		d := f.now().Sub(rec.Requested)
+		f.log.InfoContext(ctx, "released capacity", "purpose", rec.Purpose, "instance_type", rec.Plan.InstanceType, "held", d.Round(time.Second))
+		if err := f.pending.MarkReleased(ctx, rec.Ref); err != nil {
 			return nil, err
 		}
-		data.Ref, data.Purpose, data.InstanceType, data.HeldSeconds = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType, held.Seconds()
+		data.Ref, data.Purpose, data.InstanceType, data.HeldSeconds = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType, d.Seconds()
+	case rec != nil:
+		data.Ref, data.Purpose, data.InstanceType = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType
 	}
 	out, err := events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev)
 	if err != nil {

@@ -173,10 +173,11 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 		// The finalizer goes on before anything is bought, so no deletion can outrun the release.
 		return c.patchFinalizers(ctx, u, append(u.GetFinalizers(), Finalizer))
 	}
-	// Submit a generation once: again only while its record shows nothing happened yet (an
-	// earlier submit may have been admitted and then lost its publish).
-	if rec == nil || rec.Generation < u.GetGeneration() || (rec.Generation == u.GetGeneration() && rec.Phase == status.Pending) {
-		if err := c.submit(ctx, u); err != nil {
+	// Submit a spec once: again only while its record shows nothing happened yet (an earlier
+	// submit may have been admitted and then lost its publish). A failed spec is not retried
+	// until it changes; a deleted one (the object was deleted and created again) starts over.
+	if c.needsSubmit(u, rec) {
+		if err := c.submit(ctx, u, rec); err != nil {
 			return err
 		}
 		if rec, err = c.Store.Get(ctx, ns, name); err != nil && !errors.Is(err, status.ErrNotFound) {
@@ -189,9 +190,27 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 	return nil
 }
 
-func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured) error {
+func (c *Controller) needsSubmit(u *unstructured.Unstructured, rec *status.Workspace) bool {
+	if rec == nil || rec.Phase == status.Deleted || rec.Generation < u.GetGeneration() {
+		return true
+	}
+	ws, err := decode(u)
+	if err != nil {
+		return true // submit reports it
+	}
+	hash, err := status.SpecHash(ws)
+	return err != nil || hash != rec.SpecHash || rec.Phase == status.Pending
+}
+
+func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace) error {
 	ws, err := decode(u)
 	if err == nil {
+		if rec != nil && ws.Generation <= rec.Generation {
+			// The object was created again, or changed only in what metadata.generation does
+			// not count: the pipeline's generation continues from its record, so no event id
+			// of an earlier generation is ever reused.
+			ws.Generation = 0
+		}
 		_, err = c.Submitter.Submit(ctx, ws, "")
 	}
 	var invalid *ingress.InvalidError

@@ -229,6 +229,14 @@ func TestWorkspaceCustomResource(t *testing.T) {
 		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(ctx, "workspace-tuning-phi-3", metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
+
+	// Created again (metadata.generation 1 again): the pipeline's generation continues, so no
+	// event id of the deleted generations is reused.
+	p.apply(t, seed(t))
+	eventually(t, "generation 3 admitted", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
+		return err == nil && rec.Generation == 3 && rec.Phase == status.Provisioning
+	})
 }
 
 // A custom resource the schema admits but kaitoflow refuses says why in its status, naming the field.
