@@ -2,8 +2,6 @@ package deploy_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,7 +18,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -52,12 +49,12 @@ func as(sa string) *rest.Config {
 }
 
 // applyRBAC installs rbac.yaml for real.
-func applyRBAC(t *testing.T, dyn dynamic.Interface) {
+func applyRBAC(t *testing.T, objs objects) {
 	t.Helper()
 	ctx := context.Background()
 	for _, ns := range []string{"kaitoflow"} {
 		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
-		if _, err := dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if _, err := objs.dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatal(err)
 		}
 	}
@@ -65,12 +62,9 @@ func applyRBAC(t *testing.T, dyn dynamic.Interface) {
 		if o.file != "rbac.yaml" {
 			continue
 		}
-		gvk := o.u.GroupVersionKind()
-		plural := map[string]string{"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings"}[gvk.Kind]
-		gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: plural}
-		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-		if ns := o.u.GetNamespace(); ns != "" {
-			ri = dyn.Resource(gvr).Namespace(ns)
+		ri, err := objs.of(o.u)
+		if err != nil {
+			t.Fatalf("%s: %v", o, err)
 		}
 		if _, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-e2e", Force: true}); err != nil {
 			t.Fatalf("%s: %v", o, err)
@@ -101,7 +95,8 @@ func TestClusterEndToEnd(t *testing.T) {
 	defer cancel()
 	admin := kubernetes.NewForConfigOrDie(restCfg)
 	adminDyn := dynamic.NewForConfigOrDie(restCfg)
-	applyRBAC(t, adminDyn)
+	objs := newObjects(restCfg)
+	applyRBAC(t, objs)
 	kubeAs := func(sa string) kubernetes.Interface { return kubernetes.NewForConfigOrDie(as(sa)) }
 	dynAs := func(sa string) dynamic.Interface { return dynamic.NewForConfigOrDie(as(sa)) }
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -123,8 +118,11 @@ func TestClusterEndToEnd(t *testing.T) {
 					sub.(map[string]any)["namespace"] = ns
 				}
 			}
-			gvr := schema.GroupVersionResource{Group: u.GroupVersionKind().Group, Version: "v1", Resource: map[string]string{"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}[u.GetKind()]}
-			if _, err := adminDyn.Resource(gvr).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			ri, err := objs.of(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -221,7 +219,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	}
 	// job-run uploads the adapter layer to the output repository, then writes its summary.
 	dir := t.TempDir()
-	files := writeAdapter(t, dir)
+	files := testenv.Adapter(t, dir)
 	layer, err := adapter.Layer(dir, files)
 	if err != nil {
 		t.Fatal(err)
@@ -327,24 +325,4 @@ func conditionOf(u *unstructured.Unstructured, typ string) map[string]any {
 		}
 	}
 	return map[string]any{}
-}
-
-// writeAdapter writes a small PEFT adapter (the files job-run uploads) and describes it.
-func writeAdapter(t *testing.T, dir string) []events.AdapterFile {
-	t.Helper()
-	config := []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["qkv_proj","o_proj"],"base_model_name_or_path":"microsoft/Phi-3-mini-128k-instruct"}`)
-	header := []byte(`{"__metadata__":{"format":"pt"}}`)
-	weights := append([]byte{byte(len(header)), 0, 0, 0, 0, 0, 0, 0}, header...)
-	var out []events.AdapterFile
-	for _, f := range []struct {
-		name string
-		b    []byte
-	}{{"adapter_config.json", config}, {"adapter_model.safetensors", weights}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(f.b)
-		out = append(out, events.AdapterFile{Path: f.name, Size: int64(len(f.b)), Digest: "sha256:" + hex.EncodeToString(sum[:])})
-	}
-	return out
 }

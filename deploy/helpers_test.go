@@ -3,10 +3,42 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
 )
 
 var schemaNamespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+
+// objects reaches any kind the API server serves, by discovery.
+type objects struct {
+	dyn    dynamic.Interface
+	mapper meta.RESTMapper
+}
+
+func newObjects(cfg *rest.Config) objects {
+	dc := discovery.NewDiscoveryClientForConfigOrDie(cfg)
+	return objects{dyn: dynamic.NewForConfigOrDie(cfg), mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}
+}
+
+// of is the client for u's kind, in u's namespace when the kind is namespaced.
+func (o objects) of(u *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	gvk := u.GroupVersionKind()
+	m, err := o.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return nil, fmt.Errorf("the API server does not know %s: %w", gvk, err)
+	}
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return o.dyn.Resource(m.Resource).Namespace(u.GetNamespace()), nil
+	}
+	return o.dyn.Resource(m.Resource), nil
+}

@@ -23,12 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/pkg/apis"
@@ -311,26 +307,19 @@ func TestServerSideDryRun(t *testing.T) {
 		t.Skipf("no API server: %v", kubeErr)
 	}
 	ctx := context.Background()
-	dyn := dynamic.NewForConfigOrDie(restCfg)
-	dc := discovery.NewDiscoveryClientForConfigOrDie(restCfg)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	objs := newObjects(restCfg)
 	// Namespaces exist for real; everything else is a dry run.
 	for _, ns := range []string{"kaitoflow", "knative-serving"} {
 		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
-		if _, err := dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		if _, err := objs.dyn.Resource(schemaNamespaces).Create(ctx, u, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 			t.Fatal(err)
 		}
 	}
 	for _, o := range all(t) {
-		gvk := o.u.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		ri, err := objs.of(o.u)
 		if err != nil {
-			t.Errorf("%s: the API server does not know it: %v", o, err)
+			t.Errorf("%s: %v", o, err)
 			continue
-		}
-		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
-		if m.Scope.Name() == "namespace" {
-			ri = dyn.Resource(m.Resource).Namespace(o.u.GetNamespace())
 		}
 		if _, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-manifest-test", Force: true, DryRun: []string{metav1.DryRunAll}}); err != nil {
 			t.Errorf("%s: %v", o, err)

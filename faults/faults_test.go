@@ -501,7 +501,7 @@ func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, 
 	// The Job controller and the kubelet: job-run uploads the layer, the pod succeeds with the
 	// summary, the Job completes.
 	dir := t.TempDir()
-	files := writeAdapter(t, dir)
+	files := testenv.Adapter(t, dir)
 	layer, err := adapter.Layer(dir, files)
 	if err != nil {
 		t.Fatal(err)
@@ -590,25 +590,4 @@ func runJob(ctx context.Context, t *testing.T, admin kubernetes.Interface, j *ba
 		_, err = admin.BatchV1().Jobs(j.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
-}
-
-// writeAdapter writes a small PEFT adapter, the files job-run uploads, and describes them.
-func writeAdapter(t *testing.T, dir string) []events.AdapterFile {
-	t.Helper()
-	header := []byte(`{"__metadata__":{"format":"pt"}}`)
-	var out []events.AdapterFile
-	for _, f := range []struct {
-		name string
-		b    []byte
-	}{
-		{"adapter_config.json", []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"base_model_name_or_path":"microsoft/Phi-3-mini-128k-instruct"}`)},
-		{"adapter_model.safetensors", append([]byte{byte(len(header)), 0, 0, 0, 0, 0, 0, 0}, header...)},
-	} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(f.b)
-		out = append(out, events.AdapterFile{Path: f.name, Size: int64(len(f.b)), Digest: "sha256:" + hex.EncodeToString(sum[:])})
-	}
-	return out
 }

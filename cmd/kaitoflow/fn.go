@@ -89,13 +89,6 @@ only after they are stored. --transport jetstream consumes the function's input 
 	return cmd
 }
 
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
-
 func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -310,15 +303,27 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 	return nil
 }
 
-// configMapSource reads tuning.config ConfigMaps from the cluster: the training_config.yaml key,
-// as Kaito reads it.
-func configMapSource(client kubernetes.Interface) presets.ConfigSource {
-	return func(ctx context.Context, namespace, name string) ([]byte, error) {
+// configMapData reads a ConfigMap's data from the cluster: Kaito's tuning.config and
+// inference.config both name one in the workspace's namespace.
+func configMapData(client kubernetes.Interface) func(ctx context.Context, namespace, name string) (map[string]string, error) {
+	return func(ctx context.Context, namespace, name string) (map[string]string, error) {
 		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil, err
 		}
-		doc, ok := cm.Data["training_config.yaml"]
+		return cm.Data, nil
+	}
+}
+
+// configMapSource reads tuning.config ConfigMaps: the training_config.yaml key, as Kaito reads it.
+func configMapSource(client kubernetes.Interface) presets.ConfigSource {
+	data := configMapData(client)
+	return func(ctx context.Context, namespace, name string) ([]byte, error) {
+		d, err := data(ctx, namespace, name)
+		if err != nil {
+			return nil, err
+		}
+		doc, ok := d["training_config.yaml"]
 		if !ok {
 			return nil, fmt.Errorf("ConfigMap %s/%s has no training_config.yaml key", namespace, name)
 		}

@@ -68,11 +68,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		// on the command line wins.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
 	}
-	server := os.Getenv("KAITOFLOW_SERVER")
-	if server == "" {
-		server = "http://127.0.0.1:8470"
-	}
-	root.PersistentFlags().StringVar(&g.server, "server", server, "kaitoflow API URL (env KAITOFLOW_SERVER)")
+	root.PersistentFlags().StringVar(&g.server, "server", "http://127.0.0.1:8470", "kaitoflow API URL (env KAITOFLOW_SERVER)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API (env KAITOFLOW_TOKEN; `up` requires it of clients when set)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")

@@ -9,7 +9,6 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/pflag"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -149,14 +148,7 @@ func (p *providerFlags) buildDeployer(sim serve.Deployer, log *slog.Logger) (ser
 		o := knative.DefaultOptions()
 		o.RuntimeImage, o.ProxyImage = p.runtimeImage, p.proxyImage
 		// inference.config: Kaito's ConfigMap of vLLM settings in the workspace's namespace.
-		configs := func(ctx context.Context, namespace, name string) (map[string]string, error) {
-			cm, err := kube.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return nil, err
-			}
-			return cm.Data, nil
-		}
-		return &knative.Deployer{Client: dyn, Catalog: catalog, Options: o, Configs: configs, Log: log}, []func(context.Context, runtime.Publisher) error{
+		return &knative.Deployer{Client: dyn, Catalog: catalog, Options: o, Configs: configMapData(kube), Log: log}, []func(context.Context, runtime.Publisher) error{
 			func(ctx context.Context, pub runtime.Publisher) error { return knative.Watch(ctx, dyn, pub, log) },
 		}, nil
 	}

@@ -30,7 +30,8 @@ type Sim struct {
 type simService struct {
 	d     Deployment
 	acked bool
-	proxy http.Handler
+	// proxy is chat-proxy for the service; runtime the simulated model server behind it.
+	proxy, runtime http.Handler
 }
 
 // Name implements Deployer.
@@ -62,11 +63,12 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 		return fmt.Errorf("sim service URL: %w", err)
 	}
 	proxy := (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: s.log()}).Handler()
+	rt := (&SimRuntime{Models: servedModels(d), Describe: simDescription(d), TokenDelay: 15 * time.Millisecond}).Handler()
 	s.mu.Lock()
 	if s.services == nil {
 		s.services = map[string]*simService{}
 	}
-	s.services[simKey(d.Ref)] = &simService{d: d, proxy: proxy}
+	s.services[simKey(d.Ref)] = &simService{d: d, proxy: proxy, runtime: rt}
 	s.mu.Unlock()
 	s.log().InfoContext(ctx, "sim: simulated inference endpoint is up behind chat-proxy; no model is loaded",
 		"url", s.url(d.Ref.Namespace, d.Service), "adapters", len(d.Adapters))
@@ -142,8 +144,7 @@ func (s *Sim) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{namespace}/{service}/runtime/", func(w http.ResponseWriter, r *http.Request) {
 		if svc, prefix, ok := s.lookup(w, r); ok {
-			rt := &SimRuntime{Models: servedModels(svc.d), Describe: simDescription(svc.d), TokenDelay: 15 * time.Millisecond}
-			http.StripPrefix(prefix+"/runtime", rt.Handler()).ServeHTTP(w, r)
+			http.StripPrefix(prefix+"/runtime", svc.runtime).ServeHTTP(w, r)
 		}
 	})
 	mux.HandleFunc("/{namespace}/{service}/", func(w http.ResponseWriter, r *http.Request) {

@@ -176,8 +176,12 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 	// Submit a spec once: again only while its record shows nothing happened yet (an earlier
 	// submit may have been admitted and then lost its publish). A failed spec is not retried
 	// until it changes; a deleted one (the object was deleted and created again) starts over.
-	if c.needsSubmit(u, rec) {
-		if err := c.submit(ctx, u, rec); err != nil {
+	ws, err := decode(u)
+	if err != nil {
+		return c.refuse(ctx, u, err)
+	}
+	if needsSubmit(ws, rec) {
+		if err := c.submit(ctx, u, ws, rec); err != nil {
 			return err
 		}
 		if rec, err = c.Store.Get(ctx, ns, name); err != nil && !errors.Is(err, status.ErrNotFound) {
@@ -190,42 +194,26 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 	return nil
 }
 
-func (c *Controller) needsSubmit(u *unstructured.Unstructured, rec *status.Workspace) bool {
-	if rec == nil || rec.Phase == status.Deleted || rec.Generation < u.GetGeneration() {
+func needsSubmit(ws *events.Workspace, rec *status.Workspace) bool {
+	if rec == nil || rec.Phase == status.Deleted || rec.Generation < ws.Generation {
 		return true
-	}
-	ws, err := decode(u)
-	if err != nil {
-		return true // submit reports it
 	}
 	hash, err := status.SpecHash(ws)
 	return err != nil || hash != rec.SpecHash || rec.Phase == status.Pending
 }
 
-func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace) error {
-	ws, err := decode(u)
-	if err == nil {
-		if rec != nil && ws.Generation <= rec.Generation {
-			// The object was created again, or changed only in what metadata.generation does
-			// not count: the pipeline's generation continues from its record, so no event id
-			// of an earlier generation is ever reused.
-			ws.Generation = 0
-		}
-		_, err = c.Submitter.Submit(ctx, ws, "")
+func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, ws *events.Workspace, rec *status.Workspace) error {
+	if rec != nil && ws.Generation <= rec.Generation {
+		// The object was created again, or changed only in what metadata.generation does not
+		// count: the pipeline's generation continues from its record, so no event id of an
+		// earlier generation is ever reused.
+		ws.Generation = 0
 	}
+	_, err := c.Submitter.Submit(ctx, ws, "")
 	var invalid *ingress.InvalidError
 	switch {
-	case errors.As(err, &invalid), err != nil && !isTransient(err):
-		// Tell the user where they look, and do not retry: the spec must change.
-		now := metav1.Now()
-		msg := err.Error()
-		st := events.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
-			Conditions: []metav1.Condition{
-				{Type: status.CondWorkspaceSucceeded, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()},
-				{Type: status.CondWorkspaceReady, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()},
-			}}
-		c.log().Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
-		return c.writeStatus(ctx, u, st)
+	case errors.As(err, &invalid):
+		return c.refuse(ctx, u, err)
 	case err != nil:
 		return err
 	}
@@ -233,14 +221,18 @@ func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, r
 	return nil
 }
 
-// decodeError marks a custom resource that does not decode as a Kaito Workspace: permanent.
-type decodeError struct{ err error }
-
-func (e decodeError) Error() string { return e.err.Error() }
-
-func isTransient(err error) bool {
-	var d decodeError
-	return !errors.As(err, &d)
+// refuse tells the user, in the object's status, why its spec cannot run, and does not retry:
+// the spec must change.
+func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, err error) error {
+	now := metav1.Now()
+	msg := err.Error()
+	cond := func(typ string) metav1.Condition {
+		return metav1.Condition{Type: typ, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()}
+	}
+	st := events.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
+		Conditions: []metav1.Condition{cond(status.CondWorkspaceSucceeded), cond(status.CondWorkspaceReady)}}
+	c.log().Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
+	return c.writeStatus(ctx, u, st)
 }
 
 // decode reads the object as the Kaito Workspace it is, with the strict decoder every other
@@ -253,11 +245,11 @@ func decode(u *unstructured.Unstructured) (*events.Workspace, error) {
 	delete(meta, "managedFields")
 	b, err := json.Marshal(obj)
 	if err != nil {
-		return nil, decodeError{err}
+		return nil, err
 	}
 	ws, err := events.DecodeWorkspace(b)
 	if err != nil {
-		return nil, decodeError{err}
+		return nil, err
 	}
 	ws.Generation = u.GetGeneration()
 	return ws, nil

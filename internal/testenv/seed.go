@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -36,4 +38,26 @@ func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
 		t.Fatal(err)
 	}
 	return ws, plan
+}
+
+// Adapter writes a small but well-formed PEFT adapter (adapter_config.json and a
+// safetensors file with a valid header) into dir and describes its files, as job-run would.
+func Adapter(t testing.TB, dir string) []events.AdapterFile {
+	t.Helper()
+	header := []byte(`{"__metadata__":{"format":"pt"}}`)
+	var out []events.AdapterFile
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{
+		{"adapter_config.json", []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["qkv_proj","o_proj"],"base_model_name_or_path":"microsoft/Phi-3-mini-128k-instruct"}`)},
+		{"adapter_model.safetensors", append([]byte{byte(len(header)), 0, 0, 0, 0, 0, 0, 0}, header...)},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(f.b)
+		out = append(out, events.AdapterFile{Path: f.name, Size: int64(len(f.b)), Digest: "sha256:" + hex.EncodeToString(sum[:])})
+	}
+	return out
 }

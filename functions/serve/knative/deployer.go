@@ -96,45 +96,31 @@ func startupSeconds(m *presets.Model) int32 {
 // Apply implements serve.Deployer: create the Service, or update it to a newer generation (which
 // rolls a new revision). The same or an older generation changes nothing.
 func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
-	rt, err := k.Runtime(d)
+	client := k.Client.Resource(Services).Namespace(d.Ref.Namespace)
+	// Look first: a redelivered or late event for a generation already applied builds nothing
+	// and reads no ConfigMap.
+	cur, err := k.current(ctx, client, d)
+	if err != nil || (cur != nil && generationOf(cur) >= d.Ref.Generation) {
+		return err
+	}
+	obj, err := k.build(ctx, d)
 	if err != nil {
 		return err
 	}
-	if rt, err = k.withInferenceConfig(ctx, &d.Workspace, rt); err != nil {
-		return err
-	}
-	svc, err := BuildService(d, rt, k.Options)
-	if err != nil {
-		return events.Permanent(events.ReasonInvalidWorkspace, err)
-	}
-	obj, err := toUnstructured(svc)
-	if err != nil {
-		return err
-	}
-	client := k.Client.Resource(Services).Namespace(svc.Namespace)
-	cur, err := client.Get(ctx, svc.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	if cur == nil {
 		_, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
 		if err == nil {
-			k.log().InfoContext(ctx, "Knative Service created", "service", svc.Name, "namespace", svc.Namespace, "generation", d.Ref.Generation)
+			k.log().InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
 			return nil
 		}
 		if !apierrors.IsAlreadyExists(err) {
-			return classify(fmt.Errorf("create Knative Service %s/%s: %w", svc.Namespace, svc.Name, err))
+			return classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
 		}
 		// Created meanwhile (a duplicate of this event, handled at the same time): compare
 		// generations with what is there.
-		cur, err = client.Get(ctx, svc.Name, metav1.GetOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("get Knative Service %s/%s: %w", svc.Namespace, svc.Name, err)
-	}
-	if cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name {
-		return events.Permanentf(events.ReasonStepFailed, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
-			svc.Namespace, svc.Name, events.LabelWorkspace, d.Ref.Name)
-	}
-	if generationOf(cur) >= d.Ref.Generation {
-		return nil
+		if cur, err = k.current(ctx, client, d); err != nil || cur == nil || generationOf(cur) >= d.Ref.Generation {
+			return err
+		}
 	}
 	// Keep what others put on the Service's metadata (Knative's creator annotations, say).
 	ann := cur.GetAnnotations()
@@ -146,11 +132,44 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	obj.SetAnnotations(ann)
 	obj.SetResourceVersion(cur.GetResourceVersion())
 	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", svc.Namespace, svc.Name, d.Ref.Generation, err))
+		return classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
 	}
-	k.log().InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", svc.Name, "namespace", svc.Namespace,
+	k.log().InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
 		"from", generationOf(cur), "generation", d.Ref.Generation)
 	return nil
+}
+
+// current is the deployment's Service, nil when there is none; one that is not this workspace's
+// is a permanent error, never touched.
+func (k *Deployer) current(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment) (*unstructured.Unstructured, error) {
+	cur, err := client.Get(ctx, d.Service, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("get Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err)
+	case cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name:
+		return nil, events.Permanentf(events.ReasonStepFailed, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
+			d.Ref.Namespace, d.Service, events.LabelWorkspace, d.Ref.Name)
+	}
+	return cur, nil
+}
+
+// build is the Service for d: the runtime sized by the plan, the workspace's inference.config
+// over it.
+func (k *Deployer) build(ctx context.Context, d serve.Deployment) (*unstructured.Unstructured, error) {
+	rt, err := k.Runtime(d)
+	if err != nil {
+		return nil, err
+	}
+	if rt, err = k.withInferenceConfig(ctx, &d.Workspace, rt); err != nil {
+		return nil, err
+	}
+	svc, err := BuildService(d, rt, k.Options)
+	if err != nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, err)
+	}
+	return toUnstructured(svc)
 }
 
 func toUnstructured(svc *servingv1.Service) (*unstructured.Unstructured, error) {
