@@ -31,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
@@ -182,7 +183,7 @@ func runKaitoflow(b *testing.B, n int, burst bool) result {
 	defer ds.Close()
 	datasetURL = ds.URL + "/dolly.jsonl"
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}})
+		Functions: assembly.Config{Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -24,19 +24,16 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
-	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
-	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
-	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // as returns a config that acts as the ServiceAccount sa of deploy/knative: the API server
@@ -97,8 +94,6 @@ func TestClusterEndToEnd(t *testing.T) {
 	adminDyn := dynamic.NewForConfigOrDie(restCfg)
 	objs := newObjects(restCfg)
 	applyRBAC(t, objs)
-	kubeAs := func(sa string) kubernetes.Interface { return kubernetes.NewForConfigOrDie(as(sa)) }
-	dynAs := func(sa string) dynamic.Interface { return dynamic.NewForConfigOrDie(as(sa)) }
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -145,26 +140,16 @@ func TestClusterEndToEnd(t *testing.T) {
 	manifest := strings.NewReplacer("ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/phi-3:0.0.1",
 		"ACR_REGISTRY_SECRET_HERE", "acr-push").Replace(string(seed))
 
-	// kaitoflow: every function with its own identity.
-	cat, err := presets.Default()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sources := kubeAs("kaitoflow-sources")
-	sourcesDyn := dynAs("kaitoflow-sources")
+	// kaitoflow: every function with its own identity, assembled as `kaitoflow up` assembles it.
 	p, err := embedded.Start(ctx, embedded.Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log, TickInterval: time.Second,
-		Provider:        &byo.Provider{Nodes: &nodes.Checker{Client: kubeAs("kaitoflow-provision")}, Log: log},
-		Trainer:         &jobs.Trainer{Client: kubeAs("kaitoflow-tune"), Options: jobs.DefaultOptions(), Log: log},
-		PublishKeychain: registryauth.Secrets{Client: kubeAs("kaitoflow-publish")}.For,
-		Deployer:        &knative.Deployer{Client: dynAs("kaitoflow-serve"), Catalog: cat, Options: knative.DefaultOptions(), Log: log},
-		Workspaces:      dynAs("kaitoflow-controller"),
-		Watchers: []func(context.Context, runtime.Publisher) error{
-			func(ctx context.Context, pub runtime.Publisher) error { return nodes.Watch(ctx, sources, pub, log) },
-			func(ctx context.Context, pub runtime.Publisher) error { return jobs.Watch(ctx, sources, pub, log) },
-			func(ctx context.Context, pub runtime.Publisher) error {
-				return knative.Watch(ctx, sourcesDyn, pub, log)
-			},
+		Functions: assembly.Config{
+			Drivers:    assembly.Drivers{Provider: "byo", Trainer: "job", Deployer: "knative"},
+			Controller: true,
+			Cluster:    func(identity string) (*rest.Config, error) { return as("kaitoflow-" + identity), nil },
+			// The push goes to the in-process registry, which needs no credentials; reading the
+			// imagePushSecret as publish's ServiceAccount is what a push to ACR does first.
+			PushKeychain: registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as("kaitoflow-publish"))}.For,
 		},
 	})
 	if err != nil {

@@ -12,9 +12,14 @@ const (
 	ReasonInvalidWorkspace = "InvalidWorkspace"
 	ReasonUnknownType      = "UnknownEventType"
 	ReasonMaxDeliveries    = "MaxDeliveriesExceeded"
-	ReasonStepFailed       = "StepFailed"
 	// ReasonInsufficientGPUMemory: the request cannot fit the GPUs it names (or any).
 	ReasonInsufficientGPUMemory = "InsufficientGPUMemory"
+	// ReasonForeignObject: an object kaitoflow would create exists and is not the workspace's
+	// (no kaitoflow.io/workspace label); kaitoflow never touches it.
+	ReasonForeignObject = "ForeignObject"
+	// ReasonNotSupported: the workspace asks for something kaitoflow does not do (yet); the
+	// message names the field.
+	ReasonNotSupported = "NotSupported"
 )
 
 // PermanentError marks a failure that retrying cannot fix. The runtime turns it into a

@@ -11,13 +11,19 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
-// ConfigSource returns the training_config.yaml of the ConfigMap a workspace names in
-// tuning.config (the ConfigMap's "training_config.yaml" key).
-type ConfigSource func(ctx context.Context, namespace, name string) ([]byte, error)
+// ConfigSource reads a ConfigMap's data: Kaito's tuning.config and inference.config each name one
+// in the workspace's namespace. In a cluster it is the API server's; in the embedded mode, the
+// ConfigMaps submitted with the workspace. A ConfigMap that does not exist is ErrConfigMapNotFound.
+type ConfigSource func(ctx context.Context, namespace, name string) (map[string]string, error)
 
-// ErrNoConfigSource is returned when a workspace names a ConfigMap and there is no cluster to read
-// it from (the embedded mode).
+// TrainingConfigKey is the key of a tuning.config ConfigMap that holds the training settings.
+const TrainingConfigKey = "training_config.yaml"
+
+// ErrNoConfigSource is returned when a workspace names a ConfigMap and nothing can read one.
 var ErrNoConfigSource = errors.New("no ConfigMap source configured")
+
+// ErrConfigMapNotFound is what a ConfigSource returns for a ConfigMap that does not exist.
+var ErrConfigMapNotFound = errors.New("ConfigMap not found")
 
 // Planner is the fit check provision runs on workspace.requested: the whole plan, or a permanent
 // error saying why the request cannot work, before any GPU is bought.
@@ -53,11 +59,18 @@ func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) 
 	if ns == "" {
 		ns = events.DefaultNamespace
 	}
-	doc, err := p.Configs(ctx, ns, t.Config)
+	data, err := p.Configs(ctx, ns, t.Config)
+	if errors.Is(err, ErrConfigMapNotFound) {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(field.NewPath("tuning", "config"), ns+"/"+t.Config))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("tuning.config: read ConfigMap %s/%s: %w", ns, t.Config, err)
 	}
-	user, err := ParseTrainingConfig(doc)
+	doc, ok := data[TrainingConfigKey]
+	if !ok {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: ConfigMap %s/%s has no %s key", ns, t.Config, TrainingConfigKey)
+	}
+	user, err := ParseTrainingConfig([]byte(doc))
 	if err != nil {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config %s: %v", t.Config, err)
 	}

@@ -9,10 +9,13 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/duration"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -42,11 +45,12 @@ func newSubmit(g *globals) *cobra.Command {
 	return cmd
 }
 
-// submitFiles submits every document of files and returns the submitted workspaces' names. The
-// server validates every document first (it knows which private hosts it admits), so a file with
-// one bad document starts nothing.
+// submitFiles submits every document of files and returns the submitted workspaces' names.
+// ConfigMaps go first, so the workspaces naming them (tuning.config, inference.config) find
+// them. The server validates every document first (it knows which private hosts it admits), so a
+// file with one bad document starts nothing.
 func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []string) ([]string, error) {
-	var docs [][]byte
+	var configMaps, workspaces [][]byte
 	for _, f := range files {
 		b, err := readFile(stdin, f)
 		if err != nil {
@@ -56,25 +60,57 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", f, err)
 		}
-		docs = append(docs, d...)
+		for _, doc := range d {
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err == nil && tm.APIVersion == "v1" && tm.Kind == "ConfigMap" {
+				configMaps = append(configMaps, doc)
+			} else {
+				workspaces = append(workspaces, doc)
+			}
+		}
 	}
 	c := g.client()
 	bad := false
-	for i, d := range docs {
-		if _, err := c.Submit(ctx, d, true); err != nil {
-			var apiErr *api.APIError
-			if !errors.As(err, &apiErr) {
+	check := func(kind string, i int, err error) error {
+		var apiErr *api.APIError
+		if !errors.As(err, &apiErr) {
+			return err
+		}
+		fmt.Fprintf(g.err, "%s %d: %v\n", kind, i+1, err)
+		bad = true
+		return nil
+	}
+	for i, d := range configMaps {
+		if _, err := c.SubmitConfigMap(ctx, d, true); err != nil {
+			if err := check("ConfigMap", i, err); err != nil {
 				return nil, err
 			}
-			fmt.Fprintf(g.err, "document %d: %v\n", i+1, err)
-			bad = true
+		}
+	}
+	for i, d := range workspaces {
+		if _, err := c.Submit(ctx, d, true); err != nil {
+			if err := check("workspace", i, err); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if bad {
 		return nil, exitError{code: 1}
 	}
+	for _, d := range configMaps {
+		res, err := c.SubmitConfigMap(ctx, d, false)
+		if err != nil {
+			fmt.Fprintln(g.err, err)
+			return nil, exitError{code: 1}
+		}
+		verb := "configured"
+		if res.Unchanged {
+			verb = "unchanged"
+		}
+		fmt.Fprintf(g.out, "configmap/%s %s (namespace %s)\n", res.ConfigMap.Name, verb, res.ConfigMap.Namespace)
+	}
 	var names []string
-	for _, d := range docs {
+	for _, d := range workspaces {
 		res, err := c.Submit(ctx, d, false)
 		if err != nil {
 			fmt.Fprintln(g.err, err)
@@ -106,17 +142,19 @@ func newGet(g *globals) *cobra.Command {
 	var output string
 	var all bool
 	cmd := &cobra.Command{
-		Use:     "get workspaces [NAME]",
-		Short:   "List workspaces with kubectl's columns, or show one",
-		Example: "  kaitoflow get workspaces\n  kaitoflow get workspace workspace-tuning-phi-3 -o yaml",
+		Use:     "get workspaces|configmaps [NAME]",
+		Short:   "List workspaces with kubectl's columns, or show one; list the submitted ConfigMaps",
+		Example: "  kaitoflow get workspaces\n  kaitoflow get workspace workspace-tuning-phi-3 -o yaml\n  kaitoflow get configmaps",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
 			switch args[0] {
 			case "workspaces", "workspace", "ws", "wk", "wks":
+			case "configmaps", "configmap", "cm":
+				return g.getConfigMaps(cmd.Context(), c, args[1:], output, all)
 			default:
-				return fmt.Errorf("unknown resource %q: kaitoflow has workspaces", args[0])
+				return fmt.Errorf("unknown resource %q: kaitoflow has workspaces and configmaps", args[0])
 			}
-			c := g.client()
 			var list []status.Workspace
 			if len(args) == 2 {
 				w, err := c.Get(cmd.Context(), args[1])
@@ -139,24 +177,66 @@ func newGet(g *globals) *cobra.Command {
 	return cmd
 }
 
+// getConfigMaps prints the ConfigMaps submitted in the embedded mode as kubectl does:
+// NAME DATA AGE, or the objects with -o yaml|json.
+func (g *globals) getConfigMaps(ctx context.Context, c *api.Client, names []string, format string, allNS bool) error {
+	list, err := c.ConfigMaps(ctx, allNS)
+	if err != nil {
+		return err
+	}
+	if len(names) == 1 {
+		i := slices.IndexFunc(list, func(cm status.ConfigMap) bool { return cm.Name == names[0] })
+		if i < 0 {
+			return fmt.Errorf("configmap %q not found", names[0])
+		}
+		list = list[i : i+1]
+	}
+	switch format {
+	case "json", "yaml":
+		return printObjects(g.out, list, format, len(names) == 1)
+	case "", "wide":
+	default:
+		return fmt.Errorf("-o %q: want yaml, json or wide", format)
+	}
+	tw := tabwriter.NewWriter(g.out, 0, 0, 3, ' ', 0)
+	cols := "NAME\tDATA\tAGE"
+	if allNS {
+		cols = "NAMESPACE\t" + cols
+	}
+	fmt.Fprintln(tw, cols)
+	for _, cm := range list {
+		row := fmt.Sprintf("%s\t%d\t%s", cm.Name, len(cm.Data), age(time.Since(cm.Created)))
+		if allNS {
+			row = cm.Namespace + "\t" + row
+		}
+		fmt.Fprintln(tw, row)
+	}
+	return tw.Flush()
+}
+
+// printObjects prints list, or its one element, as JSON or YAML.
+func printObjects[T any](out io.Writer, list []T, format string, single bool) error {
+	var v any = list
+	if single {
+		v = list[0]
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if format == "yaml" {
+		if b, err = yaml.JSONToYAML(b); err != nil {
+			return err
+		}
+	}
+	_, err = out.Write(append(bytes.TrimRight(b, "\n"), '\n'))
+	return err
+}
+
 func printWorkspaces(out io.Writer, list []status.Workspace, format string, single, allNS bool) error {
 	switch format {
 	case "json", "yaml":
-		var v any = list
-		if single {
-			v = list[0]
-		}
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return err
-		}
-		if format == "yaml" {
-			if b, err = yaml.JSONToYAML(b); err != nil {
-				return err
-			}
-		}
-		_, err = out.Write(append(bytes.TrimRight(b, "\n"), '\n'))
-		return err
+		return printObjects(out, list, format, single)
 	case "", "wide":
 	default:
 		return fmt.Errorf("-o %q: want yaml, json or wide", format)
@@ -186,22 +266,8 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 	return tw.Flush()
 }
 
-// age prints a duration the way kubectl does: the two most significant units.
-func age(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "0s"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < 10*time.Minute:
-		return fmt.Sprintf("%dm%ds", int(d.Minutes()), int(d.Seconds())%60)
-	case d < 3*time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
-}
+// age prints a duration the way kubectl's AGE column does.
+func age(d time.Duration) string { return duration.HumanDuration(d) }
 
 func newWatch(g *globals) *cobra.Command {
 	return &cobra.Command{

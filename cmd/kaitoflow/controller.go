@@ -1,23 +1,17 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/dynamic"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/controller"
-	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
-	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
 func newController(g *globals) *cobra.Command {
 	var (
-		in      ingressFlags
-		pf      providerFlags
+		nats    natsFlags
+		drivers driverFlags
 		group   string
 		workers int
 	)
@@ -36,15 +30,11 @@ prints its columns, plus phase, endpoint, image and failure).`,
 			if err != nil {
 				return err
 			}
-			cfg, err := pf.restConfig()
-			if err != nil {
-				return fmt.Errorf("controller needs a cluster: %w", err)
-			}
-			dyn, err := dynamic.NewForConfig(cfg)
+			cfg, err := drivers.config(true)
 			if err != nil {
 				return err
 			}
-			nc, err := in.nats.Connect("kaitoflow-controller")
+			nc, err := nats.Connect("kaitoflow-controller")
 			if err != nil {
 				return err
 			}
@@ -56,19 +46,21 @@ prints its columns, plus phase, endpoint, image and failure).`,
 			if _, err := runtime.EnsureStream(cmd.Context(), js, 1); err != nil {
 				return err
 			}
-			store, err := status.Open(cmd.Context(), js, 1)
+			pub := runtime.JetStreamPublisher{JS: js}
+			cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, group, workers
+			a, err := assembly.Build(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			pub := runtime.JetStreamPublisher{JS: js}
-			c := &controller.Controller{Client: dyn, Store: store, Publisher: pub, Group: group, Log: log,
-				Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: events.AddressPolicy{Allow: in.allow}, Source: controller.Source}}
-			return c.Run(cmd.Context(), workers)
+			return a.Watches[0].Run(cmd.Context(), pub)
 		},
 	}
-	in.register(cmd)
-	cmd.Flags().StringVar(&pf.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
-	cmd.Flags().StringVar(&group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
-	cmd.Flags().IntVar(&workers, "workers", 4, "Workspaces reconciled at once")
+	fl := cmd.Flags()
+	nats.register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
+	fl.StringSliceVar(&drivers.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+	fl.StringVar(&drivers.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+	fl.Float32Var(&drivers.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
+	fl.StringVar(&group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
+	fl.IntVar(&workers, "workers", 4, "Workspaces reconciled at once")
 	return cmd
 }

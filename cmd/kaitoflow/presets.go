@@ -98,7 +98,9 @@ and sequence length, how much GPU memory that needs — or why it cannot fit. It
 				if err != nil {
 					return err
 				}
-				planner.Configs = func(context.Context, string, string) ([]byte, error) { return doc, nil }
+				planner.Configs = func(context.Context, string, string) (map[string]string, error) {
+					return map[string]string{presets.TrainingConfigKey: string(doc)}, nil
+				}
 			}
 			failed := false
 			for _, f := range files {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
@@ -66,9 +67,10 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Delay: 20 * time.Millisecond, Logger: log,
-		APIToken:        secrets["API token"],
-		PublishKeychain: func(context.Context, *events.Workspace) (authn.Keychain, error) { return keychain, nil }})
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log,
+		APIToken: secrets["API token"],
+		Functions: assembly.Config{Sim: assembly.Sim{Delay: 20 * time.Millisecond},
+			PushKeychain: func(context.Context, *events.Workspace) (authn.Keychain, error) { return keychain, nil }}})
 	if err != nil {
 		t.Fatal(err)
 	}

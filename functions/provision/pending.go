@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/kvjson"
 )
 
 // PendingBucket is the JetStream KV bucket of provision records.
@@ -53,18 +54,11 @@ func (p *KVPending) Get(ctx context.Context, namespace, name string) (*Record, e
 }
 
 func (p *KVPending) get(ctx context.Context, k string) (*Record, uint64, error) {
-	e, err := p.kv.Get(ctx, k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	rec, rev, err := kvjson.Get[Record](ctx, p.kv, k)
+	if errors.Is(err, kvjson.ErrNotFound) {
 		return nil, 0, nil
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("get provision record %s: %w", k, err)
-	}
-	var rec Record
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return nil, 0, fmt.Errorf("decode provision record %s: %w", k, err)
-	}
-	return &rec, e.Revision(), nil
+	return rec, rev, err
 }
 
 // List implements Pending.
@@ -88,41 +82,28 @@ func (p *KVPending) List(ctx context.Context) ([]Record, error) {
 
 // MarkReady implements Pending: a compare-and-swap, so it never overwrites a newer generation.
 func (p *KVPending) MarkReady(ctx context.Context, ref events.Ref) error {
-	for range 10 {
-		rec, rev, err := p.get(ctx, key(ref.Namespace, ref.Name))
-		if err != nil || rec == nil || rec.Ref.Generation != ref.Generation || rec.Ready {
-			return err
-		}
-		rec.Ready = true
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		if _, err := p.kv.Update(ctx, key(ref.Namespace, ref.Name), b, rev); err == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("mark %s ready: too many concurrent updates", ref)
+	return p.mark(ctx, ref, func(r *Record) *bool { return &r.Ready })
 }
 
 // MarkReleased implements Pending: a compare-and-swap on ref's generation, so a newer
 // generation's record is never overwritten.
 func (p *KVPending) MarkReleased(ctx context.Context, ref events.Ref) error {
-	for range 10 {
-		rec, rev, err := p.get(ctx, key(ref.Namespace, ref.Name))
-		if err != nil || rec == nil || rec.Ref.Generation != ref.Generation || rec.Released {
-			return err
+	return p.mark(ctx, ref, func(r *Record) *bool { return &r.Released })
+}
+
+// mark sets one flag of ref's record, if the record is still ref's generation.
+func (p *KVPending) mark(ctx context.Context, ref events.Ref, flag func(*Record) *bool) error {
+	_, err := kvjson.Update(ctx, p.kv, key(ref.Namespace, ref.Name), func(rec *Record, exists bool) (bool, error) {
+		if !exists || rec.Ref.Generation != ref.Generation || *flag(rec) {
+			return false, nil
 		}
-		rec.Released = true
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		if _, err := p.kv.Update(ctx, key(ref.Namespace, ref.Name), b, rev); err == nil {
-			return nil
-		}
+		*flag(rec) = true
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("provision record of %s: %w", ref, err)
 	}
-	return fmt.Errorf("mark %s released: too many concurrent updates", ref)
+	return nil
 }
 
 // MemoryPending keeps records in memory: for tests and single-process tools.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Sim is the simulated provider: it buys nothing and names nodes that do not exist. It exists so
@@ -31,7 +32,7 @@ func (s *Sim) Ensure(ctx context.Context, req Request) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	s.log().InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought", "generation", req.Ref.Generation, "instance_type", req.Plan.InstanceType)
+	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought", "generation", req.Ref.Generation, "instance_type", req.Plan.InstanceType)
 	return nil
 }
 
@@ -49,13 +50,6 @@ func (s *Sim) Check(_ context.Context, req Request) (Capacity, error) {
 
 // Release implements Provider.
 func (s *Sim) Release(ctx context.Context, req Request) error {
-	s.log().InfoContext(ctx, "sim: released simulated GPU nodes", "purpose", req.Purpose)
+	logctx.Or(s.Log).InfoContext(ctx, "sim: released simulated GPU nodes", "purpose", req.Purpose)
 	return nil
-}
-
-func (s *Sim) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.Default()
-	}
-	return s.Log
 }

@@ -119,7 +119,7 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	t := d.Workspace.Tuning
 	if t == nil || t.Output == nil || t.Output.Image == "" {
 		// Output to a volume: the Job already wrote the adapter there; there is nothing to push.
-		return nil, events.Permanentf(events.ReasonStepFailed, "tuning.output.volumeSource is not supported by publish yet; use tuning.output.image")
+		return nil, events.Permanentf(events.ReasonNotSupported, "tuning.output.volumeSource is not supported by publish yet; use tuning.output.image")
 	}
 	target, err := f.resolve(t.Output.Image)
 	if err != nil {
@@ -261,15 +261,33 @@ func imageSize(img v1.Image) (int64, error) {
 	return n, nil
 }
 
-// classify makes authentication and not-found answers permanent (retrying will not grant access)
-// and leaves server errors and timeouts retryable.
+// Failure reasons for refusals by the output registry.
+const (
+	// ReasonRegistryUnauthorized: the registry refused the credentials (imagePushSecret, the
+	// identity's AcrPush role).
+	ReasonRegistryUnauthorized = "RegistryUnauthorized"
+	// ReasonRegistryNotFound: the registry or repository does not exist.
+	ReasonRegistryNotFound = "RegistryNotFound"
+	// ReasonRegistryRefused: the registry refused the push itself (a bad request, a manifest it
+	// does not accept).
+	ReasonRegistryRefused = "RegistryRefused"
+)
+
+// classify makes the registry's refusals permanent, each with its reason (retrying will not
+// grant access or create a repository), and leaves throttling, server errors and timeouts
+// retryable.
 func classify(err error) error {
 	var te *transport.Error
-	if errors.As(err, &te) {
-		switch te.StatusCode {
-		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusBadRequest:
-			return events.Permanent(events.ReasonStepFailed, err)
-		}
+	if !errors.As(err, &te) {
+		return err
+	}
+	switch te.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return events.Permanent(ReasonRegistryUnauthorized, err)
+	case http.StatusNotFound:
+		return events.Permanent(ReasonRegistryNotFound, err)
+	case http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge:
+		return events.Permanent(ReasonRegistryRefused, err)
 	}
 	return err
 }

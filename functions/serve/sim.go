@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Sim is the simulated deployer: no GPU, no model server. A "service" is the real chat-proxy in
@@ -62,7 +63,7 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	if err != nil {
 		return fmt.Errorf("sim service URL: %w", err)
 	}
-	proxy := (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: s.log()}).Handler()
+	proxy := (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: logctx.Or(s.Log)}).Handler()
 	rt := (&SimRuntime{Models: servedModels(d), Describe: simDescription(d), TokenDelay: 15 * time.Millisecond}).Handler()
 	s.mu.Lock()
 	if s.services == nil {
@@ -70,7 +71,7 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	}
 	s.services[simKey(d.Ref)] = &simService{d: d, proxy: proxy, runtime: rt}
 	s.mu.Unlock()
-	s.log().InfoContext(ctx, "sim: simulated inference endpoint is up behind chat-proxy; no model is loaded",
+	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated inference endpoint is up behind chat-proxy; no model is loaded",
 		"url", s.url(d.Ref.Namespace, d.Service), "adapters", len(d.Adapters))
 	return nil
 }
@@ -116,15 +117,8 @@ func (s *Sim) Delete(ctx context.Context, ref events.Ref) error {
 	s.mu.Lock()
 	delete(s.services, simKey(ref))
 	s.mu.Unlock()
-	s.log().InfoContext(ctx, "sim: simulated inference endpoint removed")
+	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated inference endpoint removed")
 	return nil
-}
-
-func (s *Sim) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.Default()
-	}
-	return s.Log
 }
 
 func (s *Sim) lookup(w http.ResponseWriter, r *http.Request) (*simService, string, bool) {

@@ -26,12 +26,8 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
-
-// Publisher is what the sim trainer needs to announce that a run changed.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
 
 // Sim is the simulated trainer: no GPU, no model. It goes through the same path as a real run —
 // kaitoflow's job-run wrapper fetches the dataset (best effort: the sim reads none), runs a trainer
@@ -44,7 +40,7 @@ type Publisher interface {
 type Sim struct {
 	Dir       string
 	Delay     time.Duration
-	Publisher Publisher
+	Publisher events.Publisher
 	// Resolve maps tuning.output.image to where the layer is uploaded (the embedded registry);
 	// nil keeps the adapter on disk and uploads nothing.
 	Resolve func(image string) (name.Reference, error)
@@ -97,7 +93,7 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 	}
 	r := &simRun{job: job, started: time.Now().UTC()}
 	s.runs[simKey(job.Ref)] = r
-	s.log().InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
+	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
 	go s.run(context.WithoutCancel(ctx), r)
 	return nil
 }
@@ -109,7 +105,7 @@ func (s *Sim) run(ctx context.Context, r *simRun) {
 	s.mu.Lock()
 	r.done, r.err, r.result = true, err, res
 	s.mu.Unlock()
-	s.log().InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)
+	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)
 	s.announce(ctx, r, "done")
 }
 
@@ -153,7 +149,7 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
 		}
 		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
 	}
-	if err := jobrun.Run(ctx, cfg, s.log()); err != nil {
+	if err := jobrun.Run(ctx, cfg, logctx.Or(s.Log)); err != nil {
 		return Result{}, fmt.Errorf("sim: %w", err)
 	}
 	b, err := os.ReadFile(cfg.TerminationLog)
@@ -193,7 +189,7 @@ func (s *Sim) announce(ctx context.Context, r *simRun, what string) {
 	e.SetExtension(events.ExtGeneration, strconv.FormatInt(r.job.Ref.Generation, 10))
 	if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: r.job.Name}); err == nil {
 		if err := s.Publisher.Publish(ctx, e); err != nil {
-			s.log().WarnContext(ctx, "sim: publish job.changed; the next tick sees the change", "err", err)
+			logctx.Or(s.Log).WarnContext(ctx, "sim: publish job.changed; the next tick sees the change", "err", err)
 		}
 	}
 }
@@ -293,13 +289,6 @@ func (s *Sim) Delete(_ context.Context, ref events.Ref) error {
 	defer s.mu.Unlock()
 	delete(s.runs, simKey(ref))
 	return nil
-}
-
-func (s *Sim) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.Default()
-	}
-	return s.Log
 }
 
 func firstOr(xs []string, def string) string {

@@ -1,5 +1,6 @@
-// Package api is kaitoflow's HTTP API: submit, list, get, watch and delete workspaces. It is what
-// the CLI talks to in the embedded mode, and what a platform's own tooling can call.
+// Package api is kaitoflow's HTTP API: submit, list, get, watch and delete workspaces, and submit
+// and list the ConfigMaps they name. It is what the CLI talks to in the embedded mode, and what a
+// platform's own tooling can call.
 package api
 
 import (
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
@@ -29,7 +31,7 @@ const Source = "kaitoflow/api"
 // Server serves the API.
 type Server struct {
 	Store     *status.Store
-	Publisher runtime.Publisher
+	Publisher events.Publisher
 	Policy    events.AddressPolicy
 	Log       *slog.Logger
 	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
@@ -68,6 +70,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
 	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
 	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
+	mux.HandleFunc("POST /v1/configmaps", s.submitConfigMap)
+	mux.HandleFunc("GET /v1/configmaps", s.listConfigMaps)
+	mux.HandleFunc("GET /v1/configmaps/{name}", s.getConfigMap)
 	if s.Token == "" {
 		return mux
 	}
@@ -108,7 +113,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Query().Get("dryRun") == "true" {
 		if errs := ws.Validate(s.Policy); len(errs) > 0 {
-			writeInvalid(w, &ingress.InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs})
+			writeInvalid(w, "workspace", ws.Namespace, ws.Name, errs)
 			return
 		}
 		writeJSON(w, http.StatusOK, SubmitResult{Workspace: status.Workspace{Namespace: ws.Namespace, Name: ws.Name, Phase: status.Pending}, DryRun: true})
@@ -120,7 +125,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	var invalid *ingress.InvalidError
 	switch {
 	case errors.As(err, &invalid):
-		writeInvalid(w, invalid)
+		writeInvalid(w, "workspace", invalid.Namespace, invalid.Name, invalid.Fields)
 		return
 	case err != nil:
 		s.Log.Error("submit workspace", "workspace", ws.Namespace+"/"+ws.Name, "err", err)
@@ -140,9 +145,9 @@ func (s *Server) submitter() *ingress.Submitter {
 	return &ingress.Submitter{Store: s.Store, Publisher: s.Publisher, Policy: s.Policy, Source: Source}
 }
 
-func writeInvalid(w http.ResponseWriter, e *ingress.InvalidError) {
-	p := Problem{Error: fmt.Sprintf("workspace %s/%s is invalid", e.Namespace, e.Name)}
-	for _, fe := range e.Fields {
+func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs field.ErrorList) {
+	p := Problem{Error: fmt.Sprintf("%s %s/%s is invalid", kind, namespace, name)}
+	for _, fe := range errs {
 		p.Fields = append(p.Fields, FieldError{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()})
 	}
 	writeJSON(w, http.StatusUnprocessableEntity, p)

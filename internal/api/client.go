@@ -105,19 +105,38 @@ func (c *Client) Submit(ctx context.Context, manifest []byte, dryRun bool) (*Sub
 	return &r, nil
 }
 
+// SubmitConfigMap posts one ConfigMap manifest. With dryRun the server only validates it.
+func (c *Client) SubmitConfigMap(ctx context.Context, manifest []byte, dryRun bool) (*ConfigMapResult, error) {
+	var r ConfigMapResult
+	q := url.Values{}
+	if dryRun {
+		q.Set("dryRun", "true")
+	}
+	if err := c.do(ctx, http.MethodPost, c.url("/v1/configmaps", q), manifest, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// ConfigMaps returns the ConfigMaps of the client's namespace, or of all when all is set.
+func (c *Client) ConfigMaps(ctx context.Context, all bool) ([]status.ConfigMap, error) {
+	var l []status.ConfigMap
+	return l, c.do(ctx, http.MethodGet, c.listURL("/v1/configmaps", all), nil, &l)
+}
+
 // List returns the workspaces of the client's namespace, or of all when all is set.
 func (c *Client) List(ctx context.Context, all bool) ([]status.Workspace, error) {
-	q := url.Values{}
-	if all {
-		q.Set("allNamespaces", "true")
-		q.Set("namespace", "")
-	}
 	var l []status.Workspace
-	u := strings.TrimSuffix(c.BaseURL, "/") + "/v1/workspaces?" + q.Encode()
+	return l, c.do(ctx, http.MethodGet, c.listURL("/v1/workspaces", all), nil, &l)
+}
+
+// listURL is path for the client's namespace, or for every namespace.
+func (c *Client) listURL(path string, all bool) string {
 	if !all {
-		u = c.url("/v1/workspaces", nil)
+		return c.url(path, nil)
 	}
-	return l, c.do(ctx, http.MethodGet, u, nil, &l)
+	q := url.Values{"allNamespaces": {"true"}, "namespace": {""}}
+	return strings.TrimSuffix(c.BaseURL, "/") + path + "?" + q.Encode()
 }
 
 // Get returns one workspace.

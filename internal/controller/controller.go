@@ -15,7 +15,6 @@ import (
 	"slices"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -48,17 +48,12 @@ type Store interface {
 	WatchAll(ctx context.Context) (<-chan status.Workspace, error)
 }
 
-// Publisher publishes events (runtime.Publisher).
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
-
 // Controller reconciles Workspace objects with the pipeline.
 type Controller struct {
 	Client    dynamic.Interface
 	Submitter Submitter
 	Store     Store
-	Publisher Publisher
+	Publisher events.Publisher
 	// Group is the CRD's API group: kaito.sh, or another where Kaito itself owns kaito.sh.
 	Group string
 	// Resync re-lists every Workspace this often, for anything a watch missed. Default 10m.
@@ -75,13 +70,6 @@ func GVR(group string) schema.GroupVersionResource {
 		group = "kaito.sh"
 	}
 	return schema.GroupVersionResource{Group: group, Version: "v1alpha1", Resource: "workspaces"}
-}
-
-func (c *Controller) log() *slog.Logger {
-	if c.Log == nil {
-		return slog.Default()
-	}
-	return c.Log
 }
 
 // Run watches Workspaces and status records until ctx ends, with workers reconciling.
@@ -116,7 +104,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 			c.queue.Add(rec.Namespace + "/" + rec.Name)
 		}
 	}()
-	c.log().Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", workers)
+	logctx.Or(c.Log).Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", workers)
 	for range max(workers, 1) {
 		go c.work(ctx)
 	}
@@ -137,7 +125,7 @@ func (c *Controller) work(ctx context.Context) {
 			c.queue.Forget(key)
 		case ctx.Err() != nil:
 		default:
-			c.log().Warn("reconcile Workspace; retrying", "workspace", key, "err", err)
+			logctx.Or(c.Log).Warn("reconcile Workspace; retrying", "workspace", key, "err", err)
 			c.queue.AddRateLimited(key)
 		}
 		c.queue.Done(key)
@@ -217,7 +205,7 @@ func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, w
 	case err != nil:
 		return err
 	}
-	c.log().Info("Workspace submitted", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration())
+	logctx.Or(c.Log).Info("Workspace submitted", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration())
 	return nil
 }
 
@@ -231,7 +219,7 @@ func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, e
 	}
 	st := events.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
 		Conditions: []metav1.Condition{cond(status.CondWorkspaceSucceeded), cond(status.CondWorkspaceReady)}}
-	c.log().Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
+	logctx.Or(c.Log).Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
 	return c.writeStatus(ctx, u, st)
 }
 
@@ -271,12 +259,12 @@ func (c *Controller) finalize(ctx context.Context, u *unstructured.Unstructured,
 			if err := c.Publisher.Publish(ctx, ev); err != nil {
 				return fmt.Errorf("publish workspace.deleted for %s: %w", ref, err)
 			}
-			c.log().Info("Workspace deleted: releasing its capacity before letting it go", "workspace", ref.String())
+			logctx.Or(c.Log).Info("Workspace deleted: releasing its capacity before letting it go", "workspace", ref.String())
 		}
 		return nil // the record's next change (capacity.released) brings it back here
 	}
 	kept := slices.DeleteFunc(slices.Clone(u.GetFinalizers()), func(f string) bool { return f == Finalizer })
-	c.log().Info("Workspace released", "workspace", u.GetNamespace()+"/"+u.GetName())
+	logctx.Or(c.Log).Info("Workspace released", "workspace", u.GetNamespace()+"/"+u.GetName())
 	return c.patchFinalizers(ctx, u, kept)
 }
 

@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 type pipeline struct {
 	js    jetstream.JetStream
 	store *status.Store
-	pub   runtime.Publisher
+	pub   events.Publisher
 	ns    string
 }
 

@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/functions/provision/byo"
-	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -31,10 +32,10 @@ func TestSeedOnExistingNodesWaitsForTheGPU(t *testing.T) {
 	p, err := Start(ctx, Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log,
 		Delivery:     runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
-		Provider:     &byo.Provider{Nodes: &nodes.Checker{Client: kube}, Log: log},
 		TickInterval: time.Hour, // only the node watch may wake provision up in this test
-		Watchers: []func(context.Context, runtime.Publisher) error{
-			func(ctx context.Context, pub runtime.Publisher) error { return nodes.Watch(ctx, kube, pub, log) },
+		Functions: assembly.Config{
+			Drivers: assembly.Drivers{Provider: "byo"},
+			Cluster: func(string) (*rest.Config, error) { return kubeCfg, nil },
 		},
 	})
 	if err != nil {

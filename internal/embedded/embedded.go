@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -25,26 +24,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
-	"k8s.io/client-go/dynamic"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/functions/publish"
-	"github.com/kaitoflow/kaitoflow/functions/serve"
-	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/api"
-	"github.com/kaitoflow/kaitoflow/internal/controller"
-	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
-	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Config configures an embedded pipeline.
 type Config struct {
-	// DataDir holds JetStream's store and the sim trainer's adapters.
+	// DataDir holds JetStream's store, the registry's blobs and the sim trainer's adapters.
 	DataDir string
 	// NATS connects to an existing NATS server with JetStream (its URL, auth and TLS) instead of
 	// embedding one.
@@ -52,43 +42,22 @@ type Config struct {
 	// NATSListen is the embedded server's address; "127.0.0.1:-1" picks a free port.
 	NATSListen string
 	// Listen is the API's address; "127.0.0.1:0" picks a free port.
-	Listen string
-	// Delay is how long each sim step takes.
-	Delay    time.Duration
-	Policy   events.AddressPolicy
+	Listen   string
 	Delivery runtime.JetStreamOptions
 	Logger   *slog.Logger
 	Tracer   trace.TracerProvider
-	// Provider supplies GPU capacity; nil means the sim provider.
-	Provider provision.Provider
-	// Trainer runs tuning; nil means the sim trainer.
-	Trainer tune.Trainer
 	// Registry, when set, is an existing registry (host:port) that stands in for the output
 	// registry instead of the embedded one.
 	Registry string
 	// APIToken, when set, is the bearer token the API requires.
 	APIToken string
-	// Deployer runs inference; nil means the sim deployer, served on the API address.
-	Deployer serve.Deployer
-	// PublishKeychain finds push credentials (the imagePushSecret); nil pushes anonymously to the
-	// embedded registry.
-	PublishKeychain publish.Keychain
-	// Workspaces, when set, runs the Workspace controller against this cluster: custom resources
-	// in, status written back (CRDGroup: the CRD's group, kaito.sh by default).
-	Workspaces dynamic.Interface
-	CRDGroup   string
-	// Preflight checks dataset URLs before capacity is bought (nil: no check).
-	Preflight         provision.Preflight
-	PreflightWarnOnly bool
-	// SimParallel bounds the sim trainer's concurrent runs (its default when zero).
-	SimParallel int
-	// CapacityDeadline is how long capacity may take; provision's default when zero.
-	CapacityDeadline time.Duration
 	// TickInterval is how often kaitoflow.tick re-checks what can fail silently; 30s when zero.
 	TickInterval time.Duration
-	// Watchers run alongside the functions until shutdown, publishing with the given publisher
-	// (the Node watch of a real provider).
-	Watchers []func(ctx context.Context, pub runtime.Publisher) error
+	// Functions configures the drivers and what they reach (assembly.Config). Start fills in
+	// what the embedded mode owns: the function list, NATS, the publisher, the status store,
+	// the registry, the sim directory and the sim endpoints' URL, and, unless set, the
+	// ConfigMaps submitted through the API as the ConfigMap source.
+	Functions assembly.Config
 }
 
 // Pipeline is a running embedded pipeline.
@@ -187,46 +156,22 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	p.URL = "http://" + apiLn.Addr().String()
 
 	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := runtime.NewMetrics(p.Metrics)
-	deps := runtime.Deps{Logger: log, Metrics: metrics, Tracer: cfg.Tracer}
-	catalog, err := presets.Default()
-	if err != nil {
-		return nil, fmt.Errorf("preset catalog: %w", err)
+	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(p.Metrics), Tracer: cfg.Tracer}
+	pub := runtime.JetStreamPublisher{JS: js}
+	ac := cfg.Functions
+	ac.Functions = assembly.Pipeline()
+	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, js, store, pub, p.Registry
+	ac.Sim.Dir, ac.Sim.BaseURL = filepath.Join(cfg.DataDir, "adapters"), p.URL
+	if ac.ConfigMaps == nil {
+		ac.ConfigMaps = store.ConfigMapData
 	}
-	planner := &presets.Planner{Catalog: catalog}
-	pending, err := provision.OpenKVPending(ctx, js)
+	fns, err := assembly.Build(ctx, ac)
 	if err != nil {
 		return nil, err
 	}
-	provider := cfg.Provider
-	if provider == nil {
-		provider = &provision.Sim{Delay: cfg.Delay, Log: log}
-	}
-	trainer := cfg.Trainer
-	if trainer == nil {
-		trainer = &tune.Sim{Dir: filepath.Join(cfg.DataDir, "adapters"), Delay: cfg.Delay, Publisher: runtime.JetStreamPublisher{JS: js}, Log: log, Policy: cfg.Policy, Parallel: cfg.SimParallel,
-			Resolve: func(image string) (name.Reference, error) { return adapter.Rewrite(p.Registry, image) }}
-	}
-	simServe := &serve.Sim{BaseURL: p.URL + "/sim/inference", Delay: cfg.Delay, Log: log}
-	var deployer serve.Deployer = simServe
-	if cfg.Deployer != nil {
-		deployer = cfg.Deployer
-	}
-	publisher := publish.New(publish.RemotePusher{}, publish.RewriteRegistry(p.Registry), log)
-	if cfg.PublishKeychain != nil {
-		publisher = publisher.WithKeychain(cfg.PublishKeychain)
-	}
-	fns := []runtime.Function{
-		{Name: provision.Name, Types: provision.Types, Handler: provision.New(provider, planner, pending, provision.Options{Policy: cfg.Policy, Deadline: cfg.CapacityDeadline, Log: log,
-			Preflight: cfg.Preflight, PreflightWarnOnly: cfg.PreflightWarnOnly})},
-		{Name: tune.Name, Types: tune.Types, Handler: tune.New(trainer, log)},
-		{Name: publish.Name, Types: publish.Types, Handler: publisher},
-		{Name: serve.Name, Types: serve.Types, Handler: serve.New(deployer, log)},
-		{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}},
-	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancel
-	for _, fn := range fns {
+	for _, fn := range fns.Functions {
 		r, err := runtime.NewJetStream(js, fn, deps, cfg.Delivery)
 		if err != nil {
 			return nil, err
@@ -241,7 +186,6 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		}()
 	}
 
-	pub := runtime.JetStreamPublisher{JS: js}
 	tickEvery := cfg.TickInterval
 	if tickEvery <= 0 {
 		tickEvery = 30 * time.Second
@@ -251,34 +195,23 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		defer p.fns.Done()
 		runtime.Tick(runCtx, pub, tickEvery, log)
 	}()
-	for _, w := range cfg.Watchers {
+	for _, w := range fns.Watches {
 		p.fns.Add(1)
 		go func() {
 			defer p.fns.Done()
-			if err := w(runCtx, pub); err != nil && runCtx.Err() == nil {
+			if err := w.Run(runCtx, pub); err != nil && runCtx.Err() == nil {
 				p.setErr(err)
-				log.Error("watcher stopped", "err", err)
-			}
-		}()
-	}
-
-	if cfg.Workspaces != nil {
-		c := &controller.Controller{Client: cfg.Workspaces, Store: store, Publisher: pub, Group: cfg.CRDGroup, Log: log,
-			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: cfg.Policy, Source: controller.Source}}
-		p.fns.Add(1)
-		go func() {
-			defer p.fns.Done()
-			if err := c.Run(runCtx, 4); err != nil && runCtx.Err() == nil {
-				p.setErr(err)
-				log.Error("workspace controller stopped", "err", err)
+				log.Error("watch stopped", "watch", w.Name, "err", err)
 			}
 		}()
 	}
 
 	mux := http.NewServeMux()
-	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: cfg.Policy, Log: log, Tracer: cfg.Tracer, Token: cfg.APIToken}
+	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Token: cfg.APIToken}
 	mux.Handle("/v1/", apiSrv.Handler())
-	mux.Handle("/sim/inference/", http.StripPrefix("/sim/inference", simServe.Handler()))
+	if fns.SimInference != nil {
+		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	p.serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, apiLn)

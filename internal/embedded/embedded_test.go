@@ -23,6 +23,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
@@ -38,10 +39,12 @@ func start(t *testing.T) *Pipeline {
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
-		// Datasets served by the tests themselves live on loopback.
-		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
-		// More simulated trainer processes at once than CPUs: they mostly wait on I/O.
-		SimParallel: 8,
+		Functions: assembly.Config{
+			// Datasets served by the tests themselves live on loopback.
+			Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+			// More simulated trainer processes at once than CPUs: they mostly wait on I/O.
+			Sim: assembly.Sim{Parallel: 8},
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

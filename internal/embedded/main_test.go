@@ -15,6 +15,7 @@ import (
 // envtest binaries are not built (those tests skip, unless KAITOFLOW_REQUIRE_ENVTEST is set).
 var (
 	kube    kubernetes.Interface
+	kubeCfg *rest.Config
 	kubeErr error
 )
 
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 	tune.SimTrainerMain()
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
-			kube = kubernetes.NewForConfigOrDie(cfg)
+			kube, kubeCfg = kubernetes.NewForConfigOrDie(cfg), cfg
 		}
 	}))
 }

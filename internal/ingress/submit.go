@@ -27,7 +27,7 @@ type Admitter interface {
 // Submitter admits workspaces and publishes kaitoflow.workspace.requested.
 type Submitter struct {
 	Store     Admitter
-	Publisher runtime.Publisher
+	Publisher events.Publisher
 	Policy    events.AddressPolicy
 	// Source is the CloudEvents source of the events it publishes (kaitoflow/api, …).
 	Source string

@@ -40,3 +40,12 @@ func (h *Handler) WithAttrs(attrs []slog.Attr) slog.Handler {
 func (h *Handler) WithGroup(name string) slog.Handler {
 	return &Handler{Handler: h.Handler.WithGroup(name)}
 }
+
+// Or returns l, or slog.Default() when l is nil: every component takes an optional *slog.Logger
+// and logs through Or, so a zero value logs somewhere.
+func Or(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.Default()
+	}
+	return l
+}

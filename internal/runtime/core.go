@@ -19,7 +19,7 @@ import (
 
 // Deps are what both transports need besides the function.
 type Deps struct {
-	Publisher Publisher
+	Publisher events.Publisher
 	Logger    *slog.Logger
 	Metrics   *Metrics
 	// Tracer provides the spans that make one workspace one trace; nil means no tracing, and
@@ -32,7 +32,7 @@ type Deps struct {
 // an error into workspace.failed.
 type core struct {
 	fn      Function
-	pub     Publisher
+	pub     events.Publisher
 	log     *slog.Logger
 	metrics *Metrics
 	tracer  trace.Tracer

@@ -13,12 +13,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
-// Publisher persists events. It returns nil only once every event is stored by the bus: the
-// runtime acknowledges an input after its outputs are safe, never before.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
-
 // StreamName is the one JetStream stream that carries every kaitoflow subject.
 const StreamName = "KAITOFLOW"
 
@@ -56,7 +50,7 @@ type JetStreamPublisher struct {
 	JS jetstream.JetStream
 }
 
-// Publish implements Publisher.
+// Publish implements events.Publisher.
 func (p JetStreamPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
 	for _, e := range evs {
 		msg, err := NATSMsg(e)
@@ -98,7 +92,7 @@ func NewHTTPPublisher(sink string) (*HTTPPublisher, error) {
 	return &HTTPPublisher{Client: c, Sink: sink}, nil
 }
 
-// Publish implements Publisher.
+// Publish implements events.Publisher.
 func (p *HTTPPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
 	for _, e := range evs {
 		res := p.Client.Send(cloudevents.ContextWithTarget(ctx, p.Sink), e)

@@ -132,7 +132,7 @@ func run(t *testing.T, js jetstream.JetStream, fn Function, d Deps, opts JetStre
 // blockingPublisher stores the events for real, then never returns: the process "dies" between
 // publishing the outputs and acking the input.
 type blockingPublisher struct {
-	inner   Publisher
+	inner   events.Publisher
 	release chan struct{}
 }
 
@@ -233,7 +233,7 @@ func TestObserverFailureDeadLettersOnly(t *testing.T) {
 	ns := natsServer(t)
 	js := connect(t, ns)
 	fn := Function{Name: "exporter", Types: []string{events.WorkspaceRequested}, Observer: true, Handler: HandlerFunc(func(context.Context, cloudevents.Event) ([]cloudevents.Event, error) {
-		return nil, events.Permanentf(events.ReasonStepFailed, "the export target refused the event")
+		return nil, events.Permanentf("ExportRefused", "the export target refused the event")
 	})}
 	run(t, js, fn, Deps{}, JetStreamOptions{AckWait: time.Second})
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "watched")); err != nil {

@@ -10,7 +10,7 @@ import (
 
 // Tick publishes kaitoflow.tick every interval until ctx ends: the embedded mode's PingSource.
 // The id is the interval's index, so several processes ticking at once store one tick.
-func Tick(ctx context.Context, pub Publisher, every time.Duration, log *slog.Logger) {
+func Tick(ctx context.Context, pub events.Publisher, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/kvjson"
 )
 
 // Bucket is the KV bucket holding one record per workspace.
@@ -26,10 +27,11 @@ var ErrNotFound = errors.New("workspace not found")
 // Store reads and writes status records. Writes are compare-and-swap on the key's revision, so
 // concurrent projectors and the API never overwrite each other.
 type Store struct {
-	kv jetstream.KeyValue
+	kv         jetstream.KeyValue
+	configMaps jetstream.KeyValue
 }
 
-// Open creates or opens the bucket.
+// Open creates or opens the buckets.
 func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
 	if replicas < 1 {
 		replicas = 1
@@ -44,7 +46,11 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("open status bucket: %w", err)
 	}
-	return &Store{kv: kv}, nil
+	cms, err := openConfigMaps(ctx, js, replicas)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{kv: kv, configMaps: cms}, nil
 }
 
 // Key is the bucket key of a workspace. Namespaces are DNS labels (no dots), so the first dot
@@ -58,18 +64,11 @@ func (s *Store) Get(ctx context.Context, namespace, name string) (*Workspace, er
 }
 
 func (s *Store) get(ctx context.Context, key string) (*Workspace, uint64, error) {
-	e, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	w, rev, err := kvjson.Get[Workspace](ctx, s.kv, key)
+	if errors.Is(err, kvjson.ErrNotFound) {
 		return nil, 0, ErrNotFound
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("get status %s: %w", key, err)
-	}
-	var w Workspace
-	if err := json.Unmarshal(e.Value(), &w); err != nil {
-		return nil, 0, fmt.Errorf("decode status %s: %w", key, err)
-	}
-	return &w, e.Revision(), nil
+	return w, rev, err
 }
 
 // List returns every record of namespace ("" for all), deleted ones left out, sorted by name.
@@ -104,47 +103,7 @@ func (s *Store) List(ctx context.Context, namespace string) ([]Workspace, error)
 // Update applies fn to the record under a compare-and-swap, retrying on conflict. fn receives a
 // zero record when there is none and returns whether it changed anything.
 func (s *Store) Update(ctx context.Context, namespace, name string, fn func(*Workspace) (bool, error)) (*Workspace, error) {
-	key := Key(namespace, name)
-	for attempt := 0; ; attempt++ {
-		w, rev, err := s.get(ctx, key)
-		if errors.Is(err, ErrNotFound) {
-			w, rev = &Workspace{}, 0
-		} else if err != nil {
-			return nil, err
-		}
-		changed, err := fn(w)
-		if err != nil || !changed {
-			return w, err
-		}
-		b, err := json.Marshal(w)
-		if err != nil {
-			return nil, fmt.Errorf("encode status %s: %w", key, err)
-		}
-		if rev == 0 {
-			_, err = s.kv.Create(ctx, key, b)
-		} else {
-			_, err = s.kv.Update(ctx, key, b, rev)
-		}
-		if err == nil {
-			return w, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
-			return nil, fmt.Errorf("write status %s: %w", key, err)
-		}
-		if attempt > 50 {
-			return nil, fmt.Errorf("write status %s: too many concurrent updates: %w", key, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Millisecond):
-		}
-	}
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return kvjson.Update(ctx, s.kv, Key(namespace, name), func(w *Workspace, _ bool) (bool, error) { return fn(w) })
 }
 
 // Admit records a submitted workspace and returns the generation to publish it under. The same

@@ -21,6 +21,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // NodeClaims is the NodeClaim resource.
@@ -93,13 +95,10 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 		_, err := p.Client.Resource(NodeClaims).Create(ctx, c, metav1.CreateOptions{FieldManager: "kaitoflow"})
 		switch {
 		case apierrors.IsAlreadyExists(err):
-		case apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsNotFound(err):
-			// NotFound: the NodeClaim CRD is not installed.
-			return events.Permanentf("NodeClaimRefused", "create NodeClaim %s: %v", c.GetName(), err)
 		case err != nil:
-			return fmt.Errorf("create NodeClaim %s: %w", c.GetName(), err)
+			return kubeerr.Classify(fmt.Errorf("create NodeClaim %s: %w", c.GetName(), err))
 		default:
-			p.log().InfoContext(ctx, "karpenter: NodeClaim created", "nodeclaim", c.GetName(), "instance_type", req.Plan.InstanceType)
+			logctx.Or(p.Log).InfoContext(ctx, "karpenter: NodeClaim created", "nodeclaim", c.GetName(), "instance_type", req.Plan.InstanceType)
 		}
 	}
 	return nil
@@ -169,11 +168,4 @@ func (p *Provider) Release(ctx context.Context, req provision.Request) error {
 		}
 	}
 	return nil
-}
-
-func (p *Provider) log() *slog.Logger {
-	if p.Log == nil {
-		return slog.Default()
-	}
-	return p.Log
 }

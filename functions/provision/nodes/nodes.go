@@ -10,16 +10,15 @@ import (
 	"sort"
 	"strings"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/internal/kubewatch"
 )
 
 // GPUResource is the extended resource the NVIDIA device plugin advertises.
@@ -107,53 +106,19 @@ func usable(n *corev1.Node, gpus int64) (bool, string) {
 	return true, ""
 }
 
-// Publisher is what the watch needs to emit events.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
-
 // Watch publishes kaitoflow.node.changed whenever a node labelled for a workspace appears or its
 // readiness or GPUs change — not on every status heartbeat. It runs until ctx ends: the embedded
 // mode's ApiServerSource on Nodes.
-func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log *slog.Logger) error {
+func Watch(ctx context.Context, client kubernetes.Interface, pub events.Publisher, log *slog.Logger) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = provision.LabelWorkspace
 	}))
-	inf := factory.Core().V1().Nodes().Informer()
-	emit := func(n *corev1.Node) {
-		// One event per observed state of the node: duplicates from resyncs are deduplicated.
-		e, ok := events.ObjectChanged(events.NodeChanged, n)
-		if !ok {
-			return
-		}
-		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
-			// The tick re-checks every pending request, so a lost change only delays node.ready.
-			log.Warn("publish node.changed", "node", n.Name, "err", err)
-		}
-	}
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if n, ok := obj.(*corev1.Node); ok {
-				emit(n)
-			}
-		},
-		UpdateFunc: func(oldObj, newObj any) {
-			o, ok1 := oldObj.(*corev1.Node)
-			n, ok2 := newObj.(*corev1.Node)
-			if ok1 && ok2 && state(o) != state(n) {
-				emit(n)
-			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("node watch: %w", err)
-	}
-	log.Info("watching nodes", "selector", provision.LabelWorkspace)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	<-ctx.Done()
-	factory.Shutdown()
-	return nil
+	return kubewatch.Run(ctx, pub, log, kubewatch.Signal{Type: events.NodeChanged, Kind: "node", Informer: factory.Core().V1().Nodes().Informer(),
+		Changed: func(old, cur metav1.Object) bool {
+			o, ok1 := old.(*corev1.Node)
+			n, ok2 := cur.(*corev1.Node)
+			return ok1 && ok2 && state(o) != state(n)
+		}})
 }
 
 // state is what readiness depends on.

@@ -2,24 +2,23 @@ package knative
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // InferenceConfigKey is the key of Kaito's inference.config ConfigMap that holds the runtime's
 // settings.
 const InferenceConfigKey = "inference_config.yaml"
-
-// ConfigSource reads a ConfigMap's data (nil, nil when it does not exist is an error for the
-// caller to report).
-type ConfigSource func(ctx context.Context, namespace, name string) (map[string]string, error)
 
 // inferenceConfig is Kaito's inference_config.yaml: vLLM's engine arguments by their flag names.
 type inferenceConfig struct {
@@ -102,6 +101,9 @@ func (k *Deployer) withInferenceConfig(ctx context.Context, ws *events.Workspace
 		ns = events.DefaultNamespace
 	}
 	data, err := k.Configs(ctx, ns, in.Config)
+	if errors.Is(err, presets.ErrConfigMapNotFound) {
+		return rt, events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(field.NewPath("inference", "config"), ns+"/"+in.Config))
+	}
 	if err != nil {
 		return rt, fmt.Errorf("inference.config: read ConfigMap %s/%s: %w", ns, in.Config, err)
 	}

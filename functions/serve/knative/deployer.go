@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -19,12 +18,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/tools/cache"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
+	"github.com/kaitoflow/kaitoflow/internal/kubewatch"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -45,7 +46,7 @@ type Deployer struct {
 	Catalog *presets.Catalog
 	Options Options
 	// Configs reads Kaito's inference.config ConfigMaps (vLLM settings); nil: none can be read.
-	Configs ConfigSource
+	Configs presets.ConfigSource
 	Log     *slog.Logger
 }
 
@@ -110,11 +111,11 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	if cur == nil {
 		_, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
 		if err == nil {
-			k.log().InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
+			logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
 			return nil
 		}
 		if !apierrors.IsAlreadyExists(err) {
-			return classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
+			return kubeerr.Classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
 		}
 		// Created meanwhile (a duplicate of this event, handled at the same time): compare
 		// generations with what is there.
@@ -132,9 +133,9 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	obj.SetAnnotations(ann)
 	obj.SetResourceVersion(cur.GetResourceVersion())
 	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+		return kubeerr.Classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
 	}
-	k.log().InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
+	logctx.Or(k.Log).InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
 		"from", generationOf(cur), "generation", d.Ref.Generation)
 	return nil
 }
@@ -149,7 +150,7 @@ func (k *Deployer) current(ctx context.Context, client dynamic.ResourceInterface
 	case err != nil:
 		return nil, fmt.Errorf("get Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err)
 	case cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name:
-		return nil, events.Permanentf(events.ReasonStepFailed, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
+		return nil, events.Permanentf(events.ReasonForeignObject, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
 			d.Ref.Namespace, d.Service, events.LabelWorkspace, d.Ref.Name)
 	}
 	return cur, nil
@@ -181,13 +182,6 @@ func toUnstructured(svc *servingv1.Service) (*unstructured.Unstructured, error) 
 	// The typed object's status is empty; a create must not carry it.
 	delete(u.Object, "status")
 	return u, nil
-}
-
-func classify(err error) error {
-	if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) {
-		return events.Permanent(events.ReasonStepFailed, err)
-	}
-	return err
 }
 
 func generationOf(o metav1.Object) int64 {
@@ -308,53 +302,18 @@ func (k *Deployer) Delete(ctx context.Context, ref events.Ref) error {
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete Knative Service %s/%s: %w", ref.Namespace, name, err)
 	}
-	k.log().InfoContext(ctx, "Knative Service deleted", "service", name, "namespace", ref.Namespace)
+	logctx.Or(k.Log).InfoContext(ctx, "Knative Service deleted", "service", name, "namespace", ref.Namespace)
 	return nil
 }
 
 func ptr[T any](v T) *T { return &v }
 
-func (k *Deployer) log() *slog.Logger {
-	if k.Log == nil {
-		return slog.Default()
-	}
-	return k.Log
-}
-
-// Publisher is what the watch needs.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
-
 // Watch publishes kaitoflow.service.changed when a workspace's Knative Service changes: the
 // embedded mode's ApiServerSource on Knative Services. It runs until ctx ends.
-func Watch(ctx context.Context, client dynamic.Interface, pub Publisher, log *slog.Logger) error {
+func Watch(ctx context.Context, client dynamic.Interface, pub events.Publisher, log *slog.Logger) error {
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
 		o.LabelSelector = events.LabelWorkspace
 	})
-	emit := func(obj any) {
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok {
-			return
-		}
-		e, ok := events.ObjectChanged(events.ServiceChanged, u)
-		if !ok {
-			return
-		}
-		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
-			log.Warn("publish service.changed; the next tick looks again", "service", u.GetName(), "err", err)
-		}
-	}
-	if _, err := factory.ForResource(Services).Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    emit,
-		UpdateFunc: func(_, obj any) { emit(obj) },
-	}); err != nil {
-		return err
-	}
-	log.Info("watching Knative Services", "selector", events.LabelWorkspace)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	<-ctx.Done()
-	factory.Shutdown()
-	return nil
+	return kubewatch.Run(ctx, pub, log,
+		kubewatch.Signal{Type: events.ServiceChanged, Kind: "Knative Service", Informer: factory.ForResource(Services).Informer()})
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,11 +16,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
+	"github.com/kaitoflow/kaitoflow/internal/kubewatch"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Trainer runs tuning as Jobs in the workspace's namespace.
@@ -45,24 +46,17 @@ func (t *Trainer) Start(ctx context.Context, job tune.Job) error {
 		return err
 	}
 	if _, err := t.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{FieldManager: "kaitoflow"}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return classify(fmt.Errorf("create ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
+		return kubeerr.Classify(fmt.Errorf("create ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
 	}
 	_, err = t.Client.BatchV1().Jobs(j.Namespace).Create(ctx, j, metav1.CreateOptions{FieldManager: "kaitoflow"})
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		return nil
 	case err != nil:
-		return classify(fmt.Errorf("create Job %s/%s: %w", j.Namespace, j.Name, err))
+		return kubeerr.Classify(fmt.Errorf("create Job %s/%s: %w", j.Namespace, j.Name, err))
 	}
-	t.log().InfoContext(ctx, "tuning Job created", "job", j.Name, "namespace", j.Namespace, "image", t.Options.TrainerImage)
+	logctx.Or(t.Log).InfoContext(ctx, "tuning Job created", "job", j.Name, "namespace", j.Namespace, "image", t.Options.TrainerImage)
 	return nil
-}
-
-func classify(err error) error {
-	if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) {
-		return events.Permanent(events.ReasonStepFailed, err)
-	}
-	return err
 }
 
 func (t *Trainer) jobs(ctx context.Context, ref events.Ref) ([]batchv1.Job, error) {
@@ -102,7 +96,7 @@ func (t *Trainer) delete(ctx context.Context, j *batchv1.Job) error {
 	if err := t.Client.CoreV1().ConfigMaps(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete ConfigMap %s/%s: %w", j.Namespace, j.Name, err)
 	}
-	t.log().InfoContext(ctx, "tuning Job deleted", "job", j.Name)
+	logctx.Or(t.Log).InfoContext(ctx, "tuning Job deleted", "job", j.Name)
 	return nil
 }
 
@@ -236,57 +230,13 @@ func (t *Trainer) Delete(ctx context.Context, ref events.Ref) error {
 	return nil
 }
 
-func (t *Trainer) log() *slog.Logger {
-	if t.Log == nil {
-		return slog.Default()
-	}
-	return t.Log
-}
-
-// Publisher is what the watch needs.
-type Publisher interface {
-	Publish(ctx context.Context, evs ...cloudevents.Event) error
-}
-
 // Watch publishes kaitoflow.job.changed when a tuning Job or its Pod changes: the embedded mode's
 // ApiServerSource on Jobs and Pods. It runs until ctx ends.
-func Watch(ctx context.Context, client kubernetes.Interface, pub Publisher, log *slog.Logger) error {
+func Watch(ctx context.Context, client kubernetes.Interface, pub events.Publisher, log *slog.Logger) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = LabelWorkspace
 	}))
-	emit := func(kind string, obj metav1.Object) {
-		e, ok := events.ObjectChanged(events.JobChanged, obj)
-		if !ok {
-			return
-		}
-		if err := pub.Publish(ctx, e); err != nil && ctx.Err() == nil {
-			log.Warn("publish job.changed; the next tick looks again", kind, obj.GetName(), "err", err)
-		}
-	}
-	handler := func(kind string) cache.ResourceEventHandlerFuncs {
-		return cache.ResourceEventHandlerFuncs{
-			AddFunc: func(obj any) {
-				if o, ok := obj.(metav1.Object); ok {
-					emit(kind, o)
-				}
-			},
-			UpdateFunc: func(_, obj any) {
-				if o, ok := obj.(metav1.Object); ok {
-					emit(kind, o)
-				}
-			},
-		}
-	}
-	if _, err := factory.Batch().V1().Jobs().Informer().AddEventHandler(handler("job")); err != nil {
-		return err
-	}
-	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(handler("pod")); err != nil {
-		return err
-	}
-	log.Info("watching tuning Jobs and Pods", "selector", LabelWorkspace)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	<-ctx.Done()
-	factory.Shutdown()
-	return nil
+	return kubewatch.Run(ctx, pub, log,
+		kubewatch.Signal{Type: events.JobChanged, Kind: "job", Informer: factory.Batch().V1().Jobs().Informer()},
+		kubewatch.Signal{Type: events.JobChanged, Kind: "pod", Informer: factory.Core().V1().Pods().Informer()})
 }

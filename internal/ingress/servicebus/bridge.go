@@ -18,6 +18,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Receiver is the part of *azservicebus.Receiver the bridge uses, so tests can stand in for
@@ -84,13 +85,6 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}()...)
 }
 
-func (b *Bridge) log() *slog.Logger {
-	if b.Log == nil {
-		return slog.Default()
-	}
-	return b.Log
-}
-
 func (b *Bridge) receive(ctx context.Context, r Receiver) error {
 	batch := b.Batch
 	if batch <= 0 {
@@ -118,7 +112,7 @@ func (b *Bridge) receive(ctx context.Context, r Receiver) error {
 				return fmt.Errorf("receive from %s: %w", b.Entity, err)
 			}
 			pause = backoff.Step()
-			b.log().Warn("receive failed; retrying", "entity", b.Entity, "err", err, "retry_in", pause)
+			logctx.Or(b.Log).Warn("receive failed; retrying", "entity", b.Entity, "err", err, "retry_in", pause)
 			continue
 		}
 		ok := true
@@ -137,7 +131,7 @@ func (b *Bridge) receive(ctx context.Context, r Receiver) error {
 
 // handle settles one message; it reports false when the message was abandoned.
 func (b *Bridge) handle(ctx context.Context, r Receiver, m *azservicebus.ReceivedMessage) bool {
-	log := b.log().With("entity", b.Entity, "message_id", m.MessageID, "delivery_count", m.DeliveryCount)
+	log := logctx.Or(b.Log).With("entity", b.Entity, "message_id", m.MessageID, "delivery_count", m.DeliveryCount)
 	var contentType string
 	if m.ContentType != nil {
 		contentType = *m.ContentType

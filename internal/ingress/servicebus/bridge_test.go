@@ -68,7 +68,7 @@ type natsHarness struct {
 
 // recorder is the JetStream publisher, noting when each workspace's event was acknowledged.
 type recorder struct {
-	runtime.Publisher
+	events.Publisher
 	slow  string // a workspace whose publish takes slowFor
 	delay time.Duration
 	mu    sync.Mutex

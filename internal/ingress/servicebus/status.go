@@ -11,6 +11,9 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
+// ReasonServiceBusRefused: Service Bus refused the export (no Send right, no such topic).
+const ReasonServiceBusRefused = "ServiceBusRefused"
+
 // Sender is the part of *azservicebus.Sender the exporter uses.
 type Sender interface {
 	SendMessage(ctx context.Context, m *azservicebus.Message, options *azservicebus.SendMessageOptions) error
@@ -48,7 +51,7 @@ func (x *Exporter) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if err := x.Sender.SendMessage(ctx, m, nil); err != nil {
 		var sbErr *azservicebus.Error
 		if errors.As(err, &sbErr) && (sbErr.Code == azservicebus.CodeUnauthorizedAccess || sbErr.Code == azservicebus.CodeNotFound) {
-			return nil, events.Permanent(events.ReasonStepFailed, fmt.Errorf("send %s to Service Bus: %w", typ, err))
+			return nil, events.Permanent(ReasonServiceBusRefused, fmt.Errorf("send %s to Service Bus: %w", typ, err))
 		}
 		return nil, fmt.Errorf("send %s to Service Bus: %w", typ, err)
 	}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // Labels and annotations on the workspaces the webhook makes.
@@ -83,13 +84,6 @@ func (h *Handler) Routes() http.Handler {
 	mux.HandleFunc("POST /upload", h.upload)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	return mux
-}
-
-func (h *Handler) log() *slog.Logger {
-	if h.Log == nil {
-		return slog.Default()
-	}
-	return h.Log
 }
 
 func reply(w http.ResponseWriter, code int, v any) {
@@ -169,7 +163,7 @@ func (h *Handler) body(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 
 func (h *Handler) eventGrid(w http.ResponseWriter, r *http.Request) {
 	if err := h.authorized(r); err != nil {
-		h.log().Warn("webhook: unauthenticated delivery refused", "remote", r.RemoteAddr, "reason", err.Error())
+		logctx.Or(h.Log).Warn("webhook: unauthenticated delivery refused", "remote", r.RemoteAddr, "reason", err.Error())
 		problem(w, http.StatusUnauthorized, err.Error())
 		return
 	}
@@ -183,7 +177,7 @@ func (h *Handler) eventGrid(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.ValidationCode != "" {
-		h.log().Info("webhook: Event Grid subscription validated")
+		logctx.Or(h.Log).Info("webhook: Event Grid subscription validated")
 		reply(w, http.StatusOK, map[string]string{"validationResponse": d.ValidationCode})
 		return
 	}
@@ -191,7 +185,7 @@ func (h *Handler) eventGrid(w http.ResponseWriter, r *http.Request) {
 	for _, e := range d.Events {
 		u, ok, why := h.match(e)
 		if !ok {
-			h.log().Debug("webhook: event skipped", "event_id", e.ID, "type", e.Type, "subject", e.Subject, "why", why)
+			logctx.Or(h.Log).Debug("webhook: event skipped", "event_id", e.ID, "type", e.Type, "subject", e.Subject, "why", why)
 			continue
 		}
 		uploads = append(uploads, u)
@@ -269,7 +263,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 	want.Write(body)
 	got, err := hex.DecodeString(sig)
 	if !ok || err != nil || !hmac.Equal(got, want.Sum(nil)) {
-		h.log().Warn("webhook: upload notification with a bad signature refused", "remote", r.RemoteAddr)
+		logctx.Or(h.Log).Warn("webhook: upload notification with a bad signature refused", "remote", r.RemoteAddr)
 		problem(w, http.StatusUnauthorized, HeaderSignature+": missing or wrong (want sha256=HEX of HMAC-SHA256 over the body)")
 		return
 	}
@@ -314,11 +308,11 @@ func (h *Handler) submitAll(w http.ResponseWriter, ctx context.Context, uploads 
 			invalid = append(invalid, bad.Error())
 			continue
 		case err != nil:
-			h.log().Error("webhook: the pipeline is unavailable; the sender will retry", "err", err)
+			logctx.Or(h.Log).Error("webhook: the pipeline is unavailable; the sender will retry", "err", err)
 			problem(w, http.StatusServiceUnavailable, "the pipeline is unavailable; retry later")
 			return
 		}
-		h.log().Info("webhook: workspace submitted for an upload", "workspace", res.Event.Subject(), "generation", res.Workspace.Generation,
+		logctx.Or(h.Log).Info("webhook: workspace submitted for an upload", "workspace", res.Event.Subject(), "generation", res.Workspace.Generation,
 			"event_id", res.Event.ID(), "unchanged", !res.Fresh, "source", u.key, "version", u.version)
 		submitted = append(submitted, res.Event.Subject())
 	}

@@ -1,0 +1,27 @@
+package assembly
+
+import (
+	"context"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// ClusterConfigMaps reads ConfigMaps from the API server: Kaito's tuning.config and
+// inference.config each name one in the workspace's namespace.
+func ClusterConfigMaps(client kubernetes.Interface) presets.ConfigSource {
+	return func(ctx context.Context, namespace, name string) (map[string]string, error) {
+		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("ConfigMap %s/%s: %w", namespace, name, presets.ErrConfigMapNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read ConfigMap %s/%s: %w", namespace, name, err)
+		}
+		return cm.Data, nil
+	}
+}

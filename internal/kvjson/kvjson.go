@@ -1,0 +1,92 @@
+// Package kvjson keeps JSON values in a JetStream KV bucket and changes them with
+// read-modify-write under compare-and-swap: the one way provision's capacity records and the
+// status store's workspace records are updated, so several replicas (and a restarted one) never
+// overwrite each other's changes.
+package kvjson
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
+)
+
+// ErrNotFound is returned by Get for a key that holds nothing.
+var ErrNotFound = errors.New("not found")
+
+// Get returns key's value and its revision, or ErrNotFound.
+func Get[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %s/%s: %w", kv.Bucket(), key, err)
+	}
+	var v T
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		return nil, 0, fmt.Errorf("decode %s/%s: %w", kv.Bucket(), key, err)
+	}
+	return &v, e.Revision(), nil
+}
+
+// Update applies fn to key's value and writes the result back only if nobody wrote in between,
+// re-reading and re-applying fn when somebody did. fn gets a zero value and exists=false when the
+// key holds nothing, and returns whether it changed the value: nothing is written otherwise.
+// Update returns the value as stored (or as read, when fn changed nothing). Any error other than
+// a lost compare-and-swap is returned at once, wrapped with the key; running out of retries
+// returns the last conflict.
+func Update[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(v *T, exists bool) (bool, error)) (*T, error) {
+	// Conflicts are short: a burst of events for one workspace across replicas settles within a
+	// second or two of jittered waits.
+	backoff := wait.Backoff{Duration: time.Millisecond, Factor: 1.5, Jitter: 0.5, Steps: 40, Cap: 250 * time.Millisecond}
+	var out *T
+	err := retry.OnError(backoff, isConflict, func() error {
+		v, rev, err := Get[T](ctx, kv, key)
+		exists := err == nil
+		switch {
+		case errors.Is(err, ErrNotFound):
+			v = new(T)
+		case err != nil:
+			return err
+		}
+		changed, err := fn(v, exists)
+		if err != nil {
+			return err
+		}
+		out = v
+		if !changed {
+			return nil
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s/%s: %w", kv.Bucket(), key, err)
+		}
+		if exists {
+			_, err = kv.Update(ctx, key, b, rev)
+		} else {
+			_, err = kv.Create(ctx, key, b)
+		}
+		if err != nil {
+			return fmt.Errorf("write %s/%s: %w", kv.Bucket(), key, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// isConflict reports a lost compare-and-swap: another writer created the key or moved its
+// revision on.
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+}
