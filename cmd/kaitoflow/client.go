@@ -50,7 +50,12 @@ func newSubmit(g *globals) *cobra.Command {
 // them. The server validates every document first (it knows which private hosts it admits), so a
 // file with one bad document starts nothing.
 func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []string) ([]string, error) {
-	var configMaps, workspaces [][]byte
+	// n numbers a document in the order given, for error messages.
+	type document struct {
+		n   int
+		doc []byte
+	}
+	var configMaps, workspaces []document
 	for _, f := range files {
 		b, err := readFile(stdin, f)
 		if err != nil {
@@ -61,35 +66,36 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 			return nil, fmt.Errorf("%s: %w", f, err)
 		}
 		for _, doc := range d {
+			n := len(configMaps) + len(workspaces) + 1
 			var tm metav1.TypeMeta
 			if err := yaml.Unmarshal(doc, &tm); err == nil && tm.APIVersion == "v1" && tm.Kind == "ConfigMap" {
-				configMaps = append(configMaps, doc)
+				configMaps = append(configMaps, document{n, doc})
 			} else {
-				workspaces = append(workspaces, doc)
+				workspaces = append(workspaces, document{n, doc})
 			}
 		}
 	}
 	c := g.client()
 	bad := false
-	check := func(kind string, i int, err error) error {
+	check := func(d document, err error) error {
 		var apiErr *api.APIError
 		if !errors.As(err, &apiErr) {
 			return err
 		}
-		fmt.Fprintf(g.err, "%s %d: %v\n", kind, i+1, err)
+		fmt.Fprintf(g.err, "document %d: %v\n", d.n, err)
 		bad = true
 		return nil
 	}
-	for i, d := range configMaps {
-		if _, err := c.SubmitConfigMap(ctx, d, true); err != nil {
-			if err := check("ConfigMap", i, err); err != nil {
+	for _, d := range configMaps {
+		if _, err := c.SubmitConfigMap(ctx, d.doc, true); err != nil {
+			if err := check(d, err); err != nil {
 				return nil, err
 			}
 		}
 	}
-	for i, d := range workspaces {
-		if _, err := c.Submit(ctx, d, true); err != nil {
-			if err := check("workspace", i, err); err != nil {
+	for _, d := range workspaces {
+		if _, err := c.Submit(ctx, d.doc, true); err != nil {
+			if err := check(d, err); err != nil {
 				return nil, err
 			}
 		}
@@ -98,7 +104,7 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		return nil, exitError{code: 1}
 	}
 	for _, d := range configMaps {
-		res, err := c.SubmitConfigMap(ctx, d, false)
+		res, err := c.SubmitConfigMap(ctx, d.doc, false)
 		if err != nil {
 			fmt.Fprintln(g.err, err)
 			return nil, exitError{code: 1}
@@ -111,7 +117,7 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 	}
 	var names []string
 	for _, d := range workspaces {
-		res, err := c.Submit(ctx, d, false)
+		res, err := c.Submit(ctx, d.doc, false)
 		if err != nil {
 			fmt.Fprintln(g.err, err)
 			return names, exitError{code: 1}

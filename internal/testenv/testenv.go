@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"testing"
 
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -138,10 +139,34 @@ func Main(m interface{ Run() int }, setup func(*rest.Config, error), crdDirs ...
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
+		skipBanner(err)
 		setup(nil, err)
 		return m.Run()
 	}
 	setup(env.Config, nil)
 	defer func() { _ = env.Stop() }()
 	return m.Run()
+}
+
+// API starts an API server for one test and stops it when the test ends. Without the binaries
+// the test skips, loudly, or fails when Required.
+func API(t testing.TB, crdDirs ...string) *Env {
+	t.Helper()
+	env, err := Start(crdDirs...)
+	if err != nil {
+		if Required() {
+			t.Fatal(err)
+		}
+		skipBanner(err)
+		t.Skipf("SKIPPED, no API server: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	return env
+}
+
+// skipBanner says on stderr, where `go test` shows it even without -v, that API-server tests are
+// being skipped and how to run them: a green run without them is not the whole suite.
+func skipBanner(err error) {
+	fmt.Fprintf(os.Stderr, "\n*** %s: the tests that need a Kubernetes API server are SKIPPED: %v\n*** run them: hack/test.sh (builds the binaries once), or KUBEBUILDER_ASSETS=$(hack/envtest.sh) go test ./...\n\n",
+		filepath.Base(os.Args[0]), err)
 }
