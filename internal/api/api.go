@@ -94,6 +94,14 @@ func namespace(r *http.Request) string {
 	return events.DefaultNamespace
 }
 
+// listNamespace is the namespace a list asks for: "" for allNamespaces, else namespace(r).
+func listNamespace(r *http.Request) string {
+	if r.URL.Query().Get("allNamespaces") != "" {
+		return ""
+	}
+	return namespace(r)
+}
+
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
 	if err != nil {
@@ -154,11 +162,7 @@ func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs fiel
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	ns := r.URL.Query().Get("namespace")
-	if r.URL.Query().Get("allNamespaces") == "" && ns == "" {
-		ns = events.DefaultNamespace
-	}
-	l, err := s.Store.List(r.Context(), ns)
+	l, err := s.Store.List(r.Context(), listNamespace(r))
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return

@@ -94,11 +94,7 @@ func (s *Server) submitConfigMap(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listConfigMaps(w http.ResponseWriter, r *http.Request) {
-	ns := r.URL.Query().Get("namespace")
-	if r.URL.Query().Get("allNamespaces") == "" && ns == "" {
-		ns = events.DefaultNamespace
-	}
-	l, err := s.Store.ConfigMaps(r.Context(), ns)
+	l, err := s.Store.ConfigMaps(r.Context(), listNamespace(r))
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return

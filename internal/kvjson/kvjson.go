@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,6 +34,32 @@ func Get[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uin
 		return nil, 0, fmt.Errorf("decode %s/%s: %w", kv.Bucket(), key, err)
 	}
 	return &v, e.Revision(), nil
+}
+
+// List returns the values of the keys matching filter (NATS subject wildcards: "ns.>"), in key
+// order. A key deleted between the listing and its read is left out.
+func List[T any](ctx context.Context, kv jetstream.KeyValue, filter string) ([]T, error) {
+	lister, err := kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, fmt.Errorf("list %s %s: %w", kv.Bucket(), filter, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		v, _, err := Get[T](ctx, kv, k)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *v)
+	}
+	return out, nil
 }
 
 // Update applies fn to key's value and writes the result back only if nobody wrote in between,

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,29 +68,7 @@ func (s *Store) ConfigMap(ctx context.Context, namespace, name string) (*ConfigM
 
 // ConfigMaps lists the ConfigMaps of namespace ("" for all), sorted by namespace and name.
 func (s *Store) ConfigMaps(ctx context.Context, namespace string) ([]ConfigMap, error) {
-	filter := ">"
-	if namespace != "" {
-		filter = namespace + ".>"
-	}
-	lister, err := s.configMaps.ListKeysFiltered(ctx, filter)
-	if err != nil {
-		return nil, fmt.Errorf("list ConfigMaps: %w", err)
-	}
-	var out []ConfigMap
-	for k := range lister.Keys() {
-		cm, _, err := kvjson.Get[ConfigMap](ctx, s.configMaps, k)
-		if errors.Is(err, kvjson.ErrNotFound) {
-			continue // deleted since it was listed
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *cm)
-	}
-	slices.SortFunc(out, func(a, b ConfigMap) int {
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-	})
-	return out, nil
+	return kvjson.List[ConfigMap](ctx, s.configMaps, keyFilter(namespace))
 }
 
 // ConfigMapData is a presets.ConfigSource over the stored ConfigMaps: tuning.config and

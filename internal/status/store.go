@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -73,31 +72,20 @@ func (s *Store) get(ctx context.Context, key string) (*Workspace, uint64, error)
 
 // List returns every record of namespace ("" for all), deleted ones left out, sorted by name.
 func (s *Store) List(ctx context.Context, namespace string) ([]Workspace, error) {
-	filter := ">"
-	if namespace != "" {
-		filter = namespace + ".>"
-	}
-	lister, err := s.kv.ListKeysFiltered(ctx, filter)
+	all, err := kvjson.List[Workspace](ctx, s.kv, keyFilter(namespace))
 	if err != nil {
-		return nil, fmt.Errorf("list status keys: %w", err)
+		return nil, err
 	}
-	var out []Workspace
-	for key := range lister.Keys() {
-		w, _, err := s.get(ctx, key)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if w.Phase != Deleted {
-			out = append(out, *w)
-		}
+	// Keys are namespace.name: key order is namespace, then name.
+	return slices.DeleteFunc(all, func(w Workspace) bool { return w.Phase == Deleted }), nil
+}
+
+// keyFilter matches the keys of namespace, or every key for "".
+func keyFilter(namespace string) string {
+	if namespace == "" {
+		return ">"
 	}
-	slices.SortFunc(out, func(a, b Workspace) int {
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-	})
-	return out, nil
+	return namespace + ".>"
 }
 
 // Update applies fn to the record under a compare-and-swap, retrying on conflict. fn receives a
