@@ -15,6 +15,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Name is the function's name: its consumer, its metrics label, its event source.
@@ -170,13 +171,10 @@ func New(p Provider, planner Planner, pending Pending, o Options) *Function {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	if ev.Type() == events.Tick {
-		return f.tick(ctx, ev)
-	}
-	ref, err := events.RefOf(ev)
-	if err != nil {
-		return nil, events.Permanent(events.ReasonBadEvent, err)
-	}
+	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	switch ev.Type() {
 	case events.WorkspaceRequested:
 		return f.requested(ctx, ev, ref)
@@ -273,14 +271,10 @@ func (f *Function) nodeReady(ctx context.Context, rec Record, c Capacity, cause 
 	for i, n := range c.Nodes {
 		names[i] = n.Name
 	}
-	out, err := events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, rec.Ref, events.NodeReadyData{
+	return runtime.Emit(events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, rec.Ref, events.NodeReadyData{
 		Workspace: rec.Workspace, Provider: f.provider.Name(), InstanceType: rec.Plan.InstanceType,
 		Nodes: names, NodeInfo: c.Nodes, Plan: &rec.Plan,
-	}, cause)
-	if err != nil {
-		return nil, err
-	}
-	return []cloudevents.Event{out}, nil
+	}, cause))
 }
 
 // tick looks at every request still waiting: capacity that failed or missed its deadline fails
@@ -358,9 +352,5 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 	case rec != nil:
 		data.Ref, data.Purpose, data.InstanceType = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType
 	}
-	out, err := events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev)
-	if err != nil {
-		return nil, err
-	}
-	return []cloudevents.Event{out}, nil
+	return runtime.Emit(events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev))
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Name is the function's name.
@@ -108,10 +109,10 @@ func New(p Pusher, resolve Resolver, log *slog.Logger) *Function {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	ref, err := events.RefOf(ev)
-	if err != nil {
-		return nil, events.Permanent(events.ReasonBadEvent, err)
-	}
+	return runtime.Dispatch(ctx, ev, nil, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	var d events.TuningCompletedData
 	if err := events.Data(ev, &d); err != nil {
 		return nil, err
@@ -195,15 +196,11 @@ func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudeve
 	if err != nil {
 		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
 	}
-	out, err := events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
+	return runtime.Emit(events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
 		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,
-	}, &ev)
-	if err != nil {
-		return nil, err
-	}
-	return []cloudevents.Event{out}, nil
+	}, &ev))
 }
 
 // pushProvenance attaches the training record to img as a referrer (its manifest's subject is the

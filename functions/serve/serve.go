@@ -14,6 +14,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Name is the function's name.
@@ -99,13 +100,10 @@ func ServiceName(ref events.Ref) string { return ref.Name }
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	if ev.Type() == events.Tick {
-		return f.tick(ctx, ev)
-	}
-	ref, err := events.RefOf(ev)
-	if err != nil {
-		return nil, events.Permanent(events.ReasonBadEvent, err)
-	}
+	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	d := Deployment{Ref: ref, Service: ServiceName(ref)}
 	switch ev.Type() {
 	case events.WorkspaceDeleted:
@@ -186,10 +184,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	default:
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	return []cloudevents.Event{e}, nil
+	return runtime.Emit(e, err)
 }
 
 // tick re-observes every unacknowledged service, for changes whose watch event was lost.

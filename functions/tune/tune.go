@@ -17,6 +17,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Name is the function's name.
@@ -116,13 +117,10 @@ func JobName(ref events.Ref) string {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	if ev.Type() == events.Tick {
-		return f.tick(ctx, ev)
-	}
-	ref, err := events.RefOf(ev)
-	if err != nil {
-		return nil, events.Permanent(events.ReasonBadEvent, err)
-	}
+	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
+}
+
+func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	switch ev.Type() {
 	case events.NodeReady:
 		var d events.NodeReadyData

@@ -9,6 +9,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // DeadLetterName is the dead-letter function's name.
@@ -51,11 +52,7 @@ func (d *DeadLetters) Handle(ctx context.Context, ev cloudevents.Event) ([]cloud
 	if err != nil {
 		return nil, nil // names no workspace: the log line is the record
 	}
-	out, err := events.New("kaitoflow/"+DeadLetterName, events.WorkspaceFailed, "failed/"+DeadLetterName, ref, events.WorkspaceFailedData{
+	return runtime.Emit(events.New("kaitoflow/"+DeadLetterName, events.WorkspaceFailed, "failed/"+DeadLetterName, ref, events.WorkspaceFailedData{
 		Ref: ref, Function: DeadLetterName, EventType: ev.Type(), EventID: ev.ID(), Reason: ReasonDeliveryFailed, Message: msg,
-	}, &ev)
-	if err != nil {
-		return nil, err
-	}
-	return []cloudevents.Event{out}, nil
+	}, &ev))
 }
