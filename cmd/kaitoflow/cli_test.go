@@ -132,3 +132,12 @@ func TestCLI(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestVersion(t *testing.T) {
+	out, _, err := cli(t, "http://unused", "version")
+	// A test binary has no main module version of its own; what matters is that the command
+	// reports the build info the toolchain recorded, with the Go version.
+	if err != nil || !strings.HasPrefix(out, "kaitoflow ") || !strings.Contains(out, " go1.") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+}

@@ -21,9 +21,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	// The sim trainer is this binary re-executed as the tuning "process" job-run wraps.
 	tune.SimTrainerMain()
@@ -62,7 +59,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		Long:          "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1) as CloudEvents flowing through small functions on NATS JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       buildVersion(),
 		// Every flag can come from the environment as KAITOFLOW_<FLAG> (--trainer-image is
 		// KAITOFLOW_TRAINER_IMAGE), so a ConfigMap's envFrom configures a function; a flag given
 		// on the command line wins.
@@ -73,7 +70,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API (env KAITOFLOW_TOKEN; `up` requires it of clients when set)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g))
+	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g), newVersion(g))
 	return root
 }
 

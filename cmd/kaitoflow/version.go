@@ -1,0 +1,48 @@
+package main
+
+import (
+	"fmt"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+// buildVersion describes this binary from what the Go toolchain recorded in it: the module
+// version (a tag when built with `go install …@v0.2.0`, "(devel)" from a checkout), the VCS
+// revision and time, and whether the tree had uncommitted changes.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown (no build info)"
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		v += " " + rev
+		if settings["vcs.modified"] == "true" {
+			v += "-dirty"
+		}
+		if t := settings["vcs.time"]; t != "" {
+			v += " (" + t + ")"
+		}
+	}
+	return v + " " + bi.GoVersion
+}
+
+func newVersion(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print kaitoflow's module version, VCS revision and Go version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := fmt.Fprintln(g.out, "kaitoflow", buildVersion())
+			return err
+		},
+	}
+}
