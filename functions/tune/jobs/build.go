@@ -73,7 +73,9 @@ func DefaultOptions() Options {
 }
 
 // Build returns the Job and the ConfigMap (training_config.yaml) of a run. It is a pure function of
-// the run and the options.
+// the run and the options, composed of named steps — where the data comes from, where the adapter
+// goes, the scratch volumes, the commands, pull secrets, scheduling, security and failure policy —
+// each golden-tested on its own branch.
 func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	t := job.Workspace.Tuning
 	if t == nil || t.Input == nil || t.Output == nil || job.Plan == nil {
@@ -83,13 +85,9 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	deadline := o.ActiveDeadline
-	if v := job.Workspace.Annotations[AnnotationTuning]; v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return nil, nil, events.Permanentf(events.ReasonInvalidWorkspace, "metadata.annotations[%s]: %q is not a duration", AnnotationTuning, v)
-		}
-		deadline = d
+	deadline, err := activeDeadline(job.Workspace, o)
+	if err != nil {
+		return nil, nil, err
 	}
 	labels := map[string]string{
 		LabelWorkspace: job.Ref.Name, LabelNamespace: job.Ref.Namespace,
@@ -98,71 +96,21 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	cm := &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
 		ObjectMeta: metav1.ObjectMeta{Name: job.Name, Namespace: job.Ref.Namespace, Labels: labels},
-		Data:       map[string]string{"training_config.yaml": job.Plan.TrainingConfig},
+		Data:       map[string]string{presets.TrainingConfigKey: job.Plan.TrainingConfig},
 	}
 
-	wrapper := []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir}
-	var volumes []corev1.Volume
-	mounts := []corev1.VolumeMount{
-		{Name: "kaitoflow", MountPath: binDir, ReadOnly: true},
-		{Name: "config", MountPath: configDir, ReadOnly: true},
-		{Name: "shm", MountPath: "/dev/shm"},
-		{Name: "cache", MountPath: cacheDir},
-	}
-	if in := t.Input; in.Volume != nil {
-		volumes = append(volumes, corev1.Volume{Name: "data", VolumeSource: *in.Volume})
-		mounts = append(mounts, corev1.VolumeMount{Name: "data", MountPath: dataDir, ReadOnly: true})
-	} else {
-		volumes = append(volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
-		mounts = append(mounts, corev1.VolumeMount{Name: "data", MountPath: dataDir})
-		for _, u := range in.URLs {
-			wrapper = append(wrapper, "--input-url", u)
-		}
-		if in.Image != "" {
-			wrapper = append(wrapper, "--input-image", in.Image)
-		}
-	}
-	if out := t.Output; out.Volume != nil {
-		volumes = append(volumes, corev1.Volume{Name: "results", VolumeSource: *out.Volume})
-	} else {
-		volumes = append(volumes,
-			corev1.Volume{Name: "results", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-			corev1.Volume{Name: "push-secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: out.ImagePushSecret}}})
-		mounts = append(mounts, corev1.VolumeMount{Name: "push-secret", MountPath: secretDir, ReadOnly: true})
-		wrapper = append(wrapper, "--output-image", out.Image, "--push-secret", secretDir+"/.dockerconfigjson")
-	}
-	mounts = append(mounts, corev1.VolumeMount{Name: "results", MountPath: resultsDir})
-	shm := o.ShmSize
-	volumes = append(volumes,
-		corev1.Volume{Name: "kaitoflow", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		corev1.Volume{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: job.Name}}}},
-		corev1.Volume{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
-		corev1.Volume{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-	)
+	var p podParts
+	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir}
+	p.inputs(t.Input)
+	p.outputs(t.Output)
+	p.scratch(job.Name, o.ShmSize)
 	trainer := []string{"python", "-m", "kaitoflow_trainer.train", "--method", t.Method, "--model", job.Plan.Model,
-		"--revision", job.Plan.Revision, "--config", configDir + "/training_config.yaml", "--input-dir", dataDir}
-	command := append(append(wrapper, "--"), trainer...)
+		"--revision", job.Plan.Revision, "--config", configDir + "/" + presets.TrainingConfigKey, "--input-dir", dataDir}
+	command := append(append(p.args, "--"), trainer...)
 
-	var pullSecrets []corev1.LocalObjectReference
-	seen := map[string]bool{}
-	var fromPreset []string
-	if t.Preset != nil {
-		fromPreset = t.Preset.ImagePullSecrets
-	}
-	for _, s := range append(append([]string{}, fromPreset...), t.Input.ImagePullSecrets...) {
-		if !seen[s] {
-			seen[s] = true
-			pullSecrets = append(pullSecrets, corev1.LocalObjectReference{Name: s})
-		}
-	}
 	gpus := resource.MustParse(strconv.Itoa(max(job.Plan.GPUs, 1)))
-	nonRoot, uid, no := true, int64(1000), false
-	secure := &corev1.SecurityContext{
-		RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no,
-		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-	}
+	podSecurity, containerSecurity := security()
 	backoff, ttl, active := int32(1), int32(o.TTLAfterFinished.Seconds()), int64(deadline.Seconds())
-	trainerName := "trainer"
 	k8sJob := &batchv1.Job{
 		TypeMeta: metav1.TypeMeta{APIVersion: "batch/v1", Kind: "Job"},
 		ObjectMeta: metav1.ObjectMeta{Name: job.Name, Namespace: job.Ref.Namespace, Labels: labels,
@@ -171,35 +119,23 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 			BackoffLimit:            &backoff,
 			ActiveDeadlineSeconds:   &active,
 			TTLSecondsAfterFinished: &ttl,
-			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
-				{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
-					ContainerName: &trainerName, Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: permanentExitCodes}},
-				// A node taken away (spot eviction, drain) is not the trainer's fault.
-				{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
-					{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
-			}},
+			PodFailurePolicy:        failurePolicy(),
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					RestartPolicy:      corev1.RestartPolicyNever,
 					ServiceAccountName: TrainerServiceAccount,
-					ImagePullSecrets:   pullSecrets,
-					SecurityContext:    &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid},
-					Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
-						NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
-							{Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: job.Nodes}}}}}}},
-					Tolerations: []corev1.Toleration{
-						{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
-						{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
-						{Key: "kubernetes.azure.com/scalesetpriority", Operator: corev1.TolerationOpEqual, Value: "spot", Effect: corev1.TaintEffectNoSchedule},
-					},
+					ImagePullSecrets:   pullSecrets(t),
+					SecurityContext:    podSecurity,
+					Affinity:           onNodes(job.Nodes),
+					Tolerations:        gpuTolerations(),
 					InitContainers: []corev1.Container{{
 						Name: "kaitoflow", Image: o.WrapperImage, Command: []string{"/ko-app/kaitoflow", "install-self", binDir + "/kaitoflow"},
 						VolumeMounts:    []corev1.VolumeMount{{Name: "kaitoflow", MountPath: binDir}},
-						SecurityContext: secure,
+						SecurityContext: containerSecurity,
 					}},
 					Containers: []corev1.Container{{
-						Name: trainerName, Image: o.TrainerImage, Command: command,
+						Name: trainerContainer, Image: o.TrainerImage, Command: command,
 						Env: []corev1.EnvVar{
 							{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"},
 							// job-run reports progress on its own Pod.
@@ -210,14 +146,149 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 							Limits:   corev1.ResourceList{"nvidia.com/gpu": gpus},
 							Requests: corev1.ResourceList{"nvidia.com/gpu": gpus},
 						},
-						VolumeMounts:             mounts,
-						SecurityContext:          secure,
+						VolumeMounts:             p.mounts,
+						SecurityContext:          containerSecurity,
 						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 					}},
-					Volumes: volumes,
+					Volumes: p.volumes,
 				},
 			},
 		},
 	}
 	return k8sJob, cm, nil
+}
+
+// trainerContainer is the container whose exit codes the failure policy reads.
+const trainerContainer = "trainer"
+
+// activeDeadline is how long a run may take: the options' bound, or the workspace's
+// kaitoflow.io/tuning-deadline annotation.
+func activeDeadline(ws events.Workspace, o Options) (time.Duration, error) {
+	v := ws.Annotations[AnnotationTuning]
+	if v == "" {
+		return o.ActiveDeadline, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, events.Permanentf(events.ReasonInvalidWorkspace, "metadata.annotations[%s]: %q is not a duration", AnnotationTuning, v)
+	}
+	return d, nil
+}
+
+// podParts collects what the steps add to the trainer's pod: job-run's arguments, the volumes and
+// the trainer container's mounts.
+type podParts struct {
+	args    []string
+	volumes []corev1.Volume
+	mounts  []corev1.VolumeMount
+}
+
+// volume adds a volume and, when path is set, its mount in the trainer container.
+func (p *podParts) volume(name string, src corev1.VolumeSource, path string, readOnly bool) {
+	p.volumes = append(p.volumes, corev1.Volume{Name: name, VolumeSource: src})
+	if path != "" {
+		p.mounts = append(p.mounts, corev1.VolumeMount{Name: name, MountPath: path, ReadOnly: readOnly})
+	}
+}
+
+func emptyDir() corev1.VolumeSource {
+	return corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}
+}
+
+// inputs: the workspace's volume mounted read-only as the data directory, or an empty one that
+// job-run fills from the URLs or the data image before the trainer starts.
+func (p *podParts) inputs(in *events.DataSource) {
+	if in.Volume != nil {
+		p.volume("data", *in.Volume, dataDir, true)
+		return
+	}
+	p.volume("data", emptyDir(), dataDir, false)
+	for _, u := range in.URLs {
+		p.args = append(p.args, "--input-url", u)
+	}
+	if in.Image != "" {
+		p.args = append(p.args, "--input-image", in.Image)
+	}
+}
+
+// outputs: the workspace's volume as the results directory (the adapter stays there and nothing
+// is pushed), or an empty one whose adapter job-run pushes to the output image with the push
+// secret's credentials (without one, the node's or the workload identity's).
+func (p *podParts) outputs(out *events.DataDestination) {
+	if out.Volume != nil {
+		p.volume("results", *out.Volume, resultsDir, false)
+		return
+	}
+	p.volume("results", emptyDir(), resultsDir, false)
+	p.args = append(p.args, "--output-image", out.Image)
+	if out.ImagePushSecret != "" {
+		p.volume("push-secret", corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: out.ImagePushSecret}}, secretDir, true)
+		p.args = append(p.args, "--push-secret", secretDir+"/"+corev1.DockerConfigJsonKey)
+	}
+}
+
+// scratch: kaitoflow's own binary (the init container copies it in), the run's ConfigMap, a
+// memory-backed /dev/shm for PyTorch's data loader workers, and the Hugging Face cache.
+func (p *podParts) scratch(configMap string, shm resource.Quantity) {
+	p.volume("kaitoflow", emptyDir(), binDir, true)
+	p.volume("config", corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: configMap}}}, configDir, true)
+	p.volume("shm", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}, "/dev/shm", false)
+	p.volume("cache", emptyDir(), cacheDir, false)
+}
+
+// pullSecrets are the preset's and the data image's pull secrets, each once, in order.
+func pullSecrets(t *events.TuningSpec) []corev1.LocalObjectReference {
+	var names []string
+	if t.Preset != nil {
+		names = append(names, t.Preset.ImagePullSecrets...)
+	}
+	names = append(names, t.Input.ImagePullSecrets...)
+	var out []corev1.LocalObjectReference
+	seen := map[string]bool{}
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, corev1.LocalObjectReference{Name: n})
+		}
+	}
+	return out
+}
+
+// onNodes pins the pod to the nodes provision made ready for the run.
+func onNodes(nodes []string) *corev1.Affinity {
+	return &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+			{Key: corev1.LabelHostname, Operator: corev1.NodeSelectorOpIn, Values: nodes}}}}}}}
+}
+
+// gpuTolerations are the taints AKS and Karpenter put on GPU and spot nodes.
+func gpuTolerations() []corev1.Toleration {
+	return []corev1.Toleration{
+		{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},
+		{Key: "kubernetes.azure.com/scalesetpriority", Operator: corev1.TolerationOpEqual, Value: "spot", Effect: corev1.TaintEffectNoSchedule},
+	}
+}
+
+// security runs everything as a non-root user with no privileges: what PodSecurity's restricted
+// profile admits.
+func security() (*corev1.PodSecurityContext, *corev1.SecurityContext) {
+	nonRoot, uid, no := true, int64(1000), false
+	return &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid},
+		&corev1.SecurityContext{
+			RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no,
+			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		}
+}
+
+// failurePolicy fails the Job at once on the trainer's permanent exit codes and ignores pods
+// taken away with their node (spot eviction, drain): neither is worth, or uses up, a retry.
+func failurePolicy() *batchv1.PodFailurePolicy {
+	name := trainerContainer
+	return &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
+		{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
+			ContainerName: &name, Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: permanentExitCodes}},
+		{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
+			{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
+	}}
 }

@@ -16,11 +16,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -48,20 +46,10 @@ func seedRun(t *testing.T, namespace string) tune.Job {
 }
 
 func TestSeedJobGolden(t *testing.T) {
-	j, cm, err := Build(seedRun(t, "default"), DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	delete(j.Annotations, AnnotationRun) // the run's JSON is the input, not the output
-	var docs []string
-	for _, o := range []any{cm, j} {
-		b, err := yaml.Marshal(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs = append(docs, string(b))
-	}
-	golden.Check(t, "seed-job.yaml", []byte(strings.Join(docs, "---\n")))
+	checkJobGolden(t, "seed-job.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+		job := seedRun(t, "default")
+		return &job.Workspace, job.Plan
+	})
 }
 
 func TestJobStatus(t *testing.T) {

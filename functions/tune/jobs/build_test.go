@@ -1,0 +1,98 @@
+package jobs
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/golden"
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// checkJobGolden compares the Job and ConfigMap Build makes for run with testdata/name.
+func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Workspace, *events.Plan)) {
+	t.Helper()
+	job := seedRun(t, "default")
+	ws, plan := run(t)
+	job.Workspace, job.Plan = *ws, plan
+	j, cm, err := Build(job, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(j.Annotations, AnnotationRun) // the run's JSON is the input, not the output
+	var docs []string
+	for _, o := range []any{cm, j} {
+		b, err := yaml.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+	}
+	golden.Check(t, name, []byte(strings.Join(docs, "---\n")))
+}
+
+// Every branch of Build the seed does not take, each with its golden Job.
+func TestJobGoldenBranches(t *testing.T) {
+	seed := func(t *testing.T) (*events.Workspace, *events.Plan) {
+		job := seedRun(t, "default")
+		return &job.Workspace, job.Plan
+	}
+	pvc := &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "dolly"}}
+	for _, tc := range []struct {
+		golden string
+		change func(*events.Workspace)
+	}{
+		// A data image: job-run pulls it into the data directory, with its pull secrets and the
+		// preset's, each once.
+		{"job-input-image.yaml", func(ws *events.Workspace) {
+			ws.Tuning.Input = &events.DataSource{Image: "example.azurecr.io/datasets/dolly:1", ImagePullSecrets: []string{"data-pull", "shared-pull"}}
+			ws.Tuning.Preset.ImagePullSecrets = []string{"preset-pull", "shared-pull"}
+		}},
+		// A data volume: mounted read-only as the data directory; job-run fetches nothing.
+		{"job-input-volume.yaml", func(ws *events.Workspace) { ws.Tuning.Input = &events.DataSource{Volume: pvc} }},
+		// A results volume: the adapter stays there; nothing is pushed, no push secret mounted.
+		{"job-output-volume.yaml", func(ws *events.Workspace) {
+			ws.Tuning.Output = &events.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
+		}},
+		// An output image without a push secret (ACR with the node's or workload identity): no
+		// Secret volume naming nothing.
+		{"job-output-image-no-secret.yaml", func(ws *events.Workspace) { ws.Tuning.Output.ImagePushSecret = "" }},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			checkJobGolden(t, tc.golden, func(t *testing.T) (*events.Workspace, *events.Plan) {
+				ws, plan := seed(t)
+				tc.change(ws)
+				return ws, plan
+			})
+		})
+	}
+
+	// tuning.config: the user's ConfigMap merged into the plan's training config, which the run's
+	// own ConfigMap carries to the trainer.
+	t.Run("job-tuning-config.yaml", func(t *testing.T) {
+		checkJobGolden(t, "job-tuning-config.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+			ws, _ := seed(t)
+			ws.Tuning.Config = "phi-3-qlora-params"
+			cat, err := presets.Default()
+			if err != nil {
+				t.Fatal(err)
+			}
+			user := "training_config:\n  LoraConfig:\n    r: 16\n    lora_alpha: 32\n  TrainingArguments:\n    num_train_epochs: 2\n    learning_rate: 0.00015\n"
+			planner := &presets.Planner{Catalog: cat, Configs: func(_ context.Context, ns, name string) (map[string]string, error) {
+				if ns != "default" || name != "phi-3-qlora-params" {
+					t.Errorf("read ConfigMap %s/%s", ns, name)
+				}
+				return map[string]string{presets.TrainingConfigKey: user}, nil
+			}}
+			plan, err := planner.Plan(context.Background(), ws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ws, plan
+		})
+	})
+}
