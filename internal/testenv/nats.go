@@ -9,9 +9,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// JetStream starts a real nats-server with JetStream on a temporary directory and returns a
-// JetStream context on a connection to it; both end with the test.
-func JetStream(t testing.TB) jetstream.JetStream {
+// NATSServer starts a real nats-server with JetStream on loopback and a temporary directory; it
+// stops when the test ends.
+func NATSServer(t testing.TB) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
 	if err != nil {
@@ -22,7 +22,14 @@ func JetStream(t testing.TB) jetstream.JetStream {
 		t.Fatal("nats-server did not start within 10s")
 	}
 	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
+	return ns
+}
+
+// JetStream starts a NATSServer and returns a JetStream context on a connection to it; both end
+// with the test.
+func JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(NATSServer(t).ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}

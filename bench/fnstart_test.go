@@ -1,0 +1,128 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+// BenchmarkFunctionStart measures what a scale-from-zero costs kaitoflow's own process: from exec
+// of `kaitoflow fn <name> --transport http` to its first 200 on /healthz, and its resident memory
+// then, against a minimal Go HTTP server (testdata/floor) in the same run, alternating, and
+// prints the medians and the ratios. Both binaries are built first; nothing but loopback is used.
+func BenchmarkFunctionStart(b *testing.B) {
+	dir := b.TempDir()
+	kf, floor := filepath.Join(dir, "kaitoflow"), filepath.Join(dir, "floor")
+	for _, c := range [][]string{{"-o", kf, "../cmd/kaitoflow"}, {"-o", floor, "./testdata/floor"}} {
+		if out, err := exec.Command("go", append([]string{"build"}, c...)...).CombinedOutput(); err != nil {
+			b.Fatalf("go build %v: %v\n%s", c, err, out)
+		}
+	}
+	const runs = 15
+	type sample struct {
+		start time.Duration
+		rssKB int
+	}
+	measure := func(args func(addr string) []string, bin string) sample {
+		addr := freeAddr(b)
+		cmd := exec.Command(bin, args(addr)...)
+		cmd.Env = append(os.Environ(), "KAITOFLOW_LOG_LEVEL=error")
+		t0 := time.Now()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				b.Fatalf("%s never answered /healthz", bin)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return sample{start: time.Since(t0), rssKB: rss(b, cmd.Process.Pid)}
+	}
+	fns := []string{"publish", "provision"}
+	var nats string
+	if slices.Contains(fns, "provision") {
+		// provision keeps its capacity records in JetStream: a real nats-server on loopback.
+		nats = testenv.NATSServer(b).ClientURL()
+	}
+	kfArgs := func(fn string) func(string) []string {
+		return func(addr string) []string {
+			return []string{"fn", fn, "--transport", "http", "--listen", addr, "--sink", "http://127.0.0.1:1", "--nats", nats, "--data-dir", dir}
+		}
+	}
+	results := map[string][]sample{}
+	for b.Loop() {
+		for range runs {
+			results["floor"] = append(results["floor"], measure(func(addr string) []string { return []string{addr} }, floor))
+			for _, fn := range fns {
+				results[fn] = append(results[fn], measure(kfArgs(fn), kf))
+			}
+		}
+	}
+	med := func(s []sample) (time.Duration, int) {
+		ts := make([]time.Duration, len(s))
+		rs := make([]int, len(s))
+		for i, x := range s {
+			ts[i], rs[i] = x.start, x.rssKB
+		}
+		slices.Sort(ts)
+		slices.Sort(rs)
+		return ts[len(ts)/2], rs[len(rs)/2]
+	}
+	ft, fr := med(results["floor"])
+	fmt.Printf("\nfunction start, exec to first 200 on /healthz, median of %d alternating runs\n", len(results["floor"]))
+	fmt.Printf("  %-28s %8s  %8s   %s\n", "process", "start", "RSS", "vs floor")
+	fmt.Printf("  %-28s %8s  %5.1f MiB\n", "minimal Go HTTP server", ft.Round(100*time.Microsecond), float64(fr)/1024)
+	for _, fn := range fns {
+		t, r := med(results[fn])
+		fmt.Printf("  %-28s %8s  %5.1f MiB   %.1f× start, %.1f× RSS\n", "kaitoflow fn "+fn+" (http)", t.Round(100*time.Microsecond), float64(r)/1024,
+			float64(t)/float64(ft), float64(r)/float64(fr))
+	}
+}
+
+func freeAddr(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// rss is a process's resident set in KiB, from /proc.
+func rss(b *testing.B, pid int) int {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return kb
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
