@@ -25,7 +25,10 @@ func TestDispatch(t *testing.T) {
 	var ticked bool
 	var got events.Ref
 	onTick := func(context.Context, cloudevents.Event) ([]cloudevents.Event, error) { ticked = true; return nil, nil }
-	handle := func(_ context.Context, r events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) { got = r; return nil, nil }
+	handle := func(_ context.Context, r events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) {
+		got = r
+		return nil, nil
+	}
 	for _, tc := range []struct {
 		name       string
 		ev         cloudevents.Event
