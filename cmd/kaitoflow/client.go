@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -186,16 +185,22 @@ func newGet(g *globals) *cobra.Command {
 // getConfigMaps prints the ConfigMaps submitted in the embedded mode as kubectl does:
 // NAME DATA AGE, or the objects with -o yaml|json.
 func (g *globals) getConfigMaps(ctx context.Context, c *api.Client, names []string, format string, allNS bool) error {
-	list, err := c.ConfigMaps(ctx, allNS)
-	if err != nil {
-		return err
-	}
+	var list []status.ConfigMap
 	if len(names) == 1 {
-		i := slices.IndexFunc(list, func(cm status.ConfigMap) bool { return cm.Name == names[0] })
-		if i < 0 {
-			return fmt.Errorf("configmap %q not found", names[0])
+		if allNS {
+			return errors.New("a ConfigMap NAME is looked up in one namespace: use -n, not -A")
 		}
-		list = list[i : i+1]
+		cm, err := c.ConfigMap(ctx, names[0])
+		if err != nil {
+			return err
+		}
+		list = []status.ConfigMap{*cm}
+	} else {
+		l, err := c.ConfigMaps(ctx, allNS)
+		if err != nil {
+			return err
+		}
+		list = l
 	}
 	switch format {
 	case "json", "yaml":

@@ -1,35 +1,34 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"io"
-	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/internal/api"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
-	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // `up` and `fn provision` used to assemble provision twice, and `up --provider byo|aks|karpenter`
-// refused a workspace with tuning.config that `fn provision` accepted. Both now go through the
-// same flags and the same assembly: against one cluster holding the ConfigMap, each plans the
-// workspace, and the two plans are the same.
+// refused a workspace with tuning.config that `fn provision` accepted. Both commands now build it
+// through the same flags and the same assembly: run as the CLI runs them, against one cluster
+// holding the ConfigMap, each plans the workspace, and the two plans are the same.
 func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	env := testenv.API(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := os.WriteFile(kubeconfig, env.KubeConfig(), 0o600); err != nil {
@@ -55,76 +54,112 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	if err := (testenv.Kubelet{Client: kube}).Node(ctx, "gpu-0", map[string]string{"app": "tuning-phi-3"}, true, 1); err != nil {
 		t.Fatal(err)
 	}
+	wsFile := filepath.Join(t.TempDir(), "workspace.yaml")
+	if err := os.WriteFile(wsFile, docs[1], 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ws, err := events.DecodeWorkspace(docs[1])
 	if err != nil {
 		t.Fatal(err)
 	}
 	ws.Namespace = "default"
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	// Each command's own flags: up defaults --preflight to warn, fn to enforce; preflight is off
-	// here (the dataset URL is not reachable from a test).
-	configFor := func(preflightDefault string) assembly.Config {
-		var d driverFlags
-		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-		d.register(fs, preflightDefault)
-		if err := fs.Parse([]string{"--provider", "byo", "--kubeconfig", kubeconfig, "--preflight", "off", "--data-dir", t.TempDir()}); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := d.config(false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Logger = quiet
-		return cfg
+	// The same driver flags for both; each command keeps its own defaults for the rest.
+	drivers := []string{"--provider", "byo", "--kubeconfig", kubeconfig, "--preflight", "off", "--data-dir", t.TempDir(), "--log-level", "error"}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	run := func(args ...string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out, errb bytes.Buffer
+			root := newRoot(&out, &errb)
+			root.SetArgs(args)
+			if err := root.ExecuteContext(runCtx); err != nil && runCtx.Err() == nil {
+				t.Errorf("kaitoflow %s: %v\n%s", strings.Join(args[:2], " "), err, errb.String())
+			}
+		}()
 	}
 
-	// up: the embedded pipeline, the workspace submitted through its API.
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: quiet, Functions: configFor("warn")})
-	if err != nil {
-		t.Fatal(err)
+	// kaitoflow up, the workspace submitted through its API.
+	upAddr := freePort(t)
+	run(append([]string{"up", "--listen", upAddr, "--nats-listen", "127.0.0.1:-1"}, drivers...)...)
+	upURL := "http://" + upAddr
+	waitHealthy(t, ctx, upURL)
+	if out, stderr, err := cli(t, upURL, "submit", "-f", wsFile); err != nil {
+		t.Fatalf("submit: %v\n%s%s", err, out, stderr)
 	}
-	defer p.Close()
-	if _, err := (&api.Client{BaseURL: p.URL}).Submit(ctx, docs[1], false); err != nil {
-		t.Fatal(err)
-	}
-	var up *status.Workspace
-	for up == nil || (up.Plan == nil && up.Phase != status.Failed) {
-		if ctx.Err() != nil {
-			t.Fatalf("up never planned the workspace: %+v", up)
+	client := &api.Client{BaseURL: upURL, HTTP: http.DefaultClient}
+	var upPlan *events.Plan
+	for upPlan == nil {
+		w, err := client.Get(ctx, ws.Name)
+		switch {
+		case ctx.Err() != nil:
+			t.Fatalf("up never planned the workspace: %+v %v", w, err)
+		case err == nil && w.Failure != nil:
+			t.Fatalf("up refused the workspace: %+v", w.Failure)
+		case err == nil && w.Plan != nil:
+			upPlan = w.Plan
 		}
 		time.Sleep(20 * time.Millisecond)
-		up, _ = p.Store.Get(ctx, "default", ws.Name)
-	}
-	if up.Phase == status.Failed {
-		t.Fatalf("up refused the workspace: %+v", up.Failure)
 	}
 
-	// fn provision: the one function, handed the same workspace.requested.
-	cfg := configFor("enforce")
-	cfg.Functions, cfg.JetStream = []string{provision.Name}, testenv.JetStream(t)
-	a, err := assembly.Build(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// kaitoflow fn provision on its own JetStream, handed the same workspace.requested.
+	nats := testenv.NATSServer(t).ClientURL()
+	fnAddr := freePort(t)
+	run(append([]string{"fn", "provision", "--transport", "jetstream", "--nats", nats, "--listen", fnAddr}, drivers...)...)
+	waitHealthy(t, ctx, "http://"+fnAddr)
+	js := testenv.JetStreamOn(t, nats)
 	ev, err := events.New("kaitoflow/test", events.WorkspaceRequested, events.WorkspaceRequested, ws.Ref(), ws, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Functions[0].Handler.Handle(ctx, ev); err != nil {
-		t.Fatalf("fn provision refused the workspace: %v", err)
+	if err := (runtime.JetStreamPublisher{JS: js}).Publish(ctx, ev); err != nil {
+		t.Fatal(err)
 	}
-	pending, err := provision.OpenKVPending(ctx, cfg.JetStream)
+	pending, err := provision.OpenKVPending(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := pending.Get(ctx, "default", ws.Name)
-	if err != nil || rec == nil {
-		t.Fatalf("fn provision recorded nothing: %v", err)
+	var rec *provision.Record
+	for rec == nil {
+		if ctx.Err() != nil {
+			t.Fatal("fn provision never recorded the workspace")
+		}
+		time.Sleep(20 * time.Millisecond)
+		rec, _ = pending.Get(ctx, "default", ws.Name)
 	}
-	if rec.Plan.TrainingConfig != up.Plan.TrainingConfig || rec.Plan.LoRARank != up.Plan.LoRARank || rec.Plan.BatchSize != up.Plan.BatchSize {
-		t.Fatalf("the plans differ:\nup:\n%s\nfn provision:\n%s", up.Plan.TrainingConfig, rec.Plan.TrainingConfig)
+	if rec.Plan.TrainingConfig != upPlan.TrainingConfig || rec.Plan.LoRARank != upPlan.LoRARank || rec.Plan.BatchSize != upPlan.BatchSize {
+		t.Fatalf("the plans differ:\nup:\n%s\nfn provision:\n%s", upPlan.TrainingConfig, rec.Plan.TrainingConfig)
 	}
 	if !strings.Contains(rec.Plan.TrainingConfig, "r: 16") {
 		t.Fatalf("the plan ignores the cluster's ConfigMap:\n%s", rec.Plan.TrainingConfig)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHealthy(t *testing.T, ctx context.Context, base string) {
+	t.Helper()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s never became healthy", base)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

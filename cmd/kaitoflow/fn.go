@@ -26,9 +26,11 @@ import (
 
 type fnFlags struct {
 	transport, listen, sink, registry, publicURL string
-	nats                                         natsFlags
-	drivers                                      driverFlags
-	delivery                                     deliveryFlags
+	// sinkFromFlag is set when --sink was given, not inherited from $K_SINK.
+	sinkFromFlag bool
+	nats         natsFlags
+	drivers      driverFlags
+	delivery     deliveryFlags
 }
 
 func newFn(g *globals) *cobra.Command {
@@ -48,6 +50,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 			if err != nil {
 				return err
 			}
+			f.sinkFromFlag = cmd.Flags().Changed("sink")
 			return runFn(cmd.Context(), args[0], f, log)
 		},
 	}
@@ -73,9 +76,20 @@ func needsNATS(name string, f fnFlags) bool {
 	return f.transport == "jetstream" || f.sink == "" || name == assembly.Status || name == provision.Name
 }
 
-func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
+// validate refuses flag combinations that cannot work.
+func (f fnFlags) validate() error {
 	if f.transport != "http" && f.transport != "jetstream" {
 		return fmt.Errorf("--transport %q: want http or jetstream", f.transport)
+	}
+	if f.transport == "jetstream" && f.sink != "" && f.sinkFromFlag {
+		return fmt.Errorf("--sink is for --transport http: with jetstream the outputs go to --nats")
+	}
+	return nil
+}
+
+func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error {
+	if err := f.validate(); err != nil {
+		return err
 	}
 	cfg, err := f.drivers.config(false)
 	if err != nil {
@@ -98,13 +112,12 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 			return err
 		}
 	}
-	var pub events.Publisher
-	if f.sink != "" {
+	// Over HTTP with a sink (Knative's Broker) the outputs go to the sink; otherwise to JetStream.
+	var pub events.Publisher = runtime.JetStreamPublisher{JS: js}
+	if f.transport == "http" && f.sink != "" {
 		if pub, err = runtime.NewHTTPPublisher(f.sink); err != nil {
 			return err
 		}
-	} else {
-		pub = runtime.JetStreamPublisher{JS: js}
 	}
 	cfg.JetStream, cfg.Publisher = js, pub
 	a, err := assembly.Build(ctx, cfg)
@@ -150,7 +163,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	// Outside Knative there is no PingSource: provision, tune and serve need kaitoflow.tick to
 	// re-check pending capacity, runs and Services. Ticks of several replicas share ids and are
 	// stored once.
-	if f.delivery.tick > 0 && slices.Contains(fn.Types, events.Tick) {
+	if f.delivery.tick > 0 && !fn.Observer && slices.Contains(fn.Types, events.Tick) {
 		go runtime.Tick(ctx, pub, f.delivery.tick, log)
 	}
 	if err := r.Run(ctx); err != nil {

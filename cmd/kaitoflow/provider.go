@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -54,45 +55,64 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.preflight, "preflight", preflight, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
 	f.DurationVar(&p.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	f.StringSliceVar(&p.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
-	f.StringVar(&p.dataDir, "data-dir", "", "where JetStream, the registry and the sim trainer keep their data (default: the user cache dir's kaitoflow)")
+	f.StringVar(&p.dataDir, "data-dir", "", "up: where JetStream, the registry and the sim trainer keep their data; fn: the sim trainer's (default: kaitoflow in the user cache dir)")
 }
 
-// config is the assembly's configuration for these flags. A cluster is used when a driver or the
-// controller needs one, when --kubeconfig names one, or when kaitoflow runs in a pod.
+// config is the assembly's configuration for these flags. A cluster is required when a driver or
+// the controller needs one, or --kubeconfig names one; in a pod, the pod's cluster is used when it
+// can be reached (publish reads imagePushSecrets there, provision and serve ConfigMaps).
 func (p *driverFlags) config(controller bool) (assembly.Config, error) {
-	dataDir, err := p.dir()
-	if err != nil {
-		return assembly.Config{}, err
-	}
 	cfg := assembly.Config{
 		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline,
 		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller,
-		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(dataDir, "adapters")},
+		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(p.dir(), "adapters")},
 	}
 	if _, _, err := assembly.Preflight(p.preflight, cfg.Policy); err != nil {
 		return cfg, err
 	}
-	real := notSim(p.d.Provider) || notSim(p.d.Trainer) || notSim(p.d.Deployer)
-	if real || controller || p.kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
-		rc, err := p.restConfig()
-		if err != nil {
-			return cfg, fmt.Errorf("a cluster is needed (--provider %s, --trainer %s, --deployer %s): %w", p.d.Provider, p.d.Trainer, p.d.Deployer, err)
-		}
-		// Every part of one process runs as the process's own identity.
-		cfg.Cluster = func(string) (*rest.Config, error) { return rest.CopyConfig(rc), nil }
+	required := controller || p.kubeconfig != "" || notSim(p.d.Provider) || notSim(p.d.Trainer) || notSim(p.d.Deployer)
+	if !required && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return cfg, nil
 	}
+	rc, err := p.restConfig()
+	switch {
+	case err != nil && required:
+		return cfg, fmt.Errorf("a cluster is needed (%s): %w", p.why(controller), err)
+	case err != nil:
+		return cfg, nil // a pod without API access: the sim drivers need none
+	}
+	// Every part of one process runs as the process's own identity.
+	cfg.Cluster = func(string) (*rest.Config, error) { return rest.CopyConfig(rc), nil }
 	return cfg, nil
 }
 
-func (p *driverFlags) dir() (string, error) {
+// why names what asked for a cluster.
+func (p *driverFlags) why(controller bool) string {
+	var parts []string
+	for _, d := range [][2]string{{"provider", p.d.Provider}, {"trainer", p.d.Trainer}, {"deployer", p.d.Deployer}} {
+		if notSim(d[1]) {
+			parts = append(parts, "--"+d[0]+" "+d[1])
+		}
+	}
+	if controller {
+		parts = append(parts, "the Workspace controller")
+	}
+	if p.kubeconfig != "" {
+		parts = append(parts, "--kubeconfig "+p.kubeconfig)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// dir is --data-dir, or kaitoflow's directory in the user cache dir (the temporary directory
+// where there is none, as in a container without $HOME).
+func (p *driverFlags) dir() string {
 	if p.dataDir != "" {
-		return p.dataDir, nil
+		return p.dataDir
 	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("no --data-dir and no user cache dir: %w", err)
+	if cache, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(cache, "kaitoflow")
 	}
-	return filepath.Join(cache, "kaitoflow"), nil
+	return filepath.Join(os.TempDir(), "kaitoflow")
 }
 
 func (p *driverFlags) restConfig() (*rest.Config, error) {
@@ -121,7 +141,7 @@ func (d *deliveryFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&d.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	f.DurationSliceVar(&d.backoff, "retry-backoff", nil, "delays before redelivering after the n-th failure, the last repeating (default 1s,5s,15s,30s,60s)")
 	f.IntVar(&d.concurrency, "concurrency", 8, "events one function handles at once")
-	f.DurationVar(&d.tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity, running Jobs and unready Services (fn over HTTP: the PingSource's period; 0 leaves it to a PingSource)")
+	f.DurationVar(&d.tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity, running Jobs and unready Services (fn --transport jetstream: 0 publishes none; fn signals: the PingSource's period)")
 }
 
 func (d *deliveryFlags) options() runtime.JetStreamOptions {

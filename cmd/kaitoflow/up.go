@@ -38,10 +38,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 				return err
 			}
 			fns.CRDGroup = crdGroup
-			dataDir, err := drivers.dir()
-			if err != nil {
-				return err
-			}
+			dataDir := drivers.dir()
 			tp := sdktrace.NewTracerProvider()
 			defer func() { _ = tp.Shutdown(cmd.Context()) }()
 			log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", drivers.d.Provider, "trainer", drivers.d.Trainer, "deployer", drivers.d.Deployer, "sim_delay", drivers.delay)

@@ -118,16 +118,27 @@ func (c *Client) SubmitConfigMap(ctx context.Context, manifest []byte, dryRun bo
 	return &r, nil
 }
 
+// ConfigMap returns one ConfigMap of the client's namespace.
+func (c *Client) ConfigMap(ctx context.Context, name string) (*status.ConfigMap, error) {
+	var cm status.ConfigMap
+	if err := c.do(ctx, http.MethodGet, c.url("/v1/configmaps/"+url.PathEscape(name), nil), nil, &cm); err != nil {
+		return nil, err
+	}
+	return &cm, nil
+}
+
 // ConfigMaps returns the ConfigMaps of the client's namespace, or of all when all is set.
 func (c *Client) ConfigMaps(ctx context.Context, all bool) ([]status.ConfigMap, error) {
 	var l []status.ConfigMap
-	return l, c.do(ctx, http.MethodGet, c.listURL("/v1/configmaps", all), nil, &l)
+	err := c.do(ctx, http.MethodGet, c.listURL("/v1/configmaps", all), nil, &l)
+	return l, err
 }
 
 // List returns the workspaces of the client's namespace, or of all when all is set.
 func (c *Client) List(ctx context.Context, all bool) ([]status.Workspace, error) {
 	var l []status.Workspace
-	return l, c.do(ctx, http.MethodGet, c.listURL("/v1/workspaces", all), nil, &l)
+	err := c.do(ctx, http.MethodGet, c.listURL("/v1/workspaces", all), nil, &l)
+	return l, err
 }
 
 // listURL is path for the client's namespace, or for every namespace.

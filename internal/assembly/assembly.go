@@ -124,8 +124,8 @@ type Config struct {
 	JetStream jetstream.JetStream
 	// Store is the status store; opened on JetStream when nil and needed.
 	Store *status.Store
-	// Publisher is what watches, the sim trainer and the controller publish with (the runtime
-	// publishes a handler's outputs with its own).
+	// Publisher is what the sim trainer announces its runs with (watches and the controller get
+	// theirs in Watch.Run; the runtime publishes a handler's outputs with its own).
 	Publisher events.Publisher
 
 	Drivers Drivers
@@ -169,8 +169,9 @@ type Watch struct {
 // Assembly is what Build returns.
 type Assembly struct {
 	Functions []runtime.Function
-	// Watches run alongside the functions where the process is the only watcher (the embedded
-	// mode, the JetStream transport); under Knative, ApiServerSources deliver the same changes.
+	// Watches run alongside the functions in the embedded mode and with the JetStream transport
+	// (several replicas watching store each change once: the events' ids derive from the
+	// object's state); under Knative, ApiServerSources deliver the same changes instead.
 	Watches []Watch
 	// SimInference serves the sim deployer's endpoints, nil unless the sim deployer is built:
 	// mount it at SimInferencePath.

@@ -19,8 +19,7 @@ const (
 	// ReasonInvalid: the object fails validation or an admission rule (PodSecurity, a webhook,
 	// Knative's feature flags).
 	ReasonInvalid = "KubernetesInvalid"
-	// ReasonForbidden: RBAC or authentication refused the request; the function's
-	// ServiceAccount lacks a verb.
+	// ReasonForbidden: RBAC refused the request; the function's ServiceAccount lacks a verb.
 	ReasonForbidden = "KubernetesForbidden"
 	// ReasonBadRequest: the request itself is malformed (an unknown field in strict mode).
 	ReasonBadRequest = "KubernetesBadRequest"
@@ -30,7 +29,8 @@ const (
 )
 
 // Classify returns err unchanged when a retry may succeed (conflicts, timeouts, throttling,
-// server errors, an object that is not there yet, the network) and an events.PermanentError
+// server errors, an object that is not there yet, the network, and a 401, which a rotated token
+// or an expired exec credential causes for a moment) and an events.PermanentError
 // with a precise reason when it cannot. Wrap err with what was being done before classifying:
 // the permanent error keeps the whole chain.
 func Classify(err error) error {
@@ -51,7 +51,7 @@ func Classify(err error) error {
 	switch {
 	case apierrors.IsInvalid(err):
 		return events.Permanent(ReasonInvalid, err)
-	case apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
+	case apierrors.IsForbidden(err):
 		return events.Permanent(ReasonForbidden, err)
 	case apierrors.IsBadRequest(err), apierrors.IsMethodNotSupported(err), apierrors.IsRequestEntityTooLargeError(err):
 		return events.Permanent(ReasonBadRequest, err)

@@ -23,7 +23,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"invalid", apierrors.NewInvalid(schema.GroupKind{Group: "batch", Kind: "Job"}, "x", field.ErrorList{field.Required(field.NewPath("spec"), "")}), ReasonInvalid},
 		{"forbidden, wrapped", fmt.Errorf("create Job a/b: %w", apierrors.NewForbidden(jobs, "x", errors.New("RBAC"))), ReasonForbidden},
-		{"unauthorized", apierrors.NewUnauthorized("token expired"), ReasonForbidden},
+		{"unauthorized: a token being rotated", apierrors.NewUnauthorized("token expired"), ""},
 		{"bad request", apierrors.NewBadRequest("strict decoding error: unknown field"), ReasonBadRequest},
 		{"too large", apierrors.NewRequestEntityTooLargeError("limit is 3145728"), ReasonBadRequest},
 		{"CRD missing: 404 without a name", apierrors.NewNotFound(schema.GroupResource{Group: "serving.knative.dev", Resource: "services"}, ""), ReasonAPINotInstalled},

@@ -14,7 +14,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/util/retry"
 )
 
 // ErrNotFound is returned by Get for a key that holds nothing.
@@ -70,40 +69,48 @@ func List[T any](ctx context.Context, kv jetstream.KeyValue, filter string) ([]T
 // returns the last conflict.
 func Update[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(v *T, exists bool) (bool, error)) (*T, error) {
 	// Conflicts are short: a burst of events for one workspace across replicas settles within a
-	// second or two of jittered waits.
-	backoff := wait.Backoff{Duration: time.Millisecond, Factor: 1.5, Jitter: 0.5, Steps: 40, Cap: 250 * time.Millisecond}
+	// few seconds of jittered, growing waits (1 ms growing by 1.2×: 40 tries span about 9 s).
+	backoff := wait.Backoff{Duration: time.Millisecond, Factor: 1.2, Jitter: 0.5, Steps: 40}
 	var out *T
-	err := retry.OnError(backoff, isConflict, func() error {
+	var conflict error
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
 		v, rev, err := Get[T](ctx, kv, key)
 		exists := err == nil
 		switch {
 		case errors.Is(err, ErrNotFound):
 			v = new(T)
 		case err != nil:
-			return err
+			return false, err
 		}
 		changed, err := fn(v, exists)
 		if err != nil {
-			return err
+			return false, err
 		}
 		out = v
 		if !changed {
-			return nil
+			return true, nil
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
-			return fmt.Errorf("encode %s/%s: %w", kv.Bucket(), key, err)
+			return false, fmt.Errorf("encode %s/%s: %w", kv.Bucket(), key, err)
 		}
 		if exists {
 			_, err = kv.Update(ctx, key, b, rev)
 		} else {
 			_, err = kv.Create(ctx, key, b)
 		}
-		if err != nil {
-			return fmt.Errorf("write %s/%s: %w", kv.Bucket(), key, err)
+		switch {
+		case isConflict(err):
+			conflict = err
+			return false, nil // somebody wrote in between: read again
+		case err != nil:
+			return false, fmt.Errorf("write %s/%s: %w", kv.Bucket(), key, err)
 		}
-		return nil
+		return true, nil
 	})
+	if wait.Interrupted(err) && conflict != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("write %s/%s: too many concurrent updates: %w", kv.Bucket(), key, conflict)
+	}
 	if err != nil {
 		return nil, err
 	}

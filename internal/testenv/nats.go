@@ -29,7 +29,13 @@ func NATSServer(t testing.TB) *server.Server {
 // with the test.
 func JetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(NATSServer(t).ClientURL())
+	return JetStreamOn(t, NATSServer(t).ClientURL())
+}
+
+// JetStreamOn returns a JetStream context on a connection to url that ends with the test.
+func JetStreamOn(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}

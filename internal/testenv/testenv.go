@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/rest"
@@ -164,9 +165,15 @@ func API(t testing.TB, crdDirs ...string) *Env {
 	return env
 }
 
-// skipBanner says on stderr, where `go test` shows it even without -v, that API-server tests are
-// being skipped and how to run them: a green run without them is not the whole suite.
+// skipBanner says that API-server tests are being skipped and how to run them: a green run
+// without them is not the whole suite. `go test ./...` keeps a passing package's output to itself,
+// so the banner goes to the terminal as well as to stderr (shown with -v, or for one package).
 func skipBanner(err error) {
-	fmt.Fprintf(os.Stderr, "\n*** %s: the tests that need a Kubernetes API server are SKIPPED: %v\n*** run them: hack/test.sh (builds the binaries once), or KUBEBUILDER_ASSETS=$(hack/envtest.sh) go test ./...\n\n",
-		filepath.Base(os.Args[0]), err)
+	msg := fmt.Sprintf("\n*** %s: the tests that need a Kubernetes API server are SKIPPED: %v\n*** run everything with hack/test.sh (it builds the binaries once)\n\n",
+		strings.TrimSuffix(filepath.Base(os.Args[0]), ".test"), err)
+	fmt.Fprint(os.Stderr, msg)
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprint(tty, msg)
+		_ = tty.Close()
+	}
 }
