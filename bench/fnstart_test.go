@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,7 +34,7 @@ func BenchmarkFunctionStart(b *testing.B) {
 		rssKB int
 	}
 	measure := func(args func(addr string) []string, bin string) sample {
-		addr := freeAddr(b)
+		addr := testenv.FreeAddr(b)
 		cmd := exec.Command(bin, args(addr)...)
 		cmd.Env = append(os.Environ(), "KAITOFLOW_LOG_LEVEL=error")
 		t0 := time.Now()
@@ -100,15 +99,6 @@ func BenchmarkFunctionStart(b *testing.B) {
 		fmt.Printf("  %-28s %8s  %5.1f MiB   %.1f× start, %.1f× RSS\n", "kaitoflow fn "+fn+" (http)", t.Round(100*time.Microsecond), float64(r)/1024,
 			float64(t)/float64(ft), float64(r)/float64(fr))
 	}
-}
-
-func freeAddr(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // rss is a process's resident set in KiB, from /proc.

@@ -228,7 +228,7 @@ func TestFaults(t *testing.T) {
 	if err := os.WriteFile(kubeconfig, env.KubeConfig(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	apiAddr := freeAddr(t)
+	apiAddr := testenv.FreeAddr(t)
 	dataDir := filepath.Join(workDir, "data")
 	logFile, err := os.Create(filepath.Join(workDir, "kaitoflow.log"))
 	if err != nil {
@@ -450,16 +450,6 @@ func TestFaults(t *testing.T) {
 	if cNone+jNone+sNone > 0 || mOnce != ready {
 		t.Errorf("Ready workspaces without their side effects: claims %d, jobs %d, services %d, manifests %d of %d", cOnce, jOnce, sOnce, mOnce, ready)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // playCluster runs Karpenter, the Job controller with the kubelet, and Knative, as far as

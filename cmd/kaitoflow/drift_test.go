@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -82,7 +81,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	}
 
 	// kaitoflow up, the workspace submitted through its API.
-	upAddr := freePort(t)
+	upAddr := testenv.FreeAddr(t)
 	run(append([]string{"up", "--listen", upAddr, "--nats-listen", "127.0.0.1:-1"}, drivers...)...)
 	upURL := "http://" + upAddr
 	waitHealthy(t, ctx, upURL)
@@ -106,7 +105,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 
 	// kaitoflow fn provision on its own JetStream, handed the same workspace.requested.
 	nats := testenv.NATSServer(t).ClientURL()
-	fnAddr := freePort(t)
+	fnAddr := testenv.FreeAddr(t)
 	run(append([]string{"fn", "provision", "--transport", "jetstream", "--nats", nats, "--listen", fnAddr}, drivers...)...)
 	waitHealthy(t, ctx, "http://"+fnAddr)
 	js := testenv.JetStreamOn(t, nats)
@@ -135,16 +134,6 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	if !strings.Contains(rec.Plan.TrainingConfig, "r: 16") {
 		t.Fatalf("the plan ignores the cluster's ConfigMap:\n%s", rec.Plan.TrainingConfig)
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func waitHealthy(t *testing.T, ctx context.Context, base string) {

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -26,15 +27,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // natsServer starts a real NATS server with JetStream on a temp dir and the kaitoflow stream.
 func natsServer(t *testing.T) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testenv.NATSServer(t)
 	js := connect(t, ns)
 	if _, err := EnsureStream(context.Background(), js, 1); err != nil {
 		t.Fatal(err)

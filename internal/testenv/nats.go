@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -45,4 +46,15 @@ func JetStreamOn(t testing.TB, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// FreeAddr returns a loopback address no one listens on now, for a process a test starts.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
