@@ -69,7 +69,11 @@ func Assets() (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	for _, f := range []string{"tools/kube-apiserver/go.mod", "tools/kube-apiserver/go.sum", "tools/etcd/go.mod", "tools/etcd/go.sum"} {
+	for _, f := range []string{
+		"tools/kube-apiserver/go.mod", "tools/kube-apiserver/go.sum",
+		"tools/etcd/go.mod", "tools/etcd/go.sum",
+		"tools/kwok/go.mod", "tools/kwok/go.sum",
+	} {
 		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
 			return "", err
@@ -92,14 +96,7 @@ func Assets() (string, error) {
 	return d, check(d)
 }
 
-func check(dir string) error {
-	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if st, err := os.Stat(filepath.Join(dir, b)); err != nil || st.IsDir() {
-			return fmt.Errorf("%w (looked in %s)", ErrUnavailable, dir)
-		}
-	}
-	return nil
-}
+func check(dir string) error { return checkBins(dir, "kube-apiserver", "etcd") }
 
 func repoRoot() (string, error) {
 	_, file, _, ok := runtime.Caller(0)
