@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 )
 
@@ -253,30 +252,18 @@ func checkBins(dir string, bins ...string) error {
 	return nil
 }
 
-// BoxMain is a test package's TestMain around a box, as Main is around an API server.
-func BoxMain(m interface{ Run() int }, setup func(*Box, error), crdDirs ...string) int {
+// BoxFor starts a box for one test and stops it when the test ends. Without the binaries the
+// test skips, loudly, or fails when Required; a box that does not come up always fails.
+func BoxFor(t testing.TB, crdDirs ...string) *Box {
+	t.Helper()
 	b, err := StartBox(crdDirs...)
 	if err != nil {
 		if Required() || !errors.Is(err, ErrUnavailable) {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+			t.Fatal(err)
 		}
 		skipBanner(err)
-		setup(nil, err)
-		return m.Run()
-	}
-	setup(b, nil)
-	defer func() { _ = b.Stop() }()
-	return m.Run()
-}
-
-// NeedBox skips a test without a box (the reason given), as the envtest tests skip.
-func NeedBox(t testing.TB, b *Box, err error) {
-	t.Helper()
-	if b == nil {
 		t.Skipf("SKIPPED, no box: %v", err)
 	}
+	t.Cleanup(func() { _ = b.Stop() })
+	return b
 }
-
-// AdminConfig is the box's admin REST config.
-func (b *Box) AdminConfig() *rest.Config { return rest.CopyConfig(b.Config) }

@@ -18,14 +18,7 @@ import (
 // pod is placed there, kwok runs it, and once the pod reports success the Job controller completes
 // the Job. A privileged pod is refused by admission.
 func TestBoxSchedulesGPUJob(t *testing.T) {
-	b, err := StartBox()
-	if err != nil {
-		if Required() || !strings.Contains(err.Error(), ErrUnavailable.Error()) {
-			t.Fatal(err)
-		}
-		t.Skipf("SKIPPED, no box: %v", err)
-	}
-	t.Cleanup(func() { _ = b.Stop() })
+	b := BoxFor(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const ns = "box"
@@ -35,7 +28,7 @@ func TestBoxSchedulesGPUJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	privileged := true
-	_, err = kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "priv"}, Spec: corev1.PodSpec{
+	_, err := kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "priv"}, Spec: corev1.PodSpec{
 		Containers: []corev1.Container{{Name: "c", Image: "x", SecurityContext: &corev1.SecurityContext{Privileged: &privileged}}}}}, metav1.CreateOptions{})
 	if err == nil || !strings.Contains(err.Error(), "baseline") {
 		t.Errorf("a privileged pod under baseline: %v", err)

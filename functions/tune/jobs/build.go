@@ -274,7 +274,10 @@ func gpuTolerations() []corev1.Toleration {
 // profile admits.
 func security() (*corev1.PodSecurityContext, *corev1.SecurityContext) {
 	nonRoot, uid, no := true, int64(1000), false
-	return &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid},
+	// RuntimeDefault seccomp is the one field restricted adds to non-root and no privileges; the
+	// box's PodSecurity admission refused the pods without it.
+	return &corev1.PodSecurityContext{RunAsNonRoot: &nonRoot, RunAsUser: &uid, FSGroup: &uid,
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
 		&corev1.SecurityContext{
 			RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no,
 			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
