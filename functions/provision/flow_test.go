@@ -211,3 +211,41 @@ func TestPreflightRefusesOrWarns(t *testing.T) {
 		t.Errorf("the warning is not on the plan: %v", d.Plan.Reasons)
 	}
 }
+
+// handingOver is a provider whose tuning capacity becomes serving capacity.
+type handingOver struct {
+	scripted
+	served []Purpose
+}
+
+func (h *handingOver) Serve(_ context.Context, r Request) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.served = append(h.served, r.Purpose)
+	return nil
+}
+
+// With a provider that can hand over, the end of the run keeps the capacity for serving instead of
+// releasing it; a redelivery hands over nothing twice; deleting the workspace releases it.
+func TestTuningCapacityHandedOverToServing(t *testing.T) {
+	cat, _ := presets.Default()
+	p := &handingOver{scripted: scripted{ready: true}}
+	pend := &MemoryPending{}
+	f := New(p, &presets.Planner{Catalog: cat}, pend, Options{Log: quiet})
+	handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
+	for range 2 {
+		if out := handle(t, f, ev(t, events.TuningCompleted, 1, events.TuningCompletedData{})); len(out) != 0 {
+			t.Fatalf("handover emitted %v", out)
+		}
+	}
+	if len(p.served) != 1 || p.served[0] != Serving || len(p.released) != 0 {
+		t.Fatalf("served %v, released %v", p.served, p.released)
+	}
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || rec.Released || rec.Purpose != Serving {
+		t.Fatalf("record after handover: %+v", rec)
+	}
+	out := handle(t, f, ev(t, events.WorkspaceDeleted, 1, events.WorkspaceDeletedData{}))
+	if len(p.released) != 1 || p.released[0] != Serving || len(out) != 1 || out[0].Type() != events.CapacityReleased {
+		t.Fatalf("deletion: released %v, out %v", p.released, out)
+	}
+}

@@ -94,6 +94,14 @@ type Provider interface {
 	Release(ctx context.Context, req Request) error
 }
 
+// Handover is implemented by providers whose tuning capacity can become the workspace's serving
+// capacity when the run ends, instead of being released: the tuned adapter is served on the same
+// kind of GPU, so the nodes that are already up take the first inference pod without a cold VM,
+// and the capacity then follows the inference service to zero. Serve is idempotent.
+type Handover interface {
+	Serve(ctx context.Context, req Request) error
+}
+
 // Planner is the fit check: the plan for a workspace, or a permanent error (with the numbers)
 // when it cannot work on the GPUs it asks for.
 type Planner interface {
@@ -339,6 +347,11 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 		return nil, nil // nothing held; only a deletion is always answered
 	case held && only != "" && rec.Purpose != only:
 		return nil, nil
+	case held && only == Tuning:
+		if h, ok := f.provider.(Handover); ok {
+			return nil, f.handover(ctx, h, *rec)
+		}
+		fallthrough
 	case held:
 		if err := f.provider.Release(ctx, rec.Request); err != nil {
 			return nil, fmt.Errorf("release %s capacity of %s: %w", rec.Purpose, rec.Ref, err)
@@ -353,4 +366,19 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 		data.Ref, data.Purpose, data.InstanceType = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType
 	}
 	return runtime.Emit(events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev))
+}
+
+// handover turns a finished run's tuning capacity into the workspace's serving capacity; the
+// record stays held (now for serving) until the workspace fails or is deleted.
+func (f *Function) handover(ctx context.Context, h Handover, rec Record) error {
+	rec.Purpose = Serving
+	if err := h.Serve(ctx, rec.Request); err != nil {
+		return fmt.Errorf("hand %s's tuning capacity over to serving: %w", rec.Ref, err)
+	}
+	if err := f.pending.Put(ctx, rec); err != nil {
+		return err
+	}
+	f.log.InfoContext(ctx, "tuning capacity handed over to serving; it scales to zero with the inference service",
+		"workspace", rec.Ref.String(), "instance_type", rec.Plan.InstanceType)
+	return nil
 }

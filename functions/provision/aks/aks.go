@@ -163,6 +163,20 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 	return c, err
 }
 
+// Serve implements provision.Handover: the workspace's pool is updated in place to the serving
+// pool — autoscaled from 0 to its node count — so the nodes that ran the tuning Job stay for the
+// first inference pod, and the cluster autoscaler removes them once Knative has scaled the service
+// to zero (and adds them back when a request wakes it). ARM finishes the update on its own.
+func (p *Provider) Serve(ctx context.Context, req provision.Request) error {
+	name := PoolName(req.Ref)
+	req.Purpose = provision.Serving
+	if _, err := p.pools.BeginCreateOrUpdate(ctx, p.cfg.ResourceGroup, p.cfg.Cluster, name, p.Pool(req), nil); err != nil {
+		return classify(fmt.Errorf("update agent pool %s to serving: %w", name, err))
+	}
+	p.log.InfoContext(ctx, "aks: agent pool handed over to serving (autoscaled, min 0)", "pool", name, "max", req.Workspace.NodeCount())
+	return nil
+}
+
 // Release implements provision.Provider: delete the pool; ARM finishes on its own.
 func (p *Provider) Release(ctx context.Context, req provision.Request) error {
 	name := PoolName(req.Ref)

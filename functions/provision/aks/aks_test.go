@@ -270,3 +270,29 @@ func TestChangedSKUIsRefused(t *testing.T) {
 		t.Fatal("an existing pool of another SKU must be refused")
 	}
 }
+
+// At the end of a run the tuning pool is not deleted but becomes the serving pool: the same pool,
+// now autoscaled from 0, so the inference pods get the warm nodes and no GPU is held at zero.
+func TestServeKeepsThePoolAndScalesItToZero(t *testing.T) {
+	ctx := context.Background()
+	a := newARM()
+	p := provider(t, a, false)
+	req := request("handover", provision.Tuning)
+	if err := p.Ensure(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if pool := a.pools[PoolName(req.Ref)]; pool.Properties.EnableAutoScaling != nil && *pool.Properties.EnableAutoScaling {
+		t.Fatal("a tuning pool must not autoscale away under its Job")
+	}
+	for range 2 {
+		if err := p.Serve(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := a.pools[PoolName(req.Ref)]
+	props := pool.Properties
+	if a.deletes != 0 || props.EnableAutoScaling == nil || !*props.EnableAutoScaling || *props.MinCount != 0 || *props.MaxCount != 1 ||
+		*props.VMSize != req.Plan.InstanceType || *props.Tags["kaitoflow.io-purpose"] != "serving" {
+		t.Fatalf("serving pool: deletes %d, %+v", a.deletes, props)
+	}
+}

@@ -25,8 +25,15 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
-// NodeClaims is the NodeClaim resource.
-var NodeClaims = schema.GroupVersionResource{Group: "karpenter.sh", Version: "v1", Resource: "nodeclaims"}
+// NodeClaims and NodePools are Karpenter's resources.
+var (
+	NodeClaims = schema.GroupVersionResource{Group: "karpenter.sh", Version: "v1", Resource: "nodeclaims"}
+	NodePools  = schema.GroupVersionResource{Group: "karpenter.sh", Version: "v1", Resource: "nodepools"}
+)
+
+// ConsolidateAfter is how long a serving node stays empty before Karpenter removes it: past
+// Knative's scale-to-zero retention, so a short pause in traffic does not cost a cold VM.
+const ConsolidateAfter = "15m"
 
 // NodeClassRef names the provider-specific node class the NodeClaims use (on AKS:
 // karpenter.azure.com AKSNodeClass "default").
@@ -86,6 +93,45 @@ func (p *Provider) Claim(req provision.Request, i int) *unstructured.Unstructure
 			"nodeClassRef": map[string]any{"group": p.NodeClass.Group, "kind": p.NodeClass.Kind, "name": p.NodeClass.Name},
 		},
 	}}
+}
+
+// PoolName is the workspace's serving NodePool: its claims' name without the index.
+func PoolName(ref events.Ref) string {
+	return strings.TrimSuffix(ClaimName(ref, 0), "-0")
+}
+
+// Pool builds the serving NodePool of a request: the NodeClaim's requirements, taints, labels and
+// node class as a template Karpenter launches from when an inference pod is pending, removed again
+// once empty, and limited to the workspace's GPUs. A pure function of the request.
+func (p *Provider) Pool(req provision.Request) *unstructured.Unstructured {
+	claim := p.Claim(req, 0)
+	spec := claim.Object["spec"].(map[string]any)
+	delete(spec, "resources") // a NodePool sizes nodes from the pending pods' requests
+	gpus := int64(max(req.Plan.GPUs, 1)) * int64(req.Workspace.NodeCount())
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "karpenter.sh/v1",
+		"kind":       "NodePool",
+		"metadata":   map[string]any{"name": PoolName(req.Ref), "labels": claim.Object["metadata"].(map[string]any)["labels"], "annotations": claim.GetAnnotations()},
+		"spec": map[string]any{
+			"template":   map[string]any{"metadata": map[string]any{"labels": claim.Object["metadata"].(map[string]any)["labels"]}, "spec": spec},
+			"limits":     map[string]any{"nvidia.com/gpu": fmt.Sprint(gpus)},
+			"disruption": map[string]any{"consolidationPolicy": "WhenEmpty", "consolidateAfter": ConsolidateAfter},
+		},
+	}}
+}
+
+// Serve implements provision.Handover: a NodePool for the workspace's serving nodes, then the
+// tuning NodeClaims go (Karpenter adopts no standalone NodeClaim into a pool). The first inference
+// pod is pending until the pool has launched a node for it; an empty node is consolidated away, so
+// no GPU is held while the service is at zero.
+func (p *Provider) Serve(ctx context.Context, req provision.Request) error {
+	req.Purpose = provision.Serving
+	pool := p.Pool(req)
+	_, err := p.Client.Resource(NodePools).Create(ctx, pool, metav1.CreateOptions{FieldManager: "kaitoflow"})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return kubeerr.Classify(fmt.Errorf("create NodePool %s: %w", pool.GetName(), err))
+	}
+	return p.deleteClaims(ctx, req)
 }
 
 // Ensure implements provision.Provider: create each NodeClaim unless it exists.
@@ -157,9 +203,17 @@ func isTerminal(reason string) bool {
 	return false
 }
 
-// Release implements provision.Provider: delete the NodeClaims; Karpenter drains and deletes the
-// nodes.
+// Release implements provision.Provider: delete the NodeClaims and the serving NodePool;
+// Karpenter drains and deletes the nodes.
 func (p *Provider) Release(ctx context.Context, req provision.Request) error {
+	name := PoolName(req.Ref)
+	if err := p.Client.Resource(NodePools).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete NodePool %s: %w", name, err)
+	}
+	return p.deleteClaims(ctx, req)
+}
+
+func (p *Provider) deleteClaims(ctx context.Context, req provision.Request) error {
 	for i := range req.Workspace.NodeCount() {
 		name := ClaimName(req.Ref, i)
 		err := p.Client.Resource(NodeClaims).Delete(ctx, name, metav1.DeleteOptions{})

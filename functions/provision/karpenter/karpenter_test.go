@@ -140,3 +140,44 @@ func TestNodeClaimLifecycle(t *testing.T) {
 		}
 	}
 }
+
+// At the end of a run the NodeClaims give way to a NodePool that launches serving nodes on demand
+// and consolidates empty ones: accepted by Karpenter's own CRD, limited to the workspace's GPUs.
+func TestServeHandsOverToANodePool(t *testing.T) {
+	p := setup(t)
+	ctx := context.Background()
+	req := request("handover", 2)
+	if err := p.Ensure(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := p.Serve(ctx, req); err != nil {
+			t.Fatalf("the API server refused the NodePool: %v", err)
+		}
+	}
+	pool, err := dyn.Resource(NodePools).Get(ctx, PoolName(req.Ref), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, _, _ := unstructured.NestedStringMap(pool.Object, "spec", "template", "metadata", "labels")
+	limit, _, _ := unstructured.NestedString(pool.Object, "spec", "limits", "nvidia.com/gpu")
+	policy, _, _ := unstructured.NestedString(pool.Object, "spec", "disruption", "consolidationPolicy")
+	taints, _, _ := unstructured.NestedSlice(pool.Object, "spec", "template", "spec", "taints")
+	if labels["app"] != "tuning-phi-3" || labels[provision.LabelWorkspace] != "handover" || limit != "2" || policy != "WhenEmpty" || len(taints) != 1 {
+		t.Errorf("NodePool %v", pool.Object["spec"])
+	}
+	list, _ := dyn.Resource(NodeClaims).List(ctx, metav1.ListOptions{LabelSelector: provision.LabelWorkspace + "=handover"})
+	for _, c := range list.Items {
+		if c.GetDeletionTimestamp() == nil {
+			t.Errorf("tuning NodeClaim %s kept after the handover", c.GetName())
+		}
+	}
+	if err := p.Release(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(NodePools).Get(ctx, PoolName(req.Ref), metav1.GetOptions{}); err == nil {
+		if pool, _ := dyn.Resource(NodePools).Get(ctx, PoolName(req.Ref), metav1.GetOptions{}); pool.GetDeletionTimestamp() == nil {
+			t.Error("NodePool not deleted on release")
+		}
+	}
+}
