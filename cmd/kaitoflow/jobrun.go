@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
@@ -110,7 +111,7 @@ func podReporter(log *slog.Logger) jobrun.Reporter {
 
 func newPullAdapter(g *globals) *cobra.Command {
 	var insecure bool
-	var secret string
+	var secrets []string
 	cmd := &cobra.Command{
 		Use:   "pull-adapter REF DIR",
 		Short: "Pull an adapter image and unpack its data/ files into DIR, verifying every digest (serve's init container)",
@@ -125,8 +126,12 @@ func newPullAdapter(g *globals) *cobra.Command {
 				return fmt.Errorf("adapter reference %q: %w", args[0], err)
 			}
 			ropts := []remote.Option{remote.WithContext(cmd.Context())}
-			if secret != "" {
-				ropts = append(ropts, remote.WithAuthFromKeychain(registryauth.DockerConfigFile(secret)))
+			if len(secrets) > 0 {
+				chains := make([]authn.Keychain, len(secrets))
+				for i, f := range secrets {
+					chains[i] = registryauth.DockerConfigFile(f)
+				}
+				ropts = append(ropts, remote.WithAuthFromKeychain(authn.NewMultiKeychain(chains...)))
 			}
 			n, err := adapter.Pull(ref, args[1], ropts...)
 			if err != nil {
@@ -137,6 +142,6 @@ func newPullAdapter(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&insecure, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
-	cmd.Flags().StringVar(&secret, "pull-secret", "", "dockerconfigjson file with the registry credentials")
+	cmd.Flags().StringArrayVar(&secrets, "pull-secret", nil, "dockerconfigjson file with the registry credentials (repeatable: the first that has the registry's credentials is used)")
 	return cmd
 }

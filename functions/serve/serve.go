@@ -31,6 +31,9 @@ type Adapter struct {
 	Image string `json:"image"`
 	// Strength is Kaito's adapter weight, kept as given ("1.0" for a freshly tuned adapter).
 	Strength string `json:"strength,omitempty"`
+	// PullSecrets are the dockerconfigjson Secrets (in the workspace's namespace) to pull the
+	// image with: the adapter source's imagePullSecrets, or the imagePushSecret it was pushed with.
+	PullSecrets []string `json:"pullSecrets,omitempty"`
 }
 
 // Deployment is what to serve: a workspace generation's base model with its adapters.
@@ -137,7 +140,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			if a.Source == nil {
 				continue // validation refuses this; a hand-made event must not crash the handler
 			}
-			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image}
+			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image, PullSecrets: a.Source.ImagePullSecrets}
 			if a.Strength != nil {
 				ad.Strength = *a.Strength
 			}
@@ -149,7 +152,12 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			return nil, err
 		}
 		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		d.Adapters = []Adapter{{Name: ref.Name, Image: in.Reference, Strength: "1.0"}}
+		ad := Adapter{Name: ref.Name, Image: in.Reference, Strength: "1.0"}
+		if t := in.Workspace.Tuning; t != nil && t.Output != nil && t.Output.ImagePushSecret != "" {
+			// The secret that could push the adapter can pull it.
+			ad.PullSecrets = []string{t.Output.ImagePushSecret}
+		}
+		d.Adapters = []Adapter{ad}
 	default:
 		return nil, nil
 	}

@@ -7,6 +7,7 @@ package knative
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -56,6 +57,8 @@ const (
 	proxyPort   = 5000
 	runtimePort = 8000
 	adapterDir  = "/mnt/adapters"
+	// pullSecretDir holds one directory per registry Secret the adapters are pulled with.
+	pullSecretDir = "/mnt/pull-secrets"
 )
 
 // autoscaling annotations a workspace may override with its own metadata.annotations.
@@ -131,16 +134,34 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	}
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
 	var inits []corev1.Container
+	var secretVols []corev1.Volume
 	if len(d.Adapters) > 0 {
 		var modules []string
 		for _, a := range d.Adapters {
 			name := serve.AdapterName(a.Name)
 			modules = append(modules, name+"="+adapterDir+"/"+name)
-			inits = append(inits, corev1.Container{
+			pull := corev1.Container{
 				Name: "adapter-" + name, Image: o.ProxyImage,
 				Command:      []string{"/ko-app/kaitoflow", "pull-adapter", a.Image, adapterDir + "/" + name},
 				VolumeMounts: []corev1.VolumeMount{{Name: "adapters", MountPath: adapterDir}},
-			})
+			}
+			// pull-adapter pulls the image itself (the kubelet's pull secrets do not reach it): each
+			// of the adapter's secrets is mounted as a docker config file for it. Without one it
+			// pulls anonymously.
+			for _, sec := range a.PullSecrets {
+				// Volume names are DNS labels, Secret names need not be: the volume is numbered.
+				i := slices.IndexFunc(secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec })
+				if i < 0 {
+					i = len(secretVols)
+					secretVols = append(secretVols, corev1.Volume{Name: "pull-secret-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+						SecretName: sec, Items: []corev1.KeyToPath{{Key: corev1.DockerConfigJsonKey, Path: "config.json"}}}}})
+				}
+				vol := secretVols[i].Name
+				dir := pullSecretDir + "/" + vol
+				pull.Command = append(pull.Command, "--pull-secret", dir+"/config.json")
+				pull.VolumeMounts = append(pull.VolumeMounts, corev1.VolumeMount{Name: vol, MountPath: dir, ReadOnly: true})
+			}
+			inits = append(inits, pull)
 		}
 		args = append(append(args, "--lora-modules"), modules...)
 	}
@@ -173,10 +194,10 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 				},
 			},
 		},
-		Volumes: []corev1.Volume{
+		Volumes: append([]corev1.Volume{
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
 			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		},
+		}, secretVols...),
 	}, nil
 }

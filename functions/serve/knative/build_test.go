@@ -81,5 +81,6 @@ func seedDeployment(t testing.TB, namespace string, generation int64) serve.Depl
 	ws, plan := testenv.Seed(t, namespace)
 	ref := events.Ref{Namespace: namespace, Name: ws.Name, Generation: generation}
 	return serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: *ws, Plan: plan,
-		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0"}}}
+		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0",
+			PullSecrets: []string{ws.Tuning.Output.ImagePushSecret}}}}
 }
