@@ -121,7 +121,9 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 			TTLSecondsAfterFinished: &ttl,
 			PodFailurePolicy:        failurePolicy(),
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				// Karpenter must not consolidate or drift a node from under a training run: an
+				// interrupted run starts again from its last checkpoint at best.
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"karpenter.sh/do-not-disrupt": "true"}},
 				Spec: corev1.PodSpec{
 					RestartPolicy:      corev1.RestartPolicyNever,
 					ServiceAccountName: TrainerServiceAccount,
