@@ -240,8 +240,42 @@ func (b *Box) Node(ctx context.Context, n NodeSpec) error {
 	return nil
 }
 
-// Logs returns what the box's processes wrote, for a test's failure message.
-func (b *Box) Logs() string { return b.tails() }
+// Namespace creates a namespace whose pods PodSecurity admission holds to level (baseline,
+// restricted).
+func (b *Box) Namespace(ctx context.Context, name, level string) error {
+	_, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": level}}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// GPUTaints are the taints AKS puts on a kaitoflow GPU pool's nodes.
+func GPUTaints() []corev1.Taint {
+	return []corev1.Taint{{Key: "sku", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}
+}
+
+// Await polls cond until it is done or ctx ends; then the test fails with what it waited for,
+// cond's last description of the state, and the events of namespace ns (an admission refusal or
+// a scheduler's reason shows there).
+func (b *Box) Await(ctx context.Context, t testing.TB, ns, what string, cond func(ctx context.Context) (done bool, state string)) {
+	t.Helper()
+	var last string
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		done, state := cond(ctx)
+		last = state
+		return done, nil
+	})
+	if err == nil {
+		return
+	}
+	evs, _ := b.Client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+	for _, e := range evs.Items {
+		t.Logf("event %s/%s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+	}
+	t.Fatalf("waiting for %s: %v; last seen: %s", what, err, last)
+}
 
 func checkBins(dir string, bins ...string) error {
 	for _, bin := range bins {

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // The box's parts really act: a GPU Job in a namespace enforcing PodSecurity baseline stays
@@ -23,8 +23,7 @@ func TestBoxSchedulesGPUJob(t *testing.T) {
 	defer cancel()
 	const ns = "box"
 	kube := b.Client
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
-		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}}, metav1.CreateOptions{}); err != nil {
+	if err := b.Namespace(ctx, ns, "baseline"); err != nil {
 		t.Fatal(err)
 	}
 	privileged := true
@@ -45,32 +44,31 @@ func TestBoxSchedulesGPUJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pod corev1.Pod
-	poll(ctx, t, "the Job's pod unschedulable", func() bool {
+	b.Await(ctx, t, ns, "the Job's pod unschedulable", func(ctx context.Context) (bool, string) {
 		l, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=tune"})
 		if err != nil || len(l.Items) != 1 {
-			return false
+			return false, fmt.Sprintf("pods: %v", err)
 		}
 		pod = l.Items[0]
 		for _, c := range pod.Status.Conditions {
 			if c.Type == corev1.PodScheduled && c.Reason == corev1.PodReasonUnschedulable {
 				t.Logf("scheduler: %s", c.Message)
-				return true
+				return true, ""
 			}
 		}
-		return false
+		return false, fmt.Sprintf("%+v", pod.Status.Conditions)
 	})
 	// A GPU node the way AKS makes one: the pool's taint, the GPU the device plugin advertises.
-	if err := b.Node(ctx, NodeSpec{Name: "aks-gpu-0", GPUs: 1,
-		Labels: map[string]string{"kubernetes.azure.com/agentpool": "gpu"},
-		Taints: []corev1.Taint{{Key: "sku", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}}); err != nil {
+	if err := b.Node(ctx, NodeSpec{Name: "aks-gpu-0", GPUs: 1, Labels: map[string]string{"kubernetes.azure.com/agentpool": "gpu"}, Taints: GPUTaints()}); err != nil {
 		t.Fatal(err)
 	}
-	poll(ctx, t, "the pod running on the GPU node", func() bool {
+	b.Await(ctx, t, ns, "the pod running on the GPU node", func(ctx context.Context) (bool, string) {
 		p, err := kube.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err == nil {
-			pod = *p
+		if err != nil {
+			return false, err.Error()
 		}
-		return err == nil && p.Spec.NodeName == "aks-gpu-0" && p.Status.Phase == corev1.PodRunning
+		pod = *p
+		return p.Spec.NodeName == "aks-gpu-0" && p.Status.Phase == corev1.PodRunning, string(p.Status.Phase) + " on " + p.Spec.NodeName
 	})
 	// The trainer exits 0: the kubelet reports it, the Job controller completes the Job.
 	pod.Status.Phase = corev1.PodSucceeded
@@ -80,23 +78,16 @@ func TestBoxSchedulesGPUJob(t *testing.T) {
 	if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, &pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll(ctx, t, "the Job complete", func() bool {
+	b.Await(ctx, t, ns, "the Job complete", func(ctx context.Context) (bool, string) {
 		j, err := kube.BatchV1().Jobs(ns).Get(ctx, "tune", metav1.GetOptions{})
 		if err != nil {
-			return false
+			return false, err.Error()
 		}
 		for _, c := range j.Status.Conditions {
 			if c.Type == batchv1.JobComplete && c.Status == corev1.ConditionTrue {
-				return true
+				return true, ""
 			}
 		}
-		return false
+		return false, fmt.Sprintf("%+v", j.Status.Conditions)
 	})
-}
-
-func poll(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
 }

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
@@ -104,16 +105,19 @@ func PoolName(ref events.Ref) string {
 // node class as a template Karpenter launches from when an inference pod is pending, removed again
 // once empty, and limited to the workspace's GPUs. A pure function of the request.
 func (p *Provider) Pool(req provision.Request) *unstructured.Unstructured {
-	claim := p.Claim(req, 0)
-	spec := claim.Object["spec"].(map[string]any)
+	claim := p.Claim(req, 0).Object
+	spec := claim["spec"].(map[string]any)
 	delete(spec, "resources") // a NodePool sizes nodes from the pending pods' requests
+	meta := claim["metadata"].(map[string]any)
+	meta["name"] = PoolName(req.Ref)
 	gpus := int64(max(req.Plan.GPUs, 1)) * int64(req.Workspace.NodeCount())
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "karpenter.sh/v1",
 		"kind":       "NodePool",
-		"metadata":   map[string]any{"name": PoolName(req.Ref), "labels": claim.Object["metadata"].(map[string]any)["labels"], "annotations": claim.GetAnnotations()},
+		"metadata":   meta,
 		"spec": map[string]any{
-			"template":   map[string]any{"metadata": map[string]any{"labels": claim.Object["metadata"].(map[string]any)["labels"]}, "spec": spec},
+			// The nodes it launches carry the workspace's labels, as the NodeClaims' nodes did.
+			"template":   map[string]any{"metadata": map[string]any{"labels": runtime.DeepCopyJSONValue(meta["labels"])}, "spec": spec},
 			"limits":     map[string]any{"nvidia.com/gpu": fmt.Sprint(gpus)},
 			"disruption": map[string]any{"consolidationPolicy": "WhenEmpty", "consolidateAfter": ConsolidateAfter},
 		},

@@ -2,6 +2,7 @@ package knative
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -24,34 +24,23 @@ func TestSeedServicePodRunsInBox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const ns = "serving"
-	kube := b.Client
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
-		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}}, metav1.CreateOptions{}); err != nil {
+	if err := b.Namespace(ctx, ns, "baseline"); err != nil {
 		t.Fatal(err)
 	}
-	d := seedDeployment(t, ns, 1)
-	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := BuildService(d, rt, DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Node(ctx, testenv.NodeSpec{Name: "aks-serving-0", GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"},
-		Taints: []corev1.Taint{{Key: "sku", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}}}); err != nil {
+	svc := seedService(t, ns)
+	if err := b.Node(ctx, testenv.NodeSpec{Name: "aks-serving-0", GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"}, Taints: testenv.GPUTaints()}); err != nil {
 		t.Fatal(err)
 	}
 	tmpl := svc.Spec.Template
 	spec := *tmpl.Spec.PodSpec.DeepCopy()
-	// Knative's defaulting points an HTTP probe without a port at the container's port.
-	for i, c := range spec.Containers {
+	// Knative's defaulting points an HTTP probe without a port at the container's port (the
+	// probes are pointers into the copied spec).
+	for _, c := range spec.Containers {
 		for _, p := range []*corev1.Probe{c.ReadinessProbe, c.StartupProbe, c.LivenessProbe} {
 			if p != nil && p.HTTPGet != nil && p.HTTPGet.Port.IntValue() == 0 && len(c.Ports) > 0 {
 				p.HTTPGet.Port = intstr.FromInt32(c.Ports[0].ContainerPort)
 			}
 		}
-		spec.Containers[i] = c
 	}
 	labels := map[string]string{"serving.knative.dev/revision": svc.Name + "-00001"}
 	one := int32(1)
@@ -59,26 +48,14 @@ func TestSeedServicePodRunsInBox(t *testing.T) {
 		Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: labels},
 		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: tmpl.Annotations}, Spec: spec},
 	}}
-	if _, err := kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+	if _, err := b.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var last string
-	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		d, err := kube.AppsV1().Deployments(ns).Get(ctx, dep.Name, metav1.GetOptions{})
+	b.Await(ctx, t, ns, "the seed's inference pod available", func(ctx context.Context) (bool, string) {
+		d, err := b.Client.AppsV1().Deployments(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 		if err != nil {
-			return false, nil
+			return false, err.Error()
 		}
-		last = ""
-		for _, c := range d.Status.Conditions {
-			last += string(c.Type) + "=" + string(c.Status) + " " + c.Message + "; "
-		}
-		return d.Status.AvailableReplicas == 1, nil
+		return d.Status.AvailableReplicas == 1, fmt.Sprintf("%+v", d.Status.Conditions)
 	})
-	if err != nil {
-		evs, _ := kube.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
-		for _, e := range evs.Items {
-			t.Logf("event %s/%s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
-		}
-		t.Fatalf("the seed's inference pod is not available: %s", last)
-	}
 }

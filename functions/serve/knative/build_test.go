@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
@@ -16,15 +17,7 @@ import (
 
 // The seed's tuned adapter, served on the seed's SKU.
 func TestSeedServiceGolden(t *testing.T) {
-	d := seedDeployment(t, "default", 1)
-	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := BuildService(d, rt, DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := seedService(t, "default")
 	golden.CheckYAML(t, "seed-service.yaml", svc)
 
 	spec := svc.Spec.Template.Spec
@@ -76,6 +69,21 @@ func catalog(t testing.TB) *presets.Catalog {
 
 // seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
 // plan provision made for its tuning run.
+// seedService is the Knative Service serve makes for the seed's tuned adapter in namespace.
+func seedService(t testing.TB, namespace string) *servingv1.Service {
+	t.Helper()
+	d := seedDeployment(t, namespace, 1)
+	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := BuildService(d, rt, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
 func seedDeployment(t testing.TB, namespace string, generation int64) serve.Deployment {
 	t.Helper()
 	ws, plan := testenv.Seed(t, namespace)
