@@ -7,11 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,14 +21,13 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
@@ -36,10 +35,11 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
-// as returns a config that acts as the ServiceAccount sa of deploy/knative: the API server
-// authorizes every request with that account's RBAC, so a verb missing from rbac.yaml fails here.
-func as(sa string) *rest.Config {
-	c := rest.CopyConfig(restCfg)
+// as returns a config for cfg's API server that acts as the ServiceAccount sa of deploy/knative:
+// the API server authorizes every request with that account's RBAC, so a verb missing from
+// rbac.yaml fails here.
+func as(cfg *rest.Config, sa string) *rest.Config {
+	c := rest.CopyConfig(cfg)
 	c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:kaitoflow:" + sa,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kaitoflow", "system:authenticated"}}
 	return c
@@ -67,6 +67,82 @@ func applyRBAC(t *testing.T, objs objects) {
 			t.Fatalf("%s: %v", o, err)
 		}
 	}
+}
+
+// installTrainerAccount copies rbac.yaml's per-namespace objects (the trainer's ServiceAccount
+// and its Role) into ns, as the README tells users to do for every namespace that runs workspaces.
+func installTrainerAccount(t *testing.T, objs objects, ns string) {
+	t.Helper()
+	for _, o := range load(t, "knative") {
+		if o.file == "rbac.yaml" && o.u.GetNamespace() == "default" {
+			u := o.u.DeepCopy()
+			u.SetNamespace(ns)
+			if subjects, ok := u.Object["subjects"].([]any); ok {
+				for _, sub := range subjects {
+					sub.(map[string]any)["namespace"] = ns
+				}
+			}
+			ri, err := objs.of(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ri.Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// finishAsJobRun does what job-run does when the trainer has finished in the pod: it uploads the
+// adapter layer to the output repository (image, rewritten to registry, the stand-in for ACR),
+// then the kubelet reports the trainer container terminated with job-run's summary as its
+// termination message. It returns the repository the layer went to.
+func finishAsJobRun(ctx context.Context, t *testing.T, client kubernetes.Interface, ns, pod, registry, image string) name.Reference {
+	t.Helper()
+	dir := t.TempDir()
+	files := testenv.Adapter(t, dir)
+	layer, err := adapter.Layer(dir, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := adapter.Rewrite(registry, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(target.Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := adapter.Describe(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	summary, _ := json.Marshal(jobrun.Summary{Location: target.Context().String(), Files: files, Layer: &blob, Metrics: map[string]float64{"train_loss": 1.02}})
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		now := metav1.Now()
+		p.Status.Phase = corev1.PodSucceeded
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == corev1.PodReady || p.Status.Conditions[i].Type == corev1.ContainersReady {
+				p.Status.Conditions[i].Status = corev1.ConditionFalse
+			}
+		}
+		for i := range p.Status.ContainerStatuses {
+			cs := &p.Status.ContainerStatuses[i]
+			cs.Ready, cs.State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", FinishedAt: now}}
+			if cs.Name == "trainer" {
+				cs.State.Terminated.Message = string(summary)
+			}
+		}
+		_, err = client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return target
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
@@ -104,41 +180,14 @@ func TestClusterEndToEnd(t *testing.T) {
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range load(t, "knative") {
-		if o.file == "rbac.yaml" && o.u.GetNamespace() == "default" {
-			u := o.u.DeepCopy()
-			u.SetNamespace(ns)
-			if subjects, ok := u.Object["subjects"].([]any); ok {
-				for _, sub := range subjects {
-					sub.(map[string]any)["namespace"] = ns
-				}
-			}
-			ri, err := objs.of(u)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	installTrainerAccount(t, objs, ns)
 
 	// The user's side: a GPU node (byo), the push secret, and the seed's manifest with its
 	// placeholders filled in as the guide asks.
 	if err := (testenv.Kubelet{Client: admin}).Node(ctx, "aks-gpu-e2e-0", map[string]string{"app": "tuning-phi-3"}, true, 1); err != nil {
 		t.Fatal(err)
 	}
-	dockercfg, _ := json.Marshal(map[string]any{"auths": map[string]any{"example.azurecr.io": map[string]string{"username": "00000000-0000-0000-0000-000000000000", "password": "e2e-secret-value"}}})
-	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "acr-push"}, Type: corev1.SecretTypeDockerConfigJson,
-		Data: map[string][]byte{corev1.DockerConfigJsonKey: dockercfg}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	seed, err := os.ReadFile(filepath.Join("..", "examples", "fine-tuning", "kaito_workspace_tuning_phi_3.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	manifest := strings.NewReplacer("ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/phi-3:0.0.1",
-		"ACR_REGISTRY_SECRET_HERE", "acr-push").Replace(string(seed))
+	pushSecret(ctx, t, admin, ns)
 
 	// kaitoflow: every function with its own identity, assembled as `kaitoflow up` assembles it.
 	p, err := embedded.Start(ctx, embedded.Config{
@@ -146,10 +195,10 @@ func TestClusterEndToEnd(t *testing.T) {
 		Functions: assembly.Config{
 			Drivers:    assembly.Drivers{Provider: "byo", Trainer: "job", Deployer: "knative"},
 			Controller: true,
-			Cluster:    func(identity string) (*rest.Config, error) { return as("kaitoflow-" + identity), nil },
+			Cluster:    func(identity string) (*rest.Config, error) { return as(restCfg, "kaitoflow-"+identity), nil },
 			// The push goes to the in-process registry, which needs no credentials; reading the
 			// imagePushSecret as publish's ServiceAccount is what a push to ACR does first.
-			PushKeychain: registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as("kaitoflow-publish"))}.For,
+			PushKeychain: registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(restCfg, "kaitoflow-publish"))}.For,
 		},
 	})
 	if err != nil {
@@ -158,16 +207,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	defer p.Close()
 
 	// kubectl apply -f.
-	cr := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal([]byte(manifest), &cr.Object); err != nil {
-		t.Fatal(err)
-	}
-	cr.SetNamespace(ns)
-	wsClient := adminDyn.Resource(controller.GVR("")).Namespace(ns)
-	if _, err := wsClient.Create(ctx, cr, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	name := cr.GetName()
+	name, wsClient := applySeed(ctx, t, restCfg, ns)
 
 	// tune's Job appears; the Job controller, the scheduler and the kubelet do their part.
 	var job batchv1.Job
@@ -202,33 +242,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	if err := (&jobrun.PodAnnotator{Client: trainer, Namespace: ns, Pod: pod.Name}).Report(ctx, events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.4}); err != nil {
 		t.Fatalf("the trainer's ServiceAccount cannot report progress: %v", err)
 	}
-	// job-run uploads the adapter layer to the output repository, then writes its summary.
-	dir := t.TempDir()
-	files := testenv.Adapter(t, dir)
-	layer, err := adapter.Layer(dir, files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target, err := adapter.Rewrite(p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteLayer(target.Context(), layer); err != nil {
-		t.Fatal(err)
-	}
-	blob, err := adapter.Describe(layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pod, err = admin.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	summary, _ := json.Marshal(jobrun.Summary{Location: target.Context().String(), Files: files, Layer: &blob, Metrics: map[string]float64{"train_loss": 1.02}})
-	pod.Status.Phase = corev1.PodSucceeded
-	pod.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", Message: string(summary)}}
-	if _, err := admin.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	target := finishAsJobRun(ctx, t, admin, ns, pod.Name, p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
 	now := metav1.Now()
 	job.Status = batchv1.JobStatus{StartTime: &now, CompletionTime: &now, Succeeded: 1, Conditions: []batchv1.JobCondition{
 		{Type: batchv1.JobSuccessCriteriaMet, Status: corev1.ConditionTrue, LastTransitionTime: now},

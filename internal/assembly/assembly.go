@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -137,6 +138,9 @@ type Config struct {
 	// AzureCredential signs ARM and ACR requests; nil makes a DefaultAzureCredential when aks or
 	// an ACR push needs one.
 	AzureCredential azcore.TokenCredential
+	// ARMClientOptions configure the aks provider's ARM client; nil in production. A test routes
+	// it to a stand-in for ARM with a fake server transport.
+	ARMClientOptions *arm.ClientOptions
 	// PushKeychain finds the credentials to push a workspace's adapter with. Nil: anonymous to
 	// a stand-in Registry; to the workspace's own registry, the cluster's imagePushSecret and
 	// Entra ID for ACR when there is a cluster, the local Docker login when there is none.
@@ -388,7 +392,7 @@ func (b *builder) provider() (provision.Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	return aks.New(d.AKS, cred, nil, checker, b.log)
+	return aks.New(d.AKS, cred, b.cfg.ARMClientOptions, checker, b.log)
 }
 
 func (b *builder) nodeWatch() error {

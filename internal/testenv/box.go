@@ -195,6 +195,8 @@ type NodeSpec struct {
 	Labels map[string]string
 	Taints []corev1.Taint
 	GPUs   int64
+	// Owners are the node's owner references (Karpenter makes a node its NodeClaim's).
+	Owners []metav1.OwnerReference
 }
 
 // Node registers a kwok node; kwok marks it Ready with the capacity given here.
@@ -211,7 +213,7 @@ func (b *Box) Node(ctx context.Context, n NodeSpec) error {
 		capacity["nvidia.com/gpu"] = *resource.NewQuantity(n.GPUs, resource.DecimalSI)
 	}
 	node := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels, Annotations: map[string]string{KwokAnnotation: "fake"}},
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels, Annotations: map[string]string{KwokAnnotation: "fake"}, OwnerReferences: n.Owners},
 		Spec:       corev1.NodeSpec{Taints: n.Taints},
 		Status:     corev1.NodeStatus{Capacity: capacity, Allocatable: capacity},
 	}
