@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,8 +17,14 @@ import (
 	"time"
 
 	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
@@ -26,9 +35,12 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
+	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -62,31 +74,46 @@ func seedBox(t *testing.T) *testenv.Box {
 // uploaded, the termination message written) is done by the test; the in-process registry stands
 // in for ACR. The inference pod must be placed by the scheduler on a GPU node: before serving
 // capacity was handed over at tuning.completed, it stayed Unschedulable here on aks and karpenter.
+// On aks and karpenter the service then scales to zero (the GPU node goes) and wakes (a node comes
+// back); on aks the serving node is then lost under the replica, which gets a new one.
 func TestSeedInTheBox(t *testing.T) {
 	for _, provider := range []string{"aks", "karpenter", "byo"} {
 		t.Run(provider, func(t *testing.T) { seedInTheBox(t, provider) })
 	}
 }
 
-func seedInTheBox(t *testing.T, provider string) {
-	b := seedBox(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+// boxed is kaitoflow running against a box on one provider: the pipeline with every function as
+// its own ServiceAccount, the controller, and the platform's stand-ins.
+type boxed struct {
+	b    *testenv.Box
+	p    *embedded.Pipeline
+	objs objects
+	arm  *platform.AKS
+	karp *platform.Karpenter
+}
+
+// boxNamespace is where the box tests' workspaces live: PodSecurity baseline, the trainer's
+// ServiceAccount installed, the seed's push secret created.
+const boxNamespace = "tuning"
+
+// startBoxed starts a box, installs rbac.yaml, the workspace namespace and the platform of
+// provider (its stand-ins run until ctx ends; byo gets the user's GPU node), then kaitoflow.
+func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
+	t.Helper()
+	bx := &boxed{b: seedBox(t)}
+	b := bx.b
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	admin := b.Client
-	objs := newObjects(b.Config)
-	applyRBAC(t, objs)
-	const ns = "tuning"
-	if err := b.Namespace(ctx, ns, "baseline"); err != nil {
+	bx.objs = newObjects(b.Config)
+	applyRBAC(t, bx.objs)
+	if err := b.Namespace(ctx, boxNamespace, "baseline"); err != nil {
 		t.Fatal(err)
 	}
-	installTrainerAccount(t, objs, ns)
-	pushSecret(ctx, t, admin, ns)
+	installTrainerAccount(t, bx.objs, boxNamespace)
+	pushSecret(ctx, t, b.Client, boxNamespace)
 
-	// The platform.
 	fns := assembly.Config{
 		Drivers:          assembly.Drivers{Provider: provider, Trainer: "job", Deployer: "knative"},
 		Controller:       true,
@@ -94,19 +121,24 @@ func seedInTheBox(t *testing.T, provider string) {
 		PushKeychain:     registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(b.Config, "kaitoflow-publish"))}.For,
 		CapacityDeadline: 5 * time.Minute,
 	}
-	var arm *platform.AKS
-	var karp *platform.Karpenter
+	// Every AKS cluster has a system pool: without any node the scheduler rejects a pod before
+	// any plugin looks at it ("no nodes available"), and such a pod is only retried after minutes,
+	// which no real cluster shows.
+	if err := b.Node(ctx, testenv.NodeSpec{Name: "aks-system-12345678-vmss000000", Labels: map[string]string{
+		platform.LabelAgentPool: "system", "kubernetes.azure.com/mode": "system"}}); err != nil {
+		t.Fatal(err)
+	}
 	switch provider {
 	case "aks":
-		arm = platform.NewAKS(b)
-		arm.ScaleDownAfter = time.Second
-		go arm.Run(ctx)
+		bx.arm = platform.NewAKS(b)
+		bx.arm.ScaleDownAfter = time.Second
+		go bx.arm.Run(ctx)
 		fns.Drivers.AKS = aks.Config{SubscriptionID: "00000000-0000-0000-0000-000000000000", ResourceGroup: "rg", Cluster: "aks"}
-		fns.ARMClientOptions, fns.AzureCredential = arm.ClientOptions(), &azfake.TokenCredential{}
+		fns.ARMClientOptions, fns.AzureCredential = bx.arm.ClientOptions(), &azfake.TokenCredential{}
 	case "karpenter":
-		karp = platform.NewKarpenter(b)
-		karp.ConsolidateAfter = time.Second
-		go karp.Run(ctx)
+		bx.karp = platform.NewKarpenter(b)
+		bx.karp.ConsolidateAfter = time.Second
+		go bx.karp.Run(ctx)
 		fns.Drivers.NodeClass = "karpenter.azure.com/AKSNodeClass/default"
 	case "byo":
 		// The user's GPU node, labelled as the seed's labelSelector asks, tainted as AKS taints GPU pools.
@@ -120,21 +152,24 @@ func seedInTheBox(t *testing.T, provider string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	t.Cleanup(func() { _ = p.Close() })
+	bx.p = p
+	return bx
+}
+
+func seedInTheBox(t *testing.T, provider string) {
+	// Five minutes: on aks the serving node is lost on purpose, and the pod garbage collector
+	// takes its time (40 s or more) before the replica is replaced.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bx := startBoxed(ctx, t, provider)
+	b, p, objs, arm, admin, ns := bx.b, bx.p, bx.objs, bx.arm, bx.b.Client, boxNamespace
 
 	// kubectl apply -f the seed, its placeholders filled in as the guide asks.
-	name, wsClient := applySeed(ctx, t, b.Config, ns)
+	name, wsClient := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
 
 	// The Job controller makes the tuning pod, the scheduler places it on a GPU node, kwok runs it.
-	var trainer corev1.Pod
-	b.Await(ctx, t, ns, "the tuning pod running on a GPU node", func(ctx context.Context) (bool, string) {
-		l, err := admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
-		if err != nil || len(l.Items) == 0 {
-			return false, fmt.Sprint("no tuning pod yet ", err)
-		}
-		trainer = l.Items[0]
-		return trainer.Status.Phase == corev1.PodRunning, fmt.Sprintf("pod %s %s on %q: %+v", trainer.Name, trainer.Status.Phase, trainer.Spec.NodeName, trainer.Status.Conditions)
-	})
+	trainer := tuningPod(ctx, t, b, ns, name)
 	gpuNode(ctx, t, admin, trainer.Spec.NodeName)
 	t.Logf("tuning pod %s placed on %s", trainer.Name, trainer.Spec.NodeName)
 
@@ -143,21 +178,7 @@ func seedInTheBox(t *testing.T, provider string) {
 
 	// publish pushes, serve creates the Knative Service, the stand-in makes its revision's
 	// Deployment, and the scheduler has to find a GPU node for the inference pod.
-	conds := []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady}
-	b.Await(ctx, t, ns, "WORKSPACEREADY True", func(ctx context.Context) (bool, string) {
-		got, err := wsClient.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		var state []string
-		done := true
-		for _, c := range conds {
-			cond := conditionOf(got, c)
-			done = done && cond["status"] == "True"
-			state = append(state, fmt.Sprintf("%s=%v (%v: %v)", c, cond["status"], cond["reason"], cond["message"]))
-		}
-		return done, strings.Join(state, "; ") + "; pods: " + podStates(ctx, admin, ns)
-	})
+	awaitReady(ctx, t, b, wsClient, ns, name, status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady)
 	server := inferencePod(ctx, t, b, ns, name)
 	gpuNode(ctx, t, admin, server.Spec.NodeName)
 	t.Logf("inference pod %s placed on %s", server.Name, server.Spec.NodeName)
@@ -194,6 +215,26 @@ func seedInTheBox(t *testing.T, provider string) {
 		woken := inferencePod(ctx, t, b, ns, name)
 		gpuNode(ctx, t, admin, woken.Spec.NodeName)
 		t.Logf("woken inference pod %s placed on a new node %s", woken.Name, woken.Spec.NodeName)
+		if provider == "aks" {
+			// The serving node is lost under a running replica (a spot eviction): the pod garbage
+			// collector removes the orphaned pod, the ReplicaSet makes another, and the pool's
+			// autoscaler gives it a new node.
+			if err := admin.CoreV1().Nodes().Delete(ctx, woken.Spec.NodeName, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			b.Await(ctx, t, ns, "a replacement replica on a new node", func(ctx context.Context) (bool, string) {
+				l, err := admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: platform.LabelService + "=" + name})
+				if err != nil {
+					return false, err.Error()
+				}
+				for _, p := range l.Items {
+					if p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != woken.Spec.NodeName && p.DeletionTimestamp == nil {
+						return true, ""
+					}
+				}
+				return false, podStates(ctx, admin, ns)
+			})
+		}
 	}
 
 	// kubectl delete: everything kaitoflow created goes, and every GPU node it asked for with it.
@@ -224,16 +265,21 @@ func pushSecret(ctx context.Context, t *testing.T, c kubernetes.Interface, ns st
 	}
 }
 
-// applySeed is `kubectl apply -f` of the seed's manifest with its placeholders filled in: it
-// returns the workspace's name and a client for Workspaces in ns.
-func applySeed(ctx context.Context, t *testing.T, cfg *rest.Config, ns string) (string, dynamic.ResourceInterface) {
+// seedManifest is the seed's manifest with its placeholders filled in as the guide asks.
+func seedManifest(t *testing.T) string {
 	t.Helper()
 	seed, err := os.ReadFile(filepath.Join("..", "examples", "fine-tuning", "kaito_workspace_tuning_phi_3.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	manifest := strings.NewReplacer("ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/phi-3:0.0.1",
+	return strings.NewReplacer("ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/phi-3:0.0.1",
 		"ACR_REGISTRY_SECRET_HERE", "acr-push").Replace(string(seed))
+}
+
+// applyWorkspace is `kubectl apply -f` of a Workspace manifest into ns: it returns the
+// workspace's name and a client for Workspaces in ns.
+func applyWorkspace(ctx context.Context, t *testing.T, cfg *rest.Config, ns, manifest string) (string, dynamic.ResourceInterface) {
+	t.Helper()
 	cr := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal([]byte(manifest), &cr.Object); err != nil {
 		t.Fatal(err)
@@ -325,4 +371,311 @@ func podStates(ctx context.Context, c kubernetes.Interface, ns string) string {
 		out = append(out, s)
 	}
 	return strings.Join(out, "; ")
+}
+
+// An inference workspace whose adapter lives in a private registry: the Service's pull-adapter
+// init container gets the adapter source's imagePullSecrets, and with them — as the kubelet would
+// mount them — pulls the adapter from a registry that refuses anonymous pulls. The registry is the
+// in-process one behind basic auth (a stand-in for ACR); the init container's code runs in the
+// test, on the volumes a kubelet would have mounted for it (kwok runs no container).
+func TestPrivateAdapterInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bx := startBoxed(ctx, t, "byo")
+	b, ns := bx.b, boxNamespace
+
+	const user, password = "00000000-0000-0000-0000-000000000000", "acr-token"
+	reg := httptest.NewServer(basicAuth(user, password, registry.New(registry.Logger(stdlog.New(io.Discard, "", 0)))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	image := host + "/adapters/phi-3-support:1"
+	dir := t.TempDir()
+	img, err := adapter.BuildImage(dir, testenv.Adapter(t, dir), time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: user, Password: password})); err != nil {
+		t.Fatal(err)
+	}
+	dockercfg, _ := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{"username": user, "password": password}}})
+	if _, err := b.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "adapter-pull"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: dockercfg}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	name, ws := applyWorkspace(ctx, t, b.Config, ns, `apiVersion: kaito.sh/v1alpha1
+kind: Workspace
+metadata:
+  name: workspace-phi-3-support
+resource:
+  instanceType: Standard_NC6s_v3
+  labelSelector:
+    matchLabels:
+      app: tuning-phi-3
+inference:
+  preset:
+    name: phi-3-mini-128k-instruct
+  adapters:
+  - source:
+      name: support
+      image: `+image+`
+      imagePullSecrets: [adapter-pull]
+    strength: "0.8"
+`)
+	awaitReady(ctx, t, b, ws, ns, name, status.CondResourceReady, status.CondInferenceReady, status.CondWorkspaceReady)
+	pod := inferencePod(ctx, t, b, ns, name)
+	gpuNode(ctx, t, b.Client, pod.Spec.NodeName)
+
+	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == "adapter-support" })
+	if i < 0 {
+		t.Fatalf("no pull-adapter init container for the adapter: %+v", pod.Spec.InitContainers)
+	}
+	root := t.TempDir()
+	mountVolumes(ctx, t, b.Client, &pod, pod.Spec.InitContainers[i], root)
+	if n, err := runPullAdapter(root, pod.Spec.InitContainers[i].Command, false); err != nil || n != 2 {
+		t.Fatalf("pull-adapter with the mounted secret: %d file(s), %v", n, err)
+	}
+	// Without the secret the registry refuses: the credentials are what made the pull work.
+	if _, err := runPullAdapter(t.TempDir(), pod.Spec.InitContainers[i].Command, true); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("an anonymous pull was not refused: %v", err)
+	}
+}
+
+// A LoRA workspace from volume to volume: the dataset on one PersistentVolumeClaim, the adapter
+// written to another. The real PersistentVolume controller binds the claims and the scheduler
+// places the tuning pod only once they are bound; publish announces kaitoflow.adapter.stored
+// (nothing to push); serve mounts the adapter's claim read-only and points the model server at it.
+func TestVolumeToVolumeInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bx := startBoxed(ctx, t, "byo")
+	b, ns := bx.b, boxNamespace
+
+	// Two hostPath volumes (a stand-in for Azure Files or a disk: kwok mounts nothing), each
+	// claimed by the workspace's namespace.
+	dirs := map[string]string{"dataset": t.TempDir(), "adapters": t.TempDir()}
+	for _, claim := range []string{"dataset", "adapters"} {
+		size := resource.MustParse("10Gi")
+		empty := ""
+		pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + claim}, Spec: corev1.PersistentVolumeSpec{
+			Capacity: corev1.ResourceList{corev1.ResourceStorage: size}, AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dirs[claim]}},
+			ClaimRef:               &corev1.ObjectReference{Namespace: ns, Name: claim}}}
+		if _, err := b.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: claim}, Spec: corev1.PersistentVolumeClaimSpec{
+			StorageClassName: &empty, AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}}}}
+		if _, err := b.Client.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	name, ws := applyWorkspace(ctx, t, b.Config, ns, `apiVersion: kaito.sh/v1alpha1
+kind: Workspace
+metadata:
+  name: workspace-tuning-volumes
+resource:
+  instanceType: Standard_NC6s_v3
+  labelSelector:
+    matchLabels:
+      app: tuning-phi-3
+tuning:
+  preset:
+    name: phi-3-mini-128k-instruct
+  method: qlora
+  input:
+    volumeSource:
+      persistentVolumeClaim:
+        claimName: dataset
+  output:
+    volumeSource:
+      persistentVolumeClaim:
+        claimName: adapters
+`)
+	trainer := tuningPod(ctx, t, b, ns, name)
+	claims := map[string]bool{}
+	for _, v := range trainer.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			claims[v.PersistentVolumeClaim.ClaimName] = true
+		}
+	}
+	if !claims["dataset"] || !claims["adapters"] {
+		t.Fatalf("the tuning pod does not mount both claims: %+v", trainer.Spec.Volumes)
+	}
+	// The trainer writes the adapter to the output volume; job-run reports it, uploading nothing.
+	files := testenv.Adapter(t, dirs["adapters"])
+	summary, _ := json.Marshal(jobrun.Summary{Location: "/mnt/results", Files: files, Metrics: map[string]float64{"train_loss": 1.1}})
+	trainerSucceeded(ctx, t, b.Client, ns, trainer.Name, string(summary))
+
+	awaitReady(ctx, t, b, ws, ns, name, status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady)
+	pod := inferencePod(ctx, t, b, ns, name)
+	var mount *corev1.VolumeMount
+	var model corev1.Container
+	for _, c := range pod.Spec.Containers {
+		if c.Name == "model" {
+			model = c
+		}
+	}
+	for i, m := range model.VolumeMounts {
+		for _, v := range pod.Spec.Volumes {
+			if v.Name == m.Name && v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == "adapters" && v.PersistentVolumeClaim.ReadOnly {
+				mount = &model.VolumeMounts[i]
+			}
+		}
+	}
+	if mount == nil || !mount.ReadOnly {
+		t.Fatalf("the model server does not mount the adapters claim read-only: %+v / %+v", model.VolumeMounts, pod.Spec.Volumes)
+	}
+	if args := strings.Join(model.Args, " "); !strings.Contains(args, "="+mount.MountPath) {
+		t.Errorf("the model server is not pointed at the adapter on the volume (%s): %s", mount.MountPath, args)
+	}
+	rec, err := bx.p.Store.Get(ctx, ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(rec.Events, func(e status.EventRecord) bool { return e.Type == events.AdapterStored }) {
+		t.Errorf("no %s in the record: %+v", events.AdapterStored, rec.Events)
+	}
+}
+
+// awaitReady waits until the workspace's conditions conds are all True on the custom resource.
+func awaitReady(ctx context.Context, t *testing.T, b *testenv.Box, ws dynamic.ResourceInterface, ns, name string, conds ...string) {
+	t.Helper()
+	b.Await(ctx, t, ns, "every condition True: "+strings.Join(conds, ", "), func(ctx context.Context) (bool, string) {
+		got, err := ws.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var state []string
+		done := true
+		for _, c := range conds {
+			cond := conditionOf(got, c)
+			done = done && cond["status"] == "True"
+			state = append(state, fmt.Sprintf("%s=%v (%v: %v)", c, cond["status"], cond["reason"], cond["message"]))
+		}
+		return done, strings.Join(state, "; ") + "; pods: " + podStates(ctx, b.Client, ns)
+	})
+}
+
+// mountVolumes does the kubelet's part for container c of pod: every Secret volume it mounts is
+// written under root at its mount path, with the volume's items.
+func mountVolumes(ctx context.Context, t *testing.T, c kubernetes.Interface, pod *corev1.Pod, ctr corev1.Container, root string) {
+	t.Helper()
+	for _, m := range ctr.VolumeMounts {
+		i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 {
+			t.Fatalf("mount %s has no volume", m.Name)
+		}
+		src := pod.Spec.Volumes[i].Secret
+		if src == nil {
+			continue
+		}
+		sec, err := c.CoreV1().Secrets(pod.Namespace).Get(ctx, src.SecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the kubelet cannot mount Secret %s: %v", src.SecretName, err)
+		}
+		for _, item := range src.Items {
+			p := filepath.Join(root, m.MountPath, item.Path)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, sec.Data[item.Key], 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// runPullAdapter runs pull-adapter's code as the init container's command asks, its paths under
+// root; anonymous drops the pull secrets.
+func runPullAdapter(root string, command []string, anonymous bool) (int, error) {
+	i := slices.Index(command, "pull-adapter")
+	if i < 0 || len(command) < i+3 {
+		return 0, fmt.Errorf("not a pull-adapter command: %v", command)
+	}
+	fs := pflag.NewFlagSet("pull-adapter", pflag.ContinueOnError)
+	secrets := fs.StringArray("pull-secret", nil, "")
+	fs.Bool("insecure-registry", false, "")
+	if err := fs.Parse(command[i+1:]); err != nil {
+		return 0, err
+	}
+	if fs.NArg() != 2 {
+		return 0, fmt.Errorf("pull-adapter REF DIR: %v", fs.Args())
+	}
+	ref, err := name.ParseReference(fs.Arg(0))
+	if err != nil {
+		return 0, err
+	}
+	var files []string
+	if !anonymous {
+		for _, s := range *secrets {
+			files = append(files, filepath.Join(root, s))
+		}
+	}
+	return adapter.Pull(ref, filepath.Join(root, fs.Arg(1)), remote.WithAuthFromKeychain(registryauth.DockerConfigFiles(files...)))
+}
+
+// basicAuth refuses requests without the user's credentials, as a private registry does.
+func basicAuth(user, password string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// A spot eviction mid-tuning: the GPU node is deleted under the running trainer. The real pod
+// garbage collector marks the orphaned pod DisruptionTarget, the Job controller fails the Job by
+// its pod failure policy, and the workspace fails with NodeLost — not a Job whose replacement pod
+// waits forever for a node that is gone — and the pool is released.
+func TestTuningNodeLostInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bx := startBoxed(ctx, t, "aks")
+	b, ns := bx.b, boxNamespace
+	name, ws := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
+	trainer := tuningPod(ctx, t, b, ns, name)
+	if err := b.Client.CoreV1().Nodes().Delete(ctx, trainer.Spec.NodeName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.Await(ctx, t, ns, "the workspace failed with NodeLost", func(ctx context.Context) (bool, string) {
+		rec, err := bx.p.Store.Get(ctx, ns, name)
+		if err != nil {
+			return false, err.Error()
+		}
+		return rec.Phase == status.Failed && rec.Failure != nil && rec.Failure.Reason == jobs.ReasonNodeLost, fmt.Sprintf("%s %+v; pods: %s", rec.Phase, rec.Failure, podStates(ctx, b.Client, ns))
+	})
+	pool := aks.PoolName(events.Ref{Namespace: ns, Name: name})
+	b.Await(ctx, t, ns, "the agent pool released", func(ctx context.Context) (bool, string) {
+		return slices.Contains(bx.arm.Ops(), "delete "+pool), fmt.Sprint(bx.arm.Ops())
+	})
+	got, err := ws.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("custom resource conditions: %v", got.Object["status"].(map[string]any)["conditions"])
+}
+
+// tuningPod waits for the workspace's tuning pod to run and returns it.
+func tuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	b.Await(ctx, t, ns, "the tuning pod running", func(ctx context.Context) (bool, string) {
+		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
+		if err != nil || len(l.Items) == 0 {
+			return false, fmt.Sprint("no tuning pod yet ", err)
+		}
+		pod = l.Items[0]
+		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
+	})
+	return pod
 }

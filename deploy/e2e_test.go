@@ -117,7 +117,15 @@ func finishAsJobRun(ctx context.Context, t *testing.T, client kubernetes.Interfa
 		t.Fatal(err)
 	}
 	summary, _ := json.Marshal(jobrun.Summary{Location: target.Context().String(), Files: files, Layer: &blob, Metrics: map[string]float64{"train_loss": 1.02}})
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	trainerSucceeded(ctx, t, client, ns, pod, string(summary))
+	return target
+}
+
+// trainerSucceeded is the kubelet's report of a tuning pod whose trainer exited 0 with summary
+// (job-run's) as its termination message.
+func trainerSucceeded(ctx context.Context, t *testing.T, client kubernetes.Interface, ns, pod, summary string) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -133,7 +141,7 @@ func finishAsJobRun(ctx context.Context, t *testing.T, client kubernetes.Interfa
 			cs := &p.Status.ContainerStatuses[i]
 			cs.Ready, cs.State = false, corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", FinishedAt: now}}
 			if cs.Name == "trainer" {
-				cs.State.Terminated.Message = string(summary)
+				cs.State.Terminated.Message = summary
 			}
 		}
 		_, err = client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
@@ -142,7 +150,6 @@ func finishAsJobRun(ctx context.Context, t *testing.T, client kubernetes.Interfa
 	if err != nil {
 		t.Fatal(err)
 	}
-	return target
 }
 
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
@@ -207,7 +214,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	defer p.Close()
 
 	// kubectl apply -f.
-	name, wsClient := applySeed(ctx, t, restCfg, ns)
+	name, wsClient := applyWorkspace(ctx, t, restCfg, ns, seedManifest(t))
 
 	// tune's Job appears; the Job controller, the scheduler and the kubelet do their part.
 	var job batchv1.Job

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Event types. The NATS subject of an event is its type.
@@ -24,9 +25,12 @@ const (
 	TuningProgress     = "kaitoflow.tuning.progress"
 	TuningCompleted    = "kaitoflow.tuning.completed"
 	ImagePushed        = "kaitoflow.image.pushed"
-	InferenceReady     = "kaitoflow.inference.ready"
-	WorkspaceFailed    = "kaitoflow.workspace.failed"
-	WorkspaceDeleted   = "kaitoflow.workspace.deleted"
+	// AdapterStored replaces ImagePushed when tuning.output is a volume: the Job wrote the
+	// adapter there and nothing is pushed.
+	AdapterStored    = "kaitoflow.adapter.stored"
+	InferenceReady   = "kaitoflow.inference.ready"
+	WorkspaceFailed  = "kaitoflow.workspace.failed"
+	WorkspaceDeleted = "kaitoflow.workspace.deleted"
 	// CapacityReleased says a workspace's GPU capacity is given back: after tuning, after a
 	// failure, and always after a deletion (so a finalizer can wait for it).
 	CapacityReleased = "kaitoflow.capacity.released"
@@ -35,7 +39,7 @@ const (
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningCompleted,
-	ImagePushed, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
+	ImagePushed, AdapterStored, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
 }
 
 // Signals are events about the world rather than one workspace's progress: they make functions
@@ -297,6 +301,19 @@ type Blob struct {
 	DiffID    string `json:"diffID"`
 	Size      int64  `json:"size"`
 	MediaType string `json:"mediaType"`
+}
+
+// AdapterStoredData is the payload of kaitoflow.adapter.stored: the volume (as the workspace's
+// tuning.output.volumeSource names it) whose root holds the adapter's files.
+type AdapterStoredData struct {
+	Workspace Workspace            `json:"workspace"`
+	Nodes     []string             `json:"nodes"`
+	Volume    *corev1.VolumeSource `json:"volumeSource"`
+	Files     []AdapterFile        `json:"files"`
+	Metrics   map[string]float64   `json:"metrics,omitempty"`
+	Datasets  []string             `json:"datasets,omitempty"`
+	// Plan is the tuning run's plan (see TuningCompletedData.Plan).
+	Plan *Plan `json:"plan,omitempty"`
 }
 
 // ImagePushedData is the payload of kaitoflow.image.pushed: the adapter image, by digest.

@@ -143,3 +143,29 @@ func (w *Workspace) PresetName() string {
 
 // DefaultNamespace is the namespace of a manifest that names none.
 const DefaultNamespace = "default"
+
+// DescribeVolume names a volume source for people: its kind and, where it has one, the object it
+// refers to ("persistentVolumeClaim adapters").
+func DescribeVolume(v *corev1.VolumeSource) string {
+	switch {
+	case v == nil:
+		return "no volume"
+	case v.PersistentVolumeClaim != nil:
+		return "persistentVolumeClaim " + v.PersistentVolumeClaim.ClaimName
+	case v.AzureFile != nil:
+		return "azureFile " + v.AzureFile.ShareName
+	case v.CSI != nil:
+		return "csi " + v.CSI.Driver
+	case v.HostPath != nil:
+		return "hostPath " + v.HostPath.Path
+	case v.NFS != nil:
+		return "nfs " + v.NFS.Server + ":" + v.NFS.Path
+	case v.ConfigMap != nil:
+		return "configMap " + v.ConfigMap.Name
+	case v.Secret != nil:
+		return "secret " + v.Secret.SecretName
+	case v.EmptyDir != nil:
+		return "emptyDir"
+	}
+	return "volume"
+}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
@@ -125,15 +124,7 @@ func newPullAdapter(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("adapter reference %q: %w", args[0], err)
 			}
-			ropts := []remote.Option{remote.WithContext(cmd.Context())}
-			if len(secrets) > 0 {
-				chains := make([]authn.Keychain, len(secrets))
-				for i, f := range secrets {
-					chains[i] = registryauth.DockerConfigFile(f)
-				}
-				ropts = append(ropts, remote.WithAuthFromKeychain(authn.NewMultiKeychain(chains...)))
-			}
-			n, err := adapter.Pull(ref, args[1], ropts...)
+			n, err := adapter.Pull(ref, args[1], remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(registryauth.DockerConfigFiles(secrets...)))
 			if err != nil {
 				return err
 			}

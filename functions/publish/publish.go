@@ -118,9 +118,16 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		return nil, err
 	}
 	t := d.Workspace.Tuning
+	if t != nil && t.Output != nil && t.Output.Volume != nil {
+		// Output to a volume: the Job wrote the adapter there; there is nothing to push, and the
+		// next step is told where it is instead.
+		f.log.InfoContext(ctx, "adapter stored on the output volume; nothing to push", "files", len(d.Files))
+		return runtime.Emit(events.New("kaitoflow/"+Name, events.AdapterStored, events.AdapterStored, ref, events.AdapterStoredData{
+			Workspace: d.Workspace, Nodes: d.Nodes, Volume: t.Output.Volume, Files: d.Files, Metrics: d.Metrics, Datasets: d.Datasets, Plan: d.Plan,
+		}, &ev))
+	}
 	if t == nil || t.Output == nil || t.Output.Image == "" {
-		// Output to a volume: the Job already wrote the adapter there; there is nothing to push.
-		return nil, events.Permanentf(events.ReasonNotSupported, "tuning.output.volumeSource is not supported by publish yet; use tuning.output.image")
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output: an image or a volumeSource is required")
 	}
 	target, err := f.resolve(t.Output.Image)
 	if err != nil {

@@ -16,7 +16,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
@@ -272,5 +274,42 @@ func TestPushWithTheWorkspaceSecret(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// pushNothing is a Pusher that fails the test if anything is pushed.
+type pushNothing struct{ t *testing.T }
+
+func (p pushNothing) Push(_ context.Context, ref name.Reference, _ v1.Image, _ ...remote.Option) error {
+	p.t.Errorf("pushed %s", ref)
+	return nil
+}
+
+// With tuning.output.volumeSource the Job wrote the adapter to the volume: publish pushes
+// nothing and announces kaitoflow.adapter.stored naming the volume, with the run's files and
+// metrics.
+func TestVolumeOutputIsAnnounced(t *testing.T) {
+	job, dir, files := seedJob(t)
+	job.Workspace.Tuning.Output = &events.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
+	in, err := events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
+		Workspace: job.Workspace, Nodes: []string{"n0"}, Job: "j", Location: dir, Files: files, Metrics: map[string]float64{"eval_loss": 1.3},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := New(pushNothing{t}, nil, nil).Handle(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || out[0].Type() != events.AdapterStored {
+		t.Fatalf("out %v", out)
+	}
+	var d events.AdapterStoredData
+	if err := events.Data(out[0], &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Volume == nil || d.Volume.PersistentVolumeClaim == nil || d.Volume.PersistentVolumeClaim.ClaimName != "adapters" ||
+		len(d.Files) != len(files) || d.Metrics["eval_loss"] != 1.3 || len(d.Nodes) != 1 {
+		t.Errorf("adapter.stored %+v", d)
 	}
 }

@@ -1,5 +1,5 @@
-// Package serve turns kaitoflow.image.pushed (a tuned adapter), or kaitoflow.node.ready for an
-// inference-only workspace, into a running chat endpoint, and the endpoint's readiness into
+// Package serve turns kaitoflow.image.pushed or kaitoflow.adapter.stored (a tuned adapter, in an
+// image or on a volume), or kaitoflow.node.ready for an inference-only workspace, into a running chat endpoint, and the endpoint's readiness into
 // kaitoflow.inference.ready — or kaitoflow.workspace.failed with the revision's reason. Applying
 // the service returns at once; readiness comes from kaitoflow.service.changed (a watch on the
 // Knative Service, or the sim deployer) and kaitoflow.tick, so no step holds a request open while a
@@ -12,6 +12,7 @@ import (
 	"log/slog"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -22,13 +23,15 @@ const Name = "serve"
 
 // Types are the events the function consumes. It reads its own inference.ready and
 // workspace.failed back: once stored, the service is acknowledged and ticks stop looking at it.
-var Types = []string{events.ImagePushed, events.NodeReady, events.ServiceChanged, events.Tick,
+var Types = []string{events.ImagePushed, events.AdapterStored, events.NodeReady, events.ServiceChanged, events.Tick,
 	events.InferenceReady, events.WorkspaceFailed, events.WorkspaceDeleted}
 
-// Adapter is one LoRA adapter to load next to the base model.
+// Adapter is one LoRA adapter to load next to the base model, from an image or from a volume whose
+// root holds its files.
 type Adapter struct {
-	Name  string `json:"name"`
-	Image string `json:"image"`
+	Name   string               `json:"name"`
+	Image  string               `json:"image,omitempty"`
+	Volume *corev1.VolumeSource `json:"volumeSource,omitempty"`
 	// Strength is Kaito's adapter weight, kept as given ("1.0" for a freshly tuned adapter).
 	Strength string `json:"strength,omitempty"`
 	// PullSecrets are the dockerconfigjson Secrets (in the workspace's namespace) to pull the
@@ -140,7 +143,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			if a.Source == nil {
 				continue // validation refuses this; a hand-made event must not crash the handler
 			}
-			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image, PullSecrets: a.Source.ImagePullSecrets}
+			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image, Volume: a.Source.Volume, PullSecrets: a.Source.ImagePullSecrets}
 			if a.Strength != nil {
 				ad.Strength = *a.Strength
 			}
@@ -158,6 +161,16 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			ad.PullSecrets = []string{t.Output.ImagePushSecret}
 		}
 		d.Adapters = []Adapter{ad}
+	case events.AdapterStored:
+		var in events.AdapterStoredData
+		if err := events.Data(ev, &in); err != nil {
+			return nil, err
+		}
+		if in.Volume == nil {
+			return nil, events.Permanentf(events.ReasonBadEvent, "adapter.stored names no volumeSource")
+		}
+		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
+		d.Adapters = []Adapter{{Name: ref.Name, Volume: in.Volume, Strength: "1.0"}}
 	default:
 		return nil, nil
 	}
@@ -211,4 +224,12 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 		out = append(out, evs...)
 	}
 	return out, nil
+}
+
+// Source says where the adapter comes from: its image, or its volume.
+func (a Adapter) Source() string {
+	if a.Volume != nil {
+		return events.DescribeVolume(a.Volume)
+	}
+	return a.Image
 }

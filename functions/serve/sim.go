@@ -159,7 +159,7 @@ func simDescription(d Deployment) string {
 	if len(d.Adapters) > 0 {
 		var imgs []string
 		for _, a := range d.Adapters {
-			imgs = append(imgs, a.Image)
+			imgs = append(imgs, a.Source())
 		}
 		desc += " with adapter " + strings.Join(imgs, ", ")
 	}

@@ -245,7 +245,7 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	if !ok {
 		return nil, nil
 	}
-	st := &Status{Job: r.job, Phase: Running, Node: firstOr(r.job.Nodes, "sim-node"), Started: r.started}
+	st := &Status{Job: r.job, Phase: Running, Node: firstOr(r.job.Nodes, "sim-node"), Started: r.started, Acknowledged: r.acked}
 	if r.progress != nil {
 		p := *r.progress
 		st.Progress = &p

@@ -63,6 +63,9 @@ type Status struct {
 	Reason, Message string
 	// Progress is the trainer's latest report while Running.
 	Progress *events.TuningProgressData
+	// Acknowledged says the run's outcome is stored: nothing seen of it later (its pod collected
+	// with a node that was scaled away) judges it again.
+	Acknowledged bool
 }
 
 // Result is what a finished run produced.
@@ -168,6 +171,11 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	}
 	if st.Job.Ref.Generation < ref.Generation && ref.Generation != 0 {
 		return nil, nil // a watch event about an older run
+	}
+	if st.Acknowledged {
+		// The outcome is stored. A finished run's pod goes when its node does; read again, the
+		// Job would look like a success without a summary — a failure after the fact.
+		return nil, nil
 	}
 	ref = st.Job.Ref
 	var out []cloudevents.Event

@@ -39,6 +39,16 @@ func DockerConfig(b []byte) (authn.Keychain, error) {
 // DockerConfigFile is a keychain over a mounted dockerconfigjson file, read when used.
 func DockerConfigFile(path string) authn.Keychain { return dockerConfigFile(path) }
 
+// DockerConfigFiles is a keychain over several mounted dockerconfigjson files: the first that has
+// credentials for the registry answers; with none (or no files) the pull is anonymous.
+func DockerConfigFiles(paths ...string) authn.Keychain {
+	chains := make([]authn.Keychain, len(paths))
+	for i, p := range paths {
+		chains[i] = dockerConfigFile(p)
+	}
+	return authn.NewMultiKeychain(chains...)
+}
+
 type dockerConfigFile string
 
 func (p dockerConfigFile) Resolve(r authn.Resource) (authn.Authenticator, error) {

@@ -126,6 +126,15 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		w.endStep(StepPublish, at)
 		w.startStep(StepServe, at)
 		w.advance(Deploying)
+	case events.AdapterStored:
+		var d events.AdapterStoredData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		rec.Note = "adapter on " + events.DescribeVolume(d.Volume)
+		w.endStep(StepPublish, at)
+		w.startStep(StepServe, at)
+		w.advance(Deploying)
 	case events.InferenceReady:
 		var d events.InferenceReadyData
 		if err := events.Data(ev, &d); err != nil {

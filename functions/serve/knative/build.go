@@ -57,6 +57,8 @@ const (
 	proxyPort   = 5000
 	runtimePort = 8000
 	adapterDir  = "/mnt/adapters"
+	// adapterVolumeDir holds one mount per adapter served from a volume.
+	adapterVolumeDir = "/mnt/adapter-volumes"
 	// pullSecretDir holds one directory per registry Secret the adapters are pulled with.
 	pullSecretDir = "/mnt/pull-secrets"
 )
@@ -134,11 +136,25 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	}
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
 	var inits []corev1.Container
-	var secretVols []corev1.Volume
+	var secretVols, adapterVols []corev1.Volume
+	var adapterMounts []corev1.VolumeMount
 	if len(d.Adapters) > 0 {
 		var modules []string
-		for _, a := range d.Adapters {
+		for i, a := range d.Adapters {
 			name := serve.AdapterName(a.Name)
+			if a.Volume != nil {
+				// The adapter's files are at the volume's root: the model server mounts it read-only
+				// and loads it from there; nothing is pulled.
+				vol, err := servableVolume(a.Volume)
+				if err != nil {
+					return corev1.PodSpec{}, events.Permanentf(events.ReasonNotSupported, "adapter %s: volumeSource: %v", a.Name, err)
+				}
+				v := corev1.Volume{Name: "adapter-volume-" + strconv.Itoa(i), VolumeSource: *vol}
+				adapterVols = append(adapterVols, v)
+				adapterMounts = append(adapterMounts, corev1.VolumeMount{Name: v.Name, MountPath: adapterVolumeDir + "/" + name, ReadOnly: true})
+				modules = append(modules, name+"="+adapterVolumeDir+"/"+name)
+				continue
+			}
 			modules = append(modules, name+"="+adapterDir+"/"+name)
 			pull := corev1.Container{
 				Name: "adapter-" + name, Image: o.ProxyImage,
@@ -187,17 +203,33 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 				Resources: corev1.ResourceRequirements{
 					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
 				},
-				VolumeMounts: []corev1.VolumeMount{
+				VolumeMounts: append([]corev1.VolumeMount{
 					{Name: "adapters", MountPath: adapterDir, ReadOnly: true},
 					{Name: "shm", MountPath: "/dev/shm"},
 					{Name: "cache", MountPath: "/mnt/cache"},
-				},
+				}, adapterMounts...),
 			},
 		},
 		Volumes: append([]corev1.Volume{
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
 			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-		}, secretVols...),
+		}, slices.Concat(secretVols, adapterVols)...),
 	}, nil
+}
+
+// servableVolume is the adapter volume as a Knative Service may mount it, read-only. Knative
+// Serving admits only these volume types (a persistentVolumeClaim behind its
+// kubernetes.podspec-persistent-volume-claim feature flag, which deploy/knative enables); a
+// hostPath, azureFile or CSI volume has to be reached through a PersistentVolume and its claim.
+func servableVolume(v *corev1.VolumeSource) (*corev1.VolumeSource, error) {
+	out := v.DeepCopy()
+	switch {
+	case out.PersistentVolumeClaim != nil:
+		out.PersistentVolumeClaim.ReadOnly = true
+	case out.ConfigMap != nil, out.Secret != nil, out.Projected != nil:
+	default:
+		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can wrap an Azure Files share, a CSI volume or a disk) or push it as an image", events.DescribeVolume(v))
+	}
+	return out, nil
 }

@@ -58,6 +58,62 @@ func TestUserTemplateIsHonoured(t *testing.T) {
 	}
 }
 
+// An adapter on a volume is mounted read-only into the model server and loaded from there, with no
+// pull; a volume type Knative Serving cannot mount is refused, naming the adapter and the type.
+func TestAdapterFromVolume(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		volume corev1.VolumeSource
+		refuse string
+	}{
+		{"claim", corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}, ""},
+		{"configMap", corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "tiny-adapter"}}}, ""},
+		{"hostPath", corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/data/adapters"}}, "hostPath /data/adapters"},
+		{"azureFile", corev1.VolumeSource{AzureFile: &corev1.AzureFileVolumeSource{SecretName: "s", ShareName: "adapters"}}, "azureFile adapters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := seedDeployment(t, "default", 1)
+			d.Adapters = []serve.Adapter{{Name: "support", Volume: &tc.volume}}
+			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := BuildService(d, rt, DefaultOptions())
+			if tc.refuse != "" {
+				if pe, ok := events.AsPermanent(err); !ok || pe.Reason != events.ReasonNotSupported || !strings.Contains(err.Error(), "adapter support: volumeSource") || !strings.Contains(err.Error(), tc.refuse) {
+					t.Fatalf("want a permanent refusal naming %q, got %v", tc.refuse, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := svc.Spec.Template.Spec
+			if len(spec.InitContainers) != 0 {
+				t.Errorf("an adapter on a volume is pulled: %+v", spec.InitContainers)
+			}
+			model := spec.Containers[1]
+			var mounted bool
+			for _, m := range model.VolumeMounts {
+				for _, v := range spec.Volumes {
+					if v.Name == m.Name && m.MountPath == adapterVolumeDir+"/support" && m.ReadOnly && (v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ReadOnly) {
+						mounted = true
+					}
+				}
+			}
+			if !mounted {
+				t.Errorf("the adapter's volume is not mounted read-only at %s/support: %+v %+v", adapterVolumeDir, model.VolumeMounts, spec.Volumes)
+			}
+			if args := strings.Join(model.Args, " "); !strings.Contains(args, "--lora-modules support="+adapterVolumeDir+"/support") {
+				t.Errorf("model args %s", args)
+			}
+			if tc.volume.PersistentVolumeClaim != nil && tc.volume.PersistentVolumeClaim.ReadOnly {
+				t.Error("the workspace's volume source was modified")
+			}
+		})
+	}
+}
+
 func catalog(t testing.TB) *presets.Catalog {
 	t.Helper()
 	cat, err := presets.Default()
@@ -67,8 +123,6 @@ func catalog(t testing.TB) *presets.Catalog {
 	return cat
 }
 
-// seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
-// plan provision made for its tuning run.
 // seedService is the Knative Service serve makes for the seed's tuned adapter in namespace.
 func seedService(t testing.TB, namespace string) *servingv1.Service {
 	t.Helper()
@@ -84,6 +138,8 @@ func seedService(t testing.TB, namespace string) *servingv1.Service {
 	return svc
 }
 
+// seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
+// plan provision made for its tuning run.
 func seedDeployment(t testing.TB, namespace string, generation int64) serve.Deployment {
 	t.Helper()
 	ws, plan := testenv.Seed(t, namespace)

@@ -286,14 +286,16 @@ func security() (*corev1.PodSecurityContext, *corev1.SecurityContext) {
 		}
 }
 
-// failurePolicy fails the Job at once on the trainer's permanent exit codes and ignores pods
-// taken away with their node (spot eviction, drain): neither is worth, or uses up, a retry.
+// failurePolicy fails the Job at once on the trainer's permanent exit codes, and on a pod taken
+// away with its node (spot eviction, a deleted VM, a drain): the pod is pinned to the nodes
+// provision made ready, so a replacement could never be scheduled and the Job would hang — the
+// attempt ends instead, and tune reports it as NodeLost.
 func failurePolicy() *batchv1.PodFailurePolicy {
 	name := trainerContainer
 	return &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
 		{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
 			ContainerName: &name, Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: permanentExitCodes}},
-		{Action: batchv1.PodFailurePolicyActionIgnore, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
+		{Action: batchv1.PodFailurePolicyActionFailJob, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
 			{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
 	}}
 }

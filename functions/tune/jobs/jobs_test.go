@@ -62,6 +62,8 @@ func TestJobStatus(t *testing.T) {
 	cond := func(typ batchv1.JobConditionType, reason string) batchv1.Job {
 		return batchv1.Job{Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: typ, Status: corev1.ConditionTrue, Reason: reason, Message: "Job was active longer than specified deadline"}}}}
 	}
+	disrupted := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p0"}, Spec: corev1.PodSpec{NodeName: "n0"}, Status: corev1.PodStatus{Phase: corev1.PodFailed,
+		Conditions: []corev1.PodCondition{{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "DeletionByPodGC", Message: "PodGC: node no longer exists"}}}}
 	summary := `{"location":"r.azurecr.io/a","files":[{"path":"adapter_model.safetensors","size":3,"digest":"sha256:abc"}]}`
 	tests := []struct {
 		name       string
@@ -78,6 +80,9 @@ func TestJobStatus(t *testing.T) {
 		{"out of memory", cond(batchv1.JobFailed, "PodFailurePolicy"), []corev1.Pod{terminated("OOMKilled", 137, "")}, tune.Failed, "OOMKilled", "per_device_train_batch_size"},
 		{"bad data", cond(batchv1.JobFailed, "PodFailurePolicy"), []corev1.Pod{terminated("Error", 3, "unrecognised row with columns [instruction]")}, tune.Failed, "TrainerExit3", "unrecognised row"},
 		{"deadline", cond(batchv1.JobFailed, batchv1.JobReasonDeadlineExceeded), []corev1.Pod{running}, tune.Failed, "DeadlineExceeded", "deadline"},
+		{"node lost, pod still there", cond(batchv1.JobFailed, batchv1.JobReasonPodFailurePolicy), []corev1.Pod{disrupted}, tune.Failed, ReasonNodeLost, "pod p0 on node n0: DeletionByPodGC"},
+		{"node lost, pod collected", batchv1.Job{Status: batchv1.JobStatus{Conditions: []batchv1.JobCondition{{Type: batchv1.JobFailed, Status: corev1.ConditionTrue,
+			Reason: batchv1.JobReasonPodFailurePolicy, Message: "Pod t/p0 has condition DisruptionTarget matching FailJob rule at index 1"}}}}, nil, tune.Failed, ReasonNodeLost, "matching FailJob rule"},
 		{"image pull", batchv1.Job{}, []corev1.Pod{{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer",
 			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "pull access denied"}}}}}}}, tune.Failed, "ImagePullError", "pull access denied"},
 	}
@@ -188,6 +193,16 @@ func TestRunLifecycle(t *testing.T) {
 	got, _ := kube.BatchV1().Jobs(ns).Get(ctx, run.Name, metav1.GetOptions{})
 	if got.Annotations[AnnotationAcked] != "true" {
 		t.Error("run not acknowledged")
+	}
+	// Serving scales the node away and the pod garbage collector removes the finished pod: the
+	// Job, read again, has no summary — the stored outcome stands (the box found this failing
+	// Ready workspaces with NoSummary).
+	if err := kube.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	changed := events.Must(events.New("test", events.JobChanged, "job/"+run.Name+"/gone", run.Ref, map[string]string{"job": run.Name}, nil))
+	if out, err := f.Handle(ctx, changed); err != nil || len(out) != 0 {
+		t.Fatalf("a finished run judged again after its pod went: %s %v", typesOf(out), err)
 	}
 	if _, err := f.Handle(ctx, events.Must(events.New("test", events.WorkspaceDeleted, events.WorkspaceDeleted, run.Ref, events.WorkspaceDeletedData{Ref: run.Ref}, nil))); err != nil {
 		t.Fatal(err)

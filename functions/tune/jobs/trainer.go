@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -115,16 +116,27 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 	if err != nil {
 		return nil, fmt.Errorf("list Pods of Job %s: %w", j.Name, err)
 	}
-	return jobStatus(run, &j, pods.Items), nil
+	st := jobStatus(run, &j, pods.Items)
+	st.Acknowledged = j.Annotations[AnnotationAcked] != ""
+	return st, nil
 }
+
+// ReasonNodeLost is the failure reason of a run whose pod was taken away with its node.
+const ReasonNodeLost = "NodeLost"
 
 // jobStatus reads a run's phase from its Job and Pods: a pure function, so each outcome the
 // Job controller and kubelet can report is a table case.
 func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 	st := &tune.Status{Job: run, Phase: tune.Pending}
 	var last *corev1.ContainerStateTerminated
+	var lost string // how a pod was taken away with its node, when one was
 	for i := range pods {
 		p := &pods[i]
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
+				lost = fmt.Sprintf("pod %s on node %s: %s: %s", p.Name, p.Spec.NodeName, c.Reason, c.Message)
+			}
+		}
 		if p.Spec.NodeName != "" && (p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) {
 			st.Node = p.Spec.NodeName
 			if p.Status.StartTime != nil {
@@ -171,6 +183,13 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 		case batchv1.JobFailed:
 			st.Phase = tune.Failed
 			switch {
+			case lost != "" || (c.Reason == batchv1.JobReasonPodFailurePolicy && strings.Contains(c.Message, string(corev1.DisruptionTarget))):
+				// The pod went with its node (PodGC removes it soon after: the Job's own condition
+				// then is all that says so).
+				if lost == "" {
+					lost = c.Message
+				}
+				st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain); the run's progress is gone: "+lost
 			case last != nil && last.Reason == "OOMKilled":
 				st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
 			case c.Reason == batchv1.JobReasonDeadlineExceeded:

@@ -222,19 +222,23 @@ func (a *AKS) autoscale(ctx context.Context) error {
 		}
 		// Scale up: one node per pending pod this pool could hold, up to maxCount.
 		room := int(ptrOr(pr.MaxCount, 0)) - len(have)
+		waiting := false
 		for _, p := range pending {
-			if room <= 0 {
-				break
+			if !t.fits(&p) {
+				continue
 			}
-			if t.fits(&p) {
+			waiting = true
+			if room > 0 {
 				if err := a.addLocked(ctx, name); err != nil {
 					return err
 				}
 				room--
 			}
 		}
-		// Scale down: a node empty for ScaleDownAfter goes, down to minCount.
-		if a.ScaleDownAfter <= 0 {
+		// Scale down: a node empty for ScaleDownAfter goes, down to minCount — never while a pod
+		// that fits waits (it may be the one the new, still empty node is for).
+		if a.ScaleDownAfter <= 0 || waiting {
+			clear(a.idle)
 			continue
 		}
 		count := len(have)
