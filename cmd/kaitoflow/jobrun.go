@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
@@ -109,7 +111,7 @@ func podReporter(log *slog.Logger) jobrun.Reporter {
 }
 
 func newPullAdapter(g *globals) *cobra.Command {
-	var insecure bool
+	var insecure, acrIdentity bool
 	var secrets []string
 	cmd := &cobra.Command{
 		Use:   "pull-adapter REF DIR",
@@ -124,7 +126,16 @@ func newPullAdapter(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("adapter reference %q: %w", args[0], err)
 			}
-			n, err := adapter.Pull(ref, args[1], remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(registryauth.DockerConfigFiles(secrets...)))
+			keychain := registryauth.DockerConfigFiles(secrets...)
+			if acrIdentity {
+				// The workload identity webhook injected the federated token and the client id.
+				cred, err := azidentity.NewWorkloadIdentityCredential(nil)
+				if err != nil {
+					return fmt.Errorf("--acr-identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount annotated with a client id?)", err)
+				}
+				keychain = authn.NewMultiKeychain(keychain, &registryauth.ACR{Credential: cred})
+			}
+			n, err := adapter.Pull(ref, args[1], remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(keychain))
 			if err != nil {
 				return err
 			}
@@ -133,6 +144,7 @@ func newPullAdapter(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&insecure, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
+	cmd.Flags().BoolVar(&acrIdentity, "acr-identity", false, "sign in to Azure Container Registries with the pod's workload identity when no pull secret has the registry's credentials")
 	cmd.Flags().StringArrayVar(&secrets, "pull-secret", nil, "dockerconfigjson file with the registry credentials (repeatable: the first that has the registry's credentials is used)")
 	return cmd
 }

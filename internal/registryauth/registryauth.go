@@ -150,7 +150,7 @@ func (a *ACR) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("acr token exchange with %s: HTTP %s (does the identity have AcrPush on the registry?)", host, resp.Status)
+		return nil, fmt.Errorf("acr token exchange with %s: HTTP %s (does the identity have AcrPull, or AcrPush to push, on the registry?)", host, resp.Status)
 	}
 	var out struct {
 		RefreshToken string `json:"refresh_token"`

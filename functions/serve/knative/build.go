@@ -124,7 +124,7 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 		TypeMeta:   metav1.TypeMeta{APIVersion: "serving.knative.dev/v1", Kind: "Service"},
 		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: labels, Annotations: meta},
 		Spec: servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: servingv1.RevisionTemplateSpec{
-			ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
+			ObjectMeta: metav1.ObjectMeta{Labels: podLabels(labels, spec), Annotations: annotations},
 			Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
 		}}},
 	}, nil
@@ -136,6 +136,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	}
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
 	var inits []corev1.Container
+	var identity bool
 	var secretVols, adapterVols []corev1.Volume
 	var adapterMounts []corev1.VolumeMount
 	if len(d.Adapters) > 0 {
@@ -163,7 +164,12 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			}
 			// pull-adapter pulls the image itself (the kubelet's pull secrets do not reach it): each
 			// of the adapter's secrets is mounted as a docker config file for it. Without one it
-			// pulls anonymously.
+			// signs in to an Azure Container Registry with the pod's workload identity, and pulls
+			// anything else anonymously.
+			if len(a.PullSecrets) == 0 && isACR(a.Image) {
+				pull.Command = append(pull.Command, "--acr-identity")
+				identity = true
+			}
 			for _, sec := range a.PullSecrets {
 				// Volume names are DNS labels, Secret names need not be: the volume is numbered.
 				i := slices.IndexFunc(secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec })
@@ -187,8 +193,13 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
 		PeriodSeconds: 10, FailureThreshold: max(rt.StartupSeconds/10, 1)}
 	shm := resource.MustParse("8Gi")
+	sa := ""
+	if identity {
+		sa = InferenceServiceAccount
+	}
 	return corev1.PodSpec{
-		InitContainers: inits,
+		ServiceAccountName: sa,
+		InitContainers:     inits,
 		Containers: []corev1.Container{
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
@@ -216,6 +227,31 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 		}, slices.Concat(secretVols, adapterVols)...),
 	}, nil
+}
+
+// InferenceServiceAccount is the identity of inference pods that pull an adapter from an Azure
+// Container Registry with workload identity (deploy/knative/rbac.yaml has it per namespace).
+const InferenceServiceAccount = "kaitoflow-inference"
+
+// workloadIdentityLabel makes AKS's workload identity webhook give the pod its ServiceAccount's
+// Entra ID federated token.
+const workloadIdentityLabel = "azure.workload.identity/use"
+
+// isACR reports whether an image is in an Azure Container Registry.
+func isACR(image string) bool {
+	host, _, _ := strings.Cut(image, "/")
+	return strings.HasSuffix(host, ".azurecr.io")
+}
+
+// podLabels are the revision pods' labels: the Service's, and workload identity's when the pod
+// runs as the inference identity.
+func podLabels(labels map[string]string, spec corev1.PodSpec) map[string]string {
+	if spec.ServiceAccountName != InferenceServiceAccount {
+		return labels
+	}
+	out := maps.Clone(labels)
+	out[workloadIdentityLabel] = "true"
+	return out
 }
 
 // servableVolume is the adapter volume as a Knative Service may mount it, read-only. Knative

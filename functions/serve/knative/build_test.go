@@ -1,6 +1,7 @@
 package knative
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,6 +110,42 @@ func TestAdapterFromVolume(t *testing.T) {
 			}
 			if tc.volume.PersistentVolumeClaim != nil && tc.volume.PersistentVolumeClaim.ReadOnly {
 				t.Error("the workspace's volume source was modified")
+			}
+		})
+	}
+}
+
+// An adapter in an Azure Container Registry with no pull secret is pulled with the pod's workload
+// identity: pull-adapter gets --acr-identity, the pod runs as the inference identity and carries
+// workload identity's label. With a secret, or another registry, nothing of that is added.
+func TestAdapterPullIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name, image string
+		secrets     []string
+		identity    bool
+	}{
+		{"acr without a secret", "myacr.azurecr.io/adapters/support:1", nil, true},
+		{"acr with a secret", "myacr.azurecr.io/adapters/support:1", []string{"acr-pull"}, false},
+		{"another registry", "ghcr.io/team/support:1", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := seedDeployment(t, "default", 1)
+			d.Adapters = []serve.Adapter{{Name: "support", Image: tc.image, PullSecrets: tc.secrets}}
+			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := BuildService(d, rt, DefaultOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tmpl := svc.Spec.Template
+			got := slices.Contains(tmpl.Spec.InitContainers[0].Command, "--acr-identity")
+			if got != tc.identity || (tmpl.Spec.ServiceAccountName == InferenceServiceAccount) != tc.identity || (tmpl.Labels[workloadIdentityLabel] == "true") != tc.identity {
+				t.Errorf("identity: flag %v, service account %q, labels %v; want identity %v", got, tmpl.Spec.ServiceAccountName, tmpl.Labels, tc.identity)
+			}
+			if tc.identity && svc.Labels[workloadIdentityLabel] != "" {
+				t.Error("the Service itself carries the pod label")
 			}
 		})
 	}
