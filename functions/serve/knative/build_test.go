@@ -73,13 +73,7 @@ func TestAdapterFromVolume(t *testing.T) {
 		{"azureFile", corev1.VolumeSource{AzureFile: &corev1.AzureFileVolumeSource{SecretName: "s", ShareName: "adapters"}}, "azureFile adapters"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := seedDeployment(t, "default", 1)
-			d.Adapters = []serve.Adapter{{Name: "support", Volume: &tc.volume}}
-			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			svc, err := BuildService(d, rt, DefaultOptions())
+			svc, err := seedServiceWith(t, "default", []serve.Adapter{{Name: "support", Volume: &tc.volume}})
 			if tc.refuse != "" {
 				if pe, ok := events.AsPermanent(err); !ok || pe.Reason != events.ReasonNotSupported || !strings.Contains(err.Error(), "adapter support: volumeSource") || !strings.Contains(err.Error(), tc.refuse) {
 					t.Fatalf("want a permanent refusal naming %q, got %v", tc.refuse, err)
@@ -129,13 +123,7 @@ func TestAdapterPullIdentity(t *testing.T) {
 		{"another registry", "ghcr.io/team/support:1", nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := seedDeployment(t, "default", 1)
-			d.Adapters = []serve.Adapter{{Name: "support", Image: tc.image, PullSecrets: tc.secrets}}
-			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			svc, err := BuildService(d, rt, DefaultOptions())
+			svc, err := seedServiceWith(t, "default", []serve.Adapter{{Name: "support", Image: tc.image, PullSecrets: tc.secrets}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -163,16 +151,25 @@ func catalog(t testing.TB) *presets.Catalog {
 // seedService is the Knative Service serve makes for the seed's tuned adapter in namespace.
 func seedService(t testing.TB, namespace string) *servingv1.Service {
 	t.Helper()
-	d := seedDeployment(t, namespace, 1)
-	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := BuildService(d, rt, DefaultOptions())
+	svc, err := seedServiceWith(t, namespace, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return svc
+}
+
+// seedServiceWith builds the seed's Service with adapters in place of its tuned one (when set).
+func seedServiceWith(t testing.TB, namespace string, adapters []serve.Adapter) (*servingv1.Service, error) {
+	t.Helper()
+	d := seedDeployment(t, namespace, 1)
+	if adapters != nil {
+		d.Adapters = adapters
+	}
+	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return BuildService(d, rt, DefaultOptions())
 }
 
 // seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
