@@ -222,18 +222,7 @@ func seedInTheBox(t *testing.T, provider string) {
 			if err := admin.CoreV1().Nodes().Delete(ctx, woken.Spec.NodeName, metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			b.Await(ctx, t, ns, "a replacement replica on a new node", func(ctx context.Context) (bool, string) {
-				l, err := admin.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: platform.LabelService + "=" + name})
-				if err != nil {
-					return false, err.Error()
-				}
-				for _, p := range l.Items {
-					if p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != woken.Spec.NodeName && p.DeletionTimestamp == nil {
-						return true, ""
-					}
-				}
-				return false, podStates(ctx, admin, ns)
-			})
+			inferencePodOff(ctx, t, b, ns, name, woken.Spec.NodeName)
 		}
 	}
 
@@ -295,14 +284,21 @@ func applyWorkspace(ctx context.Context, t *testing.T, cfg *rest.Config, ns, man
 // inferencePod waits for the workspace's running inference pod (its Knative Service's revision's).
 func inferencePod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string) corev1.Pod {
 	t.Helper()
+	return inferencePodOff(ctx, t, b, ns, name, "")
+}
+
+// inferencePodOff waits for a running inference pod of the workspace on a node other than lost
+// (a replacement for a replica lost with its node; "" takes any node).
+func inferencePodOff(ctx context.Context, t *testing.T, b *testenv.Box, ns, name, lost string) corev1.Pod {
+	t.Helper()
 	var pod corev1.Pod
-	b.Await(ctx, t, ns, "the inference pod running", func(ctx context.Context) (bool, string) {
+	b.Await(ctx, t, ns, "an inference pod running off node "+lost, func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: platform.LabelService + "=" + name})
 		if err != nil {
 			return false, err.Error()
 		}
 		for _, p := range l.Items {
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && p.Spec.NodeName != lost {
 				pod = p
 				return true, ""
 			}

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -155,14 +156,12 @@ func (a *AKS) syncLocked(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	want, lo, hi := 0, 0, 0
+	want := 0
 	if p, ok := a.pools[name]; ok {
 		pr := p.Properties
-		want = int(ptrOr(pr.Count, 0))
-		lo, hi = want, want
-		if ptrOr(pr.EnableAutoScaling, false) {
-			lo, hi = int(ptrOr(pr.MinCount, 0)), int(ptrOr(pr.MaxCount, 0))
-			want = min(max(len(have), lo), hi)
+		want = int(ptr.Deref(pr.Count, 0))
+		if ptr.Deref(pr.EnableAutoScaling, false) {
+			want = min(max(len(have), int(ptr.Deref(pr.MinCount, 0))), int(ptr.Deref(pr.MaxCount, 0)))
 		}
 	}
 	for len(have) > want {
@@ -205,7 +204,7 @@ func (a *AKS) autoscale(ctx context.Context) error {
 	defer a.mu.Unlock()
 	names := make([]string, 0, len(a.pools))
 	for n, p := range a.pools {
-		if ptrOr(p.Properties.EnableAutoScaling, false) {
+		if ptr.Deref(p.Properties.EnableAutoScaling, false) {
 			names = append(names, n)
 		}
 	}
@@ -221,7 +220,7 @@ func (a *AKS) autoscale(ctx context.Context) error {
 			return err
 		}
 		// Scale up: one node per pending pod this pool could hold, up to maxCount.
-		room := int(ptrOr(pr.MaxCount, 0)) - len(have)
+		room := int(ptr.Deref(pr.MaxCount, 0)) - len(have)
 		waiting := false
 		for _, p := range pending {
 			if !t.fits(&p) {
@@ -243,7 +242,7 @@ func (a *AKS) autoscale(ctx context.Context) error {
 		}
 		count := len(have)
 		for _, n := range have {
-			if count <= int(ptrOr(pr.MinCount, 0)) {
+			if count <= int(ptr.Deref(pr.MinCount, 0)) {
 				break
 			}
 			used, err := busy(ctx, a.Box.Client, n.Name)
@@ -281,21 +280,14 @@ func (a *AKS) templateLocked(name string) (template, error) {
 	// The labels AKS itself puts on a GPU pool's nodes, then the pool's own.
 	t := template{labels: map[string]string{LabelAgentPool: name, "agentpool": name, LabelInstanceType: *pr.VMSize, "kubernetes.azure.com/accelerator": "nvidia"}, gpus: gpus}
 	for k, v := range pr.NodeLabels {
-		t.labels[k] = ptrOr(v, "")
+		t.labels[k] = ptr.Deref(v, "")
 	}
 	for _, s := range pr.NodeTaints {
-		taint, err := parseTaint(ptrOr(s, ""))
+		taint, err := parseTaint(ptr.Deref(s, ""))
 		if err != nil {
 			return template{}, err
 		}
 		t.taints = append(t.taints, taint)
 	}
 	return t, nil
-}
-
-func ptrOr[T any](p *T, def T) T {
-	if p == nil {
-		return def
-	}
-	return *p
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/utils/ptr"
 
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -109,7 +110,7 @@ func (k *Karpenter) launch(ctx context.Context) error {
 			continue
 		}
 		t.labels["karpenter.sh/registered"], t.labels["karpenter.sh/initialized"] = "true", "true"
-		owner := metav1.OwnerReference{APIVersion: "karpenter.sh/v1", Kind: "NodeClaim", Name: c.GetName(), UID: c.GetUID(), BlockOwnerDeletion: ptrTo(true)}
+		owner := metav1.OwnerReference{APIVersion: "karpenter.sh/v1", Kind: "NodeClaim", Name: c.GetName(), UID: c.GetUID(), BlockOwnerDeletion: ptr.To(true)}
 		if err := k.Box.Node(ctx, testenv.NodeSpec{Name: c.GetName(), Labels: t.labels, Taints: t.taints, GPUs: t.gpus, Owners: []metav1.OwnerReference{owner}}); err != nil {
 			return err
 		}
@@ -253,5 +254,3 @@ func (k *Karpenter) claimFor(ctx context.Context, pool *unstructured.Unstructure
 	_, err := k.dyn.Resource(karpenter.NodeClaims).Create(ctx, c, metav1.CreateOptions{})
 	return err
 }
-
-func ptrTo[T any](v T) *T { return &v }
