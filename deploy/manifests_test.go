@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -262,17 +264,7 @@ func TestTriggersMatchFunctionTypes(t *testing.T) {
 		}
 	}
 	if len(got) != len(want) {
-		t.Errorf("Triggers for %v, want one per function %v", slices.Sorted(maps(got)), slices.Sorted(maps(want)))
-	}
-}
-
-func maps[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
+		t.Errorf("Triggers for %v, want one per function %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 	}
 }
 
@@ -364,5 +356,21 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	}
 	if err := svc.Validate(knativeContext(t, nil)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "nodeSelector") {
 		t.Errorf("without serving-features Knative should refuse the node selector: %v", err)
+	}
+
+	// An adapter on a volume (adapter.stored) mounts its claim read-only: accepted with the
+	// features, refused without the persistent-volume-claim one.
+	d.Adapters = []serve.Adapter{{Name: ws.Name, Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}}
+	if svc, err = knative.BuildService(d, rt, knative.DefaultOptions()); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetDefaults(with)
+	if err := svc.Validate(with).Filter(apis.ErrorLevel); err != nil {
+		t.Errorf("adapter on a volume, with serving-features: %v", err)
+	}
+	noPVC := maps.Clone(cm.Data)
+	delete(noPVC, "kubernetes.podspec-persistent-volume-claim")
+	if err := svc.Validate(knativeContext(t, noPVC)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "persistentVolumeClaim") {
+		t.Errorf("without the persistent-volume-claim feature Knative should refuse the adapter's claim: %v", err)
 	}
 }
