@@ -134,6 +134,11 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 			errs = append(errs, field.Invalid(meta.Child("namespace"), w.Namespace, msg))
 		}
 	}
+	if c, ok := w.Annotations[AnnotationWeightsCache]; ok {
+		for _, msg := range validation.IsDNS1123Subdomain(c) {
+			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationWeightsCache), c, "not a PersistentVolumeClaim name: "+msg))
+		}
+	}
 	errs = append(errs, w.Resource.validate(field.NewPath("resource"))...)
 
 	switch {
@@ -217,6 +222,11 @@ func (ps *PresetSpec) validate(path *field.Path) field.ErrorList {
 	}
 	if ps.Image != "" {
 		errs = append(errs, validateImageRef(path.Child("presetOptions", "image"), ps.Image)...)
+	}
+	if ps.ModelAccessSecret != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(ps.ModelAccessSecret) {
+			errs = append(errs, field.Invalid(path.Child("presetOptions", "modelAccessSecret"), ps.ModelAccessSecret, "not a Secret name: "+msg))
+		}
 	}
 	return errs
 }

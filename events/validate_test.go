@@ -97,6 +97,8 @@ func TestValidateRefusesBadManifests(t *testing.T) {
 		{"IPv4-mapped IPv6 loopback", "https://example.com/data.parquet", "http://[::ffff:127.0.0.1]/x", "tuning.input.urls[0]", "loopback"},
 		{"CGNAT", "https://example.com/data.parquet", "http://100.64.0.10/x", "tuning.input.urls[0]", "carrier-grade"},
 		{"credentials in URL", "https://example.com/data.parquet", "https://u:p@example.com/x", "tuning.input.urls[0]", "credentials"},
+		{"bad model access secret", "    name: phi-3-mini-128k-instruct\n", "    name: phi-3-mini-128k-instruct\n    presetOptions:\n      modelAccessSecret: HF_Token\n", "tuning.preset.presetOptions.modelAccessSecret", "not a Secret name"},
+		{"bad weights cache", "  name: ws\n", "  name: ws\n  annotations:\n    kaitoflow.io/weights-cache: Weights/Cache\n", "metadata.annotations[kaitoflow.io/weights-cache]", "not a PersistentVolumeClaim name"},
 		{"tuning and inference", "tuning:\n", "inference:\n  preset:\n    name: phi-3-mini-4k-instruct\ntuning:\n", "inference", "cannot both"},
 	}
 	for _, tc := range tests {

@@ -44,10 +44,12 @@ type PresetMeta struct {
 	AccessMode string `json:"accessMode,omitempty"`
 }
 
-// PresetOptions points a private preset at its image.
+// PresetOptions points a private preset at its image, and names the Secret whose HF_TOKEN key
+// downloads a gated or private model's weights (Kaito's modelAccessSecret).
 type PresetOptions struct {
-	Image            string   `json:"image,omitempty"`
-	ImagePullSecrets []string `json:"imagePullSecrets,omitempty"`
+	Image             string   `json:"image,omitempty"`
+	ImagePullSecrets  []string `json:"imagePullSecrets,omitempty"`
+	ModelAccessSecret string   `json:"modelAccessSecret,omitempty"`
 }
 
 // InferenceSpec serves a preset (optionally with adapters) or a user pod template.
@@ -140,6 +142,23 @@ func (w *Workspace) PresetName() string {
 	}
 	return ""
 }
+
+// ModelAccessSecret returns the Secret of the preset the workspace tunes or serves (tuning's
+// first), or "".
+func (w *Workspace) ModelAccessSecret() string {
+	switch {
+	case w.Tuning != nil && w.Tuning.Preset != nil:
+		return w.Tuning.Preset.ModelAccessSecret
+	case w.Inference != nil && w.Inference.Preset != nil:
+		return w.Inference.Preset.ModelAccessSecret
+	}
+	return ""
+}
+
+// AnnotationWeightsCache names a PersistentVolumeClaim in the workspace's namespace that keeps the
+// base model's downloaded weights for the tuning Job and the inference pods, overriding the
+// functions' configured one.
+const AnnotationWeightsCache = "kaitoflow.io/weights-cache"
 
 // DefaultNamespace is the namespace of a manifest that names none.
 const DefaultNamespace = "default"

@@ -95,7 +95,15 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 	if err != nil {
 		return nil, classify(err, "resource.instanceType")
 	}
-	rendered, err := cfg.Apply(tp).Render()
+	applied := cfg.Apply(tp)
+	// Kaito's example configs say local_files_only: true because its preset images carry the
+	// weights; kaitoflow's trainer image carries none, so for a public preset that setting would
+	// only make the run fail. A private preset's image is trusted to carry them.
+	if truthy(applied["ModelConfig"]["local_files_only"]) && t.Preset.Image == "" {
+		applied["ModelConfig"]["local_files_only"] = false
+		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights, so the preset's pinned revision is downloaded")
+	}
+	rendered, err := applied.Render()
 	if err != nil {
 		return nil, err
 	}

@@ -27,17 +27,20 @@ const OutputRoot = "/mnt"
 
 // DefaultTrainingConfig is Kaito's default for method (its lora-params and qlora-params
 // templates: r 8, alpha 8, dropout 0.0, nf4 with double quantization for qlora, results under
-// /mnt), plus what kaitoflow's trainer needs to be explicit about.
+// /mnt), plus what kaitoflow's trainer needs to be explicit about, and two changes: Kaito's images
+// carry the weights (local_files_only: true), kaitoflow's trainer downloads the preset's pinned
+// revision; and 5% of the rows are held out (train_test_split is the share trained on) so every
+// run reports eval_loss.
 func DefaultTrainingConfig(method string) TrainingConfig {
 	c := TrainingConfig{
-		"ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": true, "device_map": "auto"},
+		"ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": false, "device_map": "auto"},
 		"LoraConfig":  {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
 		"TrainingArguments": {
 			"output_dir": OutputRoot + "/results", "ddp_find_unused_parameters": false,
 			"save_strategy": "epoch", "per_device_train_batch_size": 1,
 		},
 		"DataCollator":  {"mlm": true},
-		"DatasetConfig": {"shuffle_dataset": true, "train_test_split": 1},
+		"DatasetConfig": {"shuffle_dataset": true, "train_test_split": 0.95},
 	}
 	if method == "qlora" {
 		c["QuantizationConfig"] = map[string]any{
@@ -142,6 +145,16 @@ func (c TrainingConfig) Validate(method string) field.ErrorList {
 			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "max_seq_length"), v, "must be an integer of at least 16"))
 		}
 	}
+	if v, ok := c["DatasetConfig"]["train_test_split"]; ok {
+		if f, ok := numberValue(v); !ok || f <= 0 || f > 1 {
+			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_test_split"), v, "must be a number above 0 and at most 1 (the share of rows trained on)"))
+		}
+	}
+	if v, ok := c["DatasetConfig"]["train_on_prompt"]; ok {
+		if _, ok := v.(bool); !ok {
+			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_on_prompt"), v, "must be true or false"))
+		}
+	}
 	return errs
 }
 
@@ -200,6 +213,18 @@ func (c TrainingConfig) Render() ([]byte, error) {
 func truthy(v any) bool {
 	b, ok := v.(bool)
 	return ok && b
+}
+
+func numberValue(v any) (float64, bool) {
+	switch n := v.(type) {
+	case int:
+		return float64(n), true
+	case int64:
+		return float64(n), true
+	case float64:
+		return n, true
+	}
+	return 0, false
 }
 
 func intValue(v any) (int, bool) {

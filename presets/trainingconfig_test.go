@@ -36,6 +36,10 @@ func TestTrainingConfigValidation(t *testing.T) {
 		{"zero batch", "lora", "TrainingArguments: {per_device_train_batch_size: 0}", "training_config.TrainingArguments.per_device_train_batch_size"},
 		{"rank too high", "lora", "LoraConfig: {r: 1024}", "training_config.LoraConfig.r"},
 		{"fractional sequence", "lora", "DatasetConfig: {max_seq_length: 10.5}", "training_config.DatasetConfig.max_seq_length"},
+		{"nothing to train on", "lora", "DatasetConfig: {train_test_split: 0}", "training_config.DatasetConfig.train_test_split"},
+		{"split above one", "lora", "DatasetConfig: {train_test_split: 1.5}", "training_config.DatasetConfig.train_test_split"},
+		{"split as text", "lora", "DatasetConfig: {train_test_split: \"0.9\"}", "training_config.DatasetConfig.train_test_split"},
+		{"train_on_prompt as text", "lora", "DatasetConfig: {train_on_prompt: \"yes\"}", "training_config.DatasetConfig.train_on_prompt"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,6 +50,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.WrapperImage, "wrapper-image", jobs.DefaultOptions().WrapperImage, "job trainer: kaitoflow's own image (its binary wraps the trainer)")
 	f.StringVar(&p.d.RuntimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
 	f.StringVar(&p.d.ProxyImage, "proxy-image", knative.DefaultOptions().ProxyImage, "knative deployer: kaitoflow's own image (chat-proxy and pull-adapter)")
+	f.StringVar(&p.d.WeightsCache, "weights-cache", "", "job trainer and knative deployer: a PersistentVolumeClaim in each workspace's namespace that keeps downloaded base models (a workspace's kaitoflow.io/weights-cache annotation overrides it; default: an emptyDir per pod)")
 	// warn for the embedded demo (an offline machine still runs the quickstart), enforce for
 	// functions in a cluster.
 	f.StringVar(&p.preflight, "preflight", preflight, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")

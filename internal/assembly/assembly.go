@@ -93,6 +93,9 @@ type Drivers struct {
 	TrainerImage, WrapperImage string
 	// RuntimeImage and ProxyImage are the knative deployer's images; empty means its defaults.
 	RuntimeImage, ProxyImage string
+	// WeightsCache is the PersistentVolumeClaim the tuning Jobs and the inference pods keep
+	// downloaded base models on (presets.WeightsCache); empty means each pod's own emptyDir.
+	WeightsCache string
 }
 
 // Sim configures the simulated drivers.
@@ -425,6 +428,7 @@ func (b *builder) tune() (runtime.Handler, error) {
 		if d.WrapperImage != "" {
 			o.WrapperImage = d.WrapperImage
 		}
+		o.WeightsCache = d.WeightsCache
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err
@@ -490,6 +494,7 @@ func (b *builder) serve() (runtime.Handler, error) {
 		if d.ProxyImage != "" {
 			o.ProxyImage = d.ProxyImage
 		}
+		o.WeightsCache = d.WeightsCache
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Options are the cluster-wide settings of inference Services.
@@ -32,6 +33,10 @@ type Options struct {
 	Retention string
 	// TimeoutSeconds bounds a request: long generations need more than Knative's default 300.
 	TimeoutSeconds int64
+	// WeightsCache is a PersistentVolumeClaim (in each workspace's namespace) the model server
+	// keeps downloaded weights on, so a pod woken from zero skips the download; a workspace's
+	// kaitoflow.io/weights-cache annotation overrides it (presets.WeightsCache).
+	WeightsCache string
 }
 
 // DefaultOptions are the defaults of Options.
@@ -210,7 +215,10 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			},
 			{
 				Name: "model", Image: o.RuntimeImage, Args: args,
-				Env: []corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+				// The weights go to the cache volume (a claim shared with the tuning Job when one is
+				// configured), with the token of presetOptions.modelAccessSecret for gated models.
+				Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+					presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
 				Resources: corev1.ResourceRequirements{
 					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
 				},
@@ -224,7 +232,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		Volumes: append([]corev1.Volume{
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
-			{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+			{Name: "cache", VolumeSource: presets.WeightsCache(d.Workspace, o.WeightsCache)},
 		}, slices.Concat(secretVols, adapterVols)...),
 	}, nil
 }

@@ -182,3 +182,47 @@ func seedDeployment(t testing.TB, namespace string, generation int64) serve.Depl
 		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0",
 			PullSecrets: []string{ws.Tuning.Output.ImagePushSecret}}}}
 }
+
+// A gated model: the model server reads the token from presetOptions.modelAccessSecret's HF_TOKEN
+// key, and keeps the weights on the configured claim (the workspace's annotation wins over it).
+func TestModelAccessAndWeightsCache(t *testing.T) {
+	for _, tc := range []struct {
+		name, annotation, configured, wantClaim string
+	}{
+		{"no cache", "", "", ""},
+		{"configured claim", "", "weights", "weights"},
+		{"workspace claim wins", "team-weights", "weights", "team-weights"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := seedDeployment(t, "team-a", 1)
+			d.Workspace.Tuning.Preset.ModelAccessSecret = "hf-token"
+			if tc.annotation != "" {
+				d.Workspace.Annotations = map[string]string{events.AnnotationWeightsCache: tc.annotation}
+			}
+			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := DefaultOptions()
+			o.WeightsCache = tc.configured
+			svc, err := BuildService(d, rt, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := svc.Spec.Template.Spec
+			model := spec.Containers[slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "model" })]
+			i := slices.IndexFunc(model.Env, func(e corev1.EnvVar) bool { return e.Name == "HF_TOKEN" })
+			if i < 0 || model.Env[i].ValueFrom == nil || model.Env[i].ValueFrom.SecretKeyRef == nil ||
+				model.Env[i].ValueFrom.SecretKeyRef.Name != "hf-token" || model.Env[i].ValueFrom.SecretKeyRef.Key != presets.ModelAccessSecretKey {
+				t.Errorf("model env %+v", model.Env)
+			}
+			cache := spec.Volumes[slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "cache" })]
+			switch {
+			case tc.wantClaim == "" && cache.EmptyDir == nil:
+				t.Errorf("cache %+v, want an emptyDir", cache.VolumeSource)
+			case tc.wantClaim != "" && (cache.PersistentVolumeClaim == nil || cache.PersistentVolumeClaim.ClaimName != tc.wantClaim):
+				t.Errorf("cache %+v, want claim %s", cache.VolumeSource, tc.wantClaim)
+			}
+		})
+	}
+}

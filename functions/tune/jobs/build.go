@@ -6,6 +6,8 @@ package jobs
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -36,9 +38,24 @@ const (
 // TrainerServiceAccount runs tuning pods; it may patch its own Pod (progress) and nothing else.
 const TrainerServiceAccount = "kaitoflow-trainer"
 
-// Exit codes of the trainer (presets/trainer) the Job must not retry: bad configuration, bad
-// data, out of GPU memory with these settings.
-var permanentExitCodes = []int32{2, 3, 4}
+// Exit codes of the trainer (presets/trainer) the Job must not retry, and the reasons a failed
+// run reports for them: bad configuration, bad data, out of GPU memory with these settings, and
+// weights the Hugging Face Hub refused (a transient download failure exits 1, which is retried).
+var exitReasons = map[int32]string{
+	2: "InvalidTrainingConfig",
+	3: "InvalidDataset",
+	4: "GPUOutOfMemory",
+	5: ReasonModelDownloadFailed,
+}
+
+// ReasonModelDownloadFailed: the base model's weights could not be downloaded; the message has the
+// HTTP status and, for 401 and 403, the Secret the token came from.
+const ReasonModelDownloadFailed = "ModelDownloadFailed"
+
+// permanentExitCodes are exitReasons' codes, in order.
+func permanentExitCodes() []int32 {
+	return slices.Sorted(maps.Keys(exitReasons))
+}
 
 // Container paths.
 const (
@@ -62,6 +79,11 @@ type Options struct {
 	TTLAfterFinished time.Duration
 	// ShmSize is the memory-backed /dev/shm PyTorch's data loader workers share.
 	ShmSize resource.Quantity
+	// WeightsCache is a PersistentVolumeClaim (in each workspace's namespace) that keeps the
+	// downloaded base models, so a retried run and the next generation skip the download; a
+	// workspace's kaitoflow.io/weights-cache annotation overrides it. Without one the cache is an
+	// emptyDir on the node's disk, which lives as long as the pod.
+	WeightsCache string
 }
 
 // DefaultOptions are the defaults of Options.
@@ -103,9 +125,13 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir}
 	p.inputs(t.Input)
 	p.outputs(t.Output)
-	p.scratch(job.Name, o.ShmSize)
+	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
 	trainer := []string{"python", "-m", "kaitoflow_trainer.train", "--method", t.Method, "--model", job.Plan.Model,
 		"--revision", job.Plan.Revision, "--config", configDir + "/" + presets.TrainingConfigKey, "--input-dir", dataDir}
+	if job.Plan.GPUs > 1 {
+		// One training process per GPU (data parallel), each holding the model on its own device.
+		trainer = append(trainer, "--processes", strconv.Itoa(job.Plan.GPUs))
+	}
 	command := append(append(p.args, "--"), trainer...)
 
 	gpus := resource.MustParse(strconv.Itoa(max(job.Plan.GPUs, 1)))
@@ -138,12 +164,12 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 					}},
 					Containers: []corev1.Container{{
 						Name: trainerContainer, Image: o.TrainerImage, Command: command,
-						Env: []corev1.EnvVar{
+						Env: append([]corev1.EnvVar{
 							{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"},
 							// job-run reports progress on its own Pod.
 							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-						},
+						}, presets.ModelAccessEnv(job.Ref.Namespace, job.Workspace.ModelAccessSecret())...),
 						Resources: corev1.ResourceRequirements{
 							Limits:   corev1.ResourceList{"nvidia.com/gpu": gpus},
 							Requests: corev1.ResourceList{"nvidia.com/gpu": gpus},
@@ -231,11 +257,11 @@ func (p *podParts) outputs(out *events.DataDestination) {
 
 // scratch: kaitoflow's own binary (the init container copies it in), the run's ConfigMap, a
 // memory-backed /dev/shm for PyTorch's data loader workers, and the Hugging Face cache.
-func (p *podParts) scratch(configMap string, shm resource.Quantity) {
+func (p *podParts) scratch(configMap string, shm resource.Quantity, cache corev1.VolumeSource) {
 	p.volume("kaitoflow", emptyDir(), binDir, true)
 	p.volume("config", corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: configMap}}}, configDir, true)
 	p.volume("shm", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}, "/dev/shm", false)
-	p.volume("cache", emptyDir(), cacheDir, false)
+	p.volume("cache", cache, cacheDir, false)
 }
 
 // pullSecrets are the preset's and the data image's pull secrets, each once, in order.
@@ -294,7 +320,7 @@ func failurePolicy() *batchv1.PodFailurePolicy {
 	name := trainerContainer
 	return &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{
 		{Action: batchv1.PodFailurePolicyActionFailJob, OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
-			ContainerName: &name, Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: permanentExitCodes}},
+			ContainerName: &name, Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: permanentExitCodes()}},
 		{Action: batchv1.PodFailurePolicyActionFailJob, OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{
 			{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}}},
 	}}

@@ -61,6 +61,12 @@ func TestJobGoldenBranches(t *testing.T) {
 		// An output image without a push secret (ACR with the node's or workload identity): no
 		// Secret volume naming nothing.
 		{"job-output-image-no-secret.yaml", func(ws *events.Workspace) { ws.Tuning.Output.ImagePushSecret = "" }},
+		// A gated model: the token from presetOptions.modelAccessSecret's HF_TOKEN key and the
+		// Secret's name for the trainer's message; the weights cached on the workspace's claim.
+		{"job-model-access.yaml", func(ws *events.Workspace) {
+			ws.Tuning.Preset.ModelAccessSecret = "hf-token"
+			ws.Annotations = map[string]string{events.AnnotationWeightsCache: "model-weights"}
+		}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			checkJobGolden(t, tc.golden, func(t *testing.T) (*events.Workspace, *events.Plan) {
@@ -70,6 +76,15 @@ func TestJobGoldenBranches(t *testing.T) {
 			})
 		})
 	}
+
+	// A node with several GPUs: one training process per GPU.
+	t.Run("job-multi-gpu.yaml", func(t *testing.T) {
+		checkJobGolden(t, "job-multi-gpu.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+			ws, plan := seed(t)
+			plan.GPUs, plan.InstanceType = 4, "Standard_NC96ads_A100_v4"
+			return ws, plan
+		})
+	})
 
 	// tuning.config: the user's ConfigMap merged into the plan's training config, which the run's
 	// own ConfigMap carries to the trainer.

@@ -195,7 +195,10 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 			case c.Reason == batchv1.JobReasonDeadlineExceeded:
 				st.Reason, st.Message = "DeadlineExceeded", c.Message
 			case last != nil && last.ExitCode != 0:
-				st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
+				st.Reason = exitReasons[last.ExitCode]
+				if st.Reason == "" {
+					st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
+				}
 				st.Message = last.Message
 				if st.Message == "" {
 					st.Message = fmt.Sprintf("the trainer exited with code %d", last.ExitCode)

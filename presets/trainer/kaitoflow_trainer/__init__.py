@@ -6,16 +6,19 @@ preset with LoRA or QLoRA (transformers + peft, bitsandbytes for QLoRA only), an
 a non-zero exit code and a one-line reason, also written to the Kubernetes termination log, so the
 Job fails instead of hanging on a GPU.
 
-The modules config, data and chat need only the standard library and are unit-tested without any
-ML package; train imports torch, transformers and peft when it runs.
+The modules config, data, chat, tokens and weights need only the standard library and are
+unit-tested without any ML package; weights imports huggingface_hub only to download, and train
+imports torch, transformers and peft when it runs.
 """
 
 # Exit codes the Job's podFailurePolicy matches: configuration and data errors are permanent
-# (retrying cannot help); OOM is permanent for the same settings; anything else may be retried.
+# (retrying cannot help); OOM is permanent for the same settings; so is a model the Hub refuses
+# (401, 403, 404) or that local_files_only keeps from being downloaded; anything else may be retried.
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_OOM = 4
+EXIT_MODEL = 5
 
 
 class TrainerError(Exception):
@@ -30,3 +33,16 @@ class ConfigError(TrainerError):
 
 class DataError(TrainerError):
     exit_code = EXIT_DATA
+
+
+class ModelDownloadError(TrainerError):
+    """The base model's weights could not be had. Its message starts with the reason
+    ModelDownloadFailed; a transient failure (the Hub down, the network) exits EXIT_FAILED so the
+    Job retries, and the retry reuses what the cache already holds."""
+
+    exit_code = EXIT_MODEL
+
+    def __init__(self, message, permanent=True):
+        super().__init__("ModelDownloadFailed: " + message)
+        if not permanent:
+            self.exit_code = EXIT_FAILED

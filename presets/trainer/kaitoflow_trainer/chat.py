@@ -1,26 +1,60 @@
-"""Turning examples into training text with the model's chat template."""
+"""Turning examples into training text with the model's chat template, and finding the assistant's
+turns in it so the loss can leave the prompt out."""
 
 from .data import to_messages
 
 # Used only when a tokenizer has no chat template: Phi-3's turn markers, which are plain text to
 # any other tokenizer and keep roles unambiguous.
 _FALLBACK_TURN = "<|%s|>\n%s<|end|>\n"
+_FALLBACK_PROMPT = "<|assistant|>\n"
 
 
-def fallback_template(messages):
-    return "".join(_FALLBACK_TURN % (m["role"], m["content"]) for m in messages)
+def fallback_template(messages, add_generation_prompt=False):
+    text = "".join(_FALLBACK_TURN % (m["role"], m["content"]) for m in messages)
+    return text + _FALLBACK_PROMPT if add_generation_prompt else text
 
 
-def render(messages, tokenizer=None):
+def has_template(tokenizer):
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def render(messages, tokenizer=None, add_generation_prompt=False):
     """The conversation as the model expects to read it."""
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-    return fallback_template(messages)
+    if has_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return fallback_template(messages, add_generation_prompt)
 
 
-def example_text(row, shape, tokenizer=None, dataset_cfg=None):
-    """The training text of one row."""
+def assistant_spans(messages, render_fn):
+    """(text, spans): the rendered conversation and the [start, end) character spans of its assistant
+    turns. A turn starts where the rendering of the messages before it, with the generation prompt,
+    ends (so the role header stays prompt) and ends where the rendering through it ends (so its
+    end-of-turn marker is learnt, and the model learns to stop). spans is None when a template does
+    not render prefixes of the whole (some rewrite earlier turns, some refuse a partial conversation),
+    and the caller trains on all of it."""
+    text = render_fn(messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        try:
+            # Some templates index messages[0], so an empty conversation is not rendered.
+            before = render_fn(messages[:i], True) if i else ""
+            through = render_fn(messages[: i + 1], False)
+        except Exception:  # the template's own refusal, whatever its type
+            return text, None
+        if not (text.startswith(through) and through.startswith(before)):
+            return text, None
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def conversation(row, shape, tokenizer=None, dataset_cfg=None):
+    """(text, spans, templated) of one row: its training text; the character spans of the assistant's
+    turns, None for plain text (no prompt to leave out); and whether the model's chat template wrote
+    the text, in which case it already has the special tokens the model expects."""
     messages = to_messages(row, shape, dataset_cfg)
     if messages is None:
-        return row["text"]
-    return render(messages, tokenizer)
+        return row["text"], None, False
+    text, spans = assistant_spans(messages, lambda msgs, gen: render(msgs, tokenizer, gen))
+    return text, spans, has_template(tokenizer)

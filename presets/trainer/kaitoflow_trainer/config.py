@@ -8,6 +8,7 @@ the two in step.
 
 import copy
 import json
+import os
 import posixpath
 import sys
 
@@ -23,12 +24,17 @@ SECTIONS = (
 )
 
 OUTPUT_ROOT = "/mnt"
+# A run outside a pod (tests, a developer's machine) may write under another root; the Job never
+# sets this, and the defaults keep OUTPUT_ROOT.
+OUTPUT_ROOT_ENV = "KAITOFLOW_OUTPUT_ROOT"
 
 
 def defaults(method):
-    """Kaito's defaults for method ("lora" or "qlora")."""
+    """Kaito's defaults for method ("lora" or "qlora"), except two that kaitoflow changes:
+    local_files_only is false because its trainer image carries no weights (it downloads the preset's
+    pinned revision), and train_test_split holds 5% of the rows out to measure eval_loss."""
     cfg = {
-        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": True, "device_map": "auto"},
+        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": False, "device_map": "auto"},
         "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
         "TrainingArguments": {
             "output_dir": OUTPUT_ROOT + "/results",
@@ -37,7 +43,7 @@ def defaults(method):
             "per_device_train_batch_size": 1,
         },
         "DataCollator": {"mlm": True},
-        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 0.95},
     }
     if method == "qlora":
         cfg["QuantizationConfig"] = {
@@ -90,6 +96,11 @@ def _positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _fraction(value):
+    """A number in (0, 1]: Kaito's train_test_split, the share of rows trained on."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+
+
 def validate(cfg, method):
     """Return every problem as "field.path: reason"; an empty list means valid."""
     problems = []
@@ -111,14 +122,15 @@ def validate(cfg, method):
 
     args = cfg.get("TrainingArguments", {})
     out = args.get("output_dir")
+    root = posixpath.normpath(os.environ.get(OUTPUT_ROOT_ENV) or OUTPUT_ROOT)
     if not isinstance(out, str) or not out:
-        problems.append("training_config.TrainingArguments.output_dir: required, under " + OUTPUT_ROOT)
+        problems.append("training_config.TrainingArguments.output_dir: required, under " + root)
     else:
         clean = posixpath.normpath(out)
-        if not clean.startswith("/") or (clean != OUTPUT_ROOT and not clean.startswith(OUTPUT_ROOT + "/")):
+        if not clean.startswith("/") or (clean != root and not clean.startswith(root + "/")):
             problems.append(
                 "training_config.TrainingArguments.output_dir: %r must be under %s, where the Job mounts its output volume"
-                % (out, OUTPUT_ROOT)
+                % (out, root)
             )
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if key in args and not _positive_int(args[key]):
@@ -126,9 +138,17 @@ def validate(cfg, method):
     r = cfg.get("LoraConfig", {}).get("r")
     if r is not None and not (_positive_int(r) and r <= 256):
         problems.append("training_config.LoraConfig.r: %r must be an integer from 1 to 256" % (r,))
-    seq = cfg.get("DatasetConfig", {}).get("max_seq_length")
+    dataset = cfg.get("DatasetConfig", {})
+    d = "training_config.DatasetConfig."
+    seq = dataset.get("max_seq_length")
     if seq is not None and not (_positive_int(seq) and seq >= 16):
-        problems.append("training_config.DatasetConfig.max_seq_length: %r must be an integer of at least 16" % (seq,))
+        problems.append(d + "max_seq_length: %r must be an integer of at least 16" % (seq,))
+    split = dataset.get("train_test_split")
+    if split is not None and not _fraction(split):
+        problems.append(d + "train_test_split: %r must be a number above 0 and at most 1 (the share of rows trained on)" % (split,))
+    whole = dataset.get("train_on_prompt")
+    if whole is not None and not isinstance(whole, bool):
+        problems.append(d + "train_on_prompt: %r must be true or false" % (whole,))
     return problems
 
 

@@ -9,7 +9,9 @@ Accepted shapes, decided from the first row:
 
 import csv
 import json
+import math
 import os
+import random
 
 from . import DataError
 
@@ -137,3 +139,16 @@ def load_examples(input_dir, dataset_cfg=None):
     if not rows:
         raise DataError("the dataset under %s has no rows" % input_dir)
     return shape, rows
+
+
+def split_rows(rows, train_fraction, seed):
+    """(train, held_out): Kaito's train_test_split is the share of rows trained on; the rest, drawn
+    with seed so a retry holds out the same rows, measure eval_loss. Below 1, at least one row is
+    held out and one kept whenever there are two."""
+    n = len(rows)
+    if train_fraction >= 1 or n < 2:
+        return list(rows), []
+    # round() first: 1 - 0.95 is 0.050000000000000044, and 20 rows must hold out 1, not 2.
+    n_eval = min(n - 1, max(1, math.ceil(round(n * (1 - train_fraction), 9))))
+    held = set(random.Random(seed).sample(range(n), n_eval))
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]

@@ -2,9 +2,16 @@
 
     --config     training_config.yaml (the ConfigMap kaitoflow renders; default /mnt/config/training_config.yaml)
     --method     lora | qlora
-    --model      a local model directory or a Hugging Face id (the preset's, at its revision)
-    --revision   the Hugging Face revision to load
+    --model      a local model directory, or a Hugging Face repository id (the preset's)
+    --revision   the revision of the repository to download (the preset's pinned commit)
     --input-dir  where the dataset files are (default /mnt/data)
+    --cache-dir  where downloaded snapshots are kept (default $HF_HUB_CACHE, else $HF_HOME/hub,
+                 else /mnt/cache/hub)
+    --processes  training processes, one per GPU (data parallel; launch.py); default 1
+
+Environment: HF_TOKEN, the token for gated or private models; KAITOFLOW_MODEL_ACCESS_SECRET, the
+Secret it came from (namespace/name), named when the Hub refuses it; KAITOFLOW_TERMINATION_LOG,
+where the failure reason goes outside a pod (default /dev/termination-log).
 
 The adapter (adapter_config.json, adapter_model.safetensors) and metrics.json are written to
 TrainingArguments.output_dir.
@@ -12,15 +19,27 @@ TrainingArguments.output_dir.
 
 import argparse
 import json
+import math
 import os
 import random
+import re
 import sys
 import time
 
-from . import EXIT_FAILED, EXIT_OOM, ConfigError, TrainerError, chat, config, data
+from . import EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, launch, tokens, weights
 
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
 PROGRESS_PREFIX = "KAITOFLOW_PROGRESS "
+
+
+def distributed():
+    """Whether this process is one of several training processes (launch.py started it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def main_process():
+    """Whether this process reports: the only one, or rank 0 of several."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _dtype(torch, name):
@@ -28,6 +47,33 @@ def _dtype(torch, name):
     if name not in table:
         raise ConfigError("torch dtype %r: want bfloat16, float16, float32 or auto" % (name,))
     return table[name]
+
+
+def dtype_argument(version):
+    """from_pretrained's keyword for the weights' dtype: transformers 4.56 renamed torch_dtype to
+    dtype, and 5.x no longer promises the old name."""
+    major, minor = (int(n) for n in re.findall(r"\d+", version)[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def perplexity(loss):
+    """exp(loss), the eval perplexity; inf when that overflows a float."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def json_safe(value):
+    """value with every NaN or infinity made null: Go's encoding/json, which job-run reads
+    metrics.json with, refuses the whole file over a single one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class _Examples:
@@ -43,119 +89,213 @@ class _Examples:
         return self.items[i]
 
 
-def train(args):
-    with open(args.config, encoding="utf-8") as f:
-        cfg = config.load(f.read(), args.method)
+def _rows(cfg, input_dir):
+    """(shape, train_rows, eval_rows): the dataset, split and shuffled as DatasetConfig says."""
     dataset_cfg = cfg.get("DatasetConfig", {})
-    shape, rows = data.load_examples(args.input_dir, dataset_cfg)
-    print("kaitoflow-trainer: %d rows of shape %s" % (len(rows), shape), flush=True)
+    shape, rows = data.load_examples(input_dir, dataset_cfg)
+    seed = dataset_cfg.get("shuffle_seed", 42)
+    train_rows, eval_rows = data.split_rows(rows, dataset_cfg.get("train_test_split", 1), seed)
+    if dataset_cfg.get("shuffle_dataset", True):
+        random.Random(seed).shuffle(train_rows)
+    print("kaitoflow-trainer: %d rows of shape %s: %d to train on, %d held out"
+          % (len(rows), shape, len(train_rows), len(eval_rows)), flush=True)
+    return shape, train_rows, eval_rows
 
-    import peft
-    import torch
-    import transformers
 
+def _encode(rows, shape, tok, dataset_cfg, name):
+    max_len = int(dataset_cfg.get("max_seq_length", 2048))
+    examples, counts = tokens.encode_rows(rows, shape, tok, dataset_cfg, max_len)
+    if counts["whole_text"]:
+        print("kaitoflow-trainer: %s: %d conversations trained on whole: the chat template does not render "
+              "their turns one after another, or the tokenizer gives no character offsets" % (name, counts["whole_text"]), flush=True)
+    if counts["nothing_to_learn"]:
+        print("kaitoflow-trainer: %s: %d rows dropped: no assistant token within max_seq_length %d"
+              % (name, counts["nothing_to_learn"], max_len), flush=True)
+    return _Examples(examples)
+
+
+def _load_model(path, cfg, torch, transformers, peft):
+    """The base model from the local snapshot, quantized for qlora, with LoRA adapters attached."""
     model_cfg = dict(cfg.get("ModelConfig", {}))
+    for key in ("local_files_only", "chat_template"):  # the trainer's to act on, not from_pretrained's
+        model_cfg.pop(key, None)
     dtype = _dtype(torch, model_cfg.pop("torch_dtype", "bfloat16"))
-    model_cfg.pop("chat_template", None)
-    load = {"revision": args.revision} if args.revision else {}
-    tok = transformers.AutoTokenizer.from_pretrained(
-        args.model,
-        local_files_only=model_cfg.get("local_files_only", False),
-        trust_remote_code=model_cfg.get("trust_remote_code", False),
-        **load,
-    )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-
+    model_cfg[dtype_argument(transformers.__version__)] = dtype
     quant = None
     if cfg.get("QuantizationConfig"):
         q = dict(cfg["QuantizationConfig"])
         if "bnb_4bit_compute_dtype" in q:
             q["bnb_4bit_compute_dtype"] = _dtype(torch, q["bnb_4bit_compute_dtype"])
-        quant = transformers.BitsAndBytesConfig(**q)
+        try:
+            quant = transformers.BitsAndBytesConfig(**q)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("training_config.QuantizationConfig: %s" % exc) from exc
+    if distributed():
+        # Data parallel: every process holds the whole model on its own GPU (Kaito's device map
+        # for multi-GPU tuning), where "auto" would spread one copy over all of them.
+        rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(rank)
+        model_cfg["device_map"] = {"": rank}
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        args.model, torch_dtype=dtype, quantization_config=quant, **model_cfg, **load
+        path, quantization_config=quant, local_files_only=True, **model_cfg
     )
-
-    targs_cfg = dict(cfg["TrainingArguments"])
-    checkpointing = bool(targs_cfg.get("gradient_checkpointing", False))
+    checkpointing = bool(cfg["TrainingArguments"].get("gradient_checkpointing", False))
     if quant is not None:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
         model.enable_input_require_grads()
     lora_cfg = dict(cfg.get("LoraConfig", {}))
     lora_cfg.setdefault("task_type", "CAUSAL_LM")
-    model = peft.get_peft_model(model, peft.LoraConfig(**lora_cfg))
+    try:
+        model = peft.get_peft_model(model, peft.LoraConfig(**lora_cfg))
+    except (TypeError, ValueError) as exc:  # an unknown argument, or target_modules peft cannot infer
+        raise ConfigError("training_config.LoraConfig: %s" % exc) from exc
     model.print_trainable_parameters()
+    return model
 
-    texts = [chat.example_text(r, shape, tok, dataset_cfg) for r in rows]
-    if dataset_cfg.get("shuffle_dataset", True):
-        random.Random(targs_cfg.get("seed", 42)).shuffle(texts)
-    max_len = int(dataset_cfg.get("max_seq_length", 2048))
-    enc = tok(texts, truncation=True, max_length=max_len)
-    examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    split = float(dataset_cfg.get("train_test_split", 1))
-    cut = max(1, int(len(examples) * split))
-    train_set, eval_set = _Examples(examples[:cut]), (_Examples(examples[cut:]) if cut < len(examples) else None)
-    tokens = sum(len(e["input_ids"]) for e in train_set.items)
 
-    # Causal LM: labels are the inputs. Kaito's DataCollator section says mlm: true by default,
-    # which would mask tokens BERT-style and fail on tokenizers without a mask token.
-    if cfg.get("DataCollator", {}).get("mlm"):
-        print("kaitoflow-trainer: DataCollator.mlm ignored: causal language modelling", flush=True)
-    collator = transformers.DataCollatorForLanguageModeling(tok, mlm=False)
-
+def _training_arguments(cfg, transformers):
+    targs_cfg = dict(cfg["TrainingArguments"])
     targs_cfg.setdefault("report_to", "none")
     targs_cfg.setdefault("logging_steps", 10)
+    # Named, not inferred from the PEFT wrapper's forward signature: evaluate() reports eval_loss
+    # only when it knows which input holds the labels.
+    targs_cfg.setdefault("label_names", ["labels"])
+    # The examples hold model inputs only; there is nothing to drop.
+    targs_cfg.setdefault("remove_unused_columns", False)
+    # transformers evaluates 8 rows a batch by default: with Kaito's training batch of 1 that is
+    # eight times the logits the run was sized for, after the adapter is trained.
+    targs_cfg.setdefault("per_device_eval_batch_size", targs_cfg.get("per_device_train_batch_size", 1))
+    if distributed() and targs_cfg.get("gradient_checkpointing"):
+        # Reentrant checkpointing re-runs the forward pass outside DDP's view of the graph.
+        targs_cfg.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
     try:
-        targs = transformers.TrainingArguments(**targs_cfg)
+        return transformers.TrainingArguments(**targs_cfg)
     except (TypeError, ValueError) as exc:
         raise ConfigError("training_config.TrainingArguments: %s" % exc) from exc
 
-    losses = []
 
-    avg_tokens = tokens / max(len(train_set), 1)
+def _progress(transformers, losses, avg_tokens, started):
+    """A callback that records the loss and prints a progress line at every log step."""
 
-    class Record(transformers.TrainerCallback):
+    class Progress(transformers.TrainerCallback):
         def on_log(self, args, state, _control, logs=None, **_kw):
-            if logs and "loss" in logs:
-                losses.append({"step": state.global_step, "loss": logs["loss"]})
-                elapsed = time.time() - started
-                seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-                # kaitoflow job-run reads these lines and reports them as tuning.progress.
-                print(PROGRESS_PREFIX + json.dumps({
-                    "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
-                    "tokens_per_second": seen * avg_tokens / elapsed if elapsed > 0 else 0.0,
-                }), flush=True)
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            losses.append({"step": state.global_step, "loss": logs["loss"]})
+            elapsed = time.time() - started
+            seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+            # kaitoflow job-run reads these lines and reports them as tuning.progress.
+            print(PROGRESS_PREFIX + json.dumps(json_safe({
+                "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
+                "tokens_per_second": seen * avg_tokens / elapsed if elapsed > 0 else 0.0,
+            })), flush=True)
+
+    return Progress()
+
+
+def _evaluate(trainer, eval_set):
+    """eval_loss and perplexity on the held-out rows, or nothing when none were held out."""
+    if not len(eval_set):
+        return {}
+    loss = trainer.evaluate().get("eval_loss")
+    if loss is None:
+        return {}
+    return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_examples": len(eval_set)}
+
+
+def _weights(cfg, args):
+    """The base model's local directory, downloaded first when args.model is a repository id."""
+    local_only = bool(cfg.get("ModelConfig", {}).get("local_files_only", False))
+    path = weights.resolve(args.model, args.revision, local_only, weights.cache_dir(args.cache_dir, os.environ), os.environ)
+    if main_process():
+        print("kaitoflow-trainer: model %s@%s from %s" % (args.model, args.revision or "main", path), flush=True)
+    return path
+
+
+def launch_workers(args):
+    """--processes N: check the configuration and download the weights once, here, then train in
+    N processes that load them from the local snapshot; their first telling failure is this
+    process's."""
+    with open(args.config, encoding="utf-8") as f:
+        cfg = config.load(f.read(), args.method)
+    path = _weights(cfg, args)
+    argv = [sys.executable, "-m", "kaitoflow_trainer.train", "--config", args.config, "--method", args.method,
+            "--model", path, "--revision", args.revision, "--input-dir", args.input_dir]
+    print("kaitoflow-trainer: %d training processes, one per GPU" % args.processes, flush=True)
+    code, reason = launch.run(argv, args.processes)
+    if code:
+        return _fail(reason, code)
+    return 0
+
+
+def train(args):
+    with open(args.config, encoding="utf-8") as f:
+        cfg = config.load(f.read(), args.method)
+    dataset_cfg = cfg.get("DatasetConfig", {})
+    shape, train_rows, eval_rows = _rows(cfg, args.input_dir)
+
+    path = _weights(cfg, args)
+
+    import peft
+    import torch
+    import transformers
+
+    # The snapshot is local now: nothing below may reach the network.
+    trust = cfg.get("ModelConfig", {}).get("trust_remote_code", False)
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+    # Tokenized before the model loads, so a dataset with nothing to learn fails in seconds.
+    train_set = _encode(train_rows, shape, tok, dataset_cfg, "train")
+    eval_set = _encode(eval_rows, shape, tok, dataset_cfg, "eval")
+    if not len(train_set):
+        raise DataError("no row has an assistant token within max_seq_length %d: raise it, or set "
+                        "DatasetConfig.train_on_prompt to train on the whole text" % dataset_cfg.get("max_seq_length", 2048))
+    tokens_total = sum(len(e["input_ids"]) for e in train_set.items)
+
+    targs = _training_arguments(cfg, transformers)  # before the model loads: a bad argument fails fast
+    model = _load_model(path, cfg, torch, transformers, peft)
+    # Kaito's DataCollator section says mlm: true by default, which would mask tokens BERT-style;
+    # the examples carry their own causal-LM labels instead.
+    if cfg.get("DataCollator", {}).get("mlm"):
+        print("kaitoflow-trainer: DataCollator.mlm ignored: causal language modelling", flush=True)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def collate(features):
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in tokens.pad_batch(features, pad_id).items()}
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    started = time.time()
+    losses, started = [], time.time()
     trainer = transformers.Trainer(
-        model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=collator, callbacks=[Record()],
+        model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set if len(eval_set) else None,
+        data_collator=collate, callbacks=[_progress(transformers, losses, tokens_total / len(train_set), started)],
     )
     result = trainer.train()
     duration = time.time() - started
+    evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
+    if not trainer.is_world_process_zero():
+        return
     model.save_pretrained(targs.output_dir, safe_serialization=True)
 
     peak = 0
     if torch.cuda.is_available():
+        # One process's GPUs: all of them with device_map auto, its own one when data parallel.
         peak = sum(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count()))
     epochs = result.metrics.get("epoch", 1.0) or 1.0
-    metrics = {
+    metrics = json_safe({
         "steps": result.global_step,
         "train_loss": result.training_loss,
         "loss_history": losses,
         "examples": len(train_set),
-        "tokens": tokens,
-        "tokens_per_second": tokens * epochs / duration if duration > 0 else 0.0,
+        "tokens": tokens_total,
+        "tokens_per_second": tokens_total * epochs / duration if duration > 0 else 0.0,
         "peak_gpu_memory_bytes": peak,
         "duration_seconds": duration,
         "shape": shape,
-    }
+        **evaluation,
+    })
     with open(os.path.join(targs.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(metrics, f, indent=2, allow_nan=False)
     print("kaitoflow-trainer: done: %s" % json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}), flush=True)
 
 
@@ -164,6 +304,7 @@ def _one_line(exc):
 
 
 def _fail(reason, code):
+    reason = reason.replace("\n", " ")
     print("kaitoflow-trainer: " + reason, file=sys.stderr, flush=True)
     try:
         with open(TERMINATION_LOG, "w", encoding="utf-8") as f:
@@ -180,13 +321,18 @@ def main(argv=None):
     p.add_argument("--model", required=True)
     p.add_argument("--revision", default="")
     p.add_argument("--input-dir", default="/mnt/data")
+    p.add_argument("--cache-dir", default="")
+    p.add_argument("--processes", type=int, default=1, help="training processes, one per GPU (data parallel)")
     args = p.parse_args(argv)
     try:
+        if args.processes > 1 and not distributed():
+            return launch_workers(args)
         train(args)
     except TrainerError as exc:
         return _fail(str(exc), exc.exit_code)
     except Exception as exc:  # the Job must end, and say why in one line
-        if type(exc).__name__ == "OutOfMemoryError":
+        # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
+        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
             return _fail("out of GPU memory: lower per_device_train_batch_size or max_seq_length (%s)" % _one_line(exc), EXIT_OOM)
         return _fail(_one_line(exc), EXIT_FAILED)
     return 0

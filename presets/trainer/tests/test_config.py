@@ -1,5 +1,7 @@
 import json
+import os
 import unittest
+from unittest import mock
 
 from kaitoflow_trainer import ConfigError, config
 
@@ -11,6 +13,9 @@ class DefaultsTest(unittest.TestCase):
         self.assertEqual(q["QuantizationConfig"]["bnb_4bit_quant_type"], "nf4")
         self.assertTrue(q["QuantizationConfig"]["bnb_4bit_use_double_quant"])
         self.assertNotIn("QuantizationConfig", config.defaults("lora"))
+        # kaitoflow's own: the image downloads the weights, and 5% of the rows measure eval_loss.
+        self.assertIs(q["ModelConfig"]["local_files_only"], False)
+        self.assertEqual(q["DatasetConfig"]["train_test_split"], 0.95)
         for m in ("lora", "qlora"):
             self.assertEqual(config.validate(config.defaults(m), m), [])
 
@@ -32,12 +37,24 @@ class LoadTest(unittest.TestCase):
             ("lora", {"TrainingArguments": {"per_device_train_batch_size": 0}}, "per_device_train_batch_size"),
             ("lora", {"LoraConfig": {"r": 1024}}, "training_config.LoraConfig.r"),
             ("lora", {"Optimiser": {}}, "training_config.Optimiser"),
+            ("lora", {"DatasetConfig": {"train_test_split": 0}}, "training_config.DatasetConfig.train_test_split"),
+            ("lora", {"DatasetConfig": {"train_test_split": 1.5}}, "training_config.DatasetConfig.train_test_split"),
+            ("lora", {"DatasetConfig": {"train_test_split": "0.9"}}, "training_config.DatasetConfig.train_test_split"),
+            ("lora", {"DatasetConfig": {"train_on_prompt": "yes"}}, "training_config.DatasetConfig.train_on_prompt"),
         ]
         for method, override, field in cases:
             with self.subTest(field=field, override=override):
                 with self.assertRaises(ConfigError) as ctx:
                     config.load(json.dumps({"training_config": override}), method)
                 self.assertIn(field, str(ctx.exception))
+
+    def test_output_root_outside_a_pod(self):
+        text = json.dumps({"TrainingArguments": {"output_dir": "/tmp/run/results"}})
+        with self.assertRaises(ConfigError):
+            config.load(text, "lora")
+        with mock.patch.dict(os.environ, {config.OUTPUT_ROOT_ENV: "/tmp/run"}):
+            self.assertEqual(config.load(text, "lora")["TrainingArguments"]["output_dir"], "/tmp/run/results")
+            self.assertEqual(config.defaults("lora")["TrainingArguments"]["output_dir"], "/mnt/results")
 
     def test_every_problem_is_reported(self):
         text = json.dumps({"QuantizationConfig": {"load_in_4bit": True}, "TrainingArguments": {"output_dir": "/tmp"}})

@@ -89,5 +89,28 @@ class FilesTest(unittest.TestCase):
                 data.find_files(d)
 
 
+class SplitTest(unittest.TestCase):
+    def test_held_out_share(self):
+        rows = list(range(100))
+        train, held = data.split_rows(rows, 0.95, 42)
+        self.assertEqual((len(train), len(held)), (95, 5))
+        self.assertEqual(sorted(train + held), rows)
+        self.assertEqual(data.split_rows(rows, 0.95, 42), (train, held))  # seeded: a retry holds out the same
+        self.assertNotEqual(data.split_rows(rows, 0.95, 7)[1], held)
+
+    def test_small_and_whole(self):
+        cases = [
+            (20, 0.95, 1),   # not 2: 1 - 0.95 is a hair above 0.05
+            (3, 0.95, 1),    # at least one held out
+            (2, 0.01, 1),    # and at least one kept
+            (1, 0.5, 0),     # one row is all training
+            (50, 1, 0),      # train_test_split 1: no eval
+        ]
+        for n, fraction, want in cases:
+            with self.subTest(n=n, fraction=fraction):
+                train, held = data.split_rows(list(range(n)), fraction, 42)
+                self.assertEqual((len(train), len(held)), (n - want, want))
+
+
 if __name__ == "__main__":
     unittest.main()

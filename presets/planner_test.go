@@ -1,0 +1,67 @@
+package presets
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kaitoflow/kaitoflow/events"
+)
+
+// Kaito's example ConfigMap says local_files_only: true (its preset images carry the weights).
+// Applied as it is, a public preset still gets its weights downloaded, and the plan says why; a
+// private preset's image is trusted to carry them.
+func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
+	doc, err := os.ReadFile("../examples/fine-tuning/kaito_workspace_tuning_phi_3_config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := events.SplitYAML(doc)
+	if err != nil || len(docs) != 2 {
+		t.Fatalf("%d documents, %v", len(docs), err)
+	}
+	var cm corev1.ConfigMap
+	if err := yaml.Unmarshal(docs[0], &cm); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(cm.Data[TrainingConfigKey], "local_files_only: true") {
+		t.Fatal("the example no longer has Kaito's local_files_only: true")
+	}
+	for _, tc := range []struct {
+		name      string
+		image     string
+		wantLocal bool
+	}{
+		{"public preset", "", false},
+		{"private preset image", "example.azurecr.io/presets/phi-3:1", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws, err := events.DecodeWorkspace(docs[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws.Namespace = "default"
+			ws.Tuning.Preset.Image = tc.image
+			p := &Planner{Catalog: catalog(t), Configs: func(context.Context, string, string) (map[string]string, error) { return cm.Data, nil }}
+			plan, err := p.Plan(context.Background(), ws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := ParseTrainingConfig([]byte(plan.TrainingConfig))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg["ModelConfig"]["local_files_only"]; got != tc.wantLocal {
+				t.Errorf("local_files_only %v, want %v", got, tc.wantLocal)
+			}
+			said := strings.Contains(strings.Join(plan.Reasons, "\n"), "local_files_only: true ignored")
+			if said == tc.wantLocal {
+				t.Errorf("reasons %q", plan.Reasons)
+			}
+		})
+	}
+}

@@ -1,0 +1,121 @@
+"""The base model's weights: a local directory, or the Hugging Face snapshot at the pinned revision.
+
+huggingface_hub downloads the snapshot (verifying every file's checksum) into a cache that a retried
+pod reuses, and the model then loads from the local snapshot path, never from the network. A failure
+becomes a ModelDownloadError whose message names the cause: the HTTP status, and for 401/403 the
+Secret the token came from, or that none was given.
+"""
+
+import os
+import time
+
+from . import EXIT_MODEL, ModelDownloadError
+
+# The Go side mounts the workspace's presetOptions.modelAccessSecret into HF_TOKEN and names the
+# Secret (namespace/name) in SECRET_ENV, so a refusal can say which Secret to fix.
+TOKEN_ENV = "HF_TOKEN"
+SECRET_ENV = "KAITOFLOW_MODEL_ACCESS_SECRET"
+
+# The Job's cache volume; huggingface_hub's layout under it ($HF_HOME/hub) is also where an image
+# that carries the weights would have put them.
+DEFAULT_HF_HOME = "/mnt/cache"
+
+# Weights in other frameworks' formats and Meta's original checkpoints, which transformers never
+# reads: skipping them saves up to tens of gigabytes a model.
+IGNORE_PATTERNS = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite", "original/*", "onnx/*"]
+
+
+def cache_dir(explicit, env):
+    """Where snapshots are kept: --cache-dir, else huggingface_hub's own choice ($HF_HUB_CACHE, else
+    $HF_HOME/hub) with the Job's cache volume standing in for an unset HF_HOME."""
+    if explicit:
+        return explicit
+    if env.get("HF_HUB_CACHE"):
+        return env["HF_HUB_CACHE"]
+    return os.path.join(env.get("HF_HOME") or DEFAULT_HF_HOME, "hub")
+
+
+def _snapshot_download(**kwargs):
+    # Imported here: unit tests and local models need no huggingface_hub.
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(**kwargs)
+
+
+# Waits between attempts after a transient failure (the Hub's 429 or 5xx, the network). The
+# attempts run in this pod, so each resumes from the files the cache already holds; only when all
+# fail does the Job's own retry start a new pod.
+RETRY_WAITS = (10, 30, 90)
+
+
+def resolve(model, revision, local_files_only, cache, env, download=None, sleep=time.sleep):
+    """The local directory to load model from: model itself when it is a directory, else its
+    snapshot at revision, downloaded unless local_files_only (then it must be in the cache)."""
+    if os.path.isdir(model):
+        return model
+    download = download or _snapshot_download
+    for attempt in range(len(RETRY_WAITS) + 1):
+        try:
+            return download(
+                repo_id=model, revision=revision or None, cache_dir=cache, token=env.get(TOKEN_ENV) or None,
+                local_files_only=local_files_only, ignore_patterns=IGNORE_PATTERNS,
+            )
+        except Exception as exc:
+            err = failure(exc, model, revision, local_files_only, cache, env.get(SECRET_ENV, ""))
+            if err.exit_code == EXIT_MODEL or attempt == len(RETRY_WAITS):
+                raise err from exc
+            print("kaitoflow-trainer: %s; retrying in %ds" % (err, RETRY_WAITS[attempt]), flush=True)
+            sleep(RETRY_WAITS[attempt])
+
+
+def _status(exc):
+    """The HTTP status of exc or of an error it was raised from: huggingface_hub wraps some
+    (a 5xx while resolving a branch) in LocalEntryNotFoundError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc):
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def failure(exc, model, revision, local_files_only, cache, secret):
+    """The ModelDownloadError for exc. huggingface_hub's errors are told apart by class name and
+    status, so this needs no import of it (and tests can raise look-alikes)."""
+    what = "%s@%s" % (model, revision or "main")
+    status = _status(exc)
+    names = {c.__name__ for c in type(exc).__mro__}
+    http = "HTTP %d: " % status if status else ""
+    if status in (401, 403) or "GatedRepoError" in names:
+        if secret:
+            return ModelDownloadError(
+                "%sthe token in Secret %s (presetOptions.modelAccessSecret) may not read %s: check that it is "
+                "valid and that its account was granted access to the model (or that the model exists)" % (http, secret, what)
+            )
+        return ModelDownloadError(
+            "%s%s is gated, private or missing, and no token was given: set presetOptions.modelAccessSecret to a "
+            "Secret holding an HF_TOKEN with access to it" % (http, model)
+        )
+    if "HFValidationError" in names:
+        return ModelDownloadError("%r is not a model directory or a valid Hugging Face repository id: %s" % (model, _first_line(exc)))
+    if "RevisionNotFoundError" in names:
+        return ModelDownloadError("%srevision %s of %s not found" % (http, revision, model))
+    if "RepositoryNotFoundError" in names or status == 404:
+        return ModelDownloadError("%s%s not found on the Hugging Face Hub" % (http, what))
+    if status is not None:
+        # Like job-run's dataset fetch: other 4xx are permanent, 429 and 5xx are worth a retry.
+        permanent = 400 <= status < 500 and status != 429
+        return ModelDownloadError("%s%s: %s" % (http, what, _first_line(exc)), permanent=permanent)
+    if local_files_only:
+        return ModelDownloadError(
+            "%s is not in the cache %s and ModelConfig.local_files_only is true, so it was not downloaded: set "
+            "local_files_only: false, or use an image that carries the weights (%s)" % (what, cache, _first_line(exc))
+        )
+    return ModelDownloadError("cannot download %s into %s: %s" % (what, cache, _first_line(exc)), permanent=False)
