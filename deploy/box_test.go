@@ -115,7 +115,7 @@ func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
 	pushSecret(ctx, t, b.Client, boxNamespace)
 
 	fns := assembly.Config{
-		Drivers:          assembly.Drivers{Provider: provider, Trainer: "job", Deployer: "knative"},
+		Drivers:          testDrivers(provider),
 		Controller:       true,
 		Cluster:          func(identity string) (*rest.Config, error) { return as(b.Config, "kaitoflow-"+identity), nil },
 		PushKeychain:     registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(b.Config, "kaitoflow-publish"))}.For,

@@ -200,7 +200,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	p, err := embedded.Start(ctx, embedded.Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log, TickInterval: time.Second,
 		Functions: assembly.Config{
-			Drivers:    assembly.Drivers{Provider: "byo", Trainer: "job", Deployer: "knative"},
+			Drivers:    testDrivers("byo"),
 			Controller: true,
 			Cluster:    func(identity string) (*rest.Config, error) { return as(restCfg, "kaitoflow-"+identity), nil },
 			// The push goes to the in-process registry, which needs no credentials; reading the

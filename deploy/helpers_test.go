@@ -13,6 +13,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+
+	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 )
 
 var schemaNamespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -41,4 +44,24 @@ func (o objects) of(u *unstructured.Unstructured) (dynamic.ResourceInterface, er
 		return o.dyn.Resource(m.Resource).Namespace(u.GetNamespace()), nil
 	}
 	return o.dyn.Resource(m.Resource), nil
+}
+
+// Stand-in image names for the drivers that need them: the box's kubelet is kwok, which pulls
+// nothing, and manifests are only built and validated.
+const (
+	testTrainerImage = "example.azurecr.io/kaitoflow/trainer:test"
+	testOwnImage     = "example.azurecr.io/kaitoflow/kaitoflow:test"
+)
+
+// testDrivers are the cluster drivers with provider, and the images a deployment configures.
+func testDrivers(provider string) assembly.Drivers {
+	return assembly.Drivers{Provider: provider, Trainer: "job", Deployer: "knative",
+		TrainerImage: testTrainerImage, WrapperImage: testOwnImage, ProxyImage: testOwnImage}
+}
+
+// proxyOptions are the knative deployer's defaults with kaitoflow's own image.
+func proxyOptions() knative.Options {
+	o := knative.DefaultOptions()
+	o.ProxyImage = testOwnImage
+	return o
 }

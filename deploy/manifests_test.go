@@ -107,24 +107,7 @@ func load(t *testing.T, dir string) []object {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := utilyaml.NewYAMLReader(bufioReader(raw))
-		for {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-				continue
-			}
-			u := &unstructured.Unstructured{}
-			if err := yaml.Unmarshal(doc, &u.Object); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			out = append(out, object{file: f, doc: doc, u: u})
-		}
+		out = append(out, parseObjects(t, f, raw)...)
 	}
 	var found []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, _ error) error {
@@ -143,6 +126,30 @@ func load(t *testing.T, dir string) []object {
 		t.Errorf("%s: the kustomization lists %v, the directory holds %v", dir, listed, found)
 	}
 	return out
+}
+
+// parseObjects reads the documents of a YAML stream, skipping empty ones.
+func parseObjects(t *testing.T, file string, raw []byte) []object {
+	t.Helper()
+	var out []object
+	r := utilyaml.NewYAMLReader(bufioReader(raw))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		out = append(out, object{file: file, doc: doc, u: u})
+	}
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -188,6 +195,12 @@ type validatable interface {
 // Every document decodes strictly as its type, and Knative's objects pass Knative's own
 // validation, as its admission webhooks would run it.
 func TestManifestsDecodeStrictlyAndValidate(t *testing.T) {
+	checkManifests(t, all(t))
+}
+
+// checkManifests decodes every object strictly as its type and runs Knative's validation on
+// Knative's objects.
+func checkManifests(t *testing.T, objects []object) {
 	sch := runtime.NewScheme()
 	if err := scheme.AddToScheme(sch); err != nil {
 		t.Fatal(err)
@@ -197,7 +210,7 @@ func TestManifestsDecodeStrictlyAndValidate(t *testing.T) {
 	}
 	strict := serializer.NewCodecFactory(sch, serializer.EnableStrict).UniversalDeserializer()
 	ctx := knativeContext(t, nil)
-	for _, o := range all(t) {
+	for _, o := range objects {
 		t.Run(o.String(), func(t *testing.T) {
 			var typed validatable
 			switch gv := o.u.GroupVersionKind(); gv.Group + "/" + gv.Kind {
@@ -295,6 +308,11 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 // A real API server (Knative Serving and Eventing CRDs from the module cache, our CRD) accepts
 // every object in a server-side dry-run apply.
 func TestServerSideDryRun(t *testing.T) {
+	dryRunApply(t, all(t))
+}
+
+// dryRunApply applies every object with a server-side dry run.
+func dryRunApply(t *testing.T, objects []object) {
 	if restCfg == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
@@ -307,7 +325,7 @@ func TestServerSideDryRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, o := range all(t) {
+	for _, o := range objects {
 		ri, err := objs.of(o.u)
 		if err != nil {
 			t.Errorf("%s: %v", o, err)
@@ -345,7 +363,7 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := knative.BuildService(d, rt, knative.DefaultOptions())
+	svc, err := knative.BuildService(d, rt, proxyOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +379,7 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	// An adapter on a volume (adapter.stored) mounts its claim read-only: accepted with the
 	// features, refused without the persistent-volume-claim one.
 	d.Adapters = []serve.Adapter{{Name: ws.Name, Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}}
-	if svc, err = knative.BuildService(d, rt, knative.DefaultOptions()); err != nil {
+	if svc, err = knative.BuildService(d, rt, proxyOptions()); err != nil {
 		t.Fatal(err)
 	}
 	svc.SetDefaults(with)

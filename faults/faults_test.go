@@ -241,6 +241,9 @@ func TestFaults(t *testing.T) {
 	startChild := func() {
 		c := exec.Command(binary, "up", "--nats", natsURL, "--registry", regHost, "--listen", apiAddr, "--data-dir", dataDir,
 			"--provider", "karpenter", "--trainer", "job", "--deployer", "knative", "--kubeconfig", kubeconfig,
+			// Stand-in image names: the box's kubelet is kwok, which pulls nothing.
+			"--trainer-image", "example.azurecr.io/kaitoflow/trainer:test", "--wrapper-image", "example.azurecr.io/kaitoflow/kaitoflow:test",
+			"--proxy-image", "example.azurecr.io/kaitoflow/kaitoflow:test",
 			"--delay", "0", "--tick", "3s", "--ack-wait", "2s", "--max-deliver", "50", "--retry-backoff", "200ms,1s,3s", "--preflight", "off", "--log-format", "json")
 		c.Stdout, c.Stderr = logFile, logFile
 		if err := c.Start(); err != nil {

@@ -24,12 +24,14 @@ var modelsYAML []byte
 //go:embed skus.yaml
 var skusYAML []byte
 
-// Runtime images the presets point at. The trainer image is built from presets/trainer; the
-// inference image is vLLM's OpenAI-compatible server.
-const (
-	TrainerImage   = "ghcr.io/kaitoflow/trainer:0.1.0"
-	InferenceImage = "docker.io/vllm/vllm-openai:v0.8.5"
-)
+// Entrypoint is where kaitoflow's binary is in its own image: where ko puts a main package's
+// binary (/ko-app/<last element of the import path>), as .ko.yaml builds it.
+const Entrypoint = "/ko-app/kaitoflow"
+
+// InferenceImage is the model server the presets are served with: vLLM's OpenAI-compatible
+// server, whose arguments VLLMArgs writes for this release. The trainer's image has no default:
+// it is built from presets/trainer by hack/release.sh, into the user's registry.
+const InferenceImage = "docker.io/vllm/vllm-openai:v0.33.0"
 
 // Architecture is what the memory estimator needs to know of a transformer.
 type Architecture struct {

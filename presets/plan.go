@@ -230,10 +230,13 @@ func (c *Catalog) PlanInference(preset, instanceType string, adapters, loraRank 
 	return nil, fe
 }
 
-// VLLMArgs are the vLLM OpenAI server's arguments for the plan.
+// VLLMArgs are the arguments of `vllm serve` (the entrypoint of the vllm/vllm-openai image) for
+// the plan, checked against vLLM v0.33.0's parser: the model is the positional argument there
+// (--model is deprecated and loses to it), and --max-lora-rank accepts only vLLM's MaxLoRARanks
+// (vllmLoRARanks).
 func (p *InferencePlan) VLLMArgs() []string {
 	args := []string{
-		"--model", p.HuggingFace, "--revision", p.Revision, "--served-model-name", p.Preset,
+		p.HuggingFace, "--revision", p.Revision, "--served-model-name", p.Preset,
 		"--dtype", p.DType, "--max-model-len", strconv.Itoa(p.MaxModelLen),
 		"--gpu-memory-utilization", strconv.FormatFloat(p.GPUMemoryUtilization, 'f', 2, 64),
 		"--tensor-parallel-size", strconv.Itoa(p.GPUs),

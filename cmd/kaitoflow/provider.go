@@ -14,10 +14,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
-	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
-	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // driverFlags are the flags `up` and `fn` share: the drivers, the cluster they reach, the
@@ -46,10 +44,10 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.Float64Var(&p.d.AKS.SpotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
 	f.StringVar(&p.d.NodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")
 	f.DurationVar(&p.deadline, "capacity-deadline", provision.DefaultDeadline, "fail a workspace whose GPU nodes are not ready within this long")
-	f.StringVar(&p.d.TrainerImage, "trainer-image", presets.TrainerImage, "job trainer: the trainer image")
-	f.StringVar(&p.d.WrapperImage, "wrapper-image", jobs.DefaultOptions().WrapperImage, "job trainer: kaitoflow's own image (its binary wraps the trainer)")
+	f.StringVar(&p.d.TrainerImage, "trainer-image", "", "job trainer: the trainer image, built from presets/trainer (hack/release.sh); required")
+	f.StringVar(&p.d.WrapperImage, "wrapper-image", "", "job trainer: kaitoflow's own image, whose binary wraps the trainer (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.RuntimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
-	f.StringVar(&p.d.ProxyImage, "proxy-image", knative.DefaultOptions().ProxyImage, "knative deployer: kaitoflow's own image (chat-proxy and pull-adapter)")
+	f.StringVar(&p.d.ProxyImage, "proxy-image", "", "knative deployer: kaitoflow's own image, for chat-proxy and pull-adapter (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.WeightsCache, "weights-cache", "", "job trainer and knative deployer: a PersistentVolumeClaim in each workspace's namespace that keeps downloaded base models (a workspace's kaitoflow.io/weights-cache annotation overrides it; default: an emptyDir per pod)")
 	// warn for the embedded demo (an offline machine still runs the quickstart), enforce for
 	// functions in a cluster.

@@ -89,9 +89,10 @@ type Drivers struct {
 	AKS aks.Config
 	// NodeClass is the karpenter provider's node class, group/kind/name.
 	NodeClass string
-	// TrainerImage and WrapperImage are the job trainer's images; empty means jobs' defaults.
+	// TrainerImage and WrapperImage are the job trainer's images, both required by it.
 	TrainerImage, WrapperImage string
-	// RuntimeImage and ProxyImage are the knative deployer's images; empty means its defaults.
+	// RuntimeImage and ProxyImage are the knative deployer's images: the model server (empty
+	// means knative's default, vLLM) and kaitoflow's own, which it requires.
 	RuntimeImage, ProxyImage string
 	// WeightsCache is the PersistentVolumeClaim the tuning Jobs and the inference pods keep
 	// downloaded base models on (presets.WeightsCache); empty means each pod's own emptyDir.
@@ -421,14 +422,11 @@ func (b *builder) tune() (runtime.Handler, error) {
 		if err != nil {
 			return nil, fmt.Errorf("trainer job: %w", err)
 		}
+		if d.TrainerImage == "" || d.WrapperImage == "" {
+			return nil, errors.New("trainer job: the trainer image (--trainer-image, built from presets/trainer) and kaitoflow's own image (--wrapper-image) are required; hack/release.sh builds both")
+		}
 		o := jobs.DefaultOptions()
-		if d.TrainerImage != "" {
-			o.TrainerImage = d.TrainerImage
-		}
-		if d.WrapperImage != "" {
-			o.WrapperImage = d.WrapperImage
-		}
-		o.WeightsCache = d.WeightsCache
+		o.TrainerImage, o.WrapperImage, o.WeightsCache = d.TrainerImage, d.WrapperImage, d.WeightsCache
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err
@@ -488,13 +486,13 @@ func (b *builder) serve() (runtime.Handler, error) {
 			return nil, err
 		}
 		o := knative.DefaultOptions()
+		if d.ProxyImage == "" {
+			return nil, errors.New("deployer knative: kaitoflow's own image (--proxy-image) is required; hack/release.sh builds it")
+		}
 		if d.RuntimeImage != "" {
 			o.RuntimeImage = d.RuntimeImage
 		}
-		if d.ProxyImage != "" {
-			o.ProxyImage = d.ProxyImage
-		}
-		o.WeightsCache = d.WeightsCache
+		o.ProxyImage, o.WeightsCache = d.ProxyImage, d.WeightsCache
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err

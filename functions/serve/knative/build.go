@@ -24,7 +24,8 @@ import (
 // Options are the cluster-wide settings of inference Services.
 type Options struct {
 	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is kaitoflow's own
-	// image, which runs chat-proxy and, in init containers, pull-adapter.
+	// image, which runs chat-proxy and, in init containers, pull-adapter: required, there is no
+	// public default (hack/release.sh builds it into the user's registry).
 	RuntimeImage string
 	ProxyImage   string
 	// Target is the concurrent requests per replica the autoscaler aims at.
@@ -42,7 +43,7 @@ type Options struct {
 // DefaultOptions are the defaults of Options.
 func DefaultOptions() Options {
 	return Options{
-		RuntimeImage: "docker.io/vllm/vllm-openai:v0.8.5", ProxyImage: "ghcr.io/kaitoflow/kaitoflow:0.1.0",
+		RuntimeImage: presets.InferenceImage,
 		Target: 16, Retention: "10m", TimeoutSeconds: 600,
 	}
 }
@@ -139,6 +140,9 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	if len(rt.Args) == 0 {
 		return corev1.PodSpec{}, fmt.Errorf("service %s: no runtime arguments from the plan", d.Service)
 	}
+	if o.ProxyImage == "" {
+		return corev1.PodSpec{}, fmt.Errorf("service %s: kaitoflow's own image is not configured (--proxy-image)", d.Service)
+	}
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
 	var inits []corev1.Container
 	var identity bool
@@ -164,7 +168,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			modules = append(modules, name+"="+adapterDir+"/"+name)
 			pull := corev1.Container{
 				Name: "adapter-" + name, Image: o.ProxyImage,
-				Command:      []string{"/ko-app/kaitoflow", "pull-adapter", a.Image, adapterDir + "/" + name},
+				Command:      []string{presets.Entrypoint, "pull-adapter", a.Image, adapterDir + "/" + name},
 				VolumeMounts: []corev1.VolumeMount{{Name: "adapters", MountPath: adapterDir}},
 			}
 			// pull-adapter pulls the image itself (the kubelet's pull secrets do not reach it): each
@@ -208,7 +212,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		Containers: []corev1.Container{
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
-				Command:        []string{"/ko-app/kaitoflow", "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served},
+				Command:        []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served},
 				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
 				ReadinessProbe: health,
 				StartupProbe:   startup,

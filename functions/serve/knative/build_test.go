@@ -46,7 +46,7 @@ func TestUserTemplateIsHonoured(t *testing.T) {
 	ws.Name = "custom"
 	ws.Annotations = map[string]string{"autoscaling.knative.dev/max-scale": "4", "unrelated": "x"}
 	ref := events.Ref{Namespace: "team-a", Name: "custom", Generation: 2}
-	svc, err := BuildService(serve.Deployment{Ref: ref, Service: "custom", Workspace: ws}, Runtime{}, DefaultOptions())
+	svc, err := BuildService(serve.Deployment{Ref: ref, Service: "custom", Workspace: ws}, Runtime{}, testOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +149,14 @@ func catalog(t testing.TB) *presets.Catalog {
 }
 
 // seedService is the Knative Service serve makes for the seed's tuned adapter in namespace.
+// testOptions are the defaults with kaitoflow's own image, which a deployment configures (a
+// stand-in name: nothing pulls it in these tests).
+func testOptions() Options {
+	o := DefaultOptions()
+	o.ProxyImage = "example.azurecr.io/kaitoflow/kaitoflow:test"
+	return o
+}
+
 func seedService(t testing.TB, namespace string) *servingv1.Service {
 	t.Helper()
 	svc, err := seedServiceWith(t, namespace, nil)
@@ -169,7 +177,7 @@ func seedServiceWith(t testing.TB, namespace string, adapters []serve.Adapter) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	return BuildService(d, rt, DefaultOptions())
+	return BuildService(d, rt, testOptions())
 }
 
 // seedDeployment is the seed workspace's tuned adapter as image.pushed hands it to serve, with the
@@ -203,7 +211,7 @@ func TestModelAccessAndWeightsCache(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o := DefaultOptions()
+			o := testOptions()
 			o.WeightsCache = tc.configured
 			svc, err := BuildService(d, rt, o)
 			if err != nil {

@@ -14,16 +14,16 @@ import (
 )
 
 func TestInferenceConfigArgs(t *testing.T) {
-	base := []string{"--model", "m", "--dtype", "float16", "--max-model-len", "14425", "--gpu-memory-utilization", "0.90", "--enable-lora"}
+	base := []string{"m", "--dtype", "float16", "--max-model-len", "14425", "--gpu-memory-utilization", "0.90", "--enable-lora"}
 	for _, tc := range []struct {
 		name, doc string
 		want      string
 		err       string
 	}{
 		{"Kaito's example", "vllm:\n  cpu-offload-gb: 0\n  gpu-memory-utilization: 0.95\n  swap-space: 4\n  max-model-len: 4096\n",
-			"--model m --dtype float16 --enable-lora --cpu-offload-gb 0 --gpu-memory-utilization 0.95 --max-model-len 4096 --swap-space 4", ""},
-		{"flags", "vllm:\n  enforce-eager: true\n  enable-lora: false\n", "--model m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enforce-eager", ""},
-		{"a string", "vllm:\n  quantization: awq\n", "--model m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enable-lora --quantization awq", ""},
+			"m --dtype float16 --enable-lora --cpu-offload-gb 0 --gpu-memory-utilization 0.95 --max-model-len 4096 --swap-space 4", ""},
+		{"flags", "vllm:\n  enforce-eager: true\n  enable-lora: false\n", "m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enforce-eager", ""},
+		{"a string", "vllm:\n  quantization: awq\n", "m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enable-lora --quantization awq", ""},
 		{"dashes", "vllm:\n  --dtype: half\n", "", "without dashes"},
 		{"a list", "vllm:\n  lora-modules: [a, b]\n", "", "vllm.lora-modules"},
 		{"unknown section", "vllmm:\n  x: 1\n", "", "unknown field"},

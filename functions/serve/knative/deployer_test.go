@@ -62,7 +62,7 @@ func setup(t *testing.T) (*Deployer, string) {
 	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(context.Background(), nsObj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &Deployer{Client: dyn, Catalog: catalog(t), Options: DefaultOptions(), Log: quiet}, ns
+	return &Deployer{Client: dyn, Catalog: catalog(t), Options: testOptions(), Log: quiet}, ns
 }
 
 func imagePushed(t *testing.T, d serve.Deployment) cloudevents.Event {

@@ -28,7 +28,7 @@ func TestSeedJobRunsInBox(t *testing.T) {
 	if err := b.Node(ctx, testenv.NodeSpec{Name: run.Nodes[0], GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"}, Taints: testenv.GPUTaints()}); err != nil {
 		t.Fatal(err)
 	}
-	job, cm, err := Build(run, DefaultOptions())
+	job, cm, err := Build(run, testOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

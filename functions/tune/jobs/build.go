@@ -69,8 +69,10 @@ const (
 
 // Options are the cluster-wide settings of tuning Jobs.
 type Options struct {
-	// TrainerImage runs the trainer; WrapperImage is kaitoflow's own image, whose binary the init
-	// container copies in to wrap the trainer (no sidecar: the Job ends when the trainer does).
+	// TrainerImage runs the trainer (presets/trainer); WrapperImage is kaitoflow's own image,
+	// whose binary the init container copies in to wrap the trainer (no sidecar: the Job ends
+	// when the trainer does). Both are required: hack/release.sh builds them into the user's
+	// registry, and there is no public default.
 	TrainerImage string
 	WrapperImage string
 	// ActiveDeadline bounds a run (a workspace annotation kaitoflow.io/tuning-deadline overrides it).
@@ -89,7 +91,6 @@ type Options struct {
 // DefaultOptions are the defaults of Options.
 func DefaultOptions() Options {
 	return Options{
-		TrainerImage: presets.TrainerImage, WrapperImage: "ghcr.io/kaitoflow/kaitoflow:0.1.0",
 		ActiveDeadline: 12 * time.Hour, TTLAfterFinished: 24 * time.Hour, ShmSize: resource.MustParse("8Gi"),
 	}
 }
@@ -102,6 +103,9 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	t := job.Workspace.Tuning
 	if t == nil || t.Input == nil || t.Output == nil || job.Plan == nil {
 		return nil, nil, fmt.Errorf("job %s: no tuning input, output or plan", job.Name)
+	}
+	if o.TrainerImage == "" || o.WrapperImage == "" {
+		return nil, nil, fmt.Errorf("job %s: the trainer image and kaitoflow's own image must both be configured (--trainer-image, --wrapper-image)", job.Name)
 	}
 	run, err := json.Marshal(job)
 	if err != nil {
@@ -158,7 +162,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 					Affinity:           onNodes(job.Nodes),
 					Tolerations:        gpuTolerations(),
 					InitContainers: []corev1.Container{{
-						Name: "kaitoflow", Image: o.WrapperImage, Command: []string{"/ko-app/kaitoflow", "install-self", binDir + "/kaitoflow"},
+						Name: "kaitoflow", Image: o.WrapperImage, Command: []string{presets.Entrypoint, "install-self", binDir + "/kaitoflow"},
 						VolumeMounts:    []corev1.VolumeMount{{Name: "kaitoflow", MountPath: binDir}},
 						SecurityContext: containerSecurity,
 					}},

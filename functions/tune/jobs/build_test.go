@@ -19,7 +19,7 @@ func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Wor
 	job := seedRun(t, "default")
 	ws, plan := run(t)
 	job.Workspace, job.Plan = *ws, plan
-	j, cm, err := Build(job, DefaultOptions())
+	j, cm, err := Build(job, testOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,14 @@ func TestMain(m *testing.M) {
 	}))
 }
 
+// testOptions are the defaults with the two images a deployment configures (stand-in names: the
+// box's kubelet is kwok, which pulls nothing).
+func testOptions() Options {
+	o := DefaultOptions()
+	o.TrainerImage, o.WrapperImage = "example.azurecr.io/kaitoflow/trainer:test", "example.azurecr.io/kaitoflow/kaitoflow:test"
+	return o
+}
+
 // seedRun is the seed workspace's run as provision plans it on its node.
 func seedRun(t *testing.T, namespace string) tune.Job {
 	t.Helper()
@@ -122,7 +130,7 @@ func TestRunLifecycle(t *testing.T) {
 	}
 	rec := &testenv.Recorder{}
 	go func() { _ = Watch(ctx, kube, rec, quiet) }()
-	f := tune.New(&Trainer{Client: kube, Options: DefaultOptions(), Log: quiet}, quiet)
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, quiet)
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	for range 2 { // the second is a redelivery
@@ -226,7 +234,7 @@ func TestOOMKilledFailsTheWorkspace(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f := tune.New(&Trainer{Client: kube, Options: DefaultOptions(), Log: quiet}, quiet)
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, quiet)
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	if _, err := f.Handle(ctx, ready); err != nil {

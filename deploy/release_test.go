@@ -1,0 +1,255 @@
+package deploy_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/kaitoflow/kaitoflow/presets"
+)
+
+// The release: ko (the build pinned by tools/ko; hack/ko.sh builds it and .ci/run names it in
+// KAITOFLOW_KO) resolves deploy/knative into manifests that name kaitoflow's image by digest
+// everywhere, pushed to a registry. Stand-ins, both named: the registry is go-containerregistry's
+// in-process one, and the base image is one this test makes (an empty linux filesystem), since
+// nothing can be pulled here; the build, the push and the resolution are ko's own.
+func TestReleaseWithKo(t *testing.T) {
+	ko := os.Getenv("KAITOFLOW_KO")
+	if ko == "" {
+		if os.Getenv("KAITOFLOW_REQUIRE_KO") != "" {
+			t.Fatal("KAITOFLOW_REQUIRE_KO is set but KAITOFLOW_KO does not name ko (hack/ko.sh prints its path)")
+		}
+		t.Skip("KAITOFLOW_KO is not set: KAITOFLOW_KO=$(hack/ko.sh) go test ./deploy -run Release")
+	}
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	base := pushBase(t, host+"/base:latest")
+
+	var stream bytes.Buffer
+	for _, o := range load(t, "knative") {
+		stream.WriteString("---\n")
+		stream.Write(o.doc)
+	}
+	in := filepath.Join(t.TempDir(), "deploy.yaml")
+	if err := os.WriteFile(in, stream.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	// -B: the image is <repo>/kaitoflow, as hack/release.sh names it.
+	cmd := exec.CommandContext(ctx, ko, "resolve", "-f", in, "-B", "--platform", "linux/"+runtime.GOARCH, "--sbom", "none")
+	cmd.Dir = ".." // the module root, where .ko.yaml is
+	cmd.Env = append(os.Environ(), "KO_DOCKER_REPO="+host, "KO_DEFAULTBASEIMAGE="+base, "KOCACHE="+t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ko resolve: %v\n%s", err, stderr.String())
+	}
+	if bytes.Contains(out, []byte("ko://")) {
+		t.Fatalf("ko resolve left ko:// references:\n%s", out)
+	}
+
+	// Every reference to kaitoflow's image — containers and the ConfigMap's wrapper and proxy
+	// images — is the one image ko pushed, by digest.
+	resolved := parseObjects(t, "release.yaml", out)
+	refs := map[string][]string{}
+	for _, o := range resolved {
+		for _, ref := range imageRefs(o.u) {
+			refs[ref] = append(refs[ref], o.String())
+		}
+	}
+	var own string
+	for ref, where := range refs {
+		if !strings.Contains(ref, "kaitoflow") {
+			continue // a third party's (vLLM's)
+		}
+		if !strings.HasPrefix(ref, host+"/kaitoflow@sha256:") {
+			t.Errorf("%v name %s, not the image ko pushed", where, ref)
+			continue
+		}
+		if own != "" && own != ref {
+			t.Errorf("two kaitoflow images: %s and %s", own, ref)
+		}
+		own = ref
+	}
+	if own == "" {
+		t.Fatalf("no kaitoflow image in the resolved manifests:\n%s", out)
+	}
+	if n := len(refs[own]); n < 10 {
+		t.Errorf("kaitoflow's image is named %d times, want every function, adapter and the ConfigMap: %v", n, refs[own])
+	}
+
+	// The image runs kaitoflow at the path the manifests and the generated pods call it by.
+	ref, err := name.ParseReference(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != presets.Entrypoint {
+		t.Errorf("entrypoint %v, want [%s]", got, presets.Entrypoint)
+	}
+	for _, o := range resolved {
+		for _, c := range commands(o.u) {
+			if strings.HasPrefix(c, "/ko-app/") && c != presets.Entrypoint {
+				t.Errorf("%s runs %s, which the image does not have", o, c)
+			}
+		}
+	}
+	if runtime.GOOS == "linux" {
+		bin := extract(t, img, strings.TrimPrefix(presets.Entrypoint, "/"))
+		v, err := exec.CommandContext(ctx, bin, "version").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(v), "kaitoflow ") {
+			t.Errorf("%s version: %v: %s", presets.Entrypoint, err, v)
+		}
+		t.Logf("%s: %s", own, strings.TrimSpace(string(v)))
+	}
+
+	// The release passes what the source manifests pass.
+	checkManifests(t, resolved)
+	dryRunApply(t, resolved)
+}
+
+// pushBase pushes an empty linux image for this machine's architecture to ref and returns ref.
+func pushBase(t *testing.T, ref string) string {
+	t.Helper()
+	cf, err := empty.Image.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	img, err := mutate.ConfigFile(empty.Image, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// imageRefs are an object's container images and any ConfigMap value that names an image.
+func imageRefs(u *unstructured.Unstructured) []string {
+	var refs []string
+	if u.GetKind() == "ConfigMap" {
+		data, _, _ := unstructured.NestedStringMap(u.Object, "data")
+		for k, v := range data {
+			if strings.HasSuffix(k, "_IMAGE") {
+				refs = append(refs, v)
+			}
+		}
+		return refs
+	}
+	for _, c := range containers(u) {
+		if img, ok := c["image"].(string); ok {
+			refs = append(refs, img)
+		}
+	}
+	return refs
+}
+
+// commands are the first elements of an object's containers' commands.
+func commands(u *unstructured.Unstructured) []string {
+	var out []string
+	for _, c := range containers(u) {
+		if cmd, ok := c["command"].([]any); ok && len(cmd) > 0 {
+			if s, ok := cmd[0].(string); ok {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// containers finds every container and init container in an object, at any depth (a Knative
+// Service's template, a Deployment's, a Job's).
+func containers(u *unstructured.Unstructured) []map[string]any {
+	var out []map[string]any
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, child := range x {
+				if list, ok := child.([]any); ok && (k == "containers" || k == "initContainers") {
+					for _, c := range list {
+						if m, ok := c.(map[string]any); ok {
+							out = append(out, m)
+						}
+					}
+					continue
+				}
+				walk(child)
+			}
+		case []any:
+			for _, child := range x {
+				walk(child)
+			}
+		}
+	}
+	walk(u.Object)
+	return out
+}
+
+// extract writes the file at path in img's filesystem to a temporary executable and returns it.
+func extract(t *testing.T, img v1.Image, path string) string {
+	t.Helper()
+	fs := mutate.Extract(img)
+	defer fs.Close()
+	tr := tar.NewReader(fs)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			t.Fatalf("the image has no %s", path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimPrefix(h.Name, "/") != path {
+			continue
+		}
+		out := filepath.Join(t.TempDir(), filepath.Base(path))
+		f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY, 0o755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(f, tr); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+}
