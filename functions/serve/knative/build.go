@@ -43,8 +43,7 @@ type Options struct {
 // DefaultOptions are the defaults of Options.
 func DefaultOptions() Options {
 	return Options{
-		RuntimeImage: presets.InferenceImage,
-		Target: 16, Retention: "10m", TimeoutSeconds: 600,
+		RuntimeImage: presets.InferenceImage, Target: 16, Retention: "10m", TimeoutSeconds: 600,
 	}
 }
 
