@@ -54,6 +54,14 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
         reasons = [os.path.join(tmp, "rank-%d" % r) for r in range(processes)]
         workers = [popen(argv, env=worker_env(env, r, processes, port, reasons[r])) for r in range(processes)]
         failed = None
+        # job-run forwards the pod's SIGTERM (deletion, eviction, deadline) to this process: pass it
+        # on, and let the workers' own exits decide the outcome.
+        def forward(signum, _frame):
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while True:
                 codes = [w.poll() for w in workers]
@@ -80,6 +88,8 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
                 except subprocess.TimeoutExpired:
                     w.kill()
                     w.wait()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if failed is None:
             return 0, ""
         code = workers[failed].returncode

@@ -44,6 +44,19 @@ class LaunchTest(unittest.TestCase):
         code, reason = run(["hang", "3"])
         self.assertEqual((code, reason), (3, "rank 1 failed with 3"))
 
+    def test_sigterm_reaches_the_workers(self):
+        # The launcher forwards the pod's SIGTERM; the workers' exits (a signal, 128+15) decide.
+        import signal
+        import threading
+
+        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            code, _ = run(["hang", "hang"])
+        finally:
+            timer.cancel()
+        self.assertEqual(code, 128 + signal.SIGTERM)
+
     def test_telling(self):
         self.assertEqual(launch.telling([None, 1, 5]), 2)
         self.assertEqual(launch.telling([1, 1, None]), 0)
