@@ -391,4 +391,23 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	if err := svc.Validate(knativeContext(t, noPVC)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "persistentVolumeClaim") {
 		t.Errorf("without the persistent-volume-claim feature Knative should refuse the adapter's claim: %v", err)
 	}
+
+	// A weights cache claim is written to by vLLM: accepted with the features, refused without
+	// the persistent-volume-write one.
+	cached := proxyOptions()
+	cached.WeightsCache = "model-weights"
+	if svc, err = knative.BuildService(d, rt, cached); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetDefaults(with)
+	if err := svc.Validate(with).Filter(apis.ErrorLevel); err != nil {
+		t.Errorf("weights cache claim, with serving-features: %v", err)
+	}
+	readOnly := maps.Clone(cm.Data)
+	delete(readOnly, "kubernetes.podspec-persistent-volume-write")
+	if err := svc.Validate(knativeContext(t, readOnly)).Filter(apis.ErrorLevel); err == nil {
+		t.Error("without the persistent-volume-write feature Knative should refuse the writable weights cache")
+	} else {
+		t.Logf("without persistent-volume-write: %v", err)
+	}
 }

@@ -200,7 +200,10 @@ type Plan struct {
 	SeqLen                int     `json:"seqLen,omitempty"`
 	GradientCheckpointing bool    `json:"gradientCheckpointing,omitempty"`
 	LoRARank              int     `json:"loraRank,omitempty"`
-	MaxModelLen           int     `json:"maxModelLen,omitempty"`
+	// TrainingProcesses is how many processes a tuning run trains in: one per GPU (data
+	// parallel) when the whole model fits one GPU, else one over all of them (0 means one).
+	TrainingProcesses int `json:"trainingProcesses,omitempty"`
+	MaxModelLen       int `json:"maxModelLen,omitempty"`
 	// DiskGiB is the OS disk a node needs for the model's image and weights.
 	DiskGiB int      `json:"diskGiB,omitempty"`
 	Reasons []string `json:"reasons,omitempty"`

@@ -54,4 +54,8 @@ if grep -q 'ko://' "$out"; then
   echo "release.yaml still has ko:// references" >&2
   exit 1
 fi
+if ! grep -q "KAITOFLOW_TRAINER_IMAGE: $trainer_ref" "$out"; then
+  echo "release.yaml does not name the trainer image $trainer_ref" >&2
+  exit 1
+fi
 echo "wrote $out (kaitoflow $version; trainer $trainer_ref)" >&2

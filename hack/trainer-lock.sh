@@ -9,8 +9,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$root/presets/trainer
 base=$(awk '/^FROM /{print $2; exit}' "$dir/Dockerfile")
-docker run --rm -v "$dir:/work" -w /work "$base" sh -c '
-  pip install --quiet pip-tools==7.6.2 &&
-  pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
+# As the invoking user, so the lock is theirs. torch is pinned to the base image's version, so
+# pip keeps the installed CUDA build (a satisfied requirement is not reinstalled); compare the
+# lock's nvidia-* pins with the image's `pip list` before committing it.
+docker run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp -v "$dir:/work" -w /work "$base" sh -c '
+  pip install --quiet --user pip-tools==7.6.2 &&
+  python -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
     --output-file requirements.lock requirements.txt'
 echo "wrote $dir/requirements.lock" >&2

@@ -43,8 +43,12 @@ type TuningPlan struct {
 	GradientCheckpointing bool     `json:"gradientCheckpointing"`
 	LoRARank              int      `json:"loraRank"`
 	LoRATargets           []string `json:"loraTargets"`
-	Estimate              Estimate `json:"estimate"`
-	Reasons               []string `json:"reasons"`
+	// Processes is how many training processes the run has: one per GPU (data parallel, each
+	// with the whole model) when the model fits one GPU, else one with the layers spread over
+	// the node's GPUs (device_map "auto"), which is what Estimate assumes then.
+	Processes int      `json:"processes"`
+	Estimate  Estimate `json:"estimate"`
+	Reasons   []string `json:"reasons"`
 }
 
 // FitError says a request cannot fit, with the numbers.
@@ -117,7 +121,20 @@ func (c *Catalog) PlanTuning(preset, method, instanceType string, o Overrides) (
 					Preset: m.Name, HuggingFace: m.HuggingFace, Revision: m.Revision, Method: method,
 					InstanceType: sku.Name, GPU: sku.GPU, GPUs: sku.GPUs, GPUMemoryGiB: sku.MemoryGiB,
 					DType: dtype(sku), BatchSize: b, SeqLen: s, GradientCheckpointing: ckpt,
-					LoRARank: rank, LoRATargets: targets, Estimate: e,
+					LoRARank: rank, LoRATargets: targets, Processes: 1, Estimate: e,
+				}
+				if sku.GPUs > 1 {
+					// Data parallel is faster, but every GPU then holds the whole model.
+					whole, err := EstimateTraining(TrainingInput{
+						Model: m, Method: method, LoRARank: rank, LoRATargets: targets, BatchSize: b, SeqLen: s,
+						GradientCheckpointing: ckpt, FlashAttention: true, GPUs: 1,
+					})
+					if err != nil {
+						return nil, err
+					}
+					if whole.PerGPUGiB <= sku.MemoryGiB*headroom {
+						p.Processes, p.Estimate = sku.GPUs, whole
+					}
 				}
 				p.explain(m, sku, instanceType == "", seqs[0], batches[0])
 				return p, nil
@@ -147,6 +164,12 @@ func (p *TuningPlan) explain(m *Model, sku SKU, chosen bool, seq0, batch0 int) {
 	}
 	if p.Method == "qlora" {
 		p.Reasons = append(p.Reasons, fmt.Sprintf("qlora: base weights in NF4 with double quantization, %.2f GiB instead of %.2f GiB in 16-bit", p.Estimate.WeightsGiB, float64(m.Parameters)*bytes16/gib))
+	}
+	switch {
+	case p.Processes > 1:
+		p.Reasons = append(p.Reasons, fmt.Sprintf("data parallel: the whole model fits one GPU, so %d training processes, one per GPU", p.Processes))
+	case sku.GPUs > 1:
+		p.Reasons = append(p.Reasons, fmt.Sprintf("model parallel: the model does not fit one GPU, so one training process with its layers spread over the %d GPUs", sku.GPUs))
 	}
 	if p.SeqLen < seq0 || p.BatchSize < batch0 {
 		p.Reasons = append(p.Reasons, fmt.Sprintf("shrunk the defaults (batch %d, sequence %d) to batch %d, sequence %d to fit", batch0, seq0, p.BatchSize, p.SeqLen))

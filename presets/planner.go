@@ -97,11 +97,12 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 	}
 	applied := cfg.Apply(tp)
 	// Kaito's example configs say local_files_only: true because its preset images carry the
-	// weights; kaitoflow's trainer image carries none, so for a public preset that setting would
-	// only make the run fail. A private preset's image is trusted to carry them.
-	if truthy(applied["ModelConfig"]["local_files_only"]) && t.Preset.Image == "" {
+	// weights; kaitoflow's trainer image carries none, so that setting would only make the run
+	// fail. It is kept where the weights can already be there: a weights cache the workspace
+	// names (pre-seeded for a cluster that cannot reach the Hub).
+	if truthy(applied["ModelConfig"]["local_files_only"]) && ws.Annotations[events.AnnotationWeightsCache] == "" {
 		applied["ModelConfig"]["local_files_only"] = false
-		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights, so the preset's pinned revision is downloaded")
+		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights and the workspace names no weights cache ("+events.AnnotationWeightsCache+"), so the preset's pinned revision is downloaded")
 	}
 	rendered, err := applied.Render()
 	if err != nil {
@@ -111,7 +112,7 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		Model: tp.HuggingFace, Revision: tp.Revision,
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
 		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
-		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, Reasons: tp.Reasons,
+		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, TrainingProcesses: tp.Processes, Reasons: tp.Reasons,
 		TrainingConfig: string(rendered), DiskGiB: p.diskGiB(t.Preset.Name),
 	}, nil
 }

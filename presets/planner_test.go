@@ -13,8 +13,8 @@ import (
 )
 
 // Kaito's example ConfigMap says local_files_only: true (its preset images carry the weights).
-// Applied as it is, a public preset still gets its weights downloaded, and the plan says why; a
-// private preset's image is trusted to carry them.
+// Applied as it is, the weights are still downloaded, and the plan says why; a workspace that names
+// a weights cache (which may be pre-seeded) keeps the setting.
 func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 	doc, err := os.ReadFile("../examples/fine-tuning/kaito_workspace_tuning_phi_3_config.yaml")
 	if err != nil {
@@ -33,11 +33,11 @@ func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name      string
-		image     string
+		cache     string
 		wantLocal bool
 	}{
-		{"public preset", "", false},
-		{"private preset image", "example.azurecr.io/presets/phi-3:1", true},
+		{"no weights cache", "", false},
+		{"a weights cache", "model-weights", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ws, err := events.DecodeWorkspace(docs[1])
@@ -45,7 +45,9 @@ func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 				t.Fatal(err)
 			}
 			ws.Namespace = "default"
-			ws.Tuning.Preset.Image = tc.image
+			if tc.cache != "" {
+				ws.Annotations = map[string]string{events.AnnotationWeightsCache: tc.cache}
+			}
 			p := &Planner{Catalog: catalog(t), Configs: func(context.Context, string, string) (map[string]string, error) { return cm.Data, nil }}
 			plan, err := p.Plan(context.Background(), ws)
 			if err != nil {

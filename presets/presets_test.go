@@ -285,3 +285,31 @@ func TestPlanInference(t *testing.T) {
 		t.Errorf("8B in 16-bit on one V100: %v", err)
 	}
 }
+
+// On a node with several GPUs, a run trains data parallel (a process per GPU, each with the whole
+// model) only when the whole model fits one GPU; otherwise one process spreads its layers over them,
+// which is what the estimate then assumes.
+func TestPlanTrainingProcesses(t *testing.T) {
+	for _, tc := range []struct {
+		preset, method, sku string
+		want                int
+	}{
+		{"phi-3-mini-128k-instruct", "qlora", "Standard_NC6s_v3", 1},          // one GPU
+		{"phi-3-mini-128k-instruct", "qlora", "Standard_NC96ads_A100_v4", 4},  // fits one A100 easily
+		{"qwen2.5-coder-32b-instruct", "lora", "Standard_NC96ads_A100_v4", 1}, // 64 GB of 16-bit weights: not on one 80 GB GPU with the rest
+		{"llama-3.1-8b-instruct", "lora", "Standard_NC24s_v3", 1},             // 16 GB of weights on 16 GB V100s
+	} {
+		t.Run(tc.preset+"/"+tc.method+"/"+tc.sku, func(t *testing.T) {
+			p, err := catalog(t).PlanTuning(tc.preset, tc.method, tc.sku, Overrides{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Processes != tc.want {
+				t.Errorf("%d processes, want %d (per GPU %.1f of %.0f GiB): %v", p.Processes, tc.want, p.Estimate.PerGPUGiB, p.GPUMemoryGiB, p.Reasons)
+			}
+			if p.Estimate.PerGPUGiB > p.GPUMemoryGiB*headroom {
+				t.Errorf("the plan's estimate %.1f GiB does not fit its GPU", p.Estimate.PerGPUGiB)
+			}
+		})
+	}
+}

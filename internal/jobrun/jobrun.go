@@ -266,12 +266,16 @@ func runTrainer(ctx context.Context, argv, env []string, out io.Writer, rep Repo
 	defer signal.Stop(sigs)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	stop := ctx.Done()
 	for {
 		select {
 		case s := <-sigs:
 			log.Info("job-run: forwarding signal to the trainer", "signal", s.String())
 			_ = cmd.Process.Signal(s)
-		case <-ctx.Done():
+		case <-stop:
+			// Once: a closed channel is always ready, and the trainer needs its grace period,
+			// not a stream of signals.
+			stop = nil
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 		case err := <-done:
 			<-teed

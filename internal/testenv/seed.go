@@ -29,6 +29,12 @@ func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
 		t.Fatal(err)
 	}
 	ws.Namespace = namespace
+	return ws, Plan(t, ws)
+}
+
+// Plan is provision's plan for ws with the built-in catalog and no ConfigMaps.
+func Plan(t testing.TB, ws *events.Workspace) *events.Plan {
+	t.Helper()
 	cat, err := presets.Default()
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +43,7 @@ func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ws, plan
+	return plan
 }
 
 // Adapter writes a small but well-formed PEFT adapter (adapter_config.json and a

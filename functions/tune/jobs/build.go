@@ -132,9 +132,10 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
 	trainer := []string{"python", "-m", "kaitoflow_trainer.train", "--method", t.Method, "--model", job.Plan.Model,
 		"--revision", job.Plan.Revision, "--config", configDir + "/" + presets.TrainingConfigKey, "--input-dir", dataDir}
-	if job.Plan.GPUs > 1 {
-		// One training process per GPU (data parallel), each holding the model on its own device.
-		trainer = append(trainer, "--processes", strconv.Itoa(job.Plan.GPUs))
+	if job.Plan.TrainingProcesses > 1 {
+		// One training process per GPU (data parallel), each holding the model on its own device;
+		// the plan chose it only where the whole model fits one GPU.
+		trainer = append(trainer, "--processes", strconv.Itoa(job.Plan.TrainingProcesses))
 	}
 	command := append(append(p.args, "--"), trainer...)
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -77,11 +78,15 @@ func TestJobGoldenBranches(t *testing.T) {
 		})
 	}
 
-	// A node with several GPUs: one training process per GPU.
+	// A node with several GPUs where the model fits one: one training process per GPU.
 	t.Run("job-multi-gpu.yaml", func(t *testing.T) {
 		checkJobGolden(t, "job-multi-gpu.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
-			ws, plan := seed(t)
-			plan.GPUs, plan.InstanceType = 4, "Standard_NC96ads_A100_v4"
+			ws, _ := seed(t)
+			ws.Resource.InstanceType = "Standard_NC96ads_A100_v4"
+			plan := testenv.Plan(t, ws)
+			if plan.GPUs != 4 || plan.TrainingProcesses != 4 {
+				t.Fatalf("plan: %d GPUs, %d processes; want 4 and 4", plan.GPUs, plan.TrainingProcesses)
+			}
 			return ws, plan
 		})
 	})

@@ -95,6 +95,8 @@ func TestJobStatus(t *testing.T) {
 			Reason: batchv1.JobReasonPodFailurePolicy, Message: "Pod t/p0 has condition DisruptionTarget matching FailJob rule at index 1"}}}}, nil, tune.Failed, ReasonNodeLost, "matching FailJob rule"},
 		{"image pull", batchv1.Job{}, []corev1.Pod{{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer",
 			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "pull access denied"}}}}}}}, tune.Failed, "ImagePullError", "pull access denied"},
+		{"token Secret missing", batchv1.Job{}, []corev1.Pod{{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "trainer",
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: `secret "hf-token" not found`}}}}}}}, tune.Failed, ReasonContainerConfig, `secret "hf-token" not found`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

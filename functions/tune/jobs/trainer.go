@@ -121,6 +121,11 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 	return st, nil
 }
 
+// ReasonContainerConfig: the trainer container cannot be created from its spec, most often because
+// presetOptions.modelAccessSecret names a Secret (or a key) that does not exist; the message is
+// the kubelet's, which names it.
+const ReasonContainerConfig = "ContainerConfigError"
+
 // ReasonNodeLost is the failure reason of a run whose pod was taken away with its node.
 const ReasonNodeLost = "NodeLost"
 
@@ -158,6 +163,11 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 				switch w.Reason {
 				case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
 					st.Phase, st.Reason, st.Message = tune.Failed, "ImagePullError", fmt.Sprintf("%s: %s", w.Reason, w.Message)
+					return st
+				case "CreateContainerConfigError":
+					// A Secret or key the pod's environment names is missing (the model access
+					// token): the kubelet would retry until the Job's deadline, on a paid GPU.
+					st.Phase, st.Reason, st.Message = tune.Failed, ReasonContainerConfig, w.Message
 					return st
 				}
 			}

@@ -88,9 +88,8 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
                 except subprocess.TimeoutExpired:
                     w.kill()
                     w.wait()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         if failed is None:
+            restore(previous)
             return 0, ""
         code = workers[failed].returncode
         if code < 0:  # killed by a signal: the shell's convention, as Kubernetes reports it
@@ -100,4 +99,11 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
                 reason = f.read().strip()
         except OSError:
             reason = ""
+        # Restored only now: a second SIGTERM must not end this process before the reason is out.
+        restore(previous)
         return code, reason or "training process %d of %d exited with code %d" % (failed, processes, code)
+
+
+def restore(handlers):
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

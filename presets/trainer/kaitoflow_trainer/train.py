@@ -273,8 +273,17 @@ def train(args):
     result = trainer.train()
     duration = time.time() - started
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
-    if not trainer.is_world_process_zero():
-        return
+    if trainer.is_world_process_zero():
+        _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation)
+    if distributed() and torch.distributed.is_initialized():
+        # The others wait for rank 0's adapter, then the process group ends cleanly: a worker
+        # leaving with it open warns, and may hang in its interpreter's shutdown.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation):
+    """Rank 0's outputs: the adapter and metrics.json."""
     model.save_pretrained(targs.output_dir, safe_serialization=True)
 
     peak = 0
@@ -339,4 +348,11 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed() and code:
+        # A failed worker's peers may still hold it in a collective: leave now, without the
+        # interpreter's shutdown, which can wait on them. The launcher stops the rest.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -6,6 +6,7 @@ becomes a ModelDownloadError whose message names the cause: the HTTP status, and
 Secret the token came from, or that none was given.
 """
 
+import errno
 import os
 import time
 
@@ -81,6 +82,17 @@ def _status(exc):
     return None
 
 
+def _errno(exc, wanted):
+    """The first errno in wanted that exc or an error it was raised from carries, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in wanted:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _first_line(exc):
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
@@ -113,6 +125,11 @@ def failure(exc, model, revision, local_files_only, cache, secret):
         # Like job-run's dataset fetch: other 4xx are permanent, 429 and 5xx are worth a retry.
         permanent = 400 <= status < 500 and status != 429
         return ModelDownloadError("%s%s: %s" % (http, what, _first_line(exc)), permanent=permanent)
+    full = _errno(exc, (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS))
+    if full is not None:
+        # Retrying cannot make room or grant access: the cache volume is the problem.
+        return ModelDownloadError("cannot write %s into %s: %s: make the cache volume larger or writable (--weights-cache, kaitoflow.io/weights-cache)"
+                                  % (what, cache, os.strerror(full)))
     if local_files_only:
         return ModelDownloadError(
             "%s is not in the cache %s and ModelConfig.local_files_only is true, so it was not downloaded: set "

@@ -159,6 +159,8 @@ class FailureTest(unittest.TestCase):
             (ConnectionError("connection refused"), {}, False, ["cannot download", "/mnt/cache/hub", "connection refused"], EXIT_FAILED),
             (LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder"), {}, True, ["local_files_only", "not in the cache"], EXIT_MODEL),
             (HFValidationError("Repo id must be in the form 'repo_name'"), {}, False, ["not a model directory"], EXIT_MODEL),
+            (OSError(28, "No space left on device"), {}, False, ["/mnt/cache/hub", "No space left", "larger or writable"], EXIT_MODEL),
+            (PermissionError(13, "Permission denied"), {}, False, ["Permission denied", "writable"], EXIT_MODEL),
         ]
         for error, env, local_only, wants, code in cases:
             with self.subTest(error=type(error).__name__, status=getattr(getattr(error, "response", None), "status_code", None)):
