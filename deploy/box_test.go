@@ -274,7 +274,11 @@ func applyWorkspace(ctx context.Context, t *testing.T, cfg *rest.Config, ns, man
 		t.Fatal(err)
 	}
 	cr.SetNamespace(ns)
-	ws := dynamic.NewForConfigOrDie(cfg).Resource(controller.GVR("")).Namespace(ns)
+	// At the manifest's own version, as kubectl applies it (the seed is v1alpha1; the controller
+	// reads everything at v1beta1).
+	gvr := controller.GVR("")
+	gvr.Version = cr.GroupVersionKind().Version
+	ws := dynamic.NewForConfigOrDie(cfg).Resource(gvr).Namespace(ns)
 	if _, err := ws.Create(ctx, cr, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -409,5 +410,48 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 		t.Error("without the persistent-volume-write feature Knative should refuse the writable weights cache")
 	} else {
 		t.Logf("without persistent-volume-write: %v", err)
+	}
+}
+
+// Kaito's manifests of both versions apply to the CRD as they are (a server-side dry run: the
+// API server's schema validation and pruning at the manifest's own version).
+func TestKaitoExamplesApplyToTheCRD(t *testing.T) {
+	if restCfg == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx := context.Background()
+	objs := newObjects(restCfg)
+	files, _ := filepath.Glob(filepath.Join("..", "examples", "*", "*.yaml"))
+	applied := map[string]int{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range parseObjects(t, f, b) {
+			if o.u.GetKind() != "Workspace" {
+				continue
+			}
+			o.u.SetNamespace("default")
+			ri, err := objs.of(o.u)
+			if err != nil {
+				t.Fatalf("%s: %v", o, err)
+			}
+			out, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-example-test", DryRun: []string{metav1.DryRunAll}})
+			if err != nil {
+				t.Errorf("%s: %v", o, err)
+				continue
+			}
+			// Nothing pruned: every field Kaito's manifest has is in the schema.
+			for _, k := range []string{"resource", "tuning", "inference"} {
+				if !reflect.DeepEqual(o.u.Object[k], out.Object[k]) {
+					t.Errorf("%s: %s changed by the API server:\n sent %v\n  got %v", o, k, o.u.Object[k], out.Object[k])
+				}
+			}
+			applied[o.u.GetAPIVersion()]++
+		}
+	}
+	if applied["kaito.sh/v1alpha1"] == 0 || applied["kaito.sh/v1beta1"] == 0 {
+		t.Errorf("applied %v, want examples of both versions", applied)
 	}
 }

@@ -204,9 +204,11 @@ type Plan struct {
 	// parallel) when the whole model fits one GPU, else one over all of them (0 means one).
 	TrainingProcesses int `json:"trainingProcesses,omitempty"`
 	MaxModelLen       int `json:"maxModelLen,omitempty"`
-	// DiskGiB is the OS disk a node needs for the model's image and weights.
-	DiskGiB int      `json:"diskGiB,omitempty"`
-	Reasons []string `json:"reasons,omitempty"`
+	// DiskGiB is the OS disk a node needs for the model's image and weights; WeightsGiB the
+	// weights themselves (what a model server downloads and loads before it answers).
+	DiskGiB    int      `json:"diskGiB,omitempty"`
+	WeightsGiB float64  `json:"weightsGiB,omitempty"`
+	Reasons    []string `json:"reasons,omitempty"`
 	// TrainingConfig is the rendered training_config.yaml the tuning Job mounts.
 	TrainingConfig string `json:"trainingConfig,omitempty"`
 	// RuntimeArgs are the inference server's arguments.

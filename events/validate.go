@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,8 +112,8 @@ func (p AddressPolicy) CheckURL(raw string) error {
 // when they are fetched.
 func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 	var errs field.ErrorList
-	if w.APIVersion != "" && w.APIVersion != APIVersion {
-		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), w.APIVersion, []string{APIVersion}))
+	if w.APIVersion != "" && !slices.Contains(APIVersions(), w.APIVersion) {
+		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), w.APIVersion, APIVersions()))
 	}
 	if w.Kind != "" && w.Kind != Kind {
 		errs = append(errs, field.NotSupported(field.NewPath("kind"), w.Kind, []string{Kind}))
@@ -149,6 +150,10 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 	}
 	if w.Tuning != nil {
 		errs = append(errs, w.Tuning.validate(field.NewPath("tuning"), p)...)
+		// Kaito's rule: a tuning run trains on one node.
+		if w.Resource.Count != nil && *w.Resource.Count > 1 {
+			errs = append(errs, field.Invalid(field.NewPath("resource", "count"), *w.Resource.Count, "tuning does not support multiple nodes: set it to 1 (a node with several GPUs trains on all of them)"))
+		}
 	}
 	if w.Inference != nil {
 		errs = append(errs, w.Inference.validate(field.NewPath("inference"), p)...)
@@ -173,6 +178,9 @@ func (r ResourceSpec) validate(path *field.Path) field.ErrorList {
 		for _, msg := range validation.IsDNS1123Subdomain(n) {
 			errs = append(errs, field.Invalid(path.Child("preferredNodes").Index(i), n, msg))
 		}
+	}
+	if r.Partition != nil {
+		errs = append(errs, field.Forbidden(path.Child("partition"), "GPU partitioning (MIG profiles, accelerator shares) is not supported: kaitoflow provisions and schedules whole GPUs"))
 	}
 	return errs
 }

@@ -99,6 +99,8 @@ func TestValidateRefusesBadManifests(t *testing.T) {
 		{"credentials in URL", "https://example.com/data.parquet", "https://u:p@example.com/x", "tuning.input.urls[0]", "credentials"},
 		{"bad model access secret", "    name: phi-3-mini-128k-instruct\n", "    name: phi-3-mini-128k-instruct\n    presetOptions:\n      modelAccessSecret: HF_Token\n", "tuning.preset.presetOptions.modelAccessSecret", "not a Secret name"},
 		{"bad weights cache", "  name: ws\n", "  name: ws\n  annotations:\n    kaitoflow.io/weights-cache: Weights/Cache\n", "metadata.annotations[kaitoflow.io/weights-cache]", "not a PersistentVolumeClaim name"},
+		{"v1beta1 GPU partition", "  labelSelector:\n", "  partition:\n    mode: mig\n    profile: 1g.10gb\n  labelSelector:\n", "resource.partition", "not supported"},
+		{"multi-node tuning", "  instanceType:", "  count: 2\n  instanceType:", "resource.count", "multiple nodes"},
 		{"tuning and inference", "tuning:\n", "inference:\n  preset:\n    name: phi-3-mini-4k-instruct\ntuning:\n", "inference", "cannot both"},
 	}
 	for _, tc := range tests {

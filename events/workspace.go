@@ -1,19 +1,31 @@
 package events
 
 import (
+	"encoding/json"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// APIVersion and Kind are Kaito's: a manifest written for Kaito is a kaitoflow request as it is.
+// The API versions and kind are Kaito's: a manifest written for Kaito is a kaitoflow request as it
+// is. Kaito serves both versions with the same top-level shape and no conversion webhook (v1beta1
+// adds fields and is the storage version); kaitoflow reads either into one Workspace and writes
+// v1beta1.
 const (
-	APIVersion = "kaito.sh/v1alpha1"
+	Group              = "kaito.sh"
+	APIVersionV1Alpha1 = Group + "/v1alpha1"
+	APIVersionV1Beta1  = Group + "/v1beta1"
+	// APIVersion is the version kaitoflow writes where a request names none: Kaito's storage version.
+	APIVersion = APIVersionV1Beta1
 	Kind       = "Workspace"
 )
 
-// Workspace mirrors Kaito's kaito.sh/v1alpha1 Workspace field for field, with the same JSON
-// spelling, so that `kubectl apply -f` manifests and kaitoflow requests are the same document.
-// Unlike most CRDs, Kaito puts resource/tuning/inference at the top level, not under spec.
+// APIVersions are the Workspace versions kaitoflow accepts, oldest first.
+func APIVersions() []string { return []string{APIVersionV1Alpha1, APIVersionV1Beta1} }
+
+// Workspace mirrors Kaito's Workspace (kaito.sh/v1alpha1 and v1beta1) field for field, with the
+// same JSON spelling, so that `kubectl apply -f` manifests and kaitoflow requests are the same
+// document. Unlike most CRDs, Kaito puts resource/tuning/inference at the top level, not under spec.
 type Workspace struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -30,6 +42,16 @@ type ResourceSpec struct {
 	InstanceType   string                `json:"instanceType,omitempty"`
 	LabelSelector  *metav1.LabelSelector `json:"labelSelector"`
 	PreferredNodes []string              `json:"preferredNodes,omitempty"`
+	// Partition (v1beta1) asks for a GPU partition (MIG profile or accelerator share) instead of
+	// whole GPUs; kaitoflow refuses it, naming the field.
+	Partition *PartitionSpec `json:"partition,omitempty"`
+}
+
+// PartitionSpec is Kaito v1beta1's GPU partitioning request.
+type PartitionSpec struct {
+	Mode    string `json:"mode,omitempty"`
+	Profile string `json:"profile,omitempty"`
+	Count   *int   `json:"count,omitempty"`
 }
 
 // PresetSpec names a model preset and, optionally, a private image for it.
@@ -102,13 +124,19 @@ type TuningSpec struct {
 // describes, the phase, the endpoint, the adapter image and a failure's reason. Manifests carrying a
 // status (kubectl get -o yaml) still decode.
 type WorkspaceStatus struct {
-	WorkerNodes        []string           `json:"workerNodes,omitempty"`
-	Conditions         []metav1.Condition `json:"conditions,omitempty"`
-	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
-	Phase              string             `json:"phase,omitempty"`
-	Endpoint           string             `json:"endpoint,omitempty"`
-	Image              string             `json:"image,omitempty"`
-	Failure            string             `json:"failure,omitempty"`
+	WorkerNodes []string           `json:"workerNodes,omitempty"`
+	Conditions  []metav1.Condition `json:"conditions,omitempty"`
+	// State and TargetNodeCount are v1beta1's: Pending, Running, Succeeded, Ready, NotReady or
+	// Failed, and the nodes the workspace runs on. Performance (v1beta1, benchmark results kaitoflow
+	// does not produce) is kept as it was read.
+	State              string          `json:"state,omitempty"`
+	TargetNodeCount    int32           `json:"targetNodeCount,omitempty"`
+	Performance        json.RawMessage `json:"performance,omitempty"`
+	ObservedGeneration int64           `json:"observedGeneration,omitempty"`
+	Phase              string          `json:"phase,omitempty"`
+	Endpoint           string          `json:"endpoint,omitempty"`
+	Image              string          `json:"image,omitempty"`
+	Failure            string          `json:"failure,omitempty"`
 }
 
 // Ref returns the workspace's identity as events carry it.

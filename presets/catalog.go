@@ -45,10 +45,18 @@ type Architecture struct {
 	KVHeads          int    `json:"kvHeads"`
 	Vocab            int    `json:"vocab"`
 	TiedEmbeddings   bool   `json:"tiedEmbeddings"`
+	// HeadDimension is the per-head width where the config states one that is not hidden/heads
+	// (Qwen 3, Gemma); 0 means hidden/heads.
+	HeadDimension int `json:"headDim,omitempty"`
 }
 
 // HeadDim is the per-head width.
-func (a Architecture) HeadDim() int { return a.HiddenSize / a.Heads }
+func (a Architecture) HeadDim() int {
+	if a.HeadDimension > 0 {
+		return a.HeadDimension
+	}
+	return a.HiddenSize / a.Heads
+}
 
 // Model is one preset.
 type Model struct {
@@ -61,7 +69,9 @@ type Model struct {
 	MaxContext   int          `json:"maxContext"`
 	LoRATargets  []string     `json:"loraTargets"`
 	Tuning       bool         `json:"tuning"`
-	License      string       `json:"license"`
+	// Gated models need presetOptions.modelAccessSecret (Kaito refuses them without one).
+	Gated   bool   `json:"gated,omitempty"`
+	License string `json:"license"`
 }
 
 // SKU is one Azure GPU VM size.
@@ -93,7 +103,10 @@ func (s SKU) FlashAttention() bool { return s.BF16() }
 // Catalog is the set of presets and SKUs.
 type Catalog struct {
 	Models []Model `json:"models"`
-	SKUs   []SKU   `json:"skus"`
+	// Hub are Kaito's presets kept by name only: their architecture is read from the Hub when a
+	// plan needs it (hub.go).
+	Hub  []HubPreset `json:"hub,omitempty"`
+	SKUs []SKU       `json:"skus"`
 }
 
 // ErrUnknown is wrapped by lookups of names the catalog does not have.
@@ -143,13 +156,22 @@ func (c *Catalog) check() error {
 		if m.Parameters <= 0 || a.Layers <= 0 || a.HiddenSize <= 0 || a.Heads <= 0 || a.KVHeads <= 0 || a.Vocab <= 0 || a.IntermediateSize <= 0 || m.MaxContext <= 0 {
 			errs = append(errs, fmt.Errorf("model %s: incomplete architecture", m.Name))
 		}
-		if a.HiddenSize%a.Heads != 0 || a.Heads%a.KVHeads != 0 {
+		if (a.HeadDimension == 0 && a.HiddenSize%a.Heads != 0) || a.Heads%a.KVHeads != 0 {
 			errs = append(errs, fmt.Errorf("model %s: hidden size, heads and KV heads do not divide", m.Name))
 		}
 		for _, t := range m.LoRATargets {
 			if _, _, err := a.moduleShape(t); err != nil {
 				errs = append(errs, fmt.Errorf("model %s: %w", m.Name, err))
 			}
+		}
+	}
+	for _, h := range c.Hub {
+		if seen[h.Name] {
+			errs = append(errs, fmt.Errorf("model name %q is used twice", h.Name))
+		}
+		seen[h.Name] = true
+		if _, _, ok := ParseHubID(h.HuggingFace); !ok || len(h.Revision) != 40 {
+			errs = append(errs, fmt.Errorf("hub preset %s: want a repository id and a pinned 40-character commit", h.Name))
 		}
 	}
 	for _, s := range c.SKUs {

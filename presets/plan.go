@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 )
+
+// ErrNotTunable is wrapped by a tuning plan of a preset that cannot be tuned.
+var ErrNotTunable = errors.New("not tunable")
 
 // headroom is the share of a GPU's memory a plan may fill: the driver, ECC and the estimator's own
 // error need the rest.
@@ -75,8 +79,13 @@ func (c *Catalog) PlanTuning(preset, method, instanceType string, o Overrides) (
 	if err != nil {
 		return nil, err
 	}
+	return c.PlanTuningFor(m, method, instanceType, o)
+}
+
+// PlanTuningFor is PlanTuning for a model that need not be in the catalog (one read from the Hub).
+func (c *Catalog) PlanTuningFor(m *Model, method, instanceType string, o Overrides) (*TuningPlan, error) {
 	if !m.Tuning {
-		return nil, fmt.Errorf("preset %s does not support tuning", m.Name)
+		return nil, fmt.Errorf("%w: preset %s cannot be tuned (as in Kaito); tunable presets: %s", ErrNotTunable, m.Name, strings.Join(c.TunableNames(), ", "))
 	}
 	if method != "lora" && method != "qlora" {
 		return nil, fmt.Errorf("method %q: want lora or qlora", method)
@@ -210,6 +219,12 @@ func (c *Catalog) PlanInference(preset, instanceType string, adapters, loraRank 
 	if err != nil {
 		return nil, err
 	}
+	return c.PlanInferenceFor(m, instanceType, adapters, loraRank)
+}
+
+// PlanInferenceFor is PlanInference for a model that need not be in the catalog (one read from
+// the Hub).
+func (c *Catalog) PlanInferenceFor(m *Model, instanceType string, adapters, loraRank int) (*InferencePlan, error) {
 	candidates, err := c.candidates(instanceType)
 	if err != nil {
 		return nil, err

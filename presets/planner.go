@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -31,6 +32,91 @@ type Planner struct {
 	Catalog *Catalog
 	// Configs reads tuning.config ConfigMaps; nil means none can be read.
 	Configs ConfigSource
+	// Hub reads models that are not in the catalog (Kaito presets kept by name, Hugging Face
+	// repository ids); nil refuses them.
+	Hub ModelHub
+	// Secrets reads presetOptions.modelAccessSecret for the Hub; nil reads none (public models).
+	Secrets SecretSource
+}
+
+// ModelHub reads a model's metadata from the Hugging Face Hub (*Hub).
+type ModelHub interface {
+	Model(ctx context.Context, repo, revision, token string) (*HubModel, error)
+}
+
+// SecretSource reads a Secret's data; a missing Secret is an error wrapping ErrSecretNotFound.
+type SecretSource func(ctx context.Context, namespace, name string) (map[string][]byte, error)
+
+// ErrSecretNotFound is what a SecretSource returns for a Secret that does not exist.
+var ErrSecretNotFound = errors.New("Secret not found")
+
+// model resolves the preset a workspace names at path: from the catalog, or read from the Hub
+// with the workspace's token. Refusals are permanent and name the field; the Hub being down is not.
+func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec) (*Model, error) {
+	m, ref, err := p.Catalog.Resolve(preset.Name)
+	if err != nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, err.Error()))
+	}
+	gated := (m != nil && m.Gated) || (ref != nil && ref.Gated)
+	if gated && preset.ModelAccessSecret == "" {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Required(path.Child("presetOptions", "modelAccessSecret"),
+			fmt.Sprintf("%s is gated on Hugging Face: name a Secret whose %s key holds a token with access to it", preset.Name, ModelAccessSecretKey)))
+	}
+	if m != nil {
+		return m, nil
+	}
+	if p.Hub == nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, "a model read from the Hugging Face Hub, which this planner cannot reach"))
+	}
+	token, err := p.token(ctx, ws, path, preset)
+	if err != nil {
+		return nil, err
+	}
+	hm, err := p.Hub.Model(ctx, ref.Repo, ref.Revision, token)
+	if err != nil {
+		if IsHubRefusal(err) {
+			why := err.Error()
+			var he *HubError
+			if errors.As(err, &he) && (he.Status == 401 || he.Status == 403) {
+				why = fmt.Sprintf("the Hugging Face Hub refused %s (HTTP %d): a gated or private model needs presetOptions.modelAccessSecret with a token that may read it", ref.Repo, he.Status)
+			}
+			return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, why))
+		}
+		return nil, fmt.Errorf("%s: read %s from the Hugging Face Hub: %w", path.Child("name"), ref.Repo, err)
+	}
+	m, err = ModelFromHub(ref, hm)
+	if err != nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, err.Error()))
+	}
+	return m, nil
+}
+
+// token is the HF_TOKEN of the preset's modelAccessSecret, or "" when it names none. The value
+// only ever goes into the Hub request's Authorization header.
+func (p *Planner) token(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec) (string, error) {
+	if preset.ModelAccessSecret == "" {
+		return "", nil
+	}
+	f := path.Child("presetOptions", "modelAccessSecret")
+	if p.Secrets == nil {
+		return "", events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, preset.ModelAccessSecret, "Secrets cannot be read here (no cluster)"))
+	}
+	ns := ws.Namespace
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	data, err := p.Secrets(ctx, ns, preset.ModelAccessSecret)
+	if errors.Is(err, ErrSecretNotFound) {
+		return "", events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(f, ns+"/"+preset.ModelAccessSecret))
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: read Secret %s/%s: %w", f, ns, preset.ModelAccessSecret, err)
+	}
+	t, ok := data[ModelAccessSecretKey]
+	if !ok {
+		return "", events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, preset.ModelAccessSecret, "the Secret has no "+ModelAccessSecretKey+" key"))
+	}
+	return strings.TrimSpace(string(t)), nil
 }
 
 // Plan implements provision's planner.
@@ -39,7 +125,7 @@ func (p *Planner) Plan(ctx context.Context, ws *events.Workspace) (*events.Plan,
 	case ws.Tuning != nil:
 		return p.planTuning(ctx, ws)
 	case ws.Inference != nil && ws.Inference.Preset != nil:
-		return p.planInference(ws)
+		return p.planInference(ctx, ws)
 	}
 	// A custom inference template: the user sized it; only the SKU is known.
 	return &events.Plan{InstanceType: ws.InstanceType(), Reasons: []string{"inference.template: the pod template is used as given; no fit check"}}, nil
@@ -77,10 +163,45 @@ func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) 
 	return user, nil
 }
 
+// ReadInferenceConfig reads and parses the ConfigMap inference.config names, with configs;
+// refusals are permanent and name the field.
+func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.Workspace) (*InferenceConfig, error) {
+	name := ws.Inference.Config
+	f := field.NewPath("inference", "config")
+	if configs == nil {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, name, ErrNoConfigSource.Error()))
+	}
+	ns := ws.Namespace
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	data, err := configs(ctx, ns, name)
+	if errors.Is(err, ErrConfigMapNotFound) {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(f, ns+"/"+name))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inference.config: read ConfigMap %s/%s: %w", ns, name, err)
+	}
+	doc, ok := data[InferenceConfigKey]
+	if !ok {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "inference.config: ConfigMap %s/%s has no %s key", ns, name, InferenceConfigKey)
+	}
+	c, err := ParseInferenceConfig(doc)
+	if err != nil {
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "inference.config %s: %v", name, err)
+	}
+	return c, nil
+}
+
 func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
 	t := ws.Tuning
-	if _, err := p.Catalog.Model(t.Preset.Name); err != nil {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("tuning", "preset", "name"), t.Preset.Name, err.Error()))
+	m, err := p.model(ctx, ws, field.NewPath("tuning", "preset"), t.Preset)
+	if err != nil {
+		return nil, err
+	}
+	if !m.Tuning {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("tuning", "preset", "name"), t.Preset.Name,
+			fmt.Sprintf("cannot be tuned (as in Kaito); tunable presets: %s", strings.Join(p.Catalog.TunableNames(), ", "))))
 	}
 	user, err := p.UserTrainingConfig(ctx, ws)
 	if err != nil {
@@ -91,7 +212,7 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", events.FieldErrors(errs))
 	}
 	// Only what the user set is fixed; kaitoflow's own defaults are the plan's to choose.
-	tp, err := p.Catalog.PlanTuning(t.Preset.Name, t.Method, ws.InstanceType(), user.Overrides())
+	tp, err := p.Catalog.PlanTuningFor(m, t.Method, ws.InstanceType(), user.Overrides())
 	if err != nil {
 		return nil, classify(err, "resource.instanceType")
 	}
@@ -113,24 +234,36 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
 		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
 		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, TrainingProcesses: tp.Processes, Reasons: tp.Reasons,
-		TrainingConfig: string(rendered), DiskGiB: p.diskGiB(t.Preset.Name),
+		TrainingConfig: string(rendered), DiskGiB: diskGiB(m), WeightsGiB: weightsGiB(m),
 	}, nil
 }
 
-func (p *Planner) planInference(ws *events.Workspace) (*events.Plan, error) {
+func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
 	in := ws.Inference
-	if _, err := p.Catalog.Model(in.Preset.Name); err != nil {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("inference", "preset", "name"), in.Preset.Name, err.Error()))
+	m, err := p.model(ctx, ws, field.NewPath("inference", "preset"), in.Preset)
+	if err != nil {
+		return nil, err
 	}
 	// Adapters of unknown rank: plan for Kaito's default rank, vLLM's smallest maximum.
-	ip, err := p.Catalog.PlanInference(in.Preset.Name, ws.InstanceType(), len(in.Adapters), 8)
+	ip, err := p.Catalog.PlanInferenceFor(m, ws.InstanceType(), len(in.Adapters), 8)
 	if err != nil {
 		return nil, classify(err, "resource.instanceType")
+	}
+	// inference.config is checked now, before any GPU is bought; serve applies it to vLLM's
+	// arguments.
+	if in.Config != "" {
+		c, err := ReadInferenceConfig(ctx, p.Configs, ws)
+		if err != nil {
+			return nil, err
+		}
+		if len(c.Ignored) > 0 {
+			ip.Reasons = append(ip.Reasons, fmt.Sprintf("inference.config: %s ignored: Kaito's own runtime settings, which vLLM has no flag for", strings.Join(c.Ignored, ", ")))
+		}
 	}
 	return &events.Plan{
 		Model: ip.HuggingFace, Revision: ip.Revision,
 		InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
-		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: p.diskGiB(in.Preset.Name),
+		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: diskGiB(m), WeightsGiB: weightsGiB(m),
 	}, nil
 }
 
@@ -149,11 +282,10 @@ func classify(err error, path string) error {
 
 // diskGiB sizes a node's OS disk: the 16-bit weights twice (the download and the loaded copy the
 // image cache keeps) plus 64 GiB for images and logs, in steps of 64 GiB, at least 128.
-func (p *Planner) diskGiB(preset string) int {
-	m, err := p.Catalog.Model(preset)
-	if err != nil {
-		return 128
-	}
-	need := 2*float64(m.Parameters)*bytes16/gib + 64
+func diskGiB(m *Model) int {
+	need := 2*weightsGiB(m) + 64
 	return max(128, int(math.Ceil(need/64))*64)
 }
+
+// weightsGiB is the model's weights in 16-bit (or as their files are, for a model read from the Hub).
+func weightsGiB(m *Model) float64 { return float64(m.Parameters) * bytes16 / gib }

@@ -67,3 +67,36 @@ func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 		})
 	}
 }
+
+// inference.config is read when the plan is made: Kaito's template passes, naming the settings
+// only Kaito's runtime reads; a broken one fails before any GPU is bought.
+func TestPlanChecksInferenceConfig(t *testing.T) {
+	configs := map[string]string{
+		"kaito-template": "kv_cache_cpu_memory_utilization: 0.5\nvllm:\n  cpu-offload-gb: 0\n",
+		"broken":         "vllm:\n  lora-modules: [a]\n",
+	}
+	p := &Planner{Catalog: catalog(t), Configs: func(_ context.Context, _, name string) (map[string]string, error) {
+		if doc, ok := configs[name]; ok {
+			return map[string]string{InferenceConfigKey: doc}, nil
+		}
+		return nil, ErrConfigMapNotFound
+	}}
+	ws := func(config string) *events.Workspace {
+		w := &events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-4-mini-instruct"}}, Config: config}}
+		w.Name, w.Namespace = "ws", "default"
+		return w
+	}
+	plan, err := p.Plan(context.Background(), ws("kaito-template"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(plan.Reasons, "\n"), "inference.config: kv_cache_cpu_memory_utilization ignored") {
+		t.Errorf("reasons %q", plan.Reasons)
+	}
+	for name, want := range map[string]string{"broken": "vllm.lora-modules", "missing": `inference.config: Not found: "default/missing"`} {
+		_, err := p.Plan(context.Background(), ws(name))
+		if _, permanent := events.AsPermanent(err); !permanent || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: want a permanent error with %q, got %v", name, want, err)
+		}
+	}
+}

@@ -155,7 +155,15 @@ func TestPlanEveryPresetOnASetOfSKUs(t *testing.T) {
 	c := catalog(t)
 	skus := []string{"Standard_NC6s_v3", "Standard_NC4as_T4_v3", "Standard_NV36ads_A10_v5", "Standard_NC24ads_A100_v4", "Standard_NC96ads_A100_v4", "Standard_ND96isr_H200_v5"}
 	for _, m := range c.Models {
+		if !m.Tuning {
+			if _, err := c.PlanTuning(m.Name, "qlora", "", Overrides{}); !errors.Is(err, ErrNotTunable) {
+				t.Errorf("%s is not tunable in Kaito; planned: %v", m.Name, err)
+			}
+		}
 		for _, method := range []string{"lora", "qlora"} {
+			if !m.Tuning {
+				break
+			}
 			for _, sku := range skus {
 				t.Run(fmt.Sprintf("%s/%s/%s", m.Name, method, sku), func(t *testing.T) {
 					s, _ := c.SKU(sku)
@@ -182,11 +190,11 @@ func TestPlanEveryPresetOnASetOfSKUs(t *testing.T) {
 				})
 			}
 		}
-		// Every preset can be served somewhere, and tuned with qlora somewhere.
+		// Every preset can be served somewhere, and a tunable one tuned with qlora somewhere.
 		if _, err := c.PlanInference(m.Name, "", 1, 8); err != nil {
 			t.Errorf("%s: no SKU serves it: %v", m.Name, err)
 		}
-		if _, err := c.PlanTuning(m.Name, "qlora", "", Overrides{}); err != nil {
+		if _, err := c.PlanTuning(m.Name, "qlora", "", Overrides{}); m.Tuning && err != nil {
 			t.Errorf("%s: no SKU tunes it: %v", m.Name, err)
 		}
 	}
@@ -297,7 +305,7 @@ func TestPlanTrainingProcesses(t *testing.T) {
 		{"phi-3-mini-128k-instruct", "qlora", "Standard_NC6s_v3", 1},          // one GPU
 		{"phi-3-mini-128k-instruct", "qlora", "Standard_NC96ads_A100_v4", 4},  // fits one A100 easily
 		{"qwen2.5-coder-32b-instruct", "lora", "Standard_NC96ads_A100_v4", 1}, // 64 GB of 16-bit weights: not on one 80 GB GPU with the rest
-		{"llama-3.1-8b-instruct", "lora", "Standard_NC24s_v3", 1},             // 16 GB of weights on 16 GB V100s
+		{"phi-4", "lora", "Standard_NC24s_v3", 1},                             // 28 GB of 16-bit weights on 16 GB V100s
 	} {
 		t.Run(tc.preset+"/"+tc.method+"/"+tc.sku, func(t *testing.T) {
 			p, err := catalog(t).PlanTuning(tc.preset, tc.method, tc.sku, Overrides{})

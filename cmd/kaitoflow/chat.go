@@ -21,6 +21,7 @@ type chatMessage struct {
 func newChat(g *globals) *cobra.Command {
 	var (
 		noStream    bool
+		printURL    bool
 		maxTokens   int
 		temperature float64
 	)
@@ -30,7 +31,8 @@ func newChat(g *globals) *cobra.Command {
 		Long: `chat sends a prompt to the workspace's chat endpoint (its URL from the status store) and
 prints the answer as its tokens arrive (the OpenAI-compatible /v1/chat/completions, streamed). With
 no PROMPT it reads prompts line by line and keeps the conversation. --no-stream uses Kaito's
-POST /chat instead.`,
+POST /chat instead. --url prints the endpoint and the commands that reach it from inside the
+cluster: a Knative Service's address is cluster-local, and its Kubernetes Service has no cluster IP.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w, err := g.client().Get(cmd.Context(), args[0])
@@ -43,6 +45,9 @@ POST /chat instead.`,
 			model := w.Preset
 			if len(w.Adapters) > 0 {
 				model = w.Adapters[0]
+			}
+			if printURL {
+				return printEndpoint(g.out, w.Endpoint, model)
 			}
 			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream, maxTokens: maxTokens, temperature: temperature}
 			if len(args) == 2 {
@@ -65,9 +70,29 @@ POST /chat instead.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&noStream, "no-stream", false, "use Kaito's POST /chat and print the whole answer at once")
+	f.BoolVar(&printURL, "url", false, "print the endpoint's URL and curl commands that reach it from a pod in the cluster, and send nothing")
 	f.IntVar(&maxTokens, "max-tokens", 0, "longest answer in tokens (0: the server's default)")
 	f.Float64Var(&temperature, "temperature", -1, "sampling temperature (negative: the server's default)")
 	return cmd
+}
+
+// printEndpoint prints the endpoint and, for both of its APIs, a one-off curl pod that calls it:
+// the URL a Knative Service has is cluster-local (Kaito's `kubectl get svc` and its ClusterIP do
+// not exist for it).
+func printEndpoint(out io.Writer, endpoint, model string) error {
+	openai, err := json.Marshal(map[string]any{"model": model, "messages": []chatMessage{{Role: "user", Content: "What is Kaito?"}}})
+	if err != nil {
+		return err
+	}
+	kaito, err := json.Marshal(map[string]any{"prompt": "What is Kaito?", "generate_kwargs": map[string]any{"max_new_tokens": 200}})
+	if err != nil {
+		return err
+	}
+	curl := func(path string, body []byte) string {
+		return fmt.Sprintf("kubectl run chat-$RANDOM --rm -i --restart=Never --image=curlimages/curl -- \\\n  curl -sS %s%s -H 'Content-Type: application/json' -d '%s'\n", endpoint, path, body)
+	}
+	_, err = fmt.Fprintf(out, "%s\n\n# OpenAI-compatible (model %s):\n%s\n# Kaito's /chat:\n%s", endpoint, model, curl("/v1/chat/completions", openai), curl("/chat", kaito))
+	return err
 }
 
 // chatter holds one conversation with an endpoint.

@@ -77,11 +77,11 @@ func TestCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME INSTANCE RESOURCEREADY INFERENCEREADY WORKSPACEREADY AGE PHASE" {
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME INSTANCE RESOURCEREADY INFERENCEREADY JOBSTARTED WORKSPACESUCCEEDED TARGETNODECOUNT STATE AGE" {
 		t.Fatalf("get:\n%s", out)
 	}
 	f := strings.Fields(lines[1])
-	if f[0] != "workspace-tuning-phi-3" || f[1] != "Standard_NC6s_v3" || f[2] != "True" || f[3] != "True" || f[4] != "True" || f[6] != "Ready" {
+	if f[0] != "workspace-tuning-phi-3" || f[1] != "Standard_NC6s_v3" || f[2] != "True" || f[3] != "True" || f[4] != "True" || f[5] != "True" || f[6] != "1" || f[7] != "Ready" {
 		t.Errorf("row %q", lines[1])
 	}
 	// chat: streamed through chat-proxy from the simulated runtime, which says it is simulated;
@@ -89,6 +89,12 @@ func TestCLI(t *testing.T) {
 	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "what is kaito?")
 	if err != nil || !strings.HasPrefix(out, "[sim]") || !strings.Contains(out, "You said: what is kaito?") {
 		t.Errorf("chat: %v %s", err, out)
+	}
+	// --url: the endpoint and a curl pod for each API, with the adapter as the model.
+	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "--url")
+	if err != nil || !strings.Contains(out, "/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\"") ||
+		!strings.Contains(out, "/chat -H") || !strings.Contains(out, `"model":"workspace-tuning-phi-3"`) || !strings.HasPrefix(out, "http") {
+		t.Errorf("chat --url: %v\n%s", err, out)
 	}
 	out, _, err = cli(t, p.URL, "chat", "workspace-tuning-phi-3", "hello", "--no-stream", "--max-tokens", "3")
 	if err != nil || strings.TrimSpace(out) != "[sim] no model" {

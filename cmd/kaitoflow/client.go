@@ -253,24 +253,26 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 		return fmt.Errorf("-o %q: want yaml, json or wide", format)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
-	cols := "NAME\tINSTANCE\tRESOURCEREADY\tINFERENCEREADY\tWORKSPACEREADY\tAGE\tPHASE"
+	// Kaito v1beta1's columns, as kubectl prints them for the CRD.
+	cols := "NAME\tINSTANCE\tRESOURCEREADY\tINFERENCEREADY\tJOBSTARTED\tWORKSPACESUCCEEDED\tTARGETNODECOUNT\tSTATE\tAGE"
 	if allNS {
 		cols = "NAMESPACE\t" + cols
 	}
 	if format == "wide" {
-		cols += "\tJOBSTARTED\tWORKSPACESUCCEEDED\tIMAGE\tENDPOINT"
+		cols += "\tPHASE\tIMAGE\tENDPOINT"
 	}
 	fmt.Fprintln(tw, cols)
 	now := time.Now()
 	for _, w := range list {
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", w.Name, w.InstanceType,
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", w.Name, w.InstanceType,
 			w.ConditionStatus(status.CondResourceReady), w.ConditionStatus(status.CondInferenceReady),
-			w.ConditionStatus(status.CondWorkspaceReady), age(now.Sub(w.Created)), w.Phase)
+			w.ConditionStatus(status.CondJobStarted), w.ConditionStatus(status.CondWorkspaceSucceeded),
+			w.TargetNodeCount(), w.State(), age(now.Sub(w.Created)))
 		if allNS {
 			row = w.Namespace + "\t" + row
 		}
 		if format == "wide" {
-			row += fmt.Sprintf("\t%s\t%s\t%s\t%s", w.ConditionStatus(status.CondJobStarted), w.ConditionStatus(status.CondWorkspaceSucceeded), w.Image, w.Endpoint)
+			row += fmt.Sprintf("\t%s\t%s\t%s", w.Phase, w.Image, w.Endpoint)
 		}
 		fmt.Fprintln(tw, row)
 	}

@@ -18,7 +18,7 @@ func newController(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "controller",
 		Short: "Reconcile Workspace custom resources with the pipeline (kubectl apply -f workspace.yaml)",
-		Long: `controller watches Workspace objects (kaito.sh/v1alpha1, or --crd-group where Kaito itself owns
+		Long: `controller watches Workspace objects (kaito.sh, read at v1beta1 whichever version they were applied at, or --crd-group where Kaito itself owns
 kaito.sh): a create or spec change becomes kaitoflow.workspace.requested with the object's
 metadata.generation; a deletion becomes kaitoflow.workspace.deleted, and the finalizer
 kaitoflow.io/release-capacity keeps the object until the pipeline reports its capacity released; the

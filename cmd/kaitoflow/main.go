@@ -56,7 +56,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "kaitoflow",
 		Short:         "Fine-tune and serve open models as an event-driven, serverless pipeline",
-		Long:          "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1) as CloudEvents flowing through small functions on NATS JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
+		Long:          "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1 and v1beta1) as CloudEvents flowing through small functions on NATS JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       buildVersion(),

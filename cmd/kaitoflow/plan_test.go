@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 func TestPlanCommand(t *testing.T) {
@@ -30,5 +32,28 @@ func TestPlanCommand(t *testing.T) {
 	out, _, err = cli(t, "http://unused", "presets", "show", "mistral-7b-instruct")
 	if err != nil || !strings.Contains(out, "mistralai/Mistral-7B-Instruct-v0.3") || !strings.Contains(out, "Standard_ND96isr_H200_v5") {
 		t.Errorf("presets show: %v\n%s", err, out)
+	}
+}
+
+// plan and presets show on a Hugging Face id and on a Kaito preset kept by name: read from the
+// stand-in Hub, and with $HF_TOKEN for a gated one.
+func TestPlanHuggingFaceModels(t *testing.T) {
+	hub := testenv.NewHub(t)
+	out, _, err := cli(t, "http://unused", "presets", "show", "Qwen/Qwen3-0.6B", "--hub-url", hub.URL)
+	if err != nil || !strings.Contains(out, "Qwen/Qwen3-0.6B @ "+testenv.QwenSHA) || !strings.Contains(out, "28 layers") {
+		t.Errorf("presets show an id: %v\n%s", err, out)
+	}
+	manifest := filepath.Join(t.TempDir(), "llama.yaml")
+	doc, _ := os.ReadFile("../../examples/v1beta1/inference_llama_3.1_8b_instruct.yaml")
+	_ = os.WriteFile(manifest, []byte(strings.Replace(string(doc), "llama-3.1-8b-instruct\n", "llama-3.3-70b-instruct\n", 1)), 0o644)
+	t.Setenv("HF_TOKEN", "")
+	out, _, err = cli(t, "http://unused", "plan", "-f", manifest, "--hub-url", hub.URL)
+	if err == nil || !strings.Contains(out, "HTTP 401") {
+		t.Errorf("a gated model without a token: %v\n%s", err, out)
+	}
+	t.Setenv("HF_TOKEN", hub.Token)
+	out, _, err = cli(t, "http://unused", "plan", "-f", manifest, "--hub-url", hub.URL)
+	if err != nil || !strings.Contains(out, "llama-3.3-70b-instruct") {
+		t.Errorf("a gated model with $HF_TOKEN: %v\n%s", err, out)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,18 +35,32 @@ func newPresets(g *globals) *cobra.Command {
 			}
 			return tw.Flush()
 		},
-	}, &cobra.Command{
+	})
+	var hubURL string
+	show := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a preset and where it fits: tuning with lora and qlora, and serving, on every SKU",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
+		Long: `show describes a preset: a catalog model, one of Kaito's presets read from the Hugging Face
+Hub, or any Hugging Face repository id (owner/name[@revision]), whose config.json and weight files
+are read from the Hub (with $HF_TOKEN, for gated models).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := presets.Default()
 			if err != nil {
 				return err
 			}
-			m, err := c.Model(args[0])
+			m, ref, err := c.Resolve(args[0])
 			if err != nil {
 				return err
+			}
+			if ref != nil {
+				hm, err := cliHub(hubURL).Model(cmd.Context(), ref.Repo, ref.Revision, os.Getenv("HF_TOKEN"))
+				if err != nil {
+					return fmt.Errorf("read %s from the Hugging Face Hub: %w", ref.Repo, err)
+				}
+				if m, err = presets.ModelFromHub(ref, hm); err != nil {
+					return err
+				}
 			}
 			a := m.Architecture
 			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, %d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        %v\n  license:       %s\n  inference:     %s (tuning: presets/trainer, built by hack/release.sh)\n\n",
@@ -54,27 +70,35 @@ func newPresets(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "SKU\tGPUS\tQLORA\tLORA\tSERVE (max model len)\t$/H")
 			for _, s := range c.SKUsByPrice() {
 				cell := func(method string) string {
-					p, err := c.PlanTuning(m.Name, method, s.Name, presets.Overrides{})
+					p, err := c.PlanTuningFor(m, method, s.Name, presets.Overrides{})
 					if err != nil {
 						return "no"
 					}
 					return fmt.Sprintf("%.1f GiB b%d×%d %s", p.Estimate.PerGPUGiB, p.BatchSize, p.SeqLen, p.DType)
 				}
 				serve := "no"
-				if p, err := c.PlanInference(m.Name, s.Name, 0, 0); err == nil {
+				if p, err := c.PlanInferenceFor(m, s.Name, 0, 0); err == nil {
 					serve = fmt.Sprintf("%d %s", p.MaxModelLen, p.DType)
 				}
 				fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, cell("qlora"), cell("lora"), serve, s.PricePerHour)
 			}
 			return tw.Flush()
 		},
-	})
+	}
+	show.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror (default https://huggingface.co)")
+	cmd.AddCommand(show)
 	return cmd
+}
+
+// cliHub reads models from the Hugging Face Hub (or the mirror at url) for the commands that plan
+// without a server.
+func cliHub(url string) *presets.Hub {
+	return &presets.Hub{BaseURL: url, Client: &http.Client{Timeout: 30 * time.Second}}
 }
 
 func newPlan(g *globals) *cobra.Command {
 	var files []string
-	var trainingConfig string
+	var trainingConfig, hubURL string
 	var showConfig bool
 	cmd := &cobra.Command{
 		Use:   "plan -f FILE",
@@ -92,7 +116,12 @@ and sequence length, how much GPU memory that needs — or why it cannot fit. It
 			if err != nil {
 				return err
 			}
-			planner := &presets.Planner{Catalog: c}
+			// Models that are not presets are read from the Hub; a gated one with the workstation's
+			// $HF_TOKEN standing in for the workspace's modelAccessSecret.
+			planner := &presets.Planner{Catalog: c, Hub: cliHub(hubURL),
+				Secrets: func(context.Context, string, string) (map[string][]byte, error) {
+					return map[string][]byte{presets.ModelAccessSecretKey: []byte(os.Getenv("HF_TOKEN"))}, nil
+				}}
 			if trainingConfig != "" {
 				doc, err := os.ReadFile(trainingConfig)
 				if err != nil {
@@ -127,6 +156,7 @@ and sequence length, how much GPU memory that needs — or why it cannot fit. It
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
 	cmd.Flags().StringVar(&trainingConfig, "training-config", "", "training_config.yaml standing in for the tuning.config ConfigMap")
 	cmd.Flags().BoolVar(&showConfig, "show-config", false, "print the training_config.yaml the tuning Job would mount")
+	cmd.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror, for models that are not presets (default https://huggingface.co)")
 	return cmd
 }
 

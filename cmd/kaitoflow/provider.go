@@ -28,6 +28,7 @@ type driverFlags struct {
 	deadline   time.Duration
 	delay      time.Duration
 	allow      []string
+	hubURL     string
 	dataDir    string
 }
 
@@ -54,6 +55,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.preflight, "preflight", preflight, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
 	f.DurationVar(&p.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	f.StringSliceVar(&p.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+	f.StringVar(&p.hubURL, "hub-url", "", "the Hugging Face Hub (or a mirror) the planner reads models that are not presets from: their config.json and file sizes (default https://huggingface.co)")
 	f.StringVar(&p.dataDir, "data-dir", "", "up: where JetStream, the registry and the sim trainer keep their data; fn: the sim trainer's (default: kaitoflow in the user cache dir)")
 }
 
@@ -63,7 +65,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 	cfg := assembly.Config{
 		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline,
-		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller,
+		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller, HubURL: p.hubURL,
 		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(p.dir(), "adapters")},
 	}
 	if _, _, err := assembly.Preflight(p.preflight, cfg.Policy); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // syncBuffer is a log sink shared by goroutines.
@@ -57,7 +60,11 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 		"webhook signing key":    "kf-secret-signing-a1b2c3",
 		"Service Bus key":        "kf-secret-sb-9c1f77",
 		"NATS password (in URL)": "kf-secret-nats-41aa0b",
+		"model access token":     "hf_kf-secret-model-d4e5f6",
 	}
+	// A gated model read from the stand-in Hub with the token of its modelAccessSecret.
+	hub := testenv.NewHub(t)
+	hub.Token = secrets["model access token"]
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
@@ -70,7 +77,14 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log,
 		APIToken: secrets["API token"],
 		Functions: assembly.Config{Sim: assembly.Sim{Delay: 20 * time.Millisecond},
-			PushKeychain: func(context.Context, *events.Workspace) (authn.Keychain, error) { return keychain, nil }}})
+			PushKeychain: func(context.Context, *events.Workspace) (authn.Keychain, error) { return keychain, nil },
+			HubURL:       hub.URL, Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+			Secrets: func(_ context.Context, _, name string) (map[string][]byte, error) {
+				if name != "hf-token" {
+					return nil, presets.ErrSecretNotFound
+				}
+				return map[string][]byte{presets.ModelAccessSecretKey: []byte(secrets["model access token"])}, nil
+			}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,6 +101,12 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	run("--token", secrets["API token"], "submit", "-f", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
 	run("--token", secrets["API token"], "watch", "workspace-tuning-phi-3")
 	run("--token", secrets["API token"], "get", "workspace", "workspace-tuning-phi-3", "-o", "yaml")
+	gated := filepath.Join(t.TempDir(), "llama.yaml")
+	llama, _ := os.ReadFile("../../examples/v1beta1/inference_llama_3.1_8b_instruct.yaml")
+	_ = os.WriteFile(gated, []byte(strings.Replace(string(llama), "llama-3.1-8b-instruct\n", "llama-3.3-70b-instruct\n", 1)), 0o644)
+	run("--token", secrets["API token"], "submit", "-f", gated)
+	run("--token", secrets["API token"], "watch", "workspace-llama-3-1-8b-instruct")
+	run("--token", secrets["API token"], "plan", "-f", gated, "--hub-url", hub.URL)
 
 	// The webhook, with wrong and right keys and signatures.
 	h := &webhook.Handler{Keys: []string{secrets["webhook key"]}, SigningKey: []byte(secrets["webhook signing key"]), Log: log,
@@ -126,9 +146,11 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 		outputs = append(outputs, err.Error())
 	}
 
-	rec, err := p.Store.Get(ctx, "default", "workspace-tuning-phi-3")
-	if err != nil || rec.Phase != status.Ready {
-		t.Fatalf("the workspace did not get through: %+v %v", rec, err)
+	for _, name := range []string{"workspace-tuning-phi-3", "workspace-llama-3-1-8b-instruct"} {
+		rec, err := p.Store.Get(ctx, "default", name)
+		if err != nil || rec.Phase != status.Ready {
+			t.Fatalf("%s did not get through: %+v %v", name, rec, err)
+		}
 	}
 	records, _ := p.Store.List(ctx, "")
 	statusJSON, _ := json.Marshal(records)

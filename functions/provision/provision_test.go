@@ -37,7 +37,12 @@ func TestHandle(t *testing.T) {
 		wantMsg    string
 	}{
 		{name: "seed", mutate: func(*events.Workspace) {}},
-		{name: "two nodes", mutate: func(w *events.Workspace) { n := 2; w.Resource.Count = &n }},
+		{name: "two inference nodes", mutate: func(w *events.Workspace) {
+			n := 2
+			w.Resource.Count = &n
+			w.Inference, w.Tuning = &events.InferenceSpec{Preset: w.Tuning.Preset}, nil
+		}},
+		{name: "two tuning nodes", mutate: func(w *events.Workspace) { n := 2; w.Resource.Count = &n }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.count"},
 		{name: "invalid", mutate: func(w *events.Workspace) { w.Tuning.Method = "dora" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.method"},
 		{name: "metadata service", mutate: func(w *events.Workspace) { w.Tuning.Input.URLs = []string{"http://169.254.169.254/"} }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.input.urls[0]"},
 		{name: "subject mismatch", mutate: func(w *events.Workspace) { w.Name = "other" }, wantReason: events.ReasonBadEvent, wantMsg: "does not match"},

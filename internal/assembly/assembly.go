@@ -42,6 +42,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/sources"
@@ -153,9 +154,16 @@ type Config struct {
 	// mode's submitted ones). One it does not hold is read from the cluster, when there is one;
 	// with neither, a workspace naming a ConfigMap is refused.
 	ConfigMaps presets.ConfigSource
+	// Secrets reads presetOptions.modelAccessSecret for the planner where there is no cluster
+	// (the embedded mode's stand-in); with a cluster, its Secrets are read.
+	Secrets presets.SecretSource
 
-	// Policy decides which dataset hosts are acceptable.
+	// Policy decides which dataset hosts are acceptable; the planner's requests to the Hugging
+	// Face Hub go through it too.
 	Policy events.AddressPolicy
+	// HubURL is the Hugging Face Hub (or a mirror) the planner reads models that are not in the
+	// catalog from; empty means https://huggingface.co.
+	HubURL string
 	// Preflight checks datasets before capacity is bought: enforce, warn, or off (the default).
 	Preflight string
 	// CapacityDeadline is how long capacity may take; provision's default when zero.
@@ -347,7 +355,15 @@ func (b *builder) provision(ctx context.Context) (runtime.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	planner := &presets.Planner{Catalog: catalog, Configs: configs}
+	planner := &presets.Planner{Catalog: catalog, Configs: configs, Secrets: b.cfg.Secrets,
+		Hub: &presets.Hub{BaseURL: b.cfg.HubURL, Client: netguard.Client(b.cfg.Policy, 30*time.Second)}}
+	if b.cfg.Cluster != nil && b.cfg.Secrets == nil {
+		c, err := b.clients(IdentityProvision)
+		if err != nil {
+			return nil, err
+		}
+		planner.Secrets = ClusterSecrets(c.kube)
+	}
 	pending, err := provision.OpenKVPending(ctx, b.cfg.JetStream)
 	if err != nil {
 		return nil, err

@@ -25,3 +25,18 @@ func ClusterConfigMaps(client kubernetes.Interface) presets.ConfigSource {
 		return cm.Data, nil
 	}
 }
+
+// ClusterSecrets reads Secrets from the API server: presetOptions.modelAccessSecret, for the
+// planner's requests to the Hugging Face Hub.
+func ClusterSecrets(client kubernetes.Interface) presets.SecretSource {
+	return func(ctx context.Context, namespace, name string) (map[string][]byte, error) {
+		s, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, presets.ErrSecretNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read Secret %s/%s: %w", namespace, name, err)
+		}
+		return s.Data, nil
+	}
+}

@@ -64,12 +64,14 @@ type Controller struct {
 	informer cache.SharedIndexInformer
 }
 
-// GVR is the Workspace resource in group.
+// GVR is the Workspace resource in group, at Kaito's storage version: the API server serves every
+// object at it whichever version it was applied with (the CRD's versions share one schema, so
+// nothing is lost either way).
 func GVR(group string) schema.GroupVersionResource {
 	if group == "" {
-		group = "kaito.sh"
+		group = events.Group
 	}
-	return schema.GroupVersionResource{Group: group, Version: "v1alpha1", Resource: "workspaces"}
+	return schema.GroupVersionResource{Group: group, Version: "v1beta1", Resource: "workspaces"}
 }
 
 // Run watches Workspaces and status records until ctx ends, with workers reconciling.
@@ -228,7 +230,8 @@ func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, e
 func decode(u *unstructured.Unstructured) (*events.Workspace, error) {
 	obj := u.DeepCopy().Object
 	delete(obj, "status")
-	obj["apiVersion"] = events.APIVersion // a --crd-group resource is still Kaito's shape
+	// A --crd-group resource is still Kaito's shape, at the version it was read at.
+	obj["apiVersion"] = events.Group + "/" + GVR("").Version
 	meta, _ := obj["metadata"].(map[string]any)
 	delete(meta, "managedFields")
 	b, err := json.Marshal(obj)
@@ -287,7 +290,7 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 // statusOf renders a record as the custom resource's status.
 func statusOf(rec *status.Workspace) events.WorkspaceStatus {
 	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
-		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image}
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount())}
 	if rec.Failure != nil {
 		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -107,7 +108,10 @@ func (p *pipeline) apply(t *testing.T, doc []byte) *unstructured.Unstructured {
 		t.Fatal(err)
 	}
 	u.SetNamespace(p.ns)
-	out, err := dyn.Resource(GVR("")).Namespace(p.ns).Create(context.Background(), u, metav1.CreateOptions{})
+	// At the manifest's own version (the seed is v1alpha1); the controller reads it at v1beta1.
+	gvr := GVR("")
+	gvr.Version = u.GroupVersionKind().Version
+	out, err := dyn.Resource(gvr).Namespace(p.ns).Create(context.Background(), u, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,6 +241,55 @@ func TestWorkspaceCustomResource(t *testing.T) {
 		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 		return err == nil && rec.Generation == 3 && rec.Phase == status.Provisioning
 	})
+}
+
+// Kaito's versions round-trip through the API server: a v1beta1 manifest with v1beta1's own field
+// (modelAccessSecret) read back as v1alpha1 and a v1alpha1 manifest read as v1beta1 keep every
+// field, as Kaito's CRD (one schema, no conversion webhook) does.
+func TestVersionsRoundTrip(t *testing.T) {
+	if dyn == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ns := fmt.Sprintf("roundtrip-%d", time.Now().UnixNano())
+	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(context.Background(), nsObj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, wrote, read string }{
+		{"../../examples/v1beta1/inference_llama_3.1_8b_instruct.yaml", "v1beta1", "v1alpha1"},
+		{"../../examples/v1beta1/tuning_phi_3_with_pvc_volume.yaml", "v1beta1", "v1alpha1"},
+		{"../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "v1alpha1", "v1beta1"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			doc, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+				t.Fatal(err)
+			}
+			u.SetNamespace(ns)
+			gvr := GVR("")
+			gvr.Version = tc.wrote
+			if _, err := dyn.Resource(gvr).Namespace(ns).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			gvr.Version = tc.read
+			back, err := dyn.Resource(gvr).Namespace(ns).Get(context.Background(), u.GetName(), metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if back.GetAPIVersion() != "kaito.sh/"+tc.read {
+				t.Errorf("read back as %s", back.GetAPIVersion())
+			}
+			for _, k := range []string{"resource", "tuning", "inference"} {
+				if !reflect.DeepEqual(u.Object[k], back.Object[k]) {
+					t.Errorf("%s changed:\n wrote %v\n  read %v", k, u.Object[k], back.Object[k])
+				}
+			}
+		})
+	}
 }
 
 // A custom resource the schema admits but kaitoflow refuses says why in its status, naming the field.

@@ -3,6 +3,7 @@ package controller
 import (
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,19 +25,44 @@ func TestCRDSchemaCoversTheWorkspaceType(t *testing.T) {
 	if err := yaml.UnmarshalStrict(b, &crd); err != nil {
 		t.Fatal(err)
 	}
-	if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != "v1alpha1" || crd.Spec.Versions[0].Subresources.Status == nil {
+	// Kaito's versions, as Kaito serves them: both served, v1beta1 stored, with their columns.
+	want := []struct {
+		name    string
+		storage bool
+		columns string
+	}{
+		{"v1alpha1", false, "INSTANCE RESOURCEREADY INFERENCEREADY JOBSTARTED WORKSPACESUCCEEDED WORKSPACEREADY AGE"},
+		{"v1beta1", true, "INSTANCE RESOURCEREADY INFERENCEREADY JOBSTARTED WORKSPACESUCCEEDED TARGETNODECOUNT STATE AGE"},
+	}
+	if len(crd.Spec.Versions) != len(want) {
 		t.Fatalf("versions %+v", crd.Spec.Versions)
 	}
-	var cols []string
-	for _, c := range crd.Spec.Versions[0].AdditionalPrinterColumns {
-		if c.Priority == 0 {
-			cols = append(cols, strings.ToUpper(c.Name))
+	if !slices.Equal(crd.Spec.Names.ShortNames, []string{"wk", "wks"}) {
+		t.Errorf("short names %v, want Kaito's wk, wks", crd.Spec.Names.ShortNames)
+	}
+	for i, w := range want {
+		v := crd.Spec.Versions[i]
+		if v.Name != w.name || !v.Served || v.Storage != w.storage || v.Subresources == nil || v.Subresources.Status == nil {
+			t.Errorf("version %d: %s served %v storage %v, want %s stored %v with a status subresource", i, v.Name, v.Served, v.Storage, w.name, w.storage)
 		}
+		var cols []string
+		for _, c := range v.AdditionalPrinterColumns {
+			if c.Priority == 0 {
+				cols = append(cols, strings.ToUpper(c.Name))
+			}
+		}
+		if got := strings.Join(cols, " "); got != w.columns {
+			t.Errorf("%s printer columns %s, want %s", v.Name, got, w.columns)
+		}
+		// One schema for both: the None conversion then loses nothing.
+		if !reflect.DeepEqual(v.Schema, crd.Spec.Versions[0].Schema) {
+			t.Errorf("%s's schema differs from %s's", v.Name, crd.Spec.Versions[0].Name)
+		}
+		cover(t, "", reflect.TypeOf(events.Workspace{}), *v.Schema.OpenAPIV3Schema)
 	}
-	if got := strings.Join(cols, " "); got != "INSTANCE RESOURCEREADY INFERENCEREADY JOBSTARTED WORKSPACESUCCEEDED WORKSPACEREADY AGE" {
-		t.Errorf("printer columns %s", got)
+	if GVR("").Version != "v1beta1" {
+		t.Errorf("the controller watches %s, not the storage version", GVR("").Version)
 	}
-	cover(t, "", reflect.TypeOf(events.Workspace{}), *crd.Spec.Versions[0].Schema.OpenAPIV3Schema)
 }
 
 func cover(t *testing.T, path string, typ reflect.Type, s apiextensionsv1.JSONSchemaProps) {

@@ -26,25 +26,30 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 const seedPath = "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
 
-func start(t *testing.T) *Pipeline {
+func start(t *testing.T, opts ...func(*assembly.Config)) *Pipeline {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	fns := assembly.Config{
+		// Datasets (and the stand-in Hub) served by the tests themselves live on loopback.
+		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+		// More simulated trainer processes at once than CPUs: they mostly wait on I/O.
+		Sim: assembly.Sim{Parallel: 8},
+	}
+	for _, o := range opts {
+		o(&fns)
+	}
 	p, err := Start(ctx, Config{
-		DataDir:  t.TempDir(),
-		Listen:   "127.0.0.1:0",
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
-		Functions: assembly.Config{
-			// Datasets served by the tests themselves live on loopback.
-			Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
-			// More simulated trainer processes at once than CPUs: they mostly wait on I/O.
-			Sim: assembly.Sim{Parallel: 8},
-		},
+		DataDir:   t.TempDir(),
+		Listen:    "127.0.0.1:0",
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
+		Functions: fns,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -281,6 +286,24 @@ func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {
 	}
 	if _, err := p.Store.Get(context.Background(), "default", "workspace-tuning-phi-3"); err == nil {
 		t.Error("an invalid workspace got a status record")
+	}
+}
+
+// A Hugging Face id as an inference preset (Kaito since v0.9) goes to Ready: planned from the model's
+// config.json, read through the planner's address policy from the stand-in Hub, pinned to its commit.
+func TestHuggingFaceModelReachesReady(t *testing.T) {
+	hub := testenv.NewHub(t)
+	p := start(t, func(c *assembly.Config) { c.HubURL = hub.URL })
+	doc := "apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata:\n  name: qwen3-06b\nresource:\n  instanceType: Standard_NC6s_v3\n  labelSelector:\n    matchLabels:\n      apps: qwen3-06b\ninference:\n  preset:\n    name: Qwen/Qwen3-0.6B\n"
+	if code, body := submit(t, p, []byte(doc)); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "qwen3-06b", 30*time.Second)
+	if w.Phase != status.Ready {
+		t.Fatalf("phase %s failure %+v", w.Phase, w.Failure)
+	}
+	if w.Plan == nil || w.Plan.Model != "Qwen/Qwen3-0.6B" || w.Plan.Revision != testenv.QwenSHA {
+		t.Errorf("plan %+v", w.Plan)
 	}
 }
 

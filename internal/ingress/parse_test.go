@@ -3,6 +3,7 @@ package ingress
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -94,4 +95,27 @@ func FuzzParseMessage(f *testing.F) {
 			t.Fatal("no error and no workspace")
 		}
 	})
+}
+
+// Kaito's v1beta1 manifests, as a Service Bus message body or the data of a CloudEvent, parse as
+// they are.
+func TestParseKaitoV1beta1(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/v1beta1/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no v1beta1 examples")
+	}
+	for _, f := range files {
+		body, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, _, err := ParseMessage(body, "application/yaml", nil)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if ws.APIVersion != events.APIVersionV1Beta1 || len(ws.Validate(events.AddressPolicy{})) > 0 {
+			t.Errorf("%s: %s, %v", f, ws.APIVersion, ws.Validate(events.AddressPolicy{}))
+		}
+	}
 }

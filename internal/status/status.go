@@ -136,6 +136,31 @@ func (w *Workspace) ConditionStatus(t string) string {
 	return ""
 }
 
+// State is Kaito v1beta1's status.state for the workspace's phase: Pending until capacity is
+// there, Running while it tunes, publishes and deploys, then Ready or Failed.
+func (w *Workspace) State() string {
+	switch w.Phase {
+	case Pending, Provisioning:
+		return "Pending"
+	case Tuning, Publishing, Deploying:
+		return "Running"
+	case Ready:
+		return "Ready"
+	case Failed:
+		return "Failed"
+	}
+	return ""
+}
+
+// TargetNodeCount is Kaito v1beta1's status.targetNodeCount: the nodes the workspace runs on, 0
+// before its manifest is recorded.
+func (w *Workspace) TargetNodeCount() int {
+	if w.Manifest == nil {
+		return 0
+	}
+	return w.Manifest.NodeCount()
+}
+
 func (w *Workspace) seen(id string) bool {
 	return slices.ContainsFunc(w.Events, func(e EventRecord) bool { return e.ID == id })
 }

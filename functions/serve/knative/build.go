@@ -127,7 +127,7 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	}
 	return &servingv1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "serving.knative.dev/v1", Kind: "Service"},
-		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: labels, Annotations: meta},
+		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: serviceLabels(labels), Annotations: meta},
 		Spec: servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: servingv1.RevisionTemplateSpec{
 			ObjectMeta: metav1.ObjectMeta{Labels: podLabels(labels, spec), Annotations: annotations},
 			Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
@@ -252,6 +252,17 @@ const workloadIdentityLabel = "azure.workload.identity/use"
 func isACR(image string) bool {
 	host, _, _ := strings.Cut(image, "/")
 	return strings.HasSuffix(host, ".azurecr.io")
+}
+
+// visibilityLabel makes Knative route the Service inside the cluster only, at
+// http://<name>.<namespace>.svc.cluster.local, as Kaito's inference Service is a ClusterIP one.
+const visibilityLabel = "networking.knative.dev/visibility"
+
+// serviceLabels are the Knative Service's labels: the workspace's, and cluster-local visibility.
+func serviceLabels(labels map[string]string) map[string]string {
+	out := maps.Clone(labels)
+	out[visibilityLabel] = "cluster-local"
+	return out
 }
 
 // podLabels are the revision pods' labels: the Service's, and workload identity's when the pod

@@ -1,6 +1,7 @@
 package knative
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -233,4 +234,35 @@ func TestModelAccessAndWeightsCache(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A Hugging Face id as the preset (Kaito since v0.9), planned from its config.json by the
+// stand-in Hub, with a token Secret: vLLM serves that id at the commit the plan pinned, and the
+// token reaches it from the Secret.
+func TestHuggingFaceModelServiceGolden(t *testing.T) {
+	hub := testenv.NewHub(t)
+	cat := catalog(t)
+	planner := &presets.Planner{Catalog: cat, Hub: &presets.Hub{BaseURL: hub.URL},
+		Secrets: func(context.Context, string, string) (map[string][]byte, error) {
+			return map[string][]byte{presets.ModelAccessSecretKey: []byte(hub.Token)}, nil
+		}}
+	ws := events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "Qwen/Qwen3-0.6B"},
+		PresetOptions: events.PresetOptions{ModelAccessSecret: "hf-token"}}}}
+	ws.Name, ws.Namespace = "qwen3-06b", "team-a"
+	ws.Resource.InstanceType = "Standard_NC6s_v3"
+	plan, err := planner.Plan(context.Background(), &ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := events.Ref{Namespace: "team-a", Name: ws.Name, Generation: 1}
+	d := serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: ws, Plan: plan}
+	rt, err := (&Deployer{Catalog: cat}).Runtime(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := BuildService(d, rt, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden.CheckYAML(t, "hf-model-service.yaml", svc)
 }

@@ -2,7 +2,6 @@ package knative
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"testing"
 
@@ -11,40 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
-
-func TestInferenceConfigArgs(t *testing.T) {
-	base := []string{"m", "--dtype", "float16", "--max-model-len", "14425", "--gpu-memory-utilization", "0.90", "--enable-lora"}
-	for _, tc := range []struct {
-		name, doc string
-		want      string
-		err       string
-	}{
-		{"Kaito's example", "vllm:\n  cpu-offload-gb: 0\n  gpu-memory-utilization: 0.95\n  swap-space: 4\n  max-model-len: 4096\n",
-			"m --dtype float16 --enable-lora --cpu-offload-gb 0 --gpu-memory-utilization 0.95 --max-model-len 4096 --swap-space 4", ""},
-		{"flags", "vllm:\n  enforce-eager: true\n  enable-lora: false\n", "m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enforce-eager", ""},
-		{"a string", "vllm:\n  quantization: awq\n", "m --dtype float16 --max-model-len 14425 --gpu-memory-utilization 0.90 --enable-lora --quantization awq", ""},
-		{"dashes", "vllm:\n  --dtype: half\n", "", "without dashes"},
-		{"a list", "vllm:\n  lora-modules: [a, b]\n", "", "vllm.lora-modules"},
-		{"unknown section", "vllmm:\n  x: 1\n", "", "unknown field"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			over, err := parseInferenceConfig(tc.doc)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("want %q, got %v", tc.err, err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Join(mergeArgs(slices.Clone(base), over), " "); got != tc.want {
-				t.Errorf("got  %s\nwant %s", got, tc.want)
-			}
-		})
-	}
-}
 
 // An inference-only workspace naming inference.config gets those vLLM settings in its Service.
 func TestInferenceConfigFromTheCluster(t *testing.T) {
@@ -52,7 +19,7 @@ func TestInferenceConfigFromTheCluster(t *testing.T) {
 	ctx := context.Background()
 	cm := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 		"metadata": map[string]any{"name": "phi-3-serving", "namespace": ns},
-		"data":     map[string]any{InferenceConfigKey: "vllm:\n  max-model-len: 4096\n  gpu-memory-utilization: 0.95\n"}}}
+		"data":     map[string]any{presets.InferenceConfigKey: "vllm:\n  max-model-len: 4096\n  gpu-memory-utilization: 0.95\n"}}}
 	configmaps := schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
 	if _, err := dyn.Resource(configmaps).Namespace(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

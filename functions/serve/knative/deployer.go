@@ -61,12 +61,18 @@ func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
 		return Runtime{}, nil // the user's pod: sized by the user
 	}
 	preset := ws.PresetName()
+	// The plan provision made has the arguments (and, for a model read from the Hub, is the only
+	// place its size is known).
+	if p := d.Plan; p != nil && len(p.RuntimeArgs) > 0 && p.WeightsGiB > 0 {
+		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(p.WeightsGiB)}, nil
+	}
 	m, err := k.Catalog.Model(preset)
 	if err != nil {
 		return Runtime{}, events.Permanentf(events.ReasonInvalidWorkspace, "preset %q: %v", preset, err)
 	}
+	weights := float64(m.Parameters) * 2 / (1 << 30)
 	if p := d.Plan; p != nil && len(p.RuntimeArgs) > 0 {
-		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(m)}, nil
+		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(weights)}, nil
 	}
 	rank, instanceType := 8, ws.InstanceType()
 	if p := d.Plan; p != nil {
@@ -83,15 +89,13 @@ func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
 		}
 		return Runtime{}, events.Permanent(events.ReasonInvalidWorkspace, err)
 	}
-	return Runtime{Args: ip.VLLMArgs(), GPUs: ip.GPUs, StartupSeconds: startupSeconds(m)}, nil
+	return Runtime{Args: ip.VLLMArgs(), GPUs: ip.GPUs, StartupSeconds: startupSeconds(weights)}, nil
 }
 
-// startupSeconds allows five minutes plus 30 s per GiB of 16-bit weights (a download at a modest
-// 35 MB/s, then loading onto the GPUs) before a model server that has not answered counts as
-// failed.
-func startupSeconds(m *presets.Model) int32 {
-	gib := float64(m.Parameters) * 2 / (1 << 30)
-	return int32(300 + 30*math.Ceil(gib))
+// startupSeconds allows five minutes plus 30 s per GiB of weights (a download at a modest 35 MB/s,
+// then loading onto the GPUs) before a model server that has not answered counts as failed.
+func startupSeconds(weightsGiB float64) int32 {
+	return int32(300 + 30*math.Ceil(weightsGiB))
 }
 
 // Apply implements serve.Deployer: create the Service, or update it to a newer generation (which
