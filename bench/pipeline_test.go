@@ -257,7 +257,7 @@ func runBaseline(b *testing.B, n int, burst bool) result {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
 		b.Fatal(err)
 	}
 	hopCtx, stopHops := context.WithCancel(ctx)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -192,25 +194,66 @@ func (m *manifests) wrap(h http.Handler) http.Handler {
 	})
 }
 
+// One NATS server, one pipeline process: it is SIGKILLed and NATS restarted under it.
 func TestFaults(t *testing.T) {
+	runFaults(t, false)
+}
+
+// A three-server JetStream cluster with an R3 stream and buckets, and two competing pipeline
+// processes: the stream's leader is stopped and started again, and a pipeline replica SIGKILLed,
+// again and again.
+func TestFaultsCluster(t *testing.T) {
+	runFaults(t, true)
+}
+
+func runFaults(t *testing.T, cluster bool) {
 	if env == nil {
 		t.Skipf("no API server: %v", envErr)
 	}
 	n := *count
+	started := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	admin := kubernetes.NewForConfigOrDie(env.Config)
 	dyn := dynamic.NewForConfigOrDie(env.Config)
-	const ns = "faults"
+	// Each run has its own namespace, names and files: the API server outlives the first.
+	ns, prefix, workDir := "faults", "ws", filepath.Join(workDir, "single")
+	if cluster {
+		ns, prefix, workDir = "faults-cluster", "wc", filepath.Join(workDir, "cluster")
+	}
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
-	// The bus, with file storage.
-	bus := &natsServer{t: t, port: -1, store: filepath.Join(workDir, "jetstream")}
-	bus.start()
-	defer bus.stop()
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", bus.port)
+	// The bus, with file storage: one server, or a cluster of three.
+	var natsURL string
+	var restartNATS func() string
+	replicas := 1
+	if cluster {
+		c := testenv.StartNATSCluster(t)
+		natsURL, replicas = c.URL(), 3
+		restartNATS = func() string {
+			leader := c.StreamLeader(runtime.StreamName)
+			if leader < 0 {
+				leader = 0
+			}
+			c.Stop(leader)
+			time.Sleep(2 * time.Second)
+			c.Start(leader)
+			return fmt.Sprintf("stream leader (server %d) stopped and started again", leader)
+		}
+	} else {
+		bus := &natsServer{t: t, port: -1, store: filepath.Join(workDir, "jetstream")}
+		bus.start()
+		defer bus.stop()
+		natsURL = fmt.Sprintf("nats://127.0.0.1:%d", bus.port)
+		restartNATS = func() string {
+			bus.stop()
+			time.Sleep(2 * time.Second)
+			bus.start()
+			return "NATS stopped and started again"
+		}
+	}
 
 	// The registry standing in for ACR, counting manifest pushes.
 	var pushed manifests
@@ -228,8 +271,18 @@ func TestFaults(t *testing.T) {
 	if err := os.WriteFile(kubeconfig, env.KubeConfig(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	apiAddr := testenv.FreeAddr(t)
-	dataDir := filepath.Join(workDir, "data")
+	// The pipeline: one process, or two competing replicas of every function.
+	procs := 1
+	if cluster {
+		procs = 2
+	}
+	var apiAddrs []string
+	for range procs {
+		apiAddrs = append(apiAddrs, testenv.FreeAddr(t))
+	}
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	logFile, err := os.Create(filepath.Join(workDir, "kaitoflow.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -237,9 +290,10 @@ func TestFaults(t *testing.T) {
 	defer logFile.Close()
 	var kills, starts atomic.Int64
 	var childMu sync.Mutex
-	var child *exec.Cmd
-	startChild := func() {
-		c := exec.Command(binary, "up", "--nats", natsURL, "--registry", regHost, "--listen", apiAddr, "--data-dir", dataDir,
+	children := make([]*exec.Cmd, procs)
+	startChild := func(i int) {
+		c := exec.Command(binary, "up", "--nats", natsURL, "--replicas", strconv.Itoa(replicas), "--registry", regHost, "--listen", apiAddrs[i],
+			"--data-dir", filepath.Join(workDir, "data-"+strconv.Itoa(i)),
 			"--provider", "karpenter", "--trainer", "job", "--deployer", "knative", "--kubeconfig", kubeconfig,
 			// Stand-in image names: the box's kubelet is kwok, which pulls nothing.
 			"--trainer-image", "example.azurecr.io/kaitoflow/trainer:test", "--wrapper-image", "example.azurecr.io/kaitoflow/kaitoflow:test",
@@ -252,15 +306,19 @@ func TestFaults(t *testing.T) {
 		}
 		starts.Add(1)
 		childMu.Lock()
-		child = c
+		children[i] = c
 		childMu.Unlock()
 	}
-	startChild()
+	for i := range procs {
+		startChild(i)
+	}
 	defer func() {
 		childMu.Lock()
 		defer childMu.Unlock()
-		_ = child.Process.Kill()
-		_ = child.Wait()
+		for _, c := range children {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
 	}()
 
 	// Every event a second time: a copy of each is stored under another id, so each function gets
@@ -297,16 +355,17 @@ func TestFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := func(i int) string { return fmt.Sprintf("ws-%03d", i) }
+	name := func(i int) string { return fmt.Sprintf("%s-%03d", prefix, i) }
 	submitted := make(chan struct{})
 	go func() {
 		defer close(submitted)
 		for i := range n {
 			doc := strings.NewReplacer("workspace-tuning-phi-3", name(i), "ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1", "example.azurecr.io/adapters/"+name(i)+":0.0.1",
 				"ACR_REGISTRY_SECRET_HERE", "acr-push").Replace(string(seed))
-			for range 2 {
-				for ctx.Err() == nil {
-					resp, err := http.Post("http://"+apiAddr+"/v1/workspaces?namespace="+ns, "application/yaml", strings.NewReader(doc))
+			for k := range 2 {
+				for try := 0; ctx.Err() == nil; try++ {
+					// Through whichever pipeline process answers.
+					resp, err := http.Post("http://"+apiAddrs[(i+k+try)%procs]+"/v1/workspaces?namespace="+ns, "application/yaml", strings.NewReader(doc))
 					if err == nil {
 						resp.Body.Close()
 						if resp.StatusCode < 300 {
@@ -320,7 +379,7 @@ func TestFaults(t *testing.T) {
 	}()
 
 	// The status store, read from here.
-	store, err := status.Open(ctx, js, 1)
+	store, err := status.Open(ctx, js, runtime.Storage{Replicas: replicas})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,31 +406,29 @@ func TestFaults(t *testing.T) {
 	// makes progress between them) and start it again; stop NATS once and start it again on the
 	// same store.
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	restartedNATS := false
+	restartedNATS := ""
 	for {
 		time.Sleep(time.Duration(4000+rng.IntN(5000)) * time.Millisecond)
 		ready, failed, stuck := progress()
-		t.Logf("%d ready, %d failed, %d in flight; %d kills, NATS restarted %v", ready, failed, len(stuck), kills.Load(), restartedNATS)
+		t.Logf("%d ready, %d failed, %d in flight; %d kills, NATS restarted %q", ready, failed, len(stuck), kills.Load(), restartedNATS)
 		if len(stuck) == 0 {
 			break
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("not finished: %v", stuck[:min(len(stuck), 20)])
 		}
-		if !restartedNATS && ready+failed >= n/3 {
-			bus.stop()
-			time.Sleep(2 * time.Second)
-			bus.start()
-			restartedNATS = true
+		if restartedNATS == "" && ready+failed >= n/3 {
+			restartedNATS = restartNATS()
 			continue
 		}
 		if kills.Load() < int64(*maxKills) && ready+failed < n*9/10 { // let the last workspaces finish without faults
+			i := int(kills.Load()) % procs
 			childMu.Lock()
-			_ = child.Process.Signal(syscall.SIGKILL)
-			_ = child.Wait()
+			_ = children[i].Process.Signal(syscall.SIGKILL)
+			_ = children[i].Wait()
 			childMu.Unlock()
 			kills.Add(1)
-			startChild()
+			startChild(i)
 		}
 	}
 	<-submitted
@@ -420,15 +477,27 @@ func TestFaults(t *testing.T) {
 		pushes[name(i)] = pushed.puts[repo]
 	}
 	pushed.mu.Unlock()
-	t.Logf("\n%d workspaces, each submitted twice; %d events delivered a second time; the pipeline SIGKILLed %d times (%d starts); NATS restarted %v\n"+
+	elapsed := time.Since(started)
+	t.Logf("\n%d workspaces, each submitted twice; %d events delivered a second time; %d pipeline process(es), SIGKILLed %d times (%d starts); NATS: %d server(s), R%d, %s\n"+
 		"outcome: %d Ready, %d Failed, %d missing\n"+
 		"side effect                 once   more than once   never\n"+
 		"NodeClaims (API server)     %4d   %14d   %5d\n"+
 		"Jobs (API server)           %4d   %14d   %5d\n"+
 		"Knative Services            %4d   %14d   %5d\n"+
 		"adapter manifests (digest)  %4d   %14d   %5d   (%d PUTs in all)",
-		n, duplicated.Load(), kills.Load(), starts.Load(), restartedNATS, ready, failed, n-ready-failed,
+		n, duplicated.Load(), procs, kills.Load(), starts.Load(), map[bool]int{false: 1, true: 3}[cluster], replicas, restartedNATS, ready, failed, n-ready-failed,
 		cOnce, cMore, cNone, jOnce, jMore, jNone, sOnce, sMore, sNone, mOnce, mMore, n-mOnce-mMore, puts)
+	t.Logf("throughput under faults: %d workspaces in %s, %.2f workspaces/s", n, elapsed.Round(time.Second), float64(n)/elapsed.Seconds())
+	if cluster {
+		// The processes started with --replicas 3 against what they created: still R3.
+		st, err := js.Stream(ctx, runtime.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := st.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream replicas %d after the run, want 3", r)
+		}
+	}
 	for _, r := range reasons {
 		t.Log("failed: " + r)
 	}

@@ -76,6 +76,12 @@ func (c *Catalog) Resolve(name string) (*Model, *HubRef, error) {
 			return m, nil, nil
 		}
 	}
+	// Kaito's presets by their id: Kaito's pin, gating and tuning.
+	for _, h := range c.Hub {
+		if strings.EqualFold(h.HuggingFace, repo) && (rev == "" || rev == h.Revision) {
+			return nil, &HubRef{Name: name, Repo: h.HuggingFace, Revision: h.Revision, Tuning: h.Tuning, Gated: h.Gated}, nil
+		}
+	}
 	return nil, &HubRef{Name: name, Repo: repo, Revision: rev}, nil
 }
 
@@ -166,17 +172,26 @@ func (h *Hub) Model(ctx context.Context, repo, revision, token string) (*HubMode
 		return nil, fmt.Errorf("%s: not a model info document: %v", infoURL, err)
 	}
 	m := &HubModel{Repo: repo, SHA: info.SHA}
-	var bins int64
+	// What vLLM loads: the root's safetensors (transformers' model*.safetensors rather than
+	// Mistral's consolidated*.safetensors copy when both are there; never a subfolder's, such as
+	// original/), else PyTorch .bin files.
+	var hf, consolidated, bins int64
 	for _, s := range info.Siblings {
 		switch {
+		case strings.Contains(s.Name, "/"):
+		case strings.HasSuffix(s.Name, ".safetensors") && strings.HasPrefix(s.Name, "consolidated"):
+			consolidated += s.Size
 		case strings.HasSuffix(s.Name, ".safetensors"):
-			m.WeightBytes += s.Size
-		case strings.HasSuffix(s.Name, ".bin") && strings.Contains(s.Name, "pytorch_model"):
+			hf += s.Size
+		case strings.HasSuffix(s.Name, ".bin") && strings.HasPrefix(s.Name, "pytorch_model"):
 			bins += s.Size
 		}
 	}
-	if m.WeightBytes == 0 {
-		m.WeightBytes = bins
+	for _, n := range []int64{hf, consolidated, bins} {
+		if n > 0 {
+			m.WeightBytes = n
+			break
+		}
 	}
 	if m.Config, err = h.get(ctx, base+"/"+repo+"/resolve/"+info.SHA+"/config.json", token, 4<<20); err != nil {
 		return nil, err
@@ -239,12 +254,42 @@ type hubConfig struct {
 	TextConfig            *hubConfig `json:"text_config"`
 }
 
+// textDefaults are the values transformers gives a text config's fields that a multimodal model's
+// config.json leaves out (Gemma 3's text_config names little more than its sizes).
+var textDefaults = map[string]hubConfig{
+	"gemma3_text": {Heads: 8, KVHeads: 4, HeadDim: 256, Vocab: 262208, MaxPositionEmbeddings: 131072},
+}
+
+// withDefaults fills a text_config's missing fields from the model type's defaults, then from
+// the outer config.
+func withDefaults(text, outer hubConfig) hubConfig {
+	if text.ModelType == "" {
+		text.ModelType = outer.ModelType
+	}
+	for _, d := range []hubConfig{textDefaults[text.ModelType], outer} {
+		pick := func(v *int, def int) {
+			if *v == 0 {
+				*v = def
+			}
+		}
+		pick(&text.Layers, d.Layers)
+		pick(&text.HiddenSize, d.HiddenSize)
+		pick(&text.IntermediateSize, d.IntermediateSize)
+		pick(&text.Heads, d.Heads)
+		pick(&text.KVHeads, d.KVHeads)
+		pick(&text.HeadDim, d.HeadDim)
+		pick(&text.Vocab, d.Vocab)
+		pick(&text.MaxPositionEmbeddings, d.MaxPositionEmbeddings)
+	}
+	return text
+}
+
 // hubFamilies are the model types whose attention the estimator's KV cache formula describes
 // (grouped-query attention with num_key_value_heads), by the LoRA module names they use.
 var hubFamilies = map[string]string{
 	"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama",
 	"qwen3": "llama", "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama", "gemma3": "llama",
-	"gemma3_text": "llama", "mistral3": "llama", "granite": "llama", "gpt_oss": "llama", "phi3": "phi3",
+	"gemma3_text": "llama", "mistral3": "llama", "ministral3": "llama", "granite": "llama", "gpt_oss": "llama", "phi3": "phi3",
 }
 
 // defaultLoRATargets are the modules LoRA adapts in a family when the preset names none.
@@ -263,7 +308,11 @@ func ModelFromHub(ref *HubRef, hm *HubModel) (*Model, error) {
 	if err := json.Unmarshal(hm.Config, &c); err != nil {
 		return nil, fmt.Errorf("%s config.json: %w", hm.Repo, err)
 	}
-	family, ok := hubFamilies[c.ModelType]
+	text := c
+	if c.TextConfig != nil {
+		text = withDefaults(*c.TextConfig, c)
+	}
+	family, ok := hubFamilies[text.ModelType]
 	if !ok {
 		known := make([]string, 0, len(hubFamilies))
 		for k := range hubFamilies {
@@ -271,17 +320,16 @@ func ModelFromHub(ref *HubRef, hm *HubModel) (*Model, error) {
 		}
 		slices.Sort(known)
 		return nil, fmt.Errorf("%w architecture %s (model_type %q) of %s: kaitoflow sizes %s", ErrUnknown,
-			strings.Join(c.Architectures, ", "), c.ModelType, hm.Repo, strings.Join(known, ", "))
-	}
-	text := c
-	if c.TextConfig != nil {
-		text = *c.TextConfig
+			strings.Join(c.Architectures, ", "), text.ModelType, hm.Repo, strings.Join(known, ", "))
 	}
 	if text.KVHeads == 0 {
 		text.KVHeads = text.Heads
 	}
 	if text.Layers <= 0 || text.HiddenSize <= 0 || text.Heads <= 0 || text.MaxPositionEmbeddings <= 0 {
 		return nil, fmt.Errorf("%s config.json (model_type %s): num_hidden_layers, hidden_size, num_attention_heads and max_position_embeddings are required", hm.Repo, c.ModelType)
+	}
+	if text.HeadDim == 0 && text.HiddenSize < text.Heads {
+		return nil, fmt.Errorf("%s config.json: hidden_size %d is smaller than num_attention_heads %d and there is no head_dim", hm.Repo, text.HiddenSize, text.Heads)
 	}
 	if hm.WeightBytes <= 0 {
 		return nil, fmt.Errorf("%s at %s has no safetensors or PyTorch weight files", hm.Repo, hm.SHA)

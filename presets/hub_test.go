@@ -84,6 +84,7 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 	tuning := &events.Workspace{Tuning: &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "mistral-7b"}}, Method: "qlora",
 		Input: &events.DataSource{URLs: []string{"https://example.com/d.parquet"}}, Output: &events.DataDestination{Image: "example.azurecr.io/a:1"}}}
 	tuning.Name, tuning.Namespace = "t", "default"
+	tuning.Resource.InstanceType = "Standard_NC24ads_A100_v4"
 	plan, err := p.Plan(ctx, tuning)
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +95,24 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 	if !strings.Contains(plan.TrainingConfig, "q_proj") {
 		t.Errorf("LoRA targets of a llama-family model not in the training config:\n%s", plan.TrainingConfig)
 	}
+	// The weights vLLM loads (the transformers shards), not them and Mistral's consolidated copy.
+	if plan.WeightsGiB < 13.4 || plan.WeightsGiB > 13.6 {
+		t.Errorf("weights %.2f GiB, want the shards' 13.5", plan.WeightsGiB)
+	}
+	// Serving the tuned adapter is planned too: serve has no catalog entry for a Hub model.
+	if len(plan.RuntimeArgs) == 0 || plan.RuntimeArgs[0] != "mistralai/Mistral-7B-v0.3" || !slices.Contains(plan.RuntimeArgs, "--enable-lora") {
+		t.Errorf("serving args %v", plan.RuntimeArgs)
+	}
+
+	// Gemma 3: a multimodal config whose text_config needs transformers' defaults; its original/
+	// weights are not counted.
+	gemma, err := p.Plan(ctx, inferenceWorkspace("gemma-3-4b-instruct", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gemma.Model != "google/gemma-3-4b-it" || gemma.WeightsGiB < 7.9 || gemma.WeightsGiB > 8.1 || gemma.MaxModelLen < 2048 {
+		t.Errorf("gemma plan %s, %.2f GiB, max model len %d", gemma.Model, gemma.WeightsGiB, gemma.MaxModelLen)
+	}
 
 	for _, tc := range []struct {
 		name      string
@@ -103,7 +122,8 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 	}{
 		{"gated without a secret", inferenceWorkspace("llama-3.3-70b-instruct", ""), true, "presetOptions.modelAccessSecret: Required"},
 		{"a secret that does not exist", inferenceWorkspace("llama-3.3-70b-instruct", "nope"), true, `presetOptions.modelAccessSecret: Not found: "default/nope"`},
-		{"an id the Hub refuses without a token", inferenceWorkspace("meta-llama/Llama-3.3-70B-Instruct", ""), true, "HTTP 401"},
+		{"a Kaito preset by its id: Kaito's gating", inferenceWorkspace("meta-llama/Llama-3.3-70B-Instruct", ""), true, "presetOptions.modelAccessSecret: Required"},
+		{"an id the Hub refuses without a token", inferenceWorkspace("meta-llama/Llama-3.3-70B-Instruct@main", ""), true, "HTTP 401: Access to model meta-llama/Llama-3.3-70B-Instruct is restricted"},
 		{"no such repository", inferenceWorkspace("nobody/nothing", ""), true, "HTTP 404"},
 		{"an architecture the estimator cannot size", inferenceWorkspace("deepseek-v3-0324", ""), true, `DeepseekV3ForCausalLM (model_type "deepseek_v3")`},
 		{"not a name and not an id", inferenceWorkspace("gpt-5", ""), true, "owner/name[@revision]"},
@@ -135,6 +155,12 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 
 	// The Hub down is not the workspace's fault: asked again later.
 	h.SetDown(true)
+	// A refusal that needs no Hub is made without it.
+	hfTuning := *tuning
+	hfTuning.Tuning = &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "Qwen/Qwen3-0.6B"}}, Method: "lora", Input: tuning.Tuning.Input, Output: tuning.Tuning.Output}
+	if _, err := p.Plan(ctx, &hfTuning); err == nil || !strings.Contains(err.Error(), "cannot be tuned") {
+		t.Errorf("tuning a Hugging Face id with the Hub down: %v", err)
+	}
 	_, err = p.Plan(ctx, inferenceWorkspace("Qwen/Qwen3-0.6B", ""))
 	if _, permanent := events.AsPermanent(err); err == nil || permanent {
 		t.Errorf("hub down: want a transient error, got %v", err)

@@ -52,10 +52,16 @@ var ErrSecretNotFound = errors.New("Secret not found")
 
 // model resolves the preset a workspace names at path: from the catalog, or read from the Hub
 // with the workspace's token. Refusals are permanent and name the field; the Hub being down is not.
-func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec) (*Model, error) {
+// Everything that can be refused without the Hub is refused first: a tuning of a preset Kaito
+// does not tune, a gated model without its Secret.
+func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec, tuning bool) (*Model, error) {
 	m, ref, err := p.Catalog.Resolve(preset.Name)
 	if err != nil {
 		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, err.Error()))
+	}
+	if tunes := (m != nil && m.Tuning) || (ref != nil && ref.Tuning); tuning && !tunes {
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name,
+			fmt.Sprintf("cannot be tuned (as in Kaito); tunable presets: %s", strings.Join(p.Catalog.TunableNames(), ", "))))
 	}
 	gated := (m != nil && m.Gated) || (ref != nil && ref.Gated)
 	if gated && preset.ModelAccessSecret == "" {
@@ -63,6 +69,13 @@ func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.P
 			fmt.Sprintf("%s is gated on Hugging Face: name a Secret whose %s key holds a token with access to it", preset.Name, ModelAccessSecretKey)))
 	}
 	if m != nil {
+		// The trainer and vLLM read the gated model's Secret in their pods: check now that it is
+		// there, where Secrets can be read, rather than after the GPU is bought.
+		if gated && p.Secrets != nil {
+			if _, err := p.token(ctx, ws, path, preset); err != nil {
+				return nil, err
+			}
+		}
 		return m, nil
 	}
 	if p.Hub == nil {
@@ -78,7 +91,9 @@ func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.P
 			why := err.Error()
 			var he *HubError
 			if errors.As(err, &he) && (he.Status == 401 || he.Status == 403) {
-				why = fmt.Sprintf("the Hugging Face Hub refused %s (HTTP %d): a gated or private model needs presetOptions.modelAccessSecret with a token that may read it", ref.Repo, he.Status)
+				// Without a token the Hub also answers 401 for a repository that does not exist:
+				// its own words say which.
+				why = fmt.Sprintf("the Hugging Face Hub refused %s (HTTP %d: %s): a gated or private model needs presetOptions.modelAccessSecret with a token that may read it, and a misspelt id does not exist", ref.Repo, he.Status, he.Body)
 			}
 			return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, why))
 		}
@@ -195,13 +210,9 @@ func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.W
 
 func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
 	t := ws.Tuning
-	m, err := p.model(ctx, ws, field.NewPath("tuning", "preset"), t.Preset)
+	m, err := p.model(ctx, ws, field.NewPath("tuning", "preset"), t.Preset, true)
 	if err != nil {
 		return nil, err
-	}
-	if !m.Tuning {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(field.NewPath("tuning", "preset", "name"), t.Preset.Name,
-			fmt.Sprintf("cannot be tuned (as in Kaito); tunable presets: %s", strings.Join(p.Catalog.TunableNames(), ", "))))
 	}
 	user, err := p.UserTrainingConfig(ctx, ws)
 	if err != nil {
@@ -229,8 +240,16 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 	if err != nil {
 		return nil, err
 	}
+	// How the tuned adapter will be served on the same node, planned now: a model read from the
+	// Hub is not in serve's catalog.
+	var serving []string
+	if ip, err := p.Catalog.PlanInferenceFor(m, tp.InstanceType, 1, max(8, tp.LoRARank)); err == nil {
+		serving = ip.VLLMArgs()
+	} else {
+		tp.Reasons = append(tp.Reasons, fmt.Sprintf("serving the tuned adapter on %s will not fit: %v", tp.InstanceType, err))
+	}
 	return &events.Plan{
-		Model: tp.HuggingFace, Revision: tp.Revision,
+		Model: tp.HuggingFace, Revision: tp.Revision, RuntimeArgs: serving,
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
 		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
 		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, TrainingProcesses: tp.Processes, Reasons: tp.Reasons,
@@ -240,7 +259,7 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 
 func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
 	in := ws.Inference
-	m, err := p.model(ctx, ws, field.NewPath("inference", "preset"), in.Preset)
+	m, err := p.model(ctx, ws, field.NewPath("inference", "preset"), in.Preset, false)
 	if err != nil {
 		return nil, err
 	}

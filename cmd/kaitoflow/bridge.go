@@ -43,11 +43,11 @@ func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ing
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	if _, err := f.nats.storage(nil).EnsureStream(ctx, js); err != nil {
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	store, err := status.Open(ctx, js, 1)
+	store, err := status.Open(ctx, js, f.nats.storage(nil))
 	if err != nil {
 		nc.Close()
 		return nil, nil, nil, err

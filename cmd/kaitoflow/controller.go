@@ -1,10 +1,13 @@
 package main
 
 import (
+	"os"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -14,6 +17,8 @@ func newController(g *globals) *cobra.Command {
 		drivers driverFlags
 		group   string
 		workers int
+		elect   bool
+		leaseNS string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -43,11 +48,19 @@ prints its columns, plus phase, endpoint, image and failure).`,
 			if err != nil {
 				return err
 			}
-			if _, err := runtime.EnsureStream(cmd.Context(), js, 1); err != nil {
+			if _, err := nats.storage(log).EnsureStream(cmd.Context(), js); err != nil {
 				return err
 			}
+			cfg.Replicas = nats.replicas
 			pub := runtime.JetStreamPublisher{JS: js}
 			cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, group, workers
+			if elect {
+				id, err := os.Hostname() // the pod's name
+				if err != nil {
+					return err
+				}
+				cfg.LeaderElection = &controller.Leader{Namespace: leaseNS, Identity: id}
+			}
 			a, err := assembly.Build(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -62,5 +75,7 @@ prints its columns, plus phase, endpoint, image and failure).`,
 	fl.Float32Var(&drivers.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
 	fl.StringVar(&group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
 	fl.IntVar(&workers, "workers", 4, "Workspaces reconciled at once")
+	fl.BoolVar(&elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
+	fl.StringVar(&leaseNS, "leader-election-namespace", "kaitoflow", "the namespace of the leader Lease ("+controller.LeaseName+")")
 	return cmd
 }

@@ -116,7 +116,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	if err := (runtime.JetStreamPublisher{JS: js}).Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	pending, err := provision.OpenKVPending(ctx, js)
+	pending, err := provision.OpenKVPending(ctx, js, runtime.Storage{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

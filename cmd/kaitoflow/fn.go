@@ -108,7 +108,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if js, err = jetstream.New(nc); err != nil {
 			return err
 		}
-		if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+		if _, err := f.nats.storage(log).EnsureStream(ctx, js); err != nil {
 			return err
 		}
 	}
@@ -119,7 +119,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 			return err
 		}
 	}
-	cfg.JetStream, cfg.Publisher = js, pub
+	cfg.JetStream, cfg.Publisher, cfg.Replicas = js, pub, f.nats.replicas
 	a, err := assembly.Build(ctx, cfg)
 	if err != nil {
 		return err

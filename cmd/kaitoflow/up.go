@@ -37,7 +37,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			if err != nil {
 				return err
 			}
-			fns.CRDGroup = crdGroup
+			fns.CRDGroup, fns.Replicas = crdGroup, natsOpts.replicas
 			dataDir := drivers.dir()
 			tp := sdktrace.NewTracerProvider()
 			defer func() { _ = tp.Shutdown(cmd.Context()) }()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/kvjson"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // PendingBucket is the JetStream KV bucket of provision records.
@@ -22,11 +23,9 @@ type KVPending struct {
 	kv jetstream.KeyValue
 }
 
-// OpenKVPending creates or opens the bucket.
-func OpenKVPending(ctx context.Context, js jetstream.JetStream) (*KVPending, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: PendingBucket, Description: "kaitoflow provision: capacity requests", Storage: jetstream.FileStorage, History: 1,
-	})
+// OpenKVPending creates or opens the bucket, as storage says (never weakening an existing one).
+func OpenKVPending(ctx context.Context, js jetstream.JetStream, storage runtime.Storage) (*KVPending, error) {
+	kv, err := storage.EnsureBucket(ctx, js, PendingBucket, "kaitoflow provision: capacity requests")
 	if err != nil {
 		return nil, fmt.Errorf("open %s bucket: %w", PendingBucket, err)
 	}

@@ -123,6 +123,9 @@ type Config struct {
 	CRDGroup string
 	// ControllerWorkers is how many Workspaces the controller reconciles at once; 4 when zero.
 	ControllerWorkers int
+	// LeaderElection, when set, makes the controller reconcile only while this process holds
+	// the Lease (its Namespace and Identity): replicas of `kaitoflow controller` elect one.
+	LeaderElection *controller.Leader
 
 	Logger *slog.Logger
 	// JetStream holds provision's capacity records and the status store: provision, status and
@@ -161,6 +164,10 @@ type Config struct {
 	// Policy decides which dataset hosts are acceptable; the planner's requests to the Hugging
 	// Face Hub go through it too.
 	Policy events.AddressPolicy
+	// Replicas is the replica count of the JetStream buckets the functions create (the stream is
+	// created by whoever starts first, with the same setting): 1 for one server, 3 on a cluster.
+	// Existing ones are never weakened (runtime.Storage).
+	Replicas int
 	// HubURL is the Hugging Face Hub (or a mirror) the planner reads models that are not in the
 	// catalog from; empty means https://huggingface.co.
 	HubURL string
@@ -295,6 +302,11 @@ func (b *builder) configMaps(identity string) (presets.ConfigSource, error) {
 	}, nil
 }
 
+// storage is how the functions create the JetStream buckets they need.
+func (b *builder) storage() runtime.Storage {
+	return runtime.Storage{Replicas: b.cfg.Replicas, Log: b.log}
+}
+
 func (b *builder) store(ctx context.Context) (*status.Store, error) {
 	if b.a.Store != nil {
 		return b.a.Store, nil
@@ -302,7 +314,7 @@ func (b *builder) store(ctx context.Context) (*status.Store, error) {
 	if b.cfg.JetStream == nil {
 		return nil, fmt.Errorf("the status store needs NATS JetStream")
 	}
-	s, err := status.Open(ctx, b.cfg.JetStream, 1)
+	s, err := status.Open(ctx, b.cfg.JetStream, b.storage())
 	if err != nil {
 		return nil, err
 	}
@@ -364,7 +376,7 @@ func (b *builder) provision(ctx context.Context) (runtime.Handler, error) {
 		}
 		planner.Secrets = ClusterSecrets(c.kube)
 	}
-	pending, err := provision.OpenKVPending(ctx, b.cfg.JetStream)
+	pending, err := provision.OpenKVPending(ctx, b.cfg.JetStream, b.storage())
 	if err != nil {
 		return nil, err
 	}
@@ -529,9 +541,17 @@ func (b *builder) controller(ctx context.Context) error {
 		return err
 	}
 	b.watch("workspace-controller", func(ctx context.Context, pub events.Publisher) error {
-		wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log,
-			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
-		return wc.Run(ctx, max(b.cfg.ControllerWorkers, 1))
+		run := func(ctx context.Context) error {
+			wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log,
+				Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
+			return wc.Run(ctx, max(b.cfg.ControllerWorkers, 1))
+		}
+		if le := b.cfg.LeaderElection; le != nil {
+			l := *le
+			l.Client, l.Log = c.kube, b.log
+			return l.Run(ctx, run)
+		}
+		return run(ctx)
 	})
 	return nil
 }

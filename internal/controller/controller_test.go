@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
@@ -33,6 +34,7 @@ import (
 
 var (
 	dyn     dynamic.Interface
+	kube    kubernetes.Interface
 	kubeErr error
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -41,6 +43,7 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			dyn = dynamic.NewForConfigOrDie(cfg)
+			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
 	}, filepath.Join("..", "..", "deploy", "knative", "crd")))
 }
@@ -54,7 +57,24 @@ type pipeline struct {
 	ns    string
 }
 
+// start is the pipeline with one controller running.
 func start(t *testing.T) *pipeline {
+	t.Helper()
+	p := startBus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = p.controller().Run(ctx, 2) }()
+	return p
+}
+
+// controller is a Workspace controller on the pipeline's store and bus.
+func (p *pipeline) controller() *Controller {
+	return &Controller{Client: dyn, Store: p.store, Publisher: p.pub, Log: quiet,
+		Submitter: &ingress.Submitter{Store: p.store, Publisher: p.pub, Source: "kaitoflow/controller"}}
+}
+
+// startBus is the pipeline without a controller.
+func startBus(t *testing.T) *pipeline {
 	t.Helper()
 	if dyn == nil {
 		t.Skipf("no API server: %v", kubeErr)
@@ -76,10 +96,10 @@ func start(t *testing.T) *pipeline {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	store, err := status.Open(ctx, js, 1)
+	store, err := status.Open(ctx, js, runtime.Storage{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,9 +109,6 @@ func start(t *testing.T) *pipeline {
 		t.Fatal(err)
 	}
 	go func() { _ = proj.Run(ctx) }()
-	c := &Controller{Client: dyn, Store: store, Publisher: pub, Log: quiet,
-		Submitter: &ingress.Submitter{Store: store, Publisher: pub, Source: "kaitoflow/controller"}}
-	go func() { _ = c.Run(ctx, 2) }()
 
 	ns := fmt.Sprintf("ctl-%d", time.Now().UnixNano())
 	nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
@@ -313,4 +330,49 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(context.Background(), "workspace-tuning-phi-3", metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
+}
+
+// Two controller replicas: one leads and reconciles; when it stops, the other takes the Lease and
+// reconciles within the lease's timings.
+func TestLeaderElection(t *testing.T) {
+	p := startBus(t)
+	leader := func(id string) (*Leader, context.CancelFunc, chan error) {
+		l := &Leader{Client: kube, Namespace: p.ns, Identity: id, Log: quiet,
+			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		errs := make(chan error, 1)
+		go func() { errs <- l.Run(ctx, func(ctx context.Context) error { return p.controller().Run(ctx, 2) }) }()
+		return l, cancel, errs
+	}
+	holder := func() string {
+		l, err := kube.CoordinationV1().Leases(p.ns).Get(context.Background(), LeaseName, metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	_, stopA, errsA := leader("replica-a")
+	eventually(t, "replica-a leading", func() bool { return holder() == "replica-a" })
+	leader("replica-b")
+
+	p.apply(t, seed(t))
+	eventually(t, "the leader's finalizer", func() bool { return len(p.get(t, "workspace-tuning-phi-3").GetFinalizers()) == 1 })
+	if h := holder(); h != "replica-a" {
+		t.Fatalf("the lease moved to %q while replica-a ran", h)
+	}
+
+	stopped := time.Now()
+	stopA()
+	if err := <-errsA; err != nil {
+		t.Errorf("replica-a stopping: %v", err)
+	}
+	eventually(t, "replica-b leading", func() bool { return holder() == "replica-b" })
+	// replica-a released the Lease as it stopped: well within one lease duration.
+	if took := time.Since(stopped); took > 3*time.Second {
+		t.Errorf("takeover took %s", took)
+	}
+	doc := strings.Replace(string(seed(t)), "name: workspace-tuning-phi-3", "name: second", 1)
+	p.apply(t, []byte(doc))
+	eventually(t, "the new leader reconciling", func() bool { return len(p.get(t, "second").GetFinalizers()) == 1 })
 }

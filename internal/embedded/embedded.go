@@ -121,10 +121,11 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	p.JS = js
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	storage := runtime.Storage{Replicas: cfg.Functions.Replicas, Log: log}
+	if _, err := storage.EnsureStream(ctx, js); err != nil {
 		return nil, err
 	}
-	store, err := status.Open(ctx, js, 1)
+	store, err := status.Open(ctx, js, storage)
 	if err != nil {
 		return nil, err
 	}

@@ -21,29 +21,6 @@ const StreamName = "KAITOFLOW"
 // beyond it, so it only has to cover redelivery backoff and restarts.
 const DuplicateWindow = 30 * time.Minute
 
-// EnsureStream creates the stream, or updates it to these settings.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
-	if replicas < 1 {
-		replicas = 1
-	}
-	cfg := jetstream.StreamConfig{
-		Name:        StreamName,
-		Description: "kaitoflow pipeline events",
-		Subjects:    []string{events.SubjectPrefix + ">"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Duplicates:  DuplicateWindow,
-		MaxAge:      14 * 24 * time.Hour,
-		MaxMsgSize:  events.MaxEventSize,
-		Replicas:    replicas,
-	}
-	s, err := js.CreateOrUpdateStream(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
-	}
-	return s, nil
-}
-
 // JetStreamPublisher publishes events in binary mode with Nats-Msg-Id set to the event id, so a
 // re-published event is stored once.
 type JetStreamPublisher struct {

@@ -29,7 +29,7 @@ func natsServer(t *testing.T) *server.Server {
 	t.Helper()
 	ns := testenv.NATSServer(t)
 	js := connect(t, ns)
-	if _, err := EnsureStream(context.Background(), js, 1); err != nil {
+	if _, err := (Storage{Replicas: 1}).EnsureStream(context.Background(), js); err != nil {
 		t.Fatal(err)
 	}
 	return ns

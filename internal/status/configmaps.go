@@ -7,8 +7,6 @@ import (
 	"maps"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/kaitoflow/kaitoflow/internal/kvjson"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -25,16 +23,6 @@ type ConfigMap struct {
 	Data      map[string]string `json:"data,omitempty"`
 	Created   time.Time         `json:"created"`
 	Updated   time.Time         `json:"updated"`
-}
-
-func openConfigMaps(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: ConfigMapBucket, Description: "kaitoflow ConfigMaps (embedded mode)", Storage: jetstream.FileStorage, History: 1, Replicas: replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open %s bucket: %w", ConfigMapBucket, err)
-	}
-	return kv, nil
 }
 
 // PutConfigMap stores cm, as kubectl apply would: created keeps its first value, the data is

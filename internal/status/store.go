@@ -15,6 +15,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/kvjson"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Bucket is the KV bucket holding one record per workspace.
@@ -30,22 +31,13 @@ type Store struct {
 	configMaps jetstream.KeyValue
 }
 
-// Open creates or opens the buckets.
-func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
-	if replicas < 1 {
-		replicas = 1
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "kaitoflow workspace status",
-		Storage:     jetstream.FileStorage,
-		History:     1,
-		Replicas:    replicas,
-	})
+// Open creates or opens the buckets, as storage says (never weakening existing ones).
+func Open(ctx context.Context, js jetstream.JetStream, storage runtime.Storage) (*Store, error) {
+	kv, err := storage.EnsureBucket(ctx, js, Bucket, "kaitoflow workspace status")
 	if err != nil {
 		return nil, fmt.Errorf("open status bucket: %w", err)
 	}
-	cms, err := openConfigMaps(ctx, js, replicas)
+	cms, err := storage.EnsureBucket(ctx, js, ConfigMapBucket, "kaitoflow ConfigMaps (embedded mode)")
 	if err != nil {
 		return nil, err
 	}

@@ -130,10 +130,10 @@ func TestThousandMessagesThroughANATSOutage(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	store, err := status.Open(ctx, js, 1)
+	store, err := status.Open(ctx, js, runtime.Storage{Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,10 +308,10 @@ func TestLockRenewedWhilePublishIsSlow(t *testing.T) {
 	nc, _ := nats.Connect(ns.ClientURL())
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := runtime.EnsureStream(ctx, js, 1); err != nil {
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	store, _ := status.Open(ctx, js, 1)
+	store, _ := status.Open(ctx, js, runtime.Storage{Replicas: 1})
 	rec := &recorder{Publisher: runtime.JetStreamPublisher{JS: js}, acked: map[string]time.Time{}, slow: "default/slow", delay: 600 * time.Millisecond}
 	q := newQueue(150*time.Millisecond, 10)
 	q.send("m-slow", []byte(manifest(t, "slow")), "", nil)

@@ -70,10 +70,10 @@ func newEnv(t *testing.T, configure func(*Handler)) *env {
 	t.Cleanup(nc.Close)
 	e.js, _ = jetstream.New(nc)
 	ctx := context.Background()
-	if _, err := runtime.EnsureStream(ctx, e.js, 1); err != nil {
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, e.js); err != nil {
 		t.Fatal(err)
 	}
-	if e.store, err = status.Open(ctx, e.js, 1); err != nil {
+	if e.store, err = status.Open(ctx, e.js, runtime.Storage{Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
 	doc, err := os.ReadFile("../../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")

@@ -1,0 +1,105 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
+)
+
+// LeaseName is the Lease the Workspace controller's replicas elect their leader with.
+const LeaseName = "kaitoflow-controller"
+
+// Leader runs a singleton only while this process holds a Lease: the Workspace controller runs as
+// several replicas (a rolling update runs old and new side by side) and exactly one reconciles.
+type Leader struct {
+	Client    kubernetes.Interface
+	Namespace string
+	Name      string
+	// Identity names this replica in the Lease (its pod's name).
+	Identity string
+	// LeaseDuration is how long a stopped leader's Lease keeps others waiting; RenewDeadline
+	// how long the leader tries to renew before it gives up; RetryPeriod how often candidates
+	// try. Zero values are client-go's usual 15 s, 10 s and 2 s.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	Log                                       *slog.Logger
+}
+
+// ErrLeadershipLost is returned by Run when this replica stopped leading while ctx was alive: the
+// process should exit, so that it restarts as a candidate with fresh state.
+var ErrLeadershipLost = errors.New("lost the leader lease")
+
+// Run waits to lead, then runs lead until ctx ends or leadership is lost. A replica that stops on
+// purpose releases the Lease, so the next one takes over at once instead of after LeaseDuration.
+func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) error {
+	name := l.Name
+	if name == "" {
+		name = LeaseName
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: l.Namespace, Name: name},
+		Client:     l.Client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: l.Identity},
+	}
+	log := logctx.Or(l.Log).With("lease", l.Namespace+"/"+name, "identity", l.Identity)
+	// The elector calls OnStartedLeading on a goroutine of its own and does not wait for it: the
+	// channels hand its outcome back, and lead failing ends the election too.
+	electing, stop := context.WithCancel(ctx)
+	defer stop()
+	started, done := make(chan struct{}), make(chan error, 1)
+	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   or(l.LeaseDuration, 15*time.Second),
+		RenewDeadline:   or(l.RenewDeadline, 10*time.Second),
+		RetryPeriod:     or(l.RetryPeriod, 2*time.Second),
+		ReleaseOnCancel: true,
+		Name:            name,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				close(started)
+				log.InfoContext(ctx, "leading")
+				err := lead(ctx)
+				done <- err
+				stop()
+			},
+			OnStoppedLeading: func() { log.Info("stopped leading") },
+			OnNewLeader: func(id string) {
+				if id != l.Identity {
+					log.Info("following", "leader", id)
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	elector.Run(electing) // returns when ctx ends, the lease is lost, or lead returned
+	select {
+	case <-started:
+	default:
+		return nil // ctx ended before this replica led
+	}
+	runErr := <-done
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case runErr != nil && !errors.Is(runErr, context.Canceled):
+		return runErr
+	}
+	return ErrLeadershipLost
+}
+
+func or(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
