@@ -219,7 +219,10 @@ func runFaults(t *testing.T, cluster bool) {
 	// Each run has its own namespace, names and files: the API server outlives the first.
 	ns, prefix, workDir := "faults", "ws", filepath.Join(workDir, "single")
 	if cluster {
-		ns, prefix, workDir = "faults-cluster", "wc", filepath.Join(workDir, "cluster")
+		ns, prefix, workDir = "faults-cluster", "wc", filepath.Join(filepath.Dir(workDir), "cluster")
+	}
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -279,9 +282,6 @@ func runFaults(t *testing.T, cluster bool) {
 	var apiAddrs []string
 	for range procs {
 		apiAddrs = append(apiAddrs, testenv.FreeAddr(t))
-	}
-	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		t.Fatal(err)
 	}
 	logFile, err := os.Create(filepath.Join(workDir, "kaitoflow.log"))
 	if err != nil {
