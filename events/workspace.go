@@ -136,7 +136,12 @@ type WorkspaceStatus struct {
 	Phase              string          `json:"phase,omitempty"`
 	Endpoint           string          `json:"endpoint,omitempty"`
 	Image              string          `json:"image,omitempty"`
-	Failure            string          `json:"failure,omitempty"`
+	// Adapters are the model names the endpoint serves the workspace's adapters by.
+	Adapters []string `json:"adapters,omitempty"`
+	Failure  string   `json:"failure,omitempty"`
+	// EventsRecorded counts the pipeline events the controller has recorded as Kubernetes Events
+	// on the object (kubectl describe's timeline).
+	EventsRecorded int `json:"eventsRecorded,omitempty"`
 }
 
 // Ref returns the workspace's identity as events carry it.

@@ -268,7 +268,7 @@ func runFaults(t *testing.T, cluster bool) {
 	// the Job controller and kubelet run each Job (job-run's layer upload included), Knative marks
 	// each Service revision Ready. They also count what kaitoflow created.
 	var claims, jobsCreated, services counter
-	playCluster(ctx, t, admin, dyn, regHost, &claims, &jobsCreated, &services)
+	playCluster(ctx, t, admin, dyn, ns, regHost, &claims, &jobsCreated, &services)
 
 	kubeconfig := filepath.Join(workDir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, env.KubeConfig(), 0o600); err != nil {
@@ -288,6 +288,19 @@ func runFaults(t *testing.T, cluster bool) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
+	// On any failure, t.Fatal included, the pipeline's own account of it.
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			var warn []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
+					warn = append(warn, l)
+				}
+			}
+			t.Logf("the pipeline's last warnings:\n%s", strings.Join(warn[max(0, len(warn)-40):], "\n"))
+		}
+	}()
 	var kills, starts atomic.Int64
 	var childMu sync.Mutex
 	children := make([]*exec.Cmd, procs)
@@ -501,18 +514,6 @@ func runFaults(t *testing.T, cluster bool) {
 	for _, r := range reasons {
 		t.Log("failed: " + r)
 	}
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile.Name())
-			var warn []string
-			for _, l := range strings.Split(string(b), "\n") {
-				if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
-					warn = append(warn, l)
-				}
-			}
-			t.Logf("the pipeline's last warnings:\n%s", strings.Join(warn[max(0, len(warn)-40):], "\n"))
-		}
-	}()
 	if ready+failed != n {
 		t.Errorf("%d workspaces neither Ready nor Failed", n-ready-failed)
 	}
@@ -526,7 +527,7 @@ func runFaults(t *testing.T, cluster bool) {
 
 // playCluster runs Karpenter, the Job controller with the kubelet, and Knative, as far as
 // kaitoflow can tell, and counts what kaitoflow creates.
-func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, dyn dynamic.Interface, regHost string, claims, jobsCreated, services *counter) {
+func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, dyn dynamic.Interface, ns, regHost string, claims, jobsCreated, services *counter) {
 	t.Helper()
 	factory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	work := make(chan func(), 4096)
@@ -553,6 +554,11 @@ func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, 
 	// Karpenter: a Ready GPU node with the NodeClaim's labels.
 	_, _ = factory.ForResource(karpenter.NodeClaims).Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
 		u := obj.(*unstructured.Unstructured)
+		// Only this run's: an earlier run's objects stay in the API server, and playing them
+		// again would keep the workers from this run's.
+		if u.GetLabels()[events.LabelNamespace] != ns {
+			return
+		}
 		claims.add(u.GetLabels()[events.LabelWorkspace])
 		work <- func() {
 			retry(func() error {
@@ -575,12 +581,15 @@ func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, 
 	jobInformer := cache.NewSharedInformer(cache.NewListWatchFromClient(admin.BatchV1().RESTClient(), "jobs", metav1.NamespaceAll, fields.Everything()), &batchv1.Job{}, 0)
 	_, _ = jobInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
 		j := obj.(*batchv1.Job)
+		if j.Namespace != ns {
+			return
+		}
 		jobsCreated.add(j.Labels[events.LabelWorkspace])
 		work <- func() { runJob(ctx, t, admin, j.DeepCopy(), regHost, layer, blob, files, retry) }
 	}})
 	// Knative: every new spec of a Service becomes a Ready revision.
 	markReady := func(u *unstructured.Unstructured) {
-		if og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration"); og == u.GetGeneration() {
+		if og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration"); og == u.GetGeneration() || u.GetNamespace() != ns {
 			return
 		}
 		work <- func() {
@@ -601,6 +610,9 @@ func playCluster(ctx context.Context, t *testing.T, admin kubernetes.Interface, 
 	_, _ = factory.ForResource(knative.Services).Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			u := obj.(*unstructured.Unstructured)
+			if u.GetNamespace() != ns {
+				return
+			}
 			services.add(u.GetLabels()[events.LabelWorkspace])
 			markReady(u)
 		},

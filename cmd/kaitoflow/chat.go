@@ -20,6 +20,7 @@ type chatMessage struct {
 
 func newChat(g *globals) *cobra.Command {
 	var (
+		cluster     clusterFlags
 		noStream    bool
 		printURL    bool
 		maxTokens   int
@@ -35,7 +36,11 @@ POST /chat instead. --url prints the endpoint and the commands that reach it fro
 cluster: a Knative Service's address is cluster-local, and its Kubernetes Service has no cluster IP.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.client().Get(cmd.Context(), args[0])
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
+			w, err := src.Get(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -70,6 +75,7 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 	}
 	f := cmd.Flags()
 	f.BoolVar(&noStream, "no-stream", false, "use Kaito's POST /chat and print the whole answer at once")
+	cluster.register(f)
 	f.BoolVar(&printURL, "url", false, "print the endpoint's URL and curl commands that reach it from a pod in the cluster, and send nothing")
 	f.IntVar(&maxTokens, "max-tokens", 0, "longest answer in tokens (0: the server's default)")
 	f.Float64Var(&temperature, "temperature", -1, "sampling temperature (negative: the server's default)")

@@ -146,6 +146,7 @@ func readFile(stdin io.Reader, name string) ([]byte, error) {
 func newGet(g *globals) *cobra.Command {
 	var output string
 	var all bool
+	var cluster clusterFlags
 	cmd := &cobra.Command{
 		Use:     "get workspaces|configmaps [NAME]",
 		Short:   "List workspaces with kubectl's columns, or show one; list the submitted ConfigMaps",
@@ -160,15 +161,19 @@ func newGet(g *globals) *cobra.Command {
 			default:
 				return fmt.Errorf("unknown resource %q: kaitoflow has workspaces and configmaps", args[0])
 			}
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
 			var list []status.Workspace
 			if len(args) == 2 {
-				w, err := c.Get(cmd.Context(), args[1])
+				w, err := src.Get(cmd.Context(), args[1])
 				if err != nil {
 					return err
 				}
 				list = []status.Workspace{*w}
 			} else {
-				l, err := c.List(cmd.Context(), all)
+				l, err := src.List(cmd.Context(), all)
 				if err != nil {
 					return err
 				}
@@ -179,6 +184,7 @@ func newGet(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: yaml, json, wide")
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list workspaces in every namespace")
+	cluster.register(cmd.Flags())
 	return cmd
 }
 
@@ -283,21 +289,28 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 func age(d time.Duration) string { return duration.HumanDuration(d) }
 
 func newWatch(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var cluster clusterFlags
+	cmd := &cobra.Command{
 		Use:   "watch NAME",
 		Short: "Follow a workspace through the pipeline until it is Ready or Failed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.watch(cmd.Context(), args[0])
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
+			return g.watch(cmd.Context(), src, args[0])
 		},
 	}
+	cluster.register(cmd.Flags())
+	return cmd
 }
 
 // watch prints a workspace's timeline until it is Ready (nil) or Failed (exit 1).
-func (g *globals) watch(ctx context.Context, name string) error {
+func (g *globals) watch(ctx context.Context, src workspaceSource, name string) error {
 	printed := map[string]bool{}
 	var final *status.Workspace
-	err := g.client().Watch(ctx, name, func(w status.Workspace) bool {
+	err := src.Watch(ctx, name, func(w status.Workspace) bool {
 		printTimeline(g.out, w, printed)
 		if w.Phase == status.Ready || w.Phase == status.Failed {
 			final = &w
@@ -342,17 +355,24 @@ func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
 }
 
 func newDelete(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var cluster clusterFlags
+	cmd := &cobra.Command{
 		Use:   "delete [workspace] NAME",
 		Short: "Delete a workspace: its capacity and inference service are released",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[len(args)-1]
-			if err := g.client().Delete(cmd.Context(), name); err != nil {
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
+			if err := src.Delete(cmd.Context(), name); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.out, "workspace.kaito.sh/%s deleted\n", name)
 			return nil
 		},
 	}
+	cluster.register(cmd.Flags())
+	return cmd
 }

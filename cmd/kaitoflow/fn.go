@@ -22,6 +22,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 
 type fnFlags struct {
@@ -134,7 +135,12 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	if a.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", a.SimInference)
 	}
-	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg), Publisher: pub}
+	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow-"+name)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = flush(context.WithoutCancel(ctx)) }()
+	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg), Publisher: pub, Tracer: tp}
 
 	if f.transport == "http" {
 		// Under Knative, ApiServerSources deliver the changes the watches would see, through the

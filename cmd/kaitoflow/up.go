@@ -5,9 +5,9 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 
 func newUp(g *globals) *cobra.Command {
@@ -39,8 +39,12 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			}
 			fns.CRDGroup, fns.Replicas = crdGroup, natsOpts.replicas
 			dataDir := drivers.dir()
-			tp := sdktrace.NewTracerProvider()
-			defer func() { _ = tp.Shutdown(cmd.Context()) }()
+			// OTLP when the OTEL_* environment names an endpoint (telemetry.Enabled), else nothing.
+			tp, flush, err := telemetry.Tracer(cmd.Context(), "kaitoflow")
+			if err != nil {
+				return err
+			}
+			defer func() { _ = flush(context.WithoutCancel(cmd.Context())) }()
 			log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", drivers.d.Provider, "trainer", drivers.d.Trainer, "deployer", drivers.d.Deployer, "sim_delay", drivers.delay)
 			p, err := embedded.Start(cmd.Context(), embedded.Config{
 				DataDir: dataDir, NATS: natsOpts.Options, NATSListen: natsListen, Listen: listen,
@@ -82,7 +86,7 @@ func (g *globals) submitAndWatch(ctx context.Context, files []string) {
 		return
 	}
 	for _, n := range names {
-		if err := g.watch(ctx, n); err != nil && ctx.Err() == nil {
+		if err := g.watch(ctx, g.client(), n); err != nil && ctx.Err() == nil {
 			fmt.Fprintln(g.err, "watch:", err)
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Sim is the simulated trainer: no GPU, no model. It goes through the same path as a real run —
@@ -187,6 +188,8 @@ func (s *Sim) announce(ctx context.Context, r *simRun, what string) {
 	e.SetType(events.JobChanged)
 	e.SetSubject(r.job.Ref.Subject())
 	e.SetExtension(events.ExtGeneration, strconv.FormatInt(r.job.Ref.Generation, 10))
+	// The run continues the trace of the node.ready that started it.
+	runtime.InjectTrace(ctx, &e)
 	if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: r.job.Name}); err == nil {
 		if err := s.Publisher.Publish(ctx, e); err != nil {
 			logctx.Or(s.Log).WarnContext(ctx, "sim: publish job.changed; the next tick sees the change", "err", err)

@@ -542,7 +542,9 @@ func (b *builder) controller(ctx context.Context) error {
 	}
 	b.watch("workspace-controller", func(ctx context.Context, pub events.Publisher) error {
 		run := func(ctx context.Context) error {
-			wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log,
+			recorder, stop := controller.NewRecorder(ctx, c.kube)
+			defer stop()
+			wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log, Recorder: recorder,
 				Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
 			return wc.Run(ctx, max(b.cfg.ControllerWorkers, 1))
 		}

@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -23,6 +25,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -58,7 +61,9 @@ type Controller struct {
 	Group string
 	// Resync re-lists every Workspace this often, for anything a watch missed. Default 10m.
 	Resync time.Duration
-	Log    *slog.Logger
+	// Recorder, when set, records each pipeline event as a Kubernetes Event on the object.
+	Recorder record.EventRecorder
+	Log      *slog.Logger
 
 	queue    workqueue.TypedRateLimitingInterface[string]
 	informer cache.SharedIndexInformer
@@ -179,9 +184,45 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 		}
 	}
 	if rec != nil {
-		return c.writeStatus(ctx, u, statusOf(rec))
+		st := statusOf(rec)
+		c.recordEvents(u, rec, &st)
+		return c.writeStatus(ctx, u, st)
 	}
 	return nil
+}
+
+// recordEvents records the pipeline events the object's status has not counted yet as Kubernetes
+// Events on it, so `kubectl describe workspace` shows the timeline; a failure is a Warning. A
+// status write that fails records them again on the retry: Events are at least once.
+func (c *Controller) recordEvents(u *unstructured.Unstructured, rec *status.Workspace, st *events.WorkspaceStatus) {
+	st.EventsRecorded = len(rec.Events)
+	if c.Recorder == nil {
+		return
+	}
+	done, _, _ := unstructured.NestedInt64(u.Object, "status", "eventsRecorded")
+	if int(done) > len(rec.Events) {
+		done = 0 // a new record: the object was deleted and created again
+	}
+	for _, e := range rec.Events[done:] {
+		kind, msg := corev1.EventTypeNormal, fmt.Sprintf("%s from %s", e.Type, e.Source)
+		if e.Note != "" {
+			msg += ": " + e.Note
+		}
+		if e.Type == events.WorkspaceFailed {
+			kind = corev1.EventTypeWarning
+		}
+		c.Recorder.Event(u, kind, EventReason(e.Type), msg)
+	}
+}
+
+// EventReason is a pipeline event type as a Kubernetes Event reason: kaitoflow.tuning.started is
+// TuningStarted.
+func EventReason(typ string) string {
+	var b strings.Builder
+	for _, part := range strings.FieldsFunc(strings.TrimPrefix(typ, events.SubjectPrefix), func(r rune) bool { return r == '.' || r == '_' || r == '-' }) {
+		b.WriteString(strings.ToUpper(part[:1]) + part[1:])
+	}
+	return b.String()
 }
 
 func needsSubmit(ws *events.Workspace, rec *status.Workspace) bool {
@@ -290,7 +331,7 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 // statusOf renders a record as the custom resource's status.
 func statusOf(rec *status.Workspace) events.WorkspaceStatus {
 	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
-		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount())}
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount())}
 	if rec.Failure != nil {
 		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -63,7 +65,11 @@ func start(t *testing.T) *pipeline {
 	p := startBus(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go func() { _ = p.controller().Run(ctx, 2) }()
+	recorder, stop := NewRecorder(ctx, kube)
+	t.Cleanup(stop)
+	c := p.controller()
+	c.Recorder = recorder
+	go func() { _ = c.Run(ctx, 2) }()
 	return p
 }
 
@@ -191,6 +197,13 @@ func TestWorkspaceCustomResource(t *testing.T) {
 		u := p.get(t, "workspace-tuning-phi-3")
 		ph, _, _ := unstructured.NestedString(u.Object, "status", "phase")
 		return len(u.GetFinalizers()) == 1 && ph == string(status.Provisioning)
+	})
+	// Each pipeline event is a Kubernetes Event on the object: kubectl describe's timeline.
+	eventually(t, "the WorkspaceRequested Event", func() bool {
+		l, err := kube.CoreV1().Events(p.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=workspace-tuning-phi-3"})
+		return err == nil && slices.ContainsFunc(l.Items, func(e corev1.Event) bool {
+			return e.Reason == "WorkspaceRequested" && e.InvolvedObject.Kind == "Workspace" && strings.Contains(e.Message, "kaitoflow.workspace.requested")
+		})
 	})
 	rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 	if err != nil || rec.Generation != 1 || rec.Manifest.Tuning.Method != "qlora" {

@@ -7,10 +7,14 @@ import (
 	"log/slog"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
@@ -102,4 +106,12 @@ func or(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// NewRecorder returns an EventRecorder that writes Kubernetes Events through client as the
+// controller, and the function that stops it.
+func NewRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "kaitoflow-controller"}), b.Shutdown
 }

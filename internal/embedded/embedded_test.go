@@ -21,6 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/api"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
@@ -32,6 +34,12 @@ import (
 const seedPath = "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
 
 func start(t *testing.T, opts ...func(*assembly.Config)) *Pipeline {
+	t.Helper()
+	return startTraced(t, nil, opts...)
+}
+
+// startTraced is start with the pipeline's spans going to tp.
+func startTraced(t *testing.T, tp trace.TracerProvider, opts ...func(*assembly.Config)) *Pipeline {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -50,6 +58,7 @@ func start(t *testing.T, opts ...func(*assembly.Config)) *Pipeline {
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions: fns,
+		Tracer:    tp,
 	})
 	if err != nil {
 		t.Fatal(err)

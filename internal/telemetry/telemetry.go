@@ -1,0 +1,48 @@
+// Package telemetry sends the pipeline's traces out: an OTLP exporter configured by the standard
+// OpenTelemetry environment (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, with
+// their headers, protocol and timeout variables, and OTEL_SERVICE_NAME), and nothing when none is
+// set. Every function continues the trace its input event carries (the CloudEvents
+// distributed-tracing extension), so one workspace generation is one trace across processes.
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Enabled reports whether the environment asks for traces to be exported.
+func Enabled() bool {
+	if os.Getenv("OTEL_TRACES_EXPORTER") == "none" || os.Getenv("OTEL_SDK_DISABLED") == "true" {
+		return false
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+}
+
+// Tracer returns the process's tracer provider and the function that flushes and stops it: an
+// OTLP/HTTP exporter behind a batching processor when Enabled, a no-op otherwise. service names
+// the process where OTEL_SERVICE_NAME does not.
+func Tracer(ctx context.Context, service string) (trace.TracerProvider, func(context.Context) error, error) {
+	if !Enabled() {
+		return noop.NewTracerProvider(), func(context.Context) error { return nil }, nil
+	}
+	exp, err := otlptracehttp.New(ctx) // reads the OTEL_EXPORTER_OTLP_* variables itself
+	if err != nil {
+		return nil, nil, fmt.Errorf("OTLP trace exporter: %w", err)
+	}
+	// resource.Default reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; service fills in
+	// where they say nothing.
+	res, err := resource.Merge(resource.NewSchemaless(attribute.String("service.name", service)), resource.Default())
+	if err != nil {
+		return nil, nil, fmt.Errorf("trace resource: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	return tp, tp.Shutdown, nil
+}
