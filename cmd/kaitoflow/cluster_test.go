@@ -73,10 +73,11 @@ func TestCLIAgainstACluster(t *testing.T) {
 		if err != nil {
 			return
 		}
+		// The Event first: the controller records it as it writes the status.
+		event("InferenceReady", "kaitoflow.inference.ready from kaitoflow/serve")
 		_ = unstructured.SetNestedField(cur.Object, "Ready", "status", "phase")
 		_ = unstructured.SetNestedField(cur.Object, "http://workspace-phi-4-mini.default.svc.cluster.local", "status", "endpoint")
 		_, _ = ws.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
-		event("InferenceReady", "kaitoflow.inference.ready from kaitoflow/serve")
 	}()
 	out, _, err = cli(t, "http://unused", "watch", "workspace-phi-4-mini", "--kubeconfig", kubeconfig)
 	if err != nil || !strings.Contains(out, "NodeReady") || !strings.Contains(out, "InferenceReady") || !strings.Contains(out, "Ready in") {

@@ -200,8 +200,8 @@ func (c *Controller) recordEvents(u *unstructured.Unstructured, rec *status.Work
 		return
 	}
 	done, _, _ := unstructured.NestedInt64(u.Object, "status", "eventsRecorded")
-	if int(done) > len(rec.Events) {
-		done = 0 // a new record: the object was deleted and created again
+	if og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration"); og != rec.Generation || int(done) > len(rec.Events) {
+		done = 0 // a new generation's record starts its events anew
 	}
 	for _, e := range rec.Events[done:] {
 		kind, msg := corev1.EventTypeNormal, fmt.Sprintf("%s from %s", e.Type, e.Source)

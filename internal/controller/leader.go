@@ -54,11 +54,24 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 		LockConfig: resourcelock.ResourceLockConfig{Identity: l.Identity},
 	}
 	log := logctx.Or(l.Log).With("lease", l.Namespace+"/"+name, "identity", l.Identity)
-	// The elector calls OnStartedLeading on a goroutine of its own and does not wait for it: the
-	// channels hand its outcome back, and lead failing ends the election too.
-	electing, stop := context.WithCancel(ctx)
+	// The elector calls OnStartedLeading on a goroutine of its own and does not wait for it, and
+	// it releases the Lease as soon as its context ends: so the election runs on a context of its
+	// own, ended only after lead has returned (no two replicas ever reconcile at once), and lead
+	// failing ends the election too.
+	electing, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	started, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-started: // lead sees ctx end, and stops the election when it returns
+			default:
+				stop() // not leading: stop campaigning
+			}
+		case <-electing.Done():
+		}
+	}()
 	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   or(l.LeaseDuration, 15*time.Second),
@@ -67,10 +80,20 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 		ReleaseOnCancel: true,
 		Name:            name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
+			OnStartedLeading: func(leading context.Context) {
 				close(started)
-				log.InfoContext(ctx, "leading")
-				err := lead(ctx)
+				log.InfoContext(leading, "leading")
+				// lead ends when this replica stops (ctx) or loses the Lease (leading).
+				leadCtx, cancel := context.WithCancel(leading)
+				defer cancel()
+				go func() {
+					select {
+					case <-ctx.Done():
+						cancel()
+					case <-leadCtx.Done():
+					}
+				}()
+				err := lead(leadCtx)
 				done <- err
 				stop()
 			},
@@ -111,7 +134,9 @@ func or(d, def time.Duration) time.Duration {
 // NewRecorder returns an EventRecorder that writes Kubernetes Events through client as the
 // controller, and the function that stops it.
 func NewRecorder(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithContext(ctx))
+	// client-go's default spam filter lets 25 events an object through and then one every five
+	// minutes; a workspace's pipeline has more steps than that over its generations.
+	b := record.NewBroadcaster(record.WithContext(ctx), record.WithCorrelatorOptions(record.CorrelatorOptions{BurstSize: 1000, QPS: 1}))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "kaitoflow-controller"}), b.Shutdown
 }

@@ -37,11 +37,15 @@ func Tracer(ctx context.Context, service string) (trace.TracerProvider, func(con
 	if err != nil {
 		return nil, nil, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
-	// resource.Default reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; service fills in
-	// where they say nothing.
-	res, err := resource.Merge(resource.NewSchemaless(attribute.String("service.name", service)), resource.Default())
-	if err != nil {
-		return nil, nil, fmt.Errorf("trace resource: %w", err)
+	// resource.Default reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, and names the
+	// service after the executable when they say nothing: service replaces that default (the
+	// second resource of a Merge wins), never what the environment set.
+	res := resource.Default()
+	if os.Getenv("OTEL_SERVICE_NAME") == "" {
+		var err error
+		if res, err = resource.Merge(res, resource.NewSchemaless(attribute.String("service.name", service))); err != nil {
+			return nil, nil, fmt.Errorf("trace resource: %w", err)
+		}
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil
