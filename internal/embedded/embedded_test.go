@@ -311,6 +311,12 @@ func TestHuggingFaceModelReachesReady(t *testing.T) {
 	if w.Phase != status.Ready {
 		t.Fatalf("phase %s failure %+v", w.Phase, w.Failure)
 	}
+	// The projector folds events in any order: the plan (from node.ready) may land after Ready.
+	for deadline := time.Now().Add(10 * time.Second); w.Plan == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if w, _ = p.Store.Get(context.Background(), "default", "qwen3-06b"); w == nil {
+			t.Fatal("the record went away")
+		}
+	}
 	if w.Plan == nil || w.Plan.Model != "Qwen/Qwen3-0.6B" || w.Plan.Revision != testenv.QwenSHA {
 		t.Errorf("plan %+v", w.Plan)
 	}
