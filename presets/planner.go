@@ -116,10 +116,7 @@ func (p *Planner) token(ctx context.Context, ws *events.Workspace, path *field.P
 	if p.Secrets == nil {
 		return "", events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, preset.ModelAccessSecret, "Secrets cannot be read here (no cluster)"))
 	}
-	ns := ws.Namespace
-	if ns == "" {
-		ns = events.DefaultNamespace
-	}
+	ns := ws.Ref().Namespace
 	data, err := p.Secrets(ctx, ns, preset.ModelAccessSecret)
 	if errors.Is(err, ErrSecretNotFound) {
 		return "", events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(f, ns+"/"+preset.ModelAccessSecret))
@@ -149,31 +146,17 @@ func (p *Planner) Plan(ctx context.Context, ws *events.Workspace) (*events.Plan,
 // UserTrainingConfig returns the training configuration of the ConfigMap ws names in
 // tuning.config, or an empty one.
 func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) (TrainingConfig, error) {
-	t := ws.Tuning
-	if t.Config == "" {
+	name := ws.Tuning.Config
+	if name == "" {
 		return TrainingConfig{}, nil
 	}
-	if p.Configs == nil {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: ConfigMap %q cannot be read: %v", t.Config, ErrNoConfigSource)
-	}
-	ns := ws.Namespace
-	if ns == "" {
-		ns = events.DefaultNamespace
-	}
-	data, err := p.Configs(ctx, ns, t.Config)
-	if errors.Is(err, ErrConfigMapNotFound) {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(field.NewPath("tuning", "config"), ns+"/"+t.Config))
-	}
+	doc, err := configDocument(ctx, p.Configs, ws, "tuning.config", name, TrainingConfigKey)
 	if err != nil {
-		return nil, fmt.Errorf("tuning.config: read ConfigMap %s/%s: %w", ns, t.Config, err)
-	}
-	doc, ok := data[TrainingConfigKey]
-	if !ok {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: ConfigMap %s/%s has no %s key", ns, t.Config, TrainingConfigKey)
+		return nil, err
 	}
 	user, err := ParseTrainingConfig([]byte(doc))
 	if err != nil {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config %s: %v", t.Config, err)
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config %s: %v", name, err)
 	}
 	return user, nil
 }
@@ -182,30 +165,38 @@ func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) 
 // refusals are permanent and name the field.
 func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.Workspace) (*InferenceConfig, error) {
 	name := ws.Inference.Config
-	f := field.NewPath("inference", "config")
-	if configs == nil {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, name, ErrNoConfigSource.Error()))
-	}
-	ns := ws.Namespace
-	if ns == "" {
-		ns = events.DefaultNamespace
-	}
-	data, err := configs(ctx, ns, name)
-	if errors.Is(err, ErrConfigMapNotFound) {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(f, ns+"/"+name))
-	}
+	doc, err := configDocument(ctx, configs, ws, "inference.config", name, InferenceConfigKey)
 	if err != nil {
-		return nil, fmt.Errorf("inference.config: read ConfigMap %s/%s: %w", ns, name, err)
-	}
-	doc, ok := data[InferenceConfigKey]
-	if !ok {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "inference.config: ConfigMap %s/%s has no %s key", ns, name, InferenceConfigKey)
+		return nil, err
 	}
 	c, err := ParseInferenceConfig(doc)
 	if err != nil {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "inference.config %s: %v", name, err)
 	}
 	return c, nil
+}
+
+// configDocument is key of the ConfigMap the workspace's field (tuning.config, inference.config)
+// names, in its namespace. A ConfigMap or key that is not there, or nothing to read it with, is a
+// permanent refusal naming the field; the API server failing is not.
+func configDocument(ctx context.Context, configs ConfigSource, ws *events.Workspace, fieldName, name, key string) (string, error) {
+	if configs == nil {
+		return "", events.Permanentf(events.ReasonInvalidWorkspace, "%s: ConfigMap %q cannot be read: %v", fieldName, name, ErrNoConfigSource)
+	}
+	ns := ws.Ref().Namespace
+	data, err := configs(ctx, ns, name)
+	if errors.Is(err, ErrConfigMapNotFound) {
+		section, f, _ := strings.Cut(fieldName, ".")
+		return "", events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(field.NewPath(section, f), ns+"/"+name))
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: read ConfigMap %s/%s: %w", fieldName, ns, name, err)
+	}
+	doc, ok := data[key]
+	if !ok {
+		return "", events.Permanentf(events.ReasonInvalidWorkspace, "%s: ConfigMap %s/%s has no %s key", fieldName, ns, name, key)
+	}
+	return doc, nil
 }
 
 func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {

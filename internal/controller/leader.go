@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -74,9 +75,9 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 	}()
 	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
-		LeaseDuration:   or(l.LeaseDuration, 15*time.Second),
-		RenewDeadline:   or(l.RenewDeadline, 10*time.Second),
-		RetryPeriod:     or(l.RetryPeriod, 2*time.Second),
+		LeaseDuration:   cmp.Or(l.LeaseDuration, 15*time.Second),
+		RenewDeadline:   cmp.Or(l.RenewDeadline, 10*time.Second),
+		RetryPeriod:     cmp.Or(l.RetryPeriod, 2*time.Second),
 		ReleaseOnCancel: true,
 		Name:            name,
 		Callbacks: leaderelection.LeaderCallbacks{
@@ -122,13 +123,6 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 		return runErr
 	}
 	return ErrLeadershipLost
-}
-
-func or(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 // NewRecorder returns an EventRecorder that writes Kubernetes Events through client as the
