@@ -21,7 +21,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -35,6 +34,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
@@ -373,11 +374,11 @@ func podStates(ctx context.Context, c kubernetes.Interface, ns string) string {
 	return strings.Join(out, "; ")
 }
 
-// An inference workspace whose adapter lives in a private registry: the Service's pull-adapter
-// init container gets the adapter source's imagePullSecrets, and with them — as the kubelet would
-// mount them — pulls the adapter from a registry that refuses anonymous pulls. The registry is the
-// in-process one behind basic auth (a stand-in for ACR); the init container's code runs in the
-// test, on the volumes a kubelet would have mounted for it (kwok runs no container).
+// An inference workspace whose adapter lives in a private registry: the Service's chat-proxy gets
+// the adapter source's imagePullSecrets mounted, its adapter set names them, and with them — as the
+// kubelet would mount them — it pulls the adapter from a registry that refuses anonymous pulls. The
+// registry is the in-process one behind basic auth (a stand-in for ACR); chat-proxy's pull code
+// runs in the test, on the volumes a kubelet would have mounted for it (kwok runs no container).
 func TestPrivateAdapterInTheBox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -430,17 +431,25 @@ inference:
 	pod := inferencePod(ctx, t, b, ns, name)
 	gpuNode(ctx, t, b.Client, pod.Spec.NodeName)
 
-	i := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == "adapter-support" })
+	i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == "chat-proxy" })
 	if i < 0 {
-		t.Fatalf("no pull-adapter init container for the adapter: %+v", pod.Spec.InitContainers)
+		t.Fatalf("no chat-proxy container: %+v", pod.Spec.Containers)
+	}
+	cm, err := b.Client.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the adapter set's ConfigMap: %v", err)
+	}
+	set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey]))
+	if err != nil || len(set.Adapters) != 1 || set.Adapters[0].Image != image {
+		t.Fatalf("adapter set %+v: %v", set, err)
 	}
 	root := t.TempDir()
-	mountVolumes(ctx, t, b.Client, &pod, pod.Spec.InitContainers[i], root)
-	if n, err := runPullAdapter(root, pod.Spec.InitContainers[i].Command, false); err != nil || n != 2 {
-		t.Fatalf("pull-adapter with the mounted secret: %d file(s), %v", n, err)
+	mountVolumes(ctx, t, b.Client, &pod, pod.Spec.Containers[i], root)
+	if n, err := pullAsChatProxy(ctx, root, set.Adapters[0], false); err != nil || n != 2 {
+		t.Fatalf("chat-proxy's pull with the mounted secret: %d file(s), %v", n, err)
 	}
 	// Without the secret the registry refuses: the credentials are what made the pull work.
-	if _, err := runPullAdapter(t.TempDir(), pod.Spec.InitContainers[i].Command, true); err == nil || !strings.Contains(err.Error(), "401") {
+	if _, err := pullAsChatProxy(ctx, root, set.Adapters[0], true); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Fatalf("an anonymous pull was not refused: %v", err)
 	}
 }
@@ -532,8 +541,13 @@ tuning:
 	if mount == nil || !mount.ReadOnly {
 		t.Fatalf("the model server does not mount the adapters claim read-only: %+v / %+v", model.VolumeMounts, pod.Spec.Volumes)
 	}
-	if args := strings.Join(model.Args, " "); !strings.Contains(args, "="+mount.MountPath) {
-		t.Errorf("the model server is not pointed at the adapter on the volume (%s): %s", mount.MountPath, args)
+	// chat-proxy loads the adapter from where the model server mounts it.
+	cm, err := b.Client.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 || set.Adapters[0].Path != mount.MountPath {
+		t.Errorf("the adapter set does not point at the adapter on the volume (%s): %+v %v", mount.MountPath, set, err)
 	}
 	rec, err := bx.p.Store.Get(ctx, ns, name)
 	if err != nil {
@@ -592,33 +606,22 @@ func mountVolumes(ctx context.Context, t *testing.T, c kubernetes.Interface, pod
 	}
 }
 
-// runPullAdapter runs pull-adapter's code as the init container's command asks, its paths under
-// root; anonymous drops the pull secrets.
-func runPullAdapter(root string, command []string, anonymous bool) (int, error) {
-	i := slices.Index(command, "pull-adapter")
-	if i < 0 || len(command) < i+3 {
-		return 0, fmt.Errorf("not a pull-adapter command: %v", command)
-	}
-	fs := pflag.NewFlagSet("pull-adapter", pflag.ContinueOnError)
-	secrets := fs.StringArray("pull-secret", nil, "")
-	fs.Bool("insecure-registry", false, "")
-	if err := fs.Parse(command[i+1:]); err != nil {
-		return 0, err
-	}
-	if fs.NArg() != 2 {
-		return 0, fmt.Errorf("pull-adapter REF DIR: %v", fs.Args())
-	}
-	ref, err := name.ParseReference(fs.Arg(0))
-	if err != nil {
-		return 0, err
-	}
+// pullAsChatProxy pulls an adapter of the set with chat-proxy's code, the secret files' paths under
+// root (where mountVolumes put them); anonymous drops the pull secrets. It returns the files pulled.
+func pullAsChatProxy(ctx context.Context, root string, spec serve.AdapterSpec, anonymous bool) (int, error) {
 	var files []string
 	if !anonymous {
-		for _, s := range *secrets {
-			files = append(files, filepath.Join(root, s))
+		for _, f := range spec.PullSecrets {
+			files = append(files, filepath.Join(root, f))
 		}
 	}
-	return adapter.Pull(ref, filepath.Join(root, fs.Arg(1)), remote.WithAuthFromKeychain(registryauth.DockerConfigFiles(files...)))
+	pull := serve.RegistryPuller(func(serve.AdapterSpec) (authn.Keychain, error) { return registryauth.DockerConfigFiles(files...), nil })
+	dir := filepath.Join(root, "adapters", spec.Name)
+	if err := pull(ctx, spec, dir); err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir(dir)
+	return len(entries), err
 }
 
 // basicAuth refuses requests without the user's credentials, as a private registry does.

@@ -3,6 +3,10 @@ package main
 import (
 	"fmt"
 	"net/url"
+	"os"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/spf13/cobra"
 
@@ -10,8 +14,9 @@ import (
 )
 
 func newChatProxy(g *globals) *cobra.Command {
-	var listen, upstream, model string
+	var listen, upstream, model, adapterSet, adapterDir string
 	var maxBody int64
+	var poll time.Duration
 	cmd := &cobra.Command{
 		Use:   "chat-proxy",
 		Short: "The inference container's front: Kaito's POST /chat, the OpenAI API passed through (streaming), /health",
@@ -26,13 +31,25 @@ func newChatProxy(g *globals) *cobra.Command {
 				return fmt.Errorf("--upstream %q: want a URL such as http://127.0.0.1:8000", upstream)
 			}
 			p := &serve.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log}
-			log.Info("chat proxy listening", "addr", listen, "upstream", upstream, "model", model)
+			if adapterSet != "" {
+				// This replica loads the adapter set into the model server next to it, at start and
+				// whenever the deployer changes the set, and routes to what it loaded.
+				pull := serve.RegistryPuller(func(spec serve.AdapterSpec) (authn.Keychain, error) {
+					return adapterKeychain(spec.PullSecrets, spec.ACRIdentity)
+				})
+				p.Adapters = &serve.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: os.Getenv("POD_NAME"), Log: log}
+				go p.Adapters.Run(cmd.Context(), serve.FileSource(adapterSet), poll)
+			}
+			log.Info("chat proxy listening", "addr", listen, "upstream", upstream, "model", model, "adapterSet", adapterSet)
 			return serveHTTP(cmd.Context(), listen, p.Handler())
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", ":5000", "address to serve on")
 	cmd.Flags().StringVar(&upstream, "upstream", "http://127.0.0.1:8000", "the model server (vLLM's OpenAI server) in the same pod")
 	cmd.Flags().StringVar(&model, "model", "", "the served model or adapter name /chat uses")
+	cmd.Flags().StringVar(&adapterSet, "adapter-set", "", "the adapter set to serve (the deployer's ConfigMap, mounted): loaded live through the model server's runtime LoRA API")
+	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
+	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", serve.DefaultMaxBody, "largest request body accepted")
 	return cmd
 }

@@ -110,6 +110,21 @@ func podReporter(log *slog.Logger) jobrun.Reporter {
 	return jobrun.PodAnnotator{Client: client, Namespace: ns, Pod: pod}
 }
 
+// adapterKeychain signs in to an adapter's registry with the docker config files of its pull
+// secrets and, with acrIdentity, to an Azure Container Registry with the pod's workload identity.
+func adapterKeychain(secrets []string, acrIdentity bool) (authn.Keychain, error) {
+	keychain := registryauth.DockerConfigFiles(secrets...)
+	if !acrIdentity {
+		return keychain, nil
+	}
+	// The workload identity webhook injected the federated token and the client id.
+	cred, err := azidentity.NewWorkloadIdentityCredential(nil)
+	if err != nil {
+		return nil, fmt.Errorf("ACR identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount annotated with a client id?)", err)
+	}
+	return authn.NewMultiKeychain(keychain, &registryauth.ACR{Credential: cred}), nil
+}
+
 func newPullAdapter(g *globals) *cobra.Command {
 	var insecure, acrIdentity bool
 	var secrets []string
@@ -126,14 +141,9 @@ func newPullAdapter(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("adapter reference %q: %w", args[0], err)
 			}
-			keychain := registryauth.DockerConfigFiles(secrets...)
-			if acrIdentity {
-				// The workload identity webhook injected the federated token and the client id.
-				cred, err := azidentity.NewWorkloadIdentityCredential(nil)
-				if err != nil {
-					return fmt.Errorf("--acr-identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount annotated with a client id?)", err)
-				}
-				keychain = authn.NewMultiKeychain(keychain, &registryauth.ACR{Credential: cred})
+			keychain, err := adapterKeychain(secrets, acrIdentity)
+			if err != nil {
+				return err
 			}
 			n, err := adapter.Pull(ref, args[1], remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(keychain))
 			if err != nil {

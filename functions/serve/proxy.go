@@ -2,6 +2,7 @@ package serve
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,11 @@ type Proxy struct {
 	MaxBody int64
 	Client  *http.Client
 	Log     *slog.Logger
+	// Adapters, when set, is the replica's adapter reconciler: public model names route to the
+	// adapter loaded for them now, /adapters reports what the replica serves, and /health stays
+	// unready until the first adapter set is loaded, so no request reaches a replica that would
+	// answer with the base model in place of the workspace's adapter.
+	Adapters *AdapterManager
 }
 
 // Handler returns the proxy's routes.
@@ -53,12 +59,23 @@ func (p *Proxy) Handler() http.Handler {
 			h.ServeHTTP(w, r)
 		})
 	}
+	var api http.Handler = fwd
+	if p.Adapters != nil {
+		api = p.routed(fwd, maxBody)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/chat/completions", limited(fwd))
-	mux.Handle("POST /v1/completions", limited(fwd))
+	mux.Handle("POST /v1/chat/completions", limited(api))
+	mux.Handle("POST /v1/completions", limited(api))
 	mux.Handle("GET /v1/models", fwd)
+	if p.Adapters != nil {
+		mux.HandleFunc("GET /adapters", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, p.Adapters.Status(r.Context())) })
+	}
 	mux.HandleFunc("POST /chat", func(w http.ResponseWriter, r *http.Request) { p.chat(w, r, client, maxBody) })
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		if p.Adapters != nil && p.Adapters.Applied() == 0 {
+			problem(w, http.StatusServiceUnavailable, "adapters not loaded yet")
+			return
+		}
 		req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, p.Upstream.JoinPath("/health").String(), nil)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -73,6 +90,31 @@ func (p *Proxy) Handler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// routed rewrites the request's model from a public name to the adapter that answers for it now.
+// Only the body's "model" changes; the rest is passed as it came.
+func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+		if err != nil {
+			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", maxBody))
+			return
+		}
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(body, &fields) == nil {
+			var model string
+			if json.Unmarshal(fields["model"], &model) == nil {
+				if to := p.Adapters.Route(model); to != model {
+					fields["model"], _ = json.Marshal(to)
+					body, _ = json.Marshal(fields)
+				}
+			}
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		r.Header.Del("Content-Length")
+		next.ServeHTTP(w, r)
+	})
 }
 
 // ChatRequest is Kaito's /chat body.
@@ -105,7 +147,11 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 		problem(w, http.StatusBadRequest, "prompt: required")
 		return
 	}
-	out := map[string]any{"model": p.Model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
+	model := p.Model
+	if p.Adapters != nil {
+		model = p.Adapters.Route(cmp.Or(p.Adapters.Default(), model))
+	}
+	out := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
 	for k, v := range in.GenerateKwargs {
 		name, ok := kwargs[k]
 		if !ok {

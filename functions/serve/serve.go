@@ -71,7 +71,14 @@ type Status struct {
 	URL, Revision string
 	// Reason and Message are set when Failed (ImagePullBackOff, Unschedulable, ExitCode1, …).
 	Reason, Message string
+	// Replicas are the running replicas of the serving revision, Serving those that serve the
+	// current adapter set.
+	Replicas, Serving int
 }
+
+// ReasonAdapterLoad is a replica that could not pull, load or get an answer from an adapter; the
+// adapters it served before keep answering.
+const ReasonAdapterLoad = "AdapterLoadFailed"
 
 // Deployer runs inference services. Apply is create-or-update per workspace generation and returns
 // at once. Status finds the service of a workspace (nil when it has none). List returns the

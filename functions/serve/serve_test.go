@@ -9,14 +9,18 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 func TestHandleSim(t *testing.T) {
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
 	preset := &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-4k-instruct"}}
 	strength := "0.5"
+	host := testenv.Registry(t)
+	tuned, other := testenv.PushAdapter(t, host, "ws", "v1"), testenv.PushAdapter(t, host, "x/a", "1")
 	tests := []struct {
 		name     string
 		typ      string
@@ -24,9 +28,9 @@ func TestHandleSim(t *testing.T) {
 		adapters []string
 		model    string
 	}{
-		{"tuned adapter", events.ImagePushed, events.ImagePushedData{Workspace: events.Workspace{Tuning: &events.TuningSpec{Preset: preset}}, Reference: "r@sha256:1"}, []string{"ws"}, "ws"},
+		{"tuned adapter", events.ImagePushed, events.ImagePushedData{Workspace: events.Workspace{Tuning: &events.TuningSpec{Preset: preset}}, Reference: tuned}, []string{"ws"}, "ws"},
 		{"inference only", events.NodeReady, events.NodeReadyData{Workspace: events.Workspace{Inference: &events.InferenceSpec{Preset: preset,
-			Adapters: []events.AdapterSpec{{Source: &events.DataSource{Name: "Adapter_A", Image: "x/a:1"}, Strength: &strength}}}}}, []string{"adapter-a"}, "adapter-a"},
+			Adapters: []events.AdapterSpec{{Source: &events.DataSource{Name: "Adapter_A", Image: other}, Strength: &strength}}}}}, []string{"adapter-a"}, "adapter-a"},
 		{"base model", events.NodeReady, events.NodeReadyData{Workspace: events.Workspace{Inference: &events.InferenceSpec{Preset: preset}}}, []string{}, "phi-3-mini-4k-instruct"},
 		{"tuning workspace waits for its image", events.NodeReady, events.NodeReadyData{Workspace: events.Workspace{Tuning: &events.TuningSpec{}}}, nil, ""},
 	}
@@ -105,7 +109,10 @@ func TestHandleSim(t *testing.T) {
 
 func TestSimLifecycle(t *testing.T) {
 	ctx := context.Background()
-	sim := &Sim{BaseURL: "http://kf"}
+	sim := &Sim{}
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	sim.BaseURL = srv.URL
 	fn := New(sim, nil)
 	ws := events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-4k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
@@ -127,5 +134,80 @@ func TestSimLifecycle(t *testing.T) {
 	}
 	if st, _ := sim.Status(ctx, ref); st != nil {
 		t.Errorf("deleted service: %+v", st)
+	}
+}
+
+// chatVia asks a sim service's /chat and returns the answer and the replica that gave it.
+func chatVia(t *testing.T, url string) (string, string) {
+	t.Helper()
+	resp, err := http.Post(url+"/chat", "application/json", strings.NewReader(`{"prompt":"hello"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var res struct{ Result string }
+	_ = json.NewDecoder(resp.Body).Decode(&res)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat: %d %q", resp.StatusCode, res.Result)
+	}
+	return res.Result, resp.Header.Get(HeaderReplica)
+}
+
+// Two generations of a tuned workspace in a row: the second adapter is loaded into the replica
+// that serves the first, with no new revision; a replica started later serves the same set.
+func TestSimAdapterGoesLiveWithoutANewRevision(t *testing.T) {
+	ctx := context.Background()
+	host := testenv.Registry(t)
+	sim := &Sim{Delay: 50 * time.Millisecond, Dir: t.TempDir()}
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	sim.BaseURL = srv.URL
+	fn := New(sim, nil)
+	ws := events.Workspace{Tuning: &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+	ready := func(gen int64, image string) events.InferenceReadyData {
+		t.Helper()
+		ref := events.Ref{Namespace: "default", Name: "ws", Generation: gen}
+		out, err := fn.Handle(ctx, events.Must(events.New("test", events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{Workspace: ws, Reference: image}, nil)))
+		var d events.InferenceReadyData
+		if err != nil || len(out) != 1 || out[0].Type() != events.InferenceReady || events.Data(out[0], &d) != nil {
+			t.Fatalf("generation %d: %v %v", gen, err, out)
+		}
+		return d
+	}
+	v1, v2 := testenv.PushAdapter(t, host, "ws", "v1"), testenv.PushAdapter(t, host, "ws", "v2")
+	first := ready(1, v1)
+	answer, pod := chatVia(t, first.URL)
+	if !strings.Contains(answer, LoRAName("ws", v1)) {
+		t.Fatalf("generation 1 answered %q", answer)
+	}
+	second := ready(2, v2)
+	answer2, pod2 := chatVia(t, second.URL)
+	if !strings.Contains(answer2, LoRAName("ws", v2)) || pod2 != pod || second.Revision != first.Revision {
+		t.Fatalf("generation 2: %q from %s (revision %s), want the new adapter from %s (revision %s)", answer2, pod2, second.Revision, pod, first.Revision)
+	}
+	// A replica started later reconciles the same set before it takes traffic.
+	if err := sim.Scale(second.Ref, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.await(ctx, second.Ref); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 4 {
+		a, p := chatVia(t, second.URL)
+		if !strings.Contains(a, LoRAName("ws", v2)) {
+			t.Fatalf("replica %s answered %q", p, a)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("answers came from %v, want both replicas", seen)
+	}
+	// Scaled to zero, the next request wakes a replica, which serves the same set.
+	if err := sim.Scale(second.Ref, 0); err != nil {
+		t.Fatal(err)
+	}
+	if a, p := chatVia(t, second.URL); !strings.Contains(a, LoRAName("ws", v2)) || seen[p] {
+		t.Errorf("woken replica %s answered %q", p, a)
 	}
 }

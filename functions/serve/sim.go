@@ -2,10 +2,14 @@ package serve
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,24 +19,50 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
-// Sim is the simulated deployer: no GPU, no model server. A "service" is the real chat-proxy in
-// front of SimRuntime, an OpenAI-compatible server in the kaitoflow process whose every answer says
-// it is simulated. Mount Handler at BaseURL.
+// Sim is the simulated deployer: no GPU, no model server. A service is a set of simulated
+// replicas, each the real chat-proxy (with its real adapter reconciler, pulling adapter images with
+// pull-adapter's code from the real registry the pipeline pushed to) in front of SimRuntime, an
+// OpenAI-compatible server in the kaitoflow process whose every answer says it is simulated. A
+// revision is a set of replicas started for one serving spec; an adapter change under the same
+// spec is loaded live into the running replicas, as the Knative deployer does. Mount Handler at
+// BaseURL.
 type Sim struct {
 	// BaseURL is where Handler is mounted, e.g. http://127.0.0.1:8470/sim/inference.
 	BaseURL string
-	Delay   time.Duration
-	Log     *slog.Logger
+	// Delay is the simulated model load of a new replica; LoRALoadDelay one adapter's load.
+	Delay, LoRALoadDelay time.Duration
+	// Pull fetches adapter images; nil pulls anonymously (the embedded registry).
+	Pull Puller
+	// Dir holds the replicas' pulled adapters; empty: a temporary directory.
+	Dir string
+	Log *slog.Logger
 
 	mu       sync.Mutex
 	services map[string]*simService
+	seq      int
 }
 
 type simService struct {
 	d     Deployment
 	acked bool
-	// proxy is chat-proxy for the service; runtime the simulated model server behind it.
-	proxy, runtime http.Handler
+	// set is the adapter set every replica reconciles with: the ConfigMap's stand-in.
+	set AdapterSet
+	// spec is what a change of needs a new revision (the base model and its runtime), revision
+	// its number, replicas the running ones, newest revision last.
+	spec     string
+	revision int
+	replicas []*simReplica
+	next     int
+}
+
+type simReplica struct {
+	name     string
+	revision int
+	runtime  *SimRuntime
+	manager  *AdapterManager
+	proxy    http.Handler
+	rt       http.Handler
+	stop     context.CancelFunc
 }
 
 // Name implements Deployer.
@@ -44,39 +74,162 @@ func (s *Sim) url(ns, svc string) string {
 	return fmt.Sprintf("%s/%s/%s", strings.TrimSuffix(s.BaseURL, "/"), ns, svc)
 }
 
-// Apply implements Deployer. The simulated model "loads" for Delay.
+// simSpec is what, when it changes, the sim rolls a new revision for: the base model and the
+// plan's runtime. Adapters are not in it: they change live.
+func simSpec(d Deployment) string {
+	b, _ := json.Marshal(struct {
+		Preset string
+		Args   []string
+	}{d.Workspace.PresetName(), planArgs(d.Plan)})
+	return string(b)
+}
+
+func planArgs(p *events.Plan) []string {
+	if p == nil {
+		return nil
+	}
+	return p.RuntimeArgs
+}
+
+// Apply implements Deployer. A new service, or one whose base model or runtime changed, starts a
+// new revision: a replica that loads the model for Delay and then the adapter set. Otherwise the
+// new adapter set goes to the running replicas, which load it live. Either way Apply returns
+// once the current revision serves the set (or ctx ends), as the sim has no watch to report it.
 func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	s.mu.Lock()
-	cur, ok := s.services[simKey(d.Ref)]
-	s.mu.Unlock()
-	if ok && cur.d.Ref.Generation >= d.Ref.Generation {
+	svc, ok := s.services[simKey(d.Ref)]
+	if ok && svc.d.Ref.Generation >= d.Ref.Generation {
+		s.mu.Unlock()
 		return nil // a redelivery, or an older generation arriving late
 	}
-	t := time.NewTimer(s.Delay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	upstream, err := url.Parse(s.url(d.Ref.Namespace, d.Service) + "/runtime")
-	if err != nil {
-		return fmt.Errorf("sim service URL: %w", err)
-	}
-	proxy := (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: logctx.Or(s.Log)}).Handler()
-	rt := (&SimRuntime{Models: servedModels(d), Describe: simDescription(d), TokenDelay: 15 * time.Millisecond}).Handler()
-	s.mu.Lock()
 	if s.services == nil {
 		s.services = map[string]*simService{}
 	}
-	s.services[simKey(d.Ref)] = &simService{d: d, proxy: proxy, runtime: rt}
+	if !ok {
+		svc = &simService{}
+		s.services[simKey(d.Ref)] = svc
+	}
+	svc.d, svc.acked = d, false
+	svc.set = DesiredSet(d, svc.set.Version+1, simPlace)
+	live := svc.spec == simSpec(d) && len(svc.replicas) > 0
+	if !live {
+		svc.spec, svc.revision = simSpec(d), svc.revision+1
+		if err := s.startLocked(svc); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+	}
 	s.mu.Unlock()
-	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated inference endpoint is up behind chat-proxy; no model is loaded",
-		"url", s.url(d.Ref.Namespace, d.Service), "adapters", len(d.Adapters))
+	log := logctx.Or(s.Log)
+	if live {
+		log.InfoContext(ctx, "sim: new adapter set goes live in the running replicas; no new revision", "version", svc.set.Version, "generation", d.Ref.Generation)
+	} else {
+		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", svc.revision)
+	}
+	return s.await(ctx, d.Ref)
+}
+
+// simPlace says where a sim replica finds a volume adapter: a hostPath's directory, as the
+// embedded mode's volumes are the machine's own.
+func simPlace(a Adapter, spec *AdapterSpec) {
+	if a.Volume != nil && a.Volume.HostPath != nil {
+		spec.Path = a.Volume.HostPath.Path
+	}
+}
+
+// startLocked starts a replica of svc's current revision.
+func (s *Sim) startLocked(svc *simService) error {
+	s.seq++
+	d := svc.d
+	name := fmt.Sprintf("%s-%05d-%d", d.Service, svc.revision, s.seq)
+	dir := s.Dir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	dir = filepath.Join(dir, "kaitoflow-sim-replicas", d.Ref.Namespace, name)
+	upstream, err := url.Parse(s.url(d.Ref.Namespace, d.Service) + "/replicas/" + name + "/runtime")
+	if err != nil {
+		return fmt.Errorf("sim service URL: %w", err)
+	}
+	pull := s.Pull
+	if pull == nil {
+		pull = RegistryPuller(nil)
+	}
+	log := logctx.Or(s.Log).With("replica", name)
+	rt := &SimRuntime{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
+		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
+	m := &AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
+	ctx, stop := context.WithCancel(context.Background())
+	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop,
+		proxy: (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: log, Adapters: m}).Handler()}
+	svc.replicas = append(svc.replicas, r)
+	key := simKey(d.Ref)
+	go m.Run(ctx, func(context.Context) (AdapterSet, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if cur, ok := s.services[key]; ok {
+			return cur.set, nil
+		}
+		return AdapterSet{}, errors.New("service deleted")
+	}, 50*time.Millisecond)
 	return nil
 }
 
-// Status implements Deployer: a simulated service is Ready once applied.
+// await waits until the service's current revision serves its set, or ctx ends.
+func (s *Sim) await(ctx context.Context, ref events.Ref) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := s.Status(ctx, ref)
+		if err != nil || st == nil || st.Phase != Pending {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Scale sets the number of replicas of a service's current revision, as Knative's autoscaler
+// does: new replicas load the model and then the whole adapter set; zero is scaled to zero.
+func (s *Sim) Scale(ref events.Ref, replicas int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	svc, ok := s.services[simKey(ref)]
+	if !ok {
+		return fmt.Errorf("no simulated service %s", simKey(ref))
+	}
+	for len(svc.current()) < replicas {
+		if err := s.startLocked(svc); err != nil {
+			return err
+		}
+	}
+	for cur := svc.current(); len(cur) > replicas; cur = svc.current() {
+		svc.remove(cur[len(cur)-1])
+	}
+	return nil
+}
+
+func (svc *simService) current() []*simReplica {
+	var out []*simReplica
+	for _, r := range svc.replicas {
+		if r.revision == svc.revision {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (svc *simService) remove(r *simReplica) {
+	r.stop()
+	svc.replicas = slices.DeleteFunc(svc.replicas, func(x *simReplica) bool { return x == r })
+	_ = os.RemoveAll(r.manager.Dir)
+}
+
+// Status implements Deployer: Ready once a replica of the current revision serves the current
+// set and none of them reports it failed; older revisions' replicas go once one is.
 func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -85,8 +238,34 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 		return nil, nil
 	}
 	d := svc.d
-	return &Status{Ref: d.Ref, Service: d.Service, Adapters: adapterNames(d.Adapters), Phase: Ready,
-		URL: s.url(d.Ref.Namespace, d.Service), Revision: fmt.Sprintf("%s-%05d", d.Service, d.Ref.Generation)}, nil
+	st := &Status{Ref: d.Ref, Service: d.Service, Adapters: adapterNames(d.Adapters), Phase: Pending,
+		URL: s.url(d.Ref.Namespace, d.Service), Revision: fmt.Sprintf("%s-%05d", d.Service, svc.revision)}
+	cur := svc.current()
+	serving := 0
+	for _, r := range cur {
+		// The manager's own state, not its Status: that asks the runtime over HTTP, which this
+		// lock would block.
+		switch applied, failure := r.manager.Applied(), r.manager.Failure(); {
+		case applied >= svc.set.Version:
+			serving++
+		case failure != "":
+			st.Phase, st.Reason, st.Message = Failed, ReasonAdapterLoad, fmt.Sprintf("replica %s: %s", r.name, failure)
+			return st, nil
+		}
+	}
+	st.Replicas, st.Serving = len(cur), serving
+	switch {
+	case len(cur) == 0:
+		st.Phase = Ready // scaled to zero: the next replica loads the set as it starts
+	case serving == len(cur):
+		st.Phase = Ready
+		for _, r := range slices.Clone(svc.replicas) {
+			if r.revision != svc.revision {
+				svc.remove(r) // the new revision serves: the old one's replicas go
+			}
+		}
+	}
+	return st, nil
 }
 
 // List implements Deployer.
@@ -115,56 +294,109 @@ func (s *Sim) Acknowledge(_ context.Context, ref events.Ref) error {
 // Delete implements Deployer.
 func (s *Sim) Delete(ctx context.Context, ref events.Ref) error {
 	s.mu.Lock()
+	if svc, ok := s.services[simKey(ref)]; ok {
+		for _, r := range slices.Clone(svc.replicas) {
+			svc.remove(r)
+		}
+	}
 	delete(s.services, simKey(ref))
 	s.mu.Unlock()
 	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated inference endpoint removed")
 	return nil
 }
 
-func (s *Sim) lookup(w http.ResponseWriter, r *http.Request) (*simService, string, bool) {
-	ns, name := r.PathValue("namespace"), r.PathValue("service")
-	s.mu.Lock()
-	svc, ok := s.services[ns+"/"+name]
-	s.mu.Unlock()
-	if !ok {
-		problem(w, http.StatusNotFound, fmt.Sprintf("no simulated service %s/%s", ns, name))
+// pick is the replica a request goes to: round robin over those that are ready, the current
+// revision's first; with none running (scaled to zero) one is started, as Knative's activator
+// wakes a revision, and the request waits for it.
+func (s *Sim) pick(ctx context.Context, ns, name string) (*simReplica, error) {
+	key := ns + "/" + name
+	for {
+		s.mu.Lock()
+		svc, ok := s.services[key]
+		if !ok {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("no simulated service %s", key)
+		}
+		if len(svc.replicas) == 0 {
+			if err := s.startLocked(svc); err != nil {
+				s.mu.Unlock()
+				return nil, err
+			}
+		}
+		var ready []*simReplica
+		for _, r := range svc.replicas {
+			if r.manager.Applied() > 0 {
+				ready = append(ready, r)
+			}
+		}
+		slices.SortStableFunc(ready, func(a, b *simReplica) int { return b.revision - a.revision })
+		if len(ready) > 0 {
+			svc.next++
+			r := ready[svc.next%len(ready)]
+			if r.revision != ready[0].revision {
+				r = ready[0]
+			}
+			s.mu.Unlock()
+			return r, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waking %s: %w", key, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	return svc, "/" + ns + "/" + name, ok
+}
+
+func (s *Sim) replica(ns, name, replica string) (*simReplica, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	svc, ok := s.services[ns+"/"+name]
+	if !ok {
+		return nil, false
+	}
+	i := slices.IndexFunc(svc.replicas, func(r *simReplica) bool { return r.name == replica })
+	if i < 0 {
+		return nil, false
+	}
+	return svc.replicas[i], true
 }
 
 // Handler serves every simulated service under {namespace}/{service}/: chat-proxy's routes
-// (POST /chat, /v1/*, /health) and, under runtime/, the simulated model server they front.
+// (POST /chat, /v1/*, /health, /adapters) on a ready replica, waking one when there is none;
+// under replicas/{replica}/ one replica's chat-proxy, and under replicas/{replica}/runtime/ the
+// simulated model server it fronts.
 func (s *Sim) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/{namespace}/{service}/runtime/", func(w http.ResponseWriter, r *http.Request) {
-		if svc, prefix, ok := s.lookup(w, r); ok {
-			http.StripPrefix(prefix+"/runtime", svc.runtime).ServeHTTP(w, r)
+	mux.HandleFunc("/{namespace}/{service}/replicas/{replica}/", func(w http.ResponseWriter, r *http.Request) {
+		ns, name, id := r.PathValue("namespace"), r.PathValue("service"), r.PathValue("replica")
+		rep, ok := s.replica(ns, name, id)
+		if !ok {
+			problem(w, http.StatusNotFound, fmt.Sprintf("no replica %s of simulated service %s/%s", id, ns, name))
+			return
 		}
+		prefix := "/" + ns + "/" + name + "/replicas/" + id
+		if strings.HasPrefix(r.URL.Path, prefix+"/runtime/") {
+			http.StripPrefix(prefix+"/runtime", rep.rt).ServeHTTP(w, r)
+			return
+		}
+		http.StripPrefix(prefix, rep.proxy).ServeHTTP(w, r)
 	})
 	mux.HandleFunc("/{namespace}/{service}/", func(w http.ResponseWriter, r *http.Request) {
-		if svc, prefix, ok := s.lookup(w, r); ok {
-			http.StripPrefix(prefix, svc.proxy).ServeHTTP(w, r)
+		ns, name := r.PathValue("namespace"), r.PathValue("service")
+		rep, err := s.pick(r.Context(), ns, name)
+		if err != nil {
+			problem(w, http.StatusNotFound, err.Error())
+			return
 		}
+		w.Header().Set(HeaderReplica, rep.name)
+		http.StripPrefix("/"+ns+"/"+name, rep.proxy).ServeHTTP(w, r)
 	})
 	return mux
 }
 
-// servedModels are the names the model server answers to: the base model and each adapter.
-func servedModels(d Deployment) []string {
-	return append([]string{d.Workspace.PresetName()}, adapterNames(d.Adapters)...)
-}
-
-func simDescription(d Deployment) string {
-	desc := d.Workspace.PresetName()
-	if len(d.Adapters) > 0 {
-		var imgs []string
-		for _, a := range d.Adapters {
-			imgs = append(imgs, a.Source())
-		}
-		desc += " with adapter " + strings.Join(imgs, ", ")
-	}
-	return desc
-}
+// HeaderReplica names the sim replica that answered a request.
+const HeaderReplica = "X-Kaitoflow-Replica"
 
 // ServedModel is the model name chat-proxy's /chat talks to: the first adapter (the one a tuning
 // workspace just made), or the base model.

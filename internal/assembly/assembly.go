@@ -526,7 +526,8 @@ func (b *builder) serve() (runtime.Handler, error) {
 			return nil, err
 		}
 		b.watch("knative-services", func(ctx context.Context, pub events.Publisher) error { return knative.Watch(ctx, w.dyn, pub, b.log) })
-		return serve.New(&knative.Deployer{Client: c.dyn, Catalog: catalog, Options: o, Configs: configs, Log: b.log}, b.log), nil
+		return serve.New(&knative.Deployer{Client: c.dyn, Kube: c.kube, Replicas: knative.PodReplicas{Kube: c.kube},
+			Catalog: catalog, Options: o, Configs: configs, Log: b.log}, b.log), nil
 	}
 	return nil, fmt.Errorf("deployer %q: want sim or knative", d.Deployer)
 }

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/api"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -222,6 +223,72 @@ func TestSeedWorkspaceReachesReady(t *testing.T) {
 	var res api.SubmitResult
 	if err := json.Unmarshal(body, &res); err != nil || code != http.StatusOK || !res.Unchanged || res.Workspace.Generation != 1 {
 		t.Errorf("resubmit: %d %s", code, body)
+	}
+}
+
+// waitGeneration waits until the workspace's record is at generation gen and finished.
+func waitGeneration(t *testing.T, p *Pipeline, ns, name string, gen int64, timeout time.Duration) *status.Workspace {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		w, err := p.Store.Get(context.Background(), ns, name)
+		if err == nil && w.Generation == gen && w.Phase.Terminal() && w.Phase != status.Pending && complete(w) {
+			return w
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/%s not finished at generation %d after %s: %+v (err %v)", ns, name, gen, timeout, w, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// chatAt asks an endpoint's /chat and returns the answer and the (sim) replica that gave it.
+func chatAt(t *testing.T, endpoint string) (string, string) {
+	t.Helper()
+	resp, err := http.Post(endpoint+"/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat: %d %s", resp.StatusCode, b)
+	}
+	return string(b), resp.Header.Get(serve.HeaderReplica)
+}
+
+// Two generations of the seed in a row in the embedded pipeline: the second is tuned and pushed
+// as its own image, and its adapter goes live in the replica that served the first — the same
+// simulated pod, no new revision — and answers there.
+func TestNextGenerationGoesLiveWithoutARestart(t *testing.T) {
+	p := start(t)
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := submit(t, p, doc); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	const ns, name = "default", "workspace-tuning-phi-3"
+	w1 := waitGeneration(t, p, ns, name, 1, 30*time.Second)
+	if w1.Phase != status.Ready {
+		t.Fatalf("generation 1: %s %+v", w1.Phase, w1.Failure)
+	}
+	answer1, pod1 := chatAt(t, w1.Endpoint)
+	if !strings.Contains(answer1, serve.LoRAName(name, w1.Image)) {
+		t.Fatalf("generation 1 answered %q", answer1)
+	}
+	// The next version of the adapter: a new output tag is a new generation.
+	if code, body := submit(t, p, bytes.Replace(doc, []byte(":0.0.1"), []byte(":0.0.2"), 1)); code != http.StatusAccepted {
+		t.Fatalf("submit generation 2: %d %s", code, body)
+	}
+	w2 := waitGeneration(t, p, ns, name, 2, 30*time.Second)
+	if w2.Phase != status.Ready || w2.Image == w1.Image {
+		t.Fatalf("generation 2: %s image %s (generation 1 %s) %+v", w2.Phase, w2.Image, w1.Image, w2.Failure)
+	}
+	answer2, pod2 := chatAt(t, w2.Endpoint)
+	if !strings.Contains(answer2, serve.LoRAName(name, w2.Image)) || pod2 != pod1 || w2.Revision != w1.Revision {
+		t.Errorf("generation 2 answered %q from %s (revision %s); want its adapter from %s (revision %s)", answer2, pod2, w2.Revision, pod1, w1.Revision)
 	}
 }
 

@@ -4,11 +4,21 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -66,4 +76,42 @@ func Adapter(t testing.TB, dir string) []events.AdapterFile {
 		out = append(out, events.AdapterFile{Path: f.name, Size: int64(len(f.b)), Digest: "sha256:" + hex.EncodeToString(sum[:])})
 	}
 	return out
+}
+
+// Registry starts an in-process OCI registry (go-containerregistry's), a stand-in for ACR, and
+// returns its host:port.
+func Registry(t testing.TB) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// PushAdapter pushes the Adapter files as publish lays them out, plus a file naming tag (so each
+// tag is another adapter), to host/repo:tag and returns the image's digest reference.
+func PushAdapter(t testing.TB, host, repo, tag string) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := Adapter(t, dir)
+	note := []byte("adapter " + tag + "\n")
+	if err := os.WriteFile(filepath.Join(dir, "README.md"), note, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, events.AdapterFile{Path: "README.md", Size: int64(len(note))})
+	img, err := adapter.BuildImage(dir, files, time.Unix(0, 0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host + "/" + repo + ":" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref.Context().Digest(d.String()).String()
 }

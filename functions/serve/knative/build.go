@@ -5,6 +5,9 @@
 package knative
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -66,7 +69,37 @@ const (
 	adapterVolumeDir = "/mnt/adapter-volumes"
 	// pullSecretDir holds one directory per registry Secret the adapters are pulled with.
 	pullSecretDir = "/mnt/pull-secrets"
+	// adapterSetDir is where the adapter set's ConfigMap is mounted into chat-proxy.
+	adapterSetDir = "/etc/kaitoflow/adapter-set"
+	// AdapterSetKey is the ConfigMap key holding the set.
+	AdapterSetKey = "adapters.json"
 )
+
+// AdapterSetName is the ConfigMap holding a service's adapter set (serve.AdapterSet), mounted into
+// every replica's chat-proxy.
+func AdapterSetName(service string) string { return service + "-adapters" }
+
+// AdapterSet is the set that serves d at version: image adapters pulled with the pod's mounted
+// pull secrets (or its workload identity for ACR), volume adapters read where the pod mounts them.
+func AdapterSet(d serve.Deployment, version int64) serve.AdapterSet {
+	secretFiles := map[string]string{}
+	n := 0
+	return serve.DesiredSet(d, version, func(a serve.Adapter, spec *serve.AdapterSpec) {
+		if a.Volume != nil {
+			spec.Path = adapterVolumeDir + "/" + serve.AdapterName(a.Name)
+			return
+		}
+		// Numbered in the order presetPod numbers the Secrets' volumes.
+		for _, sec := range a.PullSecrets {
+			if _, ok := secretFiles[sec]; !ok {
+				secretFiles[sec] = pullSecretDir + "/pull-secret-" + strconv.Itoa(n) + "/config.json"
+				n++
+			}
+			spec.PullSecrets = append(spec.PullSecrets, secretFiles[sec])
+		}
+		spec.ACRIdentity = len(a.PullSecrets) == 0 && isACR(a.Image)
+	})
+}
 
 // autoscaling annotations a workspace may override with its own metadata.annotations.
 const autoscaling = "autoscaling.knative.dev/"
@@ -117,22 +150,38 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	spec.NodeSelector = nodeSelector
 	spec.Tolerations = append(spec.Tolerations, tolerations...)
 	timeout := o.TimeoutSeconds
-	var meta map[string]string
+	meta := map[string]string{}
 	if len(d.Adapters) > 0 {
 		names := make([]string, len(d.Adapters))
 		for i, a := range d.Adapters {
 			names[i] = serve.AdapterName(a.Name)
 		}
-		meta = map[string]string{AnnotationAdapters: strings.Join(names, ",")}
+		meta[AnnotationAdapters] = strings.Join(names, ",")
 	}
+	// The generation is on the Service, not its template: a generation that changes only the
+	// adapters changes no pod, so Knative rolls no revision and the adapters change live.
+	podMeta := maps.Clone(labels)
+	delete(podMeta, events.LabelGeneration)
+	template := servingv1.RevisionTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: podLabels(podMeta, spec), Annotations: annotations},
+		Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
+	}
+	meta[AnnotationTemplate] = templateHash(template)
 	return &servingv1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "serving.knative.dev/v1", Kind: "Service"},
 		ObjectMeta: metav1.ObjectMeta{Name: d.Service, Namespace: d.Ref.Namespace, Labels: serviceLabels(labels), Annotations: meta},
-		Spec: servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: servingv1.RevisionTemplateSpec{
-			ObjectMeta: metav1.ObjectMeta{Labels: podLabels(labels, spec), Annotations: annotations},
-			Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
-		}}},
+		Spec:       servingv1.ServiceSpec{ConfigurationSpec: servingv1.ConfigurationSpec{Template: template}},
 	}, nil
+}
+
+// AnnotationTemplate on the Service is a digest of the revision template kaitoflow built: equal
+// digests mean a new generation needs no new revision, only a new adapter set.
+const AnnotationTemplate = "kaitoflow.io/template"
+
+func templateHash(t servingv1.RevisionTemplateSpec) string {
+	b, _ := json.Marshal(t)
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error) {
@@ -143,57 +192,40 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		return corev1.PodSpec{}, fmt.Errorf("service %s: kaitoflow's own image is not configured (--proxy-image)", d.Service)
 	}
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
-	var inits []corev1.Container
 	var identity bool
 	var secretVols, adapterVols []corev1.Volume
-	var adapterMounts []corev1.VolumeMount
-	if len(d.Adapters) > 0 {
-		var modules []string
-		for i, a := range d.Adapters {
-			name := serve.AdapterName(a.Name)
-			if a.Volume != nil {
-				// The adapter's files are at the volume's root: the model server mounts it read-only
-				// and loads it from there; nothing is pulled.
-				vol, err := servableVolume(a.Volume)
-				if err != nil {
-					return corev1.PodSpec{}, events.Permanentf(events.ReasonNotSupported, "adapter %s: volumeSource: %v", a.Name, err)
-				}
-				v := corev1.Volume{Name: "adapter-volume-" + strconv.Itoa(i), VolumeSource: *vol}
-				adapterVols = append(adapterVols, v)
-				adapterMounts = append(adapterMounts, corev1.VolumeMount{Name: v.Name, MountPath: adapterVolumeDir + "/" + name, ReadOnly: true})
-				modules = append(modules, name+"="+adapterVolumeDir+"/"+name)
+	var adapterMounts, secretMounts []corev1.VolumeMount
+	for i, a := range d.Adapters {
+		name := serve.AdapterName(a.Name)
+		if a.Volume != nil {
+			// The adapter's files are at the volume's root: the model server mounts it read-only
+			// and loads it from there; nothing is pulled.
+			vol, err := servableVolume(a.Volume)
+			if err != nil {
+				return corev1.PodSpec{}, events.Permanentf(events.ReasonNotSupported, "adapter %s: volumeSource: %v", a.Name, err)
+			}
+			v := corev1.Volume{Name: "adapter-volume-" + strconv.Itoa(i), VolumeSource: *vol}
+			adapterVols = append(adapterVols, v)
+			adapterMounts = append(adapterMounts, corev1.VolumeMount{Name: v.Name, MountPath: adapterVolumeDir + "/" + name, ReadOnly: true})
+			continue
+		}
+		// chat-proxy pulls the image itself (the kubelet's pull secrets do not reach it): each of
+		// the adapter's secrets is mounted as a docker config file for it. Without one it signs in
+		// to an Azure Container Registry with the pod's workload identity, and pulls anything else
+		// anonymously.
+		if len(a.PullSecrets) == 0 && isACR(a.Image) {
+			identity = true
+		}
+		for _, sec := range a.PullSecrets {
+			// Volume names are DNS labels, Secret names need not be: the volume is numbered.
+			if slices.ContainsFunc(secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec }) {
 				continue
 			}
-			modules = append(modules, name+"="+adapterDir+"/"+name)
-			pull := corev1.Container{
-				Name: "adapter-" + name, Image: o.ProxyImage,
-				Command:      []string{presets.Entrypoint, "pull-adapter", a.Image, adapterDir + "/" + name},
-				VolumeMounts: []corev1.VolumeMount{{Name: "adapters", MountPath: adapterDir}},
-			}
-			// pull-adapter pulls the image itself (the kubelet's pull secrets do not reach it): each
-			// of the adapter's secrets is mounted as a docker config file for it. Without one it
-			// signs in to an Azure Container Registry with the pod's workload identity, and pulls
-			// anything else anonymously.
-			if len(a.PullSecrets) == 0 && isACR(a.Image) {
-				pull.Command = append(pull.Command, "--acr-identity")
-				identity = true
-			}
-			for _, sec := range a.PullSecrets {
-				// Volume names are DNS labels, Secret names need not be: the volume is numbered.
-				i := slices.IndexFunc(secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec })
-				if i < 0 {
-					i = len(secretVols)
-					secretVols = append(secretVols, corev1.Volume{Name: "pull-secret-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-						SecretName: sec, Items: []corev1.KeyToPath{{Key: corev1.DockerConfigJsonKey, Path: "config.json"}}}}})
-				}
-				vol := secretVols[i].Name
-				dir := pullSecretDir + "/" + vol
-				pull.Command = append(pull.Command, "--pull-secret", dir+"/config.json")
-				pull.VolumeMounts = append(pull.VolumeMounts, corev1.VolumeMount{Name: vol, MountPath: dir, ReadOnly: true})
-			}
-			inits = append(inits, pull)
+			v := corev1.Volume{Name: "pull-secret-" + strconv.Itoa(len(secretVols)), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: sec, Items: []corev1.KeyToPath{{Key: corev1.DockerConfigJsonKey, Path: "config.json"}}}}}
+			secretVols = append(secretVols, v)
+			secretMounts = append(secretMounts, corev1.VolumeMount{Name: v.Name, MountPath: pullSecretDir + "/" + v.Name, ReadOnly: true})
 		}
-		args = append(append(args, "--lora-modules"), modules...)
 	}
 	served := serve.ServedModel(d)
 	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
@@ -207,20 +239,26 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	}
 	return corev1.PodSpec{
 		ServiceAccountName: sa,
-		InitContainers:     inits,
 		Containers: []corev1.Container{
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
-				Command:        []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served},
+				Command: []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
+					"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir},
 				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
 				ReadinessProbe: health,
 				StartupProbe:   startup,
+				VolumeMounts: append([]corev1.VolumeMount{
+					{Name: "adapters", MountPath: adapterDir},
+					{Name: "adapter-set", MountPath: adapterSetDir, ReadOnly: true},
+				}, secretMounts...),
 			},
 			{
 				Name: "model", Image: o.RuntimeImage, Args: args,
 				// The weights go to the cache volume (a claim shared with the tuning Job when one is
 				// configured), with the token of presetOptions.modelAccessSecret for gated models.
-				Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+				// Adapters are loaded and unloaded at runtime by chat-proxy (the set changes without a
+				// new revision).
+				Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}, {Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}},
 					presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
 				Resources: corev1.ResourceRequirements{
 					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
@@ -236,6 +274,8 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
 			{Name: "cache", VolumeSource: presets.WeightsCache(d.Workspace, o.WeightsCache)},
+			{Name: "adapter-set", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: AdapterSetName(d.Service)}}}},
 		}, slices.Concat(secretVols, adapterVols)...),
 	}, nil
 }

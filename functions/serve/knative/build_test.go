@@ -33,9 +33,52 @@ func TestSeedServiceGolden(t *testing.T) {
 	if svc.Spec.Template.Annotations["autoscaling.knative.dev/min-scale"] != "0" {
 		t.Error("not scale-to-zero")
 	}
+	// The model server starts with LoRA enabled and the runtime API on, and no adapter: chat-proxy
+	// loads the set from the mounted ConfigMap.
 	args := strings.Join(spec.Containers[1].Args, " ")
-	if !strings.Contains(args, "--dtype float16") || !strings.Contains(args, "--lora-modules workspace-tuning-phi-3=/mnt/adapters/workspace-tuning-phi-3") {
-		t.Errorf("model args %s", args)
+	if !strings.Contains(args, "--dtype float16") || !strings.Contains(args, "--enable-lora") || strings.Contains(args, "--lora-modules") ||
+		!slices.Contains(spec.Containers[1].Env, corev1.EnvVar{Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}) {
+		t.Errorf("model args %s env %v", args, spec.Containers[1].Env)
+	}
+	if len(spec.InitContainers) != 0 || !strings.Contains(strings.Join(spec.Containers[0].Command, " "), "--adapter-set "+adapterSetDir+"/"+AdapterSetKey) {
+		t.Errorf("chat-proxy does not load the adapter set: %v %v", spec.InitContainers, spec.Containers[0].Command)
+	}
+	set := AdapterSet(seedDeployment(t, "default", 1), 1)
+	if len(set.Adapters) != 1 || set.Adapters[0].Image == "" || len(set.Adapters[0].PullSecrets) != 1 ||
+		set.Adapters[0].PullSecrets[0] != pullSecretDir+"/pull-secret-0/config.json" || set.Default != "workspace-tuning-phi-3" {
+		t.Errorf("adapter set %+v", set)
+	}
+}
+
+// A new generation that changes only the adapter builds the same revision template, so Knative
+// rolls no new revision; one that changes the base model's runtime builds another.
+func TestTemplateIgnoresTheAdapterImage(t *testing.T) {
+	d1, d2 := seedDeployment(t, "default", 1), seedDeployment(t, "default", 2)
+	d2.Adapters[0].Image = "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("b", 64)
+	d3 := seedDeployment(t, "default", 3)
+	plan := *d3.Plan
+	plan.RuntimeArgs = append(slices.Clone(plan.RuntimeArgs), "--enforce-eager")
+	d3.Plan = &plan
+	var hashes []string
+	for _, d := range []serve.Deployment{d1, d2, d3} {
+		rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, err := BuildService(d, rt, testOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes = append(hashes, svc.Annotations[AnnotationTemplate])
+	}
+	if hashes[0] != hashes[1] {
+		t.Errorf("the adapter image changed the template: %v", hashes)
+	}
+	if AdapterSet(d1, 1).Equal(AdapterSet(d2, 1)) {
+		t.Error("the adapter set ignores the image")
+	}
+	if hashes[0] == hashes[2] {
+		t.Errorf("other runtime arguments built the same template %s", hashes[0])
 	}
 }
 
@@ -100,8 +143,10 @@ func TestAdapterFromVolume(t *testing.T) {
 			if !mounted {
 				t.Errorf("the adapter's volume is not mounted read-only at %s/support: %+v %+v", adapterVolumeDir, model.VolumeMounts, spec.Volumes)
 			}
-			if args := strings.Join(model.Args, " "); !strings.Contains(args, "--lora-modules support="+adapterVolumeDir+"/support") {
-				t.Errorf("model args %s", args)
+			d := seedDeployment(t, "default", 1)
+			d.Adapters = []serve.Adapter{{Name: "support", Volume: &tc.volume}}
+			if set := AdapterSet(d, 1); len(set.Adapters) != 1 || set.Adapters[0].Path != adapterVolumeDir+"/support" || set.Adapters[0].Image != "" {
+				t.Errorf("adapter set %+v", set)
 			}
 			if tc.volume.PersistentVolumeClaim != nil && tc.volume.PersistentVolumeClaim.ReadOnly {
 				t.Error("the workspace's volume source was modified")
@@ -111,7 +156,7 @@ func TestAdapterFromVolume(t *testing.T) {
 }
 
 // An adapter in an Azure Container Registry with no pull secret is pulled with the pod's workload
-// identity: pull-adapter gets --acr-identity, the pod runs as the inference identity and carries
+// identity: chat-proxy is told to use it, the pod runs as the inference identity and carries
 // workload identity's label. With a secret, or another registry, nothing of that is added.
 func TestAdapterPullIdentity(t *testing.T) {
 	for _, tc := range []struct {
@@ -129,7 +174,9 @@ func TestAdapterPullIdentity(t *testing.T) {
 				t.Fatal(err)
 			}
 			tmpl := svc.Spec.Template
-			got := slices.Contains(tmpl.Spec.InitContainers[0].Command, "--acr-identity")
+			d := seedDeployment(t, "default", 1)
+			d.Adapters = []serve.Adapter{{Name: "support", Image: tc.image, PullSecrets: tc.secrets}}
+			got := AdapterSet(d, 1).Adapters[0].ACRIdentity
 			if got != tc.identity || (tmpl.Spec.ServiceAccountName == InferenceServiceAccount) != tc.identity || (tmpl.Labels[workloadIdentityLabel] == "true") != tc.identity {
 				t.Errorf("identity: flag %v, service account %q, labels %v; want identity %v", got, tmpl.Spec.ServiceAccountName, tmpl.Labels, tc.identity)
 			}

@@ -2,6 +2,7 @@ package knative
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -18,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/kubernetes"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
@@ -47,7 +50,17 @@ type Deployer struct {
 	Options Options
 	// Configs reads Kaito's inference.config ConfigMaps (vLLM settings); nil: none can be read.
 	Configs presets.ConfigSource
-	Log     *slog.Logger
+	// Kube writes the services' adapter sets (ConfigMaps).
+	Kube kubernetes.Interface
+	// Replicas reads what each running replica serves; nil: inference.ready does not wait for the
+	// replicas to load a new adapter set.
+	Replicas ReplicaReader
+	Log      *slog.Logger
+}
+
+// ReplicaReader reads what each running replica of a revision serves.
+type ReplicaReader interface {
+	Replicas(ctx context.Context, namespace, revision string) ([]serve.ReplicaAdapters, error)
 }
 
 // Name implements serve.Deployer.
@@ -113,10 +126,12 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 		return err
 	}
 	if cur == nil {
-		_, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
+		created, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
 		if err == nil {
 			logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
-			return nil
+			// The pods wait for the set's ConfigMap to mount; it is created right after, owned by
+			// the Service.
+			return k.ensureSet(ctx, d, created)
 		}
 		if !apierrors.IsAlreadyExists(err) {
 			return kubeerr.Classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
@@ -127,6 +142,25 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 			return err
 		}
 	}
+	if cur.GetAnnotations()[AnnotationTemplate] == obj.GetAnnotations()[AnnotationTemplate] {
+		// Same pods, new adapters: the running replicas load the new set live; no revision.
+		if err := k.ensureSet(ctx, d, cur); err != nil {
+			return err
+		}
+		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+			"labels":      map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)},
+			"annotations": map[string]any{AnnotationAdapters: nilIfEmpty(obj.GetAnnotations()[AnnotationAdapters]), events.AnnotationAcked: nil},
+		}})
+		if err != nil {
+			return err
+		}
+		if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+			return kubeerr.Classify(fmt.Errorf("move Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+		}
+		logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: the running replicas load it live, no new revision", "service", d.Service,
+			"namespace", d.Ref.Namespace, "from", generationOf(cur), "generation", d.Ref.Generation)
+		return nil
+	}
 	// Keep what others put on the Service's metadata (Knative's creator annotations, say).
 	ann := cur.GetAnnotations()
 	if ann == nil {
@@ -136,12 +170,92 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	delete(ann, events.AnnotationAcked)
 	obj.SetAnnotations(ann)
 	obj.SetResourceVersion(cur.GetResourceVersion())
-	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+	updated, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager})
+	if err != nil {
 		return kubeerr.Classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+	}
+	if err := k.ensureSet(ctx, d, updated); err != nil {
+		return err
 	}
 	logctx.Or(k.Log).InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
 		"from", generationOf(cur), "generation", d.Ref.Generation)
 	return nil
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// ensureSet writes d's adapter set to the Service's ConfigMap (owned by the Service, so it goes
+// with it), one version above the one there; an unchanged set keeps its version.
+func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *unstructured.Unstructured) error {
+	if k.Kube == nil {
+		return errors.New("knative deployer: no Kubernetes client to write the adapter set with")
+	}
+	cms := k.Kube.CoreV1().ConfigMaps(d.Ref.Namespace)
+	name := AdapterSetName(d.Service)
+	want := AdapterSet(d, 1)
+	cur, err := cms.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		cm, err := setConfigMap(d, name, want, owner)
+		if err != nil {
+			return err
+		}
+		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			return kubeerr.Classify(fmt.Errorf("create adapter set %s/%s: %w", d.Ref.Namespace, name, err))
+		}
+		return nil
+	case err != nil:
+		return kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", d.Ref.Namespace, name, err))
+	}
+	have, err := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
+	if err == nil && have.Equal(want) {
+		return nil
+	}
+	want.Version = have.Version + 1
+	cm, err := setConfigMap(d, name, want, owner)
+	if err != nil {
+		return err
+	}
+	cm.ResourceVersion = cur.ResourceVersion
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		return kubeerr.Classify(fmt.Errorf("update adapter set %s/%s to version %d: %w", d.Ref.Namespace, name, want.Version, err))
+	}
+	return nil
+}
+
+func setConfigMap(d serve.Deployment, name string, set serve.AdapterSet, owner *unstructured.Unstructured) (*corev1.ConfigMap, error) {
+	b, err := json.MarshalIndent(set, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode adapter set: %w", err)
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.Ref.Namespace,
+			Labels: map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: owner.GetName(), UID: owner.GetUID(),
+				Controller: ptr(true), BlockOwnerDeletion: ptr(true)}}},
+		Data: map[string]string{AdapterSetKey: string(b)},
+	}, nil
+}
+
+// readSet is the service's adapter set, nil when it has none.
+func (k *Deployer) readSet(ctx context.Context, ns, service string) (*serve.AdapterSet, error) {
+	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err)
+	}
+	set, err := serve.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey]))
+	if err != nil {
+		return nil, fmt.Errorf("adapter set %s/%s: %w", ns, cm.Name, err)
+	}
+	return &set, nil
 }
 
 // current is the deployment's Service, nil when there is none; one that is not this workspace's
@@ -223,6 +337,10 @@ func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, e
 		}
 		if st.URL == "" {
 			st.Phase = serve.Pending // Ready without a route yet: wait for the URL
+			break
+		}
+		if err := k.replicasServe(ctx, ref.Namespace, st); err != nil {
+			return nil, err
 		}
 	case svc.IsFailed():
 		c := svc.Status.GetCondition(servingv1.ServiceConditionReady)
@@ -238,6 +356,42 @@ func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, e
 		}
 	}
 	return st, nil
+}
+
+// replicasServe checks that every running replica of the ready revision serves the current
+// adapter set: until each has loaded it (a replica reads the set's ConfigMap as the kubelet
+// projects it, then loads through the model server's runtime LoRA API) the service is Pending, and
+// a replica that cannot load it fails the generation while the adapters it served keep answering.
+// With no replica running (scaled to zero) the next one loads the set as it starts.
+func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Status) error {
+	if k.Replicas == nil || k.Kube == nil {
+		return nil
+	}
+	set, err := k.readSet(ctx, ns, st.Service)
+	if err != nil || set == nil {
+		return err
+	}
+	reps, err := k.Replicas.Replicas(ctx, ns, st.Revision)
+	if err != nil {
+		return err
+	}
+	st.Replicas = len(reps)
+	var behind []string
+	for _, r := range reps {
+		switch {
+		case r.Version >= set.Version:
+			st.Serving++
+		case r.Error != "" && r.Pending >= set.Version:
+			st.Phase, st.Reason, st.Message = serve.Failed, serve.ReasonAdapterLoad, fmt.Sprintf("replica %s: %s", r.Replica, r.Error)
+			return nil
+		default:
+			behind = append(behind, r.Replica)
+		}
+	}
+	if len(behind) > 0 {
+		st.Phase, st.Message = serve.Pending, fmt.Sprintf("%d of %d replicas serve adapter set %d; waiting for %s", st.Serving, st.Replicas, set.Version, strings.Join(behind, ", "))
+	}
+	return nil
 }
 
 // revisionFailure is the specific reason a revision failed (ImagePullBackOff, Unschedulable,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
@@ -35,6 +37,7 @@ const servingVersion = "v0.50.0"
 
 var (
 	dyn     dynamic.Interface
+	kube    kubernetes.Interface
 	kubeErr error
 	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
@@ -47,7 +50,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
-			dyn = dynamic.NewForConfigOrDie(cfg)
+			dyn, kube = dynamic.NewForConfigOrDie(cfg), kubernetes.NewForConfigOrDie(cfg)
 		}
 	}, filepath.Join(dir, "config", "core", "300-resources")))
 }
@@ -62,7 +65,7 @@ func setup(t *testing.T) (*Deployer, string) {
 	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(context.Background(), nsObj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &Deployer{Client: dyn, Catalog: catalog(t), Options: testOptions(), Log: quiet}, ns
+	return &Deployer{Client: dyn, Kube: kube, Catalog: catalog(t), Options: testOptions(), Log: quiet}, ns
 }
 
 func imagePushed(t *testing.T, d serve.Deployment) cloudevents.Event {
@@ -183,17 +186,19 @@ func TestSeedServiceLifecycle(t *testing.T) {
 		t.Errorf("acknowledged service still listed: %v", refs)
 	}
 
-	// A changed workspace (generation 2) rolls a new revision: the template changes, the old
-	// readiness does not count for it.
+	// A changed workspace (generation 2) whose pods change too (other runtime arguments) rolls a
+	// new revision: the template changes, the old readiness does not count for it.
 	d2 := seedDeployment(t, ns, 2)
+	plan := *d2.Plan
+	plan.RuntimeArgs = append(slices.Clone(plan.RuntimeArgs), "--enforce-eager")
+	d2.Plan = &plan
 	out, err = fn.Handle(ctx, imagePushed(t, d2))
 	if err != nil || len(out) != 0 {
 		t.Fatalf("generation 2 before Knative observed it: %v %v", out, err)
 	}
 	stored, _ = dyn.Resource(Services).Namespace(ns).Get(ctx, d.Service, metav1.GetOptions{})
-	labels, _, _ := unstructured.NestedStringMap(stored.Object, "spec", "template", "metadata", "labels")
-	if labels[events.LabelGeneration] != "2" || stored.GetAnnotations()[events.AnnotationAcked] != "" {
-		t.Errorf("generation 2 not applied: labels %v annotations %v", labels, stored.GetAnnotations())
+	if stored.GetLabels()[events.LabelGeneration] != "2" || stored.GetGeneration() != 2 || stored.GetAnnotations()[events.AnnotationAcked] != "" {
+		t.Errorf("generation 2 not applied: generation %d labels %v annotations %v", stored.GetGeneration(), stored.GetLabels(), stored.GetAnnotations())
 	}
 	if out, _ := fn.Handle(ctx, imagePushed(t, d)); len(out) != 0 {
 		t.Errorf("a late generation-1 event must not report generation 2: %v", out)

@@ -1,0 +1,459 @@
+package serve
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
+)
+
+// AdapterSet is what every replica of a serving service should serve: the adapters to load into
+// the model server through vLLM's runtime LoRA API, and the public model names that route to them.
+// It is written by serve's deployer (a ConfigMap every replica mounts, in a cluster) and reconciled
+// by chat-proxy in each replica, at start and on every change, so a replica that starts later
+// serves the same set and an adapter change needs no new pod.
+type AdapterSet struct {
+	// Version increases with every change; a replica never goes back to a lower one (a mounted
+	// file that lags behind a newer set it was already told about stays ignored).
+	Version int64 `json:"version"`
+	// Adapters are loaded under their Name; names derive from the adapter's source, so the same
+	// image keeps its name (and stays loaded) across versions.
+	Adapters []AdapterSpec `json:"adapters,omitempty"`
+	// Routes maps a public model name (the workspace's, which clients send) to the adapter that
+	// answers for it now. A route moves only once its new adapter has loaded and answered.
+	Routes map[string]string `json:"routes,omitempty"`
+	// Default is the public name Kaito's POST /chat talks to.
+	Default string `json:"default,omitempty"`
+	// Generations records which workspace generation each route serves, for status and rollback.
+	Generations map[string]int64 `json:"generations,omitempty"`
+}
+
+// AdapterSpec is one adapter of a set.
+type AdapterSpec struct {
+	Name string `json:"name"`
+	// Image is pulled into the replica's adapter directory; Path is a directory already mounted
+	// into the model server (an adapter served from a volume).
+	Image string `json:"image,omitempty"`
+	Path  string `json:"path,omitempty"`
+	// PullSecrets are docker config files (mounted Secrets) to pull Image with; ACRIdentity signs
+	// in to an Azure Container Registry with the pod's workload identity.
+	PullSecrets []string `json:"pullSecrets,omitempty"`
+	ACRIdentity bool     `json:"acrIdentity,omitempty"`
+}
+
+// LoRAName is the model-server name of an adapter from source (an image reference or a path)
+// published as public: the public name and a digest of the source, so two generations' adapters
+// can be loaded side by side while the route moves from one to the other.
+func LoRAName(public, source string) string {
+	sum := sha256.Sum256([]byte(source))
+	base := AdapterName(public)
+	if len(base) > 40 {
+		base = strings.Trim(base[:40], "-")
+	}
+	return base + "-" + hex.EncodeToString(sum[:])[:8]
+}
+
+// DesiredSet is the adapter set that serves d, at version: each adapter under its LoRAName,
+// routed from its public name, and /chat talking to the first (a tuning workspace's own). place
+// adds what the deployer knows of where an adapter is: a mounted volume's path, the files of its
+// pull secrets.
+func DesiredSet(d Deployment, version int64, place func(Adapter, *AdapterSpec)) AdapterSet {
+	set := AdapterSet{Version: version}
+	for _, a := range d.Adapters {
+		public := AdapterName(a.Name)
+		spec := AdapterSpec{Image: a.Image}
+		if place != nil {
+			place(a, &spec)
+		}
+		if a.Volume != nil {
+			spec.Image = ""
+		}
+		spec.Name = LoRAName(public, cmp.Or(spec.Image, spec.Path))
+		if set.Routes == nil {
+			set.Routes, set.Generations = map[string]string{}, map[string]int64{}
+			set.Default = public
+		}
+		set.Adapters = append(set.Adapters, spec)
+		set.Routes[public], set.Generations[public] = spec.Name, d.Ref.Generation
+	}
+	return set
+}
+
+// RegistryPuller pulls adapter images with pull-adapter's code, verifying every digest, signing
+// in with keychain (nil: anonymous, and the spec's docker config files when it names some).
+func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error)) Puller {
+	return func(ctx context.Context, spec AdapterSpec, dir string) error {
+		ref, err := name.ParseReference(spec.Image)
+		if err != nil {
+			return fmt.Errorf("adapter reference %q: %w", spec.Image, err)
+		}
+		kc := authn.Keychain(authn.NewMultiKeychain())
+		if keychain != nil {
+			if kc, err = keychain(spec); err != nil {
+				return err
+			}
+		}
+		_ = os.RemoveAll(dir) // what an earlier, interrupted pull left
+		_, err = adapter.Pull(ref, dir, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc))
+		return err
+	}
+}
+
+// Equal reports whether two sets ask for the same thing, ignoring Version.
+func (s AdapterSet) Equal(o AdapterSet) bool {
+	s.Version, o.Version = 0, 0
+	a, _ := json.Marshal(s)
+	b, _ := json.Marshal(o)
+	return bytes.Equal(a, b)
+}
+
+// ReplicaAdapters is what one replica serves: GET /adapters on chat-proxy.
+type ReplicaAdapters struct {
+	// Replica names the pod (or the sim's replica).
+	Replica string `json:"replica,omitempty"`
+	// Version is the newest set fully applied; Loaded are the adapters the model server holds.
+	Version int64             `json:"version"`
+	Loaded  []string          `json:"loaded,omitempty"`
+	Routes  map[string]string `json:"routes,omitempty"`
+	// Pending is the version being applied, and Error why it has not been (kept until it is).
+	Pending int64  `json:"pending,omitempty"`
+	Error   string `json:"error,omitempty"`
+	// ModelReady says the model server answers its health check.
+	ModelReady bool `json:"modelReady"`
+}
+
+// errModelLoading is a model server that does not answer yet: the set waits, nothing failed.
+var errModelLoading = errors.New("model server not ready")
+
+// Puller fetches an adapter image's files into dir: pull-adapter's code (adapter.Pull) with the
+// spec's credentials.
+type Puller func(ctx context.Context, spec AdapterSpec, dir string) error
+
+// AdapterManager is chat-proxy's reconciler of an AdapterSet against the model server next to it,
+// through vLLM's runtime LoRA API (POST /v1/load_lora_adapter and /v1/unload_lora_adapter, which
+// the server accepts when started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). Adapters loaded so
+// live only in that process: the manager loads the whole set again whenever a replica starts.
+type AdapterManager struct {
+	// Runtime is the model server, e.g. http://127.0.0.1:8000.
+	Runtime *url.URL
+	// Dir is where images are unpacked, one directory per adapter; the model server reads it.
+	Dir     string
+	Pull    Puller
+	Client  *http.Client
+	Replica string
+	Log     *slog.Logger
+
+	apply sync.Mutex // one reconciliation at a time
+
+	mu      sync.RWMutex
+	applied AdapterSet
+	loaded  map[string]bool
+	pending int64
+	lastErr string
+}
+
+// Route is the adapter a public model name answers with now; other names pass as they are.
+func (m *AdapterManager) Route(model string) string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if r, ok := m.applied.Routes[model]; ok {
+		return r
+	}
+	return model
+}
+
+// Default is the public name /chat talks to, empty before a set is applied.
+func (m *AdapterManager) Default() string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.applied.Default
+}
+
+// Status is what the replica serves.
+func (m *AdapterManager) Status(ctx context.Context) ReplicaAdapters {
+	m.mu.RLock()
+	st := ReplicaAdapters{Replica: m.Replica, Version: m.applied.Version, Routes: maps.Clone(m.applied.Routes), Error: m.lastErr}
+	if m.pending > m.applied.Version {
+		st.Pending = m.pending
+	}
+	for n := range m.loaded {
+		st.Loaded = append(st.Loaded, n)
+	}
+	m.mu.RUnlock()
+	slices.Sort(st.Loaded)
+	st.ModelReady = m.healthy(ctx) == nil
+	return st
+}
+
+// Applied is the version of the newest set fully applied (0: none yet).
+func (m *AdapterManager) Applied() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.applied.Version
+}
+
+// Failure is why the newest set is not applied, empty when it is (or while the model loads).
+func (m *AdapterManager) Failure() string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.lastErr
+}
+
+func (m *AdapterManager) client() *http.Client {
+	if m.Client != nil {
+		return m.Client
+	}
+	return http.DefaultClient
+}
+
+// Apply reconciles the model server with set: every adapter of the set is pulled, loaded and made
+// to answer one token before any route moves to it; then the routes move at once; then adapters
+// no longer in the set are unloaded. A set no newer than the applied one changes nothing. On an
+// error nothing of the new set is routed to, the previous routes keep answering, and the error is
+// reported by Status until a later Apply succeeds.
+func (m *AdapterManager) Apply(ctx context.Context, set AdapterSet) error {
+	m.apply.Lock()
+	defer m.apply.Unlock()
+	if set.Version <= m.Applied() {
+		return nil
+	}
+	m.mu.Lock()
+	m.pending = set.Version
+	if m.loaded == nil {
+		m.loaded = map[string]bool{}
+	}
+	m.mu.Unlock()
+	err := m.reconcile(ctx, set)
+	m.mu.Lock()
+	if err != nil && !errors.Is(err, errModelLoading) {
+		m.lastErr = fmt.Sprintf("version %d: %v", set.Version, err)
+	} else if err == nil {
+		m.lastErr = ""
+	}
+	m.mu.Unlock()
+	return err
+}
+
+func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
+	log := logctx.Or(m.Log)
+	if err := m.healthy(ctx); err != nil {
+		return fmt.Errorf("%w: %v", errModelLoading, err)
+	}
+	want := map[string]bool{}
+	for _, a := range set.Adapters {
+		want[a.Name] = true
+		m.mu.RLock()
+		have := m.loaded[a.Name]
+		m.mu.RUnlock()
+		if have {
+			continue
+		}
+		start := time.Now()
+		path := a.Path
+		if a.Image != "" {
+			path = filepath.Join(m.Dir, a.Name)
+			if err := m.Pull(ctx, a, path); err != nil {
+				return fmt.Errorf("adapter %s: pull %s: %w", a.Name, a.Image, err)
+			}
+		}
+		if err := m.load(ctx, a.Name, path); err != nil {
+			return fmt.Errorf("adapter %s: %w", a.Name, err)
+		}
+		m.mu.Lock()
+		m.loaded[a.Name] = true
+		m.mu.Unlock()
+		if err := m.probe(ctx, a.Name); err != nil {
+			return fmt.Errorf("adapter %s loaded but does not answer: %w", a.Name, err)
+		}
+		log.InfoContext(ctx, "adapter loaded into the running model server", "adapter", a.Name, "source", cmp.Or(a.Image, a.Path), "took", time.Since(start).Round(time.Millisecond))
+	}
+	for public, target := range set.Routes {
+		if !want[target] {
+			return fmt.Errorf("route %s: adapter %s is not in the set", public, target)
+		}
+	}
+	m.mu.Lock()
+	m.applied = set
+	m.mu.Unlock()
+	// Routes have moved: what is no longer wanted can go. A failure here leaves an adapter loaded
+	// that no route names; the next version unloads it.
+	m.mu.RLock()
+	var stale []string
+	for n := range m.loaded {
+		if !want[n] {
+			stale = append(stale, n)
+		}
+	}
+	m.mu.RUnlock()
+	for _, n := range stale {
+		if err := m.unload(ctx, n); err != nil {
+			log.WarnContext(ctx, "unload adapter; it stays loaded until the next change", "adapter", n, "err", err)
+			continue
+		}
+		m.mu.Lock()
+		delete(m.loaded, n)
+		m.mu.Unlock()
+		if m.Dir != "" {
+			_ = os.RemoveAll(filepath.Join(m.Dir, n))
+		}
+		log.InfoContext(ctx, "adapter unloaded", "adapter", n)
+	}
+	return nil
+}
+
+func (m *AdapterManager) healthy(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.Runtime.JoinPath("/health").String(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := m.client().Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("health: %s", resp.Status)
+	}
+	return nil
+}
+
+func (m *AdapterManager) post(ctx context.Context, path string, body any) (int, string, error) {
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.Runtime.JoinPath(path).String(), bytes.NewReader(b))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := m.client().Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(bytes.TrimSpace(out)), nil
+}
+
+// load asks the model server to load an adapter. vLLM answers 400 "has already been loaded" for a
+// name it holds (a chat-proxy restarted next to a model server that kept running): that adapter
+// is there, which is what was asked.
+func (m *AdapterManager) load(ctx context.Context, name, path string) error {
+	code, body, err := m.post(ctx, "/v1/load_lora_adapter", map[string]string{"lora_name": name, "lora_path": path})
+	switch {
+	case err != nil:
+		return fmt.Errorf("load: %w", err)
+	case code == http.StatusOK:
+		return nil
+	case code == http.StatusBadRequest && strings.Contains(body, "already been loaded"):
+		return nil
+	case code == http.StatusNotFound && strings.Contains(body, "load_lora_adapter"):
+		return errors.New("the model server has no runtime LoRA API (start it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+	}
+	return fmt.Errorf("load: %d %s", code, body)
+}
+
+func (m *AdapterManager) unload(ctx context.Context, name string) error {
+	code, body, err := m.post(ctx, "/v1/unload_lora_adapter", map[string]string{"lora_name": name})
+	switch {
+	case err != nil:
+		return err
+	case code == http.StatusOK, code == http.StatusNotFound:
+		return nil // gone either way
+	}
+	return fmt.Errorf("unload: %d %s", code, body)
+}
+
+// probe asks the adapter for one token: loaded is not yet answering.
+func (m *AdapterManager) probe(ctx context.Context, name string) error {
+	code, body, err := m.post(ctx, "/v1/completions", map[string]any{"model": name, "prompt": "ping", "max_tokens": 1})
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("%d %s", code, body)
+	}
+	return nil
+}
+
+// Run applies the set source returns now and then every interval, until ctx ends: at start (so
+// a replica loads the whole set before it reports ready) and after each change. Failures are
+// retried at the next interval.
+func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (AdapterSet, error), interval time.Duration) {
+	log := logctx.Or(m.Log)
+	var lastErr string
+	for {
+		set, err := source(ctx)
+		if err == nil {
+			err = m.Apply(ctx, set)
+		}
+		if err != nil && err.Error() != lastErr && ctx.Err() == nil {
+			log.WarnContext(ctx, "adapter set not applied yet; retrying", "err", err)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// FileSource reads an AdapterSet from a file: the ConfigMap the deployer writes, as the kubelet
+// projects it into the pod (it swaps the file atomically when the ConfigMap changes).
+func FileSource(path string) func(context.Context) (AdapterSet, error) {
+	return func(context.Context) (AdapterSet, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return AdapterSet{}, fmt.Errorf("adapter set: %w", err)
+		}
+		return DecodeAdapterSet(b)
+	}
+}
+
+// DecodeAdapterSet parses an adapter set strictly, naming what is wrong.
+func DecodeAdapterSet(b []byte) (AdapterSet, error) {
+	var s AdapterSet
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return AdapterSet{}, fmt.Errorf("adapter set: %w", err)
+	}
+	for i, a := range s.Adapters {
+		if a.Name == "" {
+			return AdapterSet{}, fmt.Errorf("adapter set: adapters[%d].name: required", i)
+		}
+		if (a.Image == "") == (a.Path == "") {
+			return AdapterSet{}, fmt.Errorf("adapter set: adapters[%d] (%s): exactly one of image and path", i, a.Name)
+		}
+	}
+	if s.Default != "" {
+		if _, ok := s.Routes[s.Default]; !ok {
+			return AdapterSet{}, fmt.Errorf("adapter set: default %q: no route of that name", s.Default)
+		}
+	}
+	return s, nil
+}

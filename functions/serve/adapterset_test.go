@@ -1,0 +1,164 @@
+package serve
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+func newManager(t *testing.T, rt *SimRuntime) *AdapterManager {
+	t.Helper()
+	srv := httptest.NewServer(rt.Handler())
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	return &AdapterManager{Runtime: u, Dir: t.TempDir(), Pull: RegistryPuller(nil), Replica: "r0", Log: slog.New(slog.DiscardHandler)}
+}
+
+func TestAdapterManagerMovesRoutesOnlyToAnsweringAdapters(t *testing.T) {
+	ctx := context.Background()
+	host := testenv.Registry(t)
+	v1, v2 := testenv.PushAdapter(t, host, "ws", "v1"), testenv.PushAdapter(t, host, "ws", "v2")
+	rt := &SimRuntime{Base: "phi-3"}
+	m := newManager(t, rt)
+	set := func(version int64, image string) AdapterSet {
+		return DesiredSet(Deployment{Ref: events.Ref{Generation: version}, Adapters: []Adapter{{Name: "ws", Image: image}}}, version, nil)
+	}
+	tests := []struct {
+		name     string
+		set      AdapterSet
+		wantErr  string
+		route    string // where "ws" routes afterwards
+		loaded   []string
+		version  int64
+		failures bool
+	}{
+		{"first adapter", set(1, v1), "", LoRAName("ws", v1), []string{LoRAName("ws", v1)}, 1, false},
+		{"a redelivered older set changes nothing", set(1, v2), "", LoRAName("ws", v1), []string{LoRAName("ws", v1)}, 1, false},
+		{"an image that is not there keeps the old route", set(2, host+"/ws:missing"), "pull", LoRAName("ws", v1), []string{LoRAName("ws", v1)}, 1, true},
+		{"the next generation replaces it and the old one is unloaded", set(3, v2), "", LoRAName("ws", v2), []string{LoRAName("ws", v2)}, 3, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := m.Apply(ctx, tc.set)
+			if (err != nil) != (tc.wantErr != "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("Apply: %v, want error %q", err, tc.wantErr)
+			}
+			if got := m.Route("ws"); got != tc.route {
+				t.Errorf("route ws → %s, want %s", got, tc.route)
+			}
+			st := m.Status(ctx)
+			if fmt.Sprint(rt.LoRAs()) != fmt.Sprint(tc.loaded) || fmt.Sprint(st.Loaded) != fmt.Sprint(tc.loaded) || st.Version != tc.version || (st.Error != "") != tc.failures {
+				t.Errorf("runtime holds %v, status %+v", rt.LoRAs(), st)
+			}
+		})
+	}
+}
+
+func TestAdapterManagerAfterProxyRestart(t *testing.T) {
+	// chat-proxy restarted beside a model server that kept its adapters: vLLM says "already
+	// loaded", which is what was asked.
+	ctx := context.Background()
+	host := testenv.Registry(t)
+	img := testenv.PushAdapter(t, host, "ws", "v1")
+	rt := &SimRuntime{Base: "phi-3"}
+	set := DesiredSet(Deployment{Adapters: []Adapter{{Name: "ws", Image: img}}}, 1, nil)
+	if err := newManager(t, rt).Apply(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	again := newManager(t, rt)
+	if err := again.Apply(ctx, set); err != nil || again.Route("ws") != LoRAName("ws", img) {
+		t.Fatalf("second manager: %v, route %s", err, again.Route("ws"))
+	}
+}
+
+func TestSimRuntimeLoRAAPI(t *testing.T) {
+	rt := &SimRuntime{Base: "phi-3", LoadDelay: 50 * time.Millisecond}
+	srv := httptest.NewServer(rt.Handler())
+	defer srv.Close()
+	dir := t.TempDir()
+	post := func(path, body string) (int, string) {
+		resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if resp, _ := http.Get(srv.URL + "/health"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("health while loading: %d", resp.StatusCode)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if err := os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	load := `{"lora_name":"a","lora_path":"` + dir + `"}`
+	steps := []struct {
+		path, body string
+		code       int
+		says       string
+	}{
+		{"/v1/load_lora_adapter", `{"lora_name":"a"}`, 400, "must be provided"},
+		{"/v1/load_lora_adapter", `{"lora_name":"b","lora_path":"` + t.TempDir() + `"}`, 400, "adapter_config.json"},
+		{"/v1/load_lora_adapter", load, 200, "added successfully"},
+		{"/v1/load_lora_adapter", load, 400, "already been loaded"},
+		{"/v1/completions", `{"model":"a","prompt":"hi"}`, 200, "with adapter a"},
+		{"/v1/unload_lora_adapter", `{"lora_name":"a"}`, 200, "removed successfully"},
+		{"/v1/unload_lora_adapter", `{"lora_name":"a"}`, 404, "cannot be found"},
+		{"/v1/completions", `{"model":"a","prompt":"hi"}`, 404, "does not exist"},
+	}
+	for _, s := range steps {
+		code, body := post(s.path, s.body)
+		if code != s.code || !strings.Contains(body, s.says) {
+			t.Errorf("POST %s %s: %d %s, want %d %q", s.path, s.body, code, body, s.code, s.says)
+		}
+	}
+}
+
+func TestDecodeAdapterSet(t *testing.T) {
+	tests := []struct {
+		name, doc, wantErr string
+	}{
+		{"ok", `{"version":2,"adapters":[{"name":"a-1","image":"r/a@sha256:1"}],"routes":{"a":"a-1"},"default":"a"}`, ""},
+		{"unknown field", `{"version":2,"adapterz":[]}`, "unknown field"},
+		{"no name", `{"adapters":[{"image":"x"}]}`, "adapters[0].name"},
+		{"image and path", `{"adapters":[{"name":"a","image":"x","path":"/p"}]}`, "exactly one of image and path"},
+		{"default without route", `{"default":"a"}`, `default "a"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeAdapterSet([]byte(tc.doc))
+			if (err != nil) != (tc.wantErr != "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("got %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzDecodeAdapterSet(f *testing.F) {
+	f.Add([]byte(`{"version":2,"adapters":[{"name":"a-1","image":"r/a@sha256:1"}],"routes":{"a":"a-1"},"default":"a"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := DecodeAdapterSet(b)
+		if err != nil {
+			return
+		}
+		out, _ := json.Marshal(s)
+		again, err := DecodeAdapterSet(out)
+		if err != nil || !again.Equal(s) || again.Version != s.Version {
+			t.Fatalf("round trip of %s: %v", out, err)
+		}
+	})
+}

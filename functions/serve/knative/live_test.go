@@ -1,0 +1,219 @@
+package knative
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+// replicaPods are a revision's pods as the API server holds them, each with its chat-proxy and
+// model server running in the test: the Pod objects are real (created, marked Running and Ready
+// as a kubelet would), while the containers are stand-ins — kaitoflow's real chat-proxy and adapter
+// reconciler in front of the sim model server — and the kubelet's projection of the adapter set's
+// ConfigMap into each pod is a loop that copies it into the file chat-proxy reads.
+type replicaPods struct {
+	t   *testing.T
+	ns  string
+	rev string
+
+	mu   sync.Mutex
+	urls map[string]string
+	rts  map[string]*serve.SimRuntime
+}
+
+func (r *replicaPods) address(p corev1.Pod) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.urls[p.Name]
+}
+
+// start runs a replica of the revision named pod.
+func (r *replicaPods) start(ctx context.Context, pod, service string) {
+	t := r.t
+	t.Helper()
+	rt := &serve.SimRuntime{Base: "phi-3-mini-128k-instruct", Describe: "phi-3-mini-128k-instruct"}
+	rtSrv := httptest.NewServer(rt.Handler())
+	t.Cleanup(rtSrv.Close)
+	upstream, _ := url.Parse(rtSrv.URL)
+	dir := t.TempDir()
+	file := filepath.Join(dir, AdapterSetKey)
+	project := func() {
+		cm, err := kube.CoreV1().ConfigMaps(r.ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+		if err != nil {
+			return
+		}
+		tmp := file + ".tmp"
+		if os.WriteFile(tmp, []byte(cm.Data[AdapterSetKey]), 0o644) == nil {
+			_ = os.Rename(tmp, file) // atomic, as the kubelet swaps a ConfigMap volume's files
+		}
+	}
+	project()
+	go func() {
+		for ctx.Err() == nil {
+			project()
+			time.Sleep(30 * time.Millisecond)
+		}
+	}()
+	m := &serve.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: serve.RegistryPuller(nil), Replica: pod, Log: quiet}
+	go m.Run(ctx, serve.FileSource(file), 30*time.Millisecond)
+	proxy := httptest.NewServer((&serve.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: quiet}).Handler())
+	t.Cleanup(proxy.Close)
+	r.mu.Lock()
+	r.urls[pod], r.rts[pod] = proxy.URL, rt
+	r.mu.Unlock()
+
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: r.ns, Labels: map[string]string{LabelRevision: r.rev}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "chat-proxy", Image: "stand-in"}}}}
+	created, err := kube.CoreV1().Pods(r.ns).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1",
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	if _, err := kube.CoreV1().Pods(r.ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chat asks one replica's /chat and returns the answer.
+func (r *replicaPods) chat(pod string) string {
+	r.t.Helper()
+	r.mu.Lock()
+	u := r.urls[pod]
+	r.mu.Unlock()
+	resp, err := http.Post(u+"/chat", "application/json", strings.NewReader(`{"prompt":"hello"}`))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct{ Result, Error string }
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return out.Result + out.Error
+}
+
+// until handles service.changed for ref until serve answers with an event of type typ.
+func until(ctx context.Context, t *testing.T, fn *serve.Function, ref events.Ref, service, typ string) cloudevents.Event {
+	t.Helper()
+	changed := events.Must(events.New("test", events.ServiceChanged, events.ServiceChanged, ref, events.ServiceChangedData{Service: service}, nil))
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := fn.Handle(ctx, changed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) == 1 && out[0].Type() == typ {
+			return out[0]
+		}
+		if len(out) > 0 {
+			t.Fatalf("want %s, got %v", typ, out)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	t.Fatalf("no %s for %s within 20s", typ, ref)
+	return cloudevents.Event{}
+}
+
+// Two generations of the seed in a row with the Knative deployer against a real API server: the
+// second adapter reaches the running replica through the adapter set's ConfigMap and answers there
+// with no new revision (the Service's generation stays 1); inference.ready for it waits until the
+// replica serves it; a replica started later serves the same set; an adapter that cannot be
+// pulled fails the generation while the one before keeps answering.
+func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
+	k, ns := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := testenv.Registry(t)
+	v1, v2 := testenv.PushAdapter(t, host, "seed", "v1"), testenv.PushAdapter(t, host, "seed", "v2")
+	d1 := seedDeployment(t, ns, 1)
+	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = v1, nil
+	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
+	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	fn := serve.New(k, quiet)
+
+	if out, err := fn.Handle(ctx, imagePushed(t, d1)); err != nil || len(out) != 0 {
+		t.Fatalf("generation 1: %v %v", out, err)
+	}
+	setStatus(t, ns, d1.Service, corev1.ConditionTrue, "", "", "")
+	pods.start(ctx, "pod-a", d1.Service)
+	until(ctx, t, fn, d1.Ref, d1.Service, events.InferenceReady)
+	if a := pods.chat("pod-a"); !strings.Contains(a, serve.LoRAName(d1.Service, v1)) {
+		t.Fatalf("generation 1 answered %q", a)
+	}
+
+	d2 := seedDeployment(t, ns, 2)
+	d2.Adapters[0].Image, d2.Adapters[0].PullSecrets = v2, nil
+	if out, err := fn.Handle(ctx, imagePushed(t, d2)); err != nil || len(out) != 0 {
+		t.Fatalf("generation 2 reported before the replica serves it: %v %v", out, err)
+	}
+	svc, err := dyn.Resource(Services).Namespace(ns).Get(ctx, d1.Service, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.GetGeneration() != 1 || svc.GetLabels()[events.LabelGeneration] != "2" {
+		t.Fatalf("generation 2 rolled the template (metadata.generation %d) or was not recorded (%v)", svc.GetGeneration(), svc.GetLabels())
+	}
+	ready := until(ctx, t, fn, d2.Ref, d2.Service, events.InferenceReady)
+	if ready.Extensions()[events.ExtGeneration] != "2" {
+		t.Errorf("inference.ready %v", ready)
+	}
+	if a := pods.chat("pod-a"); !strings.Contains(a, serve.LoRAName(d1.Service, v2)) {
+		t.Fatalf("generation 2 answered %q on the same pod", a)
+	}
+	if got := pods.rts["pod-a"].LoRAs(); len(got) != 1 || got[0] != serve.LoRAName(d1.Service, v2) {
+		t.Errorf("the model server holds %v, want only generation 2's adapter", got)
+	}
+
+	// A replica that starts later loads the same set before it counts.
+	pods.start(ctx, "pod-b", d1.Service)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := k.Status(ctx, d2.Ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Phase == serve.Ready && st.Replicas == 2 && st.Serving == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the late replica never served the set: %+v", st)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if a := pods.chat("pod-b"); !strings.Contains(a, serve.LoRAName(d1.Service, v2)) {
+		t.Fatalf("the late replica answered %q", a)
+	}
+
+	// An adapter that is not in the registry: generation 3 fails with the replica's reason, and
+	// generation 2's adapter keeps answering.
+	d3 := seedDeployment(t, ns, 3)
+	d3.Adapters[0].Image, d3.Adapters[0].PullSecrets = host+"/seed:missing", nil
+	if _, err := fn.Handle(ctx, imagePushed(t, d3)); err != nil {
+		t.Fatal(err)
+	}
+	failed := until(ctx, t, fn, d3.Ref, d3.Service, events.WorkspaceFailed)
+	var fd events.WorkspaceFailedData
+	if err := events.Data(failed, &fd); err != nil || fd.Reason != serve.ReasonAdapterLoad || !strings.Contains(fd.Message, "seed:missing") {
+		t.Errorf("workspace.failed %+v %v", fd, err)
+	}
+	for _, p := range []string{"pod-a", "pod-b"} {
+		if a := pods.chat(p); !strings.Contains(a, serve.LoRAName(d1.Service, v2)) {
+			t.Errorf("%s answered %q after the failed load", p, a)
+		}
+	}
+}

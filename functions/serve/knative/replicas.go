@@ -1,0 +1,88 @@
+package knative
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+)
+
+// LabelRevision is Knative's label naming a pod's revision.
+const LabelRevision = "serving.knative.dev/revision"
+
+// PodReplicas reads, from each ready pod of a revision, what its chat-proxy serves (GET
+// /adapters on the pod's own address: Knative's routing would reach only one of them).
+type PodReplicas struct {
+	Kube kubernetes.Interface
+	HTTP *http.Client
+	// Address is a pod's chat-proxy base URL; nil: http://<pod IP>:5000.
+	Address func(corev1.Pod) string
+}
+
+// Replicas implements ReplicaReader. A ready pod that does not answer counts as a replica that
+// does not serve the set yet.
+func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) ([]serve.ReplicaAdapters, error) {
+	pods, err := p.Kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRevision + "=" + revision})
+	if err != nil {
+		return nil, fmt.Errorf("list pods of revision %s/%s: %w", namespace, revision, err)
+	}
+	client := p.HTTP
+	if client == nil {
+		client = &http.Client{Timeout: 5 * time.Second}
+	}
+	var out []serve.ReplicaAdapters
+	for _, pod := range pods.Items {
+		if pod.DeletionTimestamp != nil || !podReady(pod) {
+			continue
+		}
+		r := serve.ReplicaAdapters{Replica: pod.Name}
+		if st, err := p.read(ctx, client, pod); err == nil {
+			r = st
+			r.Replica = pod.Name
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (serve.ReplicaAdapters, error) {
+	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(proxyPort))
+	if p.Address != nil {
+		base = p.Address(pod)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/adapters", nil)
+	if err != nil {
+		return serve.ReplicaAdapters{}, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return serve.ReplicaAdapters{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %s", base, resp.Status)
+	}
+	var st serve.ReplicaAdapters
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %w", base, err)
+	}
+	return st, nil
+}
+
+func podReady(pod corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
