@@ -34,12 +34,16 @@ const (
 	// CapacityReleased says a workspace's GPU capacity is given back: after tuning, after a
 	// failure, and always after a deletion (so a finalizer can wait for it).
 	CapacityReleased = "kaitoflow.capacity.released"
+	// AdapterSelected asks serve to serve an earlier generation's adapter (a rollback), loaded
+	// live into the running replicas; inference.ready follows once they serve it.
+	AdapterSelected = "kaitoflow.adapter.selected"
 )
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningCompleted,
 	ImagePushed, AdapterStored, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
+	AdapterSelected,
 }
 
 // Signals are events about the world rather than one workspace's progress: they make functions
@@ -346,6 +350,21 @@ type InferenceReadyData struct {
 	Revision string   `json:"revision,omitempty"`
 	Adapters []string `json:"adapters,omitempty"`
 	Driver   string   `json:"driver"`
+	// ServingGeneration is the generation whose adapter answers, when not Ref's (after a
+	// rollback); Replicas the replicas running and serving it (0: scaled to zero).
+	ServingGeneration int64 `json:"servingGeneration,omitempty"`
+	Replicas          int   `json:"replicas,omitempty"`
+}
+
+// AdapterSelectedData is the payload of kaitoflow.adapter.selected: serve generation
+// Generation's adapter (Reference) for the workspace at Ref, whose manifest is Workspace.
+type AdapterSelectedData struct {
+	Ref        Ref       `json:"ref"`
+	Workspace  Workspace `json:"workspace"`
+	Generation int64     `json:"generation"`
+	Reference  string    `json:"reference"`
+	// Reason says who asked: "rollback".
+	Reason string `json:"reason,omitempty"`
 }
 
 // WorkspaceFailedData is the payload of kaitoflow.workspace.failed.

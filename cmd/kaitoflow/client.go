@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -265,7 +268,7 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 		cols = "NAMESPACE\t" + cols
 	}
 	if format == "wide" {
-		cols += "\tPHASE\tIMAGE\tENDPOINT"
+		cols += "\tPHASE\tSERVING\tREPLICAS\tADAPTERS\tIMAGE\tENDPOINT"
 	}
 	fmt.Fprintln(tw, cols)
 	now := time.Now()
@@ -278,7 +281,14 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 			row = w.Namespace + "\t" + row
 		}
 		if format == "wide" {
-			row += fmt.Sprintf("\t%s\t%s\t%s", w.Phase, w.Image, w.Endpoint)
+			serving, image := "", w.Image
+			if w.Endpoint != "" {
+				serving = strconv.FormatInt(w.Serving(), 10)
+				if p, ok := w.Pushed(w.Serving()); ok {
+					image = p.Image
+				}
+			}
+			row += fmt.Sprintf("\t%s\t%s\t%d\t%s\t%s\t%s", w.Phase, cmp.Or(serving, "<none>"), w.Replicas, cmp.Or(strings.Join(w.Adapters, ","), "<none>"), image, w.Endpoint)
 		}
 		fmt.Fprintln(tw, row)
 	}
@@ -352,6 +362,28 @@ func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
 		printed[e.ID] = true
 		fmt.Fprintf(out, "  +%-9s %-30s %-20s %s\n", e.Time.Sub(start).Round(time.Millisecond), e.Type, e.Source, e.Note)
 	}
+}
+
+func newRollback(g *globals) *cobra.Command {
+	var generation int64
+	cmd := &cobra.Command{
+		Use:   "rollback NAME [--generation N]",
+		Short: "Serve an earlier generation's adapter again, loaded live into the running replicas (no restart)",
+		Long: `Serve an earlier generation's adapter again. The running replicas load it through the model
+server's runtime LoRA API and switch to it once it answers; the adapter serving now keeps answering
+until then. Without --generation, the newest generation before the one serving now.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w, err := g.client().Rollback(cmd.Context(), args[0], generation)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.out, "workspace.kaito.sh/%s rollback requested (serving generation %d now; `kaitoflow get %s -o wide` shows when the replicas serve the new one)\n", w.Name, w.Serving(), w.Name)
+			return nil
+		},
+	}
+	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (default: the one before the generation serving now)")
+	return cmd
 }
 
 func newDelete(g *globals) *cobra.Command {

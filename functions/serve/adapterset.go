@@ -96,7 +96,7 @@ func DesiredSet(d Deployment, version int64, place func(Adapter, *AdapterSpec)) 
 			set.Default = public
 		}
 		set.Adapters = append(set.Adapters, spec)
-		set.Routes[public], set.Generations[public] = spec.Name, d.Ref.Generation
+		set.Routes[public], set.Generations[public] = spec.Name, d.ServingGeneration()
 	}
 	return set
 }

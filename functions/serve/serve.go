@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -24,7 +25,7 @@ const Name = "serve"
 // Types are the events the function consumes. It reads its own inference.ready and
 // workspace.failed back: once stored, the service is acknowledged and ticks stop looking at it.
 var Types = []string{events.ImagePushed, events.AdapterStored, events.NodeReady, events.ServiceChanged, events.Tick,
-	events.InferenceReady, events.WorkspaceFailed, events.WorkspaceDeleted}
+	events.InferenceReady, events.WorkspaceFailed, events.WorkspaceDeleted, events.AdapterSelected}
 
 // Adapter is one LoRA adapter to load next to the base model, from an image or from a volume whose
 // root holds its files.
@@ -48,6 +49,17 @@ type Deployment struct {
 	Adapters  []Adapter        `json:"adapters,omitempty"`
 	// Plan is provision's (inference-only workspaces) or the tuning run's plan; nil when unknown.
 	Plan *events.Plan `json:"plan,omitempty"`
+	// Serving is the earlier generation whose adapters these are (a rollback), 0 for Ref's own.
+	// Such a deployment changes only the adapter set of the running service.
+	Serving int64 `json:"serving,omitempty"`
+}
+
+// ServingGeneration is the generation whose adapters d serves.
+func (d Deployment) ServingGeneration() int64 {
+	if d.Serving != 0 {
+		return d.Serving
+	}
+	return d.Ref.Generation
 }
 
 // Phase of a service.
@@ -74,6 +86,10 @@ type Status struct {
 	// Replicas are the running replicas of the serving revision, Serving those that serve the
 	// current adapter set.
 	Replicas, Serving int
+	// Version is the adapter set's version; ServingGeneration the generation its default
+	// adapter comes from.
+	Version           int64
+	ServingGeneration int64
 }
 
 // ReasonAdapterLoad is a replica that could not pull, load or get an answer from an adapter; the
@@ -162,12 +178,17 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			return nil, err
 		}
 		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		ad := Adapter{Name: ref.Name, Image: in.Reference, Strength: "1.0"}
-		if t := in.Workspace.Tuning; t != nil && t.Output != nil && t.Output.ImagePushSecret != "" {
-			// The secret that could push the adapter can pull it.
-			ad.PullSecrets = []string{t.Output.ImagePushSecret}
+		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
+	case events.AdapterSelected:
+		var in events.AdapterSelectedData
+		if err := events.Data(ev, &in); err != nil {
+			return nil, err
 		}
-		d.Adapters = []Adapter{ad}
+		if in.Reference == "" || in.Generation < 1 || in.Generation > ref.Generation {
+			return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s", in.Generation, in.Reference, ref)
+		}
+		d.Workspace, d.Serving = in.Workspace, in.Generation
+		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
 	case events.AdapterStored:
 		var in events.AdapterStoredData
 		if err := events.Data(ev, &in); err != nil {
@@ -187,6 +208,16 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 	return f.observe(ctx, ref, &ev)
 }
 
+// tunedAdapter is a tuning workspace's own adapter, pushed as image.
+func tunedAdapter(ref events.Ref, ws events.Workspace, image string) Adapter {
+	ad := Adapter{Name: ref.Name, Image: image, Strength: "1.0"}
+	if t := ws.Tuning; t != nil && t.Output != nil && t.Output.ImagePushSecret != "" {
+		// The secret that could push the adapter can pull it.
+		ad.PullSecrets = []string{t.Output.ImagePushSecret}
+	}
+	return ad
+}
+
 // observe turns the service's state into events. Their ids derive from the generation, so however
 // often a state is observed, inference.ready (or the failure) is stored once per generation.
 func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudevents.Event) ([]cloudevents.Event, error) {
@@ -201,9 +232,18 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	var e cloudevents.Event
 	switch st.Phase {
 	case Ready:
-		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, events.InferenceReady, ref, events.InferenceReadyData{
-			Ref: ref, Service: st.Service, URL: st.URL, Revision: st.Revision, Adapters: st.Adapters, Driver: f.deployer.Name(),
-		}, cause)
+		// Each adapter set a generation is served with (a live update, a rollback) is reported
+		// once: the set's version is part of the id.
+		step := events.InferenceReady
+		if st.Version > 1 {
+			step += "/adapters-v" + strconv.FormatInt(st.Version, 10)
+		}
+		data := events.InferenceReadyData{Ref: ref, Service: st.Service, URL: st.URL, Revision: st.Revision, Adapters: st.Adapters,
+			Driver: f.deployer.Name(), Replicas: st.Serving}
+		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
+			data.ServingGeneration = st.ServingGeneration
+		}
+		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, step, ref, data, cause)
 	case Failed:
 		f.log.WarnContext(ctx, "inference service failed", "service", st.Service, "reason", st.Reason, "message", st.Message)
 		e, err = events.New("kaitoflow/"+Name, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{

@@ -98,9 +98,20 @@ func planArgs(p *events.Plan) []string {
 func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	s.mu.Lock()
 	svc, ok := s.services[simKey(d.Ref)]
-	if ok && svc.d.Ref.Generation >= d.Ref.Generation {
-		s.mu.Unlock()
-		return nil // a redelivery, or an older generation arriving late
+	if ok {
+		switch {
+		case d.Serving == 0 && svc.d.Ref.Generation >= d.Ref.Generation,
+			d.Serving != 0 && (svc.d.Ref.Generation > d.Ref.Generation || svc.d.ServingGeneration() == d.Serving):
+			s.mu.Unlock()
+			return nil // a redelivery, or an older generation arriving late
+		}
+	}
+	if d.Serving != 0 {
+		if !ok {
+			s.mu.Unlock()
+			return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
+		}
+		d.Plan = svc.d.Plan // the same pods: only the adapter set changes
 	}
 	if s.services == nil {
 		s.services = map[string]*simService{}
@@ -239,7 +250,8 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	}
 	d := svc.d
 	st := &Status{Ref: d.Ref, Service: d.Service, Adapters: adapterNames(d.Adapters), Phase: Pending,
-		URL: s.url(d.Ref.Namespace, d.Service), Revision: fmt.Sprintf("%s-%05d", d.Service, svc.revision)}
+		URL: s.url(d.Ref.Namespace, d.Service), Revision: fmt.Sprintf("%s-%05d", d.Service, svc.revision),
+		Version: svc.set.Version, ServingGeneration: d.ServingGeneration()}
 	cur := svc.current()
 	serving := 0
 	for _, r := range cur {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -70,6 +71,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
 	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
 	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
+	mux.HandleFunc("POST /v1/workspaces/{name}/rollback", s.rollback)
 	mux.HandleFunc("POST /v1/configmaps", s.submitConfigMap)
 	mux.HandleFunc("GET /v1/configmaps", s.listConfigMaps)
 	mux.HandleFunc("GET /v1/configmaps/{name}", s.getConfigMap)
@@ -278,4 +280,92 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// RollbackRequest is the body of POST /v1/workspaces/{name}/rollback.
+type RollbackRequest struct {
+	// Generation whose adapter to serve; 0: the newest pushed before the one serving now.
+	Generation int64 `json:"generation,omitempty"`
+}
+
+// rollback asks serve to serve an earlier generation's adapter, live in the running replicas. It
+// answers 202 with the record; the record's servingGeneration changes once the replicas serve it.
+func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	var req RollbackRequest
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, Problem{Error: `body must be JSON {"generation": N}: ` + err.Error()})
+			return
+		}
+	}
+	rec, err := s.Store.Get(r.Context(), ns, name)
+	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
+		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	target, err := rollbackTarget(rec, req.Generation)
+	if err != nil {
+		writeJSON(w, http.StatusConflict, Problem{Error: err.Error(), Fields: []FieldError{{Field: "generation", Type: "FieldValueInvalid", Message: err.Error()}}})
+		return
+	}
+	if rec.Manifest == nil {
+		writeJSON(w, http.StatusConflict, Problem{Error: fmt.Sprintf("workspace %s/%s: its manifest is not in the record yet", ns, name)})
+		return
+	}
+	ref := events.Ref{Namespace: ns, Name: name, Generation: rec.Generation}
+	// Each request is its own intent (rolling back to 2, forward to 3, back to 2 again): the id
+	// names the request's time, so only a retried publish of this request deduplicates.
+	id := fmt.Sprintf("%s/%d/%d", events.AdapterSelected, target.Generation, time.Now().UnixNano())
+	ev, err := events.New(Source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
+		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: "rollback"}, nil)
+	if err == nil {
+		ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
+		runtime.InjectTrace(ctx, &ev)
+		err = s.Publisher.Publish(ctx, ev)
+		span.End()
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	s.Log.Info("rollback requested", "workspace", ref.String(), "to", target.Generation, "image", target.Image)
+	writeJSON(w, http.StatusAccepted, rec)
+}
+
+// rollbackTarget is the pushed adapter a rollback serves: generation gen's, or (gen 0) the newest
+// pushed before the generation serving now.
+func rollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, error) {
+	if rec.Phase != status.Ready && rec.Phase != status.Failed {
+		return status.PushedAdapter{}, fmt.Errorf("workspace %s/%s is %s: roll back once its generation %d has finished", rec.Namespace, rec.Name, rec.Phase, rec.Generation)
+	}
+	serving := rec.Serving()
+	if gen == 0 {
+		var best status.PushedAdapter
+		for _, p := range rec.History {
+			if p.Generation < serving && p.Generation > best.Generation {
+				best = p
+			}
+		}
+		if best.Generation == 0 {
+			return best, fmt.Errorf("workspace %s/%s serves generation %d and no earlier generation pushed an adapter", rec.Namespace, rec.Name, serving)
+		}
+		return best, nil
+	}
+	if gen == serving {
+		return status.PushedAdapter{}, fmt.Errorf("generation %d is the one serving", gen)
+	}
+	p, ok := rec.Pushed(gen)
+	if !ok {
+		var have []string
+		for _, h := range rec.History {
+			have = append(have, fmt.Sprint(h.Generation))
+		}
+		return p, fmt.Errorf("generation %d pushed no adapter (generations with one: %s)", gen, strings.Join(have, ", "))
+	}
+	return p, nil
 }

@@ -164,6 +164,19 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, c.url("/v1/workspaces/"+url.PathEscape(name), nil), nil, nil)
 }
 
+// Rollback asks that generation's adapter (0: the one before the serving one) be served again.
+func (c *Client) Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
+	body, err := json.Marshal(RollbackRequest{Generation: generation})
+	if err != nil {
+		return nil, err
+	}
+	var w status.Workspace
+	if err := c.do(ctx, http.MethodPost, c.url("/v1/workspaces/"+url.PathEscape(name)+"/rollback", nil), body, &w); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
 // Watch calls fn with the workspace each time it changes until fn returns false, ctx ends or
 // the stream does.
 func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error {

@@ -290,6 +290,40 @@ func TestNextGenerationGoesLiveWithoutARestart(t *testing.T) {
 	if !strings.Contains(answer2, serve.LoRAName(name, w2.Image)) || pod2 != pod1 || w2.Revision != w1.Revision {
 		t.Errorf("generation 2 answered %q from %s (revision %s); want its adapter from %s (revision %s)", answer2, pod2, w2.Revision, pod1, w1.Revision)
 	}
+
+	// Roll back to generation 1 (the default: the one before the serving one), then forward to 2:
+	// each time the same pod answers with the selected generation's adapter.
+	client := &api.Client{BaseURL: p.URL}
+	ctx := context.Background()
+	for _, step := range []struct {
+		ask, want int64
+		image     string
+	}{{0, 1, w1.Image}, {2, 2, w2.Image}} {
+		if _, err := client.Rollback(ctx, name, step.ask); err != nil {
+			t.Fatalf("rollback to %d: %v", step.ask, err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			w, err := p.Store.Get(ctx, ns, name)
+			if err == nil && w.Serving() == step.want && w.Generation == 2 && w.Phase == status.Ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("rollback to %d: the record serves %d: %+v (%v)", step.want, w.Serving(), w, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		answer, pod := chatAt(t, w2.Endpoint)
+		if !strings.Contains(answer, serve.LoRAName(name, step.image)) || pod != pod1 {
+			t.Errorf("serving generation %d: %q from %s, want its adapter from %s", step.want, answer, pod, pod1)
+		}
+	}
+	// A generation that pushed nothing, or the one serving, is refused with the reason.
+	for _, gen := range []int64{2, 7} {
+		if _, err := client.Rollback(ctx, name, gen); err == nil || !strings.Contains(err.Error(), "generation") {
+			t.Errorf("rollback to %d: %v", gen, err)
+		}
+	}
 }
 
 func TestHundredWorkspacesAllReady(t *testing.T) {

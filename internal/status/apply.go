@@ -1,6 +1,7 @@
 package status
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 	"time"
@@ -22,8 +23,8 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	case ref.Generation < w.Generation:
 		return false, nil
 	case ref.Generation > w.Generation || w.Name == "":
-		created := w.Created
-		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created}
+		created, history := w.Created, w.History
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -122,6 +123,9 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			return err
 		}
 		w.Image, w.ImageDigest, w.Provenance = d.Reference, d.Digest, d.Provenance
+		if _, ok := w.Pushed(w.Generation); !ok {
+			w.History = append(w.History, PushedAdapter{Generation: w.Generation, Image: d.Reference, Pushed: at})
+		}
 		rec.Note = d.Reference
 		w.endStep(StepPublish, at)
 		w.startStep(StepServe, at)
@@ -140,11 +144,22 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
+		// Reports of later adapter sets (a rollback) replace what an earlier one said.
 		w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
+		w.ServingGeneration, w.Replicas = d.ServingGeneration, d.Replicas
 		rec.Note = d.URL
+		if d.ServingGeneration != 0 {
+			rec.Note += fmt.Sprintf(" (serving generation %d)", d.ServingGeneration)
+		}
 		w.endStep(StepServe, at)
 		w.advance(Ready)
 		w.setCondition(CondInferenceReady, true, "InferenceReady", d.URL, at)
+	case events.AdapterSelected:
+		var d events.AdapterSelectedData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		rec.Note = fmt.Sprintf("%s to generation %d: %s", cmp.Or(d.Reason, "select"), d.Generation, d.Reference)
 	case events.WorkspaceFailed:
 		var d events.WorkspaceFailedData
 		if err := events.Data(ev, &d); err != nil {

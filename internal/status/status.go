@@ -73,14 +73,46 @@ type Workspace struct {
 	// Released is when a deleted workspace's capacity was given back (a finalizer waits for it).
 	Released *time.Time `json:"released,omitempty"`
 	// Revision is the serving revision; Adapters the LoRA adapters it serves, by model name.
-	Revision string            `json:"revision,omitempty"`
-	Adapters []string          `json:"adapters,omitempty"`
+	Revision string   `json:"revision,omitempty"`
+	Adapters []string `json:"adapters,omitempty"`
+	// ServingGeneration is the generation whose adapter answers when it is not this one (after
+	// a rollback); Replicas the replicas that served it when last reported (0: scaled to zero).
+	ServingGeneration int64 `json:"servingGeneration,omitempty"`
+	Replicas          int   `json:"replicas,omitempty"`
+	// History lists every generation's pushed adapter, kept across generations: what a rollback
+	// can serve again.
+	History  []PushedAdapter   `json:"history,omitempty"`
 	Failure  *Failure          `json:"failure,omitempty"`
 	Steps    []Step            `json:"steps,omitempty"`
 	Events   []EventRecord     `json:"events,omitempty"`
 	Manifest *events.Workspace `json:"manifest,omitempty"`
 	Created  time.Time         `json:"created"`
 	Updated  time.Time         `json:"updated"`
+}
+
+// PushedAdapter is one generation's adapter image.
+type PushedAdapter struct {
+	Generation int64     `json:"generation"`
+	Image      string    `json:"image"`
+	Pushed     time.Time `json:"pushed"`
+}
+
+// Pushed is generation gen's adapter image, if it was pushed.
+func (w *Workspace) Pushed(gen int64) (PushedAdapter, bool) {
+	for _, p := range w.History {
+		if p.Generation == gen {
+			return p, true
+		}
+	}
+	return PushedAdapter{}, false
+}
+
+// Serving is the generation whose adapter answers.
+func (w *Workspace) Serving() int64 {
+	if w.ServingGeneration != 0 {
+		return w.ServingGeneration
+	}
+	return w.Generation
 }
 
 // Failure says why a generation failed.

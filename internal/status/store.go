@@ -109,14 +109,15 @@ func (s *Store) Admit(ctx context.Context, ws *events.Workspace) (rec *Workspace
 			}
 			gen = ws.Generation
 		}
-		created := w.Created
+		created, history := w.Created, w.History
 		if created.IsZero() || w.Phase == Deleted {
-			created = time.Now().UTC()
+			// A workspace made again after a deletion starts a new life: nothing to roll back to.
+			created, history = time.Now().UTC(), nil
 		}
 		*w = Workspace{
 			Namespace: ref.Namespace, Name: ref.Name, Generation: gen, SpecHash: hash,
 			InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: Pending,
-			Manifest: ws, Created: created, Updated: time.Now().UTC(),
+			Manifest: ws, Created: created, Updated: time.Now().UTC(), History: history,
 		}
 		if ws.Tuning != nil {
 			w.Method = ws.Tuning.Method

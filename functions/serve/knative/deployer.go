@@ -118,8 +118,14 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	// Look first: a redelivered or late event for a generation already applied builds nothing
 	// and reads no ConfigMap.
 	cur, err := k.current(ctx, client, d)
-	if err != nil || (cur != nil && generationOf(cur) >= d.Ref.Generation) {
+	if err != nil {
 		return err
+	}
+	if d.Serving != 0 {
+		return k.selectSet(ctx, client, d, cur)
+	}
+	if cur != nil && generationOf(cur) >= d.Ref.Generation {
+		return nil
 	}
 	obj, err := k.build(ctx, d)
 	if err != nil {
@@ -179,6 +185,27 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	}
 	logctx.Or(k.Log).InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
 		"from", generationOf(cur), "generation", d.Ref.Generation)
+	return nil
+}
+
+// selectSet serves an earlier generation's adapters in the running service: its adapter set
+// changes, its pods do not. The Service is marked unacknowledged, so ticks look until the replicas
+// serve the set.
+func (k *Deployer) selectSet(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, cur *unstructured.Unstructured) error {
+	if cur == nil {
+		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no inference service", d.Serving, d.Ref)
+	}
+	if err := k.ensureSet(ctx, d, cur); err != nil {
+		return err
+	}
+	// The service now answers for the workspace's generation (a newer one may have failed
+	// before it was served).
+	patch := []byte(`{"metadata":{"labels":{"` + events.LabelGeneration + `":"` + strconv.FormatInt(d.Ref.Generation, 10) + `"},"annotations":{"` + events.AnnotationAcked + `":null}}}`)
+	if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+		return kubeerr.Classify(fmt.Errorf("mark Knative Service %s/%s unacknowledged: %w", d.Ref.Namespace, d.Service, err))
+	}
+	logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: an earlier generation's adapter goes live", "service", d.Service,
+		"namespace", d.Ref.Namespace, "serving", d.Serving, "generation", d.Ref.Generation)
 	return nil
 }
 
@@ -364,12 +391,16 @@ func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, e
 // a replica that cannot load it fails the generation while the adapters it served keep answering.
 // With no replica running (scaled to zero) the next one loads the set as it starts.
 func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Status) error {
-	if k.Replicas == nil || k.Kube == nil {
+	if k.Kube == nil {
 		return nil
 	}
 	set, err := k.readSet(ctx, ns, st.Service)
 	if err != nil || set == nil {
 		return err
+	}
+	st.Version, st.ServingGeneration = set.Version, set.Generations[set.Default]
+	if k.Replicas == nil {
+		return nil
 	}
 	reps, err := k.Replicas.Replicas(ctx, ns, st.Revision)
 	if err != nil {

@@ -132,8 +132,9 @@ func until(ctx context.Context, t *testing.T, fn *serve.Function, ref events.Ref
 // Two generations of the seed in a row with the Knative deployer against a real API server: the
 // second adapter reaches the running replica through the adapter set's ConfigMap and answers there
 // with no new revision (the Service's generation stays 1); inference.ready for it waits until the
-// replica serves it; a replica started later serves the same set; an adapter that cannot be
-// pulled fails the generation while the one before keeps answering.
+// replica serves it; a replica started later serves the same set; a rollback to generation 1 goes
+// live the same way; an adapter that cannot be pulled fails the generation while the one serving
+// keeps answering.
 func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 	k, ns := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,6 +200,25 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 		t.Fatalf("the late replica answered %q", a)
 	}
 
+	// Roll back to generation 1's adapter: the same pods load it again, no revision.
+	sel := events.Must(events.New("test", events.AdapterSelected, events.AdapterSelected+"/1", d2.Ref, events.AdapterSelectedData{
+		Ref: d2.Ref, Workspace: d2.Workspace, Generation: 1, Reference: v1, Reason: "rollback"}, nil))
+	if out, err := fn.Handle(ctx, sel); err != nil || len(out) != 0 {
+		t.Fatalf("rollback reported before the replicas serve it: %v %v", out, err)
+	}
+	var rd events.InferenceReadyData
+	if err := events.Data(until(ctx, t, fn, d2.Ref, d2.Service, events.InferenceReady), &rd); err != nil || rd.ServingGeneration != 1 || rd.Replicas != 2 {
+		t.Fatalf("inference.ready after the rollback: %+v %v", rd, err)
+	}
+	for _, p := range []string{"pod-a", "pod-b"} {
+		if a := pods.chat(p); !strings.Contains(a, serve.LoRAName(d1.Service, v1)) {
+			t.Errorf("%s answered %q after the rollback", p, a)
+		}
+	}
+	if svc, _ := dyn.Resource(Services).Namespace(ns).Get(ctx, d1.Service, metav1.GetOptions{}); svc.GetGeneration() != 1 {
+		t.Errorf("the rollback rolled the template: metadata.generation %d", svc.GetGeneration())
+	}
+
 	// An adapter that is not in the registry: generation 3 fails with the replica's reason, and
 	// generation 2's adapter keeps answering.
 	d3 := seedDeployment(t, ns, 3)
@@ -212,7 +232,7 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 		t.Errorf("workspace.failed %+v %v", fd, err)
 	}
 	for _, p := range []string{"pod-a", "pod-b"} {
-		if a := pods.chat(p); !strings.Contains(a, serve.LoRAName(d1.Service, v2)) {
+		if a := pods.chat(p); !strings.Contains(a, serve.LoRAName(d1.Service, v1)) {
 			t.Errorf("%s answered %q after the failed load", p, a)
 		}
 	}
