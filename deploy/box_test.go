@@ -91,6 +91,8 @@ type boxed struct {
 	objs objects
 	arm  *platform.AKS
 	karp *platform.Karpenter
+	// pods runs the inference pods' containers (kwok runs none): a named stand-in.
+	pods *platform.InferencePods
 }
 
 // boxNamespace is where the box tests' workspaces live: PodSecurity baseline, the trainer's
@@ -148,6 +150,9 @@ func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
 		}
 	}
 	go platform.NewKnative(b).Run(ctx)
+	bx.pods = &platform.InferencePods{Box: b, Dir: t.TempDir(), Log: log}
+	go bx.pods.Run(ctx)
+	fns.Drivers.ReplicaAddress = bx.pods.Address
 
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log, TickInterval: time.Second, Functions: fns})
 	if err != nil {

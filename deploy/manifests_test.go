@@ -173,11 +173,32 @@ func all(t *testing.T) []object {
 // features serving-features/ enables.
 func knativeContext(t *testing.T, features map[string]string) context.Context {
 	t.Helper()
+	return knativeContextWith(t, features, servingFeatures(t, "config-defaults.yaml"))
+}
+
+// servingFeatures is the data of a ConfigMap in deploy/knative/serving-features.
+func servingFeatures(t *testing.T, file string) map[string]string {
+	t.Helper()
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	b, err := os.ReadFile(filepath.Join("knative", "serving-features", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		t.Fatal(err)
+	}
+	return cm.Data
+}
+
+func knativeContextWith(t *testing.T, features, defaults map[string]string) context.Context {
+	t.Helper()
 	f, err := servingconfig.NewFeaturesConfigFromMap(features)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := servingconfig.NewDefaultsConfigFromMap(nil)
+	d, err := servingconfig.NewDefaultsConfigFromMap(defaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,16 +362,7 @@ func dryRunApply(t *testing.T, objects []object) {
 // The inference Service serve builds passes Knative's validation with the features
 // serving-features/ enables, and not without them: the README's requirement is real.
 func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
-	var cm struct {
-		Data map[string]string `json:"data"`
-	}
-	b, err := os.ReadFile(filepath.Join("knative", "serving-features", "config-features.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(b, &cm); err != nil {
-		t.Fatal(err)
-	}
+	cm := struct{ Data map[string]string }{servingFeatures(t, "config-features.yaml")}
 	ws, plan := testenv.Seed(t, "default")
 	ref := events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}
 	d := serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: *ws, Plan: plan,
@@ -375,6 +387,10 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	}
 	if err := svc.Validate(knativeContext(t, nil)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "nodeSelector") {
 		t.Errorf("without serving-features Knative should refuse the node selector: %v", err)
+	}
+	// The request timeout a GPU cold start needs is over Knative's default maximum.
+	if err := svc.Validate(knativeContextWith(t, cm.Data, nil)).Filter(apis.ErrorLevel); err == nil || !strings.Contains(err.Error(), "timeoutSeconds") {
+		t.Errorf("without config-defaults Knative should refuse a %ds timeout: %v", *svc.Spec.Template.Spec.TimeoutSeconds, err)
 	}
 
 	// An adapter on a volume (adapter.stored) mounts its claim read-only: accepted with the

@@ -354,6 +354,8 @@ type InferenceReadyData struct {
 	// rollback); Replicas the replicas running and serving it (0: scaled to zero).
 	ServingGeneration int64 `json:"servingGeneration,omitempty"`
 	Replicas          int   `json:"replicas,omitempty"`
+	// AdapterSet is the version of the adapter set the replicas serve.
+	AdapterSet int64 `json:"adapterSet,omitempty"`
 }
 
 // AdapterSelectedData is the payload of kaitoflow.adapter.selected: serve generation

@@ -252,7 +252,9 @@ func (c *Catalog) PlanInferenceFor(m *Model, instanceType string, adapters, lora
 			p.Reasons = append(p.Reasons, fmt.Sprintf("max model length %d of the model's %d: the KV cache (%d KiB/token) must fit next to %.1f GiB of weights", n, m.MaxContext, m.Architecture.KVBytesPerToken()>>10, p.Estimate.WeightsGiB))
 		}
 		if adapters > 0 {
-			p.EnableLoRA, p.MaxLoRAs = true, adapters
+			// One more LoRA slot than adapters: the next generation's adapter is loaded and
+			// answers beside the one serving before the route moves to it.
+			p.EnableLoRA, p.MaxLoRAs = true, adapters+1
 			i, _ := slices.BinarySearch(vllmLoRARanks, max(loraRank, 8))
 			p.MaxLoRARank = vllmLoRARanks[min(i, len(vllmLoRARanks)-1)]
 		}

@@ -283,7 +283,7 @@ func TestPlanInference(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := strings.Join(p.VLLMArgs(), " ")
-	for _, want := range []string{"--dtype bfloat16", "--max-model-len 131072", "--enable-lora", "--max-lora-rank 16", "--max-loras 2", "--revision 0e9e39f"} {
+	for _, want := range []string{"--dtype bfloat16", "--max-model-len 131072", "--enable-lora", "--max-lora-rank 16", "--max-loras 3", "--revision 0e9e39f"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}

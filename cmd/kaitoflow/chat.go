@@ -3,12 +3,16 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -25,6 +29,7 @@ func newChat(g *globals) *cobra.Command {
 		printURL    bool
 		maxTokens   int
 		temperature float64
+		wakeTimeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "chat NAME [PROMPT]",
@@ -54,7 +59,8 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 			if printURL {
 				return printEndpoint(g.out, w.Endpoint, model)
 			}
-			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream, maxTokens: maxTokens, temperature: temperature}
+			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream, maxTokens: maxTokens, temperature: temperature,
+				status: g.err, wakeAfter: 2 * time.Second, wakeTimeout: wakeTimeout}
 			if len(args) == 2 {
 				_, err := c.say(cmd.Context(), args[1])
 				return err
@@ -79,6 +85,7 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 	f.BoolVar(&printURL, "url", false, "print the endpoint's URL and curl commands that reach it from a pod in the cluster, and send nothing")
 	f.IntVar(&maxTokens, "max-tokens", 0, "longest answer in tokens (0: the server's default)")
 	f.Float64Var(&temperature, "temperature", -1, "sampling temperature (negative: the server's default)")
+	f.DurationVar(&wakeTimeout, "wake-timeout", 30*time.Minute, "how long to wait for an endpoint scaled to zero to start answering (a GPU node and the model may have to start)")
 	return cmd
 }
 
@@ -109,6 +116,11 @@ type chatter struct {
 	maxTokens       int
 	temperature     float64
 	history         []chatMessage
+	// status gets the waking notice: an endpoint scaled to zero answers only once a replica (and
+	// maybe a GPU node) has started and loaded the model. wakeAfter is the silence before the
+	// notice; wakeTimeout gives up.
+	status                 io.Writer
+	wakeAfter, wakeTimeout time.Duration
 }
 
 // say sends prompt (with the conversation so far) and prints the answer, returning it.
@@ -209,7 +221,7 @@ func (c *chatter) post(ctx context.Context, path string, body any) (*http.Respon
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.do(req)
 	if err != nil {
 		return nil, fmt.Errorf("chat: %w", err)
 	}
@@ -225,4 +237,69 @@ func (c *chatter) post(ctx context.Context, path string, body any) (*http.Respon
 		return nil, fmt.Errorf("chat: %s %s: HTTP %d: %s", http.MethodPost, path, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	return resp, nil
+}
+
+// do sends req and, while no answer has started, says it is waking the endpoint and for how long
+// so far; it gives up after wakeTimeout. Once the answer starts, the body streams without a limit.
+func (c *chatter) do(req *http.Request) (*http.Response, error) {
+	if c.status == nil || c.wakeAfter <= 0 {
+		return http.DefaultClient.Do(req)
+	}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	req = req.WithContext(ctx)
+	start := time.Now()
+	answered, quiet := make(chan struct{}), make(chan struct{})
+	var expired atomic.Bool
+	var reached bool // written before answered is closed, read after
+	giveUp := time.AfterFunc(cmp.Or(c.wakeTimeout, 30*time.Minute), func() {
+		expired.Store(true)
+		cancel(errors.New("no answer"))
+	})
+	go func() {
+		defer close(quiet)
+		t := time.NewTimer(c.wakeAfter)
+		defer t.Stop()
+		for said := false; ; {
+			select {
+			case <-answered:
+				if said && reached {
+					fmt.Fprintf(c.status, "\rthe endpoint answered after %s              \n", time.Since(start).Round(time.Second))
+				}
+				return
+			case <-t.C:
+				if !said {
+					fmt.Fprintf(c.status, "waking %s: it was scaled to zero; a replica starts and loads the model (a GPU node may be provisioned first)\n", c.endpoint)
+					said = true
+				}
+				fmt.Fprintf(c.status, "\rwaiting %s", time.Since(start).Round(time.Second))
+				t.Reset(5 * time.Second)
+			}
+		}
+	}()
+	resp, err := http.DefaultClient.Do(req)
+	giveUp.Stop()
+	reached = err == nil
+	close(answered)
+	<-quiet // the notice is complete before the answer prints
+	if err != nil {
+		cancel(nil)
+		if expired.Load() {
+			return nil, fmt.Errorf("the endpoint did not answer within %s (waking from zero: node provisioning and model loading); raise --wake-timeout", c.wakeTimeout)
+		}
+		return nil, err
+	}
+	// The body is read under ctx; release it with the body.
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }

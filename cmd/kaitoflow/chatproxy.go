@@ -14,7 +14,7 @@ import (
 )
 
 func newChatProxy(g *globals) *cobra.Command {
-	var listen, upstream, model, adapterSet, adapterDir string
+	var listen, adminListen, upstream, model, adapterSet, adapterDir string
 	var maxBody int64
 	var poll time.Duration
 	cmd := &cobra.Command{
@@ -37,8 +37,14 @@ func newChatProxy(g *globals) *cobra.Command {
 				pull := serve.RegistryPuller(func(spec serve.AdapterSpec) (authn.Keychain, error) {
 					return adapterKeychain(spec.PullSecrets, spec.ACRIdentity)
 				})
-				p.Adapters = &serve.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: os.Getenv("POD_NAME"), Log: log}
+				replica, _ := os.Hostname() // the pod's name
+				p.Adapters = &serve.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: replica, Log: log, UnloadAfter: time.Minute}
 				go p.Adapters.Run(cmd.Context(), serve.FileSource(adapterSet), poll)
+				go func() {
+					if err := serveHTTP(cmd.Context(), adminListen, p.AdminHandler()); err != nil {
+						log.Error("chat proxy admin listener", "addr", adminListen, "err", err)
+					}
+				}()
 			}
 			log.Info("chat proxy listening", "addr", listen, "upstream", upstream, "model", model, "adapterSet", adapterSet)
 			return serveHTTP(cmd.Context(), listen, p.Handler())
@@ -48,6 +54,7 @@ func newChatProxy(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&upstream, "upstream", "http://127.0.0.1:8000", "the model server (vLLM's OpenAI server) in the same pod")
 	cmd.Flags().StringVar(&model, "model", "", "the served model or adapter name /chat uses")
 	cmd.Flags().StringVar(&adapterSet, "adapter-set", "", "the adapter set to serve (the deployer's ConfigMap, mounted): loaded live through the model server's runtime LoRA API")
+	cmd.Flags().StringVar(&adminListen, "admin-listen", ":5001", "with --adapter-set: where kaitoflow asks this replica what it serves (GET /adapters); not routed by Knative")
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", serve.DefaultMaxBody, "largest request body accepted")

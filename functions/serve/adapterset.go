@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -90,7 +91,13 @@ func DesiredSet(d Deployment, version int64, place func(Adapter, *AdapterSpec)) 
 		if a.Volume != nil {
 			spec.Image = ""
 		}
-		spec.Name = LoRAName(public, cmp.Or(spec.Image, spec.Path))
+		// A digest names content; a tag or a path may hold other content next generation, so
+		// the generation is part of the name and a new one is loaded.
+		source := cmp.Or(spec.Image, spec.Path)
+		if !strings.Contains(source, "@sha256:") {
+			source += "#" + strconv.FormatInt(d.ServingGeneration(), 10)
+		}
+		spec.Name = LoRAName(public, source)
 		if set.Routes == nil {
 			set.Routes, set.Generations = map[string]string{}, map[string]int64{}
 			set.Default = public
@@ -158,21 +165,35 @@ type Puller func(ctx context.Context, spec AdapterSpec, dir string) error
 type AdapterManager struct {
 	// Runtime is the model server, e.g. http://127.0.0.1:8000.
 	Runtime *url.URL
-	// Dir is where images are unpacked, one directory per adapter; the model server reads it.
-	Dir     string
-	Pull    Puller
-	Client  *http.Client
-	Replica string
-	Log     *slog.Logger
+	// Dir is where images are unpacked, one directory per adapter; the model server reads it at
+	// ServerDir (empty: the same path, as the two containers of an inference pod mount it).
+	Dir, ServerDir string
+	Pull           Puller
+	Client         *http.Client
+	Replica        string
+	Log            *slog.Logger
+	// UnloadAfter keeps an adapter no route names loaded this long, for requests routed to it
+	// just before the routes moved.
+	UnloadAfter time.Duration
 
 	apply sync.Mutex // one reconciliation at a time
+
+	wakeOnce sync.Once
+	wake     chan struct{}
 
 	mu      sync.RWMutex
 	applied AdapterSet
 	loaded  map[string]bool
+	stale   map[string]time.Time // loaded, no longer routed to, since
 	pending int64
-	lastErr string
+	// failures counts the pending version's failed attempts; lastErr is reported once there
+	// are failThreshold of them, so a registry blip is retried rather than failing a generation.
+	failures int
+	lastErr  string
 }
+
+// failThreshold is how many attempts at a set fail before the replica reports it failed.
+const failThreshold = 3
 
 // Route is the adapter a public model name answers with now; other names pass as they are.
 func (m *AdapterManager) Route(model string) string {
@@ -182,6 +203,13 @@ func (m *AdapterManager) Route(model string) string {
 		return r
 	}
 	return model
+}
+
+// Public are the public model names routed to adapters, sorted.
+func (m *AdapterManager) Public() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Sorted(maps.Keys(m.applied.Routes))
 }
 
 // Default is the public name /chat talks to, empty before a set is applied.
@@ -240,17 +268,22 @@ func (m *AdapterManager) Apply(ctx context.Context, set AdapterSet) error {
 		return nil
 	}
 	m.mu.Lock()
-	m.pending = set.Version
+	if m.pending != set.Version {
+		m.pending, m.failures, m.lastErr = set.Version, 0, ""
+	}
 	if m.loaded == nil {
-		m.loaded = map[string]bool{}
+		m.loaded, m.stale = map[string]bool{}, map[string]time.Time{}
 	}
 	m.mu.Unlock()
 	err := m.reconcile(ctx, set)
 	m.mu.Lock()
-	if err != nil && !errors.Is(err, errModelLoading) {
-		m.lastErr = fmt.Sprintf("version %d: %v", set.Version, err)
-	} else if err == nil {
-		m.lastErr = ""
+	switch {
+	case err == nil:
+		m.failures, m.lastErr = 0, ""
+	case !errors.Is(err, errModelLoading):
+		if m.failures++; m.failures >= failThreshold {
+			m.lastErr = fmt.Sprintf("version %d, %d attempts: %v", set.Version, m.failures, err)
+		}
 	}
 	m.mu.Unlock()
 	return err
@@ -273,20 +306,22 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 		start := time.Now()
 		path := a.Path
 		if a.Image != "" {
-			path = filepath.Join(m.Dir, a.Name)
-			if err := m.Pull(ctx, a, path); err != nil {
+			if err := m.Pull(ctx, a, filepath.Join(m.Dir, a.Name)); err != nil {
 				return fmt.Errorf("adapter %s: pull %s: %w", a.Name, a.Image, err)
 			}
+			path = filepath.Join(cmp.Or(m.ServerDir, m.Dir), a.Name)
 		}
 		if err := m.load(ctx, a.Name, path); err != nil {
 			return fmt.Errorf("adapter %s: %w", a.Name, err)
 		}
-		m.mu.Lock()
-		m.loaded[a.Name] = true
-		m.mu.Unlock()
+		// Loaded is not answering: only an adapter that gave a token counts as loaded (a retry
+		// after a failed probe loads again, which vLLM answers "already loaded", and probes again).
 		if err := m.probe(ctx, a.Name); err != nil {
 			return fmt.Errorf("adapter %s loaded but does not answer: %w", a.Name, err)
 		}
+		m.mu.Lock()
+		m.loaded[a.Name] = true
+		m.mu.Unlock()
 		log.InfoContext(ctx, "adapter loaded into the running model server", "adapter", a.Name, "source", cmp.Or(a.Image, a.Path), "took", time.Since(start).Round(time.Millisecond))
 	}
 	for public, target := range set.Routes {
@@ -294,36 +329,113 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 			return fmt.Errorf("route %s: adapter %s is not in the set", public, target)
 		}
 	}
+	// The routes move at once. What is no longer wanted stays loaded for UnloadAfter, so requests
+	// routed to it just before the move (a long stream, say) finish; one wanted again meanwhile (a
+	// rollback) is back at once.
+	now := time.Now()
 	m.mu.Lock()
 	m.applied = set
-	m.mu.Unlock()
-	// Routes have moved: what is no longer wanted can go. A failure here leaves an adapter loaded
-	// that no route names; the next version unloads it.
-	m.mu.RLock()
-	var stale []string
 	for n := range m.loaded {
-		if !want[n] {
-			stale = append(stale, n)
+		if want[n] {
+			delete(m.stale, n)
+		} else if _, ok := m.stale[n]; !ok {
+			m.stale[n] = now
+		}
+	}
+	m.mu.Unlock()
+	m.sweep(ctx)
+	return nil
+}
+
+// sweep unloads the adapters no route has named for UnloadAfter. A failure leaves the adapter
+// loaded; the next sweep tries again.
+func (m *AdapterManager) sweep(ctx context.Context) {
+	m.mu.RLock()
+	var due []string
+	for n, since := range m.stale {
+		if time.Since(since) >= m.UnloadAfter {
+			due = append(due, n)
 		}
 	}
 	m.mu.RUnlock()
-	for _, n := range stale {
+	for _, n := range due {
 		if err := m.unload(ctx, n); err != nil {
-			log.WarnContext(ctx, "unload adapter; it stays loaded until the next change", "adapter", n, "err", err)
+			logctx.Or(m.Log).WarnContext(ctx, "unload adapter; retrying later", "adapter", n, "err", err)
 			continue
 		}
 		m.mu.Lock()
 		delete(m.loaded, n)
+		delete(m.stale, n)
 		m.mu.Unlock()
 		if m.Dir != "" {
 			_ = os.RemoveAll(filepath.Join(m.Dir, n))
 		}
-		log.InfoContext(ctx, "adapter unloaded", "adapter", n)
+		logctx.Or(m.Log).InfoContext(ctx, "adapter unloaded", "adapter", n)
 	}
-	return nil
+}
+
+// verify notices a model server that lost its adapters (its container restarted: adapters loaded
+// at runtime live only in its process): the replica goes back to not ready, and the next Apply
+// loads the whole set again.
+func (m *AdapterManager) verify(ctx context.Context) {
+	if m.Applied() == 0 {
+		return
+	}
+	held, err := m.models(ctx)
+	if err != nil {
+		return // not answering: health says so, and the next tick looks again
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var lost []string
+	for n := range m.loaded {
+		if !held[n] {
+			lost = append(lost, n)
+			delete(m.loaded, n)
+			delete(m.stale, n)
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	logctx.Or(m.Log).WarnContext(ctx, "the model server no longer holds adapters it loaded (restarted?); loading the set again", "lost", lost)
+	m.applied = AdapterSet{}
+}
+
+// models are the names the model server serves (GET /v1/models).
+func (m *AdapterManager) models(ctx context.Context) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.Runtime.JoinPath("/v1/models").String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := m.client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("models: %s", resp.Status)
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return nil, fmt.Errorf("models: %w", err)
+	}
+	out := map[string]bool{}
+	for _, d := range list.Data {
+		out[d.ID] = true
+	}
+	return out, nil
 }
 
 func (m *AdapterManager) healthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.Runtime.JoinPath("/health").String(), nil)
 	if err != nil {
 		return err
@@ -339,7 +451,11 @@ func (m *AdapterManager) healthy(ctx context.Context) error {
 	return nil
 }
 
-func (m *AdapterManager) post(ctx context.Context, path string, body any) (int, string, error) {
+// post sends one call of the runtime API, bounded by timeout: a model server that hangs must not
+// hold the reconciler (and with it every later set) forever.
+func (m *AdapterManager) post(ctx context.Context, timeout time.Duration, path string, body any) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	b, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.Runtime.JoinPath(path).String(), bytes.NewReader(b))
 	if err != nil {
@@ -359,7 +475,7 @@ func (m *AdapterManager) post(ctx context.Context, path string, body any) (int, 
 // name it holds (a chat-proxy restarted next to a model server that kept running): that adapter
 // is there, which is what was asked.
 func (m *AdapterManager) load(ctx context.Context, name, path string) error {
-	code, body, err := m.post(ctx, "/v1/load_lora_adapter", map[string]string{"lora_name": name, "lora_path": path})
+	code, body, err := m.post(ctx, 5*time.Minute, "/v1/load_lora_adapter", map[string]string{"lora_name": name, "lora_path": path})
 	switch {
 	case err != nil:
 		return fmt.Errorf("load: %w", err)
@@ -367,14 +483,15 @@ func (m *AdapterManager) load(ctx context.Context, name, path string) error {
 		return nil
 	case code == http.StatusBadRequest && strings.Contains(body, "already been loaded"):
 		return nil
-	case code == http.StatusNotFound && strings.Contains(body, "load_lora_adapter"):
+	case code == http.StatusNotFound && strings.Contains(body, "Not Found"):
+		// FastAPI's answer for a route the server does not have.
 		return errors.New("the model server has no runtime LoRA API (start it with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
 	}
 	return fmt.Errorf("load: %d %s", code, body)
 }
 
 func (m *AdapterManager) unload(ctx context.Context, name string) error {
-	code, body, err := m.post(ctx, "/v1/unload_lora_adapter", map[string]string{"lora_name": name})
+	code, body, err := m.post(ctx, time.Minute, "/v1/unload_lora_adapter", map[string]string{"lora_name": name})
 	switch {
 	case err != nil:
 		return err
@@ -386,7 +503,7 @@ func (m *AdapterManager) unload(ctx context.Context, name string) error {
 
 // probe asks the adapter for one token: loaded is not yet answering.
 func (m *AdapterManager) probe(ctx context.Context, name string) error {
-	code, body, err := m.post(ctx, "/v1/completions", map[string]any{"model": name, "prompt": "ping", "max_tokens": 1})
+	code, body, err := m.post(ctx, 2*time.Minute, "/v1/completions", map[string]any{"model": name, "prompt": "ping", "max_tokens": 1})
 	if err != nil {
 		return err
 	}
@@ -403,10 +520,12 @@ func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (
 	log := logctx.Or(m.Log)
 	var lastErr string
 	for {
+		m.verify(ctx)
 		set, err := source(ctx)
 		if err == nil {
 			err = m.Apply(ctx, set)
 		}
+		m.sweep(ctx)
 		if err != nil && err.Error() != lastErr && ctx.Err() == nil {
 			log.WarnContext(ctx, "adapter set not applied yet; retrying", "err", err)
 		}
@@ -418,8 +537,23 @@ func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (
 		case <-ctx.Done():
 			return
 		case <-time.After(interval):
+		case <-m.wakeup():
 		}
 	}
+}
+
+// Notify makes Run read its source now rather than at the next interval: for a source that
+// knows when it changed.
+func (m *AdapterManager) Notify() {
+	select {
+	case m.wakeup() <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
+func (m *AdapterManager) wakeup() chan struct{} {
+	m.wakeOnce.Do(func() { m.wake = make(chan struct{}, 1) })
+	return m.wake
 }
 
 // FileSource reads an AdapterSet from a file: the ConfigMap the deployer writes, as the kubelet

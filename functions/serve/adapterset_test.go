@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -52,7 +53,14 @@ func TestAdapterManagerMovesRoutesOnlyToAnsweringAdapters(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := m.Apply(ctx, tc.set)
+			var err error
+			// A failing set is reported once it has failed failThreshold times (a registry blip
+			// is retried, not reported); each attempt fails the same way.
+			for range failThreshold {
+				if err = m.Apply(ctx, tc.set); err == nil {
+					break
+				}
+			}
 			if (err != nil) != (tc.wantErr != "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Fatalf("Apply: %v, want error %q", err, tc.wantErr)
 			}
@@ -161,4 +169,70 @@ func FuzzDecodeAdapterSet(f *testing.F) {
 			t.Fatalf("round trip of %s: %v", out, err)
 		}
 	})
+}
+
+// A model server that restarts loses the adapters loaded at runtime: the replica notices, reports
+// not ready, and loads the whole set again.
+func TestAdapterManagerReloadsAfterModelServerRestart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := testenv.Registry(t)
+	img := testenv.PushAdapter(t, host, "ws", "v1")
+	rt := &SimRuntime{Base: "phi-3"}
+	m := newManager(t, rt)
+	set := DesiredSet(Deployment{Ref: events.Ref{Generation: 1}, Adapters: []Adapter{{Name: "ws", Image: img}}}, 1, nil)
+	go m.Run(ctx, func(context.Context) (AdapterSet, error) { return set, nil }, 10*time.Millisecond)
+	name := LoRAName("ws", img)
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: runtime holds %v, manager applied %d", what, rt.LoRAs(), m.Applied())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("first load", func() bool { return m.Applied() == 1 && fmt.Sprint(rt.LoRAs()) == "["+name+"]" })
+	// The restart, as the runtime sees it: the adapter is gone from the process.
+	srv := httptest.NewServer(rt.Handler())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/v1/unload_lora_adapter", "application/json", strings.NewReader(`{"lora_name":"`+name+`"}`))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("unload: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	waitFor("reload", func() bool { return m.Applied() == 1 && fmt.Sprint(rt.LoRAs()) == "["+name+"]" })
+}
+
+// An adapter the routes left stays loaded for UnloadAfter, so a rollback to it within that time
+// is a route change, with no load.
+func TestAdapterManagerKeepsTheLeftAdapterForAWhile(t *testing.T) {
+	ctx := context.Background()
+	host := testenv.Registry(t)
+	v1, v2 := testenv.PushAdapter(t, host, "ws", "v1"), testenv.PushAdapter(t, host, "ws", "v2")
+	rt := &SimRuntime{Base: "phi-3"}
+	m := newManager(t, rt)
+	m.UnloadAfter = time.Hour
+	set := func(version int64, image string) AdapterSet {
+		return DesiredSet(Deployment{Ref: events.Ref{Generation: version}, Adapters: []Adapter{{Name: "ws", Image: image}}}, version, nil)
+	}
+	for _, s := range []AdapterSet{set(1, v1), set(2, v2)} {
+		if err := m.Apply(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := rt.LoRAs(); len(got) != 2 || m.Route("ws") != LoRAName("ws", v2) {
+		t.Fatalf("after the move: runtime holds %v, ws routes to %s", got, m.Route("ws"))
+	}
+	// Back to v1: nothing to pull or load.
+	m.Pull = func(context.Context, AdapterSpec, string) error { return errors.New("pulled again") }
+	if err := m.Apply(ctx, set(3, v1)); err != nil || m.Route("ws") != LoRAName("ws", v1) {
+		t.Fatalf("rollback: %v, ws routes to %s", err, m.Route("ws"))
+	}
+	m.UnloadAfter = 0
+	m.sweep(ctx)
+	if got := rt.LoRAs(); fmt.Sprint(got) != "["+LoRAName("ws", v1)+"]" {
+		t.Errorf("after the grace: runtime holds %v", got)
+	}
 }

@@ -66,9 +66,10 @@ func (p *Proxy) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/chat/completions", limited(api))
 	mux.Handle("POST /v1/completions", limited(api))
-	mux.Handle("GET /v1/models", fwd)
 	if p.Adapters != nil {
-		mux.HandleFunc("GET /adapters", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, p.Adapters.Status(r.Context())) })
+		mux.HandleFunc("GET /v1/models", func(w http.ResponseWriter, r *http.Request) { p.models(w, r, client) })
+	} else {
+		mux.Handle("GET /v1/models", fwd)
 	}
 	mux.HandleFunc("POST /chat", func(w http.ResponseWriter, r *http.Request) { p.chat(w, r, client, maxBody) })
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -90,6 +91,49 @@ func (p *Proxy) Handler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// AdminHandler serves what only kaitoflow asks a replica, on a port Knative does not route to:
+// GET /adapters, what this replica serves (the adapter set's version, the loaded adapters, the
+// routes, why a set is not applied yet).
+func (p *Proxy) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /adapters", func(w http.ResponseWriter, r *http.Request) {
+		if p.Adapters == nil {
+			problem(w, http.StatusNotFound, "this replica has no adapter set (--adapter-set)")
+			return
+		}
+		writeJSON(w, p.Adapters.Status(r.Context()))
+	})
+	return mux
+}
+
+// models answers GET /v1/models with the model server's list plus each public name routed to an
+// adapter (what clients send), its root naming the adapter that answers for it now.
+func (p *Proxy) models(w http.ResponseWriter, r *http.Request, client *http.Client) {
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, p.Upstream.JoinPath("/v1/models").String(), nil)
+	if err != nil {
+		problem(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Object string           `json:"object"`
+		Data   []map[string]any `json:"data"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&list) != nil {
+		problem(w, http.StatusBadGateway, "model server: GET /v1/models: "+resp.Status)
+		return
+	}
+	for _, public := range p.Adapters.Public() {
+		list.Data = append(list.Data, map[string]any{"id": public, "object": "model", "owned_by": "kaitoflow", "root": p.Adapters.Route(public)})
+	}
+	writeJSON(w, list)
 }
 
 // routed rewrites the request's model from a public name to the adapter that answers for it now.

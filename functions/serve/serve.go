@@ -98,14 +98,15 @@ const ReasonAdapterLoad = "AdapterLoadFailed"
 
 // Deployer runs inference services. Apply is create-or-update per workspace generation and returns
 // at once. Status finds the service of a workspace (nil when it has none). List returns the
-// services whose outcome is not yet acknowledged; Acknowledge marks one whose outcome is stored.
+// services whose outcome is not yet acknowledged; Acknowledge marks one whose outcome is stored
+// (with the adapter set version it reported, 0 for any).
 // Delete removes the service.
 type Deployer interface {
 	Name() string
 	Apply(ctx context.Context, d Deployment) error
 	Status(ctx context.Context, ref events.Ref) (*Status, error)
 	List(ctx context.Context) ([]events.Ref, error)
-	Acknowledge(ctx context.Context, ref events.Ref) error
+	Acknowledge(ctx context.Context, ref events.Ref, version int64) error
 	Delete(ctx context.Context, ref events.Ref) error
 }
 
@@ -143,14 +144,18 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 	case events.ServiceChanged:
 		return f.observe(ctx, ref, &ev)
 	case events.InferenceReady:
-		return nil, f.deployer.Acknowledge(ctx, ref)
+		var in events.InferenceReadyData
+		if err := events.Data(ev, &in); err != nil {
+			return nil, err
+		}
+		return nil, f.deployer.Acknowledge(ctx, ref, in.AdapterSet)
 	case events.WorkspaceFailed:
 		var in events.WorkspaceFailedData
 		if err := events.Data(ev, &in); err != nil {
 			return nil, err
 		}
 		if in.Function == Name {
-			return nil, f.deployer.Acknowledge(ctx, ref)
+			return nil, f.deployer.Acknowledge(ctx, ref, 0)
 		}
 		return nil, nil
 	case events.NodeReady:
@@ -239,14 +244,25 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 			step += "/adapters-v" + strconv.FormatInt(st.Version, 10)
 		}
 		data := events.InferenceReadyData{Ref: ref, Service: st.Service, URL: st.URL, Revision: st.Revision, Adapters: st.Adapters,
-			Driver: f.deployer.Name(), Replicas: st.Serving}
+			Driver: f.deployer.Name(), Replicas: st.Serving, AdapterSet: st.Version}
 		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
 			data.ServingGeneration = st.ServingGeneration
 		}
 		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, step, ref, data, cause)
 	case Failed:
+		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
+			// A rollback whose adapter would not load: the adapter serving keeps answering and
+			// the workspace's generation has not failed. Said in the log and on the replicas'
+			// GET /adapters; ticks stop looking.
+			f.log.WarnContext(ctx, "rollback not served; the adapter serving keeps answering", "service", st.Service, "generation", st.ServingGeneration, "reason", st.Reason, "message", st.Message)
+			return nil, f.deployer.Acknowledge(ctx, ref, st.Version)
+		}
 		f.log.WarnContext(ctx, "inference service failed", "service", st.Service, "reason", st.Reason, "message", st.Message)
-		e, err = events.New("kaitoflow/"+Name, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
+		step := "failed/" + Name
+		if st.Version > 1 {
+			step += "/adapters-v" + strconv.FormatInt(st.Version, 10)
+		}
+		e, err = events.New("kaitoflow/"+Name, events.WorkspaceFailed, step, ref, events.WorkspaceFailedData{
 			Ref: ref, Function: Name, EventType: events.ServiceChanged, Reason: st.Reason, Message: st.Message,
 		}, cause)
 	default:

@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,8 +44,9 @@ type Sim struct {
 }
 
 type simService struct {
-	d     Deployment
-	acked bool
+	d Deployment
+	// acked is the adapter set version whose outcome is stored (-1: any, a failure; 0: none).
+	acked int64
 	// set is the adapter set every replica reconciles with: the ConfigMap's stand-in.
 	set AdapterSet
 	// spec is what a change of needs a new revision (the base model and its runtime), revision
@@ -61,6 +63,7 @@ type simReplica struct {
 	runtime  *SimRuntime
 	manager  *AdapterManager
 	proxy    http.Handler
+	admin    http.Handler
 	rt       http.Handler
 	stop     context.CancelFunc
 }
@@ -120,22 +123,27 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 		svc = &simService{}
 		s.services[simKey(d.Ref)] = svc
 	}
-	svc.d, svc.acked = d, false
+	svc.d, svc.acked = d, 0
 	svc.set = DesiredSet(d, svc.set.Version+1, simPlace)
 	live := svc.spec == simSpec(d) && len(svc.replicas) > 0
-	if !live {
+	if live {
+		for _, r := range svc.replicas {
+			r.manager.Notify()
+		}
+	} else {
 		svc.spec, svc.revision = simSpec(d), svc.revision+1
 		if err := s.startLocked(svc); err != nil {
 			s.mu.Unlock()
 			return err
 		}
 	}
+	version, revision := svc.set.Version, svc.revision
 	s.mu.Unlock()
 	log := logctx.Or(s.Log)
 	if live {
-		log.InfoContext(ctx, "sim: new adapter set goes live in the running replicas; no new revision", "version", svc.set.Version, "generation", d.Ref.Generation)
+		log.InfoContext(ctx, "sim: new adapter set goes live in the running replicas; no new revision", "version", version, "generation", d.Ref.Generation)
 	} else {
-		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", svc.revision)
+		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
 	}
 	return s.await(ctx, d.Ref)
 }
@@ -171,10 +179,12 @@ func (s *Sim) startLocked(svc *simService) error {
 		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
 	m := &AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
 	ctx, stop := context.WithCancel(context.Background())
-	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop,
-		proxy: (&Proxy{Upstream: upstream, Model: ServedModel(d), Log: log, Adapters: m}).Handler()}
+	p := &Proxy{Upstream: upstream, Model: ServedModel(d), Log: log, Adapters: m}
+	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop, proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
 	key := simKey(d.Ref)
+	// The sim knows when the set changes (Apply notifies the replicas) and when the model has
+	// loaded, so the replica looks then; the interval is for what nothing announces.
 	go m.Run(ctx, func(context.Context) (AdapterSet, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -182,7 +192,9 @@ func (s *Sim) startLocked(svc *simService) error {
 			return cur.set, nil
 		}
 		return AdapterSet{}, errors.New("service deleted")
-	}, 50*time.Millisecond)
+	}, time.Second)
+	loaded := time.AfterFunc(time.Until(rt.ReadyAt()), m.Notify)
+	context.AfterFunc(ctx, func() { loaded.Stop() })
 	return nil
 }
 
@@ -286,7 +298,7 @@ func (s *Sim) List(context.Context) ([]events.Ref, error) {
 	defer s.mu.Unlock()
 	var refs []events.Ref
 	for _, svc := range s.services {
-		if !svc.acked {
+		if svc.acked != -1 && svc.acked != svc.set.Version {
 			refs = append(refs, svc.d.Ref)
 		}
 	}
@@ -294,11 +306,11 @@ func (s *Sim) List(context.Context) ([]events.Ref, error) {
 }
 
 // Acknowledge implements Deployer.
-func (s *Sim) Acknowledge(_ context.Context, ref events.Ref) error {
+func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, version int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if svc, ok := s.services[simKey(ref)]; ok && svc.d.Ref.Generation == ref.Generation {
-		svc.acked = true
+		svc.acked = cmp.Or(version, -1)
 	}
 	return nil
 }
@@ -376,8 +388,8 @@ func (s *Sim) replica(ns, name, replica string) (*simReplica, bool) {
 
 // Handler serves every simulated service under {namespace}/{service}/: chat-proxy's routes
 // (POST /chat, /v1/*, /health, /adapters) on a ready replica, waking one when there is none;
-// under replicas/{replica}/ one replica's chat-proxy, and under replicas/{replica}/runtime/ the
-// simulated model server it fronts.
+// under replicas/{replica}/ one replica's chat-proxy (its admin routes under admin/), and under
+// replicas/{replica}/runtime/ the simulated model server it fronts.
 func (s *Sim) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{namespace}/{service}/replicas/{replica}/", func(w http.ResponseWriter, r *http.Request) {
@@ -388,8 +400,12 @@ func (s *Sim) Handler() http.Handler {
 			return
 		}
 		prefix := "/" + ns + "/" + name + "/replicas/" + id
-		if strings.HasPrefix(r.URL.Path, prefix+"/runtime/") {
+		switch {
+		case strings.HasPrefix(r.URL.Path, prefix+"/runtime/"):
 			http.StripPrefix(prefix+"/runtime", rep.rt).ServeHTTP(w, r)
+			return
+		case strings.HasPrefix(r.URL.Path, prefix+"/admin/"):
+			http.StripPrefix(prefix+"/admin", rep.admin).ServeHTTP(w, r)
 			return
 		}
 		http.StripPrefix(prefix, rep.proxy).ServeHTTP(w, r)

@@ -29,6 +29,9 @@ type SimRuntime struct {
 	// LoadDelay is the simulated base-model load (health answers 503 until it has passed, counted
 	// from the first request); LoRALoadDelay the time one load_lora_adapter takes.
 	LoadDelay, LoRALoadDelay time.Duration
+	// Files maps a lora_path as the model server sees it to where its files are here; nil: the
+	// same path (a stand-in for a pod maps its mounts to the test's directories).
+	Files func(path string) string
 
 	once    sync.Once
 	readyAt time.Time
@@ -63,6 +66,9 @@ func (s *SimRuntime) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/completions", func(w http.ResponseWriter, r *http.Request) { s.complete(w, r, false) })
 	return mux
 }
+
+// ReadyAt is when the simulated model has loaded (zero before Handler is called).
+func (s *SimRuntime) ReadyAt() time.Time { return s.readyAt }
 
 // Ready reports whether the simulated model has loaded.
 func (s *SimRuntime) Ready() bool { return !time.Now().Before(s.readyAt) }
@@ -103,7 +109,11 @@ func (s *SimRuntime) loadLoRA(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, fmt.Sprintf("The lora adapter '%s' has already been loaded.", req.Name))
 		return
 	}
-	if _, err := os.Stat(filepath.Join(req.Path, "adapter_config.json")); err != nil {
+	dir := req.Path
+	if s.Files != nil {
+		dir = s.Files(dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "adapter_config.json")); err != nil {
 		problem(w, http.StatusBadRequest, fmt.Sprintf("Failed to load LoRA adapter '%s': no adapter_config.json under %s", req.Name, req.Path))
 		return
 	}

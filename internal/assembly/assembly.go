@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -98,6 +99,10 @@ type Drivers struct {
 	// WeightsCache is the PersistentVolumeClaim the tuning Jobs and the inference pods keep
 	// downloaded base models on (presets.WeightsCache); empty means each pod's own emptyDir.
 	WeightsCache string
+	// ReplicaAddress is where the knative deployer asks an inference pod's chat-proxy what it
+	// serves; nil: the pod's IP and chat-proxy's admin port. Set only where pods have no network
+	// of their own (the box's kwok pods, whose chat-proxy runs in the test as a named stand-in).
+	ReplicaAddress func(corev1.Pod) string
 }
 
 // Sim configures the simulated drivers.
@@ -526,7 +531,7 @@ func (b *builder) serve() (runtime.Handler, error) {
 			return nil, err
 		}
 		b.watch("knative-services", func(ctx context.Context, pub events.Publisher) error { return knative.Watch(ctx, w.dyn, pub, b.log) })
-		return serve.New(&knative.Deployer{Client: c.dyn, Kube: c.kube, Replicas: knative.PodReplicas{Kube: c.kube},
+		return serve.New(&knative.Deployer{Client: c.dyn, Kube: c.kube, Replicas: knative.PodReplicas{Kube: c.kube, Address: d.ReplicaAddress},
 			Catalog: catalog, Options: o, Configs: configs, Log: b.log}, b.log), nil
 	}
 	return nil, fmt.Errorf("deployer %q: want sim or knative", d.Deployer)

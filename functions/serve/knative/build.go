@@ -46,7 +46,9 @@ type Options struct {
 // DefaultOptions are the defaults of Options.
 func DefaultOptions() Options {
 	return Options{
-		RuntimeImage: presets.InferenceImage, Target: 16, Retention: "10m", TimeoutSeconds: 600,
+		// 30 minutes: a request to a service scaled to zero waits while a GPU node is provisioned
+		// and the model loads (deploy/knative/serving-features raises Knative's maximum to match).
+		RuntimeImage: presets.InferenceImage, Target: 16, Retention: "10m", TimeoutSeconds: 1800,
 	}
 }
 
@@ -62,7 +64,10 @@ type Runtime struct {
 
 // Ports and paths inside the pod.
 const (
-	proxyPort   = 5000
+	proxyPort = 5000
+	// adminPort is chat-proxy's GET /adapters, asked on the pod's own address; Knative does not
+	// route to it.
+	adminPort   = 5001
 	runtimePort = 8000
 	adapterDir  = "/mnt/adapters"
 	// adapterVolumeDir holds one mount per adapter served from a volume.
@@ -101,6 +106,13 @@ func AdapterSet(d serve.Deployment, version int64) serve.AdapterSet {
 	})
 }
 
+// progressDeadline is Knative's per-revision rollout deadline; nodeStartSeconds what a GPU node
+// from zero takes on AKS (image pull and driver start included), allowed on top of the model load.
+const (
+	progressDeadline = "serving.knative.dev/progress-deadline"
+	nodeStartSeconds = 600
+)
+
 // autoscaling annotations a workspace may override with its own metadata.annotations.
 const autoscaling = "autoscaling.knative.dev/"
 
@@ -114,6 +126,9 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 		events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}
 	count := ws.NodeCount()
 	annotations := map[string]string{
+		// The first rollout waits for the model to load (the pod's startup allowance) plus a
+		// node from zero; Knative's 600 s default fails a revision that is merely loading.
+		progressDeadline:                                   strconv.Itoa(int(rt.StartupSeconds)+nodeStartSeconds) + "s",
 		autoscaling + "min-scale":                          "0",
 		autoscaling + "max-scale":                          strconv.Itoa(count),
 		autoscaling + "initial-scale":                      "1",
@@ -243,7 +258,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
 				Command: []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
-					"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir},
+					"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(adminPort)},
 				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
 				ReadinessProbe: health,
 				StartupProbe:   startup,

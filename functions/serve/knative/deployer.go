@@ -60,7 +60,7 @@ type Deployer struct {
 
 // ReplicaReader reads what each running replica of a revision serves.
 type ReplicaReader interface {
-	Replicas(ctx context.Context, namespace, revision string) ([]serve.ReplicaAdapters, error)
+	Replicas(ctx context.Context, namespace, revision string) ([]Replica, error)
 }
 
 // Name implements serve.Deployer.
@@ -125,6 +125,15 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 		return k.selectSet(ctx, client, d, cur)
 	}
 	if cur != nil && generationOf(cur) >= d.Ref.Generation {
+		if generationOf(cur) == d.Ref.Generation {
+			// A redelivery: create the set if the first delivery failed before it (never
+			// replace one, which a rollback may have changed since).
+			version, changed, err := k.ensureSet(ctx, d, cur, true)
+			if err != nil || !changed {
+				return err
+			}
+			return k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10)}, nil)
+		}
 		return nil
 	}
 	obj, err := k.build(ctx, d)
@@ -137,7 +146,11 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 			logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
 			// The pods wait for the set's ConfigMap to mount; it is created right after, owned by
 			// the Service.
-			return k.ensureSet(ctx, d, created)
+			version, _, err := k.ensureSet(ctx, d, created, false)
+			if err != nil {
+				return err
+			}
+			return k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10)}, nil)
 		}
 		if !apierrors.IsAlreadyExists(err) {
 			return kubeerr.Classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
@@ -150,18 +163,14 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	}
 	if cur.GetAnnotations()[AnnotationTemplate] == obj.GetAnnotations()[AnnotationTemplate] {
 		// Same pods, new adapters: the running replicas load the new set live; no revision.
-		if err := k.ensureSet(ctx, d, cur); err != nil {
-			return err
-		}
-		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-			"labels":      map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)},
-			"annotations": map[string]any{AnnotationAdapters: nilIfEmpty(obj.GetAnnotations()[AnnotationAdapters]), events.AnnotationAcked: nil},
-		}})
+		version, _, err := k.ensureSet(ctx, d, cur, false)
 		if err != nil {
 			return err
 		}
-		if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
-			return kubeerr.Classify(fmt.Errorf("move Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+		if err := k.patchMeta(ctx, client, d, map[string]any{AnnotationAdapters: nilIfEmpty(obj.GetAnnotations()[AnnotationAdapters]),
+			AnnotationSetVersion: strconv.FormatInt(version, 10), events.AnnotationAcked: nil},
+			map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}); err != nil {
+			return err
 		}
 		logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: the running replicas load it live, no new revision", "service", d.Service,
 			"namespace", d.Ref.Namespace, "from", generationOf(cur), "generation", d.Ref.Generation)
@@ -174,14 +183,16 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	}
 	maps.Copy(ann, obj.GetAnnotations())
 	delete(ann, events.AnnotationAcked)
+	// The set first: the new revision's pods read it as they start.
+	version, _, err := k.ensureSet(ctx, d, cur, false)
+	if err != nil {
+		return err
+	}
+	ann[AnnotationSetVersion] = strconv.FormatInt(version, 10)
 	obj.SetAnnotations(ann)
 	obj.SetResourceVersion(cur.GetResourceVersion())
-	updated, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager})
-	if err != nil {
+	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
 		return kubeerr.Classify(fmt.Errorf("update Knative Service %s/%s to generation %d: %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
-	}
-	if err := k.ensureSet(ctx, d, updated); err != nil {
-		return err
 	}
 	logctx.Or(k.Log).InfoContext(ctx, "Knative Service updated: a new revision rolls out", "service", d.Service, "namespace", d.Ref.Namespace,
 		"from", generationOf(cur), "generation", d.Ref.Generation)
@@ -192,20 +203,45 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 // changes, its pods do not. The Service is marked unacknowledged, so ticks look until the replicas
 // serve the set.
 func (k *Deployer) selectSet(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, cur *unstructured.Unstructured) error {
-	if cur == nil {
+	switch {
+	case cur == nil:
 		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no inference service", d.Serving, d.Ref)
+	case generationOf(cur) > d.Ref.Generation:
+		return nil // a newer generation was applied since the rollback was asked for
 	}
-	if err := k.ensureSet(ctx, d, cur); err != nil {
-		return err
+	version, changed, err := k.ensureSet(ctx, d, cur, false)
+	if err != nil || !changed {
+		return err // unchanged: a redelivery, already handled
 	}
 	// The service now answers for the workspace's generation (a newer one may have failed
 	// before it was served).
-	patch := []byte(`{"metadata":{"labels":{"` + events.LabelGeneration + `":"` + strconv.FormatInt(d.Ref.Generation, 10) + `"},"annotations":{"` + events.AnnotationAcked + `":null}}}`)
-	if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
-		return kubeerr.Classify(fmt.Errorf("mark Knative Service %s/%s unacknowledged: %w", d.Ref.Namespace, d.Service, err))
+	if err := k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10), events.AnnotationAcked: nil},
+		map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}); err != nil {
+		return err
 	}
 	logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: an earlier generation's adapter goes live", "service", d.Service,
 		"namespace", d.Ref.Namespace, "serving", d.Serving, "generation", d.Ref.Generation)
+	return nil
+}
+
+// AnnotationSetVersion on the Service is its adapter set's version, so ticks can tell which set
+// an acknowledgement was for without reading every ConfigMap.
+const AnnotationSetVersion = "kaitoflow.io/adapter-set"
+
+// patchMeta merges annotations and labels (a nil value removes one) into the Service's metadata:
+// no template change, so no revision.
+func (k *Deployer) patchMeta(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, annotations, labels map[string]any) error {
+	meta := map[string]any{"annotations": annotations}
+	if labels != nil {
+		meta["labels"] = labels
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return err
+	}
+	if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
+		return kubeerr.Classify(fmt.Errorf("annotate Knative Service %s/%s (generation %d): %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+	}
 	return nil
 }
 
@@ -217,10 +253,11 @@ func nilIfEmpty(s string) any {
 }
 
 // ensureSet writes d's adapter set to the Service's ConfigMap (owned by the Service, so it goes
-// with it), one version above the one there; an unchanged set keeps its version.
-func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *unstructured.Unstructured) error {
+// with it), one version above the one there, and reports whether it changed anything; an unchanged
+// set keeps its version. With onlyIfMissing an existing set is left as it is.
+func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *unstructured.Unstructured, onlyIfMissing bool) (version int64, changed bool, err error) {
 	if k.Kube == nil {
-		return errors.New("knative deployer: no Kubernetes client to write the adapter set with")
+		return 0, false, errors.New("knative deployer: no Kubernetes client to write the adapter set with")
 	}
 	cms := k.Kube.CoreV1().ConfigMaps(d.Ref.Namespace)
 	name := AdapterSetName(d.Service)
@@ -230,29 +267,29 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 	case apierrors.IsNotFound(err):
 		cm, err := setConfigMap(d, name, want, owner)
 		if err != nil {
-			return err
+			return 0, false, err
 		}
 		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
-			return kubeerr.Classify(fmt.Errorf("create adapter set %s/%s: %w", d.Ref.Namespace, name, err))
+			return 0, false, kubeerr.Classify(fmt.Errorf("create adapter set %s/%s: %w", d.Ref.Namespace, name, err))
 		}
-		return nil
+		return want.Version, true, nil
 	case err != nil:
-		return kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", d.Ref.Namespace, name, err))
+		return 0, false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", d.Ref.Namespace, name, err))
 	}
 	have, err := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
-	if err == nil && have.Equal(want) {
-		return nil
+	if onlyIfMissing || (err == nil && have.Equal(want)) {
+		return have.Version, false, nil
 	}
 	want.Version = have.Version + 1
 	cm, err := setConfigMap(d, name, want, owner)
 	if err != nil {
-		return err
+		return 0, false, err
 	}
 	cm.ResourceVersion = cur.ResourceVersion
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return kubeerr.Classify(fmt.Errorf("update adapter set %s/%s to version %d: %w", d.Ref.Namespace, name, want.Version, err))
+		return 0, false, kubeerr.Classify(fmt.Errorf("update adapter set %s/%s to version %d: %w", d.Ref.Namespace, name, want.Version, err))
 	}
-	return nil
+	return want.Version, true, nil
 }
 
 func setConfigMap(d serve.Deployment, name string, set serve.AdapterSet, owner *unstructured.Unstructured) (*corev1.ConfigMap, error) {
@@ -263,8 +300,10 @@ func setConfigMap(d serve.Deployment, name string, set serve.AdapterSet, owner *
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.Ref.Namespace,
 			Labels: map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace},
+			// No blockOwnerDeletion: it would need update on services/finalizers where the
+			// OwnerReferencesPermissionEnforcement admission plugin runs.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: owner.GetName(), UID: owner.GetUID(),
-				Controller: ptr(true), BlockOwnerDeletion: ptr(true)}}},
+				Controller: ptr(true)}}},
 		Data: map[string]string{AdapterSetKey: string(b)},
 	}, nil
 }
@@ -406,16 +445,24 @@ func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Statu
 	if err != nil {
 		return err
 	}
-	st.Replicas = len(reps)
 	var behind []string
 	for _, r := range reps {
 		switch {
-		case r.Version >= set.Version:
-			st.Serving++
 		case r.Error != "" && r.Pending >= set.Version:
+			// Ready or not: a pod that cannot load its first set never becomes ready, and this is
+			// the reason the workspace is told.
 			st.Phase, st.Reason, st.Message = serve.Failed, serve.ReasonAdapterLoad, fmt.Sprintf("replica %s: %s", r.Replica, r.Error)
 			return nil
+		case !r.Ready:
+			continue
+		case r.Version >= set.Version:
+			st.Replicas++
+			st.Serving++
+		case r.Unreachable != "":
+			st.Replicas++
+			behind = append(behind, r.Replica+" (not answering: "+r.Unreachable+")")
 		default:
+			st.Replicas++
 			behind = append(behind, r.Replica)
 		}
 	}
@@ -454,18 +501,33 @@ func (k *Deployer) List(ctx context.Context) ([]events.Ref, error) {
 	var refs []events.Ref
 	for _, u := range l.Items {
 		gen := generationOf(&u)
-		if u.GetAnnotations()[events.AnnotationAcked] != strconv.FormatInt(gen, 10) {
+		acked := u.GetAnnotations()[events.AnnotationAcked]
+		// An acknowledgement names the adapter set it saw; the Service says which set is current.
+		version, _ := strconv.ParseInt(u.GetAnnotations()[AnnotationSetVersion], 10, 64)
+		if acked != ackValue(gen, 0) && acked != ackValue(gen, version) {
 			refs = append(refs, events.Ref{Namespace: u.GetNamespace(), Name: u.GetLabels()[events.LabelWorkspace], Generation: gen})
 		}
 	}
 	return refs, nil
 }
 
-// Acknowledge implements serve.Deployer: annotate the Service with the acknowledged generation.
-// The annotation is on the Service's metadata, not its template, so it rolls no revision.
-func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref) error {
+// ackValue is the acknowledged annotation's value: the generation, and the adapter set version
+// whose outcome was stored ("*": any, for a failure). An acknowledgement that arrives after a
+// rollback changed the set names the older version, so ticks keep looking until the rollback's
+// own outcome is stored.
+func ackValue(gen, version int64) string {
+	if version <= 0 {
+		return strconv.FormatInt(gen, 10) + "/*"
+	}
+	return strconv.FormatInt(gen, 10) + "/" + strconv.FormatInt(version, 10)
+}
+
+// Acknowledge implements serve.Deployer: annotate the Service with the acknowledged generation
+// and adapter set version. The annotation is on the Service's metadata, not its template, so it
+// rolls no revision.
+func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref, version int64) error {
 	name := serve.ServiceName(ref)
-	patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationAcked + `":"` + strconv.FormatInt(ref.Generation, 10) + `"}}}`)
+	patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationAcked + `":"` + ackValue(ref.Generation, version) + `"}}}`)
 	_, err := k.Client.Resource(Services).Namespace(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("acknowledge Knative Service %s/%s: %w", ref.Namespace, name, err)

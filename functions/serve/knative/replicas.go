@@ -19,18 +19,19 @@ import (
 // LabelRevision is Knative's label naming a pod's revision.
 const LabelRevision = "serving.knative.dev/revision"
 
-// PodReplicas reads, from each ready pod of a revision, what its chat-proxy serves (GET
-// /adapters on the pod's own address: Knative's routing would reach only one of them).
+// PodReplicas reads, from each running pod of a revision, what its chat-proxy serves (GET
+// /adapters on the pod's own address and admin port: Knative's routing would reach only one of
+// them, and does not route to that port).
 type PodReplicas struct {
 	Kube kubernetes.Interface
 	HTTP *http.Client
-	// Address is a pod's chat-proxy base URL; nil: http://<pod IP>:5000.
+	// Address is a pod's chat-proxy admin base URL; nil: http://<pod IP>:5001.
 	Address func(corev1.Pod) string
 }
 
-// Replicas implements ReplicaReader. A ready pod that does not answer counts as a replica that
-// does not serve the set yet.
-func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) ([]serve.ReplicaAdapters, error) {
+// Replicas implements ReplicaReader: every running pod, ready or not (a pod that cannot load its
+// first set never becomes ready, and its reason is what the workspace should be told).
+func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) ([]Replica, error) {
 	pods, err := p.Kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRevision + "=" + revision})
 	if err != nil {
 		return nil, fmt.Errorf("list pods of revision %s/%s: %w", namespace, revision, err)
@@ -39,23 +40,33 @@ func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) (
 	if client == nil {
 		client = &http.Client{Timeout: 5 * time.Second}
 	}
-	var out []serve.ReplicaAdapters
+	var out []Replica
 	for _, pod := range pods.Items {
-		if pod.DeletionTimestamp != nil || !podReady(pod) {
+		if pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
 			continue
 		}
-		r := serve.ReplicaAdapters{Replica: pod.Name}
-		if st, err := p.read(ctx, client, pod); err == nil {
-			r = st
-			r.Replica = pod.Name
+		r := Replica{Ready: podReady(pod)}
+		st, err := p.read(ctx, client, pod)
+		if err != nil {
+			r.Unreachable = err.Error()
 		}
+		r.ReplicaAdapters = st
+		r.Replica = pod.Name
 		out = append(out, r)
 	}
 	return out, nil
 }
 
+// Replica is one running pod and what its chat-proxy said it serves.
+type Replica struct {
+	serve.ReplicaAdapters
+	// Ready is the pod's readiness; Unreachable why its chat-proxy could not be asked.
+	Ready       bool
+	Unreachable string
+}
+
 func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (serve.ReplicaAdapters, error) {
-	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(proxyPort))
+	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(adminPort))
 	if p.Address != nil {
 		base = p.Address(pod)
 	}
