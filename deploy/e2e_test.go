@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -265,9 +266,14 @@ func TestClusterEndToEnd(t *testing.T) {
 		ksvc, err = ksvcs.Get(ctx, name, metav1.GetOptions{})
 		return err == nil
 	})
-	image, _, _ := unstructured.NestedSlice(ksvc.Object, "spec", "template", "spec", "initContainers")
-	if len(image) != 1 || !strings.Contains(fmt.Sprint(image[0]), target.Context().String()+"@sha256:") {
-		t.Errorf("the inference Service does not pull the pushed adapter by digest: %v", image)
+	// The adapter set its replicas load names the pushed adapter by digest.
+	cm, err := admin.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the adapter set: %v", err)
+	}
+	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 ||
+		!strings.HasPrefix(set.Adapters[0].Image, target.Context().String()+"@sha256:") {
+		t.Errorf("the inference Service's adapter set does not name the pushed adapter by digest: %+v %v", set, err)
 	}
 	ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + "." + ns + ".example.com",
 		"latestCreatedRevisionName": name + "-00001", "latestReadyRevisionName": name + "-00001",
