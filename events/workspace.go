@@ -2,6 +2,9 @@ package events
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -142,6 +145,28 @@ type WorkspaceStatus struct {
 	// EventsRecorded counts the pipeline events the controller has recorded as Kubernetes Events
 	// on the object (kubectl describe's timeline).
 	EventsRecorded int `json:"eventsRecorded,omitempty"`
+	// ServingGeneration is the generation whose adapter answers when it is not the latest (after
+	// a rollback); Replicas the replicas that served it when last reported.
+	ServingGeneration int64 `json:"servingGeneration,omitempty"`
+	Replicas          int   `json:"replicas,omitempty"`
+	// RollbackHandled is the last kaitoflow.io/rollback annotation value the controller acted on.
+	RollbackHandled string `json:"rollbackHandled,omitempty"`
+}
+
+// AnnotationRollback on a Workspace resource asks for a rollback: "N" serves generation N's
+// pushed adapter again, "0" the one before the generation serving; anything after an "@" only
+// makes a request differ from the last one ("2@1733040000"), so the same generation can be asked
+// for again. The controller acts on each value once.
+const AnnotationRollback = "kaitoflow.io/rollback"
+
+// ParseRollback reads an AnnotationRollback value: the generation asked for (0: the previous).
+func ParseRollback(v string) (int64, error) {
+	n, _, _ := strings.Cut(v, "@")
+	gen, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
+	if err != nil || gen < 0 {
+		return 0, fmt.Errorf("%s %q: want a generation number, optionally followed by @ and anything", AnnotationRollback, v)
+	}
+	return gen, nil
 }
 
 // Ref returns the workspace's identity as events carry it.

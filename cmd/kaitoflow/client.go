@@ -366,15 +366,22 @@ func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
 
 func newRollback(g *globals) *cobra.Command {
 	var generation int64
+	var cluster clusterFlags
 	cmd := &cobra.Command{
 		Use:   "rollback NAME [--generation N]",
 		Short: "Serve an earlier generation's adapter again, loaded live into the running replicas (no restart)",
 		Long: `Serve an earlier generation's adapter again. The running replicas load it through the model
 server's runtime LoRA API and switch to it once it answers; the adapter serving now keeps answering
-until then. Without --generation, the newest generation before the one serving now.`,
+until then. Without --generation, the newest generation before the one serving now. With
+--kubeconfig/--context it annotates the Workspace resource (kaitoflow.io/rollback), and the
+controller records a RollbackRequested or RollbackRefused Event on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w, err := g.client().Rollback(cmd.Context(), args[0], generation)
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
+			w, err := src.Rollback(cmd.Context(), args[0], generation)
 			if err != nil {
 				return err
 			}
@@ -383,6 +390,7 @@ until then. Without --generation, the newest generation before the one serving n
 		},
 	}
 	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (default: the one before the generation serving now)")
+	cluster.register(cmd.Flags())
 	return cmd
 }
 

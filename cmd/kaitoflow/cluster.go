@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -31,6 +32,7 @@ type workspaceSource interface {
 	Get(ctx context.Context, name string) (*status.Workspace, error)
 	Delete(ctx context.Context, name string) error
 	Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error
+	Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error)
 }
 
 // clusterFlags are kubectl's: with either, a command reads the cluster's Workspace resources
@@ -128,6 +130,25 @@ func (c *clusterWorkspaces) Get(ctx context.Context, name string) (*status.Works
 	return w, nil
 }
 
+// Rollback annotates the resource with kaitoflow.io/rollback: the controller asks serve to serve
+// that generation's adapter (0: the one before the serving one) and records what it did as an Event.
+func (c *clusterWorkspaces) Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
+	// The time makes each request a new value, so asking for the same generation again acts again.
+	value := fmt.Sprintf("%d@%d", generation, time.Now().Unix())
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{events.AnnotationRollback: value}}})
+	if err != nil {
+		return nil, err
+	}
+	_, err = c.resource(false).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow-cli"})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("workspace %s/%s not found", c.namespace, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("annotate workspace %s/%s: %w", c.namespace, name, err)
+	}
+	return c.Get(ctx, name)
+}
+
 func (c *clusterWorkspaces) Delete(ctx context.Context, name string) error {
 	err := c.resource(false).Delete(ctx, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
@@ -163,6 +184,7 @@ func fromResource(u *unstructured.Unstructured) (*status.Workspace, error) {
 	w := &status.Workspace{Namespace: u.GetNamespace(), Name: u.GetName(), Generation: st.ObservedGeneration,
 		InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: status.Phase(st.Phase), Conditions: st.Conditions,
 		Nodes: st.WorkerNodes, Endpoint: st.Endpoint, Image: st.Image, Adapters: st.Adapters, Manifest: &ws,
+		ServingGeneration: st.ServingGeneration, Replicas: st.Replicas,
 		Created: u.GetCreationTimestamp().Time, Updated: time.Now()}
 	if ws.Tuning != nil {
 		w.Method = ws.Tuning.Method

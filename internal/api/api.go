@@ -12,9 +12,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strings"
+	"strconv"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -308,64 +309,28 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return
 	}
-	target, err := rollbackTarget(rec, req.Generation)
-	if err != nil {
+	ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
+	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, strconv.FormatInt(time.Now().UnixNano(), 10))
+	span.End()
+	var refused *ingress.RollbackRefused
+	switch {
+	case errors.As(err, &refused):
 		writeJSON(w, http.StatusConflict, Problem{Error: err.Error(), Fields: []FieldError{{Field: "generation", Type: "FieldValueInvalid", Message: err.Error()}}})
 		return
-	}
-	if rec.Manifest == nil {
-		writeJSON(w, http.StatusConflict, Problem{Error: fmt.Sprintf("workspace %s/%s: its manifest is not in the record yet", ns, name)})
-		return
-	}
-	ref := events.Ref{Namespace: ns, Name: name, Generation: rec.Generation}
-	// Each request is its own intent (rolling back to 2, forward to 3, back to 2 again): the id
-	// names the request's time, so only a retried publish of this request deduplicates.
-	id := fmt.Sprintf("%s/%d/%d", events.AdapterSelected, target.Generation, time.Now().UnixNano())
-	ev, err := events.New(Source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
-		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: "rollback"}, nil)
-	if err == nil {
-		ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
-		runtime.InjectTrace(ctx, &ev)
-		err = s.Publisher.Publish(ctx, ev)
-		span.End()
-	}
-	if err != nil {
+	case err != nil:
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return
 	}
-	s.Log.Info("rollback requested", "workspace", ref.String(), "to", target.Generation, "image", target.Image)
+	s.Log.Info("rollback requested", "workspace", ns+"/"+name, "to", target.Generation, "image", target.Image)
 	writeJSON(w, http.StatusAccepted, rec)
 }
 
-// rollbackTarget is the pushed adapter a rollback serves: generation gen's, or (gen 0) the newest
-// pushed before the generation serving now.
-func rollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, error) {
-	if rec.Phase != status.Ready && rec.Phase != status.Failed {
-		return status.PushedAdapter{}, fmt.Errorf("workspace %s/%s is %s: roll back once its generation %d has finished", rec.Namespace, rec.Name, rec.Phase, rec.Generation)
+// tracingPublisher carries the request's trace on what it publishes.
+type tracingPublisher struct{ events.Publisher }
+
+func (p tracingPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
+	for i := range evs {
+		runtime.InjectTrace(ctx, &evs[i])
 	}
-	serving := rec.Serving()
-	if gen == 0 {
-		var best status.PushedAdapter
-		for _, p := range rec.History {
-			if p.Generation < serving && p.Generation > best.Generation {
-				best = p
-			}
-		}
-		if best.Generation == 0 {
-			return best, fmt.Errorf("workspace %s/%s serves generation %d and no earlier generation pushed an adapter", rec.Namespace, rec.Name, serving)
-		}
-		return best, nil
-	}
-	if gen == serving {
-		return status.PushedAdapter{}, fmt.Errorf("generation %d is the one serving", gen)
-	}
-	p, ok := rec.Pushed(gen)
-	if !ok {
-		var have []string
-		for _, h := range rec.History {
-			have = append(have, fmt.Sprint(h.Generation))
-		}
-		return p, fmt.Errorf("generation %d pushed no adapter (generations with one: %s)", gen, strings.Join(have, ", "))
-	}
-	return p, nil
+	return p.Publisher.Publish(ctx, evs...)
 }

@@ -186,9 +186,50 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 	if rec != nil {
 		st := statusOf(rec)
 		c.recordEvents(u, rec, &st)
+		if err := c.rollback(ctx, u, rec, &st); err != nil {
+			return err
+		}
 		return c.writeStatus(ctx, u, st)
 	}
 	return nil
+}
+
+// rollback acts once on each value of the kaitoflow.io/rollback annotation: it asks serve to serve
+// that generation's adapter again (the path `kaitoflow rollback` takes through the API), and says
+// on the object what it did — a Normal RollbackRequested Event, or a Warning RollbackRefused with
+// the reason. The value handled is kept in the status, so a later generation is served as usual.
+func (c *Controller) rollback(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace, st *events.WorkspaceStatus) error {
+	st.RollbackHandled, _, _ = unstructured.NestedString(u.Object, "status", "rollbackHandled")
+	want := u.GetAnnotations()[events.AnnotationRollback]
+	if want == "" || want == st.RollbackHandled {
+		return nil
+	}
+	gen, err := events.ParseRollback(want)
+	if err == nil {
+		// The annotation's value is in the event id: re-running this reconcile publishes the
+		// same event, which JetStream stores once.
+		var target status.PushedAdapter
+		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, "annotation-"+strings.ReplaceAll(want, "/", "-"))
+		var refused *ingress.RollbackRefused
+		switch {
+		case errors.As(err, &refused):
+		case err != nil:
+			return err // the bus: retried
+		default:
+			c.event(u, corev1.EventTypeNormal, "RollbackRequested", fmt.Sprintf("serving generation %d's adapter %s again", target.Generation, target.Image))
+		}
+	}
+	if err != nil {
+		c.event(u, corev1.EventTypeWarning, "RollbackRefused", err.Error())
+	}
+	st.RollbackHandled = want
+	return nil
+}
+
+func (c *Controller) event(u *unstructured.Unstructured, kind, reason, msg string) {
+	if c.Recorder != nil {
+		c.Recorder.Event(u, kind, reason, msg)
+	}
 }
 
 // recordEvents records the pipeline events the object's status has not counted yet as Kubernetes
@@ -331,7 +372,8 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 // statusOf renders a record as the custom resource's status.
 func statusOf(rec *status.Workspace) events.WorkspaceStatus {
 	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
-		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount())}
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount()),
+		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas}
 	if rec.Failure != nil {
 		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
 	}

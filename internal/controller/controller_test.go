@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -388,4 +389,84 @@ func TestLeaderElection(t *testing.T) {
 	doc := strings.Replace(string(seed(t)), "name: workspace-tuning-phi-3", "name: second", 1)
 	p.apply(t, []byte(doc))
 	eventually(t, "the new leader reconciling", func() bool { return len(p.get(t, "second").GetFinalizers()) == 1 })
+}
+
+// kubectl annotate workspace … kaitoflow.io/rollback=1: the controller publishes
+// kaitoflow.adapter.selected for generation 1's pushed adapter once per value, records a
+// RollbackRequested Event, and refuses a generation that pushed nothing with a Warning saying so.
+func TestRollbackAnnotation(t *testing.T) {
+	p := start(t)
+	ctx := context.Background()
+	const name = "workspace-tuning-phi-3"
+	p.apply(t, seed(t))
+	eventually(t, "generation 1 admitted", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		return err == nil && rec.Generation == 1
+	})
+	ready := func(gen int64, image string) {
+		t.Helper()
+		p.emit(t, gen, events.ImagePushed, events.ImagePushedData{Reference: image})
+		p.emit(t, gen, events.InferenceReady, events.InferenceReadyData{URL: "http://" + name + ".example.com"})
+	}
+	ready(1, "r/i@sha256:1")
+	// Generation 2, tuned and served.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u := p.get(t, name)
+		u.Object["tuning"].(map[string]any)["method"] = "lora"
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "generation 2 admitted", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		return err == nil && rec.Generation == 2
+	})
+	ready(2, "r/i@sha256:2")
+	eventually(t, "generation 2 ready", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		return err == nil && rec.Phase == status.Ready && len(rec.History) == 2
+	})
+
+	selected, err := p.js.CreateOrUpdateConsumer(ctx, runtime.StreamName, jetstream.ConsumerConfig{FilterSubject: events.AdapterSelected, DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	annotate := func(value string) {
+		t.Helper()
+		patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationRollback + `":"` + value + `"}}}`)
+		if _, err := dyn.Resource(GVR("")).Namespace(p.ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the annotation handled", func() bool {
+			h, _, _ := unstructured.NestedString(p.get(t, name).Object, "status", "rollbackHandled")
+			return h == value
+		})
+	}
+	hasEvent := func(reason, says string) bool {
+		l, err := kube.CoreV1().Events(p.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
+		return err == nil && slices.ContainsFunc(l.Items, func(e corev1.Event) bool { return e.Reason == reason && strings.Contains(e.Message, says) })
+	}
+
+	annotate("1@a")
+	eventually(t, "RollbackRequested", func() bool { return hasEvent("RollbackRequested", "generation 1's adapter r/i@sha256:1") })
+	msgs, err := selected.FetchNoWait(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []events.AdapterSelectedData
+	for m := range msgs.Messages() {
+		var d events.AdapterSelectedData
+		ev, err := events.DecodeNATS(m.Headers(), m.Data())
+		if err != nil || events.Data(ev, &d) != nil {
+			t.Fatalf("adapter.selected: %v", err)
+		}
+		got = append(got, d)
+	}
+	if len(got) != 1 || got[0].Generation != 1 || got[0].Reference != "r/i@sha256:1" || got[0].Ref.Generation != 2 {
+		t.Fatalf("published %+v, want one selection of generation 1 for generation 2", got)
+	}
+
+	annotate("7@b")
+	eventually(t, "RollbackRefused", func() bool { return hasEvent("RollbackRefused", "generation 7 pushed no adapter") })
 }

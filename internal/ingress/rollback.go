@@ -1,0 +1,75 @@
+package ingress
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// RollbackRefused is a rollback that cannot be asked for; Reason says why (a generation that pushed
+// no adapter, the one serving, a workspace still in progress). It is not retried.
+type RollbackRefused struct{ Reason string }
+
+func (e *RollbackRefused) Error() string { return e.Reason }
+
+// Rollback asks serve to serve an earlier generation's pushed adapter again, live: it publishes
+// kaitoflow.adapter.selected and returns once JetStream has stored it. gen 0 is the newest
+// generation pushed before the one serving. key tells requests apart in the event id (each request
+// is its own intent: back to 2, forward to 3, back to 2 again), so only a repeat of the same
+// request deduplicates. The API and the Workspace controller share it.
+func Rollback(ctx context.Context, pub events.Publisher, source string, rec *status.Workspace, gen int64, key string) (status.PushedAdapter, error) {
+	target, err := RollbackTarget(rec, gen)
+	if err != nil {
+		return target, err
+	}
+	if rec.Manifest == nil {
+		return target, &RollbackRefused{fmt.Sprintf("workspace %s/%s: its manifest is not in the record yet", rec.Namespace, rec.Name)}
+	}
+	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+	id := fmt.Sprintf("%s/%d/%s", events.AdapterSelected, target.Generation, key)
+	ev, err := events.New(source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
+		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: "rollback"}, nil)
+	if err != nil {
+		return target, err
+	}
+	if err := pub.Publish(ctx, ev); err != nil {
+		return target, fmt.Errorf("publish %s: %w", events.AdapterSelected, err)
+	}
+	return target, nil
+}
+
+// RollbackTarget is the pushed adapter a rollback serves: generation gen's, or (gen 0) the newest
+// pushed before the generation serving now.
+func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, error) {
+	if rec.Phase != status.Ready && rec.Phase != status.Failed {
+		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: roll back once its generation %d has finished", rec.Namespace, rec.Name, rec.Phase, rec.Generation)}
+	}
+	serving := rec.Serving()
+	if gen == 0 {
+		var best status.PushedAdapter
+		for _, p := range rec.History {
+			if p.Generation < serving && p.Generation > best.Generation {
+				best = p
+			}
+		}
+		if best.Generation == 0 {
+			return best, &RollbackRefused{fmt.Sprintf("workspace %s/%s serves generation %d and no earlier generation pushed an adapter", rec.Namespace, rec.Name, serving)}
+		}
+		return best, nil
+	}
+	if gen == serving {
+		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("generation %d is the one serving", gen)}
+	}
+	p, ok := rec.Pushed(gen)
+	if !ok {
+		var have []string
+		for _, h := range rec.History {
+			have = append(have, fmt.Sprint(h.Generation))
+		}
+		return p, &RollbackRefused{fmt.Sprintf("generation %d pushed no adapter (generations with one: %s)", gen, strings.Join(have, ", "))}
+	}
+	return p, nil
+}
