@@ -302,6 +302,9 @@ type TuningCompletedData struct {
 	Datasets []string `json:"datasets,omitempty"`
 	// Plan is the run's plan, passed on so serving knows the adapter's rank and the SKU.
 	Plan *Plan `json:"plan,omitempty"`
+	// Finished is when the run ended. The same whichever delivery of the outcome carries it, unlike
+	// the event's own time, so an image built from it is the same image.
+	Finished time.Time `json:"finished,omitzero"`
 }
 
 // Blob is a registry blob: the adapter's image layer.

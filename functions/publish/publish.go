@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -142,7 +143,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		opts = append(opts, remote.WithAuthFromKeychain(kc))
 	}
 	anns := map[string]string{
-		"org.opencontainers.image.created": ev.Time().UTC().Format("2006-01-02T15:04:05Z"),
+		"org.opencontainers.image.created": imageCreated(d, ev).Format("2006-01-02T15:04:05Z"),
 		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",
 		"org.opencontainers.image.title":   "LoRA adapter for " + d.Workspace.PresetName(),
 		AnnotationBaseModel:                d.Workspace.PresetName(),
@@ -172,12 +173,12 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 	if d.Layer != nil {
 		layer, lerr := adapter.Remote(target.Context(), *d.Layer, opts...)
 		if lerr == nil {
-			img, err = adapter.Image(layer, ev.Time(), anns)
+			img, err = adapter.Image(layer, imageCreated(d, ev), anns)
 		} else {
 			err = lerr
 		}
 	} else {
-		img, err = adapter.BuildImage(d.Location, d.Files, ev.Time(), anns)
+		img, err = adapter.BuildImage(d.Location, d.Files, imageCreated(d, ev), anns)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("build adapter image: %w", err)
@@ -215,7 +216,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 // referrers API.
 func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) (string, error) {
 	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer, DatasetDigests: d.Datasets,
-		Metrics: d.Metrics, Completed: ev.Time().UTC().Format("2006-01-02T15:04:05Z")}
+		Metrics: d.Metrics, Completed: imageCreated(d, ev).Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {
 		rec.Dataset = append(append(rec.Dataset, in.URLs...), in.Image)
 		if in.Image == "" {
@@ -310,4 +311,14 @@ func (p RemotePusher) Push(ctx context.Context, ref name.Reference, img v1.Image
 // names: the embedded mode's stand-in for ACR.
 func RewriteRegistry(registry string) Resolver {
 	return func(image string) (name.Reference, error) { return adapter.Rewrite(registry, image) }
+}
+
+// imageCreated is the image's creation time: when the run finished, which every delivery of its outcome
+// says alike (a tuning.completed emitted again after a restart carries another event time, and
+// the image built from it must be the same image); the event's time for a run that does not say.
+func imageCreated(d events.TuningCompletedData, ev cloudevents.Event) time.Time {
+	if !d.Finished.IsZero() {
+		return d.Finished.UTC()
+	}
+	return ev.Time().UTC()
 }

@@ -92,14 +92,19 @@ func TestHandlePushesAndRedeliveryIsIdempotent(t *testing.T) {
 	defer reg.Close()
 	host := strings.TrimPrefix(reg.URL, "http://")
 	f := New(RemotePusher{}, RewriteRegistry(host), nil)
-	in, err := events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
-		Workspace: job.Workspace, Job: "j", Location: dir, Files: files,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The same outcome, observed twice: tune emits tuning.completed again after a restart, with
+	// another event time (the bus keeps the first; a copy may still arrive). The run's finish
+	// time, not the event's, dates the image, so both deliveries push the same digest.
+	finished := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	var digests []string
-	for range 2 {
+	for i := range 2 {
+		in, err := events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
+			Workspace: job.Workspace, Job: "j", Location: dir, Files: files, Finished: finished,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.SetTime(finished.Add(time.Duration(i+1) * time.Minute))
 		out, err := f.Handle(context.Background(), in)
 		if err != nil {
 			t.Fatal(err)

@@ -104,6 +104,7 @@ func (s *Sim) run(ctx context.Context, r *simRun) {
 	res, err := s.wrap(ctx, r)
 	<-s.slots
 	s.mu.Lock()
+	res.Finished = time.Now().UTC().Truncate(time.Second)
 	r.done, r.err, r.result = true, err, res
 	s.mu.Unlock()
 	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)

@@ -78,6 +78,9 @@ type Result struct {
 	Layer    *events.Blob
 	Metrics  map[string]float64
 	Datasets []string
+	// Finished is when the run ended (the Job's completion time): one value however often the
+	// outcome is observed, so what is built from it (the image's created time) is too.
+	Finished time.Time
 }
 
 // Trainer runs tuning jobs. Start is create-or-get per job name and returns at once. Status
@@ -208,7 +211,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
 			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics, Datasets: st.Result.Datasets,
-			Plan: st.Job.Plan,
+			Plan: st.Job.Plan, Finished: st.Result.Finished,
 		})
 	case Failed:
 		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "reason", st.Reason, "message", st.Message)

@@ -269,7 +269,12 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 		if err != nil {
 			return 0, false, err
 		}
-		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
+		if apierrors.IsAlreadyExists(err) {
+			// A duplicate of this event, handled at the same time, created it: compare with it.
+			return k.ensureSet(ctx, d, owner, onlyIfMissing)
+		}
+		if err != nil {
 			return 0, false, kubeerr.Classify(fmt.Errorf("create adapter set %s/%s: %w", d.Ref.Namespace, name, err))
 		}
 		return want.Version, true, nil

@@ -189,6 +189,11 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 				return st
 			}
 			st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics, Datasets: s.Datasets}
+			if t := j.Status.CompletionTime; t != nil {
+				st.Result.Finished = t.UTC()
+			} else {
+				st.Result.Finished = c.LastTransitionTime.UTC()
+			}
 			return st
 		case batchv1.JobFailed:
 			st.Phase = tune.Failed
