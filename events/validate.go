@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -138,6 +139,24 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 	if c, ok := w.Annotations[AnnotationWeightsCache]; ok {
 		for _, msg := range validation.IsDNS1123Subdomain(c) {
 			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationWeightsCache), c, "not a PersistentVolumeClaim name: "+msg))
+		}
+	}
+	if pool, ok := w.Annotations[AnnotationServingPool]; ok {
+		// The pool is a Knative Service's name; its revisions add "-00001" within 63 characters.
+		for _, msg := range validation.IsDNS1035Label(pool) {
+			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationServingPool), pool, "not a service name: "+msg))
+		}
+		if len(pool) > 40 {
+			errs = append(errs, field.TooLong(meta.Child("annotations").Key(AnnotationServingPool), pool, 40))
+		}
+		if sel := w.Resource.LabelSelector; sel == nil || len(sel.MatchLabels) == 0 {
+			errs = append(errs, field.Required(field.NewPath("resource", "labelSelector", "matchLabels"),
+				"a workspace in a serving pool needs matchLabels: the pool's pods run on the nodes its members' selector names"))
+		}
+	}
+	if n, ok := w.Annotations[AnnotationServingPoolSize]; ok {
+		if size, err := strconv.Atoi(n); err != nil || size < 1 || size > 64 {
+			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationServingPoolSize), n, "want a number of adapters from 1 to 64"))
 		}
 	}
 	errs = append(errs, w.Resource.validate(field.NewPath("resource"))...)

@@ -218,6 +218,27 @@ func (w *Workspace) ModelAccessSecret() string {
 // functions' configured one.
 const AnnotationWeightsCache = "kaitoflow.io/weights-cache"
 
+// AnnotationServingPool names the serving pool a workspace's adapters are served in: workspaces of
+// one namespace that serve the same base model with the same plan share one inference service
+// (one GPU), each answering by its own model name. AnnotationServingPoolSize is how many adapters
+// the pool holds at once (vLLM's --max-loras, one more for a swap); every member must say the same.
+const (
+	AnnotationServingPool     = "kaitoflow.io/serving-pool"
+	AnnotationServingPoolSize = "kaitoflow.io/serving-pool-size"
+	// DefaultServingPoolSize is a pool's size when no member names one.
+	DefaultServingPoolSize = 4
+)
+
+// ServingPool is the workspace's serving pool and its size, "" when it is served alone.
+func (w *Workspace) ServingPool() (string, int) {
+	pool := w.Annotations[AnnotationServingPool]
+	size, err := strconv.Atoi(w.Annotations[AnnotationServingPoolSize])
+	if err != nil || size < 1 {
+		size = DefaultServingPoolSize
+	}
+	return pool, size
+}
+
 // DefaultNamespace is the namespace of a manifest that names none.
 const DefaultNamespace = "default"
 

@@ -185,7 +185,8 @@ func (c *chatter) say(ctx context.Context, prompt string) (string, error) {
 
 // kaito is one turn through Kaito's POST /chat, which has no conversation and no streaming.
 func (c *chatter) kaito(ctx context.Context, prompt string) (string, error) {
-	req := map[string]any{"prompt": prompt}
+	// The model names the workspace where the endpoint serves several (a serving pool).
+	req := map[string]any{"prompt": prompt, "model": c.model}
 	kw := map[string]any{}
 	if c.maxTokens > 0 {
 		kw["max_new_tokens"] = c.maxTokens

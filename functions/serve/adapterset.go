@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
@@ -106,6 +107,36 @@ func DesiredSet(d Deployment, version int64, place func(Adapter, *AdapterSpec)) 
 		set.Routes[public], set.Generations[public] = spec.Name, d.ServingGeneration()
 	}
 	return set
+}
+
+// UnionSet is the adapter set of a service that serves several workspaces (a serving pool): each
+// one's DesiredSet side by side, at version. Two workspaces routing one public name is a permanent
+// error naming both, and a pool has no default for /chat (a request names its model).
+func UnionSet(ds []Deployment, version int64, place func(Adapter, *AdapterSpec)) (AdapterSet, error) {
+	if len(ds) == 1 && ds[0].Pool == "" {
+		return DesiredSet(ds[0], version, place), nil
+	}
+	union := AdapterSet{Version: version}
+	owner := map[string]string{}
+	for _, d := range ds {
+		set := DesiredSet(d, version, place)
+		for _, a := range set.Adapters {
+			if !slices.ContainsFunc(union.Adapters, func(b AdapterSpec) bool { return b.Name == a.Name }) {
+				union.Adapters = append(union.Adapters, a)
+			}
+		}
+		for public, target := range set.Routes {
+			if other, ok := owner[public]; ok {
+				return AdapterSet{}, events.Permanentf(events.ReasonInvalidWorkspace, "model name %s is served by both %s and %s in one serving pool", public, other, d.Ref.Name)
+			}
+			owner[public] = d.Ref.Name
+			if union.Routes == nil {
+				union.Routes, union.Generations = map[string]string{}, map[string]int64{}
+			}
+			union.Routes[public], union.Generations[public] = target, set.Generations[public]
+		}
+	}
+	return union, nil
 }
 
 // RegistryPuller pulls adapter images with pull-adapter's code, verifying every digest, signing

@@ -161,10 +161,12 @@ func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
 	})
 }
 
-// ChatRequest is Kaito's /chat body.
+// ChatRequest is Kaito's /chat body, plus kaitoflow's optional model: the model name to answer
+// with where one endpoint serves several (a serving pool).
 type ChatRequest struct {
 	Prompt         string         `json:"prompt"`
 	GenerateKwargs map[string]any `json:"generate_kwargs,omitempty"`
+	Model          string         `json:"model,omitempty"`
 }
 
 // generate_kwargs (transformers' names, which Kaito's API takes) mapped to OpenAI's.
@@ -191,9 +193,13 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 		problem(w, http.StatusBadRequest, "prompt: required")
 		return
 	}
-	model := p.Model
+	model := cmp.Or(in.Model, p.Model)
 	if p.Adapters != nil {
-		model = p.Adapters.Route(cmp.Or(p.Adapters.Default(), model))
+		if in.Model == "" && p.Adapters.Default() == "" && len(p.Adapters.Public()) > 0 {
+			problem(w, http.StatusBadRequest, fmt.Sprintf(`model: required, this endpoint serves several (%s): {"prompt": "...", "model": "..."}`, strings.Join(p.Adapters.Public(), ", ")))
+			return
+		}
+		model = p.Adapters.Route(cmp.Or(in.Model, p.Adapters.Default(), model))
 	}
 	out := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
 	for k, v := range in.GenerateKwargs {

@@ -52,6 +52,9 @@ type Deployment struct {
 	// Serving is the earlier generation whose adapters these are (a rollback), 0 for Ref's own.
 	// Such a deployment changes only the adapter set of the running service.
 	Serving int64 `json:"serving,omitempty"`
+	// Pool is the serving pool the workspace shares a service with (then Service is the pool's),
+	// empty when it is served alone.
+	Pool string `json:"pool,omitempty"`
 }
 
 // ServingGeneration is the generation whose adapters d serves.
@@ -206,6 +209,9 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		d.Adapters = []Adapter{{Name: ref.Name, Volume: in.Volume, Strength: "1.0"}}
 	default:
 		return nil, nil
+	}
+	if pool, _ := d.Workspace.ServingPool(); pool != "" {
+		d.Pool, d.Service = pool, pool
 	}
 	if err := f.deployer.Apply(ctx, d); err != nil {
 		return nil, fmt.Errorf("apply inference service %s: %w", d.Service, err)

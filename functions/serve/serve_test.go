@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -209,5 +211,96 @@ func TestSimAdapterGoesLiveWithoutANewRevision(t *testing.T) {
 	}
 	if a, p := chatVia(t, second.URL); !strings.Contains(a, LoRAName("ws", v2)) || seen[p] {
 		t.Errorf("woken replica %s answered %q", p, a)
+	}
+}
+
+// Two tuned workspaces in one serving pool share one service and one replica (one GPU): each
+// answers by its own model name there, /chat asks which; a member of another preset is refused;
+// a member that leaves has its adapter unloaded while the other goes on; the last one removes it.
+func TestSimServingPool(t *testing.T) {
+	ctx := context.Background()
+	host := testenv.Registry(t)
+	sim := &Sim{Dir: t.TempDir()}
+	srv := httptest.NewServer(sim.Handler())
+	defer srv.Close()
+	sim.BaseURL = srv.URL
+	fn := New(sim, nil)
+	member := func(name, preset string) events.Workspace {
+		ws := events.Workspace{Tuning: &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: preset}}}}
+		ws.Name, ws.Annotations = name, map[string]string{events.AnnotationServingPool: "phi3-pool"}
+		return ws
+	}
+	push := func(name, preset, image string) []cloudevents.Event {
+		t.Helper()
+		ref := events.Ref{Namespace: "default", Name: name, Generation: 1}
+		out, err := fn.Handle(ctx, events.Must(events.New("test", events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{Workspace: member(name, preset), Reference: image}, nil)))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return out
+	}
+	imgA, imgB := testenv.PushAdapter(t, host, "support", "v1"), testenv.PushAdapter(t, host, "billing", "v1")
+	var ready []events.InferenceReadyData
+	for _, m := range []struct{ name, image string }{{"support", imgA}, {"billing", imgB}} {
+		out := push(m.name, "phi-3-mini-128k-instruct", m.image)
+		var d events.InferenceReadyData
+		if len(out) != 1 || events.Data(out[0], &d) != nil {
+			t.Fatalf("%s: %v", m.name, out)
+		}
+		ready = append(ready, d)
+	}
+	if ready[0].URL != srv.URL+"/default/phi3-pool" || ready[1].URL != ready[0].URL || ready[1].Revision != ready[0].Revision ||
+		strings.Join(ready[1].Adapters, ",") != "billing" {
+		t.Fatalf("pool members' inference.ready: %+v", ready)
+	}
+	ask := func(model string) (string, string) {
+		t.Helper()
+		body := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`
+		resp, err := http.Post(ready[0].URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.Status + " " + string(b), resp.Header.Get(HeaderReplica)
+	}
+	a, podA := ask("support")
+	b, podB := ask("billing")
+	if !strings.Contains(a, LoRAName("support", imgA)) || !strings.Contains(b, LoRAName("billing", imgB)) || podA != podB {
+		t.Fatalf("support: %s (%s)\nbilling: %s (%s)", a, podA, b, podB)
+	}
+	resp, _ := http.Post(ready[0].URL+"/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("/chat without a model in a pool: %d", resp.StatusCode)
+	}
+	resp.Body.Close()
+	// Another base model cannot join: it would need other pods.
+	if _, err := fn.Handle(ctx, events.Must(events.New("test", events.ImagePushed, events.ImagePushed, events.Ref{Namespace: "default", Name: "qwen", Generation: 1},
+		events.ImagePushedData{Workspace: member("qwen", "qwen2.5-7b-instruct"), Reference: imgA}, nil))); err == nil || !strings.Contains(err.Error(), "serving pool phi3-pool") {
+		t.Errorf("a member of another preset: %v", err)
+	}
+	// support leaves: billing goes on in the same replica, support's adapter goes.
+	if _, err := fn.Handle(ctx, events.Must(events.New("test", events.WorkspaceDeleted, events.WorkspaceDeleted, ready[0].Ref, events.WorkspaceDeletedData{}, nil))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, _ = ask("support")
+		if strings.Contains(a, "404") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("support still answers after leaving: %s", a)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b, pod := ask("billing"); !strings.Contains(b, LoRAName("billing", imgB)) || pod != podB {
+		t.Errorf("billing after support left: %s (%s)", b, pod)
+	}
+	if _, err := fn.Handle(ctx, events.Must(events.New("test", events.WorkspaceDeleted, events.WorkspaceDeleted, ready[1].Ref, events.WorkspaceDeletedData{}, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := sim.Status(ctx, ready[1].Ref); st != nil {
+		t.Errorf("the pool is still there: %+v", st)
 	}
 }

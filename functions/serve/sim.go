@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -39,14 +40,17 @@ type Sim struct {
 	Log *slog.Logger
 
 	mu       sync.Mutex
-	services map[string]*simService
+	services map[string]*simService // by namespace/service
+	serving  map[string]string      // a workspace's (namespace/name) service key
 	seq      int
 }
 
 type simService struct {
-	d Deployment
-	// acked is the adapter set version whose outcome is stored (-1: any, a failure; 0: none).
-	acked int64
+	// d is the deployment that shaped the pods (the last applied); members are the workspaces
+	// served, one unless the service is a serving pool.
+	d       Deployment
+	pool    string
+	members map[string]*simMember
 	// set is the adapter set every replica reconciles with: the ConfigMap's stand-in.
 	set AdapterSet
 	// spec is what a change of needs a new revision (the base model and its runtime), revision
@@ -71,7 +75,23 @@ type simReplica struct {
 // Name implements Deployer.
 func (s *Sim) Name() string { return "sim" }
 
-func simKey(ref events.Ref) string { return ref.Namespace + "/" + ServiceName(ref) }
+type simMember struct {
+	d Deployment
+	// acked is the adapter set version whose outcome is stored (-1: any, a failure; 0: none).
+	acked int64
+}
+
+func wsKey(ref events.Ref) string { return ref.Namespace + "/" + ref.Name }
+
+// member is the service serving ref's workspace and its membership, if any.
+func (s *Sim) member(ref events.Ref) (*simService, *simMember, bool) {
+	svc, ok := s.services[s.serving[wsKey(ref)]]
+	if !ok {
+		return nil, nil, false
+	}
+	m, ok := svc.members[ref.Name]
+	return svc, m, ok
+}
 
 func (s *Sim) url(ns, svc string) string {
 	return fmt.Sprintf("%s/%s/%s", strings.TrimSuffix(s.BaseURL, "/"), ns, svc)
@@ -100,31 +120,55 @@ func planArgs(p *events.Plan) []string {
 // once the current revision serves the set (or ctx ends), as the sim has no watch to report it.
 func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	s.mu.Lock()
-	svc, ok := s.services[simKey(d.Ref)]
+	key := d.Ref.Namespace + "/" + d.Service
+	svc, ok := s.services[key]
 	if ok {
-		switch {
-		case d.Serving == 0 && svc.d.Ref.Generation >= d.Ref.Generation,
-			d.Serving != 0 && (svc.d.Ref.Generation > d.Ref.Generation || svc.d.ServingGeneration() == d.Serving):
+		if svc.pool != d.Pool {
 			s.mu.Unlock()
-			return nil // a redelivery, or an older generation arriving late
+			return events.Permanentf(events.ReasonForeignObject, "service %s is not serving pool %q's", key, d.Pool)
+		}
+		if m, ok := svc.members[d.Ref.Name]; ok {
+			switch {
+			case d.Serving == 0 && m.d.Ref.Generation >= d.Ref.Generation,
+				d.Serving != 0 && (m.d.Ref.Generation > d.Ref.Generation || m.d.ServingGeneration() == d.Serving):
+				s.mu.Unlock()
+				return nil // a redelivery, or an older generation arriving late
+			}
+			if d.Serving != 0 {
+				d.Plan = m.d.Plan // the same pods: only the adapter set changes
+			}
 		}
 	}
-	if d.Serving != 0 {
-		if !ok {
-			s.mu.Unlock()
-			return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
-		}
-		d.Plan = svc.d.Plan // the same pods: only the adapter set changes
+	if d.Serving != 0 && (!ok || svc.members[d.Ref.Name] == nil) {
+		s.mu.Unlock()
+		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
+	}
+	if ok && d.Pool != "" && len(svc.replicas) > 0 && svc.spec != simSpec(d) {
+		s.mu.Unlock()
+		return events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs %s; %s would need other pods (%s): a pool's members serve the same preset with the same plan",
+			d.Pool, svc.spec, d.Ref.Name, simSpec(d))
 	}
 	if s.services == nil {
-		s.services = map[string]*simService{}
+		s.services, s.serving = map[string]*simService{}, map[string]string{}
 	}
 	if !ok {
-		svc = &simService{}
-		s.services[simKey(d.Ref)] = svc
+		svc = &simService{pool: d.Pool, members: map[string]*simMember{}}
+		s.services[key] = svc
 	}
-	svc.d, svc.acked = d, 0
-	svc.set = DesiredSet(d, svc.set.Version+1, simPlace)
+	prev := svc.members[d.Ref.Name]
+	svc.members[d.Ref.Name] = &simMember{d: d}
+	set, err := svc.union(svc.set.Version + 1)
+	if err != nil {
+		if prev != nil {
+			svc.members[d.Ref.Name] = prev
+		} else {
+			delete(svc.members, d.Ref.Name)
+		}
+		s.mu.Unlock()
+		return err
+	}
+	svc.d, svc.set = d, set
+	s.serving[wsKey(d.Ref)] = key
 	live := svc.spec == simSpec(d) && len(svc.replicas) > 0
 	if live {
 		for _, r := range svc.replicas {
@@ -179,10 +223,14 @@ func (s *Sim) startLocked(svc *simService) error {
 		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
 	m := &AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
 	ctx, stop := context.WithCancel(context.Background())
-	p := &Proxy{Upstream: upstream, Model: ServedModel(d), Log: log, Adapters: m}
+	model := ServedModel(d)
+	if svc.pool != "" {
+		model = d.Workspace.PresetName() // a pool's requests name their model
+	}
+	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m}
 	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop, proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
-	key := simKey(d.Ref)
+	key := d.Ref.Namespace + "/" + d.Service
 	// The sim knows when the set changes (Apply notifies the replicas) and when the model has
 	// loaded, so the replica looks then; the interval is for what nothing announces.
 	go m.Run(ctx, func(context.Context) (AdapterSet, error) {
@@ -220,9 +268,9 @@ func (s *Sim) await(ctx context.Context, ref events.Ref) error {
 func (s *Sim) Scale(ref events.Ref, replicas int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	svc, ok := s.services[simKey(ref)]
+	svc, _, ok := s.member(ref)
 	if !ok {
-		return fmt.Errorf("no simulated service %s", simKey(ref))
+		return fmt.Errorf("no simulated service serves %s", wsKey(ref))
 	}
 	for len(svc.current()) < replicas {
 		if err := s.startLocked(svc); err != nil {
@@ -256,13 +304,13 @@ func (svc *simService) remove(r *simReplica) {
 func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	svc, ok := s.services[simKey(ref)]
+	svc, m, ok := s.member(ref)
 	if !ok {
 		return nil, nil
 	}
-	d := svc.d
-	st := &Status{Ref: d.Ref, Service: d.Service, Adapters: adapterNames(d.Adapters), Phase: Pending,
-		URL: s.url(d.Ref.Namespace, d.Service), Revision: fmt.Sprintf("%s-%05d", d.Service, svc.revision),
+	d := m.d
+	st := &Status{Ref: d.Ref, Service: svc.d.Service, Adapters: adapterNames(d.Adapters), Phase: Pending,
+		URL: s.url(d.Ref.Namespace, svc.d.Service), Revision: fmt.Sprintf("%s-%05d", svc.d.Service, svc.revision),
 		Version: svc.set.Version, ServingGeneration: d.ServingGeneration()}
 	cur := svc.current()
 	serving := 0
@@ -298,8 +346,10 @@ func (s *Sim) List(context.Context) ([]events.Ref, error) {
 	defer s.mu.Unlock()
 	var refs []events.Ref
 	for _, svc := range s.services {
-		if svc.acked != -1 && svc.acked != svc.set.Version {
-			refs = append(refs, svc.d.Ref)
+		for _, m := range svc.members {
+			if m.acked != -1 && m.acked != svc.set.Version {
+				refs = append(refs, m.d.Ref)
+			}
 		}
 	}
 	return refs, nil
@@ -309,8 +359,8 @@ func (s *Sim) List(context.Context) ([]events.Ref, error) {
 func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, version int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if svc, ok := s.services[simKey(ref)]; ok && svc.d.Ref.Generation == ref.Generation {
-		svc.acked = cmp.Or(version, -1)
+	if _, m, ok := s.member(ref); ok && m.d.Ref.Generation == ref.Generation {
+		m.acked = cmp.Or(version, -1)
 	}
 	return nil
 }
@@ -318,15 +368,43 @@ func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, version int64) erro
 // Delete implements Deployer.
 func (s *Sim) Delete(ctx context.Context, ref events.Ref) error {
 	s.mu.Lock()
-	if svc, ok := s.services[simKey(ref)]; ok {
-		for _, r := range slices.Clone(svc.replicas) {
-			svc.remove(r)
-		}
+	defer s.mu.Unlock()
+	svc, _, ok := s.member(ref)
+	if !ok {
+		return nil
 	}
-	delete(s.services, simKey(ref))
-	s.mu.Unlock()
+	key := s.serving[wsKey(ref)]
+	delete(svc.members, ref.Name)
+	delete(s.serving, wsKey(ref))
+	if len(svc.members) > 0 {
+		// A pool goes on serving its other members; the replicas unload this one's adapters.
+		set, err := svc.union(svc.set.Version + 1)
+		if err != nil {
+			return err
+		}
+		svc.set = set
+		for _, r := range svc.replicas {
+			r.manager.Notify()
+		}
+		logctx.Or(s.Log).InfoContext(ctx, "sim: workspace left its serving pool", "pool", svc.pool, "members", len(svc.members))
+		return nil
+	}
+	for _, r := range slices.Clone(svc.replicas) {
+		svc.remove(r)
+	}
+	delete(s.services, key)
 	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated inference endpoint removed")
 	return nil
+}
+
+// union is the adapter set of every member, at version: each member's adapters routed from its
+// own public names.
+func (svc *simService) union(version int64) (AdapterSet, error) {
+	var ds []Deployment
+	for _, name := range slices.Sorted(maps.Keys(svc.members)) {
+		ds = append(ds, svc.members[name].d)
+	}
+	return UnionSet(ds, version, simPlace)
 }
 
 // pick is the replica a request goes to: round robin over those that are ready, the current

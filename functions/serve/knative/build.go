@@ -87,9 +87,15 @@ func AdapterSetName(service string) string { return service + "-adapters" }
 // AdapterSet is the set that serves d at version: image adapters pulled with the pod's mounted
 // pull secrets (or its workload identity for ACR), volume adapters read where the pod mounts them.
 func AdapterSet(d serve.Deployment, version int64) serve.AdapterSet {
+	return serve.DesiredSet(d, version, placer())
+}
+
+// placer says where a pod finds each adapter, numbering pull secrets as presetPod numbers their
+// volumes (one placer per set, so a pool's members number alike).
+func placer() func(serve.Adapter, *serve.AdapterSpec) {
 	secretFiles := map[string]string{}
 	n := 0
-	return serve.DesiredSet(d, version, func(a serve.Adapter, spec *serve.AdapterSpec) {
+	return func(a serve.Adapter, spec *serve.AdapterSpec) {
 		if a.Volume != nil {
 			spec.Path = adapterVolumeDir + "/" + serve.AdapterName(a.Name)
 			return
@@ -103,7 +109,7 @@ func AdapterSet(d serve.Deployment, version int64) serve.AdapterSet {
 			spec.PullSecrets = append(spec.PullSecrets, secretFiles[sec])
 		}
 		spec.ACRIdentity = len(a.PullSecrets) == 0 && isACR(a.Image)
-	})
+	}
 }
 
 // progressDeadline is Knative's per-revision rollout deadline; nodeStartSeconds what a GPU node
@@ -124,6 +130,10 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	ws := d.Workspace
 	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace,
 		events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}
+	if d.Pool != "" {
+		// A pool's Service belongs to no one member; its members are labels of their own.
+		labels = map[string]string{LabelPool: d.Pool, events.LabelNamespace: d.Ref.Namespace}
+	}
 	count := ws.NodeCount()
 	annotations := map[string]string{
 		// The first rollout waits for the model to load (the pod's startup allowance) plus a
@@ -166,7 +176,7 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	spec.Tolerations = append(spec.Tolerations, tolerations...)
 	timeout := o.TimeoutSeconds
 	meta := map[string]string{}
-	if len(d.Adapters) > 0 {
+	if len(d.Adapters) > 0 && d.Pool == "" {
 		names := make([]string, len(d.Adapters))
 		for i, a := range d.Adapters {
 			names[i] = serve.AdapterName(a.Name)
@@ -243,6 +253,13 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		}
 	}
 	served := serve.ServedModel(d)
+	if d.Pool != "" {
+		// A pool's requests name their model; the pool holds its size in adapters, and one
+		// more for a swap.
+		served = d.Workspace.PresetName()
+		_, size := d.Workspace.ServingPool()
+		args = presets.MergeArgs(args, []string{"--max-loras", strconv.Itoa(size + 1)})
+	}
 	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
 	health := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10}
 	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},

@@ -117,6 +117,9 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	client := k.Client.Resource(Services).Namespace(d.Ref.Namespace)
 	// Look first: a redelivered or late event for a generation already applied builds nothing
 	// and reads no ConfigMap.
+	if d.Pool != "" {
+		return k.applyPool(ctx, client, d)
+	}
 	cur, err := k.current(ctx, client, d)
 	if err != nil {
 		return err
@@ -231,6 +234,10 @@ const AnnotationSetVersion = "kaitoflow.io/adapter-set"
 // patchMeta merges annotations and labels (a nil value removes one) into the Service's metadata:
 // no template change, so no revision.
 func (k *Deployer) patchMeta(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, annotations, labels map[string]any) error {
+	return patchMetadata(ctx, client, d.Ref.Namespace, d.Service, annotations, labels)
+}
+
+func patchMetadata(ctx context.Context, client dynamic.ResourceInterface, ns, name string, annotations, labels map[string]any) error {
 	meta := map[string]any{"annotations": annotations}
 	if labels != nil {
 		meta["labels"] = labels
@@ -239,8 +246,9 @@ func (k *Deployer) patchMeta(ctx context.Context, client dynamic.ResourceInterfa
 	if err != nil {
 		return err
 	}
-	if _, err := client.Patch(ctx, d.Service, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
-		return kubeerr.Classify(fmt.Errorf("annotate Knative Service %s/%s (generation %d): %w", d.Ref.Namespace, d.Service, d.Ref.Generation, err))
+	_, err = client.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return kubeerr.Classify(fmt.Errorf("annotate Knative Service %s/%s: %w", ns, name, err))
 	}
 	return nil
 }
@@ -383,23 +391,28 @@ func generationOf(o metav1.Object) int64 {
 func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, error) {
 	name := serve.ServiceName(ref)
 	u, err := k.Client.Resource(Services).Namespace(ref.Namespace).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("get Knative Service %s/%s: %w", ref.Namespace, name, err)
 	}
-	if u.GetLabels()[events.LabelWorkspace] != ref.Name {
-		return nil, nil
-	}
-	var svc servingv1.Service
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &svc); err != nil {
-		return nil, fmt.Errorf("decode Knative Service %s/%s: %w", ref.Namespace, name, err)
+	if err != nil || u.GetLabels()[events.LabelWorkspace] != ref.Name {
+		return k.poolStatus(ctx, ref)
 	}
 	st := &serve.Status{Ref: events.Ref{Namespace: ref.Namespace, Name: ref.Name, Generation: generationOf(u)}, Service: name, Phase: serve.Pending}
 	if a := u.GetAnnotations()[AnnotationAdapters]; a != "" {
 		st.Adapters = strings.Split(a, ",")
 	}
+	return st, k.fillStatus(ctx, u, st)
+}
+
+// fillStatus is the phase of a Service whose status st is for: Pending until Knative has observed
+// its current spec and decided, Ready with its URL once every replica serves its adapter set,
+// Failed with the failing revision's reason.
+func (k *Deployer) fillStatus(ctx context.Context, u *unstructured.Unstructured, st *serve.Status) error {
+	var svc servingv1.Service
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &svc); err != nil {
+		return fmt.Errorf("decode Knative Service %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	ns := u.GetNamespace()
 	switch {
 	case svc.IsReady():
 		st.Phase, st.Revision = serve.Ready, svc.Status.LatestReadyRevisionName
@@ -410,15 +423,15 @@ func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, e
 			st.Phase = serve.Pending // Ready without a route yet: wait for the URL
 			break
 		}
-		if err := k.replicasServe(ctx, ref.Namespace, st); err != nil {
-			return nil, err
+		if err := k.replicasServe(ctx, ns, st); err != nil {
+			return err
 		}
 	case svc.IsFailed():
 		c := svc.Status.GetCondition(servingv1.ServiceConditionReady)
 		st.Phase, st.Reason, st.Message = serve.Failed, c.Reason, c.Message
 		if rev := svc.Status.LatestCreatedRevisionName; rev != "" {
 			st.Revision = rev
-			if reason, msg, ok := k.revisionFailure(ctx, ref.Namespace, rev); ok {
+			if reason, msg, ok := k.revisionFailure(ctx, ns, rev); ok {
 				st.Reason, st.Message = reason, msg
 			}
 		}
@@ -426,7 +439,7 @@ func (k *Deployer) Status(ctx context.Context, ref events.Ref) (*serve.Status, e
 			st.Reason = "RevisionFailed"
 		}
 	}
-	return st, nil
+	return nil
 }
 
 // replicasServe checks that every running replica of the ready revision serves the current
@@ -442,7 +455,10 @@ func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Statu
 	if err != nil || set == nil {
 		return err
 	}
-	st.Version, st.ServingGeneration = set.Version, set.Generations[set.Default]
+	st.Version = set.Version
+	if set.Default != "" { // a pool's member says its own
+		st.ServingGeneration = set.Generations[set.Default]
+	}
 	if k.Replicas == nil {
 		return nil
 	}
@@ -513,7 +529,8 @@ func (k *Deployer) List(ctx context.Context) ([]events.Ref, error) {
 			refs = append(refs, events.Ref{Namespace: u.GetNamespace(), Name: u.GetLabels()[events.LabelWorkspace], Generation: gen})
 		}
 	}
-	return refs, nil
+	pools, err := k.poolMembers(ctx)
+	return append(refs, pools...), err
 }
 
 // ackValue is the acknowledged annotation's value: the generation, and the adapter set version
@@ -531,6 +548,12 @@ func ackValue(gen, version int64) string {
 // and adapter set version. The annotation is on the Service's metadata, not its template, so it
 // rolls no revision.
 func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref, version int64) error {
+	if pool, err := k.poolOf(ctx, ref); err != nil || pool != nil {
+		if err != nil {
+			return err
+		}
+		return k.patchPool(ctx, pool, map[string]any{ackedPrefix + ref.Name: ackValue(ref.Generation, version)}, nil)
+	}
 	name := serve.ServiceName(ref)
 	patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationAcked + `":"` + ackValue(ref.Generation, version) + `"}}}`)
 	_, err := k.Client.Resource(Services).Namespace(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
@@ -545,14 +568,11 @@ func (k *Deployer) Delete(ctx context.Context, ref events.Ref) error {
 	name := serve.ServiceName(ref)
 	client := k.Client.Resource(Services).Namespace(ref.Namespace)
 	u, err := client.Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("get Knative Service %s/%s: %w", ref.Namespace, name, err)
 	}
-	if u.GetLabels()[events.LabelWorkspace] != ref.Name {
-		return nil // not ours
+	if err != nil || u.GetLabels()[events.LabelWorkspace] != ref.Name {
+		return k.leavePool(ctx, ref) // a pool's member, or nothing of ours
 	}
 	err = client.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
 	if err != nil && !apierrors.IsNotFound(err) {

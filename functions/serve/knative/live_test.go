@@ -3,11 +3,13 @@ package knative
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -257,5 +259,101 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 		if a := pods.chat(p); !strings.Contains(a, serve.LoRAName(d1.Service, v1)) {
 			t.Errorf("%s answered %q after the failed load", p, a)
 		}
+	}
+}
+
+// ask sends one OpenAI chat completion for model to a replica's chat-proxy.
+func (r *replicaPods) ask(pod, model string) string {
+	r.t.Helper()
+	r.mu.Lock()
+	u := r.urls[pod]
+	r.mu.Unlock()
+	body := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`
+	resp, err := http.Post(u+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.Status + " " + string(b)
+}
+
+// Two tuned workspaces that name one serving pool share one Knative Service and its replica: the
+// second joins without a new revision, each answers by its own model name on the same pod, a
+// member whose pods would differ is refused, one that leaves has its adapter unloaded while the
+// other goes on, and the last to leave deletes the pool.
+func TestServingPoolInRunningReplicas(t *testing.T) {
+	k, ns := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := testenv.Registry(t)
+	const pool = "phi3-pool"
+	member := func(name, image string) serve.Deployment {
+		d := seedDeployment(t, ns, 1)
+		d.Ref.Name, d.Workspace.Name = name, name
+		d.Workspace.Annotations = map[string]string{events.AnnotationServingPool: pool}
+		d.Adapters = []serve.Adapter{{Name: name, Image: image, Strength: "1.0"}}
+		return d
+	}
+	support, billing := member("support", testenv.PushAdapter(t, host, "support", "v1")), member("billing", testenv.PushAdapter(t, host, "billing", "v1"))
+	pods := &replicaPods{t: t, ns: ns, rev: pool + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
+	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	fn := serve.New(k, quiet)
+
+	if _, err := fn.Handle(ctx, imagePushed(t, support)); err != nil {
+		t.Fatal(err)
+	}
+	setStatus(t, ns, pool, corev1.ConditionTrue, "", "", "")
+	pods.start(ctx, "pod-p", pool)
+	until(ctx, t, fn, support.Ref, pool, events.InferenceReady)
+	if _, err := fn.Handle(ctx, imagePushed(t, billing)); err != nil {
+		t.Fatal(err)
+	}
+	var rd events.InferenceReadyData
+	if err := events.Data(until(ctx, t, fn, billing.Ref, pool, events.InferenceReady), &rd); err != nil || rd.Service != pool || strings.Join(rd.Adapters, ",") != "billing" {
+		t.Fatalf("billing's inference.ready: %+v %v", rd, err)
+	}
+	svc, err := dyn.Resource(Services).Namespace(ns).Get(ctx, pool, metav1.GetOptions{})
+	if err != nil || svc.GetGeneration() != 1 || svc.GetLabels()[memberPrefix+"support"] != "1" || svc.GetLabels()[memberPrefix+"billing"] != "1" {
+		t.Fatalf("pool Service: generation %d labels %v (%v)", svc.GetGeneration(), svc.GetLabels(), err)
+	}
+	for _, m := range []serve.Deployment{support, billing} {
+		if a := pods.ask("pod-p", m.Ref.Name); !strings.Contains(a, serve.LoRAName(m.Ref.Name, m.Adapters[0].Image)) {
+			t.Errorf("%s on the pool's pod: %s", m.Ref.Name, a)
+		}
+	}
+	// A member whose pods would differ (other runtime arguments) cannot join.
+	other := member("qwen", support.Adapters[0].Image)
+	plan := *other.Plan
+	plan.RuntimeArgs = append(slices.Clone(plan.RuntimeArgs), "--enforce-eager")
+	other.Plan = &plan
+	if _, err := fn.Handle(ctx, imagePushed(t, other)); err == nil || !strings.Contains(err.Error(), "serving pool "+pool+" runs another pod") {
+		t.Errorf("a member with other pods: %v", err)
+	}
+
+	// support leaves: billing goes on, on the same pod; support's adapter is unloaded.
+	del := func(ref events.Ref) {
+		t.Helper()
+		if _, err := fn.Handle(ctx, events.Must(events.New("test", events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{}, nil))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del(support.Ref)
+	deadline := time.Now().Add(20 * time.Second)
+	for slices.Contains(pods.rts["pod-p"].LoRAs(), serve.LoRAName("support", support.Adapters[0].Image)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("support's adapter still loaded: %v", pods.rts["pod-p"].LoRAs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if a := pods.ask("pod-p", "billing"); !strings.Contains(a, serve.LoRAName("billing", billing.Adapters[0].Image)) {
+		t.Errorf("billing after support left: %s", a)
+	}
+	if st, err := k.Status(ctx, support.Ref); err != nil || st != nil {
+		t.Errorf("support's status after leaving: %+v %v", st, err)
+	}
+	del(billing.Ref)
+	if _, err := dyn.Resource(Services).Namespace(ns).Get(ctx, pool, metav1.GetOptions{}); err == nil {
+		t.Error("the pool's Service outlived its last member")
 	}
 }

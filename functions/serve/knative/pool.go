@@ -1,0 +1,277 @@
+package knative
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
+)
+
+// A serving pool is one Knative Service (named as the pool) that serves the adapters of every
+// workspace whose kaitoflow.io/serving-pool names it: one revision template (the members must
+// build the same one: same preset, plan, node selector, pull secrets and pool size), one adapter
+// set holding every member's adapters side by side, each routed from its workspace's model name.
+// The Service carries a member.kaitoflow.io/<workspace> label per member (its generation) and an
+// acked.kaitoflow.io/<workspace> annotation once its outcome is stored; the set's ConfigMap keeps
+// what each member serves (MembersKey). The last member to leave deletes it.
+const (
+	// LabelPool names the serving pool a Knative Service is.
+	LabelPool    = "kaitoflow.io/serving-pool"
+	memberPrefix = "member.kaitoflow.io/"
+	ackedPrefix  = "acked.kaitoflow.io/"
+	// MembersKey is the set ConfigMap's key holding each member's adapters.
+	MembersKey = "members.json"
+)
+
+// poolMember is what one workspace serves in a pool.
+type poolMember struct {
+	Generation int64           `json:"generation"`
+	Serving    int64           `json:"serving,omitempty"`
+	Adapters   []serve.Adapter `json:"adapters,omitempty"`
+}
+
+func (m poolMember) deployment(ns, name, pool string) serve.Deployment {
+	return serve.Deployment{Ref: events.Ref{Namespace: ns, Name: name, Generation: m.Generation}, Service: pool, Pool: pool,
+		Adapters: m.Adapters, Serving: m.Serving}
+}
+
+// applyPool makes d's workspace a member of its pool at d's generation: the pool's Service is
+// created by its first member and must be built alike by every other; the member's adapters join
+// the pool's set, which the running replicas load live.
+func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment) error {
+	cur, err := client.Get(ctx, d.Service, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		cur = nil
+	case err != nil:
+		return fmt.Errorf("get Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err)
+	case cur.GetLabels()[LabelPool] != d.Pool:
+		return events.Permanentf(events.ReasonForeignObject, "Knative Service %s/%s exists and is not serving pool %s (no %s=%s label); name another pool",
+			d.Ref.Namespace, d.Service, d.Pool, LabelPool, d.Pool)
+	}
+	members, err := k.readMembers(ctx, d.Ref.Namespace, d.Service)
+	if err != nil {
+		return err
+	}
+	m, isMember := members[d.Ref.Name]
+	switch {
+	case isMember && d.Serving == 0 && m.Generation >= d.Ref.Generation,
+		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || cmpServing(m) == d.Serving):
+		return nil // a redelivery, or an older generation arriving late
+	case d.Serving != 0 && (!isMember || cur == nil):
+		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s serves nothing in pool %s", d.Serving, d.Ref, d.Pool)
+	}
+	if d.Serving == 0 {
+		obj, err := k.build(ctx, d)
+		if err != nil {
+			return err
+		}
+		if cur != nil && cur.GetAnnotations()[AnnotationTemplate] != obj.GetAnnotations()[AnnotationTemplate] {
+			return events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs another pod than %s would (template %s, this workspace's %s): a pool's members serve the same preset with the same plan, node labels, pull secrets and pool size",
+				d.Pool, d.Ref.Name, cur.GetAnnotations()[AnnotationTemplate], obj.GetAnnotations()[AnnotationTemplate])
+		}
+		if cur == nil {
+			if cur, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager}); apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("serving pool %s/%s created meanwhile; retrying to join it: %w", d.Ref.Namespace, d.Pool, err)
+			} else if err != nil {
+				return kubeerr.Classify(fmt.Errorf("create serving pool %s/%s: %w", d.Ref.Namespace, d.Pool, err))
+			}
+			logctx.Or(k.Log).InfoContext(ctx, "serving pool created", "pool", d.Pool, "namespace", d.Ref.Namespace, "by", d.Ref.Name)
+		}
+	}
+	members[d.Ref.Name] = poolMember{Generation: d.Ref.Generation, Serving: d.Serving, Adapters: d.Adapters}
+	version, err := k.writeMembers(ctx, d.Ref.Namespace, d.Pool, cur, members)
+	if err != nil {
+		return err
+	}
+	logctx.Or(k.Log).InfoContext(ctx, "serving pool member applied: the running replicas load its adapters live", "pool", d.Pool,
+		"workspace", d.Ref.Name, "generation", d.Ref.Generation, "members", len(members))
+	return k.patchPool(ctx, cur, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
+		map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(d.Ref.Generation, 10)})
+}
+
+func cmpServing(m poolMember) int64 {
+	if m.Serving != 0 {
+		return m.Serving
+	}
+	return m.Generation
+}
+
+// readMembers is what each member of a pool serves, from the set's ConfigMap.
+func (k *Deployer) readMembers(ctx context.Context, ns, pool string) (map[string]poolMember, error) {
+	members := map[string]poolMember{}
+	if k.Kube == nil {
+		return members, nil
+	}
+	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(pool), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return members, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get serving pool %s/%s's members: %w", ns, pool, err)
+	}
+	if b := cm.Data[MembersKey]; b != "" {
+		if err := json.Unmarshal([]byte(b), &members); err != nil {
+			return nil, fmt.Errorf("serving pool %s/%s: %s: %w", ns, pool, MembersKey, err)
+		}
+	}
+	return members, nil
+}
+
+// writeMembers writes the pool's members and the union of their adapters (one version up when it
+// changed) to the set's ConfigMap, owned by the pool's Service, and returns the set's version.
+func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *unstructured.Unstructured, members map[string]poolMember) (int64, error) {
+	if k.Kube == nil {
+		return 0, fmt.Errorf("knative deployer: no Kubernetes client to write serving pool %s's adapter set with", pool)
+	}
+	var ds []serve.Deployment
+	for _, name := range slices.Sorted(maps.Keys(members)) {
+		ds = append(ds, members[name].deployment(ns, name, pool))
+	}
+	want, err := serve.UnionSet(ds, 1, placer())
+	if err != nil {
+		return 0, err
+	}
+	membersJSON, err := json.Marshal(members)
+	if err != nil {
+		return 0, err
+	}
+	cms := k.Kube.CoreV1().ConfigMaps(ns)
+	name := AdapterSetName(pool)
+	cur, err := cms.Get(ctx, name, metav1.GetOptions{})
+	exists := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return 0, kubeerr.Classify(fmt.Errorf("get serving pool %s/%s's adapter set: %w", ns, pool, err))
+	}
+	if exists {
+		if have, derr := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey])); derr == nil {
+			want.Version = have.Version
+			if !have.Equal(want) {
+				want.Version++
+			}
+		}
+	}
+	d := serve.Deployment{Ref: events.Ref{Namespace: ns, Name: pool}, Service: pool}
+	cm, err := setConfigMap(d, name, want, owner)
+	if err != nil {
+		return 0, err
+	}
+	cm.Labels = map[string]string{LabelPool: pool, events.LabelNamespace: ns}
+	cm.Data[MembersKey] = string(membersJSON)
+	if !exists {
+		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
+			return 0, kubeerr.Classify(fmt.Errorf("create serving pool %s/%s's adapter set: %w", ns, pool, err))
+		}
+		return want.Version, nil
+	}
+	cm.ResourceVersion = cur.ResourceVersion
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		return 0, kubeerr.Classify(fmt.Errorf("update serving pool %s/%s's adapter set: %w", ns, pool, err))
+	}
+	return want.Version, nil
+}
+
+// poolOf is the pool Service that has ref's workspace as a member, nil when none does.
+func (k *Deployer) poolOf(ctx context.Context, ref events.Ref) (*unstructured.Unstructured, error) {
+	l, err := k.Client.Resource(Services).Namespace(ref.Namespace).List(ctx, metav1.ListOptions{LabelSelector: memberPrefix + ref.Name})
+	if err != nil {
+		return nil, fmt.Errorf("find the serving pool of %s: %w", ref, err)
+	}
+	for i := range l.Items {
+		if l.Items[i].GetLabels()[LabelPool] != "" {
+			return &l.Items[i], nil
+		}
+	}
+	return nil, nil
+}
+
+// poolStatus is a pool member's status: the pool Service's phase, the member's own adapters and
+// generation. Nil when the workspace is in no pool.
+func (k *Deployer) poolStatus(ctx context.Context, ref events.Ref) (*serve.Status, error) {
+	u, err := k.poolOf(ctx, ref)
+	if err != nil || u == nil {
+		return nil, err
+	}
+	gen, _ := strconv.ParseInt(u.GetLabels()[memberPrefix+ref.Name], 10, 64)
+	members, err := k.readMembers(ctx, ref.Namespace, u.GetName())
+	if err != nil {
+		return nil, err
+	}
+	m := members[ref.Name]
+	st := &serve.Status{Ref: events.Ref{Namespace: ref.Namespace, Name: ref.Name, Generation: gen}, Service: u.GetName(), Phase: serve.Pending,
+		ServingGeneration: cmpServing(m)}
+	for _, a := range m.Adapters {
+		st.Adapters = append(st.Adapters, serve.AdapterName(a.Name))
+	}
+	return st, k.fillStatus(ctx, u, st)
+}
+
+// poolMembers are the pool members whose outcome is not acknowledged for the pool's current set.
+func (k *Deployer) poolMembers(ctx context.Context) ([]events.Ref, error) {
+	l, err := k.Client.Resource(Services).Namespace("").List(ctx, metav1.ListOptions{LabelSelector: LabelPool})
+	if err != nil {
+		return nil, fmt.Errorf("list serving pools: %w", err)
+	}
+	var refs []events.Ref
+	for _, u := range l.Items {
+		version, _ := strconv.ParseInt(u.GetAnnotations()[AnnotationSetVersion], 10, 64)
+		for key, v := range u.GetLabels() {
+			name, ok := strings.CutPrefix(key, memberPrefix)
+			if !ok {
+				continue
+			}
+			gen, _ := strconv.ParseInt(v, 10, 64)
+			if acked := u.GetAnnotations()[ackedPrefix+name]; acked != ackValue(gen, 0) && acked != ackValue(gen, version) {
+				refs = append(refs, events.Ref{Namespace: u.GetNamespace(), Name: name, Generation: gen})
+			}
+		}
+	}
+	return refs, nil
+}
+
+// leavePool removes ref's workspace from its pool: its adapters leave the set (the replicas unload
+// them), and the last member to leave deletes the pool's Service (its set goes with it).
+func (k *Deployer) leavePool(ctx context.Context, ref events.Ref) error {
+	u, err := k.poolOf(ctx, ref)
+	if err != nil || u == nil {
+		return err
+	}
+	members, err := k.readMembers(ctx, ref.Namespace, u.GetName())
+	if err != nil {
+		return err
+	}
+	delete(members, ref.Name)
+	if len(members) == 0 {
+		err := k.Client.Resource(Services).Namespace(ref.Namespace).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete serving pool %s/%s: %w", ref.Namespace, u.GetName(), err)
+		}
+		logctx.Or(k.Log).InfoContext(ctx, "serving pool deleted: its last member left", "pool", u.GetName(), "namespace", ref.Namespace)
+		return nil
+	}
+	version, err := k.writeMembers(ctx, ref.Namespace, u.GetName(), u, members)
+	if err != nil {
+		return err
+	}
+	logctx.Or(k.Log).InfoContext(ctx, "workspace left its serving pool", "pool", u.GetName(), "workspace", ref.Name, "members", len(members))
+	return k.patchPool(ctx, u, map[string]any{ackedPrefix + ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
+		map[string]any{memberPrefix + ref.Name: nil})
+}
+
+// patchPool merges annotations and labels into a pool Service's metadata: never its template.
+func (k *Deployer) patchPool(ctx context.Context, u *unstructured.Unstructured, annotations, labels map[string]any) error {
+	return patchMetadata(ctx, k.Client.Resource(Services).Namespace(u.GetNamespace()), u.GetNamespace(), u.GetName(), annotations, labels)
+}
