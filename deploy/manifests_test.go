@@ -420,6 +420,17 @@ func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	if err := svc.Validate(with).Filter(apis.ErrorLevel); err != nil {
 		t.Errorf("weights cache claim, with serving-features: %v", err)
 	}
+	// Filled once by the trainer's fetch in an init container, read-only by the model server.
+	fetched := cached
+	fetched.WeightsImage = "example.azurecr.io/kaitoflow/trainer:test"
+	fsvc, err := knative.BuildService(d, rt, fetched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsvc.SetDefaults(with)
+	if err := fsvc.Validate(with).Filter(apis.ErrorLevel); err != nil || len(fsvc.Spec.Template.Spec.InitContainers) != 1 {
+		t.Errorf("weights fetched into the claim by an init container, with serving-features: %v", err)
+	}
 	readOnly := maps.Clone(cm.Data)
 	delete(readOnly, "kubernetes.podspec-persistent-volume-write")
 	if err := svc.Validate(knativeContext(t, readOnly)).Filter(apis.ErrorLevel); err == nil {

@@ -525,7 +525,7 @@ func (b *builder) serve() (runtime.Handler, error) {
 		if d.RuntimeImage != "" {
 			o.RuntimeImage = d.RuntimeImage
 		}
-		o.ProxyImage, o.WeightsCache = d.ProxyImage, d.WeightsCache
+		o.ProxyImage, o.WeightsCache, o.WeightsImage = d.ProxyImage, d.WeightsCache, d.TrainerImage
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err

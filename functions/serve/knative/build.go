@@ -41,6 +41,11 @@ type Options struct {
 	// keeps downloaded weights on, so a pod woken from zero skips the download; a workspace's
 	// kaitoflow.io/weights-cache annotation overrides it (presets.WeightsCache).
 	WeightsCache string
+	// WeightsImage is the trainer's image: with a weights cache claim, its kaitoflow_trainer.fetch
+	// fills the claim once per model revision (an init container, checksums verified) and the
+	// model server reads it read-only and offline. Without it the model server downloads into the
+	// claim itself.
+	WeightsImage string
 }
 
 // DefaultOptions are the defaults of Options.
@@ -58,8 +63,9 @@ type Runtime struct {
 	Args []string
 	GPUs int
 	// StartupSeconds is how long the model may take to download and load before the pod counts
-	// as failed: sized to the weights.
+	// as failed: sized to the weights (WeightsGiB, 0 when unknown).
 	StartupSeconds int32
+	WeightsGiB     float64
 }
 
 // Ports and paths inside the pod.
@@ -252,6 +258,27 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 			secretMounts = append(secretMounts, corev1.VolumeMount{Name: v.Name, MountPath: pullSecretDir + "/" + v.Name, ReadOnly: true})
 		}
 	}
+	cache := presets.WeightsCache(d.Workspace, o.WeightsCache)
+	startupSeconds := rt.StartupSeconds
+	cacheMount := corev1.VolumeMount{Name: "cache", MountPath: "/mnt/cache"}
+	modelEnv := []corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}, {Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}}
+	var inits []corev1.Container
+	if model, revision := modelOf(rt.Args); cache.PersistentVolumeClaim != nil && o.WeightsImage != "" && model != "" {
+		// Weights once: the first pod of a model revision fills the claim (the trainer's fetch,
+		// checksums verified, resumable); every later one finds it complete and fetches nothing.
+		// The model server reads the claim read-only and offline, so its startup allowance is the
+		// load alone; the download counts against the revision's progress deadline.
+		inits = append(inits, corev1.Container{
+			Name: "weights", Image: o.WeightsImage,
+			Command: []string{"python", "-m", "kaitoflow_trainer.fetch", "--model", model, "--revision", revision},
+			Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+				presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
+			VolumeMounts: []corev1.VolumeMount{cacheMount},
+		})
+		cacheMount.ReadOnly = true
+		modelEnv = append(modelEnv, corev1.EnvVar{Name: "HF_HUB_OFFLINE", Value: "1"})
+		startupSeconds = loadSeconds(rt.WeightsGiB)
+	}
 	served := serve.ServedModel(d)
 	if d.Pool != "" {
 		// A pool's requests name their model; the pool holds its size in adapters, and one
@@ -263,7 +290,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
 	health := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10}
 	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
-		PeriodSeconds: 10, FailureThreshold: max(rt.StartupSeconds/10, 1)}
+		PeriodSeconds: 10, FailureThreshold: max(startupSeconds/10, 1)}
 	shm := resource.MustParse("8Gi")
 	sa := ""
 	if identity {
@@ -271,6 +298,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	}
 	return corev1.PodSpec{
 		ServiceAccountName: sa,
+		InitContainers:     inits,
 		Containers: []corev1.Container{
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
@@ -290,26 +318,37 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 				// configured), with the token of presetOptions.modelAccessSecret for gated models.
 				// Adapters are loaded and unloaded at runtime by chat-proxy (the set changes without a
 				// new revision).
-				Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}, {Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}},
-					presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
+				Env:  append(modelEnv, presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
 				Resources: corev1.ResourceRequirements{
 					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
 				},
 				VolumeMounts: append([]corev1.VolumeMount{
 					{Name: "adapters", MountPath: adapterDir, ReadOnly: true},
 					{Name: "shm", MountPath: "/dev/shm"},
-					{Name: "cache", MountPath: "/mnt/cache"},
+					cacheMount,
 				}, adapterMounts...),
 			},
 		},
 		Volumes: append([]corev1.Volume{
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
-			{Name: "cache", VolumeSource: presets.WeightsCache(d.Workspace, o.WeightsCache)},
+			{Name: "cache", VolumeSource: cache},
 			{Name: "adapter-set", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: AdapterSetName(d.Service)}}}},
 		}, slices.Concat(secretVols, adapterVols)...),
 	}, nil
+}
+
+// modelOf is the Hugging Face repository and revision vLLM's arguments name: the positional model
+// and --revision.
+func modelOf(args []string) (model, revision string) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		model = args[0]
+	}
+	if i := slices.Index(args, "--revision"); i >= 0 && i+1 < len(args) {
+		revision = args[i+1]
+	}
+	return model, revision
 }
 
 // InferenceServiceAccount is the identity of inference pods that pull an adapter from an Azure

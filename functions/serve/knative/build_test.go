@@ -313,3 +313,42 @@ func TestHuggingFaceModelServiceGolden(t *testing.T) {
 	}
 	golden.CheckYAML(t, "hf-model-service.yaml", svc)
 }
+
+// Weights once: with a weights cache claim and the trainer's image, an init container fills the
+// claim once per model revision and the model server reads it read-only and offline, with a startup
+// allowance for the load alone; the revision's progress deadline still covers the download.
+func TestWeightsFetchedOnceIntoTheClaim(t *testing.T) {
+	d := seedDeployment(t, "default", 1)
+	rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions()
+	o.WeightsCache, o.WeightsImage = "model-weights", "example.azurecr.io/kaitoflow/trainer:test"
+	svc, err := BuildService(d, rt, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden.CheckYAML(t, "seed-service-weights.yaml", svc)
+	spec := svc.Spec.Template.Spec
+	if len(spec.InitContainers) != 1 || !strings.Contains(strings.Join(spec.InitContainers[0].Command, " "),
+		"kaitoflow_trainer.fetch --model microsoft/Phi-3-mini-128k-instruct --revision "+rt.Args[2]) {
+		t.Fatalf("no weights fetch: %+v", spec.InitContainers)
+	}
+	model := spec.Containers[1]
+	readOnly := slices.ContainsFunc(model.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "cache" && m.ReadOnly })
+	offline := slices.Contains(model.Env, corev1.EnvVar{Name: "HF_HUB_OFFLINE", Value: "1"})
+	if !readOnly || !offline {
+		t.Errorf("the model server does not read the claim read-only and offline: %+v %+v", model.VolumeMounts, model.Env)
+	}
+	without, _ := BuildService(d, rt, testOptions())
+	if got, download := spec.Containers[0].StartupProbe.FailureThreshold, without.Spec.Template.Spec.Containers[0].StartupProbe.FailureThreshold; got >= download {
+		t.Errorf("startup allowance %d checks with the weights fetched, %d with a download: want less", got, download)
+	}
+	// Without the trainer's image the model server downloads into the claim itself, as before.
+	o.WeightsImage = ""
+	svc, _ = BuildService(d, rt, o)
+	if len(svc.Spec.Template.Spec.InitContainers) != 0 {
+		t.Errorf("a fetch without an image: %+v", svc.Spec.Template.Spec.InitContainers)
+	}
+}

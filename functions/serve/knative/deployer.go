@@ -77,7 +77,7 @@ func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
 	// The plan provision made has the arguments (and, for a model read from the Hub, is the only
 	// place its size is known).
 	if p := d.Plan; p != nil && len(p.RuntimeArgs) > 0 && p.WeightsGiB > 0 {
-		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(p.WeightsGiB)}, nil
+		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(p.WeightsGiB), WeightsGiB: p.WeightsGiB}, nil
 	}
 	m, err := k.Catalog.Model(preset)
 	if err != nil {
@@ -85,7 +85,7 @@ func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
 	}
 	weights := float64(m.Parameters) * 2 / (1 << 30)
 	if p := d.Plan; p != nil && len(p.RuntimeArgs) > 0 {
-		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(weights)}, nil
+		return Runtime{Args: p.RuntimeArgs, GPUs: p.GPUs, StartupSeconds: startupSeconds(weights), WeightsGiB: weights}, nil
 	}
 	rank, instanceType := 8, ws.InstanceType()
 	if p := d.Plan; p != nil {
@@ -102,13 +102,19 @@ func (k *Deployer) Runtime(d serve.Deployment) (Runtime, error) {
 		}
 		return Runtime{}, events.Permanent(events.ReasonInvalidWorkspace, err)
 	}
-	return Runtime{Args: ip.VLLMArgs(), GPUs: ip.GPUs, StartupSeconds: startupSeconds(weights)}, nil
+	return Runtime{Args: ip.VLLMArgs(), GPUs: ip.GPUs, StartupSeconds: startupSeconds(weights), WeightsGiB: weights}, nil
 }
 
 // startupSeconds allows five minutes plus 30 s per GiB of weights (a download at a modest 35 MB/s,
 // then loading onto the GPUs) before a model server that has not answered counts as failed.
 func startupSeconds(weightsGiB float64) int32 {
 	return int32(300 + 30*math.Ceil(weightsGiB))
+}
+
+// loadSeconds allows two minutes plus 10 s per GiB (a claim read at ~100 MB/s, then the GPUs) for a
+// model server whose weights are in the cache already: nothing left to download.
+func loadSeconds(weightsGiB float64) int32 {
+	return int32(120 + 10*math.Ceil(weightsGiB))
 }
 
 // Apply implements serve.Deployer: create the Service, or update it to a newer generation (which

@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from . import EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, launch, tokens, weights
+from . import EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, fetch, launch, tokens, weights
 
 TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
 PROGRESS_PREFIX = "KAITOFLOW_PROGRESS "
@@ -207,7 +207,9 @@ def _evaluate(trainer, eval_set):
 def _weights(cfg, args):
     """The base model's local directory, downloaded first when args.model is a repository id."""
     local_only = bool(cfg.get("ModelConfig", {}).get("local_files_only", False))
-    path = weights.resolve(args.model, args.revision, local_only, weights.cache_dir(args.cache_dir, os.environ), os.environ)
+    # Through fetch: a snapshot the inference pods (or an earlier run) completed is used with no
+    # request to the Hub, and one fetched here is marked complete for them.
+    path, _ = fetch.fetch(args.model, args.revision, weights.cache_dir(args.cache_dir, os.environ), os.environ, local_files_only=local_only)
     if main_process():
         print("kaitoflow-trainer: model %s@%s from %s" % (args.model, args.revision or "main", path), flush=True)
     return path
