@@ -318,7 +318,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 				// configured), with the token of presetOptions.modelAccessSecret for gated models.
 				// Adapters are loaded and unloaded at runtime by chat-proxy (the set changes without a
 				// new revision).
-				Env:  append(modelEnv, presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
+				Env: append(modelEnv, presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
 				Resources: corev1.ResourceRequirements{
 					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
 				},
