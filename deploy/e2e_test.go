@@ -267,10 +267,12 @@ func TestClusterEndToEnd(t *testing.T) {
 		return err == nil
 	})
 	// The adapter set its replicas load names the pushed adapter by digest.
-	cm, err := admin.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the adapter set: %v", err)
-	}
+	// The set is written right after the Service it is owned by.
+	var cm *corev1.ConfigMap
+	waitFor(t, "the adapter set", 30*time.Second, func() bool {
+		cm, err = admin.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
+		return err == nil
+	})
 	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 ||
 		!strings.HasPrefix(set.Adapters[0].Image, target.Context().String()+"@sha256:") {
 		t.Errorf("the inference Service's adapter set does not name the pushed adapter by digest: %+v %v", set, err)

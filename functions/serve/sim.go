@@ -143,13 +143,20 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 		s.mu.Unlock()
 		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
 	}
-	if ok && d.Pool != "" && len(svc.replicas) > 0 && svc.spec != simSpec(d) {
+	if ok && d.Pool != "" && svc.spec != "" && svc.spec != simSpec(d) {
 		s.mu.Unlock()
 		return events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs %s; %s would need other pods (%s): a pool's members serve the same preset with the same plan",
 			d.Pool, svc.spec, d.Ref.Name, simSpec(d))
 	}
 	if s.services == nil {
 		s.services, s.serving = map[string]*simService{}, map[string]string{}
+	}
+	if old := s.serving[wsKey(d.Ref)]; old != "" && old != key {
+		// Moving into or out of a pool: the workspace leaves the service that served it.
+		if err := s.leaveLocked(ctx, d.Ref); err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	}
 	if !ok {
 		svc = &simService{pool: d.Pool, members: map[string]*simMember{}}
@@ -369,6 +376,12 @@ func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, version int64) erro
 func (s *Sim) Delete(ctx context.Context, ref events.Ref) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.leaveLocked(ctx, ref)
+}
+
+// leaveLocked takes ref's workspace out of the service that serves it, removing the service when
+// it was the last member.
+func (s *Sim) leaveLocked(ctx context.Context, ref events.Ref) error {
 	svc, _, ok := s.member(ref)
 	if !ok {
 		return nil

@@ -214,7 +214,9 @@ func (c *Controller) rollback(ctx context.Context, u *unstructured.Unstructured,
 		switch {
 		case errors.As(err, &refused):
 		case err != nil:
-			return err // the bus: retried
+			// The bus: retried. The status goes out now, so the Events already recorded are not
+			// recorded again by the retry.
+			return errors.Join(err, c.writeStatus(ctx, u, *st))
 		default:
 			c.event(u, corev1.EventTypeNormal, "RollbackRequested", fmt.Sprintf("serving generation %d's adapter %s again", target.Generation, target.Image))
 		}

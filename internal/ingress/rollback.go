@@ -29,7 +29,9 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 		return target, &RollbackRefused{fmt.Sprintf("workspace %s/%s: its manifest is not in the record yet", rec.Namespace, rec.Name)}
 	}
 	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
-	id := fmt.Sprintf("%s/%d/%s", events.AdapterSelected, target.Generation, key)
+	// The id names the request, not its target: a retried request whose target reads otherwise
+	// (the record moved on meanwhile) is still the same request, stored once.
+	id := events.AdapterSelected + "/" + key
 	ev, err := events.New(source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
 		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: "rollback"}, nil)
 	if err != nil {

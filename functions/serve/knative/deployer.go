@@ -126,6 +126,10 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	if d.Pool != "" {
 		return k.applyPool(ctx, client, d)
 	}
+	// A workspace that was in a serving pool until now is served alone: it leaves the pool.
+	if err := k.leavePool(ctx, d.Ref); err != nil {
+		return err
+	}
 	cur, err := k.current(ctx, client, d)
 	if err != nil {
 		return err
@@ -240,10 +244,12 @@ const AnnotationSetVersion = "kaitoflow.io/adapter-set"
 // patchMeta merges annotations and labels (a nil value removes one) into the Service's metadata:
 // no template change, so no revision.
 func (k *Deployer) patchMeta(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, annotations, labels map[string]any) error {
-	return patchMetadata(ctx, client, d.Ref.Namespace, d.Service, annotations, labels)
+	return patchMetadata(ctx, client, d.Ref.Namespace, d.Service, annotations, labels, false)
 }
 
-func patchMetadata(ctx context.Context, client dynamic.ResourceInterface, ns, name string, annotations, labels map[string]any) error {
+// patchMetadata merges annotations and labels into a Service's metadata; with gone, a Service
+// that is not there any more is no error.
+func patchMetadata(ctx context.Context, client dynamic.ResourceInterface, ns, name string, annotations, labels map[string]any, gone bool) error {
 	meta := map[string]any{"annotations": annotations}
 	if labels != nil {
 		meta["labels"] = labels
@@ -253,7 +259,7 @@ func patchMetadata(ctx context.Context, client dynamic.ResourceInterface, ns, na
 		return err
 	}
 	_, err = client.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if err != nil && !(gone && apierrors.IsNotFound(err)) {
 		return kubeerr.Classify(fmt.Errorf("annotate Knative Service %s/%s: %w", ns, name, err))
 	}
 	return nil
@@ -569,16 +575,27 @@ func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref, version int6
 	return nil
 }
 
-// Delete implements serve.Deployer.
+// Delete implements serve.Deployer: the workspace's own Service, or its place in a serving pool.
 func (k *Deployer) Delete(ctx context.Context, ref events.Ref) error {
+	if err := k.deleteOwn(ctx, ref); err != nil {
+		return err
+	}
+	return k.leavePool(ctx, ref)
+}
+
+// deleteOwn deletes the Service that serves the workspace alone, if there is one.
+func (k *Deployer) deleteOwn(ctx context.Context, ref events.Ref) error {
 	name := serve.ServiceName(ref)
 	client := k.Client.Resource(Services).Namespace(ref.Namespace)
 	u, err := client.Get(ctx, name, metav1.GetOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("get Knative Service %s/%s: %w", ref.Namespace, name, err)
 	}
-	if err != nil || u.GetLabels()[events.LabelWorkspace] != ref.Name {
-		return k.leavePool(ctx, ref) // a pool's member, or nothing of ours
+	if u.GetLabels()[events.LabelWorkspace] != ref.Name {
+		return nil // not ours
 	}
 	err = client.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
 	if err != nil && !apierrors.IsNotFound(err) {

@@ -62,15 +62,26 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 		return events.Permanentf(events.ReasonForeignObject, "Knative Service %s/%s exists and is not serving pool %s (no %s=%s label); name another pool",
 			d.Ref.Namespace, d.Service, d.Pool, LabelPool, d.Pool)
 	}
-	members, err := k.readMembers(ctx, d.Ref.Namespace, d.Service)
+	for _, a := range d.Adapters {
+		if a.Volume != nil {
+			return events.Permanentf(events.ReasonNotSupported, "adapter %s: a serving pool serves adapters from images only (a volume would be mounted into every member's pods)", a.Name)
+		}
+	}
+	members, err := k.readMembers(ctx, d.Ref.Namespace, d.Service, cur)
 	if err != nil {
 		return err
 	}
-	m, isMember := members[d.Ref.Name]
+	m, isMember := members.of[d.Ref.Name]
 	switch {
 	case isMember && d.Serving == 0 && m.Generation >= d.Ref.Generation,
 		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || cmpServing(m) == d.Serving):
-		return nil // a redelivery, or an older generation arriving late
+		// A redelivery, or an older generation arriving late; finish what a first delivery
+		// may have left undone: the member's label (without it nothing finds the member).
+		if cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
+			return k.patchPool(ctx, cur, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(members.version, 10)},
+				map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(m.Generation, 10)})
+		}
+		return nil
 	case d.Serving != 0 && (!isMember || cur == nil):
 		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s serves nothing in pool %s", d.Serving, d.Ref, d.Pool)
 	}
@@ -92,15 +103,30 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 			logctx.Or(k.Log).InfoContext(ctx, "serving pool created", "pool", d.Pool, "namespace", d.Ref.Namespace, "by", d.Ref.Name)
 		}
 	}
-	members[d.Ref.Name] = poolMember{Generation: d.Ref.Generation, Serving: d.Serving, Adapters: d.Adapters}
+	// A workspace that was served alone until now stops being: its own Service goes.
+	if err := k.deleteOwn(ctx, d.Ref); err != nil {
+		return err
+	}
+	members.of[d.Ref.Name] = poolMember{Generation: d.Ref.Generation, Serving: d.Serving, Adapters: d.Adapters}
 	version, err := k.writeMembers(ctx, d.Ref.Namespace, d.Pool, cur, members)
 	if err != nil {
 		return err
 	}
 	logctx.Or(k.Log).InfoContext(ctx, "serving pool member applied: the running replicas load its adapters live", "pool", d.Pool,
-		"workspace", d.Ref.Name, "generation", d.Ref.Generation, "members", len(members))
-	return k.patchPool(ctx, cur, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
-		map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(d.Ref.Generation, 10)})
+		"workspace", d.Ref.Name, "generation", d.Ref.Generation, "members", len(members.of))
+	// Not found here is not success: the pool was deleted under this member (its last other
+	// member left); the retry creates it again.
+	return patchMetadata(ctx, client, d.Ref.Namespace, d.Pool, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
+		map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(d.Ref.Generation, 10)}, false)
+}
+
+// poolState is a pool's members as its set's ConfigMap holds them, and what writing it back needs:
+// the ConfigMap's resourceVersion (so a member joining or leaving at the same time is a conflict,
+// retried, never a lost update) and the set's version.
+type poolState struct {
+	of              map[string]poolMember
+	resourceVersion string
+	version         int64
 }
 
 func cmpServing(m poolMember) int64 {
@@ -110,60 +136,57 @@ func cmpServing(m poolMember) int64 {
 	return m.Generation
 }
 
-// readMembers is what each member of a pool serves, from the set's ConfigMap.
-func (k *Deployer) readMembers(ctx context.Context, ns, pool string) (map[string]poolMember, error) {
-	members := map[string]poolMember{}
+// readMembers is what each member of a pool serves, from the set's ConfigMap. A ConfigMap that
+// an earlier Service of the same name owned (deleted, its ConfigMap not yet collected) holds no
+// members of this one.
+func (k *Deployer) readMembers(ctx context.Context, ns, pool string, owner *unstructured.Unstructured) (poolState, error) {
+	st := poolState{of: map[string]poolMember{}}
 	if k.Kube == nil {
-		return members, nil
+		return st, nil
 	}
 	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(pool), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return members, nil
+		return st, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get serving pool %s/%s's members: %w", ns, pool, err)
+		return st, fmt.Errorf("get serving pool %s/%s's members: %w", ns, pool, err)
+	}
+	st.resourceVersion = cm.ResourceVersion
+	if owner == nil || !slices.ContainsFunc(cm.OwnerReferences, func(o metav1.OwnerReference) bool { return o.UID == owner.GetUID() }) {
+		return st, nil
+	}
+	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey])); err == nil {
+		st.version = set.Version
 	}
 	if b := cm.Data[MembersKey]; b != "" {
-		if err := json.Unmarshal([]byte(b), &members); err != nil {
-			return nil, fmt.Errorf("serving pool %s/%s: %s: %w", ns, pool, MembersKey, err)
+		if err := json.Unmarshal([]byte(b), &st.of); err != nil {
+			return st, fmt.Errorf("serving pool %s/%s: %s: %w", ns, pool, MembersKey, err)
 		}
 	}
-	return members, nil
+	return st, nil
 }
 
 // writeMembers writes the pool's members and the union of their adapters (one version up when it
 // changed) to the set's ConfigMap, owned by the pool's Service, and returns the set's version.
-func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *unstructured.Unstructured, members map[string]poolMember) (int64, error) {
+func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *unstructured.Unstructured, members poolState) (int64, error) {
 	if k.Kube == nil {
 		return 0, fmt.Errorf("knative deployer: no Kubernetes client to write serving pool %s's adapter set with", pool)
 	}
 	var ds []serve.Deployment
-	for _, name := range slices.Sorted(maps.Keys(members)) {
-		ds = append(ds, members[name].deployment(ns, name, pool))
+	for _, name := range slices.Sorted(maps.Keys(members.of)) {
+		ds = append(ds, members.of[name].deployment(ns, name, pool))
 	}
-	want, err := serve.UnionSet(ds, 1, placer())
+	want, err := serve.UnionSet(ds, members.version+1, placer())
 	if err != nil {
 		return 0, err
 	}
-	membersJSON, err := json.Marshal(members)
+	membersJSON, err := json.Marshal(members.of)
 	if err != nil {
 		return 0, err
 	}
 	cms := k.Kube.CoreV1().ConfigMaps(ns)
 	name := AdapterSetName(pool)
-	cur, err := cms.Get(ctx, name, metav1.GetOptions{})
-	exists := err == nil
-	if err != nil && !apierrors.IsNotFound(err) {
-		return 0, kubeerr.Classify(fmt.Errorf("get serving pool %s/%s's adapter set: %w", ns, pool, err))
-	}
-	if exists {
-		if have, derr := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey])); derr == nil {
-			want.Version = have.Version
-			if !have.Equal(want) {
-				want.Version++
-			}
-		}
-	}
+	exists := members.resourceVersion != ""
 	d := serve.Deployment{Ref: events.Ref{Namespace: ns, Name: pool}, Service: pool}
 	cm, err := setConfigMap(d, name, want, owner)
 	if err != nil {
@@ -177,7 +200,7 @@ func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *uns
 		}
 		return want.Version, nil
 	}
-	cm.ResourceVersion = cur.ResourceVersion
+	cm.ResourceVersion = members.resourceVersion
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
 		return 0, kubeerr.Classify(fmt.Errorf("update serving pool %s/%s's adapter set: %w", ns, pool, err))
 	}
@@ -206,11 +229,11 @@ func (k *Deployer) poolStatus(ctx context.Context, ref events.Ref) (*serve.Statu
 		return nil, err
 	}
 	gen, _ := strconv.ParseInt(u.GetLabels()[memberPrefix+ref.Name], 10, 64)
-	members, err := k.readMembers(ctx, ref.Namespace, u.GetName())
+	members, err := k.readMembers(ctx, ref.Namespace, u.GetName(), u)
 	if err != nil {
 		return nil, err
 	}
-	m := members[ref.Name]
+	m := members.of[ref.Name]
 	st := &serve.Status{Ref: events.Ref{Namespace: ref.Namespace, Name: ref.Name, Generation: gen}, Service: u.GetName(), Phase: serve.Pending,
 		ServingGeneration: cmpServing(m)}
 	for _, a := range m.Adapters {
@@ -249,12 +272,17 @@ func (k *Deployer) leavePool(ctx context.Context, ref events.Ref) error {
 	if err != nil || u == nil {
 		return err
 	}
-	members, err := k.readMembers(ctx, ref.Namespace, u.GetName())
+	members, err := k.readMembers(ctx, ref.Namespace, u.GetName(), u)
 	if err != nil {
 		return err
 	}
-	delete(members, ref.Name)
-	if len(members) == 0 {
+	delete(members.of, ref.Name)
+	if len(members.of) == 0 {
+		// The set first, so a member joining meanwhile does not read this one back from a
+		// ConfigMap the garbage collector has not removed yet.
+		if err := k.Kube.CoreV1().ConfigMaps(ref.Namespace).Delete(ctx, AdapterSetName(u.GetName()), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete serving pool %s/%s's adapter set: %w", ref.Namespace, u.GetName(), err)
+		}
 		err := k.Client.Resource(Services).Namespace(ref.Namespace).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete serving pool %s/%s: %w", ref.Namespace, u.GetName(), err)
@@ -266,12 +294,12 @@ func (k *Deployer) leavePool(ctx context.Context, ref events.Ref) error {
 	if err != nil {
 		return err
 	}
-	logctx.Or(k.Log).InfoContext(ctx, "workspace left its serving pool", "pool", u.GetName(), "workspace", ref.Name, "members", len(members))
+	logctx.Or(k.Log).InfoContext(ctx, "workspace left its serving pool", "pool", u.GetName(), "workspace", ref.Name, "members", len(members.of))
 	return k.patchPool(ctx, u, map[string]any{ackedPrefix + ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
 		map[string]any{memberPrefix + ref.Name: nil})
 }
 
 // patchPool merges annotations and labels into a pool Service's metadata: never its template.
 func (k *Deployer) patchPool(ctx context.Context, u *unstructured.Unstructured, annotations, labels map[string]any) error {
-	return patchMetadata(ctx, k.Client.Resource(Services).Namespace(u.GetNamespace()), u.GetNamespace(), u.GetName(), annotations, labels)
+	return patchMetadata(ctx, k.Client.Resource(Services).Namespace(u.GetNamespace()), u.GetNamespace(), u.GetName(), annotations, labels, true)
 }

@@ -12,6 +12,7 @@ and offline. Exit codes are the trainer's: 5 for a model the Hub refuses, 1 for 
 import argparse
 import os
 import sys
+import tempfile
 
 from . import EXIT_FAILED, TrainerError, weights
 
@@ -21,6 +22,18 @@ MARKER_DIR = "kaitoflow-complete"
 def marker(cache, model, revision):
     """The file that says model@revision is complete in cache."""
     return os.path.join(cache, MARKER_DIR, model.replace("/", "--") + "@" + (revision or "main"))
+
+
+def complete(path):
+    """A snapshot whose every file is there: huggingface_hub's snapshot holds links into the blobs,
+    and a pruned blob leaves a link to nothing, which an offline model server cannot load."""
+    if not os.path.isdir(path):
+        return False
+    for root, _, files in os.walk(path):
+        for name in files:
+            if not os.path.exists(os.path.join(root, name)):
+                return False
+    return True
 
 
 def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_files_only=False):
@@ -33,17 +46,19 @@ def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_file
     try:
         with open(done) as f:
             path = f.read().strip()
-        if os.path.isdir(path):
+        if complete(path):
             print("kaitoflow-fetch: %s@%s is in the cache already: nothing to fetch" % (model, revision), file=out, flush=True)
             return path, False
     except FileNotFoundError:
         pass
     path = weights.resolve(model, revision, local_files_only, cache, env, download=download)
     os.makedirs(os.path.dirname(done), exist_ok=True)
-    tmp = done + ".tmp"
-    with open(tmp, "w") as f:
+    # A file of its own: pods starting together on the shared claim, and a run's processes, write
+    # markers at once. The marker appears whole or not at all.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(done), prefix=".marker-")
+    with os.fdopen(fd, "w") as f:
         f.write(path + "\n")
-    os.replace(tmp, done)  # the marker appears whole or not at all
+    os.replace(tmp, done)
     print("kaitoflow-fetch: %s@%s fetched into %s" % (model, revision, path), file=out, flush=True)
     return path, True
 

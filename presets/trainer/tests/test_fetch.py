@@ -30,6 +30,27 @@ class FetchTest(unittest.TestCase):
             self.assertTrue(fetch.fetch("m/phi", "def456", cache, {}, download=download, out=out)[1])
             self.assertEqual(len(calls), 2)
 
+    def test_a_pruned_blob_is_fetched_again(self):
+        with tempfile.TemporaryDirectory() as cache:
+            calls = []
+
+            def download(**kw):
+                calls.append(kw)
+                snap = os.path.join(cache, "snap")
+                os.makedirs(snap, exist_ok=True)
+                blob = os.path.join(cache, "blob")
+                with open(blob, "w") as f:
+                    f.write("weights")
+                if not os.path.lexists(os.path.join(snap, "model.safetensors")):
+                    os.symlink(blob, os.path.join(snap, "model.safetensors"))
+                return snap
+
+            fetch.fetch("m/phi", "abc", cache, {}, download=download, out=io.StringIO())
+            os.remove(os.path.join(cache, "blob"))  # the link now points at nothing
+            _, fetched = fetch.fetch("m/phi", "abc", cache, {}, download=download, out=io.StringIO())
+            self.assertTrue(fetched)
+            self.assertEqual(len(calls), 2)
+
     def test_failed_download_leaves_no_marker(self):
         with tempfile.TemporaryDirectory() as cache:
             def download(**kw):
