@@ -53,8 +53,8 @@ type simService struct {
 	members map[string]*simMember
 	// set is the adapter set every replica reconciles with: the ConfigMap's stand-in.
 	set AdapterSet
-	// spec is what a change of needs a new revision (the base model and its runtime), revision
-	// its number, replicas the running ones, newest revision last.
+	// spec is the serving spec (the base model and its runtime), whose change needs a new
+	// revision; revision is that revision's number, replicas the running ones, newest last.
 	spec     string
 	revision int
 	replicas []*simReplica
