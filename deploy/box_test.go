@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -679,6 +680,87 @@ func tuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name strin
 	var pod corev1.Pod
 	b.Await(ctx, t, ns, "the tuning pod running", func(ctx context.Context) (bool, string) {
 		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
+		if err != nil || len(l.Items) == 0 {
+			return false, fmt.Sprint("no tuning pod yet ", err)
+		}
+		pod = l.Items[0]
+		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
+	})
+	return pod
+}
+
+// Two generations of the seed in the box with the whole pipeline: the second is tuned on a second
+// GPU node (the first serves), pushed, and its adapter goes live in the inference pod that served
+// the first — the same pod, the Knative Service's template unchanged (no new revision) — as that
+// pod's chat-proxy (the stand-in running kaitoflow's real one) reports.
+func TestNextGenerationGoesLiveInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bx := startBoxed(ctx, t, "byo")
+	b, p, admin, ns := bx.b, bx.p, bx.b.Client, boxNamespace
+	// The user's second GPU node: the next generation tunes while the first one serves.
+	if err := b.Node(ctx, testenv.NodeSpec{Name: "gpu-node-1", GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"}, Taints: testenv.GPUTaints()}); err != nil {
+		t.Fatal(err)
+	}
+	name, wsClient := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
+	finishAsJobRun(ctx, t, admin, ns, tuningPodOf(ctx, t, b, ns, name, 1).Name, p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
+	awaitReady(ctx, t, b, wsClient, ns, name, status.CondInferenceReady, status.CondWorkspaceReady)
+	server := inferencePod(ctx, t, b, ns, name)
+	served := func() serve.ReplicaAdapters {
+		t.Helper()
+		resp, err := http.Get(bx.pods.Address(server) + "/adapters")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st serve.ReplicaAdapters
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	first := served().Routes[name]
+
+	// kubectl edit: the next version of the adapter.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u, err := wsClient.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		u.Object["tuning"].(map[string]any)["output"].(map[string]any)["image"] = "example.azurecr.io/adapters/phi-3:0.0.2"
+		_, err = wsClient.Update(ctx, u, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	finishAsJobRun(ctx, t, admin, ns, tuningPodOf(ctx, t, b, ns, name, 2).Name, p.Registry, "example.azurecr.io/adapters/phi-3:0.0.2")
+	b.Await(ctx, t, ns, "generation 2 Ready", func(ctx context.Context) (bool, string) {
+		rec, err := p.Store.Get(ctx, ns, name)
+		return err == nil && rec.Generation == 2 && rec.Phase == status.Ready, fmt.Sprintf("%+v %v", rec, err)
+	})
+	rec, err := p.Store.Get(ctx, ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := served()
+	if now := st.Routes[name]; now == first || now != serve.LoRAName(name, rec.Image) {
+		t.Errorf("the pod routes %s to %s (generation 1: %s), want generation 2's %s", name, now, first, serve.LoRAName(name, rec.Image))
+	}
+	if still := inferencePod(ctx, t, b, ns, name); still.UID != server.UID {
+		t.Errorf("generation 2 is served by another pod %s, not %s", still.Name, server.Name)
+	}
+	svc, err := bx.objs.dyn.Resource(knative.Services).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil || svc.GetGeneration() != 1 {
+		t.Errorf("the Knative Service's template changed (metadata.generation %d, %v): a new revision", svc.GetGeneration(), err)
+	}
+}
+
+// tuningPodOf waits for the running tuning pod of the workspace's generation gen.
+func tuningPodOf(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, gen int64) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	b.Await(ctx, t, ns, fmt.Sprintf("generation %d's tuning pod running", gen), func(ctx context.Context) (bool, string) {
+		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: fmt.Sprintf("%s=%s,%s=%d,%s", events.LabelWorkspace, name, events.LabelGeneration, gen, jobs.LabelJob)})
 		if err != nil || len(l.Items) == 0 {
 			return false, fmt.Sprint("no tuning pod yet ", err)
 		}

@@ -3,6 +3,7 @@
 package nodes
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -73,6 +74,18 @@ func (c *Checker) Check(ctx context.Context, w Want) (provision.Capacity, int, e
 		q := n.Status.Allocatable[GPUResource]
 		ready = append(ready, events.Node{Name: n.Name, GPU: gpu, GPUs: q.Value(), GPUMemoryGiB: w.GPUMemoryGiB})
 	}
+	if len(ready) > w.Count {
+		// More nodes than needed (your own, or a pool's): those whose GPUs no running pod holds
+		// come first. A node that serves the workspace's last generation is busy, and a tuning
+		// Job pinned to it would wait for the GPU until serving scales to zero.
+		free, err := c.freeGPUs(ctx, ready)
+		if err != nil {
+			return provision.Capacity{}, 0, err
+		}
+		slices.SortStableFunc(ready, func(a, b events.Node) int {
+			return cmp.Compare(boolInt(free[b.Name] >= w.GPUs), boolInt(free[a.Name] >= w.GPUs))
+		})
+	}
 	c2 := provision.Capacity{Nodes: ready, Ready: len(ready) >= w.Count}
 	if c2.Ready {
 		c2.Nodes = ready[:w.Count]
@@ -83,6 +96,37 @@ func (c *Checker) Check(ctx context.Context, w Want) (provision.Capacity, int, e
 		}
 	}
 	return c2, matching, nil
+}
+
+// freeGPUs is each node's allocatable nvidia.com/gpu less what its running and pending pods
+// request.
+func (c *Checker) freeGPUs(ctx context.Context, ready []events.Node) (map[string]int64, error) {
+	free := map[string]int64{}
+	for _, n := range ready {
+		pods, err := c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil {
+			return nil, fmt.Errorf("pods on node %s: %w", n.Name, err)
+		}
+		used := int64(0)
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+				continue
+			}
+			for _, ctr := range p.Spec.Containers {
+				q := ctr.Resources.Requests[GPUResource]
+				used += q.Value()
+			}
+		}
+		free[n.Name] = n.GPUs - used
+	}
+	return free, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // usable: the node is Ready, schedulable and has the GPUs allocatable.

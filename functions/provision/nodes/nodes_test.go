@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -79,5 +81,38 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With more matching nodes than the workspace needs, the one whose GPU no pod holds is chosen: a
+// node that serves the workspace's last generation would keep the next tuning Job waiting.
+func TestCheckPrefersNodesWithFreeGPUs(t *testing.T) {
+	if kube == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx := context.Background()
+	kl := testenv.Kubelet{Client: kube}
+	labels := map[string]string{"pool": "free-gpus"}
+	for _, n := range []string{"busy-0", "idle-1"} {
+		if err := kl.Node(ctx, n, labels, true, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sel, _ := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: labels})
+	c := &Checker{Client: kube}
+	want := Want{Selector: sel, Count: 1, GPUs: 1}
+	if got, _, err := c.Check(ctx, want); err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "busy-0" {
+		t.Fatalf("with both free, name order: %+v %v", got, err)
+	}
+	// The serving pod holds busy-0's GPU.
+	gpu := resource.MustParse("1")
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "serving", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "busy-0", Containers: []corev1.Container{{Name: "model", Image: "vllm",
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{GPUResource: gpu}, Limits: corev1.ResourceList{GPUResource: gpu}}}}}}
+	if _, err := kube.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := c.Check(ctx, want); err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "idle-1" {
+		t.Errorf("with busy-0's GPU held, chose %+v (%v), want idle-1", got.Nodes, err)
 	}
 }
