@@ -236,6 +236,13 @@ func (m *AdapterManager) Route(model string) string {
 	return model
 }
 
+// routing reports whether any public name routes to an adapter.
+func (m *AdapterManager) routing() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.applied.Routes) > 0
+}
+
 // Public are the public model names routed to adapters, sorted.
 func (m *AdapterManager) Public() []string {
 	m.mu.RLock()

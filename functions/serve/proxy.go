@@ -140,6 +140,10 @@ func (p *Proxy) models(w http.ResponseWriter, r *http.Request, client *http.Clie
 // Only the body's "model" changes; the rest is passed as it came.
 func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.Adapters.routing() {
+			next.ServeHTTP(w, r) // nothing to rewrite: the body streams through unread
+			return
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 		if err != nil {
 			problem(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", maxBody))

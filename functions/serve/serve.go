@@ -7,6 +7,7 @@
 package serve
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -58,12 +59,7 @@ type Deployment struct {
 }
 
 // ServingGeneration is the generation whose adapters d serves.
-func (d Deployment) ServingGeneration() int64 {
-	if d.Serving != 0 {
-		return d.Serving
-	}
-	return d.Ref.Generation
-}
+func (d Deployment) ServingGeneration() int64 { return cmp.Or(d.Serving, d.Ref.Generation) }
 
 // Phase of a service.
 type Phase string

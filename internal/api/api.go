@@ -177,16 +177,24 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
-	rec, err := s.Store.Get(r.Context(), namespace(r), r.PathValue("name"))
+	if rec, ok := s.record(w, r, namespace(r), r.PathValue("name")); ok {
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+// record is the workspace's status record; when there is none (or it is deleted), or the store
+// cannot be read, it answers the request itself and reports false.
+func (s *Server) record(w http.ResponseWriter, r *http.Request, ns, name string) (*status.Workspace, bool) {
+	rec, err := s.Store.Get(r.Context(), ns, name)
 	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
-		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", namespace(r), r.PathValue("name"))})
-		return
+		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
+		return nil, false
 	}
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
-		return
+		return nil, false
 	}
-	writeJSON(w, http.StatusOK, rec)
+	return rec, true
 }
 
 // watch streams the record as server-sent events ("event: status") each time it changes, and a
@@ -237,21 +245,15 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	ns, name := namespace(r), r.PathValue("name")
-	rec, err := s.Store.Get(r.Context(), ns, name)
-	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
-		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
-		return
-	}
-	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+	rec, ok := s.record(w, r, ns, name)
+	if !ok {
 		return
 	}
 	ref := events.Ref{Namespace: ns, Name: name, Generation: rec.Generation}
 	ev, err := events.New(Source, events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{Ref: ref}, nil)
 	if err == nil {
 		ctx, span := s.tracer().Start(s.traceContext(r), "delete workspace", trace.WithSpanKind(trace.SpanKindProducer))
-		runtime.InjectTrace(ctx, &ev)
-		err = s.Publisher.Publish(ctx, ev)
+		err = tracingPublisher{s.Publisher}.Publish(ctx, ev)
 		span.End()
 	}
 	if err != nil {
@@ -300,13 +302,8 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rec, err := s.Store.Get(r.Context(), ns, name)
-	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
-		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
-		return
-	}
-	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+	rec, ok := s.record(w, r, ns, name)
+	if !ok {
 		return
 	}
 	ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))

@@ -151,6 +151,20 @@ func (p *pipeline) get(t *testing.T, name string) *unstructured.Unstructured {
 	return u
 }
 
+// editMethod is kubectl edit of the workspace's tuning.method. The controller writes status
+// meanwhile, so it retries on conflict as kubectl does.
+func (p *pipeline) editMethod(t *testing.T, name, method string) {
+	t.Helper()
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		u := p.get(t, name)
+		u.Object["tuning"].(map[string]any)["method"] = method
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(context.Background(), u, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (p *pipeline) emit(t *testing.T, gen int64, typ string, data any) {
 	t.Helper()
 	ref := events.Ref{Namespace: p.ns, Name: "workspace-tuning-phi-3", Generation: gen}
@@ -232,16 +246,8 @@ func TestWorkspaceCustomResource(t *testing.T) {
 		t.Errorf("endpoint %q", ep)
 	}
 
-	// kubectl edit: a changed spec is generation 2. The controller writes status meanwhile, so
-	// retry on conflict as kubectl does.
-	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		u := p.get(t, "workspace-tuning-phi-3")
-		u.Object["tuning"].(map[string]any)["method"] = "lora"
-		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// kubectl edit: a changed spec is generation 2.
+	p.editMethod(t, "workspace-tuning-phi-3", "lora")
 	eventually(t, "generation 2 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 		return err == nil && rec.Generation == 2 && rec.Method == "lora"
@@ -410,14 +416,7 @@ func TestRollbackAnnotation(t *testing.T) {
 	}
 	ready(1, "r/i@sha256:1")
 	// Generation 2, tuned and served.
-	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		u := p.get(t, name)
-		u.Object["tuning"].(map[string]any)["method"] = "lora"
-		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Update(ctx, u, metav1.UpdateOptions{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	p.editMethod(t, name, "lora")
 	eventually(t, "generation 2 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, name)
 		return err == nil && rec.Generation == 2

@@ -108,12 +108,7 @@ func (w *Workspace) Pushed(gen int64) (PushedAdapter, bool) {
 }
 
 // Serving is the generation whose adapter answers.
-func (w *Workspace) Serving() int64 {
-	if w.ServingGeneration != 0 {
-		return w.ServingGeneration
-	}
-	return w.Generation
-}
+func (w *Workspace) Serving() int64 { return cmp.Or(w.ServingGeneration, w.Generation) }
 
 // Failure says why a generation failed.
 type Failure struct {

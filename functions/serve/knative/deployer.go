@@ -279,58 +279,60 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 	if k.Kube == nil {
 		return 0, false, errors.New("knative deployer: no Kubernetes client to write the adapter set with")
 	}
-	cms := k.Kube.CoreV1().ConfigMaps(d.Ref.Namespace)
-	name := AdapterSetName(d.Service)
+	ns, name := d.Ref.Namespace, AdapterSetName(d.Service)
+	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: ns}
 	want := AdapterSet(d, 1)
-	cur, err := cms.Get(ctx, name, metav1.GetOptions{})
+	cur, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		cm, err := setConfigMap(d, name, want, owner)
-		if err != nil {
-			return 0, false, err
-		}
-		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
+		err := k.putSet(ctx, setConfigMap(ns, name, labels, want, owner), "")
 		if apierrors.IsAlreadyExists(err) {
 			// A duplicate of this event, handled at the same time, created it: compare with it.
 			return k.ensureSet(ctx, d, owner, onlyIfMissing)
 		}
-		if err != nil {
-			return 0, false, kubeerr.Classify(fmt.Errorf("create adapter set %s/%s: %w", d.Ref.Namespace, name, err))
-		}
-		return want.Version, true, nil
+		return want.Version, err == nil, err
 	case err != nil:
-		return 0, false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", d.Ref.Namespace, name, err))
+		return 0, false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ns, name, err))
 	}
 	have, err := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
 	if onlyIfMissing || (err == nil && have.Equal(want)) {
 		return have.Version, false, nil
 	}
 	want.Version = have.Version + 1
-	cm, err := setConfigMap(d, name, want, owner)
-	if err != nil {
+	if err := k.putSet(ctx, setConfigMap(ns, name, labels, want, owner), cur.ResourceVersion); err != nil {
 		return 0, false, err
-	}
-	cm.ResourceVersion = cur.ResourceVersion
-	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return 0, false, kubeerr.Classify(fmt.Errorf("update adapter set %s/%s to version %d: %w", d.Ref.Namespace, name, want.Version, err))
 	}
 	return want.Version, true, nil
 }
 
-func setConfigMap(d serve.Deployment, name string, set serve.AdapterSet, owner *unstructured.Unstructured) (*corev1.ConfigMap, error) {
-	b, err := json.MarshalIndent(set, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("encode adapter set: %w", err)
+// putSet creates an adapter set's ConfigMap (resourceVersion "") or replaces the one at
+// resourceVersion: a write in between is a conflict, retried, never a lost update.
+func (k *Deployer) putSet(ctx context.Context, cm *corev1.ConfigMap, resourceVersion string) error {
+	cms := k.Kube.CoreV1().ConfigMaps(cm.Namespace)
+	var err error
+	if resourceVersion == "" {
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
+	} else {
+		cm.ResourceVersion = resourceVersion
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager})
 	}
+	if err != nil {
+		return kubeerr.Classify(fmt.Errorf("write adapter set %s/%s: %w", cm.Namespace, cm.Name, err))
+	}
+	return nil
+}
+
+// setConfigMap is the ConfigMap holding set, owned by the Service that serves it.
+func setConfigMap(ns, name string, labels map[string]string, set serve.AdapterSet, owner *unstructured.Unstructured) *corev1.ConfigMap {
+	b, _ := json.MarshalIndent(set, "", "  ") // plain data: strings, numbers, maps
 	return &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.Ref.Namespace,
-			Labels: map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels,
 			// No blockOwnerDeletion: it would need update on services/finalizers where the
 			// OwnerReferencesPermissionEnforcement admission plugin runs.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: owner.GetName(), UID: owner.GetUID(),
 				Controller: ptr(true)}}},
 		Data: map[string]string{AdapterSetKey: string(b)},
-	}, nil
+	}
 }
 
 // readSet is the service's adapter set, nil when it has none.

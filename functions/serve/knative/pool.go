@@ -1,6 +1,7 @@
 package knative
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,7 +75,7 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 	m, isMember := members.of[d.Ref.Name]
 	switch {
 	case isMember && d.Serving == 0 && m.Generation >= d.Ref.Generation,
-		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || cmpServing(m) == d.Serving):
+		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || cmp.Or(m.Serving, m.Generation) == d.Serving):
 		// A redelivery, or an older generation arriving late; finish what a first delivery
 		// may have left undone: the member's label (without it nothing finds the member).
 		if cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
@@ -129,13 +130,6 @@ type poolState struct {
 	version         int64
 }
 
-func cmpServing(m poolMember) int64 {
-	if m.Serving != 0 {
-		return m.Serving
-	}
-	return m.Generation
-}
-
 // readMembers is what each member of a pool serves, from the set's ConfigMap. A ConfigMap that
 // an earlier Service of the same name owned (deleted, its ConfigMap not yet collected) holds no
 // members of this one.
@@ -184,25 +178,10 @@ func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *uns
 	if err != nil {
 		return 0, err
 	}
-	cms := k.Kube.CoreV1().ConfigMaps(ns)
-	name := AdapterSetName(pool)
-	exists := members.resourceVersion != ""
-	d := serve.Deployment{Ref: events.Ref{Namespace: ns, Name: pool}, Service: pool}
-	cm, err := setConfigMap(d, name, want, owner)
-	if err != nil {
-		return 0, err
-	}
-	cm.Labels = map[string]string{LabelPool: pool, events.LabelNamespace: ns}
+	cm := setConfigMap(ns, AdapterSetName(pool), map[string]string{LabelPool: pool, events.LabelNamespace: ns}, want, owner)
 	cm.Data[MembersKey] = string(membersJSON)
-	if !exists {
-		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager}); err != nil {
-			return 0, kubeerr.Classify(fmt.Errorf("create serving pool %s/%s's adapter set: %w", ns, pool, err))
-		}
-		return want.Version, nil
-	}
-	cm.ResourceVersion = members.resourceVersion
-	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return 0, kubeerr.Classify(fmt.Errorf("update serving pool %s/%s's adapter set: %w", ns, pool, err))
+	if err := k.putSet(ctx, cm, members.resourceVersion); err != nil {
+		return 0, err
 	}
 	return want.Version, nil
 }
@@ -235,7 +214,7 @@ func (k *Deployer) poolStatus(ctx context.Context, ref events.Ref) (*serve.Statu
 	}
 	m := members.of[ref.Name]
 	st := &serve.Status{Ref: events.Ref{Namespace: ref.Namespace, Name: ref.Name, Generation: gen}, Service: u.GetName(), Phase: serve.Pending,
-		ServingGeneration: cmpServing(m)}
+		ServingGeneration: cmp.Or(m.Serving, m.Generation)}
 	for _, a := range m.Adapters {
 		st.Adapters = append(st.Adapters, serve.AdapterName(a.Name))
 	}
