@@ -261,9 +261,8 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	// serve's Knative Service appears; Knative's controller marks it Ready.
 	ksvcs := adminDyn.Resource(knative.Services).Namespace(ns)
-	var ksvc *unstructured.Unstructured
 	waitFor(t, "the Knative Service", 30*time.Second, func() bool {
-		ksvc, err = ksvcs.Get(ctx, name, metav1.GetOptions{})
+		_, err = ksvcs.Get(ctx, name, metav1.GetOptions{})
 		return err == nil
 	})
 	// The adapter set its replicas load names the pushed adapter by digest.
@@ -277,10 +276,19 @@ func TestClusterEndToEnd(t *testing.T) {
 		!strings.HasPrefix(set.Adapters[0].Image, target.Context().String()+"@sha256:") {
 		t.Errorf("the inference Service's adapter set does not name the pushed adapter by digest: %+v %v", set, err)
 	}
-	ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + "." + ns + ".example.com",
-		"latestCreatedRevisionName": name + "-00001", "latestReadyRevisionName": name + "-00001",
-		"conditions": []any{map[string]any{"type": "Ready", "status": "True", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
-	if _, err := ksvcs.UpdateStatus(ctx, ksvc, metav1.UpdateOptions{}); err != nil {
+	// serve annotates the Service's metadata meanwhile (the adapter set's version): the status is
+	// written against the latest object, retried on conflict, as Knative's controller does.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ksvc, err := ksvcs.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ksvc.Object["status"] = map[string]any{"observedGeneration": ksvc.GetGeneration(), "url": "http://" + name + "." + ns + ".example.com",
+			"latestCreatedRevisionName": name + "-00001", "latestReadyRevisionName": name + "-00001",
+			"conditions": []any{map[string]any{"type": "Ready", "status": "True", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
+		_, err = ksvcs.UpdateStatus(ctx, ksvc, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 
