@@ -14,6 +14,12 @@ const (
 	ReasonMaxDeliveries    = "MaxDeliveriesExceeded"
 	// ReasonInsufficientGPUMemory: the request cannot fit the GPUs it names (or any).
 	ReasonInsufficientGPUMemory = "InsufficientGPUMemory"
+	// ReasonGPUOutOfMemory: a tuning run ran out of GPU memory (the trainer's exit code 4), and
+	// no smaller plan was left to retry with.
+	ReasonGPUOutOfMemory = "GPUOutOfMemory"
+	// ReasonInsufficientQuota: the region's vCPU quota has no room for the capacity the
+	// workspace needs.
+	ReasonInsufficientQuota = "InsufficientQuota"
 	// ReasonForeignObject: an object kaitoflow would create exists and is not the workspace's
 	// (no kaitoflow.io/workspace label); kaitoflow never touches it.
 	ReasonForeignObject = "ForeignObject"

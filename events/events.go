@@ -23,7 +23,10 @@ const (
 	NodeReady          = "kaitoflow.node.ready"
 	TuningStarted      = "kaitoflow.tuning.started"
 	TuningProgress     = "kaitoflow.tuning.progress"
-	TuningCompleted    = "kaitoflow.tuning.completed"
+	// TuningRetrying says a tuning attempt failed in a way the pipeline recovers from (out of GPU
+	// memory, its node lost) and names the next attempt, its plan and whether it resumes.
+	TuningRetrying  = "kaitoflow.tuning.retrying"
+	TuningCompleted = "kaitoflow.tuning.completed"
 	ImagePushed        = "kaitoflow.image.pushed"
 	// AdapterStored replaces ImagePushed when tuning.output is a volume: the Job wrote the
 	// adapter there and nothing is pushed.
@@ -41,7 +44,7 @@ const (
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
-	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningCompleted,
+	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningRetrying, TuningCompleted,
 	ImagePushed, AdapterStored, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
 	AdapterSelected,
 }
@@ -187,6 +190,11 @@ type NodeReadyData struct {
 	NodeInfo []Node `json:"nodeInfo,omitempty"`
 	// Plan is what was checked before the capacity was bought; later steps run exactly it.
 	Plan *Plan `json:"plan,omitempty"`
+	// Attempt is the tuning attempt the capacity is for: 0 or 1 for the first, then the
+	// attempt a kaitoflow.tuning.retrying named. Resume says that attempt continues from the
+	// generation's newest checkpoint.
+	Attempt int  `json:"attempt,omitempty"`
+	Resume  bool `json:"resume,omitempty"`
 }
 
 // Plan is what the fit check decided for a workspace: the SKU, the precision and the run's shape,
@@ -201,7 +209,10 @@ type Plan struct {
 	DType                 string  `json:"dtype"`
 	EstimatedGiBPerGPU    float64 `json:"estimatedGiBPerGPU"`
 	BatchSize             int     `json:"batchSize,omitempty"`
-	SeqLen                int     `json:"seqLen,omitempty"`
+	// GradientAccumulation is the steps whose gradients make one update (0 means the training
+	// config's own, or 1); a retry that halves BatchSize doubles it to keep the effective batch.
+	GradientAccumulation int `json:"gradientAccumulation,omitempty"`
+	SeqLen               int `json:"seqLen,omitempty"`
 	GradientCheckpointing bool    `json:"gradientCheckpointing,omitempty"`
 	LoRARank              int     `json:"loraRank,omitempty"`
 	// TrainingProcesses is how many processes a tuning run trains in: one per GPU (data
@@ -260,6 +271,8 @@ type TuningStartedData struct {
 	// Node is where the trainer runs, Started when it started.
 	Node    string    `json:"node,omitempty"`
 	Started time.Time `json:"started,omitempty"`
+	// Attempt is which attempt of the generation this is (0 or 1: the first).
+	Attempt int `json:"attempt,omitempty"`
 }
 
 // TuningProgressData is the payload of kaitoflow.tuning.progress, sent at a bounded rate while
@@ -271,6 +284,10 @@ type TuningProgressData struct {
 	Loss            float64 `json:"loss,omitempty"`
 	TokensPerSecond float64 `json:"tokensPerSecond,omitempty"`
 	ETASeconds      float64 `json:"etaSeconds,omitempty"`
+	// Attempt is the attempt reporting (0 or 1: the first); CheckpointStep the step of the
+	// newest checkpoint uploaded so far, which a next attempt would resume from.
+	Attempt        int `json:"attempt,omitempty"`
+	CheckpointStep int `json:"checkpointStep,omitempty"`
 }
 
 // Percent is how far the run is, or -1 when the total is unknown.
@@ -305,6 +322,45 @@ type TuningCompletedData struct {
 	// Finished is when the run ended. The same whichever delivery of the outcome carries it, unlike
 	// the event's own time, so an image built from it is the same image.
 	Finished time.Time `json:"finished,omitzero"`
+	// Attempt is the attempt that succeeded (0 or 1: the first); GPUSeconds what it held
+	// (GPUs × its run time; earlier attempts' are in their kaitoflow.tuning.retrying).
+	Attempt    int     `json:"attempt,omitempty"`
+	GPUSeconds float64 `json:"gpuSeconds,omitempty"`
+}
+
+// TuningRetryingData is the payload of kaitoflow.tuning.retrying: attempt Attempt-1 failed for
+// Reason, and attempt Attempt runs with Plan.
+type TuningRetryingData struct {
+	Workspace Workspace `json:"workspace"`
+	// Attempt is the next attempt (2, 3, …); MaxAttempts bounds them.
+	Attempt     int    `json:"attempt"`
+	MaxAttempts int    `json:"maxAttempts"`
+	Reason      string `json:"reason"`
+	Message     string `json:"message"`
+	// Failure is what the trainer reported of the failed attempt, when it could.
+	Failure *TrainerFailure `json:"failure,omitempty"`
+	// Plan is the next attempt's; Changes says how it differs from the failed one's.
+	Plan    *Plan    `json:"plan"`
+	Changes []string `json:"changes,omitempty"`
+	// Resume says the next attempt continues from the generation's newest checkpoint
+	// (CheckpointStep, as far as tune saw), with the same plan.
+	Resume         bool `json:"resume,omitempty"`
+	CheckpointStep int  `json:"checkpointStep,omitempty"`
+	// GPUSeconds is what the failed attempt held (GPUs × its run time).
+	GPUSeconds float64 `json:"gpuSeconds,omitempty"`
+}
+
+// TrainerFailure is the trainer's own account of a failed run (its termination message, as JSON):
+// where it was and, for running out of GPU memory, what it held.
+type TrainerFailure struct {
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+	Step      int    `json:"step,omitempty"`
+	BatchSize int    `json:"batchSize,omitempty"`
+	SeqLen    int    `json:"seqLen,omitempty"`
+	// PeakGPUMemoryBytes is the most the process had allocated; GPUMemoryBytes the device's.
+	PeakGPUMemoryBytes int64 `json:"peakGPUMemoryBytes,omitempty"`
+	GPUMemoryBytes     int64 `json:"gpuMemoryBytes,omitempty"`
 }
 
 // Blob is a registry blob: the adapter's image layer.
@@ -394,8 +450,10 @@ type CapacityReleasedData struct {
 	// Purpose is what the capacity was for (tuning, serving); empty when there was none to release.
 	Purpose      string `json:"purpose,omitempty"`
 	InstanceType string `json:"instanceType,omitempty"`
-	// HeldSeconds is how long the capacity was held, from the request.
+	// HeldSeconds is how long the capacity was held, from the request (for serving capacity
+	// handed over by tuning, from the handover); GPUSeconds that times its nodes' GPUs.
 	HeldSeconds float64 `json:"heldSeconds,omitempty"`
+	GPUSeconds  float64 `json:"gpuSeconds,omitempty"`
 	// Because is the event type that caused the release.
 	Because string `json:"because"`
 }

@@ -209,16 +209,27 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 	if err != nil {
 		return nil, err
 	}
+	// Only what the user set is fixed; kaitoflow's own defaults are the plan's to choose.
+	return p.tuningPlan(ws, m, user, ws.InstanceType(), user.Overrides(), 0)
+}
+
+// tuningPlan plans a run of m on instanceType (the cheapest SKU where it fits when empty) with the
+// values in o fixed, and renders the training config: the user's over kaitoflow's defaults, with
+// the plan's choices, and gradientAccumulation when it is not 0.
+func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
+	t := ws.Tuning
 	cfg := Merge(DefaultTrainingConfig(t.Method), user)
 	if errs := cfg.Validate(t.Method); len(errs) > 0 {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", events.FieldErrors(errs))
 	}
-	// Only what the user set is fixed; kaitoflow's own defaults are the plan's to choose.
-	tp, err := p.Catalog.PlanTuningFor(m, t.Method, ws.InstanceType(), user.Overrides())
+	tp, err := p.Catalog.PlanTuningFor(m, t.Method, instanceType, o)
 	if err != nil {
 		return nil, classify(err, "resource.instanceType")
 	}
 	applied := cfg.Apply(tp)
+	if gradientAccumulation > 0 {
+		applied["TrainingArguments"]["gradient_accumulation_steps"] = gradientAccumulation
+	}
 	// Kaito's example configs say local_files_only: true because its preset images carry the
 	// weights; kaitoflow's trainer image carries none, so that setting would only make the run
 	// fail. It is kept where the weights can already be there: a weights cache the workspace
@@ -239,10 +250,11 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 	} else {
 		tp.Reasons = append(tp.Reasons, fmt.Sprintf("serving the tuned adapter on %s will not fit: %v", tp.InstanceType, err))
 	}
+	ga, _ := intValue(applied["TrainingArguments"]["gradient_accumulation_steps"])
 	return &events.Plan{
 		Model: tp.HuggingFace, Revision: tp.Revision, RuntimeArgs: serving,
 		InstanceType: tp.InstanceType, GPUs: tp.GPUs, GPUMemoryGiB: tp.GPUMemoryGiB, DType: tp.DType,
-		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, SeqLen: tp.SeqLen,
+		EstimatedGiBPerGPU: tp.Estimate.PerGPUGiB, BatchSize: tp.BatchSize, GradientAccumulation: ga, SeqLen: tp.SeqLen,
 		GradientCheckpointing: tp.GradientCheckpointing, LoRARank: tp.LoRARank, TrainingProcesses: tp.Processes, Reasons: tp.Reasons,
 		TrainingConfig: string(rendered), DiskGiB: diskGiB(m), WeightsGiB: weightsGiB(m),
 	}, nil

@@ -338,12 +338,27 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 	for _, s := range final.Steps {
 		fmt.Fprintf(g.out, "  %-10s %8s\n", s.Name, s.Duration(time.Now()).Round(time.Millisecond))
 	}
+	printAttempts(g.out, *final)
 	if final.Phase == status.Failed {
 		fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
 		return exitError{code: 1}
 	}
 	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(final.Created).Round(time.Millisecond), final.Endpoint)
 	return nil
+}
+
+// printAttempts prints the generation's tuning attempts, when there was more than one, and the GPU
+// time the workspace has held.
+func printAttempts(out io.Writer, w status.Workspace) {
+	if len(w.Attempts) > 1 {
+		fmt.Fprintln(out)
+		for _, a := range w.Attempts {
+			fmt.Fprintf(out, "  attempt %d  %-26s batch %-3d seq %-5d %6.1f GPU-min  %s\n", a.Attempt, a.InstanceType, a.BatchSize, a.SeqLen, a.GPUSeconds/60, cmp.Or(a.Outcome, "Running"))
+		}
+	}
+	if w.GPU != nil {
+		fmt.Fprintf(out, "\n  GPU time held: %.1f GPU-min (tuning %.1f, serving %.1f)\n", w.GPU.Minutes(), w.GPU.TuningSeconds/60, w.GPU.ServingSeconds/60)
+	}
 }
 
 // printTimeline prints the events not printed yet, each with the time since the first.

@@ -22,6 +22,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 
@@ -129,6 +130,10 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.Store != nil {
+		// The function keeping the status records exports what they say of GPU time.
+		reg.MustRegister(status.NewGPUCollector(a.Store))
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })

@@ -14,6 +14,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
@@ -26,6 +27,7 @@ type driverFlags struct {
 	kubeconfig string
 	qps        float32
 	deadline   time.Duration
+	attempts   int
 	delay      time.Duration
 	allow      []string
 	hubURL     string
@@ -45,6 +47,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.Float64Var(&p.d.AKS.SpotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
 	f.StringVar(&p.d.NodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")
 	f.DurationVar(&p.deadline, "capacity-deadline", provision.DefaultDeadline, "fail a workspace whose GPU nodes are not ready within this long")
+	f.IntVar(&p.attempts, "tuning-attempts", tune.DefaultMaxAttempts, "attempts of a tuning run that ran out of GPU memory (each with a smaller plan) or lost its node (each resumed from its checkpoint); 1 never retries")
 	f.StringVar(&p.d.TrainerImage, "trainer-image", "", "job trainer: the trainer image, built from presets/trainer (hack/release.sh); required")
 	f.StringVar(&p.d.WrapperImage, "wrapper-image", "", "job trainer: kaitoflow's own image, whose binary wraps the trainer (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.RuntimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
@@ -64,7 +67,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 // can be reached (publish reads imagePushSecrets there, provision and serve ConfigMaps).
 func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 	cfg := assembly.Config{
-		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline,
+		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline, TuningAttempts: p.attempts,
 		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller, HubURL: p.hubURL,
 		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(p.dir(), "adapters")},
 	}

@@ -79,9 +79,15 @@ func (p *KVPending) List(ctx context.Context) ([]Record, error) {
 	return out, nil
 }
 
-// MarkReady implements Pending: a compare-and-swap, so it never overwrites a newer generation.
-func (p *KVPending) MarkReady(ctx context.Context, ref events.Ref) error {
-	return p.mark(ctx, ref, func(r *Record) *bool { return &r.Ready })
+// MarkReady implements Pending: a compare-and-swap, so it never overwrites a newer generation
+// or attempt.
+func (p *KVPending) MarkReady(ctx context.Context, ref events.Ref, attempt int) error {
+	return p.mark(ctx, ref, func(r *Record) *bool {
+		if max(r.Attempt, 1) != max(attempt, 1) {
+			return nil
+		}
+		return &r.Ready
+	})
 }
 
 // MarkReleased implements Pending: a compare-and-swap on ref's generation, so a newer
@@ -90,13 +96,18 @@ func (p *KVPending) MarkReleased(ctx context.Context, ref events.Ref) error {
 	return p.mark(ctx, ref, func(r *Record) *bool { return &r.Released })
 }
 
-// mark sets one flag of ref's record, if the record is still ref's generation.
+// mark sets one flag of ref's record, if the record is still ref's generation (and flag returns
+// one: nil leaves the record as it is).
 func (p *KVPending) mark(ctx context.Context, ref events.Ref, flag func(*Record) *bool) error {
 	_, err := kvjson.Update(ctx, p.kv, key(ref.Namespace, ref.Name), func(rec *Record, exists bool) (bool, error) {
-		if !exists || rec.Ref.Generation != ref.Generation || *flag(rec) {
+		if !exists || rec.Ref.Generation != ref.Generation {
 			return false, nil
 		}
-		*flag(rec) = true
+		f := flag(rec)
+		if f == nil || *f {
+			return false, nil
+		}
+		*f = true
 		return true, nil
 	})
 	if err != nil {
@@ -145,11 +156,11 @@ func (m *MemoryPending) List(context.Context) ([]Record, error) {
 }
 
 // MarkReady implements Pending.
-func (m *MemoryPending) MarkReady(_ context.Context, ref events.Ref) error {
+func (m *MemoryPending) MarkReady(_ context.Context, ref events.Ref, attempt int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := key(ref.Namespace, ref.Name)
-	if rec, ok := m.recs[k]; ok && rec.Ref.Generation == ref.Generation {
+	if rec, ok := m.recs[k]; ok && rec.Ref.Generation == ref.Generation && max(rec.Attempt, 1) == max(attempt, 1) {
 		rec.Ready = true
 		m.recs[k] = rec
 	}

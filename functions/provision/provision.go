@@ -25,7 +25,7 @@ const Name = "provision"
 // event is stored, and its own workspace.failed to release what a failed workspace holds.
 var Types = []string{
 	events.WorkspaceRequested, events.NodeReady, events.NodeChanged, events.Tick,
-	events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted,
+	events.TuningRetrying, events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted,
 }
 
 // Failure reasons of this step.
@@ -53,6 +53,10 @@ type Request struct {
 	Workspace events.Workspace `json:"workspace"`
 	Plan      events.Plan      `json:"plan"`
 	Purpose   Purpose          `json:"purpose"`
+	// Attempt is the tuning attempt the capacity is for (0 or 1: the first); Resume says it
+	// continues from the generation's newest checkpoint.
+	Attempt int  `json:"attempt,omitempty"`
+	Resume  bool `json:"resume,omitempty"`
 }
 
 // Labels every node of the request carries: kaitoflow's workspace labels and the workspace's own
@@ -84,7 +88,9 @@ type Capacity struct {
 }
 
 // Provider supplies GPU capacity. Ensure starts creating it and returns without waiting; called
-// again for the same workspace it creates nothing new. Check reports the capacity's state and
+// again for the same workspace it creates nothing new — except for a later tuning attempt
+// (Request.Attempt > 1), where it brings the capacity back to what the request asks for (nodes
+// lost to an eviction replaced). Check reports the capacity's state and
 // returns an events.PermanentError when it failed for good (an ARM error, a NodeClaim that cannot
 // launch). Release is idempotent.
 type Provider interface {
@@ -126,7 +132,7 @@ type Pending interface {
 	Put(ctx context.Context, rec Record) error
 	Get(ctx context.Context, namespace, name string) (*Record, error)
 	List(ctx context.Context) ([]Record, error)
-	MarkReady(ctx context.Context, ref events.Ref) error
+	MarkReady(ctx context.Context, ref events.Ref, attempt int) error
 	MarkReleased(ctx context.Context, ref events.Ref) error
 }
 
@@ -187,9 +193,15 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 	case events.WorkspaceRequested:
 		return f.requested(ctx, ev, ref)
 	case events.NodeReady:
-		return nil, f.pending.MarkReady(ctx, ref)
+		var d events.NodeReadyData
+		if err := events.Data(ev, &d); err != nil {
+			return nil, err
+		}
+		return nil, f.pending.MarkReady(ctx, ref, d.Attempt)
 	case events.NodeChanged:
 		return f.recheck(ctx, ev, ref)
+	case events.TuningRetrying:
+		return f.retrying(ctx, ev, ref)
 	case events.TuningCompleted:
 		return f.release(ctx, ev, ref, Tuning)
 	case events.WorkspaceFailed, events.WorkspaceDeleted:
@@ -279,10 +291,51 @@ func (f *Function) nodeReady(ctx context.Context, rec Record, c Capacity, cause 
 	for i, n := range c.Nodes {
 		names[i] = n.Name
 	}
-	return runtime.Emit(events.New("kaitoflow/"+Name, events.NodeReady, events.NodeReady, rec.Ref, events.NodeReadyData{
+	step := events.NodeReady
+	if rec.Attempt > 1 {
+		step = fmt.Sprintf("%s/attempt-%d", events.NodeReady, rec.Attempt)
+	}
+	return runtime.Emit(events.New("kaitoflow/"+Name, events.NodeReady, step, rec.Ref, events.NodeReadyData{
 		Workspace: rec.Workspace, Provider: f.provider.Name(), InstanceType: rec.Plan.InstanceType,
-		Nodes: names, NodeInfo: c.Nodes, Plan: &rec.Plan,
+		Nodes: names, NodeInfo: c.Nodes, Plan: &rec.Plan, Attempt: rec.Attempt, Resume: rec.Resume,
 	}, cause))
+}
+
+// retrying gets capacity for the next tuning attempt: on a new SKU when the re-plan moved to one
+// (the old capacity is released first), else the same capacity made whole again (a node lost to
+// an eviction replaced). node.ready follows, for that attempt, once it is ready; the deadline
+// starts again.
+func (f *Function) retrying(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
+	var d events.TuningRetryingData
+	if err := events.Data(ev, &d); err != nil {
+		return nil, err
+	}
+	if d.Plan == nil || d.Attempt < 2 {
+		return nil, events.Permanentf(events.ReasonBadEvent, "tuning.retrying without a plan or with attempt %d", d.Attempt)
+	}
+	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil || rec == nil || rec.Ref.Generation != ref.Generation || rec.Released {
+		return nil, err // a newer generation, or nothing held any more: nothing to retry on
+	}
+	if rec.Attempt < d.Attempt {
+		if rec.Plan.InstanceType != d.Plan.InstanceType {
+			if err := f.provider.Release(ctx, rec.Request); err != nil {
+				return nil, fmt.Errorf("release %s capacity of %s for attempt %d on %s: %w", rec.Plan.InstanceType, ref, d.Attempt, d.Plan.InstanceType, err)
+			}
+			f.log.InfoContext(ctx, "released the failed attempt's capacity for a larger SKU", "workspace", ref.String(), "from", rec.Plan.InstanceType, "to", d.Plan.InstanceType)
+		}
+		rec.Plan, rec.Attempt, rec.Resume, rec.Ready = *d.Plan, d.Attempt, d.Resume, false
+		rec.Requested, rec.Deadline = f.now(), f.now().Add(f.deadline)
+		if err := f.pending.Put(ctx, *rec); err != nil {
+			return nil, err
+		}
+	} else if rec.Attempt > d.Attempt {
+		return nil, nil // a redelivery of an earlier attempt's retry
+	}
+	if err := f.provider.Ensure(ctx, rec.Request); err != nil {
+		return nil, fmt.Errorf("ensure tuning capacity for %s attempt %d: %w", ref, d.Attempt, err)
+	}
+	return f.check(ctx, *rec, &ev)
 }
 
 // tick looks at every request still waiting: capacity that failed or missed its deadline fails
@@ -362,6 +415,7 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 			return nil, err
 		}
 		data.Ref, data.Purpose, data.InstanceType, data.HeldSeconds = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType, d.Seconds()
+		data.GPUSeconds = d.Seconds() * float64(max(rec.Plan.GPUs, 1)*max(rec.Workspace.NodeCount(), 1))
 	case rec != nil:
 		data.Ref, data.Purpose, data.InstanceType = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType
 	}
@@ -371,7 +425,8 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 // handover turns a finished run's tuning capacity into the workspace's serving capacity; the
 // record stays held (now for serving) until the workspace fails or is deleted.
 func (f *Function) handover(ctx context.Context, h Handover, rec Record) error {
-	rec.Purpose = Serving
+	// Serving time counts from here: the tuning run's own GPU time is tune's to report.
+	rec.Purpose, rec.Requested = Serving, f.now()
 	if err := h.Serve(ctx, rec.Request); err != nil {
 		return fmt.Errorf("hand %s's tuning capacity over to serving: %w", rec.Ref, err)
 	}

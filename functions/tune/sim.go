@@ -63,11 +63,14 @@ type Sim struct {
 type simRun struct {
 	job      Job
 	started  time.Time
+	ended    time.Time
 	done     bool
 	acked    bool
 	progress *events.TuningProgressData
 	result   Result
 	err      error
+	// failure is the trainer's own account of a failed run.
+	failure *events.TrainerFailure
 }
 
 // Name implements Trainer.
@@ -82,7 +85,8 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 	if s.runs == nil {
 		s.runs = map[string]*simRun{}
 	}
-	if r, ok := s.runs[simKey(job.Ref)]; ok && r.job.Ref.Generation >= job.Ref.Generation {
+	if r, ok := s.runs[simKey(job.Ref)]; ok && (r.job.Ref.Generation > job.Ref.Generation ||
+		r.job.Ref.Generation == job.Ref.Generation && r.job.AttemptOf() >= job.AttemptOf()) {
 		return nil
 	}
 	if s.slots == nil {
@@ -101,42 +105,47 @@ func (s *Sim) Start(ctx context.Context, job Job) error {
 
 func (s *Sim) run(ctx context.Context, r *simRun) {
 	s.slots <- struct{}{}
-	res, err := s.wrap(ctx, r)
+	res, failure, err := s.wrap(ctx, r)
 	<-s.slots
 	s.mu.Lock()
 	res.Finished = time.Now().UTC().Truncate(time.Second)
-	r.done, r.err, r.result = true, err, res
+	r.done, r.err, r.result, r.failure, r.ended = true, err, res, failure, res.Finished
 	s.mu.Unlock()
 	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)
 	s.announce(ctx, r, "done")
 }
 
-// wrap runs the job through job-run, as a tuning Job's container does.
-func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
+// wrap runs the job through job-run, as a tuning Job's container does. The results directory is
+// the generation's, shared by its attempts as an output volume would be.
+func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, *events.TrainerFailure, error) {
 	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
 	trainer := s.Trainer
 	if trainer == nil {
 		self, err := os.Executable()
 		if err != nil {
-			return Result{}, err
+			return Result{}, nil, err
 		}
 		trainer = []string{self}
 	}
-	dtype, method := "", ""
+	dtype, method, batch, seq := "", "", 0, 0
 	if r.job.Plan != nil {
-		dtype = r.job.Plan.DType
+		dtype, batch, seq = r.job.Plan.DType, r.job.Plan.BatchSize, r.job.Plan.SeqLen
 	}
 	t := r.job.Workspace.Tuning
 	if t != nil {
 		method = t.Method
 	}
+	termination := filepath.Join(dir, fmt.Sprintf("termination-log-%d", r.job.AttemptOf()))
 	cfg := jobrun.Config{
 		DataDir: filepath.Join(dir, "data"), ResultsDir: filepath.Join(dir, "results"),
-		TerminationLog: filepath.Join(dir, "termination-log"), Attempts: 1, FetchBestEffort: true, Policy: s.Policy,
-		Env: []string{SimTrainerEnv + "=1"},
+		TerminationLog: termination, Attempts: 1, FetchBestEffort: true, Policy: s.Policy,
+		Env:           []string{SimTrainerEnv + "=1"},
+		CheckpointTag: jobrun.CheckpointTag(r.job.Ref.Namespace, r.job.Ref.Name, r.job.Ref.Generation), Resume: r.job.Resume,
 		Command: append(append([]string{}, trainer...), "--results", filepath.Join(dir, "results"), "--delay", s.Delay.String(),
 			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
-			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype),
+			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype,
+			"--batch", strconv.Itoa(batch), "--seq", strconv.Itoa(seq), "--max-batch", r.job.Workspace.Annotations[AnnotationSimMaxBatch],
+			"--termination-log", termination),
 		Reporter: simReporter{s: s, r: r},
 		// The simulated trainer's chatter would interleave with `up`'s own output.
 		Stdout: io.Discard,
@@ -147,22 +156,27 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, error) {
 	if s.Resolve != nil && t != nil && t.Output != nil && t.Output.Image != "" {
 		ref, err := s.Resolve(t.Output.Image)
 		if err != nil {
-			return Result{}, err
+			return Result{}, nil, err
 		}
 		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
 	}
 	if err := jobrun.Run(ctx, cfg, logctx.Or(s.Log)); err != nil {
-		return Result{}, fmt.Errorf("sim: %w", err)
+		// The trainer's own account, as tuning Jobs read it from the termination message.
+		var tf events.TrainerFailure
+		if b, rerr := os.ReadFile(termination); rerr == nil && json.Unmarshal(b, &tf) == nil && tf.Reason != "" {
+			return Result{}, &tf, fmt.Errorf("sim: %w", err)
+		}
+		return Result{}, nil, fmt.Errorf("sim: %w", err)
 	}
 	b, err := os.ReadFile(cfg.TerminationLog)
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
 	var sum jobrun.Summary
 	if err := json.Unmarshal(b, &sum); err != nil {
-		return Result{}, fmt.Errorf("sim: summary: %w", err)
+		return Result{}, nil, fmt.Errorf("sim: summary: %w", err)
 	}
-	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics, Datasets: sum.Datasets}, nil
+	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics, Datasets: sum.Datasets}, nil, nil
 }
 
 type simReporter struct {
@@ -212,6 +226,17 @@ func SimTrainerMain() {
 	os.Exit(simTrain(os.Args[1:]))
 }
 
+// AnnotationSimMaxBatch on a workspace says how large a batch the sim trainer's simulated GPU
+// holds: a run planned with a larger one fails as a real one that runs out of GPU memory does
+// (exit code 4, the trainer's JSON account), so the re-planning that follows can be watched.
+const AnnotationSimMaxBatch = "kaitoflow.io/sim-max-batch"
+
+// Sim trainer run shape: the steps of a run and how often it checkpoints.
+const (
+	simSteps           = 100
+	simCheckpointEvery = 20
+)
+
 func simTrain(args []string) int {
 	flags := map[string]string{}
 	for i := 0; i+1 < len(args); i += 2 {
@@ -219,26 +244,80 @@ func simTrain(args []string) int {
 	}
 	delay, _ := time.ParseDuration(flags["delay"])
 	parts := strings.Split(flags["ref"], "/")
-	if len(parts) != 3 || flags["results"] == "" {
+	results := flags["results"]
+	if len(parts) != 3 || results == "" {
 		fmt.Fprintln(os.Stderr, "sim trainer: want --results DIR --ref ns/name/generation")
 		return 2
 	}
 	gen, _ := strconv.ParseInt(parts[2], 10, 64)
 	job := Job{Ref: events.Ref{Namespace: parts[0], Name: parts[1], Generation: gen}, Plan: &events.Plan{DType: flags["dtype"]}}
 	job.Workspace.Tuning = &events.TuningSpec{Method: flags["method"], Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: flags["preset"]}}}
-	time.Sleep(delay / 2)
-	fmt.Printf("%s{\"step\": 50, \"max_steps\": 100, \"loss\": 1.234, \"tokens_per_second\": 1000}\n", jobrun.ProgressPrefix)
-	time.Sleep(delay - delay/2)
-	if _, err := WriteSimAdapter(flags["results"], job); err != nil {
+	batch, _ := strconv.Atoi(flags["batch"])
+	seq, _ := strconv.Atoi(flags["seq"])
+	if most, _ := strconv.Atoi(flags["max-batch"]); most > 0 && batch > most {
+		// What the real trainer reports when CUDA runs out at the first step.
+		b, _ := json.Marshal(events.TrainerFailure{
+			Reason: ReasonGPUOutOfMemory, Step: 0, BatchSize: batch, SeqLen: seq,
+			Message: fmt.Sprintf("sim: out of GPU memory at step 0 with batch %d, sequence %d: the simulated GPU holds batch %d (%s)", batch, seq, most, AnnotationSimMaxBatch),
+		})
+		if tl := flags["termination-log"]; tl != "" {
+			_ = os.WriteFile(tl, b, 0o644)
+		}
+		fmt.Fprintln(os.Stderr, string(b))
+		return 4
+	}
+	// Resumed: the steps before the checkpoint's are done.
+	from := 0
+	if dir := flags["resume-from"]; dir != "" {
+		var st struct {
+			GlobalStep int `json:"global_step"`
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "trainer_state.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sim trainer: --resume-from:", err)
+			return 1
+		}
+		from = st.GlobalStep
+		fmt.Printf("sim trainer: resuming at step %d of %d\n", from, simSteps)
+	}
+	for step := from + 1; step <= simSteps; step++ {
+		time.Sleep(delay / simSteps)
+		fmt.Printf("%s{\"step\": %d, \"max_steps\": %d, \"loss\": %.3f, \"tokens_per_second\": 1000}\n", jobrun.ProgressPrefix, step, simSteps, 2.0-float64(step)/simSteps)
+		if step%simCheckpointEvery == 0 && step < simSteps {
+			dir := filepath.Join(results, fmt.Sprintf("checkpoint-%d", step))
+			if err := writeSimCheckpoint(dir, job, step); err != nil {
+				fmt.Fprintln(os.Stderr, "sim trainer:", err)
+				return 1
+			}
+			fmt.Printf("%s{\"step\": %d, \"path\": %q}\n", jobrun.CheckpointPrefix, step, dir)
+		}
+	}
+	if _, err := WriteSimAdapter(results, job); err != nil {
 		fmt.Fprintln(os.Stderr, "sim trainer:", err)
 		return 1
 	}
-	metrics := []byte(`{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": 100}`)
-	if err := os.WriteFile(filepath.Join(flags["results"], "metrics.json"), metrics, 0o644); err != nil {
+	metrics, _ := json.Marshal(map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps, "resumed_from_step": from})
+	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
 		return 1
 	}
 	fmt.Println("sim trainer: wrote a simulated adapter; nothing was trained")
 	return 0
+}
+
+// writeSimCheckpoint writes a checkpoint as transformers lays one out (the adapter, optimizer
+// state, trainer_state.json last), simulated.
+func writeSimCheckpoint(dir string, job Job, step int) error {
+	if _, err := WriteSimAdapter(dir, job); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "optimizer.pt"), []byte(fmt.Sprintf("sim optimizer state at step %d\n", step)), 0o644); err != nil {
+		return err
+	}
+	state, _ := json.Marshal(map[string]any{"global_step": step, "max_steps": simSteps, "kaitoflow_trainer": "sim"})
+	return os.WriteFile(filepath.Join(dir, "trainer_state.json"), state, 0o644)
 }
 
 // Status implements Trainer.
@@ -255,8 +334,11 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 		st.Progress = &p
 	}
 	switch {
+	case r.done && r.failure != nil:
+		f := *r.failure
+		st.Phase, st.Reason, st.Message, st.Failure, st.Ended = Failed, f.Reason, f.Message, &f, r.ended
 	case r.done && r.err != nil:
-		st.Phase, st.Reason, st.Message = Failed, "TrainerFailed", "sim: "+r.err.Error()
+		st.Phase, st.Reason, st.Message, st.Ended = Failed, "TrainerFailed", "sim: "+r.err.Error(), r.ended
 	case r.done:
 		st.Phase, st.Result = Succeeded, r.result
 	}
@@ -278,10 +360,10 @@ func (s *Sim) List(context.Context) ([]events.Ref, error) {
 }
 
 // Acknowledge implements Trainer.
-func (s *Sim) Acknowledge(_ context.Context, ref events.Ref) error {
+func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, upTo int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r, ok := s.runs[simKey(ref)]; ok && r.job.Ref.Generation == ref.Generation {
+	if r, ok := s.runs[simKey(ref)]; ok && r.job.Ref.Generation == ref.Generation && r.job.AttemptOf() <= upTo {
 		r.acked = true
 	}
 	return nil

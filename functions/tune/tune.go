@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -26,7 +27,8 @@ const Name = "tune"
 // Types are the events the function consumes.
 // It reads its own tuning.completed and workspace.failed back: once those are stored, the run is
 // acknowledged and ticks stop looking at it.
-var Types = []string{events.NodeReady, events.JobChanged, events.Tick, events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted}
+// Its own tuning.retrying, read back, acknowledges the failed attempt the same way.
+var Types = []string{events.NodeReady, events.JobChanged, events.Tick, events.TuningRetrying, events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted}
 
 // Job is one tuning run: a workspace generation on its nodes.
 type Job struct {
@@ -37,7 +39,14 @@ type Job struct {
 	// Plan is what provision checked: precision, batch, sequence length and the rendered
 	// training_config.yaml the run must use.
 	Plan *events.Plan `json:"plan,omitempty"`
+	// Attempt numbers the runs of one generation from 1; Resume says this one continues from the
+	// generation's newest checkpoint.
+	Attempt int  `json:"attempt,omitempty"`
+	Resume  bool `json:"resume,omitempty"`
 }
+
+// AttemptOf is the job's attempt, counting a job from before attempts as the first.
+func (j Job) AttemptOf() int { return max(j.Attempt, 1) }
 
 // Phase of a run.
 type Phase string
@@ -59,8 +68,12 @@ type Status struct {
 	Started time.Time
 	// Result is set when Succeeded.
 	Result Result
-	// Reason and Message are set when Failed (OOMKilled, DeadlineExceeded, exit code 3: …).
+	// Reason and Message are set when Failed (OOMKilled, DeadlineExceeded, exit code 3: …);
+	// Failure when the trainer said more (its termination message as JSON).
 	Reason, Message string
+	Failure         *events.TrainerFailure
+	// Ended is when a finished run stopped, as far as is known (zero: not known).
+	Ended time.Time
 	// Progress is the trainer's latest report while Running.
 	Progress *events.TuningProgressData
 	// Acknowledged says the run's outcome is stored: nothing seen of it later (its pod collected
@@ -84,29 +97,56 @@ type Result struct {
 }
 
 // Trainer runs tuning jobs. Start is create-or-get per job name and returns at once. Status
-// finds the run of a workspace (nil when it has none). List returns the runs not yet
-// acknowledged; Acknowledge marks a run whose outcome is stored. Delete removes the run.
+// finds the newest run of a workspace (nil when it has none). List returns the runs not yet
+// acknowledged; Acknowledge marks a generation's runs up to attempt as stored. Delete removes
+// the runs.
 type Trainer interface {
 	Name() string
 	Start(ctx context.Context, job Job) error
 	Status(ctx context.Context, ref events.Ref) (*Status, error)
 	List(ctx context.Context) ([]events.Ref, error)
-	Acknowledge(ctx context.Context, ref events.Ref) error
+	Acknowledge(ctx context.Context, ref events.Ref, attempt int) error
 	Delete(ctx context.Context, ref events.Ref) error
+}
+
+// Replanner makes the plan of the next attempt after a run ran out of GPU memory: one step
+// smaller (half the batch with twice the gradient accumulation, then half the sequence, then the
+// next SKU the fit check accepts), never changing what the user set. It returns the plan and
+// what changed, or a permanent error with the advice when nothing is left to change.
+type Replanner interface {
+	Replan(ctx context.Context, ws *events.Workspace, plan *events.Plan, failure *events.TrainerFailure) (*events.Plan, []string, error)
+}
+
+// DefaultMaxAttempts bounds the attempts of one generation.
+const DefaultMaxAttempts = 3
+
+// Options configure a Function.
+type Options struct {
+	// Replanner shrinks the plan after out of GPU memory; nil fails such a run with the advice.
+	Replanner Replanner
+	// MaxAttempts bounds the attempts of a generation (DefaultMaxAttempts when zero; 1 never
+	// retries).
+	MaxAttempts int
+	Log         *slog.Logger
 }
 
 // Function is the tune handler.
 type Function struct {
-	trainer Trainer
-	log     *slog.Logger
+	trainer     Trainer
+	replanner   Replanner
+	maxAttempts int
+	log         *slog.Logger
 }
 
 // New returns the tune function over trainer.
-func New(t Trainer, log *slog.Logger) *Function {
-	if log == nil {
-		log = slog.Default()
+func New(t Trainer, o Options) *Function {
+	if o.Log == nil {
+		o.Log = slog.Default()
 	}
-	return &Function{trainer: t, log: log.With("function", Name, "trainer", t.Name())}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	return &Function{trainer: t, replanner: o.Replanner, maxAttempts: o.MaxAttempts, log: o.Log.With("function", Name, "trainer", t.Name())}
 }
 
 // JobName derives the run's name from the workspace generation, so a redelivered node.ready finds
@@ -119,6 +159,15 @@ func JobName(ref events.Ref) string {
 		base = base[:32] + "-" + hex.EncodeToString(sum[:])[:7]
 	}
 	return fmt.Sprintf("%s-tuning-%d", base, ref.Generation)
+}
+
+// AttemptJobName is the run's name for an attempt: JobName for the first, then with the attempt
+// appended, so every attempt's Job (and its logs) stays to be read.
+func AttemptJobName(ref events.Ref, attempt int) string {
+	if attempt <= 1 {
+		return JobName(ref)
+	}
+	return fmt.Sprintf("%s-%d", JobName(ref), attempt)
 }
 
 // Handle implements runtime.Handler.
@@ -139,23 +188,31 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		if d.Plan == nil {
 			return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
 		}
-		job := Job{Name: JobName(ref), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan}
+		job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1), Resume: d.Resume}
 		if err := f.trainer.Start(ctx, job); err != nil {
 			return nil, fmt.Errorf("start tuning job %s: %w", job.Name, err)
 		}
 		return f.observe(ctx, ref, &ev)
 	case events.JobChanged:
 		return f.observe(ctx, ref, &ev)
-	case events.TuningCompleted:
-		return nil, f.trainer.Acknowledge(ctx, ref)
-	case events.WorkspaceFailed:
-		var d events.WorkspaceFailedData
+	case events.TuningRetrying:
+		var d events.TuningRetryingData
 		if err := events.Data(ev, &d); err != nil {
 			return nil, err
 		}
-		if d.Function == Name {
-			return nil, f.trainer.Acknowledge(ctx, ref)
+		return nil, f.trainer.Acknowledge(ctx, ref, d.Attempt-1)
+	case events.TuningCompleted, events.WorkspaceFailed:
+		if ev.Type() == events.WorkspaceFailed {
+			var d events.WorkspaceFailedData
+			if err := events.Data(ev, &d); err != nil {
+				return nil, err
+			}
+			if d.Function != Name {
+				return nil, nil
+			}
 		}
+		// Every attempt of the generation: the outcome is stored.
+		return nil, f.trainer.Acknowledge(ctx, ref, math.MaxInt)
 	case events.WorkspaceDeleted:
 		if err := f.trainer.Delete(ctx, ref); err != nil {
 			return nil, fmt.Errorf("delete tuning job of %s: %w", ref, err)
@@ -192,10 +249,18 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	if st.Phase == Pending {
 		return nil, nil
 	}
+	attempt := st.Job.AttemptOf()
+	// Per attempt: the first keeps the step names runs had before there were attempts.
+	per := func(step string) string {
+		if attempt > 1 {
+			return fmt.Sprintf("%s/attempt-%d", step, attempt)
+		}
+		return step
+	}
 	if st.Phase == Running || st.Phase == Succeeded || (st.Phase == Failed && st.Node != "") {
-		if err := emit(events.TuningStarted, events.TuningStarted, events.TuningStartedData{
+		if err := emit(events.TuningStarted, per(events.TuningStarted), events.TuningStartedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name, Trainer: f.trainer.Name(),
-			Plan: st.Job.Plan, Node: st.Node, Started: st.Started,
+			Plan: st.Job.Plan, Node: st.Node, Started: st.Started, Attempt: attempt,
 		}); err != nil {
 			return nil, err
 		}
@@ -203,23 +268,87 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	switch st.Phase {
 	case Running:
 		if p := st.Progress; p != nil {
-			p.Job = st.Job.Name
+			p.Job, p.Attempt = st.Job.Name, attempt
 			// One event per reported step: the wrapper reports at a bounded rate, so do these.
-			err = emit(events.TuningProgress, fmt.Sprintf("progress/%d", p.Step), *p)
+			err = emit(events.TuningProgress, per(fmt.Sprintf("progress/%d", p.Step)), *p)
 		}
 	case Succeeded:
 		err = emit(events.TuningCompleted, events.TuningCompleted, events.TuningCompletedData{
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
 			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics, Datasets: st.Result.Datasets,
-			Plan: st.Job.Plan, Finished: st.Result.Finished,
+			Plan: st.Job.Plan, Finished: st.Result.Finished, Attempt: attempt, GPUSeconds: gpuSeconds(st, st.Result.Finished),
 		})
 	case Failed:
-		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "reason", st.Reason, "message", st.Message)
+		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "attempt", attempt, "reason", st.Reason, "message", st.Message)
+		next, reason, msg, rerr := f.retry(ctx, st)
+		if rerr != nil {
+			return nil, rerr
+		}
+		if next != nil {
+			err = emit(events.TuningRetrying, fmt.Sprintf("retrying/attempt-%d", next.Attempt), *next)
+			break
+		}
 		err = emit(events.WorkspaceFailed, "failed/"+Name, events.WorkspaceFailedData{
-			Ref: ref, Function: Name, EventType: events.JobChanged, Reason: st.Reason, Message: st.Message,
+			Ref: ref, Function: Name, EventType: events.JobChanged, Reason: reason, Message: msg,
 		})
 	}
 	return out, err
+}
+
+// Failure reasons the pipeline recovers from with another attempt. OOMKilled is not one of them:
+// that is the node's memory, which no smaller batch is sure to fix.
+const (
+	// ReasonGPUOutOfMemory: the trainer ran out of GPU memory (its exit code 4).
+	ReasonGPUOutOfMemory = events.ReasonGPUOutOfMemory
+	// ReasonNodeLost: the run's pod was taken away with its node (spot eviction, a deleted VM,
+	// a drain).
+	ReasonNodeLost = "NodeLost"
+)
+
+// retry decides what follows a failed attempt: the next attempt — a smaller plan after running
+// out of GPU memory, the same plan resumed from its newest checkpoint after losing the node — or
+// none, with the reason and message the workspace fails with.
+func (f *Function) retry(ctx context.Context, st *Status) (next *events.TuningRetryingData, reason, message string, err error) {
+	attempt := st.Job.AttemptOf()
+	if st.Reason != ReasonGPUOutOfMemory && st.Reason != ReasonNodeLost {
+		return nil, st.Reason, st.Message, nil
+	}
+	if attempt >= f.maxAttempts {
+		return nil, st.Reason, fmt.Sprintf("%s (attempt %d of %d; no attempts left)", st.Message, attempt, f.maxAttempts), nil
+	}
+	next = &events.TuningRetryingData{
+		Workspace: st.Job.Workspace, Attempt: attempt + 1, MaxAttempts: f.maxAttempts, Reason: st.Reason, Message: st.Message,
+		Failure: st.Failure, Plan: st.Job.Plan, GPUSeconds: gpuSeconds(st, st.Ended),
+	}
+	switch st.Reason {
+	case ReasonNodeLost:
+		next.Resume = true
+		if st.Progress != nil {
+			next.CheckpointStep = st.Progress.CheckpointStep
+		}
+	case ReasonGPUOutOfMemory:
+		if f.replanner == nil {
+			return nil, st.Reason, st.Message, nil
+		}
+		plan, changes, err := f.replanner.Replan(ctx, &st.Job.Workspace, st.Job.Plan, st.Failure)
+		if p, ok := events.AsPermanent(err); ok {
+			return nil, p.Reason, p.Err.Error(), nil
+		}
+		if err != nil {
+			return nil, "", "", fmt.Errorf("re-plan %s after it ran out of GPU memory: %w", st.Job.Name, err)
+		}
+		// A checkpoint of a different batch or sequence would resume a different run: start over.
+		next.Plan, next.Changes = plan, changes
+	}
+	return next, "", "", nil
+}
+
+// gpuSeconds is what a run held: the GPUs of its nodes for as long as its trainer ran.
+func gpuSeconds(st *Status, end time.Time) float64 {
+	if st.Started.IsZero() || end.IsZero() || end.Before(st.Started) || st.Job.Plan == nil {
+		return 0
+	}
+	return float64(max(st.Job.Plan.GPUs, 1)*max(len(st.Job.Nodes), 1)) * end.Sub(st.Started).Seconds()
 }
 
 // tick re-observes every run, for state changes whose watch event was lost.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -32,7 +33,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 3}
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, quiet)
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Log: quiet})
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: &events.Plan{DType: "float16"}}, nil))
 	out, err := f.Handle(context.Background(), ready)
 	if err != nil || len(out) != 1 || out[0].Type() != events.TuningStarted {
@@ -42,7 +43,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	if err := events.Data(out[0], &started); err != nil || started.Job != "ws-tuning-3" || started.Plan.DType != "float16" || started.Node != "n0" {
 		t.Fatalf("tuning.started %+v %v", started, err)
 	}
-	// Half way the sim trainer reports progress, as job-run does for real runs.
+	// The sim trainer reports progress, as job-run does for real runs.
 	halfway := rec.Wait(t, 0)[0]
 	if halfway.Type() != events.JobChanged || halfway.Subject() != "default/ws" {
 		t.Fatalf("sim announced %v", halfway)
@@ -52,7 +53,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 		t.Fatalf("progress → %v, %v", types(prog), err)
 	}
 	var p events.TuningProgressData
-	if err := events.Data(prog[1], &p); err != nil || p.Percent() != 50 || p.Job != "ws-tuning-3" {
+	if err := events.Data(prog[1], &p); err != nil || p.Step < 1 || p.MaxSteps != 100 || p.Job != "ws-tuning-3" {
 		t.Fatalf("progress %+v %v", p, err)
 	}
 	changed := rec.Wait(t, 1)[1]
@@ -101,7 +102,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
 	ws := events.Workspace{Inference: &events.InferenceSpec{}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	out, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, quiet).Handle(context.Background(), in)
+	out, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, Options{Log: quiet}).Handle(context.Background(), in)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("got %v %v", out, err)
 	}
@@ -110,7 +111,7 @@ func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
 func TestNodeReadyWithoutAPlanIsRefused(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "lora"}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	_, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, quiet).Handle(context.Background(), in)
+	_, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, Options{Log: quiet}).Handle(context.Background(), in)
 	if _, ok := events.AsPermanent(err); !ok {
 		t.Fatalf("got %v", err)
 	}
@@ -125,5 +126,118 @@ func TestJobNameIsAValidLabelValue(t *testing.T) {
 	}
 	if JobName(events.Ref{Name: strings.Repeat("x", 50) + "a"}) == JobName(events.Ref{Name: strings.Repeat("x", 50) + "b"}) {
 		t.Error("long names collide")
+	}
+}
+
+// run drives one attempt of a sim run as the pipeline does: node.ready in, then each job.changed
+// the sim announces, until the run's outcome (tuning.completed, tuning.retrying or
+// workspace.failed) comes out.
+func run(t *testing.T, f *Function, rec *testenv.Recorder, ref events.Ref, ready events.NodeReadyData) cloudevents.Event {
+	t.Helper()
+	ctx := context.Background()
+	seen := len(rec.Events())
+	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, ready, nil))
+	out, err := f.Handle(ctx, in)
+	for {
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range out {
+			switch e.Type() {
+			case events.TuningCompleted, events.TuningRetrying, events.WorkspaceFailed:
+				return e
+			}
+		}
+		evs := rec.Wait(t, seen)
+		out, err = f.Handle(ctx, evs[seen])
+		seen++
+	}
+}
+
+// smallSimGPU is phi-3 qlora on an A100 whose simulated GPU holds batch 2, with its plan from the
+// real planner; config names the workspace's tuning.config, which configs serves.
+func smallSimGPU(t *testing.T, config string, configs presets.ConfigSource) (*presets.Planner, events.Workspace, *events.Plan) {
+	t.Helper()
+	catalog, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	planner := &presets.Planner{Catalog: catalog, Configs: configs}
+	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Config: config, Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+	ws.Name, ws.Namespace = "ws", "default"
+	ws.Annotations = map[string]string{AnnotationSimMaxBatch: "2"}
+	ws.Resource.InstanceType = "Standard_NC24ads_A100_v4"
+	plan, err := planner.Plan(context.Background(), &ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return planner, ws, plan
+}
+
+// The sim's GPU holds batch 2 (kaitoflow.io/sim-max-batch); the planner plans batch 4 for
+// phi-3 on an A100. The first attempt runs out of GPU memory, tune re-plans with the real
+// planner — batch 2, twice the gradient accumulation — and the second attempt completes.
+func TestOutOfGPUMemoryRetriesWithAHalfBatch(t *testing.T) {
+	planner, ws, plan := smallSimGPU(t, "", nil)
+	if plan.BatchSize != 4 {
+		t.Fatalf("the planner planned batch %d; this test wants 4", plan.BatchSize)
+	}
+	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
+	rec := &testenv.Recorder{}
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Replanner: planner, Log: quiet})
+
+	first := run(t, f, rec, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
+	if first.Type() != events.TuningRetrying {
+		t.Fatalf("attempt 1 ended with %s: %s", first.Type(), first.Data())
+	}
+	var retry events.TuningRetryingData
+	if err := events.Data(first, &retry); err != nil {
+		t.Fatal(err)
+	}
+	if retry.Attempt != 2 || retry.Reason != events.ReasonGPUOutOfMemory || retry.Resume || retry.Failure == nil || retry.Failure.BatchSize != 4 {
+		t.Fatalf("retrying: %+v", retry)
+	}
+	if retry.Plan.BatchSize != 2 || retry.Plan.GradientAccumulation != 2 || !strings.Contains(retry.Plan.TrainingConfig, "per_device_train_batch_size: 2") ||
+		!strings.Contains(retry.Plan.TrainingConfig, "gradient_accumulation_steps: 2") {
+		t.Fatalf("the next plan: batch %d, accumulation %d\n%s", retry.Plan.BatchSize, retry.Plan.GradientAccumulation, retry.Plan.TrainingConfig)
+	}
+	if len(retry.Changes) == 0 || !strings.Contains(strings.Join(retry.Changes, "; "), "per_device_train_batch_size 4 → 2") {
+		t.Errorf("changes: %q", retry.Changes)
+	}
+	// Read back, the retrying event acknowledges attempt 1: ticks no longer report it.
+	if _, err := f.Handle(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+
+	done := run(t, f, rec, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: retry.Plan, Attempt: retry.Attempt})
+	var c events.TuningCompletedData
+	if err := events.Data(done, &c); err != nil || done.Type() != events.TuningCompleted {
+		t.Fatalf("attempt 2 ended with %s: %s", done.Type(), done.Data())
+	}
+	if c.Attempt != 2 || c.Plan.BatchSize != 2 || c.Job != "ws-tuning-1-2" || c.Metrics["steps"] != 100 {
+		t.Fatalf("completed: attempt %d, batch %d, job %s, metrics %v", c.Attempt, c.Plan.BatchSize, c.Job, c.Metrics)
+	}
+}
+
+// A batch the user set in tuning.config is the user's: running out of memory with it fails the
+// workspace with the advice, and no second attempt is made.
+func TestOutOfGPUMemoryWithTheUsersBatchFailsWithAdvice(t *testing.T) {
+	planner, ws, plan := smallSimGPU(t, "my-config", func(_ context.Context, ns, name string) (map[string]string, error) {
+		if ns != "default" || name != "my-config" {
+			return nil, presets.ErrConfigMapNotFound
+		}
+		return map[string]string{presets.TrainingConfigKey: "training_config:\n  TrainingArguments:\n    per_device_train_batch_size: 4\n"}, nil
+	})
+	rec := &testenv.Recorder{}
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Replanner: planner, Log: quiet})
+	out := run(t, f, rec, events.Ref{Namespace: "default", Name: "ws", Generation: 1}, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
+	var failed events.WorkspaceFailedData
+	if err := events.Data(out, &failed); err != nil || out.Type() != events.WorkspaceFailed {
+		t.Fatalf("ended with %s: %s", out.Type(), out.Data())
+	}
+	for _, want := range []string{"per_device_train_batch_size 4 is set in tuning.config my-config", "lower per_device_train_batch_size", "gradient_accumulation_steps"} {
+		if failed.Reason != events.ReasonGPUOutOfMemory || !strings.Contains(failed.Message, want) {
+			t.Errorf("failed %s: %s\nwant %q in it", failed.Reason, failed.Message, want)
+		}
 	}
 }

@@ -180,6 +180,8 @@ type Config struct {
 	Preflight string
 	// CapacityDeadline is how long capacity may take; provision's default when zero.
 	CapacityDeadline time.Duration
+	// TuningAttempts bounds the attempts of a tuning run; tune's default when zero.
+	TuningAttempts int
 	// Registry, when set, receives every push instead of the registry tuning.output.image names:
 	// the embedded registry that stands in for ACR, or `fn publish --registry-rewrite`.
 	Registry string
@@ -364,22 +366,9 @@ func (b *builder) provision(ctx context.Context) (runtime.Handler, error) {
 	if b.cfg.JetStream == nil {
 		return nil, fmt.Errorf("provision keeps its capacity records in NATS JetStream: none configured")
 	}
-	catalog, err := presets.Default()
-	if err != nil {
-		return nil, fmt.Errorf("preset catalog: %w", err)
-	}
-	configs, err := b.configMaps(IdentityProvision)
+	planner, err := b.planner(IdentityProvision)
 	if err != nil {
 		return nil, err
-	}
-	planner := &presets.Planner{Catalog: catalog, Configs: configs, Secrets: b.cfg.Secrets,
-		Hub: &presets.Hub{BaseURL: b.cfg.HubURL, Client: netguard.Client(b.cfg.Policy, 30*time.Second)}}
-	if b.cfg.Cluster != nil && b.cfg.Secrets == nil {
-		c, err := b.clients(IdentityProvision)
-		if err != nil {
-			return nil, err
-		}
-		planner.Secrets = ClusterSecrets(c.kube)
 	}
 	pending, err := provision.OpenKVPending(ctx, b.cfg.JetStream, b.storage())
 	if err != nil {
@@ -395,6 +384,29 @@ func (b *builder) provision(ctx context.Context) (runtime.Handler, error) {
 	}
 	return provision.New(prov, planner, pending, provision.Options{Policy: b.cfg.Policy, Deadline: b.cfg.CapacityDeadline, Log: b.log,
 		Preflight: preflight, PreflightWarnOnly: warnOnly}), nil
+}
+
+// planner is the fit check, reading ConfigMaps and Secrets as identity: provision's, and tune's
+// for the re-plan after a run ran out of GPU memory.
+func (b *builder) planner(identity string) (*presets.Planner, error) {
+	catalog, err := presets.Default()
+	if err != nil {
+		return nil, fmt.Errorf("preset catalog: %w", err)
+	}
+	configs, err := b.configMaps(identity)
+	if err != nil {
+		return nil, err
+	}
+	planner := &presets.Planner{Catalog: catalog, Configs: configs, Secrets: b.cfg.Secrets,
+		Hub: &presets.Hub{BaseURL: b.cfg.HubURL, Client: netguard.Client(b.cfg.Policy, 30*time.Second)}}
+	if b.cfg.Cluster != nil && b.cfg.Secrets == nil {
+		c, err := b.clients(identity)
+		if err != nil {
+			return nil, err
+		}
+		planner.Secrets = ClusterSecrets(c.kube)
+	}
+	return planner, nil
 }
 
 // provider is the capacity driver and, for the real ones, the Node watch that turns node changes
@@ -443,13 +455,18 @@ func (b *builder) nodeWatch() error {
 
 func (b *builder) tune() (runtime.Handler, error) {
 	d := b.cfg.Drivers
+	planner, err := b.planner(IdentityTune)
+	if err != nil {
+		return nil, err
+	}
+	opts := tune.Options{Replanner: planner, MaxAttempts: b.cfg.TuningAttempts, Log: b.log}
 	switch d.Trainer {
 	case "", "sim":
 		sim := &tune.Sim{Dir: b.cfg.Sim.Dir, Delay: b.cfg.Sim.Delay, Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy, Parallel: b.cfg.Sim.Parallel}
 		if b.cfg.Registry != "" {
 			sim.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
 		}
-		return tune.New(sim, b.log), nil
+		return tune.New(sim, opts), nil
 	case "job":
 		c, err := b.clients(IdentityTune)
 		if err != nil {
@@ -465,7 +482,7 @@ func (b *builder) tune() (runtime.Handler, error) {
 			return nil, err
 		}
 		b.watch("jobs", func(ctx context.Context, pub events.Publisher) error { return jobs.Watch(ctx, w.kube, pub, b.log) })
-		return tune.New(&jobs.Trainer{Client: c.kube, Options: o, Log: b.log}, b.log), nil
+		return tune.New(&jobs.Trainer{Client: c.kube, Options: o, Log: b.log}, opts), nil
 	}
 	return nil, fmt.Errorf("trainer %q: want sim or job", d.Trainer)
 }

@@ -130,6 +130,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		return nil, err
 	}
 	p.Store = store
+	p.Metrics.MustRegister(status.NewGPUCollector(store))
 
 	if cfg.Registry != "" {
 		p.Registry = cfg.Registry

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +45,8 @@ type Summary struct {
 	Metrics  map[string]float64   `json:"metrics,omitempty"`
 	// Datasets are the sha256 digests of the fetched dataset files, in input order.
 	Datasets []string `json:"datasets,omitempty"`
+	// ResumedFromStep is the checkpoint's step the run continued from (0: it started afresh).
+	ResumedFromStep int `json:"resumedFromStep,omitempty"`
 }
 
 // AdapterFiles are what the trainer leaves in the results directory and the image carries.
@@ -73,6 +76,13 @@ type Config struct {
 	// FetchBestEffort logs and skips datasets that cannot be fetched instead of failing (the
 	// sim trainer, which reads none, on an offline machine).
 	FetchBestEffort bool
+	// CheckpointTag names the generation's checkpoints in the output repository (CheckpointTag);
+	// empty uploads none. KeepCheckpoints of them stay (DefaultKeepCheckpoints when zero).
+	CheckpointTag   string
+	KeepCheckpoints int
+	// Resume continues from the generation's newest checkpoint: it is fetched into the results
+	// directory and the trainer gets --resume-from DIR.
+	Resume bool
 }
 
 // ExitError carries the trainer's exit code.
@@ -101,14 +111,38 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if out == nil {
 		out = os.Stdout
 	}
-	if code := runTrainer(ctx, c.Command, c.Env, out, c.Reporter, log); code != 0 {
+	command, resumed := c.Command, 0
+	if c.Resume {
+		dir, step, err := c.restore(ctx)
+		if err != nil {
+			return c.fail(fmt.Errorf("resume: %w", err))
+		}
+		if step > 0 {
+			log.Info("job-run: resuming from checkpoint", "step", step, "dir", dir)
+			command, resumed = append(slices.Clip(command), "--resume-from", dir), step
+		} else {
+			log.Info("job-run: no checkpoint of this generation yet; starting from the beginning")
+		}
+	}
+	ckpts := &checkpoints{c: c, log: log}
+	code := runTrainer(ctx, command, c.Env, out, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
+	// The trainer has ended: its newest checkpoint is what a next attempt needs, so the upload in
+	// flight finishes first.
+	ckpts.wait()
+	if code != 0 {
 		return ExitError{Code: code}
 	}
 	s, err := summarize(ctx, c, log)
 	if err != nil {
 		return c.fail(err)
 	}
-	s.Datasets = datasets
+	s.Datasets, s.ResumedFromStep = datasets, resumed
+	if repo, ok, _ := c.checkpointRepo(); ok {
+		// The adapter is stored: the generation's checkpoints have served their purpose.
+		if err := c.pruneCheckpoints(ctx, repo, 0); err != nil {
+			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
+		}
+	}
 	b, err := json.Marshal(s)
 	if err != nil {
 		return c.fail(err)
@@ -234,7 +268,7 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	return err
 }
 
-func runTrainer(ctx context.Context, argv, env []string, out io.Writer, rep Reporter, log *slog.Logger) int {
+func runTrainer(ctx context.Context, argv, env []string, out io.Writer, t tee, log *slog.Logger) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if len(env) > 0 {
 		cmd.Env = append(os.Environ(), env...)
@@ -257,7 +291,7 @@ func runTrainer(ctx context.Context, argv, env []string, out io.Writer, rep Repo
 	teed := make(chan struct{})
 	go func() {
 		defer close(teed)
-		progressTee(ctx, stdout, out, rep, ReportInterval, time.Now, log)
+		t.run(ctx, stdout, out, ReportInterval, time.Now, log)
 	}()
 	// Forward SIGTERM and SIGINT: the kubelet's stop, or the Job's deadline, reaches the trainer,
 	// which can save what it has before the grace period ends.

@@ -35,9 +35,19 @@ type trainerLine struct {
 	TokensPerSecond float64 `json:"tokens_per_second"`
 }
 
-// progressTee copies the trainer's output to w unchanged and reports its progress lines, at
-// most once per every (and always the first), with an ETA from the step rate.
-func progressTee(ctx context.Context, r io.Reader, w io.Writer, rep Reporter, every time.Duration, now func() time.Time, log *slog.Logger) {
+// tee reads the trainer's output: progress lines go to rep, checkpoint lines to ckpts.
+type tee struct {
+	rep   Reporter
+	ckpts *checkpoints
+	// from is the step the run resumed at: the rate counts the steps done since.
+	from int
+}
+
+// run copies the trainer's output to w unchanged and reports its progress lines, at most once
+// per every (and always the first), with an ETA from the step rate and the newest checkpoint
+// stored; checkpoint lines start their upload.
+func (t tee) run(ctx context.Context, r io.Reader, w io.Writer, every time.Duration, now func() time.Time, log *slog.Logger) {
+	rep := t.rep
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	start := now()
@@ -45,6 +55,13 @@ func progressTee(ctx context.Context, r io.Reader, w io.Writer, rep Reporter, ev
 	for sc.Scan() {
 		line := sc.Text()
 		fmt.Fprintln(w, line)
+		if rest, ok := strings.CutPrefix(line, CheckpointPrefix); ok && t.ckpts != nil {
+			var cl checkpointLine
+			if json.Unmarshal([]byte(rest), &cl) == nil && cl.Step > 0 && cl.Path != "" {
+				t.ckpts.saved(ctx, cl)
+			}
+			continue
+		}
 		rest, ok := strings.CutPrefix(line, ProgressPrefix)
 		if !ok || rep == nil {
 			continue
@@ -53,19 +70,22 @@ func progressTee(ctx context.Context, r io.Reader, w io.Writer, rep Reporter, ev
 		if json.Unmarshal([]byte(rest), &tl) != nil || tl.Step <= 0 {
 			continue
 		}
-		t := now()
-		if !last.IsZero() && t.Sub(last) < every {
+		at := now()
+		if !last.IsZero() && at.Sub(last) < every {
 			continue
 		}
 		p := events.TuningProgressData{Step: tl.Step, MaxSteps: tl.MaxSteps, Loss: tl.Loss, TokensPerSecond: tl.TokensPerSecond}
-		if tl.MaxSteps > tl.Step {
-			perStep := t.Sub(start).Seconds() / float64(tl.Step)
+		if t.ckpts != nil {
+			p.CheckpointStep = t.ckpts.newest()
+		}
+		if tl.MaxSteps > tl.Step && tl.Step > t.from {
+			perStep := at.Sub(start).Seconds() / float64(tl.Step-t.from)
 			p.ETASeconds = perStep * float64(tl.MaxSteps-tl.Step)
 		}
 		if err := rep.Report(ctx, p); err != nil {
 			log.Warn("job-run: report progress", "err", err)
 		}
-		last = t
+		last = at
 	}
 	// Drain whatever is left so the trainer never blocks on a full pipe.
 	_, _ = io.Copy(w, r)

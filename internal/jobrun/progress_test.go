@@ -39,7 +39,7 @@ func TestProgressTee(t *testing.T) {
 	}
 	var w bytes.Buffer
 	rep := &reports{}
-	progressTee(context.Background(), strings.NewReader(out), &w, rep, 30*time.Second, now, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tee{rep: rep}.run(context.Background(), strings.NewReader(out), &w, 30*time.Second, now, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if w.String() != out {
 		t.Errorf("the trainer's output was changed:\n%s", w.String())
 	}

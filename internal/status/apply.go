@@ -3,6 +3,7 @@ package status
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,8 +24,8 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	case ref.Generation < w.Generation:
 		return false, nil
 	case ref.Generation > w.Generation || w.Name == "":
-		created, history := w.Created, w.History
-		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history}
+		created, history, gpu := w.Created, w.History, w.GPU
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -107,12 +108,35 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		}
 		rec.Note = ProgressNote(d)
 		w.advance(Tuning)
+	case events.TuningRetrying:
+		var d events.TuningRetryingData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		a := w.attempt(d.Attempt - 1)
+		a.Outcome, a.Message, a.Changes, a.GPUSeconds = d.Reason, d.Message, d.Changes, d.GPUSeconds
+		if d.Resume {
+			a.Changes = append(slices.Clip(a.Changes), fmt.Sprintf("resumes from the newest checkpoint (step %d as last reported)", d.CheckpointStep))
+		}
+		w.addGPU(d.GPUSeconds, 0)
+		next := w.attempt(d.Attempt)
+		if d.Plan != nil {
+			next.InstanceType, next.BatchSize, next.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
+		}
+		rec.Note = fmt.Sprintf("attempt %d of %d after %s: %s", d.Attempt, d.MaxAttempts, d.Reason, strings.Join(a.Changes, "; "))
+		w.advance(Tuning)
 	case events.TuningCompleted:
 		var d events.TuningCompletedData
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
 		rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
+		if d.Attempt > 1 {
+			rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
+			w.attempt(d.Attempt).Outcome = "Succeeded"
+			w.attempt(d.Attempt).GPUSeconds = d.GPUSeconds
+		}
+		w.addGPU(d.GPUSeconds, 0)
 		w.endStep(StepTune, at)
 		w.startStep(StepPublish, at)
 		w.advance(Publishing)
@@ -184,6 +208,9 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			return err
 		}
 		rec.Note = "no capacity held"
+		if d.Purpose == "serving" {
+			w.addGPU(0, d.GPUSeconds)
+		}
 		if d.Purpose != "" {
 			rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType, time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
 		}
@@ -195,6 +222,31 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}
 	return nil
+}
+
+// attempt is attempt n's record, added (with those before it) when missing.
+func (w *Workspace) attempt(n int) *Attempt {
+	n = max(n, 1)
+	for len(w.Attempts) < n {
+		w.Attempts = append(w.Attempts, Attempt{Attempt: len(w.Attempts) + 1})
+	}
+	a := &w.Attempts[n-1]
+	if n == 1 && a.InstanceType == "" && w.Plan != nil {
+		a.InstanceType, a.BatchSize, a.SeqLen = w.Plan.InstanceType, w.Plan.BatchSize, w.Plan.SeqLen
+	}
+	return a
+}
+
+// addGPU adds GPU-seconds held to the workspace's totals.
+func (w *Workspace) addGPU(tuning, serving float64) {
+	if tuning <= 0 && serving <= 0 {
+		return
+	}
+	if w.GPU == nil {
+		w.GPU = &GPUTime{}
+	}
+	w.GPU.TuningSeconds += tuning
+	w.GPU.ServingSeconds += serving
 }
 
 // ProgressNote renders training progress as a bar with step, loss, throughput and ETA.

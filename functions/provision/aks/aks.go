@@ -120,9 +120,22 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 	name := PoolName(req.Ref)
 	got, err := p.pools.Get(ctx, p.cfg.ResourceGroup, p.cfg.Cluster, name, nil)
 	if err == nil {
+		if state := ptr(got.Properties.ProvisioningState); state == "Deleting" {
+			// A retry on a larger SKU released the pool: it is created again once it is gone.
+			return fmt.Errorf("agent pool %s is being deleted; it is created again (%s) once it is gone", name, req.Plan.InstanceType)
+		}
 		if have := ptr(got.Properties.VMSize); have != "" && have != req.Plan.InstanceType {
 			return events.Permanentf(events.ReasonInvalidWorkspace, "resource.instanceType: agent pool %s already exists with vmSize %s, the workspace now asks for %s; delete the workspace first", name, have, req.Plan.InstanceType)
 		}
+		if req.Attempt <= 1 {
+			return nil
+		}
+		// A later attempt: putting the pool again makes AKS scale it back to its count, replacing
+		// a VM evicted (spot) or deleted under the failed attempt.
+		if _, err := p.pools.BeginCreateOrUpdate(ctx, p.cfg.ResourceGroup, p.cfg.Cluster, name, p.Pool(req), nil); err != nil {
+			return classify(fmt.Errorf("restore agent pool %s for attempt %d: %w", name, req.Attempt, err))
+		}
+		p.log.InfoContext(ctx, "aks: agent pool put again for the next tuning attempt", "pool", name, "attempt", req.Attempt, "count", req.Workspace.NodeCount())
 		return nil
 	}
 	if !notFound(err) {

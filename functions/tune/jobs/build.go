@@ -18,15 +18,18 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Labels and annotations on the Job, its Pod and its ConfigMap.
 const (
-	LabelWorkspace   = events.LabelWorkspace
-	LabelNamespace   = events.LabelNamespace
-	LabelGeneration  = events.LabelGeneration
-	LabelJob         = events.LabelJob
+	LabelWorkspace  = events.LabelWorkspace
+	LabelNamespace  = events.LabelNamespace
+	LabelGeneration = events.LabelGeneration
+	LabelJob        = events.LabelJob
+	// LabelAttempt numbers the Jobs of one generation from 1 (no label: the first).
+	LabelAttempt     = "kaitoflow.io/attempt"
 	AnnotationRun    = "kaitoflow.io/run"
 	AnnotationAcked  = events.AnnotationAcked
 	AnnotationTuning = "kaitoflow.io/tuning-deadline"
@@ -44,7 +47,7 @@ const TrainerServiceAccount = "kaitoflow-trainer"
 var exitReasons = map[int32]string{
 	2: "InvalidTrainingConfig",
 	3: "InvalidDataset",
-	4: "GPUOutOfMemory",
+	4: tune.ReasonGPUOutOfMemory,
 	5: ReasonModelDownloadFailed,
 }
 
@@ -118,6 +121,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	labels := map[string]string{
 		LabelWorkspace: job.Ref.Name, LabelNamespace: job.Ref.Namespace,
 		LabelGeneration: strconv.FormatInt(job.Ref.Generation, 10), LabelJob: job.Name,
+		LabelAttempt: strconv.Itoa(job.AttemptOf()),
 	}
 	cm := &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
@@ -126,7 +130,11 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	}
 
 	var p podParts
-	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir}
+	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir,
+		"--checkpoint-tag", jobrun.CheckpointTag(job.Ref.Namespace, job.Ref.Name, job.Ref.Generation)}
+	if job.Resume {
+		p.args = append(p.args, "--resume")
+	}
 	p.inputs(t.Input)
 	p.outputs(t.Output)
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))

@@ -9,17 +9,21 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // checkJobGolden compares the Job and ConfigMap Build makes for run with testdata/name.
-func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Workspace, *events.Plan)) {
+func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Workspace, *events.Plan), changes ...func(*tune.Job)) {
 	t.Helper()
 	job := seedRun(t, "default")
 	ws, plan := run(t)
 	job.Workspace, job.Plan = *ws, plan
+	for _, c := range changes {
+		c(&job)
+	}
 	j, cm, err := Build(job, testOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +92,14 @@ func TestJobGoldenBranches(t *testing.T) {
 				t.Fatalf("plan: %d GPUs, %d processes; want 4 and 4", plan.GPUs, plan.TrainingProcesses)
 			}
 			return ws, plan
+		})
+	})
+
+	// A second attempt after the node was lost: its own Job name and attempt label, and job-run
+	// resumes from the generation's newest checkpoint.
+	t.Run("job-resumed-attempt.yaml", func(t *testing.T) {
+		checkJobGolden(t, "job-resumed-attempt.yaml", seed, func(j *tune.Job) {
+			j.Attempt, j.Resume, j.Name = 2, true, tune.AttemptJobName(j.Ref, 2)
 		})
 	})
 

@@ -132,7 +132,7 @@ func TestRunLifecycle(t *testing.T) {
 	}
 	rec := &testenv.Recorder{}
 	go func() { _ = Watch(ctx, kube, rec, quiet) }()
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, quiet)
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, tune.Options{Log: quiet})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	for range 2 { // the second is a redelivery
@@ -236,7 +236,7 @@ func TestOOMKilledFailsTheWorkspace(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, quiet)
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, tune.Options{Log: quiet})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	if _, err := f.Handle(ctx, ready); err != nil {

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,6 +75,17 @@ func generation(j *batchv1.Job) int64 {
 	return n
 }
 
+// attempt is the Job's attempt of its generation (1 for a Job from before attempts).
+func attempt(j *batchv1.Job) int {
+	n, _ := strconv.Atoi(j.Labels[LabelAttempt])
+	return max(n, 1)
+}
+
+// newer orders Jobs by generation, then attempt.
+func newer(a, b batchv1.Job) int {
+	return cmp.Or(cmp.Compare(generation(&a), generation(&b)), cmp.Compare(attempt(&a), attempt(&b)))
+}
+
 func (t *Trainer) deleteOlder(ctx context.Context, ref events.Ref) error {
 	js, err := t.jobs(ctx, ref)
 	if err != nil {
@@ -107,7 +119,7 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 	if err != nil || len(js) == 0 {
 		return nil, err
 	}
-	j := slices.MaxFunc(js, func(a, b batchv1.Job) int { return int(generation(&a) - generation(&b)) })
+	j := slices.MaxFunc(js, newer)
 	var run tune.Job
 	if err := json.Unmarshal([]byte(j.Annotations[AnnotationRun]), &run); err != nil {
 		return nil, events.Permanentf(events.ReasonBadEvent, "Job %s/%s: annotation %s: %v", j.Namespace, j.Name, AnnotationRun, err)
@@ -127,13 +139,24 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 const ReasonContainerConfig = "ContainerConfigError"
 
 // ReasonNodeLost is the failure reason of a run whose pod was taken away with its node.
-const ReasonNodeLost = "NodeLost"
+const ReasonNodeLost = tune.ReasonNodeLost
 
 // jobStatus reads a run's phase from its Job and Pods: a pure function, so each outcome the
 // Job controller and kubelet can report is a table case.
 func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 	st := &tune.Status{Job: run, Phase: tune.Pending}
 	var last *corev1.ContainerStateTerminated
+	defer func() {
+		// When a finished run stopped: its trainer's exit, else the Job's final condition.
+		if last != nil && !last.FinishedAt.IsZero() {
+			st.Ended = last.FinishedAt.UTC()
+		}
+		for _, c := range j.Status.Conditions {
+			if st.Ended.IsZero() && c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobFailed || c.Type == batchv1.JobComplete) {
+				st.Ended = c.LastTransitionTime.UTC()
+			}
+		}
+	}()
 	var lost string // how a pod was taken away with its node, when one was
 	for i := range pods {
 		p := &pods[i]
@@ -204,7 +227,7 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 				if lost == "" {
 					lost = c.Message
 				}
-				st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain); the run's progress is gone: "+lost
+				st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain): "+lost
 			case last != nil && last.Reason == "OOMKilled":
 				st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
 			case c.Reason == batchv1.JobReasonDeadlineExceeded:
@@ -215,6 +238,12 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 					st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
 				}
 				st.Message = last.Message
+				// The trainer's own account, when it gave one as JSON (out of GPU memory: the
+				// step, batch, sequence and memory).
+				var tf events.TrainerFailure
+				if strings.HasPrefix(last.Message, "{") && json.Unmarshal([]byte(last.Message), &tf) == nil && tf.Message != "" {
+					st.Failure, st.Message = &tf, tf.Message
+				}
 				if st.Message == "" {
 					st.Message = fmt.Sprintf("the trainer exited with code %d", last.ExitCode)
 				}
@@ -235,20 +264,30 @@ func (t *Trainer) List(ctx context.Context) ([]events.Ref, error) {
 	}
 	var refs []events.Ref
 	for _, j := range l.Items {
-		if j.Annotations[AnnotationAcked] == "" {
-			refs = append(refs, events.Ref{Namespace: j.Labels[LabelNamespace], Name: j.Labels[LabelWorkspace], Generation: generation(&j)})
+		ref := events.Ref{Namespace: j.Labels[LabelNamespace], Name: j.Labels[LabelWorkspace], Generation: generation(&j)}
+		if j.Annotations[AnnotationAcked] == "" && !slices.Contains(refs, ref) {
+			refs = append(refs, ref)
 		}
 	}
 	return refs, nil
 }
 
-// Acknowledge implements tune.Trainer: annotate the run's Job so ticks skip it.
-func (t *Trainer) Acknowledge(ctx context.Context, ref events.Ref) error {
-	name := tune.JobName(ref)
+// Acknowledge implements tune.Trainer: annotate the generation's Jobs up to attempt so ticks skip
+// them.
+func (t *Trainer) Acknowledge(ctx context.Context, ref events.Ref, upTo int) error {
+	js, err := t.jobs(ctx, ref)
+	if err != nil {
+		return err
+	}
 	patch := []byte(`{"metadata":{"annotations":{"` + AnnotationAcked + `":"true"}}}`)
-	_, err := t.Client.BatchV1().Jobs(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("acknowledge Job %s/%s: %w", ref.Namespace, name, err)
+	for _, j := range js {
+		if generation(&j) != ref.Generation || attempt(&j) > upTo || j.Annotations[AnnotationAcked] != "" {
+			continue
+		}
+		_, err := t.Client.BatchV1().Jobs(ref.Namespace).Patch(ctx, j.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("acknowledge Job %s/%s: %w", ref.Namespace, j.Name, err)
+		}
 	}
 	return nil
 }

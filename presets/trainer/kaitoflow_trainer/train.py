@@ -8,10 +8,19 @@
     --cache-dir  where downloaded snapshots are kept (default $HF_HUB_CACHE, else $HF_HOME/hub,
                  else /mnt/cache/hub)
     --processes  training processes, one per GPU (data parallel; launch.py); default 1
+    --resume-from  a checkpoint directory to continue from (kaitoflow job-run fetches the
+                 generation's newest one for a resumed attempt): model, optimizer, scheduler, RNG
+                 and the data order are restored, and the run ends at its planned step count
 
 Environment: HF_TOKEN, the token for gated or private models; KAITOFLOW_MODEL_ACCESS_SECRET, the
 Secret it came from (namespace/name), named when the Hub refuses it; KAITOFLOW_TERMINATION_LOG,
-where the failure reason goes outside a pod (default /dev/termination-log).
+where the failure reason goes outside a pod (default /dev/termination-log);
+KAITOFLOW_CHECKPOINT_MINUTES, how often a checkpoint is saved when the training config sets no
+save_strategy of its own (default 10; 0 saves none).
+
+Each checkpoint saved is announced on stdout (KAITOFLOW_CHECKPOINT {"step", "path"}) for job-run
+to upload. Running out of GPU memory exits 4 with a JSON account in the termination log: the step,
+batch, sequence length and peak memory.
 
 The adapter (adapter_config.json, adapter_model.safetensors) and metrics.json are written to
 TrainingArguments.output_dir.
@@ -30,6 +39,18 @@ from . import EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, confi
 
 TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
 PROGRESS_PREFIX = "KAITOFLOW_PROGRESS "
+CHECKPOINT_PREFIX = "KAITOFLOW_CHECKPOINT "
+DEFAULT_CHECKPOINT_MINUTES = 10.0
+
+
+class OutOfGPUMemory(TrainerError):
+    """CUDA ran out of memory: the message is a JSON account (events.TrainerFailure) the pipeline
+    re-plans from."""
+
+    exit_code = EXIT_OOM
+
+    def __init__(self, account):
+        super().__init__(json.dumps(json_safe(account)))
 
 
 def distributed():
@@ -166,6 +187,10 @@ def _training_arguments(cfg, transformers):
     # transformers evaluates 8 rows a batch by default: with Kaito's training batch of 1 that is
     # eight times the logits the run was sized for, after the adapter is trained.
     targs_cfg.setdefault("per_device_eval_batch_size", targs_cfg.get("per_device_train_batch_size", 1))
+    # Checkpoints outlive the node only if they are written: when the config chooses no saving of
+    # its own (Kaito's say save_strategy "no"), the Checkpoints callback saves by the clock, and
+    # the newest few stay on disk (job-run keeps the uploaded ones).
+    targs_cfg.setdefault("save_total_limit", 2)
     if distributed() and targs_cfg.get("gradient_checkpointing"):
         # Reentrant checkpointing re-runs the forward pass outside DDP's view of the graph.
         targs_cfg.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
@@ -192,6 +217,67 @@ def _progress(transformers, losses, avg_tokens, started):
             })), flush=True)
 
     return Progress()
+
+
+def checkpoint_due(last_save, now, minutes):
+    """Whether a clock-driven checkpoint is due: minutes since the last one (or the start)."""
+    return minutes > 0 and now - last_save >= minutes * 60
+
+
+def checkpoint_minutes(environ, targs_cfg):
+    """Minutes between clock-driven checkpoints: 0 (none) when the config saves on its own."""
+    if targs_cfg.get("save_strategy", "no") not in ("no", None):
+        return 0.0
+    raw = environ.get("KAITOFLOW_CHECKPOINT_MINUTES", "")
+    try:
+        return float(raw) if raw else DEFAULT_CHECKPOINT_MINUTES
+    except ValueError as exc:
+        raise ConfigError("KAITOFLOW_CHECKPOINT_MINUTES %r: want a number of minutes" % raw) from exc
+
+
+def _checkpoints(transformers, minutes, clock=time.time):
+    """A callback that asks for a checkpoint every `minutes` and announces each one saved, so
+    job-run uploads it while training goes on."""
+
+    class Checkpoints(transformers.TrainerCallback):
+        def __init__(self):
+            self.last = clock()
+
+        def on_step_end(self, args, state, control, **_kw):
+            if checkpoint_due(self.last, clock(), minutes):
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, _control, **_kw):
+            self.last = clock()
+            if state.is_world_process_zero:
+                path = os.path.join(args.output_dir, "checkpoint-%d" % state.global_step)
+                print(CHECKPOINT_PREFIX + json.dumps({"step": state.global_step, "path": path}), flush=True)
+
+    return Checkpoints()
+
+
+def oom_account(exc, step, dataset_cfg, targs, torch):
+    """What the trainer knows when CUDA runs out: where, with what shape, and the memory."""
+    peak = total = 0
+    if torch is not None and torch.cuda.is_available():
+        peak = max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count()))
+        total = torch.cuda.get_device_properties(0).total_memory
+    batch = getattr(targs, "per_device_train_batch_size", 0) if targs is not None else 0
+    seq = int(dataset_cfg.get("max_seq_length", 2048))
+    gib = float(1 << 30)
+    return {
+        "reason": "GPUOutOfMemory",
+        "message": "out of GPU memory at step %d with batch %d, sequence %d (peak %.1f of %.1f GiB): %s"
+                   % (step, batch, seq, peak / gib, total / gib, _one_line(exc)),
+        "step": step, "batchSize": batch, "seqLen": seq,
+        "peakGPUMemoryBytes": peak, "gpuMemoryBytes": total,
+    }
+
+
+def _is_oom(exc):
+    # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def _evaluate(trainer, eval_set):
@@ -224,6 +310,8 @@ def launch_workers(args):
     path = _weights(cfg, args)
     argv = [sys.executable, "-m", "kaitoflow_trainer.train", "--config", args.config, "--method", args.method,
             "--model", path, "--revision", args.revision, "--input-dir", args.input_dir]
+    if args.resume_from:
+        argv += ["--resume-from", args.resume_from]
     print("kaitoflow-trainer: %d training processes, one per GPU" % args.processes, flush=True)
     code, reason = launch.run(argv, args.processes)
     if code:
@@ -268,11 +356,22 @@ def train(args):
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     losses, started = [], time.time()
+    callbacks = [_progress(transformers, losses, tokens_total / len(train_set), started)]
+    minutes = checkpoint_minutes(os.environ, cfg["TrainingArguments"])
+    if minutes > 0:
+        callbacks.append(_checkpoints(transformers, minutes))
     trainer = transformers.Trainer(
         model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=collate, callbacks=[_progress(transformers, losses, tokens_total / len(train_set), started)],
+        data_collator=collate, callbacks=callbacks,
     )
-    result = trainer.train()
+    if args.resume_from:
+        print("kaitoflow-trainer: resuming from %s" % args.resume_from, flush=True)
+    try:
+        result = trainer.train(resume_from_checkpoint=args.resume_from or None)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise OutOfGPUMemory(oom_account(exc, trainer.state.global_step, dataset_cfg, targs, torch)) from exc
+        raise
     duration = time.time() - started
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
     if trainer.is_world_process_zero():
@@ -334,6 +433,7 @@ def main(argv=None):
     p.add_argument("--input-dir", default="/mnt/data")
     p.add_argument("--cache-dir", default="")
     p.add_argument("--processes", type=int, default=1, help="training processes, one per GPU (data parallel)")
+    p.add_argument("--resume-from", default="", help="a checkpoint directory to continue from")
     args = p.parse_args(argv)
     try:
         if args.processes > 1 and not distributed():
@@ -343,8 +443,8 @@ def main(argv=None):
         return _fail(str(exc), exc.exit_code)
     except Exception as exc:  # the Job must end, and say why in one line
         # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
-        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-            return _fail("out of GPU memory: lower per_device_train_batch_size or max_seq_length (%s)" % _one_line(exc), EXIT_OOM)
+        if _is_oom(exc):  # outside training (loading the model): no step, no account of a batch
+            return _fail(json.dumps({"reason": "GPUOutOfMemory", "message": "out of GPU memory before training: %s" % _one_line(exc)}), EXIT_OOM)
         return _fail(_one_line(exc), EXIT_FAILED)
     return 0
 

@@ -72,3 +72,51 @@ class HelpersTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CheckpointTest(unittest.TestCase):
+    """Checkpoints by the clock, announced for job-run; a config's own save_strategy wins."""
+
+    def test_minutes(self):
+        self.assertEqual(train.checkpoint_minutes({}, {}), 10.0)
+        self.assertEqual(train.checkpoint_minutes({}, {"save_strategy": "no"}), 10.0)
+        self.assertEqual(train.checkpoint_minutes({"KAITOFLOW_CHECKPOINT_MINUTES": "2.5"}, {}), 2.5)
+        self.assertEqual(train.checkpoint_minutes({}, {"save_strategy": "steps", "save_steps": 50}), 0.0)
+        with self.assertRaises(train.ConfigError):
+            train.checkpoint_minutes({"KAITOFLOW_CHECKPOINT_MINUTES": "often"}, {})
+
+    def test_callback_saves_by_the_clock_and_announces(self):
+        class FakeTransformers:
+            TrainerCallback = object
+
+        now = [1000.0]
+        cb = train._checkpoints(FakeTransformers, 10, clock=lambda: now[0])
+        state = mock.Mock(global_step=120, is_world_process_zero=True)
+        args = mock.Mock(output_dir="/mnt/results")
+        control = mock.Mock(should_save=False)
+        now[0] += 9 * 60
+        cb.on_step_end(args, state, control)
+        self.assertFalse(control.should_save)
+        now[0] += 61
+        cb.on_step_end(args, state, control)
+        self.assertTrue(control.should_save)
+        out = io.StringIO()
+        with mock.patch("sys.stdout", out):
+            cb.on_save(args, state, control)
+        line = out.getvalue().strip()
+        self.assertTrue(line.startswith(train.CHECKPOINT_PREFIX), line)
+        self.assertEqual(json.loads(line[len(train.CHECKPOINT_PREFIX):]), {"step": 120, "path": "/mnt/results/checkpoint-120"})
+        # The clock starts again at the save.
+        control.should_save = False
+        now[0] += 60
+        cb.on_step_end(args, state, control)
+        self.assertFalse(control.should_save)
+
+    def test_oom_account_is_the_failure_json(self):
+        targs = mock.Mock(per_device_train_batch_size=4)
+        acc = train.oom_account(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 17, {"max_seq_length": 1024}, targs, None)
+        self.assertEqual((acc["reason"], acc["step"], acc["batchSize"], acc["seqLen"]), ("GPUOutOfMemory", 17, 4, 1024))
+        self.assertIn("step 17 with batch 4, sequence 1024", acc["message"])
+        err = train.OutOfGPUMemory(acc)
+        self.assertEqual(err.exit_code, 4)
+        self.assertEqual(json.loads(str(err))["step"], 17)

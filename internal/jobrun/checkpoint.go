@@ -1,0 +1,278 @@
+package jobrun
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
+)
+
+// CheckpointPrefix starts the line the trainer prints once a checkpoint directory is complete
+// (presets/trainer): {"step": N, "path": DIR}.
+const CheckpointPrefix = "KAITOFLOW_CHECKPOINT "
+
+// uploadTimeout bounds one checkpoint's upload and pruning.
+const uploadTimeout = 15 * time.Minute
+
+// DefaultKeepCheckpoints is how many of a generation's checkpoints stay in the registry.
+const DefaultKeepCheckpoints = 2
+
+// CheckpointTag is the tag prefix of a workspace generation's checkpoints in its output
+// repository: "ckpt-", a hash of namespace/name (a repository may hold many workspaces'
+// adapters; a tag holds at most 128 characters) and the generation. Each checkpoint is the tag
+// plus "-s" and its step.
+func CheckpointTag(namespace, name string, generation int64) string {
+	sum := sha256.Sum256([]byte(namespace + "/" + name))
+	return fmt.Sprintf("ckpt-%s-g%d", hex.EncodeToString(sum[:])[:10], generation)
+}
+
+// AnnotationCheckpointStep on a checkpoint's manifest is its training step.
+const AnnotationCheckpointStep = "kaitoflow.io/checkpoint-step"
+
+// checkpoints keeps a run's checkpoints outside its node: each one the trainer announces is
+// uploaded to the output repository as an image tagged CheckpointTag-s<step>, one at a time and
+// newest first (a checkpoint announced while another uploads replaces any still waiting), and
+// all but the newest Keep are deleted. Without an output image the checkpoints stay where the
+// trainer wrote them (the output volume), and only their steps are recorded.
+type checkpoints struct {
+	c   Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	waiting  *checkpointLine
+	running  bool
+	done     sync.WaitGroup
+	uploaded int // the newest step stored
+}
+
+type checkpointLine struct {
+	Step int    `json:"step"`
+	Path string `json:"path"`
+}
+
+func (c Config) checkpointRepo() (name.Repository, bool, error) {
+	if c.OutputImage == "" || c.CheckpointTag == "" {
+		return name.Repository{}, false, nil
+	}
+	ref, err := name.ParseReference(c.OutputImage, c.nameOptions()...)
+	if err != nil {
+		return name.Repository{}, false, fmt.Errorf("tuning.output.image %q: %w", c.OutputImage, err)
+	}
+	return ref.Context(), true, nil
+}
+
+// saved is called for each checkpoint line; it never blocks the trainer's output.
+func (k *checkpoints) saved(ctx context.Context, cl checkpointLine) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.waiting = &cl
+	if k.running {
+		return
+	}
+	k.running = true
+	k.done.Add(1)
+	// Not cancelled with the run: a stopped run (its node draining, the kubelet's SIGTERM) is
+	// exactly when its newest checkpoint must still reach the registry, within the grace period.
+	go k.drain(context.WithoutCancel(ctx))
+}
+
+func (k *checkpoints) drain(ctx context.Context) {
+	defer k.done.Done()
+	for {
+		k.mu.Lock()
+		cl := k.waiting
+		k.waiting = nil
+		if cl == nil {
+			k.running = false
+			k.mu.Unlock()
+			return
+		}
+		k.mu.Unlock()
+		sctx, cancel := context.WithTimeout(ctx, uploadTimeout)
+		err := k.store(sctx, *cl)
+		cancel()
+		if err != nil {
+			k.log.Warn("job-run: checkpoint not stored; the next one is tried", "step", cl.Step, "err", err)
+			continue
+		}
+		k.mu.Lock()
+		k.uploaded = max(k.uploaded, cl.Step)
+		k.mu.Unlock()
+	}
+}
+
+// newest is the step of the newest checkpoint stored so far (0: none).
+func (k *checkpoints) newest() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.uploaded
+}
+
+// wait lets the upload in flight finish (the trainer has ended: its last checkpoint is the one
+// a next attempt needs).
+func (k *checkpoints) wait() { k.done.Wait() }
+
+func (k *checkpoints) store(ctx context.Context, cl checkpointLine) error {
+	repo, ok, err := k.c.checkpointRepo()
+	if err != nil || !ok {
+		return err
+	}
+	files, err := checkpointFiles(cl.Path)
+	if err != nil {
+		return err
+	}
+	img, err := adapter.BuildImage(cl.Path, files, time.Now(), map[string]string{AnnotationCheckpointStep: strconv.Itoa(cl.Step)})
+	if err != nil {
+		return err
+	}
+	tag := repo.Tag(fmt.Sprintf("%s-s%d", k.c.CheckpointTag, cl.Step))
+	opts := append(k.c.remoteOptions(), remote.WithContext(ctx))
+	if err := remote.Write(tag, img, opts...); err != nil {
+		return fmt.Errorf("upload checkpoint %s: %w", tag, err)
+	}
+	k.log.Info("job-run: checkpoint uploaded", "tag", tag.String(), "step", cl.Step, "files", len(files))
+	return k.c.pruneCheckpoints(ctx, repo, k.c.keep())
+}
+
+func (c Config) keep() int {
+	if c.KeepCheckpoints <= 0 {
+		return DefaultKeepCheckpoints
+	}
+	return c.KeepCheckpoints
+}
+
+// checkpointFiles are the regular files of a checkpoint directory: transformers writes them flat
+// (adapter, optimizer and scheduler state, RNG states, trainer_state.json).
+func checkpointFiles(dir string) ([]events.AdapterFile, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	var files []events.AdapterFile
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			files = append(files, events.AdapterFile{Path: e.Name()})
+		}
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("checkpoint %s has no files", dir)
+	}
+	return files, nil
+}
+
+// storedCheckpoints lists the generation's checkpoints in repo, oldest first.
+func (c Config) storedCheckpoints(ctx context.Context, repo name.Repository) ([]int, error) {
+	tags, err := remote.List(repo, append(c.remoteOptions(), remote.WithContext(ctx))...)
+	if gone(err) {
+		return nil, nil // no repository yet: no checkpoints
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoints in %s: %w", repo, err)
+	}
+	var steps []int
+	for _, t := range tags {
+		rest, ok := strings.CutPrefix(t, c.CheckpointTag+"-s")
+		if n, err := strconv.Atoi(rest); ok && err == nil {
+			steps = append(steps, n)
+		}
+	}
+	slices.Sort(steps)
+	return steps, nil
+}
+
+// pruneCheckpoints deletes all but the newest keep of the generation's checkpoints (keep 0: all).
+func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep int) error {
+	steps, err := c.storedCheckpoints(ctx, repo)
+	if err != nil {
+		return err
+	}
+	opts := append(c.remoteOptions(), remote.WithContext(ctx))
+	for _, s := range steps[:max(len(steps)-keep, 0)] {
+		tag := repo.Tag(fmt.Sprintf("%s-s%d", c.CheckpointTag, s))
+		// By digest: the distribution spec deletes manifests, and registries (ACR among them)
+		// need not accept a tag there.
+		desc, err := remote.Head(tag, opts...)
+		if err != nil {
+			return fmt.Errorf("prune checkpoint %s: %w", tag, err)
+		}
+		if err := remote.Delete(repo.Digest(desc.Digest.String()), opts...); err != nil {
+			return fmt.Errorf("prune checkpoint %s: %w", tag, err)
+		}
+		// A registry that keeps tags apart from their manifests (ggcr's own) still lists the
+		// tag: delete it too. Where the manifest took its tags with it, the tag is already gone.
+		if err := remote.Delete(tag, opts...); err != nil && !gone(err) {
+			return fmt.Errorf("prune checkpoint tag %s: %w", tag, err)
+		}
+	}
+	return nil
+}
+
+// restore fetches the generation's newest checkpoint into the results directory and returns
+// its directory and step (step 0: there is none, and the run starts from the beginning). With
+// no output image the checkpoints are where the trainer wrote them: the output volume.
+func (c Config) restore(ctx context.Context) (string, int, error) {
+	repo, ok, err := c.checkpointRepo()
+	if err != nil {
+		return "", 0, err
+	}
+	if !ok {
+		return newestLocal(c.ResultsDir)
+	}
+	steps, err := c.storedCheckpoints(ctx, repo)
+	if err != nil || len(steps) == 0 {
+		return "", 0, err
+	}
+	step := steps[len(steps)-1]
+	dir := filepath.Join(c.ResultsDir, fmt.Sprintf("checkpoint-%d", step))
+	tag := repo.Tag(fmt.Sprintf("%s-s%d", c.CheckpointTag, step))
+	if _, err := adapter.Pull(tag, dir, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
+		return "", 0, fmt.Errorf("fetch checkpoint %s: %w", tag, err)
+	}
+	return dir, step, nil
+}
+
+// newestLocal is the newest checkpoint-<step> directory under dir holding a trainer_state.json
+// (transformers writes it last).
+func newestLocal(dir string) (string, int, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	best, step := "", 0
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "checkpoint-")
+		n, err := strconv.Atoi(rest)
+		if !ok || err != nil || !e.IsDir() || n <= step {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), "trainer_state.json")); err == nil {
+			best, step = filepath.Join(dir, e.Name()), n
+		}
+	}
+	return best, step, nil
+}
+
+// gone reports a registry's 404: the repository or manifest is not there (any more).
+func gone(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == 404
+}
