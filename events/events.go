@@ -27,7 +27,7 @@ const (
 	// memory, its node lost) and names the next attempt, its plan and whether it resumes.
 	TuningRetrying  = "kaitoflow.tuning.retrying"
 	TuningCompleted = "kaitoflow.tuning.completed"
-	ImagePushed        = "kaitoflow.image.pushed"
+	ImagePushed     = "kaitoflow.image.pushed"
 	// AdapterStored replaces ImagePushed when tuning.output is a volume: the Job wrote the
 	// adapter there and nothing is pushed.
 	AdapterStored    = "kaitoflow.adapter.stored"
@@ -201,20 +201,20 @@ type NodeReadyData struct {
 // the memory it expects, and why.
 type Plan struct {
 	// Model is the Hugging Face id of the preset, at Revision.
-	Model                 string  `json:"model,omitempty"`
-	Revision              string  `json:"revision,omitempty"`
-	InstanceType          string  `json:"instanceType"`
-	GPUs                  int     `json:"gpus"`
-	GPUMemoryGiB          float64 `json:"gpuMemoryGiB"`
-	DType                 string  `json:"dtype"`
-	EstimatedGiBPerGPU    float64 `json:"estimatedGiBPerGPU"`
-	BatchSize             int     `json:"batchSize,omitempty"`
+	Model              string  `json:"model,omitempty"`
+	Revision           string  `json:"revision,omitempty"`
+	InstanceType       string  `json:"instanceType"`
+	GPUs               int     `json:"gpus"`
+	GPUMemoryGiB       float64 `json:"gpuMemoryGiB"`
+	DType              string  `json:"dtype"`
+	EstimatedGiBPerGPU float64 `json:"estimatedGiBPerGPU"`
+	BatchSize          int     `json:"batchSize,omitempty"`
 	// GradientAccumulation is the steps whose gradients make one update (0 means the training
 	// config's own, or 1); a retry that halves BatchSize doubles it to keep the effective batch.
-	GradientAccumulation int `json:"gradientAccumulation,omitempty"`
-	SeqLen               int `json:"seqLen,omitempty"`
-	GradientCheckpointing bool    `json:"gradientCheckpointing,omitempty"`
-	LoRARank              int     `json:"loraRank,omitempty"`
+	GradientAccumulation  int  `json:"gradientAccumulation,omitempty"`
+	SeqLen                int  `json:"seqLen,omitempty"`
+	GradientCheckpointing bool `json:"gradientCheckpointing,omitempty"`
+	LoRARank              int  `json:"loraRank,omitempty"`
 	// TrainingProcesses is how many processes a tuning run trains in: one per GPU (data
 	// parallel) when the whole model fits one GPU, else one over all of them (0 means one).
 	TrainingProcesses int `json:"trainingProcesses,omitempty"`
