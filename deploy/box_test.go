@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -37,6 +38,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
@@ -642,36 +644,127 @@ func basicAuth(user, password string, next http.Handler) http.Handler {
 	})
 }
 
-// A spot eviction mid-tuning: the GPU node is deleted under the running trainer. The real pod
-// garbage collector marks the orphaned pod DisruptionTarget, the Job controller fails the Job by
-// its pod failure policy, and the workspace fails with NodeLost — not a Job whose replacement pod
-// waits forever for a node that is gone — and the pool is released.
-func TestTuningNodeLostInTheBox(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+// A spot eviction mid-tuning: the GPU node is deleted at 60% under the running trainer. The
+// tuning pod runs kaitoflow's real job-run with the Job's own arguments — the test plays the
+// kubelet: it starts the pod's command with the sim trainer in place of the Python one (stand-in),
+// a data directory of its own and the push secret's volume not projected — so the checkpoints go
+// to the pipeline's registry as the Job asks. The real pod garbage collector marks the orphaned
+// pod DisruptionTarget, the Job controller fails the Job by its pod failure policy, and tune
+// starts attempt 2 (kaitoflow.tuning.retrying, NodeLost): provision puts the agent pool again,
+// the AKS stand-in brings its VM back, and attempt 2's Job, with --resume, fetches the newest
+// checkpoint and completes the planned 100 steps from there.
+func TestTuningNodeLostResumesInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bx := startBoxed(ctx, t, "aks")
-	b, ns := bx.b, boxNamespace
-	name, ws := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
-	trainer := tuningPod(ctx, t, b, ns, name)
-	if err := b.Client.CoreV1().Nodes().Delete(ctx, trainer.Spec.NodeName, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	b.Await(ctx, t, ns, "the workspace failed with NodeLost", func(ctx context.Context) (bool, string) {
-		rec, err := bx.p.Store.Get(ctx, ns, name)
-		if err != nil {
-			return false, err.Error()
-		}
-		return rec.Phase == status.Failed && rec.Failure != nil && rec.Failure.Reason == jobs.ReasonNodeLost, fmt.Sprintf("%s %+v; pods: %s", rec.Phase, rec.Failure, podStates(ctx, b.Client, ns))
-	})
-	pool := aks.PoolName(events.Ref{Namespace: ns, Name: name})
-	b.Await(ctx, t, ns, "the agent pool released", func(ctx context.Context) (bool, string) {
-		return slices.Contains(bx.arm.Ops(), "delete "+pool), fmt.Sprint(bx.arm.Ops())
-	})
-	got, err := ws.Get(ctx, name, metav1.GetOptions{})
+	b, p, ns := bx.b, bx.p, boxNamespace
+	name, _ := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
+	first := tuningPod(ctx, t, b, ns, name)
+
+	run1, stop := context.WithCancel(ctx)
+	cfg := jobRunOf(t, first, p.Registry, "10s")
+	done := make(chan error, 1)
+	go func() { done <- jobrun.Run(run1, cfg, slog.New(slog.DiscardHandler)) }()
+	repo, err := adapter.Rewrite(p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("custom resource conditions: %v", got.Object["status"].(map[string]any)["conditions"])
+	tag := cfg.CheckpointTag
+	b.Await(ctx, t, ns, "attempt 1's checkpoint at step 60 in the registry", func(context.Context) (bool, string) {
+		tags, err := remote.List(repo.Context())
+		return slices.Contains(tags, tag+"-s60"), fmt.Sprint(tags, err)
+	})
+	if err := b.Client.CoreV1().Nodes().Delete(ctx, first.Spec.NodeName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stop() // the trainer goes with its node
+	<-done
+
+	second := tuningPodAttempt(ctx, t, b, ns, name, 2)
+	if !slices.Contains(second.Spec.Containers[0].Command, "--resume") {
+		t.Fatalf("attempt 2's job-run does not resume: %q", second.Spec.Containers[0].Command)
+	}
+	t.Logf("attempt 2: pod %s on %s (attempt 1 was on %s)", second.Name, second.Spec.NodeName, first.Spec.NodeName)
+	cfg = jobRunOf(t, second, p.Registry, "2s")
+	if err := jobrun.Run(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	summary, err := os.ReadFile(cfg.TerminationLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum jobrun.Summary
+	if err := json.Unmarshal(summary, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if sum.Metrics["steps"] != 100 || sum.Metrics["resumed_from_step"] < 60 {
+		t.Fatalf("attempt 2 ran %v steps, resumed from %v; want 100 from 60 or later", sum.Metrics["steps"], sum.Metrics["resumed_from_step"])
+	}
+	trainerSucceeded(ctx, t, b.Client, ns, second.Name, string(summary))
+
+	b.Await(ctx, t, ns, "the workspace past tuning, attempt 1 NodeLost and attempt 2 Succeeded", func(ctx context.Context) (bool, string) {
+		rec, err := p.Store.Get(ctx, ns, name)
+		if err != nil {
+			return false, err.Error()
+		}
+		ok := len(rec.Attempts) == 2 && rec.Attempts[0].Outcome == jobs.ReasonNodeLost && rec.Attempts[1].Outcome == "Succeeded" &&
+			rec.GPU != nil && rec.GPU.TuningSeconds > 0
+		return ok, fmt.Sprintf("%s attempts %+v gpu %+v failure %+v", rec.Phase, rec.Attempts, rec.GPU, rec.Failure)
+	})
+	if tags, _ := remote.List(repo.Context()); slices.ContainsFunc(tags, func(s string) bool { return strings.HasPrefix(s, tag) }) {
+		t.Errorf("checkpoints left after the adapter was stored: %v", tags)
+	}
+}
+
+// jobRunOf is the pod's job-run, as its container would run it: the Job's own arguments, with the
+// sim trainer (this test binary, stand-in for the Python one) for the trainer, the pod's
+// directories in a temporary one, the output repository in the pipeline's registry, and no push
+// secret (its volume is not projected here).
+func jobRunOf(t *testing.T, pod corev1.Pod, registry, delay string) jobrun.Config {
+	t.Helper()
+	command := pod.Spec.Containers[0].Command
+	i, j := slices.Index(command, "job-run"), slices.Index(command, "--")
+	if i < 0 || j < i {
+		t.Fatalf("the tuning pod does not run job-run: %q", command)
+	}
+	var c jobrun.Config
+	var allow []string
+	fs := pflag.NewFlagSet("job-run", pflag.ContinueOnError)
+	jobrun.RegisterFlags(fs, &c, &allow)
+	if err := fs.Parse(command[i+1 : j]); err != nil {
+		t.Fatal(err)
+	}
+	out, err := adapter.Rewrite(registry, c.OutputImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	c.DataDir, c.ResultsDir, c.TerminationLog = filepath.Join(dir, "data"), filepath.Join(dir, "results"), filepath.Join(dir, "termination-log")
+	// The seed's dataset is on the Hugging Face Hub, out of reach here, and the sim reads none.
+	c.OutputImage, c.InsecureRegistry, c.PushSecret, c.FetchBestEffort, c.Attempts = out.String(), true, "", true, 1
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Env = []string{tune.SimTrainerEnv + "=1"}
+	c.Command = []string{self, "--results", c.ResultsDir, "--delay", delay, "--ref", pod.Namespace + "/" + pod.Labels[events.LabelWorkspace] + "/" + pod.Labels[events.LabelGeneration]}
+	c.Stdout = io.Discard
+	return c
+}
+
+// tuningPodAttempt waits for the running tuning pod of the workspace's attempt n.
+func tuningPodAttempt(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, n int) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	b.Await(ctx, t, ns, fmt.Sprintf("attempt %d's tuning pod running", n), func(ctx context.Context) (bool, string) {
+		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: fmt.Sprintf("%s=%s,%s=%d", events.LabelWorkspace, name, jobs.LabelAttempt, n)})
+		if err != nil || len(l.Items) == 0 {
+			return false, fmt.Sprint("no tuning pod yet ", err, podStates(ctx, b.Client, ns))
+		}
+		pod = l.Items[0]
+		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
+	})
+	return pod
 }
 
 // tuningPod waits for the workspace's tuning pod to run and returns it.

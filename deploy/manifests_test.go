@@ -59,6 +59,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The box's tuning pods run job-run with the sim trainer: this binary, re-executed.
+	tune.SimTrainerMain()
 	serving, err := testenv.ModuleDir("knative.dev/serving", servingVersion)
 	if err == nil {
 		var eventing string

@@ -299,7 +299,7 @@ func simTrain(args []string) int {
 		fmt.Fprintln(os.Stderr, "sim trainer:", err)
 		return 1
 	}
-	metrics, _ := json.Marshal(map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps, "resumed_from_step": from})
+	metrics, _ := json.Marshal(map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps})
 	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
 		return 1
 	}

@@ -45,8 +45,6 @@ type Summary struct {
 	Metrics  map[string]float64   `json:"metrics,omitempty"`
 	// Datasets are the sha256 digests of the fetched dataset files, in input order.
 	Datasets []string `json:"datasets,omitempty"`
-	// ResumedFromStep is the checkpoint's step the run continued from (0: it started afresh).
-	ResumedFromStep int `json:"resumedFromStep,omitempty"`
 }
 
 // AdapterFiles are what the trainer leaves in the results directory and the image carries.
@@ -136,7 +134,12 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return c.fail(err)
 	}
-	s.Datasets, s.ResumedFromStep = datasets, resumed
+	s.Datasets = datasets
+	if resumed > 0 {
+		// Carried with the metrics to tuning.completed and the image: the run is the planned
+		// steps, the ones before this step done by an earlier attempt.
+		s.Metrics["resumed_from_step"] = float64(resumed)
+	}
 	if repo, ok, _ := c.checkpointRepo(); ok {
 		// The adapter is stored: the generation's checkpoints have served their purpose.
 		if err := c.pruneCheckpoints(ctx, repo, 0); err != nil {
