@@ -86,6 +86,9 @@ type SKU struct {
 	LocalDiskGiB      int     `json:"localDiskGiB"`
 	NVMe              bool    `json:"nvme"`
 	PricePerHour      float64 `json:"pricePerHour"`
+	// Family is the SKU's vCPU quota family (the Resource SKUs API's family, the Compute usage
+	// API's name).
+	Family string `json:"family"`
 }
 
 // BF16 reports whether the GPU computes in bfloat16: Ampere (8.0) and later. V100 (7.0) and T4
@@ -175,7 +178,7 @@ func (c *Catalog) check() error {
 		}
 	}
 	for _, s := range c.SKUs {
-		if s.GPUs <= 0 || s.MemoryGiB <= 0 || s.PricePerHour <= 0 {
+		if s.GPUs <= 0 || s.MemoryGiB <= 0 || s.PricePerHour <= 0 || s.VCPU <= 0 || s.Family == "" {
 			errs = append(errs, fmt.Errorf("sku %s: incomplete", s.Name))
 		}
 	}
@@ -211,6 +214,14 @@ func (c *Catalog) SKU(name string) (*SKU, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w instance type %q: not a GPU SKU kaitoflow knows", ErrUnknown, name)
+}
+
+// Without is the catalog less the SKUs named: what the fit check may still choose from once those
+// were ruled out (no quota for them). The models are shared, not copied.
+func (c *Catalog) Without(names ...string) *Catalog {
+	out := *c
+	out.SKUs = slices.DeleteFunc(slices.Clone(c.SKUs), func(s SKU) bool { return slices.Contains(names, s.Name) })
+	return &out
 }
 
 // SKUsByPrice returns the SKUs, cheapest first.

@@ -37,6 +37,9 @@ type Planner struct {
 	Hub ModelHub
 	// Secrets reads presetOptions.modelAccessSecret for the Hub; nil reads none (public models).
 	Secrets SecretSource
+	// Quota reads the region's vCPU quota (the aks provider's); nil checks none. With it a SKU
+	// without quota is passed over for the next that fits, or refused with the numbers.
+	Quota Quota
 }
 
 // ModelHub reads a model's metadata from the Hugging Face Hub (*Hub).
@@ -210,19 +213,21 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 		return nil, err
 	}
 	// Only what the user set is fixed; kaitoflow's own defaults are the plan's to choose.
-	return p.tuningPlan(ws, m, user, ws.InstanceType(), user.Overrides(), 0)
+	return p.withQuota(ctx, ws, ws.InstanceType(), func(cat *Catalog) (*events.Plan, error) {
+		return p.tuningPlan(ws, m, user, cat, ws.InstanceType(), user.Overrides(), 0)
+	})
 }
 
-// tuningPlan plans a run of m on instanceType (the cheapest SKU where it fits when empty) with the
-// values in o fixed, and renders the training config: the user's over kaitoflow's defaults, with
-// the plan's choices, and gradientAccumulation when it is not 0.
-func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
+// tuningPlan plans a run of m on instanceType (the cheapest SKU of cat where it fits when empty)
+// with the values in o fixed, and renders the training config: the user's over kaitoflow's
+// defaults, with the plan's choices, and gradientAccumulation when it is not 0.
+func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig, cat *Catalog, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
 	t := ws.Tuning
 	cfg := Merge(DefaultTrainingConfig(t.Method), user)
 	if errs := cfg.Validate(t.Method); len(errs) > 0 {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", events.FieldErrors(errs))
 	}
-	tp, err := p.Catalog.PlanTuningFor(m, t.Method, instanceType, o)
+	tp, err := cat.PlanTuningFor(m, t.Method, instanceType, o)
 	if err != nil {
 		return nil, classify(err, "resource.instanceType")
 	}
@@ -267,9 +272,19 @@ func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*eve
 		return nil, err
 	}
 	// Adapters of unknown rank: plan for Kaito's default rank, vLLM's smallest maximum.
-	ip, err := p.Catalog.PlanInferenceFor(m, ws.InstanceType(), len(in.Adapters), 8)
+	plan, err := p.withQuota(ctx, ws, ws.InstanceType(), func(cat *Catalog) (*events.Plan, error) {
+		ip, err := cat.PlanInferenceFor(m, ws.InstanceType(), len(in.Adapters), 8)
+		if err != nil {
+			return nil, classify(err, "resource.instanceType")
+		}
+		return &events.Plan{
+			Model: ip.HuggingFace, Revision: ip.Revision,
+			InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
+			MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: diskGiB(m), WeightsGiB: weightsGiB(m),
+		}, nil
+	})
 	if err != nil {
-		return nil, classify(err, "resource.instanceType")
+		return nil, err
 	}
 	// inference.config is checked now, before any GPU is bought; serve applies it to vLLM's
 	// arguments.
@@ -279,14 +294,10 @@ func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*eve
 			return nil, err
 		}
 		if len(c.Ignored) > 0 {
-			ip.Reasons = append(ip.Reasons, fmt.Sprintf("inference.config: %s ignored: Kaito's own runtime settings, which vLLM has no flag for", strings.Join(c.Ignored, ", ")))
+			plan.Reasons = append(plan.Reasons, fmt.Sprintf("inference.config: %s ignored: Kaito's own runtime settings, which vLLM has no flag for", strings.Join(c.Ignored, ", ")))
 		}
 	}
-	return &events.Plan{
-		Model: ip.HuggingFace, Revision: ip.Revision,
-		InstanceType: ip.InstanceType, GPUs: ip.GPUs, DType: ip.DType, EstimatedGiBPerGPU: ip.Estimate.PerGPUGiB,
-		MaxModelLen: ip.MaxModelLen, Reasons: ip.Reasons, RuntimeArgs: ip.VLLMArgs(), DiskGiB: diskGiB(m), WeightsGiB: weightsGiB(m),
-	}, nil
+	return plan, nil
 }
 
 // classify makes the planner's refusals permanent: a request that does not fit will not fit on a

@@ -57,14 +57,19 @@ func (p *Planner) Replan(ctx context.Context, ws *events.Workspace, prev *events
 			nextGA = ga * 2
 			change += fmt.Sprintf(", gradient_accumulation_steps %d → %d (the same effective batch)", ga, nextGA)
 		}
-		plan, err := p.tuningPlan(ws, m, user, prev.InstanceType, pin(batch/2, seq), nextGA)
+		plan, err := p.tuningPlan(ws, m, user, p.Catalog, prev.InstanceType, pin(batch/2, seq), nextGA)
 		return plan, append(changes, change), err
 	case o.SeqLen == nil && seq/2 >= minRetrySeqLen:
-		plan, err := p.tuningPlan(ws, m, user, prev.InstanceType, pin(batch, seq/2), prev.GradientAccumulation)
+		plan, err := p.tuningPlan(ws, m, user, p.Catalog, prev.InstanceType, pin(batch, seq/2), prev.GradientAccumulation)
 		return plan, append(changes, fmt.Sprintf("max_seq_length %d → %d: longer rows are cut", seq, seq/2)), err
 	case ws.InstanceType() != "":
 		return nil, nil, p.oomAdvice(ws, prev, f, off, fmt.Sprintf("batch %d and sequence %d are as small as a retry makes them, and resource.instanceType %s is the user's", batch, seq, ws.InstanceType()))
 	}
+	usages, err := p.usages(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var short []string
 	for _, sku := range p.Catalog.SKUsByPrice() {
 		if sku.MemoryGiB <= prev.GPUMemoryGiB {
 			continue
@@ -73,10 +78,18 @@ func (p *Planner) Replan(ctx context.Context, ws *events.Workspace, prev *events
 		if err != nil || tp.Estimate.PerGPUGiB*factor > sku.MemoryGiB*headroom {
 			continue
 		}
-		plan, err := p.tuningPlan(ws, m, user, sku.Name, pin(batch, seq), prev.GradientAccumulation)
+		if why := usages.Short(sku, ws.NodeCount()); why != "" {
+			short = append(short, why)
+			continue
+		}
+		plan, err := p.tuningPlan(ws, m, user, p.Catalog, sku.Name, pin(batch, seq), prev.GradientAccumulation)
 		return plan, append(changes, fmt.Sprintf("instance type %s → %s (%.0f GiB GPUs, ~$%.2f/h): new capacity", prev.InstanceType, sku.Name, sku.MemoryGiB, sku.PricePerHour)), err
 	}
-	return nil, nil, p.oomAdvice(ws, prev, f, off, fmt.Sprintf("no SKU with GPUs larger than %s's %.0f GiB fits it", prev.InstanceType, prev.GPUMemoryGiB))
+	why := fmt.Sprintf("no SKU with GPUs larger than %s's %.0f GiB fits it", prev.InstanceType, prev.GPUMemoryGiB)
+	if len(short) > 0 {
+		why += " with quota: " + strings.Join(short, "; ")
+	}
+	return nil, nil, p.oomAdvice(ws, prev, f, off, why)
 }
 
 // estimateOff says how far the plan's memory estimate was from what the failed run reached, and

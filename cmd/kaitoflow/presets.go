@@ -11,9 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -98,7 +100,7 @@ func cliHub(url string) *presets.Hub {
 
 func newPlan(g *globals) *cobra.Command {
 	var files []string
-	var trainingConfig, hubURL string
+	var trainingConfig, hubURL, subscription, location string
 	var showConfig bool
 	cmd := &cobra.Command{
 		Use:   "plan -f FILE",
@@ -106,7 +108,10 @@ func newPlan(g *globals) *cobra.Command {
 		Long: `plan runs the fit check provision runs on workspace.requested: which SKU (the cheapest that
 fits when resource.instanceType is empty), which precision (fp16 on GPUs without bf16), which batch
 and sequence length, how much GPU memory that needs — or why it cannot fit. It needs no server.
---training-config FILE stands in for the ConfigMap a workspace names in tuning.config.`,
+--training-config FILE stands in for the ConfigMap a workspace names in tuning.config. With
+--subscription and --location it reads the region's vCPU quota with your Azure credentials (the
+Azure CLI's login, environment variables or a managed identity), as provision does for aks: a SKU
+without quota is passed over, or refused with the numbers.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
@@ -122,6 +127,15 @@ and sequence length, how much GPU memory that needs — or why it cannot fit. It
 				Secrets: func(context.Context, string, string) (map[string][]byte, error) {
 					return map[string][]byte{presets.ModelAccessSecretKey: []byte(os.Getenv("HF_TOKEN"))}, nil
 				}}
+			if subscription != "" || location != "" {
+				cred, err := azidentity.NewDefaultAzureCredential(nil)
+				if err != nil {
+					return fmt.Errorf("azure credential for the quota check: %w", err)
+				}
+				if planner.Quota, err = aks.NewQuota(subscription, location, cred, nil); err != nil {
+					return err
+				}
+			}
 			if trainingConfig != "" {
 				doc, err := os.ReadFile(trainingConfig)
 				if err != nil {
@@ -156,6 +170,8 @@ and sequence length, how much GPU memory that needs — or why it cannot fit. It
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
 	cmd.Flags().StringVar(&trainingConfig, "training-config", "", "training_config.yaml standing in for the tuning.config ConfigMap")
 	cmd.Flags().BoolVar(&showConfig, "show-config", false, "print the training_config.yaml the tuning Job would mount")
+	cmd.Flags().StringVar(&subscription, "subscription", "", "with --location: check the region's vCPU quota in this Azure subscription")
+	cmd.Flags().StringVar(&location, "location", "", "with --subscription: the region whose vCPU quota to check (eastus, …)")
 	cmd.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror, for models that are not presets (default https://huggingface.co)")
 	return cmd
 }

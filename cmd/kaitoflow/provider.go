@@ -43,6 +43,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.AKS.SubscriptionID, "subscription", "", "aks: Azure subscription ID")
 	f.StringVar(&p.d.AKS.ResourceGroup, "resource-group", "", "aks: the cluster's resource group")
 	f.StringVar(&p.d.AKS.Cluster, "cluster", "", "aks: the AKS cluster's name")
+	f.StringVar(&p.d.AKS.Location, "location", "", "aks: the cluster's region, whose vCPU quota the fit check reads before creating a pool (needs Microsoft.Compute/locations/usages/read); empty: quota is not checked")
 	f.BoolVar(&p.d.AKS.Spot, "spot", false, "aks: spot node pools (cheaper, may be evicted)")
 	f.Float64Var(&p.d.AKS.SpotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
 	f.StringVar(&p.d.NodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")

@@ -406,6 +406,16 @@ func (b *builder) planner(identity string) (*presets.Planner, error) {
 		}
 		planner.Secrets = ClusterSecrets(c.kube)
 	}
+	if a := b.cfg.Drivers.AKS; b.cfg.Drivers.Provider == "aks" && a.Location != "" {
+		// Agent pools are bought in the cluster's region: its vCPU quota is read first.
+		cred, err := b.credential()
+		if err != nil {
+			return nil, err
+		}
+		if planner.Quota, err = aks.NewQuota(a.SubscriptionID, a.Location, cred, b.cfg.ARMClientOptions); err != nil {
+			return nil, err
+		}
+	}
 	return planner, nil
 }
 

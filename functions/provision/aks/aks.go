@@ -40,6 +40,9 @@ type Config struct {
 	// Spot pools cost less and may be evicted; SpotMaxPrice -1 pays up to the on-demand price.
 	Spot         bool
 	SpotMaxPrice float64
+	// Location is the cluster's region, whose vCPU quota the fit check reads before a pool is
+	// created (Quota); empty checks none.
+	Location string
 }
 
 // Provider creates agent pools.
