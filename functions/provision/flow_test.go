@@ -249,3 +249,54 @@ func TestTuningCapacityHandedOverToServing(t *testing.T) {
 		t.Fatalf("deletion: released %v, out %v", p.released, out)
 	}
 }
+
+// A tuning attempt that lost its node: provision ensures the capacity again (the provider puts it
+// back) and emits node.ready for attempt 2, resumed, once it is ready — a node.ready of its own,
+// so the first attempt's stored one does not hide it. A redelivered retry ensures again and emits
+// the same event; a retry on a larger SKU releases the old capacity first.
+func TestRetryGetsCapacityForTheNextAttempt(t *testing.T) {
+	f, p, clk, pend := setup(t)
+	p.ready = true
+	first := handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
+	handle(t, f, first[0])
+	var ready events.NodeReadyData
+	if err := events.Data(first[0], &ready); err != nil {
+		t.Fatal(err)
+	}
+
+	p.ready = false // the node is gone
+	clk.t = clk.t.Add(time.Hour)
+	retry := ev(t, events.TuningRetrying, 1, events.TuningRetryingData{Workspace: ready.Workspace, Attempt: 2, MaxAttempts: 3, Reason: "NodeLost", Plan: ready.Plan, Resume: true})
+	if out := handle(t, f, retry); len(out) != 0 {
+		t.Fatalf("node.ready before the capacity is back: %v", out)
+	}
+	if p.ensured != 2 || len(p.released) != 0 {
+		t.Fatalf("ensured %d times, released %v", p.ensured, p.released)
+	}
+	rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3")
+	if rec.Attempt != 2 || rec.Ready || !rec.Resume || !rec.Deadline.Equal(clk.t.Add(30*time.Minute)) {
+		t.Fatalf("record after the retry: %+v", rec)
+	}
+	// The first attempt's node.ready, redelivered, does not mark attempt 2's capacity ready.
+	handle(t, f, first[0])
+	p.ready = true
+	out := handle(t, f, ev(t, events.NodeChanged, 1, events.NodeChangedData{Node: "aks-kf1-0"}))
+	if len(out) != 1 || out[0].Type() != events.NodeReady || out[0].ID() == first[0].ID() {
+		t.Fatalf("attempt 2: %v", out)
+	}
+	var second events.NodeReadyData
+	if err := events.Data(out[0], &second); err != nil || second.Attempt != 2 || !second.Resume {
+		t.Fatalf("attempt 2's node.ready: %+v %v", second, err)
+	}
+	if again := handle(t, f, retry); len(again) != 1 || again[0].ID() != out[0].ID() {
+		t.Fatalf("a redelivered retry: %v", again)
+	}
+
+	// Attempt 3 on a larger SKU: the old capacity goes first.
+	bigger := *ready.Plan
+	bigger.InstanceType = "Standard_NC24ads_A100_v4"
+	handle(t, f, ev(t, events.TuningRetrying, 1, events.TuningRetryingData{Workspace: ready.Workspace, Attempt: 3, MaxAttempts: 3, Reason: "GPUOutOfMemory", Plan: &bigger}))
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); len(p.released) != 1 || rec.Plan.InstanceType != bigger.InstanceType || rec.Attempt != 3 {
+		t.Fatalf("larger SKU: released %v, record %+v", p.released, rec)
+	}
+}

@@ -263,7 +263,6 @@ func simTrain(args []string) int {
 		if tl := flags["termination-log"]; tl != "" {
 			_ = os.WriteFile(tl, b, 0o644)
 		}
-		fmt.Fprintln(os.Stderr, string(b))
 		return 4
 	}
 	// Resumed: the steps before the checkpoint's are done.

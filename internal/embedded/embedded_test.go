@@ -448,3 +448,34 @@ func TestWorkspaceThatCannotFitFailsBeforeProvisioning(t *testing.T) {
 		t.Errorf("WorkspaceReady %q", w.ConditionStatus(status.CondWorkspaceReady))
 	}
 }
+
+// `up` with a simulated GPU too small for the planned batch (kaitoflow.io/sim-max-batch: 2, the
+// plan's 4): the first attempt runs out of GPU memory, tune re-plans with half the batch, provision gets the
+// capacity for attempt 2, and the workspace reaches Ready with both attempts in its status.
+func TestOutOfGPUMemoryRetriesToReady(t *testing.T) {
+	p := start(t)
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := strings.Replace(string(doc), "  name: workspace-tuning-phi-3\n",
+		"  name: workspace-tuning-phi-3\n  annotations:\n    kaitoflow.io/sim-max-batch: \"2\"\n", 1)
+	if code, body := submit(t, p, []byte(manifest)); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "workspace-tuning-phi-3", 30*time.Second)
+	if w.Phase != status.Ready {
+		t.Fatalf("phase %s, failure %+v, attempts %+v", w.Phase, w.Failure, w.Attempts)
+	}
+	if len(w.Attempts) != 2 || w.Attempts[0].Outcome != events.ReasonGPUOutOfMemory || w.Attempts[1].Outcome != "Succeeded" ||
+		w.Attempts[0].BatchSize != 4 || w.Attempts[1].BatchSize != 2 {
+		t.Fatalf("attempts: %+v", w.Attempts)
+	}
+	var retried bool
+	for _, e := range w.Events {
+		retried = retried || e.Type == events.TuningRetrying
+	}
+	if !retried || w.GPU == nil || w.GPU.TuningSeconds <= 0 {
+		t.Errorf("retried %t, GPU time %+v", retried, w.GPU)
+	}
+}
