@@ -353,11 +353,11 @@ func printAttempts(out io.Writer, w status.Workspace) {
 	if len(w.Attempts) > 1 {
 		fmt.Fprintln(out)
 		for _, a := range w.Attempts {
-			fmt.Fprintf(out, "  attempt %d  %-26s batch %-3d seq %-5d %6.1f GPU-min  %s\n", a.Attempt, a.InstanceType, a.BatchSize, a.SeqLen, a.GPUSeconds/60, cmp.Or(a.Outcome, "Running"))
+			fmt.Fprintf(out, "  attempt %d  %-26s batch %-3d seq %-5d %7.2f GPU-min  %s\n", a.Attempt, a.InstanceType, a.BatchSize, a.SeqLen, a.GPUSeconds/60, cmp.Or(a.Outcome, "Running"))
 		}
 	}
 	if w.GPU != nil {
-		fmt.Fprintf(out, "\n  GPU time held: %.1f GPU-min (tuning %.1f, serving %.1f)\n", w.GPU.Minutes(), w.GPU.TuningSeconds/60, w.GPU.ServingSeconds/60)
+		fmt.Fprintf(out, "\n  GPU time held: %.2f GPU-min (tuning %.2f, serving %.2f)\n", w.GPU.Minutes(), w.GPU.TuningSeconds/60, w.GPU.ServingSeconds/60)
 	}
 }
 
