@@ -651,14 +651,15 @@ func basicAuth(user, password string, next http.Handler) http.Handler {
 // to the pipeline's registry as the Job asks. The real pod garbage collector marks the orphaned
 // pod DisruptionTarget, the Job controller fails the Job by its pod failure policy, and tune
 // starts attempt 2 (kaitoflow.tuning.retrying, NodeLost): provision puts the agent pool again,
-// the AKS stand-in brings its VM back, and attempt 2's Job, with --resume, fetches the newest
-// checkpoint and completes the planned 100 steps from there.
+// the AKS stand-in brings its VM back, and attempt 2's Job fetches the newest
+// checkpoint (the same plan, so the same checkpoint tag) and completes the planned 100 steps from
+// there.
 func TestTuningNodeLostResumesInTheBox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bx := startBoxed(ctx, t, "aks")
 	b, p, ns := bx.b, bx.p, boxNamespace
-	name, _ := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
+	name, wsClient := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
 	first := tuningPod(ctx, t, b, ns, name)
 
 	run1, stop := context.WithCancel(ctx)
@@ -681,11 +682,10 @@ func TestTuningNodeLostResumesInTheBox(t *testing.T) {
 	<-done
 
 	second := tuningPodAttempt(ctx, t, b, ns, name, 2)
-	if !slices.Contains(second.Spec.Containers[0].Command, "--resume") {
-		t.Fatalf("attempt 2's job-run does not resume: %q", second.Spec.Containers[0].Command)
-	}
 	t.Logf("attempt 2: pod %s on %s (attempt 1 was on %s)", second.Name, second.Spec.NodeName, first.Spec.NodeName)
-	cfg = jobRunOf(t, second, p.Registry, "2s")
+	if cfg = jobRunOf(t, second, p.Registry, "2s"); cfg.CheckpointTag != tag {
+		t.Fatalf("attempt 2's checkpoints are %s, attempt 1's %s: it would not continue them", cfg.CheckpointTag, tag)
+	}
 	if err := jobrun.Run(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
@@ -714,6 +714,17 @@ func TestTuningNodeLostResumesInTheBox(t *testing.T) {
 	if tags, _ := remote.List(repo.Context()); slices.ContainsFunc(tags, func(s string) bool { return strings.HasPrefix(s, tag) }) {
 		t.Errorf("checkpoints left after the adapter was stored: %v", tags)
 	}
+	// The controller writes the attempts and the GPU time to the resource's status, through the
+	// CRD's schema (which prunes what it does not name).
+	b.Await(ctx, t, ns, "the Workspace resource's status with both attempts and the GPU time", func(ctx context.Context) (bool, string) {
+		u, err := wsClient.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		attempts, _, _ := unstructured.NestedSlice(u.Object, "status", "attempts")
+		gpu, _, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "gpu", "tuningSeconds")
+		return len(attempts) == 2 && fmt.Sprint(gpu) != "0" && gpu != nil, fmt.Sprint(u.Object["status"])
+	})
 }
 
 // jobRunOf is the pod's job-run, as its container would run it: the Job's own arguments, with the

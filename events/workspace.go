@@ -151,7 +151,43 @@ type WorkspaceStatus struct {
 	Replicas          int   `json:"replicas,omitempty"`
 	// RollbackHandled is the last kaitoflow.io/rollback annotation value the controller acted on.
 	RollbackHandled string `json:"rollbackHandled,omitempty"`
+	// Attempts are the generation's tuning attempts when there was more than one; GPU the GPU
+	// time the workspace has held.
+	Attempts []TuningAttempt `json:"attempts,omitempty"`
+	GPU      *GPUTime        `json:"gpu,omitempty"`
 }
+
+// TuningAttempt is one tuning attempt of a generation, in the status.
+type TuningAttempt struct {
+	Attempt      int    `json:"attempt"`
+	InstanceType string `json:"instanceType,omitempty"`
+	BatchSize    int    `json:"batchSize,omitempty"`
+	SeqLen       int    `json:"seqLen,omitempty"`
+	// Outcome is Succeeded, or the reason the attempt failed; Message says more, and Changes
+	// what the next attempt changed (or that it resumed from a checkpoint).
+	Outcome string   `json:"outcome,omitempty"`
+	Message string   `json:"message,omitempty"`
+	Changes []string `json:"changes,omitempty"`
+	// GPUSeconds is what the attempt held: GPUs × its run time.
+	GPUSeconds float64 `json:"gpuSeconds,omitempty"`
+}
+
+// GPUTime is GPU time held, in GPU-seconds: tuning, per attempt summed (the trainer's run time ×
+// its GPUs); serving, the serving capacity's GPUs × how long it was held (an upper bound where
+// the pool scales to zero under it).
+type GPUTime struct {
+	TuningSeconds  float64 `json:"tuningSeconds"`
+	ServingSeconds float64 `json:"servingSeconds"`
+}
+
+// Minutes is the total in GPU-minutes.
+func (g *GPUTime) Minutes() float64 {
+	if g == nil {
+		return 0
+	}
+	return (g.TuningSeconds + g.ServingSeconds) / 60
+}
+
 
 // AnnotationRollback on a Workspace resource asks for a rollback: "N" serves generation N's
 // pushed adapter again, "0" the one before the generation serving; anything after an "@" only

@@ -184,7 +184,7 @@ func fromResource(u *unstructured.Unstructured) (*status.Workspace, error) {
 	w := &status.Workspace{Namespace: u.GetNamespace(), Name: u.GetName(), Generation: st.ObservedGeneration,
 		InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: status.Phase(st.Phase), Conditions: st.Conditions,
 		Nodes: st.WorkerNodes, Endpoint: st.Endpoint, Image: st.Image, Adapters: st.Adapters, Manifest: &ws,
-		ServingGeneration: st.ServingGeneration, Replicas: st.Replicas,
+		ServingGeneration: st.ServingGeneration, Replicas: st.Replicas, Attempts: st.Attempts, GPU: st.GPU,
 		Created: u.GetCreationTimestamp().Time, Updated: time.Now()}
 	if ws.Tuning != nil {
 		w.Method = ws.Tuning.Method

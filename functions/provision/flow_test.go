@@ -16,11 +16,12 @@ import (
 
 // scripted is a Provider whose capacity state the test sets.
 type scripted struct {
-	mu       sync.Mutex
-	ready    bool
-	err      error
-	ensured  int
-	released []Purpose
+	mu        sync.Mutex
+	ready     bool
+	err       error
+	ensureErr error
+	ensured   int
+	released  []Purpose
 }
 
 func (s *scripted) Name() string { return "scripted" }
@@ -28,7 +29,7 @@ func (s *scripted) Ensure(context.Context, Request) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ensured++
-	return nil
+	return s.ensureErr
 }
 func (s *scripted) Check(context.Context, Request) (Capacity, error) {
 	s.mu.Lock()
@@ -292,11 +293,28 @@ func TestRetryGetsCapacityForTheNextAttempt(t *testing.T) {
 		t.Fatalf("a redelivered retry: %v", again)
 	}
 
-	// Attempt 3 on a larger SKU: the old capacity goes first.
+	// Attempt 3 on a larger SKU: the old capacity goes first, and while the provider cannot
+	// create the new one yet (the old pool still being deleted) ticks ensure it again, instead of
+	// the retry's redeliveries running out.
 	bigger := *ready.Plan
 	bigger.InstanceType = "Standard_NC24ads_A100_v4"
-	handle(t, f, ev(t, events.TuningRetrying, 1, events.TuningRetryingData{Workspace: ready.Workspace, Attempt: 3, MaxAttempts: 3, Reason: "GPUOutOfMemory", Plan: &bigger}))
+	p.ensureErr = errors.New("agent pool kf0123456789 is being deleted")
+	if out := handle(t, f, ev(t, events.TuningRetrying, 1, events.TuningRetryingData{Workspace: ready.Workspace, Attempt: 3, MaxAttempts: 3, Reason: "GPUOutOfMemory", Plan: &bigger})); len(out) != 0 {
+		t.Fatalf("node.ready before the capacity is ensured: %v", out)
+	}
 	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); len(p.released) != 1 || rec.Plan.InstanceType != bigger.InstanceType || rec.Attempt != 3 {
 		t.Fatalf("larger SKU: released %v, record %+v", p.released, rec)
+	}
+	p.ready = false
+	ensured := p.ensured
+	handle(t, f, tick(t))
+	p.ensureErr, p.ready = nil, true
+	out = handle(t, f, tick(t))
+	if p.ensured != ensured+2 || len(out) != 1 || out[0].Type() != events.NodeReady {
+		t.Fatalf("ticks ensured %d times and emitted %v", p.ensured-ensured, out)
+	}
+	var third events.NodeReadyData
+	if err := events.Data(out[0], &third); err != nil || third.Attempt != 3 || third.InstanceType != bigger.InstanceType {
+		t.Fatalf("attempt 3's node.ready: %+v %v", third, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -116,6 +117,40 @@ func (p *KVPending) mark(ctx context.Context, ref events.Ref, flag func(*Record)
 	return nil
 }
 
+// NextAttempt implements Pending: a compare-and-swap, so a concurrent release (the workspace
+// deleted) is never overwritten by a retry buying capacity again.
+func (p *KVPending) NextAttempt(ctx context.Context, ref events.Ref, next Attempt) (*Record, error) {
+	rec, err := kvjson.Update(ctx, p.kv, key(ref.Namespace, ref.Name), func(rec *Record, exists bool) (bool, error) {
+		return exists && next.apply(rec, ref), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provision record of %s: %w", ref, err)
+	}
+	if rec == nil || rec.Ref.Generation != ref.Generation || rec.Released || rec.Ref.Namespace == "" {
+		return nil, nil
+	}
+	return rec, nil
+}
+
+// Attempt is what a next tuning attempt changes in its generation's record.
+type Attempt struct {
+	Attempt            int
+	Plan               events.Plan
+	Resume             bool
+	Requested, Expires time.Time
+}
+
+// apply moves rec to the attempt, if rec is ref's generation, still held, and at an earlier
+// attempt; it reports whether rec changed.
+func (a Attempt) apply(rec *Record, ref events.Ref) bool {
+	if rec.Ref.Generation != ref.Generation || rec.Released || rec.Attempt >= a.Attempt {
+		return false
+	}
+	rec.Plan, rec.Attempt, rec.Resume, rec.Ready = a.Plan, a.Attempt, a.Resume, false
+	rec.Requested, rec.Deadline = a.Requested, a.Expires
+	return true
+}
+
 // MemoryPending keeps records in memory: for tests and single-process tools.
 type MemoryPending struct {
 	mu   sync.Mutex
@@ -165,6 +200,24 @@ func (m *MemoryPending) MarkReady(_ context.Context, ref events.Ref, attempt int
 		m.recs[k] = rec
 	}
 	return nil
+}
+
+// NextAttempt implements Pending.
+func (m *MemoryPending) NextAttempt(_ context.Context, ref events.Ref, next Attempt) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := key(ref.Namespace, ref.Name)
+	rec, ok := m.recs[k]
+	if !ok {
+		return nil, nil
+	}
+	if next.apply(&rec, ref) {
+		m.recs[k] = rec
+	}
+	if rec.Ref.Generation != ref.Generation || rec.Released {
+		return nil, nil
+	}
+	return &rec, nil
 }
 
 // MarkReleased implements Pending.

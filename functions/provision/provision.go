@@ -134,6 +134,10 @@ type Pending interface {
 	List(ctx context.Context) ([]Record, error)
 	MarkReady(ctx context.Context, ref events.Ref, attempt int) error
 	MarkReleased(ctx context.Context, ref events.Ref) error
+	// NextAttempt moves ref's record to a later tuning attempt, unless it is another generation's,
+	// released, or already there; it returns the record (nil when there is none of ref's
+	// generation still held).
+	NextAttempt(ctx context.Context, ref events.Ref, next Attempt) (*Record, error)
 }
 
 // Function is the provision handler.
@@ -222,6 +226,40 @@ func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref even
 	if ws.Name != ref.Name || (ws.Namespace != "" && ws.Namespace != ref.Namespace) {
 		return nil, events.Permanentf(events.ReasonBadEvent, "event subject %s does not match metadata %s/%s", ref.Subject(), ws.Namespace, ws.Name)
 	}
+	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case rec != nil && rec.Ref.Generation > ref.Generation:
+		return nil, nil // a late delivery of an older generation
+	case rec != nil && rec.Ref.Generation == ref.Generation && rec.Released:
+		f.log.InfoContext(ctx, "workspace.requested again for a generation whose capacity was already released: nothing to buy")
+		return nil, nil
+	}
+	if rec == nil || rec.Ref.Generation < ref.Generation {
+		// Planned once per generation, at its first delivery: a redelivery must not plan again,
+		// where the quota check would count the workspace's own capacity as used, and a later
+		// attempt has a plan of its own.
+		req, err := f.plan(ctx, ref, ws)
+		if err != nil {
+			return nil, err
+		}
+		// The deadline starts at the first delivery of this generation, not at a redelivery.
+		rec = &Record{Request: *req, Requested: f.now(), Deadline: f.now().Add(f.deadline)}
+		if err := f.pending.Put(ctx, *rec); err != nil {
+			return nil, err
+		}
+	}
+	req := rec.Request
+	if err := f.provider.Ensure(ctx, req); err != nil {
+		return nil, fmt.Errorf("ensure %s capacity for %s: %w", req.Purpose, ref, err)
+	}
+	return f.check(ctx, *rec, &ev)
+}
+
+// plan is the generation's request: the dataset preflight, then the fit check.
+func (f *Function) plan(ctx context.Context, ref events.Ref, ws events.Workspace) (*Request, error) {
 	var warning string
 	if f.preflight != nil && ws.Tuning != nil && ws.Tuning.Input != nil {
 		if err := f.preflight(ctx, ws.Tuning.Input); err != nil {
@@ -239,29 +277,11 @@ func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref even
 	if warning != "" {
 		plan.Reasons = append(plan.Reasons, warning)
 	}
-	req := Request{Ref: ref, Workspace: ws, Plan: *plan, Purpose: Serving}
+	req := &Request{Ref: ref, Workspace: ws, Plan: *plan, Purpose: Serving}
 	if ws.Tuning != nil {
 		req.Purpose = Tuning
 	}
-	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
-	if err != nil {
-		return nil, err
-	}
-	if rec != nil && rec.Ref.Generation == ref.Generation && rec.Released {
-		f.log.InfoContext(ctx, "workspace.requested again for a generation whose capacity was already released: nothing to buy")
-		return nil, nil
-	}
-	if rec == nil || rec.Ref.Generation < ref.Generation {
-		// The deadline starts at the first delivery of this generation, not at a redelivery.
-		rec = &Record{Request: req, Requested: f.now(), Deadline: f.now().Add(f.deadline)}
-		if err := f.pending.Put(ctx, *rec); err != nil {
-			return nil, err
-		}
-	}
-	if err := f.provider.Ensure(ctx, req); err != nil {
-		return nil, fmt.Errorf("ensure %s capacity for %s: %w", req.Purpose, ref, err)
-	}
-	return f.check(ctx, *rec, &ev)
+	return req, nil
 }
 
 func (f *Function) recheck(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
@@ -313,27 +333,28 @@ func (f *Function) retrying(ctx context.Context, ev cloudevents.Event, ref event
 	if d.Plan == nil || d.Attempt < 2 {
 		return nil, events.Permanentf(events.ReasonBadEvent, "tuning.retrying without a plan or with attempt %d", d.Attempt)
 	}
-	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
-	if err != nil || rec == nil || rec.Ref.Generation != ref.Generation || rec.Released {
-		return nil, err // a newer generation, or nothing held any more: nothing to retry on
+	old, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
+	if err != nil || old == nil || old.Ref.Generation != ref.Generation || old.Released || old.Attempt > d.Attempt {
+		return nil, err // a newer generation, nothing held any more, or a redelivery of an earlier retry
 	}
-	if rec.Attempt < d.Attempt {
-		if rec.Plan.InstanceType != d.Plan.InstanceType {
-			if err := f.provider.Release(ctx, rec.Request); err != nil {
-				return nil, fmt.Errorf("release %s capacity of %s for attempt %d on %s: %w", rec.Plan.InstanceType, ref, d.Attempt, d.Plan.InstanceType, err)
-			}
-			f.log.InfoContext(ctx, "released the failed attempt's capacity for a larger SKU", "workspace", ref.String(), "from", rec.Plan.InstanceType, "to", d.Plan.InstanceType)
+	rec, err := f.pending.NextAttempt(ctx, ref, Attempt{Attempt: d.Attempt, Plan: *d.Plan, Resume: d.Resume, Requested: f.now(), Expires: f.now().Add(f.deadline)})
+	if err != nil || rec == nil {
+		return nil, err
+	}
+	if old.Attempt < d.Attempt && old.Plan.InstanceType != d.Plan.InstanceType {
+		if err := f.provider.Release(ctx, old.Request); err != nil {
+			return nil, fmt.Errorf("release %s capacity of %s for attempt %d on %s: %w", old.Plan.InstanceType, ref, d.Attempt, d.Plan.InstanceType, err)
 		}
-		rec.Plan, rec.Attempt, rec.Resume, rec.Ready = *d.Plan, d.Attempt, d.Resume, false
-		rec.Requested, rec.Deadline = f.now(), f.now().Add(f.deadline)
-		if err := f.pending.Put(ctx, *rec); err != nil {
-			return nil, err
-		}
-	} else if rec.Attempt > d.Attempt {
-		return nil, nil // a redelivery of an earlier attempt's retry
+		f.log.InfoContext(ctx, "released the failed attempt's capacity for a larger SKU", "workspace", ref.String(), "from", old.Plan.InstanceType, "to", d.Plan.InstanceType)
 	}
 	if err := f.provider.Ensure(ctx, rec.Request); err != nil {
-		return nil, fmt.Errorf("ensure tuning capacity for %s attempt %d: %w", ref, d.Attempt, err)
+		if _, ok := events.AsPermanent(err); ok {
+			return nil, fmt.Errorf("ensure tuning capacity for %s attempt %d: %w", ref, d.Attempt, err)
+		}
+		// The record says what is wanted: ticks ensure it again (a pool still being deleted for a
+		// larger SKU takes minutes, longer than this event's redeliveries), until the deadline.
+		f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", ref.String(), "attempt", d.Attempt, "err", err)
+		return nil, nil
 	}
 	return f.check(ctx, *rec, &ev)
 }
@@ -350,6 +371,15 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 	for _, rec := range recs {
 		if rec.Ready || rec.Released {
 			continue
+		}
+		if rec.Attempt > 1 {
+			// A later attempt's capacity may need creating again once what it replaces is gone
+			// (an agent pool, a NodeClaim still being deleted); Ensure is create-or-get.
+			if err := f.provider.Ensure(ctx, rec.Request); err != nil {
+				if _, ok := events.AsPermanent(err); !ok {
+					f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", rec.Ref.String(), "attempt", rec.Attempt, "err", err)
+				}
+			}
 		}
 		c, err := f.provider.Check(ctx, rec.Request)
 		var failure error

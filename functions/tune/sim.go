@@ -140,7 +140,7 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, *events.TrainerFailu
 		DataDir: filepath.Join(dir, "data"), ResultsDir: filepath.Join(dir, "results"),
 		TerminationLog: termination, Attempts: 1, FetchBestEffort: true, Policy: s.Policy,
 		Env:           []string{SimTrainerEnv + "=1"},
-		CheckpointTag: jobrun.CheckpointTag(r.job.Ref.Namespace, r.job.Ref.Name, r.job.Ref.Generation), Resume: r.job.Resume,
+		CheckpointTag: r.job.CheckpointTag(),
 		Command: append(append([]string{}, trainer...), "--results", filepath.Join(dir, "results"), "--delay", s.Delay.String(),
 			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
 			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype,

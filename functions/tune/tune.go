@@ -18,6 +18,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -39,14 +40,26 @@ type Job struct {
 	// Plan is what provision checked: precision, batch, sequence length and the rendered
 	// training_config.yaml the run must use.
 	Plan *events.Plan `json:"plan,omitempty"`
-	// Attempt numbers the runs of one generation from 1; Resume says this one continues from the
-	// generation's newest checkpoint.
+	// Attempt numbers the runs of one generation from 1; Resume says this one is expected to
+	// continue from a checkpoint of the attempt before (job-run continues whatever checkpoint of
+	// the same plan it finds).
 	Attempt int  `json:"attempt,omitempty"`
 	Resume  bool `json:"resume,omitempty"`
 }
 
 // AttemptOf is the job's attempt, counting a job from before attempts as the first.
 func (j Job) AttemptOf() int { return max(j.Attempt, 1) }
+
+// CheckpointTag names the run's checkpoints: the workspace generation and what fixes the run's
+// shape (the rendered training config, the SKU, the processes), so an attempt with the same plan
+// continues them and a re-planned one does not.
+func (j Job) CheckpointTag() string {
+	var plan string
+	if p := j.Plan; p != nil {
+		plan = fmt.Sprintf("%s\n%s\n%d", p.TrainingConfig, p.InstanceType, p.TrainingProcesses)
+	}
+	return jobrun.CheckpointTag(j.Ref.Namespace, j.Ref.Name, j.Ref.Generation, plan)
+}
 
 // Phase of a run.
 type Phase string

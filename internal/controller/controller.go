@@ -251,7 +251,8 @@ func (c *Controller) recordEvents(u *unstructured.Unstructured, rec *status.Work
 		if e.Note != "" {
 			msg += ": " + e.Note
 		}
-		if e.Type == events.WorkspaceFailed {
+		if e.Type == events.WorkspaceFailed || e.Type == events.TuningRetrying {
+			// A retry is a failure the pipeline recovers from: kubectl describe shows it as one.
 			kind = corev1.EventTypeWarning
 		}
 		c.Recorder.Event(u, kind, EventReason(e.Type), msg)
@@ -375,7 +376,10 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 func statusOf(rec *status.Workspace) events.WorkspaceStatus {
 	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
 		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount()),
-		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas}
+		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU}
+	if len(rec.Attempts) > 1 {
+		st.Attempts = rec.Attempts
+	}
 	if rec.Failure != nil {
 		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
 	}

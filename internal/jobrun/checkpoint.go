@@ -33,13 +33,27 @@ const uploadTimeout = 15 * time.Minute
 // DefaultKeepCheckpoints is how many of a generation's checkpoints stay in the registry.
 const DefaultKeepCheckpoints = 2
 
-// CheckpointTag is the tag prefix of a workspace generation's checkpoints in its output
-// repository: "ckpt-", a hash of namespace/name (a repository may hold many workspaces'
-// adapters; a tag holds at most 128 characters) and the generation. Each checkpoint is the tag
-// plus "-s" and its step.
-func CheckpointTag(namespace, name string, generation int64) string {
-	sum := sha256.Sum256([]byte(namespace + "/" + name))
-	return fmt.Sprintf("ckpt-%s-g%d", hex.EncodeToString(sum[:])[:10], generation)
+// CheckpointTag is the tag prefix of a run's checkpoints in its output repository: "ckpt-", a hash
+// of namespace/name (a repository may hold many workspaces' adapters; a tag holds at most 128
+// characters), the generation and a hash of plan (what fixes the run's shape: its training config,
+// SKU and processes). A checkpoint continues only the run that saved it: a pod started again with
+// the same plan (its node lost, a failure the Job retries) resumes, a re-planned attempt starts
+// afresh. Each checkpoint is the tag plus "-s" and its step.
+func CheckpointTag(namespace, name string, generation int64, plan string) string {
+	ws := sha256.Sum256([]byte(namespace + "/" + name))
+	p := sha256.Sum256([]byte(plan))
+	return fmt.Sprintf("%s%s-g%d-p%s", checkpointPrefix, hex.EncodeToString(ws[:])[:10], generation, hex.EncodeToString(p[:])[:8])
+}
+
+const checkpointPrefix = "ckpt-"
+
+// workspaceTags is the part of tag every checkpoint of the workspace shares, whatever the
+// generation and plan.
+func workspaceTags(tag string) string {
+	if i := strings.Index(tag, "-g"); i > 0 {
+		return tag[:i+1]
+	}
+	return tag
 }
 
 // AnnotationCheckpointStep on a checkpoint's manifest is its training step.
@@ -59,6 +73,17 @@ type checkpoints struct {
 	running  bool
 	done     sync.WaitGroup
 	uploaded int // the newest step stored
+	// cancel stops the upload in flight: nobody needs it once the run succeeded or will be
+	// planned again.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newCheckpoints(ctx context.Context, c Config, resumed int, log *slog.Logger) *checkpoints {
+	// Not cancelled with the run: a stopped run (its node draining, the kubelet's SIGTERM) is
+	// exactly when its newest checkpoint must still reach the registry, within the grace period.
+	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &checkpoints{c: c, log: log, uploaded: resumed, ctx: uctx, cancel: cancel}
 }
 
 type checkpointLine struct {
@@ -78,7 +103,7 @@ func (c Config) checkpointRepo() (name.Repository, bool, error) {
 }
 
 // saved is called for each checkpoint line; it never blocks the trainer's output.
-func (k *checkpoints) saved(ctx context.Context, cl checkpointLine) {
+func (k *checkpoints) saved(cl checkpointLine) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.waiting = &cl
@@ -87,9 +112,7 @@ func (k *checkpoints) saved(ctx context.Context, cl checkpointLine) {
 	}
 	k.running = true
 	k.done.Add(1)
-	// Not cancelled with the run: a stopped run (its node draining, the kubelet's SIGTERM) is
-	// exactly when its newest checkpoint must still reach the registry, within the grace period.
-	go k.drain(context.WithoutCancel(ctx))
+	go k.drain(k.ctx)
 }
 
 func (k *checkpoints) drain(ctx context.Context) {
@@ -125,8 +148,14 @@ func (k *checkpoints) newest() int {
 }
 
 // wait lets the upload in flight finish (the trainer has ended: its last checkpoint is the one
-// a next attempt needs).
-func (k *checkpoints) wait() { k.done.Wait() }
+// a next attempt needs); with abandon, it is cancelled first.
+func (k *checkpoints) wait(abandon bool) {
+	if abandon {
+		k.cancel()
+	}
+	k.done.Wait()
+	k.cancel()
+}
 
 func (k *checkpoints) store(ctx context.Context, cl checkpointLine) error {
 	repo, ok, err := k.c.checkpointRepo()
@@ -147,7 +176,7 @@ func (k *checkpoints) store(ctx context.Context, cl checkpointLine) error {
 		return fmt.Errorf("upload checkpoint %s: %w", tag, err)
 	}
 	k.log.Info("job-run: checkpoint uploaded", "tag", tag.String(), "step", cl.Step, "files", len(files))
-	return k.c.pruneCheckpoints(ctx, repo, k.c.keep())
+	return k.c.pruneCheckpoints(ctx, repo, k.c.keep(), false)
 }
 
 func (c Config) keep() int {
@@ -176,8 +205,8 @@ func checkpointFiles(dir string) ([]events.AdapterFile, error) {
 	return files, nil
 }
 
-// storedCheckpoints lists the generation's checkpoints in repo, oldest first.
-func (c Config) storedCheckpoints(ctx context.Context, repo name.Repository) ([]int, error) {
+// storedCheckpoints lists the workspace's checkpoint tags in repo.
+func (c Config) storedCheckpoints(ctx context.Context, repo name.Repository) ([]string, error) {
 	tags, err := remote.List(repo, append(c.remoteOptions(), remote.WithContext(ctx))...)
 	if gone(err) {
 		return nil, nil // no repository yet: no checkpoints
@@ -185,6 +214,11 @@ func (c Config) storedCheckpoints(ctx context.Context, repo name.Repository) ([]
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints in %s: %w", repo, err)
 	}
+	return slices.DeleteFunc(tags, func(t string) bool { return !strings.HasPrefix(t, workspaceTags(c.CheckpointTag)) }), nil
+}
+
+// steps are the steps of this run's checkpoints among tags, in order.
+func (c Config) steps(tags []string) []int {
 	var steps []int
 	for _, t := range tags {
 		rest, ok := strings.CutPrefix(t, c.CheckpointTag+"-s")
@@ -193,18 +227,32 @@ func (c Config) storedCheckpoints(ctx context.Context, repo name.Repository) ([]
 		}
 	}
 	slices.Sort(steps)
-	return steps, nil
+	return steps
 }
 
-// pruneCheckpoints deletes all but the newest keep of the generation's checkpoints (keep 0: all).
-func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep int) error {
-	steps, err := c.storedCheckpoints(ctx, repo)
+// pruneCheckpoints deletes all but the newest keep of this run's checkpoints (keep 0: all), and
+// with others, every other checkpoint of the workspace: an earlier generation's, or a plan no
+// attempt will continue.
+func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep int, others bool) error {
+	tags, err := c.storedCheckpoints(ctx, repo)
 	if err != nil {
 		return err
 	}
-	opts := append(c.remoteOptions(), remote.WithContext(ctx))
+	steps := c.steps(tags)
+	var del []string
 	for _, s := range steps[:max(len(steps)-keep, 0)] {
-		tag := repo.Tag(fmt.Sprintf("%s-s%d", c.CheckpointTag, s))
+		del = append(del, fmt.Sprintf("%s-s%d", c.CheckpointTag, s))
+	}
+	if others {
+		for _, t := range tags {
+			if !strings.HasPrefix(t, c.CheckpointTag+"-s") {
+				del = append(del, t)
+			}
+		}
+	}
+	opts := append(c.remoteOptions(), remote.WithContext(ctx))
+	for _, t := range del {
+		tag := repo.Tag(t)
 		// By digest: the distribution spec deletes manifests, and registries (ACR among them)
 		// need not accept a tag there.
 		desc, err := remote.Head(tag, opts...)
@@ -223,20 +271,29 @@ func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep
 	return nil
 }
 
-// restore fetches the generation's newest checkpoint into the results directory and returns
-// its directory and step (step 0: there is none, and the run starts from the beginning). With
-// no output image the checkpoints are where the trainer wrote them: the output volume.
+// restore fetches the run's newest checkpoint into the results directory and returns its
+// directory and step (step 0: there is none, and the run starts from the beginning). Checkpoints
+// of the workspace that no run will continue are deleted first. With no output image the
+// checkpoints are where the trainer wrote them (the output volume), kept only while the marker
+// file says they are this run's.
 func (c Config) restore(ctx context.Context) (string, int, error) {
 	repo, ok, err := c.checkpointRepo()
-	if err != nil {
+	if err != nil || c.CheckpointTag == "" {
 		return "", 0, err
 	}
 	if !ok {
-		return newestLocal(c.ResultsDir)
+		return c.restoreLocal()
 	}
-	steps, err := c.storedCheckpoints(ctx, repo)
-	if err != nil || len(steps) == 0 {
+	if err := c.pruneCheckpoints(ctx, repo, c.keep(), true); err != nil {
 		return "", 0, err
+	}
+	tags, err := c.storedCheckpoints(ctx, repo)
+	if err != nil {
+		return "", 0, err
+	}
+	steps := c.steps(tags)
+	if len(steps) == 0 {
+		return "", 0, nil
 	}
 	step := steps[len(steps)-1]
 	dir := filepath.Join(c.ResultsDir, fmt.Sprintf("checkpoint-%d", step))
@@ -247,13 +304,51 @@ func (c Config) restore(ctx context.Context) (string, int, error) {
 	return dir, step, nil
 }
 
+// checkpointMarker, in a results volume, names the run whose checkpoint directories are there.
+const checkpointMarker = ".kaitoflow-checkpoints"
+
+// restoreLocal is restore for checkpoints on the output volume: another run's are removed (the
+// marker names another tag), this run's newest is continued.
+func (c Config) restoreLocal() (string, int, error) {
+	marker := filepath.Join(c.ResultsDir, checkpointMarker)
+	if b, err := os.ReadFile(marker); err != nil || strings.TrimSpace(string(b)) != c.CheckpointTag {
+		if err := removeLocal(c.ResultsDir); err != nil {
+			return "", 0, err
+		}
+		if err := os.MkdirAll(c.ResultsDir, 0o755); err != nil {
+			return "", 0, err
+		}
+		return "", 0, os.WriteFile(marker, []byte(c.CheckpointTag+"\n"), 0o644)
+	}
+	return newestLocal(c.ResultsDir)
+}
+
+// removeLocal deletes the checkpoint directories under dir and their marker.
+func removeLocal(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "checkpoint-") {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, checkpointMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // newestLocal is the newest checkpoint-<step> directory under dir holding a trainer_state.json
 // (transformers writes it last).
 func newestLocal(dir string) (string, int, error) {
 	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return "", 0, nil
-	}
 	if err != nil {
 		return "", 0, err
 	}

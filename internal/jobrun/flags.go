@@ -14,7 +14,6 @@ func RegisterFlags(f *pflag.FlagSet, c *Config, allow *[]string) {
 	f.BoolVar(&c.InsecureRegistry, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
 	f.StringVar(&c.TerminationLog, "termination-log", "/dev/termination-log", "where the summary (or the failure reason) goes")
 	f.StringSliceVar(allow, "allow-host", nil, "private dataset hosts or CIDRs to admit")
-	f.StringVar(&c.CheckpointTag, "checkpoint-tag", "", "tag prefix of the generation's checkpoints in the output repository (none: checkpoints are not uploaded)")
-	f.IntVar(&c.KeepCheckpoints, "keep-checkpoints", DefaultKeepCheckpoints, "how many of the generation's newest checkpoints stay in the registry")
-	f.BoolVar(&c.Resume, "resume", false, "continue from the generation's newest checkpoint")
+	f.StringVar(&c.CheckpointTag, "checkpoint-tag", "", "names the run's checkpoints (in the output repository, or the output volume); a run that finds one continues from the newest (none: no checkpoints are kept)")
+	f.IntVar(&c.KeepCheckpoints, "keep-checkpoints", DefaultKeepCheckpoints, "how many of the run's newest checkpoints stay in the registry")
 }

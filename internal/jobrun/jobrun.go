@@ -74,14 +74,16 @@ type Config struct {
 	// FetchBestEffort logs and skips datasets that cannot be fetched instead of failing (the
 	// sim trainer, which reads none, on an offline machine).
 	FetchBestEffort bool
-	// CheckpointTag names the generation's checkpoints in the output repository (CheckpointTag);
-	// empty uploads none. KeepCheckpoints of them stay (DefaultKeepCheckpoints when zero).
+	// CheckpointTag names the run's checkpoints (CheckpointTag); empty keeps none. KeepCheckpoints
+	// of them stay in the registry (DefaultKeepCheckpoints when zero). A run that finds one of its
+	// own continues from the newest: it is fetched into the results directory and the trainer
+	// gets --resume-from DIR.
 	CheckpointTag   string
 	KeepCheckpoints int
-	// Resume continues from the generation's newest checkpoint: it is fetched into the results
-	// directory and the trainer gets --resume-from DIR.
-	Resume bool
 }
+
+// exitOutOfGPUMemory is the trainer's exit code for running out of GPU memory (presets/trainer).
+const exitOutOfGPUMemory = 4
 
 // ExitError carries the trainer's exit code.
 type ExitError struct{ Code int }
@@ -110,23 +112,20 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		out = os.Stdout
 	}
 	command, resumed := c.Command, 0
-	if c.Resume {
-		dir, step, err := c.restore(ctx)
-		if err != nil {
-			return c.fail(fmt.Errorf("resume: %w", err))
-		}
-		if step > 0 {
-			log.Info("job-run: resuming from checkpoint", "step", step, "dir", dir)
-			command, resumed = append(slices.Clip(command), "--resume-from", dir), step
-		} else {
-			log.Info("job-run: no checkpoint of this generation yet; starting from the beginning")
-		}
+	dir, step, err := c.restore(ctx)
+	switch {
+	case err != nil:
+		return c.fail(fmt.Errorf("checkpoints: %w", err))
+	case step > 0:
+		log.Info("job-run: resuming from this run's newest checkpoint", "step", step, "dir", dir)
+		command, resumed = append(slices.Clip(command), "--resume-from", dir), step
 	}
-	ckpts := &checkpoints{c: c, log: log}
+	ckpts := newCheckpoints(ctx, c, resumed, log)
 	code := runTrainer(ctx, command, c.Env, out, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
-	// The trainer has ended: its newest checkpoint is what a next attempt needs, so the upload in
-	// flight finishes first.
-	ckpts.wait()
+	// The trainer has ended: its newest checkpoint is what the next pod of this run needs, so the
+	// upload in flight finishes first — unless the run succeeded, or ran out of GPU memory (the
+	// next attempt is planned again and starts afresh).
+	ckpts.wait(code == 0 || code == exitOutOfGPUMemory)
 	if code != 0 {
 		return ExitError{Code: code}
 	}
@@ -140,9 +139,13 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		// steps, the ones before this step done by an earlier attempt.
 		s.Metrics["resumed_from_step"] = float64(resumed)
 	}
+	// The adapter is stored: the run's checkpoints have served their purpose.
 	if repo, ok, _ := c.checkpointRepo(); ok {
-		// The adapter is stored: the generation's checkpoints have served their purpose.
-		if err := c.pruneCheckpoints(ctx, repo, 0); err != nil {
+		if err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
+			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
+		}
+	} else if c.CheckpointTag != "" {
+		if err := removeLocal(c.ResultsDir); err != nil {
 			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
 		}
 	}

@@ -58,7 +58,7 @@ func (t tee) run(ctx context.Context, r io.Reader, w io.Writer, every time.Durat
 		if rest, ok := strings.CutPrefix(line, CheckpointPrefix); ok && t.ckpts != nil {
 			var cl checkpointLine
 			if json.Unmarshal([]byte(rest), &cl) == nil && cl.Step > 0 && cl.Path != "" {
-				t.ckpts.saved(ctx, cl)
+				t.ckpts.saved(cl)
 			}
 			continue
 		}

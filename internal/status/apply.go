@@ -74,8 +74,18 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		w.Nodes, w.InstanceType, w.Plan = d.Nodes, d.InstanceType, d.Plan
 		rec.Note = fmt.Sprintf("%d× %s via %s", len(d.Nodes), d.InstanceType, d.Provider)
+		if d.Attempt > 1 {
+			rec.Note = fmt.Sprintf("attempt %d: %s", d.Attempt, rec.Note)
+		}
+		if d.Workspace.Tuning != nil && d.Plan != nil {
+			a := w.attempt(d.Attempt)
+			a.InstanceType, a.BatchSize, a.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
+		}
+		if max(d.Attempt, 1) < len(w.Attempts) {
+			break // a late node.ready of an earlier attempt: the later one's nodes and plan stand
+		}
+		w.Nodes, w.InstanceType, w.Plan = d.Nodes, d.InstanceType, d.Plan
 		if d.Plan != nil && d.Plan.DType != "" {
 			rec.Note += fmt.Sprintf(", %s, ~%.1f GiB/GPU", d.Plan.DType, d.Plan.EstimatedGiBPerGPU)
 		}
@@ -103,7 +113,9 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		if w.Progress == nil || d.Step >= w.Progress.Step {
+		// The newest attempt's progress, however the reports arrive: a fresh attempt starts at step 1
+		// again.
+		if p := w.Progress; p == nil || max(d.Attempt, 1) > max(p.Attempt, 1) || (d.Attempt == p.Attempt && d.Step >= p.Step) {
 			w.Progress = &d
 		}
 		rec.Note = ProgressNote(d)
@@ -116,7 +128,11 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		a := w.attempt(d.Attempt - 1)
 		a.Outcome, a.Message, a.Changes, a.GPUSeconds = d.Reason, d.Message, d.Changes, d.GPUSeconds
 		if d.Resume {
-			a.Changes = append(slices.Clip(a.Changes), fmt.Sprintf("resumes from the newest checkpoint (step %d as last reported)", d.CheckpointStep))
+			resume := "resumes from its newest checkpoint"
+			if d.CheckpointStep > 0 {
+				resume += fmt.Sprintf(" (step %d as last reported)", d.CheckpointStep)
+			}
+			a.Changes = append(slices.Clip(a.Changes), resume)
 		}
 		w.addGPU(d.GPUSeconds, 0)
 		next := w.attempt(d.Attempt)
@@ -133,9 +149,9 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
 		if d.Attempt > 1 {
 			rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
-			w.attempt(d.Attempt).Outcome = "Succeeded"
-			w.attempt(d.Attempt).GPUSeconds = d.GPUSeconds
 		}
+		a := w.attempt(d.Attempt)
+		a.Outcome, a.GPUSeconds = "Succeeded", d.GPUSeconds
 		w.addGPU(d.GPUSeconds, 0)
 		w.endStep(StepTune, at)
 		w.startStep(StepPublish, at)
@@ -230,11 +246,7 @@ func (w *Workspace) attempt(n int) *Attempt {
 	for len(w.Attempts) < n {
 		w.Attempts = append(w.Attempts, Attempt{Attempt: len(w.Attempts) + 1})
 	}
-	a := &w.Attempts[n-1]
-	if n == 1 && a.InstanceType == "" && w.Plan != nil {
-		a.InstanceType, a.BatchSize, a.SeqLen = w.Plan.InstanceType, w.Plan.BatchSize, w.Plan.SeqLen
-	}
-	return a
+	return &w.Attempts[n-1]
 }
 
 // addGPU adds GPU-seconds held to the workspace's totals.

@@ -130,3 +130,44 @@ func TestApplyNewGenerationResets(t *testing.T) {
 		t.Errorf("after a new generation: %+v", w)
 	}
 }
+
+// Two tuning attempts' events in every order: the record always ends with attempt 2's plan,
+// nodes and progress, both attempts with their own shapes and outcomes, and the GPU time of both.
+func TestApplyAttemptsInAnyOrder(t *testing.T) {
+	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
+	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora"}}
+	ws.Name = "ws"
+	first := &events.Plan{InstanceType: "Standard_NC6s_v3", BatchSize: 4, SeqLen: 2048}
+	second := &events.Plan{InstanceType: "Standard_NC6s_v3", BatchSize: 2, SeqLen: 2048}
+	mk := func(typ, step string, data any) cloudevents.Event {
+		return events.Must(events.New("test", typ, step, ref, data, nil))
+	}
+	evs := []cloudevents.Event{
+		mk(events.WorkspaceRequested, "requested", ws),
+		mk(events.NodeReady, "ready-1", events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: first}),
+		mk(events.TuningProgress, "progress-1", events.TuningProgressData{Step: 50, MaxSteps: 100}),
+		mk(events.TuningRetrying, "retrying-2", events.TuningRetryingData{Workspace: ws, Attempt: 2, MaxAttempts: 3, Reason: events.ReasonGPUOutOfMemory, Plan: second, GPUSeconds: 60}),
+		mk(events.NodeReady, "ready-2", events.NodeReadyData{Workspace: ws, Nodes: []string{"n1"}, Plan: second, Attempt: 2}),
+		mk(events.TuningProgress, "progress-2", events.TuningProgressData{Step: 5, MaxSteps: 100, Attempt: 2}),
+		mk(events.TuningCompleted, "completed", events.TuningCompletedData{Workspace: ws, Attempt: 2, GPUSeconds: 120, Plan: second}),
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 50 {
+		var w Workspace
+		for _, i := range rng.Perm(len(evs)) {
+			if _, err := Apply(&w, evs[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if w.Plan.BatchSize != 2 || w.Nodes[0] != "n1" || w.Progress.Attempt != 2 || w.Progress.Step != 5 {
+			t.Fatalf("plan %+v nodes %v progress %+v", w.Plan, w.Nodes, w.Progress)
+		}
+		if len(w.Attempts) != 2 || w.Attempts[0].BatchSize != 4 || w.Attempts[0].Outcome != events.ReasonGPUOutOfMemory ||
+			w.Attempts[1].BatchSize != 2 || w.Attempts[1].Outcome != "Succeeded" {
+			t.Fatalf("attempts %+v", w.Attempts)
+		}
+		if w.GPU == nil || w.GPU.TuningSeconds != 180 {
+			t.Fatalf("GPU time %+v", w.GPU)
+		}
+	}
+}

@@ -82,8 +82,8 @@ type Workspace struct {
 	// History lists every generation's pushed adapter, kept across generations: what a rollback
 	// can serve again.
 	History []PushedAdapter `json:"history,omitempty"`
-	// Attempts are the generation's tuning attempts, when there was more than one or one is
-	// known to have failed: why each ended and what the next one changed.
+	// Attempts are the generation's tuning attempts: the shape each ran with, why it ended and
+	// what the next one changed.
 	Attempts []Attempt `json:"attempts,omitempty"`
 	// GPU is the GPU time the workspace has held, over all its generations.
 	GPU      *GPUTime          `json:"gpu,omitempty"`
@@ -96,35 +96,10 @@ type Workspace struct {
 }
 
 // Attempt is one tuning attempt of a generation.
-type Attempt struct {
-	Attempt      int    `json:"attempt"`
-	InstanceType string `json:"instanceType,omitempty"`
-	BatchSize    int    `json:"batchSize,omitempty"`
-	SeqLen       int    `json:"seqLen,omitempty"`
-	// Outcome is Succeeded, or the reason the attempt failed; Message says more, and Changes
-	// what the next attempt changed (or that it resumed from a checkpoint).
-	Outcome string   `json:"outcome,omitempty"`
-	Message string   `json:"message,omitempty"`
-	Changes []string `json:"changes,omitempty"`
-	// GPUSeconds is what the attempt held: GPUs × its run time.
-	GPUSeconds float64 `json:"gpuSeconds,omitempty"`
-}
+type Attempt = events.TuningAttempt
 
-// GPUTime is GPU time held, in GPU-seconds: tuning, per attempt summed (the trainer's run time ×
-// its GPUs); serving, the serving capacity's GPUs × how long it was held (an upper bound where
-// the pool scales to zero under it).
-type GPUTime struct {
-	TuningSeconds  float64 `json:"tuningSeconds"`
-	ServingSeconds float64 `json:"servingSeconds"`
-}
-
-// Minutes is the total in GPU-minutes.
-func (g *GPUTime) Minutes() float64 {
-	if g == nil {
-		return 0
-	}
-	return (g.TuningSeconds + g.ServingSeconds) / 60
-}
+// GPUTime is the GPU time a workspace has held.
+type GPUTime = events.GPUTime
 
 // PushedAdapter is one generation's adapter image.
 type PushedAdapter struct {

@@ -145,6 +145,12 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 		_, err := p.Client.Resource(NodeClaims).Create(ctx, c, metav1.CreateOptions{FieldManager: "kaitoflow"})
 		switch {
 		case apierrors.IsAlreadyExists(err):
+			// A claim still being deleted (its node lost, or released for a larger SKU) is not
+			// the capacity asked for: it is created again once it is gone, on a later tick.
+			have, gerr := p.Client.Resource(NodeClaims).Get(ctx, c.GetName(), metav1.GetOptions{})
+			if gerr == nil && have.GetDeletionTimestamp() != nil {
+				return fmt.Errorf("NodeClaim %s is being deleted; it is created again once it is gone", c.GetName())
+			}
 		case err != nil:
 			return kubeerr.Classify(fmt.Errorf("create NodeClaim %s: %w", c.GetName(), err))
 		default:

@@ -18,7 +18,6 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -130,11 +129,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	}
 
 	var p podParts
-	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir,
-		"--checkpoint-tag", jobrun.CheckpointTag(job.Ref.Namespace, job.Ref.Name, job.Ref.Generation)}
-	if job.Resume {
-		p.args = append(p.args, "--resume")
-	}
+	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
 	p.inputs(t.Input)
 	p.outputs(t.Output)
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))

@@ -147,6 +147,10 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 	st := &tune.Status{Job: run, Phase: tune.Pending}
 	var last *corev1.ContainerStateTerminated
 	defer func() {
+		if st.Started.IsZero() && j.Status.StartTime != nil {
+			// The pod went with its node: the Job says when the run began.
+			st.Started = j.Status.StartTime.UTC()
+		}
 		// When a finished run stopped: its trainer's exit, else the Job's final condition.
 		if last != nil && !last.FinishedAt.IsZero() {
 			st.Ended = last.FinishedAt.UTC()
@@ -172,11 +176,13 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 			}
 			if p.Status.Phase == corev1.PodRunning {
 				st.Phase = tune.Running
-				var prog events.TuningProgressData
-				if a := p.Annotations[AnnotationProgress]; a != "" && json.Unmarshal([]byte(a), &prog) == nil {
-					st.Progress = &prog
-				}
 			}
+		}
+		// The last report stays on the pod after it ends: how far a failed run got, and its
+		// newest checkpoint, for the retry to say.
+		var prog events.TuningProgressData
+		if a := p.Annotations[AnnotationProgress]; a != "" && json.Unmarshal([]byte(a), &prog) == nil {
+			st.Progress = &prog
 		}
 		for _, cs := range p.Status.ContainerStatuses {
 			if cs.Name != "trainer" {

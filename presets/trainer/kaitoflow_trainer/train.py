@@ -15,8 +15,8 @@
 Environment: HF_TOKEN, the token for gated or private models; KAITOFLOW_MODEL_ACCESS_SECRET, the
 Secret it came from (namespace/name), named when the Hub refuses it; KAITOFLOW_TERMINATION_LOG,
 where the failure reason goes outside a pod (default /dev/termination-log);
-KAITOFLOW_CHECKPOINT_MINUTES, how often a checkpoint is saved when the training config sets no
-save_strategy of its own (default 10; 0 saves none).
+KAITOFLOW_CHECKPOINT_MINUTES, how often a checkpoint is saved by the clock unless the training
+config saves every so many steps itself (default 10; 0: only the config's own saves).
 
 Each checkpoint saved is announced on stdout (KAITOFLOW_CHECKPOINT {"step", "path"}) for job-run
 to upload. Running out of GPU memory exits 4 with a JSON account in the termination log: the step,
@@ -225,8 +225,10 @@ def checkpoint_due(last_save, now, minutes):
 
 
 def checkpoint_minutes(environ, targs_cfg):
-    """Minutes between clock-driven checkpoints: 0 (none) when the config saves on its own."""
-    if targs_cfg.get("save_strategy", "no") not in ("no", None):
+    """Minutes between clock-driven checkpoints: 0 (none) when the config saves every so many
+    steps of its own choosing. Saving by epoch (kaitoflow's default) or not at all leaves hours
+    between checkpoints on a large dataset, so the clock adds its own."""
+    if targs_cfg.get("save_strategy") == "steps":
         return 0.0
     raw = environ.get("KAITOFLOW_CHECKPOINT_MINUTES", "")
     try:
@@ -235,16 +237,26 @@ def checkpoint_minutes(environ, targs_cfg):
         raise ConfigError("KAITOFLOW_CHECKPOINT_MINUTES %r: want a number of minutes" % raw) from exc
 
 
-def _checkpoints(transformers, minutes, clock=time.time):
-    """A callback that asks for a checkpoint every `minutes` and announces each one saved, so
-    job-run uploads it while training goes on."""
+def _agreed(flag, torch):
+    """flag as rank 0 has it, on every training process: a checkpoint is a collective step, and
+    processes whose clocks disagree by one step would save at different steps (or wait forever)."""
+    if torch is None or not distributed() or not torch.distributed.is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _checkpoints(transformers, minutes, clock=time.time, torch=None):
+    """A callback that announces every checkpoint saved, so job-run uploads it while training goes
+    on, and (minutes > 0) asks for one every `minutes` by rank 0's clock."""
 
     class Checkpoints(transformers.TrainerCallback):
         def __init__(self):
             self.last = clock()
 
         def on_step_end(self, args, state, control, **_kw):
-            if checkpoint_due(self.last, clock(), minutes):
+            if minutes > 0 and _agreed(checkpoint_due(self.last, clock(), minutes), torch):
                 control.should_save = True
             return control
 
@@ -357,9 +369,7 @@ def train(args):
         torch.cuda.reset_peak_memory_stats()
     losses, started = [], time.time()
     callbacks = [_progress(transformers, losses, tokens_total / len(train_set), started)]
-    minutes = checkpoint_minutes(os.environ, cfg["TrainingArguments"])
-    if minutes > 0:
-        callbacks.append(_checkpoints(transformers, minutes))
+    callbacks.append(_checkpoints(transformers, checkpoint_minutes(os.environ, cfg["TrainingArguments"]), torch=torch))
     trainer = transformers.Trainer(
         model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set if len(eval_set) else None,
         data_collator=collate, callbacks=callbacks,

@@ -80,6 +80,7 @@ class CheckpointTest(unittest.TestCase):
     def test_minutes(self):
         self.assertEqual(train.checkpoint_minutes({}, {}), 10.0)
         self.assertEqual(train.checkpoint_minutes({}, {"save_strategy": "no"}), 10.0)
+        self.assertEqual(train.checkpoint_minutes({}, {"save_strategy": "epoch"}), 10.0)
         self.assertEqual(train.checkpoint_minutes({"KAITOFLOW_CHECKPOINT_MINUTES": "2.5"}, {}), 2.5)
         self.assertEqual(train.checkpoint_minutes({}, {"save_strategy": "steps", "save_steps": 50}), 0.0)
         with self.assertRaises(train.ConfigError):
@@ -120,3 +121,17 @@ class CheckpointTest(unittest.TestCase):
         err = train.OutOfGPUMemory(acc)
         self.assertEqual(err.exit_code, 4)
         self.assertEqual(json.loads(str(err))["step"], 17)
+
+    def test_saves_of_the_config_are_announced_without_the_clock(self):
+        class FakeTransformers:
+            TrainerCallback = object
+
+        cb = train._checkpoints(FakeTransformers, 0, clock=lambda: 1e9)
+        control = mock.Mock(should_save=False)
+        state = mock.Mock(global_step=500, is_world_process_zero=True)
+        cb.on_step_end(mock.Mock(), state, control)
+        self.assertFalse(control.should_save)
+        out = io.StringIO()
+        with mock.patch("sys.stdout", out):
+            cb.on_save(mock.Mock(output_dir="/mnt/results"), state, control)
+        self.assertIn('"step": 500', out.getvalue())
