@@ -188,7 +188,6 @@ func (g *GPUTime) Minutes() float64 {
 	return (g.TuningSeconds + g.ServingSeconds) / 60
 }
 
-
 // AnnotationRollback on a Workspace resource asks for a rollback: "N" serves generation N's
 // pushed adapter again, "0" the one before the generation serving; anything after an "@" only
 // makes a request differ from the last one ("2@1733040000"), so the same generation can be asked
