@@ -51,3 +51,24 @@ func TestProgressTee(t *testing.T) {
 		t.Errorf("ETA %.1f s, want ~50", eta)
 	}
 }
+
+// FuzzTrainerOutput: whatever the trainer prints reaches the pod's log unchanged, and the progress
+// and checkpoint lines in it are read without a panic; a checkpoint announced for a run that keeps
+// none in a registry (no output image) is only counted.
+func FuzzTrainerOutput(f *testing.F) {
+	f.Add(ProgressPrefix + `{"step": 10, "max_steps": 100, "loss": 2.5}` + "\n" + CheckpointPrefix + `{"step": 10, "path": "/tmp/x"}` + "\n")
+	f.Add(CheckpointPrefix + `{"step": -1}` + "\n" + ProgressPrefix + "{}\nplain\n")
+	f.Add(strings.Repeat("x", 70000) + "\n")
+	f.Fuzz(func(t *testing.T, out string) {
+		var w bytes.Buffer
+		log := slog.New(slog.DiscardHandler)
+		ckpts := newCheckpoints(context.Background(), Config{}, 0, log)
+		tee{rep: &reports{}, ckpts: ckpts}.run(context.Background(), strings.NewReader(out), &w, time.Nanosecond, time.Now, log)
+		ckpts.wait(false)
+		// Lines are copied as lines: a final newline is added, and \r\n becomes \n.
+		want := strings.ReplaceAll(out, "\r", "")
+		if got := strings.ReplaceAll(w.String(), "\r", ""); !strings.HasPrefix(got, want) || len(got) > len(want)+1 {
+			t.Errorf("output changed: %q → %q", out, w.String())
+		}
+	})
+}
