@@ -44,8 +44,11 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/controller"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/internal/testenv/platform"
@@ -126,6 +129,7 @@ func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
 		Cluster:          func(identity string) (*rest.Config, error) { return as(b.Config, "kaitoflow-"+identity), nil },
 		PushKeychain:     registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(b.Config, "kaitoflow-publish"))}.For,
 		CapacityDeadline: 5 * time.Minute,
+		Policy:           loopback,
 	}
 	// Every AKS cluster has a system pool: without any node the scheduler rejects a pod before
 	// any plugin looks at it ("no nodes available"), and such a pod is only retried after minutes,
@@ -758,7 +762,8 @@ func jobRunOf(t *testing.T, pod corev1.Pod, registry, delay string) jobrun.Confi
 		t.Fatal(err)
 	}
 	c.Env = []string{tune.SimTrainerEnv + "=1"}
-	c.Command = []string{self, "--results", c.ResultsDir, "--delay", delay, "--ref", pod.Namespace + "/" + pod.Labels[events.LabelWorkspace] + "/" + pod.Labels[events.LabelGeneration]}
+	c.Command = []string{self, "--results", c.ResultsDir, "--delay", delay, "--ref", pod.Namespace + "/" + pod.Labels[events.LabelWorkspace] + "/" + pod.Labels[events.LabelGeneration],
+		"--input-dir", c.DataDir}
 	c.Stdout = io.Discard
 	return c
 }
@@ -800,29 +805,13 @@ func tuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name strin
 func TestNextGenerationGoesLiveInTheBox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	bx := startBoxed(ctx, t, "byo")
+	bx := startTwoGPUs(ctx, t)
 	b, p, admin, ns := bx.b, bx.p, bx.b.Client, boxNamespace
-	// The user's second GPU node: the next generation tunes while the first one serves.
-	if err := b.Node(ctx, testenv.NodeSpec{Name: "gpu-node-1", GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"}, Taints: testenv.GPUTaints()}); err != nil {
-		t.Fatal(err)
-	}
 	name, wsClient := applyWorkspace(ctx, t, b.Config, ns, seedManifest(t))
 	finishAsJobRun(ctx, t, admin, ns, tuningPodOf(ctx, t, b, ns, name, 1).Name, p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
 	awaitReady(ctx, t, b, wsClient, ns, name, status.CondInferenceReady, status.CondWorkspaceReady)
 	server := inferencePod(ctx, t, b, ns, name)
-	served := func() serve.ReplicaAdapters {
-		t.Helper()
-		resp, err := http.Get(bx.pods.Address(server) + "/adapters")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st serve.ReplicaAdapters
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	served := func() serve.ReplicaAdapters { return replicaAdapters(t, bx, server) }
 	first := served().Routes[name]
 
 	// kubectl edit: the next version of the adapter.
@@ -873,3 +862,120 @@ func tuningPodOf(ctx context.Context, t *testing.T, b *testenv.Box, ns, name str
 	})
 	return pod
 }
+
+// Continuous fine-tuning in the box with the Knative deployer: three uploads of a dataset through
+// the upload webhook (in-process against the pipeline), each tuned by a pod running the Job's own
+// job-run with the sim trainer (stand-in for the Python one), which pulls the adapter serving
+// (--compare-image) and scores both on the new data by the sim's rule (tune.SimEvalLoss: more
+// distinct rows score better). v1 is served; v2 scores worse and is held — the inference pod's
+// chat-proxy (the stand-in running kaitoflow's real one) still routes to v1; v3 scores better and
+// is promoted, loaded live into the same pod, the Knative Service's template unchanged.
+func TestUploadHoldPromoteInTheBox(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bx := startTwoGPUs(ctx, t)
+	b, p, admin, ns := bx.b, bx.p, bx.b.Client, boxNamespace
+	tmpl, err := events.DecodeWorkspace([]byte(seedManifest(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.Namespace, tmpl.Annotations = ns, map[string]string{events.AnnotationPromotion: "if-better"}
+	key := []byte("upload-signing-key")
+	hook := httptest.NewServer((&webhook.Handler{Template: tmpl, SigningKey: key, Log: slog.New(slog.DiscardHandler),
+		Submitter: &ingress.Submitter{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: p.JS}, Policy: loopback, Source: "kaitoflow/webhook"}}).Routes())
+	defer hook.Close()
+	blob := testenv.NewBlob(t)
+	const path = "/datasets/dolly.jsonl"
+	name := webhook.Name(tmpl.Name, strings.TrimPrefix(blob.URL, "http://")+path)
+
+	generation := func(gen int64, rows int) *status.Workspace {
+		t.Helper()
+		blob.Upload(t, hook.URL, key, path, testenv.Rows(rows))
+		pod := tuningPodOf(ctx, t, b, ns, name, gen)
+		cfg := jobRunOf(t, pod, p.Registry, "1s")
+		cfg.Policy = loopback
+		if err := jobrun.Run(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
+			t.Fatal(err)
+		}
+		summary, err := os.ReadFile(cfg.TerminationLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trainerSucceeded(ctx, t, admin, ns, pod.Name, string(summary))
+		var rec *status.Workspace
+		b.Await(ctx, t, ns, fmt.Sprintf("generation %d Ready, promoted or held", gen), func(ctx context.Context) (bool, string) {
+			rec, err = p.Store.Get(ctx, ns, name)
+			return err == nil && rec.Generation == gen && rec.Phase == status.Ready && decided(rec), fmt.Sprintf("%+v %v", rec, err)
+		})
+		return rec
+	}
+
+	v1 := generation(1, 3)
+	server := inferencePod(ctx, t, b, ns, name)
+	routed := func() string { return replicaAdapters(t, bx, server).Routes[name] }
+	if got := routed(); got != serve.LoRAName(name, v1.Image) {
+		t.Fatalf("v1: the pod routes %s to %s", name, got)
+	}
+
+	v2 := generation(2, 1)
+	h2, _ := v2.Pushed(2)
+	if v2.Live != 1 || v2.AdapterState(h2) != status.AdapterHeld || !strings.Contains(v2.Held, "held: eval_loss") {
+		t.Fatalf("v2: serving %d, state %s, held %q", v2.Live, v2.AdapterState(h2), v2.Held)
+	}
+	if got := routed(); got != serve.LoRAName(name, v1.Image) {
+		t.Fatalf("with v2 held the pod routes %s to %s, want v1's adapter", name, got)
+	}
+
+	v3 := generation(3, 9)
+	b.Await(ctx, t, ns, "the pod routing to v3's adapter", func(context.Context) (bool, string) {
+		got := routed()
+		return got == serve.LoRAName(name, v3.Image), got
+	})
+	if v3.Live != 3 || v3.Held != "" {
+		t.Errorf("v3: serving %d, held %q", v3.Live, v3.Held)
+	}
+	if still := inferencePod(ctx, t, b, ns, name); still.UID != server.UID {
+		t.Errorf("v3 is served by another pod %s, not %s", still.Name, server.Name)
+	}
+	svc, err := bx.objs.dyn.Resource(knative.Services).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil || svc.GetGeneration() != 1 {
+		t.Errorf("the Knative Service's template changed (metadata.generation %d, %v): a new revision", svc.GetGeneration(), err)
+	}
+}
+
+// startTwoGPUs starts the box on byo with the user's second GPU node: the next generation tunes
+// while the first one serves.
+func startTwoGPUs(ctx context.Context, t *testing.T) *boxed {
+	t.Helper()
+	bx := startBoxed(ctx, t, "byo")
+	if err := bx.b.Node(ctx, testenv.NodeSpec{Name: "gpu-node-1", GPUs: 1, Labels: map[string]string{"app": "tuning-phi-3"}, Taints: testenv.GPUTaints()}); err != nil {
+		t.Fatal(err)
+	}
+	return bx
+}
+
+// replicaAdapters is what the inference pod's chat-proxy (the stand-in running kaitoflow's real
+// one) says it serves: its admin GET /adapters.
+func replicaAdapters(t *testing.T, bx *boxed, pod corev1.Pod) serve.ReplicaAdapters {
+	t.Helper()
+	resp, err := http.Get(bx.pods.Address(pod) + "/adapters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st serve.ReplicaAdapters
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// decided says the promotion policy's decision on w's generation is in the record: it serves, or
+// it is held.
+func decided(w *status.Workspace) bool {
+	h, ok := w.Pushed(w.Generation)
+	return ok && (w.Live == w.Generation || h.Held != "")
+}
+
+// loopback admits the dataset stand-ins the box's tests serve on 127.0.0.1.
+var loopback = events.AddressPolicy{Allow: []string{"127.0.0.1"}}

@@ -40,13 +40,17 @@ const (
 	// AdapterSelected asks serve to serve an earlier generation's adapter (a rollback), loaded
 	// live into the running replicas; inference.ready follows once they serve it.
 	AdapterSelected = "kaitoflow.adapter.selected"
+	// AdapterPromoted and AdapterHeld say what the workspace's promotion policy decided for a
+	// generation's pushed adapter: served in place of the one serving, or kept and not served.
+	AdapterPromoted = "kaitoflow.adapter.promoted"
+	AdapterHeld     = "kaitoflow.adapter.held"
 )
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningRetrying, TuningCompleted,
 	ImagePushed, AdapterStored, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
-	AdapterSelected,
+	AdapterSelected, AdapterPromoted, AdapterHeld,
 }
 
 // Signals are events about the world rather than one workspace's progress: they make functions
@@ -326,6 +330,9 @@ type TuningCompletedData struct {
 	// (GPUs × its run time; earlier attempts' are in their kaitoflow.tuning.retrying).
 	Attempt    int     `json:"attempt,omitempty"`
 	GPUSeconds float64 `json:"gpuSeconds,omitempty"`
+	// Compared is the adapter the run scored beside its own (MetricServingEvalLoss), nil when
+	// none was serving.
+	Compared *ComparedAdapter `json:"compared,omitempty"`
 }
 
 // TuningRetryingData is the payload of kaitoflow.tuning.retrying: attempt Attempt-1 failed for
@@ -398,6 +405,11 @@ type ImagePushedData struct {
 	Provenance string `json:"provenance,omitempty"`
 	// Plan is the tuning run's plan (see TuningCompletedData.Plan).
 	Plan *Plan `json:"plan,omitempty"`
+	// Metrics, Datasets and Compared are the run's (see TuningCompletedData): what the promotion
+	// policy decides on.
+	Metrics  map[string]float64 `json:"metrics,omitempty"`
+	Datasets []string           `json:"datasets,omitempty"`
+	Compared *ComparedAdapter   `json:"compared,omitempty"`
 }
 
 // InferenceReadyData is the payload of kaitoflow.inference.ready: the chat endpoint answers.
@@ -424,7 +436,7 @@ type AdapterSelectedData struct {
 	Workspace  Workspace `json:"workspace"`
 	Generation int64     `json:"generation"`
 	Reference  string    `json:"reference"`
-	// Reason says who asked: "rollback".
+	// Reason says who asked: "rollback", "promote".
 	Reason string `json:"reason,omitempty"`
 }
 

@@ -154,6 +154,13 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 				"a workspace in a serving pool needs matchLabels: the pool's pods run on the nodes its members' selector names"))
 		}
 	}
+	if v, ok := w.Annotations[AnnotationPromotion]; ok {
+		if _, err := ParsePromotion(v); err != nil {
+			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationPromotion), v, err.Error()))
+		} else if w.Tuning == nil {
+			errs = append(errs, field.Forbidden(meta.Child("annotations").Key(AnnotationPromotion), "a promotion policy decides between tuned generations: the workspace has no tuning"))
+		}
+	}
 	if n, ok := w.Annotations[AnnotationServingPoolSize]; ok {
 		if size, err := strconv.Atoi(n); err != nil || size < 1 || size > 64 {
 			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationServingPoolSize), n, "want a number of adapters from 1 to 64"))

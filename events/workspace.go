@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -155,6 +156,27 @@ type WorkspaceStatus struct {
 	// time the workspace has held.
 	Attempts []TuningAttempt `json:"attempts,omitempty"`
 	GPU      *GPUTime        `json:"gpu,omitempty"`
+	// History is every generation's adapter (or failure), LiveGeneration the one serving, Held
+	// why the promotion policy keeps this generation's adapter from serving.
+	History        []AdapterRecord `json:"history,omitempty"`
+	LiveGeneration int64           `json:"liveGeneration,omitempty"`
+	Held           string          `json:"held,omitempty"`
+}
+
+// AdapterRecord is one generation's adapter in a workspace's history: its image, what it was trained on, how it scored,
+// what the promotion policy decided; or why the generation failed.
+type AdapterRecord struct {
+	Generation int64     `json:"generation"`
+	Image      string    `json:"image,omitempty"`
+	Digest     string    `json:"digest,omitempty"`
+	Pushed     time.Time `json:"pushed,omitzero"`
+	// Datasets are the digests of the dataset files it was trained on.
+	Datasets []string `json:"datasets,omitempty"`
+	// Scores are its eval losses (events.MetricEvalLoss and the others) on its held-out rows.
+	Scores map[string]float64 `json:"scores,omitempty"`
+	// Held says why the promotion policy did not serve it; Failed why the generation failed.
+	Held   string `json:"held,omitempty"`
+	Failed string `json:"failed,omitempty"`
 }
 
 // TuningAttempt is one tuning attempt of a generation, in the status.

@@ -392,21 +392,105 @@ until then. Without --generation, the newest generation before the one serving n
 controller records a RollbackRequested or RollbackRefused Event on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.workspaces(cluster)
-			if err != nil {
-				return err
-			}
-			w, err := src.Rollback(cmd.Context(), args[0], generation)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.out, "workspace.kaito.sh/%s rollback requested (serving generation %d now; `kaitoflow get %s -o wide` shows when the replicas serve the new one)\n", w.Name, w.Serving(), w.Name)
-			return nil
+			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Rollback, "rollback requested", "`kaitoflow get %s -o wide` shows when the replicas serve the new one")
 		},
 	}
 	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (default: the one before the generation serving now)")
 	cluster.register(cmd.Flags())
 	return cmd
+}
+
+// selectAdapter asks for a generation's adapter to be served (a rollback, a promotion) and says
+// what was asked; how names the source's request, then names the command that shows the outcome.
+func (g *globals) selectAdapter(ctx context.Context, cluster clusterFlags, name string, generation int64,
+	ask func(workspaceSource, context.Context, string, int64) (*status.Workspace, error), what, then string) error {
+	src, err := g.workspaces(cluster)
+	if err != nil {
+		return err
+	}
+	w, err := ask(src, ctx, name, generation)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (serving generation %d now; "+then+")\n", w.Name, what, w.Serving(), w.Name)
+	return nil
+}
+
+func newPromote(g *globals) *cobra.Command {
+	var generation int64
+	var cluster clusterFlags
+	cmd := &cobra.Command{
+		Use:   "promote NAME --generation N",
+		Short: "Serve a generation's adapter that the promotion policy held (or any earlier one), live, through the rollback path",
+		Long: `Serve generation N's adapter: one the workspace's promotion policy (kaitoflow.io/promotion) held,
+or an earlier one. It is loaded live into the running replicas, as a rollback is, and answers once
+loaded; ` + "`kaitoflow adapters NAME`" + ` lists the generations, their scores and states. With
+--kubeconfig/--context it annotates the Workspace resource (kaitoflow.io/rollback).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if generation < 1 {
+				return errors.New("--generation is required")
+			}
+			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Promote,
+				fmt.Sprintf("promotion of generation %d requested", generation), "`kaitoflow adapters %s` shows when it serves")
+		},
+	}
+	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (required)")
+	cluster.register(cmd.Flags())
+	return cmd
+}
+
+func newAdapters(g *globals) *cobra.Command {
+	var cluster clusterFlags
+	cmd := &cobra.Command{
+		Use:   "adapters NAME",
+		Short: "Every generation's adapter: state (serving, held, superseded, failed), digest, dataset, scores, when",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := g.workspaces(cluster)
+			if err != nil {
+				return err
+			}
+			w, err := src.Get(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printAdapters(g.out, w)
+		},
+	}
+	cluster.register(cmd.Flags())
+	return cmd
+}
+
+// printAdapters prints a workspace's adapter history, newest first, with what decided each state.
+func printAdapters(out io.Writer, w *status.Workspace) error {
+	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tPUSHED\tWHY")
+	for i := len(w.History) - 1; i >= 0; i-- {
+		p := w.History[i]
+		score := func(k string) string {
+			if v, ok := p.Scores[k]; ok {
+				return strconv.FormatFloat(v, 'g', 4, 64)
+			}
+			return "-"
+		}
+		pushed := "-"
+		if !p.Pushed.IsZero() {
+			pushed = age(time.Since(p.Pushed)) + " ago"
+		}
+		why := cmp.Or(p.Held, p.Failed)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, w.AdapterState(p), short(p.Digest), short(strings.Join(p.Datasets, ",")),
+			score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss), pushed, why)
+	}
+	return tw.Flush()
+}
+
+// short is a digest as people compare them: the algorithm's first 12 hex digits.
+func short(digest string) string {
+	if _, hex, ok := strings.Cut(digest, "sha256:"); ok && len(hex) >= 12 {
+		return "sha256:" + hex[:12]
+	}
+	return cmp.Or(digest, "-")
 }
 
 func newDelete(g *globals) *cobra.Command {

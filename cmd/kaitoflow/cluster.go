@@ -33,6 +33,7 @@ type workspaceSource interface {
 	Delete(ctx context.Context, name string) error
 	Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error
 	Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error)
+	Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error)
 }
 
 // clusterFlags are kubectl's: with either, a command reads the cluster's Workspace resources
@@ -149,6 +150,12 @@ func (c *clusterWorkspaces) Rollback(ctx context.Context, name string, generatio
 	return c.Get(ctx, name)
 }
 
+// Promote is Rollback to the generation given: in a cluster the controller serves a held adapter
+// through the same annotation.
+func (c *clusterWorkspaces) Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
+	return c.Rollback(ctx, name, generation)
+}
+
 func (c *clusterWorkspaces) Delete(ctx context.Context, name string) error {
 	err := c.resource(false).Delete(ctx, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
@@ -185,6 +192,7 @@ func fromResource(u *unstructured.Unstructured) (*status.Workspace, error) {
 		InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: status.Phase(st.Phase), Conditions: st.Conditions,
 		Nodes: st.WorkerNodes, Endpoint: st.Endpoint, Image: st.Image, Adapters: st.Adapters, Manifest: &ws,
 		ServingGeneration: st.ServingGeneration, Replicas: st.Replicas, Attempts: st.Attempts, GPU: st.GPU,
+		History: st.History, Live: st.LiveGeneration, Held: st.Held,
 		Created: u.GetCreationTimestamp().Time, Updated: time.Now()}
 	if ws.Tuning != nil {
 		w.Method = ws.Tuning.Method

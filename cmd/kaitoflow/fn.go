@@ -130,7 +130,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if a.Store != nil {
+	if a.Store != nil && name == assembly.Status {
 		// The function keeping the status records exports what they say of GPU time.
 		reg.MustRegister(status.NewGPUCollector(a.Store))
 	}

@@ -44,6 +44,9 @@ const (
 	AnnotationMetrics   = "kaitoflow.io/metrics"
 	// AnnotationDatasetDigest lists the sha256 of each dataset file the run read.
 	AnnotationDatasetDigest = "kaitoflow.io/dataset-digest"
+	// AnnotationComparedWith is the adapter the run scored beside its own (serving_eval_loss in
+	// the metrics), by digest.
+	AnnotationComparedWith = "kaitoflow.io/compared-with"
 )
 
 // ProvenanceType is the artifact type of the training record attached to each adapter image.
@@ -62,7 +65,9 @@ type TrainingRecord struct {
 	Files          []events.AdapterFile `json:"files"`
 	Layer          *events.Blob         `json:"layer,omitempty"`
 	Metrics        map[string]float64   `json:"metrics,omitempty"`
-	Completed      string               `json:"completed"`
+	// Compared is the adapter the run scored beside its own on the same held-out rows.
+	Compared  *events.ComparedAdapter `json:"compared,omitempty"`
+	Completed string                  `json:"completed"`
 }
 
 // Pusher writes an image to a registry.
@@ -167,6 +172,9 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			anns[AnnotationMetrics] = string(b)
 		}
 	}
+	if d.Compared != nil {
+		anns[AnnotationComparedWith] = d.Compared.Reference
+	}
 	// Compose, don't copy: when the Job has uploaded the layer to the output repository, the image
 	// is written around it and only the config and manifest move.
 	var img v1.Image
@@ -208,6 +216,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
 		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,
+		Metrics: d.Metrics, Datasets: d.Datasets, Compared: d.Compared,
 	}, &ev))
 }
 
@@ -216,7 +225,7 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 // referrers API.
 func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) (string, error) {
 	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer, DatasetDigests: d.Datasets,
-		Metrics: d.Metrics, Completed: imageCreated(d, ev).Format("2006-01-02T15:04:05Z")}
+		Metrics: d.Metrics, Compared: d.Compared, Completed: imageCreated(d, ev).Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {
 		rec.Dataset = append(append(rec.Dataset, in.URLs...), in.Image)
 		if in.Image == "" {

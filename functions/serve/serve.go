@@ -182,7 +182,28 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			return nil, err
 		}
 		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
+		promote, gate := Gate(ref, in)
+		if promote {
+			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
+		} else {
+			// Held: this generation's service goes on serving the adapter it was compared with.
+			d.Serving = in.Compared.Generation
+			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
+		}
+		out, err := f.apply(ctx, ref, d, &ev)
+		if _, policy := in.Workspace.Annotations[events.AnnotationPromotion]; !policy {
+			return out, err // no policy named: served as Kaito serves it, with nothing to decide
+		}
+		typ, step := events.AdapterPromoted, "promoted"
+		if !promote {
+			typ, step = events.AdapterHeld, "held"
+		}
+		decided, derr := events.New("kaitoflow/"+Name, typ, step, ref, gate, &ev)
+		if derr != nil {
+			return nil, derr
+		}
+		f.log.InfoContext(ctx, "promotion policy decided", "generation", ref.Generation, "promoted", promote, "reason", gate.Reason)
+		return append([]cloudevents.Event{decided}, out...), err
 	case events.AdapterSelected:
 		var in events.AdapterSelectedData
 		if err := events.Data(ev, &in); err != nil {
@@ -206,13 +227,71 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 	default:
 		return nil, nil
 	}
+	return f.apply(ctx, ref, d, &ev)
+}
+
+// apply serves d and reports what the service says now.
+func (f *Function) apply(ctx context.Context, ref events.Ref, d Deployment, cause *cloudevents.Event) ([]cloudevents.Event, error) {
 	if pool, _ := d.Workspace.ServingPool(); pool != "" {
 		d.Pool, d.Service = pool, pool
 	}
 	if err := f.deployer.Apply(ctx, d); err != nil {
 		return nil, fmt.Errorf("apply inference service %s: %w", d.Service, err)
 	}
-	return f.observe(ctx, ref, &ev)
+	return f.observe(ctx, ref, cause)
+}
+
+// Gate is the workspace's promotion policy (events.AnnotationPromotion) applied to a pushed
+// adapter: whether it is served in place of the adapter it was compared with, and the decision
+// with its numbers. Nothing serving, or the policy always, promotes; manual holds; if-better
+// promotes an eval_loss at least the minimum improvement below the serving adapter's on the same
+// held-out rows, and holds otherwise — and when either score is missing (a failed evaluation).
+func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateData) {
+	p := in.Workspace.Promotion()
+	g := events.AdapterGateData{Ref: ref, Reference: in.Reference, Policy: p.String(), Compared: in.Compared}
+	for _, k := range []string{events.MetricEvalLoss, events.MetricServingEvalLoss, events.MetricBaseEvalLoss} {
+		if v, ok := in.Metrics[k]; ok {
+			if g.Scores == nil {
+				g.Scores = map[string]float64{}
+			}
+			g.Scores[k] = v
+		}
+	}
+	newLoss, haveNew := in.Metrics[events.MetricEvalLoss]
+	switch {
+	case in.Compared == nil:
+		g.Reason = "promoted: nothing was serving"
+		if haveNew {
+			if base, ok := in.Metrics[events.MetricBaseEvalLoss]; ok {
+				g.Reason += fmt.Sprintf(" (eval_loss %.4g, the base model %.4g)", newLoss, base)
+			}
+		}
+		return true, g
+	case p.Policy == events.PromoteAlways:
+		g.Reason = "promoted: policy always"
+		return true, g
+	case p.Policy == events.PromoteManual:
+		g.Reason = fmt.Sprintf("held: policy manual; `kaitoflow promote %s --generation %d` serves it", ref.Name, ref.Generation)
+		return false, g
+	}
+	old, haveOld := in.Metrics[events.MetricServingEvalLoss]
+	if !haveNew || !haveOld {
+		missing := events.MetricServingEvalLoss
+		if !haveNew {
+			missing = events.MetricEvalLoss
+		}
+		g.Reason = fmt.Sprintf("held: the evaluation failed (no %s); generation %d keeps serving", missing, in.Compared.Generation)
+		return false, g
+	}
+	if newLoss <= old-p.MinImprovement {
+		g.Reason = fmt.Sprintf("promoted: eval_loss %.4g vs %.4g serving (generation %d)", newLoss, old, in.Compared.Generation)
+		return true, g
+	}
+	g.Reason = fmt.Sprintf("held: eval_loss %.4g vs %.4g serving (generation %d)", newLoss, old, in.Compared.Generation)
+	if p.MinImprovement > 0 {
+		g.Reason += fmt.Sprintf(", and the policy wants it lower by %g", p.MinImprovement)
+	}
+	return false, g
 }
 
 // tunedAdapter is a tuning workspace's own adapter, pushed as image.

@@ -304,3 +304,42 @@ func TestSimServingPool(t *testing.T) {
 		t.Errorf("the pool is still there: %+v", st)
 	}
 }
+
+// The promotion policy on a pushed adapter, for each policy and each way the scores can be.
+func TestGate(t *testing.T) {
+	ref := events.Ref{Namespace: "d", Name: "w", Generation: 3}
+	compared := &events.ComparedAdapter{Generation: 2, Reference: "r@sha256:2"}
+	scores := func(newLoss, serving float64) map[string]float64 {
+		return map[string]float64{events.MetricEvalLoss: newLoss, events.MetricServingEvalLoss: serving, events.MetricBaseEvalLoss: 2}
+	}
+	for _, tc := range []struct {
+		name, policy string
+		compared     *events.ComparedAdapter
+		metrics      map[string]float64
+		promote      bool
+		reason       string
+	}{
+		{"nothing serving", "manual", nil, map[string]float64{events.MetricEvalLoss: 1.5, events.MetricBaseEvalLoss: 2}, true, "promoted: nothing was serving (eval_loss 1.5, the base model 2)"},
+		{"no policy", "", compared, scores(1.9, 1.2), true, "promoted: policy always"},
+		{"always", "always", compared, scores(1.9, 1.2), true, "promoted: policy always"},
+		{"manual", "manual", compared, scores(1.1, 1.2), false, "held: policy manual; `kaitoflow promote w --generation 3` serves it"},
+		{"better", "if-better", compared, scores(1.1, 1.2), true, "promoted: eval_loss 1.1 vs 1.2 serving (generation 2)"},
+		{"worse", "if-better", compared, scores(1.42, 1.37), false, "held: eval_loss 1.42 vs 1.37 serving (generation 2)"},
+		{"equal", "if-better", compared, scores(1.2, 1.2), true, "promoted: eval_loss 1.2 vs 1.2 serving (generation 2)"},
+		{"not better by enough", "if-better:0.05", compared, scores(1.17, 1.2), false, "held: eval_loss 1.17 vs 1.2 serving (generation 2), and the policy wants it lower by 0.05"},
+		{"better by enough", "if-better:0.05", compared, scores(1.1, 1.2), true, "promoted: eval_loss 1.1 vs 1.2 serving (generation 2)"},
+		{"the serving adapter not scored", "if-better", compared, map[string]float64{events.MetricEvalLoss: 1.1}, false, "held: the evaluation failed (no serving_eval_loss); generation 2 keeps serving"},
+		{"nothing scored", "if-better", compared, nil, false, "held: the evaluation failed (no eval_loss); generation 2 keeps serving"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := events.Workspace{}
+			if tc.policy != "" {
+				ws.Annotations = map[string]string{events.AnnotationPromotion: tc.policy}
+			}
+			promote, g := Gate(ref, events.ImagePushedData{Workspace: ws, Reference: "r@sha256:3", Metrics: tc.metrics, Compared: tc.compared})
+			if promote != tc.promote || g.Reason != tc.reason {
+				t.Errorf("promote %t, %q; want %t, %q", promote, g.Reason, tc.promote, tc.reason)
+			}
+		})
+	}
+}

@@ -130,7 +130,7 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 		if m, ok := svc.members[d.Ref.Name]; ok {
 			switch {
 			case d.Serving == 0 && m.d.Ref.Generation >= d.Ref.Generation,
-				d.Serving != 0 && (m.d.Ref.Generation > d.Ref.Generation || m.d.ServingGeneration() == d.Serving):
+				d.Serving != 0 && (m.d.Ref.Generation > d.Ref.Generation || m.d.Ref.Generation == d.Ref.Generation && m.d.ServingGeneration() == d.Serving):
 				s.mu.Unlock()
 				return nil // a redelivery, or an older generation arriving late
 			}

@@ -145,7 +145,7 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, *events.TrainerFailu
 			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
 			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype,
 			"--batch", strconv.Itoa(batch), "--seq", strconv.Itoa(seq), "--max-batch", r.job.Workspace.Annotations[AnnotationSimMaxBatch],
-			"--termination-log", termination),
+			"--termination-log", termination, "--input-dir", filepath.Join(dir, "data")),
 		Reporter: simReporter{s: s, r: r},
 		// The simulated trainer's chatter would interleave with `up`'s own output.
 		Stdout: io.Discard,
@@ -159,6 +159,10 @@ func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, *events.TrainerFailu
 			return Result{}, nil, err
 		}
 		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
+		if c := r.job.Compare; c != nil {
+			// The serving adapter's reference is where publish pushed it: the embedded registry.
+			cfg.CompareImage = c.Reference
+		}
 	}
 	if err := jobrun.Run(ctx, cfg, logctx.Or(s.Log)); err != nil {
 		// The trainer's own account, as tuning Jobs read it from the termination message.
@@ -294,16 +298,53 @@ func simTrain(args []string) int {
 			fmt.Printf("%s{\"step\": %d, \"path\": %q}\n", jobrun.CheckpointPrefix, step, dir)
 		}
 	}
-	if _, err := WriteSimAdapter(results, job); err != nil {
+	rows := simRows(flags["input-dir"])
+	if _, err := writeSimAdapter(results, job, rows); err != nil {
 		fmt.Fprintln(os.Stderr, "sim trainer:", err)
 		return 1
 	}
-	metrics, _ := json.Marshal(map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps})
+	scores := map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps, "sim_rows": rows,
+		events.MetricEvalLoss: SimEvalLoss(rows), events.MetricBaseEvalLoss: SimEvalLoss(0)}
+	if dir := flags["compare-adapter"]; dir != "" {
+		var cfg struct {
+			Rows *int `json:"kaitoflow_sim_rows"`
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "adapter_config.json")); err == nil && json.Unmarshal(b, &cfg) == nil && cfg.Rows != nil {
+			scores[events.MetricServingEvalLoss] = SimEvalLoss(*cfg.Rows)
+		} else {
+			fmt.Println("sim trainer: the adapter to compare with is not a sim adapter; not scored")
+		}
+	}
+	metrics, _ := json.Marshal(scores)
 	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
 		return 1
 	}
 	fmt.Println("sim trainer: wrote a simulated adapter; nothing was trained")
 	return 0
+}
+
+// SimEvalLoss is the sim trainer's eval_loss of an adapter trained on rows distinct non-empty
+// lines of data, on any held-out rows: 1 + 1/(1+rows) — the base model with no adapter (0 rows)
+// scores 2, more data scores better. Simulated: a rule a test controls through the dataset it
+// uploads, so a promotion gate can be seen to hold a worse adapter and promote a better one.
+func SimEvalLoss(rows int) float64 { return 1 + 1/float64(1+rows) }
+
+// simRows counts the distinct non-empty lines of the files in dir (0 when there are none).
+func simRows(dir string) int {
+	seen := map[string]bool{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil || e.IsDir() {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				seen[line] = true
+			}
+		}
+	}
+	return len(seen)
 }
 
 // writeSimCheckpoint writes a checkpoint as transformers lays one out (the adapter, optimizer
@@ -393,6 +434,12 @@ const (
 // WriteSimAdapter writes adapter_config.json and adapter_model.safetensors for job into dir and
 // returns their sizes and digests. The content is a function of the job alone.
 func WriteSimAdapter(dir string, job Job) ([]events.AdapterFile, error) {
+	return writeSimAdapter(dir, job, -1)
+}
+
+// writeSimAdapter is WriteSimAdapter for a run on rows distinct rows of data (-1: not counted),
+// which its config records (kaitoflow_sim_rows: what a later run scores it by).
+func writeSimAdapter(dir string, job Job, rows int) ([]events.AdapterFile, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -403,7 +450,7 @@ func WriteSimAdapter(dir string, job Job) ([]events.AdapterFile, error) {
 	if job.Plan != nil {
 		dtype = job.Plan.DType
 	}
-	cfg, err := json.MarshalIndent(map[string]any{
+	fields := map[string]any{
 		"base_model_name_or_path": job.Workspace.PresetName(),
 		"peft_type":               "LORA",
 		"task_type":               "CAUSAL_LM",
@@ -415,7 +462,11 @@ func WriteSimAdapter(dir string, job Job) ([]events.AdapterFile, error) {
 		"kaitoflow_method":        method,
 		"kaitoflow_dtype":         dtype,
 		"kaitoflow_trainer":       "sim",
-	}, "", "  ")
+	}
+	if rows >= 0 {
+		fields["kaitoflow_sim_rows"] = rows
+	}
+	cfg, err := json.MarshalIndent(fields, "", "  ")
 	if err != nil {
 		return nil, err
 	}

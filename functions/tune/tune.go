@@ -45,6 +45,9 @@ type Job struct {
 	// the same plan it finds).
 	Attempt int  `json:"attempt,omitempty"`
 	Resume  bool `json:"resume,omitempty"`
+	// Compare is the adapter serving when the run started: the trainer scores it beside the new
+	// one on the same held-out rows (nil: nothing serves yet).
+	Compare *events.ComparedAdapter `json:"compare,omitempty"`
 }
 
 // AttemptOf is the job's attempt, counting a job from before attempts as the first.
@@ -130,6 +133,12 @@ type Replanner interface {
 	Replan(ctx context.Context, ws *events.Workspace, plan *events.Plan, failure *events.TrainerFailure) (*events.Plan, []string, error)
 }
 
+// ServingLookup says which adapter a workspace serves now (nil: none), for a run to score its own
+// beside (the status store).
+type ServingLookup interface {
+	ServingAdapter(ctx context.Context, ref events.Ref) (*events.ComparedAdapter, error)
+}
+
 // DefaultMaxAttempts bounds the attempts of one generation.
 const DefaultMaxAttempts = 3
 
@@ -140,13 +149,16 @@ type Options struct {
 	// MaxAttempts bounds the attempts of a generation (DefaultMaxAttempts when zero; 1 never
 	// retries).
 	MaxAttempts int
-	Log         *slog.Logger
+	// Serving finds the adapter a run is scored against; nil scores none.
+	Serving ServingLookup
+	Log     *slog.Logger
 }
 
 // Function is the tune handler.
 type Function struct {
 	trainer     Trainer
 	replanner   Replanner
+	serving     ServingLookup
 	maxAttempts int
 	log         *slog.Logger
 }
@@ -159,7 +171,7 @@ func New(t Trainer, o Options) *Function {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
-	return &Function{trainer: t, replanner: o.Replanner, maxAttempts: o.MaxAttempts, log: o.Log.With("function", Name, "trainer", t.Name())}
+	return &Function{trainer: t, replanner: o.Replanner, serving: o.Serving, maxAttempts: o.MaxAttempts, log: o.Log.With("function", Name, "trainer", t.Name())}
 }
 
 // JobName derives the run's name from the workspace generation, so a redelivered node.ready finds
@@ -202,6 +214,17 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 			return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
 		}
 		job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1), Resume: d.Resume}
+		if f.serving != nil {
+			// Read at every delivery, used once: the run is create-or-get, and the first one
+			// started is the one that runs.
+			c, err := f.serving.ServingAdapter(ctx, ref)
+			if err != nil {
+				return nil, fmt.Errorf("the adapter %s serves: %w", ref, err)
+			}
+			if c != nil && c.Generation < ref.Generation {
+				job.Compare = c
+			}
+		}
 		if err := f.trainer.Start(ctx, job); err != nil {
 			return nil, fmt.Errorf("start tuning job %s: %w", job.Name, err)
 		}
@@ -290,6 +313,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 			Workspace: st.Job.Workspace, Nodes: st.Job.Nodes, Job: st.Job.Name,
 			Location: st.Result.Location, Files: st.Result.Files, Layer: st.Result.Layer, Metrics: st.Result.Metrics, Datasets: st.Result.Datasets,
 			Plan: st.Job.Plan, Finished: st.Result.Finished, Attempt: attempt, GPUSeconds: gpuSeconds(st, st.Result.Finished),
+			Compared: st.Job.Compare,
 		})
 	case Failed:
 		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "attempt", attempt, "reason", st.Reason, "message", st.Message)

@@ -289,6 +289,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type RollbackRequest struct {
 	// Generation whose adapter to serve; 0: the newest pushed before the one serving now.
 	Generation int64 `json:"generation,omitempty"`
+	// Reason is "rollback" (the default) or "promote": a held adapter served after all.
+	Reason string `json:"reason,omitempty"`
 }
 
 // rollback asks serve to serve an earlier generation's adapter, live in the running replicas. It
@@ -302,12 +304,20 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if req.Reason != "" && req.Reason != "rollback" && req.Reason != "promote" {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "reason: want rollback or promote", Fields: []FieldError{{Field: "reason", Type: "FieldValueNotSupported", Message: req.Reason}}})
+		return
+	}
+	if req.Reason == "promote" && req.Generation == 0 {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "generation: required to promote", Fields: []FieldError{{Field: "generation", Type: "FieldValueRequired", Message: "the generation whose adapter to serve"}}})
+		return
+	}
 	rec, ok := s.record(w, r, ns, name)
 	if !ok {
 		return
 	}
 	ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
-	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, strconv.FormatInt(time.Now().UnixNano(), 10))
+	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, strconv.FormatInt(time.Now().UnixNano(), 10), req.Reason)
 	span.End()
 	var refused *ingress.RollbackRefused
 	switch {

@@ -166,7 +166,16 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 
 // Rollback asks that generation's adapter (0: the one before the serving one) be served again.
 func (c *Client) Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
-	body, err := json.Marshal(RollbackRequest{Generation: generation})
+	return c.selectAdapter(ctx, name, RollbackRequest{Generation: generation})
+}
+
+// Promote asks that generation's adapter, held by the promotion policy (or older), be served.
+func (c *Client) Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
+	return c.selectAdapter(ctx, name, RollbackRequest{Generation: generation, Reason: "promote"})
+}
+
+func (c *Client) selectAdapter(ctx context.Context, name string, req RollbackRequest) (*status.Workspace, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}

@@ -339,7 +339,7 @@ func (b *builder) function(ctx context.Context, n string) (runtime.Function, err
 		h, err := b.provision(ctx)
 		return runtime.Function{Name: n, Types: provision.Types, Handler: h}, err
 	case tune.Name:
-		h, err := b.tune()
+		h, err := b.tune(ctx)
 		return runtime.Function{Name: n, Types: tune.Types, Handler: h}, err
 	case publish.Name:
 		h, err := b.publish()
@@ -463,13 +463,21 @@ func (b *builder) nodeWatch() error {
 	return nil
 }
 
-func (b *builder) tune() (runtime.Handler, error) {
+func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 	d := b.cfg.Drivers
 	planner, err := b.planner(IdentityTune)
 	if err != nil {
 		return nil, err
 	}
 	opts := tune.Options{Replanner: planner, MaxAttempts: b.cfg.TuningAttempts, Log: b.log}
+	if b.cfg.JetStream != nil {
+		// A run scores the adapter serving beside its own: the status records say which it is.
+		store, err := b.store(ctx)
+		if err != nil {
+			return nil, err
+		}
+		opts.Serving = store
+	}
 	switch d.Trainer {
 	case "", "sim":
 		sim := &tune.Sim{Dir: b.cfg.Sim.Dir, Delay: b.cfg.Sim.Delay, Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy, Parallel: b.cfg.Sim.Parallel}

@@ -209,7 +209,7 @@ func (c *Controller) rollback(ctx context.Context, u *unstructured.Unstructured,
 		// The annotation's value is in the event id: re-running this reconcile publishes the
 		// same event, which JetStream stores once.
 		var target status.PushedAdapter
-		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, "annotation-"+strings.ReplaceAll(want, "/", "-"))
+		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, "annotation-"+strings.ReplaceAll(want, "/", "-"), "")
 		var refused *ingress.RollbackRefused
 		switch {
 		case errors.As(err, &refused):
@@ -376,7 +376,8 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 func statusOf(rec *status.Workspace) events.WorkspaceStatus {
 	st := events.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
 		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount()),
-		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU}
+		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU,
+		History: rec.History, LiveGeneration: rec.Live, Held: rec.Held}
 	if len(rec.Attempts) > 1 {
 		st.Attempts = rec.Attempts
 	}

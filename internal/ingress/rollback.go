@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -19,8 +20,9 @@ func (e *RollbackRefused) Error() string { return e.Reason }
 // kaitoflow.adapter.selected and returns once JetStream has stored it. gen 0 is the newest
 // generation pushed before the one serving. key tells requests apart in the event id (each request
 // is its own intent: back to 2, forward to 3, back to 2 again), so only a repeat of the same
-// request deduplicates. The API and the Workspace controller share it.
-func Rollback(ctx context.Context, pub events.Publisher, source string, rec *status.Workspace, gen int64, key string) (status.PushedAdapter, error) {
+// request deduplicates. reason says who asked ("rollback" when empty, "promote" for a held
+// adapter served after all). The API and the Workspace controller share it.
+func Rollback(ctx context.Context, pub events.Publisher, source string, rec *status.Workspace, gen int64, key, reason string) (status.PushedAdapter, error) {
 	target, err := RollbackTarget(rec, gen)
 	if err != nil {
 		return target, err
@@ -33,7 +35,7 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 	// (the record moved on meanwhile) is still the same request, stored once.
 	id := events.AdapterSelected + "/" + key
 	ev, err := events.New(source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
-		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: "rollback"}, nil)
+		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: cmp.Or(reason, "rollback")}, nil)
 	if err != nil {
 		return target, err
 	}
@@ -53,7 +55,7 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 	if gen == 0 {
 		var best status.PushedAdapter
 		for _, p := range rec.History {
-			if p.Generation < serving && p.Generation > best.Generation {
+			if p.Image != "" && p.Generation < serving && p.Generation > best.Generation {
 				best = p
 			}
 		}
@@ -69,7 +71,9 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 	if !ok {
 		var have []string
 		for _, h := range rec.History {
-			have = append(have, fmt.Sprint(h.Generation))
+			if h.Image != "" {
+				have = append(have, fmt.Sprint(h.Generation))
+			}
 		}
 		return p, &RollbackRefused{fmt.Sprintf("generation %d pushed no adapter (generations with one: %s)", gen, strings.Join(have, ", "))}
 	}

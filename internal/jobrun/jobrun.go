@@ -80,6 +80,11 @@ type Config struct {
 	// gets --resume-from DIR.
 	CheckpointTag   string
 	KeepCheckpoints int
+	// CompareImage is the adapter serving now: pulled (with the output's credentials) and given
+	// to the trainer as --compare-adapter DIR, to score beside the new one on the same held-out
+	// rows. A pull that fails is logged and the run goes on unscored against it: the promotion
+	// policy then holds the new adapter, saying so.
+	CompareImage string
 }
 
 // exitOutOfGPUMemory is the trainer's exit code for running out of GPU memory (presets/trainer).
@@ -119,6 +124,15 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	case step > 0:
 		log.Info("job-run: resuming from this run's newest checkpoint", "step", step, "dir", dir)
 		command, resumed = append(slices.Clip(command), "--resume-from", dir), step
+	}
+	if c.CompareImage != "" {
+		dir, err := c.pullCompare(ctx)
+		if err != nil {
+			log.Warn("job-run: the serving adapter is not scored beside the new one", "image", c.CompareImage, "err", err)
+		} else {
+			command = append(slices.Clip(command), "--compare-adapter", dir)
+			defer os.RemoveAll(dir)
+		}
 	}
 	ckpts := newCheckpoints(ctx, c, resumed, log)
 	code := runTrainer(ctx, command, c.Env, out, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
@@ -160,6 +174,19 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("job-run: done", "summary", string(b))
 	return nil
+}
+
+// pullCompare fetches the adapter to compare with into the results directory.
+func (c Config) pullCompare(ctx context.Context) (string, error) {
+	ref, err := name.ParseReference(c.CompareImage, c.nameOptions()...)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(c.ResultsDir, ".compare-adapter")
+	if _, err := adapter.Pull(ref, dir, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
+		return "", err
+	}
+	return dir, nil
 }
 
 // fail records the wrapper's own failure reason where Kubernetes shows it, in one line.

@@ -24,8 +24,8 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	case ref.Generation < w.Generation:
 		return false, nil
 	case ref.Generation > w.Generation || w.Name == "":
-		created, history, gpu := w.Created, w.History, w.GPU
-		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu}
+		created, history, gpu, live := w.Created, w.History, w.GPU, w.Live
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu, Live: live}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -147,6 +147,8 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			return err
 		}
 		rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
+		h := w.history(w.Generation)
+		h.Datasets, h.Scores = d.Datasets, scores(d.Metrics)
 		if d.Attempt > 1 {
 			rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
 		}
@@ -163,8 +165,13 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			return err
 		}
 		w.Image, w.ImageDigest, w.Provenance = d.Reference, d.Digest, d.Provenance
-		if _, ok := w.Pushed(w.Generation); !ok {
-			w.History = append(w.History, PushedAdapter{Generation: w.Generation, Image: d.Reference, Pushed: at})
+		h := w.history(w.Generation)
+		h.Image, h.Digest, h.Pushed = d.Reference, d.Digest, at
+		if h.Datasets == nil {
+			h.Datasets = d.Datasets
+		}
+		if h.Scores == nil {
+			h.Scores = scores(d.Metrics)
 		}
 		rec.Note = d.Reference
 		w.endStep(StepPublish, at)
@@ -184,9 +191,16 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		// Reports of later adapter sets (a rollback) replace what an earlier one said.
-		w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
-		w.ServingGeneration, w.Replicas = d.ServingGeneration, d.Replicas
+		// Reports of later adapter sets (a rollback) replace what an earlier one said; an earlier
+		// one arriving late does not.
+		if d.AdapterSet == 0 || d.AdapterSet >= w.AdapterSet {
+			w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
+			w.ServingGeneration, w.Replicas, w.AdapterSet = d.ServingGeneration, d.Replicas, d.AdapterSet
+			w.Live = cmp.Or(d.ServingGeneration, w.Generation)
+			if w.Live == w.Generation {
+				w.Held = "" // promoted after all
+			}
+		}
 		rec.Note = d.URL
 		if d.ServingGeneration != 0 {
 			rec.Note += fmt.Sprintf(" (serving generation %d)", d.ServingGeneration)
@@ -200,6 +214,22 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			return err
 		}
 		rec.Note = fmt.Sprintf("%s to generation %d: %s", cmp.Or(d.Reason, "select"), d.Generation, d.Reference)
+	case events.AdapterPromoted, events.AdapterHeld:
+		var d events.AdapterGateData
+		if err := events.Data(ev, &d); err != nil {
+			return err
+		}
+		h := w.history(w.Generation)
+		if h.Scores == nil {
+			h.Scores = d.Scores
+		}
+		rec.Note = d.Reason
+		if ev.Type() == events.AdapterHeld {
+			h.Held = d.Reason
+			if w.Live != w.Generation {
+				w.Held = d.Reason
+			}
+		}
 	case events.WorkspaceFailed:
 		var d events.WorkspaceFailedData
 		if err := events.Data(ev, &d); err != nil {
@@ -207,6 +237,9 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		}
 		if w.Failure == nil {
 			w.Failure = &Failure{Reason: d.Reason, Message: d.Message, Function: d.Function, EventType: d.EventType}
+		}
+		if h := w.history(w.Generation); h.Failed == "" {
+			h.Failed = d.Reason + ": " + d.Message
 		}
 		rec.Note = d.Reason + ": " + d.Message
 		w.advance(Failed)
@@ -238,6 +271,20 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}
 	return nil
+}
+
+// scores are the eval losses among a run's metrics.
+func scores(m map[string]float64) map[string]float64 {
+	var out map[string]float64
+	for _, k := range []string{events.MetricEvalLoss, events.MetricServingEvalLoss, events.MetricBaseEvalLoss} {
+		if v, ok := m[k]; ok {
+			if out == nil {
+				out = map[string]float64{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // attempt is attempt n's record, added (with those before it) when missing.

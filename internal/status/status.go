@@ -79,9 +79,16 @@ type Workspace struct {
 	// a rollback); Replicas the replicas that served it when last reported (0: scaled to zero).
 	ServingGeneration int64 `json:"servingGeneration,omitempty"`
 	Replicas          int   `json:"replicas,omitempty"`
-	// History lists every generation's pushed adapter, kept across generations: what a rollback
-	// can serve again.
+	// History lists every generation's adapter (or failure), kept across generations: what a
+	// rollback or a promotion can serve, and `kaitoflow adapters` lists. Live is the generation
+	// whose adapter the endpoint serves, kept across generations too (0: none yet); Held why the
+	// promotion policy kept this generation's adapter from serving.
 	History []PushedAdapter `json:"history,omitempty"`
+	Live    int64           `json:"liveGeneration,omitempty"`
+	Held    string          `json:"held,omitempty"`
+	// AdapterSet is the version of the adapter set last reported ready: an earlier report
+	// arriving late changes nothing.
+	AdapterSet int64 `json:"adapterSet,omitempty"`
 	// Attempts are the generation's tuning attempts: the shape each ran with, why it ended and
 	// what the next one changed.
 	Attempts []Attempt `json:"attempts,omitempty"`
@@ -101,21 +108,51 @@ type Attempt = events.TuningAttempt
 // GPUTime is the GPU time a workspace has held.
 type GPUTime = events.GPUTime
 
-// PushedAdapter is one generation's adapter image.
-type PushedAdapter struct {
-	Generation int64     `json:"generation"`
-	Image      string    `json:"image"`
-	Pushed     time.Time `json:"pushed"`
+// PushedAdapter is one generation's adapter (events.AdapterRecord).
+type PushedAdapter = events.AdapterRecord
+
+// Adapter states, as `kaitoflow adapters` shows them.
+const (
+	AdapterServing    = "serving"
+	AdapterHeld       = "held"
+	AdapterSuperseded = "superseded"
+	AdapterFailed     = "failed"
+)
+
+// AdapterState is the adapter's state in w: serving, held (pushed, kept, never served by the policy's
+// decision), superseded (served before, or pushed and replaced), or failed.
+func (w *Workspace) AdapterState(p PushedAdapter) string {
+	switch {
+	case p.Generation == w.Live && p.Image != "":
+		return AdapterServing
+	case p.Failed != "":
+		return AdapterFailed
+	case p.Held != "":
+		return AdapterHeld
+	}
+	return AdapterSuperseded
 }
 
 // Pushed is generation gen's adapter image, if it was pushed.
 func (w *Workspace) Pushed(gen int64) (PushedAdapter, bool) {
 	for _, p := range w.History {
-		if p.Generation == gen {
+		if p.Generation == gen && p.Image != "" {
 			return p, true
 		}
 	}
 	return PushedAdapter{}, false
+}
+
+// history is generation gen's entry, added in generation order when missing.
+func (w *Workspace) history(gen int64) *PushedAdapter {
+	for i := range w.History {
+		if w.History[i].Generation == gen {
+			return &w.History[i]
+		}
+	}
+	w.History = append(w.History, PushedAdapter{Generation: gen})
+	slices.SortFunc(w.History, func(a, b PushedAdapter) int { return cmp.Compare(a.Generation, b.Generation) })
+	return w.history(gen)
 }
 
 // Serving is the generation whose adapter answers.

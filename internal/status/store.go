@@ -109,15 +109,15 @@ func (s *Store) Admit(ctx context.Context, ws *events.Workspace) (rec *Workspace
 			}
 			gen = ws.Generation
 		}
-		created, history := w.Created, w.History
+		created, history, gpu, live := w.Created, w.History, w.GPU, w.Live
 		if created.IsZero() || w.Phase == Deleted {
 			// A workspace made again after a deletion starts a new life: nothing to roll back to.
-			created, history = time.Now().UTC(), nil
+			created, history, gpu, live = time.Now().UTC(), nil, nil, 0
 		}
 		*w = Workspace{
 			Namespace: ref.Namespace, Name: ref.Name, Generation: gen, SpecHash: hash,
 			InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: Pending,
-			Manifest: ws, Created: created, Updated: time.Now().UTC(), History: history,
+			Manifest: ws, Created: created, Updated: time.Now().UTC(), History: history, GPU: gpu, Live: live,
 		}
 		if ws.Tuning != nil {
 			w.Method = ws.Tuning.Method
@@ -206,4 +206,21 @@ func (p *Projector) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudev
 	}
 	_, err = p.Store.Update(ctx, ref.Namespace, ref.Name, func(w *Workspace) (bool, error) { return Apply(w, ev) })
 	return nil, err
+}
+
+// ServingAdapter is the adapter the workspace's endpoint serves now (nil: none): what tune scores
+// a new generation's adapter beside.
+func (s *Store) ServingAdapter(ctx context.Context, ref events.Ref) (*events.ComparedAdapter, error) {
+	w, err := s.Get(ctx, ref.Namespace, ref.Name)
+	if errors.Is(err, ErrNotFound) || (err == nil && w == nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p, ok := w.Pushed(w.Live)
+	if !ok {
+		return nil, nil
+	}
+	return &events.ComparedAdapter{Generation: p.Generation, Reference: p.Image}, nil
 }

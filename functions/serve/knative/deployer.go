@@ -223,11 +223,12 @@ func (k *Deployer) selectSet(ctx context.Context, client dynamic.ResourceInterfa
 		return nil // a newer generation was applied since the rollback was asked for
 	}
 	version, changed, err := k.ensureSet(ctx, d, cur, false)
-	if err != nil || !changed {
+	if err != nil || (!changed && generationOf(cur) >= d.Ref.Generation) {
 		return err // unchanged: a redelivery, already handled
 	}
 	// The service now answers for the workspace's generation (a newer one may have failed
-	// before it was served).
+	// before it was served, or been held by the promotion policy: then the set is unchanged and
+	// only the generation it answers for moves on).
 	if err := k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10), events.AnnotationAcked: nil},
 		map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}); err != nil {
 		return err

@@ -75,7 +75,7 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 	m, isMember := members.of[d.Ref.Name]
 	switch {
 	case isMember && d.Serving == 0 && m.Generation >= d.Ref.Generation,
-		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || cmp.Or(m.Serving, m.Generation) == d.Serving):
+		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && cmp.Or(m.Serving, m.Generation) == d.Serving):
 		// A redelivery, or an older generation arriving late; finish what a first delivery
 		// may have left undone: the member's label (without it nothing finds the member).
 		if cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {

@@ -132,6 +132,10 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
 	p.inputs(t.Input)
 	p.outputs(t.Output)
+	if job.Compare != nil {
+		// Pulled with the output's credentials: a workspace's generations share a repository.
+		p.args = append(p.args, "--compare-image", job.Compare.Reference)
+	}
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
 	trainer := []string{"python", "-m", "kaitoflow_trainer.train", "--method", t.Method, "--model", job.Plan.Model,
 		"--revision", job.Plan.Revision, "--config", configDir + "/" + presets.TrainingConfigKey, "--input-dir", dataDir}

@@ -302,6 +302,35 @@ def _evaluate(trainer, eval_set):
     return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_examples": len(eval_set)}
 
 
+def _compare(trainer, model, eval_set, compare_dir):
+    """The base model's eval_loss with no adapter and, given one, the serving adapter's, on the
+    same held-out rows the new adapter was scored on: numbers a promotion policy can compare. A
+    comparison that fails is said on stdout and left out (the policy then holds the adapter)."""
+    if not len(eval_set):
+        return {}
+    out = {}
+    try:
+        with model.disable_adapter():
+            out["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base").get("base_loss")
+    except Exception as exc:  # noqa: BLE001 - a score not taken is reported, not fatal
+        print("kaitoflow-trainer: the base model was not scored: %s" % _one_line(exc), flush=True)
+    if compare_dir:
+        loaded = False
+        try:
+            model.load_adapter(compare_dir, adapter_name="serving", is_trainable=False)
+            loaded = True
+            model.set_adapter("serving")
+            out["serving_eval_loss"] = trainer.evaluate(metric_key_prefix="serving").get("serving_loss")
+        except Exception as exc:  # noqa: BLE001
+            print("kaitoflow-trainer: the serving adapter was not scored: %s" % _one_line(exc), flush=True)
+        finally:
+            # Only the new adapter is saved.
+            model.set_adapter("default")
+            if loaded:
+                model.delete_adapter("serving")
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _weights(cfg, args):
     """The base model's local directory, downloaded first when args.model is a repository id."""
     local_only = bool(cfg.get("ModelConfig", {}).get("local_files_only", False))
@@ -324,6 +353,8 @@ def launch_workers(args):
             "--model", path, "--revision", args.revision, "--input-dir", args.input_dir]
     if args.resume_from:
         argv += ["--resume-from", args.resume_from]
+    if args.compare_adapter:
+        argv += ["--compare-adapter", args.compare_adapter]
     print("kaitoflow-trainer: %d training processes, one per GPU" % args.processes, flush=True)
     code, reason = launch.run(argv, args.processes)
     if code:
@@ -384,6 +415,7 @@ def train(args):
         raise
     duration = time.time() - started
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
+    evaluation.update(_compare(trainer, model, eval_set, args.compare_adapter))
     if trainer.is_world_process_zero():
         _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation)
     if distributed() and torch.distributed.is_initialized():
@@ -444,6 +476,7 @@ def main(argv=None):
     p.add_argument("--cache-dir", default="")
     p.add_argument("--processes", type=int, default=1, help="training processes, one per GPU (data parallel)")
     p.add_argument("--resume-from", default="", help="a checkpoint directory to continue from")
+    p.add_argument("--compare-adapter", default="", help="the adapter serving now: scored beside the new one on the same held-out rows")
     args = p.parse_args(argv)
     try:
         if args.processes > 1 and not distributed():

@@ -150,7 +150,7 @@ class LoraRunTest(unittest.TestCase):
             cfg["QuantizationConfig"] = quantization
         return cfg
 
-    def run_trainer(self, method, cfg):
+    def run_trainer(self, method, cfg, compare=""):
         """The trainer as the Job runs it, offline, writing under this test's directory."""
         run_dir = tempfile.mkdtemp(dir=self.root, prefix=method + "-")
         cfg_path = os.path.join(run_dir, "training_config.yaml")
@@ -163,6 +163,8 @@ class LoraRunTest(unittest.TestCase):
         env.pop("HF_TOKEN", None)
         cmd = [sys.executable, "-m", "kaitoflow_trainer.train", "--method", method, "--model", self.model_dir,
                "--config", cfg_path, "--input-dir", self.data_dir]
+        if compare:
+            cmd += ["--compare-adapter", compare]
         proc = subprocess.run(cmd, cwd=TRAINER_DIR, env=env, capture_output=True, text=True, timeout=540)
         if proc.returncode != 0:
             reason = open(log, encoding="utf-8").read() if os.path.exists(log) else ""
@@ -219,6 +221,17 @@ class LoraRunTest(unittest.TestCase):
         stdout = self.run_trainer("lora", self.config(out_dir))
         self.check_run(out_dir, stdout)
         self.check_reload(out_dir)
+
+        # The next generation scores the one serving (this run's adapter) and the base model on
+        # its own held-out rows, and saves only its own adapter.
+        next_dir = os.path.join(self.root, "lora-next")
+        self.run_trainer("lora", self.config(next_dir), compare=out_dir)
+        with open(os.path.join(next_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        for key in ("eval_loss", "serving_eval_loss", "base_eval_loss"):
+            self.assertTrue(math.isfinite(metrics.get(key, math.nan)), "%s in %s" % (key, metrics))
+        self.assertNotEqual(metrics["serving_eval_loss"], metrics["base_eval_loss"], "the serving adapter changed nothing")
+        self.assertFalse(os.path.exists(os.path.join(next_dir, "serving")), "the compared adapter was saved too")
 
     def test_qlora(self):
         if _missing(("bitsandbytes",)) or not self.cuda:
