@@ -108,11 +108,24 @@ func TestCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "phase: Ready") || !strings.Contains(out, "instanceType: Standard_NC6s_v3") {
 		t.Errorf("get -o yaml: %v\n%s", err, out)
 	}
-	// serve's init container: pull the adapter image and unpack it, digests verified.
 	rec, err := p.Store.Get(ctx, "default", "workspace-tuning-phi-3")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// adapters: the one generation, serving, by its digest; promote refuses the one serving.
+	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); err != nil || len(lines) != 2 ||
+		!strings.HasPrefix(strings.Join(strings.Fields(lines[0]), " "), "GENERATION STATE DIGEST DATASET EVAL_LOSS") ||
+		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 serving "+rec.ImageDigest[:19]) {
+		t.Errorf("adapters: %v\n%s", err, out)
+	}
+	if _, _, err := cli(t, p.URL, "promote", "workspace-tuning-phi-3"); err == nil || !strings.Contains(err.Error(), "--generation is required") {
+		t.Errorf("promote without --generation: %v", err)
+	}
+	if _, _, err := cli(t, p.URL, "promote", "workspace-tuning-phi-3", "--generation", "1"); err == nil || !strings.Contains(err.Error(), "generation 1 is the one serving") {
+		t.Errorf("promote the generation serving: %v", err)
+	}
+	// serve's init container: pull the adapter image and unpack it, digests verified.
 	dir := t.TempDir()
 	if out, _, err := cli(t, p.URL, "pull-adapter", rec.Image, dir, "--insecure-registry"); err != nil || !strings.Contains(out, "2 file(s)") {
 		t.Fatalf("pull-adapter: %v %s", err, out)

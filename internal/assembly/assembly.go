@@ -494,7 +494,7 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 			return nil, errors.New("trainer job: the trainer image (--trainer-image, built from presets/trainer) and kaitoflow's own image (--wrapper-image) are required; hack/release.sh builds both")
 		}
 		o := jobs.DefaultOptions()
-		o.TrainerImage, o.WrapperImage, o.WeightsCache = d.TrainerImage, d.WrapperImage, d.WeightsCache
+		o.TrainerImage, o.WrapperImage, o.WeightsCache, o.AllowHosts = d.TrainerImage, d.WrapperImage, d.WeightsCache, b.cfg.Policy.Allow
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err

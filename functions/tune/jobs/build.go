@@ -88,6 +88,9 @@ type Options struct {
 	// workspace's kaitoflow.io/weights-cache annotation overrides it. Without one the cache is an
 	// emptyDir on the node's disk, which lives as long as the pod.
 	WeightsCache string
+	// AllowHosts are the private dataset hosts or CIDRs the pipeline admits (--allow-host): the
+	// pod's job-run fetches under the same policy provision checked the URLs with.
+	AllowHosts []string
 }
 
 // DefaultOptions are the defaults of Options.
@@ -130,6 +133,9 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 
 	var p podParts
 	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
+	for _, h := range o.AllowHosts {
+		p.args = append(p.args, "--allow-host", h)
+	}
 	p.inputs(t.Input)
 	p.outputs(t.Output)
 	if job.Compare != nil {

@@ -103,6 +103,14 @@ func TestJobGoldenBranches(t *testing.T) {
 		})
 	})
 
+	// A next generation while an earlier one serves: job-run pulls the serving adapter for the
+	// trainer to score beside the new one.
+	t.Run("job-compared.yaml", func(t *testing.T) {
+		checkJobGolden(t, "job-compared.yaml", seed, func(j *tune.Job) {
+			j.Compare = &events.ComparedAdapter{Generation: 1, Reference: "example.azurecr.io/adapters/phi-3@sha256:" + strings.Repeat("ab", 32)}
+		})
+	})
+
 	// tuning.config: the user's ConfigMap merged into the plan's training config, which the run's
 	// own ConfigMap carries to the trainer.
 	t.Run("job-tuning-config.yaml", func(t *testing.T) {
@@ -127,4 +135,19 @@ func TestJobGoldenBranches(t *testing.T) {
 			return ws, plan
 		})
 	})
+}
+
+// The pipeline's private dataset hosts reach the pod's job-run, which fetches under the same
+// policy provision checked the URLs with.
+func TestJobRunAdmitsThePipelinesHosts(t *testing.T) {
+	o := testOptions()
+	o.AllowHosts = []string{"datasets.internal", "10.0.0.0/8"}
+	j, _, err := Build(seedRun(t, "default"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(j.Spec.Template.Spec.Containers[0].Command, " ")
+	if !strings.Contains(args, "--allow-host datasets.internal --allow-host 10.0.0.0/8") {
+		t.Errorf("job-run's arguments: %s", args)
+	}
 }
