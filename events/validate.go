@@ -159,6 +159,8 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationPromotion), v, err.Error()))
 		} else if w.Tuning == nil {
 			errs = append(errs, field.Forbidden(meta.Child("annotations").Key(AnnotationPromotion), "a promotion policy decides between tuned generations: the workspace has no tuning"))
+		} else if o := w.Tuning.Output; o != nil && o.Volume != nil {
+			errs = append(errs, field.Forbidden(meta.Child("annotations").Key(AnnotationPromotion), "a promotion policy keeps generations' adapters apart, and an output volume holds one: push to tuning.output.image"))
 		}
 	}
 	if n, ok := w.Annotations[AnnotationServingPoolSize]; ok {

@@ -412,7 +412,7 @@ func (g *globals) selectAdapter(ctx context.Context, cluster clusterFlags, name 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (serving generation %d now; "+then+")\n", w.Name, what, w.Serving(), w.Name)
+	fmt.Fprintf(g.out, "workspace.kaito.sh/%s %s (serving generation %d now; "+then+")\n", w.Name, what, cmp.Or(w.Live, w.Serving()), w.Name)
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -73,9 +74,10 @@ only after they are stored. --transport jetstream consumes the function's input 
 }
 
 // needsNATS reports whether a function needs a NATS connection besides its transport: provision
-// keeps its capacity records in a KV bucket, status its workspace records.
+// keeps its capacity records in a KV bucket, status its workspace records, and tune reads them
+// for the adapter a run is scored against.
 func needsNATS(name string, f fnFlags) bool {
-	return f.transport == "jetstream" || f.sink == "" || name == assembly.Status || name == provision.Name
+	return f.transport == "jetstream" || f.sink == "" || name == assembly.Status || name == provision.Name || name == tune.Name
 }
 
 // validate refuses flag combinations that cannot work.

@@ -53,13 +53,17 @@ type Deployment struct {
 	// Serving is the earlier generation whose adapters these are (a rollback), 0 for Ref's own.
 	// Such a deployment changes only the adapter set of the running service.
 	Serving int64 `json:"serving,omitempty"`
+	// Held is the earlier generation whose adapters serve because the promotion policy held
+	// Ref's: unlike Serving, Ref's generation is deployed as any other (its template, its pool),
+	// only with that generation's adapters.
+	Held int64 `json:"held,omitempty"`
 	// Pool is the serving pool the workspace shares a service with (then Service is the pool's),
 	// empty when it is served alone.
 	Pool string `json:"pool,omitempty"`
 }
 
 // ServingGeneration is the generation whose adapters d serves.
-func (d Deployment) ServingGeneration() int64 { return cmp.Or(d.Serving, d.Ref.Generation) }
+func (d Deployment) ServingGeneration() int64 { return cmp.Or(d.Serving, d.Held, d.Ref.Generation) }
 
 // Phase of a service.
 type Phase string
@@ -186,8 +190,8 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		if promote {
 			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
 		} else {
-			// Held: this generation's service goes on serving the adapter it was compared with.
-			d.Serving = in.Compared.Generation
+			// Held: this generation is served as any other, with the adapter it was compared with.
+			d.Held = in.Compared.Generation
 			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
 		}
 		out, err := f.apply(ctx, ref, d, &ev)
@@ -331,7 +335,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		}
 		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, step, ref, data, cause)
 	case Failed:
-		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
+		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation && st.Reason == ReasonAdapterLoad {
 			// A rollback whose adapter would not load: the adapter serving keeps answering and
 			// the workspace's generation has not failed. Said in the log and on the replicas'
 			// GET /adapters; ticks stop looking.

@@ -51,11 +51,13 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 	if rec.Phase != status.Ready && rec.Phase != status.Failed {
 		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: roll back once its generation %d has finished", rec.Namespace, rec.Name, rec.Phase, rec.Generation)}
 	}
-	serving := rec.Serving()
+	// What the endpoint serves: the record's live generation, once one has served.
+	serving := cmp.Or(rec.Live, rec.Serving())
 	if gen == 0 {
+		// Back to the newest adapter that served before: one the promotion policy held never did.
 		var best status.PushedAdapter
 		for _, p := range rec.History {
-			if p.Image != "" && p.Generation < serving && p.Generation > best.Generation {
+			if p.Image != "" && p.Held == "" && p.Generation < serving && p.Generation > best.Generation {
 				best = p
 			}
 		}

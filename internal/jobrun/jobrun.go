@@ -183,6 +183,10 @@ func (c Config) pullCompare(ctx context.Context) (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(c.ResultsDir, ".compare-adapter")
+	// A pod killed before it cleaned up left one on the results volume: never mix the two.
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
 	if _, err := adapter.Pull(ref, dir, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
 		return "", err
 	}

@@ -22,10 +22,10 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	}
 	switch {
 	case ref.Generation < w.Generation:
-		return false, nil
+		return w.lateLive(ev, ref)
 	case ref.Generation > w.Generation || w.Name == "":
-		created, history, gpu, live := w.Created, w.History, w.GPU, w.Live
-		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu, Live: live}
+		created, history, gpu, live, set := w.Created, w.History, w.GPU, w.Live, w.AdapterSet
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu, Live: live, AdapterSet: set}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -197,9 +197,7 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 			w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
 			w.ServingGeneration, w.Replicas, w.AdapterSet = d.ServingGeneration, d.Replicas, d.AdapterSet
 			w.Live = cmp.Or(d.ServingGeneration, w.Generation)
-			if w.Live == w.Generation {
-				w.Held = "" // promoted after all
-			}
+			w.clearHeld()
 		}
 		rec.Note = d.URL
 		if d.ServingGeneration != 0 {
@@ -271,6 +269,34 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}
 	return nil
+}
+
+// lateLive applies what an older generation's inference.ready says of the adapter serving when it
+// reports a newer adapter set than the record has seen: the generation rolling out when the next
+// one was admitted does go live, and what serves is what a next run must be scored against.
+func (w *Workspace) lateLive(ev cloudevents.Event, ref events.Ref) (bool, error) {
+	if ev.Type() != events.InferenceReady {
+		return false, nil
+	}
+	var d events.InferenceReadyData
+	if err := events.Data(ev, &d); err != nil || d.AdapterSet <= w.AdapterSet {
+		return false, err
+	}
+	w.AdapterSet, w.Live = d.AdapterSet, cmp.Or(d.ServingGeneration, ref.Generation)
+	w.clearHeld()
+	return true, nil
+}
+
+// clearHeld forgets the hold of the generation now serving: promoted after all.
+func (w *Workspace) clearHeld() {
+	if w.Live == w.Generation {
+		w.Held = ""
+	}
+	for i := range w.History {
+		if w.History[i].Generation == w.Live {
+			w.History[i].Held = ""
+		}
+	}
 }
 
 // scores are the eval losses among a run's metrics.

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -169,5 +170,54 @@ func TestApplyAttemptsInAnyOrder(t *testing.T) {
 		if w.GPU == nil || w.GPU.TuningSeconds != 180 {
 			t.Fatalf("GPU time %+v", w.GPU)
 		}
+	}
+}
+
+// Generation 2 was promoted and still rolling out when generation 3 was admitted: its late
+// inference.ready, of a newer adapter set than the record has seen, still says what serves (what
+// generation 3 is scored against); an older set's report changes nothing. A held generation
+// promoted later is no longer held.
+func TestApplyLiveAcrossGenerations(t *testing.T) {
+	mk := func(gen int64, typ, step string, data any) cloudevents.Event {
+		return events.Must(events.New("test", typ, step, events.Ref{Namespace: "default", Name: "ws", Generation: gen}, data, nil))
+	}
+	ready := func(gen, set, serving int64) cloudevents.Event {
+		return mk(gen, events.InferenceReady, fmt.Sprintf("ready-%d", set), events.InferenceReadyData{URL: "http://x", AdapterSet: set, ServingGeneration: serving})
+	}
+	var w Workspace
+	for _, e := range []cloudevents.Event{
+		ready(1, 1, 0),
+		mk(2, events.ImagePushed, "pushed", events.ImagePushedData{Reference: "r@sha256:2"}),
+		mk(3, events.WorkspaceRequested, "requested", events.Workspace{}),
+		ready(2, 2, 0), // late, newer set: generation 2 serves
+		ready(1, 1, 0), // late, older set: nothing
+	} {
+		if _, err := Apply(&w, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w.Generation != 3 || w.Live != 2 || w.AdapterSet != 2 {
+		t.Fatalf("generation %d, live %d, set %d", w.Generation, w.Live, w.AdapterSet)
+	}
+	for _, e := range []cloudevents.Event{
+		mk(3, events.ImagePushed, "pushed", events.ImagePushedData{Reference: "r@sha256:3"}),
+		mk(3, events.AdapterHeld, "held", events.AdapterGateData{Reason: "held: eval_loss 1.5 vs 1.25 serving (generation 2)"}),
+		ready(3, 3, 2),
+	} {
+		if _, err := Apply(&w, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h3, _ := w.Pushed(3)
+	if w.Live != 2 || w.Held == "" || w.AdapterState(h3) != AdapterHeld {
+		t.Fatalf("held: live %d, held %q, state %s", w.Live, w.Held, w.AdapterState(h3))
+	}
+	if _, err := Apply(&w, ready(3, 4, 0)); err != nil { // promoted after all
+		t.Fatal(err)
+	}
+	h3, _ = w.Pushed(3)
+	h2, _ := w.Pushed(2)
+	if w.Live != 3 || w.Held != "" || h3.Held != "" || w.AdapterState(h3) != AdapterServing || w.AdapterState(h2) != AdapterSuperseded {
+		t.Fatalf("promoted: live %d, held %q/%q, states %s %s", w.Live, w.Held, h3.Held, w.AdapterState(h3), w.AdapterState(h2))
 	}
 }

@@ -108,7 +108,7 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 	if err := k.deleteOwn(ctx, d.Ref); err != nil {
 		return err
 	}
-	members.of[d.Ref.Name] = poolMember{Generation: d.Ref.Generation, Serving: d.Serving, Adapters: d.Adapters}
+	members.of[d.Ref.Name] = poolMember{Generation: d.Ref.Generation, Serving: cmp.Or(d.Serving, d.Held), Adapters: d.Adapters}
 	version, err := k.writeMembers(ctx, d.Ref.Namespace, d.Pool, cur, members)
 	if err != nil {
 		return err

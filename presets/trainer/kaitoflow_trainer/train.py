@@ -315,18 +315,16 @@ def _compare(trainer, model, eval_set, compare_dir):
     except Exception as exc:  # noqa: BLE001 - a score not taken is reported, not fatal
         print("kaitoflow-trainer: the base model was not scored: %s" % _one_line(exc), flush=True)
     if compare_dir:
-        loaded = False
         try:
             model.load_adapter(compare_dir, adapter_name="serving", is_trainable=False)
-            loaded = True
             model.set_adapter("serving")
             out["serving_eval_loss"] = trainer.evaluate(metric_key_prefix="serving").get("serving_loss")
         except Exception as exc:  # noqa: BLE001
             print("kaitoflow-trainer: the serving adapter was not scored: %s" % _one_line(exc), flush=True)
         finally:
-            # Only the new adapter is saved.
+            # Only the new adapter is saved: the compared one goes, even half loaded.
             model.set_adapter("default")
-            if loaded:
+            if "serving" in model.peft_config:
                 model.delete_adapter("serving")
     return {k: v for k, v in out.items() if v is not None}
 
