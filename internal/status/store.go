@@ -219,6 +219,15 @@ func (s *Store) ServingAdapter(ctx context.Context, ref events.Ref) (*events.Com
 		return nil, err
 	}
 	p, ok := w.Pushed(w.Live)
+	if w.Live == 0 {
+		// A record from before live generations were kept: the newest adapter pushed before
+		// ref's generation is what a rollout left serving.
+		for _, h := range w.History {
+			if h.Image != "" && h.Held == "" && h.Generation < ref.Generation {
+				p, ok = h, true
+			}
+		}
+	}
 	if !ok {
 		return nil, nil
 	}
