@@ -14,10 +14,13 @@ type Quota interface {
 	Usages(ctx context.Context) (*Usages, error)
 }
 
-// Usages are a region's vCPU usage and limits, keyed by FamilyKey of the family's name.
+// Usages are a region's vCPU usage and limits, keyed by FamilyKey of the family's name. Spot
+// says the capacity is bought as spot VMs, which count against the region's low-priority vCPUs
+// alone, not their family's.
 type Usages struct {
 	Location string
 	Families map[string]Usage
+	Spot     bool
 }
 
 // Usage is one quota family's.
@@ -28,8 +31,12 @@ type Usage struct {
 }
 
 // TotalFamily is the usage API's name for the region's total vCPUs, which a pool needs room in
-// as well as in its family's.
-const TotalFamily = "cores"
+// as well as in its family's; SpotFamily the region's low-priority (spot) vCPUs, the only quota
+// spot VMs count against.
+const (
+	TotalFamily = "cores"
+	SpotFamily  = "lowPriorityCores"
+)
 
 // FamilyKey is a quota family's name compared: Azure's APIs spell one family with and without
 // spaces, in more than one case.
@@ -45,7 +52,11 @@ func (u *Usages) Short(sku SKU, nodes int) string {
 		return ""
 	}
 	need := int64(sku.VCPU * max(nodes, 1))
-	for _, fam := range []string{sku.Family, TotalFamily} {
+	families := []string{sku.Family, TotalFamily}
+	if u.Spot {
+		families = []string{SpotFamily}
+	}
+	for _, fam := range families {
 		q, ok := u.Families[FamilyKey(fam)]
 		if !ok {
 			if fam == TotalFamily {

@@ -101,7 +101,7 @@ func cliHub(url string) *presets.Hub {
 func newPlan(g *globals) *cobra.Command {
 	var files []string
 	var trainingConfig, hubURL, subscription, location string
-	var showConfig bool
+	var showConfig, spot bool
 	cmd := &cobra.Command{
 		Use:   "plan -f FILE",
 		Short: "Say what would be provisioned and trained for each workspace, and why, without doing it",
@@ -132,7 +132,7 @@ without quota is passed over, or refused with the numbers.`,
 				if err != nil {
 					return fmt.Errorf("azure credential for the quota check: %w", err)
 				}
-				if planner.Quota, err = aks.NewQuota(subscription, location, cred, nil); err != nil {
+				if planner.Quota, err = aks.NewQuota(subscription, location, spot, cred, nil); err != nil {
 					return err
 				}
 			}
@@ -172,6 +172,7 @@ without quota is passed over, or refused with the numbers.`,
 	cmd.Flags().BoolVar(&showConfig, "show-config", false, "print the training_config.yaml the tuning Job would mount")
 	cmd.Flags().StringVar(&subscription, "subscription", "", "with --location: check the region's vCPU quota in this Azure subscription")
 	cmd.Flags().StringVar(&location, "location", "", "with --subscription: the region whose vCPU quota to check (eastus, …)")
+	cmd.Flags().BoolVar(&spot, "spot", false, "with --location: spot pools, which count against the region's low-priority vCPUs only")
 	cmd.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror, for models that are not presets (default https://huggingface.co)")
 	return cmd
 }

@@ -412,7 +412,7 @@ func (b *builder) planner(identity string) (*presets.Planner, error) {
 		if err != nil {
 			return nil, err
 		}
-		if planner.Quota, err = aks.NewQuota(a.SubscriptionID, a.Location, cred, b.cfg.ARMClientOptions); err != nil {
+		if planner.Quota, err = aks.NewQuota(a.SubscriptionID, a.Location, a.Spot, cred, b.cfg.ARMClientOptions); err != nil {
 			return nil, err
 		}
 	}

@@ -26,11 +26,13 @@ type UsageLister interface {
 type Quota struct {
 	Usage    UsageLister
 	Location string
+	// Spot pools count against the region's low-priority vCPUs only.
+	Spot bool
 }
 
 // NewQuota returns the quota check of a subscription's region, over an ARM client authenticated
 // by cred; clientOptions may carry a test transport.
-func NewQuota(subscriptionID, location string, cred azcore.TokenCredential, clientOptions *arm.ClientOptions) (*Quota, error) {
+func NewQuota(subscriptionID, location string, spot bool, cred azcore.TokenCredential, clientOptions *arm.ClientOptions) (*Quota, error) {
 	if subscriptionID == "" || location == "" {
 		return nil, errors.New("aks quota: the subscription and the cluster's location are required")
 	}
@@ -38,12 +40,12 @@ func NewQuota(subscriptionID, location string, cred azcore.TokenCredential, clie
 	if err != nil {
 		return nil, fmt.Errorf("aks quota: usage client: %w", err)
 	}
-	return &Quota{Usage: c, Location: location}, nil
+	return &Quota{Usage: c, Location: location, Spot: spot}, nil
 }
 
 // Usages implements presets.Quota.
 func (q *Quota) Usages(ctx context.Context) (*presets.Usages, error) {
-	u := &presets.Usages{Location: q.Location, Families: map[string]presets.Usage{}}
+	u := &presets.Usages{Location: q.Location, Families: map[string]presets.Usage{}, Spot: q.Spot}
 	pager := q.Usage.NewListPager(q.Location, nil)
 	for pager.More() {
 		page, err := pager.NextPage(ctx)

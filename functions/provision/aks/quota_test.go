@@ -45,7 +45,7 @@ func usageServer(t *testing.T, families map[string][2]int) *Quota {
 			return
 		},
 	}
-	q, err := NewQuota("00000000-0000-0000-0000-000000000000", "eastus", &azfake.TokenCredential{},
+	q, err := NewQuota("00000000-0000-0000-0000-000000000000", "eastus", false, &azfake.TokenCredential{},
 		&arm.ClientOptions{ClientOptions: policy.ClientOptions{Transport: computefake.NewUsageServerTransport(&srv)}})
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +62,8 @@ func localized(value string) string {
 		return "Standard NCADS_A100_v4 Family"
 	case "cores":
 		return "Total Regional"
+	case "lowPriorityCores":
+		return "Total Regional Low-priority"
 	}
 	return value
 }
@@ -146,5 +148,38 @@ func TestNoQuotaCreatesNoPool(t *testing.T) {
 	}
 	if a.creates != 0 {
 		t.Fatalf("%d agent pools created", a.creates)
+	}
+}
+
+// Spot pools count against the region's low-priority vCPUs alone: a family without on-demand
+// quota is no obstacle, and too few low-priority vCPUs refuse with the numbers.
+func TestSpotQuotaIsTheLowPriorityVCPUs(t *testing.T) {
+	catalog, err := presets.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		spot     [2]int
+		want     string
+		refusing bool
+	}{
+		{"room for the spot VM", [2]int{0, 100}, "Standard_NC24ads_A100_v4", false},
+		{"no room", [2]int{90, 100}, "resource.instanceType Standard_NC24ads_A100_v4: needs 24 vCPUs of Total Regional Low-priority (1× Standard_NC24ads_A100_v4); 10 of 100 free in eastus", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := usageServer(t, map[string][2]int{"StandardNCADSA100v4Family": {0, 0}, "cores": {0, 0}, "lowPriorityCores": tc.spot})
+			q.Spot = true
+			plan, err := (&presets.Planner{Catalog: catalog, Quota: q}).Plan(context.Background(), seedWorkspace("Standard_NC24ads_A100_v4"))
+			if tc.refusing {
+				if p, ok := events.AsPermanent(err); !ok || p.Reason != events.ReasonInsufficientQuota || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("got %v\nwant %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil || plan.InstanceType != tc.want {
+				t.Fatalf("plan %v, %v", plan, err)
+			}
+		})
 	}
 }
