@@ -768,36 +768,6 @@ func jobRunOf(t *testing.T, pod corev1.Pod, registry, delay string) jobrun.Confi
 	return c
 }
 
-// tuningPodAttempt waits for the running tuning pod of the workspace's attempt n.
-func tuningPodAttempt(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, n int) corev1.Pod {
-	t.Helper()
-	var pod corev1.Pod
-	b.Await(ctx, t, ns, fmt.Sprintf("attempt %d's tuning pod running", n), func(ctx context.Context) (bool, string) {
-		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: fmt.Sprintf("%s=%s,%s=%d", events.LabelWorkspace, name, jobs.LabelAttempt, n)})
-		if err != nil || len(l.Items) == 0 {
-			return false, fmt.Sprint("no tuning pod yet ", err, podStates(ctx, b.Client, ns))
-		}
-		pod = l.Items[0]
-		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
-	})
-	return pod
-}
-
-// tuningPod waits for the workspace's tuning pod to run and returns it.
-func tuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string) corev1.Pod {
-	t.Helper()
-	var pod corev1.Pod
-	b.Await(ctx, t, ns, "the tuning pod running", func(ctx context.Context) (bool, string) {
-		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
-		if err != nil || len(l.Items) == 0 {
-			return false, fmt.Sprint("no tuning pod yet ", err)
-		}
-		pod = l.Items[0]
-		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
-	})
-	return pod
-}
-
 // Two generations of the seed in the box with the whole pipeline: the second is tuned on a second
 // GPU node (the first serves), pushed, and its adapter goes live in the inference pod that served
 // the first — the same pod, the Knative Service's template unchanged (no new revision) — as that
@@ -846,21 +816,6 @@ func TestNextGenerationGoesLiveInTheBox(t *testing.T) {
 	if err != nil || svc.GetGeneration() != 1 {
 		t.Errorf("the Knative Service's template changed (metadata.generation %d, %v): a new revision", svc.GetGeneration(), err)
 	}
-}
-
-// tuningPodOf waits for the running tuning pod of the workspace's generation gen.
-func tuningPodOf(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, gen int64) corev1.Pod {
-	t.Helper()
-	var pod corev1.Pod
-	b.Await(ctx, t, ns, fmt.Sprintf("generation %d's tuning pod running", gen), func(ctx context.Context) (bool, string) {
-		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: fmt.Sprintf("%s=%s,%s=%d,%s", events.LabelWorkspace, name, events.LabelGeneration, gen, jobs.LabelJob)})
-		if err != nil || len(l.Items) == 0 {
-			return false, fmt.Sprint("no tuning pod yet ", err)
-		}
-		pod = l.Items[0]
-		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
-	})
-	return pod
 }
 
 // Continuous fine-tuning in the box with the Knative deployer: three uploads of a dataset through
@@ -952,6 +907,40 @@ func startTwoGPUs(ctx context.Context, t *testing.T) *boxed {
 		t.Fatal(err)
 	}
 	return bx
+}
+
+// tuningPod waits for the workspace's tuning pod to run and returns it.
+func tuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string) corev1.Pod {
+	t.Helper()
+	return runningTuningPod(ctx, t, b, ns, "the tuning pod", events.LabelWorkspace+"="+name)
+}
+
+// tuningPodOf waits for the running tuning pod of the workspace's generation gen.
+func tuningPodOf(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, gen int64) corev1.Pod {
+	t.Helper()
+	return runningTuningPod(ctx, t, b, ns, fmt.Sprintf("generation %d's tuning pod", gen),
+		fmt.Sprintf("%s=%s,%s=%d,%s", events.LabelWorkspace, name, events.LabelGeneration, gen, jobs.LabelJob))
+}
+
+// tuningPodAttempt waits for the running tuning pod of the workspace's attempt n.
+func tuningPodAttempt(ctx context.Context, t *testing.T, b *testenv.Box, ns, name string, n int) corev1.Pod {
+	t.Helper()
+	return runningTuningPod(ctx, t, b, ns, fmt.Sprintf("attempt %d's tuning pod", n), fmt.Sprintf("%s=%s,%s=%d", events.LabelWorkspace, name, jobs.LabelAttempt, n))
+}
+
+// runningTuningPod waits for the first pod selector finds in ns to run and returns it.
+func runningTuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, what, selector string) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	b.Await(ctx, t, ns, what+" running", func(ctx context.Context) (bool, string) {
+		l, err := b.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil || len(l.Items) == 0 {
+			return false, fmt.Sprint("no tuning pod yet ", err, podStates(ctx, b.Client, ns))
+		}
+		pod = l.Items[0]
+		return pod.Status.Phase == corev1.PodRunning, podStates(ctx, b.Client, ns)
+	})
+	return pod
 }
 
 // replicaAdapters is what the inference pod's chat-proxy (the stand-in running kaitoflow's real

@@ -176,7 +176,8 @@ func (k *checkpoints) store(ctx context.Context, cl checkpointLine) error {
 		return fmt.Errorf("upload checkpoint %s: %w", tag, err)
 	}
 	k.log.Info("job-run: checkpoint uploaded", "tag", tag.String(), "step", cl.Step, "files", len(files))
-	return k.c.pruneCheckpoints(ctx, repo, k.c.keep(), false)
+	_, err = k.c.pruneCheckpoints(ctx, repo, k.c.keep(), false)
+	return err
 }
 
 func (c Config) keep() int {
@@ -232,15 +233,16 @@ func (c Config) steps(tags []string) []int {
 
 // pruneCheckpoints deletes all but the newest keep of this run's checkpoints (keep 0: all), and
 // with others, every other checkpoint of the workspace: an earlier generation's, or a plan no
-// attempt will continue.
-func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep int, others bool) error {
+// attempt will continue. It returns the steps of this run's checkpoints it kept, oldest first.
+func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep int, others bool) ([]int, error) {
 	tags, err := c.storedCheckpoints(ctx, repo)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	steps := c.steps(tags)
+	cut := max(len(steps)-keep, 0)
 	var del []string
-	for _, s := range steps[:max(len(steps)-keep, 0)] {
+	for _, s := range steps[:cut] {
 		del = append(del, fmt.Sprintf("%s-s%d", c.CheckpointTag, s))
 	}
 	if others {
@@ -257,18 +259,18 @@ func (c Config) pruneCheckpoints(ctx context.Context, repo name.Repository, keep
 		// need not accept a tag there.
 		desc, err := remote.Head(tag, opts...)
 		if err != nil {
-			return fmt.Errorf("prune checkpoint %s: %w", tag, err)
+			return nil, fmt.Errorf("prune checkpoint %s: %w", tag, err)
 		}
 		if err := remote.Delete(repo.Digest(desc.Digest.String()), opts...); err != nil {
-			return fmt.Errorf("prune checkpoint %s: %w", tag, err)
+			return nil, fmt.Errorf("prune checkpoint %s: %w", tag, err)
 		}
 		// A registry that keeps tags apart from their manifests (ggcr's own) still lists the
 		// tag: delete it too. Where the manifest took its tags with it, the tag is already gone.
 		if err := remote.Delete(tag, opts...); err != nil && !gone(err) {
-			return fmt.Errorf("prune checkpoint tag %s: %w", tag, err)
+			return nil, fmt.Errorf("prune checkpoint tag %s: %w", tag, err)
 		}
 	}
-	return nil
+	return steps[cut:], nil
 }
 
 // restore fetches the run's newest checkpoint into the results directory and returns its
@@ -284,14 +286,10 @@ func (c Config) restore(ctx context.Context) (string, int, error) {
 	if !ok {
 		return c.restoreLocal()
 	}
-	if err := c.pruneCheckpoints(ctx, repo, c.keep(), true); err != nil {
-		return "", 0, err
-	}
-	tags, err := c.storedCheckpoints(ctx, repo)
+	steps, err := c.pruneCheckpoints(ctx, repo, c.keep(), true)
 	if err != nil {
 		return "", 0, err
 	}
-	steps := c.steps(tags)
 	if len(steps) == 0 {
 		return "", 0, nil
 	}

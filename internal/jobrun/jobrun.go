@@ -155,7 +155,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	// The adapter is stored: the run's checkpoints have served their purpose.
 	if repo, ok, _ := c.checkpointRepo(); ok {
-		if err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
+		if _, err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
 			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
 		}
 	} else if c.CheckpointTag != "" {
