@@ -295,6 +295,7 @@ func (d *DataSource) validate(path *field.Path, p AddressPolicy) field.ErrorList
 	if d.Image != "" {
 		errs = append(errs, validateImageRef(path.Child("image"), d.Image)...)
 	}
+	errs = append(errs, validateVolumeSource(path.Child("volumeSource"), d.Volume)...)
 	// Secret names are not checked for shape here: Kaito's own quickstart uses placeholders such as
 	// ACR_REGISTRY_SECRET_HERE, and whether the secret exists is the step's question.
 	return errs
@@ -314,6 +315,7 @@ func (d *DataDestination) validate(path *field.Path) field.ErrorList {
 			errs = append(errs, field.Required(path.Child("imagePushSecret"), "pushing output.image needs a registry secret"))
 		}
 	}
+	errs = append(errs, validateVolumeSource(path.Child("volumeSource"), d.Volume)...)
 	return errs
 }
 
@@ -331,8 +333,11 @@ func (in *InferenceSpec) validate(path *field.Path, p AddressPolicy) field.Error
 		}
 		errs = append(errs, in.Preset.validate(path.Child("preset"))...)
 	}
-	if in.Template != nil && len(in.Template.Spec.Containers) == 0 {
-		errs = append(errs, field.Required(path.Child("template", "spec", "containers"), "a template needs a container"))
+	if in.Template != nil {
+		if len(in.Template.Spec.Containers) == 0 {
+			errs = append(errs, field.Required(path.Child("template", "spec", "containers"), "a template needs a container"))
+		}
+		errs = append(errs, validatePodTemplate(path.Child("template"), in.Template)...)
 	}
 	if len(in.Adapters) > 0 && in.Preset == nil {
 		errs = append(errs, field.Forbidden(path.Child("adapters"), "adapters need a preset base model"))

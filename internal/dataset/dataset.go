@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -238,8 +239,57 @@ func (r rangeReader) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// tailReader serves reads that fall inside the file's tail (the footer already fetched and
+// checked) from memory, and the rest over HTTP.
+type tailReader struct {
+	rangeReader
+	tail    []byte
+	tailOff int64
+}
+
+func (r tailReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.tailOff && off+int64(len(p)) <= r.tailOff+int64(len(r.tail)) {
+		return copy(p, r.tail[off-r.tailOff:]), nil
+	}
+	return r.rangeReader.ReadAt(p, off)
+}
+
+// parquetFooter fetches the footer and its trailer and checks the footer's encoding (checkFooter)
+// before any parquet decoder sees it.
+func (c *Checker) parquetFooter(ctx context.Context, rr rangeReader, size int64) ([]byte, error) {
+	// A parquet file starts and ends with "PAR1"; the 4 bytes before the final magic are the
+	// footer's length.
+	if size < 12 {
+		return nil, fmt.Errorf("%d bytes is too short for a parquet file", size)
+	}
+	trailer := make([]byte, 8)
+	if _, err := rr.ReadAt(trailer, size-8); err != nil {
+		return nil, fmt.Errorf("read the footer's length: %w", err)
+	}
+	if string(trailer[4:]) != "PAR1" {
+		return nil, errors.New("no parquet magic at the end of the file")
+	}
+	n := int64(binary.LittleEndian.Uint32(trailer[:4]))
+	if n > size-12 || n > maxFooterBytes {
+		return nil, fmt.Errorf("the footer claims %d bytes, in a file of %d (at most %d MiB accepted)", n, size, maxFooterBytes>>20)
+	}
+	tail := make([]byte, n+8)
+	if _, err := rr.ReadAt(tail, size-8-n); err != nil {
+		return nil, fmt.Errorf("read the footer: %w", err)
+	}
+	if err := checkFooter(tail[:n]); err != nil {
+		return nil, err
+	}
+	return tail, nil
+}
+
 func (c *Checker) parquetShape(ctx context.Context, raw string, size int64) (Shape, error) {
-	f, err := parquet.OpenFile(rangeReader{ctx: ctx, c: c, url: raw}, size,
+	rr := rangeReader{ctx: ctx, c: c, url: raw}
+	tail, err := c.parquetFooter(ctx, rr, size)
+	if err != nil {
+		return "", fmt.Errorf("not a readable parquet file: %w", err)
+	}
+	f, err := parquet.OpenFile(tailReader{rangeReader: rr, tail: tail, tailOff: size - int64(len(tail))}, size,
 		parquet.SkipPageIndex(true), parquet.SkipBloomFilters(true), parquet.ReadBufferSize(64<<10))
 	if err != nil {
 		return "", fmt.Errorf("not a readable parquet file: %w", err)

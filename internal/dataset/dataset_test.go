@@ -52,6 +52,14 @@ func DollyParquet(tb testing.TB, n int) []byte {
 	return buf.Bytes()
 }
 
+// footerBomb is a 21-byte parquet file whose footer (FileMetaData: version 1, then a schema list)
+// claims 2^31 schema elements. parquet-go sizes the list from that claim before reading an
+// element; before footer checks it allocated ~206 GB and the process died.
+var footerBomb = []byte("PAR1" +
+	"\x15\x02" + // field 1, i32: version 1
+	"\x19\xfc\x80\x80\x80\x80\x08" + // field 2, list of structs, 2^31 elements
+	"\x09\x00\x00\x00" + "PAR1")
+
 func server(t *testing.T) *httptest.Server {
 	t.Helper()
 	dolly := DollyParquet(t, 200)
@@ -69,6 +77,8 @@ func server(t *testing.T) *httptest.Server {
 	serve("/other.parquet", other.Bytes())
 	serve("/chat.jsonl", []byte(`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}`+"\n"+`{"messages":[{"role":"user","content":"2+2"},{"role":"assistant","content":"4"}]}`+"\n"))
 	serve("/pc.csv", []byte("prompt,completion\n2+2?,4\n"))
+	serve("/bomb.parquet", footerBomb)
+	serve("/bomb-length.parquet", []byte("PAR1\x00\xff\xff\xff\x7fPAR1"))
 	serve("/alpaca.jsonl", []byte(`{"instruction":"x","output":"y"}`+"\n"))
 	mux.HandleFunc("/huge.parquet", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "20000000000")
@@ -97,6 +107,9 @@ func TestPreflight(t *testing.T) {
 		{path: "/other.parquet", wantReason: ReasonInvalid, wantMsg: "no accepted columns"},
 		{path: "/alpaca.jsonl", wantReason: ReasonInvalid, wantMsg: "instruction, output"},
 		{path: "/huge.parquet", wantReason: ReasonInvalid, wantMsg: "20.0 GB is over the 10.7 GB limit"},
+		// The 21-byte file that took the process down: refused by the footer check, named.
+		{path: "/bomb.parquet", wantReason: ReasonInvalid, wantMsg: "a list of 2147483648 elements in 0 remaining bytes"},
+		{path: "/bomb-length.parquet", wantReason: ReasonInvalid, wantMsg: "the footer claims 2147483647 bytes"},
 		{path: "/redirect.parquet", wantReason: ReasonInvalid, wantMsg: "link-local"},
 	}
 	for _, tc := range tests {

@@ -396,7 +396,7 @@ func servableVolume(v *corev1.VolumeSource) (*corev1.VolumeSource, error) {
 	switch {
 	case out.PersistentVolumeClaim != nil:
 		out.PersistentVolumeClaim.ReadOnly = true
-	case out.ConfigMap != nil, out.Secret != nil, out.Projected != nil:
+	case out.ConfigMap != nil, out.Secret != nil:
 	default:
 		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can wrap an Azure Files share, a CSI volume or a disk) or push it as an image", events.DescribeVolume(v))
 	}
