@@ -25,6 +25,9 @@ const (
 	HeaderDLQFunction   = "Kaitoflow-Dlq-Function"
 	HeaderDLQDeliveries = "Kaitoflow-Dlq-Deliveries"
 	HeaderDLQStreamSeq  = "Kaitoflow-Dlq-Stream-Seq"
+	// HeaderDLQTruncated marks a reference dead letter: the original (of this many bytes) did not
+	// fit, so the dead letter holds its first bytes and identity headers only.
+	HeaderDLQTruncated = "Kaitoflow-Dlq-Truncated"
 )
 
 // JetStreamOptions tune delivery. Zero values take the defaults.
@@ -261,18 +264,7 @@ func (r *JetStream) fail(ctx context.Context, msg jetstream.Msg, ev *cloudevents
 			return
 		}
 	}
-	dl := nats.NewMsg(events.DeadLetterPrefix + strings.TrimPrefix(msg.Subject(), events.SubjectPrefix))
-	dl.Data = msg.Data()
-	for k, v := range msg.Headers() {
-		dl.Header[k] = v
-	}
-	dl.Header.Set(HeaderDLQReason, perr.Reason)
-	dl.Header.Set(HeaderDLQError, truncate(perr.Err.Error(), 4096))
-	dl.Header.Set(HeaderDLQFunction, c.fn.Name)
-	dl.Header.Set(HeaderDLQDeliveries, strconv.FormatUint(deliveries, 10))
-	dl.Header.Set(HeaderDLQStreamSeq, strconv.FormatUint(seq, 10))
-	// One dead letter per function and original message, however often this runs.
-	dl.Header.Set(nats.MsgIdHdr, "dlq/"+c.fn.Name+"/"+strconv.FormatUint(seq, 10))
+	dl := r.deadLetter(msg, perr, deliveries, seq)
 	if _, err := r.js.PublishMsg(ctx, dl); err != nil {
 		log.Error("publish dead letter; will retry", "err", err)
 		_ = msg.NakWithDelay(r.opts.backoff(1))
@@ -283,6 +275,56 @@ func (r *JetStream) fail(ctx context.Context, msg jetstream.Msg, ev *cloudevents
 	if err := msg.Term(); err != nil {
 		log.Warn("term failed; a redelivery will dead-letter it again (deduplicated)", "err", err)
 	}
+}
+
+// deadLetter is the original message on the dead-letter subject with the reason in its headers.
+// A dead letter that would not fit in one NATS message (the original near the server's payload
+// limit, plus the reason) is stored as a reference instead: the original's stream sequence, its
+// CloudEvents identity headers and the first bytes of its data, marked HeaderDLQTruncated with
+// the original's size. Otherwise the publish fails on every try, the input is nak'd forever and
+// such messages, once as many as MaxAckPending, wedge the consumer for every workspace.
+func (r *JetStream) deadLetter(msg jetstream.Msg, perr *events.PermanentError, deliveries, seq uint64) *nats.Msg {
+	c := r.core
+	dl := nats.NewMsg(events.DeadLetterPrefix + strings.TrimPrefix(msg.Subject(), events.SubjectPrefix))
+	dl.Header.Set(HeaderDLQReason, perr.Reason)
+	dl.Header.Set(HeaderDLQError, truncate(perr.Err.Error(), 4096))
+	dl.Header.Set(HeaderDLQFunction, c.fn.Name)
+	dl.Header.Set(HeaderDLQDeliveries, strconv.FormatUint(deliveries, 10))
+	dl.Header.Set(HeaderDLQStreamSeq, strconv.FormatUint(seq, 10))
+	// One dead letter per function and original message, however often this runs.
+	dl.Header.Set(nats.MsgIdHdr, "dlq/"+c.fn.Name+"/"+strconv.FormatUint(seq, 10))
+	size := len(msg.Data()) + headerBytes(msg.Headers()) + headerBytes(dl.Header)
+	if limit := r.js.Conn().MaxPayload(); limit <= 0 || int64(size) <= limit {
+		dl.Data = msg.Data()
+		for k, v := range msg.Headers() {
+			if dl.Header.Get(k) == "" {
+				dl.Header[k] = v
+			}
+		}
+		return dl
+	}
+	dl.Header.Set(HeaderDLQTruncated, strconv.Itoa(len(msg.Data())))
+	for _, k := range []string{"ce-id", "ce-type", "ce-source", "ce-subject", "ce-workspacegeneration"} {
+		if v := msg.Headers().Get(k); v != "" {
+			dl.Header.Set(k, truncate(v, 512))
+		}
+	}
+	dl.Data = msg.Data()[:min(len(msg.Data()), deadLetterSample)]
+	return dl
+}
+
+// deadLetterSample is how much of an oversized original a reference dead letter keeps: enough to
+// recognise it; the original stays in the stream at its sequence until the stream's limits age it.
+const deadLetterSample = 4 << 10
+
+func headerBytes(h nats.Header) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 func truncate(s string, n int) string {

@@ -1,12 +1,15 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,5 +432,45 @@ func TestShutdownFinishesInFlightWork(t *testing.T) {
 	info, err := c.Info(context.Background())
 	if err != nil || info.NumAckPending != 0 || info.NumPending != 0 {
 		t.Fatalf("input not acked on shutdown: %+v %v", info, err)
+	}
+}
+
+// Forty messages near the payload limit, each undecodable: their dead letters (the original plus
+// the reason) cannot be stored whole, so each is stored as a reference and the original
+// terminated. Before references, every one was nak'd forever, 32 of them filled MaxAckPending and
+// a new workspace waited with no events.
+func TestOversizedPoisonLeavesAndOthersFlow(t *testing.T) {
+	ns := natsServer(t)
+	js := connect(t, ns)
+	fn := Function{Name: "provision", Types: []string{events.WorkspaceRequested}, Handler: HandlerFunc(func(ctx context.Context, e cloudevents.Event) ([]cloudevents.Event, error) { return next(e) })}
+	// Concurrency 8 gives MaxAckPending 32, as deployed.
+	run(t, js, fn, Deps{}, JetStreamOptions{AckWait: time.Second, Backoff: []time.Duration{20 * time.Millisecond}})
+	limit := int(js.Conn().MaxPayload())
+	const poison = 40
+	for i := range poison {
+		bad := nats.NewMsg(events.WorkspaceRequested)
+		bad.Header.Set("ce-subject", fmt.Sprintf("default/huge-%d", i))
+		bad.Header.Set(nats.MsgIdHdr, fmt.Sprintf("huge-%d", i))
+		bad.Data = bytes.Repeat([]byte("x"), limit-128)
+		if _, err := js.PublishMsg(context.Background(), bad); err != nil {
+			t.Fatalf("publish poison %d: %v", i, err)
+		}
+	}
+	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "after-the-poison")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the workspace after the poison", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
+	eventually(t, "every dead letter", func() bool {
+		return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == poison
+	})
+	dl := messages(t, js, events.DeadLetterPrefix+"workspace.requested")[0]
+	if got := dl.Headers().Get(HeaderDLQTruncated); got != strconv.Itoa(limit-128) {
+		t.Errorf("truncated header %q, want the original's size %d", got, limit-128)
+	}
+	if len(dl.Data()) != deadLetterSample || !strings.HasPrefix(dl.Headers().Get("ce-subject"), "default/huge-") || dl.Headers().Get(HeaderDLQReason) != events.ReasonBadEvent {
+		t.Errorf("reference dead letter: %d bytes, subject %q, reason %q", len(dl.Data()), dl.Headers().Get("ce-subject"), dl.Headers().Get(HeaderDLQReason))
+	}
+	if n := len(messages(t, js, events.WorkspaceFailed)); n != poison {
+		t.Errorf("%d workspace.failed events, want %d", n, poison)
 	}
 }
