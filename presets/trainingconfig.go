@@ -104,6 +104,7 @@ func Merge(base, over TrainingConfig) TrainingConfig {
 func (c TrainingConfig) Validate(method string) field.ErrorList {
 	var errs field.ErrorList
 	root := field.NewPath("training_config")
+	errs = append(errs, c.validateTrainingKeys(root)...)
 	q := root.Child("QuantizationConfig")
 	in4, in8 := truthy(c["QuantizationConfig"]["load_in_4bit"]), truthy(c["QuantizationConfig"]["load_in_8bit"])
 	switch method {

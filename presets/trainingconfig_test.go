@@ -39,6 +39,14 @@ func TestTrainingConfigValidation(t *testing.T) {
 		{"nothing to train on", "lora", "DatasetConfig: {train_test_split: 0}", "training_config.DatasetConfig.train_test_split"},
 		{"split above one", "lora", "DatasetConfig: {train_test_split: 1.5}", "training_config.DatasetConfig.train_test_split"},
 		{"split as text", "lora", "DatasetConfig: {train_test_split: \"0.9\"}", "training_config.DatasetConfig.train_test_split"},
+		{"remote code", "lora", "ModelConfig: {trust_remote_code: true}", "training_config.ModelConfig.trust_remote_code"},
+		{"hub push", "lora", "TrainingArguments: {push_to_hub: true}", "training_config.TrainingArguments.push_to_hub"},
+		{"hub token", "lora", "TrainingArguments: {hub_token: hf_x}", "training_config.TrainingArguments.hub_token"},
+		{"report to a service", "lora", "TrainingArguments: {report_to: wandb}", "training_config.TrainingArguments.report_to"},
+		{"report to a list", "lora", "TrainingArguments: {report_to: [none, mlflow]}", "training_config.TrainingArguments.report_to"},
+		{"logging dir", "lora", "TrainingArguments: {logging_dir: /var/log}", "training_config.TrainingArguments.logging_dir"},
+		{"deepspeed config path", "lora", "TrainingArguments: {deepspeed: /etc/ds.json}", "training_config.TrainingArguments.deepspeed"},
+		{"model revision", "lora", "ModelConfig: {revision: main}", "training_config.ModelConfig.revision"},
 		{"train_on_prompt as text", "lora", "DatasetConfig: {train_on_prompt: \"yes\"}", "training_config.DatasetConfig.train_on_prompt"},
 	}
 	for _, tc := range tests {
