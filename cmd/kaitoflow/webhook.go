@@ -18,6 +18,7 @@ func newWebhook(g *globals) *cobra.Command {
 		listen, template, container, issuer, aud string
 		suffixes                                 []string
 		maxBody                                  int64
+		clients                                  []string
 		insecure                                 bool
 	)
 	port := os.Getenv("PORT")
@@ -29,7 +30,8 @@ func newWebhook(g *globals) *cobra.Command {
 		Short: "Start a workspace when a dataset is uploaded (Azure Event Grid BlobCreated, or a signed notification)",
 		Long: `webhook serves POST /eventgrid for Azure Event Grid (Event Grid or CloudEvents 1.0 schema, single
 or batched deliveries, and each schema's handshake) and POST /upload for a generic notification
-{"url": ..., "sha256": ...} signed with HMAC-SHA256 (X-Kaitoflow-Signature: sha256=HEX).
+{"url": ..., "sha256": ...} signed with HMAC-SHA256 over a timestamp and the body
+(X-Kaitoflow-Signature: t=UNIX,sha256=HEX, within 5 minutes of the webhook's clock).
 
 A Microsoft.Storage.BlobCreated (or Data Lake FlushWithClose) for a blob in --container whose name
 ends in a --suffix becomes kaitoflow.workspace.requested from the --template manifest, with the
@@ -40,7 +42,7 @@ the next generation. 200 comes only after JetStream stored the event; 503 when N
 
 Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOFLOW_WEBHOOK_KEYS
 (comma-separated; sent as X-Kaitoflow-Key or ?code=), and/or an Entra ID bearer token
-(--entra-issuer, --entra-audience). /upload needs $KAITOFLOW_WEBHOOK_SIGNING_KEY.`,
+(--entra-issuer, --entra-audience, requested by an --entra-client). /upload needs $KAITOFLOW_WEBHOOK_SIGNING_KEY.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger()
@@ -71,7 +73,7 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 				if issuer == "" || aud == "" {
 					return errors.New("--entra-issuer and --entra-audience go together")
 				}
-				if h.Verifier, err = webhook.NewEntraVerifier(cmd.Context(), issuer, aud); err != nil {
+				if h.Verifier, err = webhook.NewEntraVerifier(cmd.Context(), issuer, aud, clients); err != nil {
 					return err
 				}
 			}
@@ -97,6 +99,7 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 	f.StringSliceVar(&suffixes, "suffix", []string{".parquet", ".jsonl", ".json", ".csv"}, "accepted blob name endings")
 	f.StringVar(&issuer, "entra-issuer", "", "require Entra ID bearer tokens from this issuer, e.g. https://login.microsoftonline.com/TENANT/v2.0")
 	f.StringVar(&aud, "entra-audience", "", "the tokens' audience: the application ID Event Grid's subscription uses")
+	f.StringSliceVar(&clients, "entra-client", []string{webhook.EventGridAppID}, "client applications (the token's azp or appid) allowed to deliver; the default is Azure Event Grid's")
 	f.Int64Var(&maxBody, "max-body", 1<<20, "largest delivery accepted, in bytes")
 	f.BoolVar(&insecure, "insecure-no-auth", false, "accept unauthenticated deliveries (tests only)")
 	_ = cmd.MarkFlagRequired("template")

@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bytes"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -12,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
 )
 
 // Blob stands in for a storage account's blob: an HTTP server (on loopback) answering one
@@ -53,13 +55,11 @@ func (b *Blob) Upload(t testing.TB, hook string, key []byte, path, content strin
 	b.mu.Unlock()
 	sum := sha256.Sum256([]byte(content))
 	body := fmt.Sprintf(`{"url": %q, "sha256": %q}`, b.URL+path, hex.EncodeToString(sum[:]))
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(body))
 	req, err := http.NewRequest(http.MethodPost, hook+"/upload", bytes.NewReader([]byte(body)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("X-Kaitoflow-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	req.Header.Set(webhook.HeaderSignature, webhook.Sign(key, time.Now(), []byte(body)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

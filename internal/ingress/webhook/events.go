@@ -3,8 +3,10 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -26,6 +28,8 @@ type Delivery struct {
 
 // BlobEvent is a storage event in either schema, reduced to what a workspace needs.
 type BlobEvent struct {
+	// Topic is the storage account's resource id (Event Grid's topic, a CloudEvent's source).
+	Topic   string
 	ID      string
 	Type    string
 	Subject string
@@ -96,7 +100,7 @@ func ParseDelivery(header http.Header, body []byte) (*Delivery, error) {
 			d.ValidationCode = v.ValidationCode
 			continue
 		}
-		be := BlobEvent{ID: e.ID, Type: e.EventType, Subject: e.Subject}
+		be := BlobEvent{Topic: e.Topic, ID: e.ID, Type: e.EventType, Subject: e.Subject}
 		if e.ID == "" || e.EventType == "" {
 			return nil, fmt.Errorf("[%d]: id and eventType are required", i)
 		}
@@ -118,7 +122,7 @@ func fromCloudEvents(evs []cloudevents.Event) (*Delivery, error) {
 		if ev.ID() == "" || ev.Type() == "" || ev.Source() == "" {
 			return nil, fmt.Errorf("[%d]: id, type and source are required", i)
 		}
-		be := BlobEvent{ID: ev.ID(), Type: ev.Type(), Subject: ev.Subject()}
+		be := BlobEvent{Topic: ev.Source(), ID: ev.ID(), Type: ev.Type(), Subject: ev.Subject()}
 		if ev.Type() == TypeBlobCreated {
 			if err := json.Unmarshal(ev.Data(), &be.Data); err != nil {
 				return nil, fmt.Errorf("[%d].data: %w", i, err)
@@ -138,4 +142,39 @@ func (e BlobEvent) Blob() (container, path string, ok bool) {
 	}
 	container, path, ok = strings.Cut(rest, "/blobs/")
 	return container, path, ok && container != "" && path != ""
+}
+
+// Account is the storage account the event's topic names ("" when it names none).
+func (e BlobEvent) Account() string {
+	_, rest, ok := strings.Cut(e.Topic, "/providers/Microsoft.Storage/storageAccounts/")
+	if !ok {
+		return ""
+	}
+	account, _, _ := strings.Cut(rest, "/")
+	return account
+}
+
+// CheckURL ties the event's data.url to what its topic and subject say: the blob endpoint of
+// the topic's account, https, at the subject's container and blob. The subject and topic come
+// from Event Grid; data.url is what the trainer will download, and a delivery that pairs a
+// trusted subject with another URL would train on whatever that URL serves.
+func (e BlobEvent) CheckURL() error {
+	container, blob, ok := e.Blob()
+	account := e.Account()
+	if !ok || account == "" {
+		return errors.New("the event names no storage account and blob")
+	}
+	u, err := url.Parse(e.Data.URL)
+	if err != nil {
+		return fmt.Errorf("data.url: %w", err)
+	}
+	host := strings.ToLower(u.Hostname())
+	first, domain, _ := strings.Cut(host, ".")
+	if u.Scheme != "https" || first != strings.ToLower(account) || !(strings.HasPrefix(domain, "blob.") || strings.HasPrefix(domain, "dfs.")) || u.Port() != "" {
+		return fmt.Errorf("data.url %q is not the blob endpoint of storage account %s", e.Data.URL, account)
+	}
+	if u.Path != "/"+container+"/"+blob {
+		return fmt.Errorf("data.url %q is not blob %s in container %s", e.Data.URL, blob, container)
+	}
+	return nil
 }

@@ -8,10 +8,12 @@
 package webhook
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base32"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,7 +24,9 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
@@ -66,9 +70,15 @@ type Handler struct {
 	Keys []string
 	// Verifier, when set, requires an Entra ID bearer token on Event Grid deliveries.
 	Verifier TokenVerifier
-	// SigningKey signs /upload notifications (HMAC-SHA256 of the body, hex, in
-	// X-Kaitoflow-Signature as "sha256=…"); empty disables /upload.
+	// SigningKey signs /upload notifications (Sign: a timestamp and an HMAC-SHA256 of it and the
+	// body, in X-Kaitoflow-Signature); empty disables /upload.
 	SigningKey []byte
+	// ReplayWindow bounds a signed notification's age (and clock skew); default
+	// DefaultReplayWindow. Within it a replay submits the same generation again, which changes
+	// nothing.
+	ReplayWindow time.Duration
+	// Now is the clock signatures are checked against; default time.Now.
+	Now func() time.Time
 	// AllowedRate is what the CloudEvents handshake grants (WebHook-Allowed-Rate); default "*".
 	AllowedRate string
 	MaxBody     int64
@@ -188,6 +198,13 @@ func (h *Handler) eventGrid(w http.ResponseWriter, r *http.Request) {
 			logctx.Or(h.Log).Debug("webhook: event skipped", "event_id", e.ID, "type", e.Type, "subject", e.Subject, "why", why)
 			continue
 		}
+		// A delivery that pairs a subject with another URL is refused whole: it is not what
+		// Event Grid sends.
+		if err := e.CheckURL(); err != nil {
+			logctx.Or(h.Log).Warn("webhook: delivery refused: an event's url is not its subject's blob", "event_id", e.ID, "remote", r.RemoteAddr, "err", err)
+			problem(w, http.StatusBadRequest, err.Error())
+			return
+		}
 		uploads = append(uploads, u)
 	}
 	h.submitAll(w, r.Context(), uploads)
@@ -219,6 +236,7 @@ func (h *Handler) match(e BlobEvent) (upload, bool, string) {
 	if !h.suffixOK(blob) {
 		return upload{}, false, "suffix not accepted"
 	}
+
 	version := e.Data.Sequencer
 	if version == "" {
 		version = strings.Trim(e.Data.ETag, `"`)
@@ -258,13 +276,9 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sig, ok := strings.CutPrefix(r.Header.Get(HeaderSignature), "sha256=")
-	want := hmac.New(sha256.New, h.SigningKey)
-	want.Write(body)
-	got, err := hex.DecodeString(sig)
-	if !ok || err != nil || !hmac.Equal(got, want.Sum(nil)) {
-		logctx.Or(h.Log).Warn("webhook: upload notification with a bad signature refused", "remote", r.RemoteAddr)
-		problem(w, http.StatusUnauthorized, HeaderSignature+": missing or wrong (want sha256=HEX of HMAC-SHA256 over the body)")
+	if err := h.verifySignature(r.Header.Get(HeaderSignature), body); err != nil {
+		logctx.Or(h.Log).Warn("webhook: upload notification refused", "remote", r.RemoteAddr, "reason", err.Error())
+		problem(w, http.StatusUnauthorized, HeaderSignature+": "+err.Error())
 		return
 	}
 	var n notification
@@ -287,6 +301,56 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.submitAll(w, r.Context(), []upload{{url: n.URL, version: n.SHA256[:32], key: u.Host + u.Path, sha256: n.SHA256}})
+}
+
+// DefaultReplayWindow is how far a signed notification's timestamp may be from the webhook's clock.
+const DefaultReplayWindow = 5 * time.Minute
+
+// Sign returns the X-Kaitoflow-Signature value for body sent at t: "t=UNIX,sha256=HEX", the HMAC-
+// SHA256 under key of the decimal timestamp, a dot and the body. The timestamp is signed so a
+// captured notification cannot be replayed later to start another GPU run.
+func Sign(key []byte, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + ",sha256=" + hex.EncodeToString(mac(key, ts, body))
+}
+
+func mac(key []byte, ts string, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(ts))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+func (h *Handler) verifySignature(header string, body []byte) error {
+	const want = "missing or wrong (want t=UNIX,sha256=HEX: HMAC-SHA256 of the timestamp, a dot and the body)"
+	var ts, sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "t":
+			ts = v
+		case "sha256":
+			sig = v
+		}
+	}
+	got, err := hex.DecodeString(sig)
+	if ts == "" || err != nil || !hmac.Equal(got, mac(h.SigningKey, ts, body)) {
+		return errors.New(want)
+	}
+	unix, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return errors.New(want)
+	}
+	window := cmp.Or(h.ReplayWindow, DefaultReplayWindow)
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
+	if d := now().Sub(time.Unix(unix, 0)).Abs(); d > window {
+		return fmt.Errorf("signed %s from now, outside the %s replay window", d.Round(time.Second), window)
+	}
+	return nil
 }
 
 // submitAll submits each upload's workspace. Any transient failure answers 503, so the sender
@@ -357,9 +421,12 @@ func (h *Handler) workspace(u upload) (*events.Workspace, error) {
 var nonName = regexp.MustCompile(`[^a-z0-9]+`)
 
 // Name derives a workspace name from the template's and the upload's path: readable, a valid
-// DNS label, and distinct for distinct paths (a hash of the whole path ends it).
+// DNS label, and distinct for distinct paths. A hash of the whole path ends it, 128 bits of it:
+// two paths that share a name become one workspace's generations (one team's upload trained on
+// as another's), and with the 32 bits this once had, a colliding path took 63,814 tries.
 func Name(prefix, key string) string {
 	sum := sha256.Sum256([]byte(key))
+	hash := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:16]))
 	base := path.Base(key)
 	if i := strings.IndexByte(base, '.'); i > 0 {
 		base = base[:i]
@@ -372,7 +439,8 @@ func Name(prefix, key string) string {
 		return s
 	}
 	parts := []string{}
-	for _, p := range []string{slug(prefix, 24), slug(base, 24), hex.EncodeToString(sum[:4])} {
+	// 26 characters of hash leave 16 + 16 for the readable parts within 60.
+	for _, p := range []string{slug(prefix, 16), slug(base, 16), hash} {
 		if p != "" {
 			parts = append(parts, p)
 		}

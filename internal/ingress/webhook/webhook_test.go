@@ -304,10 +304,63 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
-func sign(key []byte, body string) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(body))
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+func sign(key []byte, body string) string { return Sign(key, time.Now(), []byte(body)) }
+
+// A captured notification cannot be replayed outside the window, and the old unsigned-timestamp
+// form (an HMAC of the body alone, replayable forever) is refused.
+func TestUploadSignatureReplayWindow(t *testing.T) {
+	e := newEnv(t, nil)
+	body := `{"url":"https://minio.example.com/datasets/dolly.parquet","sha256":"` + strings.Repeat("cd", 32) + `"}`
+	key := []byte("signing-key")
+	bodyOnly := hmac.New(sha256.New, key)
+	bodyOnly.Write([]byte(body))
+	for _, tc := range []struct {
+		name, sig string
+		code      int
+	}{
+		{"body-only HMAC", "sha256=" + hex.EncodeToString(bodyOnly.Sum(nil)), 401},
+		{"an hour old", Sign(key, time.Now().Add(-time.Hour), []byte(body)), 401},
+		{"an hour ahead", Sign(key, time.Now().Add(time.Hour), []byte(body)), 401},
+		{"timestamp changed after signing", strings.Replace(Sign(key, time.Now().Add(-time.Hour), []byte(body)), "t=", "t=1", 1), 401},
+		{"fresh", Sign(key, time.Now().Add(-time.Minute), []byte(body)), 200},
+	} {
+		code, b := e.post("/upload", "application/json", body, map[string]string{HeaderSignature: tc.sig})
+		if code != tc.code {
+			t.Errorf("%s: %d %s, want %d", tc.name, code, b, tc.code)
+		}
+		if tc.code == 401 && len(e.requested()) != 0 {
+			t.Fatalf("%s: published", tc.name)
+		}
+	}
+}
+
+// data.url must be the subject's blob at the topic's account: a delivery pairing a trusted-looking
+// subject with another URL is refused whole, nothing submitted.
+func TestEventGridURLBoundToSubject(t *testing.T) {
+	e := newEnv(t, nil)
+	good := blobCreated("b-1", "PutBlob", "datasets/blobs/dolly.parquet", "0x1", "1")
+	for _, tc := range []struct{ name, from, to string }{
+		{"another host", "https://kfdata.blob.core.windows.net/datasets/dolly.parquet", "https://evil.example.net/datasets/dolly.parquet"},
+		{"another account", "https://kfdata.blob.core.windows.net/", "https://otherteam.blob.core.windows.net/"},
+		{"another container", "kfdata.blob.core.windows.net/datasets/", "kfdata.blob.core.windows.net/private/"},
+		{"another blob", "datasets/dolly.parquet\"", "datasets/other.parquet\""},
+		{"plain http", "https://kfdata", "http://kfdata"},
+		{"a port", "kfdata.blob.core.windows.net/", "kfdata.blob.core.windows.net:8443/"},
+	} {
+		if !strings.Contains(good, tc.from) {
+			t.Fatalf("%s: test bug: %q not in the event", tc.name, tc.from)
+		}
+		bad := strings.Replace(good, tc.from, tc.to, 1)
+		if code, b := e.post("/eventgrid", "application/json", "["+bad+"]", key); code != 400 {
+			t.Errorf("%s: %d %s", tc.name, code, b)
+		}
+	}
+	if got := e.requested(); len(got) != 0 {
+		t.Fatalf("refused deliveries published %v", got)
+	}
+	if code, b := e.post("/eventgrid", "application/json", "["+good+"]", key); code != 200 {
+		t.Fatalf("the bound event: %d %s", code, b)
+	}
 }
 
 func TestSignedUploadNotification(t *testing.T) {
@@ -375,23 +428,33 @@ func TestEntraBearerToken(t *testing.T) {
 	idp := httptest.NewServer(issuer)
 	defer idp.Close()
 	issuer.SetIssuer(idp.URL)
-	v, err := NewEntraVerifier(context.Background(), idp.URL, "api://kaitoflow-webhook")
+	v, err := NewEntraVerifier(context.Background(), idp.URL, "api://kaitoflow-webhook", []string{EventGridAppID})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := newEnv(t, func(h *Handler) { h.Keys, h.Verifier = nil, v })
-	token := func(aud string, exp time.Time) string {
-		return oidctest.SignIDToken(priv, "k1", oidc.RS256, fmt.Sprintf(`{"iss":%q,"aud":%q,"sub":"eventgrid","exp":%s}`, idp.URL, aud, strconv.FormatInt(exp.Unix(), 10)))
+	token := func(aud string, exp time.Time, client ...string) string {
+		claims := fmt.Sprintf(`"iss":%q,"aud":%q,"sub":"eventgrid","exp":%s`, idp.URL, aud, strconv.FormatInt(exp.Unix(), 10))
+		if len(client) == 2 {
+			claims += fmt.Sprintf(",%q:%q", client[0], client[1])
+		}
+		return oidctest.SignIDToken(priv, "k1", oidc.RS256, "{"+claims+"}")
 	}
+	hour := time.Now().Add(time.Hour)
 	ev := "[" + blobCreated("t-1", "PutBlob", "datasets/blobs/t.parquet", "0x1", "9") + "]"
 	for _, tc := range []struct {
 		name, auth string
 		code       int
 	}{
 		{"no token", "", 401},
-		{"another audience", "Bearer " + token("api://other", time.Now().Add(time.Hour)), 401},
-		{"expired", "Bearer " + token("api://kaitoflow-webhook", time.Now().Add(-time.Hour)), 401},
-		{"valid", "Bearer " + token("api://kaitoflow-webhook", time.Now().Add(time.Hour)), 200},
+		{"another audience", "Bearer " + token("api://other", hour, "azp", EventGridAppID), 401},
+		{"expired", "Bearer " + token("api://kaitoflow-webhook", time.Now().Add(-time.Hour), "azp", EventGridAppID), 401},
+		// The right audience, asked for by another application of the tenant.
+		{"no client", "Bearer " + token("api://kaitoflow-webhook", hour), 401},
+		{"another client (v2 azp)", "Bearer " + token("api://kaitoflow-webhook", hour, "azp", "11111111-2222-3333-4444-555555555555"), 401},
+		{"another client (v1 appid)", "Bearer " + token("api://kaitoflow-webhook", hour, "appid", "11111111-2222-3333-4444-555555555555"), 401},
+		{"Event Grid (v1 appid)", "Bearer " + token("api://kaitoflow-webhook", hour, "appid", EventGridAppID), 200},
+		{"Event Grid (v2 azp)", "Bearer " + token("api://kaitoflow-webhook", hour, "azp", EventGridAppID), 200},
 	} {
 		if code, body := e.post("/eventgrid", "application/json", ev, map[string]string{"Authorization": tc.auth}); code != tc.code {
 			t.Errorf("%s: %d %s", tc.name, code, body)
@@ -408,6 +471,10 @@ func TestName(t *testing.T) {
 		n := Name(tc.prefix, tc.key)
 		if len(n) > 63 || n != strings.ToLower(n) || strings.HasPrefix(n, "-") || strings.Contains(n, "--") {
 			t.Errorf("Name(%q, %q) = %q", tc.prefix, tc.key, n)
+		}
+		// 128 bits of the path's hash end it (26 base32 characters).
+		if i := strings.LastIndexByte(n, '-'); len(n)-i-1 != 26 {
+			t.Errorf("Name(%q, %q) = %q: want a 26-character hash", tc.prefix, tc.key, n)
 		}
 		if n == Name(tc.prefix, tc.key+"x") {
 			t.Errorf("distinct paths share %q", n)
