@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,9 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 			}
 			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream, maxTokens: maxTokens, temperature: temperature,
 				status: g.err, wakeAfter: 2 * time.Second, wakeTimeout: wakeTimeout}
+			if sameOrigin(w.Endpoint, g.server) {
+				c.token = g.token
+			}
 			if len(args) == 2 {
 				_, err := c.say(cmd.Context(), args[1])
 				return err
@@ -121,6 +125,9 @@ type chatter struct {
 	// notice; wakeTimeout gives up.
 	status                 io.Writer
 	wakeAfter, wakeTimeout time.Duration
+	// token is sent only to an endpoint served by the kaitoflow server itself (up's sim
+	// endpoints, behind its token); a cluster's endpoint never sees the API's token.
+	token string
 }
 
 // say sends prompt (with the conversation so far) and prints the answer, returning it.
@@ -222,6 +229,9 @@ func (c *chatter) post(ctx context.Context, path string, body any) (*http.Respon
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.do(req)
 	if err != nil {
 		return nil, fmt.Errorf("chat: %w", err)
@@ -303,4 +313,11 @@ func (c *cancelOnClose) Close() error {
 	err := c.ReadCloser.Close()
 	c.cancel()
 	return err
+}
+
+// sameOrigin says whether two URLs share scheme, host and port.
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
 }

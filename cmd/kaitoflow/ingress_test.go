@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/embedded"
 )
 
@@ -87,12 +88,42 @@ func TestAPIRequiresItsToken(t *testing.T) {
 	if _, _, err := cli(t, p.URL, "--token", "kf-api-token-0123", "submit", "-f", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"); err != nil {
 		t.Errorf("with the token: %v", err)
 	}
-	resp, err := http.Get(p.URL + "/v1/workspaces/workspace-tuning-phi-3/events")
-	if err != nil {
+	// Every route but /healthz wants it: the sim's adapter admin path once answered 200 to
+	// anyone and unloaded the adapter a chat was using; /metrics names every workspace.
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodGet, "/v1/workspaces/workspace-tuning-phi-3/events", http.StatusUnauthorized},
+		{http.MethodPost, assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", http.StatusUnauthorized},
+		{http.MethodPost, assembly.SimInferencePath + "/default/any/v1/chat/completions", http.StatusUnauthorized},
+		{http.MethodGet, "/metrics", http.StatusUnauthorized},
+		{http.MethodGet, "/healthz", http.StatusOK},
+	} {
+		req, _ := http.NewRequest(tc.method, p.URL+tc.path, strings.NewReader(`{"lora_name":"a"}`))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s without the token: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, p.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer kf-api-token-0123")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/metrics with the token: %v %v", resp, err)
+	}
+	// The token from a file, as a process list cannot show it.
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("kf-api-token-0123\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("watch without the token: %d", resp.StatusCode)
+	if _, _, err := cli(t, p.URL, "--token-file", file, "get", "workspaces"); err != nil {
+		t.Errorf("--token-file: %v", err)
+	}
+	if _, _, err := cli(t, p.URL, "--token-file", file, "--token", "x", "get", "workspaces"); err == nil {
+		t.Error("--token and --token-file together were accepted")
 	}
 }

@@ -45,6 +45,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 type globals struct {
 	server    string
 	token     string
+	tokenFile string
 	namespace string
 	logFormat string
 	logLevel  string
@@ -63,15 +64,39 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		// Every flag can come from the environment as KAITOFLOW_<FLAG> (--trainer-image is
 		// KAITOFLOW_TRAINER_IMAGE), so a ConfigMap's envFrom configures a function; a flag given
 		// on the command line wins.
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return flagsFromEnv(cmd.Flags()) },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := flagsFromEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return g.readTokenFile()
+		},
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", "http://127.0.0.1:8470", "kaitoflow API URL (env KAITOFLOW_SERVER)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
-	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API (env KAITOFLOW_TOKEN; `up` requires it of clients when set)")
+	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (`up` requires it of clients when set)")
+	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g), newVersion(g))
 	return root
+}
+
+// readTokenFile sets the token from --token-file, which must not also be given as --token.
+func (g *globals) readTokenFile() error {
+	if g.tokenFile == "" {
+		return nil
+	}
+	if g.token != "" {
+		return errors.New("--token and --token-file: give one")
+	}
+	b, err := os.ReadFile(g.tokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	if g.token = strings.TrimSpace(string(b)); g.token == "" {
+		return fmt.Errorf("--token-file %s is empty", g.tokenFile)
+	}
+	return nil
 }
 
 // logger writes to stderr: text on a terminal, JSON otherwise (log collectors parse it).

@@ -38,8 +38,6 @@ type Server struct {
 	Log       *slog.Logger
 	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
 	Tracer trace.TracerProvider
-	// Token, when set, is the bearer token every request must carry.
-	Token string
 }
 
 // FieldError is one validation problem, as the API returns it.
@@ -76,17 +74,35 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/configmaps", s.submitConfigMap)
 	mux.HandleFunc("GET /v1/configmaps", s.listConfigMaps)
 	mux.HandleFunc("GET /v1/configmaps/{name}", s.getConfigMap)
-	if s.Token == "" {
-		return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A body has BodyReadTimeout to arrive whole: a client that opens requests and trickles
+		// their bodies cannot hold the server's connections. Not a server-wide ReadTimeout, which
+		// would also end the long-lived watch streams.
+		if r.Body != nil && r.Body != http.NoBody {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyReadTimeout))
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// BodyReadTimeout bounds how long a request's body may take to arrive.
+const BodyReadTimeout = 30 * time.Second
+
+// RequireToken serves next only to requests carrying token as their bearer token; an empty token
+// admits every request. `up` wraps every route it serves in it (the API, the sim's inference
+// endpoints and /metrics alike), so one token decides who may call any of them.
+func RequireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
 	}
-	want := []byte("Bearer " + s.Token)
+	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="kaitoflow"`)
-			writeJSON(w, http.StatusUnauthorized, Problem{Error: "missing or wrong bearer token (kaitoflow --token, or KAITOFLOW_TOKEN)"})
+			writeJSON(w, http.StatusUnauthorized, Problem{Error: "missing or wrong bearer token (kaitoflow --token-file, or KAITOFLOW_TOKEN)"})
 			return
 		}
-		mux.ServeHTTP(w, r)
+		next.ServeHTTP(w, r)
 	})
 }
 

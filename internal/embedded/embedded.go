@@ -208,15 +208,19 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 		}()
 	}
 
+	// One token guards every route but /healthz: the API, the sim's inference endpoints (their
+	// adapter admin paths change what serves) and /metrics (it names every workspace).
 	mux := http.NewServeMux()
-	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Token: cfg.APIToken}
+	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	p.serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, apiLn)
+	root := http.NewServeMux()
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	root.Handle("/", api.RequireToken(cfg.APIToken, mux))
+	p.serve(&http.Server{Handler: root, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, apiLn)
 	log.Info("kaitoflow API listening", "url", p.URL, "metrics", p.URL+"/metrics")
 	return p, nil
 }

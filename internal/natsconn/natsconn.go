@@ -61,12 +61,19 @@ func (o Options) Connect(name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// Redacted is a server list (comma-separated URLs) with passwords masked, for logs and errors.
+// Redacted is a server list (comma-separated URLs) with credentials masked, for logs and errors:
+// a password, and a token too (nats://TOKEN@host puts it where a user name goes, which
+// url.URL.Redacted leaves as it is).
 func Redacted(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
+			if _, hasPassword := u.User.Password(); hasPassword {
+				parts[i] = u.Redacted()
+			} else {
+				u.User = url.User("xxxxx")
+				parts[i] = u.String()
+			}
 		} else if err != nil {
 			parts[i] = "(unparseable URL)"
 		}

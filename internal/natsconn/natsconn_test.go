@@ -54,8 +54,10 @@ func TestAuthenticatedConnections(t *testing.T) {
 		nc.Close()
 		t.Error("a wrong password was admitted")
 	}
-	if got := Redacted("nats://kaitoflow:s3cret-nats-pw@" + addr); strings.Contains(got, "s3cret") {
-		t.Errorf("Redacted leaks the password: %s", got)
+	for _, u := range []string{"nats://kaitoflow:s3cret-nats-pw@" + addr, "nats://s3cret-nats-token@" + addr, "nats://a:1, nats://s3cret-nats-token@" + addr} {
+		if got := Redacted(u); strings.Contains(got, "s3cret") || !strings.Contains(got, addr) {
+			t.Errorf("Redacted(%q) = %s", u, got)
+		}
 	}
 
 	// NKey.
