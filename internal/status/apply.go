@@ -38,8 +38,10 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	if err := applyType(w, ev, at, &rec); err != nil {
 		return false, err
 	}
-	w.Events = append(w.Events, rec)
-	w.sortEvents()
+	if !rec.drop {
+		w.Events = append(w.Events, rec)
+		w.sortEvents()
+	}
 	// WorkspaceReady follows the phase, never a single event: events arrive in any order, and a
 	// success that lands after a failure must not make a failed generation look ready.
 	switch w.Phase {
@@ -117,8 +119,13 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		// again.
 		if p := w.Progress; p == nil || max(d.Attempt, 1) > max(p.Attempt, 1) || (d.Attempt == p.Attempt && d.Step >= p.Step) {
 			w.Progress = &d
+		} else {
+			rec.drop = true // an older report: the newest one already stands for it
 		}
 		rec.Note = ProgressNote(d)
+		// Progress is reported every 30 s for as long as a run lasts (a 36-hour run would pass
+		// the record's 1 MiB on its own): it is folded into one entry, the newest.
+		w.Events = slices.DeleteFunc(w.Events, func(e EventRecord) bool { return e.Type == events.TuningProgress && !rec.drop })
 		w.advance(Tuning)
 	case events.TuningRetrying:
 		var d events.TuningRetryingData

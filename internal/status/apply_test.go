@@ -1,8 +1,10 @@
 package status
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -219,5 +221,42 @@ func TestApplyLiveAcrossGenerations(t *testing.T) {
 	h2, _ := w.Pushed(2)
 	if w.Live != 3 || w.Held != "" || h3.Held != "" || w.AdapterState(h3) != AdapterServing || w.AdapterState(h2) != AdapterSuperseded {
 		t.Fatalf("promoted: live %d, held %q/%q, states %s %s", w.Live, w.Held, h3.Held, w.AdapterState(h3), w.AdapterState(h2))
+	}
+}
+
+// A 36-hour run reports progress 4,320 times; the record keeps one entry for them (the newest),
+// so it stays far below a NATS message however long a run lasts. Before folding, every report
+// stayed and a long run's record could no longer be written.
+func TestProgressIsFoldedIntoOneEntry(t *testing.T) {
+	ref := events.Ref{Namespace: "default", Name: "long", Generation: 1}
+	var ws events.Workspace
+	ws.Name = "long"
+	var w Workspace
+	if _, err := Apply(&w, events.Must(events.New("test", events.WorkspaceRequested, "requested", ref, ws, nil))); err != nil {
+		t.Fatal(err)
+	}
+	const reports = 4320
+	for step := 1; step <= reports; step++ {
+		ev := events.Must(events.New("test", events.TuningProgress, fmt.Sprintf("progress-%d", step), ref, events.TuningProgressData{Step: step, MaxSteps: reports}, nil))
+		if _, err := Apply(&w, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A late, older report changes nothing.
+	late := events.Must(events.New("test", events.TuningProgress, "progress-late", ref, events.TuningProgressData{Step: 7, MaxSteps: reports}, nil))
+	if _, err := Apply(&w, late); err != nil {
+		t.Fatal(err)
+	}
+	var progress []EventRecord
+	for _, e := range w.Events {
+		if e.Type == events.TuningProgress {
+			progress = append(progress, e)
+		}
+	}
+	if len(progress) != 1 || w.Progress.Step != reports || !strings.Contains(progress[0].Note, fmt.Sprint(reports)) {
+		t.Fatalf("%d progress entries (want 1, the newest), progress %+v", len(progress), w.Progress)
+	}
+	if b, _ := json.Marshal(w); len(b) > 16<<10 {
+		t.Errorf("the record is %d bytes after %d reports", len(b), reports)
 	}
 }

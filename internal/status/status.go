@@ -191,6 +191,8 @@ type EventRecord struct {
 	Source string    `json:"source"`
 	Time   time.Time `json:"time"`
 	Note   string    `json:"note,omitempty"`
+	// drop: applied, but not kept in Events (an older progress report).
+	drop bool
 }
 
 // Condition returns the condition of type t, or nil.

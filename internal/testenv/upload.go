@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/internal/signature"
 )
 
 // Blob stands in for a storage account's blob: an HTTP server (on loopback) answering one
@@ -59,7 +59,7 @@ func (b *Blob) Upload(t testing.TB, hook string, key []byte, path, content strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set(webhook.HeaderSignature, webhook.Sign(key, time.Now(), []byte(body)))
+	req.Header.Set(signature.Header, signature.Sign(key, time.Now(), []byte(body)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

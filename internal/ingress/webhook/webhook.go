@@ -10,11 +10,9 @@ package webhook
 import (
 	"cmp"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base32"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,13 +22,13 @@ import (
 	"net/url"
 	"path"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/signature"
 )
 
 // Labels and annotations on the workspaces the webhook makes.
@@ -45,7 +43,7 @@ const (
 // Headers.
 const (
 	HeaderKey       = "X-Kaitoflow-Key"
-	HeaderSignature = "X-Kaitoflow-Signature"
+	HeaderSignature = signature.Header
 )
 
 // Submitter is what the webhook hands workspaces to (*ingress.Submitter).
@@ -70,11 +68,11 @@ type Handler struct {
 	Keys []string
 	// Verifier, when set, requires an Entra ID bearer token on Event Grid deliveries.
 	Verifier TokenVerifier
-	// SigningKey signs /upload notifications (Sign: a timestamp and an HMAC-SHA256 of it and the
+	// SigningKey signs /upload notifications (signature.Sign: a timestamp and an HMAC-SHA256 of it and the
 	// body, in X-Kaitoflow-Signature); empty disables /upload.
 	SigningKey []byte
 	// ReplayWindow bounds a signed notification's age (and clock skew); default
-	// DefaultReplayWindow. Within it a replay submits the same generation again, which changes
+	// signature.DefaultWindow. Within it a replay submits the same generation again, which changes
 	// nothing.
 	ReplayWindow time.Duration
 	// Now is the clock signatures are checked against; default time.Now.
@@ -303,54 +301,12 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 	h.submitAll(w, r.Context(), []upload{{url: n.URL, version: n.SHA256[:32], key: u.Host + u.Path, sha256: n.SHA256}})
 }
 
-// DefaultReplayWindow is how far a signed notification's timestamp may be from the webhook's clock.
-const DefaultReplayWindow = 5 * time.Minute
-
-// Sign returns the X-Kaitoflow-Signature value for body sent at t: "t=UNIX,sha256=HEX", the HMAC-
-// SHA256 under key of the decimal timestamp, a dot and the body. The timestamp is signed so a
-// captured notification cannot be replayed later to start another GPU run.
-func Sign(key []byte, t time.Time, body []byte) string {
-	ts := strconv.FormatInt(t.Unix(), 10)
-	return "t=" + ts + ",sha256=" + hex.EncodeToString(mac(key, ts, body))
-}
-
-func mac(key []byte, ts string, body []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(ts))
-	m.Write([]byte{'.'})
-	m.Write(body)
-	return m.Sum(nil)
-}
-
 func (h *Handler) verifySignature(header string, body []byte) error {
-	const want = "missing or wrong (want t=UNIX,sha256=HEX: HMAC-SHA256 of the timestamp, a dot and the body)"
-	var ts, sig string
-	for _, part := range strings.Split(header, ",") {
-		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-		switch k {
-		case "t":
-			ts = v
-		case "sha256":
-			sig = v
-		}
-	}
-	got, err := hex.DecodeString(sig)
-	if ts == "" || err != nil || !hmac.Equal(got, mac(h.SigningKey, ts, body)) {
-		return errors.New(want)
-	}
-	unix, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return errors.New(want)
-	}
-	window := cmp.Or(h.ReplayWindow, DefaultReplayWindow)
 	now := time.Now
 	if h.Now != nil {
 		now = h.Now
 	}
-	if d := now().Sub(time.Unix(unix, 0)).Abs(); d > window {
-		return fmt.Errorf("signed %s from now, outside the %s replay window", d.Round(time.Second), window)
-	}
-	return nil
+	return signature.Verify(h.SigningKey, header, body, now(), cmp.Or(h.ReplayWindow, signature.DefaultWindow))
 }
 
 // submitAll submits each upload's workspace. Any transient failure answers 503, so the sender

@@ -28,6 +28,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/signature"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -304,7 +305,7 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
-func sign(key []byte, body string) string { return Sign(key, time.Now(), []byte(body)) }
+func sign(key []byte, body string) string { return signature.Sign(key, time.Now(), []byte(body)) }
 
 // A captured notification cannot be replayed outside the window, and the old unsigned-timestamp
 // form (an HMAC of the body alone, replayable forever) is refused.
@@ -319,10 +320,10 @@ func TestUploadSignatureReplayWindow(t *testing.T) {
 		code      int
 	}{
 		{"body-only HMAC", "sha256=" + hex.EncodeToString(bodyOnly.Sum(nil)), 401},
-		{"an hour old", Sign(key, time.Now().Add(-time.Hour), []byte(body)), 401},
-		{"an hour ahead", Sign(key, time.Now().Add(time.Hour), []byte(body)), 401},
-		{"timestamp changed after signing", strings.Replace(Sign(key, time.Now().Add(-time.Hour), []byte(body)), "t=", "t=1", 1), 401},
-		{"fresh", Sign(key, time.Now().Add(-time.Minute), []byte(body)), 200},
+		{"an hour old", signature.Sign(key, time.Now().Add(-time.Hour), []byte(body)), 401},
+		{"an hour ahead", signature.Sign(key, time.Now().Add(time.Hour), []byte(body)), 401},
+		{"timestamp changed after signing", strings.Replace(signature.Sign(key, time.Now().Add(-time.Hour), []byte(body)), "t=", "t=1", 1), 401},
+		{"fresh", signature.Sign(key, time.Now().Add(-time.Minute), []byte(body)), 200},
 	} {
 		code, b := e.post("/upload", "application/json", body, map[string]string{HeaderSignature: tc.sig})
 		if code != tc.code {
