@@ -28,7 +28,10 @@ type Proxy struct {
 	Model   string
 	MaxBody int64
 	Client  *http.Client
-	Log     *slog.Logger
+	// Transport carries the requests to Upstream; nil: a keep-alive pool of its own. (The sim sets
+	// one that signs requests to its runtime, which `up` serves behind its token.)
+	Transport http.RoundTripper
+	Log       *slog.Logger
 	// Adapters, when set, is the replica's adapter reconciler: public model names route to the
 	// adapter loaded for them now, /adapters reports what the replica serves, and /health stays
 	// unready until the first adapter set is loaded, so no request reaches a replica that would
@@ -44,7 +47,10 @@ func (p *Proxy) Handler() http.Handler {
 	}
 	// One keep-alive pool to the model server on localhost: a new connection per request would
 	// cost more than everything else the proxy does.
-	transport := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
+	var transport http.RoundTripper = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
+	if p.Transport != nil {
+		transport = p.Transport
+	}
 	client := p.Client
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Minute, Transport: transport}

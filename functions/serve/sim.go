@@ -37,7 +37,10 @@ type Sim struct {
 	Pull Puller
 	// Dir holds the replicas' pulled adapters; empty: a temporary directory.
 	Dir string
-	Log *slog.Logger
+	// Transport carries a replica's chat-proxy and adapter reconciler to its runtime, at BaseURL;
+	// nil: http.DefaultTransport. Where BaseURL is behind a token, it adds the token.
+	Transport http.RoundTripper
+	Log       *slog.Logger
 
 	mu       sync.Mutex
 	services map[string]*simService // by namespace/service
@@ -229,12 +232,15 @@ func (s *Sim) startLocked(svc *simService) error {
 	rt := &SimRuntime{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
 		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
 	m := &AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
+	if s.Transport != nil {
+		m.Client = &http.Client{Transport: s.Transport}
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	model := ServedModel(d)
 	if svc.pool != "" {
 		model = d.Workspace.PresetName() // a pool's requests name their model
 	}
-	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m}
+	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: s.Transport}
 	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop, proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
 	key := d.Ref.Namespace + "/" + d.Service

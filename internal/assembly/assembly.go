@@ -116,6 +116,9 @@ type Sim struct {
 	// BaseURL is the scheme and host the caller serves Assembly.SimInference on; the simulated
 	// endpoints are BaseURL + SimInferencePath.
 	BaseURL string
+	// Token is the bearer token the caller requires at BaseURL; the sim's replicas send it to
+	// their runtimes there.
+	Token string
 }
 
 // Config is everything the functions are built from.
@@ -538,6 +541,9 @@ func (b *builder) serve() (runtime.Handler, error) {
 	switch d.Deployer {
 	case "", "sim":
 		sim := &serve.Sim{BaseURL: b.cfg.Sim.BaseURL + SimInferencePath, Delay: b.cfg.Sim.Delay, Log: b.log}
+		if b.cfg.Sim.Token != "" {
+			sim.Transport = bearer{token: b.cfg.Sim.Token, next: http.DefaultTransport}
+		}
 		b.a.SimInference = http.StripPrefix(SimInferencePath, sim.Handler())
 		return serve.New(sim, b.log), nil
 	case "knative":
@@ -616,4 +622,16 @@ func Preflight(mode string, policy events.AddressPolicy) (provision.Preflight, b
 		return check, mode == "warn", nil
 	}
 	return nil, false, fmt.Errorf("preflight %q: want enforce, warn or off", mode)
+}
+
+// bearer adds a bearer token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }

@@ -163,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	ac := cfg.Functions
 	ac.Functions = assembly.Pipeline()
 	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, js, store, pub, p.Registry
-	ac.Sim.Dir, ac.Sim.BaseURL = filepath.Join(cfg.DataDir, "adapters"), p.URL
+	ac.Sim.Dir, ac.Sim.BaseURL, ac.Sim.Token = filepath.Join(cfg.DataDir, "adapters"), p.URL, cfg.APIToken
 	if ac.ConfigMaps == nil {
 		ac.ConfigMaps = store.ConfigMapData
 	}
