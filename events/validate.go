@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -10,7 +11,9 @@ import (
 	"strconv"
 	"strings"
 
+	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -108,6 +111,11 @@ func (p AddressPolicy) CheckURL(raw string) error {
 	return p.CheckHost(host)
 }
 
+// MaxWorkspaceBytes bounds a workspace's encoded size. Each of its events carries it, beside a
+// training config (a ConfigMap's data, at most 256 KiB) and the plan, within JetStream's 1 MiB
+// message: a larger one was admitted and then failed later, with MaxDeliveriesExceeded.
+const MaxWorkspaceBytes = 256 << 10
+
 // Validate checks a workspace completely and returns every problem, each with its field path, so a
 // user fixes a manifest in one round. It does no I/O: names that need resolving are checked again
 // when they are fetched.
@@ -135,6 +143,14 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 		for _, msg := range validation.IsDNS1123Label(w.Namespace) {
 			errs = append(errs, field.Invalid(meta.Child("namespace"), w.Namespace, msg))
 		}
+	}
+	// Kubernetes' own rules for labels and annotations (annotations total at most 256 KiB), so a
+	// workspace kaitoflow admits is one the API server would store; then the whole workspace's
+	// encoded size, which every event of its pipeline carries.
+	errs = append(errs, apivalidation.ValidateAnnotations(w.Annotations, meta.Child("annotations"))...)
+	errs = append(errs, metav1validation.ValidateLabels(w.Labels, meta.Child("labels"))...)
+	if b, err := json.Marshal(w); err == nil && len(b) > MaxWorkspaceBytes {
+		errs = append(errs, field.TooLong(field.NewPath(""), "", MaxWorkspaceBytes))
 	}
 	if c, ok := w.Annotations[AnnotationWeightsCache]; ok {
 		for _, msg := range validation.IsDNS1123Subdomain(c) {

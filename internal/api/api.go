@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -81,6 +83,13 @@ func (s *Server) Handler() http.Handler {
 		if r.Body != nil && r.Body != http.NoBody {
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyReadTimeout))
 		}
+		if ns := r.URL.Query().Get("namespace"); ns != "" {
+			if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+				fe := field.Invalid(field.NewPath("namespace"), ns, strings.Join(msgs, "; "))
+				writeJSON(w, http.StatusBadRequest, Problem{Error: fe.Error(), Fields: []FieldError{{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()}}})
+				return
+			}
+		}
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -125,6 +134,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
 	if err != nil {
 		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: err.Error()})
+		return
+	}
+	// One workspace per request: a stream of several would have its first admitted and the rest
+	// silently dropped (the CLI sends each document of a file on its own).
+	if docs, err := events.SplitYAML(body); err == nil && len(docs) > 1 {
+		writeJSON(w, http.StatusUnprocessableEntity, Problem{Error: fmt.Sprintf("the body holds %d YAML documents; submit one workspace per request", len(docs))})
 		return
 	}
 	ws, err := events.DecodeWorkspace(body)

@@ -17,8 +17,10 @@ import (
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
-// maxConfigMapBytes is the API server's limit on a ConfigMap's data.
-const maxConfigMapBytes = 1 << 20
+// maxConfigMapBytes bounds a ConfigMap's data: its content (a training or inference config) rides
+// in the workspace's events beside the workspace (events.MaxWorkspaceBytes) within JetStream's
+// 1 MiB message. The API server's own limit, 1 MiB, would be admitted here and fail later.
+const maxConfigMapBytes = 256 << 10
 
 // ConfigMapResult is the body of a successful ConfigMap submit.
 type ConfigMapResult struct {

@@ -399,6 +399,44 @@ func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {
 	}
 }
 
+// Sizes and shapes are refused when they are submitted, with the field, not accepted and failed
+// later: a 300 KB annotation once answered 503 "maximum payload exceeded" (a permanent error as a
+// retryable one), a ConfigMap near 1 MiB was admitted and failed the workspace a minute later, a
+// multi-document body kept its first workspace and answered 202, and an unusable namespace
+// parameter answered 503.
+func TestSizesAndShapesRefusedAtSubmit(t *testing.T) {
+	p := start(t)
+	doc, _ := os.ReadFile(seedPath)
+	post := func(path, contentType string, body []byte) (int, string) {
+		resp, err := http.Post(p.URL+path, contentType, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	big := strings.Replace(string(doc), "  name: workspace-tuning-phi-3\n", "  name: workspace-tuning-phi-3\n  annotations:\n    note: "+strings.Repeat("x", 300<<10)+"\n", 1)
+	for _, tc := range []struct {
+		name, path, contentType string
+		body                    []byte
+		code                    int
+		want                    string
+	}{
+		{"annotation over 256 KiB", "/v1/workspaces", "application/yaml", []byte(big), http.StatusUnprocessableEntity, "metadata.annotations"},
+		{"two documents", "/v1/workspaces", "application/yaml", []byte(string(doc) + "\n---\n" + strings.Replace(string(doc), "name: workspace-tuning-phi-3", "name: second", 1)), http.StatusUnprocessableEntity, "2 YAML documents"},
+		{"bad namespace parameter", "/v1/workspaces?namespace=a%20b", "application/yaml", doc, http.StatusBadRequest, "namespace"},
+		{"ConfigMap over 256 KiB", "/v1/configmaps", "application/yaml", []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n  training_config.yaml: " + strings.Repeat("y", 300<<10) + "\n"), http.StatusUnprocessableEntity, "data"},
+	} {
+		if code, body := post(tc.path, tc.contentType, tc.body); code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("%s: %d %.300s, want %d naming %q", tc.name, code, body, tc.code, tc.want)
+		}
+	}
+	if l, _ := p.Store.List(context.Background(), ""); len(l) != 0 {
+		t.Errorf("refused submissions left %d records", len(l))
+	}
+}
+
 // A Hugging Face id as an inference preset (Kaito since v0.9) goes to Ready: planned from the model's
 // config.json, read through the planner's address policy from the stand-in Hub, pinned to its commit.
 func TestHuggingFaceModelReachesReady(t *testing.T) {
