@@ -136,7 +136,7 @@ func newPullAdapter(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n, err := adapter.Pull(ref, args[1], remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(keychain))
+			n, err := adapter.Pull(ref, args[1], adapter.AdapterLimits, remote.WithContext(cmd.Context()), remote.WithAuthFromKeychain(keychain))
 			if err != nil {
 				return err
 			}

@@ -154,7 +154,7 @@ func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error)) Puller {
 			}
 		}
 		_ = os.RemoveAll(dir) // what an earlier, interrupted pull left
-		_, err = adapter.Pull(ref, dir, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc))
+		_, err = adapter.Pull(ref, dir, adapter.AdapterLimits, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc))
 		return err
 	}
 }

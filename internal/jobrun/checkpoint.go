@@ -296,7 +296,7 @@ func (c Config) restore(ctx context.Context) (string, int, error) {
 	step := steps[len(steps)-1]
 	dir := filepath.Join(c.ResultsDir, fmt.Sprintf("checkpoint-%d", step))
 	tag := repo.Tag(fmt.Sprintf("%s-s%d", c.CheckpointTag, step))
-	if _, err := adapter.Pull(tag, dir, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
+	if _, err := adapter.Pull(tag, dir, adapter.DataLimits, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
 		return "", 0, fmt.Errorf("fetch checkpoint %s: %w", tag, err)
 	}
 	return dir, step, nil

@@ -187,7 +187,7 @@ func (c Config) pullCompare(ctx context.Context) (string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return "", err
 	}
-	if _, err := adapter.Pull(ref, dir, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
+	if _, err := adapter.Pull(ref, dir, adapter.AdapterLimits, append(c.remoteOptions(), remote.WithContext(ctx))...); err != nil {
 		return "", err
 	}
 	return dir, nil
@@ -300,7 +300,7 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	n, err := adapter.Pull(ref, c.DataDir, append(c.remoteOptions(), remote.WithContext(ctx))...)
+	n, err := adapter.Pull(ref, c.DataDir, adapter.DataLimits, append(c.remoteOptions(), remote.WithContext(ctx))...)
 	log.Info("job-run: pulled dataset image", "image", c.InputImage, "files", n)
 	return err
 }
