@@ -215,11 +215,16 @@ func (s *Sim) startLocked(svc *simService) error {
 	s.seq++
 	d := svc.d
 	name := fmt.Sprintf("%s-%05d-%d", d.Service, svc.revision, s.seq)
-	dir := s.Dir
-	if dir == "" {
-		dir = os.TempDir()
+	if s.Dir == "" {
+		// A directory of this process's own, not a shared name under the system's temporary
+		// directory where every local user could read the adapters or plant their own.
+		tmp, err := os.MkdirTemp("", "kaitoflow-sim-")
+		if err != nil {
+			return fmt.Errorf("sim replicas' directory: %w", err)
+		}
+		s.Dir = tmp
 	}
-	dir = filepath.Join(dir, "kaitoflow-sim-replicas", d.Ref.Namespace, name)
+	dir := filepath.Join(s.Dir, "replicas", d.Ref.Namespace, name)
 	upstream, err := url.Parse(s.url(d.Ref.Namespace, d.Service) + "/replicas/" + name + "/runtime")
 	if err != nil {
 		return fmt.Errorf("sim service URL: %w", err)
@@ -241,7 +246,7 @@ func (s *Sim) startLocked(svc *simService) error {
 		model = d.Workspace.PresetName() // a pool's requests name their model
 	}
 	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: s.Transport}
-	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: stop, proxy: p.Handler(), admin: p.AdminHandler()}
+	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: func() { stop(); _ = os.RemoveAll(dir) }, proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
 	key := d.Ref.Namespace + "/" + d.Service
 	// The sim knows when the set changes (Apply notifies the replicas) and when the model has

@@ -73,7 +73,7 @@ func UnpackData(r io.Reader, dir string, lim Limits) (int, error) {
 		if !strings.HasPrefix(dst, filepath.Clean(dir)+string(filepath.Separator)) {
 			return n, fmt.Errorf("image file %q escapes the data directory", h.Name)
 		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return n, err
 		}
 		f, err := os.Create(dst)
@@ -101,7 +101,8 @@ func Pull(ref name.Reference, dir string, lim Limits, opts ...remote.Option) (in
 	if err != nil {
 		return 0, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Owner only: an adapter is a tenant's weights, and the directory may sit on a shared disk.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, err
 	}
 	rc := mutate.Extract(img)

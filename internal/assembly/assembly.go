@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -541,6 +542,9 @@ func (b *builder) serve() (runtime.Handler, error) {
 	switch d.Deployer {
 	case "", "sim":
 		sim := &serve.Sim{BaseURL: b.cfg.Sim.BaseURL + SimInferencePath, Delay: b.cfg.Sim.Delay, Log: b.log}
+		if b.cfg.Sim.Dir != "" {
+			sim.Dir = filepath.Join(b.cfg.Sim.Dir, "serving")
+		}
 		if b.cfg.Sim.Token != "" {
 			sim.Transport = bearer{token: b.cfg.Sim.Token, next: http.DefaultTransport}
 		}
