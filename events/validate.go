@@ -157,6 +157,11 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationWeightsCache), c, "not a PersistentVolumeClaim name: "+msg))
 		}
 	}
+	if sec, ok := w.Annotations[AnnotationAdapterPullSecret]; ok {
+		for _, msg := range validation.IsDNS1123Subdomain(sec) {
+			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationAdapterPullSecret), sec, "not a Secret name: "+msg))
+		}
+	}
 	if pool, ok := w.Annotations[AnnotationServingPool]; ok {
 		// The pool is a Knative Service's name; its revisions add "-00001" within 63 characters.
 		for _, msg := range validation.IsDNS1035Label(pool) {

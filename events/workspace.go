@@ -275,6 +275,13 @@ func (w *Workspace) ModelAccessSecret() string {
 // functions' configured one.
 const AnnotationWeightsCache = "kaitoflow.io/weights-cache"
 
+// AnnotationAdapterPullSecret names a pull-only registry Secret (a scoped ACR token's, say) in the
+// workspace's namespace that the serving pods pull the tuned adapter with. The push secret is
+// never used for that: it would sit in the request-facing container with the right to overwrite
+// the adapter. Without one, an Azure Container Registry is read with the serving pod's workload
+// identity (AcrPull) and any other registry anonymously.
+const AnnotationAdapterPullSecret = "kaitoflow.io/adapter-pull-secret"
+
 // AnnotationServingPool names the serving pool a workspace's adapters are served in: workspaces of
 // one namespace that serve the same base model with the same plan share one inference service
 // (one GPU), each answering by its own model name. AnnotationServingPoolSize is how many adapters

@@ -301,9 +301,10 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 // tunedAdapter is a tuning workspace's own adapter, pushed as image.
 func tunedAdapter(ref events.Ref, ws events.Workspace, image string) Adapter {
 	ad := Adapter{Name: ref.Name, Image: image, Strength: "1.0"}
-	if t := ws.Tuning; t != nil && t.Output != nil && t.Output.ImagePushSecret != "" {
-		// The secret that could push the adapter can pull it.
-		ad.PullSecrets = []string{t.Output.ImagePushSecret}
+	// A pull-only secret when the workspace names one; never the push secret, which would put
+	// the right to overwrite the adapter in the container that answers requests.
+	if sec := ws.Annotations[events.AnnotationAdapterPullSecret]; sec != "" {
+		ad.PullSecrets = []string{sec}
 	}
 	return ad
 }

@@ -343,3 +343,17 @@ func TestGate(t *testing.T) {
 		})
 	}
 }
+
+// The tuned adapter is pulled with the workspace's pull-only secret, or none; the push secret never
+// reaches the serving pods (it once doubled as their pull secret, mounted into chat-proxy).
+func TestTunedAdapterNeverCarriesThePushSecret(t *testing.T) {
+	ref := events.Ref{Namespace: "team-a", Name: "ws", Generation: 1}
+	ws := events.Workspace{Tuning: &events.TuningSpec{Output: &events.DataDestination{Image: "r.azurecr.io/a:1", ImagePushSecret: "acr-push"}}}
+	if got := tunedAdapter(ref, ws, "r.azurecr.io/a@sha256:x").PullSecrets; len(got) != 0 {
+		t.Errorf("no pull secret named: pulls with %v", got)
+	}
+	ws.Annotations = map[string]string{events.AnnotationAdapterPullSecret: "acr-pull"}
+	if got := tunedAdapter(ref, ws, "r.azurecr.io/a@sha256:x").PullSecrets; len(got) != 1 || got[0] != "acr-pull" {
+		t.Errorf("pull-only secret named: pulls with %v", got)
+	}
+}

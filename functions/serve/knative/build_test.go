@@ -44,8 +44,9 @@ func TestSeedServiceGolden(t *testing.T) {
 		t.Errorf("chat-proxy does not load the adapter set: %v %v", spec.InitContainers, spec.Containers[0].Command)
 	}
 	set := AdapterSet(seedDeployment(t, "default", 1), 1)
-	if len(set.Adapters) != 1 || set.Adapters[0].Image == "" || len(set.Adapters[0].PullSecrets) != 1 ||
-		set.Adapters[0].PullSecrets[0] != pullSecretDir+"/pull-secret-0/config.json" || set.Default != "workspace-tuning-phi-3" {
+	// The push secret is not mounted: the ACR adapter is pulled with the workload identity.
+	if len(set.Adapters) != 1 || set.Adapters[0].Image == "" || len(set.Adapters[0].PullSecrets) != 0 || !set.Adapters[0].ACRIdentity ||
+		set.Default != "workspace-tuning-phi-3" {
 		t.Errorf("adapter set %+v", set)
 	}
 }
@@ -235,8 +236,9 @@ func seedDeployment(t testing.TB, namespace string, generation int64) serve.Depl
 	ws, plan := testenv.Seed(t, namespace)
 	ref := events.Ref{Namespace: namespace, Name: ws.Name, Generation: generation}
 	return serve.Deployment{Ref: ref, Service: serve.ServiceName(ref), Workspace: *ws, Plan: plan,
-		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0",
-			PullSecrets: []string{ws.Tuning.Output.ImagePushSecret}}}}
+		// The seed names no pull-only secret: its ACR adapter is pulled with the pod's workload
+		// identity, never with the push secret.
+		Adapters: []serve.Adapter{{Name: ws.Name, Image: "acr_repo_here.azurecr.io/image_name_here@sha256:" + strings.Repeat("a", 64), Strength: "1.0"}}}
 }
 
 // A gated model: the model server reads the token from presetOptions.modelAccessSecret's HF_TOKEN
