@@ -239,7 +239,7 @@ func (t *TuningSpec) validate(path *field.Path, p AddressPolicy) field.ErrorList
 	if t.Preset == nil || t.Preset.Name == "" {
 		errs = append(errs, field.Required(path.Child("preset", "name"), "the model to tune"))
 	} else {
-		errs = append(errs, t.Preset.validate(path.Child("preset"))...)
+		errs = append(errs, t.Preset.validate(path.Child("preset"), p)...)
 	}
 	switch t.Method {
 	case MethodLoRA, MethodQLoRA:
@@ -261,12 +261,12 @@ func (t *TuningSpec) validate(path *field.Path, p AddressPolicy) field.ErrorList
 	if t.Output == nil {
 		errs = append(errs, field.Required(path.Child("output"), "image or volumeSource"))
 	} else {
-		errs = append(errs, t.Output.validate(path.Child("output"))...)
+		errs = append(errs, t.Output.validate(path.Child("output"), p)...)
 	}
 	return errs
 }
 
-func (ps *PresetSpec) validate(path *field.Path) field.ErrorList {
+func (ps *PresetSpec) validate(path *field.Path, p AddressPolicy) field.ErrorList {
 	var errs field.ErrorList
 	switch ps.AccessMode {
 	case "", "public":
@@ -278,7 +278,7 @@ func (ps *PresetSpec) validate(path *field.Path) field.ErrorList {
 		errs = append(errs, field.NotSupported(path.Child("accessMode"), ps.AccessMode, []string{"public", "private"}))
 	}
 	if ps.Image != "" {
-		errs = append(errs, validateImageRef(path.Child("presetOptions", "image"), ps.Image)...)
+		errs = append(errs, validateImageRef(path.Child("presetOptions", "image"), ps.Image, p)...)
 	}
 	if ps.ModelAccessSecret != "" {
 		for _, msg := range validation.IsDNS1123Subdomain(ps.ModelAccessSecret) {
@@ -314,7 +314,7 @@ func (d *DataSource) validate(path *field.Path, p AddressPolicy) field.ErrorList
 		}
 	}
 	if d.Image != "" {
-		errs = append(errs, validateImageRef(path.Child("image"), d.Image)...)
+		errs = append(errs, validateImageRef(path.Child("image"), d.Image, p)...)
 	}
 	errs = append(errs, validateVolumeSource(path.Child("volumeSource"), d.Volume)...)
 	// Secret names are not checked for shape here: Kaito's own quickstart uses placeholders such as
@@ -322,7 +322,7 @@ func (d *DataSource) validate(path *field.Path, p AddressPolicy) field.ErrorList
 	return errs
 }
 
-func (d *DataDestination) validate(path *field.Path) field.ErrorList {
+func (d *DataDestination) validate(path *field.Path, p AddressPolicy) field.ErrorList {
 	var errs field.ErrorList
 	switch {
 	case d.Image == "" && d.Volume == nil:
@@ -331,7 +331,7 @@ func (d *DataDestination) validate(path *field.Path) field.ErrorList {
 		errs = append(errs, field.Invalid(path, "2 destinations", "exactly one of image or volumeSource is required"))
 	}
 	if d.Image != "" {
-		errs = append(errs, validateImageRef(path.Child("image"), d.Image)...)
+		errs = append(errs, validateImageRef(path.Child("image"), d.Image, p)...)
 		if d.ImagePushSecret == "" {
 			errs = append(errs, field.Required(path.Child("imagePushSecret"), "pushing output.image needs a registry secret"))
 		}
@@ -352,7 +352,7 @@ func (in *InferenceSpec) validate(path *field.Path, p AddressPolicy) field.Error
 		if in.Preset.Name == "" {
 			errs = append(errs, field.Required(path.Child("preset", "name"), "the model to serve"))
 		}
-		errs = append(errs, in.Preset.validate(path.Child("preset"))...)
+		errs = append(errs, in.Preset.validate(path.Child("preset"), p)...)
 	}
 	if in.Template != nil {
 		if len(in.Template.Spec.Containers) == 0 {
@@ -389,8 +389,27 @@ func (in *InferenceSpec) validate(path *field.Path, p AddressPolicy) field.Error
 }
 
 // validateImageRef checks the shape of an image reference (registry/repository[:tag][@digest])
-// without a registry client: the publish step parses it fully.
-func validateImageRef(path *field.Path, ref string) field.ErrorList {
+// without a registry client (the publish step parses it fully), and its registry's host against
+// the address policy as a URL's: an image "at" 127.0.0.1:4222 made the pipeline's own pulls talk
+// to an internal service and report what it answered.
+func validateImageRef(path *field.Path, ref string, p AddressPolicy) field.ErrorList {
+	errs := validateImageShape(path, ref)
+	if len(errs) > 0 {
+		return errs
+	}
+	if first, _, ok := strings.Cut(ref, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		host := first
+		if h, _, err := net.SplitHostPort(first); err == nil {
+			host = h
+		}
+		if err := p.CheckHost(strings.Trim(host, "[]")); err != nil {
+			errs = append(errs, field.Invalid(path, ref, "registry "+first+": "+err.Error()))
+		}
+	}
+	return errs
+}
+
+func validateImageShape(path *field.Path, ref string) field.ErrorList {
 	if strings.ContainsAny(ref, " \t\n") || strings.Contains(ref, "://") {
 		return field.ErrorList{field.Invalid(path, ref, "must be an image reference such as myregistry.azurecr.io/adapter:0.0.1")}
 	}

@@ -557,6 +557,7 @@ func (m *AdapterManager) probe(ctx context.Context, name string) error {
 func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (AdapterSet, error), interval time.Duration) {
 	log := logctx.Or(m.Log)
 	var lastErr string
+	failures := 0
 	for {
 		m.verify(ctx)
 		set, err := source(ctx)
@@ -570,15 +571,35 @@ func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (
 		lastErr = ""
 		if err != nil {
 			lastErr = err.Error()
+			failures++
+		} else {
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(interval):
+		case <-time.After(retryAfter(interval, failures)):
 		case <-m.wakeup():
+			failures = 0 // a new set: try it now, and at the interval again
 		}
 	}
 }
+
+// retryAfter is the wait before the next look: the interval, doubled for each failure in a row up
+// to maxRetryWait. A set that cannot be applied (an unreachable or refusing registry, an adapter
+// the model server rejects) is retried ever more slowly instead of every interval for as long as
+// the replica lives; a new set (Notify) is tried at once.
+func retryAfter(interval time.Duration, failures int) time.Duration {
+	wait := interval
+	for range min(failures, 16) {
+		if wait *= 2; wait >= maxRetryWait {
+			return max(maxRetryWait, interval)
+		}
+	}
+	return wait
+}
+
+const maxRetryWait = 5 * time.Minute
 
 // Notify makes Run read its source now rather than at the next interval: for a source that
 // knows when it changed.

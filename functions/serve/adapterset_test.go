@@ -236,3 +236,21 @@ func TestAdapterManagerKeepsTheLeftAdapterForAWhile(t *testing.T) {
 		t.Errorf("after the grace: runtime holds %v", got)
 	}
 }
+
+// A set that keeps failing is retried ever more slowly (it once re-pulled every second for as long
+// as the replica lived, hundreds of requests after its workspace had failed).
+func TestRetryBacksOff(t *testing.T) {
+	for _, tc := range []struct {
+		failures int
+		want     time.Duration
+	}{
+		{0, 2 * time.Second}, {1, 4 * time.Second}, {3, 16 * time.Second}, {7, 256 * time.Second}, {8, maxRetryWait}, {1000, maxRetryWait},
+	} {
+		if got := retryAfter(2*time.Second, tc.failures); got != tc.want {
+			t.Errorf("after %d failures: %s, want %s", tc.failures, got, tc.want)
+		}
+	}
+	if got := retryAfter(10*time.Minute, 3); got != 10*time.Minute {
+		t.Errorf("an interval above the cap: %s", got)
+	}
+}
