@@ -99,7 +99,7 @@ func UnpackData(r io.Reader, dir string, lim Limits) (int, error) {
 func Pull(ref name.Reference, dir string, lim Limits, opts ...remote.Option) (int, error) {
 	img, err := remote.Image(ref, opts...)
 	if err != nil {
-		return 0, fmt.Errorf("pull %s: %w", ref, err)
+		return 0, fmt.Errorf("pull %s: %w", ref, registryError(err))
 	}
 	// Owner only: an adapter is a tenant's weights, and the directory may sit on a shared disk.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -109,7 +109,7 @@ func Pull(ref name.Reference, dir string, lim Limits, opts ...remote.Option) (in
 	defer rc.Close()
 	n, err := UnpackData(rc, dir, lim)
 	if err != nil {
-		return n, fmt.Errorf("unpack %s: %w", ref, err)
+		return n, fmt.Errorf("unpack %s: %w", ref, registryError(err))
 	}
 	if n == 0 {
 		return 0, fmt.Errorf("%s has no files under data/", ref)
