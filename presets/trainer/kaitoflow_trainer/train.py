@@ -7,7 +7,8 @@
     --input-dir  where the dataset files are (default /mnt/data)
     --cache-dir  where downloaded snapshots are kept (default $HF_HUB_CACHE, else $HF_HOME/hub,
                  else /mnt/cache/hub)
-    --processes  training processes, one per GPU (data parallel; launch.py); default 1
+    --processes  training processes, one per GPU (data parallel; launch.py); default 1. Without a
+                 GPU they are CPU processes joined by gloo (how the tests run it)
     --resume-from  a checkpoint directory to continue from (kaitoflow job-run fetches the
                  generation's newest one for a resumed attempt): model, optimizer, scheduler, RNG
                  and the data order are restored, and the run ends at its planned step count
@@ -151,12 +152,16 @@ def _load_model(path, cfg, torch, transformers, peft):
             quant = transformers.BitsAndBytesConfig(**q)
         except (TypeError, ValueError) as exc:
             raise ConfigError("training_config.QuantizationConfig: %s" % exc) from exc
-    if distributed():
+    if distributed() and torch.cuda.is_available():
         # Data parallel: every process holds the whole model on its own GPU (Kaito's device map
         # for multi-GPU tuning), where "auto" would spread one copy over all of them.
         rank = int(os.environ["LOCAL_RANK"])
         torch.cuda.set_device(rank)
         model_cfg["device_map"] = {"": rank}
+    elif distributed():
+        # Data parallel on CPUs (gloo): every process holds the whole model in its own memory; a
+        # GPU index would name a device that is not there.
+        model_cfg["device_map"] = {"": "cpu"}
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path, quantization_config=quant, local_files_only=True, **model_cfg
     )
@@ -175,8 +180,15 @@ def _load_model(path, cfg, torch, transformers, peft):
     return model
 
 
-def _training_arguments(cfg, transformers):
+def _training_arguments(cfg, transformers, cuda=True):
     targs_cfg = dict(cfg["TrainingArguments"])
+    if not cuda:
+        # Without a GPU, accelerate treats a process that launch.py started as one of several only
+        # when told it runs on the CPU: otherwise it opens the process group and then trains
+        # alone, on every row, its gradients never averaged with the others'. Pinned memory is
+        # for copies to a GPU.
+        targs_cfg.setdefault("use_cpu", True)
+        targs_cfg.setdefault("dataloader_pin_memory", False)
     targs_cfg.setdefault("report_to", "none")
     targs_cfg.setdefault("logging_steps", 10)
     # Named, not inferred from the PEFT wrapper's forward signature: evaluate() reports eval_loss
@@ -200,16 +212,24 @@ def _training_arguments(cfg, transformers):
         raise ConfigError("training_config.TrainingArguments: %s" % exc) from exc
 
 
-def _progress(transformers, losses, avg_tokens, started):
-    """A callback that records the loss and prints a progress line at every log step."""
+def _progress(transformers, avg_tokens, started):
+    """A callback that prints a progress line at every log step. Its `first_step` is the step this
+    process started from: 0, or the checkpoint's when resumed, whose steps were timed elsewhere."""
 
     class Progress(transformers.TrainerCallback):
+        first_step = None
+
+        def on_step_begin(self, args, state, _control, **_kw):
+            if self.first_step is None:
+                # The resumed state is loaded by now; on_train_begin comes before it.
+                self.first_step = state.global_step
+
         def on_log(self, args, state, _control, logs=None, **_kw):
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
-            losses.append({"step": state.global_step, "loss": logs["loss"]})
             elapsed = time.time() - started
-            seen = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+            steps = state.global_step - (self.first_step or 0)
+            seen = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
             # kaitoflow job-run reads these lines and reports them as tuning.progress.
             print(PROGRESS_PREFIX + json.dumps(json_safe({
                 "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
@@ -217,6 +237,12 @@ def _progress(transformers, losses, avg_tokens, started):
             })), flush=True)
 
     return Progress()
+
+
+def loss_history(log_history):
+    """The training losses logged, by step, from the Trainer's log history: a resumed run's
+    includes those logged before its checkpoint, which the checkpoint carries."""
+    return [{"step": e["step"], "loss": e["loss"]} for e in log_history if "loss" in e and "step" in e]
 
 
 def checkpoint_due(last_save, now, minutes):
@@ -383,7 +409,10 @@ def train(args):
                         "DatasetConfig.train_on_prompt to train on the whole text" % dataset_cfg.get("max_seq_length", 2048))
     tokens_total = sum(len(e["input_ids"]) for e in train_set.items)
 
-    targs = _training_arguments(cfg, transformers)  # before the model loads: a bad argument fails fast
+    targs = _training_arguments(cfg, transformers, torch.cuda.is_available())  # before the model loads: a bad argument fails fast
+    # LoRA's A matrices start random: seeded here, not only when the Trainer is made (after the
+    # model), so that the same config trains the same adapter, and a retried Job reproduces a run.
+    transformers.set_seed(targs.seed)
     model = _load_model(path, cfg, torch, transformers, peft)
     # Kaito's DataCollator section says mlm: true by default, which would mask tokens BERT-style;
     # the examples carry their own causal-LM labels instead.
@@ -396,8 +425,9 @@ def train(args):
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    losses, started = [], time.time()
-    callbacks = [_progress(transformers, losses, tokens_total / len(train_set), started)]
+    started = time.time()
+    progress = _progress(transformers, tokens_total / len(train_set), started)
+    callbacks = [progress]
     callbacks.append(_checkpoints(transformers, checkpoint_minutes(os.environ, cfg["TrainingArguments"]), torch=torch))
     trainer = transformers.Trainer(
         model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set if len(eval_set) else None,
@@ -415,7 +445,10 @@ def train(args):
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
     evaluation.update(_compare(trainer, model, eval_set, args.compare_adapter))
     if trainer.is_world_process_zero():
-        _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation)
+        # Only the steps this process trained were timed: a resumed run's others were earlier.
+        share = (result.global_step - (progress.first_step or 0)) / max(result.global_step, 1)
+        _report(model, targs, torch, result, loss_history(trainer.state.log_history), train_set, tokens_total,
+                duration, shape, evaluation, share)
     if distributed() and torch.distributed.is_initialized():
         # The others wait for rank 0's adapter, then the process group ends cleanly: a worker
         # leaving with it open warns, and may hang in its interpreter's shutdown.
@@ -423,8 +456,9 @@ def train(args):
         torch.distributed.destroy_process_group()
 
 
-def _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation):
-    """Rank 0's outputs: the adapter and metrics.json."""
+def _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation, share=1.0):
+    """Rank 0's outputs: the adapter and metrics.json. share: the part of the run's steps this
+    process trained (and duration timed)."""
     model.save_pretrained(targs.output_dir, safe_serialization=True)
 
     peak = 0
@@ -434,11 +468,13 @@ def _report(model, targs, torch, result, losses, train_set, tokens_total, durati
     epochs = result.metrics.get("epoch", 1.0) or 1.0
     metrics = json_safe({
         "steps": result.global_step,
+        # Passes over the training rows: steps times the rows a step takes on every process.
+        "epochs": epochs,
         "train_loss": result.training_loss,
         "loss_history": losses,
         "examples": len(train_set),
         "tokens": tokens_total,
-        "tokens_per_second": tokens_total * epochs / duration if duration > 0 else 0.0,
+        "tokens_per_second": tokens_total * epochs * share / duration if duration > 0 else 0.0,
         "peak_gpu_memory_bytes": peak,
         "duration_seconds": duration,
         "shape": shape,

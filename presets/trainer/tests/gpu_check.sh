@@ -4,13 +4,15 @@
 # a missing module or GPU fails it rather than skipping it.
 #
 #   cd presets/trainer && bash tests/gpu_check.sh
+# PYTHON names the interpreter whose packages to test (default python3: the trainer image's).
 set -u
 cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PIP_NO_INDEX=1
 export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false KAITOFLOW_ML_REQUIRE=1
 
-python3 - <<'EOF'
+"$py" - <<'EOF'
 import importlib
 for name in ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "pyarrow", "huggingface_hub", "bitsandbytes"):
     try:
@@ -30,7 +32,7 @@ EOF
 rc=0
 for precision in fp16 bf16; do
     echo "=== KAITOFLOW_ML_PRECISION=$precision"
-    KAITOFLOW_ML_PRECISION=$precision python3 -m unittest tests.test_ml -v || rc=1
+    KAITOFLOW_ML_PRECISION=$precision "$py" -m unittest tests.test_ml -v || rc=1
 done
 echo "=== gpu_check: $([ $rc -eq 0 ] && echo passed || echo FAILED)"
 exit $rc

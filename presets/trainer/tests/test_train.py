@@ -64,14 +64,47 @@ class HelpersTest(unittest.TestCase):
         self.assertAlmostEqual(train.perplexity(math.log(7.0)), 7.0)
         self.assertEqual(train.perplexity(1e6), math.inf)
 
+    def test_loss_history_keeps_the_losses_logged_before_a_resume(self):
+        # A resumed run's log history: what the checkpoint carried, then this process's logs, the
+        # evaluations between, and transformers' summary of the run, which has no "loss".
+        log = [{"loss": 3.3, "step": 2, "epoch": 0.4}, {"loss": 3.1, "step": 4}, {"eval_loss": 3.2, "step": 4},
+               {"loss": 2.9, "step": 6}, {"train_loss": 3.0, "step": 6, "train_runtime": 1.0}]
+        self.assertEqual(train.loss_history(log), [{"step": 2, "loss": 3.3}, {"step": 4, "loss": 3.1}, {"step": 6, "loss": 2.9}])
+
+    def test_progress_times_only_the_steps_this_process_trained(self):
+        class FakeTransformers:
+            TrainerCallback = object
+
+        cb = train._progress(FakeTransformers, 100.0, 1000.0)
+        args = mock.Mock(per_device_train_batch_size=2, gradient_accumulation_steps=1, world_size=1)
+        # Resumed at step 8: the first step this process takes starts from there.
+        cb.on_step_begin(args, mock.Mock(global_step=8), None)
+        cb.on_step_begin(args, mock.Mock(global_step=9), None)
+        out = io.StringIO()
+        with mock.patch.object(train.time, "time", return_value=1004.0), mock.patch("sys.stdout", out):
+            cb.on_log(args, mock.Mock(global_step=10, max_steps=24, is_world_process_zero=True), None, logs={"loss": 2.5})
+        line = out.getvalue().strip()
+        self.assertTrue(line.startswith(train.PROGRESS_PREFIX), line)
+        # 2 steps of 2 rows of 100 tokens in 4 seconds, not the 10 steps since the run began.
+        self.assertEqual(json.loads(line[len(train.PROGRESS_PREFIX):]),
+                         {"step": 10, "max_steps": 24, "loss": 2.5, "tokens_per_second": 100.0})
+
+    def test_training_arguments_without_a_gpu(self):
+        class FakeTransformers:
+            TrainingArguments = dict
+
+        cfg = {"TrainingArguments": {"output_dir": "/mnt/results"}}
+        cpu = train._training_arguments(cfg, FakeTransformers, cuda=False)
+        # accelerate makes processes of one run data parallel on CPUs only when told it is on them.
+        self.assertEqual((cpu["use_cpu"], cpu["dataloader_pin_memory"]), (True, False))
+        gpu = train._training_arguments(cfg, FakeTransformers, cuda=True)
+        self.assertNotIn("use_cpu", gpu)
+        self.assertNotIn("dataloader_pin_memory", gpu)
+
     def test_metrics_stay_json_go_can_read(self):
         safe = train.json_safe({"eval_loss": math.nan, "perplexity": math.inf, "steps": 3, "loss_history": [{"loss": -math.inf}]})
         self.assertEqual(safe, {"eval_loss": None, "perplexity": None, "steps": 3, "loss_history": [{"loss": None}]})
         json.dumps(safe, allow_nan=False)
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class CheckpointTest(unittest.TestCase):
@@ -135,3 +168,7 @@ class CheckpointTest(unittest.TestCase):
         with mock.patch("sys.stdout", out):
             cb.on_save(mock.Mock(output_dir="/mnt/results"), state, control)
         self.assertIn('"step": 500', out.getvalue())
+
+
+if __name__ == "__main__":
+    unittest.main()
