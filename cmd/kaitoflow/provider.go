@@ -36,7 +36,11 @@ type driverFlags struct {
 
 func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.Provider, "provider", "sim", "where GPU nodes come from: sim, aks (agent pools), karpenter (NodeClaims), byo (existing nodes)")
-	f.StringVar(&p.d.Trainer, "trainer", "sim", "how tuning runs: sim, or job (a Kubernetes Job running presets/trainer; needs a cluster)")
+	f.StringVar(&p.d.Trainer, "trainer", "sim", "how tuning runs: sim, local (presets/trainer as a process on this machine; --python), or job (a Kubernetes Job running presets/trainer; needs a cluster)")
+	f.StringVar(&p.d.Local.Interpreter, "python", "", "local trainer: a Python whose environment has the trainer's packages (hack/ml-env.sh makes one)")
+	f.StringVar(&p.d.Local.TrainerDir, "trainer-dir", "presets/trainer", "local trainer: the directory holding the kaitoflow_trainer package")
+	f.StringToStringVar(&p.d.Local.Models, "local-model", nil, "local trainer: PRESET=DIR trains that preset's workspaces on the model in DIR (default: the plan's Hugging Face model, from the Hugging Face cache or downloaded)")
+	f.BoolVar(&p.d.Local.CPU, "cpu", true, "local trainer: train in fp32 on the CPU, whatever precision the plan chose for its GPU; --cpu=false trains as planned on this machine's GPUs")
 	f.StringVar(&p.d.Deployer, "deployer", "sim", "how inference runs: sim, or knative (a scale-to-zero Knative Service running vLLM behind chat-proxy; needs a cluster)")
 	f.Float32Var(&p.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
 	f.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig for the cluster (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
@@ -74,6 +78,13 @@ func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 	}
 	if _, _, err := assembly.Preflight(p.preflight, cfg.Policy); err != nil {
 		return cfg, err
+	}
+	if p.d.Local.TrainerDir != "" {
+		dir, err := filepath.Abs(p.d.Local.TrainerDir)
+		if err != nil {
+			return cfg, fmt.Errorf("--trainer-dir: %w", err)
+		}
+		p.d.Local.TrainerDir, cfg.Drivers.Local.TrainerDir = dir, dir
 	}
 	required := controller || p.kubeconfig != "" || notSim(p.d.Provider) || notSim(p.d.Trainer) || notSim(p.d.Deployer)
 	if !required && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
@@ -153,4 +164,5 @@ func (d *deliveryFlags) options() runtime.JetStreamOptions {
 	return runtime.JetStreamOptions{AckWait: d.ackWait, MaxDeliver: d.maxDeliver, Concurrency: d.concurrency, Backoff: d.backoff}
 }
 
-func notSim(driver string) bool { return driver != "" && driver != "sim" }
+// notSim says whether a driver needs a cluster: every one but the sim and the local trainer.
+func notSim(driver string) bool { return driver != "" && driver != "sim" && driver != "local" }

@@ -1,43 +1,35 @@
 package tune
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
-	"github.com/kaitoflow/kaitoflow/internal/logctx"
-	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // Sim is the simulated trainer: no GPU, no model. It goes through the same path as a real run —
-// kaitoflow's job-run wrapper fetches the dataset (best effort: the sim reads none), runs a trainer
-// process, uploads the adapter's layer to the output registry and writes the summary — but the
-// trainer process is kaitoflow's own simulated one (SimTrainerMain): after Delay it writes a small
-// well-formed PEFT adapter (adapter_config.json and adapter_model.safetensors with a valid header)
-// whose bytes derive from the job, so a rerun yields the same digests, reporting progress half way.
-// Changes are announced with kaitoflow.job.changed, as the Job watch does for real runs. Runs live
-// in memory: a restarted process forgets them. Every file and log line says "sim".
+// the Local driver's: kaitoflow's job-run wrapper fetches the dataset (best effort: the sim reads
+// none), runs a trainer process, uploads the adapter's layer to the output registry and writes the
+// summary — but the trainer process is kaitoflow's own simulated one (SimTrainerMain): after Delay
+// it writes a small well-formed PEFT adapter (adapter_config.json and adapter_model.safetensors
+// with a valid header) whose bytes derive from the job, so a rerun yields the same digests,
+// reporting progress half way. Every file and log line says "sim".
 type Sim struct {
 	Dir       string
 	Delay     time.Duration
@@ -55,166 +47,68 @@ type Sim struct {
 	Parallel int
 	Log      *slog.Logger
 
-	mu    sync.Mutex
-	runs  map[string]*simRun
-	slots chan struct{}
+	once  sync.Once
+	local *Local
 }
 
-type simRun struct {
-	job      Job
-	started  time.Time
-	ended    time.Time
-	done     bool
-	acked    bool
-	progress *events.TuningProgressData
-	result   Result
-	err      error
-	// failure is the trainer's own account of a failed run.
-	failure *events.TrainerFailure
+// runner is the Local driver that runs the sim's trainer processes.
+func (s *Sim) runner() *Local {
+	s.once.Do(func() {
+		s.local = &Local{Dir: s.Dir, Publisher: s.Publisher, Resolve: s.Resolve, Policy: s.Policy, Parallel: s.Parallel, Log: s.Log,
+			Process: s.process, kind: "sim", bestEffort: true}
+	})
+	return s.local
+}
+
+// process is the simulated trainer's command line: the job's shape in flags, for the OOM rule and
+// the adapter it writes.
+func (s *Sim) process(job Job, run RunDirs) (TrainerProcess, error) {
+	trainer := s.Trainer
+	if trainer == nil {
+		self, err := os.Executable()
+		if err != nil {
+			return TrainerProcess{}, err
+		}
+		trainer = []string{self}
+	}
+	dtype, method, batch, seq := "", "", 0, 0
+	if job.Plan != nil {
+		dtype, batch, seq = job.Plan.DType, job.Plan.BatchSize, job.Plan.SeqLen
+	}
+	if t := job.Workspace.Tuning; t != nil {
+		method = t.Method
+	}
+	return TrainerProcess{
+		Command: append(append([]string{}, trainer...), "--results", run.Results, "--delay", s.Delay.String(),
+			"--ref", job.Ref.Namespace+"/"+job.Ref.Name+"/"+strconv.FormatInt(job.Ref.Generation, 10),
+			"--preset", job.Workspace.PresetName(), "--method", method, "--dtype", dtype,
+			"--batch", strconv.Itoa(batch), "--seq", strconv.Itoa(seq), "--max-batch", job.Workspace.Annotations[AnnotationSimMaxBatch],
+			"--termination-log", run.TerminationLog, "--input-dir", run.Data),
+		Env: []string{SimTrainerEnv + "=1"},
+	}, nil
 }
 
 // Name implements Trainer.
 func (s *Sim) Name() string { return "sim" }
 
-func simKey(ref events.Ref) string { return ref.Namespace + "/" + ref.Name }
-
 // Start implements Trainer.
-func (s *Sim) Start(ctx context.Context, job Job) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.runs == nil {
-		s.runs = map[string]*simRun{}
-	}
-	if r, ok := s.runs[simKey(job.Ref)]; ok && (r.job.Ref.Generation > job.Ref.Generation ||
-		r.job.Ref.Generation == job.Ref.Generation && r.job.AttemptOf() >= job.AttemptOf()) {
-		return nil
-	}
-	if s.slots == nil {
-		n := s.Parallel
-		if n <= 0 {
-			n = goruntime.NumCPU()
-		}
-		s.slots = make(chan struct{}, n)
-	}
-	r := &simRun{job: job, started: time.Now().UTC()}
-	s.runs[simKey(job.Ref)] = r
-	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job started; nothing is trained", "job", job.Name, "nodes", job.Nodes)
-	go s.run(context.WithoutCancel(ctx), r)
-	return nil
+func (s *Sim) Start(ctx context.Context, job Job) error { return s.runner().Start(ctx, job) }
+
+// Status implements Trainer.
+func (s *Sim) Status(ctx context.Context, ref events.Ref) (*Status, error) {
+	return s.runner().Status(ctx, ref)
 }
 
-func (s *Sim) run(ctx context.Context, r *simRun) {
-	s.slots <- struct{}{}
-	res, failure, err := s.wrap(ctx, r)
-	<-s.slots
-	s.mu.Lock()
-	res.Finished = time.Now().UTC().Truncate(time.Second)
-	r.done, r.err, r.result, r.failure, r.ended = true, err, res, failure, res.Finished
-	s.mu.Unlock()
-	logctx.Or(s.Log).InfoContext(ctx, "sim: tuning job finished with a simulated adapter", "job", r.job.Name, "location", res.Location, "err", err)
-	s.announce(ctx, r, "done")
+// List implements Trainer.
+func (s *Sim) List(ctx context.Context) ([]events.Ref, error) { return s.runner().List(ctx) }
+
+// Acknowledge implements Trainer.
+func (s *Sim) Acknowledge(ctx context.Context, ref events.Ref, upTo int) error {
+	return s.runner().Acknowledge(ctx, ref, upTo)
 }
 
-// wrap runs the job through job-run, as a tuning Job's container does. The results directory is
-// the generation's, shared by its attempts as an output volume would be.
-func (s *Sim) wrap(ctx context.Context, r *simRun) (Result, *events.TrainerFailure, error) {
-	dir := filepath.Join(s.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
-	trainer := s.Trainer
-	if trainer == nil {
-		self, err := os.Executable()
-		if err != nil {
-			return Result{}, nil, err
-		}
-		trainer = []string{self}
-	}
-	dtype, method, batch, seq := "", "", 0, 0
-	if r.job.Plan != nil {
-		dtype, batch, seq = r.job.Plan.DType, r.job.Plan.BatchSize, r.job.Plan.SeqLen
-	}
-	t := r.job.Workspace.Tuning
-	if t != nil {
-		method = t.Method
-	}
-	termination := filepath.Join(dir, fmt.Sprintf("termination-log-%d", r.job.AttemptOf()))
-	cfg := jobrun.Config{
-		DataDir: filepath.Join(dir, "data"), ResultsDir: filepath.Join(dir, "results"),
-		TerminationLog: termination, Attempts: 1, FetchBestEffort: true, Policy: s.Policy,
-		Env:           []string{SimTrainerEnv + "=1"},
-		CheckpointTag: r.job.CheckpointTag(),
-		Command: append(append([]string{}, trainer...), "--results", filepath.Join(dir, "results"), "--delay", s.Delay.String(),
-			"--ref", r.job.Ref.Namespace+"/"+r.job.Ref.Name+"/"+strconv.FormatInt(r.job.Ref.Generation, 10),
-			"--preset", r.job.Workspace.PresetName(), "--method", method, "--dtype", dtype,
-			"--batch", strconv.Itoa(batch), "--seq", strconv.Itoa(seq), "--max-batch", r.job.Workspace.Annotations[AnnotationSimMaxBatch],
-			"--termination-log", termination, "--input-dir", filepath.Join(dir, "data")),
-		Reporter: simReporter{s: s, r: r},
-		// The simulated trainer's chatter would interleave with `up`'s own output.
-		Stdout: io.Discard,
-	}
-	if t != nil && t.Input != nil {
-		cfg.InputURLs = t.Input.URLs
-	}
-	if s.Resolve != nil && t != nil && t.Output != nil && t.Output.Image != "" {
-		ref, err := s.Resolve(t.Output.Image)
-		if err != nil {
-			return Result{}, nil, err
-		}
-		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
-		if c := r.job.Compare; c != nil {
-			// The serving adapter's reference is where publish pushed it: the embedded registry.
-			cfg.CompareImage = c.Reference
-		}
-	}
-	if err := jobrun.Run(ctx, cfg, logctx.Or(s.Log)); err != nil {
-		// The trainer's own account, as tuning Jobs read it from the termination message.
-		var tf events.TrainerFailure
-		if b, rerr := os.ReadFile(termination); rerr == nil && json.Unmarshal(b, &tf) == nil && tf.Reason != "" {
-			return Result{}, &tf, fmt.Errorf("sim: %w", err)
-		}
-		return Result{}, nil, fmt.Errorf("sim: %w", err)
-	}
-	b, err := os.ReadFile(cfg.TerminationLog)
-	if err != nil {
-		return Result{}, nil, err
-	}
-	var sum jobrun.Summary
-	if err := json.Unmarshal(b, &sum); err != nil {
-		return Result{}, nil, fmt.Errorf("sim: summary: %w", err)
-	}
-	return Result{Location: sum.Location, Files: sum.Files, Layer: sum.Layer, Metrics: sum.Metrics, Datasets: sum.Datasets}, nil, nil
-}
-
-type simReporter struct {
-	s *Sim
-	r *simRun
-}
-
-func (sr simReporter) Report(ctx context.Context, p events.TuningProgressData) error {
-	sr.s.mu.Lock()
-	sr.r.progress = &p
-	sr.s.mu.Unlock()
-	sr.s.announce(ctx, sr.r, fmt.Sprintf("progress-%d", p.Step))
-	return nil
-}
-
-// announce publishes kaitoflow.job.changed for the run, as the Job watch does for real runs.
-func (s *Sim) announce(ctx context.Context, r *simRun, what string) {
-	if s.Publisher == nil {
-		return
-	}
-	e := cloudevents.NewEvent()
-	e.SetID("sim-job/" + r.job.Name + "/" + what)
-	e.SetSource("kaitoflow/sim-trainer")
-	e.SetType(events.JobChanged)
-	e.SetSubject(r.job.Ref.Subject())
-	e.SetExtension(events.ExtGeneration, strconv.FormatInt(r.job.Ref.Generation, 10))
-	// The run continues the trace of the node.ready that started it.
-	runtime.InjectTrace(ctx, &e)
-	if err := e.SetData(cloudevents.ApplicationJSON, events.JobChangedData{Job: r.job.Name}); err == nil {
-		if err := s.Publisher.Publish(ctx, e); err != nil {
-			logctx.Or(s.Log).WarnContext(ctx, "sim: publish job.changed; the next tick sees the change", "err", err)
-		}
-	}
-}
+// Delete implements Trainer.
+func (s *Sim) Delete(ctx context.Context, ref events.Ref) error { return s.runner().Delete(ctx, ref) }
 
 // SimTrainerEnv, set in a process's environment, makes SimTrainerMain take the process over.
 const SimTrainerEnv = "KAITOFLOW_SIM_TRAINER"
@@ -358,70 +252,6 @@ func writeSimCheckpoint(dir string, job Job, step int) error {
 	}
 	state, _ := json.Marshal(map[string]any{"global_step": step, "max_steps": simSteps, "kaitoflow_trainer": "sim"})
 	return os.WriteFile(filepath.Join(dir, "trainer_state.json"), state, 0o644)
-}
-
-// Status implements Trainer.
-func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.runs[simKey(ref)]
-	if !ok {
-		return nil, nil
-	}
-	st := &Status{Job: r.job, Phase: Running, Node: firstOr(r.job.Nodes, "sim-node"), Started: r.started, Acknowledged: r.acked}
-	if r.progress != nil {
-		p := *r.progress
-		st.Progress = &p
-	}
-	switch {
-	case r.done && r.failure != nil:
-		f := *r.failure
-		st.Phase, st.Reason, st.Message, st.Failure, st.Ended = Failed, f.Reason, f.Message, &f, r.ended
-	case r.done && r.err != nil:
-		st.Phase, st.Reason, st.Message, st.Ended = Failed, "TrainerFailed", "sim: "+r.err.Error(), r.ended
-	case r.done:
-		st.Phase, st.Result = Succeeded, r.result
-	}
-	return st, nil
-}
-
-// List implements Trainer.
-func (s *Sim) List(context.Context) ([]events.Ref, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var refs []events.Ref
-	for _, r := range s.runs {
-		if !r.acked {
-			refs = append(refs, r.job.Ref)
-		}
-	}
-	slices.SortFunc(refs, func(a, b events.Ref) int { return cmp.Compare(a.Subject(), b.Subject()) })
-	return refs, nil
-}
-
-// Acknowledge implements Trainer.
-func (s *Sim) Acknowledge(_ context.Context, ref events.Ref, upTo int) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if r, ok := s.runs[simKey(ref)]; ok && r.job.Ref.Generation == ref.Generation && r.job.AttemptOf() <= upTo {
-		r.acked = true
-	}
-	return nil
-}
-
-// Delete implements Trainer.
-func (s *Sim) Delete(_ context.Context, ref events.Ref) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.runs, simKey(ref))
-	return nil
-}
-
-func firstOr(xs []string, def string) string {
-	if len(xs) > 0 {
-		return xs[0]
-	}
-	return def
 }
 
 // Sim adapter shape: rank and width are tiny on purpose; the files are for the pipeline, not for

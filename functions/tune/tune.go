@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -48,6 +49,24 @@ type Job struct {
 	// Compare is the adapter serving when the run started: the trainer scores it beside the new
 	// one on the same held-out rows (nil: nothing serves yet).
 	Compare *events.ComparedAdapter `json:"compare,omitempty"`
+}
+
+// TrainerCommand is the Python trainer's command line for job (presets/trainer), run with python
+// on the base model at model (a Hugging Face id at revision, or a directory) with the training
+// config at config and the dataset under inputDir: the tuning Job's container and the local
+// trainer run the same one.
+func TrainerCommand(job Job, python, model, revision, config, inputDir string) []string {
+	cmd := []string{python, "-m", "kaitoflow_trainer.train", "--method", job.Workspace.Tuning.Method, "--model", model}
+	if revision != "" {
+		cmd = append(cmd, "--revision", revision)
+	}
+	cmd = append(cmd, "--config", config, "--input-dir", inputDir)
+	if job.Plan.TrainingProcesses > 1 {
+		// One training process per GPU (data parallel), each holding the model on its own device;
+		// the plan chose it only where the whole model fits one GPU.
+		cmd = append(cmd, "--processes", strconv.Itoa(job.Plan.TrainingProcesses))
+	}
+	return cmd
 }
 
 // AttemptOf is the job's attempt, counting a job from before attempts as the first.

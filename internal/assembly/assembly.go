@@ -83,8 +83,12 @@ func Names() []string {
 type Drivers struct {
 	// Provider supplies GPU capacity: sim, aks (agent pools), karpenter (NodeClaims), byo.
 	Provider string
-	// Trainer runs tuning: sim, or job (a Kubernetes Job).
+	// Trainer runs tuning: sim, local (the real Python trainer as a process on this machine), or
+	// job (a Kubernetes Job).
 	Trainer string
+	// Local is the local trainer's Python trainer: its interpreter, the trainer's directory, local
+	// model directories and whether it trains on the CPU.
+	Local tune.Python
 	// Deployer runs inference: sim, or knative (a scale-to-zero Knative Service).
 	Deployer string
 
@@ -489,6 +493,16 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 			sim.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
 		}
 		return tune.New(sim, opts), nil
+	case "local":
+		if d.Local.Interpreter == "" || d.Local.TrainerDir == "" {
+			return nil, errors.New("trainer local: the Python trainer's interpreter (--python, an environment from hack/ml-env.sh) and its directory (--trainer-dir, presets/trainer) are required")
+		}
+		local := &tune.Local{Dir: filepath.Join(b.cfg.Sim.Dir, "local"), Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy,
+			Parallel: 1, Process: d.Local.Process}
+		if b.cfg.Registry != "" {
+			local.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
+		}
+		return tune.New(local, opts), nil
 	case "job":
 		c, err := b.clients(IdentityTune)
 		if err != nil {

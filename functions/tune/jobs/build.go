@@ -143,13 +143,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 		p.args = append(p.args, "--compare-image", job.Compare.Reference)
 	}
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
-	trainer := []string{"python", "-m", "kaitoflow_trainer.train", "--method", t.Method, "--model", job.Plan.Model,
-		"--revision", job.Plan.Revision, "--config", configDir + "/" + presets.TrainingConfigKey, "--input-dir", dataDir}
-	if job.Plan.TrainingProcesses > 1 {
-		// One training process per GPU (data parallel), each holding the model on its own device;
-		// the plan chose it only where the whole model fits one GPU.
-		trainer = append(trainer, "--processes", strconv.Itoa(job.Plan.TrainingProcesses))
-	}
+	trainer := tune.TrainerCommand(job, "python", job.Plan.Model, job.Plan.Revision, configDir+"/"+presets.TrainingConfigKey, dataDir)
 	command := append(append(p.args, "--"), trainer...)
 
 	gpus := resource.MustParse(strconv.Itoa(max(job.Plan.GPUs, 1)))

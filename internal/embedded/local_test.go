@@ -1,0 +1,126 @@
+package embedded
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+// `up` that really fine-tunes: the seed's shape (phi-3-mini-128k-instruct, a dolly-style parquet,
+// an output image) with the local trainer — kaitoflow's Python trainer run by job-run on this
+// machine (CPU), on a tiny Phi-3-shaped model the test makes and maps the preset to
+// (--local-model), with a tuning.config of what a tiny CPU run needs. The workspace goes to Ready;
+// the adapter image in the embedded registry holds a real adapter (peft loads it and it changes
+// the model), and the status carries the run's real metrics and progress.
+func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
+	py := testenv.MLPython(t)
+	tiny := testenv.TinyModel(t, py)
+	files, _ := filepath.Glob(filepath.Join(tiny.Data, "*.parquet"))
+	if len(files) != 1 {
+		t.Fatalf("the tiny dataset: %v", files)
+	}
+	data := httptest.NewServer(http.FileServer(http.Dir(tiny.Data)))
+	defer data.Close()
+	trainerDir, err := filepath.Abs("../../presets/trainer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fns := assembly.Config{
+		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+		Drivers: assembly.Drivers{Trainer: "local", Local: tune.Python{Interpreter: py, TrainerDir: trainerDir,
+			Models: map[string]string{"phi-3-mini-128k-instruct": tiny.Model}, CPU: true}},
+	}
+	p, err := Start(ctx, Config{
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
+		Functions: fns,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	// What a tiny run on a CPU needs: a few steps at a high rate, short sequences, the data's columns.
+	dataset, _ := json.Marshal(tiny.DatasetConfig)
+	config := fmt.Sprintf("training_config:\n  TrainingArguments: {max_steps: 16, learning_rate: 0.01, logging_steps: 2, seed: 0}\n  DatasetConfig: %s\n", dataset)
+	config = strings.Replace(config, "DatasetConfig: {", "DatasetConfig: {\"max_seq_length\": 64, ", 1)
+	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny-cpu}\ndata:\n  training_config.yaml: |\n    %s\n", strings.ReplaceAll(config, "\n", "\n    "))
+	resp, err := http.Post(p.URL+"/v1/configmaps", "application/yaml", strings.NewReader(cm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		t.Fatalf("ConfigMap: %d %s", resp.StatusCode, body)
+	}
+	seed, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.NewReplacer(
+		"method: qlora", "method: lora\n  config: tiny-cpu",
+		"https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true",
+		data.URL+"/"+filepath.Base(files[0]),
+	).Replace(string(seed))
+	if code, body := submit(t, p, []byte(doc)); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "workspace-tuning-phi-3", 5*time.Minute)
+	if w.Phase != status.Ready {
+		t.Fatalf("phase %s, failure %+v", w.Phase, w.Failure)
+	}
+	if len(w.History) != 1 {
+		t.Fatalf("history %+v", w.History)
+	}
+	for _, m := range []string{events.MetricEvalLoss, events.MetricBaseEvalLoss} {
+		if v, ok := w.History[0].Scores[m]; !ok || math.IsNaN(v) || v <= 0 {
+			t.Errorf("score %s = %v (present %v): %v", m, v, ok, w.History[0].Scores)
+		}
+	}
+	if w.History[0].Scores[events.MetricEvalLoss] >= w.History[0].Scores[events.MetricBaseEvalLoss] {
+		t.Errorf("the tuned adapter scores no better than the base model: %v", w.History[0].Scores)
+	}
+	progressed := false
+	for _, e := range w.Events {
+		progressed = progressed || e.Type == events.TuningProgress && strings.Contains(e.Note, "/16")
+	}
+	if !progressed {
+		t.Errorf("no progress of the 16 steps in the timeline: %+v", w.Events)
+	}
+	ref, err := name.ParseReference(w.Image, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, err := adapter.Pull(ref, dir, adapter.AdapterLimits); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "adapter_config.json")); bytes.Contains(b, []byte("sim")) {
+		t.Errorf("the adapter is the sim's: %s", b)
+	}
+	testenv.AssertAdapterChangesModel(t, py, tiny.Model, dir)
+}
