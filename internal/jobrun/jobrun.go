@@ -246,14 +246,31 @@ func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
 
 var errPermanent = errors.New("permanent")
 
+// Download bounds: a dataset file is at most MaxDatasetBytes (the preflight's limit, so what it
+// admitted fits), and a transfer that receives nothing for StallTimeout is abandoned — a server
+// that answers and then trickles (or stops) would otherwise hold the GPU node until the Job's
+// deadline. There is no bound on the whole transfer: a large file on a slow link is legitimate.
+const (
+	MaxDatasetBytes = 10 << 30
+	StallTimeout    = 2 * time.Minute
+)
+
 func download(ctx context.Context, client *http.Client, raw, dst string) (string, int64, error) {
+	return downloadWithin(ctx, client, raw, dst, MaxDatasetBytes, StallTimeout)
+}
+
+func downloadWithin(ctx context.Context, client *http.Client, raw, dst string, maxBytes int64, stall time.Duration) (string, int64, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(stall, func() { cancel(fmt.Errorf("no bytes for %s", stall)) })
+	defer idle.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
 	if err != nil {
 		return "", 0, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return "", 0, err
+		return "", 0, withCause(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -263,22 +280,55 @@ func download(ctx context.Context, client *http.Client, raw, dst string) (string
 		}
 		return "", 0, err
 	}
+	if resp.ContentLength > maxBytes {
+		return "", 0, fmt.Errorf("%w: %d bytes is over the %d-byte limit", errPermanent, resp.ContentLength, maxBytes)
+	}
 	f, err := os.Create(dst + ".part")
 	if err != nil {
 		return "", 0, err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), resp.Body)
+	// One byte past the limit tells a body that is too long from one that is exactly the limit.
+	body := &progressReader{r: io.LimitReader(resp.Body, maxBytes+1), onRead: func() { idle.Reset(stall) }}
+	n, err := io.Copy(io.MultiWriter(f, h), body)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+	switch {
+	case err != nil:
+		err = withCause(ctx, err)
+	case n > maxBytes:
+		err = fmt.Errorf("%w: the body is over the %d-byte limit", errPermanent, maxBytes)
+	case resp.ContentLength >= 0 && n != resp.ContentLength:
 		err = fmt.Errorf("got %d of %d bytes", n, resp.ContentLength)
 	}
 	if err != nil {
+		_ = os.Remove(dst + ".part")
 		return "", 0, err
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, os.Rename(dst+".part", dst)
+}
+
+// withCause says why a transfer was cancelled when the stall timer did it.
+func withCause(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return fmt.Errorf("%w (%w)", err, cause)
+	}
+	return err
+}
+
+// progressReader calls onRead after every read that returned bytes.
+type progressReader struct {
+	r      io.Reader
+	onRead func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.onRead()
+	}
+	return n, err
 }
 
 func safeName(s string) string {

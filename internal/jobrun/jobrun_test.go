@@ -1,6 +1,8 @@
 package jobrun
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -202,5 +204,44 @@ func TestSIGTERMReachesTheTrainer(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(mark); strings.TrimSpace(string(b)) != "got-term" {
 		t.Errorf("the trainer did not see SIGTERM (%q)", b)
+	}
+}
+
+// A dataset server that answers and then stalls, or sends more than the limit, fails the fetch
+// with the reason instead of holding the node: before, downloads had no time or size bound.
+func TestDownloadBounds(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/stall":
+			w.Header().Set("Content-Length", "1000")
+			_, _ = w.Write([]byte("PAR1"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		case "/long":
+			_, _ = w.Write(bytes.Repeat([]byte("x"), 4096)) // no Content-Length: chunked
+		case "/declared":
+			w.Header().Set("Content-Length", "999999")
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"/stall", "no bytes for 200ms"},
+		{"/long", "over the 1024-byte limit"},
+		{"/declared", "999999 bytes is over the 1024-byte limit"},
+	} {
+		dst := filepath.Join(t.TempDir(), "d")
+		start := time.Now()
+		_, _, err := downloadWithin(context.Background(), http.DefaultClient, srv.URL+tc.path, dst, 1024, 200*time.Millisecond)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.path, err, tc.want)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("%s took %s", tc.path, time.Since(start))
+		}
+		if _, err := os.Stat(dst + ".part"); err == nil {
+			t.Errorf("%s left a partial file", tc.path)
+		}
 	}
 }
