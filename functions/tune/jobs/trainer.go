@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +33,9 @@ type Trainer struct {
 	Client  kubernetes.Interface
 	Options Options
 	Log     *slog.Logger
+	// ConfigGrace is how long a run may wait for its pod or its volumes before the Events that
+	// say why are its outcome (DefaultConfigGrace when zero).
+	ConfigGrace time.Duration
 }
 
 // Name implements tune.Trainer.
@@ -129,8 +133,80 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 		return nil, fmt.Errorf("list Pods of Job %s: %w", j.Name, err)
 	}
 	st := jobStatus(run, &j, pods.Items)
+	if st.Phase == tune.Pending || st.Phase == tune.Running {
+		if reason, msg := t.configFailure(ctx, &j, pods.Items); reason != "" {
+			st.Phase, st.Reason, st.Message = tune.Failed, reason, msg
+		}
+	}
 	st.Acknowledged = j.Annotations[AnnotationAcked] != ""
 	return st, nil
+}
+
+// configFailure looks for what only Events say, on a run that has not started: the Job controller
+// cannot create its pod (the trainer's ServiceAccount missing, an admission refusal), or the
+// kubelet cannot mount the pod's volumes (a push Secret that does not exist, the quickstart's
+// placeholder name). Either would otherwise hold the GPU node until the Job's 12-hour deadline.
+// Event reads that fail are not the run's failure: the next tick looks again.
+func (t *Trainer) configFailure(ctx context.Context, j *batchv1.Job, pods []corev1.Pod) (string, string) {
+	list := func(kind, name string) []corev1.Event {
+		evs, err := t.Client.CoreV1().Events(j.Namespace).List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=" + kind + ",involvedObject.name=" + name, Limit: 100})
+		if err != nil {
+			return nil
+		}
+		return evs.Items
+	}
+	now, grace := time.Now(), cmp.Or(t.ConfigGrace, DefaultConfigGrace)
+	if len(pods) == 0 && now.Sub(j.CreationTimestamp.Time) > grace {
+		return configFailureOf(list("Job", j.Name), "FailedCreate", ReasonPodNotCreated, now, grace)
+	}
+	for i := range pods {
+		p := &pods[i]
+		if p.Status.Phase == corev1.PodPending && p.Spec.NodeName != "" && now.Sub(p.CreationTimestamp.Time) > grace {
+			if reason, msg := configFailureOf(list("Pod", p.Name), "FailedMount", ReasonVolumeMount, now, grace); reason != "" {
+				return reason, msg
+			}
+		}
+	}
+	return "", ""
+}
+
+// Failure reasons only Events report.
+const (
+	// ReasonPodNotCreated: the Job controller keeps failing to create the pod.
+	ReasonPodNotCreated = "PodNotCreated"
+	// ReasonVolumeMount: the kubelet keeps failing to mount a volume of the pod.
+	ReasonVolumeMount = "VolumeMountFailed"
+)
+
+// DefaultConfigGrace: long enough for a Secret created just after the workspace, or a mount that
+// needs a retry; short next to a GPU hour.
+const DefaultConfigGrace = 3 * time.Minute
+
+// configFailureOf returns reason and the newest message of the evReason Events, when one was seen
+// within grace of now (a failure still happening, not one long resolved).
+func configFailureOf(evs []corev1.Event, evReason, reason string, now time.Time, grace time.Duration) (string, string) {
+	var newest *corev1.Event
+	for i := range evs {
+		e := &evs[i]
+		if e.Reason == evReason && (newest == nil || eventTime(e).After(eventTime(newest))) {
+			newest = e
+		}
+	}
+	if newest == nil || now.Sub(eventTime(newest)) > grace {
+		return "", ""
+	}
+	return reason, fmt.Sprintf("%s: %s", evReason, newest.Message)
+}
+
+func eventTime(e *corev1.Event) time.Time {
+	switch {
+	case !e.EventTime.IsZero():
+		return e.EventTime.Time
+	case !e.LastTimestamp.IsZero():
+		return e.LastTimestamp.Time
+	}
+	return e.FirstTimestamp.Time
 }
 
 // ReasonContainerConfig: the trainer container cannot be created from its spec, most often because
