@@ -40,8 +40,10 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.Local.Interpreter, "python", "", "local trainer: a Python whose environment has the trainer's packages (hack/ml-env.sh makes one)")
 	f.StringVar(&p.d.Local.TrainerDir, "trainer-dir", "presets/trainer", "local trainer: the directory holding the kaitoflow_trainer package")
 	f.StringToStringVar(&p.d.Local.Models, "local-model", nil, "local trainer: PRESET=DIR trains that preset's workspaces on the model in DIR (default: the plan's Hugging Face model, from the Hugging Face cache or downloaded)")
-	f.BoolVar(&p.d.Local.CPU, "cpu", true, "local trainer: train in fp32 on the CPU, whatever precision the plan chose for its GPU; --cpu=false trains as planned on this machine's GPUs")
-	f.StringVar(&p.d.Deployer, "deployer", "sim", "how inference runs: sim, or knative (a scale-to-zero Knative Service running vLLM behind chat-proxy; needs a cluster)")
+	f.BoolVar(&p.d.Local.CPU, "cpu", true, "local trainer and deployer: train in fp32 and serve with vLLM's CPU build, whatever precision the plan chose for its GPU; --cpu=false trains and serves as planned on this machine's GPUs")
+	f.StringVar(&p.d.Deployer, "deployer", "sim", "how inference runs: sim, local (vLLM processes on this machine behind chat-proxy; --vllm-python), or knative (a scale-to-zero Knative Service running vLLM behind chat-proxy; needs a cluster)")
+	f.StringVar(&p.d.VLLM.Python, "vllm-python", "", "local deployer: a Python with vLLM installed (hack/ml-env.sh vllm makes one with vLLM's CPU build)")
+	f.StringVar(&p.d.VLLM.DType, "vllm-dtype", "float32", "local deployer on a CPU: the model's dtype, float32 or bfloat16")
 	f.Float32Var(&p.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
 	f.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig for the cluster (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
 	f.StringVar(&p.d.AKS.SubscriptionID, "subscription", "", "aks: Azure subscription ID")
@@ -79,6 +81,9 @@ func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 	if _, _, err := assembly.Preflight(p.preflight, cfg.Policy); err != nil {
 		return cfg, err
 	}
+	// The local trainer's and the local deployer's models and device are one machine's.
+	p.d.VLLM.Models, p.d.VLLM.CPU = p.d.Local.Models, p.d.Local.CPU
+	cfg.Drivers.VLLM.Models, cfg.Drivers.VLLM.CPU = p.d.Local.Models, p.d.Local.CPU
 	if p.d.Local.TrainerDir != "" {
 		dir, err := filepath.Abs(p.d.Local.TrainerDir)
 		if err != nil {

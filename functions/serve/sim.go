@@ -40,6 +40,10 @@ type Sim struct {
 	// Transport carries a replica's chat-proxy and adapter reconciler to its runtime, at BaseURL;
 	// nil: http.DefaultTransport. Where BaseURL is behind a token, it adds the token.
 	Transport http.RoundTripper
+	// Server, when set, starts a real model server for each replica (a vLLM process: the local
+	// deployer) in place of the simulated runtime; replicas, revisions, scale to zero and the
+	// adapter set behave the same.
+	Server ModelServer
 	Log       *slog.Logger
 
 	mu       sync.Mutex
@@ -67,7 +71,6 @@ type simService struct {
 type simReplica struct {
 	name     string
 	revision int
-	runtime  *SimRuntime
 	manager  *AdapterManager
 	proxy    http.Handler
 	admin    http.Handler
@@ -76,7 +79,20 @@ type simReplica struct {
 }
 
 // Name implements Deployer.
-func (s *Sim) Name() string { return "sim" }
+func (s *Sim) Name() string {
+	if s.Server != nil {
+		return s.Server.Name()
+	}
+	return "sim"
+}
+
+// ModelServer starts a model server for one replica.
+type ModelServer interface {
+	Name() string
+	// Start starts replica's model server for d: upstream is where it answers (vLLM's OpenAI API
+	// and runtime LoRA API), ready is closed once it has loaded the model, stop ends it.
+	Start(d Deployment, replica string) (upstream *url.URL, ready <-chan struct{}, stop func(), err error)
+}
 
 type simMember struct {
 	d Deployment
@@ -195,9 +211,13 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	s.mu.Unlock()
 	log := logctx.Or(s.Log)
 	if live {
-		log.InfoContext(ctx, "sim: new adapter set goes live in the running replicas; no new revision", "version", version, "generation", d.Ref.Generation)
+		log.InfoContext(ctx, s.Name()+": new adapter set goes live in the running replicas; no new revision", "version", version, "generation", d.Ref.Generation)
 	} else {
-		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
+		if s.Server != nil {
+			log.InfoContext(ctx, s.Name()+": new revision of the inference endpoint; its model server starts", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
+		} else {
+			log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
+		}
 	}
 	return s.await(ctx, d.Ref)
 }
@@ -234,19 +254,35 @@ func (s *Sim) startLocked(svc *simService) error {
 		pull = RegistryPuller(nil)
 	}
 	log := logctx.Or(s.Log).With("replica", name)
-	rt := &SimRuntime{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
-		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
+	var rt http.Handler
+	var loaded <-chan struct{}
+	stopServer := func() {}
+	transport := s.Transport
+	if s.Server != nil {
+		// A real model server of this machine: chat-proxy and the reconciler talk to it directly.
+		if upstream, loaded, stopServer, err = s.Server.Start(d, name); err != nil {
+			return fmt.Errorf("%s: start the model server of %s: %w", s.Name(), name, err)
+		}
+		transport = nil
+	} else {
+		sim := &SimRuntime{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
+			LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
+		rt = sim.Handler()
+		ch := make(chan struct{})
+		time.AfterFunc(time.Until(sim.ReadyAt()), func() { close(ch) })
+		loaded = ch
+	}
 	m := &AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
-	if s.Transport != nil {
-		m.Client = &http.Client{Transport: s.Transport}
+	if transport != nil {
+		m.Client = &http.Client{Transport: transport}
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	model := ServedModel(d)
 	if svc.pool != "" {
 		model = d.Workspace.PresetName() // a pool's requests name their model
 	}
-	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: s.Transport}
-	r := &simReplica{name: name, revision: svc.revision, runtime: rt, manager: m, rt: rt.Handler(), stop: func() { stop(); _ = os.RemoveAll(dir) }, proxy: p.Handler(), admin: p.AdminHandler()}
+	p := &Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: transport}
+	r := &simReplica{name: name, revision: svc.revision, manager: m, rt: rt, stop: func() { stop(); stopServer(); _ = os.RemoveAll(dir) }, proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
 	key := d.Ref.Namespace + "/" + d.Service
 	// The sim knows when the set changes (Apply notifies the replicas) and when the model has
@@ -259,8 +295,13 @@ func (s *Sim) startLocked(svc *simService) error {
 		}
 		return AdapterSet{}, errors.New("service deleted")
 	}, time.Second)
-	loaded := time.AfterFunc(time.Until(rt.ReadyAt()), m.Notify)
-	context.AfterFunc(ctx, func() { loaded.Stop() })
+	go func() {
+		select {
+		case <-loaded:
+			m.Notify()
+		case <-ctx.Done():
+		}
+	}()
 	return nil
 }
 
@@ -503,7 +544,7 @@ func (s *Sim) Handler() http.Handler {
 		}
 		prefix := "/" + ns + "/" + name + "/replicas/" + id
 		switch {
-		case strings.HasPrefix(r.URL.Path, prefix+"/runtime/"):
+		case strings.HasPrefix(r.URL.Path, prefix+"/runtime/") && rep.rt != nil:
 			http.StripPrefix(prefix+"/runtime", rep.rt).ServeHTTP(w, r)
 			return
 		case strings.HasPrefix(r.URL.Path, prefix+"/admin/"):

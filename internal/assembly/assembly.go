@@ -37,6 +37,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/publish"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
+	"github.com/kaitoflow/kaitoflow/functions/serve/local"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -89,7 +90,10 @@ type Drivers struct {
 	// Local is the local trainer's Python trainer: its interpreter, the trainer's directory, local
 	// model directories and whether it trains on the CPU.
 	Local tune.Python
-	// Deployer runs inference: sim, or knative (a scale-to-zero Knative Service).
+	// VLLM is the local deployer's model server: vLLM as a process per replica.
+	VLLM local.VLLM
+	// Deployer runs inference: sim, local (vLLM processes on this machine behind chat-proxy), or
+	// knative (a scale-to-zero Knative Service).
 	Deployer string
 
 	// AKS is the aks provider's cluster.
@@ -554,13 +558,27 @@ func (b *builder) publish() (runtime.Handler, error) {
 func (b *builder) serve() (runtime.Handler, error) {
 	d := b.cfg.Drivers
 	switch d.Deployer {
-	case "", "sim":
+	case "", "sim", "local":
+		// The local deployer is the sim's replicas, revisions and scale to zero with a real vLLM
+		// process per replica in place of the simulated runtime.
 		sim := &serve.Sim{BaseURL: b.cfg.Sim.BaseURL + SimInferencePath, Delay: b.cfg.Sim.Delay, Log: b.log}
 		if b.cfg.Sim.Dir != "" {
 			sim.Dir = filepath.Join(b.cfg.Sim.Dir, "serving")
 		}
 		if b.cfg.Sim.Token != "" {
 			sim.Transport = bearer{token: b.cfg.Sim.Token, next: http.DefaultTransport}
+		}
+		if d.Deployer == "local" {
+			if d.VLLM.Python == "" {
+				return nil, errors.New("deployer local: a Python with vLLM (--vllm-python; hack/ml-env.sh vllm makes one) is required")
+			}
+			catalog, err := presets.Default()
+			if err != nil {
+				return nil, err
+			}
+			v := d.VLLM
+			v.Catalog, v.Log, v.Dir = catalog, b.log, filepath.Join(b.cfg.Sim.Dir, "vllm")
+			sim.Server = &v
 		}
 		b.a.SimInference = http.StripPrefix(SimInferencePath, sim.Handler())
 		return serve.New(sim, b.log), nil
