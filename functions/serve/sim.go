@@ -44,7 +44,7 @@ type Sim struct {
 	// deployer) in place of the simulated runtime; replicas, revisions, scale to zero and the
 	// adapter set behave the same.
 	Server ModelServer
-	Log       *slog.Logger
+	Log    *slog.Logger
 
 	mu       sync.Mutex
 	services map[string]*simService // by namespace/service
