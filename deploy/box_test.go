@@ -21,7 +21,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -737,18 +736,7 @@ func TestTuningNodeLostResumesInTheBox(t *testing.T) {
 // secret (its volume is not projected here).
 func jobRunOf(t *testing.T, pod corev1.Pod, registry, delay string) jobrun.Config {
 	t.Helper()
-	command := pod.Spec.Containers[0].Command
-	i, j := slices.Index(command, "job-run"), slices.Index(command, "--")
-	if i < 0 || j < i {
-		t.Fatalf("the tuning pod does not run job-run: %q", command)
-	}
-	var c jobrun.Config
-	var allow []string
-	fs := pflag.NewFlagSet("job-run", pflag.ContinueOnError)
-	jobrun.RegisterFlags(fs, &c, &allow)
-	if err := fs.Parse(command[i+1 : j]); err != nil {
-		t.Fatal(err)
-	}
+	c, _ := testenv.JobRunOf(t, pod.Spec.Containers[0].Command)
 	out, err := adapter.Rewrite(registry, c.OutputImage)
 	if err != nil {
 		t.Fatal(err)

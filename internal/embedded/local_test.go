@@ -3,13 +3,11 @@ package embedded
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,21 +34,12 @@ import (
 func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 	py := testenv.MLPython(t)
 	tiny := testenv.TinyModel(t, py)
-	files, _ := filepath.Glob(filepath.Join(tiny.Data, "*.parquet"))
-	if len(files) != 1 {
-		t.Fatalf("the tiny dataset: %v", files)
-	}
-	data := httptest.NewServer(http.FileServer(http.Dir(tiny.Data)))
-	defer data.Close()
-	trainerDir, err := filepath.Abs("../../presets/trainer")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dataURL := tiny.Serve(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	fns := assembly.Config{
 		Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
-		Drivers: assembly.Drivers{Trainer: "local", Local: tune.Python{Interpreter: py, TrainerDir: trainerDir,
+		Drivers: assembly.Drivers{Trainer: "local", Local: tune.Python{Interpreter: py, TrainerDir: testenv.TrainerDir(t),
 			Models: map[string]string{"phi-3-mini-128k-instruct": tiny.Model}, CPU: true}},
 	}
 	p, err := Start(ctx, Config{
@@ -63,11 +52,8 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 	}
 	defer p.Close()
 
-	// What a tiny run on a CPU needs: a few steps at a high rate, short sequences, the data's columns.
-	dataset, _ := json.Marshal(tiny.DatasetConfig)
-	config := fmt.Sprintf("training_config:\n  TrainingArguments: {max_steps: 16, learning_rate: 0.01, logging_steps: 2, seed: 0}\n  DatasetConfig: %s\n", dataset)
-	config = strings.Replace(config, "DatasetConfig: {", "DatasetConfig: {\"max_seq_length\": 64, ", 1)
-	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny-cpu}\ndata:\n  training_config.yaml: |\n    %s\n", strings.ReplaceAll(config, "\n", "\n    "))
+	// What a tiny run on a CPU needs.
+	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny-cpu}\ndata:\n  training_config.yaml: %q\n", tiny.TrainingConfig(16))
 	resp, err := http.Post(p.URL+"/v1/configmaps", "application/yaml", strings.NewReader(cm))
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +70,7 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 	doc := strings.NewReplacer(
 		"method: qlora", "method: lora\n  config: tiny-cpu",
 		"https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true",
-		data.URL+"/"+filepath.Base(files[0]),
+		dataURL,
 	).Replace(string(seed))
 	if code, body := submit(t, p, []byte(doc)); code != http.StatusAccepted {
 		t.Fatalf("submit: %d %s", code, body)

@@ -3,10 +3,17 @@ package testenv
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
 // MLPython is the python of the ML environment (torch, transformers, peft: hack/ml-env.sh makes it
@@ -67,12 +74,8 @@ func TinyModel(t testing.TB, py string) Tiny {
 // train fastest so, and two processes on two cores do not fight).
 func TrainerEnv(t testing.TB, root string) []string {
 	t.Helper()
-	repo, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	return []string{
-		"PYTHONPATH=" + filepath.Join(repo, "presets", "trainer"),
+		"PYTHONPATH=" + TrainerDir(t),
 		"HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "HF_HOME=" + filepath.Join(root, "hf"),
 		"KAITOFLOW_OUTPUT_ROOT=" + root, "OMP_NUM_THREADS=1", "TOKENIZERS_PARALLELISM=false", "PYTHONUNBUFFERED=1",
 	}
@@ -117,4 +120,61 @@ func AssertAdapterChangesModel(t testing.TB, py, model, dir string) {
 	if got.Moved < 1e-4 || got.R < 1 {
 		t.Fatalf("the adapter (rank %d) moved the logits by %g: it does nothing", got.R, got.Moved)
 	}
+}
+
+// Serve serves the tiny dataset's parquet over HTTP on loopback until the test ends and returns
+// its URL: a dataset URL as a workspace names one.
+func (tiny Tiny) Serve(t testing.TB) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(tiny.Data, "*.parquet"))
+	if len(files) != 1 {
+		t.Fatalf("the tiny dataset: %v", files)
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(tiny.Data)))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/" + filepath.Base(files[0])
+}
+
+// TrainingConfig is a training_config.yaml for a tiny run on a CPU: a few steps at a high rate
+// (so the loss moves well beyond noise), short sequences, and the data's columns.
+func (tiny Tiny) TrainingConfig(steps int) string {
+	dataset := map[string]any{"max_seq_length": 64}
+	for k, v := range tiny.DatasetConfig {
+		dataset[k] = v
+	}
+	cfg, _ := json.Marshal(map[string]any{"training_config": map[string]any{
+		"TrainingArguments": map[string]any{"max_steps": steps, "learning_rate": 0.01, "logging_steps": 2, "seed": 0},
+		"DatasetConfig":     dataset,
+	}})
+	return string(cfg)
+}
+
+// TrainerDir is the trainer's source directory (presets/trainer): what the local trainer puts on
+// PYTHONPATH, as the trainer image's working directory holds it.
+func TrainerDir(t testing.TB) string {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "presets", "trainer")
+}
+
+// JobRunOf parses a tuning container's command — `kaitoflow job-run FLAGS -- TRAINER...` as
+// jobs.Build writes it — with job-run's own flags, and returns the configuration and the trainer's
+// command line.
+func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {
+	t.Helper()
+	i, j := slices.Index(command, "job-run"), slices.Index(command, "--")
+	if i < 0 || j < i {
+		t.Fatalf("the tuning container does not run job-run: %q", command)
+	}
+	var c jobrun.Config
+	var allow []string
+	fs := pflag.NewFlagSet("job-run", pflag.ContinueOnError)
+	jobrun.RegisterFlags(fs, &c, &allow)
+	if err := fs.Parse(command[i+1 : j]); err != nil {
+		t.Fatal(err)
+	}
+	return c, slices.Clone(command[j+1:])
 }

@@ -8,7 +8,6 @@ import (
 	"log"
 	"log/slog"
 	"math"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/spf13/pflag"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/publish"
@@ -80,19 +78,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	command := k8sJob.Spec.Template.Spec.Containers[0].Command
-	i, j := slices.Index(command, "job-run"), slices.Index(command, "--")
-	if i < 0 || j < i {
-		t.Fatalf("the tuning container does not run job-run: %q", command)
-	}
-	var c jobrun.Config
-	var allow []string
-	fs := pflag.NewFlagSet("job-run", pflag.ContinueOnError)
-	jobrun.RegisterFlags(fs, &c, &allow)
-	if err := fs.Parse(command[i+1 : j]); err != nil {
-		t.Fatal(err)
-	}
-	trainer := append([]string{}, command[j+1:]...)
+	c, trainer := testenv.JobRunOf(t, k8sJob.Spec.Template.Spec.Containers[0].Command)
 	configFile := filepath.Join(root, presets.TrainingConfigKey)
 	if err := os.WriteFile(configFile, []byte(cm.Data[presets.TrainingConfigKey]), 0o600); err != nil {
 		t.Fatal(err)
@@ -105,12 +91,6 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	trainer = replaceArg(t, trainer, "--config", configFile)
 	trainer = dropArg(trainer, "--revision")
 
-	files, _ := filepath.Glob(filepath.Join(tiny.Data, "*.parquet"))
-	if len(files) != 1 {
-		t.Fatalf("the tiny dataset: %v", files)
-	}
-	data := httptest.NewServer(http.FileServer(http.Dir(tiny.Data)))
-	defer data.Close()
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	host := strings.TrimPrefix(reg.URL, "http://")
@@ -118,7 +98,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.InputURLs = []string{data.URL + "/" + filepath.Base(files[0])}
+	c.InputURLs = []string{tiny.Serve(t)}
 	c.Policy = events.AddressPolicy{Allow: []string{"127.0.0.1"}}
 	c.DataDir, c.ResultsDir, c.TerminationLog = filepath.Join(root, "data"), results, filepath.Join(root, "termination-log")
 	c.OutputImage, c.InsecureRegistry, c.PushSecret, c.Attempts = out.String(), true, "", 1
