@@ -6,11 +6,14 @@ package embedded
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -64,8 +67,10 @@ type Config struct {
 type Pipeline struct {
 	// URL is the API's base URL.
 	URL string
-	// NATSURL is the NATS server the pipeline uses.
+	// NATSURL is the NATS server the pipeline uses, with its credentials.
 	NATSURL string
+	// DataDir holds the pipeline's stream, registry blobs and runs.
+	DataDir string
 	// Registry is the host:port of the in-process OCI registry.
 	Registry string
 	JS       jetstream.JetStream
@@ -88,7 +93,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pipeline{Metrics: prometheus.NewRegistry()}
+	p := &Pipeline{Metrics: prometheus.NewRegistry(), DataDir: cfg.DataDir}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -100,13 +105,29 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 
 	natsURL := cfg.NATS.URL
 	if natsURL == "" {
-		ns, err := startNATS(cfg)
+		// Who reaches the embedded server's port must sign in: a password made for this run, in
+		// a file only this user can read, for the `kaitoflow fn` processes that join it.
+		password, err := randomSecret()
+		if err != nil {
+			return nil, err
+		}
+		ns, err := startNATS(cfg, password)
 		if err != nil {
 			return nil, err
 		}
 		p.ns = ns
-		natsURL = ns.ClientURL()
-		log.Info("embedded NATS JetStream listening", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"))
+		u, err := url.Parse(ns.ClientURL())
+		if err != nil {
+			return nil, err
+		}
+		u.User = url.UserPassword(natsUser, password)
+		natsURL = u.String()
+		credentials := filepath.Join(cfg.DataDir, NATSURLFile)
+		if err := os.WriteFile(credentials, []byte(natsURL+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		log.Info("embedded NATS JetStream listening; clients sign in", "url", ns.ClientURL(), "credentials", credentials,
+			"store", filepath.Join(cfg.DataDir, "jetstream"))
 	}
 	p.NATSURL = natsURL
 	conn := cfg.NATS
@@ -225,7 +246,22 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	return p, nil
 }
 
-func startNATS(cfg Config) (*server.Server, error) {
+// NATSURLFile, under the data dir, holds the embedded NATS server's URL with this run's
+// credentials (owner-only): `kaitoflow fn --nats "$(cat DATA_DIR/nats-url)"` joins the pipeline.
+const NATSURLFile = "nats-url"
+
+// natsUser is the embedded server's one user: the pipeline and the processes that join it.
+const natsUser = "kaitoflow"
+
+func randomSecret() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("make the NATS password: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func startNATS(cfg Config, password string) (*server.Server, error) {
 	host, port := "127.0.0.1", -1
 	if cfg.NATSListen != "" {
 		h, ps, err := net.SplitHostPort(cfg.NATSListen)
@@ -245,6 +281,7 @@ func startNATS(cfg Config) (*server.Server, error) {
 		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
 		NoSigs:     true,
 		NoLog:      true,
+		Users:      []*server.User{{Username: natsUser, Password: password}},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
