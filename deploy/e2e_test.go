@@ -244,7 +244,9 @@ func TestClusterEndToEnd(t *testing.T) {
 	// job-run (as kaitoflow-trainer) reports progress on its own Pod.
 	trainer := kubernetes.NewForConfigOrDie(func() *rest.Config {
 		c := rest.CopyConfig(restCfg)
-		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + jobs.TrainerServiceAccount}
+		// As the pod's bound ServiceAccount token says: the account, and the pod it was issued to.
+		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + jobs.TrainerServiceAccount,
+			Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {pod.Name}}}
 		return c
 	}())
 	if err := (&jobrun.PodAnnotator{Client: trainer, Namespace: ns, Pod: pod.Name}).Report(ctx, events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.4}); err != nil {
