@@ -1,6 +1,7 @@
 package events
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,36 @@ type AddressPolicy struct {
 	// Allow lists host names (exact, case-insensitive) and CIDR prefixes that are admitted even
 	// though they are internal.
 	Allow []string
+	// Outputs, when set, says where each namespace's workspaces may push their adapters:
+	// repository prefixes (registry/path) by namespace, "*" for every namespace. Without it a
+	// workspace may name any repository its push secret reaches — one team's workspace could
+	// overwrite another team's tags with a shared registry identity.
+	Outputs map[string][]string
+}
+
+// CheckOutput checks that a workspace in namespace may push to image's repository.
+func (p AddressPolicy) CheckOutput(namespace, image string) error {
+	if len(p.Outputs) == 0 {
+		return nil
+	}
+	repo := image
+	if i := strings.Index(repo, "@"); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	allowed := append(slices.Clone(p.Outputs[namespace]), p.Outputs["*"]...)
+	for _, prefix := range allowed {
+		prefix = strings.TrimSuffix(prefix, "/")
+		if strings.EqualFold(repo, prefix) || strings.HasPrefix(strings.ToLower(repo), strings.ToLower(prefix)+"/") {
+			return nil
+		}
+	}
+	if len(allowed) == 0 {
+		return fmt.Errorf("namespace %s may push adapters to no repository (the functions' --output-repository)", namespace)
+	}
+	return fmt.Errorf("namespace %s may push adapters under %s only", namespace, strings.Join(allowed, ", "))
 }
 
 // ErrInternalAddress is returned for an address the policy refuses.
@@ -199,6 +230,11 @@ func (w *Workspace) Validate(p AddressPolicy) field.ErrorList {
 	}
 	if w.Tuning != nil {
 		errs = append(errs, w.Tuning.validate(field.NewPath("tuning"), p)...)
+		if o := w.Tuning.Output; o != nil && o.Image != "" {
+			if err := p.CheckOutput(cmp.Or(w.Namespace, DefaultNamespace), o.Image); err != nil {
+				errs = append(errs, field.Forbidden(field.NewPath("tuning", "output", "image"), err.Error()))
+			}
+		}
 		// Kaito's rule: a tuning run trains on one node.
 		if w.Resource.Count != nil && *w.Resource.Count > 1 {
 			errs = append(errs, field.Invalid(field.NewPath("resource", "count"), *w.Resource.Count, "tuning does not support multiple nodes: set it to 1 (a node with several GPUs trains on all of them)"))

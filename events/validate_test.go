@@ -196,3 +196,33 @@ func TestSplitYAML(t *testing.T) {
 		t.Fatalf("second document: %v %v", w, err)
 	}
 }
+
+// With an output mapping, a namespace's workspaces push only under its prefixes: one team cannot
+// overwrite another's tags through a shared registry identity.
+func TestOutputRepositoriesPerNamespace(t *testing.T) {
+	p := AddressPolicy{Outputs: map[string][]string{"team-a": {"acr.azurecr.io/team-a"}, "*": {"acr.azurecr.io/shared/"}}}
+	for _, tc := range []struct {
+		ns, image string
+		ok        bool
+	}{
+		{"team-a", "acr.azurecr.io/team-a/adapter:1", true},
+		{"team-a", "acr.azurecr.io/team-a/deep/adapter@sha256:" + strings.Repeat("a", 64), true},
+		{"team-a", "acr.azurecr.io/team-b/adapter:1", false},
+		{"team-a", "acr.azurecr.io/team-ab/adapter:1", false}, // a prefix ends at a path boundary
+		{"team-b", "acr.azurecr.io/team-a/adapter:1", false},
+		{"team-b", "acr.azurecr.io/shared/team-b:1", true},
+	} {
+		doc := strings.Replace(strings.Replace(base, "example.azurecr.io/adapter:1", tc.image, 1), "  name: ws\n", "  name: ws\n  namespace: "+tc.ns+"\n", 1)
+		w, err := DecodeWorkspace([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := w.Validate(p)
+		if ok := len(errs) == 0; ok != tc.ok {
+			t.Errorf("%s pushing to %s: %v, want ok=%v", tc.ns, tc.image, errs, tc.ok)
+		}
+		if !tc.ok && (len(errs) != 1 || errs[0].Field != "tuning.output.image") {
+			t.Errorf("%s pushing to %s: want one error on tuning.output.image, got %v", tc.ns, tc.image, errs)
+		}
+	}
+}

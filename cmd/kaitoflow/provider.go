@@ -30,6 +30,7 @@ type driverFlags struct {
 	attempts   int
 	delay      time.Duration
 	allow      []string
+	outputs    []string
 	hubURL     string
 	dataDir    string
 }
@@ -65,6 +66,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.preflight, "preflight", preflight, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
 	f.DurationVar(&p.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	f.StringSliceVar(&p.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+	f.StringArrayVar(&p.outputs, "output-repository", nil, "NAMESPACE=REGISTRY/PREFIX: the repositories a namespace's workspaces may push adapters to (repeatable; * for every namespace); without any, a workspace may name any repository")
 	f.StringVar(&p.hubURL, "hub-url", "", "the Hugging Face Hub (or a mirror) the planner reads models that are not presets from: their config.json and file sizes (default https://huggingface.co)")
 	f.StringVar(&p.dataDir, "data-dir", "", "up: where JetStream, the registry and the sim trainer keep their data; fn: the sim trainer's (default: kaitoflow in the user cache dir)")
 }
@@ -77,6 +79,16 @@ func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline, TuningAttempts: p.attempts,
 		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller, HubURL: p.hubURL,
 		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(p.dir(), "adapters")},
+	}
+	for _, o := range p.outputs {
+		ns, prefix, ok := strings.Cut(o, "=")
+		if !ok || ns == "" || prefix == "" {
+			return cfg, fmt.Errorf("--output-repository %q: want NAMESPACE=REGISTRY/PREFIX", o)
+		}
+		if cfg.Policy.Outputs == nil {
+			cfg.Policy.Outputs = map[string][]string{}
+		}
+		cfg.Policy.Outputs[ns] = append(cfg.Policy.Outputs[ns], prefix)
 	}
 	if _, _, err := assembly.Preflight(p.preflight, cfg.Policy); err != nil {
 		return cfg, err
