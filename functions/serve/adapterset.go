@@ -571,6 +571,10 @@ func (m *AdapterManager) Run(ctx context.Context, source func(context.Context) (
 		lastErr = ""
 		if err != nil {
 			lastErr = err.Error()
+		}
+		// A model server still loading has not failed anything: it is looked at again at the
+		// interval, so the set goes live soon after the model does.
+		if err != nil && !errors.Is(err, errModelLoading) {
 			failures++
 		} else {
 			failures = 0

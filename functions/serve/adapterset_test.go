@@ -119,8 +119,8 @@ func TestSimRuntimeLoRAAPI(t *testing.T) {
 		code       int
 		says       string
 	}{
-		{"/v1/load_lora_adapter", `{"lora_name":"a"}`, 400, "must be provided"},
-		{"/v1/load_lora_adapter", `{"lora_name":"b","lora_path":"` + t.TempDir() + `"}`, 400, "adapter_config.json"},
+		{"/v1/load_lora_adapter", `{"lora_name":"a"}`, 400, "Field required"},
+		{"/v1/load_lora_adapter", `{"lora_name":"b","lora_path":"` + t.TempDir() + `"}`, 404, "No adapter found"},
 		{"/v1/load_lora_adapter", load, 200, "added successfully"},
 		{"/v1/load_lora_adapter", load, 400, "already been loaded"},
 		{"/v1/completions", `{"model":"a","prompt":"hi"}`, 200, "with adapter a"},

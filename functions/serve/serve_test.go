@@ -82,7 +82,7 @@ func TestHandleSim(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			if resp.Header.Get("Content-Type") != "text/event-stream" {
+			if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 				b, _ := io.ReadAll(resp.Body)
 				t.Fatalf("stream: %d %s", resp.StatusCode, b)
 			}

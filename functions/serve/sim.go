@@ -399,6 +399,17 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	return st, nil
 }
 
+// Close stops every replica (and its model server) of every service.
+func (s *Sim) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, svc := range s.services {
+		for _, r := range slices.Clone(svc.replicas) {
+			svc.remove(r)
+		}
+	}
+}
+
 // List implements Deployer.
 func (s *Sim) List(context.Context) ([]events.Ref, error) {
 	s.mu.Lock()

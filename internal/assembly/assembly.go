@@ -220,6 +220,9 @@ type Assembly struct {
 	SimInference http.Handler
 	// Store is the status store, when one was needed.
 	Store *status.Store
+	// Close stops what the drivers run on this machine (the local deployer's model servers);
+	// call it when the functions have stopped.
+	Close func()
 }
 
 // Build assembles cfg.Functions.
@@ -227,7 +230,7 @@ func Build(ctx context.Context, cfg Config) (*Assembly, error) {
 	if cfg.ControllerWorkers == 0 {
 		cfg.ControllerWorkers = 4
 	}
-	b := &builder{cfg: cfg, log: logctx.Or(cfg.Logger), a: &Assembly{Store: cfg.Store}, kube: map[string]*clients{}}
+	b := &builder{cfg: cfg, log: logctx.Or(cfg.Logger), a: &Assembly{Store: cfg.Store, Close: func() {}}, kube: map[string]*clients{}}
 	for _, n := range cfg.Functions {
 		fn, err := b.function(ctx, n)
 		if err != nil {
@@ -579,6 +582,8 @@ func (b *builder) serve() (runtime.Handler, error) {
 			v := d.VLLM
 			v.Catalog, v.Log, v.Dir = catalog, b.log, filepath.Join(b.cfg.Sim.Dir, "vllm")
 			sim.Server = &v
+			// vLLM's engine processes outlive a server killed with this process: stop them all.
+			b.a.Close = sim.Close
 		}
 		b.a.SimInference = http.StripPrefix(SimInferencePath, sim.Handler())
 		return serve.New(sim, b.log), nil

