@@ -1,8 +1,13 @@
 package events
 
 import (
+	"fmt"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	psapi "k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
 )
 
 // Workspace content comes from whoever may submit a workspace (the CLI, kubectl, a Service Bus
@@ -45,11 +50,38 @@ func validateVolumeSource(path *field.Path, v *corev1.VolumeSource) field.ErrorL
 }
 
 // validatePodTemplate refuses every field of a user pod template that chooses identity or node
-// access.
+// access: Kubernetes' own Pod Security "baseline" checks (the pod-security-admission library, so
+// every field the cluster's admission would call node access is covered, seLinuxOptions, seccomp
+// and AppArmor profiles, sysctls, probes aimed at other hosts among them), and kaitoflow's rules
+// for what baseline allows but a workspace may not choose: an identity, the Secrets of its
+// namespace, kaitoflow's own labels.
 func validatePodTemplate(path *field.Path, t *corev1.PodTemplateSpec) field.ErrorList {
 	var errs field.ErrorList
 	spec := path.Child("spec")
 	s := &t.Spec
+	if eval, err := policy.NewEvaluator(policy.DefaultChecks(), nil); err == nil {
+		for _, r := range eval.EvaluatePod(psapi.LevelVersion{Level: psapi.LevelBaseline, Version: psapi.LatestVersion()}, &t.ObjectMeta, s) {
+			if !r.Allowed {
+				errs = append(errs, field.Forbidden(spec, fmt.Sprintf("Pod Security baseline: %s (%s)", r.ForbiddenReason, r.ForbiddenDetail)))
+			}
+		}
+	}
+	for k := range t.Labels {
+		if strings.HasPrefix(k, "kaitoflow.io/") || strings.HasPrefix(k, "azure.workload.identity/") {
+			errs = append(errs, field.Forbidden(path.Child("metadata", "labels").Key(k), "kaitoflow sets its own labels and the workload identity's"))
+		}
+	}
+	for i := range s.Volumes {
+		if s.Volumes[i].Secret != nil {
+			errs = append(errs, field.Forbidden(spec.Child("volumes").Index(i).Child("secret"), noSecrets))
+		}
+	}
+	for i := range s.InitContainers {
+		errs = append(errs, containerSecrets(spec.Child("initContainers").Index(i), &s.InitContainers[i])...)
+	}
+	for i := range s.Containers {
+		errs = append(errs, containerSecrets(spec.Child("containers").Index(i), &s.Containers[i])...)
+	}
 	if s.ServiceAccountName != "" {
 		errs = append(errs, field.Forbidden(spec.Child("serviceAccountName"), "the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
 	}
@@ -114,6 +146,26 @@ func validateContainer(path *field.Path, c *corev1.Container) field.ErrorList {
 	for i, p := range c.Ports {
 		if p.HostPort != 0 {
 			errs = append(errs, field.Forbidden(path.Child("ports").Index(i).Child("hostPort"), "a workspace's containers do not bind the node's ports"))
+		}
+	}
+	return errs
+}
+
+// noSecrets: a template pod runs in the workspace's namespace, where the push secret and other
+// workspaces' Secrets live too; a workspace submitted over the bus must not be able to read them
+// into a pod it controls.
+const noSecrets = "a template pod reads no Secrets of the namespace (name a gated model's token in presetOptions.modelAccessSecret instead)"
+
+func containerSecrets(p *field.Path, c *corev1.Container) field.ErrorList {
+	var errs field.ErrorList
+	for j, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			errs = append(errs, field.Forbidden(p.Child("env").Index(j).Child("valueFrom", "secretKeyRef"), noSecrets))
+		}
+	}
+	for j, e := range c.EnvFrom {
+		if e.SecretRef != nil {
+			errs = append(errs, field.Forbidden(p.Child("envFrom").Index(j).Child("secretRef"), noSecrets))
 		}
 	}
 	return errs

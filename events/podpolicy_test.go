@@ -48,6 +48,18 @@ func TestValidateRefusesIdentityAndHostAccess(t *testing.T) {
 		{"capabilities", inferenceBase + "        securityContext: {capabilities: {add: [SYS_ADMIN]}}\n", "inference.template.spec.containers[0].securityContext.capabilities.add"},
 		{"hostPort", inferenceBase + "        ports: [{containerPort: 80, hostPort: 80}]\n", "inference.template.spec.containers[0].ports[0].hostPort"},
 		{"init container privileged", strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      initContainers:\n      - name: i\n        image: busybox\n        securityContext: {privileged: true}\n", 1), "inference.template.spec.initContainers[0].securityContext.privileged"},
+		// The namespace's Secrets (another workspace's push secret) into a pod the workspace controls.
+		{"secret volume", strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      volumes:\n      - {name: s, secret: {secretName: acr-push}}\n", 1), "inference.template.spec.volumes[0].secret"},
+		{"secret env", inferenceBase + "        env: [{name: T, valueFrom: {secretKeyRef: {name: acr-push, key: .dockerconfigjson}}}]\n", "inference.template.spec.containers[0].env[0].valueFrom.secretKeyRef"},
+		{"secret envFrom", inferenceBase + "        envFrom: [{secretRef: {name: acr-push}}]\n", "inference.template.spec.containers[0].envFrom[0].secretRef"},
+		// What Pod Security's baseline calls node access, beyond the fields named above.
+		{"SELinux type", strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      securityContext: {seLinuxOptions: {type: spc_t}}\n", 1), "inference.template.spec"},
+		{"unsafe sysctl", strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      securityContext: {sysctls: [{name: kernel.msgmax, value: \"1\"}]}\n", 1), "inference.template.spec"},
+		{"probe aimed at the metadata service", inferenceBase + "        readinessProbe: {httpGet: {host: 169.254.169.254, path: /metadata, port: 80}}\n", "inference.template.spec"},
+		{"unconfined seccomp", inferenceBase + "        securityContext: {seccompProfile: {type: Unconfined}}\n", "inference.template.spec"},
+		// kaitoflow's own labels, which say whose Service it is.
+		{"kaitoflow label", strings.Replace(inferenceBase, "  template:\n", "  template:\n    metadata:\n      labels: {kaitoflow.io/workspace: victim}\n", 1), "inference.template.metadata.labels[kaitoflow.io/workspace]"},
+		{"workload identity label", strings.Replace(inferenceBase, "  template:\n", "  template:\n    metadata:\n      labels: {azure.workload.identity/use: \"true\"}\n", 1), "inference.template.metadata.labels[azure.workload.identity/use]"},
 		// The same route onto tuning Jobs: the input and output volumes.
 		{"tuning input hostPath", strings.Replace(base, `    urls: ["https://example.com/data.parquet"]`, "    volumeSource: {hostPath: {path: /var/lib/kubelet}}", 1), "tuning.input.volumeSource"},
 		{"tuning output hostPath", strings.Replace(base, "    image: example.azurecr.io/adapter:1\n    imagePushSecret: push\n", "    volumeSource: {hostPath: {path: /etc}}\n", 1), "tuning.output.volumeSource"},
@@ -74,7 +86,7 @@ func TestValidateRefusesIdentityAndHostAccess(t *testing.T) {
 func TestValidateAdmitsNamespacedVolumesAndSafeTemplates(t *testing.T) {
 	for name, doc := range map[string]string{
 		"template":            inferenceBase + "        securityContext: {runAsNonRoot: true, allowPrivilegeEscalation: false}\n",
-		"template volumes":    strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      automountServiceAccountToken: false\n      volumes:\n      - {name: a, persistentVolumeClaim: {claimName: c}}\n      - {name: b, configMap: {name: m}}\n      - {name: c, secret: {secretName: s}}\n      - {name: d, emptyDir: {}}\n", 1),
+		"template volumes":    strings.Replace(inferenceBase, "    spec:\n", "    spec:\n      automountServiceAccountToken: false\n      volumes:\n      - {name: a, persistentVolumeClaim: {claimName: c}}\n      - {name: b, configMap: {name: m}}\n      - {name: d, emptyDir: {}}\n", 1),
 		"tuning output claim": strings.Replace(base, "    image: example.azurecr.io/adapter:1\n    imagePushSecret: push\n", "    volumeSource: {persistentVolumeClaim: {claimName: adapters}}\n", 1),
 	} {
 		w, err := DecodeWorkspace([]byte(doc))

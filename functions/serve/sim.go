@@ -353,9 +353,13 @@ func (svc *simService) current() []*simReplica {
 }
 
 func (svc *simService) remove(r *simReplica) {
-	r.stop()
 	svc.replicas = slices.DeleteFunc(svc.replicas, func(x *simReplica) bool { return x == r })
-	_ = os.RemoveAll(r.manager.Dir)
+	// Stopped outside the caller's lock: a real model server takes seconds to stop, and the
+	// replica is no longer routed to.
+	go func() {
+		r.stop()
+		_ = os.RemoveAll(r.manager.Dir)
+	}()
 }
 
 // Status implements Deployer: Ready once a replica of the current revision serves the current
@@ -399,14 +403,19 @@ func (s *Sim) Status(_ context.Context, ref events.Ref) (*Status, error) {
 	return st, nil
 }
 
-// Close stops every replica (and its model server) of every service.
+// Close stops every replica (and its model server) of every service, and returns when they have
+// stopped.
 func (s *Sim) Close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var all []*simReplica
 	for _, svc := range s.services {
-		for _, r := range slices.Clone(svc.replicas) {
-			svc.remove(r)
-		}
+		all = append(all, svc.replicas...)
+		svc.replicas = nil
+	}
+	s.mu.Unlock()
+	for _, r := range all {
+		r.stop()
+		_ = os.RemoveAll(r.manager.Dir)
 	}
 }
 

@@ -81,6 +81,9 @@ type localRun struct {
 	err      error
 	// failure is the trainer's own account of a failed run.
 	failure *events.TrainerFailure
+	// cancel ends the run (job-run sends the trainer SIGTERM): the workspace was deleted, or a
+	// newer generation or attempt replaced it.
+	cancel context.CancelFunc
 }
 
 // Name implements Trainer.
@@ -106,14 +109,18 @@ func (l *Local) Start(ctx context.Context, job Job) error {
 		}
 		l.slots = make(chan struct{}, n)
 	}
-	r := &localRun{job: job, started: time.Now().UTC()}
+	if old, ok := l.runs[localKey(job.Ref)]; ok && old.cancel != nil {
+		old.cancel() // superseded: its process must not go on writing the results directory
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &localRun{job: job, started: time.Now().UTC(), cancel: cancel}
 	l.runs[localKey(job.Ref)] = r
 	msg := "local: tuning job started; the trainer runs on this machine"
 	if l.kind == "sim" {
 		msg = "sim: tuning job started; nothing is trained"
 	}
 	logctx.Or(l.Log).InfoContext(ctx, msg, "job", job.Name, "nodes", job.Nodes)
-	go l.run(context.WithoutCancel(ctx), r)
+	go l.run(runCtx, r)
 	return nil
 }
 
@@ -274,6 +281,9 @@ func (l *Local) Acknowledge(_ context.Context, ref events.Ref, upTo int) error {
 func (l *Local) Delete(_ context.Context, ref events.Ref) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if r, ok := l.runs[localKey(ref)]; ok && r.cancel != nil {
+		r.cancel()
+	}
 	delete(l.runs, localKey(ref))
 	return nil
 }

@@ -53,11 +53,12 @@ func DollyParquet(tb testing.TB, n int) []byte {
 }
 
 // footerBomb is a 21-byte parquet file whose footer (FileMetaData: version 1, then a schema list)
-// claims 2^31 schema elements. parquet-go sizes the list from that claim before reading an
-// element; before footer checks it allocated ~206 GB and the process died.
+// claims 2^31-1 schema elements (the most parquet-go's own check lets through). parquet-go sizes
+// the list from that claim before reading an element; before footer checks it allocated ~206 GB
+// and the process died.
 var footerBomb = []byte("PAR1" +
 	"\x15\x02" + // field 1, i32: version 1
-	"\x19\xfc\x80\x80\x80\x80\x08" + // field 2, list of structs, 2^31 elements
+	"\x19\xfc\xff\xff\xff\xff\x07" + // field 2, list of structs, 2^31-1 elements
 	"\x09\x00\x00\x00" + "PAR1")
 
 func server(t *testing.T) *httptest.Server {
@@ -108,7 +109,7 @@ func TestPreflight(t *testing.T) {
 		{path: "/alpaca.jsonl", wantReason: ReasonInvalid, wantMsg: "instruction, output"},
 		{path: "/huge.parquet", wantReason: ReasonInvalid, wantMsg: "20.0 GB is over the 10.7 GB limit"},
 		// The 21-byte file that took the process down: refused by the footer check, named.
-		{path: "/bomb.parquet", wantReason: ReasonInvalid, wantMsg: "a list of 2147483648 elements in 0 remaining bytes"},
+		{path: "/bomb.parquet", wantReason: ReasonInvalid, wantMsg: "a list of 2147483647 elements in 0 remaining bytes"},
 		{path: "/bomb-length.parquet", wantReason: ReasonInvalid, wantMsg: "the footer claims 2147483647 bytes"},
 		{path: "/redirect.parquet", wantReason: ReasonInvalid, wantMsg: "link-local"},
 	}

@@ -20,7 +20,6 @@ const (
 	// maxFooterAlloc bounds what decoding the footer may allocate, estimated per list element as
 	// the largest Go struct parquet-go decodes one into (a ColumnChunk with its metadata).
 	maxFooterAlloc = 256 << 20
-	elementCost    = 1 << 10
 	maxFooterDepth = 32
 )
 
@@ -89,13 +88,26 @@ func (w *footerWalker) skip(n uint64) error {
 	return nil
 }
 
+// elementCost estimates what one decoded element of type t takes in memory: a struct as the
+// largest parquet-go decodes one into (a ColumnChunk with its metadata), a byte string its
+// header, a number its word.
+func elementCost(t byte) int64 {
+	switch t {
+	case ctStruct, ctList, ctSet, ctMap:
+		return 1 << 10
+	case ctBinary, ctUUID:
+		return 24
+	}
+	return 8
+}
+
 // elements checks a claimed element count: every element takes at least one byte, and their
 // decoded size is charged to the budget.
-func (w *footerWalker) elements(n uint64) error {
+func (w *footerWalker) elements(n uint64, t byte) error {
 	if n > uint64(w.remaining()) {
 		return fmt.Errorf("a list of %d elements in %d remaining bytes", n, w.remaining())
 	}
-	w.budget -= int64(n) * elementCost
+	w.budget -= int64(n) * elementCost(t)
 	if w.budget < 0 {
 		return fmt.Errorf("lists decode to more than %d MiB", maxFooterAlloc>>20)
 	}
@@ -135,7 +147,7 @@ func (w *footerWalker) value(t byte, depth int) error {
 				return err
 			}
 		}
-		if err := w.elements(n); err != nil {
+		if err := w.elements(n, et); err != nil {
 			return err
 		}
 		for range n {
@@ -153,7 +165,7 @@ func (w *footerWalker) value(t byte, depth int) error {
 		if err != nil {
 			return err
 		}
-		if err := w.elements(n); err != nil {
+		if err := w.elements(n, max(kv>>4, kv&0x0f)); err != nil {
 			return err
 		}
 		for range n {

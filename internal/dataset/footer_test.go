@@ -12,9 +12,9 @@ import (
 )
 
 // FuzzParquetFooter holds the footer check to its promise: a footer it admits decodes with
-// parquet-go within the allocation budget. The fuzzer runs under a memory limit, so a footer that
-// slipped past the check with a huge claimed length fails here as an allocation over the budget
-// (or as the limit's out-of-memory) instead of passing silently; the bomb is in the corpus.
+// parquet-go within the allocation budget, measured per input. The memory limit (a soft one) makes
+// the garbage collector work hard long before a slipped-through claim could exhaust the machine,
+// so the over-budget allocation is reported instead of crashing the fuzzer; the bomb is in the corpus.
 func FuzzParquetFooter(f *testing.F) {
 	debug.SetMemoryLimit(2 * maxFooterAlloc)
 	f.Add(footerBomb[4 : len(footerBomb)-8])

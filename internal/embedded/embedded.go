@@ -101,7 +101,8 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 			p.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	// Owner only: the stream, the registry's blobs (adapters) and the runs are the user's.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 

@@ -247,12 +247,14 @@ func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
 var errPermanent = errors.New("permanent")
 
 // Download bounds: a dataset file is at most MaxDatasetBytes (the preflight's limit, so what it
-// admitted fits), and a transfer that receives nothing for StallTimeout is abandoned — a server
-// that answers and then trickles (or stops) would otherwise hold the GPU node until the Job's
-// deadline. There is no bound on the whole transfer: a large file on a slow link is legitimate.
+// admitted fits), and a transfer that receives less than StallBytes in StallTimeout is abandoned —
+// a server that answers and then trickles (or stops) would otherwise hold the GPU node until the
+// Job's deadline. There is no bound on the whole transfer: a large file on a slow link is
+// legitimate, 64 KiB in two minutes is not a link.
 const (
 	MaxDatasetBytes = 10 << 30
 	StallTimeout    = 2 * time.Minute
+	StallBytes      = 64 << 10
 )
 
 func download(ctx context.Context, client *http.Client, raw, dst string) (string, int64, error) {
@@ -262,7 +264,7 @@ func download(ctx context.Context, client *http.Client, raw, dst string) (string
 func downloadWithin(ctx context.Context, client *http.Client, raw, dst string, maxBytes int64, stall time.Duration) (string, int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	idle := time.AfterFunc(stall, func() { cancel(fmt.Errorf("no bytes for %s", stall)) })
+	idle := time.AfterFunc(stall, func() { cancel(fmt.Errorf("less than %d KiB in %s", StallBytes>>10, stall)) })
 	defer idle.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
 	if err != nil {
@@ -289,7 +291,14 @@ func downloadWithin(ctx context.Context, client *http.Client, raw, dst string, m
 	}
 	h := sha256.New()
 	// One byte past the limit tells a body that is too long from one that is exactly the limit.
-	body := &progressReader{r: io.LimitReader(resp.Body, maxBytes+1), onRead: func() { idle.Reset(stall) }}
+	// The stall timer restarts only once StallBytes more have arrived: a byte a minute is a stall.
+	var since int64
+	body := &progressReader{r: io.LimitReader(resp.Body, maxBytes+1), onRead: func(n int) {
+		if since += int64(n); since >= StallBytes {
+			since = 0
+			idle.Reset(stall)
+		}
+	}}
 	n, err := io.Copy(io.MultiWriter(f, h), body)
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -317,16 +326,16 @@ func withCause(ctx context.Context, err error) error {
 	return err
 }
 
-// progressReader calls onRead after every read that returned bytes.
+// progressReader calls onRead with the size of every read that returned bytes.
 type progressReader struct {
 	r      io.Reader
-	onRead func()
+	onRead func(n int)
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	if n > 0 {
-		p.onRead()
+		p.onRead(n)
 	}
 	return n, err
 }

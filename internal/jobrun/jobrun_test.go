@@ -217,6 +217,14 @@ func TestDownloadBounds(t *testing.T) {
 			_, _ = w.Write([]byte("PAR1"))
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
+		case "/trickle":
+			for range 100 {
+				if _, err := w.Write([]byte("x")); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(20 * time.Millisecond)
+			}
 		case "/long":
 			_, _ = w.Write(bytes.Repeat([]byte("x"), 4096)) // no Content-Length: chunked
 		case "/declared":
@@ -227,7 +235,8 @@ func TestDownloadBounds(t *testing.T) {
 	for _, tc := range []struct {
 		path, want string
 	}{
-		{"/stall", "no bytes for 200ms"},
+		{"/stall", "less than 64 KiB in 200ms"},
+		{"/trickle", "less than 64 KiB in 200ms"}, // a byte every 20 ms is no transfer
 		{"/long", "over the 1024-byte limit"},
 		{"/declared", "999999 bytes is over the 1024-byte limit"},
 	} {

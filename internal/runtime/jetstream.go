@@ -294,7 +294,9 @@ func (r *JetStream) deadLetter(msg jetstream.Msg, perr *events.PermanentError, d
 	// One dead letter per function and original message, however often this runs.
 	dl.Header.Set(nats.MsgIdHdr, "dlq/"+c.fn.Name+"/"+strconv.FormatUint(seq, 10))
 	size := len(msg.Data()) + headerBytes(msg.Headers()) + headerBytes(dl.Header)
-	if limit := r.js.Conn().MaxPayload(); limit <= 0 || int64(size) <= limit {
+	// What one message may hold: the connection's payload limit and the stream's message size.
+	limit := min(r.js.Conn().MaxPayload(), int64(events.MaxEventSize))
+	if int64(size) <= limit {
 		dl.Data = msg.Data()
 		for k, v := range msg.Headers() {
 			if dl.Header.Get(k) == "" {

@@ -54,6 +54,9 @@ type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the server process has exited
 	err  error         // its exit, once done
+	// reaped says this start's process group was killed: a second Stop or Kill must not signal
+	// a group id the system may have given to other processes since.
+	reaped bool
 }
 
 // Start starts `vllm serve args...` with python, env added to this process's environment, its
@@ -92,14 +95,15 @@ func (p *Process) Restart() error {
 	// kaitoflow reports nothing anywhere: vLLM sends usage statistics unless told not to.
 	cmd.Env = append(append(os.Environ(), "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group, so a stop reaches the engine and worker processes it spawns; the
-	// server is killed with this process should it die first.
+	// Its own process group, so a stop reaches the engine and worker processes it spawns. Should
+	// this process die without stopping it, the server gets SIGKILL (Pdeathsig reaches only the
+	// server, not its engine processes: an orderly shutdown stops the whole group).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start vLLM: %w", err)
 	}
 	done := make(chan struct{})
-	p.cmd, p.done = cmd, done
+	p.cmd, p.done, p.reaped = cmd, done, false
 	go func() {
 		err := cmd.Wait()
 		p.mu.Lock()
@@ -150,9 +154,10 @@ func (p *Process) Stop() { p.signal(syscall.SIGTERM, 10*time.Second) }
 
 func (p *Process) signal(sig syscall.Signal, grace time.Duration) {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
+	cmd, done, reaped := p.cmd, p.done, p.reaped
+	p.reaped = true
 	p.mu.Unlock()
-	if cmd == nil {
+	if cmd == nil || reaped {
 		return
 	}
 	pgid := cmd.Process.Pid // the group's leader: Setpgid made its pid the group's id

@@ -171,7 +171,17 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	if in := ws.Inference; in != nil && in.Template != nil {
 		// Kaito's inference.template: the user's pod, placed on the workspace's nodes.
 		spec = *in.Template.Spec.DeepCopy()
-		maps.Copy(labels, in.Template.Labels)
+		// kaitoflow's labels win: they say whose Service this is (validation refuses templates
+		// that set them).
+		own := labels
+		labels = maps.Clone(in.Template.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		maps.Copy(labels, own)
+		// No API token: left unset, the namespace's default ServiceAccount token would be mounted
+		// into a pod the workspace's submitter controls.
+		spec.AutomountServiceAccountToken = ptr(false)
 	} else {
 		var err error
 		if spec, err = presetPod(d, rt, o); err != nil {

@@ -199,14 +199,19 @@ func configFailureOf(evs []corev1.Event, evReason, reason string, now time.Time,
 	return reason, fmt.Sprintf("%s: %s", evReason, newest.Message)
 }
 
+// eventTime is when an Event was last seen: the newest of its times (a series' last observation,
+// the deprecated last timestamp; EventTime is a series' first).
 func eventTime(e *corev1.Event) time.Time {
-	switch {
-	case !e.EventTime.IsZero():
-		return e.EventTime.Time
-	case !e.LastTimestamp.IsZero():
-		return e.LastTimestamp.Time
+	t := e.FirstTimestamp.Time
+	for _, c := range []time.Time{e.EventTime.Time, e.LastTimestamp.Time} {
+		if c.After(t) {
+			t = c
+		}
 	}
-	return e.FirstTimestamp.Time
+	if e.Series != nil && e.Series.LastObservedTime.After(t) {
+		t = e.Series.LastObservedTime.Time
+	}
+	return t
 }
 
 // ReasonContainerConfig: the trainer container cannot be created from its spec, most often because

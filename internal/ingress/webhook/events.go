@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -144,6 +145,14 @@ func (e BlobEvent) Blob() (container, path string, ok bool) {
 	return container, path, ok && container != "" && path != ""
 }
 
+// blobDomains are Azure Storage's blob and Data Lake endpoints in Azure's public, China and US
+// Government clouds.
+var blobDomains = []string{
+	"blob.core.windows.net", "dfs.core.windows.net",
+	"blob.core.chinacloudapi.cn", "dfs.core.chinacloudapi.cn",
+	"blob.core.usgovcloudapi.net", "dfs.core.usgovcloudapi.net",
+}
+
 // Account is the storage account the event's topic names ("" when it names none).
 func (e BlobEvent) Account() string {
 	_, rest, ok := strings.Cut(e.Topic, "/providers/Microsoft.Storage/storageAccounts/")
@@ -170,8 +179,12 @@ func (e BlobEvent) CheckURL() error {
 	}
 	host := strings.ToLower(u.Hostname())
 	first, domain, _ := strings.Cut(host, ".")
-	if u.Scheme != "https" || first != strings.ToLower(account) || !(strings.HasPrefix(domain, "blob.") || strings.HasPrefix(domain, "dfs.")) || u.Port() != "" {
+	if u.Scheme != "https" || first != strings.ToLower(account) || !slices.Contains(blobDomains, domain) || u.Port() != "" || u.User != nil {
 		return fmt.Errorf("data.url %q is not the blob endpoint of storage account %s", e.Data.URL, account)
+	}
+	// A query (?snapshot=, ?versionid=) or fragment would select another version than the event's.
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("data.url %q names more than the blob (a query or fragment)", e.Data.URL)
 	}
 	if u.Path != "/"+container+"/"+blob {
 		return fmt.Errorf("data.url %q is not blob %s in container %s", e.Data.URL, blob, container)

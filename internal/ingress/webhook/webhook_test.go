@@ -347,6 +347,8 @@ func TestEventGridURLBoundToSubject(t *testing.T) {
 		{"another blob", "datasets/dolly.parquet\"", "datasets/other.parquet\""},
 		{"plain http", "https://kfdata", "http://kfdata"},
 		{"a port", "kfdata.blob.core.windows.net/", "kfdata.blob.core.windows.net:8443/"},
+		{"a look-alike domain", "kfdata.blob.core.windows.net/", "kfdata.blob.attacker.example/"},
+		{"another version", "datasets/dolly.parquet\"", "datasets/dolly.parquet?versionid=2019-01-01\""},
 	} {
 		if !strings.Contains(good, tc.from) {
 			t.Fatalf("%s: test bug: %q not in the event", tc.name, tc.from)
