@@ -24,14 +24,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
-	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -520,22 +517,7 @@ func pushAdapter(t *testing.T, registry, repo, tag, dir string) string {
 		}
 		files = append(files, events.AdapterFile{Path: f, Size: st.Size()})
 	}
-	img, err := adapter.BuildImage(dir, files, time.Unix(0, 0), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(registry + "/" + repo + ":" + tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ref.Context().Digest(d.String()).String()
+	return testenv.PushAdapterFiles(t, registry, repo, tag, dir, files)
 }
 
 // chatAnswersAs checks that the public model name answers through chat-proxy with the adapter

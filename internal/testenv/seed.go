@@ -98,6 +98,13 @@ func PushAdapter(t testing.TB, host, repo, tag string) string {
 		t.Fatal(err)
 	}
 	files = append(files, events.AdapterFile{Path: "README.md", Size: int64(len(note))})
+	return PushAdapterFiles(t, host, repo, tag, dir, files)
+}
+
+// PushAdapterFiles pushes files of dir as publish lays an adapter image out (Kaito's layout) to
+// host/repo:tag and returns the image's digest reference.
+func PushAdapterFiles(t testing.TB, host, repo, tag, dir string, files []events.AdapterFile) string {
+	t.Helper()
 	img, err := adapter.BuildImage(dir, files, time.Unix(0, 0), nil)
 	if err != nil {
 		t.Fatal(err)
