@@ -34,7 +34,9 @@ func (e *RegistryError) Error() string {
 	}
 	s := e.Err.Error()
 	switch {
-	case strings.Contains(s, "malformed HTTP"), strings.Contains(s, "server gave HTTP response to HTTPS client"):
+	case strings.Contains(s, "malformed HTTP"), strings.Contains(s, "server gave HTTP response to HTTPS client"),
+		strings.Contains(s, "does not look like a TLS handshake"), strings.Contains(s, "readLoopPeekFailLocked"):
+		// What net/http says, depending on timing, of a service that speaks first or not HTTP.
 		return "the registry's address does not answer as an HTTPS registry"
 	case strings.Contains(s, "connection refused"):
 		return "the registry refused the connection"
