@@ -76,11 +76,11 @@ func TestConfigErrorsFailTheRunFast(t *testing.T) {
 func TestConfigFailureIgnoresResolvedEvents(t *testing.T) {
 	now := time.Now()
 	old := corev1.Event{Reason: "FailedMount", Message: "secret not found", LastTimestamp: metav1.NewTime(now.Add(-time.Hour))}
-	if reason, _ := configFailureOf([]corev1.Event{old}, "FailedMount", ReasonVolumeMount, now, DefaultConfigGrace); reason != "" {
+	if reason, _ := configFailureOf([]corev1.Event{old}, "FailedMount", ReasonVolumeMount, now); reason != "" {
 		t.Errorf("an hour-old FailedMount failed the run: %s", reason)
 	}
 	fresh := corev1.Event{Reason: "FailedMount", Message: "secret not found", EventTime: metav1.NewMicroTime(now.Add(-time.Minute))}
-	if reason, _ := configFailureOf([]corev1.Event{old, fresh}, "FailedMount", ReasonVolumeMount, now, DefaultConfigGrace); reason != ReasonVolumeMount {
+	if reason, _ := configFailureOf([]corev1.Event{old, fresh}, "FailedMount", ReasonVolumeMount, now); reason != ReasonVolumeMount {
 		t.Errorf("a FailedMount a minute old did not: %q", reason)
 	}
 }

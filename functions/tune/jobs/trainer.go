@@ -158,12 +158,12 @@ func (t *Trainer) configFailure(ctx context.Context, j *batchv1.Job, pods []core
 	}
 	now, grace := time.Now(), cmp.Or(t.ConfigGrace, DefaultConfigGrace)
 	if len(pods) == 0 && now.Sub(j.CreationTimestamp.Time) > grace {
-		return configFailureOf(list("Job", j.Name), "FailedCreate", ReasonPodNotCreated, now, grace)
+		return configFailureOf(list("Job", j.Name), "FailedCreate", ReasonPodNotCreated, now)
 	}
 	for i := range pods {
 		p := &pods[i]
 		if p.Status.Phase == corev1.PodPending && p.Spec.NodeName != "" && now.Sub(p.CreationTimestamp.Time) > grace {
-			if reason, msg := configFailureOf(list("Pod", p.Name), "FailedMount", ReasonVolumeMount, now, grace); reason != "" {
+			if reason, msg := configFailureOf(list("Pod", p.Name), "FailedMount", ReasonVolumeMount, now); reason != "" {
 				return reason, msg
 			}
 		}
@@ -183,9 +183,14 @@ const (
 // needs a retry; short next to a GPU hour.
 const DefaultConfigGrace = 3 * time.Minute
 
+// stillFailing is how recent the newest Event of a failure must be for it to be still happening:
+// the kubelet retries a mount with a backoff of up to about two minutes, and the Job controller
+// its pod creation likewise, each retry refreshing the Event.
+const stillFailing = 5 * time.Minute
+
 // configFailureOf returns reason and the newest message of the evReason Events, when one was seen
-// within grace of now (a failure still happening, not one long resolved).
-func configFailureOf(evs []corev1.Event, evReason, reason string, now time.Time, grace time.Duration) (string, string) {
+// within stillFailing of now (a failure still happening, not one long resolved).
+func configFailureOf(evs []corev1.Event, evReason, reason string, now time.Time) (string, string) {
 	var newest *corev1.Event
 	for i := range evs {
 		e := &evs[i]
@@ -193,7 +198,7 @@ func configFailureOf(evs []corev1.Event, evReason, reason string, now time.Time,
 			newest = e
 		}
 	}
-	if newest == nil || now.Sub(eventTime(newest)) > grace {
+	if newest == nil || now.Sub(eventTime(newest)) > stillFailing {
 		return "", ""
 	}
 	return reason, fmt.Sprintf("%s: %s", evReason, newest.Message)
