@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -34,6 +35,31 @@ func TestPythonDefaultsMatch(t *testing.T) {
 		if !reflect.DeepEqual(fromPython, fromGo) {
 			t.Errorf("%s defaults differ:\n python %v\n     go %v", method, fromPython, fromGo)
 		}
+	}
+}
+
+// The trainer refuses the same training-config arguments kaitoflow refuses at submit.
+func TestPythonAllowlistMatches(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not installed")
+	}
+	cmd := exec.Command(py, "-m", "kaitoflow_trainer.config", "--allowed")
+	cmd.Dir = "trainer"
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromPython map[string][]string
+	if err := json.Unmarshal(out, &fromPython); err != nil {
+		t.Fatal(err)
+	}
+	fromGo := map[string][]string{}
+	for section, keys := range trainingKeys {
+		fromGo[section] = slices.Sorted(slices.Values(keys))
+	}
+	if !reflect.DeepEqual(fromPython, fromGo) {
+		t.Errorf("allowlists differ:\n python %v\n     go %v", fromPython, fromGo)
 	}
 }
 

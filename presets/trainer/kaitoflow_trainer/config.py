@@ -23,6 +23,121 @@ SECTIONS = (
     "DataCollator",
 )
 
+# The arguments a workspace may set in each section the trainer hands to transformers and peft, the
+# same list as presets/trainingkeys.go (TestPythonAllowlistMatches keeps them equal): a training
+# config is workspace content, and some arguments do far more than tune a run (trust_remote_code
+# runs the model repository's code, push_to_hub and hub_token send the weights and a credential
+# elsewhere, report_to ships metrics to a third party). kaitoflow refuses the rest when a workspace
+# is submitted; the trainer refuses them too when it runs on its own.
+ALLOWED = {
+    "ModelConfig": frozenset((
+        "torch_dtype",
+        "dtype",
+        "device_map",
+        "local_files_only",
+        "attn_implementation",
+        "low_cpu_mem_usage",
+        "use_cache",
+    )),
+    "QuantizationConfig": frozenset((
+        "load_in_4bit",
+        "load_in_8bit",
+        "bnb_4bit_quant_type",
+        "bnb_4bit_compute_dtype",
+        "bnb_4bit_use_double_quant",
+        "bnb_4bit_quant_storage",
+        "llm_int8_threshold",
+        "llm_int8_skip_modules",
+        "llm_int8_enable_fp32_cpu_offload",
+        "llm_int8_has_fp16_weight",
+    )),
+    "LoraConfig": frozenset((
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "exclude_modules",
+        "bias",
+        "task_type",
+        "modules_to_save",
+        "fan_in_fan_out",
+        "use_rslora",
+        "use_dora",
+        "init_lora_weights",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "alpha_pattern",
+    )),
+    "TrainingArguments": frozenset((
+        "output_dir",
+        "overwrite_output_dir",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "eval_accumulation_steps",
+        "gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
+        "learning_rate",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "lr_scheduler_type",
+        "lr_scheduler_kwargs",
+        "warmup_ratio",
+        "warmup_steps",
+        "logging_strategy",
+        "logging_steps",
+        "logging_first_step",
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "save_only_model",
+        "save_safetensors",
+        "eval_strategy",
+        "eval_steps",
+        "eval_on_start",
+        "prediction_loss_only",
+        "load_best_model_at_end",
+        "metric_for_best_model",
+        "greater_is_better",
+        "seed",
+        "data_seed",
+        "full_determinism",
+        "bf16",
+        "fp16",
+        "tf32",
+        "optim",
+        "optim_args",
+        "group_by_length",
+        "length_column_name",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_drop_last",
+        "dataloader_prefetch_factor",
+        "remove_unused_columns",
+        "label_names",
+        "label_smoothing_factor",
+        "ddp_find_unused_parameters",
+        "ddp_timeout",
+        "ddp_backend",
+        "torch_compile",
+        "neftune_noise_alpha",
+        "auto_find_batch_size",
+        "include_num_input_tokens_seen",
+        "average_tokens_across_devices",
+        "torch_empty_cache_steps",
+        "skip_memory_metrics",
+        "disable_tqdm",
+        "run_name",
+        "report_to",
+    )),
+}
+
 OUTPUT_ROOT = "/mnt"
 # A run outside a pod (tests, a developer's machine) may write under another root; the Job never
 # sets this, and the defaults keep OUTPUT_ROOT.
@@ -104,6 +219,12 @@ def _fraction(value):
 def validate(cfg, method):
     """Return every problem as "field.path: reason"; an empty list means valid."""
     problems = []
+    for section in sorted(ALLOWED):
+        for key in sorted(set(cfg.get(section, {})) - ALLOWED[section]):
+            problems.append("training_config.%s.%s: not an argument a workspace may set" % (section, key))
+    report = cfg.get("TrainingArguments", {}).get("report_to")
+    if report is not None and report not in ("none", [], ["none"]):
+        problems.append("training_config.TrainingArguments.report_to: %r: want none" % (report,))
     quant = cfg.get("QuantizationConfig", {})
     in4, in8 = quant.get("load_in_4bit") is True, quant.get("load_in_8bit") is True
     q = "training_config.QuantizationConfig."
@@ -162,9 +283,13 @@ def load(text, method):
 
 
 def main(argv):
-    """python -m kaitoflow_trainer.config --defaults METHOD prints the defaults as JSON."""
+    """python -m kaitoflow_trainer.config --defaults METHOD prints the defaults as JSON; --allowed
+    the arguments a workspace may set, by section."""
     if len(argv) == 2 and argv[0] == "--defaults":
         json.dump(defaults(argv[1]), sys.stdout, sort_keys=True)
+        return 0
+    if argv == ["--allowed"]:
+        json.dump({k: sorted(v) for k, v in ALLOWED.items()}, sys.stdout, sort_keys=True)
         return 0
     print("usage: python -m kaitoflow_trainer.config --defaults lora|qlora", file=sys.stderr)
     return 2

@@ -66,3 +66,17 @@ class LoadTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AllowlistTest(unittest.TestCase):
+    def test_refuses_arguments_outside_the_list(self):
+        for section, key, value in (("ModelConfig", "trust_remote_code", True), ("TrainingArguments", "push_to_hub", True),
+                                    ("TrainingArguments", "hub_token", "hf_x"), ("TrainingArguments", "report_to", "wandb")):
+            with self.subTest(key=key):
+                with self.assertRaises(config.ConfigError) as ctx:
+                    config.load(json.dumps({"training_config": {section: {key: value}}}), "lora")
+                self.assertIn("training_config.%s.%s" % (section, key), str(ctx.exception))
+
+    def test_defaults_are_allowed(self):
+        for method in ("lora", "qlora"):
+            self.assertEqual(config.validate(config.defaults(method), method), [])
