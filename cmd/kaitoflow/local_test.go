@@ -53,7 +53,7 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 	}
 	defer p.Close()
 
-	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny-cpu}\ndata:\n  training_config.yaml: %q\n", tiny.TrainingConfig(16))
+	cm := tiny.ConfigMap("tiny-cpu", 16)
 	cmFile := filepath.Join(t.TempDir(), "cm.yaml")
 	if err := os.WriteFile(cmFile, []byte(cm), 0o600); err != nil {
 		t.Fatal(err)
@@ -61,15 +61,7 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 	if out, errOut, err := cli(t, p.URL, "submit", "-f", cmFile); err != nil {
 		t.Fatalf("ConfigMap: %v %s %s", err, out, errOut)
 	}
-	seed, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := strings.NewReplacer(
-		"method: qlora", "method: lora\n  config: tiny-cpu",
-		"https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true",
-		dataURL,
-	).Replace(string(seed))
+	doc := testenv.SeedManifest(t, "tiny-cpu", dataURL)
 	manifest := filepath.Join(t.TempDir(), "ws.yaml")
 	submit := func(doc string) {
 		t.Helper()

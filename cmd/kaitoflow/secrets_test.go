@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,24 +30,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
-// syncBuffer is a log sink shared by goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A full workspace with recognisable secrets — the registry push password, the API token, the
 // webhook key and signing key, a Service Bus connection string — and none of them may appear in
 // a log line, an event, a status record or an error message.
@@ -65,7 +46,7 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	// A gated model read from the stand-in Hub with the token of its modelAccessSecret.
 	hub := testenv.NewHub(t)
 	hub.Token = secrets["model access token"]
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
 	// The push secret, as registryauth reads it from an imagePushSecret.

@@ -99,7 +99,7 @@ func TestRealVLLM(t *testing.T) {
 	if upstream.String() != vllmURL.String() {
 		t.Fatalf("chat-proxy's upstream %s is not vLLM's %s", upstream, vllmURL)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("chat-proxy's log:\n%s", logs.String())
@@ -862,22 +862,4 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
-}
-
-// syncBuffer is a log that goroutines write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

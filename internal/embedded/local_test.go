@@ -3,7 +3,6 @@ package embedded
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -55,7 +54,7 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 	defer p.Close()
 
 	// What a tiny run on a CPU needs.
-	cm := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny-cpu}\ndata:\n  training_config.yaml: %q\n", tiny.TrainingConfig(16))
+	cm := tiny.ConfigMap("tiny-cpu", 16)
 	resp, err := http.Post(p.URL+"/v1/configmaps", "application/yaml", strings.NewReader(cm))
 	if err != nil {
 		t.Fatal(err)
@@ -65,15 +64,7 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 	if resp.StatusCode >= 300 {
 		t.Fatalf("ConfigMap: %d %s", resp.StatusCode, body)
 	}
-	seed, err := os.ReadFile(seedPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := strings.NewReplacer(
-		"method: qlora", "method: lora\n  config: tiny-cpu",
-		"https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true",
-		dataURL,
-	).Replace(string(seed))
+	doc := testenv.SeedManifest(t, "tiny-cpu", dataURL)
 	if code, body := submit(t, p, []byte(doc)); code != http.StatusAccepted {
 		t.Fatalf("submit: %d %s", code, body)
 	}

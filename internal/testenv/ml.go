@@ -3,12 +3,15 @@ package testenv
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spf13/pflag"
@@ -177,4 +180,48 @@ func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {
 		t.Fatal(err)
 	}
 	return c, slices.Clone(command[j+1:])
+}
+
+// ConfigMap is a ConfigMap named name holding the tiny run's training config (TrainingConfig), as
+// a workspace's tuning.config names one.
+func (tiny Tiny) ConfigMap(name string, steps int) string {
+	return fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s}\ndata:\n  training_config.yaml: %q\n", name, tiny.TrainingConfig(steps))
+}
+
+// SeedManifest is the seed workspace (Kaito's quickstart manifest) made to train on the tiny
+// model's data at dataURL with LoRA and the training config in ConfigMap config: the shape of the
+// seed, on what this machine can run.
+func SeedManifest(t testing.TB, config, dataURL string) string {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := os.ReadFile(filepath.Join(root, "examples", "fine-tuning", "kaito_workspace_tuning_phi_3.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.NewReplacer(
+		"method: qlora", "method: lora\n  config: "+config,
+		"https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true",
+		dataURL,
+	).Replace(string(seed))
+}
+
+// SyncBuffer is a log that goroutines write to while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
