@@ -42,6 +42,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/sources"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -482,5 +483,49 @@ func TestKaitoExamplesApplyToTheCRD(t *testing.T) {
 	}
 	if applied["kaito.sh/v1alpha1"] == 0 || applied["kaito.sh/v1beta1"] == 0 {
 		t.Errorf("applied %v, want examples of both versions", applied)
+	}
+}
+
+// Every kaitoflow workload signs in to NATS as its own role (kaitoflow nats-auth's Secret), never
+// as a shared user: a function as itself, what takes requests as the entrance.
+func TestWorkloadsSignInToNATSAsTheirRole(t *testing.T) {
+	roles := map[string]bool{}
+	for _, r := range assembly.NATSRoles() {
+		roles[r.Name] = true
+	}
+	seen := 0
+	for _, o := range all(t) {
+		if k := o.u.GetKind(); k != "Deployment" && k != "Service" {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(o.u.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			var ctr corev1.Container
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(c.(map[string]any), &ctr); err != nil {
+				t.Fatal(err)
+			}
+			if len(ctr.Args) == 0 || !slices.ContainsFunc(ctr.EnvFrom, func(e corev1.EnvFromSource) bool {
+				return e.ConfigMapRef != nil && e.ConfigMapRef.Name == "kaitoflow-config"
+			}) {
+				continue
+			}
+			seen++
+			want := assembly.Entrance
+			if ctr.Args[0] == "fn" {
+				want = ctr.Args[1]
+			}
+			i := slices.IndexFunc(ctr.Env, func(e corev1.EnvVar) bool { return e.Name == "KAITOFLOW_NATS" })
+			if i < 0 || ctr.Env[i].ValueFrom == nil || ctr.Env[i].ValueFrom.SecretKeyRef == nil {
+				t.Errorf("%s: KAITOFLOW_NATS does not come from the kaitoflow-nats Secret", o)
+				continue
+			}
+			ref := ctr.Env[i].ValueFrom.SecretKeyRef
+			if ref.Name != "kaitoflow-nats" || ref.Key != want || !roles[ref.Key] {
+				t.Errorf("%s: signs in with %s/%s, want kaitoflow-nats/%s", o, ref.Name, ref.Key, want)
+			}
+		}
+	}
+	if seen < 9 {
+		t.Errorf("%d kaitoflow workloads found, want the 7 functions, the controller and the ingress", seen)
 	}
 }

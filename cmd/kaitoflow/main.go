@@ -77,7 +77,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g), newVersion(g))
+	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g), newNATSAuth(g), newVersion(g))
 	return root
 }
 

@@ -45,6 +45,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -675,4 +676,30 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(r)
+}
+
+// Entrance is the NATS role of what takes requests from outside: the API, the Kubernetes
+// controller, the Service Bus bridge and the upload webhook.
+const Entrance = "entrance"
+
+// NATSRoles are the bus's users (natsauth): the admin, the entrances, and each function, which may
+// publish the pipeline's events but never a request, and write only its own buckets.
+func NATSRoles() []natsauth.Role {
+	requests := []string{events.WorkspaceRequested, events.WorkspaceDeleted}
+	fn := func(name string, writes, opens []string) natsauth.Role {
+		return natsauth.Role{Name: name, Publish: []string{events.SubjectPrefix + ">"}, Deny: requests,
+			Stream: runtime.StreamName, Writes: writes, Opens: opens}
+	}
+	statusBuckets := []string{status.Bucket, status.ConfigMapBucket}
+	return []natsauth.Role{
+		{Name: natsauth.Admin},
+		{Name: Entrance, Publish: requests, Stream: runtime.StreamName, Writes: []string{status.ConfigMapBucket}, Opens: []string{status.Bucket}},
+		fn(provision.Name, []string{provision.PendingBucket}, nil),
+		fn(tune.Name, nil, statusBuckets),
+		fn(publish.Name, nil, nil),
+		fn(serve.Name, nil, nil),
+		fn(Status, statusBuckets, nil),
+		fn(sources.Name, nil, nil),
+		fn(sources.DeadLetterName, nil, nil),
+	}
 }

@@ -6,8 +6,6 @@ package embedded
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/internal/api"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -84,6 +83,7 @@ type Pipeline struct {
 	servers      sync.WaitGroup // HTTP servers
 	https        []*http.Server
 	nc           *nats.Conn
+	conns        []*nats.Conn // the roles' connections
 	ns           *server.Server
 	errMu        sync.Mutex
 	err          error
@@ -107,29 +107,42 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	}
 
 	natsURL := cfg.NATS.URL
+	// roleURL is the URL a role signs in with: on an external NATS, the one URL given for all.
+	roleURL := func(string) string { return natsURL }
 	if natsURL == "" {
-		// Who reaches the embedded server's port must sign in: a password made for this run, in
-		// a file only this user can read, for the `kaitoflow fn` processes that join it.
-		password, err := randomSecret()
+		// Who reaches the embedded server's port must sign in, and each role gets only its
+		// rights (natsauth): passwords made for this run, in files only this user can read, for
+		// the `kaitoflow fn` processes that join it.
+		roles := assembly.NATSRoles()
+		passwords, err := natsauth.Passwords(roles)
 		if err != nil {
 			return nil, err
 		}
-		ns, err := startNATS(cfg, password)
+		users, err := natsauth.Users(roles, passwords)
+		if err != nil {
+			return nil, err
+		}
+		ns, err := startNATS(cfg, users)
 		if err != nil {
 			return nil, err
 		}
 		p.ns = ns
-		u, err := url.Parse(ns.ClientURL())
-		if err != nil {
-			return nil, err
+		roleURL = func(role string) string {
+			u, _ := url.Parse(ns.ClientURL())
+			u.User = url.UserPassword(role, passwords[role])
+			return u.String()
 		}
-		u.User = url.UserPassword(natsUser, password)
-		natsURL = u.String()
-		credentials := filepath.Join(cfg.DataDir, NATSURLFile)
-		if err := os.WriteFile(credentials, []byte(natsURL+"\n"), 0o600); err != nil {
+		natsURL = roleURL(natsauth.Admin)
+		dir := filepath.Join(cfg.DataDir, NATSDir)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("NATS credentials: %w", err)
 		}
-		log.Info("embedded NATS JetStream listening; clients sign in", "url", ns.ClientURL(), "credentials", credentials,
+		for _, r := range roles {
+			if err := os.WriteFile(filepath.Join(dir, r.Name+".url"), []byte(roleURL(r.Name)+"\n"), 0o600); err != nil {
+				return nil, fmt.Errorf("NATS credentials: %w", err)
+			}
+		}
+		log.Info("embedded NATS JetStream listening; clients sign in with a role's credentials", "url", ns.ClientURL(), "credentials", dir,
 			"store", filepath.Join(cfg.DataDir, "jetstream"))
 	}
 	p.NATSURL = natsURL
@@ -199,7 +212,13 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancel
 	for _, fn := range fns.Functions {
-		r, err := runtime.NewJetStream(js, fn, deps, cfg.Delivery)
+		// Each function consumes, acks and publishes as its own NATS role, so every run of the
+		// pipeline shows the roles' rights are enough (and a function cannot submit).
+		fnJS, err := p.connect(conn, roleURL(fn.Name), "kaitoflow-up-"+fn.Name)
+		if err != nil {
+			return nil, err
+		}
+		r, err := runtime.NewJetStream(fnJS, fn, deps, cfg.Delivery)
 		if err != nil {
 			return nil, err
 		}
@@ -236,7 +255,11 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	// One token guards every route but /healthz: the API, the sim's inference endpoints (their
 	// adapter admin paths change what serves) and /metrics (it names every workspace).
 	mux := http.NewServeMux()
-	apiSrv := &api.Server{Store: store, Publisher: pub, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer}
+	entranceJS, err := p.connect(conn, roleURL(assembly.Entrance), "kaitoflow-up-api")
+	if err != nil {
+		return nil, err
+	}
+	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
@@ -250,22 +273,12 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	return p, nil
 }
 
-// NATSURLFile, under the data dir, holds the embedded NATS server's URL with this run's
-// credentials (owner-only): `kaitoflow fn --nats "$(cat DATA_DIR/nats-url)"` joins the pipeline.
-const NATSURLFile = "nats-url"
+// NATSDir, under the data dir, holds one file per NATS role (natsauth) with the embedded server's
+// URL and that role's credentials for this run (owner-only): `kaitoflow fn tune --nats "$(cat
+// DATA_DIR/nats/tune.url)"` joins the pipeline as tune, with tune's rights only.
+const NATSDir = "nats"
 
-// natsUser is the embedded server's one user: the pipeline and the processes that join it.
-const natsUser = "kaitoflow"
-
-func randomSecret() (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("make the NATS password: %w", err)
-	}
-	return base64.RawURLEncoding.EncodeToString(b), nil
-}
-
-func startNATS(cfg Config, password string) (*server.Server, error) {
+func startNATS(cfg Config, users []*server.User) (*server.Server, error) {
 	host, port := "127.0.0.1", -1
 	if cfg.NATSListen != "" {
 		h, ps, err := net.SplitHostPort(cfg.NATSListen)
@@ -285,7 +298,7 @@ func startNATS(cfg Config, password string) (*server.Server, error) {
 		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
 		NoSigs:     true,
 		NoLog:      true,
-		Users:      []*server.User{{Username: natsUser, Password: password}},
+		Users:      users,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
@@ -296,6 +309,22 @@ func startNATS(cfg Config, password string) (*server.Server, error) {
 		return nil, errors.New("embedded NATS did not start within 15s")
 	}
 	return ns, nil
+}
+
+// connect opens one more connection to the pipeline's NATS, as the role url names, closed with
+// the pipeline.
+func (p *Pipeline) connect(conn natsconn.Options, roleURL, name string) (jetstream.JetStream, error) {
+	conn.URL = roleURL
+	nc, err := conn.Connect(name)
+	if err != nil {
+		return nil, err
+	}
+	p.conns = append(p.conns, nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return js, nil
 }
 
 func (p *Pipeline) serve(srv *http.Server, ln net.Listener) {
@@ -332,6 +361,9 @@ func (p *Pipeline) Close() error {
 	p.fns.Wait()
 	if p.closeDrivers != nil {
 		p.closeDrivers()
+	}
+	for _, nc := range p.conns {
+		nc.Close()
 	}
 	if p.nc != nil {
 		p.nc.Close()

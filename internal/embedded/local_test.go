@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/nats-io/nats.go"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
@@ -102,40 +100,4 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 		t.Errorf("the adapter is the sim's: %s", b)
 	}
 	testenv.AssertAdapterChangesModel(t, py, tiny.Model, dir)
-}
-
-// The embedded NATS server admits only who signs in: before, anyone who reached its port could
-// publish a workspace (or anything else) onto the pipeline's stream. The credentials are this
-// run's, in a file only the user can read, for `kaitoflow fn` processes that join.
-func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
-	p := start(t)
-	u, err := url.Parse(p.NATSURL)
-	if err != nil || u.User == nil {
-		t.Fatalf("the pipeline's NATS URL has no credentials: %v", err)
-	}
-	anonymous := *u
-	anonymous.User = nil
-	if nc, err := nats.Connect(anonymous.String(), nats.MaxReconnects(0)); err == nil {
-		nc.Close()
-		t.Fatal("an anonymous client was admitted")
-	} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
-		t.Errorf("anonymous: %v", err)
-	}
-	wrong := *u
-	wrong.User = url.UserPassword(u.User.Username(), "guessed")
-	if nc, err := nats.Connect(wrong.String(), nats.MaxReconnects(0)); err == nil {
-		nc.Close()
-		t.Fatal("a wrong password was admitted")
-	}
-	file := filepath.Join(p.DataDir, NATSURLFile)
-	st, err := os.Stat(file)
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("credentials file: %v %v", st, err)
-	}
-	b, _ := os.ReadFile(file)
-	nc, err := nats.Connect(strings.TrimSpace(string(b)), nats.MaxReconnects(0))
-	if err != nil {
-		t.Fatalf("the credentials file's URL: %v", err)
-	}
-	nc.Close()
 }

@@ -76,6 +76,17 @@ func compareStream(have, want jetstream.StreamConfig) (refuse, warn []string) {
 	if !slices.Contains(have.Subjects, events.SubjectPrefix+">") {
 		refuse = append(refuse, fmt.Sprintf("subjects %v do not include %s>", have.Subjects, events.SubjectPrefix))
 	}
+	// Only a subject's publisher puts an event on it (natsauth's roles): a stream that rewrites
+	// or copies subjects would let one role's events arrive as another's.
+	if t := have.SubjectTransform; t != nil {
+		refuse = append(refuse, fmt.Sprintf("it maps %s onto %s: the stream must store events on the subjects they were published on", t.Source, t.Destination))
+	}
+	if r := have.RePublish; r != nil {
+		refuse = append(refuse, fmt.Sprintf("it republishes %s onto %s", r.Source, r.Destination))
+	}
+	if have.Mirror != nil || len(have.Sources) > 0 {
+		refuse = append(refuse, "it mirrors or sources other streams: only kaitoflow's publishers may write it")
+	}
 	if have.Retention != jetstream.LimitsPolicy {
 		refuse = append(refuse, fmt.Sprintf("retention %s: every function reads every event, so it must be limits", have.Retention))
 	}

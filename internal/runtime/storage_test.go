@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -25,6 +26,13 @@ func TestStorageRefusesWhatBreaksAGuarantee(t *testing.T) {
 		{"work-queue retention", func(c *jetstream.StreamConfig) { c.Retention = jetstream.WorkQueuePolicy }, "retention WorkQueue"},
 		{"small messages", func(c *jetstream.StreamConfig) { c.MaxMsgSize = 1024 }, "max message size 1024"},
 		{"short max age", func(c *jetstream.StreamConfig) { c.MaxAge = time.Hour }, ""},
+		// A mapping would let whoever may publish a tick (any function's NATS role) store a request.
+		{"subject mapping", func(c *jetstream.StreamConfig) {
+			c.SubjectTransform = &jetstream.SubjectTransformConfig{Source: events.Tick, Destination: events.WorkspaceRequested}
+		}, "maps kaitoflow.tick"},
+		{"republish", func(c *jetstream.StreamConfig) {
+			c.RePublish = &jetstream.RePublish{Source: ">", Destination: "elsewhere.>"}
+		}, "republishes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js := connect(t, testenv.NATSServer(t))
