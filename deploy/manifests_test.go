@@ -29,6 +29,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	eventingv1alpha1 "knative.dev/eventing/pkg/apis/eventing/v1alpha1"
+	eventingfeature "knative.dev/eventing/pkg/apis/feature"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/pkg/apis"
 	servingconfig "knative.dev/serving/pkg/apis/config"
@@ -237,6 +239,7 @@ func checkManifests(t *testing.T, objects []object) {
 	ctx := knativeContext(t, nil)
 	for _, o := range objects {
 		t.Run(o.String(), func(t *testing.T) {
+			ctx := ctx
 			var typed validatable
 			switch gv := o.u.GroupVersionKind(); gv.Group + "/" + gv.Kind {
 			case "serving.knative.dev/Service":
@@ -251,6 +254,10 @@ func checkManifests(t *testing.T, objects []object) {
 				typed = &sourcesv1.PingSource{}
 			case "sources.knative.dev/SinkBinding":
 				typed = &sourcesv1.SinkBinding{}
+			case "eventing.knative.dev/EventPolicy":
+				// An EventPolicy means something only with Eventing's OIDC on (deploy/knative/oidc).
+				typed = &eventingv1alpha1.EventPolicy{}
+				ctx = eventingfeature.ToContext(ctx, eventingfeature.Flags{eventingfeature.OIDCAuthentication: eventingfeature.Enabled})
 			default:
 				if _, _, err := strict.Decode(o.doc, nil, nil); err != nil {
 					t.Fatalf("strict decode: %v", err)

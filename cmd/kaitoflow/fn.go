@@ -17,11 +17,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/callerauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
@@ -29,6 +31,11 @@ import (
 
 type fnFlags struct {
 	transport, listen, sink, registry, publicURL string
+	// sinkToken is a ServiceAccount token file sent with events to the sink.
+	sinkToken string
+	// callerAudience and callers: who may deliver events over HTTP (callerauth).
+	callerAudience string
+	callers        []string
 	// sinkFromFlag is set when --sink was given, not inherited from $K_SINK.
 	sinkFromFlag bool
 	nats         natsFlags
@@ -69,6 +76,9 @@ only after they are stored. --transport jetstream consumes the function's input 
 	f.drivers.register(fl, "enforce")
 	f.delivery.register(fl)
 	fl.StringVar(&f.registry, "registry-rewrite", "", "publish and the sim trainer: push to this registry host instead of the one in tuning.output.image")
+	fl.StringVar(&f.sinkToken, "sink-token-file", "", "http transport: a ServiceAccount token (projected for the Broker's audience) sent as a bearer token with every event to --sink, for a Broker with an EventPolicy")
+	fl.StringVar(&f.callerAudience, "caller-audience", "", "http transport: accept only events sent with a Kubernetes ServiceAccount token for this audience (the Trigger's subscriber.audience; Knative Eventing OIDC), reviewed by the API server")
+	fl.StringSliceVar(&f.callers, "caller", nil, "http transport, with --caller-audience: a subject that may deliver events (system:serviceaccount:NS:NAME, or a prefix ending in *); repeatable")
 	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve with the sim deployer: this process's base URL, where its simulated endpoints are reached")
 	return cmd
 }
@@ -87,6 +97,12 @@ func (f fnFlags) validate() error {
 	}
 	if f.transport == "jetstream" && f.sink != "" && f.sinkFromFlag {
 		return fmt.Errorf("--sink is for --transport http: with jetstream the outputs go to --nats")
+	}
+	if (f.callerAudience == "") != (len(f.callers) == 0) {
+		return fmt.Errorf("--caller-audience and --caller go together: the audience a caller's token is for, and who may call")
+	}
+	if f.callerAudience != "" && f.transport != "http" {
+		return fmt.Errorf("--caller-audience is for --transport http: over JetStream, NATS's users say who may publish")
 	}
 	return nil
 }
@@ -119,9 +135,12 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	// Over HTTP with a sink (Knative's Broker) the outputs go to the sink; otherwise to JetStream.
 	var pub events.Publisher = runtime.JetStreamPublisher{JS: js}
 	if f.transport == "http" && f.sink != "" {
-		if pub, err = runtime.NewHTTPPublisher(f.sink); err != nil {
+		hp, err := runtime.NewHTTPPublisher(f.sink)
+		if err != nil {
 			return err
 		}
+		hp.TokenFile = f.sinkToken
+		pub = hp
 	}
 	cfg.JetStream, cfg.Publisher, cfg.Replicas = js, pub, f.nats.replicas
 	a, err := assembly.Build(ctx, cfg)
@@ -156,7 +175,15 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		if err != nil {
 			return err
 		}
-		mux.Handle("POST /", h)
+		var in http.Handler = h
+		if f.callerAudience != "" {
+			if in, err = callersOnly(f, log, h); err != nil {
+				return err
+			}
+		} else {
+			log.Warn("CloudEvents are taken from any caller that reaches this port: set --caller-audience and --caller where the broker sends OIDC tokens")
+		}
+		mux.Handle("POST /", in)
 		log.Info("function listening for CloudEvents over HTTP", "function", name, "addr", f.listen, "sink", f.sink)
 		return serveHTTP(ctx, f.listen, mux)
 	}
@@ -209,4 +236,22 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 		return err
 	}
 	return nil
+}
+
+// callersOnly wraps h so that only the --caller subjects, with a token for --caller-audience, may
+// deliver events.
+func callersOnly(f fnFlags, log *slog.Logger, h http.Handler) (http.Handler, error) {
+	cfg, err := f.drivers.restConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--caller-audience reviews tokens with the API server: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	callers, err := callerauth.New(kube.AuthenticationV1(), f.callerAudience, f.callers, log)
+	if err != nil {
+		return nil, err
+	}
+	return callers.Wrap(h), nil
 }

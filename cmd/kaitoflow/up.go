@@ -67,7 +67,7 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	}
 	f := cmd.Flags()
 	natsOpts.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
-	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address; clients sign in with this run's credentials, in DATA_DIR/nats-url (kaitoflow fn --nats \"$(cat DATA_DIR/nats-url)\")")
+	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat DATA_DIR/nats/tune.url)\")")
 	f.StringVar(&listen, "listen", "127.0.0.1:8470", "API address")
 	drivers.register(f, "warn")
 	delivery.register(f)

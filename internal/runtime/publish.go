@@ -3,10 +3,14 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
 	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -58,7 +62,14 @@ func NATSMsg(e cloudevents.Event) (*nats.Msg, error) {
 type HTTPPublisher struct {
 	Client cloudevents.Client
 	Sink   string
+	// TokenFile, when set, is a ServiceAccount token for the sink's audience (a projected volume
+	// the kubelet rotates), sent as a bearer token with every event: a Broker with an EventPolicy
+	// takes events only from the callers it names. Read at every send, so a rotation is seen.
+	TokenFile string
 }
+
+// maxTokenSize bounds what is read from TokenFile (a ServiceAccount JWT is a few KiB).
+const maxTokenSize = 64 << 10
 
 // NewHTTPPublisher returns a publisher for sink.
 func NewHTTPPublisher(sink string) (*HTTPPublisher, error) {
@@ -71,11 +82,36 @@ func NewHTTPPublisher(sink string) (*HTTPPublisher, error) {
 
 // Publish implements events.Publisher.
 func (p *HTTPPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
+	ctx = cloudevents.ContextWithTarget(ctx, p.Sink)
+	if p.TokenFile != "" {
+		tok, err := readToken(p.TokenFile)
+		if err != nil {
+			return err
+		}
+		ctx = cehttp.WithCustomHeader(ctx, http.Header{"Authorization": {"Bearer " + tok}})
+	}
 	for _, e := range evs {
-		res := p.Client.Send(cloudevents.ContextWithTarget(ctx, p.Sink), e)
+		res := p.Client.Send(ctx, e)
 		if !cloudevents.IsACK(res) {
 			return fmt.Errorf("send %s %s to %s: %w", e.Type(), e.ID(), p.Sink, res)
 		}
 	}
 	return nil
+}
+
+func readToken(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("sink token: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenSize+1))
+	if err != nil {
+		return "", fmt.Errorf("sink token %s: %w", file, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(b) > maxTokenSize || tok == "" {
+		return "", fmt.Errorf("sink token %s: empty or over %d bytes", file, maxTokenSize)
+	}
+	return tok, nil
 }
