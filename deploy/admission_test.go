@@ -7,10 +7,15 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/registryauth"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // The trainer's `pods: patch` reaches only its own pod: admission.yaml's ValidatingAdmissionPolicy,
@@ -83,5 +88,46 @@ func TestTrainerMayPatchOnlyItsOwnPod(t *testing.T) {
 	// Anyone else is not the policy's business.
 	if err := patch(admin, "someone-else"); err != nil {
 		t.Errorf("an administrator: %v", err)
+	}
+}
+
+// The functions read a workspace's Secrets (push, model access) only in namespaces that grant it
+// with rbac.yaml's per-namespace RoleBinding: before, provision, tune and publish could get every
+// Secret of the cluster, with the workspace choosing the name and the namespace.
+func TestFunctionsReadSecretsOnlyWhereANamespaceGrantsIt(t *testing.T) {
+	if restCfg == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	objs := newObjects(restCfg)
+	applyRBAC(t, objs)
+	admin := kubernetes.NewForConfigOrDie(restCfg)
+	for _, ns := range []string{"secrets-granted", "secrets-other-team"} {
+		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "acr-push"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	installTrainerAccount(t, objs, "secrets-granted")
+	for _, sa := range []string{"kaitoflow-provision", "kaitoflow-tune", "kaitoflow-publish", "kaitoflow-serve", "kaitoflow-controller", "kaitoflow-sources"} {
+		c := kubernetes.NewForConfigOrDie(as(restCfg, sa))
+		_, err := c.CoreV1().Secrets("secrets-granted").Get(ctx, "acr-push", metav1.GetOptions{})
+		if reads := sa == "kaitoflow-provision" || sa == "kaitoflow-tune" || sa == "kaitoflow-publish"; reads && err != nil {
+			t.Errorf("%s cannot read a granted namespace's Secret: %v", sa, err)
+		} else if !reads && !apierrors.IsForbidden(err) {
+			t.Errorf("%s reads Secrets it has no use for: %v", sa, err)
+		}
+		if _, err := c.CoreV1().Secrets("secrets-other-team").Get(ctx, "acr-push", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("%s reads a Secret of a namespace that granted nothing: %v", sa, err)
+		}
+	}
+	// publish, handed a workspace of that namespace, fails it at once and says how to grant.
+	ws, _ := testenv.Seed(t, "secrets-other-team")
+	_, err := registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(restCfg, "kaitoflow-publish"))}.For(ctx, ws)
+	if perr, ok := events.AsPermanent(err); !ok || !strings.Contains(err.Error(), "kaitoflow-workspace-secrets") {
+		t.Errorf("want a permanent refusal that names the grant, got %v (%+v)", err, perr)
 	}
 }

@@ -71,7 +71,8 @@ func applyRBAC(t *testing.T, objs objects) {
 }
 
 // installTrainerAccount copies rbac.yaml's per-namespace objects (the trainer's ServiceAccount
-// and its Role) into ns, as the README tells users to do for every namespace that runs workspaces.
+// and its Role, the functions' Secret reads) into ns, as the README tells users to do for every
+// namespace that runs workspaces.
 func installTrainerAccount(t *testing.T, objs objects, ns string) {
 	t.Helper()
 	for _, o := range load(t, "knative") {
@@ -80,7 +81,10 @@ func installTrainerAccount(t *testing.T, objs objects, ns string) {
 			u.SetNamespace(ns)
 			if subjects, ok := u.Object["subjects"].([]any); ok {
 				for _, sub := range subjects {
-					sub.(map[string]any)["namespace"] = ns
+					// The namespace's own accounts move with it; kaitoflow's functions stay.
+					if m := sub.(map[string]any); m["namespace"] == "default" {
+						m["namespace"] = ns
+					}
 				}
 			}
 			ri, err := objs.of(u)

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -35,7 +36,7 @@ func ClusterSecrets(client kubernetes.Interface) presets.SecretSource {
 			return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, presets.ErrSecretNotFound)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read Secret %s/%s: %w", namespace, name, err)
+			return nil, kubeerr.WorkspaceSecret(fmt.Errorf("read Secret %s/%s: %w", namespace, name, err), "presetOptions.modelAccessSecret", namespace, name)
 		}
 		return s.Data, nil
 	}

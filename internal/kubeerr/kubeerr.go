@@ -63,3 +63,15 @@ func Classify(err error) error {
 	}
 	return err
 }
+
+// WorkspaceSecret reads a Secret a workspace names (what for: the field that names it) through
+// get, and says what to do when the namespace has not granted kaitoflow its Secrets: the
+// functions read them only where a RoleBinding to the kaitoflow-workspace-secrets ClusterRole
+// allows, so a workspace cannot name another namespace's.
+func WorkspaceSecret(err error, field, namespace, name string) error {
+	if apierrors.IsForbidden(err) {
+		return events.Permanentf(ReasonForbidden, "%s: kaitoflow may not read Secret %s/%s: namespace %s has not granted its Secrets (a RoleBinding to ClusterRole kaitoflow-workspace-secrets for kaitoflow's functions; see docs/install.md)",
+			field, namespace, name, namespace)
+	}
+	return err
+}

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 )
 
 // DockerConfig is a keychain over dockerconfigjson bytes (a Secret's .dockerconfigjson).
@@ -187,7 +188,7 @@ func (s Secrets) For(ctx context.Context, ws *events.Workspace) (authn.Keychain,
 		case apierrors.IsNotFound(err):
 			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s not found", ns, out.ImagePushSecret)
 		case err != nil:
-			return nil, fmt.Errorf("read secret %s/%s: %w", ns, out.ImagePushSecret, err)
+			return nil, kubeerr.WorkspaceSecret(fmt.Errorf("read secret %s/%s: %w", ns, out.ImagePushSecret, err), "tuning.output.imagePushSecret", ns, out.ImagePushSecret)
 		}
 		b, ok := sec.Data[corev1.DockerConfigJsonKey]
 		if !ok {
