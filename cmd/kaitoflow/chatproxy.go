@@ -7,16 +7,19 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 )
 
 func newChatProxy(g *globals) *cobra.Command {
 	var listen, adminListen, upstream, model, adapterSet, adapterDir string
 	var maxBody int64
 	var poll time.Duration
+	var allow []string
 	cmd := &cobra.Command{
 		Use:   "chat-proxy",
 		Short: "The inference container's front: Kaito's POST /chat, the OpenAI API passed through (streaming), /health",
@@ -34,9 +37,12 @@ func newChatProxy(g *globals) *cobra.Command {
 			if adapterSet != "" {
 				// This replica loads the adapter set into the model server next to it, at start and
 				// whenever the deployer changes the set, and routes to what it loaded.
+				// Registries are reached through the address policy: an adapter image was checked
+				// at submit, and the name it resolves to now is checked at connect.
+				policy := events.AddressPolicy{Allow: allow}
 				pull := serve.RegistryPuller(func(spec serve.AdapterSpec) (authn.Keychain, error) {
 					return adapterKeychain(spec.PullSecrets, spec.ACRIdentity)
-				})
+				}, remote.WithTransport(netguard.Transport(policy)))
 				replica, _ := os.Hostname() // the pod's name
 				p.Adapters = &serve.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: replica, Log: log, UnloadAfter: time.Minute}
 				go p.Adapters.Run(cmd.Context(), serve.FileSource(adapterSet), poll)
@@ -58,5 +64,6 @@ func newChatProxy(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", serve.DefaultMaxBody, "largest request body accepted")
+	cmd.Flags().StringArrayVar(&allow, "allow-host", nil, "a private registry host or CIDR adapter pulls may connect to (repeatable; the pipeline's --allow-host)")
 	return cmd
 }

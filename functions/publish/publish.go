@@ -3,6 +3,7 @@
 package publish
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,19 @@ type Function struct {
 	// remoteOptions reach the output registry to read a layer it lacks (auth, transport).
 	remoteOptions []remote.Option
 	keychain      Keychain
+	pushTimeout   time.Duration
+}
+
+// DefaultPushTimeout bounds one publish: reading the uploaded layer, pushing the image and its
+// provenance.
+const DefaultPushTimeout = 30 * time.Minute
+
+// WithPushTimeout bounds one publish (default DefaultPushTimeout): the runtime's heartbeats keep
+// a step alive as long as it runs, so without a bound a registry that accepts and never
+// finishes (a tarpit) would hold it forever.
+func (f *Function) WithPushTimeout(d time.Duration) *Function {
+	f.pushTimeout = d
+	return f
 }
 
 // WithKeychain sets where push credentials come from; without one, pushes are anonymous.
@@ -147,6 +161,8 @@ func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Ev
 		}
 		opts = append(opts, remote.WithAuthFromKeychain(kc))
 	}
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(f.pushTimeout, DefaultPushTimeout))
+	defer cancel()
 	anns := map[string]string{
 		"org.opencontainers.image.created": imageCreated(d, ev).Format("2006-01-02T15:04:05Z"),
 		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",

@@ -3,6 +3,7 @@ package publish
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
 
@@ -316,5 +318,36 @@ func TestVolumeOutputIsAnnounced(t *testing.T) {
 	if d.Volume == nil || d.Volume.PersistentVolumeClaim == nil || d.Volume.PersistentVolumeClaim.ClaimName != "adapters" ||
 		len(d.Files) != len(files) || d.Metrics["eval_loss"] != 1.3 || len(d.Nodes) != 1 {
 		t.Errorf("adapter.stored %+v", d)
+	}
+}
+
+// A registry that accepts and never answers cannot hold a publish past its push timeout: the
+// step fails (retryably: the next delivery may meet a registry that answers) instead of being
+// kept alive by its heartbeats forever; and a registry the workspace names on an internal
+// address is refused at connect time, whatever name it was given by.
+func TestPushHasADeadlineAndTheAddressPolicy(t *testing.T) {
+	job, dir, files := seedJob(t)
+	tarpit := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer tarpit.Close()
+	in := events.Must(events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{Workspace: job.Workspace, Location: dir, Files: files}, nil))
+	f := New(RemotePusher{}, RewriteRegistry(strings.TrimPrefix(tarpit.URL, "http://")), nil).WithPushTimeout(300 * time.Millisecond)
+	start := time.Now()
+	_, err := f.Handle(context.Background(), in)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("push to a tarpit: %v", err)
+	}
+	if _, ok := events.AsPermanent(err); ok {
+		t.Errorf("a timeout is worth a retry: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the push was held %s", took)
+	}
+
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	guarded := RemotePusher{Options: []remote.Option{remote.WithTransport(netguard.Transport(events.AddressPolicy{}))}}
+	_, err = New(guarded, RewriteRegistry(strings.TrimPrefix(reg.URL, "http://")), nil).Handle(context.Background(), in)
+	if !netguard.Refused(err) {
+		t.Fatalf("a push to a loopback registry through the policy: %v", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -141,7 +142,9 @@ func UnionSet(ds []Deployment, version int64, place func(Adapter, *AdapterSpec))
 
 // RegistryPuller pulls adapter images with pull-adapter's code, verifying every digest, signing
 // in with keychain (nil: anonymous, and the spec's docker config files when it names some).
-func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error)) Puller {
+//
+// opts are added to every pull: the address policy's transport in a pod (netguard.Transport).
+func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error), opts ...remote.Option) Puller {
 	return func(ctx context.Context, spec AdapterSpec, dir string) error {
 		ref, err := name.ParseReference(spec.Image)
 		if err != nil {
@@ -154,7 +157,7 @@ func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error)) Puller {
 			}
 		}
 		_ = os.RemoveAll(dir) // what an earlier, interrupted pull left
-		_, err = adapter.Pull(ref, dir, adapter.AdapterLimits, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc))
+		_, err = adapter.Pull(ref, dir, adapter.AdapterLimits, append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc)}, opts...)...)
 		return err
 	}
 }
@@ -206,6 +209,9 @@ type AdapterManager struct {
 	// UnloadAfter keeps an adapter no route names loaded this long, for requests routed to it
 	// just before the routes moved.
 	UnloadAfter time.Duration
+	// PullTimeout bounds one adapter's pull (default DefaultPullTimeout): a registry that stalls
+	// fails that attempt instead of holding the replica's reconciliation, and newer sets, forever.
+	PullTimeout time.Duration
 
 	apply sync.Mutex // one reconciliation at a time
 
@@ -225,6 +231,13 @@ type AdapterManager struct {
 
 // failThreshold is how many attempts at a set fail before the replica reports it failed.
 const failThreshold = 3
+
+// DefaultPullTimeout bounds one adapter pull: adapters are tens to hundreds of megabytes.
+const DefaultPullTimeout = 5 * time.Minute
+
+// pullParallel is how many adapters of one set are pulled at once: a pool's adapters come from
+// different registries, and one slow registry should not make the others wait.
+const pullParallel = 4
 
 // Route is the adapter a public model name answers with now; other names pass as they are.
 func (m *AdapterManager) Route(model string) string {
@@ -333,20 +346,23 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 		return fmt.Errorf("%w: %v", errModelLoading, err)
 	}
 	want := map[string]bool{}
+	var missing []AdapterSpec
 	for _, a := range set.Adapters {
 		want[a.Name] = true
 		m.mu.RLock()
 		have := m.loaded[a.Name]
 		m.mu.RUnlock()
-		if have {
-			continue
+		if !have {
+			missing = append(missing, a)
 		}
-		start := time.Now()
+	}
+	start := time.Now()
+	if err := m.pullAll(ctx, missing); err != nil {
+		return err
+	}
+	for _, a := range missing {
 		path := a.Path
 		if a.Image != "" {
-			if err := m.Pull(ctx, a, filepath.Join(m.Dir, a.Name)); err != nil {
-				return fmt.Errorf("adapter %s: pull %s: %w", a.Name, a.Image, err)
-			}
 			path = filepath.Join(cmp.Or(m.ServerDir, m.Dir), a.Name)
 		}
 		if err := m.load(ctx, a.Name, path); err != nil {
@@ -383,6 +399,30 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 	m.mu.Unlock()
 	m.sweep(ctx)
 	return nil
+}
+
+// pullAll pulls the images of adapters, a few at once, each within PullTimeout.
+func (m *AdapterManager) pullAll(ctx context.Context, adapters []AdapterSpec) error {
+	timeout := cmp.Or(m.PullTimeout, DefaultPullTimeout)
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(pullParallel)
+	for _, a := range adapters {
+		if a.Image == "" {
+			continue
+		}
+		g.Go(func() error {
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			if err := m.Pull(pctx, a, filepath.Join(m.Dir, a.Name)); err != nil {
+				if errors.Is(pctx.Err(), context.DeadlineExceeded) {
+					err = fmt.Errorf("no complete pull within %s: %w", timeout, err)
+				}
+				return fmt.Errorf("adapter %s: pull %s: %w", a.Name, a.Image, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // sweep unloads the adapters no route has named for UnloadAfter. A failure leaves the adapter

@@ -254,3 +254,42 @@ func TestRetryBacksOff(t *testing.T) {
 		t.Errorf("an interval above the cap: %s", got)
 	}
 }
+
+// A registry that accepts the connection and never answers (a tarpit) fails the pull within
+// PullTimeout; the replica keeps its route and takes the next set (a rollback, a fix) at once.
+// Before, the pull had no deadline and held the reconciliation, so no later set ever applied.
+func TestAStalledRegistryCannotWedgeTheReplica(t *testing.T) {
+	ctx := context.Background()
+	tarpit := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer tarpit.Close()
+	host := testenv.Registry(t)
+	v1, v2 := testenv.PushAdapter(t, host, "ws", "v1"), testenv.PushAdapter(t, host, "other", "v2")
+	rt := &SimRuntime{Base: "phi-3"}
+	m := newManager(t, rt)
+	m.PullTimeout = 300 * time.Millisecond
+	set := func(version int64, adapters ...Adapter) AdapterSet {
+		return DesiredSet(Deployment{Ref: events.Ref{Generation: version}, Adapters: adapters}, version, nil)
+	}
+	if err := m.Apply(ctx, set(1, Adapter{Name: "ws", Image: v1})); err != nil {
+		t.Fatal(err)
+	}
+	// A pool's set: one adapter behind the tarpit, one pullable; they are pulled side by side.
+	stalled := strings.TrimPrefix(tarpit.URL, "http://") + "/ws:v2"
+	start := time.Now()
+	err := m.Apply(ctx, set(2, Adapter{Name: "ws", Image: stalled}, Adapter{Name: "other", Image: v2}))
+	if err == nil || !strings.Contains(err.Error(), "no complete pull within 300ms") {
+		t.Fatalf("Apply with a stalled registry: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the stalled pull held the replica %s", took)
+	}
+	if got := m.Route("ws"); got != LoRAName("ws", v1) {
+		t.Errorf("route ws → %s, want the old adapter", got)
+	}
+	if err := m.Apply(ctx, set(3, Adapter{Name: "ws", Image: v1}, Adapter{Name: "other", Image: v2})); err != nil {
+		t.Fatalf("the next set after a stall: %v", err)
+	}
+	if got := m.Route("other"); got != LoRAName("other", v2) {
+		t.Errorf("route other → %s", got)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
@@ -49,7 +50,8 @@ func TestCheckpointsAreUploadedPrunedAndResumedFrom(t *testing.T) {
 		return jobrun.Config{
 			DataDir: filepath.Join(dir, "data"), ResultsDir: results, TerminationLog: filepath.Join(dir, fmt.Sprintf("termination-%d", pod)),
 			OutputImage: output, InsecureRegistry: true, CheckpointTag: tag, KeepCheckpoints: 2,
-			Env: []string{SimTrainerEnv + "=1"},
+			Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}, // --allow-host, as the Job passes it
+			Env:    []string{SimTrainerEnv + "=1"},
 			Command: []string{self, "--results", results, "--delay", "6s", "--ref", "default/ws/1",
 				"--preset", "phi-3-mini-128k-instruct", "--method", "qlora", "--dtype", "bfloat16", "--batch", "4", "--seq", "2048"},
 			Stdout: io.Discard,

@@ -170,7 +170,8 @@ func (l *Local) wrap(ctx context.Context, r *localRun) (Result, *events.TrainerF
 		if err != nil {
 			return Result{}, nil, err
 		}
-		cfg.OutputImage, cfg.InsecureRegistry = ref.String(), true
+		// The rewrite points at the operator's stand-in (up's embedded registry), not the workspace's.
+		cfg.OutputImage, cfg.InsecureRegistry, cfg.OperatorRegistry = ref.String(), true, true
 		if c := r.job.Compare; c != nil {
 			// The serving adapter's reference is where publish pushed it: the embedded registry.
 			cfg.CompareImage = c.Reference

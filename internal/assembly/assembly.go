@@ -22,6 +22,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
@@ -536,7 +537,13 @@ func (b *builder) publish() (runtime.Handler, error) {
 	if b.cfg.Registry != "" {
 		resolve = publish.RewriteRegistry(b.cfg.Registry)
 	}
-	f := publish.New(publish.RemotePusher{}, resolve, b.log)
+	// The registry a workspace names is reached through the address policy; a rewrite points at
+	// the operator's own stand-in (the embedded registry), which is not the workspace's choice.
+	pusher := publish.RemotePusher{Options: []remote.Option{remote.WithTransport(netguard.Transport(b.cfg.Policy))}}
+	if b.cfg.Registry != "" {
+		pusher = publish.RemotePusher{}
+	}
+	f := publish.New(pusher, resolve, b.log)
 	switch {
 	case b.cfg.PushKeychain != nil:
 		return f.WithKeychain(b.cfg.PushKeychain), nil
@@ -608,7 +615,7 @@ func (b *builder) serve() (runtime.Handler, error) {
 		if d.RuntimeImage != "" {
 			o.RuntimeImage = d.RuntimeImage
 		}
-		o.ProxyImage, o.WeightsCache, o.WeightsImage = d.ProxyImage, d.WeightsCache, d.TrainerImage
+		o.ProxyImage, o.WeightsCache, o.WeightsImage, o.AllowHosts = d.ProxyImage, d.WeightsCache, d.TrainerImage, b.cfg.Policy.Allow
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err
@@ -685,7 +692,8 @@ const Entrance = "entrance"
 // NATSRoles are the bus's users (natsauth): the admin, the entrances, and each function, which may
 // publish the pipeline's events but never a request, and write only its own buckets.
 func NATSRoles() []natsauth.Role {
-	requests := []string{events.WorkspaceRequested, events.WorkspaceDeleted}
+	// Requests: what a workspace is, that it goes, and which adapter serves it (rollback, promote).
+	requests := []string{events.WorkspaceRequested, events.WorkspaceDeleted, events.AdapterSelected}
 	fn := func(name string, writes, opens []string) natsauth.Role {
 		return natsauth.Role{Name: name, Publish: []string{events.SubjectPrefix + ">"}, Deny: requests,
 			Stream: runtime.StreamName, Writes: writes, Opens: opens}

@@ -102,6 +102,12 @@ func TestEmbeddedNATSRolesHaveOnlyTheirRights(t *testing.T) {
 		js, violations := roleJS(role)
 		refused(role+" publishes workspace.requested", violations, runtime.JetStreamPublisher{JS: js}.Publish(short(), ev))
 		violations.Reset()
+		rollback, err := events.New("kaitoflow/test", events.AdapterSelected, "rollback", ws.Ref(), events.AdapterSelectedData{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused(role+" publishes adapter.selected", violations, runtime.JetStreamPublisher{JS: js}.Publish(short(), rollback))
+		violations.Reset()
 		st, err := js.Stream(ctx, runtime.StreamName)
 		if err != nil {
 			t.Fatalf("%s reads the stream: %v", role, err)

@@ -60,7 +60,11 @@ type Config struct {
 	PushSecret string
 	// InsecureRegistry talks plain HTTP to the registries (tests, local registries only).
 	InsecureRegistry bool
-	Policy           events.AddressPolicy
+	// Policy is the address policy datasets are fetched, and registries reached, under.
+	Policy events.AddressPolicy
+	// OperatorRegistry says the registries are the operator's own stand-in (up's embedded
+	// registry, a rewrite), not the workspace's choice: they are reached without the policy.
+	OperatorRegistry bool
 	TerminationLog   string
 	Command          []string
 	// Attempts at fetching each URL before giving up.
@@ -480,8 +484,13 @@ func (c Config) nameOptions() []name.Option {
 }
 
 func (c Config) remoteOptions() []remote.Option {
-	if c.PushSecret == "" {
-		return nil
+	// The registries a workspace names are reached through the address policy, as its datasets are.
+	var opts []remote.Option
+	if !c.OperatorRegistry {
+		opts = append(opts, remote.WithTransport(netguard.Transport(c.Policy)))
 	}
-	return []remote.Option{remote.WithAuthFromKeychain(registryauth.DockerConfigFile(c.PushSecret))}
+	if c.PushSecret != "" {
+		opts = append(opts, remote.WithAuthFromKeychain(registryauth.DockerConfigFile(c.PushSecret)))
+	}
+	return opts
 }

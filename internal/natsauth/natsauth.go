@@ -1,6 +1,7 @@
 // Package natsauth says who may do what on the bus. A NATS user per role: each function may
-// publish the pipeline's events but never a request (kaitoflow.workspace.requested or .deleted:
-// only an entrance says what a workspace is), write only its own key-value buckets, and read
+// publish the pipeline's events but never a request (kaitoflow.workspace.requested, .deleted,
+// kaitoflow.adapter.selected: only an entrance says what a workspace is and what serves it),
+// write only its own key-value buckets, and read
 // and consume the stream; an entrance may publish requests and read the status records; the
 // admin (the embedded pipeline itself, an installer) may do anything. A pod that reaches NATS
 // without a role's password can do nothing; one holding a function's cannot submit a workspace.

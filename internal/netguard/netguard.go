@@ -1,4 +1,4 @@
-// Package netguard gives fetchers (dataset preflight, adapter pulls) an HTTP client that applies
+// Package netguard gives fetchers (dataset preflight and downloads, registry pulls and pushes) an HTTP client that applies
 // the address policy to the address actually dialed. Validation checks literal IPs and localhost;
 // only the dialer sees what a name resolves to, so only the dialer can stop a name that resolves,
 // or is rebound, to an internal address.
@@ -28,7 +28,7 @@ func Dialer(p events.AddressPolicy) *net.Dialer {
 				return fmt.Errorf("netguard: %s: %w", address, err)
 			}
 			if err := p.CheckAddr(ap.Addr()); err != nil {
-				return fmt.Errorf("netguard: refusing to connect: %w", err)
+				return fmt.Errorf("netguard: refusing to connect (admit a private endpoint with --allow-host): %w", err)
 			}
 			return nil
 		},
@@ -38,11 +38,8 @@ func Dialer(p events.AddressPolicy) *net.Dialer {
 // Client returns an HTTP client that dials through Dialer and checks every redirect's URL with
 // the same policy before following it.
 func Client(p events.AddressPolicy, timeout time.Duration) *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = nil // a proxy would dial on our behalf, past the guard
-	tr.DialContext = Dialer(p).DialContext
 	return &http.Client{
-		Transport: tr,
+		Transport: Transport(p),
 		Timeout:   timeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= 10 {
@@ -54,6 +51,17 @@ func Client(p events.AddressPolicy, timeout time.Duration) *http.Client {
 			return nil
 		},
 	}
+}
+
+// Transport is an HTTP transport that dials through Dialer: what go-containerregistry's calls
+// take (remote.WithTransport), so a registry, its token realm and any redirect it answers with
+// are checked at connect time, whatever name they were reached by.
+func Transport(p events.AddressPolicy) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil // a proxy would dial on our behalf, past the guard
+	tr.DialContext = Dialer(p).DialContext
+	tr.ResponseHeaderTimeout = time.Minute
+	return tr
 }
 
 // Refused reports whether err is the guard refusing an address.

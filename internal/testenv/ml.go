@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 )
 
@@ -179,6 +180,7 @@ func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {
 	if err := fs.Parse(command[i+1 : j]); err != nil {
 		t.Fatal(err)
 	}
+	c.Policy = events.AddressPolicy{Allow: allow} // as job-run itself takes --allow-host
 	return c, slices.Clone(command[j+1:])
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	// model server reads it read-only and offline. Without it the model server downloads into the
 	// claim itself.
 	WeightsImage string
+	// AllowHosts are the private hosts or CIDRs the pipeline admits (--allow-host): chat-proxy's
+	// adapter pulls connect only to public addresses and these.
+	AllowHosts []string
 }
 
 // DefaultOptions are the defaults of Options.
@@ -306,14 +309,18 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	if identity {
 		sa = InferenceServiceAccount
 	}
+	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
+		"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(adminPort)}
+	for _, h := range o.AllowHosts {
+		proxy = append(proxy, "--allow-host", h)
+	}
 	return corev1.PodSpec{
 		ServiceAccountName: sa,
 		InitContainers:     inits,
 		Containers: []corev1.Container{
 			{
 				Name: "chat-proxy", Image: o.ProxyImage,
-				Command: []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
-					"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(adminPort)},
+				Command:        proxy,
 				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
 				ReadinessProbe: health,
 				StartupProbe:   startup,
