@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -534,5 +535,52 @@ func TestWorkloadsSignInToNATSAsTheirRole(t *testing.T) {
 	}
 	if seen < 9 {
 		t.Errorf("%d kaitoflow workloads found, want the 7 functions, the controller and the ingress", seen)
+	}
+}
+
+// Each workspace namespace's NetworkPolicy admits chat-proxy's admin port from serve only, and
+// every other port of kaitoflow's pods from anywhere (the chat port above all): NetworkPolicy
+// enforcement needs a CNI, which the API server here has not, so the rules themselves are checked.
+func TestAdminPortAnswersServeOnly(t *testing.T) {
+	var np *networkingv1.NetworkPolicy
+	for _, o := range all(t) {
+		if o.u.GetKind() == "NetworkPolicy" && o.u.GetName() == "kaitoflow-inference-admin" {
+			np = &networkingv1.NetworkPolicy{}
+			if err := yaml.UnmarshalStrict(o.doc, np); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if np == nil {
+		t.Fatal("no kaitoflow-inference-admin NetworkPolicy")
+	}
+	admits := func(port int32, fromServe bool) bool {
+		for _, r := range np.Spec.Ingress {
+			if len(r.From) > 0 && !fromServe {
+				continue
+			}
+			if len(r.From) > 0 && (r.From[0].PodSelector.MatchLabels["serving.knative.dev/service"] != "kaitoflow-serve" ||
+				r.From[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "kaitoflow") {
+				continue
+			}
+			for _, p := range r.Ports {
+				end := p.Port.IntVal
+				if p.EndPort != nil {
+					end = *p.EndPort
+				}
+				if port >= p.Port.IntVal && port <= end {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if admits(knative.AdminPort, false) || !admits(knative.AdminPort, true) {
+		t.Errorf("the admin port %d: open to anyone %v, to serve %v", knative.AdminPort, admits(knative.AdminPort, false), admits(knative.AdminPort, true))
+	}
+	for _, port := range []int32{5000, 8012, 8022, 9090, 9091} { // chat, queue-proxy's ports
+		if !admits(port, false) {
+			t.Errorf("port %d is closed to the cluster", port)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -22,13 +24,28 @@ import (
 
 // ingressFlags are what the bridge and the webhook share: the bus and the address policy.
 type ingressFlags struct {
-	nats  natsFlags
-	allow []string
+	nats       natsFlags
+	allow      []string
+	namespaces []string
 }
 
 func (f *ingressFlags) register(cmd *cobra.Command) {
 	f.nats.register(cmd.Flags(), "nats://127.0.0.1:4222", "NATS server with JetStream")
 	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+	cmd.Flags().StringSliceVar(&f.namespaces, "workspace-namespace", nil, "a namespace workspaces from here may be submitted to (repeatable, required; * for any)")
+}
+
+// admits refuses a configuration without --workspace-namespace, and, given the namespace the
+// entrance's workspaces go to (a template's; empty when each message names its own), one it
+// could never submit to.
+func (f *ingressFlags) admits(namespace string) error {
+	if len(f.namespaces) == 0 {
+		return errors.New("--workspace-namespace: say which namespaces workspaces from here may run in (repeatable; * for any)")
+	}
+	if namespace != "" && !slices.Contains(f.namespaces, "*") && !slices.Contains(f.namespaces, namespace) {
+		return fmt.Errorf("--workspace-namespace %s does not admit namespace %s, where every workspace from here would go", strings.Join(f.namespaces, ","), namespace)
+	}
+	return nil
 }
 
 // submitter connects to NATS and returns the submission path shared with the API, and the
@@ -52,7 +69,7 @@ func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ing
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: events.AddressPolicy{Allow: f.allow}, Source: source},
+	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: events.AddressPolicy{Allow: f.allow}, Source: source, Namespaces: f.namespaces},
 		js, func() { _ = nc.Drain() }, nil
 }
 
@@ -94,6 +111,9 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 			}
 			if (queue == "") == (topic == "") || (topic != "") != (subscription != "") {
 				return errors.New("give --queue, or --topic with --subscription")
+			}
+			if err := in.admits(""); err != nil {
+				return err
 			}
 			conn = os.Getenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
 			var client *azservicebus.Client

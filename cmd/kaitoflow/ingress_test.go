@@ -29,13 +29,16 @@ func TestIngressCommandsRefuseBadConfiguration(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"webhook", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"}, "no authentication configured"},
-		{[]string{"webhook", "--template", inference, "--insecure-no-auth"}, "tuning: required"},
-		{[]string{"webhook", "--template", "missing.yaml", "--insecure-no-auth"}, "--template"},
-		{[]string{"webhook", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "--entra-issuer", "https://login.microsoftonline.com/t/v2.0"}, "go together"},
+		{[]string{"webhook", "--workspace-namespace", "default", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"}, "no authentication configured"},
+		{[]string{"webhook", "--workspace-namespace", "*", "--template", inference, "--insecure-no-auth"}, "tuning: required"},
+		{[]string{"webhook", "--workspace-namespace", "default", "--template", "missing.yaml", "--insecure-no-auth"}, "--template"},
+		{[]string{"webhook", "--workspace-namespace", "default", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "--entra-issuer", "https://login.microsoftonline.com/t/v2.0"}, "go together"},
+		{[]string{"webhook", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "--insecure-no-auth"}, "--workspace-namespace: say which"},
+		{[]string{"webhook", "--workspace-namespace", "team-a", "--template", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml", "--insecure-no-auth"}, "does not admit namespace default"},
 		{[]string{"bridge", "servicebus", "--servicebus-namespace", "ns.servicebus.windows.net"}, "--queue, or --topic with --subscription"},
 		{[]string{"bridge", "servicebus", "--queue", "q", "--topic", "t"}, "--queue, or --topic with --subscription"},
-		{[]string{"bridge", "servicebus", "--queue", "q"}, "KAITOFLOW_SERVICEBUS_CONNECTION_STRING"},
+		{[]string{"bridge", "servicebus", "--queue", "q"}, "--workspace-namespace: say which"},
+		{[]string{"bridge", "servicebus", "--queue", "q", "--workspace-namespace", "team-a"}, "KAITOFLOW_SERVICEBUS_CONNECTION_STRING"},
 	} {
 		_, _, err := cli(t, "http://127.0.0.1:1", tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -118,7 +118,7 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 
 	// The bridge with an unusable connection string, and a NATS URL with a password that fails.
 	t.Setenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING", "SharedAccessKeyName=listen;SharedAccessKey="+secrets["Service Bus key"])
-	run("bridge", "servicebus", "--queue", "workspaces")
+	run("bridge", "servicebus", "--queue", "workspaces", "--workspace-namespace", "default")
 	os.Unsetenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
 	short, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -56,6 +57,9 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 			tmpl, err := events.DecodeWorkspace(doc)
 			if err != nil {
 				return fmt.Errorf("--template %s: %w", template, err)
+			}
+			if err := in.admits(cmp.Or(tmpl.Namespace, events.DefaultNamespace)); err != nil {
+				return err
 			}
 			if tmpl.Tuning == nil {
 				return fmt.Errorf("--template %s: tuning: required (an upload becomes the tuning input)", template)

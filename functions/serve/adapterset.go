@@ -232,6 +232,12 @@ type AdapterManager struct {
 // failThreshold is how many attempts at a set fail before the replica reports it failed.
 const failThreshold = 3
 
+// maxModelList bounds the model server's GET /v1/models answer (a few hundred bytes per model).
+const maxModelList = 4 << 20
+
+// maxCompletion bounds a non-streamed completion chat-proxy decodes (Kaito's POST /chat).
+const maxCompletion = 16 << 20
+
 // DefaultPullTimeout bounds one adapter pull: adapters are tens to hundreds of megabytes.
 const DefaultPullTimeout = 5 * time.Minute
 
@@ -501,7 +507,7 @@ func (m *AdapterManager) models(ctx context.Context) (map[string]bool, error) {
 			ID string `json:"id"`
 		} `json:"data"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxModelList)).Decode(&list); err != nil {
 		return nil, fmt.Errorf("models: %w", err)
 	}
 	out := map[string]bool{}

@@ -132,7 +132,7 @@ func (p *Proxy) models(w http.ResponseWriter, r *http.Request, client *http.Clie
 		Object string           `json:"object"`
 		Data   []map[string]any `json:"data"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&list) != nil {
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, maxModelList)).Decode(&list) != nil {
 		problem(w, http.StatusBadGateway, "model server: GET /v1/models: "+resp.Status)
 		return
 	}
@@ -245,7 +245,7 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 			} `json:"message"`
 		} `json:"choices"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&completion); err != nil || len(completion.Choices) == 0 {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxCompletion)).Decode(&completion); err != nil || len(completion.Choices) == 0 {
 		problem(w, http.StatusBadGateway, "model server answered without a choice")
 		return
 	}

@@ -8,7 +8,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -31,6 +33,10 @@ type Submitter struct {
 	Policy    events.AddressPolicy
 	// Source is the CloudEvents source of the events it publishes (kaitoflow/api, …).
 	Source string
+	// Namespaces are those this entrance may submit workspaces to ("*": any; empty: any, for the
+	// entrances whose callers the cluster already authorizes per namespace: kubectl, up's API).
+	// Whoever may send to a Service Bus queue, say, should not thereby run GPUs in every namespace.
+	Namespaces []string
 }
 
 // Result is a submission's outcome.
@@ -67,6 +73,10 @@ func (s *Submitter) Submit(ctx context.Context, ws *events.Workspace, origin str
 	}
 	if errs := ws.Validate(s.Policy); len(errs) > 0 {
 		return nil, &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs}
+	}
+	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, "*") && !slices.Contains(s.Namespaces, ws.Namespace) {
+		return nil, &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: field.ErrorList{field.Forbidden(field.NewPath("metadata", "namespace"),
+			fmt.Sprintf("this entrance submits workspaces to %s only", strings.Join(s.Namespaces, ", ")))}}
 	}
 	rec, fresh, err := s.Store.Admit(ctx, ws)
 	if err != nil {

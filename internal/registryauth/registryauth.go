@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -156,7 +157,7 @@ func (a *ACR) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	var out struct {
 		RefreshToken string `json:"refresh_token"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.RefreshToken == "" {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil || out.RefreshToken == "" {
 		return nil, fmt.Errorf("acr token exchange with %s: no refresh token in the answer", host)
 	}
 	a.mu.Lock()

@@ -74,9 +74,9 @@ type Runtime struct {
 // Ports and paths inside the pod.
 const (
 	proxyPort = 5000
-	// adminPort is chat-proxy's GET /adapters, asked on the pod's own address; Knative does not
-	// route to it.
-	adminPort   = 5001
+	// AdminPort is chat-proxy's GET /adapters, asked on the pod's own address; Knative does not
+	// route to it, and each namespace's NetworkPolicy (deploy/knative/rbac.yaml) admits only serve.
+	AdminPort   = 5001
 	runtimePort = 8000
 	adapterDir  = "/mnt/adapters"
 	// adapterVolumeDir holds one mount per adapter served from a volume.
@@ -310,7 +310,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		sa = InferenceServiceAccount
 	}
 	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
-		"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(adminPort)}
+		"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort)}
 	for _, h := range o.AllowHosts {
 		proxy = append(proxy, "--allow-host", h)
 	}

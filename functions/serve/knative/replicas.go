@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -66,7 +67,7 @@ type Replica struct {
 }
 
 func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (serve.ReplicaAdapters, error) {
-	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(adminPort))
+	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(AdminPort))
 	if p.Address != nil {
 		base = p.Address(pod)
 	}
@@ -83,11 +84,15 @@ func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.P
 		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %s", base, resp.Status)
 	}
 	var st serve.ReplicaAdapters
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	// The answer comes from a pod that runs third-party model code: bounded like any input.
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxReplicaAnswer)).Decode(&st); err != nil {
 		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %w", base, err)
 	}
 	return st, nil
 }
+
+// maxReplicaAnswer bounds a replica's GET /adapters answer (its adapters and routes, some KiB).
+const maxReplicaAnswer = 1 << 20
 
 func podReady(pod corev1.Pod) bool {
 	for _, c := range pod.Status.Conditions {

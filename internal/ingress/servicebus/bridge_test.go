@@ -326,3 +326,47 @@ func TestLockRenewedWhilePublishIsSlow(t *testing.T) {
 		t.Errorf("completed %v after %d deliveries; want one delivery", ok, q.msgs[0].msg.DeliveryCount)
 	}
 }
+
+// A sender to the queue runs GPUs only in the namespaces the bridge admits (--workspace-namespace):
+// a workspace for another namespace is dead-lettered naming metadata.namespace, and one for an
+// admitted namespace goes through. Before, any sender could submit to any namespace.
+func TestBridgeAdmitsItsNamespacesOnly(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	nc, _ := nats.Connect(ns.ClientURL())
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	store, _ := status.Open(ctx, js, runtime.Storage{Replicas: 1})
+	q := newQueue(time.Second, 3)
+	q.send("elsewhere", []byte(manifest(t, "elsewhere")), "", nil) // no namespace: default
+	q.send("team-a", []byte(strings.Replace(manifest(t, "ours"), "name: ours", "name: ours\n  namespace: team-a", 1)), "", nil)
+	sub := &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Source: "kaitoflow/servicebus", Namespaces: []string{"team-a"}}
+	b := &Bridge{Receivers: []Receiver{q}, Submitter: sub, Entity: "q", Log: quiet}
+	go func() { _ = b.Run(ctx) }()
+	for deadline := time.Now().Add(10 * time.Second); !q.settled(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("never settled")
+		}
+	}
+	if len(q.deadLetter) != 1 || q.deadLetter[0].msg.MessageID != "elsewhere" || !strings.Contains(q.deadLetter[0].detail, "metadata.namespace") {
+		t.Fatalf("dead letters %+v", q.deadLetter)
+	}
+	if _, ok := q.completed["team-a"]; !ok {
+		t.Fatal("the admitted namespace's workspace was not completed")
+	}
+	if _, err := store.Get(ctx, "team-a", "ours"); err != nil {
+		t.Fatalf("team-a/ours was not admitted: %v", err)
+	}
+}
