@@ -71,7 +71,7 @@ func applyRBAC(t *testing.T, objs objects) {
 }
 
 // installTrainerAccount copies rbac.yaml's per-namespace objects (the trainer's ServiceAccount
-// and its Role, the functions' Secret reads) into ns, as the README tells users to do for every
+// and its Role, the functions' Secret reads) into ns, as docs/install.md tells users to do for every
 // namespace that runs workspaces.
 func installTrainerAccount(t *testing.T, objs objects, ns string) {
 	t.Helper()
@@ -186,7 +186,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	// A namespace of its own, with the trainer's ServiceAccount copied into it as the README tells
+	// A namespace of its own, with the trainer's ServiceAccount copied into it as docs/install.md tells
 	// users to do for every namespace that runs workspaces.
 	ns := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
 	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

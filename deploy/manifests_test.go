@@ -371,7 +371,7 @@ func dryRunApply(t *testing.T, objects []object) {
 }
 
 // The inference Service serve builds passes Knative's validation with the features
-// serving-features/ enables, and not without them: the README's requirement is real.
+// serving-features/ enables, and not without them: docs/install.md's requirement is real.
 func TestInferenceServiceNeedsServingFeatures(t *testing.T) {
 	cm := struct{ Data map[string]string }{servingFeatures(t, "config-features.yaml")}
 	ws, plan := testenv.Seed(t, "default")

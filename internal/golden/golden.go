@@ -13,7 +13,13 @@ import (
 // Check compares got with testdata/name.
 func Check(t testing.TB, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name)
+	CheckFile(t, filepath.Join("testdata", name), got)
+}
+
+// CheckFile compares got with the file at path (relative to the test's package), for generated
+// files that live outside testdata (the CLI reference under docs/).
+func CheckFile(t testing.TB, path string, got []byte) {
+	t.Helper()
 	if os.Getenv("GOLDEN_UPDATE") != "" {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
