@@ -182,7 +182,7 @@ func runKaitoflow(b *testing.B, n int, burst bool) result {
 	}))
 	defer ds.Close()
 	datasetURL = ds.URL + "/dolly.jsonl"
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
 		Functions: assembly.Config{Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}}})
 	if err != nil {
 		b.Fatal(err)

@@ -67,7 +67,7 @@ func BenchmarkPublish(b *testing.B) {
 	bigFiles := writeAdapter(b, big, 200<<20)
 	small := b.TempDir()
 	smallFiles := writeAdapter(b, small, 1<<20)
-	f := publish.New(publish.RemotePusher{}, publish.RewriteRegistry(host), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f := publish.New(publish.RemotePusher{}, publish.RewriteRegistry(host), slog.New(slog.DiscardHandler))
 
 	// Warm-up: the first 200 MB through the process pays for growing the heap and the registry's
 	// buffers, whichever path goes first; neither timed path should.

@@ -110,7 +110,7 @@ func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
 	t.Helper()
 	bx := &boxed{b: seedBox(t)}
 	b := bx.b
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -182,7 +181,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	adminDyn := dynamic.NewForConfigOrDie(restCfg)
 	objs := newObjects(restCfg)
 	applyRBAC(t, objs)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -36,7 +35,7 @@ func cliIn(t *testing.T, stdin, server string, args ...string) (string, string, 
 
 func TestCLI(t *testing.T) {
 	ctx := context.Background()
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Functions: assembly.Config{Sim: assembly.Sim{Delay: 50 * time.Millisecond}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Functions: assembly.Config{Sim: assembly.Sim{Delay: 50 * time.Millisecond}}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,7 +21,7 @@ import (
 // with the field and the name; a bad ConfigMap starts nothing.
 func TestSubmitConfigMapWithWorkspace(t *testing.T) {
 	ctx := context.Background()
-	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
 		Functions: assembly.Config{Sim: assembly.Sim{Delay: 20 * time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -77,7 +76,7 @@ func TestFlagsFromEnvironment(t *testing.T) {
 // With a token configured, the API refuses requests without it.
 func TestAPIRequiresItsToken(t *testing.T) {
 	p, err := embedded.Start(context.Background(), embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", APIToken: "kf-api-token-0123",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 	start, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p, err := embedded.Start(start, embedded.Config{
-		DataDir: dataDir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DataDir: dataDir, Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
 		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions: assembly.Config{
 			Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},

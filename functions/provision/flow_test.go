@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -60,7 +61,7 @@ func setup(t *testing.T) (*Function, *scripted, *clock, *MemoryPending) {
 		t.Fatal(err)
 	}
 	p, clk, pend := &scripted{}, &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}, &MemoryPending{}
-	return New(p, &presets.Planner{Catalog: cat}, pend, Options{Deadline: 30 * time.Minute, Now: clk.now, Log: quiet}), p, clk, pend
+	return New(p, &presets.Planner{Catalog: cat}, pend, Options{Deadline: 30 * time.Minute, Now: clk.now, Log: slog.New(slog.DiscardHandler)}), p, clk, pend
 }
 
 func ev(t *testing.T, typ string, gen int64, data any) cloudevents.Event {
@@ -196,12 +197,12 @@ func TestPreflightRefusesOrWarns(t *testing.T) {
 	bad := func(context.Context, *events.DataSource) error {
 		return events.Permanentf("DatasetInvalid", "tuning.input.urls[0] https://x/d.parquet: HTTP 404 Not Found")
 	}
-	f := New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, Log: quiet})
+	f := New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, Log: slog.New(slog.DiscardHandler)})
 	_, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
 	if p, ok := events.AsPermanent(err); !ok || p.Reason != "DatasetInvalid" {
 		t.Fatalf("enforced preflight: %v", err)
 	}
-	f = New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, PreflightWarnOnly: true, Log: quiet})
+	f = New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, PreflightWarnOnly: true, Log: slog.New(slog.DiscardHandler)})
 	out, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
 	if err != nil || len(out) != 1 {
 		t.Fatalf("warn-only preflight: %v %v", out, err)
@@ -232,7 +233,7 @@ func TestTuningCapacityHandedOverToServing(t *testing.T) {
 	cat, _ := presets.Default()
 	p := &handingOver{scripted: scripted{ready: true}}
 	pend := &MemoryPending{}
-	f := New(p, &presets.Planner{Catalog: cat}, pend, Options{Log: quiet})
+	f := New(p, &presets.Planner{Catalog: cat}, pend, Options{Log: slog.New(slog.DiscardHandler)})
 	handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
 	for range 2 {
 		if out := handle(t, f, ev(t, events.TuningCompleted, 1, events.TuningCompletedData{})); len(out) != 0 {

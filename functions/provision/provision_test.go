@@ -2,7 +2,6 @@ package provision
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -54,7 +53,7 @@ func TestHandle(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := New(&Sim{Log: quiet}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Log: quiet})
+			f := New(&Sim{Log: slog.New(slog.DiscardHandler)}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Log: slog.New(slog.DiscardHandler)})
 			ws := seed(t)
 			tc.mutate(ws)
 			ref := events.Ref{Namespace: "default", Name: "workspace-tuning-phi-3", Generation: 1}
@@ -90,5 +89,3 @@ func TestHandle(t *testing.T) {
 		})
 	}
 }
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

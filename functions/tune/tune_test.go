@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,8 +18,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
 func types(evs []cloudevents.Event) []string {
 	var out []string
 	for _, e := range evs {
@@ -33,7 +30,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 3}
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Log: quiet})
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)})
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: &events.Plan{DType: "float16"}}, nil))
 	out, err := f.Handle(context.Background(), ready)
 	if err != nil || len(out) != 1 || out[0].Type() != events.TuningStarted {
@@ -102,7 +99,7 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
 	ws := events.Workspace{Inference: &events.InferenceSpec{}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	out, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, Options{Log: quiet}).Handle(context.Background(), in)
+	out, err := New(&Sim{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("got %v %v", out, err)
 	}
@@ -111,7 +108,7 @@ func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
 func TestNodeReadyWithoutAPlanIsRefused(t *testing.T) {
 	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "lora"}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	_, err := New(&Sim{Dir: t.TempDir(), Log: quiet}, Options{Log: quiet}).Handle(context.Background(), in)
+	_, err := New(&Sim{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
 	if _, ok := events.AsPermanent(err); !ok {
 		t.Fatalf("got %v", err)
 	}
@@ -184,7 +181,7 @@ func TestOutOfGPUMemoryRetriesWithAHalfBatch(t *testing.T) {
 	}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Replanner: planner, Log: quiet})
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
 
 	first := run(t, f, rec, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
 	if first.Type() != events.TuningRetrying {
@@ -229,7 +226,7 @@ func TestOutOfGPUMemoryWithTheUsersBatchFailsWithAdvice(t *testing.T) {
 		return map[string]string{presets.TrainingConfigKey: "training_config:\n  TrainingArguments:\n    per_device_train_batch_size: 4\n"}, nil
 	})
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: quiet}, Options{Replanner: planner, Log: quiet})
+	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
 	out := run(t, f, rec, events.Ref{Namespace: "default", Name: "ws", Generation: 1}, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
 	var failed events.WorkspaceFailedData
 	if err := events.Data(out, &failed); err != nil || out.Type() != events.WorkspaceFailed {

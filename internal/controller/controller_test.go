@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,7 +38,6 @@ var (
 	dyn     dynamic.Interface
 	kube    kubernetes.Interface
 	kubeErr error
-	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 func TestMain(m *testing.M) {
@@ -76,7 +74,7 @@ func start(t *testing.T) *pipeline {
 
 // controller is a Workspace controller on the pipeline's store and bus.
 func (p *pipeline) controller() *Controller {
-	return &Controller{Client: dyn, Store: p.store, Publisher: p.pub, Log: quiet,
+	return &Controller{Client: dyn, Store: p.store, Publisher: p.pub, Log: slog.New(slog.DiscardHandler),
 		Submitter: &ingress.Submitter{Store: p.store, Publisher: p.pub, Source: "kaitoflow/controller"}}
 }
 
@@ -111,7 +109,7 @@ func startBus(t *testing.T) *pipeline {
 		t.Fatal(err)
 	}
 	pub := runtime.JetStreamPublisher{JS: js}
-	proj, err := runtime.NewJetStream(js, runtime.Function{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}}, runtime.Deps{Logger: quiet}, runtime.JetStreamOptions{})
+	proj, err := runtime.NewJetStream(js, runtime.Function{Name: "status", Types: events.Types, Handler: &status.Projector{Store: store}}, runtime.Deps{Logger: slog.New(slog.DiscardHandler)}, runtime.JetStreamOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +355,7 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 func TestLeaderElection(t *testing.T) {
 	p := startBus(t)
 	leader := func(id string) (*Leader, context.CancelFunc, chan error) {
-		l := &Leader{Client: kube, Namespace: p.ns, Identity: id, Log: quiet,
+		l := &Leader{Client: kube, Namespace: p.ns, Identity: id, Log: slog.New(slog.DiscardHandler),
 			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)

@@ -2,7 +2,6 @@ package embedded
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -27,7 +26,7 @@ func TestSeedOnExistingNodesWaitsForTheGPU(t *testing.T) {
 	if kube == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
 	p, err := Start(ctx, Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log,

@@ -56,7 +56,7 @@ func startTraced(t *testing.T, tp trace.TracerProvider, opts ...func(*assembly.C
 	p, err := Start(ctx, Config{
 		DataDir:   t.TempDir(),
 		Listen:    "127.0.0.1:0",
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:    slog.New(slog.DiscardHandler),
 		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions: fns,
 		Tracer:    tp,

@@ -42,7 +42,7 @@ func TestUpFineTunesWithTheLocalTrainer(t *testing.T) {
 			Models: map[string]string{"phi-3-mini-128k-instruct": tiny.Model}, CPU: true}},
 	}
 	p, err := Start(ctx, Config{
-		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
 		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions: fns,
 	})

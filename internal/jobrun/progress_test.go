@@ -3,7 +3,6 @@ package jobrun
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -39,7 +38,7 @@ func TestProgressTee(t *testing.T) {
 	}
 	var w bytes.Buffer
 	rep := &reports{}
-	tee{rep: rep}.run(context.Background(), strings.NewReader(out), &w, 30*time.Second, now, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tee{rep: rep}.run(context.Background(), strings.NewReader(out), &w, 30*time.Second, now, slog.New(slog.DiscardHandler))
 	if w.String() != out {
 		t.Errorf("the trainer's output was changed:\n%s", w.String())
 	}

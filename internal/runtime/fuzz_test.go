@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -32,7 +33,7 @@ func FuzzHTTPReceiver(f *testing.F) {
 			var ws events.Workspace
 			return nil, events.Data(e, &ws)
 		})}
-		h, err := NewHTTP(fn, Deps{Publisher: nopPublisher{}, Logger: quiet})
+		h, err := NewHTTP(fn, Deps{Publisher: nopPublisher{}, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

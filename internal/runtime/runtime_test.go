@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -24,8 +23,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // natsServer starts a real NATS server with JetStream on a temp dir and the kaitoflow stream.
 func natsServer(t *testing.T) *server.Server {
@@ -112,7 +109,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func run(t *testing.T, js jetstream.JetStream, fn Function, d Deps, opts JetStreamOptions) context.CancelFunc {
 	t.Helper()
 	if d.Logger == nil {
-		d.Logger = quiet
+		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	r, err := NewJetStream(js, fn, d, opts)
 	if err != nil {
@@ -334,7 +331,7 @@ func TestHTTPTransport(t *testing.T) {
 		}
 		return next(e)
 	})}
-	h, err := NewHTTP(fn, Deps{Publisher: JetStreamPublisher{JS: js}, Logger: quiet})
+	h, err := NewHTTP(fn, Deps{Publisher: JetStreamPublisher{JS: js}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +404,7 @@ func TestShutdownFinishesInFlightWork(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		return next(e)
 	})}
-	r, err := NewJetStream(js, fn, Deps{Logger: quiet}, JetStreamOptions{AckWait: 5 * time.Second})
+	r, err := NewJetStream(js, fn, Deps{Logger: slog.New(slog.DiscardHandler)}, JetStreamOptions{AckWait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

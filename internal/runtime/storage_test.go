@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func TestStorageRefusesWhatBreaksAGuarantee(t *testing.T) {
 			if _, err := js.CreateStream(ctx, cfg); err != nil {
 				t.Fatal(err)
 			}
-			_, err := (Storage{Replicas: 1, Log: quiet}).EnsureStream(ctx, js)
+			_, err := (Storage{Replicas: 1, Log: slog.New(slog.DiscardHandler)}).EnsureStream(ctx, js)
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("a narrower margin refused: %v", err)
@@ -87,11 +88,11 @@ func TestStorageNeverWeakensReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A function started with the default of one replica.
-	st, err := (Storage{Replicas: 1, Log: quiet}).EnsureStream(ctx, js)
+	st, err := (Storage{Replicas: 1, Log: slog.New(slog.DiscardHandler)}).EnsureStream(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := (Storage{Replicas: 1, Log: quiet}).EnsureBucket(ctx, js, "kaitoflow-status", "status")
+	kv, err := (Storage{Replicas: 1, Log: slog.New(slog.DiscardHandler)}).EnsureBucket(ctx, js, "kaitoflow-status", "status")
 	if err != nil {
 		t.Fatal(err)
 	}

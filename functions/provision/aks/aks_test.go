@@ -3,7 +3,6 @@ package aks
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -118,14 +117,12 @@ func (a *armState) server() *fake.AgentPoolsServer {
 	}
 }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
 func provider(t *testing.T, a *armState, spot bool) *Provider {
 	t.Helper()
 	var client kubernetes.Interface = kube
 	p, err := New(Config{SubscriptionID: "00000000-0000-0000-0000-000000000000", ResourceGroup: "rg", Cluster: "aks", Spot: spot, SpotMaxPrice: -1},
 		&azfake.TokenCredential{}, &arm.ClientOptions{ClientOptions: policy.ClientOptions{Transport: fake.NewAgentPoolsServerTransport(a.server())}},
-		&nodes.Checker{Client: client}, quiet)
+		&nodes.Checker{Client: client}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package aks
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -135,7 +136,7 @@ func TestNoQuotaCreatesNoPool(t *testing.T) {
 	}
 	a := newARM()
 	planner := &presets.Planner{Catalog: catalog, Quota: usageServer(t, map[string][2]int{"cores": {0, 100}})}
-	f := provision.New(provider(t, a, false), planner, &provision.MemoryPending{}, provision.Options{Log: quiet})
+	f := provision.New(provider(t, a, false), planner, &provision.MemoryPending{}, provision.Options{Log: slog.New(slog.DiscardHandler)})
 	ws := seedWorkspace("Standard_NC24ads_A100_v4")
 	ws.Tuning.Input = &events.DataSource{URLs: []string{"https://example.com/dolly.parquet"}}
 	ws.Tuning.Output = &events.DataDestination{Image: "example.azurecr.io/adapters/phi-3:0.0.1", ImagePushSecret: "acr"}

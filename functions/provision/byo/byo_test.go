@@ -3,7 +3,6 @@ package byo
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -25,7 +24,6 @@ import (
 var (
 	kube    kubernetes.Interface
 	kubeErr error
-	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 func TestMain(m *testing.M) {
@@ -41,7 +39,7 @@ func setup(t *testing.T) *Provider {
 	if kube == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
-	return &Provider{Nodes: &nodes.Checker{Client: kube}, Log: quiet}
+	return &Provider{Nodes: &nodes.Checker{Client: kube}, Log: slog.New(slog.DiscardHandler)}
 }
 
 func request(app string, count int, preferred ...string) provision.Request {
@@ -100,7 +98,7 @@ func TestNodesWithoutGPUsFailAtTheDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-	f := provision.New(p, &presets.Planner{Catalog: cat}, &provision.MemoryPending{}, provision.Options{Deadline: 10 * time.Minute, Now: func() time.Time { return now }, Log: quiet})
+	f := provision.New(p, &presets.Planner{Catalog: cat}, &provision.MemoryPending{}, provision.Options{Deadline: 10 * time.Minute, Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
 
 	doc, err := os.ReadFile("../../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
 	if err != nil {

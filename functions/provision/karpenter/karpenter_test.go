@@ -3,7 +3,6 @@ package karpenter
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -51,7 +50,7 @@ func setup(t *testing.T) *Provider {
 		t.Skipf("no API server: %v", kubeErr)
 	}
 	return &Provider{Client: dyn, Nodes: &nodes.Checker{Client: kube}, NodeClass: NodeClassRef{Group: "karpenter.azure.com", Kind: "AKSNodeClass", Name: "default"},
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Log: slog.New(slog.DiscardHandler)}
 }
 
 func request(name string, count int) provision.Request {

@@ -2,12 +2,13 @@ package nodes
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,38 +41,38 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	defer cancel()
 	rec := &testenv.Recorder{}
 	done := make(chan error, 1)
-	go func() { done <- Watch(ctx, kube, rec, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- Watch(ctx, kube, rec, slog.New(slog.DiscardHandler)) }()
 
 	kl := testenv.Kubelet{Client: kube}
 	labels := map[string]string{provision.LabelWorkspace: "ws", provision.LabelNamespace: "team-a"}
-	if err := kl.Node(ctx, "watched-0", labels, false, 0); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{"watched-0", "watched-1"} {
+		if err := kl.Node(ctx, n, labels, false, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Unrelated nodes are not watched.
 	if err := kl.Node(ctx, "other-0", map[string]string{"app": "x"}, true, 1); err != nil {
 		t.Fatal(err)
 	}
-	rec.Wait(t, 0)
+	for !slices.ContainsFunc(rec.Events(), func(e cloudevents.Event) bool { return nodeOf(e) == "watched-1" }) {
+		rec.Wait(t, rec.Len())
+	}
 	base := rec.Len()
-	// A heartbeat that changes nothing readiness depends on: no event.
+	// A heartbeat of watched-0 that changes nothing readiness depends on, then watched-1 becoming
+	// ready. Events arrive in the order of the changes, so if the heartbeat had made one it would
+	// come first: the first event after base is watched-1's, and nothing sleeps to show it.
 	n, _ := kube.CoreV1().Nodes().Get(ctx, "watched-0", metav1.GetOptions{})
 	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(time.Now().Add(time.Minute))
 	if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := kl.Node(ctx, "watched-0", labels, true, 1); err != nil {
+	if err := kl.Node(ctx, "watched-1", labels, true, 1); err != nil {
 		t.Fatal(err)
 	}
-	rec.Wait(t, base)
-	time.Sleep(200 * time.Millisecond)
-	evs := rec.Events()
-	if len(evs) != base+1 {
-		t.Errorf("%d events after a heartbeat and a readiness change, want %d", len(evs), base+1)
-	}
-	last := evs[len(evs)-1]
-	var d events.NodeChangedData
-	if last.Type() != events.NodeChanged || last.Subject() != "team-a/ws" || events.Data(last, &d) != nil || d.Node != "watched-0" {
-		t.Errorf("event %v", last)
+	evs := rec.Wait(t, base)
+	first := evs[base]
+	if first.Type() != events.NodeChanged || first.Subject() != "team-a/ws" || nodeOf(first) != "watched-1" {
+		t.Errorf("the first event after a heartbeat and a readiness change is %v, want watched-1's", first)
 	}
 	for _, e := range evs {
 		if e.Subject() != "team-a/ws" {
@@ -115,4 +116,13 @@ func TestCheckPrefersNodesWithFreeGPUs(t *testing.T) {
 	if got, _, err := c.Check(ctx, want); err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "idle-1" {
 		t.Errorf("with busy-0's GPU held, chose %+v (%v), want idle-1", got.Nodes, err)
 	}
+}
+
+// nodeOf is the node a node.changed event names.
+func nodeOf(e cloudevents.Event) string {
+	var d events.NodeChangedData
+	if e.Type() != events.NodeChanged || events.Data(e, &d) != nil {
+		return ""
+	}
+	return d.Node
 }

@@ -27,7 +27,7 @@ import (
 // Options are the cluster-wide settings of inference Services.
 type Options struct {
 	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is kaitoflow's own
-	// image, which runs chat-proxy and, in init containers, pull-adapter: required, there is no
+	// image, which runs chat-proxy (and its adapter reconciler, which pulls adapters): required, there is no
 	// public default (hack/release.sh builds it into the user's registry).
 	RuntimeImage string
 	ProxyImage   string
@@ -132,9 +132,9 @@ const (
 const autoscaling = "autoscaling.knative.dev/"
 
 // BuildService returns the Knative Service that serves a deployment: chat-proxy on the one port
-// Knative routes to, the model server beside it on localhost, one pull-adapter init container per
-// adapter, GPUs, the serving pool's node selector and taint toleration, and scale-to-zero
-// autoscaling. A pure function of its inputs.
+// Knative routes to (it loads the adapter set into the model server at run time), the model
+// server beside it on localhost, GPUs, the serving pool's node selector and taint toleration, and
+// scale-to-zero autoscaling. A pure function of its inputs.
 func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service, error) {
 	ws := d.Workspace
 	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,7 +38,6 @@ var (
 	dyn     dynamic.Interface
 	kube    kubernetes.Interface
 	kubeErr error
-	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 func TestMain(m *testing.M) {
@@ -65,7 +63,7 @@ func setup(t *testing.T) (*Deployer, string) {
 	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(context.Background(), nsObj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &Deployer{Client: dyn, Kube: kube, Catalog: catalog(t), Options: testOptions(), Log: quiet}, ns
+	return &Deployer{Client: dyn, Kube: kube, Catalog: catalog(t), Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, ns
 }
 
 func imagePushed(t *testing.T, d serve.Deployment) cloudevents.Event {
@@ -118,13 +116,13 @@ func only(t *testing.T, out []cloudevents.Event, typ string) cloudevents.Event {
 func TestSeedServiceLifecycle(t *testing.T) {
 	k, ns := setup(t)
 	ctx := context.Background()
-	fn := serve.New(k, quiet)
+	fn := serve.New(k, slog.New(slog.DiscardHandler))
 	d := seedDeployment(t, ns, 1)
 
 	rec := &testenv.Recorder{}
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() { _ = Watch(wctx, dyn, rec, quiet) }()
+	go func() { _ = Watch(wctx, dyn, rec, slog.New(slog.DiscardHandler)) }()
 
 	out, err := fn.Handle(ctx, imagePushed(t, d))
 	if err != nil || len(out) != 0 {
@@ -232,7 +230,7 @@ func containsRef(refs []events.Ref, r events.Ref) bool {
 func TestRevisionFailure(t *testing.T) {
 	k, ns := setup(t)
 	ctx := context.Background()
-	fn := serve.New(k, quiet)
+	fn := serve.New(k, slog.New(slog.DiscardHandler))
 	d := seedDeployment(t, ns, 1)
 	if _, err := fn.Handle(ctx, imagePushed(t, d)); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -80,9 +81,9 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 			time.Sleep(30 * time.Millisecond)
 		}
 	}()
-	m := &serve.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: serve.RegistryPuller(nil), Replica: pod, Log: quiet}
+	m := &serve.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: serve.RegistryPuller(nil), Replica: pod, Log: slog.New(slog.DiscardHandler)}
 	go m.Run(ctx, serve.FileSource(file), 30*time.Millisecond)
-	p := &serve.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: quiet}
+	p := &serve.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler)}
 	proxy, admin := httptest.NewServer(p.Handler()), httptest.NewServer(p.AdminHandler())
 	t.Cleanup(proxy.Close)
 	t.Cleanup(admin.Close)
@@ -157,7 +158,7 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = v1, nil
 	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
 	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
-	fn := serve.New(k, quiet)
+	fn := serve.New(k, slog.New(slog.DiscardHandler))
 
 	if out, err := fn.Handle(ctx, imagePushed(t, d1)); err != nil || len(out) != 0 {
 		t.Fatalf("generation 1: %v %v", out, err)
@@ -298,7 +299,7 @@ func TestServingPoolInRunningReplicas(t *testing.T) {
 	support, billing := member("support", testenv.PushAdapter(t, host, "support", "v1")), member("billing", testenv.PushAdapter(t, host, "billing", "v1"))
 	pods := &replicaPods{t: t, ns: ns, rev: pool + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
 	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
-	fn := serve.New(k, quiet)
+	fn := serve.New(k, slog.New(slog.DiscardHandler))
 
 	if _, err := fn.Handle(ctx, imagePushed(t, support)); err != nil {
 		t.Fatal(err)

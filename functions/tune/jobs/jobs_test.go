@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -26,7 +25,6 @@ import (
 var (
 	kube    kubernetes.Interface
 	kubeErr error
-	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
 )
 
 func TestMain(m *testing.M) {
@@ -131,8 +129,8 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &testenv.Recorder{}
-	go func() { _ = Watch(ctx, kube, rec, quiet) }()
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, tune.Options{Log: quiet})
+	go func() { _ = Watch(ctx, kube, rec, slog.New(slog.DiscardHandler)) }()
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	for range 2 { // the second is a redelivery
@@ -236,7 +234,7 @@ func TestOOMKilledFailsTheWorkspace(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: quiet}, tune.Options{Log: quiet})
+	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	if _, err := f.Handle(ctx, ready); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -23,8 +22,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func TestQueueKeepsPeekLockSemantics(t *testing.T) {
 	ctx := context.Background()
@@ -183,7 +180,7 @@ func TestThousandMessagesThroughANATSOutage(t *testing.T) {
 		}
 	}
 
-	b := &Bridge{Receivers: []Receiver{q, q, q, q}, Submitter: sub, Entity: "workspaces", Hold: time.Second, Log: quiet}
+	b := &Bridge{Receivers: []Receiver{q, q, q, q}, Submitter: sub, Entity: "workspaces", Hold: time.Second, Log: slog.New(slog.DiscardHandler)}
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
 
@@ -315,7 +312,7 @@ func TestLockRenewedWhilePublishIsSlow(t *testing.T) {
 	rec := &recorder{Publisher: runtime.JetStreamPublisher{JS: js}, acked: map[string]time.Time{}, slow: "default/slow", delay: 600 * time.Millisecond}
 	q := newQueue(150*time.Millisecond, 10)
 	q.send("m-slow", []byte(manifest(t, "slow")), "", nil)
-	b := &Bridge{Receivers: []Receiver{q, q}, Submitter: &ingress.Submitter{Store: store, Publisher: rec, Source: "kaitoflow/servicebus"}, Entity: "q", Log: quiet}
+	b := &Bridge{Receivers: []Receiver{q, q}, Submitter: &ingress.Submitter{Store: store, Publisher: rec, Source: "kaitoflow/servicebus"}, Entity: "q", Log: slog.New(slog.DiscardHandler)}
 	go func() { _ = b.Run(ctx) }()
 	for deadline := time.Now().Add(10 * time.Second); !q.settled(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -353,7 +350,7 @@ func TestBridgeAdmitsItsNamespacesOnly(t *testing.T) {
 	q.send("elsewhere", []byte(manifest(t, "elsewhere")), "", nil) // no namespace: default
 	q.send("team-a", []byte(strings.Replace(manifest(t, "ours"), "name: ours", "name: ours\n  namespace: team-a", 1)), "", nil)
 	sub := &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Source: "kaitoflow/servicebus", Namespaces: []string{"team-a"}}
-	b := &Bridge{Receivers: []Receiver{q}, Submitter: sub, Entity: "q", Log: quiet}
+	b := &Bridge{Receivers: []Receiver{q}, Submitter: sub, Entity: "q", Log: slog.New(slog.DiscardHandler)}
 	go func() { _ = b.Run(ctx) }()
 	for deadline := time.Now().Add(10 * time.Second); !q.settled(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {

@@ -32,8 +32,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
 // env is a webhook in front of a real embedded NATS JetStream and status store.
 type env struct {
 	t     *testing.T
@@ -87,7 +85,7 @@ func newEnv(t *testing.T, configure func(*Handler)) *env {
 	}
 	tmpl.Name = "dolly"
 	e.h = &Handler{Template: tmpl, Container: "datasets", Suffixes: []string{".parquet", ".jsonl"}, Keys: []string{"s3cret-key"},
-		SigningKey: []byte("signing-key"), Log: quiet,
+		SigningKey: []byte("signing-key"), Log: slog.New(slog.DiscardHandler),
 		Submitter: &ingress.Submitter{Store: e.store, Publisher: runtime.JetStreamPublisher{JS: e.js}, Source: "kaitoflow/webhook"}}
 	if configure != nil {
 		configure(e.h)
