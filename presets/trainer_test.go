@@ -2,14 +2,13 @@ package presets
 
 import (
 	"encoding/json"
-	"os"
 	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/events"
 )
 
 // The trainer keeps its own copy of Kaito's defaults (it also runs on its own); they must not drift
@@ -63,13 +62,23 @@ func TestPythonAllowlistMatches(t *testing.T) {
 	}
 }
 
-// job-run recognises the trainer's progress lines by their prefix: the two must agree.
-func TestTrainerProgressPrefixMatchesJobRun(t *testing.T) {
-	src, err := os.ReadFile("trainer/kaitoflow_trainer/train.py")
-	if err != nil {
-		t.Fatal(err)
+// The trainer contract parses, names every permanent exit, and agrees with the reasons the
+// pipeline reports under its own names (events' GPUOutOfMemory). The trainer reads the same file.
+func TestTrainerContract(t *testing.T) {
+	c := Contract()
+	exits := c.PermanentExits()
+	if len(exits) != 4 || c.Exit.Failed == 0 || exits[c.Exit.Failed] != "" {
+		t.Fatalf("permanent exits %v, retried exit %d", exits, c.Exit.Failed)
 	}
-	if want := `PROGRESS_PREFIX = "` + jobrun.ProgressPrefix + `"`; !strings.Contains(string(src), want) {
-		t.Errorf("train.py does not define %s", want)
+	for code, reason := range exits {
+		if code == 0 || reason == "" {
+			t.Errorf("exit %d: reason %q", code, reason)
+		}
+	}
+	if c.Reasons.OOM != events.ReasonGPUOutOfMemory {
+		t.Errorf("out of memory is %q to the trainer, %q to the pipeline", c.Reasons.OOM, events.ReasonGPUOutOfMemory)
+	}
+	if !strings.HasSuffix(c.Prefixes.Progress, " ") || !strings.HasSuffix(c.Prefixes.Checkpoint, " ") {
+		t.Errorf("prefixes %q %q: a space separates them from the JSON", c.Prefixes.Progress, c.Prefixes.Checkpoint)
 	}
 }

@@ -21,11 +21,12 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // CheckpointPrefix starts the line the trainer prints once a checkpoint directory is complete
 // (presets/trainer): {"step": N, "path": DIR}.
-const CheckpointPrefix = "KAITOFLOW_CHECKPOINT "
+var CheckpointPrefix = presets.Contract().Prefixes.Checkpoint
 
 // uploadTimeout bounds one checkpoint's upload and pruning.
 const uploadTimeout = 15 * time.Minute

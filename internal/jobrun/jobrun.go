@@ -33,6 +33,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Summary is what the wrapper writes to the termination message on success: where the adapter
@@ -91,8 +92,8 @@ type Config struct {
 	CompareImage string
 }
 
-// exitOutOfGPUMemory is the trainer's exit code for running out of GPU memory (presets/trainer).
-const exitOutOfGPUMemory = 4
+// exitOutOfGPUMemory is the trainer's exit code for running out of GPU memory (the trainer contract).
+var exitOutOfGPUMemory = int(presets.Contract().Exit.OOM)
 
 // ExitError carries the trainer's exit code.
 type ExitError struct{ Code int }

@@ -15,10 +15,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // ProgressPrefix starts the lines the trainer prints for progress (presets/trainer).
-const ProgressPrefix = "KAITOFLOW_PROGRESS "
+var ProgressPrefix = presets.Contract().Prefixes.Progress
 
 // ReportInterval bounds how often progress is reported: each report becomes an event.
 const ReportInterval = 30 * time.Second

@@ -43,16 +43,12 @@ const TrainerServiceAccount = "kaitoflow-trainer"
 // Exit codes of the trainer (presets/trainer) the Job must not retry, and the reasons a failed
 // run reports for them: bad configuration, bad data, out of GPU memory with these settings, and
 // weights the Hugging Face Hub refused (a transient download failure exits 1, which is retried).
-var exitReasons = map[int32]string{
-	2: "InvalidTrainingConfig",
-	3: "InvalidDataset",
-	4: tune.ReasonGPUOutOfMemory,
-	5: ReasonModelDownloadFailed,
-}
+// They are the trainer contract's (presets.Contract), which the trainer reads too.
+var exitReasons = presets.Contract().PermanentExits()
 
 // ReasonModelDownloadFailed: the base model's weights could not be downloaded; the message has the
 // HTTP status and, for 401 and 403, the Secret the token came from.
-const ReasonModelDownloadFailed = "ModelDownloadFailed"
+var ReasonModelDownloadFailed = presets.Contract().Reasons.Model
 
 // permanentExitCodes are exitReasons' codes, in order.
 func permanentExitCodes() []int32 {

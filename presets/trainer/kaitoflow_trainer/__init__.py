@@ -11,14 +11,23 @@ unit-tested without any ML package; weights imports huggingface_hub only to down
 imports torch, transformers and peft when it runs.
 """
 
+import json
+import os
+
+# What the trainer and kaitoflow agree on (exit codes, the reasons of the permanent ones, the
+# prefixes of the lines job-run reads) is contract.json, which kaitoflow embeds too: neither side
+# can change it alone.
+with open(os.path.join(os.path.dirname(__file__), "contract.json"), encoding="utf-8") as _f:
+    CONTRACT = json.load(_f)
+
 # Exit codes the Job's podFailurePolicy matches: configuration and data errors are permanent
 # (retrying cannot help); OOM is permanent for the same settings; so is a model the Hub refuses
 # (401, 403, 404) or that local_files_only keeps from being downloaded; anything else may be retried.
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_DATA = 3
-EXIT_OOM = 4
-EXIT_MODEL = 5
+EXIT_FAILED = CONTRACT["exit"]["failed"]
+EXIT_CONFIG = CONTRACT["exit"]["config"]
+EXIT_DATA = CONTRACT["exit"]["data"]
+EXIT_OOM = CONTRACT["exit"]["oom"]
+EXIT_MODEL = CONTRACT["exit"]["model"]
 
 
 class TrainerError(Exception):
@@ -43,6 +52,6 @@ class ModelDownloadError(TrainerError):
     exit_code = EXIT_MODEL
 
     def __init__(self, message, permanent=True):
-        super().__init__("ModelDownloadFailed: " + message)
+        super().__init__(CONTRACT["reasons"]["model"] + ": " + message)
         if not permanent:
             self.exit_code = EXIT_FAILED

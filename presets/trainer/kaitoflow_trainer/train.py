@@ -36,11 +36,11 @@ import re
 import sys
 import time
 
-from . import EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, fetch, launch, tokens, weights
+from . import CONTRACT, EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, fetch, launch, tokens, weights
 
 TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
-PROGRESS_PREFIX = "KAITOFLOW_PROGRESS "
-CHECKPOINT_PREFIX = "KAITOFLOW_CHECKPOINT "
+PROGRESS_PREFIX = CONTRACT["prefixes"]["progress"]
+CHECKPOINT_PREFIX = CONTRACT["prefixes"]["checkpoint"]
 DEFAULT_CHECKPOINT_MINUTES = 10.0
 
 
@@ -305,7 +305,7 @@ def oom_account(exc, step, dataset_cfg, targs, torch):
     seq = int(dataset_cfg.get("max_seq_length", 2048))
     gib = float(1 << 30)
     return {
-        "reason": "GPUOutOfMemory",
+        "reason": CONTRACT["reasons"]["oom"],
         "message": "out of GPU memory at step %d with batch %d, sequence %d (peak %.1f of %.1f GiB): %s"
                    % (step, batch, seq, peak / gib, total / gib, _one_line(exc)),
         "step": step, "batchSize": batch, "seqLen": seq,
@@ -521,7 +521,7 @@ def main(argv=None):
     except Exception as exc:  # the Job must end, and say why in one line
         # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
         if _is_oom(exc):  # outside training (loading the model): no step, no account of a batch
-            return _fail(json.dumps({"reason": "GPUOutOfMemory", "message": "out of GPU memory before training: %s" % _one_line(exc)}), EXIT_OOM)
+            return _fail(json.dumps({"reason": CONTRACT["reasons"]["oom"], "message": "out of GPU memory before training: %s" % _one_line(exc)}), EXIT_OOM)
         return _fail(_one_line(exc), EXIT_FAILED)
     return 0
 

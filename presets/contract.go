@@ -1,0 +1,43 @@
+package presets
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"sync"
+)
+
+//go:embed trainer/kaitoflow_trainer/contract.json
+var contractJSON []byte
+
+// TrainerContract is what the trainer (presets/trainer) and kaitoflow agree on: its exit codes,
+// the reasons a failed run reports for the permanent ones, and the prefixes of the lines job-run
+// reads from its stdout. The trainer reads the same file (kaitoflow_trainer/contract.json), so
+// the two sides cannot drift.
+type TrainerContract struct {
+	Exit struct {
+		// Failed may be retried; the others are permanent for the same settings.
+		Failed, Config, Data, OOM, Model int32
+	} `json:"exit"`
+	// Reasons name the permanent exits, by the same keys as Exit.
+	Reasons struct {
+		Config, Data, OOM, Model string
+	} `json:"reasons"`
+	Prefixes struct {
+		Progress, Checkpoint string
+	} `json:"prefixes"`
+}
+
+// Contract returns the trainer contract embedded in the binary.
+var Contract = sync.OnceValue(func() TrainerContract {
+	var c TrainerContract
+	if err := json.Unmarshal(contractJSON, &c); err != nil {
+		panic(fmt.Sprintf("embedded trainer contract: %v", err))
+	}
+	return c
+})
+
+// PermanentExits maps the exit codes a Job must not retry to the reasons a failed run reports.
+func (c TrainerContract) PermanentExits() map[int32]string {
+	return map[int32]string{c.Exit.Config: c.Reasons.Config, c.Exit.Data: c.Reasons.Data, c.Exit.OOM: c.Reasons.OOM, c.Exit.Model: c.Reasons.Model}
+}
