@@ -141,31 +141,24 @@ func (s *Sim) Apply(ctx context.Context, d Deployment) error {
 	s.mu.Lock()
 	key := d.Ref.Namespace + "/" + d.Service
 	svc, ok := s.services[key]
+	state := Service{Exists: ok}
+	var member *simMember
 	if ok {
-		if svc.pool != d.Pool {
-			s.mu.Unlock()
-			return events.Permanentf(events.ReasonForeignObject, "service %s is not serving pool %q's", key, d.Pool)
+		state.Ours = svc.pool == d.Pool
+		if m, found := svc.members[d.Ref.Name]; found {
+			member = m
+			state.Member = &Member{Generation: m.d.Ref.Generation, Serving: cmp.Or(m.d.Serving, m.d.Held)}
 		}
-		if m, ok := svc.members[d.Ref.Name]; ok {
-			switch {
-			case d.Serving == 0 && m.d.Ref.Generation >= d.Ref.Generation,
-				d.Serving != 0 && (m.d.Ref.Generation > d.Ref.Generation || m.d.Ref.Generation == d.Ref.Generation && m.d.ServingGeneration() == d.Serving):
-				s.mu.Unlock()
-				return nil // a redelivery, or an older generation arriving late
-			}
-			if d.Serving != 0 {
-				d.Plan = m.d.Plan // the same pods: only the adapter set changes
-			}
+		if d.Pool != "" {
+			state.Runs, state.Wants = svc.spec, simSpec(d)
 		}
 	}
-	if d.Serving != 0 && (!ok || svc.members[d.Ref.Name] == nil) {
+	if apply, err := AdmitService(d, state); err != nil || !apply {
 		s.mu.Unlock()
-		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
+		return err
 	}
-	if ok && d.Pool != "" && svc.spec != "" && svc.spec != simSpec(d) {
-		s.mu.Unlock()
-		return events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs %s; %s would need other pods (%s): a pool's members serve the same preset with the same plan",
-			d.Pool, svc.spec, d.Ref.Name, simSpec(d))
+	if d.Serving != 0 {
+		d.Plan = member.d.Plan // the same pods: only the adapter set changes
 	}
 	if s.services == nil {
 		s.services, s.serving = map[string]*simService{}, map[string]string{}

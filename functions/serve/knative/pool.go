@@ -59,42 +59,42 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 		cur = nil
 	case err != nil:
 		return fmt.Errorf("get Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err)
-	case cur.GetLabels()[LabelPool] != d.Pool:
-		return events.Permanentf(events.ReasonForeignObject, "Knative Service %s/%s exists and is not serving pool %s (no %s=%s label); name another pool",
-			d.Ref.Namespace, d.Service, d.Pool, LabelPool, d.Pool)
 	}
-	for _, a := range d.Adapters {
-		if a.Volume != nil {
-			return events.Permanentf(events.ReasonNotSupported, "adapter %s: a serving pool serves adapters from images only (a volume would be mounted into every member's pods)", a.Name)
+	// What serve.AdmitService decides on: whether the Service is this pool's, the member's record,
+	// and the pod template the pool runs against the one this member would.
+	state := serve.Service{Exists: cur != nil, Ours: cur == nil || cur.GetLabels()[LabelPool] == d.Pool}
+	var members poolState
+	var obj *unstructured.Unstructured
+	if state.Ours {
+		if members, err = k.readMembers(ctx, d.Ref.Namespace, d.Service, cur); err != nil {
+			return err
+		}
+		if m, ok := members.of[d.Ref.Name]; ok {
+			state.Member = &serve.Member{Generation: m.Generation, Serving: m.Serving}
+		}
+		if d.Serving == 0 {
+			if obj, err = k.build(ctx, d); err != nil {
+				return err
+			}
+			if cur != nil {
+				state.Runs, state.Wants = cur.GetAnnotations()[AnnotationTemplate], obj.GetAnnotations()[AnnotationTemplate]
+			}
 		}
 	}
-	members, err := k.readMembers(ctx, d.Ref.Namespace, d.Service, cur)
+	apply, err := serve.AdmitService(d, state)
 	if err != nil {
 		return err
 	}
-	m, isMember := members.of[d.Ref.Name]
-	switch {
-	case isMember && d.Serving == 0 && m.Generation >= d.Ref.Generation,
-		isMember && d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && cmp.Or(m.Serving, m.Generation) == d.Serving):
+	if !apply {
 		// A redelivery, or an older generation arriving late; finish what a first delivery
 		// may have left undone: the member's label (without it nothing finds the member).
-		if cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
+		if m := members.of[d.Ref.Name]; cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
 			return k.patchPool(ctx, cur, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(members.version, 10)},
 				map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(m.Generation, 10)})
 		}
 		return nil
-	case d.Serving != 0 && (!isMember || cur == nil):
-		return events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s serves nothing in pool %s", d.Serving, d.Ref, d.Pool)
 	}
 	if d.Serving == 0 {
-		obj, err := k.build(ctx, d)
-		if err != nil {
-			return err
-		}
-		if cur != nil && cur.GetAnnotations()[AnnotationTemplate] != obj.GetAnnotations()[AnnotationTemplate] {
-			return events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs another pod than %s would (template %s, this workspace's %s): a pool's members serve the same preset with the same plan, node labels, pull secrets and pool size",
-				d.Pool, d.Ref.Name, cur.GetAnnotations()[AnnotationTemplate], obj.GetAnnotations()[AnnotationTemplate])
-		}
 		if cur == nil {
 			if cur, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager}); apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("serving pool %s/%s created meanwhile; retrying to join it: %w", d.Ref.Namespace, d.Pool, err)
