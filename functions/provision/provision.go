@@ -21,12 +21,10 @@ import (
 // Name is the function's name: its consumer, its metrics label, its event source.
 const Name = "provision"
 
-// Types are the events the function consumes. It reads its own node.ready back to learn that the
-// event is stored, and its own workspace.failed to release what a failed workspace holds.
-var Types = []string{
-	events.WorkspaceRequested, events.NodeReady, events.NodeChanged, events.Tick,
-	events.TuningRetrying, events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted,
-}
+// Types are the events the function consumes: its routes'. It reads its own node.ready back to
+// learn that the event is stored, and its own workspace.failed to release what a failed
+// workspace holds.
+var Types = (&Function{}).routes().Types()
 
 // Failure reasons of this step.
 const (
@@ -187,38 +185,36 @@ func New(p Provider, planner Planner, pending Pending, o Options) *Function {
 		preflight: o.Preflight, warnOnly: o.PreflightWarnOnly, log: o.Log.With("function", Name, "provider", p.Name())}
 }
 
+// routes are the events the function takes, each with its handler.
+func (f *Function) routes() *runtime.Routes {
+	r := &runtime.Routes{}
+	r.OnTick(f.tick)
+	runtime.On(r, events.WorkspaceRequested, f.requested)
+	runtime.On(r, events.NodeReady, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, d events.NodeReadyData) ([]cloudevents.Event, error) {
+		return nil, f.pending.MarkReady(ctx, ref, d.Attempt)
+	})
+	r.Add(events.NodeChanged, f.recheck)
+	runtime.On(r, events.TuningRetrying, f.retrying)
+	r.Add(events.TuningCompleted, f.releaser(Tuning))
+	r.Add(events.WorkspaceFailed, f.releaser(""))
+	r.Add(events.WorkspaceDeleted, f.releaser(""))
+	return r
+}
+
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
+	return f.routes().Handle(ctx, ev)
 }
 
-func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	switch ev.Type() {
-	case events.WorkspaceRequested:
-		return f.requested(ctx, ev, ref)
-	case events.NodeReady:
-		var d events.NodeReadyData
-		if err := events.Data(ev, &d); err != nil {
-			return nil, err
-		}
-		return nil, f.pending.MarkReady(ctx, ref, d.Attempt)
-	case events.NodeChanged:
-		return f.recheck(ctx, ev, ref)
-	case events.TuningRetrying:
-		return f.retrying(ctx, ev, ref)
-	case events.TuningCompleted:
-		return f.release(ctx, ev, ref, Tuning)
-	case events.WorkspaceFailed, events.WorkspaceDeleted:
-		return f.release(ctx, ev, ref, "")
+// releaser is the route that releases what the workspace holds (only capacity bought for that
+// purpose, when only is not empty).
+func (f *Function) releaser(only Purpose) runtime.Route {
+	return func(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
+		return f.release(ctx, ev, ref, only)
 	}
-	return nil, nil
 }
 
-func (f *Function) requested(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
-	var ws events.Workspace
-	if err := events.Data(ev, &ws); err != nil {
-		return nil, err
-	}
+func (f *Function) requested(ctx context.Context, ref events.Ref, ev cloudevents.Event, ws events.Workspace) ([]cloudevents.Event, error) {
 	// Fail before spending GPUs: a request that cannot work is refused here, with every problem.
 	if errs := ws.Validate(f.policy); len(errs) > 0 {
 		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "%s", events.FieldErrors(errs))
@@ -284,7 +280,7 @@ func (f *Function) plan(ctx context.Context, ref events.Ref, ws events.Workspace
 	return req, nil
 }
 
-func (f *Function) recheck(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
+func (f *Function) recheck(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	rec, err := f.pending.Get(ctx, ref.Namespace, ref.Name)
 	if err != nil || rec == nil || rec.Ready {
 		return nil, err
@@ -325,11 +321,7 @@ func (f *Function) nodeReady(ctx context.Context, rec Record, c Capacity, cause 
 // (the old capacity is released first), else the same capacity made whole again (a node lost to
 // an eviction replaced). node.ready follows, for that attempt, once it is ready; the deadline
 // starts again.
-func (f *Function) retrying(ctx context.Context, ev cloudevents.Event, ref events.Ref) ([]cloudevents.Event, error) {
-	var d events.TuningRetryingData
-	if err := events.Data(ev, &d); err != nil {
-		return nil, err
-	}
+func (f *Function) retrying(ctx context.Context, ref events.Ref, ev cloudevents.Event, d events.TuningRetryingData) ([]cloudevents.Event, error) {
 	if d.Plan == nil || d.Attempt < 2 {
 		return nil, events.Permanentf(events.ReasonBadEvent, "tuning.retrying without a plan or with attempt %d", d.Attempt)
 	}

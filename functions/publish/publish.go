@@ -33,8 +33,8 @@ import (
 // Name is the function's name.
 const Name = "publish"
 
-// Types are the events the function consumes.
-var Types = []string{events.TuningCompleted}
+// Types are the events the function consumes: its routes'.
+var Types = (&Function{}).routes().Types()
 
 // Annotation keys kaitoflow adds to the adapter manifest besides the OCI standard ones.
 const (
@@ -127,16 +127,19 @@ func New(p Pusher, resolve Resolver, log *slog.Logger) *Function {
 	return f
 }
 
-// Handle implements runtime.Handler.
-func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return runtime.Dispatch(ctx, ev, nil, f.handle)
+// routes are the events the function takes, each with its handler.
+func (f *Function) routes() *runtime.Routes {
+	r := &runtime.Routes{}
+	runtime.On(r, events.TuningCompleted, f.tuningCompleted)
+	return r
 }
 
-func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	var d events.TuningCompletedData
-	if err := events.Data(ev, &d); err != nil {
-		return nil, err
-	}
+// Handle implements runtime.Handler.
+func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	return f.routes().Handle(ctx, ev)
+}
+
+func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloudevents.Event, d events.TuningCompletedData) ([]cloudevents.Event, error) {
 	t := d.Workspace.Tuning
 	if t != nil && t.Output != nil && t.Output.Volume != nil {
 		// Output to a volume: the Job wrote the adapter there; there is nothing to push, and the

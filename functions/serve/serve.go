@@ -23,10 +23,9 @@ import (
 // Name is the function's name.
 const Name = "serve"
 
-// Types are the events the function consumes. It reads its own inference.ready and
+// Types are the events the function consumes: its routes'. It reads its own inference.ready and
 // workspace.failed back: once stored, the service is acknowledged and ticks stop looking at it.
-var Types = []string{events.ImagePushed, events.AdapterStored, events.NodeReady, events.ServiceChanged, events.Tick,
-	events.InferenceReady, events.WorkspaceFailed, events.WorkspaceDeleted, events.AdapterSelected}
+var Types = (&Function{}).routes().Types()
 
 // Adapter is one LoRA adapter to load next to the base model, from an image or from a volume whose
 // root holds its files.
@@ -133,104 +132,102 @@ func ServiceName(ref events.Ref) string { return ref.Name }
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
+	return f.routes().Handle(ctx, ev)
 }
 
-func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	d := Deployment{Ref: ref, Service: ServiceName(ref)}
-	switch ev.Type() {
-	case events.WorkspaceDeleted:
+// routes are the events the function takes, each with its handler.
+func (f *Function) routes() *runtime.Routes {
+	r := &runtime.Routes{}
+	r.OnTick(f.tick)
+	r.Add(events.WorkspaceDeleted, func(ctx context.Context, ref events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) {
 		if err := f.deployer.Delete(ctx, ref); err != nil {
 			return nil, fmt.Errorf("delete inference service of %s: %w", ref, err)
 		}
 		return nil, nil
-	case events.ServiceChanged:
+	})
+	r.Add(events.ServiceChanged, func(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 		return f.observe(ctx, ref, &ev)
-	case events.InferenceReady:
-		var in events.InferenceReadyData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
+	})
+	runtime.On(r, events.InferenceReady, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, in events.InferenceReadyData) ([]cloudevents.Event, error) {
 		return nil, f.deployer.Acknowledge(ctx, ref, in.AdapterSet)
-	case events.WorkspaceFailed:
-		var in events.WorkspaceFailedData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
+	})
+	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, in events.WorkspaceFailedData) ([]cloudevents.Event, error) {
 		if in.Function == Name {
 			return nil, f.deployer.Acknowledge(ctx, ref, 0)
 		}
 		return nil, nil
-	case events.NodeReady:
-		var in events.NodeReadyData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
-		if in.Workspace.Tuning != nil || in.Workspace.Inference == nil {
-			return nil, nil // a tuning workspace is served once its adapter image is pushed
-		}
-		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		for _, a := range in.Workspace.Inference.Adapters {
-			if a.Source == nil {
-				continue // validation refuses this; a hand-made event must not crash the handler
-			}
-			ad := Adapter{Name: a.Source.Name, Image: a.Source.Image, Volume: a.Source.Volume, PullSecrets: a.Source.ImagePullSecrets}
-			if a.Strength != nil {
-				ad.Strength = *a.Strength
-			}
-			d.Adapters = append(d.Adapters, ad)
-		}
-	case events.ImagePushed:
-		var in events.ImagePushedData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
-		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		promote, gate := Gate(ref, in)
-		if promote {
-			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
-		} else {
-			// Held: this generation is served as any other, with the adapter it was compared with.
-			d.Held = in.Compared.Generation
-			d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
-		}
-		out, err := f.apply(ctx, ref, d, &ev)
-		if _, policy := in.Workspace.Annotations[events.AnnotationPromotion]; !policy {
-			return out, err // no policy named: served as Kaito serves it, with nothing to decide
-		}
-		typ, step := events.AdapterPromoted, "promoted"
-		if !promote {
-			typ, step = events.AdapterHeld, "held"
-		}
-		decided, derr := events.New("kaitoflow/"+Name, typ, step, ref, gate, &ev)
-		if derr != nil {
-			return nil, derr
-		}
-		f.log.InfoContext(ctx, "promotion policy decided", "generation", ref.Generation, "promoted", promote, "reason", gate.Reason)
-		return append([]cloudevents.Event{decided}, out...), err
-	case events.AdapterSelected:
-		var in events.AdapterSelectedData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
-		if in.Reference == "" || in.Generation < 1 || in.Generation > ref.Generation {
-			return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s", in.Generation, in.Reference, ref)
-		}
-		d.Workspace, d.Serving = in.Workspace, in.Generation
-		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
-	case events.AdapterStored:
-		var in events.AdapterStoredData
-		if err := events.Data(ev, &in); err != nil {
-			return nil, err
-		}
-		if in.Volume == nil {
-			return nil, events.Permanentf(events.ReasonBadEvent, "adapter.stored names no volumeSource")
-		}
-		d.Workspace, d.Nodes, d.Plan = in.Workspace, in.Nodes, in.Plan
-		d.Adapters = []Adapter{{Name: ref.Name, Volume: in.Volume, Strength: "1.0"}}
-	default:
-		return nil, nil
+	})
+	runtime.On(r, events.NodeReady, f.nodeReady)
+	runtime.On(r, events.ImagePushed, f.imagePushed)
+	runtime.On(r, events.AdapterSelected, f.adapterSelected)
+	runtime.On(r, events.AdapterStored, f.adapterStored)
+	return r
+}
+
+// nodeReady serves an inference-only workspace on its capacity, with the adapters it names.
+func (f *Function) nodeReady(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.NodeReadyData) ([]cloudevents.Event, error) {
+	if in.Workspace.Tuning != nil || in.Workspace.Inference == nil {
+		return nil, nil // a tuning workspace is served once its adapter image is pushed
 	}
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Nodes: in.Nodes, Plan: in.Plan}
+	for _, a := range in.Workspace.Inference.Adapters {
+		if a.Source == nil {
+			continue // validation refuses this; a hand-made event must not crash the handler
+		}
+		ad := Adapter{Name: a.Source.Name, Image: a.Source.Image, Volume: a.Source.Volume, PullSecrets: a.Source.ImagePullSecrets}
+		if a.Strength != nil {
+			ad.Strength = *a.Strength
+		}
+		d.Adapters = append(d.Adapters, ad)
+	}
+	return f.apply(ctx, ref, d, &ev)
+}
+
+// imagePushed serves a tuned generation's adapter, or, where the promotion policy holds it, the
+// adapter it was compared with.
+func (f *Function) imagePushed(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.ImagePushedData) ([]cloudevents.Event, error) {
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Nodes: in.Nodes, Plan: in.Plan}
+	promote, gate := Gate(ref, in)
+	if promote {
+		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
+	} else {
+		// Held: this generation is served as any other, with the adapter it was compared with.
+		d.Held = in.Compared.Generation
+		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
+	}
+	out, err := f.apply(ctx, ref, d, &ev)
+	if _, policy := in.Workspace.Annotations[events.AnnotationPromotion]; !policy {
+		return out, err // no policy named: served as Kaito serves it, with nothing to decide
+	}
+	typ, step := events.AdapterPromoted, "promoted"
+	if !promote {
+		typ, step = events.AdapterHeld, "held"
+	}
+	decided, derr := events.New("kaitoflow/"+Name, typ, step, ref, gate, &ev)
+	if derr != nil {
+		return nil, derr
+	}
+	f.log.InfoContext(ctx, "promotion policy decided", "generation", ref.Generation, "promoted", promote, "reason", gate.Reason)
+	return append([]cloudevents.Event{decided}, out...), err
+}
+
+// adapterSelected serves an earlier generation's adapter (a rollback, a promotion by hand).
+func (f *Function) adapterSelected(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.AdapterSelectedData) ([]cloudevents.Event, error) {
+	if in.Reference == "" || in.Generation < 1 || in.Generation > ref.Generation {
+		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s", in.Generation, in.Reference, ref)
+	}
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Serving: in.Generation,
+		Adapters: []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}}
+	return f.apply(ctx, ref, d, &ev)
+}
+
+// adapterStored serves an adapter the tuning run wrote to a volume.
+func (f *Function) adapterStored(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.AdapterStoredData) ([]cloudevents.Event, error) {
+	if in.Volume == nil {
+		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.stored names no volumeSource")
+	}
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Nodes: in.Nodes, Plan: in.Plan,
+		Adapters: []Adapter{{Name: ref.Name, Volume: in.Volume, Strength: "1.0"}}}
 	return f.apply(ctx, ref, d, &ev)
 }
 

@@ -30,7 +30,7 @@ const Name = "tune"
 // It reads its own tuning.completed and workspace.failed back: once those are stored, the run is
 // acknowledged and ticks stop looking at it.
 // Its own tuning.retrying, read back, acknowledges the failed attempt the same way.
-var Types = []string{events.NodeReady, events.JobChanged, events.Tick, events.TuningRetrying, events.TuningCompleted, events.WorkspaceFailed, events.WorkspaceDeleted}
+var Types = (&Function{}).routes().Types()
 
 // Job is one tuning run: a workspace generation on its nodes.
 type Job struct {
@@ -214,66 +214,64 @@ func AttemptJobName(ref events.Ref, attempt int) string {
 	return fmt.Sprintf("%s-%d", JobName(ref), attempt)
 }
 
-// Handle implements runtime.Handler.
-func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return runtime.Dispatch(ctx, ev, f.tick, f.handle)
-}
-
-func (f *Function) handle(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	switch ev.Type() {
-	case events.NodeReady:
-		var d events.NodeReadyData
-		if err := events.Data(ev, &d); err != nil {
-			return nil, err
-		}
-		if d.Workspace.Tuning == nil {
-			return nil, nil // an inference-only workspace: serve takes it from here
-		}
-		if d.Plan == nil {
-			return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
-		}
-		job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1), Resume: d.Resume}
-		if f.serving != nil {
-			// Read at every delivery, used once: the run is create-or-get, and the first one
-			// started is the one that runs.
-			c, err := f.serving.ServingAdapter(ctx, ref)
-			if err != nil {
-				return nil, fmt.Errorf("the adapter %s serves: %w", ref, err)
-			}
-			if c != nil && c.Generation < ref.Generation {
-				job.Compare = c
-			}
-		}
-		if err := f.trainer.Start(ctx, job); err != nil {
-			return nil, fmt.Errorf("start tuning job %s: %w", job.Name, err)
-		}
+// routes are the events the function takes, each with its handler.
+func (f *Function) routes() *runtime.Routes {
+	r := &runtime.Routes{}
+	r.OnTick(f.tick)
+	runtime.On(r, events.NodeReady, f.nodeReady)
+	r.Add(events.JobChanged, func(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 		return f.observe(ctx, ref, &ev)
-	case events.JobChanged:
-		return f.observe(ctx, ref, &ev)
-	case events.TuningRetrying:
-		var d events.TuningRetryingData
-		if err := events.Data(ev, &d); err != nil {
-			return nil, err
-		}
+	})
+	runtime.On(r, events.TuningRetrying, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, d events.TuningRetryingData) ([]cloudevents.Event, error) {
 		return nil, f.trainer.Acknowledge(ctx, ref, d.Attempt-1)
-	case events.TuningCompleted, events.WorkspaceFailed:
-		if ev.Type() == events.WorkspaceFailed {
-			var d events.WorkspaceFailedData
-			if err := events.Data(ev, &d); err != nil {
-				return nil, err
-			}
-			if d.Function != Name {
-				return nil, nil
-			}
-		}
-		// Every attempt of the generation: the outcome is stored.
+	})
+	// Every attempt of the generation: the outcome is stored.
+	r.Add(events.TuningCompleted, func(ctx context.Context, ref events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) {
 		return nil, f.trainer.Acknowledge(ctx, ref, math.MaxInt)
-	case events.WorkspaceDeleted:
+	})
+	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, d events.WorkspaceFailedData) ([]cloudevents.Event, error) {
+		if d.Function != Name {
+			return nil, nil
+		}
+		return nil, f.trainer.Acknowledge(ctx, ref, math.MaxInt)
+	})
+	r.Add(events.WorkspaceDeleted, func(ctx context.Context, ref events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) {
 		if err := f.trainer.Delete(ctx, ref); err != nil {
 			return nil, fmt.Errorf("delete tuning job of %s: %w", ref, err)
 		}
+		return nil, nil
+	})
+	return r
+}
+
+// Handle implements runtime.Handler.
+func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+	return f.routes().Handle(ctx, ev)
+}
+
+func (f *Function) nodeReady(ctx context.Context, ref events.Ref, ev cloudevents.Event, d events.NodeReadyData) ([]cloudevents.Event, error) {
+	if d.Workspace.Tuning == nil {
+		return nil, nil // an inference-only workspace: serve takes it from here
 	}
-	return nil, nil
+	if d.Plan == nil {
+		return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
+	}
+	job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1), Resume: d.Resume}
+	if f.serving != nil {
+		// Read at every delivery, used once: the run is create-or-get, and the first one
+		// started is the one that runs.
+		c, err := f.serving.ServingAdapter(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("the adapter %s serves: %w", ref, err)
+		}
+		if c != nil && c.Generation < ref.Generation {
+			job.Compare = c
+		}
+	}
+	if err := f.trainer.Start(ctx, job); err != nil {
+		return nil, fmt.Errorf("start tuning job %s: %w", job.Name, err)
+	}
+	return f.observe(ctx, ref, &ev)
 }
 
 // observe turns the run's state into events. Every event's id derives from the generation, so

@@ -12,8 +12,6 @@ import (
 	"slices"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-
-	"github.com/kaitoflow/kaitoflow/events"
 )
 
 // Handler turns one input event into the events that follow it. It returns no events when the
@@ -54,27 +52,6 @@ func (f Function) validate() error {
 		return fmt.Errorf("function %q needs a name, input types and a handler", f.Name)
 	}
 	return nil
-}
-
-// Dispatch is the opening every workspace function shares: kaitoflow.tick goes to tick (nil:
-// the function has nothing to re-check), every other event to handle with the workspace its
-// subject names. An event that names no workspace cannot be handled by any retry: it is a
-// permanent BadEvent, dead-lettered with the reason.
-func Dispatch(ctx context.Context, ev cloudevents.Event,
-	tick func(context.Context, cloudevents.Event) ([]cloudevents.Event, error),
-	handle func(context.Context, events.Ref, cloudevents.Event) ([]cloudevents.Event, error),
-) ([]cloudevents.Event, error) {
-	if ev.Type() == events.Tick {
-		if tick == nil {
-			return nil, nil
-		}
-		return tick(ctx, ev)
-	}
-	ref, err := events.RefOf(ev)
-	if err != nil {
-		return nil, events.Permanent(events.ReasonBadEvent, err)
-	}
-	return handle(ctx, ref, ev)
 }
 
 // Emit is the closing of a handler that emits one event: the event events.New built, or the
