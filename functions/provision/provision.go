@@ -21,6 +21,9 @@ import (
 // Name is the function's name: its consumer, its metrics label, its event source.
 const Name = "provision"
 
+// Source is the CloudEvents source of the events the step emits (runtime.Function.Source).
+const Source = "kaitoflow/" + Name
+
 // Types are the events the function consumes: its routes'. It reads its own node.ready back to
 // learn that the event is stored, and its own workspace.failed to release what a failed
 // workspace holds.
@@ -311,7 +314,7 @@ func (f *Function) nodeReady(ctx context.Context, rec Record, c Capacity, cause 
 	if rec.Attempt > 1 {
 		step = fmt.Sprintf("%s/attempt-%d", events.NodeReady, rec.Attempt)
 	}
-	return runtime.Emit(events.New("kaitoflow/"+Name, events.NodeReady, step, rec.Ref, events.NodeReadyData{
+	return runtime.Emit(events.New(Source, events.NodeReady, step, rec.Ref, events.NodeReadyData{
 		Workspace: rec.Workspace, Provider: f.provider.Name(), InstanceType: rec.Plan.InstanceType,
 		Nodes: names, NodeInfo: c.Nodes, Plan: &rec.Plan, Attempt: rec.Attempt, Resume: rec.Resume,
 	}, cause))
@@ -403,7 +406,7 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 
 func (f *Function) failed(ref events.Ref, err error, cause *cloudevents.Event) (cloudevents.Event, error) {
 	p, _ := events.AsPermanent(err)
-	return events.New("kaitoflow/"+Name, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
+	return events.New(Source, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
 		Ref: ref, Function: Name, EventType: events.Tick, Reason: p.Reason, Message: p.Err.Error(),
 	}, cause)
 }
@@ -441,7 +444,7 @@ func (f *Function) release(ctx context.Context, ev cloudevents.Event, ref events
 	case rec != nil:
 		data.Ref, data.Purpose, data.InstanceType = rec.Ref, string(rec.Purpose), rec.Plan.InstanceType
 	}
-	return runtime.Emit(events.New("kaitoflow/"+Name, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev))
+	return runtime.Emit(events.New(Source, events.CapacityReleased, "released/"+ev.Type(), data.Ref, data, &ev))
 }
 
 // handover turns a finished run's tuning capacity into the workspace's serving capacity; the

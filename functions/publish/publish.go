@@ -33,6 +33,9 @@ import (
 // Name is the function's name.
 const Name = "publish"
 
+// Source is the CloudEvents source of the events the step emits (runtime.Function.Source).
+const Source = "kaitoflow/" + Name
+
 // Types are the events the function consumes: its routes'.
 var Types = (&Function{}).routes().Types()
 
@@ -145,7 +148,7 @@ func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloud
 		// Output to a volume: the Job wrote the adapter there; there is nothing to push, and the
 		// next step is told where it is instead.
 		f.log.InfoContext(ctx, "adapter stored on the output volume; nothing to push", "files", len(d.Files))
-		return runtime.Emit(events.New("kaitoflow/"+Name, events.AdapterStored, events.AdapterStored, ref, events.AdapterStoredData{
+		return runtime.Emit(events.New(Source, events.AdapterStored, events.AdapterStored, ref, events.AdapterStoredData{
 			Workspace: d.Workspace, Nodes: d.Nodes, Volume: t.Output.Volume, Files: d.Files, Metrics: d.Metrics, Datasets: d.Datasets, Plan: d.Plan,
 		}, &ev))
 	}
@@ -231,7 +234,7 @@ func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloud
 	if err != nil {
 		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
 	}
-	return runtime.Emit(events.New("kaitoflow/"+Name, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
+	return runtime.Emit(events.New(Source, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
 		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,

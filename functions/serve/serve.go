@@ -23,6 +23,9 @@ import (
 // Name is the function's name.
 const Name = "serve"
 
+// Source is the CloudEvents source of the events the step emits (runtime.Function.Source).
+const Source = "kaitoflow/" + Name
+
 // Types are the events the function consumes: its routes'. It reads its own inference.ready and
 // workspace.failed back: once stored, the service is acknowledged and ticks stop looking at it.
 var Types = (&Function{}).routes().Types()
@@ -203,7 +206,7 @@ func (f *Function) imagePushed(ctx context.Context, ref events.Ref, ev cloudeven
 	if !promote {
 		typ, step = events.AdapterHeld, "held"
 	}
-	decided, derr := events.New("kaitoflow/"+Name, typ, step, ref, gate, &ev)
+	decided, derr := events.New(Source, typ, step, ref, gate, &ev)
 	if derr != nil {
 		return nil, derr
 	}
@@ -331,7 +334,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
 			data.ServingGeneration = st.ServingGeneration
 		}
-		e, err = events.New("kaitoflow/"+Name, events.InferenceReady, step, ref, data, cause)
+		e, err = events.New(Source, events.InferenceReady, step, ref, data, cause)
 	case Failed:
 		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation && st.Reason == ReasonAdapterLoad {
 			// A rollback whose adapter would not load: the adapter serving keeps answering and
@@ -345,7 +348,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		if st.Version > 1 {
 			step += "/adapters-v" + strconv.FormatInt(st.Version, 10)
 		}
-		e, err = events.New("kaitoflow/"+Name, events.WorkspaceFailed, step, ref, events.WorkspaceFailedData{
+		e, err = events.New(Source, events.WorkspaceFailed, step, ref, events.WorkspaceFailedData{
 			Ref: ref, Function: Name, EventType: events.ServiceChanged, Reason: st.Reason, Message: st.Message,
 		}, cause)
 	default:

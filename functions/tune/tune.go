@@ -26,6 +26,9 @@ import (
 // Name is the function's name.
 const Name = "tune"
 
+// Source is the CloudEvents source of the events the step emits (runtime.Function.Source).
+const Source = "kaitoflow/" + Name
+
 // Types are the events the function consumes.
 // It reads its own tuning.completed and workspace.failed back: once those are stored, the run is
 // acknowledged and ticks stop looking at it.
@@ -293,7 +296,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	ref = st.Job.Ref
 	var out []cloudevents.Event
 	emit := func(typ, step string, data any) error {
-		e, err := events.New("kaitoflow/"+Name, typ, step, ref, data, cause)
+		e, err := events.New(Source, typ, step, ref, data, cause)
 		if err == nil {
 			out = append(out, e)
 		}
