@@ -193,7 +193,7 @@ func (c *Catalog) Model(name string) (*Model, error) {
 			return m, nil
 		}
 	}
-	return nil, fmt.Errorf("%w preset %q; known presets: %s", ErrUnknown, name, strings.Join(c.ModelNames(), ", "))
+	return nil, fmt.Errorf("%w preset %q%s; known presets: %s", ErrUnknown, name, didYouMean(name, c.ModelNames()), strings.Join(c.ModelNames(), ", "))
 }
 
 // ModelNames lists the presets' names.
@@ -213,7 +213,11 @@ func (c *Catalog) SKU(name string) (*SKU, error) {
 			return s, nil
 		}
 	}
-	return nil, fmt.Errorf("%w instance type %q: not a GPU SKU kaitoflow knows", ErrUnknown, name)
+	names := make([]string, len(c.SKUs))
+	for i, s := range c.SKUs {
+		names[i] = s.Name
+	}
+	return nil, fmt.Errorf("%w instance type %q: not a GPU SKU kaitoflow knows%s", ErrUnknown, name, didYouMean(name, names))
 }
 
 // Without is the catalog less the SKUs named: what the fit check may still choose from once those

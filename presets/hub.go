@@ -67,8 +67,8 @@ func (c *Catalog) Resolve(name string) (*Model, *HubRef, error) {
 	}
 	repo, rev, ok := ParseHubID(name)
 	if !ok {
-		return nil, nil, fmt.Errorf("%w preset %q: not a preset name (%s, and Kaito's %s) or a Hugging Face repository id (owner/name[@revision])",
-			ErrUnknown, name, strings.Join(c.ModelNames(), ", "), strings.Join(c.HubNames(), ", "))
+		return nil, nil, fmt.Errorf("%w preset %q%s: not a preset name (%s, and Kaito's %s) or a Hugging Face repository id (owner/name[@revision])",
+			ErrUnknown, name, didYouMean(name, append(c.ModelNames(), c.HubNames()...)), strings.Join(c.ModelNames(), ", "), strings.Join(c.HubNames(), ", "))
 	}
 	for i := range c.Models {
 		m := &c.Models[i]

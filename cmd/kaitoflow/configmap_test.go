@@ -17,8 +17,8 @@ import (
 
 // Kaito's docs ship a ConfigMap and the Workspace naming it in one file: `submit -f` stores the
 // ConfigMap, tuning.config resolves in `up` as it would against an API server, and the plan
-// carries the ConfigMap's settings; a workspace naming a ConfigMap that does not exist fails
-// with the field and the name; a bad ConfigMap starts nothing.
+// carries the ConfigMap's settings; a workspace naming a ConfigMap that does not exist is refused
+// at submit with the field and the name; a bad ConfigMap starts nothing.
 func TestSubmitConfigMapWithWorkspace(t *testing.T) {
 	ctx := context.Background()
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
@@ -75,13 +75,13 @@ func TestSubmitConfigMapWithWorkspace(t *testing.T) {
 	if err := os.WriteFile(missing, []byte(ws), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := cli(t, p.URL, "submit", "-f", missing); err != nil {
-		t.Fatal(err)
+	// Refused at submit by the fit check, which reads it, not accepted to fail later.
+	_, stderr, err = cli(t, p.URL, "submit", "-f", missing)
+	if err == nil || !strings.Contains(stderr, "tuning.config") || !strings.Contains(stderr, "default/no-such-params") {
+		t.Fatalf("a missing ConfigMap: submit %v %q", err, stderr)
 	}
-	_, _, err = cli(t, p.URL, "watch", "ws-missing-config")
-	rec, _ = p.Store.Get(ctx, "default", "ws-missing-config")
-	if err == nil || rec == nil || rec.Failure == nil || !strings.Contains(rec.Failure.Message, "tuning.config") || !strings.Contains(rec.Failure.Message, "default/no-such-params") {
-		t.Fatalf("a missing ConfigMap: watch %v, record %+v", err, rec)
+	if _, err := p.Store.Get(ctx, "default", "ws-missing-config"); !errors.Is(err, status.ErrNotFound) {
+		t.Fatalf("a workspace refused at submit got a status record: %v", err)
 	}
 
 	// A ConfigMap with a key the API server would refuse: the file starts nothing.

@@ -40,6 +40,9 @@ type Server struct {
 	Log       *slog.Logger
 	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
 	Tracer trace.TracerProvider
+	// Plan is provision's fit check, run at submit: a workspace it refuses is answered 422 with
+	// the field, not accepted to fail later.
+	Plan func(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
 }
 
 // FieldError is one validation problem, as the API returns it.
@@ -154,8 +157,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 		ws.APIVersion, ws.Kind = events.APIVersion, events.Kind
 	}
 	if r.URL.Query().Get("dryRun") == "true" {
-		if errs := ws.Validate(s.Policy); len(errs) > 0 {
-			writeInvalid(w, "workspace", ws.Namespace, ws.Name, errs)
+		// Validation only: a dry run precedes the ConfigMaps of the same file being stored (the
+		// CLI checks every document first), so the fit check, which reads them, waits for the
+		// submit itself.
+		dry := s.submitter()
+		dry.Plan = nil
+		var invalid *ingress.InvalidError
+		if err := dry.Check(r.Context(), ws); errors.As(err, &invalid) {
+			writeInvalid(w, "workspace", invalid.Namespace, invalid.Name, invalid.Fields)
 			return
 		}
 		writeJSON(w, http.StatusOK, SubmitResult{Workspace: status.Workspace{Namespace: ws.Namespace, Name: ws.Name, Phase: status.Pending}, DryRun: true})
@@ -184,7 +193,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) submitter() *ingress.Submitter {
-	return &ingress.Submitter{Store: s.Store, Publisher: s.Publisher, Policy: s.Policy, Source: Source}
+	return &ingress.Submitter{Store: s.Store, Publisher: s.Publisher, Policy: s.Policy, Source: Source, Plan: s.Plan}
 }
 
 func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs field.ErrorList) {

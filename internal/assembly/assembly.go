@@ -225,6 +225,9 @@ type Assembly struct {
 	// Close stops what the drivers run on this machine (the local deployer's model servers);
 	// call it when the functions have stopped.
 	Close func()
+	// Plan is provision's fit check (nil unless provision is built): the entrances run it at
+	// submit, so a misspelt preset or a model that cannot fit is refused before it is accepted.
+	Plan func(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
 }
 
 // Build assembles cfg.Functions.
@@ -387,6 +390,7 @@ func (b *builder) provision(ctx context.Context) (runtime.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.a.Plan = planner.Plan
 	pending, err := provision.OpenKVPending(ctx, b.cfg.JetStream, b.storage())
 	if err != nil {
 		return nil, err

@@ -259,7 +259,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if err != nil {
 		return nil, err
 	}
-	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer}
+	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Plan: fns.Plan}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)

@@ -386,6 +386,34 @@ func TestHundredWorkspacesAllReady(t *testing.T) {
 	}
 }
 
+// A misspelt preset or SKU is refused at submit with the field and the name it was probably meant
+// to be: before, submit answered 202 and the workspace failed a second later,
+// counted as a dead letter.
+func TestMistakesRefusedAtSubmit(t *testing.T) {
+	p := start(t)
+	doc, _ := os.ReadFile(seedPath)
+	for _, tc := range []struct{ from, to, field, want string }{
+		{"phi-3-mini-128k-instruct", "phi-3-mini-128k-instrct", "tuning.preset.name", "did you mean phi-3-mini-128k-instruct?"},
+		{"Standard_NC6s_v3", "Standard_NC6s_v9", "resource.instanceType", "did you mean Standard_NC6s_v3?"},
+	} {
+		bad := []byte(strings.Replace(string(doc), tc.from, tc.to, 1))
+		for _, path := range []string{"/v1/workspaces"} {
+			resp, err := http.Post(p.URL+path, "application/yaml", bytes.NewReader(bad))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), tc.want) || !strings.Contains(string(body), `"field": "`+tc.field+`"`) {
+				t.Errorf("%s with %s: %d %s", path, tc.to, resp.StatusCode, body)
+			}
+		}
+	}
+	if _, err := p.Store.Get(context.Background(), "default", "workspace-tuning-phi-3"); err == nil {
+		t.Error("a refused workspace got a status record")
+	}
+}
+
 func TestInvalidManifestRefusedWithFieldPath(t *testing.T) {
 	p := start(t)
 	doc, _ := os.ReadFile(seedPath)
@@ -467,8 +495,29 @@ func TestWorkspaceThatCannotFitFailsBeforeProvisioning(t *testing.T) {
 	p := start(t)
 	doc, _ := os.ReadFile(seedPath)
 	big := strings.NewReplacer("phi-3-mini-128k-instruct", "phi-4", "method: qlora", "method: lora").Replace(string(doc))
-	if code, body := submit(t, p, []byte(big)); code != http.StatusAccepted {
+	// The API runs the fit check at submit: refused there, with the numbers, and nothing kept.
+	if code, body := submit(t, p, []byte(big)); code != http.StatusUnprocessableEntity || !strings.Contains(string(body), "phi-4 needs ~") {
 		t.Fatalf("submit: %d %s", code, body)
+	}
+	if _, err := p.Store.Get(context.Background(), "default", "workspace-tuning-phi-3"); err == nil {
+		t.Fatal("a workspace refused at submit got a status record")
+	}
+	// The same request from an entrance that does not plan (on the bus as the entrance role
+	// publishes it): provision refuses it before buying anything.
+	ws, err := events.DecodeWorkspace([]byte(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Namespace, ws.Generation = "default", 1
+	ev, err := events.New("kaitoflow/test", events.WorkspaceRequested, events.WorkspaceRequested, ws.Ref(), ws, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.Store.Admit(context.Background(), ws); err != nil {
+		t.Fatal(err)
+	}
+	if err := (runtime.JetStreamPublisher{JS: p.JS}).Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
 	}
 	w := waitTerminal(t, p, "default", "workspace-tuning-phi-3", 30*time.Second)
 	if w.Phase != status.Failed || w.Failure.Reason != events.ReasonInsufficientGPUMemory || w.Failure.Function != "provision" {

@@ -7,10 +7,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -37,6 +39,53 @@ type Submitter struct {
 	// entrances whose callers the cluster already authorizes per namespace: kubectl, up's API).
 	// Whoever may send to a Service Bus queue, say, should not thereby run GPUs in every namespace.
 	Namespaces []string
+	// Plan, when set, is provision's fit check, run at submit: what it refuses for good (an
+	// unknown preset or SKU, a model that cannot fit, a ConfigMap that is not there) is refused
+	// here, before anything is accepted; what it cannot decide now (the Hub unreachable) is left to
+	// provision.
+	Plan func(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
+}
+
+// planTimeout bounds the fit check at submit: a model read from the Hub may need a request.
+const planTimeout = 5 * time.Second
+
+// Check runs the validation and the fit check Submit runs, without submitting: a dry run.
+func (s *Submitter) Check(ctx context.Context, ws *events.Workspace) error {
+	if errs := ws.Validate(s.Policy); len(errs) > 0 {
+		return &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs}
+	}
+	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, "*") && !slices.Contains(s.Namespaces, ws.Namespace) {
+		return &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: field.ErrorList{field.Forbidden(field.NewPath("metadata", "namespace"),
+			fmt.Sprintf("this entrance submits workspaces to %s only", strings.Join(s.Namespaces, ", ")))}}
+	}
+	if s.Plan == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, planTimeout)
+	defer cancel()
+	if _, err := s.Plan(ctx, ws); err != nil {
+		if _, permanent := events.AsPermanent(err); permanent {
+			return &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: field.ErrorList{fieldError(err)}}
+		}
+	}
+	return nil
+}
+
+// fieldError is the planner's refusal as a field error: its own when it carries one, else the
+// field its message starts with ("tuning.preset.name: …"), else the workspace.
+func fieldError(err error) *field.Error {
+	var fe *field.Error
+	if errors.As(err, &fe) {
+		return fe
+	}
+	msg := err.Error()
+	if p, ok := events.AsPermanent(err); ok && p.Err != nil {
+		msg = p.Err.Error() // without the reason in front
+	}
+	if path, rest, ok := strings.Cut(msg, ": "); ok && path != "" && !strings.ContainsAny(path, " \t") {
+		return &field.Error{Type: field.ErrorTypeInvalid, Field: path, BadValue: field.OmitValueType{}, Detail: rest}
+	}
+	return &field.Error{Type: field.ErrorTypeInvalid, Field: "spec", BadValue: field.OmitValueType{}, Detail: msg}
 }
 
 // Result is a submission's outcome.
@@ -71,12 +120,8 @@ func (s *Submitter) Submit(ctx context.Context, ws *events.Workspace, origin str
 	if ws.APIVersion == "" {
 		ws.APIVersion, ws.Kind = events.APIVersion, events.Kind
 	}
-	if errs := ws.Validate(s.Policy); len(errs) > 0 {
-		return nil, &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs}
-	}
-	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, "*") && !slices.Contains(s.Namespaces, ws.Namespace) {
-		return nil, &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: field.ErrorList{field.Forbidden(field.NewPath("metadata", "namespace"),
-			fmt.Sprintf("this entrance submits workspaces to %s only", strings.Join(s.Namespaces, ", ")))}}
+	if err := s.Check(ctx, ws); err != nil {
+		return nil, err
 	}
 	rec, fresh, err := s.Store.Admit(ctx, ws)
 	if err != nil {
