@@ -28,6 +28,18 @@ const (
 	ReasonNotSupported = "NotSupported"
 )
 
+// WorkspaceFault reports whether reason says the workspace itself cannot run as asked (invalid,
+// too big for its GPUs or its quota, unsupported, or colliding with another's object): the
+// user's to fix, as opposed to an event or a system kaitoflow could not handle. Metrics and alerts
+// tell the two apart.
+func WorkspaceFault(reason string) bool {
+	switch reason {
+	case ReasonInvalidWorkspace, ReasonInsufficientGPUMemory, ReasonGPUOutOfMemory, ReasonInsufficientQuota, ReasonForeignObject, ReasonNotSupported:
+		return true
+	}
+	return false
+}
+
 // PermanentError marks a failure that retrying cannot fix. The runtime turns it into a
 // workspace.failed event and a dead letter; every other error is retried with backoff.
 type PermanentError struct {

@@ -270,7 +270,12 @@ func (r *JetStream) fail(ctx context.Context, msg jetstream.Msg, ev *cloudevents
 		_ = msg.NakWithDelay(r.opts.backoff(1))
 		return
 	}
-	c.metrics.deadLetters.WithLabelValues(c.fn.Name, msg.Subject()).Inc()
+	// A user's mistake is not an alert: counted apart from what kaitoflow could not handle.
+	if events.WorkspaceFault(perr.Reason) {
+		c.metrics.refused.WithLabelValues(c.fn.Name, perr.Reason).Inc()
+	} else {
+		c.metrics.deadLetters.WithLabelValues(c.fn.Name, msg.Subject()).Inc()
+	}
 	log.Error("dead-lettered", "reason", perr.Reason, "err", perr.Err, "dead_letter_subject", dl.Subject)
 	if err := msg.Term(); err != nil {
 		log.Warn("term failed; a redelivery will dead-letter it again (deduplicated)", "err", err)

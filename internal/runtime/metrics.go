@@ -10,6 +10,7 @@ type Metrics struct {
 	duration     *prometheus.HistogramVec
 	redeliveries *prometheus.CounterVec
 	deadLetters  *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 	inFlight     *prometheus.GaugeVec
 }
 
@@ -30,14 +31,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kaitoflow_redeliveries_total", Help: "Events delivered more than once.",
 		}, []string{"function", "type"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kaitoflow_dead_letters_total", Help: "Events sent to the dead-letter subject.",
+			Name: "kaitoflow_dead_letters_total", Help: "Events sent to the dead-letter subject that kaitoflow could not handle (a workspace refused for its own fault is counted in kaitoflow_workspaces_refused_total instead).",
 		}, []string{"function", "type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kaitoflow_workspaces_refused_total", Help: "Workspaces a step refused for their own fault (invalid, too big, unsupported), by reason.",
+		}, []string{"function", "reason"}),
 		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kaitoflow_in_flight", Help: "Events being handled now.",
 		}, []string{"function"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.handled, m.failed, m.duration, m.redeliveries, m.deadLetters, m.inFlight)
+		reg.MustRegister(m.handled, m.failed, m.duration, m.redeliveries, m.deadLetters, m.refused, m.inFlight)
 	}
 	return m
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -470,4 +471,48 @@ func TestOversizedPoisonLeavesAndOthersFlow(t *testing.T) {
 	if n := len(messages(t, js, events.WorkspaceFailed)); n != poison {
 		t.Errorf("%d workspace.failed events, want %d", n, poison)
 	}
+}
+
+// A workspace refused for its own fault (a misspelt SKU) is counted as a refusal, not as a dead
+// letter: an alert on kaitoflow_dead_letters_total fires on what kaitoflow could not handle (an
+// event that does not decode), not on a user's typo. Both still reach the dead-letter subject.
+func TestRefusalsAreCountedApartFromDeadLetters(t *testing.T) {
+	ns := natsServer(t)
+	js := connect(t, ns)
+	fn := Function{Name: "provision", Types: []string{events.WorkspaceRequested}, Handler: HandlerFunc(func(ctx context.Context, e cloudevents.Event) ([]cloudevents.Event, error) {
+		if strings.HasSuffix(e.Subject(), "/typo") {
+			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "resource.instanceType: Standard_NC6s_v9 is not a GPU SKU")
+		}
+		return nil, events.Permanentf(events.ReasonBadEvent, "garbled")
+	})}
+	reg := prometheus.NewRegistry()
+	run(t, js, fn, Deps{Metrics: NewMetrics(reg)}, JetStreamOptions{AckWait: time.Second})
+	pub := JetStreamPublisher{JS: js}
+	for _, name := range []string{"typo", "garbled"} {
+		if err := pub.Publish(context.Background(), requested(t, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "two dead letters", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 2 })
+	eventually(t, "the counts", func() bool {
+		return counted(t, reg, "kaitoflow_workspaces_refused_total") == 1 && counted(t, reg, "kaitoflow_dead_letters_total") == 1
+	})
+}
+
+// counted sums the counter name over its labels.
+func counted(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
