@@ -156,15 +156,6 @@ func trainerSucceeded(ctx context.Context, t *testing.T, client kubernetes.Inter
 	}
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // The seed's Workspace, applied as a custom resource to a real API server, through every step:
 // provision (byo; the test plays the kubelet of a GPU node), tune (a Job; the test plays the Job
 // controller and the kubelet, and job-run's upload of the adapter layer), publish (to the in-process
@@ -222,7 +213,7 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	// tune's Job appears; the Job controller, the scheduler and the kubelet do their part.
 	var job batchv1.Job
-	waitFor(t, "the tuning Job", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "the tuning Job", func() bool {
 		l, err := admin.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: events.LabelWorkspace + "=" + name})
 		if err == nil && len(l.Items) == 1 {
 			job = l.Items[0]
@@ -266,14 +257,14 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	// serve's Knative Service appears; Knative's controller marks it Ready.
 	ksvcs := adminDyn.Resource(knative.Services).Namespace(ns)
-	waitFor(t, "the Knative Service", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "the Knative Service", func() bool {
 		_, err = ksvcs.Get(ctx, name, metav1.GetOptions{})
 		return err == nil
 	})
 	// The adapter set its replicas load names the pushed adapter by digest.
 	// The set is written right after the Service it is owned by.
 	var cm *corev1.ConfigMap
-	waitFor(t, "the adapter set", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "the adapter set", func() bool {
 		cm, err = admin.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
 		return err == nil
 	})
@@ -300,7 +291,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	// kubectl get workspace: WORKSPACEREADY True, each condition with its reason.
 	var got *unstructured.Unstructured
 	conds := []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady}
-	waitFor(t, "every condition True on the custom resource", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "every condition True on the custom resource", func() bool {
 		if got, err = wsClient.Get(ctx, name, metav1.GetOptions{}); err != nil {
 			return false
 		}
@@ -329,11 +320,11 @@ func TestClusterEndToEnd(t *testing.T) {
 	if err := wsClient.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the Workspace gone (finalizer released)", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "the Workspace gone (finalizer released)", func() bool {
 		_, err := wsClient.Get(ctx, name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
-	waitFor(t, "the Knative Service and the Job gone", 30*time.Second, func() bool {
+	testenv.Eventually(t, 30*time.Second, "the Knative Service and the Job gone", func() bool {
 		_, e1 := ksvcs.Get(ctx, name, metav1.GetOptions{})
 		j, e2 := admin.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
 		return apierrors.IsNotFound(e1) && (apierrors.IsNotFound(e2) || j.DeletionTimestamp != nil)

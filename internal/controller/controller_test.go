@@ -171,15 +171,6 @@ func (p *pipeline) emit(t *testing.T, gen int64, typ string, data any) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(25 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 func condition(u *unstructured.Unstructured, typ string) string {
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	for _, c := range conds {
@@ -206,13 +197,13 @@ func TestWorkspaceCustomResource(t *testing.T) {
 	p := start(t)
 	ctx := context.Background()
 	p.apply(t, seed(t))
-	eventually(t, "the finalizer and Provisioning", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the finalizer and Provisioning", func() bool {
 		u := p.get(t, "workspace-tuning-phi-3")
 		ph, _, _ := unstructured.NestedString(u.Object, "status", "phase")
 		return len(u.GetFinalizers()) == 1 && ph == string(status.Provisioning)
 	})
 	// Each pipeline event is a Kubernetes Event on the object: kubectl describe's timeline.
-	eventually(t, "the WorkspaceRequested Event", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the WorkspaceRequested Event", func() bool {
 		l, err := kube.CoreV1().Events(p.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=workspace-tuning-phi-3"})
 		return err == nil && slices.ContainsFunc(l.Items, func(e corev1.Event) bool {
 			return e.Reason == "WorkspaceRequested" && e.InvolvedObject.Kind == "Workspace" && strings.Contains(e.Message, "kaitoflow.workspace.requested")
@@ -230,7 +221,7 @@ func TestWorkspaceCustomResource(t *testing.T) {
 	p.emit(t, 1, events.ImagePushed, events.ImagePushedData{Image: "r/i:1", Reference: "r/i@sha256:1"})
 	p.emit(t, 1, events.InferenceReady, events.InferenceReadyData{URL: "http://workspace-tuning-phi-3.example.com"})
 	// The projector applies events in any order: wait for the record to hold them all.
-	eventually(t, "every condition True", func() bool {
+	testenv.Eventually(t, 20*time.Second, "every condition True", func() bool {
 		u := p.get(t, "workspace-tuning-phi-3")
 		for _, c := range []string{status.CondResourceReady, status.CondJobStarted, status.CondWorkspaceSucceeded, status.CondInferenceReady, status.CondWorkspaceReady} {
 			if condition(u, c) != "True" {
@@ -246,7 +237,7 @@ func TestWorkspaceCustomResource(t *testing.T) {
 
 	// kubectl edit: a changed spec is generation 2.
 	p.editMethod(t, "workspace-tuning-phi-3", "lora")
-	eventually(t, "generation 2 admitted", func() bool {
+	testenv.Eventually(t, 20*time.Second, "generation 2 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 		return err == nil && rec.Generation == 2 && rec.Method == "lora"
 	})
@@ -255,7 +246,7 @@ func TestWorkspaceCustomResource(t *testing.T) {
 	if err := dyn.Resource(GVR("")).Namespace(p.ns).Delete(ctx, "workspace-tuning-phi-3", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "Deleted in the store", func() bool {
+	testenv.Eventually(t, 20*time.Second, "Deleted in the store", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 		return err == nil && rec.Phase == status.Deleted
 	})
@@ -264,7 +255,7 @@ func TestWorkspaceCustomResource(t *testing.T) {
 		t.Fatal("not being deleted")
 	}
 	p.emit(t, 2, events.CapacityReleased, events.CapacityReleasedData{Because: events.WorkspaceDeleted})
-	eventually(t, "the object gone", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the object gone", func() bool {
 		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(ctx, "workspace-tuning-phi-3", metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
@@ -272,7 +263,7 @@ func TestWorkspaceCustomResource(t *testing.T) {
 	// Created again (metadata.generation 1 again): the pipeline's generation continues, so no
 	// event id of the deleted generations is reused.
 	p.apply(t, seed(t))
-	eventually(t, "generation 3 admitted", func() bool {
+	testenv.Eventually(t, 20*time.Second, "generation 3 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, "workspace-tuning-phi-3")
 		return err == nil && rec.Generation == 3 && rec.Phase == status.Provisioning
 	})
@@ -332,7 +323,7 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 	p := start(t)
 	doc := strings.Replace(string(seed(t)), "https://huggingface.co/datasets", "http://169.254.169.254/datasets", 1)
 	p.apply(t, []byte(doc))
-	eventually(t, "the refusal in the status", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the refusal in the status", func() bool {
 		u := p.get(t, "workspace-tuning-phi-3")
 		f, _, _ := unstructured.NestedString(u.Object, "status", "failure")
 		return condition(u, status.CondWorkspaceSucceeded) == "False" && strings.Contains(f, "tuning.input.urls[0]")
@@ -344,7 +335,7 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 	if err := dyn.Resource(GVR("")).Namespace(p.ns).Delete(context.Background(), "workspace-tuning-phi-3", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the object gone", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the object gone", func() bool {
 		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(context.Background(), "workspace-tuning-phi-3", metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
@@ -371,11 +362,11 @@ func TestLeaderElection(t *testing.T) {
 		return *l.Spec.HolderIdentity
 	}
 	_, stopA, errsA := leader("replica-a")
-	eventually(t, "replica-a leading", func() bool { return holder() == "replica-a" })
+	testenv.Eventually(t, 20*time.Second, "replica-a leading", func() bool { return holder() == "replica-a" })
 	leader("replica-b")
 
 	p.apply(t, seed(t))
-	eventually(t, "the leader's finalizer", func() bool { return len(p.get(t, "workspace-tuning-phi-3").GetFinalizers()) == 1 })
+	testenv.Eventually(t, 20*time.Second, "the leader's finalizer", func() bool { return len(p.get(t, "workspace-tuning-phi-3").GetFinalizers()) == 1 })
 	if h := holder(); h != "replica-a" {
 		t.Fatalf("the lease moved to %q while replica-a ran", h)
 	}
@@ -385,14 +376,14 @@ func TestLeaderElection(t *testing.T) {
 	if err := <-errsA; err != nil {
 		t.Errorf("replica-a stopping: %v", err)
 	}
-	eventually(t, "replica-b leading", func() bool { return holder() == "replica-b" })
+	testenv.Eventually(t, 20*time.Second, "replica-b leading", func() bool { return holder() == "replica-b" })
 	// replica-a released the Lease as it stopped: well within one lease duration.
 	if took := time.Since(stopped); took > 3*time.Second {
 		t.Errorf("takeover took %s", took)
 	}
 	doc := strings.Replace(string(seed(t)), "name: workspace-tuning-phi-3", "name: second", 1)
 	p.apply(t, []byte(doc))
-	eventually(t, "the new leader reconciling", func() bool { return len(p.get(t, "second").GetFinalizers()) == 1 })
+	testenv.Eventually(t, 20*time.Second, "the new leader reconciling", func() bool { return len(p.get(t, "second").GetFinalizers()) == 1 })
 }
 
 // kubectl annotate workspace … kaitoflow.io/rollback=1: the controller publishes
@@ -403,7 +394,7 @@ func TestRollbackAnnotation(t *testing.T) {
 	ctx := context.Background()
 	const name = "workspace-tuning-phi-3"
 	p.apply(t, seed(t))
-	eventually(t, "generation 1 admitted", func() bool {
+	testenv.Eventually(t, 20*time.Second, "generation 1 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, name)
 		return err == nil && rec.Generation == 1
 	})
@@ -415,12 +406,12 @@ func TestRollbackAnnotation(t *testing.T) {
 	ready(1, "r/i@sha256:1")
 	// Generation 2, tuned and served.
 	p.editMethod(t, name, "lora")
-	eventually(t, "generation 2 admitted", func() bool {
+	testenv.Eventually(t, 20*time.Second, "generation 2 admitted", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, name)
 		return err == nil && rec.Generation == 2
 	})
 	ready(2, "r/i@sha256:2")
-	eventually(t, "generation 2 ready", func() bool {
+	testenv.Eventually(t, 20*time.Second, "generation 2 ready", func() bool {
 		rec, err := p.store.Get(ctx, p.ns, name)
 		return err == nil && rec.Phase == status.Ready && len(rec.History) == 2
 	})
@@ -435,7 +426,7 @@ func TestRollbackAnnotation(t *testing.T) {
 		if _, err := dyn.Resource(GVR("")).Namespace(p.ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "the annotation handled", func() bool {
+		testenv.Eventually(t, 20*time.Second, "the annotation handled", func() bool {
 			h, _, _ := unstructured.NestedString(p.get(t, name).Object, "status", "rollbackHandled")
 			return h == value
 		})
@@ -446,7 +437,7 @@ func TestRollbackAnnotation(t *testing.T) {
 	}
 
 	annotate("1@a")
-	eventually(t, "RollbackRequested", func() bool { return hasEvent("RollbackRequested", "generation 1's adapter r/i@sha256:1") })
+	testenv.Eventually(t, 20*time.Second, "RollbackRequested", func() bool { return hasEvent("RollbackRequested", "generation 1's adapter r/i@sha256:1") })
 	msgs, err := selected.FetchNoWait(10)
 	if err != nil {
 		t.Fatal(err)
@@ -465,5 +456,5 @@ func TestRollbackAnnotation(t *testing.T) {
 	}
 
 	annotate("7@b")
-	eventually(t, "RollbackRefused", func() bool { return hasEvent("RollbackRefused", "generation 7 pushed no adapter") })
+	testenv.Eventually(t, 20*time.Second, "RollbackRefused", func() bool { return hasEvent("RollbackRefused", "generation 7 pushed no adapter") })
 }

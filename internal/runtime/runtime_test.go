@@ -96,17 +96,6 @@ func messages(t *testing.T, js jetstream.JetStream, subject string) []jetstream.
 	return out
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func run(t *testing.T, js jetstream.JetStream, fn Function, d Deps, opts JetStreamOptions) context.CancelFunc {
 	t.Helper()
 	if d.Logger == nil {
@@ -155,15 +144,15 @@ func TestCrashAfterPublishBeforeAckCausesNoDuplicate(t *testing.T) {
 	if err := (JetStreamPublisher{JS: jsA}).Publish(context.Background(), in); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the first output", func() bool { return len(messages(t, jsA, events.NodeReady)) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the first output", func() bool { return len(messages(t, jsA, events.NodeReady)) == 1 })
 	// Kill instance A: its connection goes, so neither an ack nor a heartbeat can reach the server.
 	stopA()
 	jsA.Conn().Close()
 
 	jsB := connect(t, ns)
 	run(t, jsB, fn, Deps{}, opts)
-	eventually(t, "the redelivery", func() bool { return calls.Load() >= 2 })
-	eventually(t, "the input to be acked", func() bool {
+	testenv.Eventually(t, 15*time.Second, "the redelivery", func() bool { return calls.Load() >= 2 })
+	testenv.Eventually(t, 15*time.Second, "the input to be acked", func() bool {
 		info, err := jsB.Consumer(context.Background(), StreamName, "provision")
 		if err != nil {
 			return false
@@ -192,8 +181,8 @@ func TestPermanentErrorDeadLettersAndFailsWorkspace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "both good workspaces", func() bool { return len(messages(t, js, events.NodeReady)) == 2 })
-	eventually(t, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
+	testenv.Eventually(t, 15*time.Second, "both good workspaces", func() bool { return len(messages(t, js, events.NodeReady)) == 2 })
+	testenv.Eventually(t, 15*time.Second, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
 	dl := messages(t, js, events.DeadLetterPrefix+"workspace.requested")[0]
 	if got := dl.Headers().Get(HeaderDLQReason); got != events.ReasonInvalidWorkspace {
 		t.Errorf("dead letter reason %q", got)
@@ -233,7 +222,7 @@ func TestObserverFailureDeadLettersOnly(t *testing.T) {
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "watched")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
 	if failed := messages(t, js, events.WorkspaceFailed); len(failed) != 0 {
 		t.Errorf("an observer failed the workspace: %d workspace.failed", len(failed))
 	}
@@ -255,7 +244,7 @@ func TestRetryableErrorIsRetriedThenDeadLettered(t *testing.T) {
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "flaky")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(times) != 3 {
@@ -295,8 +284,8 @@ func TestUndecodableMessageIsDeadLetteredAndOthersFlow(t *testing.T) {
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "fine")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the good event", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
-	eventually(t, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the good event", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the dead letter", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 1 })
 	failed := messages(t, js, events.WorkspaceFailed)
 	if len(failed) != 1 || failed[0].Headers().Get("ce-subject") != "default/garbled" {
 		t.Fatalf("want one workspace.failed for default/garbled, got %d", len(failed))
@@ -317,7 +306,7 @@ func TestPanickingHandlerIsRetriedNotFatal(t *testing.T) {
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "p")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the retry to succeed", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
+	testenv.Eventually(t, 15*time.Second, "the retry to succeed", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
 }
 
 func TestHTTPTransport(t *testing.T) {
@@ -457,8 +446,8 @@ func TestOversizedPoisonLeavesAndOthersFlow(t *testing.T) {
 	if err := (JetStreamPublisher{JS: js}).Publish(context.Background(), requested(t, "after-the-poison")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the workspace after the poison", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
-	eventually(t, "every dead letter", func() bool {
+	testenv.Eventually(t, 15*time.Second, "the workspace after the poison", func() bool { return len(messages(t, js, events.NodeReady)) == 1 })
+	testenv.Eventually(t, 15*time.Second, "every dead letter", func() bool {
 		return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == poison
 	})
 	dl := messages(t, js, events.DeadLetterPrefix+"workspace.requested")[0]
@@ -493,8 +482,8 @@ func TestRefusalsAreCountedApartFromDeadLetters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "two dead letters", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 2 })
-	eventually(t, "the counts", func() bool {
+	testenv.Eventually(t, 15*time.Second, "two dead letters", func() bool { return len(messages(t, js, events.DeadLetterPrefix+"workspace.requested")) == 2 })
+	testenv.Eventually(t, 15*time.Second, "the counts", func() bool {
 		return counted(t, reg, "kaitoflow_workspaces_refused_total") == 1 && counted(t, reg, "kaitoflow_dead_letters_total") == 1
 	})
 }
