@@ -184,7 +184,7 @@ func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.W
 // permanent refusal naming the field; the API server failing is not.
 func configDocument(ctx context.Context, configs ConfigSource, ws *events.Workspace, fieldName, name, key string) (string, error) {
 	if configs == nil {
-		return "", events.Permanentf(events.ReasonInvalidWorkspace, "%s: ConfigMap %q cannot be read: %v", fieldName, name, ErrNoConfigSource)
+		return "", events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: fieldName, Err: fmt.Errorf("ConfigMap %q cannot be read: %w", name, ErrNoConfigSource)})
 	}
 	ns := ws.Ref().Namespace
 	data, err := configs(ctx, ns, name)
@@ -197,7 +197,7 @@ func configDocument(ctx context.Context, configs ConfigSource, ws *events.Worksp
 	}
 	doc, ok := data[key]
 	if !ok {
-		return "", events.Permanentf(events.ReasonInvalidWorkspace, "%s: ConfigMap %s/%s has no %s key", fieldName, ns, name, key)
+		return "", events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: fieldName, Err: fmt.Errorf("ConfigMap %s/%s has no %s key", ns, name, key)})
 	}
 	return doc, nil
 }
@@ -300,6 +300,16 @@ func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*eve
 	return plan, nil
 }
 
+// PathError is a refusal of the workspace field at Path ("resource.instanceType"): the message
+// reads "Path: Err", and an entrance that answers with field errors takes the field from Path.
+type PathError struct {
+	Path string
+	Err  error
+}
+
+func (e *PathError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *PathError) Unwrap() error { return e.Err }
+
 // classify makes the planner's refusals permanent: a request that does not fit will not fit on a
 // retry, and an unknown SKU stays unknown.
 func classify(err error, path string) error {
@@ -308,7 +318,7 @@ func classify(err error, path string) error {
 	case errors.As(err, &fe):
 		return events.Permanent(events.ReasonInsufficientGPUMemory, err)
 	case errors.Is(err, ErrUnknown):
-		return events.Permanentf(events.ReasonInvalidWorkspace, "%s: %v", path, err)
+		return events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: path, Err: err})
 	}
 	return events.Permanent(events.ReasonInvalidWorkspace, err)
 }

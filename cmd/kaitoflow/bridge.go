@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -42,7 +41,7 @@ func (f *ingressFlags) admits(namespace string) error {
 	if len(f.namespaces) == 0 {
 		return errors.New("--workspace-namespace: say which namespaces workspaces from here may run in (repeatable; * for any)")
 	}
-	if namespace != "" && !slices.Contains(f.namespaces, "*") && !slices.Contains(f.namespaces, namespace) {
+	if namespace != "" && !ingress.Admits(f.namespaces, namespace) {
 		return fmt.Errorf("--workspace-namespace %s does not admit namespace %s, where every workspace from here would go", strings.Join(f.namespaces, ","), namespace)
 	}
 	return nil

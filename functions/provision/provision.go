@@ -143,6 +143,8 @@ type Pending interface {
 
 // Function is the provision handler.
 type Function struct {
+	// router dispatches each event to its route (routes), built once by New.
+	router    *runtime.Routes
 	provider  Provider
 	planner   Planner
 	pending   Pending
@@ -184,8 +186,10 @@ func New(p Provider, planner Planner, pending Pending, o Options) *Function {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Function{provider: p, planner: planner, pending: pending, policy: o.Policy, deadline: o.Deadline, now: o.Now,
+	f := &Function{provider: p, planner: planner, pending: pending, policy: o.Policy, deadline: o.Deadline, now: o.Now,
 		preflight: o.Preflight, warnOnly: o.PreflightWarnOnly, log: o.Log.With("function", Name, "provider", p.Name())}
+	f.router = f.routes()
+	return f
 }
 
 // routes are the events the function takes, each with its handler.
@@ -206,7 +210,7 @@ func (f *Function) routes() *runtime.Routes {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return f.routes().Handle(ctx, ev)
+	return f.router.Handle(ctx, ev)
 }
 
 // releaser is the route that releases what the workspace holds (only capacity bought for that

@@ -88,6 +88,8 @@ type Resolver func(image string) (name.Reference, error)
 
 // Function is the publish handler.
 type Function struct {
+	// router dispatches each event to its route (routes), built once by New.
+	router  *runtime.Routes
 	pusher  Pusher
 	resolve Resolver
 	log     *slog.Logger
@@ -124,6 +126,7 @@ func New(p Pusher, resolve Resolver, log *slog.Logger) *Function {
 		log = slog.Default()
 	}
 	f := &Function{pusher: p, resolve: resolve, log: log.With("function", Name)}
+	f.router = f.routes()
 	if rp, ok := p.(RemotePusher); ok {
 		f.remoteOptions = rp.Options
 	}
@@ -139,7 +142,7 @@ func (f *Function) routes() *runtime.Routes {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return f.routes().Handle(ctx, ev)
+	return f.router.Handle(ctx, ev)
 }
 
 func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloudevents.Event, d events.TuningCompletedData) ([]cloudevents.Event, error) {

@@ -117,6 +117,8 @@ type Deployer interface {
 
 // Function is the serve handler.
 type Function struct {
+	// router dispatches each event to its route (routes), built once by New.
+	router   *runtime.Routes
 	deployer Deployer
 	log      *slog.Logger
 }
@@ -126,7 +128,9 @@ func New(d Deployer, log *slog.Logger) *Function {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Function{deployer: d, log: log.With("function", Name, "deployer", d.Name())}
+	f := &Function{deployer: d, log: log.With("function", Name, "deployer", d.Name())}
+	f.router = f.routes()
+	return f
 }
 
 // ServiceName is the inference service's name: the workspace's, as Kaito names its Service, so
@@ -135,7 +139,7 @@ func ServiceName(ref events.Ref) string { return ref.Name }
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return f.routes().Handle(ctx, ev)
+	return f.router.Handle(ctx, ev)
 }
 
 // routes are the events the function takes, each with its handler.

@@ -178,6 +178,8 @@ type Options struct {
 
 // Function is the tune handler.
 type Function struct {
+	// router dispatches each event to its route (routes), built once by New.
+	router      *runtime.Routes
 	trainer     Trainer
 	replanner   Replanner
 	serving     ServingLookup
@@ -193,7 +195,9 @@ func New(t Trainer, o Options) *Function {
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
-	return &Function{trainer: t, replanner: o.Replanner, serving: o.Serving, maxAttempts: o.MaxAttempts, log: o.Log.With("function", Name, "trainer", t.Name())}
+	f := &Function{trainer: t, replanner: o.Replanner, serving: o.Serving, maxAttempts: o.MaxAttempts, log: o.Log.With("function", Name, "trainer", t.Name())}
+	f.router = f.routes()
+	return f
 }
 
 // JobName derives the run's name from the workspace generation, so a redelivered node.ready finds
@@ -249,7 +253,7 @@ func (f *Function) routes() *runtime.Routes {
 
 // Handle implements runtime.Handler.
 func (f *Function) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return f.routes().Handle(ctx, ev)
+	return f.router.Handle(ctx, ev)
 }
 
 func (f *Function) nodeReady(ctx context.Context, ref events.Ref, ev cloudevents.Event, d events.NodeReadyData) ([]cloudevents.Event, error) {

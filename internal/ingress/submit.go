@@ -20,6 +20,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // Admitter records a submission and decides its generation: the same spec again is the same
@@ -46,6 +47,12 @@ type Submitter struct {
 	Plan func(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
 }
 
+// Admits reports whether an entrance limited to namespaces (empty or "*": any) may submit to
+// namespace.
+func Admits(namespaces []string, namespace string) bool {
+	return len(namespaces) == 0 || slices.Contains(namespaces, "*") || slices.Contains(namespaces, namespace)
+}
+
 // planTimeout bounds the fit check at submit: a model read from the Hub may need a request.
 const planTimeout = 5 * time.Second
 
@@ -54,7 +61,7 @@ func (s *Submitter) Check(ctx context.Context, ws *events.Workspace) error {
 	if errs := ws.Validate(s.Policy); len(errs) > 0 {
 		return &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: errs}
 	}
-	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, "*") && !slices.Contains(s.Namespaces, ws.Namespace) {
+	if !Admits(s.Namespaces, ws.Namespace) {
 		return &InvalidError{Namespace: ws.Namespace, Name: ws.Name, Fields: field.ErrorList{field.Forbidden(field.NewPath("metadata", "namespace"),
 			fmt.Sprintf("this entrance submits workspaces to %s only", strings.Join(s.Namespaces, ", ")))}}
 	}
@@ -71,19 +78,20 @@ func (s *Submitter) Check(ctx context.Context, ws *events.Workspace) error {
 	return nil
 }
 
-// fieldError is the planner's refusal as a field error: its own when it carries one, else the
-// field its message starts with ("tuning.preset.name: …"), else the workspace.
+// fieldError is the planner's refusal as a field error: its own when it carries one, the field
+// it names (presets.PathError), else the workspace.
 func fieldError(err error) *field.Error {
 	var fe *field.Error
 	if errors.As(err, &fe) {
 		return fe
 	}
+	var pe *presets.PathError
+	if errors.As(err, &pe) {
+		return &field.Error{Type: field.ErrorTypeInvalid, Field: pe.Path, BadValue: field.OmitValueType{}, Detail: pe.Err.Error()}
+	}
 	msg := err.Error()
 	if p, ok := events.AsPermanent(err); ok && p.Err != nil {
 		msg = p.Err.Error() // without the reason in front
-	}
-	if path, rest, ok := strings.Cut(msg, ": "); ok && path != "" && !strings.ContainsAny(path, " \t") {
-		return &field.Error{Type: field.ErrorTypeInvalid, Field: path, BadValue: field.OmitValueType{}, Detail: rest}
 	}
 	return &field.Error{Type: field.ErrorTypeInvalid, Field: "spec", BadValue: field.OmitValueType{}, Detail: msg}
 }

@@ -66,8 +66,11 @@ type Config struct {
 	// OperatorRegistry says the registries are the operator's own stand-in (up's embedded
 	// registry, a rewrite), not the workspace's choice: they are reached without the policy.
 	OperatorRegistry bool
-	TerminationLog   string
-	Command          []string
+	// registries is the guarded transport every registry call of a run shares (its connections
+	// too), made once by Run.
+	registries     http.RoundTripper
+	TerminationLog string
+	Command        []string
 	// Attempts at fetching each URL before giving up.
 	Attempts int
 	// Reporter, when set, receives the trainer's progress at most every ReportInterval.
@@ -110,6 +113,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if c.Attempts <= 0 {
 		c.Attempts = 4
 	}
+	c.registries = netguard.Transport(c.Policy)
 	datasets, err := fetch(ctx, c, log)
 	if err != nil {
 		if !c.FetchBestEffort {
@@ -488,7 +492,11 @@ func (c Config) remoteOptions() []remote.Option {
 	// The registries a workspace names are reached through the address policy, as its datasets are.
 	var opts []remote.Option
 	if !c.OperatorRegistry {
-		opts = append(opts, remote.WithTransport(netguard.Transport(c.Policy)))
+		tr := c.registries
+		if tr == nil { // a Config not started by Run
+			tr = netguard.Transport(c.Policy)
+		}
+		opts = append(opts, remote.WithTransport(tr))
 	}
 	if c.PushSecret != "" {
 		opts = append(opts, remote.WithAuthFromKeychain(registryauth.DockerConfigFile(c.PushSecret)))

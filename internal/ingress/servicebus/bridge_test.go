@@ -21,6 +21,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 func TestQueueKeepsPeekLockSemantics(t *testing.T) {
@@ -330,18 +331,7 @@ func TestLockRenewedWhilePublishIsSlow(t *testing.T) {
 func TestBridgeAdmitsItsNamespacesOnly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	nc, _ := nats.Connect(ns.ClientURL())
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := testenv.JetStreamOn(t, testenv.NATSServer(t).ClientURL())
 	if _, err := (runtime.Storage{Replicas: 1}).EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
