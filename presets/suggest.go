@@ -5,6 +5,11 @@ import "strings"
 // didYouMean is ", did you mean X?" for the candidate closest to name, when one is close enough
 // to be a typo (an edit distance of at most a quarter of its length, and at least 2), else "".
 func didYouMean(name string, candidates []string) string {
+	// The distance costs len(name)×len(candidate) per candidate: a name longer than any preset or
+	// SKU is no typo of one, and a 256 KiB name must not cost a submit seconds of CPU.
+	if len(name) > maxSuggestLen {
+		return ""
+	}
 	best, bestDist := "", -1
 	for _, c := range candidates {
 		d := editDistance(strings.ToLower(name), strings.ToLower(c))
@@ -17,6 +22,9 @@ func didYouMean(name string, candidates []string) string {
 	}
 	return ", did you mean " + best + "?"
 }
+
+// maxSuggestLen is the longest name a suggestion is computed for.
+const maxSuggestLen = 128
 
 // editDistance is the Levenshtein distance between a and b (bytes: names are ASCII).
 func editDistance(a, b string) int {

@@ -21,6 +21,7 @@ func TestDidYouMean(t *testing.T) {
 		{func() error { _, err := cat.SKU("Standard_NC6s_v9"); return err }, "did you mean Standard_NC6s_v3?"},
 		{func() error { _, err := cat.SKU("standard_nc24ads_a100_v4x"); return err }, "did you mean Standard_NC24ads_A100_v4?"},
 		{func() error { _, _, err := cat.Resolve("something-else-entirely"); return err }, ""},
+		{func() error { _, err := cat.SKU(strings.Repeat("Standard_NC6s_v3", 1000)); return err }, ""},
 	} {
 		err := tc.lookup()
 		if !errors.Is(err, ErrUnknown) {
