@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,22 +42,70 @@ func (e *Env) KubeConfig() []byte { return e.env.KubeConfig }
 // Stop stops the API server and etcd.
 func (e *Env) Stop() error { return e.env.Stop() }
 
+// startAttempts bounds how often Start tries a fresh control plane. envtest retries a failed
+// start itself, but with the ports it picked the first time: when another test package's
+// process takes one of them between the pick and etcd's bind, every retry fails the same way.
+// A fresh Environment picks fresh ports.
+const startAttempts = 3
+
 // Start starts an API server with the CRDs of crdDirs installed.
 func Start(crdDirs ...string) (*Env, error) {
 	assets, err := Assets()
 	if err != nil {
 		return nil, err
 	}
+	var errs []error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		env, err := start(assets, crdDirs)
+		if err == nil {
+			return env, nil
+		}
+		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
+	}
+	return nil, fmt.Errorf("start envtest: %w", errors.Join(errs...))
+}
+
+func start(assets string, crdDirs []string) (*Env, error) {
+	etcdOut, apiOut := &tail{max: 4 << 10}, &tail{max: 4 << 10}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: true,
+		ControlPlane: envtest.ControlPlane{
+			Etcd:      &envtest.Etcd{Out: etcdOut, Err: etcdOut},
+			APIServer: &envtest.APIServer{Out: apiOut, Err: apiOut},
+		},
 	}
 	cfg, err := env.Start()
 	if err != nil {
-		return nil, fmt.Errorf("start envtest: %w", err)
+		_ = env.Stop()
+		return nil, fmt.Errorf("%w\n--- etcd\n%s\n--- kube-apiserver\n%s", err, etcdOut, apiOut)
 	}
 	return &Env{Config: cfg, env: env}, nil
+}
+
+// tail keeps the last max bytes written to it: a control-plane process's output, kept for the
+// message of a failed start without growing for the life of a test package.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
 }
 
 // Assets finds the directory with kube-apiserver and etcd: $KUBEBUILDER_ASSETS, or the cache
