@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/functions/serve/sim"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -27,11 +29,11 @@ import (
 func BenchmarkAdapterSwap(b *testing.B) {
 	const modelLoad, loraLoad = 2 * time.Second, 20 * time.Millisecond
 	host := testenv.Registry(b)
-	sim := &serve.Sim{Delay: modelLoad, LoRALoadDelay: loraLoad, Dir: b.TempDir(), Log: slog.New(slog.DiscardHandler)}
-	srv := httptest.NewServer(sim.Handler())
+	simd := &sim.Deployer{Delay: modelLoad, LoRALoadDelay: loraLoad, Dir: b.TempDir(), Log: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(simd.Handler())
 	defer srv.Close()
-	sim.BaseURL = srv.URL
-	ws := events.Workspace{Tuning: &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+	simd.BaseURL = srv.URL
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ctx := context.Background()
 	gen := int64(0)
 	plan := &events.Plan{RuntimeArgs: []string{"--seed", "0"}}
@@ -47,11 +49,11 @@ func BenchmarkAdapterSwap(b *testing.B) {
 			Adapters: []serve.Adapter{{Name: "ws", Image: image}}}
 		want := serve.LoRAName("ws", image)
 		start := time.Now()
-		if err := sim.Apply(ctx, d); err != nil {
+		if err := simd.Apply(ctx, d); err != nil {
 			b.Fatal(err)
 		}
 		for {
-			resp, err := http.Post(sim.BaseURL+"/default/ws/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+			resp, err := http.Post(simd.BaseURL+"/default/ws/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -4,11 +4,11 @@ import (
 	"os"
 	"testing"
 
-	"github.com/kaitoflow/kaitoflow/functions/tune"
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 )
 
 // The sim trainer re-executes the test binary as its trainer process.
 func TestMain(m *testing.M) {
-	tune.SimTrainerMain()
+	tunesim.TrainerMain()
 	os.Exit(m.Run())
 }

@@ -30,9 +30,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -124,12 +126,12 @@ func summarize(name string, n int, start time.Time, seen map[string]map[string]t
 // fetches it, as a tuning Job fetches its dataset.
 var datasetURL string
 
-func newWorkspace(i int) (events.Ref, *events.Workspace, error) {
+func newWorkspace(i int) (events.Ref, *kaito.Workspace, error) {
 	doc, err := os.ReadFile("../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
 	if err != nil {
 		return events.Ref{}, nil, err
 	}
-	ws, err := events.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeWorkspace(doc)
 	if err != nil {
 		return events.Ref{}, nil, err
 	}
@@ -137,11 +139,11 @@ func newWorkspace(i int) (events.Ref, *events.Workspace, error) {
 	ws.Tuning.Input.URLs = []string{datasetURL}
 	ws.Namespace = "default"
 	ws.Generation = 1
-	return ws.Ref(), ws, nil
+	return events.WorkspaceRef(ws), ws, nil
 }
 
 // submit publishes workspace.requested for workspace i the way the API does after admitting it.
-func submit(ctx context.Context, js jetstream.JetStream, i int, admit func(*events.Workspace) error) error {
+func submit(ctx context.Context, js jetstream.JetStream, i int, admit func(*kaito.Workspace) error) error {
 	ref, ws, err := newWorkspace(i)
 	if err == nil && admit != nil {
 		err = admit(ws)
@@ -154,7 +156,7 @@ func submit(ctx context.Context, js jetstream.JetStream, i int, admit func(*even
 }
 
 // submitAll submits n workspaces at once, 16 publishers at a time: a burst.
-func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*events.Workspace) error) error {
+func submitAll(ctx context.Context, js jetstream.JetStream, n int, admit func(*kaito.Workspace) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 16)
@@ -183,12 +185,12 @@ func runKaitoflow(b *testing.B, n int, burst bool) result {
 	defer ds.Close()
 	datasetURL = ds.URL + "/dolly.jsonl"
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
-		Functions: assembly.Config{Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}}}})
+		Functions: assembly.Config{Policy: netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	return drive(b, ctx, p.JS, n, burst, "kaitoflow (sim drivers, zero delay)", func(ws *events.Workspace) error {
+	return drive(b, ctx, p.JS, n, burst, "kaitoflow (sim drivers, zero delay)", func(ws *kaito.Workspace) error {
 		_, _, err := p.Store.Admit(ctx, ws)
 		return err
 	})
@@ -196,7 +198,7 @@ func runKaitoflow(b *testing.B, n int, burst bool) result {
 
 // drive submits n workspaces — all at once (burst), or each after the previous one is ready, which
 // shows per-hop latency without queueing — and summarizes what the observer saw.
-func drive(b *testing.B, ctx context.Context, js jetstream.JetStream, n int, burst bool, name string, admit func(*events.Workspace) error) result {
+func drive(b *testing.B, ctx context.Context, js jetstream.JetStream, n int, burst bool, name string, admit func(*kaito.Workspace) error) result {
 	started := make(chan struct{})
 	finished := make(chan string, n)
 	type obs struct {

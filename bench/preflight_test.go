@@ -14,8 +14,8 @@ import (
 
 	"github.com/parquet-go/parquet-go"
 
-	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 )
 
 type message struct {
@@ -51,7 +51,7 @@ func BenchmarkPreflight(b *testing.B) {
 	}))
 	defer srv.Close()
 	url := srv.URL + "/data/train-00000-of-00001.parquet?download=true"
-	policy := events.AddressPolicy{Allow: []string{"127.0.0.1"}}
+	policy := netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}
 
 	for b.Loop() {
 		served.Store(0)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 )
 
 // BenchmarkChatProxy sends the same chat completion request straight to a model server and
@@ -23,7 +23,7 @@ func BenchmarkChatProxy(b *testing.B) {
 	}))
 	defer upstream.Close()
 	u, _ := url.Parse(upstream.URL)
-	proxy := httptest.NewServer((&serve.Proxy{Upstream: u, Model: "m"}).Handler())
+	proxy := httptest.NewServer((&chatproxy.Proxy{Upstream: u, Model: "m"}).Handler())
 	defer proxy.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	const n = 10000

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/publish"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -43,8 +44,8 @@ func writeAdapter(b *testing.B, dir string, size int64) []events.AdapterFile {
 
 func completed(b *testing.B, image, dir string, files []events.AdapterFile, layer *events.Blob) events.TuningCompletedData {
 	b.Helper()
-	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}},
-		Output: &events.DataDestination{Image: image, ImagePushSecret: "push"}}}
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora", Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}},
+		Output: &kaito.DataDestination{Image: image, ImagePushSecret: "push"}}}
 	ws.Name = "bench"
 	return events.TuningCompletedData{Workspace: ws, Job: "bench-tuning-1", Location: dir, Files: files, Layer: layer}
 }

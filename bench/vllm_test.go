@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/internal/vllmproc"
 )
@@ -97,7 +97,7 @@ func BenchmarkVLLMAdapterChange(b *testing.B) {
 
 		// chat-proxy's added latency, on the same server.
 		upstream, _ := url.Parse(p.URL)
-		proxy := httptest.NewServer((&serve.Proxy{Upstream: upstream, Model: "base"}).Handler())
+		proxy := httptest.NewServer((&chatproxy.Proxy{Upstream: upstream, Model: "base"}).Handler())
 		const n = 40
 		direct, proxied := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
 		for i := range 2 * n {

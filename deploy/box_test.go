@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -32,20 +34,22 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
 	"github.com/kaitoflow/kaitoflow/functions/provision/karpenter"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
-	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/controller"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
-	"github.com/kaitoflow/kaitoflow/internal/ingress"
-	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -450,7 +454,7 @@ inference:
 	if err != nil {
 		t.Fatalf("the adapter set's ConfigMap: %v", err)
 	}
-	set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey]))
+	set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey]))
 	if err != nil || len(set.Adapters) != 1 || set.Adapters[0].Image != image {
 		t.Fatalf("adapter set %+v: %v", set, err)
 	}
@@ -557,7 +561,7 @@ tuning:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 || set.Adapters[0].Path != mount.MountPath {
+	if set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 || set.Adapters[0].Path != mount.MountPath {
 		t.Errorf("the adapter set does not point at the adapter on the volume (%s): %+v %v", mount.MountPath, set, err)
 	}
 	rec, err := bx.p.Store.Get(ctx, ns, name)
@@ -619,14 +623,16 @@ func mountVolumes(ctx context.Context, t *testing.T, c kubernetes.Interface, pod
 
 // pullAsChatProxy pulls an adapter of the set with chat-proxy's code, the secret files' paths under
 // root (where mountVolumes put them); anonymous drops the pull secrets. It returns the files pulled.
-func pullAsChatProxy(ctx context.Context, root string, spec serve.AdapterSpec, anonymous bool) (int, error) {
+func pullAsChatProxy(ctx context.Context, root string, spec chatproxy.AdapterSpec, anonymous bool) (int, error) {
 	var files []string
 	if !anonymous {
 		for _, f := range spec.PullSecrets {
 			files = append(files, filepath.Join(root, f))
 		}
 	}
-	pull := serve.RegistryPuller(func(serve.AdapterSpec) (authn.Keychain, error) { return registryauth.DockerConfigFiles(files...), nil })
+	pull := chatproxy.RegistryPuller(func(chatproxy.AdapterSpec) (authn.Keychain, error) {
+		return registryauth.DockerConfigFiles(files...), nil
+	})
 	dir := filepath.Join(root, "adapters", spec.Name)
 	if err := pull(ctx, spec, dir); err != nil {
 		return 0, err
@@ -749,7 +755,7 @@ func jobRunOf(t *testing.T, pod corev1.Pod, registry, delay string) jobrun.Confi
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Env = []string{tune.SimTrainerEnv + "=1"}
+	c.Env = []string{tunesim.TrainerEnv + "=1"}
 	c.Command = []string{self, "--results", c.ResultsDir, "--delay", delay, "--ref", pod.Namespace + "/" + pod.Labels[events.LabelWorkspace] + "/" + pod.Labels[events.LabelGeneration],
 		"--input-dir", c.DataDir}
 	c.Stdout = io.Discard
@@ -769,7 +775,7 @@ func TestNextGenerationGoesLiveInTheBox(t *testing.T) {
 	finishAsJobRun(ctx, t, admin, ns, tuningPodOf(ctx, t, b, ns, name, 1).Name, p.Registry, "example.azurecr.io/adapters/phi-3:0.0.1")
 	awaitReady(ctx, t, b, wsClient, ns, name, status.CondInferenceReady, status.CondWorkspaceReady)
 	server := inferencePod(ctx, t, b, ns, name)
-	served := func() serve.ReplicaAdapters { return replicaAdapters(t, bx, server) }
+	served := func() chatproxy.ReplicaAdapters { return replicaAdapters(t, bx, server) }
 	first := served().Routes[name]
 
 	// kubectl edit: the next version of the adapter.
@@ -809,7 +815,7 @@ func TestNextGenerationGoesLiveInTheBox(t *testing.T) {
 // Continuous fine-tuning in the box with the Knative deployer: three uploads of a dataset through
 // the upload webhook (in-process against the pipeline), each tuned by a pod running the Job's own
 // job-run with the sim trainer (stand-in for the Python one), which pulls the adapter serving
-// (--compare-image) and scores both on the new data by the sim's rule (tune.SimEvalLoss: more
+// (--compare-image) and scores both on the new data by the sim's rule (tunesim.EvalLoss: more
 // distinct rows score better). v1 is served; v2 scores worse and is held — the inference pod's
 // chat-proxy (the stand-in running kaitoflow's real one) still routes to v1; v3 scores better and
 // is promoted, loaded live into the same pod, the Knative Service's template unchanged.
@@ -818,11 +824,11 @@ func TestUploadHoldPromoteInTheBox(t *testing.T) {
 	defer cancel()
 	bx := startTwoGPUs(ctx, t)
 	b, p, admin, ns := bx.b, bx.p, bx.b.Client, boxNamespace
-	tmpl, err := events.DecodeWorkspace([]byte(seedManifest(t)))
+	tmpl, err := kaito.DecodeWorkspace([]byte(seedManifest(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl.Namespace, tmpl.Annotations = ns, map[string]string{events.AnnotationPromotion: "if-better"}
+	tmpl.Namespace, tmpl.Annotations = ns, map[string]string{kaito.AnnotationPromotion: "if-better"}
 	key := []byte("upload-signing-key")
 	hook := httptest.NewServer((&webhook.Handler{Template: tmpl, SigningKey: key, Log: slog.New(slog.DiscardHandler),
 		Submitter: &ingress.Submitter{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: p.JS}, Policy: loopback, Source: "kaitoflow/webhook"}}).Routes())
@@ -933,14 +939,14 @@ func runningTuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, wha
 
 // replicaAdapters is what the inference pod's chat-proxy (the stand-in running kaitoflow's real
 // one) says it serves: its admin GET /adapters.
-func replicaAdapters(t *testing.T, bx *boxed, pod corev1.Pod) serve.ReplicaAdapters {
+func replicaAdapters(t *testing.T, bx *boxed, pod corev1.Pod) chatproxy.ReplicaAdapters {
 	t.Helper()
 	resp, err := http.Get(bx.pods.Address(pod) + "/adapters")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st serve.ReplicaAdapters
+	var st chatproxy.ReplicaAdapters
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}
@@ -955,4 +961,4 @@ func decided(w *status.Workspace) bool {
 }
 
 // loopback admits the dataset stand-ins the box's tests serve on 127.0.0.1.
-var loopback = events.AddressPolicy{Allow: []string{"127.0.0.1"}}
+var loopback = netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}

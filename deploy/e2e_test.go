@@ -22,14 +22,14 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -268,7 +268,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		cm, err = admin.CoreV1().ConfigMaps(ns).Get(ctx, knative.AdapterSetName(name), metav1.GetOptions{})
 		return err == nil
 	})
-	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 ||
+	if set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[knative.AdapterSetKey])); err != nil || len(set.Adapters) != 1 ||
 		!strings.HasPrefix(set.Adapters[0].Image, target.Context().String()+"@sha256:") {
 		t.Errorf("the inference Service's adapter set does not name the pushed adapter by digest: %+v %v", set, err)
 	}

@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 )
 
 var schemaNamespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}

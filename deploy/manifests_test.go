@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -45,8 +47,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/sources"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/sources"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -64,7 +66,7 @@ var (
 
 func TestMain(m *testing.M) {
 	// The box's tuning pods run job-run with the sim trainer: this binary, re-executed.
-	tune.SimTrainerMain()
+	tunesim.TrainerMain()
 	serving, err := testenv.ModuleDir("knative.dev/serving", servingVersion)
 	if err == nil {
 		var eventing string

@@ -1,12 +1,9 @@
 package events
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -14,10 +11,6 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/types"
-	"k8s.io/apimachinery/pkg/util/validation/field"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	kjson "sigs.k8s.io/json"
-	"sigs.k8s.io/yaml"
 )
 
 // NATS binary content mode: attributes travel as "ce-" headers, the data is the message body and
@@ -162,56 +155,4 @@ func percentEncode(s string) string {
 		b.WriteByte(c)
 	}
 	return b.String()
-}
-
-// DecodeWorkspace reads one Workspace manifest, YAML or JSON. Unknown fields are an error naming
-// the field: a misspelt "instancetype" silently ignored would provision the default SKU.
-func DecodeWorkspace(doc []byte) (*Workspace, error) {
-	if len(doc) > MaxEventSize {
-		return nil, fmt.Errorf("manifest of %d bytes exceeds the %d byte limit", len(doc), MaxEventSize)
-	}
-	j, err := yaml.YAMLToJSON(doc)
-	if err != nil {
-		return nil, fmt.Errorf("decode workspace: %w", err)
-	}
-	// Field names match case-sensitively, as the Kubernetes API server matches them;
-	// encoding/json alone would quietly take "instancetype" for "instanceType".
-	var w Workspace
-	strict, err := kjson.UnmarshalStrict(j, &w, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
-	if err != nil {
-		return nil, fmt.Errorf("decode workspace: %w", err)
-	}
-	if len(strict) > 0 {
-		return nil, fmt.Errorf("decode workspace: %w", errors.Join(strict...))
-	}
-	return &w, nil
-}
-
-// SplitYAML splits a multi-document YAML stream into its non-empty documents.
-func SplitYAML(stream []byte) ([][]byte, error) {
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
-	var docs [][]byte
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return docs, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("split YAML documents: %w", err)
-		}
-		var probe map[string]any
-		if err := yaml.Unmarshal(doc, &probe); err == nil && len(probe) == 0 {
-			continue // only comments or whitespace
-		}
-		docs = append(docs, doc)
-	}
-}
-
-// FieldErrors formats a validation result as one message per line.
-func FieldErrors(errs field.ErrorList) string {
-	lines := make([]string, len(errs))
-	for i, e := range errs {
-		lines[i] = e.Error()
-	}
-	return strings.Join(lines, "\n")
 }

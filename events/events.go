@@ -15,6 +15,8 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 )
 
 // Event types. The NATS subject of an event is its type.
@@ -118,6 +120,15 @@ func (r Ref) ID(step string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// WorkspaceRef returns a workspace's identity as events carry it.
+func WorkspaceRef(w *kaito.Workspace) Ref {
+	ns := w.Namespace
+	if ns == "" {
+		ns = kaito.DefaultNamespace
+	}
+	return Ref{Namespace: ns, Name: w.Name, Generation: w.Generation}
+}
+
 // RefOf reads the workspace reference of an event from its subject and generation extension.
 func RefOf(e cloudevents.Event) (Ref, error) {
 	ns, name, ok := strings.Cut(e.Subject(), "/")
@@ -186,10 +197,10 @@ func Data(e cloudevents.Event, v any) error {
 
 // NodeReadyData is the payload of kaitoflow.node.ready: capacity exists for the workspace.
 type NodeReadyData struct {
-	Workspace    Workspace `json:"workspace"`
-	Provider     string    `json:"provider"`
-	InstanceType string    `json:"instanceType"`
-	Nodes        []string  `json:"nodes"`
+	Workspace    kaito.Workspace `json:"workspace"`
+	Provider     string          `json:"provider"`
+	InstanceType string          `json:"instanceType"`
+	Nodes        []string        `json:"nodes"`
 	// NodeInfo describes each node's GPUs.
 	NodeInfo []Node `json:"nodeInfo,omitempty"`
 	// Plan is what was checked before the capacity was bought; later steps run exactly it.
@@ -267,11 +278,11 @@ type TickData struct {
 
 // TuningStartedData is the payload of kaitoflow.tuning.started.
 type TuningStartedData struct {
-	Workspace Workspace `json:"workspace"`
-	Nodes     []string  `json:"nodes"`
-	Job       string    `json:"job"`
-	Trainer   string    `json:"trainer"`
-	Plan      *Plan     `json:"plan,omitempty"`
+	Workspace kaito.Workspace `json:"workspace"`
+	Nodes     []string        `json:"nodes"`
+	Job       string          `json:"job"`
+	Trainer   string          `json:"trainer"`
+	Plan      *Plan           `json:"plan,omitempty"`
 	// Node is where the trainer runs, Started when it started.
 	Node    string    `json:"node,omitempty"`
 	Started time.Time `json:"started,omitempty"`
@@ -312,7 +323,7 @@ type AdapterFile struct {
 // TuningCompletedData is the payload of kaitoflow.tuning.completed: the adapter exists at Location
 // (a directory, or the output repository when Layer is set: the Job already uploaded it there).
 type TuningCompletedData struct {
-	Workspace Workspace          `json:"workspace"`
+	Workspace kaito.Workspace    `json:"workspace"`
 	Nodes     []string           `json:"nodes"`
 	Job       string             `json:"job"`
 	Location  string             `json:"location"`
@@ -338,7 +349,7 @@ type TuningCompletedData struct {
 // TuningRetryingData is the payload of kaitoflow.tuning.retrying: attempt Attempt-1 failed for
 // Reason, and attempt Attempt runs with Plan.
 type TuningRetryingData struct {
-	Workspace Workspace `json:"workspace"`
+	Workspace kaito.Workspace `json:"workspace"`
 	// Attempt is the next attempt (2, 3, …); MaxAttempts bounds them.
 	Attempt     int    `json:"attempt"`
 	MaxAttempts int    `json:"maxAttempts"`
@@ -381,7 +392,7 @@ type Blob struct {
 // AdapterStoredData is the payload of kaitoflow.adapter.stored: the volume (as the workspace's
 // tuning.output.volumeSource names it) whose root holds the adapter's files.
 type AdapterStoredData struct {
-	Workspace Workspace            `json:"workspace"`
+	Workspace kaito.Workspace      `json:"workspace"`
 	Nodes     []string             `json:"nodes"`
 	Volume    *corev1.VolumeSource `json:"volumeSource"`
 	Files     []AdapterFile        `json:"files"`
@@ -393,14 +404,14 @@ type AdapterStoredData struct {
 
 // ImagePushedData is the payload of kaitoflow.image.pushed: the adapter image, by digest.
 type ImagePushedData struct {
-	Workspace Workspace `json:"workspace"`
-	Nodes     []string  `json:"nodes"`
-	Image     string    `json:"image"`
-	Reference string    `json:"reference"`
-	Digest    string    `json:"digest"`
-	Tag       string    `json:"tag,omitempty"`
-	Size      int64     `json:"size"`
-	MediaType string    `json:"mediaType"`
+	Workspace kaito.Workspace `json:"workspace"`
+	Nodes     []string        `json:"nodes"`
+	Image     string          `json:"image"`
+	Reference string          `json:"reference"`
+	Digest    string          `json:"digest"`
+	Tag       string          `json:"tag,omitempty"`
+	Size      int64           `json:"size"`
+	MediaType string          `json:"mediaType"`
 	// Provenance is the training record attached to the image (an OCI referrer), by digest.
 	Provenance string `json:"provenance,omitempty"`
 	// Plan is the tuning run's plan (see TuningCompletedData.Plan).
@@ -432,10 +443,10 @@ type InferenceReadyData struct {
 // AdapterSelectedData is the payload of kaitoflow.adapter.selected: serve generation
 // Generation's adapter (Reference) for the workspace at Ref, whose manifest is Workspace.
 type AdapterSelectedData struct {
-	Ref        Ref       `json:"ref"`
-	Workspace  Workspace `json:"workspace"`
-	Generation int64     `json:"generation"`
-	Reference  string    `json:"reference"`
+	Ref        Ref             `json:"ref"`
+	Workspace  kaito.Workspace `json:"workspace"`
+	Generation int64           `json:"generation"`
+	Reference  string          `json:"reference"`
 	// Reason says who asked: "rollback", "promote".
 	Reason string `json:"reason,omitempty"`
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -29,9 +30,9 @@ func hubPlanner(t *testing.T, h *testenv.Hub) *presets.Planner {
 		}}
 }
 
-func inferenceWorkspace(preset, secret string) *events.Workspace {
-	ws := &events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: preset},
-		PresetOptions: events.PresetOptions{ModelAccessSecret: secret}}}}
+func inferenceWorkspace(preset, secret string) *kaito.Workspace {
+	ws := &kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: preset},
+		PresetOptions: kaito.PresetOptions{ModelAccessSecret: secret}}}}
 	ws.Name, ws.Namespace = "ws", "default"
 	return ws
 }
@@ -81,8 +82,8 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 	ctx := context.Background()
 
 	// mistral-7b (Kaito tunes it): a QLoRA plan from config.json.
-	tuning := &events.Workspace{Tuning: &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "mistral-7b"}}, Method: "qlora",
-		Input: &events.DataSource{URLs: []string{"https://example.com/d.parquet"}}, Output: &events.DataDestination{Image: "example.azurecr.io/a:1"}}}
+	tuning := &kaito.Workspace{Tuning: &kaito.TuningSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "mistral-7b"}}, Method: "qlora",
+		Input: &kaito.DataSource{URLs: []string{"https://example.com/d.parquet"}}, Output: &kaito.DataDestination{Image: "example.azurecr.io/a:1"}}}
 	tuning.Name, tuning.Namespace = "t", "default"
 	tuning.Resource.InstanceType = "Standard_NC24ads_A100_v4"
 	plan, err := p.Plan(ctx, tuning)
@@ -116,7 +117,7 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 
 	for _, tc := range []struct {
 		name      string
-		ws        *events.Workspace
+		ws        *kaito.Workspace
 		permanent bool
 		want      string
 	}{
@@ -127,9 +128,9 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 		{"no such repository", inferenceWorkspace("nobody/nothing", ""), true, "HTTP 404"},
 		{"an architecture the estimator cannot size", inferenceWorkspace("deepseek-v3-0324", ""), true, `DeepseekV3ForCausalLM (model_type "deepseek_v3")`},
 		{"not a name and not an id", inferenceWorkspace("gpt-5", ""), true, "owner/name[@revision]"},
-		{"a preset Kaito does not tune", func() *events.Workspace {
+		{"a preset Kaito does not tune", func() *kaito.Workspace {
 			ws := *tuning
-			ws.Tuning = &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "mistral-7b-instruct"}}, Method: "lora", Input: tuning.Tuning.Input, Output: tuning.Tuning.Output}
+			ws.Tuning = &kaito.TuningSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "mistral-7b-instruct"}}, Method: "lora", Input: tuning.Tuning.Input, Output: tuning.Tuning.Output}
 			return &ws
 		}(), true, "tunable presets: phi-3-mini-4k-instruct"},
 	} {
@@ -157,7 +158,7 @@ func TestPlanKaitoHubPresets(t *testing.T) {
 	h.SetDown(true)
 	// A refusal that needs no Hub is made without it.
 	hfTuning := *tuning
-	hfTuning.Tuning = &events.TuningSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "Qwen/Qwen3-0.6B"}}, Method: "lora", Input: tuning.Tuning.Input, Output: tuning.Tuning.Output}
+	hfTuning.Tuning = &kaito.TuningSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "Qwen/Qwen3-0.6B"}}, Method: "lora", Input: tuning.Tuning.Input, Output: tuning.Tuning.Output}
 	if _, err := p.Plan(ctx, &hfTuning); err == nil || !strings.Contains(err.Error(), "cannot be tuned") {
 		t.Errorf("tuning a Hugging Face id with the Hub down: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -57,7 +58,7 @@ var ErrSecretNotFound = errors.New("Secret not found")
 // with the workspace's token. Refusals are permanent and name the field; the Hub being down is not.
 // Everything that can be refused without the Hub is refused first: a tuning of a preset Kaito
 // does not tune, a gated model without its Secret.
-func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec, tuning bool) (*Model, error) {
+func (p *Planner) model(ctx context.Context, ws *kaito.Workspace, path *field.Path, preset *kaito.PresetSpec, tuning bool) (*Model, error) {
 	m, ref, err := p.Catalog.Resolve(preset.Name)
 	if err != nil {
 		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, err.Error()))
@@ -111,7 +112,7 @@ func (p *Planner) model(ctx context.Context, ws *events.Workspace, path *field.P
 
 // token is the HF_TOKEN of the preset's modelAccessSecret, or "" when it names none. The value
 // only ever goes into the Hub request's Authorization header.
-func (p *Planner) token(ctx context.Context, ws *events.Workspace, path *field.Path, preset *events.PresetSpec) (string, error) {
+func (p *Planner) token(ctx context.Context, ws *kaito.Workspace, path *field.Path, preset *kaito.PresetSpec) (string, error) {
 	if preset.ModelAccessSecret == "" {
 		return "", nil
 	}
@@ -119,7 +120,7 @@ func (p *Planner) token(ctx context.Context, ws *events.Workspace, path *field.P
 	if p.Secrets == nil {
 		return "", events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(f, preset.ModelAccessSecret, "Secrets cannot be read here (no cluster)"))
 	}
-	ns := ws.Ref().Namespace
+	ns := events.WorkspaceRef(ws).Namespace
 	data, err := p.Secrets(ctx, ns, preset.ModelAccessSecret)
 	if errors.Is(err, ErrSecretNotFound) {
 		return "", events.Permanent(events.ReasonInvalidWorkspace, field.NotFound(f, ns+"/"+preset.ModelAccessSecret))
@@ -135,7 +136,7 @@ func (p *Planner) token(ctx context.Context, ws *events.Workspace, path *field.P
 }
 
 // Plan implements provision's planner.
-func (p *Planner) Plan(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
+func (p *Planner) Plan(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error) {
 	switch {
 	case ws.Tuning != nil:
 		return p.planTuning(ctx, ws)
@@ -148,7 +149,7 @@ func (p *Planner) Plan(ctx context.Context, ws *events.Workspace) (*events.Plan,
 
 // UserTrainingConfig returns the training configuration of the ConfigMap ws names in
 // tuning.config, or an empty one.
-func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) (TrainingConfig, error) {
+func (p *Planner) UserTrainingConfig(ctx context.Context, ws *kaito.Workspace) (TrainingConfig, error) {
 	name := ws.Tuning.Config
 	if name == "" {
 		return TrainingConfig{}, nil
@@ -166,7 +167,7 @@ func (p *Planner) UserTrainingConfig(ctx context.Context, ws *events.Workspace) 
 
 // ReadInferenceConfig reads and parses the ConfigMap inference.config names, with configs;
 // refusals are permanent and name the field.
-func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.Workspace) (*InferenceConfig, error) {
+func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *kaito.Workspace) (*InferenceConfig, error) {
 	name := ws.Inference.Config
 	doc, err := configDocument(ctx, configs, ws, "inference.config", name, InferenceConfigKey)
 	if err != nil {
@@ -182,11 +183,11 @@ func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *events.W
 // configDocument is key of the ConfigMap the workspace's field (tuning.config, inference.config)
 // names, in its namespace. A ConfigMap or key that is not there, or nothing to read it with, is a
 // permanent refusal naming the field; the API server failing is not.
-func configDocument(ctx context.Context, configs ConfigSource, ws *events.Workspace, fieldName, name, key string) (string, error) {
+func configDocument(ctx context.Context, configs ConfigSource, ws *kaito.Workspace, fieldName, name, key string) (string, error) {
 	if configs == nil {
 		return "", events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: fieldName, Err: fmt.Errorf("ConfigMap %q cannot be read: %w", name, ErrNoConfigSource)})
 	}
-	ns := ws.Ref().Namespace
+	ns := events.WorkspaceRef(ws).Namespace
 	data, err := configs(ctx, ns, name)
 	if errors.Is(err, ErrConfigMapNotFound) {
 		section, f, _ := strings.Cut(fieldName, ".")
@@ -202,7 +203,7 @@ func configDocument(ctx context.Context, configs ConfigSource, ws *events.Worksp
 	return doc, nil
 }
 
-func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
+func (p *Planner) planTuning(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error) {
 	t := ws.Tuning
 	m, err := p.model(ctx, ws, field.NewPath("tuning", "preset"), t.Preset, true)
 	if err != nil {
@@ -221,11 +222,11 @@ func (p *Planner) planTuning(ctx context.Context, ws *events.Workspace) (*events
 // tuningPlan plans a run of m on instanceType (the cheapest SKU of cat where it fits when empty)
 // with the values in o fixed, and renders the training config: the user's over kaitoflow's
 // defaults, with the plan's choices, and gradientAccumulation when it is not 0.
-func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig, cat *Catalog, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
+func (p *Planner) tuningPlan(ws *kaito.Workspace, m *Model, user TrainingConfig, cat *Catalog, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
 	t := ws.Tuning
 	cfg := Merge(DefaultTrainingConfig(t.Method), user)
 	if errs := cfg.Validate(t.Method); len(errs) > 0 {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", events.FieldErrors(errs))
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.config: %s", kaito.FieldErrors(errs))
 	}
 	tp, err := cat.PlanTuningFor(m, t.Method, instanceType, o)
 	if err != nil {
@@ -239,9 +240,9 @@ func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig
 	// weights; kaitoflow's trainer image carries none, so that setting would only make the run
 	// fail. It is kept where the weights can already be there: a weights cache the workspace
 	// names (pre-seeded for a cluster that cannot reach the Hub).
-	if truthy(applied["ModelConfig"]["local_files_only"]) && ws.Annotations[events.AnnotationWeightsCache] == "" {
+	if truthy(applied["ModelConfig"]["local_files_only"]) && ws.Annotations[kaito.AnnotationWeightsCache] == "" {
 		applied["ModelConfig"]["local_files_only"] = false
-		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights and the workspace names no weights cache ("+events.AnnotationWeightsCache+"), so the preset's pinned revision is downloaded")
+		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights and the workspace names no weights cache ("+kaito.AnnotationWeightsCache+"), so the preset's pinned revision is downloaded")
 	}
 	rendered, err := applied.Render()
 	if err != nil {
@@ -265,7 +266,7 @@ func (p *Planner) tuningPlan(ws *events.Workspace, m *Model, user TrainingConfig
 	}, nil
 }
 
-func (p *Planner) planInference(ctx context.Context, ws *events.Workspace) (*events.Plan, error) {
+func (p *Planner) planInference(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error) {
 	in := ws.Inference
 	m, err := p.model(ctx, ws, field.NewPath("inference", "preset"), in.Preset, false)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -20,7 +21,7 @@ func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := events.SplitYAML(doc)
+	docs, err := kaito.SplitYAML(doc)
 	if err != nil || len(docs) != 2 {
 		t.Fatalf("%d documents, %v", len(docs), err)
 	}
@@ -40,13 +41,13 @@ func TestKaitoLocalFilesOnlyWithoutWeightsInTheImage(t *testing.T) {
 		{"a weights cache", "model-weights", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ws, err := events.DecodeWorkspace(docs[1])
+			ws, err := kaito.DecodeWorkspace(docs[1])
 			if err != nil {
 				t.Fatal(err)
 			}
 			ws.Namespace = "default"
 			if tc.cache != "" {
-				ws.Annotations = map[string]string{events.AnnotationWeightsCache: tc.cache}
+				ws.Annotations = map[string]string{kaito.AnnotationWeightsCache: tc.cache}
 			}
 			p := &Planner{Catalog: catalog(t), Configs: func(context.Context, string, string) (map[string]string, error) { return cm.Data, nil }}
 			plan, err := p.Plan(context.Background(), ws)
@@ -81,8 +82,8 @@ func TestPlanChecksInferenceConfig(t *testing.T) {
 		}
 		return nil, ErrConfigMapNotFound
 	}}
-	ws := func(config string) *events.Workspace {
-		w := &events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-4-mini-instruct"}}, Config: config}}
+	ws := func(config string) *kaito.Workspace {
+		w := &kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-4-mini-instruct"}}, Config: config}}
 		w.Name, w.Namespace = "ws", "default"
 		return w
 	}

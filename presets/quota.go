@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -87,7 +88,7 @@ func (p *Planner) usages(ctx context.Context) (*Usages, error) {
 // for and planning again, until one has quota. A SKU the workspace names (instanceType) is not
 // replaced: short of quota, it is refused with the numbers, as is a request no SKU with quota
 // fits — before anything is created.
-func (p *Planner) withQuota(ctx context.Context, ws *events.Workspace, instanceType string, plan func(*Catalog) (*events.Plan, error)) (*events.Plan, error) {
+func (p *Planner) withQuota(ctx context.Context, ws *kaito.Workspace, instanceType string, plan func(*Catalog) (*events.Plan, error)) (*events.Plan, error) {
 	u, err := p.usages(ctx)
 	if err != nil {
 		return nil, err

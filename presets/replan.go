@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -20,7 +21,7 @@ const minRetrySeqLen = 256
 // the estimate is off by as much as the failed run showed. What the user set is never changed: a
 // batch set in tuning.config, or a SKU set in resource.instanceType, ends the retries with a
 // permanent GPUOutOfMemory error giving the advice. It returns the plan and what changed.
-func (p *Planner) Replan(ctx context.Context, ws *events.Workspace, prev *events.Plan, f *events.TrainerFailure) (*events.Plan, []string, error) {
+func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.Plan, f *events.TrainerFailure) (*events.Plan, []string, error) {
 	if ws.Tuning == nil || prev == nil {
 		return nil, nil, events.Permanentf(events.ReasonBadEvent, "re-plan: the run has no tuning spec or plan")
 	}
@@ -109,7 +110,7 @@ func estimateOff(prev *events.Plan, f *events.TrainerFailure) (string, float64) 
 
 // oomAdvice is the permanent failure of a run that ran out of GPU memory and that no retry may
 // shrink further: what happened, why no retry, and what the user can change.
-func (p *Planner) oomAdvice(ws *events.Workspace, prev *events.Plan, f *events.TrainerFailure, off, why string) error {
+func (p *Planner) oomAdvice(ws *kaito.Workspace, prev *events.Plan, f *events.TrainerFailure, off, why string) error {
 	var b strings.Builder
 	if f != nil && f.Message != "" {
 		b.WriteString(f.Message)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -47,7 +48,7 @@ func TestReplanAfterOutOfMemory(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &Planner{Catalog: cat}
-			ws := &events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+			ws := &kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora", Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 			ws.Name, ws.Namespace = "ws", "default"
 			ws.Resource.InstanceType = tc.instanceType
 			if tc.config != "" {

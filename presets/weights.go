@@ -3,7 +3,7 @@ package presets
 import (
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 )
 
 // Both the trainer and the model server download a preset's weights from the Hugging Face Hub:
@@ -30,9 +30,9 @@ func ModelAccessEnv(namespace, secret string) []corev1.EnvVar {
 // kaitoflow.io/weights-cache claim, else the configured claim, else an emptyDir on the node's disk
 // that lives as long as the pod. A claim is what lets a retried run, the next generation and a
 // woken inference pod skip the download.
-func WeightsCache(ws events.Workspace, configured string) corev1.VolumeSource {
+func WeightsCache(ws kaito.Workspace, configured string) corev1.VolumeSource {
 	claim := configured
-	if c := ws.Annotations[events.AnnotationWeightsCache]; c != "" {
+	if c := ws.Annotations[kaito.AnnotationWeightsCache]; c != "" {
 		claim = c
 	}
 	if claim == "" {

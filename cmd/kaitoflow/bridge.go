@@ -14,9 +14,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/ingress"
-	"github.com/kaitoflow/kaitoflow/internal/ingress/servicebus"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/servicebus"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
@@ -68,7 +69,7 @@ func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ing
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: events.AddressPolicy{Allow: f.allow}, Source: source, Namespaces: f.namespaces},
+	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: netguard.AddressPolicy{Allow: f.allow}, Source: source, Namespaces: f.namespaces},
 		js, func() { _ = nc.Drain() }, nil
 }
 

@@ -10,8 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 )
 
@@ -33,19 +32,19 @@ func newChatProxy(g *globals) *cobra.Command {
 			if err != nil || u.Host == "" {
 				return fmt.Errorf("--upstream %q: want a URL such as http://127.0.0.1:8000", upstream)
 			}
-			p := &serve.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log}
+			p := &chatproxy.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log}
 			if adapterSet != "" {
 				// This replica loads the adapter set into the model server next to it, at start and
 				// whenever the deployer changes the set, and routes to what it loaded.
 				// Registries are reached through the address policy: an adapter image was checked
 				// at submit, and the name it resolves to now is checked at connect.
-				policy := events.AddressPolicy{Allow: allow}
-				pull := serve.RegistryPuller(func(spec serve.AdapterSpec) (authn.Keychain, error) {
+				policy := netguard.AddressPolicy{Allow: allow}
+				pull := chatproxy.RegistryPuller(func(spec chatproxy.AdapterSpec) (authn.Keychain, error) {
 					return adapterKeychain(spec.PullSecrets, spec.ACRIdentity)
 				}, remote.WithTransport(netguard.Transport(policy)))
 				replica, _ := os.Hostname() // the pod's name
-				p.Adapters = &serve.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: replica, Log: log, UnloadAfter: time.Minute}
-				go p.Adapters.Run(cmd.Context(), serve.FileSource(adapterSet), poll)
+				p.Adapters = &chatproxy.AdapterManager{Runtime: u, Dir: adapterDir, Pull: pull, Replica: replica, Log: log, UnloadAfter: time.Minute}
+				go p.Adapters.Run(cmd.Context(), chatproxy.FileSource(adapterSet), poll)
 				go func() {
 					if err := serveHTTP(cmd.Context(), adminListen, p.AdminHandler()); err != nil {
 						log.Error("chat proxy admin listener", "addr", adminListen, "err", err)
@@ -63,7 +62,7 @@ func newChatProxy(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&adminListen, "admin-listen", ":5001", "with --adapter-set: where kaitoflow asks this replica what it serves (GET /adapters); not routed by Knative")
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
-	cmd.Flags().Int64Var(&maxBody, "max-body", serve.DefaultMaxBody, "largest request body accepted")
+	cmd.Flags().Int64Var(&maxBody, "max-body", chatproxy.DefaultMaxBody, "largest request body accepted")
 	cmd.Flags().StringArrayVar(&allow, "allow-host", nil, "a private registry host or CIDR adapter pulls may connect to (repeatable; the pipeline's --allow-host)")
 	return cmd
 }

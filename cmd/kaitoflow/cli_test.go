@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
 )
 
 func cli(t *testing.T, server string, args ...string) (string, string, error) {

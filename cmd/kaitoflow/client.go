@@ -20,8 +20,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -63,7 +64,7 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		if err != nil {
 			return nil, err
 		}
-		d, err := events.SplitYAML(b)
+		d, err := kaito.SplitYAML(b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", f, err)
 		}

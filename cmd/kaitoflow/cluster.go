@@ -20,8 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/controller"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -136,7 +136,7 @@ func (c *clusterWorkspaces) Get(ctx context.Context, name string) (*status.Works
 func (c *clusterWorkspaces) Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
 	// The time makes each request a new value, so asking for the same generation again acts again.
 	value := fmt.Sprintf("%d@%d", generation, time.Now().Unix())
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{events.AnnotationRollback: value}}})
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{kaito.AnnotationRollback: value}}})
 	if err != nil {
 		return nil, err
 	}
@@ -182,12 +182,12 @@ func fromResource(u *unstructured.Unstructured) (*status.Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ws events.Workspace
+	var ws kaito.Workspace
 	if err := json.Unmarshal(b, &ws); err != nil {
 		return nil, fmt.Errorf("workspace %s/%s: %w", u.GetNamespace(), u.GetName(), err)
 	}
 	st := ws.Status
-	ws.Status = events.WorkspaceStatus{}
+	ws.Status = kaito.WorkspaceStatus{}
 	w := &status.Workspace{Namespace: u.GetNamespace(), Name: u.GetName(), Generation: st.ObservedGeneration,
 		InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: status.Phase(st.Phase), Conditions: st.Conditions,
 		Nodes: st.WorkerNodes, Endpoint: st.Endpoint, Image: st.Image, Adapters: st.Adapters, Manifest: &ws,

@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/internal/controller"
+	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
 )
 
 // get, watch, chat --url and delete with --kubeconfig read the cluster's Workspace resources

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 

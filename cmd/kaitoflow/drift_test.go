@@ -14,9 +14,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/internal/api"
+	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -37,7 +38,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := events.SplitYAML(doc)
+	docs, err := kaito.SplitYAML(doc)
 	if err != nil || len(docs) != 2 {
 		t.Fatalf("example: %d documents, %v", len(docs), err)
 	}
@@ -57,7 +58,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	if err := os.WriteFile(wsFile, docs[1], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace(docs[1])
+	ws, err := kaito.DecodeWorkspace(docs[1])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestUpAndFnProvisionPlanTuningConfigAlike(t *testing.T) {
 	run(append([]string{"fn", "provision", "--transport", "jetstream", "--nats", nats, "--listen", fnAddr}, drivers...)...)
 	waitHealthy(t, ctx, "http://"+fnAddr)
 	js := testenv.JetStreamOn(t, nats)
-	ev, err := events.New("kaitoflow/test", events.WorkspaceRequested, events.WorkspaceRequested, ws.Ref(), ws, nil)
+	ev, err := events.New("kaitoflow/test", events.WorkspaceRequested, events.WorkspaceRequested, events.WorkspaceRef(ws), ws, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

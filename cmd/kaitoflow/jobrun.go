@@ -16,9 +16,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 )
 
@@ -35,7 +35,7 @@ func newJobRun(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c.Command, c.Policy = args, events.AddressPolicy{Allow: allow}
+			c.Command, c.Policy = args, netguard.AddressPolicy{Allow: allow}
 			c.Reporter = podReporter(log)
 			err = jobrun.Run(cmd.Context(), c, log)
 			var ee jobrun.ExitError

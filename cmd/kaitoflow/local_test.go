@@ -14,12 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaitoflow/kaitoflow/events"
+	tunelocal "github.com/kaitoflow/kaitoflow/functions/tune/local"
+
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/local"
-	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/functions/serve/sim"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -42,9 +45,9 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 		DataDir: dataDir, Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler),
 		Delivery: runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions: assembly.Config{
-			Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+			Policy: netguard.AddressPolicy{Allow: []string{"127.0.0.1"}},
 			Drivers: assembly.Drivers{Trainer: "local", Deployer: "local",
-				Local: tune.Python{Interpreter: py, TrainerDir: testenv.TrainerDir(t), Models: models, CPU: true},
+				Local: tunelocal.Python{Interpreter: py, TrainerDir: testenv.TrainerDir(t), Models: models, CPU: true},
 				VLLM:  local.VLLM{Python: vllmPython, Models: models, CPU: true}},
 		},
 	})
@@ -114,7 +117,7 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 	if replica2 != replica {
 		t.Errorf("another replica answered generation 2 (%s, was %s): a restart", replica2, replica)
 	}
-	var served serve.ReplicaAdapters
+	var served chatproxy.ReplicaAdapters
 	getJSON(t, w.Endpoint+"/replicas/"+replica+"/admin/adapters", &served)
 	if !slices.Contains(served.Loaded, second) || slices.Contains(served.Loaded, first) {
 		t.Errorf("vLLM holds %v: want %s and not %s", served.Loaded, second, first)
@@ -146,7 +149,7 @@ func completion(t *testing.T, endpoint, model string) (string, string) {
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &out) != nil {
 		t.Fatalf("completion: %d %s", resp.StatusCode, b)
 	}
-	return out.Model, resp.Header.Get(serve.HeaderReplica)
+	return out.Model, resp.Header.Get(sim.HeaderReplica)
 }
 
 func getJSON(t *testing.T, url string, v any) {

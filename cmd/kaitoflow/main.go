@@ -14,16 +14,17 @@ import (
 	"strings"
 	"syscall"
 
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 func main() {
 	// The sim trainer is this binary re-executed as the tuning "process" job-run wraps.
-	tune.SimTrainerMain()
+	tunesim.TrainerMain()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()

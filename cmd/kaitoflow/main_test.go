@@ -5,13 +5,14 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/kaitoflow/kaitoflow/functions/tune"
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // The sim trainer re-executes the test binary as its trainer process.
 func TestMain(m *testing.M) {
-	tune.SimTrainerMain()
+	tunesim.TrainerMain()
 	os.Exit(m.Run())
 }
 

@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 )
 

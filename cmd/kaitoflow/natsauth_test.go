@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 )

@@ -14,8 +14,10 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/cobra"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision/aks"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -151,7 +153,7 @@ without quota is passed over, or refused with the numbers.`,
 				if err != nil {
 					return err
 				}
-				docs, err := events.SplitYAML(b)
+				docs, err := kaito.SplitYAML(b)
 				if err != nil {
 					return err
 				}
@@ -179,12 +181,12 @@ without quota is passed over, or refused with the numbers.`,
 
 // printPlan prints one workspace's plan and reports whether it can run.
 func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc []byte, showConfig bool) bool {
-	ws, err := events.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeWorkspace(doc)
 	if err != nil {
 		fmt.Fprintf(out, "%v\n\n", err)
 		return false
 	}
-	if errs := ws.Validate(events.AddressPolicy{}); len(errs) > 0 {
+	if errs := ws.Validate(netguard.AddressPolicy{}); len(errs) > 0 {
 		fmt.Fprintf(out, "%s: invalid\n", ws.Name)
 		for _, e := range errs {
 			fmt.Fprintf(out, "  %s\n", e.Error())

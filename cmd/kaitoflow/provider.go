@@ -11,11 +11,11 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -77,7 +77,7 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 func (p *driverFlags) config(controller bool) (assembly.Config, error) {
 	cfg := assembly.Config{
 		Drivers: p.d, Preflight: p.preflight, CapacityDeadline: p.deadline, TuningAttempts: p.attempts,
-		Policy: events.AddressPolicy{Allow: p.allow}, Controller: controller, HubURL: p.hubURL,
+		Policy: netguard.AddressPolicy{Allow: p.allow}, Controller: controller, HubURL: p.hubURL,
 		Sim: assembly.Sim{Delay: p.delay, Dir: filepath.Join(p.dir(), "adapters")},
 	}
 	for _, o := range p.outputs {

@@ -17,12 +17,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
-	"github.com/kaitoflow/kaitoflow/internal/ingress"
-	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/webhook"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -58,8 +59,8 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	p, err := embedded.Start(ctx, embedded.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: log,
 		APIToken: secrets["API token"],
 		Functions: assembly.Config{Sim: assembly.Sim{Delay: 20 * time.Millisecond},
-			PushKeychain: func(context.Context, *events.Workspace) (authn.Keychain, error) { return keychain, nil },
-			HubURL:       hub.URL, Policy: events.AddressPolicy{Allow: []string{"127.0.0.1"}},
+			PushKeychain: func(context.Context, *kaito.Workspace) (authn.Keychain, error) { return keychain, nil },
+			HubURL:       hub.URL, Policy: netguard.AddressPolicy{Allow: []string{"127.0.0.1"}},
 			Secrets: func(_ context.Context, _, name string) (map[string][]byte, error) {
 				if name != "hf-token" {
 					return nil, presets.ErrSecretNotFound
@@ -93,7 +94,7 @@ func TestSecretsStayOutOfLogsEventsStatusAndErrors(t *testing.T) {
 	h := &webhook.Handler{Keys: []string{secrets["webhook key"]}, SigningKey: []byte(secrets["webhook signing key"]), Log: log,
 		Submitter: &ingress.Submitter{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: p.JS}, Source: "kaitoflow/webhook"}}
 	doc, _ := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
-	h.Template, _ = events.DecodeWorkspace(doc)
+	h.Template, _ = kaito.DecodeWorkspace(doc)
 	srv := httptest.NewServer(h.Routes())
 	defer srv.Close()
 	for _, key := range []string{"wrong-key", secrets["webhook key"]} {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kaitoflow/kaitoflow/internal/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 

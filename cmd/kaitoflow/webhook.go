@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/webhook"
 )
 
 func newWebhook(g *globals) *cobra.Command {
@@ -54,11 +54,11 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 			if err != nil {
 				return fmt.Errorf("--template: %w", err)
 			}
-			tmpl, err := events.DecodeWorkspace(doc)
+			tmpl, err := kaito.DecodeWorkspace(doc)
 			if err != nil {
 				return fmt.Errorf("--template %s: %w", template, err)
 			}
-			if err := in.admits(cmp.Or(tmpl.Namespace, events.DefaultNamespace)); err != nil {
+			if err := in.admits(cmp.Or(tmpl.Namespace, kaito.DefaultNamespace)); err != nil {
 				return err
 			}
 			if tmpl.Tuning == nil {

@@ -1,4 +1,4 @@
-package provision
+package provision_test
 
 import (
 	"context"
@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -22,28 +25,28 @@ type scripted struct {
 	err       error
 	ensureErr error
 	ensured   int
-	released  []Purpose
+	released  []provision.Purpose
 }
 
 func (s *scripted) Name() string { return "scripted" }
-func (s *scripted) Ensure(context.Context, Request) error {
+func (s *scripted) Ensure(context.Context, provision.Request) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ensured++
 	return s.ensureErr
 }
-func (s *scripted) Check(context.Context, Request) (Capacity, error) {
+func (s *scripted) Check(context.Context, provision.Request) (provision.Capacity, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
-		return Capacity{}, s.err
+		return provision.Capacity{}, s.err
 	}
 	if !s.ready {
-		return Capacity{Waiting: "0 of 1 nodes Ready with 1 nvidia.com/gpu"}, nil
+		return provision.Capacity{Waiting: "0 of 1 nodes Ready with 1 nvidia.com/gpu"}, nil
 	}
-	return Capacity{Ready: true, Nodes: []events.Node{{Name: "aks-kf1-0", GPUs: 1}}}, nil
+	return provision.Capacity{Ready: true, Nodes: []events.Node{{Name: "aks-kf1-0", GPUs: 1}}}, nil
 }
-func (s *scripted) Release(_ context.Context, r Request) error {
+func (s *scripted) Release(_ context.Context, r provision.Request) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.released = append(s.released, r.Purpose)
@@ -54,14 +57,14 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-func setup(t *testing.T) (*Function, *scripted, *clock, *MemoryPending) {
+func setup(t *testing.T) (*provision.Function, *scripted, *clock, *provision.MemoryPending) {
 	t.Helper()
 	cat, err := presets.Default()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, clk, pend := &scripted{}, &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}, &MemoryPending{}
-	return New(p, &presets.Planner{Catalog: cat}, pend, Options{Deadline: 30 * time.Minute, Now: clk.now, Log: slog.New(slog.DiscardHandler)}), p, clk, pend
+	p, clk, pend := &scripted{}, &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}, &provision.MemoryPending{}
+	return provision.New(p, &presets.Planner{Catalog: cat}, pend, provision.Options{Deadline: 30 * time.Minute, Now: clk.now, Log: slog.New(slog.DiscardHandler)}), p, clk, pend
 }
 
 func ev(t *testing.T, typ string, gen int64, data any) cloudevents.Event {
@@ -78,7 +81,7 @@ func tick(t *testing.T) cloudevents.Event {
 	return e
 }
 
-func handle(t *testing.T, f *Function, e cloudevents.Event) []cloudevents.Event {
+func handle(t *testing.T, f *provision.Function, e cloudevents.Event) []cloudevents.Event {
 	t.Helper()
 	out, err := f.Handle(context.Background(), e)
 	if err != nil {
@@ -133,7 +136,7 @@ func TestDeadlineFailsTheWorkspace(t *testing.T) {
 	}
 	var d events.WorkspaceFailedData
 	_ = events.Data(out[0], &d)
-	if d.Reason != ReasonCapacityTimeout || !strings.Contains(d.Message, "nvidia.com/gpu") || !strings.Contains(d.Message, "30m0s") {
+	if d.Reason != provision.ReasonCapacityTimeout || !strings.Contains(d.Message, "nvidia.com/gpu") || !strings.Contains(d.Message, "30m0s") {
 		t.Errorf("failure %+v", d)
 	}
 }
@@ -148,7 +151,7 @@ func TestCapacityFailureFailsTheWorkspace(t *testing.T) {
 	p.err = events.Permanentf("QuotaExceeded", "Operation could not be completed as it results in exceeding approved standardNCSv3Family Cores quota")
 	out := handle(t, f, tick(t))
 	var d events.WorkspaceFailedData
-	if len(out) != 1 || events.Data(out[0], &d) != nil || d.Reason != ReasonCapacityFailed || !strings.Contains(d.Message, "quota") {
+	if len(out) != 1 || events.Data(out[0], &d) != nil || d.Reason != provision.ReasonCapacityFailed || !strings.Contains(d.Message, "quota") {
 		t.Fatalf("got %v %+v", out, d)
 	}
 }
@@ -162,7 +165,7 @@ func TestRelease(t *testing.T) {
 		t.Fatal("an old generation's failure released the new one's capacity")
 	}
 	handle(t, f, ev(t, events.TuningCompleted, 2, events.TuningCompletedData{}))
-	if len(p.released) != 1 || p.released[0] != Tuning {
+	if len(p.released) != 1 || p.released[0] != provision.Tuning {
 		t.Fatalf("released %v", p.released)
 	}
 	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || !rec.Released {
@@ -194,15 +197,15 @@ func TestRelease(t *testing.T) {
 
 func TestPreflightRefusesOrWarns(t *testing.T) {
 	cat, _ := presets.Default()
-	bad := func(context.Context, *events.DataSource) error {
+	bad := func(context.Context, *kaito.DataSource) error {
 		return events.Permanentf("DatasetInvalid", "tuning.input.urls[0] https://x/d.parquet: HTTP 404 Not Found")
 	}
-	f := New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, Log: slog.New(slog.DiscardHandler)})
+	f := provision.New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &provision.MemoryPending{}, provision.Options{Preflight: bad, Log: slog.New(slog.DiscardHandler)})
 	_, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
 	if p, ok := events.AsPermanent(err); !ok || p.Reason != "DatasetInvalid" {
 		t.Fatalf("enforced preflight: %v", err)
 	}
-	f = New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Preflight: bad, PreflightWarnOnly: true, Log: slog.New(slog.DiscardHandler)})
+	f = provision.New(&scripted{ready: true}, &presets.Planner{Catalog: cat}, &provision.MemoryPending{}, provision.Options{Preflight: bad, PreflightWarnOnly: true, Log: slog.New(slog.DiscardHandler)})
 	out, err := f.Handle(context.Background(), ev(t, events.WorkspaceRequested, 1, seed(t)))
 	if err != nil || len(out) != 1 {
 		t.Fatalf("warn-only preflight: %v %v", out, err)
@@ -217,10 +220,10 @@ func TestPreflightRefusesOrWarns(t *testing.T) {
 // handingOver is a provider whose tuning capacity becomes serving capacity.
 type handingOver struct {
 	scripted
-	served []Purpose
+	served []provision.Purpose
 }
 
-func (h *handingOver) Serve(_ context.Context, r Request) error {
+func (h *handingOver) Serve(_ context.Context, r provision.Request) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.served = append(h.served, r.Purpose)
@@ -232,22 +235,22 @@ func (h *handingOver) Serve(_ context.Context, r Request) error {
 func TestTuningCapacityHandedOverToServing(t *testing.T) {
 	cat, _ := presets.Default()
 	p := &handingOver{scripted: scripted{ready: true}}
-	pend := &MemoryPending{}
-	f := New(p, &presets.Planner{Catalog: cat}, pend, Options{Log: slog.New(slog.DiscardHandler)})
+	pend := &provision.MemoryPending{}
+	f := provision.New(p, &presets.Planner{Catalog: cat}, pend, provision.Options{Log: slog.New(slog.DiscardHandler)})
 	handle(t, f, ev(t, events.WorkspaceRequested, 1, seed(t)))
 	for range 2 {
 		if out := handle(t, f, ev(t, events.TuningCompleted, 1, events.TuningCompletedData{})); len(out) != 0 {
 			t.Fatalf("handover emitted %v", out)
 		}
 	}
-	if len(p.served) != 1 || p.served[0] != Serving || len(p.released) != 0 {
+	if len(p.served) != 1 || p.served[0] != provision.Serving || len(p.released) != 0 {
 		t.Fatalf("served %v, released %v", p.served, p.released)
 	}
-	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || rec.Released || rec.Purpose != Serving {
+	if rec, _ := pend.Get(context.Background(), "default", "workspace-tuning-phi-3"); rec == nil || rec.Released || rec.Purpose != provision.Serving {
 		t.Fatalf("record after handover: %+v", rec)
 	}
 	out := handle(t, f, ev(t, events.WorkspaceDeleted, 1, events.WorkspaceDeletedData{}))
-	if len(p.released) != 1 || p.released[0] != Serving || len(out) != 1 || out[0].Type() != events.CapacityReleased {
+	if len(p.released) != 1 || p.released[0] != provision.Serving || len(out) != 1 || out[0].Type() != events.CapacityReleased {
 		t.Fatalf("deletion: released %v, out %v", p.released, out)
 	}
 }

@@ -14,7 +14,9 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -50,10 +52,10 @@ const (
 
 // Request is capacity a workspace generation needs.
 type Request struct {
-	Ref       events.Ref       `json:"ref"`
-	Workspace events.Workspace `json:"workspace"`
-	Plan      events.Plan      `json:"plan"`
-	Purpose   Purpose          `json:"purpose"`
+	Ref       events.Ref      `json:"ref"`
+	Workspace kaito.Workspace `json:"workspace"`
+	Plan      events.Plan     `json:"plan"`
+	Purpose   Purpose         `json:"purpose"`
 	// Attempt is the tuning attempt the capacity is for (0 or 1: the first); Resume says it
 	// continues from the generation's newest checkpoint.
 	Attempt int  `json:"attempt,omitempty"`
@@ -112,7 +114,7 @@ type Handover interface {
 // Planner is the fit check: the plan for a workspace, or a permanent error (with the numbers)
 // when it cannot work on the GPUs it asks for.
 type Planner interface {
-	Plan(ctx context.Context, ws *events.Workspace) (*events.Plan, error)
+	Plan(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error)
 }
 
 // Record is a request the function is responsible for, from workspace.requested until its
@@ -148,7 +150,7 @@ type Function struct {
 	provider  Provider
 	planner   Planner
 	pending   Pending
-	policy    events.AddressPolicy
+	policy    netguard.AddressPolicy
 	preflight Preflight
 	warnOnly  bool
 	deadline  time.Duration
@@ -158,12 +160,12 @@ type Function struct {
 
 // Preflight checks a workspace's tuning input (its URLs or its image) before capacity is bought;
 // its error is permanent and names the field and the reason.
-type Preflight func(ctx context.Context, input *events.DataSource) error
+type Preflight func(ctx context.Context, input *kaito.DataSource) error
 
 // Options configure a Function.
 type Options struct {
 	// Policy decides which dataset hosts are acceptable.
-	Policy events.AddressPolicy
+	Policy netguard.AddressPolicy
 	// Deadline for capacity to become ready; DefaultDeadline when zero.
 	Deadline time.Duration
 	// Now is the clock (tests).
@@ -221,10 +223,10 @@ func (f *Function) releaser(only Purpose) runtime.Route {
 	}
 }
 
-func (f *Function) requested(ctx context.Context, ref events.Ref, ev cloudevents.Event, ws events.Workspace) ([]cloudevents.Event, error) {
+func (f *Function) requested(ctx context.Context, ref events.Ref, ev cloudevents.Event, ws kaito.Workspace) ([]cloudevents.Event, error) {
 	// Fail before spending GPUs: a request that cannot work is refused here, with every problem.
 	if errs := ws.Validate(f.policy); len(errs) > 0 {
-		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "%s", events.FieldErrors(errs))
+		return nil, events.Permanentf(events.ReasonInvalidWorkspace, "%s", kaito.FieldErrors(errs))
 	}
 	if ws.Name != ref.Name || (ws.Namespace != "" && ws.Namespace != ref.Namespace) {
 		return nil, events.Permanentf(events.ReasonBadEvent, "event subject %s does not match metadata %s/%s", ref.Subject(), ws.Namespace, ws.Name)
@@ -262,7 +264,7 @@ func (f *Function) requested(ctx context.Context, ref events.Ref, ev cloudevents
 }
 
 // plan is the generation's request: the dataset preflight, then the fit check.
-func (f *Function) plan(ctx context.Context, ref events.Ref, ws events.Workspace) (*Request, error) {
+func (f *Function) plan(ctx context.Context, ref events.Ref, ws kaito.Workspace) (*Request, error) {
 	var warning string
 	if f.preflight != nil && ws.Tuning != nil && ws.Tuning.Input != nil {
 		if err := f.preflight(ctx, ws.Tuning.Input); err != nil {

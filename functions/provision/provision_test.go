@@ -1,4 +1,4 @@
-package provision
+package provision_test
 
 import (
 	"context"
@@ -7,17 +7,21 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kaitoflow/kaitoflow/functions/provision"
+	provisionsim "github.com/kaitoflow/kaitoflow/functions/provision/sim"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
-func seed(t *testing.T) *events.Workspace {
+func seed(t *testing.T) *kaito.Workspace {
 	t.Helper()
 	doc, err := os.ReadFile("../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeWorkspace(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,29 +35,29 @@ func TestHandle(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
-		mutate     func(*events.Workspace)
+		mutate     func(*kaito.Workspace)
 		wantReason string
 		wantMsg    string
 	}{
-		{name: "seed", mutate: func(*events.Workspace) {}},
-		{name: "two inference nodes", mutate: func(w *events.Workspace) {
+		{name: "seed", mutate: func(*kaito.Workspace) {}},
+		{name: "two inference nodes", mutate: func(w *kaito.Workspace) {
 			n := 2
 			w.Resource.Count = &n
-			w.Inference, w.Tuning = &events.InferenceSpec{Preset: w.Tuning.Preset}, nil
+			w.Inference, w.Tuning = &kaito.InferenceSpec{Preset: w.Tuning.Preset}, nil
 		}},
-		{name: "two tuning nodes", mutate: func(w *events.Workspace) { n := 2; w.Resource.Count = &n }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.count"},
-		{name: "invalid", mutate: func(w *events.Workspace) { w.Tuning.Method = "dora" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.method"},
-		{name: "metadata service", mutate: func(w *events.Workspace) { w.Tuning.Input.URLs = []string{"http://169.254.169.254/"} }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.input.urls[0]"},
-		{name: "subject mismatch", mutate: func(w *events.Workspace) { w.Name = "other" }, wantReason: events.ReasonBadEvent, wantMsg: "does not match"},
-		{name: "cannot fit", mutate: func(w *events.Workspace) { w.Tuning.Preset.Name = "phi-4"; w.Tuning.Method = "lora" }, wantReason: events.ReasonInsufficientGPUMemory, wantMsg: "Standard_NC6s_v3 has 16 GiB"},
-		{name: "unknown preset", mutate: func(w *events.Workspace) { w.Tuning.Preset.Name = "gpt-5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.preset.name"},
-		{name: "unknown SKU", mutate: func(w *events.Workspace) { w.Resource.InstanceType = "Standard_D4s_v5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.instanceType"},
-		{name: "config map without a cluster", mutate: func(w *events.Workspace) { w.Tuning.Config = "my-config" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.config"},
-		{name: "no instance type: cheapest that fits", mutate: func(w *events.Workspace) { w.Resource.InstanceType = "" }},
+		{name: "two tuning nodes", mutate: func(w *kaito.Workspace) { n := 2; w.Resource.Count = &n }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.count"},
+		{name: "invalid", mutate: func(w *kaito.Workspace) { w.Tuning.Method = "dora" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.method"},
+		{name: "metadata service", mutate: func(w *kaito.Workspace) { w.Tuning.Input.URLs = []string{"http://169.254.169.254/"} }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.input.urls[0]"},
+		{name: "subject mismatch", mutate: func(w *kaito.Workspace) { w.Name = "other" }, wantReason: events.ReasonBadEvent, wantMsg: "does not match"},
+		{name: "cannot fit", mutate: func(w *kaito.Workspace) { w.Tuning.Preset.Name = "phi-4"; w.Tuning.Method = "lora" }, wantReason: events.ReasonInsufficientGPUMemory, wantMsg: "Standard_NC6s_v3 has 16 GiB"},
+		{name: "unknown preset", mutate: func(w *kaito.Workspace) { w.Tuning.Preset.Name = "gpt-5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.preset.name"},
+		{name: "unknown SKU", mutate: func(w *kaito.Workspace) { w.Resource.InstanceType = "Standard_D4s_v5" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "resource.instanceType"},
+		{name: "config map without a cluster", mutate: func(w *kaito.Workspace) { w.Tuning.Config = "my-config" }, wantReason: events.ReasonInvalidWorkspace, wantMsg: "tuning.config"},
+		{name: "no instance type: cheapest that fits", mutate: func(w *kaito.Workspace) { w.Resource.InstanceType = "" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := New(&Sim{Log: slog.New(slog.DiscardHandler)}, &presets.Planner{Catalog: cat}, &MemoryPending{}, Options{Log: slog.New(slog.DiscardHandler)})
+			f := provision.New(&provisionsim.Provider{Log: slog.New(slog.DiscardHandler)}, &presets.Planner{Catalog: cat}, &provision.MemoryPending{}, provision.Options{Log: slog.New(slog.DiscardHandler)})
 			ws := seed(t)
 			tc.mutate(ws)
 			ref := events.Ref{Namespace: "default", Name: "workspace-tuning-phi-3", Generation: 1}

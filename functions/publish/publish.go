@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -61,7 +62,7 @@ const ProvenanceType = "application/vnd.kaitoflow.training-record.v1+json"
 // (oras discover, crane) and `kaitoflow get workspace -o yaml` can find it.
 type TrainingRecord struct {
 	Workspace      events.Ref           `json:"workspace"`
-	Spec           events.Workspace     `json:"spec"`
+	Spec           kaito.Workspace      `json:"spec"`
 	Job            string               `json:"job"`
 	Nodes          []string             `json:"nodes,omitempty"`
 	Dataset        []string             `json:"dataset,omitempty"`
@@ -81,7 +82,7 @@ type Pusher interface {
 
 // Keychain returns the credentials to push a workspace's adapter with (its imagePushSecret,
 // Entra ID for ACR). Secrets never leave it: not into logs, events or errors.
-type Keychain func(ctx context.Context, ws *events.Workspace) (authn.Keychain, error)
+type Keychain func(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, error)
 
 // Resolver maps tuning.output.image to the reference actually pushed.
 type Resolver func(image string) (name.Reference, error)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -21,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
@@ -35,13 +38,13 @@ func seedJob(t *testing.T) (tune.Job, string, []events.AdapterFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeWorkspace(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	job := tune.Job{Name: "j", Ref: events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}, Workspace: *ws}
 	dir := t.TempDir()
-	files, err := tune.WriteSimAdapter(dir, job)
+	files, err := tunesim.WriteAdapter(dir, job)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +268,7 @@ func TestPushWithTheWorkspaceSecret(t *testing.T) {
 		{"wrong secret", `{"auths":{"` + host + `":{"username":"kaitoflow","password":"nope"}}}`, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := New(RemotePusher{}, RewriteRegistry(host), nil).WithKeychain(func(context.Context, *events.Workspace) (authn.Keychain, error) {
+			f := New(RemotePusher{}, RewriteRegistry(host), nil).WithKeychain(func(context.Context, *kaito.Workspace) (authn.Keychain, error) {
 				return registryauth.DockerConfig([]byte(tc.secret))
 			})
 			_, err := f.Handle(context.Background(), in)
@@ -297,7 +300,7 @@ func (p pushNothing) Push(_ context.Context, ref name.Reference, _ v1.Image, _ .
 // metrics.
 func TestVolumeOutputIsAnnounced(t *testing.T) {
 	job, dir, files := seedJob(t)
-	job.Workspace.Tuning.Output = &events.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
+	job.Workspace.Tuning.Output = &kaito.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
 	in, err := events.New("test", events.TuningCompleted, events.TuningCompleted, job.Ref, events.TuningCompletedData{
 		Workspace: job.Workspace, Nodes: []string{"n0"}, Job: "j", Location: dir, Files: files, Metrics: map[string]float64{"eval_loss": 1.3},
 	}, nil)
@@ -345,7 +348,7 @@ func TestPushHasADeadlineAndTheAddressPolicy(t *testing.T) {
 
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
-	guarded := RemotePusher{Options: []remote.Option{remote.WithTransport(netguard.Transport(events.AddressPolicy{}))}}
+	guarded := RemotePusher{Options: []remote.Option{remote.WithTransport(netguard.Transport(netguard.AddressPolicy{}))}}
 	_, err = New(guarded, RewriteRegistry(strings.TrimPrefix(reg.URL, "http://")), nil).Handle(context.Background(), in)
 	if !netguard.Refused(err) {
 		t.Fatalf("a push to a loopback registry through the policy: %v", err)

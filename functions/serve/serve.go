@@ -16,6 +16,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
@@ -45,11 +46,11 @@ type Adapter struct {
 
 // Deployment is what to serve: a workspace generation's base model with its adapters.
 type Deployment struct {
-	Ref       events.Ref       `json:"ref"`
-	Service   string           `json:"service"`
-	Workspace events.Workspace `json:"workspace"`
-	Nodes     []string         `json:"nodes,omitempty"`
-	Adapters  []Adapter        `json:"adapters,omitempty"`
+	Ref       events.Ref      `json:"ref"`
+	Service   string          `json:"service"`
+	Workspace kaito.Workspace `json:"workspace"`
+	Nodes     []string        `json:"nodes,omitempty"`
+	Adapters  []Adapter       `json:"adapters,omitempty"`
 	// Plan is provision's (inference-only workspaces) or the tuning run's plan; nil when unknown.
 	Plan *events.Plan `json:"plan,omitempty"`
 	// Serving is the earlier generation whose adapters these are (a rollback), 0 for Ref's own.
@@ -203,7 +204,7 @@ func (f *Function) imagePushed(ctx context.Context, ref events.Ref, ev cloudeven
 		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
 	}
 	out, err := f.apply(ctx, ref, d, &ev)
-	if _, policy := in.Workspace.Annotations[events.AnnotationPromotion]; !policy {
+	if _, policy := in.Workspace.Annotations[kaito.AnnotationPromotion]; !policy {
 		return out, err // no policy named: served as Kaito serves it, with nothing to decide
 	}
 	typ, step := events.AdapterPromoted, "promoted"
@@ -249,7 +250,7 @@ func (f *Function) apply(ctx context.Context, ref events.Ref, d Deployment, caus
 	return f.observe(ctx, ref, cause)
 }
 
-// Gate is the workspace's promotion policy (events.AnnotationPromotion) applied to a pushed
+// Gate is the workspace's promotion policy (kaito.AnnotationPromotion) applied to a pushed
 // adapter: whether it is served in place of the adapter it was compared with, and the decision
 // with its numbers. Nothing serving, or the policy always, promotes; manual holds; if-better
 // promotes an eval_loss at least the minimum improvement below the serving adapter's on the same
@@ -275,10 +276,10 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 			}
 		}
 		return true, g
-	case p.Policy == events.PromoteAlways:
+	case p.Policy == kaito.PromoteAlways:
 		g.Reason = "promoted: policy always"
 		return true, g
-	case p.Policy == events.PromoteManual:
+	case p.Policy == kaito.PromoteManual:
 		g.Reason = fmt.Sprintf("held: policy manual; `kaitoflow promote %s --generation %d` serves it", ref.Name, ref.Generation)
 		return false, g
 	}
@@ -303,11 +304,11 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 }
 
 // tunedAdapter is a tuning workspace's own adapter, pushed as image.
-func tunedAdapter(ref events.Ref, ws events.Workspace, image string) Adapter {
+func tunedAdapter(ref events.Ref, ws kaito.Workspace, image string) Adapter {
 	ad := Adapter{Name: ref.Name, Image: image, Strength: "1.0"}
 	// A pull-only secret when the workspace names one; never the push secret, which would put
 	// the right to overwrite the adapter in the container that answers requests.
-	if sec := ws.Annotations[events.AnnotationAdapterPullSecret]; sec != "" {
+	if sec := ws.Annotations[kaito.AnnotationAdapterPullSecret]; sec != "" {
 		ad.PullSecrets = []string{sec}
 	}
 	return ad
@@ -382,7 +383,7 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 // Source says where the adapter comes from: its image, or its volume.
 func (a Adapter) Source() string {
 	if a.Volume != nil {
-		return events.DescribeVolume(a.Volume)
+		return kaito.DescribeVolume(a.Volume)
 	}
 	return a.Image
 }

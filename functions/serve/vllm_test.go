@@ -26,6 +26,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
+	"github.com/kaitoflow/kaitoflow/dataplane/vllmsim"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
@@ -106,22 +108,22 @@ func TestRealVLLM(t *testing.T) {
 		}
 	})
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m := &serve.AdapterManager{Runtime: upstream, Dir: t.TempDir(), Pull: serve.RegistryPuller(nil), Replica: "real-vllm", Log: log,
+	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: t.TempDir(), Pull: chatproxy.RegistryPuller(nil), Replica: "real-vllm", Log: log,
 		// chat-proxy keeps an adapter no route names for a minute, for requests routed to it
 		// just before the move; here it goes at once, so the test sees vLLM unload it.
 		UnloadAfter: 0}
-	proxy := &serve.Proxy{Upstream: upstream, Model: argAfter(proxyC.Command, "--model"), Adapters: m, Log: log}
+	proxy := &chatproxy.Proxy{Upstream: upstream, Model: argAfter(proxyC.Command, "--model"), Adapters: m, Log: log}
 	front := httptest.NewServer(proxy.Handler())
 	defer front.Close()
 	admin := httptest.NewServer(proxy.AdminHandler())
 	defer admin.Close()
-	sets := make([]serve.AdapterSet, len(images))
+	sets := make([]chatproxy.AdapterSet, len(images))
 	loras := make([]string, len(images))
 	for i, img := range images {
 		sets[i] = knative.AdapterSet(deployment(int64(i+1), img), int64(i+1))
 		loras[i] = sets[i].Routes[public]
 	}
-	var current atomic.Pointer[serve.AdapterSet]
+	var current atomic.Pointer[chatproxy.AdapterSet]
 	current.Store(&sets[0])
 	runCtx, stopRun := context.WithCancel(ctx)
 	var running sync.WaitGroup
@@ -130,7 +132,7 @@ func TestRealVLLM(t *testing.T) {
 	go func() {
 		defer running.Done()
 		// chat-proxy reads the mounted set every 2 s (--adapter-poll); more often here.
-		m.Run(runCtx, func(context.Context) (serve.AdapterSet, error) { return *current.Load(), nil }, 500*time.Millisecond)
+		m.Run(runCtx, func(context.Context) (chatproxy.AdapterSet, error) { return *current.Load(), nil }, 500*time.Millisecond)
 	}()
 
 	if err := vllm.Ready(ctx); err != nil {
@@ -242,7 +244,7 @@ func TestRealVLLM(t *testing.T) {
 	})
 
 	step("the sim answers as vLLM does", func(t *testing.T) {
-		sim := httptest.NewServer(serve.SimRuntimeFor(args).Handler())
+		sim := httptest.NewServer(vllmsim.For(args).Handler())
 		defer sim.Close()
 		nowhere := filepath.Join(t.TempDir(), "no-adapter")
 		lora := func(name, path string) string {
@@ -316,9 +318,9 @@ func TestRealVLLM(t *testing.T) {
 // byte (that test holds the rest of its answers against a running vLLM).
 func TestSimRuntimeAnswersAsVLLM(t *testing.T) {
 	modelC, _ := builtContainers(t, seedDeployment(t))
-	rt := serve.SimRuntimeFor(modelC.Args)
+	rt := vllmsim.For(modelC.Args)
 	if rt.Base != "phi-3-mini-128k-instruct" || rt.Root != "microsoft/Phi-3-mini-128k-instruct" || rt.MaxModelLen == 0 || rt.MaxLoRARank != 8 {
-		t.Fatalf("SimRuntimeFor(%v) = %+v", modelC.Args, rt)
+		t.Fatalf("vllmsim.For(%v) = %+v", modelC.Args, rt)
 	}
 	srv := httptest.NewServer(rt.Handler())
 	defer srv.Close()
@@ -624,10 +626,10 @@ func vllmModels(t *testing.T, c *client, vllmURL string) map[string]modelEntry {
 	return out
 }
 
-func adminStatus(t *testing.T, c *client, admin string) serve.ReplicaAdapters {
+func adminStatus(t *testing.T, c *client, admin string) chatproxy.ReplicaAdapters {
 	t.Helper()
 	code, body := c.get(admin + "/adapters")
-	var st serve.ReplicaAdapters
+	var st chatproxy.ReplicaAdapters
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil {
 		t.Fatalf("GET /adapters: %d %s", code, body)
 	}

@@ -1,12 +1,14 @@
-package tune
+package tune_test
 
 import (
 	"os"
 	"testing"
+
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 )
 
 // The sim trainer re-executes the test binary as its trainer process.
 func TestMain(m *testing.M) {
-	SimTrainerMain()
+	tunesim.TrainerMain()
 	os.Exit(m.Run())
 }

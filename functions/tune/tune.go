@@ -18,8 +18,9 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -37,10 +38,10 @@ var Types = (&Function{}).routes().Types()
 
 // Job is one tuning run: a workspace generation on its nodes.
 type Job struct {
-	Name      string           `json:"name"`
-	Ref       events.Ref       `json:"ref"`
-	Workspace events.Workspace `json:"workspace"`
-	Nodes     []string         `json:"nodes"`
+	Name      string          `json:"name"`
+	Ref       events.Ref      `json:"ref"`
+	Workspace kaito.Workspace `json:"workspace"`
+	Nodes     []string        `json:"nodes"`
 	// Plan is what provision checked: precision, batch, sequence length and the rendered
 	// training_config.yaml the run must use.
 	Plan *events.Plan `json:"plan,omitempty"`
@@ -152,7 +153,7 @@ type Trainer interface {
 // next SKU the fit check accepts), never changing what the user set. It returns the plan and
 // what changed, or a permanent error with the advice when nothing is left to change.
 type Replanner interface {
-	Replan(ctx context.Context, ws *events.Workspace, plan *events.Plan, failure *events.TrainerFailure) (*events.Plan, []string, error)
+	Replan(ctx context.Context, ws *kaito.Workspace, plan *events.Plan, failure *events.TrainerFailure) (*events.Plan, []string, error)
 }
 
 // ServingLookup says which adapter a workspace serves now (nil: none), for a run to score its own

@@ -1,4 +1,4 @@
-package tune
+package tune_test
 
 import (
 	"context"
@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/functions/tune"
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -27,10 +31,10 @@ func types(evs []cloudevents.Event) []string {
 }
 
 func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
-	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora", Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 3}
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)})
+	f := tune.New(&tunesim.Trainer{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: &events.Plan{DType: "float16"}}, nil))
 	out, err := f.Handle(context.Background(), ready)
 	if err != nil || len(out) != 1 || out[0].Type() != events.TuningStarted {
@@ -97,18 +101,18 @@ func TestSimRunStartsThenCompletesByEvent(t *testing.T) {
 }
 
 func TestInferenceOnlyWorkspaceIsNotTuned(t *testing.T) {
-	ws := events.Workspace{Inference: &events.InferenceSpec{}}
+	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	out, err := New(&Sim{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
+	out, err := tune.New(&tunesim.Trainer{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("got %v %v", out, err)
 	}
 }
 
 func TestNodeReadyWithoutAPlanIsRefused(t *testing.T) {
-	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "lora"}}
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "lora"}}
 	in := events.Must(events.New("test", events.NodeReady, events.NodeReady, events.Ref{Namespace: "d", Name: "w", Generation: 1}, events.NodeReadyData{Workspace: ws}, nil))
-	_, err := New(&Sim{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
+	_, err := tune.New(&tunesim.Trainer{Dir: t.TempDir(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)}).Handle(context.Background(), in)
 	if _, ok := events.AsPermanent(err); !ok {
 		t.Fatalf("got %v", err)
 	}
@@ -116,12 +120,12 @@ func TestNodeReadyWithoutAPlanIsRefused(t *testing.T) {
 
 func TestJobNameIsAValidLabelValue(t *testing.T) {
 	for _, name := range []string{"a", "workspace-tuning-phi-3", strings.Repeat("x", 63)} {
-		n := JobName(events.Ref{Namespace: "default", Name: name, Generation: 123456})
+		n := tune.JobName(events.Ref{Namespace: "default", Name: name, Generation: 123456})
 		if len(n) > 63 {
 			t.Errorf("%q: %d characters", n, len(n))
 		}
 	}
-	if JobName(events.Ref{Name: strings.Repeat("x", 50) + "a"}) == JobName(events.Ref{Name: strings.Repeat("x", 50) + "b"}) {
+	if tune.JobName(events.Ref{Name: strings.Repeat("x", 50) + "a"}) == tune.JobName(events.Ref{Name: strings.Repeat("x", 50) + "b"}) {
 		t.Error("long names collide")
 	}
 }
@@ -129,7 +133,7 @@ func TestJobNameIsAValidLabelValue(t *testing.T) {
 // run drives one attempt of a sim run as the pipeline does: node.ready in, then each job.changed
 // the sim announces, until the run's outcome (tuning.completed, tuning.retrying or
 // workspace.failed) comes out.
-func run(t *testing.T, f *Function, rec *testenv.Recorder, ref events.Ref, ready events.NodeReadyData) cloudevents.Event {
+func run(t *testing.T, f *tune.Function, rec *testenv.Recorder, ref events.Ref, ready events.NodeReadyData) cloudevents.Event {
 	t.Helper()
 	ctx := context.Background()
 	seen := len(rec.Events())
@@ -153,16 +157,16 @@ func run(t *testing.T, f *Function, rec *testenv.Recorder, ref events.Ref, ready
 
 // smallSimGPU is phi-3 qlora on an A100 whose simulated GPU holds batch 2, with its plan from the
 // real planner; config names the workspace's tuning.config, which configs serves.
-func smallSimGPU(t *testing.T, config string, configs presets.ConfigSource) (*presets.Planner, events.Workspace, *events.Plan) {
+func smallSimGPU(t *testing.T, config string, configs presets.ConfigSource) (*presets.Planner, kaito.Workspace, *events.Plan) {
 	t.Helper()
 	catalog, err := presets.Default()
 	if err != nil {
 		t.Fatal(err)
 	}
 	planner := &presets.Planner{Catalog: catalog, Configs: configs}
-	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Config: config, Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora", Config: config, Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ws.Name, ws.Namespace = "ws", "default"
-	ws.Annotations = map[string]string{AnnotationSimMaxBatch: "2"}
+	ws.Annotations = map[string]string{tunesim.AnnotationMaxBatch: "2"}
 	ws.Resource.InstanceType = "Standard_NC24ads_A100_v4"
 	plan, err := planner.Plan(context.Background(), &ws)
 	if err != nil {
@@ -181,7 +185,7 @@ func TestOutOfGPUMemoryRetriesWithAHalfBatch(t *testing.T) {
 	}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
+	f := tune.New(&tunesim.Trainer{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, tune.Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
 
 	first := run(t, f, rec, ref, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
 	if first.Type() != events.TuningRetrying {
@@ -226,7 +230,7 @@ func TestOutOfGPUMemoryWithTheUsersBatchFailsWithAdvice(t *testing.T) {
 		return map[string]string{presets.TrainingConfigKey: "training_config:\n  TrainingArguments:\n    per_device_train_batch_size: 4\n"}, nil
 	})
 	rec := &testenv.Recorder{}
-	f := New(&Sim{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
+	f := tune.New(&tunesim.Trainer{Dir: t.TempDir(), Delay: 20 * time.Millisecond, Publisher: rec, Log: slog.New(slog.DiscardHandler)}, tune.Options{Replanner: planner, Log: slog.New(slog.DiscardHandler)})
 	out := run(t, f, rec, events.Ref{Namespace: "default", Name: "ws", Generation: 1}, events.NodeReadyData{Workspace: ws, Nodes: []string{"n0"}, Plan: plan})
 	var failed events.WorkspaceFailedData
 	if err := events.Data(out, &failed); err != nil || out.Type() != events.WorkspaceFailed {

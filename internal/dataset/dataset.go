@@ -47,7 +47,7 @@ const (
 type Checker struct {
 	Client *http.Client
 	// Policy is the address policy (the client enforces it at connect time too).
-	Policy events.AddressPolicy
+	Policy netguard.AddressPolicy
 	// MaxBytes is the largest dataset file accepted.
 	MaxBytes int64
 	// Attempts and Backoff bound the retries of an unreachable host: brief, so an air-gapped
@@ -60,7 +60,7 @@ type Checker struct {
 
 // New returns a checker whose HTTP client applies the address policy at connect time and to
 // every redirect.
-func New(p events.AddressPolicy) *Checker {
+func New(p netguard.AddressPolicy) *Checker {
 	return &Checker{Client: netguard.Client(p, 30*time.Second), Policy: p, MaxBytes: DefaultMaxBytes, Attempts: 3, Backoff: 500 * time.Millisecond}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 )
 
 type message struct {
@@ -95,7 +96,7 @@ func server(t *testing.T) *httptest.Server {
 
 func TestPreflight(t *testing.T) {
 	srv := server(t)
-	c := New(events.AddressPolicy{Allow: []string{"127.0.0.1"}})
+	c := New(netguard.AddressPolicy{Allow: []string{"127.0.0.1"}})
 	c.Backoff = 10 * time.Millisecond
 	tests := []struct {
 		path, wantReason, wantMsg string
@@ -132,7 +133,7 @@ func TestPreflight(t *testing.T) {
 
 func TestParquetFooterIsReadNotTheFile(t *testing.T) {
 	srv := server(t)
-	c := New(events.AddressPolicy{Allow: []string{"127.0.0.1"}})
+	c := New(netguard.AddressPolicy{Allow: []string{"127.0.0.1"}})
 	if _, err := c.Check(context.Background(), []string{srv.URL + "/dolly.parquet"}); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestParquetFooterIsReadNotTheFile(t *testing.T) {
 }
 
 func TestUnreachableHostFailsBriefly(t *testing.T) {
-	c := New(events.AddressPolicy{})
+	c := New(netguard.AddressPolicy{})
 	c.Backoff = 10 * time.Millisecond
 	start := time.Now()
 	_, err := c.Check(context.Background(), []string{"https://datasets.invalid/dolly.parquet"})
@@ -167,7 +168,7 @@ func TestCheckImage(t *testing.T) {
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	c := New(events.AddressPolicy{Allow: []string{"127.0.0.1"}})
+	c := New(netguard.AddressPolicy{Allow: []string{"127.0.0.1"}})
 	if err := c.CheckImage(context.Background(), host+"/datasets/dolly:1", true); err != nil {
 		t.Fatalf("existing image: %v", err)
 	}
@@ -175,7 +176,7 @@ func TestCheckImage(t *testing.T) {
 	if p, ok := events.AsPermanent(err); !ok || p.Reason != ReasonInvalid || !strings.Contains(err.Error(), "no such image") {
 		t.Fatalf("missing image: %v", err)
 	}
-	if err := New(events.AddressPolicy{}).CheckImage(context.Background(), host+"/datasets/dolly:1", true); err == nil {
+	if err := New(netguard.AddressPolicy{}).CheckImage(context.Background(), host+"/datasets/dolly:1", true); err == nil {
 		t.Fatal("a loopback registry passed the default policy")
 	}
 }

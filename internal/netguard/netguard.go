@@ -12,12 +12,10 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
-
-	"github.com/kaitoflow/kaitoflow/events"
 )
 
 // Dialer returns a dialer that refuses connections to addresses the policy refuses.
-func Dialer(p events.AddressPolicy) *net.Dialer {
+func Dialer(p AddressPolicy) *net.Dialer {
 	return &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
@@ -37,7 +35,7 @@ func Dialer(p events.AddressPolicy) *net.Dialer {
 
 // Client returns an HTTP client that dials through Dialer and checks every redirect's URL with
 // the same policy before following it.
-func Client(p events.AddressPolicy, timeout time.Duration) *http.Client {
+func Client(p AddressPolicy, timeout time.Duration) *http.Client {
 	return &http.Client{
 		Transport: Transport(p),
 		Timeout:   timeout,
@@ -56,7 +54,7 @@ func Client(p events.AddressPolicy, timeout time.Duration) *http.Client {
 // Transport is an HTTP transport that dials through Dialer: what go-containerregistry's calls
 // take (remote.WithTransport), so a registry, its token realm and any redirect it answers with
 // are checked at connect time, whatever name they were reached by.
-func Transport(p events.AddressPolicy) *http.Transport {
+func Transport(p AddressPolicy) *http.Transport {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // a proxy would dial on our behalf, past the guard
 	tr.DialContext = Dialer(p).DialContext
@@ -65,4 +63,4 @@ func Transport(p events.AddressPolicy) *http.Transport {
 }
 
 // Refused reports whether err is the guard refusing an address.
-func Refused(err error) bool { return errors.Is(err, events.ErrInternalAddress) }
+func Refused(err error) bool { return errors.Is(err, ErrInternalAddress) }

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/kaitoflow/kaitoflow/events"
 )
 
 func TestClientRefusesInternalAddressesAtConnect(t *testing.T) {
@@ -17,14 +15,14 @@ func TestClientRefusesInternalAddressesAtConnect(t *testing.T) {
 
 	tests := []struct {
 		name   string
-		policy events.AddressPolicy
+		policy AddressPolicy
 		url    string
 		ok     bool
 	}{
 		// "localhost" is a name: only the dialer learns it is 127.0.0.1.
-		{"name resolving to loopback", events.AddressPolicy{}, "http://localhost" + port, false},
-		{"literal loopback", events.AddressPolicy{}, srv.URL, false},
-		{"allowed by CIDR", events.AddressPolicy{Allow: []string{"127.0.0.0/8", "::1"}}, "http://localhost" + port, true},
+		{"name resolving to loopback", AddressPolicy{}, "http://localhost" + port, false},
+		{"literal loopback", AddressPolicy{}, srv.URL, false},
+		{"allowed by CIDR", AddressPolicy{Allow: []string{"127.0.0.0/8", "::1"}}, "http://localhost" + port, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,7 +48,7 @@ func TestClientRefusesInternalAddressesAtConnect(t *testing.T) {
 func TestClientRefusesRedirectToMetadata(t *testing.T) {
 	srv := httptest.NewServer(http.RedirectHandler("http://169.254.169.254/metadata/identity/oauth2/token", http.StatusFound))
 	defer srv.Close()
-	c := Client(events.AddressPolicy{Allow: []string{"127.0.0.1"}}, 5*time.Second)
+	c := Client(AddressPolicy{Allow: []string{"127.0.0.1"}}, 5*time.Second)
 	resp, err := c.Get(srv.URL)
 	if err == nil {
 		resp.Body.Close()

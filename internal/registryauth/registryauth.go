@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 )
@@ -177,12 +178,12 @@ type Secrets struct {
 }
 
 // For returns the keychain to push the adapter of ws with.
-func (s Secrets) For(ctx context.Context, ws *events.Workspace) (authn.Keychain, error) {
+func (s Secrets) For(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, error) {
 	var chains []authn.Keychain
 	if out := ws.Tuning.Output; out != nil && out.ImagePushSecret != "" && s.Client != nil {
 		ns := ws.Namespace
 		if ns == "" {
-			ns = events.DefaultNamespace
+			ns = kaito.DefaultNamespace
 		}
 		sec, err := s.Client.CoreV1().Secrets(ns).Get(ctx, out.ImagePushSecret, metav1.GetOptions{})
 		switch {

@@ -10,6 +10,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -30,7 +31,7 @@ func FuzzHTTPReceiver(f *testing.F) {
 			if e.Type() != events.WorkspaceRequested {
 				t.Fatalf("the function got a %q", e.Type())
 			}
-			var ws events.Workspace
+			var ws kaito.Workspace
 			return nil, events.Data(e, &ws)
 		})}
 		h, err := NewHTTP(fn, Deps{Publisher: nopPublisher{}, Logger: slog.New(slog.DiscardHandler)})

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
@@ -53,7 +54,7 @@ func connect(t *testing.T, ns *server.Server) jetstream.JetStream {
 func requested(t *testing.T, name string) cloudevents.Event {
 	t.Helper()
 	ref := events.Ref{Namespace: "default", Name: name, Generation: 1}
-	ws := events.Workspace{}
+	ws := kaito.Workspace{}
 	ws.Name = name
 	e, err := events.New("test", events.WorkspaceRequested, events.WorkspaceRequested, ref, ws, nil)
 	if err != nil {

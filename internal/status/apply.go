@@ -9,6 +9,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -60,7 +61,7 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecord) error {
 	switch ev.Type() {
 	case events.WorkspaceRequested:
-		var ws events.Workspace
+		var ws kaito.Workspace
 		if err := events.Data(ev, &ws); err != nil {
 			return err
 		}
@@ -189,7 +190,7 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		if err := events.Data(ev, &d); err != nil {
 			return err
 		}
-		rec.Note = "adapter on " + events.DescribeVolume(d.Volume)
+		rec.Note = "adapter on " + kaito.DescribeVolume(d.Volume)
 		w.endStep(StepPublish, at)
 		w.startStep(StepServe, at)
 		w.advance(Deploying)

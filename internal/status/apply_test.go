@@ -10,19 +10,20 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
 func chain(t *testing.T, gen int64, tuning bool) []cloudevents.Event {
 	t.Helper()
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: gen}
-	ws := events.Workspace{}
+	ws := kaito.Workspace{}
 	ws.Name = "ws"
 	ws.Resource.InstanceType = "Standard_NC6s_v3"
 	if tuning {
-		ws.Tuning = &events.TuningSpec{Method: "qlora"}
+		ws.Tuning = &kaito.TuningSpec{Method: "qlora"}
 	} else {
-		ws.Inference = &events.InferenceSpec{}
+		ws.Inference = &kaito.InferenceSpec{}
 	}
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	mk := func(typ string, data any) cloudevents.Event {
@@ -138,7 +139,7 @@ func TestApplyNewGenerationResets(t *testing.T) {
 // nodes and progress, both attempts with their own shapes and outcomes, and the GPU time of both.
 func TestApplyAttemptsInAnyOrder(t *testing.T) {
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
-	ws := events.Workspace{Tuning: &events.TuningSpec{Method: "qlora"}}
+	ws := kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora"}}
 	ws.Name = "ws"
 	first := &events.Plan{InstanceType: "Standard_NC6s_v3", BatchSize: 4, SeqLen: 2048}
 	second := &events.Plan{InstanceType: "Standard_NC6s_v3", BatchSize: 2, SeqLen: 2048}
@@ -190,7 +191,7 @@ func TestApplyLiveAcrossGenerations(t *testing.T) {
 	for _, e := range []cloudevents.Event{
 		ready(1, 1, 0),
 		mk(2, events.ImagePushed, "pushed", events.ImagePushedData{Reference: "r@sha256:2"}),
-		mk(3, events.WorkspaceRequested, "requested", events.Workspace{}),
+		mk(3, events.WorkspaceRequested, "requested", kaito.Workspace{}),
 		ready(2, 2, 0), // late, newer set: generation 2 serves
 		ready(1, 1, 0), // late, older set: nothing
 	} {
@@ -229,7 +230,7 @@ func TestApplyLiveAcrossGenerations(t *testing.T) {
 // stayed and a long run's record could no longer be written.
 func TestProgressIsFoldedIntoOneEntry(t *testing.T) {
 	ref := events.Ref{Namespace: "default", Name: "long", Generation: 1}
-	var ws events.Workspace
+	var ws kaito.Workspace
 	ws.Name = "long"
 	var w Workspace
 	if _, err := Apply(&w, events.Must(events.New("test", events.WorkspaceRequested, "requested", ref, ws, nil))); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
@@ -93,23 +94,23 @@ type Workspace struct {
 	// what the next one changed.
 	Attempts []Attempt `json:"attempts,omitempty"`
 	// GPU is the GPU time the workspace has held, over all its generations.
-	GPU      *GPUTime          `json:"gpu,omitempty"`
-	Failure  *Failure          `json:"failure,omitempty"`
-	Steps    []Step            `json:"steps,omitempty"`
-	Events   []EventRecord     `json:"events,omitempty"`
-	Manifest *events.Workspace `json:"manifest,omitempty"`
-	Created  time.Time         `json:"created"`
-	Updated  time.Time         `json:"updated"`
+	GPU      *GPUTime         `json:"gpu,omitempty"`
+	Failure  *Failure         `json:"failure,omitempty"`
+	Steps    []Step           `json:"steps,omitempty"`
+	Events   []EventRecord    `json:"events,omitempty"`
+	Manifest *kaito.Workspace `json:"manifest,omitempty"`
+	Created  time.Time        `json:"created"`
+	Updated  time.Time        `json:"updated"`
 }
 
 // Attempt is one tuning attempt of a generation.
-type Attempt = events.TuningAttempt
+type Attempt = kaito.TuningAttempt
 
 // GPUTime is the GPU time a workspace has held.
-type GPUTime = events.GPUTime
+type GPUTime = kaito.GPUTime
 
-// PushedAdapter is one generation's adapter (events.AdapterRecord).
-type PushedAdapter = events.AdapterRecord
+// PushedAdapter is one generation's adapter (kaito.AdapterRecord).
+type PushedAdapter = kaito.AdapterRecord
 
 // Adapter states, as `kaitoflow adapters` shows them.
 const (

@@ -13,6 +13,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/kvjson"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -90,12 +91,12 @@ func (s *Store) Update(ctx context.Context, namespace, name string, fn func(*Wor
 // spec submitted again keeps its generation (its event id is the same, so JetStream drops the
 // duplicate); a changed spec, or a resubmission after Failed or delete, gets the next generation.
 // A manifest that carries metadata.generation (from the Kubernetes API) keeps it.
-func (s *Store) Admit(ctx context.Context, ws *events.Workspace) (rec *Workspace, fresh bool, err error) {
+func (s *Store) Admit(ctx context.Context, ws *kaito.Workspace) (rec *Workspace, fresh bool, err error) {
 	hash, err := SpecHash(ws)
 	if err != nil {
 		return nil, false, err
 	}
-	ref := ws.Ref()
+	ref := events.WorkspaceRef(ws)
 	rec, err = s.Update(ctx, ref.Namespace, ref.Name, func(w *Workspace) (bool, error) {
 		fresh = false
 		if w.Name != "" && w.SpecHash == hash && w.Phase != Failed && w.Phase != Deleted &&
@@ -129,12 +130,12 @@ func (s *Store) Admit(ctx context.Context, ws *events.Workspace) (rec *Workspace
 }
 
 // SpecHash fingerprints what a workspace asks for: resource, tuning, inference and labels.
-func SpecHash(ws *events.Workspace) (string, error) {
+func SpecHash(ws *kaito.Workspace) (string, error) {
 	b, err := json.Marshal(struct {
-		Labels    map[string]string     `json:"labels,omitempty"`
-		Resource  events.ResourceSpec   `json:"resource"`
-		Tuning    *events.TuningSpec    `json:"tuning,omitempty"`
-		Inference *events.InferenceSpec `json:"inference,omitempty"`
+		Labels    map[string]string    `json:"labels,omitempty"`
+		Resource  kaito.ResourceSpec   `json:"resource"`
+		Tuning    *kaito.TuningSpec    `json:"tuning,omitempty"`
+		Inference *kaito.InferenceSpec `json:"inference,omitempty"`
 	}{ws.Labels, ws.Resource, ws.Tuning, ws.Inference})
 	if err != nil {
 		return "", fmt.Errorf("hash workspace spec: %w", err)

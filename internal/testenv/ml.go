@@ -16,8 +16,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 )
 
 // MLPython is the python of the ML environment (torch, transformers, peft: hack/ml-env.sh makes it
@@ -180,7 +180,7 @@ func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {
 	if err := fs.Parse(command[i+1 : j]); err != nil {
 		t.Fatal(err)
 	}
-	c.Policy = events.AddressPolicy{Allow: allow} // as job-run itself takes --allow-host
+	c.Policy = netguard.AddressPolicy{Allow: allow} // as job-run itself takes --allow-host
 	return c, slices.Clone(command[j+1:])
 }
 

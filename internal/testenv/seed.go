@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -24,7 +25,7 @@ import (
 
 // Seed returns the seed workspace (Kaito's fine-tuning guide's manifest) in namespace, with the
 // plan provision's fit check makes for it.
-func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
+func Seed(t testing.TB, namespace string) (*kaito.Workspace, *events.Plan) {
 	t.Helper()
 	root, err := repoRoot()
 	if err != nil {
@@ -34,7 +35,7 @@ func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeWorkspace(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func Seed(t testing.TB, namespace string) (*events.Workspace, *events.Plan) {
 }
 
 // Plan is provision's plan for ws with the built-in catalog and no ConfigMaps.
-func Plan(t testing.TB, ws *events.Workspace) *events.Plan {
+func Plan(t testing.TB, ws *kaito.Workspace) *events.Plan {
 	t.Helper()
 	cat, err := presets.Default()
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
@@ -130,7 +131,7 @@ func provider(t *testing.T, a *armState, spot bool) *Provider {
 }
 
 func request(name string, purpose provision.Purpose) provision.Request {
-	ws := events.Workspace{}
+	ws := kaito.Workspace{}
 	ws.Name = name
 	ws.Resource.LabelSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "tuning-phi-3"}}
 	return provision.Request{

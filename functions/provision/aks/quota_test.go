@@ -16,6 +16,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -69,8 +70,8 @@ func localized(value string) string {
 	return value
 }
 
-func seedWorkspace(instanceType string) *events.Workspace {
-	ws := &events.Workspace{Tuning: &events.TuningSpec{Method: "qlora", Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
+func seedWorkspace(instanceType string) *kaito.Workspace {
+	ws := &kaito.Workspace{Tuning: &kaito.TuningSpec{Method: "qlora", Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}}}
 	ws.Name, ws.Namespace = "quota", "default"
 	ws.Resource.InstanceType = instanceType
 	return ws
@@ -138,8 +139,8 @@ func TestNoQuotaCreatesNoPool(t *testing.T) {
 	planner := &presets.Planner{Catalog: catalog, Quota: usageServer(t, map[string][2]int{"cores": {0, 100}})}
 	f := provision.New(provider(t, a, false), planner, &provision.MemoryPending{}, provision.Options{Log: slog.New(slog.DiscardHandler)})
 	ws := seedWorkspace("Standard_NC24ads_A100_v4")
-	ws.Tuning.Input = &events.DataSource{URLs: []string{"https://example.com/dolly.parquet"}}
-	ws.Tuning.Output = &events.DataDestination{Image: "example.azurecr.io/adapters/phi-3:0.0.1", ImagePushSecret: "acr"}
+	ws.Tuning.Input = &kaito.DataSource{URLs: []string{"https://example.com/dolly.parquet"}}
+	ws.Tuning.Output = &kaito.DataDestination{Image: "example.azurecr.io/adapters/phi-3:0.0.1", ImagePushSecret: "acr"}
 	ws.Resource.LabelSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "quota"}}
 	ev := events.Must(events.New("test", events.WorkspaceRequested, events.WorkspaceRequested, events.Ref{Namespace: "default", Name: "quota", Generation: 1}, ws, nil))
 	_, err = f.Handle(context.Background(), ev)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
@@ -43,7 +44,7 @@ func setup(t *testing.T) *Provider {
 }
 
 func request(app string, count int, preferred ...string) provision.Request {
-	ws := events.Workspace{}
+	ws := kaito.Workspace{}
 	ws.Name = "ws-" + app
 	ws.Resource.Count = &count
 	ws.Resource.LabelSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}
@@ -104,7 +105,7 @@ func TestNodesWithoutGPUsFailAtTheDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, err := events.DecodeWorkspace([]byte(strings.Replace(string(doc), "app: tuning-phi-3", "app: nogpu", 1)))
+	ws, err := kaito.DecodeWorkspace([]byte(strings.Replace(string(doc), "app: tuning-phi-3", "app: nogpu", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}

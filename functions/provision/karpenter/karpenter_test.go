@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
@@ -54,7 +55,7 @@ func setup(t *testing.T) *Provider {
 }
 
 func request(name string, count int) provision.Request {
-	ws := events.Workspace{}
+	ws := kaito.Workspace{}
 	ws.Name = name
 	ws.Resource.Count = &count
 	ws.Resource.LabelSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "tuning-phi-3"}}

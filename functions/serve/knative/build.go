@@ -19,6 +19,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -89,22 +91,22 @@ const (
 	AdapterSetKey = "adapters.json"
 )
 
-// AdapterSetName is the ConfigMap holding a service's adapter set (serve.AdapterSet), mounted into
+// AdapterSetName is the ConfigMap holding a service's adapter set (chatproxy.AdapterSet), mounted into
 // every replica's chat-proxy.
 func AdapterSetName(service string) string { return service + "-adapters" }
 
 // AdapterSet is the set that serves d at version: image adapters pulled with the pod's mounted
 // pull secrets (or its workload identity for ACR), volume adapters read where the pod mounts them.
-func AdapterSet(d serve.Deployment, version int64) serve.AdapterSet {
+func AdapterSet(d serve.Deployment, version int64) chatproxy.AdapterSet {
 	return serve.DesiredSet(d, version, placer())
 }
 
 // placer says where a pod finds each adapter, numbering pull secrets as presetPod numbers their
 // volumes (one placer per set, so a pool's members number alike).
-func placer() func(serve.Adapter, *serve.AdapterSpec) {
+func placer() func(serve.Adapter, *chatproxy.AdapterSpec) {
 	secretFiles := map[string]string{}
 	n := 0
-	return func(a serve.Adapter, spec *serve.AdapterSpec) {
+	return func(a serve.Adapter, spec *chatproxy.AdapterSpec) {
 		if a.Volume != nil {
 			spec.Path = adapterVolumeDir + "/" + serve.AdapterName(a.Name)
 			return
@@ -415,7 +417,7 @@ func servableVolume(v *corev1.VolumeSource) (*corev1.VolumeSource, error) {
 		out.PersistentVolumeClaim.ReadOnly = true
 	case out.ConfigMap != nil, out.Secret != nil:
 	default:
-		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can wrap an Azure Files share, a CSI volume or a disk) or push it as an image", events.DescribeVolume(v))
+		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can wrap an Azure Files share, a CSI volume or a disk) or push it as an image", kaito.DescribeVolume(v))
 	}
 	return out, nil
 }

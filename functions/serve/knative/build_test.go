@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
@@ -84,7 +85,7 @@ func TestTemplateIgnoresTheAdapterImage(t *testing.T) {
 }
 
 func TestUserTemplateIsHonoured(t *testing.T) {
-	ws := events.Workspace{Inference: &events.InferenceSpec{Template: &corev1.PodTemplateSpec{
+	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{Template: &corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "custom"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "server", Image: "my/llm:1", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
 	}}}
@@ -255,7 +256,7 @@ func TestModelAccessAndWeightsCache(t *testing.T) {
 			d := seedDeployment(t, "team-a", 1)
 			d.Workspace.Tuning.Preset.ModelAccessSecret = "hf-token"
 			if tc.annotation != "" {
-				d.Workspace.Annotations = map[string]string{events.AnnotationWeightsCache: tc.annotation}
+				d.Workspace.Annotations = map[string]string{kaito.AnnotationWeightsCache: tc.annotation}
 			}
 			rt, err := (&Deployer{Catalog: catalog(t)}).Runtime(d)
 			if err != nil {
@@ -295,8 +296,8 @@ func TestHuggingFaceModelServiceGolden(t *testing.T) {
 		Secrets: func(context.Context, string, string) (map[string][]byte, error) {
 			return map[string][]byte{presets.ModelAccessSecretKey: []byte(hub.Token)}, nil
 		}}
-	ws := events.Workspace{Inference: &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "Qwen/Qwen3-0.6B"},
-		PresetOptions: events.PresetOptions{ModelAccessSecret: "hf-token"}}}}
+	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "Qwen/Qwen3-0.6B"},
+		PresetOptions: kaito.PresetOptions{ModelAccessSecret: "hf-token"}}}}
 	ws.Name, ws.Namespace = "qwen3-06b", "team-a"
 	ws.Resource.InstanceType = "Standard_NC6s_v3"
 	plan, err := planner.Plan(context.Background(), &ws)

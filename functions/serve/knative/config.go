@@ -4,12 +4,12 @@ import (
 	"context"
 	"slices"
 
-	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // withInferenceConfig applies the workspace's inference.config to the runtime's arguments.
-func (k *Deployer) withInferenceConfig(ctx context.Context, ws *events.Workspace, rt Runtime) (Runtime, error) {
+func (k *Deployer) withInferenceConfig(ctx context.Context, ws *kaito.Workspace, rt Runtime) (Runtime, error) {
 	in := ws.Inference
 	if in == nil || in.Config == "" || len(rt.Args) == 0 {
 		return rt, nil

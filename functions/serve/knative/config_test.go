@@ -9,7 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
-	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
 
@@ -34,7 +34,7 @@ func TestInferenceConfigFromTheCluster(t *testing.T) {
 	}
 	d := seedDeployment(t, ns, 1)
 	d.Workspace.Tuning = nil
-	d.Workspace.Inference = &events.InferenceSpec{Preset: &events.PresetSpec{PresetMeta: events.PresetMeta{Name: "phi-3-mini-128k-instruct"}}, Config: "phi-3-serving"}
+	d.Workspace.Inference = &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-128k-instruct"}}, Config: "phi-3-serving"}
 	d.Adapters, d.Plan = nil, nil
 	if err := k.Apply(ctx, d); err != nil {
 		t.Fatal(err)

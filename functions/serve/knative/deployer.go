@@ -24,6 +24,7 @@ import (
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
@@ -295,7 +296,7 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 	case err != nil:
 		return 0, false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ns, name, err))
 	}
-	have, err := serve.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
+	have, err := chatproxy.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
 	if onlyIfMissing || (err == nil && have.Equal(want)) {
 		return have.Version, false, nil
 	}
@@ -324,7 +325,7 @@ func (k *Deployer) putSet(ctx context.Context, cm *corev1.ConfigMap, resourceVer
 }
 
 // setConfigMap is the ConfigMap holding set, owned by the Service that serves it.
-func setConfigMap(ns, name string, labels map[string]string, set serve.AdapterSet, owner *unstructured.Unstructured) *corev1.ConfigMap {
+func setConfigMap(ns, name string, labels map[string]string, set chatproxy.AdapterSet, owner *unstructured.Unstructured) *corev1.ConfigMap {
 	b, _ := json.MarshalIndent(set, "", "  ") // plain data: strings, numbers, maps
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels,
@@ -337,7 +338,7 @@ func setConfigMap(ns, name string, labels map[string]string, set serve.AdapterSe
 }
 
 // readSet is the service's adapter set, nil when it has none.
-func (k *Deployer) readSet(ctx context.Context, ns, service string) (*serve.AdapterSet, error) {
+func (k *Deployer) readSet(ctx context.Context, ns, service string) (*chatproxy.AdapterSet, error) {
 	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -345,7 +346,7 @@ func (k *Deployer) readSet(ctx context.Context, ns, service string) (*serve.Adap
 	if err != nil {
 		return nil, fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err)
 	}
-	set, err := serve.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey]))
+	set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey]))
 	if err != nil {
 		return nil, fmt.Errorf("adapter set %s/%s: %w", ns, cm.Name, err)
 	}

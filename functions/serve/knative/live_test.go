@@ -21,6 +21,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
+	"github.com/kaitoflow/kaitoflow/dataplane/vllmsim"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -42,7 +45,7 @@ type replicaPods struct {
 	mu     sync.Mutex
 	urls   map[string]string // chat-proxy's routed port
 	admins map[string]string // its admin port
-	rts    map[string]*serve.SimRuntime
+	rts    map[string]*vllmsim.Server
 }
 
 func (r *replicaPods) address(p corev1.Pod) string {
@@ -55,7 +58,7 @@ func (r *replicaPods) address(p corev1.Pod) string {
 func (r *replicaPods) start(ctx context.Context, pod, service string) {
 	t := r.t
 	t.Helper()
-	rt := &serve.SimRuntime{Base: "phi-3-mini-128k-instruct", Describe: "phi-3-mini-128k-instruct"}
+	rt := &vllmsim.Server{Base: "phi-3-mini-128k-instruct", Describe: "phi-3-mini-128k-instruct"}
 	rtSrv := httptest.NewServer(rt.Handler())
 	t.Cleanup(rtSrv.Close)
 	upstream, _ := url.Parse(rtSrv.URL)
@@ -81,9 +84,9 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 			time.Sleep(30 * time.Millisecond)
 		}
 	}()
-	m := &serve.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: serve.RegistryPuller(nil), Replica: pod, Log: slog.New(slog.DiscardHandler)}
-	go m.Run(ctx, serve.FileSource(file), 30*time.Millisecond)
-	p := &serve.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler)}
+	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: chatproxy.RegistryPuller(nil), Replica: pod, Log: slog.New(slog.DiscardHandler)}
+	go m.Run(ctx, chatproxy.FileSource(file), 30*time.Millisecond)
+	p := &chatproxy.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler)}
 	proxy, admin := httptest.NewServer(p.Handler()), httptest.NewServer(p.AdminHandler())
 	t.Cleanup(proxy.Close)
 	t.Cleanup(admin.Close)
@@ -156,7 +159,7 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 	v1, v2 := testenv.PushAdapter(t, host, "seed", "v1"), testenv.PushAdapter(t, host, "seed", "v2")
 	d1 := seedDeployment(t, ns, 1)
 	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = v1, nil
-	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
+	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
 	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
 	fn := serve.New(k, slog.New(slog.DiscardHandler))
 
@@ -292,12 +295,12 @@ func TestServingPoolInRunningReplicas(t *testing.T) {
 	member := func(name, image string) serve.Deployment {
 		d := seedDeployment(t, ns, 1)
 		d.Ref.Name, d.Workspace.Name = name, name
-		d.Workspace.Annotations = map[string]string{events.AnnotationServingPool: pool}
+		d.Workspace.Annotations = map[string]string{kaito.AnnotationServingPool: pool}
 		d.Adapters = []serve.Adapter{{Name: name, Image: image, Strength: "1.0"}}
 		return d
 	}
 	support, billing := member("support", testenv.PushAdapter(t, host, "support", "v1")), member("billing", testenv.PushAdapter(t, host, "billing", "v1"))
-	pods := &replicaPods{t: t, ns: ns, rev: pool + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*serve.SimRuntime{}}
+	pods := &replicaPods{t: t, ns: ns, rev: pool + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
 	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
 	fn := serve.New(k, slog.New(slog.DiscardHandler))
 

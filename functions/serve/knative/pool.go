@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
@@ -149,7 +150,7 @@ func (k *Deployer) readMembers(ctx context.Context, ns, pool string, owner *unst
 	if owner == nil || !slices.ContainsFunc(cm.OwnerReferences, func(o metav1.OwnerReference) bool { return o.UID == owner.GetUID() }) {
 		return st, nil
 	}
-	if set, err := serve.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey])); err == nil {
+	if set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey])); err == nil {
 		st.version = set.Version
 	}
 	if b := cm.Data[MembersKey]; b != "" {

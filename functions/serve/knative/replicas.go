@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 )
 
 // LabelRevision is Knative's label naming a pod's revision.
@@ -60,33 +60,33 @@ func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) (
 
 // Replica is one running pod and what its chat-proxy said it serves.
 type Replica struct {
-	serve.ReplicaAdapters
+	chatproxy.ReplicaAdapters
 	// Ready is the pod's readiness; Unreachable why its chat-proxy could not be asked.
 	Ready       bool
 	Unreachable string
 }
 
-func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (serve.ReplicaAdapters, error) {
+func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (chatproxy.ReplicaAdapters, error) {
 	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(AdminPort))
 	if p.Address != nil {
 		base = p.Address(pod)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/adapters", nil)
 	if err != nil {
-		return serve.ReplicaAdapters{}, err
+		return chatproxy.ReplicaAdapters{}, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return serve.ReplicaAdapters{}, err
+		return chatproxy.ReplicaAdapters{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %s", base, resp.Status)
+		return chatproxy.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %s", base, resp.Status)
 	}
-	var st serve.ReplicaAdapters
+	var st chatproxy.ReplicaAdapters
 	// The answer comes from a pod that runs third-party model code: bounded like any input.
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxReplicaAnswer)).Decode(&st); err != nil {
-		return serve.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %w", base, err)
+		return chatproxy.ReplicaAdapters{}, fmt.Errorf("%s/adapters: %w", base, err)
 	}
 	return st, nil
 }

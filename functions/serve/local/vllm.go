@@ -1,7 +1,7 @@
 // Package local is the local deployer's model server: vLLM's OpenAI-compatible server run as a
 // process per replica on this machine (its CPU build where there is no GPU), with runtime LoRA on,
 // behind kaitoflow's real chat-proxy and adapter reconciler — what an inference pod runs, without
-// the cluster. serve.Sim provides the rest (revisions, replicas, scale to zero, the adapter set),
+// the cluster. sim.Deployer provides the rest (revisions, replicas, scale to zero, the adapter set),
 // with this in place of its simulated runtime.
 package local
 
@@ -47,7 +47,7 @@ type VLLM struct {
 	Log     *slog.Logger
 }
 
-// Name implements serve.ModelServer.
+// Name implements sim.ModelServer.
 func (v *VLLM) Name() string { return "local" }
 
 // Args are vLLM's arguments for d's replica on port: the Knative deployer's, adapted to this
@@ -95,7 +95,7 @@ func (v *VLLM) Env(d serve.Deployment) []string {
 	return env
 }
 
-// Start implements serve.ModelServer.
+// Start implements sim.ModelServer.
 func (v *VLLM) Start(d serve.Deployment, replica string) (*url.URL, <-chan struct{}, func(), error) {
 	port, err := freePort()
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -199,7 +200,7 @@ const trainerContainer = "trainer"
 
 // activeDeadline is how long a run may take: the options' bound, or the workspace's
 // kaitoflow.io/tuning-deadline annotation.
-func activeDeadline(ws events.Workspace, o Options) (time.Duration, error) {
+func activeDeadline(ws kaito.Workspace, o Options) (time.Duration, error) {
 	v := ws.Annotations[AnnotationTuning]
 	if v == "" {
 		return o.ActiveDeadline, nil
@@ -233,7 +234,7 @@ func emptyDir() corev1.VolumeSource {
 
 // inputs: the workspace's volume mounted read-only as the data directory, or an empty one that
 // job-run fills from the URLs or the data image before the trainer starts.
-func (p *podParts) inputs(in *events.DataSource) {
+func (p *podParts) inputs(in *kaito.DataSource) {
 	if in.Volume != nil {
 		p.volume("data", *in.Volume, dataDir, true)
 		return
@@ -250,7 +251,7 @@ func (p *podParts) inputs(in *events.DataSource) {
 // outputs: the workspace's volume as the results directory (the adapter stays there and nothing
 // is pushed), or an empty one whose adapter job-run pushes to the output image with the push
 // secret's credentials (without one, the node's or the workload identity's).
-func (p *podParts) outputs(out *events.DataDestination) {
+func (p *podParts) outputs(out *kaito.DataDestination) {
 	if out.Volume != nil {
 		p.volume("results", *out.Volume, resultsDir, false)
 		return
@@ -273,7 +274,7 @@ func (p *podParts) scratch(configMap string, shm resource.Quantity, cache corev1
 }
 
 // pullSecrets are the preset's and the data image's pull secrets, each once, in order.
-func pullSecrets(t *events.TuningSpec) []corev1.LocalObjectReference {
+func pullSecrets(t *kaito.TuningSpec) []corev1.LocalObjectReference {
 	var names []string
 	if t.Preset != nil {
 		names = append(names, t.Preset.ImagePullSecrets...)

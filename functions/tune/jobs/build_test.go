@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
@@ -16,7 +17,7 @@ import (
 )
 
 // checkJobGolden compares the Job and ConfigMap Build makes for run with testdata/name.
-func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Workspace, *events.Plan), changes ...func(*tune.Job)) {
+func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*kaito.Workspace, *events.Plan), changes ...func(*tune.Job)) {
 	t.Helper()
 	job := seedRun(t, "default")
 	ws, plan := run(t)
@@ -42,39 +43,39 @@ func checkJobGolden(t *testing.T, name string, run func(*testing.T) (*events.Wor
 
 // Every branch of Build the seed does not take, each with its golden Job.
 func TestJobGoldenBranches(t *testing.T) {
-	seed := func(t *testing.T) (*events.Workspace, *events.Plan) {
+	seed := func(t *testing.T) (*kaito.Workspace, *events.Plan) {
 		job := seedRun(t, "default")
 		return &job.Workspace, job.Plan
 	}
 	pvc := &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "dolly"}}
 	for _, tc := range []struct {
 		golden string
-		change func(*events.Workspace)
+		change func(*kaito.Workspace)
 	}{
 		// A data image: job-run pulls it into the data directory, with its pull secrets and the
 		// preset's, each once.
-		{"job-input-image.yaml", func(ws *events.Workspace) {
-			ws.Tuning.Input = &events.DataSource{Image: "example.azurecr.io/datasets/dolly:1", ImagePullSecrets: []string{"data-pull", "shared-pull"}}
+		{"job-input-image.yaml", func(ws *kaito.Workspace) {
+			ws.Tuning.Input = &kaito.DataSource{Image: "example.azurecr.io/datasets/dolly:1", ImagePullSecrets: []string{"data-pull", "shared-pull"}}
 			ws.Tuning.Preset.ImagePullSecrets = []string{"preset-pull", "shared-pull"}
 		}},
 		// A data volume: mounted read-only as the data directory; job-run fetches nothing.
-		{"job-input-volume.yaml", func(ws *events.Workspace) { ws.Tuning.Input = &events.DataSource{Volume: pvc} }},
+		{"job-input-volume.yaml", func(ws *kaito.Workspace) { ws.Tuning.Input = &kaito.DataSource{Volume: pvc} }},
 		// A results volume: the adapter stays there; nothing is pushed, no push secret mounted.
-		{"job-output-volume.yaml", func(ws *events.Workspace) {
-			ws.Tuning.Output = &events.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
+		{"job-output-volume.yaml", func(ws *kaito.Workspace) {
+			ws.Tuning.Output = &kaito.DataDestination{Volume: &corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "adapters"}}}
 		}},
 		// An output image without a push secret (ACR with the node's or workload identity): no
 		// Secret volume naming nothing.
-		{"job-output-image-no-secret.yaml", func(ws *events.Workspace) { ws.Tuning.Output.ImagePushSecret = "" }},
+		{"job-output-image-no-secret.yaml", func(ws *kaito.Workspace) { ws.Tuning.Output.ImagePushSecret = "" }},
 		// A gated model: the token from presetOptions.modelAccessSecret's HF_TOKEN key and the
 		// Secret's name for the trainer's message; the weights cached on the workspace's claim.
-		{"job-model-access.yaml", func(ws *events.Workspace) {
+		{"job-model-access.yaml", func(ws *kaito.Workspace) {
 			ws.Tuning.Preset.ModelAccessSecret = "hf-token"
-			ws.Annotations = map[string]string{events.AnnotationWeightsCache: "model-weights"}
+			ws.Annotations = map[string]string{kaito.AnnotationWeightsCache: "model-weights"}
 		}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
-			checkJobGolden(t, tc.golden, func(t *testing.T) (*events.Workspace, *events.Plan) {
+			checkJobGolden(t, tc.golden, func(t *testing.T) (*kaito.Workspace, *events.Plan) {
 				ws, plan := seed(t)
 				tc.change(ws)
 				return ws, plan
@@ -84,7 +85,7 @@ func TestJobGoldenBranches(t *testing.T) {
 
 	// A node with several GPUs where the model fits one: one training process per GPU.
 	t.Run("job-multi-gpu.yaml", func(t *testing.T) {
-		checkJobGolden(t, "job-multi-gpu.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+		checkJobGolden(t, "job-multi-gpu.yaml", func(t *testing.T) (*kaito.Workspace, *events.Plan) {
 			ws, _ := seed(t)
 			ws.Resource.InstanceType = "Standard_NC96ads_A100_v4"
 			plan := testenv.Plan(t, ws)
@@ -114,7 +115,7 @@ func TestJobGoldenBranches(t *testing.T) {
 	// tuning.config: the user's ConfigMap merged into the plan's training config, which the run's
 	// own ConfigMap carries to the trainer.
 	t.Run("job-tuning-config.yaml", func(t *testing.T) {
-		checkJobGolden(t, "job-tuning-config.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+		checkJobGolden(t, "job-tuning-config.yaml", func(t *testing.T) (*kaito.Workspace, *events.Plan) {
 			ws, _ := seed(t)
 			ws.Tuning.Config = "phi-3-qlora-params"
 			cat, err := presets.Default()

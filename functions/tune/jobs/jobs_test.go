@@ -16,9 +16,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -52,7 +53,7 @@ func seedRun(t *testing.T, namespace string) tune.Job {
 }
 
 func TestSeedJobGolden(t *testing.T) {
-	checkJobGolden(t, "seed-job.yaml", func(t *testing.T) (*events.Workspace, *events.Plan) {
+	checkJobGolden(t, "seed-job.yaml", func(t *testing.T) (*kaito.Workspace, *events.Plan) {
 		job := seedRun(t, "default")
 		return &job.Workspace, job.Plan
 	})

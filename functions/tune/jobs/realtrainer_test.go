@@ -19,12 +19,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/publish"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/functions/tune/jobs"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -48,7 +50,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	tiny := testenv.TinyModel(t, py)
 
 	ws, _ := testenv.Seed(t, "default")
-	ws.Tuning.Method = events.MethodLoRA // QLoRA's 4-bit CPU path is the Python suite's
+	ws.Tuning.Method = kaito.MethodLoRA // QLoRA's 4-bit CPU path is the Python suite's
 	plan := testenv.Plan(t, ws)
 	cfg, err := presets.ParseTrainingConfig([]byte(plan.TrainingConfig))
 	if err != nil {
@@ -99,7 +101,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.InputURLs = []string{tiny.Serve(t)}
-	c.Policy = events.AddressPolicy{Allow: []string{"127.0.0.1"}}
+	c.Policy = netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}
 	c.DataDir, c.ResultsDir, c.TerminationLog = filepath.Join(root, "data"), results, filepath.Join(root, "termination-log")
 	c.OutputImage, c.InsecureRegistry, c.PushSecret, c.Attempts = out.String(), true, "", 1
 	c.Command = replaceArg(t, trainer, "--input-dir", c.DataDir)

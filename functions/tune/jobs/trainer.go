@@ -20,9 +20,9 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/jobrun"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 	"github.com/kaitoflow/kaitoflow/internal/kubewatch"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"

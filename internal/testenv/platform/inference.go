@@ -17,7 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
+	"github.com/kaitoflow/kaitoflow/dataplane/vllmsim"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -117,10 +118,10 @@ func (p *InferencePods) start(pod corev1.Pod) (*inferencePod, error) {
 	}
 	ip := &inferencePod{pod: pod, root: filepath.Join(p.Dir, string(pod.UID))}
 	base := argAfter(model, "--served-model-name")
-	rt := &serve.SimRuntime{Base: base, Describe: base, Files: func(path string) string { return ip.local(model, path) }}
+	rt := &vllmsim.Server{Base: base, Describe: base, Files: func(path string) string { return ip.local(model, path) }}
 	ip.runtime = httptest.NewServer(rt.Handler())
 	upstream, _ := url.Parse(ip.runtime.URL)
-	pull := serve.RegistryPuller(func(spec serve.AdapterSpec) (authn.Keychain, error) {
+	pull := chatproxy.RegistryPuller(func(spec chatproxy.AdapterSpec) (authn.Keychain, error) {
 		var files []string
 		for _, f := range spec.PullSecrets {
 			files = append(files, ip.local(chat, f))
@@ -129,12 +130,12 @@ func (p *InferencePods) start(pod corev1.Pod) (*inferencePod, error) {
 	})
 	log := logctx.Or(p.Log).With("stand-in", "inference pod", "pod", pod.Name)
 	dir := argAfter(chat, "--adapter-dir")
-	m := &serve.AdapterManager{Runtime: upstream, Dir: ip.local(chat, dir), ServerDir: dir, Pull: pull, Replica: pod.Name, Log: log}
-	proxy := &serve.Proxy{Upstream: upstream, Model: argAfter(chat, "--model"), Adapters: m, Log: log}
+	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: ip.local(chat, dir), ServerDir: dir, Pull: pull, Replica: pod.Name, Log: log}
+	proxy := &chatproxy.Proxy{Upstream: upstream, Model: argAfter(chat, "--model"), Adapters: m, Log: log}
 	ip.proxy, ip.admin = httptest.NewServer(proxy.Handler()), httptest.NewServer(proxy.AdminHandler())
 	ctx, stop := context.WithCancel(context.Background())
 	ip.stop = stop
-	go m.Run(ctx, serve.FileSource(ip.local(chat, argAfter(chat, "--adapter-set"))), every)
+	go m.Run(ctx, chatproxy.FileSource(ip.local(chat, argAfter(chat, "--adapter-set"))), every)
 	return ip, nil
 }
 

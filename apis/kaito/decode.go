@@ -1,0 +1,71 @@
+package kaito
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+)
+
+// maxManifestBytes bounds a manifest the decoder reads: one JetStream message (1 MiB by
+// default) carries it, so a larger one is a mistake, not a workspace.
+const maxManifestBytes = 1 << 20
+
+// DecodeWorkspace reads one Workspace manifest, YAML or JSON. Unknown fields are an error naming
+// the field: a misspelt "instancetype" silently ignored would provision the default SKU.
+func DecodeWorkspace(doc []byte) (*Workspace, error) {
+	if len(doc) > maxManifestBytes {
+		return nil, fmt.Errorf("manifest of %d bytes exceeds the %d byte limit", len(doc), maxManifestBytes)
+	}
+	j, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, fmt.Errorf("decode workspace: %w", err)
+	}
+	// Field names match case-sensitively, as the Kubernetes API server matches them;
+	// encoding/json alone would quietly take "instancetype" for "instanceType".
+	var w Workspace
+	strict, err := kjson.UnmarshalStrict(j, &w, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return nil, fmt.Errorf("decode workspace: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("decode workspace: %w", errors.Join(strict...))
+	}
+	return &w, nil
+}
+
+// SplitYAML splits a multi-document YAML stream into its non-empty documents.
+func SplitYAML(stream []byte) ([][]byte, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
+	var docs [][]byte
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("split YAML documents: %w", err)
+		}
+		var probe map[string]any
+		if err := yaml.Unmarshal(doc, &probe); err == nil && len(probe) == 0 {
+			continue // only comments or whitespace
+		}
+		docs = append(docs, doc)
+	}
+}
+
+// FieldErrors formats a validation result as one message per line.
+func FieldErrors(errs field.ErrorList) string {
+	lines := make([]string, len(errs))
+	for i, e := range errs {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}

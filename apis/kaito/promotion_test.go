@@ -1,0 +1,41 @@
+package kaito
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
+)
+
+func TestParsePromotion(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Promotion
+		err  string
+	}{
+		{"", Promotion{Policy: PromoteAlways}, ""},
+		{"always", Promotion{Policy: PromoteAlways}, ""},
+		{"manual", Promotion{Policy: PromoteManual}, ""},
+		{"if-better", Promotion{Policy: PromoteIfBetter}, ""},
+		{"if-better:0.02", Promotion{Policy: PromoteIfBetter, MinImprovement: 0.02}, ""},
+		{"if-better:-1", Promotion{}, "non-negative"},
+		{"manual:1", Promotion{}, "want always"},
+		{"sometimes", Promotion{}, "want always, if-better, if-better:N or manual"},
+	} {
+		got, err := ParsePromotion(tc.in)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) || got != tc.want {
+			t.Errorf("%q: %+v, %v; want %+v, %q", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	// Refused at submission, naming the annotation; and only on a tuning workspace.
+	ws := Workspace{Inference: &InferenceSpec{}}
+	ws.Name = "w"
+	ws.Annotations = map[string]string{AnnotationPromotion: "if-better"}
+	if errs := ws.Validate(netguard.AddressPolicy{}); !strings.Contains(errs.ToAggregate().Error(), "metadata.annotations[kaitoflow.io/promotion]: Forbidden") {
+		t.Errorf("inference workspace with a policy: %v", errs)
+	}
+	ws.Annotations[AnnotationPromotion] = "sometimes"
+	if errs := ws.Validate(netguard.AddressPolicy{}); !strings.Contains(errs.ToAggregate().Error(), "metadata.annotations[kaitoflow.io/promotion]: Invalid value") {
+		t.Errorf("a bad policy: %v", errs)
+	}
+}

@@ -1,0 +1,385 @@
+// Package api is kaitoflow's HTTP API: submit, list, get, watch and delete workspaces, and submit
+// and list the ConfigMaps they name. It is what the CLI talks to in the embedded mode, and what a
+// platform's own tooling can call.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Source is the CloudEvents source of events the API emits.
+const Source = "kaitoflow/api"
+
+// Server serves the API.
+type Server struct {
+	Store     *status.Store
+	Publisher events.Publisher
+	Policy    netguard.AddressPolicy
+	Log       *slog.Logger
+	// Tracer starts each workspace's trace at submit; nil carries an incoming traceparent only.
+	Tracer trace.TracerProvider
+	// Plan is provision's fit check, run at submit: a workspace it refuses is answered 422 with
+	// the field, not accepted to fail later.
+	Plan func(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error)
+}
+
+// FieldError is one validation problem, as the API returns it.
+type FieldError struct {
+	Field   string `json:"field"`
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// Problem is the body of every 4xx/5xx answer.
+type Problem struct {
+	Error  string       `json:"error"`
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+// SubmitResult is the body of a successful submit.
+type SubmitResult struct {
+	Workspace status.Workspace `json:"workspace"`
+	// Unchanged is true when the same spec was already submitted: nothing new was started.
+	Unchanged bool `json:"unchanged"`
+	// DryRun is true when the manifest was only validated (?dryRun=true).
+	DryRun bool `json:"dryRun,omitempty"`
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/workspaces", s.submit)
+	mux.HandleFunc("GET /v1/workspaces", s.list)
+	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
+	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
+	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
+	mux.HandleFunc("POST /v1/workspaces/{name}/rollback", s.rollback)
+	mux.HandleFunc("POST /v1/configmaps", s.submitConfigMap)
+	mux.HandleFunc("GET /v1/configmaps", s.listConfigMaps)
+	mux.HandleFunc("GET /v1/configmaps/{name}", s.getConfigMap)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A body has BodyReadTimeout to arrive whole: a client that opens requests and trickles
+		// their bodies cannot hold the server's connections. Not a server-wide ReadTimeout, which
+		// would also end the long-lived watch streams.
+		if r.Body != nil && r.Body != http.NoBody {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyReadTimeout))
+		}
+		if ns := r.URL.Query().Get("namespace"); ns != "" {
+			if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+				fe := field.Invalid(field.NewPath("namespace"), ns, strings.Join(msgs, "; "))
+				writeJSON(w, http.StatusBadRequest, Problem{Error: fe.Error(), Fields: []FieldError{{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()}}})
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// BodyReadTimeout bounds how long a request's body may take to arrive.
+const BodyReadTimeout = 30 * time.Second
+
+// RequireToken serves next only to requests carrying token as their bearer token; an empty token
+// admits every request. `up` wraps every route it serves in it (the API, the sim's inference
+// endpoints and /metrics alike), so one token decides who may call any of them.
+func RequireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kaitoflow"`)
+			writeJSON(w, http.StatusUnauthorized, Problem{Error: "missing or wrong bearer token (kaitoflow --token-file, or KAITOFLOW_TOKEN)"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func namespace(r *http.Request) string {
+	if ns := r.URL.Query().Get("namespace"); ns != "" {
+		return ns
+	}
+	return kaito.DefaultNamespace
+}
+
+// listNamespace is the namespace a list asks for: "" for allNamespaces, else namespace(r).
+func listNamespace(r *http.Request) string {
+	if r.URL.Query().Get("allNamespaces") != "" {
+		return ""
+	}
+	return namespace(r)
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: err.Error()})
+		return
+	}
+	// One workspace per request: a stream of several would have its first admitted and the rest
+	// silently dropped (the CLI sends each document of a file on its own).
+	if docs, err := kaito.SplitYAML(body); err == nil && len(docs) > 1 {
+		writeJSON(w, http.StatusUnprocessableEntity, Problem{Error: fmt.Sprintf("the body holds %d YAML documents; submit one workspace per request", len(docs))})
+		return
+	}
+	ws, err := kaito.DecodeWorkspace(body)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: err.Error()})
+		return
+	}
+	if ws.Namespace == "" {
+		ws.Namespace = namespace(r)
+	}
+	if ws.APIVersion == "" {
+		ws.APIVersion, ws.Kind = kaito.APIVersion, kaito.Kind
+	}
+	if r.URL.Query().Get("dryRun") == "true" {
+		// Validation only: a dry run precedes the ConfigMaps of the same file being stored (the
+		// CLI checks every document first), so the fit check, which reads them, waits for the
+		// submit itself.
+		dry := s.submitter()
+		dry.Plan = nil
+		var invalid *ingress.InvalidError
+		if err := dry.Check(r.Context(), ws); errors.As(err, &invalid) {
+			writeInvalid(w, "workspace", invalid.Namespace, invalid.Name, invalid.Fields)
+			return
+		}
+		writeJSON(w, http.StatusOK, SubmitResult{Workspace: status.Workspace{Namespace: ws.Namespace, Name: ws.Name, Phase: status.Pending}, DryRun: true})
+		return
+	}
+	ctx, span := s.tracer().Start(s.traceContext(r), "submit workspace", trace.WithSpanKind(trace.SpanKindProducer))
+	res, err := s.submitter().Submit(ctx, ws, "")
+	span.End()
+	var invalid *ingress.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		writeInvalid(w, "workspace", invalid.Namespace, invalid.Name, invalid.Fields)
+		return
+	case err != nil:
+		s.Log.Error("submit workspace", "workspace", ws.Namespace+"/"+ws.Name, "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	rec, fresh := res.Workspace, res.Fresh
+	s.Log.Info("workspace submitted", "workspace", res.Event.Subject(), "generation", rec.Generation, "event_id", res.Event.ID(), "unchanged", !fresh)
+	code := http.StatusAccepted
+	if !fresh {
+		code = http.StatusOK
+	}
+	writeJSON(w, code, SubmitResult{Workspace: *rec, Unchanged: !fresh})
+}
+
+func (s *Server) submitter() *ingress.Submitter {
+	return &ingress.Submitter{Store: s.Store, Publisher: s.Publisher, Policy: s.Policy, Source: Source, Plan: s.Plan}
+}
+
+func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs field.ErrorList) {
+	p := Problem{Error: fmt.Sprintf("%s %s/%s is invalid", kind, namespace, name)}
+	for _, fe := range errs {
+		p.Fields = append(p.Fields, FieldError{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()})
+	}
+	writeJSON(w, http.StatusUnprocessableEntity, p)
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	l, err := s.Store.List(r.Context(), listNamespace(r))
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	if l == nil {
+		l = []status.Workspace{}
+	}
+	writeJSON(w, http.StatusOK, l)
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	if rec, ok := s.record(w, r, namespace(r), r.PathValue("name")); ok {
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+// record is the workspace's status record; when there is none (or it is deleted), or the store
+// cannot be read, it answers the request itself and reports false.
+func (s *Server) record(w http.ResponseWriter, r *http.Request, ns, name string) (*status.Workspace, bool) {
+	rec, err := s.Store.Get(r.Context(), ns, name)
+	if errors.Is(err, status.ErrNotFound) || (err == nil && rec.Phase == status.Deleted) {
+		writeJSON(w, http.StatusNotFound, Problem{Error: fmt.Sprintf("workspace %s/%s not found", ns, name)})
+		return nil, false
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return nil, false
+	}
+	return rec, true
+}
+
+// watch streams the record as server-sent events ("event: status") each time it changes, and a
+// comment every 15s so proxies keep the connection open.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	if _, err := s.Store.Get(r.Context(), ns, name); err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, status.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeJSON(w, code, Problem{Error: err.Error()})
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, Problem{Error: "streaming unsupported"})
+		return
+	}
+	updates, err := s.Store.Watch(r.Context(), ns, name)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepalive.C:
+			_, _ = io.WriteString(w, ": keepalive\n\n")
+			flusher.Flush()
+		case rec, ok := <-updates:
+			if !ok {
+				return
+			}
+			b, _ := json.Marshal(rec)
+			_, _ = fmt.Fprintf(w, "event: status\ndata: %s\n\n", b)
+			flusher.Flush()
+		}
+	}
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	rec, ok := s.record(w, r, ns, name)
+	if !ok {
+		return
+	}
+	ref := events.Ref{Namespace: ns, Name: name, Generation: rec.Generation}
+	ev, err := events.New(Source, events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{Ref: ref}, nil)
+	if err == nil {
+		ctx, span := s.tracer().Start(s.traceContext(r), "delete workspace", trace.WithSpanKind(trace.SpanKindProducer))
+		err = tracingPublisher{s.Publisher}.Publish(ctx, ev)
+		span.End()
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	s.Log.Info("workspace deleted", "workspace", ref.String())
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (s *Server) tracer() trace.Tracer {
+	tp := s.Tracer
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer("github.com/kaitoflow/kaitoflow/internal/compose/api")
+}
+
+// traceContext continues the caller's trace when the request carries a traceparent header.
+func (s *Server) traceContext(r *http.Request) context.Context {
+	return propagation.TraceContext{}.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// RollbackRequest is the body of POST /v1/workspaces/{name}/rollback.
+type RollbackRequest struct {
+	// Generation whose adapter to serve; 0: the newest pushed before the one serving now.
+	Generation int64 `json:"generation,omitempty"`
+	// Reason is "rollback" (the default) or "promote": a held adapter served after all.
+	Reason string `json:"reason,omitempty"`
+}
+
+// rollback asks serve to serve an earlier generation's adapter, live in the running replicas. It
+// answers 202 with the record; the record's servingGeneration changes once the replicas serve it.
+func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
+	ns, name := namespace(r), r.PathValue("name")
+	var req RollbackRequest
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, Problem{Error: `body must be JSON {"generation": N}: ` + err.Error()})
+			return
+		}
+	}
+	if req.Reason != "" && req.Reason != "rollback" && req.Reason != "promote" {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "reason: want rollback or promote", Fields: []FieldError{{Field: "reason", Type: "FieldValueNotSupported", Message: req.Reason}}})
+		return
+	}
+	if req.Reason == "promote" && req.Generation == 0 {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "generation: required to promote", Fields: []FieldError{{Field: "generation", Type: "FieldValueRequired", Message: "the generation whose adapter to serve"}}})
+		return
+	}
+	rec, ok := s.record(w, r, ns, name)
+	if !ok {
+		return
+	}
+	ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
+	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, strconv.FormatInt(time.Now().UnixNano(), 10), req.Reason)
+	span.End()
+	var refused *ingress.RollbackRefused
+	switch {
+	case errors.As(err, &refused):
+		writeJSON(w, http.StatusConflict, Problem{Error: err.Error(), Fields: []FieldError{{Field: "generation", Type: "FieldValueInvalid", Message: err.Error()}}})
+		return
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	s.Log.Info("rollback requested", "workspace", ns+"/"+name, "to", target.Generation, "image", target.Image)
+	writeJSON(w, http.StatusAccepted, rec)
+}
+
+// tracingPublisher carries the request's trace on what it publishes.
+type tracingPublisher struct{ events.Publisher }
+
+func (p tracingPublisher) Publish(ctx context.Context, evs ...cloudevents.Event) error {
+	for i := range evs {
+		runtime.InjectTrace(ctx, &evs[i])
+	}
+	return p.Publisher.Publish(ctx, evs...)
+}

@@ -1,0 +1,417 @@
+// Package controller connects the Workspace custom resource to the pipeline, so Kaito's
+// `kubectl apply -f workspace.yaml` then `kubectl get workspace` work: a create or spec change
+// becomes kaitoflow.workspace.requested (generation = metadata.generation), a deletion becomes
+// kaitoflow.workspace.deleted behind a finalizer that holds the object until the workspace's
+// capacity is released, and the status store's record is written back to the object's status.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Finalizer holds a deleted Workspace until its capacity is released.
+const Finalizer = "kaitoflow.io/release-capacity"
+
+// Source is the CloudEvents source of the events the controller emits.
+const Source = "kaitoflow/controller"
+
+// Submitter admits workspaces (*ingress.Submitter).
+type Submitter interface {
+	Submit(ctx context.Context, ws *kaito.Workspace, origin string) (*ingress.Result, error)
+}
+
+// Store is the part of the status store the controller reads (*status.Store).
+type Store interface {
+	Get(ctx context.Context, namespace, name string) (*status.Workspace, error)
+	WatchAll(ctx context.Context) (<-chan status.Workspace, error)
+}
+
+// Controller reconciles Workspace objects with the pipeline.
+type Controller struct {
+	Client    dynamic.Interface
+	Submitter Submitter
+	Store     Store
+	Publisher events.Publisher
+	// Group is the CRD's API group: kaito.sh, or another where Kaito itself owns kaito.sh.
+	Group string
+	// Resync re-lists every Workspace this often, for anything a watch missed. Default 10m.
+	Resync time.Duration
+	// Recorder, when set, records each pipeline event as a Kubernetes Event on the object.
+	Recorder record.EventRecorder
+	Log      *slog.Logger
+
+	queue    workqueue.TypedRateLimitingInterface[string]
+	informer cache.SharedIndexInformer
+}
+
+// GVR is the Workspace resource in group, at Kaito's storage version: the API server serves every
+// object at it whichever version it was applied with (the CRD's versions share one schema, so
+// nothing is lost either way).
+func GVR(group string) schema.GroupVersionResource {
+	if group == "" {
+		group = kaito.Group
+	}
+	return schema.GroupVersionResource{Group: group, Version: "v1beta1", Resource: "workspaces"}
+}
+
+// Run watches Workspaces and status records until ctx ends, with workers reconciling.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	resync := c.Resync
+	if resync <= 0 {
+		resync = 10 * time.Minute
+	}
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "workspaces"})
+	defer c.queue.ShutDown()
+	factory := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, resync)
+	c.informer = factory.ForResource(GVR(c.Group)).Informer()
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			c.queue.Add(key)
+		}
+	}
+	if _, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
+		return fmt.Errorf("workspaces informer did not sync: %w", ctx.Err())
+	}
+	records, err := c.Store.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for rec := range records {
+			c.queue.Add(rec.Namespace + "/" + rec.Name)
+		}
+	}()
+	logctx.Or(c.Log).Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", workers)
+	for range max(workers, 1) {
+		go c.work(ctx)
+	}
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
+
+func (c *Controller) work(ctx context.Context) {
+	for {
+		key, quit := c.queue.Get()
+		if quit {
+			return
+		}
+		err := c.reconcileKey(ctx, key)
+		switch {
+		case err == nil:
+			c.queue.Forget(key)
+		case ctx.Err() != nil:
+		default:
+			logctx.Or(c.Log).Warn("reconcile Workspace; retrying", "workspace", key, "err", err)
+			c.queue.AddRateLimited(key)
+		}
+		c.queue.Done(key)
+	}
+}
+
+func (c *Controller) reconcileKey(ctx context.Context, key string) error {
+	obj, exists, err := c.informer.GetStore().GetByKey(key)
+	if err != nil || !exists {
+		return err
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	return c.Reconcile(ctx, u.DeepCopy())
+}
+
+// Reconcile brings one Workspace and the pipeline together.
+func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured) error {
+	ns, name := u.GetNamespace(), u.GetName()
+	rec, err := c.Store.Get(ctx, ns, name)
+	if errors.Is(err, status.ErrNotFound) {
+		rec, err = nil, nil
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s/%s: %w", ns, name, err)
+	}
+	if u.GetDeletionTimestamp() != nil {
+		return c.finalize(ctx, u, rec)
+	}
+	if !slices.Contains(u.GetFinalizers(), Finalizer) {
+		// The finalizer goes on before anything is bought, so no deletion can outrun the release.
+		return c.patchFinalizers(ctx, u, append(u.GetFinalizers(), Finalizer))
+	}
+	// Submit a spec once: again only while its record shows nothing happened yet (an earlier
+	// submit may have been admitted and then lost its publish). A failed spec is not retried
+	// until it changes; a deleted one (the object was deleted and created again) starts over.
+	ws, err := decode(u)
+	if err != nil {
+		return c.refuse(ctx, u, err)
+	}
+	if needsSubmit(ws, rec) {
+		if err := c.submit(ctx, u, ws, rec); err != nil {
+			return err
+		}
+		if rec, err = c.Store.Get(ctx, ns, name); err != nil && !errors.Is(err, status.ErrNotFound) {
+			return err
+		}
+	}
+	if rec != nil {
+		st := statusOf(rec)
+		c.recordEvents(u, rec, &st)
+		if err := c.rollback(ctx, u, rec, &st); err != nil {
+			return err
+		}
+		return c.writeStatus(ctx, u, st)
+	}
+	return nil
+}
+
+// rollback acts once on each value of the kaitoflow.io/rollback annotation: it asks serve to serve
+// that generation's adapter again (the path `kaitoflow rollback` takes through the API), and says
+// on the object what it did — a Normal RollbackRequested Event, or a Warning RollbackRefused with
+// the reason. The value handled is kept in the status, so a later generation is served as usual.
+func (c *Controller) rollback(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace, st *kaito.WorkspaceStatus) error {
+	st.RollbackHandled, _, _ = unstructured.NestedString(u.Object, "status", "rollbackHandled")
+	want := u.GetAnnotations()[kaito.AnnotationRollback]
+	if want == "" || want == st.RollbackHandled {
+		return nil
+	}
+	gen, err := kaito.ParseRollback(want)
+	if err == nil {
+		// The annotation's value is in the event id: re-running this reconcile publishes the
+		// same event, which JetStream stores once.
+		var target status.PushedAdapter
+		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, "annotation-"+strings.ReplaceAll(want, "/", "-"), "")
+		var refused *ingress.RollbackRefused
+		switch {
+		case errors.As(err, &refused):
+		case err != nil:
+			// The bus: retried. The status goes out now, so the Events already recorded are not
+			// recorded again by the retry.
+			return errors.Join(err, c.writeStatus(ctx, u, *st))
+		default:
+			c.event(u, corev1.EventTypeNormal, "RollbackRequested", fmt.Sprintf("serving generation %d's adapter %s again", target.Generation, target.Image))
+		}
+	}
+	if err != nil {
+		c.event(u, corev1.EventTypeWarning, "RollbackRefused", err.Error())
+	}
+	st.RollbackHandled = want
+	return nil
+}
+
+func (c *Controller) event(u *unstructured.Unstructured, kind, reason, msg string) {
+	if c.Recorder != nil {
+		c.Recorder.Event(u, kind, reason, msg)
+	}
+}
+
+// recordEvents records the pipeline events the object's status has not counted yet as Kubernetes
+// Events on it, so `kubectl describe workspace` shows the timeline; a failure is a Warning. A
+// status write that fails records them again on the retry: Events are at least once.
+func (c *Controller) recordEvents(u *unstructured.Unstructured, rec *status.Workspace, st *kaito.WorkspaceStatus) {
+	st.EventsRecorded = len(rec.Events)
+	if c.Recorder == nil {
+		return
+	}
+	done, _, _ := unstructured.NestedInt64(u.Object, "status", "eventsRecorded")
+	if og, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration"); og != rec.Generation || int(done) > len(rec.Events) {
+		done = 0 // a new generation's record starts its events anew
+	}
+	for _, e := range rec.Events[done:] {
+		kind, msg := corev1.EventTypeNormal, fmt.Sprintf("%s from %s", e.Type, e.Source)
+		if e.Note != "" {
+			msg += ": " + e.Note
+		}
+		if e.Type == events.WorkspaceFailed || e.Type == events.TuningRetrying {
+			// A retry is a failure the pipeline recovers from: kubectl describe shows it as one.
+			kind = corev1.EventTypeWarning
+		}
+		c.Recorder.Event(u, kind, EventReason(e.Type), msg)
+	}
+}
+
+// EventReason is a pipeline event type as a Kubernetes Event reason: kaitoflow.tuning.started is
+// TuningStarted.
+func EventReason(typ string) string {
+	var b strings.Builder
+	for _, part := range strings.FieldsFunc(strings.TrimPrefix(typ, events.SubjectPrefix), func(r rune) bool { return r == '.' || r == '_' || r == '-' }) {
+		b.WriteString(strings.ToUpper(part[:1]) + part[1:])
+	}
+	return b.String()
+}
+
+func needsSubmit(ws *kaito.Workspace, rec *status.Workspace) bool {
+	if rec == nil || rec.Phase == status.Deleted || rec.Generation < ws.Generation {
+		return true
+	}
+	hash, err := status.SpecHash(ws)
+	return err != nil || hash != rec.SpecHash || rec.Phase == status.Pending
+}
+
+func (c *Controller) submit(ctx context.Context, u *unstructured.Unstructured, ws *kaito.Workspace, rec *status.Workspace) error {
+	if rec != nil && ws.Generation <= rec.Generation {
+		// The object was created again, or changed only in what metadata.generation does not
+		// count: the pipeline's generation continues from its record, so no event id of an
+		// earlier generation is ever reused.
+		ws.Generation = 0
+	}
+	_, err := c.Submitter.Submit(ctx, ws, "")
+	var invalid *ingress.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		return c.refuse(ctx, u, err)
+	case err != nil:
+		return err
+	}
+	logctx.Or(c.Log).Info("Workspace submitted", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration())
+	return nil
+}
+
+// refuse tells the user, in the object's status, why its spec cannot run, and does not retry:
+// the spec must change.
+func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, err error) error {
+	now := metav1.Now()
+	msg := err.Error()
+	cond := func(typ string) metav1.Condition {
+		return metav1.Condition{Type: typ, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()}
+	}
+	st := kaito.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
+		Conditions: []metav1.Condition{cond(status.CondWorkspaceSucceeded), cond(status.CondWorkspaceReady)}}
+	logctx.Or(c.Log).Warn("Workspace refused", "workspace", u.GetNamespace()+"/"+u.GetName(), "generation", u.GetGeneration(), "err", msg)
+	return c.writeStatus(ctx, u, st)
+}
+
+// decode reads the object as the Kaito Workspace it is, with the strict decoder every other
+// entrance uses; the server's own fields (status, managedFields) are not the user's.
+func decode(u *unstructured.Unstructured) (*kaito.Workspace, error) {
+	obj := u.DeepCopy().Object
+	delete(obj, "status")
+	// A --crd-group resource is still Kaito's shape, at the version it was read at.
+	obj["apiVersion"] = kaito.Group + "/" + GVR("").Version
+	meta, _ := obj["metadata"].(map[string]any)
+	delete(meta, "managedFields")
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	ws, err := kaito.DecodeWorkspace(b)
+	if err != nil {
+		return nil, err
+	}
+	ws.Generation = u.GetGeneration()
+	return ws, nil
+}
+
+// finalize publishes workspace.deleted for the recorded generation and lets the object go once
+// the capacity is released (or there never was a record).
+func (c *Controller) finalize(ctx context.Context, u *unstructured.Unstructured, rec *status.Workspace) error {
+	if !slices.Contains(u.GetFinalizers(), Finalizer) {
+		return nil
+	}
+	if rec != nil && rec.Released == nil {
+		if rec.Phase != status.Deleted {
+			ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+			ev, err := events.New(Source, events.WorkspaceDeleted, events.WorkspaceDeleted, ref, events.WorkspaceDeletedData{Ref: ref}, nil)
+			if err != nil {
+				return err
+			}
+			if err := c.Publisher.Publish(ctx, ev); err != nil {
+				return fmt.Errorf("publish workspace.deleted for %s: %w", ref, err)
+			}
+			logctx.Or(c.Log).Info("Workspace deleted: releasing its capacity before letting it go", "workspace", ref.String())
+		}
+		return nil // the record's next change (capacity.released) brings it back here
+	}
+	kept := slices.DeleteFunc(slices.Clone(u.GetFinalizers()), func(f string) bool { return f == Finalizer })
+	logctx.Or(c.Log).Info("Workspace released", "workspace", u.GetNamespace()+"/"+u.GetName())
+	return c.patchFinalizers(ctx, u, kept)
+}
+
+func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstructured, finalizers []string) error {
+	if finalizers == nil {
+		finalizers = []string{}
+	}
+	// The resourceVersion makes it a compare-and-swap: another writer's finalizers are not lost.
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": finalizers, "resourceVersion": u.GetResourceVersion()}})
+	_, err := c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("finalizers of %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+// statusOf renders a record as the custom resource's status.
+func statusOf(rec *status.Workspace) kaito.WorkspaceStatus {
+	st := kaito.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount()),
+		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU,
+		History: rec.History, LiveGeneration: rec.Live, Held: rec.Held}
+	if len(rec.Attempts) > 1 {
+		st.Attempts = rec.Attempts
+	}
+	if rec.Failure != nil {
+		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
+	}
+	return st
+}
+
+func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, st kaito.WorkspaceStatus) error {
+	m, err := toMap(st)
+	if err != nil {
+		return err
+	}
+	if cur, _, _ := unstructured.NestedMap(u.Object, "status"); reflect.DeepEqual(cur, m) {
+		return nil
+	}
+	patch, _ := json.Marshal(map[string]any{"status": m})
+	_, err = c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, json.Unmarshal(b, &m)
+}

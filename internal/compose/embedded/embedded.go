@@ -1,0 +1,378 @@
+// Package embedded runs the whole pipeline in one process: a NATS server with JetStream (or a
+// connection to an existing one), every function over the JetStream runtime with the sim
+// drivers, the status projector, an in-process OCI registry standing in for ACR, and the HTTP
+// API. `kaitoflow up`, the end-to-end tests and the benchmarks all start it the same way.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kaitoflow/kaitoflow/internal/compose/api"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/natsauth"
+	"github.com/kaitoflow/kaitoflow/internal/natsconn"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+)
+
+// Config configures an embedded pipeline.
+type Config struct {
+	// DataDir holds JetStream's store, the registry's blobs and the sim trainer's adapters.
+	DataDir string
+	// NATS connects to an existing NATS server with JetStream (its URL, auth and TLS) instead of
+	// embedding one.
+	NATS natsconn.Options
+	// NATSListen is the embedded server's address; "127.0.0.1:-1" picks a free port.
+	NATSListen string
+	// Listen is the API's address; "127.0.0.1:0" picks a free port.
+	Listen   string
+	Delivery runtime.JetStreamOptions
+	Logger   *slog.Logger
+	Tracer   trace.TracerProvider
+	// Registry, when set, is an existing registry (host:port) that stands in for the output
+	// registry instead of the embedded one.
+	Registry string
+	// APIToken, when set, is the bearer token the API requires.
+	APIToken string
+	// TickInterval is how often kaitoflow.tick re-checks what can fail silently; 30s when zero.
+	TickInterval time.Duration
+	// Functions configures the drivers and what they reach (assembly.Config). Start fills in
+	// what the embedded mode owns: the function list, NATS, the publisher, the status store,
+	// the registry, the sim directory and the sim endpoints' URL, and, unless set, the
+	// ConfigMaps submitted through the API as the ConfigMap source.
+	Functions assembly.Config
+}
+
+// Pipeline is a running embedded pipeline.
+type Pipeline struct {
+	// URL is the API's base URL.
+	URL string
+	// NATSURL is the NATS server the pipeline uses, with its credentials.
+	NATSURL string
+	// DataDir holds the pipeline's stream, registry blobs and runs.
+	DataDir string
+	// Registry is the host:port of the in-process OCI registry.
+	Registry string
+	JS       jetstream.JetStream
+	Store    *status.Store
+	Metrics  *prometheus.Registry
+
+	cancel context.CancelFunc
+	// closeDrivers stops what the drivers run on this machine.
+	closeDrivers func()
+	fns          sync.WaitGroup // function runtimes
+	servers      sync.WaitGroup // HTTP servers
+	https        []*http.Server
+	nc           *nats.Conn
+	conns        []*nats.Conn // the roles' connections
+	ns           *server.Server
+	errMu        sync.Mutex
+	err          error
+}
+
+// Start brings the pipeline up and returns once every part is serving.
+func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Pipeline{Metrics: prometheus.NewRegistry(), DataDir: cfg.DataDir}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	// Owner only: the stream, the registry's blobs (adapters) and the runs are the user's.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+
+	natsURL := cfg.NATS.URL
+	// roleURL is the URL a role signs in with: on an external NATS, the one URL given for all.
+	roleURL := func(string) string { return natsURL }
+	if natsURL == "" {
+		// Who reaches the embedded server's port must sign in, and each role gets only its
+		// rights (natsauth): passwords made for this run, in files only this user can read, for
+		// the `kaitoflow fn` processes that join it.
+		roles := assembly.NATSRoles()
+		passwords, err := natsauth.Passwords(roles)
+		if err != nil {
+			return nil, err
+		}
+		users, err := natsauth.Users(roles, passwords)
+		if err != nil {
+			return nil, err
+		}
+		ns, err := startNATS(cfg, users)
+		if err != nil {
+			return nil, err
+		}
+		p.ns = ns
+		roleURL = func(role string) string {
+			u, _ := url.Parse(ns.ClientURL())
+			u.User = url.UserPassword(role, passwords[role])
+			return u.String()
+		}
+		natsURL = roleURL(natsauth.Admin)
+		dir := filepath.Join(cfg.DataDir, NATSDir)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		for _, r := range roles {
+			if err := os.WriteFile(filepath.Join(dir, r.Name+".url"), []byte(roleURL(r.Name)+"\n"), 0o600); err != nil {
+				return nil, fmt.Errorf("NATS credentials: %w", err)
+			}
+		}
+		log.Info("embedded NATS JetStream listening; clients sign in with a role's credentials", "url", ns.ClientURL(), "credentials", dir,
+			"store", filepath.Join(cfg.DataDir, "jetstream"))
+	}
+	p.NATSURL = natsURL
+	conn := cfg.NATS
+	conn.URL = natsURL
+	nc, err := conn.Connect("kaitoflow-up")
+	if err != nil {
+		return nil, err
+	}
+	p.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	p.JS = js
+	storage := runtime.Storage{Replicas: cfg.Functions.Replicas, Log: log}
+	if _, err := storage.EnsureStream(ctx, js); err != nil {
+		return nil, err
+	}
+	store, err := status.Open(ctx, js, storage)
+	if err != nil {
+		return nil, err
+	}
+	p.Store = store
+	p.Metrics.MustRegister(status.NewGPUCollector(store))
+
+	if cfg.Registry != "" {
+		p.Registry = cfg.Registry
+		log.Info("using the registry given as the output registry", "addr", p.Registry)
+	} else {
+		// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
+		regLn, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("registry listener: %w", err)
+		}
+		blobs := filepath.Join(cfg.DataDir, "registry")
+		if err := os.MkdirAll(blobs, 0o755); err != nil {
+			return nil, err
+		}
+		regSrv := &http.Server{Handler: registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs))), ReadHeaderTimeout: 10 * time.Second}
+		p.serve(regSrv, regLn)
+		p.Registry = regLn.Addr().String()
+		log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
+	}
+
+	apiLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("API listener %s: %w", cfg.Listen, err)
+	}
+	p.URL = "http://" + apiLn.Addr().String()
+
+	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(p.Metrics), Tracer: cfg.Tracer}
+	pub := runtime.JetStreamPublisher{JS: js}
+	ac := cfg.Functions
+	ac.Functions = assembly.Pipeline()
+	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, js, store, pub, p.Registry
+	ac.Sim.Dir, ac.Sim.BaseURL, ac.Sim.Token = filepath.Join(cfg.DataDir, "adapters"), p.URL, cfg.APIToken
+	if ac.ConfigMaps == nil {
+		ac.ConfigMaps = store.ConfigMapData
+	}
+	fns, err := assembly.Build(ctx, ac)
+	if err != nil {
+		return nil, err
+	}
+	p.closeDrivers = fns.Close
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.cancel = cancel
+	for _, fn := range fns.Functions {
+		// Each function consumes, acks and publishes as its own NATS role, so every run of the
+		// pipeline shows the roles' rights are enough (and a function cannot submit).
+		fnJS, err := p.connect(conn, roleURL(fn.Name), "kaitoflow-up-"+fn.Name)
+		if err != nil {
+			return nil, err
+		}
+		r, err := runtime.NewJetStream(fnJS, fn, deps, cfg.Delivery)
+		if err != nil {
+			return nil, err
+		}
+		p.fns.Add(1)
+		go func() {
+			defer p.fns.Done()
+			if err := r.Run(runCtx); err != nil {
+				p.setErr(err)
+				log.Error("function stopped", "function", fn.Name, "err", err)
+			}
+		}()
+	}
+
+	tickEvery := cfg.TickInterval
+	if tickEvery <= 0 {
+		tickEvery = 30 * time.Second
+	}
+	p.fns.Add(1)
+	go func() {
+		defer p.fns.Done()
+		runtime.Tick(runCtx, pub, tickEvery, log)
+	}()
+	for _, w := range fns.Watches {
+		p.fns.Add(1)
+		go func() {
+			defer p.fns.Done()
+			if err := w.Run(runCtx, pub); err != nil && runCtx.Err() == nil {
+				p.setErr(err)
+				log.Error("watch stopped", "watch", w.Name, "err", err)
+			}
+		}()
+	}
+
+	// One token guards every route but /healthz: the API, the sim's inference endpoints (their
+	// adapter admin paths change what serves) and /metrics (it names every workspace).
+	mux := http.NewServeMux()
+	entranceJS, err := p.connect(conn, roleURL(assembly.Entrance), "kaitoflow-up-api")
+	if err != nil {
+		return nil, err
+	}
+	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Plan: fns.Plan}
+	mux.Handle("/v1/", apiSrv.Handler())
+	if fns.SimInference != nil {
+		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))
+	root := http.NewServeMux()
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	root.Handle("/", api.RequireToken(cfg.APIToken, mux))
+	p.serve(&http.Server{Handler: root, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, apiLn)
+	log.Info("kaitoflow API listening", "url", p.URL, "metrics", p.URL+"/metrics")
+	return p, nil
+}
+
+// NATSDir, under the data dir, holds one file per NATS role (natsauth) with the embedded server's
+// URL and that role's credentials for this run (owner-only): `kaitoflow fn tune --nats "$(cat
+// DATA_DIR/nats/tune.url)"` joins the pipeline as tune, with tune's rights only.
+const NATSDir = "nats"
+
+func startNATS(cfg Config, users []*server.User) (*server.Server, error) {
+	host, port := "127.0.0.1", -1
+	if cfg.NATSListen != "" {
+		h, ps, err := net.SplitHostPort(cfg.NATSListen)
+		if err != nil {
+			return nil, fmt.Errorf("NATS listen address %q: %w", cfg.NATSListen, err)
+		}
+		host = h
+		if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
+			return nil, fmt.Errorf("NATS listen port %q: %w", ps, err)
+		}
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "kaitoflow-embedded",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
+		NoSigs:     true,
+		NoLog:      true,
+		Users:      users,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(15 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded NATS did not start within 15s")
+	}
+	return ns, nil
+}
+
+// connect opens one more connection to the pipeline's NATS, as the role url names, closed with
+// the pipeline.
+func (p *Pipeline) connect(conn natsconn.Options, roleURL, name string) (jetstream.JetStream, error) {
+	conn.URL = roleURL
+	nc, err := conn.Connect(name)
+	if err != nil {
+		return nil, err
+	}
+	p.conns = append(p.conns, nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return js, nil
+}
+
+func (p *Pipeline) serve(srv *http.Server, ln net.Listener) {
+	p.https = append(p.https, srv)
+	p.servers.Add(1)
+	go func() {
+		defer p.servers.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.setErr(err)
+		}
+	}()
+}
+
+func (p *Pipeline) setErr(err error) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+// Close stops taking requests, lets in-flight steps finish and publish, then closes the NATS
+// connection and the embedded server, in that order, so nothing in flight loses its bus.
+func (p *Pipeline) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range p.https {
+		_ = srv.Shutdown(ctx)
+	}
+	p.servers.Wait()
+	if p.cancel != nil {
+		p.cancel()
+	}
+	p.fns.Wait()
+	if p.closeDrivers != nil {
+		p.closeDrivers()
+	}
+	for _, nc := range p.conns {
+		nc.Close()
+	}
+	if p.nc != nil {
+		p.nc.Close()
+	}
+	if p.ns != nil {
+		p.ns.Shutdown()
+		p.ns.WaitForShutdown()
+	}
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}

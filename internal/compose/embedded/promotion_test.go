@@ -1,0 +1,195 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/compose/api"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/internal/netguard"
+	"github.com/kaitoflow/kaitoflow/internal/runtime"
+	"github.com/kaitoflow/kaitoflow/internal/status"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
+)
+
+// Continuous fine-tuning in `up`, through the upload webhook (its /upload notifications, run
+// in-process against the pipeline): each upload of the dataset is the workspace's next generation,
+// and its promotion policy (kaitoflow.io/promotion: if-better) decides what serves. The sim
+// trainer scores an adapter by the dataset it was trained on (tunesim.EvalLoss: more distinct rows
+// score better; simulated), beside the adapter serving, on the new data:
+// v1 (3 rows) is served; v2 (1 row) scores worse and is held — v1 still answers; v3 (9 rows)
+// scores better and is promoted, live in the same replica and revision — v3 answers.
+// uploadLoop is a workspace fed by the upload webhook (its /upload notifications, in-process
+// against p) from a template with the seed's spec and policy: upload(rows) uploads a dataset of
+// that many distinct rows, send(rows) only notifies, and settled(gen) waits for generation gen to
+// be Ready with the policy's decision in the record.
+type uploadLoop struct {
+	t    *testing.T
+	p    *Pipeline
+	name string
+	send func(rows int)
+}
+
+func newUploadLoop(t *testing.T, p *Pipeline, policy string) *uploadLoop {
+	t.Helper()
+	blob := testenv.NewBlob(t)
+	doc, err := os.ReadFile(seedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := kaito.DecodeWorkspace(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.Annotations = map[string]string{kaito.AnnotationPromotion: policy}
+	key := []byte("upload-signing-key")
+	hook := &webhook.Handler{Template: tmpl, SigningKey: key, Log: slog.New(slog.DiscardHandler),
+		Submitter: &ingress.Submitter{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: p.JS}, Policy: netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}, Source: "kaitoflow/webhook"}}
+	srv := httptest.NewServer(hook.Routes())
+	t.Cleanup(srv.Close)
+	const path = "/datasets/dolly.jsonl"
+	return &uploadLoop{t: t, p: p, name: webhook.Name(tmpl.Name, strings.TrimPrefix(blob.URL, "http://")+path),
+		send: func(rows int) { blob.Upload(t, srv.URL, key, path, testenv.Rows(rows)) }}
+}
+
+// generation is the workspace's newest generation.
+func (l *uploadLoop) generation() int64 {
+	l.t.Helper()
+	w, err := l.p.Store.Get(context.Background(), "default", l.name)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return w.Generation
+}
+
+// settled waits for generation gen Ready with the policy's decision applied (the projector
+// applies events in any order).
+func (l *uploadLoop) settled(gen int64) *status.Workspace {
+	l.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		w := waitGeneration(l.t, l.p, "default", l.name, gen, 30*time.Second)
+		if h, ok := w.Pushed(gen); ok && (w.Live == gen || h.Held != "") {
+			return w
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("generation %d: no promotion decision in the record: %+v", gen, w)
+		}
+	}
+}
+
+// upload uploads rows and waits for the generation it makes to settle.
+func (l *uploadLoop) upload(rows int) *status.Workspace {
+	l.t.Helper()
+	l.send(rows)
+	return l.settled(l.generation())
+}
+
+func TestUploadHoldPromote(t *testing.T) {
+	p := start(t)
+	ctx := context.Background()
+	loop := newUploadLoop(t, p, "if-better")
+	name, upload := loop.name, loop.upload
+
+	v1 := upload(3)
+	if v1.Phase != status.Ready || v1.Live != 1 {
+		t.Fatalf("v1: %s, serving %d, %+v", v1.Phase, v1.Live, v1.Failure)
+	}
+	answer, pod := chatAt(t, v1.Endpoint)
+	if !strings.Contains(answer, serve.LoRAName(name, v1.Image)) {
+		t.Fatalf("v1 answered %q", answer)
+	}
+
+	v2 := upload(1)
+	h2, _ := v2.Pushed(2)
+	if v2.Phase != status.Ready || v2.Live != 1 || v2.AdapterState(h2) != status.AdapterHeld ||
+		!strings.Contains(v2.Held, fmt.Sprintf("held: eval_loss %.4g vs %.4g serving (generation 1)", tunesim.EvalLoss(1), tunesim.EvalLoss(3))) {
+		t.Fatalf("v2: %s, serving %d, state %s, held %q", v2.Phase, v2.Live, v2.AdapterState(h2), v2.Held)
+	}
+	if answer, _ := chatAt(t, v2.Endpoint); !strings.Contains(answer, serve.LoRAName(name, v1.Image)) {
+		t.Fatalf("with v2 held, the endpoint answered %q; want v1's adapter", answer)
+	}
+
+	v3 := upload(9)
+	if v3.Phase != status.Ready || v3.Live != 3 || v3.Held != "" {
+		t.Fatalf("v3: %s, serving %d, held %q", v3.Phase, v3.Live, v3.Held)
+	}
+	answer, pod3 := chatAt(t, v3.Endpoint)
+	if !strings.Contains(answer, serve.LoRAName(name, v3.Image)) || pod3 != pod || v3.Revision != v1.Revision {
+		t.Fatalf("v3 answered %q from %s (revision %s); want its adapter from %s (revision %s)", answer, pod3, v3.Revision, pod, v1.Revision)
+	}
+	h3, _ := v3.Pushed(3)
+	if h3.Scores[events.MetricServingEvalLoss] != tunesim.EvalLoss(3) || h3.Scores[events.MetricEvalLoss] != tunesim.EvalLoss(9) {
+		t.Errorf("v3's scores %v", h3.Scores)
+	}
+	states := map[int64]string{}
+	for _, h := range v3.History {
+		states[h.Generation] = v3.AdapterState(h)
+	}
+	if states[1] != status.AdapterSuperseded || states[2] != status.AdapterHeld || states[3] != status.AdapterServing {
+		t.Errorf("states %v", states)
+	}
+
+	// The held v2 is served after all by `kaitoflow promote --generation 2`, the live path.
+	if _, err := (&api.Client{BaseURL: p.URL}).Promote(ctx, name, 2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		w, err := p.Store.Get(ctx, "default", name)
+		if err == nil && w.Live == 2 && w.Phase == status.Ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("promote 2: the record serves %d (%v)", w.Live, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if answer, _ := chatAt(t, v3.Endpoint); !strings.Contains(answer, serve.LoRAName(name, h2.Image)) {
+		t.Errorf("after promoting v2 the endpoint answered %q", answer)
+	}
+}
+
+// Two uploads in quick succession: v3 arrives while v2 still tunes. The newer generation replaces
+// the run of the older (or v2 finishes first and, better, is promoted: the two race); either way
+// v3 is scored against what serves when it starts and, worse than v1 and v2, is held — the later
+// upload wins only if it is better.
+func TestUploadsInQuickSuccession(t *testing.T) {
+	p := start(t, func(c *assembly.Config) { c.Sim.Delay = 2 * time.Second })
+	loop := newUploadLoop(t, p, "if-better")
+	if v1 := loop.upload(3); v1.Live != 1 {
+		t.Fatalf("v1: serving %d", v1.Live)
+	}
+	loop.send(20) // v2, better than v1
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		w, err := p.Store.Get(context.Background(), "default", loop.name)
+		if err == nil && w.Generation == 2 && w.Phase == status.Tuning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("v2 is not tuning: %+v %v", w, err)
+		}
+	}
+	loop.send(1) // v3, worse than both
+	v3 := loop.settled(3)
+	h3, _ := v3.Pushed(3)
+	compared := h3.Scores[events.MetricServingEvalLoss]
+	if v3.Live == 3 || v3.AdapterState(h3) != status.AdapterHeld || (compared != tunesim.EvalLoss(3) && compared != tunesim.EvalLoss(20)) {
+		t.Fatalf("v3: serving %d, state %s, scores %v", v3.Live, v3.AdapterState(h3), h3.Scores)
+	}
+	if h2, pushed := v3.Pushed(2); pushed && v3.Live != 2 {
+		t.Errorf("v2 pushed an adapter (%s), better than v1, and does not serve: serving %d", v3.AdapterState(h2), v3.Live)
+	}
+}
