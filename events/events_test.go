@@ -12,7 +12,7 @@ import (
 
 func TestIDsAreDeterministic(t *testing.T) {
 	r := Ref{Namespace: "default", Name: "ws", Generation: 3}
-	if r.ID(NodeReady) != r.ID(NodeReady) {
+	if first, again := r.ID(NodeReady), r.ID(NodeReady); first != again {
 		t.Fatal("same ref and step gave different ids")
 	}
 	others := []Ref{

@@ -56,8 +56,9 @@ func TestCatalogHasWhatKaitoUsersAskFor(t *testing.T) {
 }
 
 func TestParseRefusesMisspeltFields(t *testing.T) {
-	_, err := Parse([]byte("models:\n- name: x\n  paramters: 1\n"), []byte("skus: []\n"))
-	if err == nil || !strings.Contains(err.Error(), "paramters") {
+	const misspelt = "paramters" //nolint:misspell // the misspelling is the input under test
+	_, err := Parse([]byte("models:\n- name: x\n  "+misspelt+": 1\n"), []byte("skus: []\n"))
+	if err == nil || !strings.Contains(err.Error(), misspelt) {
 		t.Fatalf("got %v", err)
 	}
 }

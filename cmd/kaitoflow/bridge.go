@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -79,13 +80,16 @@ func newBridge(g *globals) *cobra.Command {
 	return cmd
 }
 
+// serviceBusFlags are the bridge's settings.
+type serviceBusFlags struct {
+	in                                                 ingressFlags
+	namespace, queue, topic, subscription, statusTopic string
+	receivers, batch                                   int
+	hold                                               time.Duration
+}
+
 func newBridgeServiceBus(g *globals) *cobra.Command {
-	var (
-		in                                                       ingressFlags
-		namespace, queue, topic, subscription, conn, statusTopic string
-		receivers, batch                                         int
-		hold                                                     time.Duration
-	)
+	var o serviceBusFlags
 	cmd := &cobra.Command{
 		Use:   "servicebus",
 		Short: "Receive Kaito Workspace manifests (or CloudEvents) from an Azure Service Bus queue or subscription",
@@ -109,87 +113,122 @@ string in $KAITOFLOW_SERVICEBUS_CONNECTION_STRING (never a flag, so it stays out
 			if err != nil {
 				return err
 			}
-			if (queue == "") == (topic == "") || (topic != "") != (subscription != "") {
-				return errors.New("give --queue, or --topic with --subscription")
-			}
-			if err := in.admits(""); err != nil {
-				return err
-			}
-			conn = os.Getenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
-			var client *azservicebus.Client
-			switch {
-			case conn != "":
-				client, err = azservicebus.NewClientFromConnectionString(conn, nil)
-			case namespace != "":
-				cred, cerr := azidentity.NewDefaultAzureCredential(nil)
-				if cerr != nil {
-					return fmt.Errorf("azure credential: %w", cerr)
-				}
-				client, err = azservicebus.NewClient(namespace, cred, nil)
-			default:
-				return errors.New("give --servicebus-namespace (Entra ID) or set KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
-			}
-			if err != nil {
-				// The SDK's message can quote a malformed connection string; say which input failed.
-				return errors.New("service bus client: the namespace or connection string is not usable")
-			}
-			defer client.Close(context.WithoutCancel(cmd.Context()))
-			entity := queue
-			if topic != "" {
-				entity = topic + "/subscriptions/" + subscription
-			}
-			var rs []servicebus.Receiver
-			for range max(receivers, 1) {
-				var r *azservicebus.Receiver
-				if queue != "" {
-					r, err = client.NewReceiverForQueue(queue, &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModePeekLock})
-				} else {
-					r, err = client.NewReceiverForSubscription(topic, subscription, &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModePeekLock})
-				}
-				if err != nil {
-					return fmt.Errorf("receiver for %s: %w", entity, err)
-				}
-				defer r.Close(context.WithoutCancel(cmd.Context()))
-				rs = append(rs, r)
-			}
-			sub, js, closeNATS, err := in.submitter(cmd.Context(), "bridge-servicebus", "kaitoflow/servicebus")
-			if err != nil {
-				return err
-			}
-			defer closeNATS()
-			errc := make(chan error, 1)
-			if statusTopic != "" {
-				sender, err := client.NewSender(statusTopic, nil)
-				if err != nil {
-					return fmt.Errorf("sender for %s: %w", statusTopic, err)
-				}
-				defer sender.Close(context.WithoutCancel(cmd.Context()))
-				fn := runtime.Function{Name: "servicebus-status", Types: events.Types, Handler: &servicebus.Exporter{Sender: sender}, Observer: true}
-				r, err := runtime.NewJetStream(js, fn, runtime.Deps{Logger: log}, runtime.JetStreamOptions{MaxDeliver: 20})
-				if err != nil {
-					return err
-				}
-				go func() { errc <- r.Run(cmd.Context()) }()
-				log.Info("exporting status events to Service Bus", "topic", statusTopic)
-			}
-			log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", natsconn.Redacted(in.nats.URL))
-			b := &servicebus.Bridge{Receivers: rs, Submitter: sub, Entity: entity, Hold: hold, Batch: batch, Log: log}
-			err = b.Run(cmd.Context())
-			if statusTopic != "" {
-				err = errors.Join(err, <-errc)
-			}
-			return err
+			return o.run(cmd.Context(), log)
 		},
 	}
 	f := cmd.Flags()
-	in.register(cmd)
-	f.StringVar(&namespace, "servicebus-namespace", "", "fully qualified Service Bus namespace, NAME.servicebus.windows.net")
-	f.StringVar(&queue, "queue", "", "queue to receive from")
-	f.StringVar(&topic, "topic", "", "topic to receive from (with --subscription)")
-	f.StringVar(&subscription, "subscription", "", "the topic's subscription")
-	f.IntVar(&receivers, "receivers", 4, "concurrent receivers")
-	f.IntVar(&batch, "batch", 8, "messages per receive call")
-	f.StringVar(&statusTopic, "status-topic", "", "also send every status event (CloudEvents, AMQP binary mode) to this topic, for consumers outside the cluster")
-	f.DurationVar(&hold, "hold", 30*time.Second, "how long a message is held (lock renewed) while NATS is unavailable before it is abandoned")
+	o.in.register(cmd)
+	f.StringVar(&o.namespace, "servicebus-namespace", "", "fully qualified Service Bus namespace, NAME.servicebus.windows.net")
+	f.StringVar(&o.queue, "queue", "", "queue to receive from")
+	f.StringVar(&o.topic, "topic", "", "topic to receive from (with --subscription)")
+	f.StringVar(&o.subscription, "subscription", "", "the topic's subscription")
+	f.IntVar(&o.receivers, "receivers", 4, "concurrent receivers")
+	f.IntVar(&o.batch, "batch", 8, "messages per receive call")
+	f.StringVar(&o.statusTopic, "status-topic", "",
+		"also send every status event (CloudEvents, AMQP binary mode) to this topic, for consumers outside the cluster")
+	f.DurationVar(&o.hold, "hold", 30*time.Second, "how long a message is held (lock renewed) while NATS is unavailable before it is abandoned")
 	return cmd
+}
+
+func (o *serviceBusFlags) run(ctx context.Context, log *slog.Logger) error {
+	if (o.queue == "") == (o.topic == "") || (o.topic != "") != (o.subscription != "") {
+		return errors.New("give --queue, or --topic with --subscription")
+	}
+	if err := o.in.admits(""); err != nil {
+		return err
+	}
+	client, err := o.client()
+	if err != nil {
+		return err
+	}
+	defer client.Close(context.WithoutCancel(ctx))
+	entity := o.queue
+	if o.topic != "" {
+		entity = o.topic + "/subscriptions/" + o.subscription
+	}
+	opened, err := o.receiversOf(client, entity)
+	rs := make([]servicebus.Receiver, len(opened))
+	for i, r := range opened {
+		defer r.Close(context.WithoutCancel(ctx))
+		rs[i] = r
+	}
+	if err != nil {
+		return err
+	}
+	sub, js, closeNATS, err := o.in.submitter(ctx, "bridge-servicebus", "kaitoflow/servicebus")
+	if err != nil {
+		return err
+	}
+	defer closeNATS()
+	errc := make(chan error, 1)
+	if o.statusTopic != "" {
+		sender, err := client.NewSender(o.statusTopic, nil)
+		if err != nil {
+			return fmt.Errorf("sender for %s: %w", o.statusTopic, err)
+		}
+		defer sender.Close(context.WithoutCancel(ctx))
+		fn := runtime.Function{Name: "servicebus-status", Types: events.Types, Handler: &servicebus.Exporter{Sender: sender}, Observer: true}
+		r, err := runtime.NewJetStream(js, fn, runtime.Deps{Logger: log}, runtime.JetStreamOptions{MaxDeliver: 20})
+		if err != nil {
+			return err
+		}
+		go func() { errc <- r.Run(ctx) }()
+		log.Info("exporting status events to Service Bus", "topic", o.statusTopic)
+	}
+	log.Info("bridging Service Bus to the pipeline", "entity", entity, "receivers", len(rs), "nats", natsconn.Redacted(o.in.nats.URL))
+	b := &servicebus.Bridge{Receivers: rs, Submitter: sub, Entity: entity, Hold: o.hold, Batch: o.batch, Log: log}
+	err = b.Run(ctx)
+	if o.statusTopic != "" {
+		err = errors.Join(err, <-errc)
+	}
+	return err
+}
+
+// client signs in to Service Bus with the connection string in the environment (never a flag, so
+// it stays out of process lists) or Entra ID.
+func (o *serviceBusFlags) client() (*azservicebus.Client, error) {
+	var (
+		client *azservicebus.Client
+		err    error
+	)
+	switch conn := os.Getenv("KAITOFLOW_SERVICEBUS_CONNECTION_STRING"); {
+	case conn != "":
+		client, err = azservicebus.NewClientFromConnectionString(conn, nil)
+	case o.namespace != "":
+		cred, cerr := azidentity.NewDefaultAzureCredential(nil)
+		if cerr != nil {
+			return nil, fmt.Errorf("azure credential: %w", cerr)
+		}
+		client, err = azservicebus.NewClient(o.namespace, cred, nil)
+	default:
+		return nil, errors.New("give --servicebus-namespace (Entra ID) or set KAITOFLOW_SERVICEBUS_CONNECTION_STRING")
+	}
+	if err != nil {
+		// The SDK's message can quote a malformed connection string; say which input failed.
+		return nil, errors.New("service bus client: the namespace or connection string is not usable")
+	}
+	return client, nil
+}
+
+// receiversOf opens the peek-lock receivers on entity; those opened before a failure are
+// returned with it, for the caller to close.
+func (o *serviceBusFlags) receiversOf(client *azservicebus.Client, entity string) ([]*azservicebus.Receiver, error) {
+	var rs []*azservicebus.Receiver
+	opts := &azservicebus.ReceiverOptions{ReceiveMode: azservicebus.ReceiveModePeekLock}
+	for range max(o.receivers, 1) {
+		var (
+			r   *azservicebus.Receiver
+			err error
+		)
+		if o.queue != "" {
+			r, err = client.NewReceiverForQueue(o.queue, opts)
+		} else {
+			r, err = client.NewReceiverForSubscription(o.topic, o.subscription, opts)
+		}
+		if err != nil {
+			return rs, fmt.Errorf("receiver for %s: %w", entity, err)
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -135,7 +136,7 @@ func (c *chatter) say(ctx context.Context, prompt string) (string, error) {
 	if !c.stream {
 		return c.kaito(ctx, prompt)
 	}
-	msgs := append(c.history, chatMessage{Role: "user", Content: prompt})
+	msgs := slices.Concat(c.history, []chatMessage{{Role: "user", Content: prompt}})
 	req := map[string]any{"model": c.model, "messages": msgs, "stream": true}
 	if c.maxTokens > 0 {
 		req["max_tokens"] = c.maxTokens
@@ -186,7 +187,8 @@ func (c *chatter) say(ctx context.Context, prompt string) (string, error) {
 	if err := sc.Err(); err != nil {
 		return answer.String(), fmt.Errorf("chat: stream broken: %w", err)
 	}
-	c.history = append(msgs, chatMessage{Role: "assistant", Content: answer.String()})
+	msgs = append(msgs, chatMessage{Role: "assistant", Content: answer.String()})
+	c.history = msgs
 	return answer.String(), nil
 }
 

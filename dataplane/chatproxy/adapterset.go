@@ -72,7 +72,7 @@ func RegistryPuller(keychain func(AdapterSpec) (authn.Keychain, error), opts ...
 		if err != nil {
 			return fmt.Errorf("adapter reference %q: %w", spec.Image, err)
 		}
-		kc := authn.Keychain(authn.NewMultiKeychain())
+		kc := authn.NewMultiKeychain()
 		if keychain != nil {
 			if kc, err = keychain(spec); err != nil {
 				return err
@@ -271,7 +271,7 @@ func (m *AdapterManager) Apply(ctx context.Context, set AdapterSet) error {
 func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 	log := logctx.Or(m.Log)
 	if err := m.healthy(ctx); err != nil {
-		return fmt.Errorf("%w: %v", errModelLoading, err)
+		return fmt.Errorf("%w: %w", errModelLoading, err)
 	}
 	want := map[string]bool{}
 	var missing []AdapterSpec

@@ -281,6 +281,16 @@ func (s *Server) served(model string) (string, bool) {
 	return "", false
 }
 
+// completion is one answer being written: what the request asked and the words of the answer.
+type completion struct {
+	id, object, model string
+	created           int64
+	chat              bool
+	words             []string
+	finish            string
+	usage             map[string]int
+}
+
 func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	var req struct {
 		Model    string `json:"model"`
@@ -319,49 +329,47 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		}
 		prompt = req.Messages[len(req.Messages)-1].Content
 	}
-	words := strings.Fields(fmt.Sprintf("[sim] no model is loaded; %s would answer here. You said: %s", describe, prompt))
-	finish := "stop"
-	if req.MaxTokens > 0 && req.MaxTokens < len(words) {
-		words, finish = words[:req.MaxTokens], "length"
-	}
-	id, object := "cmpl-"+randomHex(8), "text_completion"
-	if chat {
-		id, object = "chatcmpl-"+randomHex(8), "chat.completion"
-	}
-	created := time.Now().Unix()
-	usage := map[string]int{"prompt_tokens": len(strings.Fields(prompt)), "completion_tokens": len(words), "total_tokens": len(strings.Fields(prompt)) + len(words)}
-	if !req.Stream {
-		c := map[string]any{"index": 0, "logprobs": nil, "finish_reason": finish, "stop_reason": nil}
-		if chat {
-			c["message"] = map[string]any{"role": "assistant", "content": strings.Join(words, " ")}
-		} else {
-			c["text"] = strings.Join(words, " ")
-		}
-		writeJSON(w, map[string]any{"id": id, "object": object, "created": created, "model": req.Model, "choices": []any{c},
-			"usage": usage, "system_fingerprint": "kaitoflow-sim"})
+	c := newCompletion(chat, req.Model, prompt, describe, req.MaxTokens)
+	if req.Stream {
+		s.stream(w, r, c)
 		return
 	}
-	// Streamed as vLLM streams, a chunk a token: chat chunks are chat.completion.chunk and open
-	// with the role, completion chunks keep the object text_completion; the last token's chunk
-	// carries the finish reason. A generation that stops on its own ends with the end token's
-	// chunk, which has no text.
+	choice := map[string]any{"index": 0, "logprobs": nil, "finish_reason": c.finish, "stop_reason": nil}
+	if chat {
+		choice["message"] = map[string]any{"role": "assistant", "content": strings.Join(c.words, " ")}
+	} else {
+		choice["text"] = strings.Join(c.words, " ")
+	}
+	writeJSON(w, map[string]any{"id": c.id, "object": c.object, "created": c.created, "model": c.model, "choices": []any{choice},
+		"usage": c.usage, "system_fingerprint": "kaitoflow-sim"})
+}
+
+// newCompletion is the sim's answer to prompt: it says no model ran and echoes the prompt, cut to
+// maxTokens words when that is fewer.
+func newCompletion(chat bool, model, prompt, describe string, maxTokens int) completion {
+	c := completion{id: "cmpl-" + randomHex(8), object: "text_completion", model: model, created: time.Now().Unix(), chat: chat, finish: "stop"}
+	if chat {
+		c.id, c.object = "chatcmpl-"+randomHex(8), "chat.completion"
+	}
+	c.words = strings.Fields(fmt.Sprintf("[sim] no model is loaded; %s would answer here. You said: %s", describe, prompt))
+	if maxTokens > 0 && maxTokens < len(c.words) {
+		c.words, c.finish = c.words[:maxTokens], "length"
+	}
+	promptTokens := len(strings.Fields(prompt))
+	c.usage = map[string]int{"prompt_tokens": promptTokens, "completion_tokens": len(c.words), "total_tokens": promptTokens + len(c.words)}
+	return c
+}
+
+// stream writes c as vLLM streams, a chunk a token: chat chunks are chat.completion.chunk and open
+// with the role, completion chunks keep the object text_completion; the last token's chunk carries
+// the finish reason. A generation that stops on its own ends with the end token's chunk, which has
+// no text.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, c completion) {
 	w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-cache")
 	flusher, _ := w.(http.Flusher)
 	send := func(text string, finish any, role bool) bool {
-		choice := map[string]any{"index": 0, "logprobs": nil, "finish_reason": finish}
-		chunk := map[string]any{"id": id, "object": object, "created": created, "model": req.Model, "choices": []any{choice}}
-		if chat {
-			delta := map[string]string{"content": text}
-			if role {
-				delta["role"] = "assistant"
-			}
-			choice["delta"], chunk["object"] = delta, "chat.completion.chunk"
-		} else {
-			choice["text"] = text
-		}
-		b, _ := json.Marshal(chunk)
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", c.chunk(text, finish, role)); err != nil {
 			return false
 		}
 		if flusher != nil {
@@ -369,16 +377,16 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		}
 		return true
 	}
-	if chat && !send("", nil, true) {
+	if c.chat && !send("", nil, true) {
 		return
 	}
-	for i, word := range words {
+	for i, word := range c.words {
 		if i > 0 {
 			word = " " + word
 		}
 		var finished any
-		if i == len(words)-1 && finish == "length" {
-			finished = finish
+		if i == len(c.words)-1 && c.finish == "length" {
+			finished = c.finish
 		}
 		if !send(word, finished, false) {
 			return
@@ -391,13 +399,31 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 			}
 		}
 	}
-	if finish == "stop" && !send("", finish, false) {
+	if c.finish == "stop" && !send("", c.finish, false) {
 		return
 	}
 	_, _ = fmt.Fprint(w, "data: [DONE]\n\n")
 	if flusher != nil {
 		flusher.Flush()
 	}
+}
+
+// chunk is one streamed chunk's JSON: text, the finish reason (nil but on the last), and for a
+// chat's first chunk the role.
+func (c completion) chunk(text string, finish any, role bool) []byte {
+	choice := map[string]any{"index": 0, "logprobs": nil, "finish_reason": finish}
+	chunk := map[string]any{"id": c.id, "object": c.object, "created": c.created, "model": c.model, "choices": []any{choice}}
+	if c.chat {
+		delta := map[string]string{"content": text}
+		if role {
+			delta["role"] = "assistant"
+		}
+		choice["delta"], chunk["object"] = delta, "chat.completion.chunk"
+	} else {
+		choice["text"] = text
+	}
+	b, _ := json.Marshal(chunk)
+	return b
 }
 
 // decodeRequest reads a JSON request body into v, answering as vLLM's request validation does

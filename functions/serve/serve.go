@@ -364,20 +364,7 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 
 // tick re-observes every unacknowledged service, for changes whose watch event was lost.
 func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	refs, err := f.deployer.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []cloudevents.Event
-	for _, ref := range refs {
-		evs, err := f.observe(ctx, ref, &ev)
-		if err != nil {
-			f.log.WarnContext(ctx, "observe inference service; the next tick retries", "workspace", ref.String(), "err", err)
-			continue
-		}
-		out = append(out, evs...)
-	}
-	return out, nil
+	return runtime.Sweep(ctx, ev, f.log, "inference service", f.deployer.List, f.observe)
 }
 
 // Source says where the adapter comes from: its image, or its volume.

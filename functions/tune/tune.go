@@ -415,18 +415,5 @@ func gpuSeconds(st *Status, end time.Time) float64 {
 
 // tick re-observes every run, for state changes whose watch event was lost.
 func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	refs, err := f.trainer.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []cloudevents.Event
-	for _, ref := range refs {
-		evs, err := f.observe(ctx, ref, &ev)
-		if err != nil {
-			f.log.WarnContext(ctx, "observe tuning job; the next tick retries", "workspace", ref.String(), "err", err)
-			continue
-		}
-		out = append(out, evs...)
-	}
-	return out, nil
+	return runtime.Sweep(ctx, ev, f.log, "tuning job", f.trainer.List, f.observe)
 }

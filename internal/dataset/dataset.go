@@ -182,7 +182,7 @@ func (c *Checker) head(ctx context.Context, raw string) (int64, string, error) {
 			var dns *net.DNSError
 			var op *net.OpError
 			if errors.As(err, &dns) || errors.As(err, &op) || errors.Is(err, context.DeadlineExceeded) {
-				last = fmt.Errorf("%w: %v", errUnreachable, err)
+				last = fmt.Errorf("%w: %w", errUnreachable, err)
 				continue
 			}
 			return 0, "", err
@@ -364,7 +364,7 @@ func jsonlShape(sample []byte, truncated bool) (Shape, error) {
 		}
 		var row map[string]any
 		if err := json.Unmarshal(l, &row); err != nil {
-			return "", fmt.Errorf("line %d is not a JSON object: %v", i+1, err)
+			return "", fmt.Errorf("line %d is not a JSON object: %w", i+1, err)
 		}
 		s, err := rowShape(row)
 		if err != nil {

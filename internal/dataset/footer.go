@@ -55,7 +55,7 @@ type footerWalker struct {
 func checkFooter(b []byte) error {
 	w := footerWalker{b: b, budget: maxFooterAlloc}
 	if err := w.value(ctStruct, 0); err != nil {
-		return fmt.Errorf("%w at byte %d of %d: %v", errFooter, w.off, len(b), err)
+		return fmt.Errorf("%w at byte %d of %d: %w", errFooter, w.off, len(b), err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -56,7 +57,8 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	log := c.log.With("workspace", ev.Subject(), "event_id", ev.ID(), "event_type", ev.Type())
 	if !c.fn.Accepts(ev.Type()) {
-		h.refuse(w, req, ev, ev.Subject(), events.Permanentf(events.ReasonUnknownType, "function %s does not handle %s", c.fn.Name, ev.Type()).(*events.PermanentError))
+		pe := &events.PermanentError{Reason: events.ReasonUnknownType, Err: fmt.Errorf("function %s does not handle %s", c.fn.Name, ev.Type())}
+		h.refuse(w, req, ev, ev.Subject(), pe)
 		return
 	}
 	ctx := logctx.With(req.Context(), slog.String("workspace", ev.Subject()), slog.String("event_id", ev.ID()))

@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -95,5 +97,46 @@ func TestEmit(t *testing.T) {
 	boom := errors.New("boom")
 	if out, err := Emit(e, boom); !errors.Is(err, boom) || out != nil {
 		t.Fatalf("%v %v", out, err)
+	}
+}
+
+// A sweep observes every listed workspace, skips one that cannot be observed now (the next tick
+// retries it) and fails only when nothing can be listed.
+func TestSweep(t *testing.T) {
+	ctx := context.Background()
+	tick := events.TickAt(time.Unix(60, 0), time.Minute)
+	refs := []events.Ref{{Namespace: "a", Name: "ok", Generation: 1}, {Namespace: "a", Name: "broken", Generation: 1}, {Namespace: "b", Name: "ok", Generation: 2}}
+	observe := func(_ context.Context, ref events.Ref, cause *cloudevents.Event) ([]cloudevents.Event, error) {
+		if ref.Name == "broken" {
+			return nil, errors.New("driver unavailable")
+		}
+		if cause == nil || cause.ID() != tick.ID() {
+			t.Errorf("%s observed without the tick as its cause", ref)
+		}
+		return []cloudevents.Event{events.Must(events.New("kaitoflow/test", events.ServiceChanged, "observed", ref, events.ServiceChangedData{}, cause))}, nil
+	}
+	for _, tc := range []struct {
+		name    string
+		list    func(context.Context) ([]events.Ref, error)
+		want    []string
+		wantErr bool
+	}{
+		{"every workspace but the broken one", func(context.Context) ([]events.Ref, error) { return refs, nil }, []string{"a/ok", "b/ok"}, false},
+		{"nothing listed", func(context.Context) ([]events.Ref, error) { return nil, nil }, nil, false},
+		{"the list fails", func(context.Context) ([]events.Ref, error) { return nil, errors.New("no API server") }, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := Sweep(ctx, tick, slog.New(slog.DiscardHandler), "thing", tc.list, observe)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error %v", err, tc.wantErr)
+			}
+			var got []string
+			for _, e := range out {
+				got = append(got, e.Subject())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("emitted for %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -2,8 +2,11 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/kaitoflow/kaitoflow/events"
 )
@@ -24,4 +27,28 @@ func Tick(ctx context.Context, pub events.Publisher, every time.Duration, log *s
 			}
 		}
 	}
+}
+
+// Sweep is the tick of a step whose driver keeps what it has not acknowledged: each listed
+// workspace is observed again (what its watch event, if lost, would have said) and what the
+// observations emit is returned. A workspace that cannot be observed now is logged and left to the
+// next tick, so one broken workspace does not hold the others back.
+func Sweep(ctx context.Context, tick cloudevents.Event, log *slog.Logger, what string,
+	list func(context.Context) ([]events.Ref, error),
+	observe func(context.Context, events.Ref, *cloudevents.Event) ([]cloudevents.Event, error),
+) ([]cloudevents.Event, error) {
+	refs, err := list(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %ss: %w", what, err)
+	}
+	var out []cloudevents.Event
+	for _, ref := range refs {
+		evs, err := observe(ctx, ref, &tick)
+		if err != nil {
+			log.WarnContext(ctx, "observe "+what+"; the next tick retries", "workspace", ref.String(), "err", err)
+			continue
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
 }

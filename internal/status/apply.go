@@ -58,225 +58,236 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	return true, nil
 }
 
+// applyType applies what an event says to the record, by its type.
 func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecord) error {
 	switch ev.Type() {
 	case events.WorkspaceRequested:
-		var ws kaito.Workspace
-		if err := events.Data(ev, &ws); err != nil {
-			return err
-		}
-		w.Manifest = &ws
-		w.InstanceType, w.Preset = ws.InstanceType(), ws.PresetName()
-		if ws.Tuning != nil {
-			w.Method = ws.Tuning.Method
-		}
-		w.advance(Provisioning)
-		w.startStep(StepProvision, at)
+		return apply(ev, func(ws kaito.Workspace) { w.workspaceRequested(ws, at, rec) })
 	case events.NodeReady:
-		var d events.NodeReadyData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		rec.Note = fmt.Sprintf("%d× %s via %s", len(d.Nodes), d.InstanceType, d.Provider)
-		if d.Attempt > 1 {
-			rec.Note = fmt.Sprintf("attempt %d: %s", d.Attempt, rec.Note)
-		}
-		if d.Workspace.Tuning != nil && d.Plan != nil {
-			a := w.attempt(d.Attempt)
-			a.InstanceType, a.BatchSize, a.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
-		}
-		if max(d.Attempt, 1) < len(w.Attempts) {
-			break // a late node.ready of an earlier attempt: the later one's nodes and plan stand
-		}
-		w.Nodes, w.InstanceType, w.Plan = d.Nodes, d.InstanceType, d.Plan
-		if d.Plan != nil && d.Plan.DType != "" {
-			rec.Note += fmt.Sprintf(", %s, ~%.1f GiB/GPU", d.Plan.DType, d.Plan.EstimatedGiBPerGPU)
-		}
-		w.endStep(StepProvision, at)
-		w.setCondition(CondResourceReady, true, "NodesReady", rec.Note, at)
-		if d.Workspace.Tuning != nil {
-			w.advance(Tuning)
-			w.startStep(StepTune, at)
-		} else {
-			w.advance(Deploying)
-			w.startStep(StepServe, at)
-		}
+		return apply(ev, func(d events.NodeReadyData) { w.nodeReady(d, at, rec) })
 	case events.TuningStarted:
-		var d events.TuningStartedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		w.Job = d.Job
-		rec.Note = "job " + d.Job + " (" + d.Trainer + ")"
-		w.advance(Tuning)
-		w.startStep(StepTune, at)
-		w.setCondition(CondJobStarted, true, "JobStarted", rec.Note, at)
+		return apply(ev, func(d events.TuningStartedData) { w.tuningStarted(d, at, rec) })
 	case events.TuningProgress:
-		var d events.TuningProgressData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		// The newest attempt's progress, however the reports arrive: a fresh attempt starts at step 1
-		// again.
-		if p := w.Progress; p == nil || max(d.Attempt, 1) > max(p.Attempt, 1) || (d.Attempt == p.Attempt && d.Step >= p.Step) {
-			w.Progress = &d
-		} else {
-			rec.drop = true // an older report: the newest one already stands for it
-		}
-		rec.Note = ProgressNote(d)
-		// Progress is reported every 30 s for as long as a run lasts (a 36-hour run would pass
-		// the record's 1 MiB on its own): it is folded into one entry, the newest.
-		w.Events = slices.DeleteFunc(w.Events, func(e EventRecord) bool { return e.Type == events.TuningProgress && !rec.drop })
-		w.advance(Tuning)
+		return apply(ev, func(d events.TuningProgressData) { w.tuningProgress(d, at, rec) })
 	case events.TuningRetrying:
-		var d events.TuningRetryingData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		a := w.attempt(d.Attempt - 1)
-		a.Outcome, a.Message, a.Changes, a.GPUSeconds = d.Reason, d.Message, d.Changes, d.GPUSeconds
-		if d.Resume {
-			resume := "resumes from its newest checkpoint"
-			if d.CheckpointStep > 0 {
-				resume += fmt.Sprintf(" (step %d as last reported)", d.CheckpointStep)
-			}
-			a.Changes = append(slices.Clip(a.Changes), resume)
-		}
-		w.addGPU(d.GPUSeconds, 0)
-		next := w.attempt(d.Attempt)
-		if d.Plan != nil {
-			next.InstanceType, next.BatchSize, next.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
-		}
-		rec.Note = fmt.Sprintf("attempt %d of %d after %s: %s", d.Attempt, d.MaxAttempts, d.Reason, strings.Join(a.Changes, "; "))
-		w.advance(Tuning)
+		return apply(ev, func(d events.TuningRetryingData) { w.tuningRetrying(d, at, rec) })
 	case events.TuningCompleted:
-		var d events.TuningCompletedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
-		h := w.history(w.Generation)
-		h.Datasets, h.Scores = d.Datasets, scores(d.Metrics)
-		if d.Attempt > 1 {
-			rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
-		}
-		a := w.attempt(d.Attempt)
-		a.Outcome, a.GPUSeconds = "Succeeded", d.GPUSeconds
-		w.addGPU(d.GPUSeconds, 0)
-		w.endStep(StepTune, at)
-		w.startStep(StepPublish, at)
-		w.advance(Publishing)
-		w.setCondition(CondWorkspaceSucceeded, true, "TuningSucceeded", rec.Note, at)
+		return apply(ev, func(d events.TuningCompletedData) { w.tuningCompleted(d, at, rec) })
 	case events.ImagePushed:
-		var d events.ImagePushedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		w.Image, w.ImageDigest, w.Provenance = d.Reference, d.Digest, d.Provenance
-		h := w.history(w.Generation)
-		h.Image, h.Digest, h.Pushed = d.Reference, d.Digest, at
-		if h.Datasets == nil {
-			h.Datasets = d.Datasets
-		}
-		if h.Scores == nil {
-			h.Scores = scores(d.Metrics)
-		}
-		rec.Note = d.Reference
-		w.endStep(StepPublish, at)
-		w.startStep(StepServe, at)
-		w.advance(Deploying)
+		return apply(ev, func(d events.ImagePushedData) { w.imagePushed(d, at, rec) })
 	case events.AdapterStored:
-		var d events.AdapterStoredData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		rec.Note = "adapter on " + kaito.DescribeVolume(d.Volume)
-		w.endStep(StepPublish, at)
-		w.startStep(StepServe, at)
-		w.advance(Deploying)
+		return apply(ev, func(d events.AdapterStoredData) { w.adapterStored(d, at, rec) })
 	case events.InferenceReady:
-		var d events.InferenceReadyData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		// Reports of later adapter sets (a rollback) replace what an earlier one said; an earlier
-		// one arriving late does not.
-		if d.AdapterSet == 0 || d.AdapterSet >= w.AdapterSet {
-			w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
-			w.ServingGeneration, w.Replicas, w.AdapterSet = d.ServingGeneration, d.Replicas, d.AdapterSet
-			w.Live = cmp.Or(d.ServingGeneration, w.Generation)
-			w.clearHeld()
-		}
-		rec.Note = d.URL
-		if d.ServingGeneration != 0 {
-			rec.Note += fmt.Sprintf(" (serving generation %d)", d.ServingGeneration)
-		}
-		w.endStep(StepServe, at)
-		w.advance(Ready)
-		w.setCondition(CondInferenceReady, true, "InferenceReady", d.URL, at)
+		return apply(ev, func(d events.InferenceReadyData) { w.inferenceReady(d, at, rec) })
 	case events.AdapterSelected:
-		var d events.AdapterSelectedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		rec.Note = fmt.Sprintf("%s to generation %d: %s", cmp.Or(d.Reason, "select"), d.Generation, d.Reference)
+		return apply(ev, func(d events.AdapterSelectedData) { w.adapterSelected(d, at, rec) })
 	case events.AdapterPromoted, events.AdapterHeld:
-		var d events.AdapterGateData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		h := w.history(w.Generation)
-		if h.Scores == nil {
-			h.Scores = d.Scores
-		}
-		rec.Note = d.Reason
-		if ev.Type() == events.AdapterHeld {
-			h.Held = d.Reason
-			if w.Live != w.Generation {
-				w.Held = d.Reason
-			}
-		}
+		return apply(ev, func(d events.AdapterGateData) { w.adapterGated(d, ev.Type() == events.AdapterHeld, rec) })
 	case events.WorkspaceFailed:
-		var d events.WorkspaceFailedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		if w.Failure == nil {
-			w.Failure = &Failure{Reason: d.Reason, Message: d.Message, Function: d.Function, EventType: d.EventType}
-		}
-		if h := w.history(w.Generation); h.Failed == "" {
-			h.Failed = d.Reason + ": " + d.Message
-		}
-		rec.Note = d.Reason + ": " + d.Message
-		w.advance(Failed)
-		for i := range w.Steps {
-			if w.Steps[i].Ended == nil {
-				w.Steps[i].Ended = &at
-			}
-		}
+		return apply(ev, func(d events.WorkspaceFailedData) { w.workspaceFailed(d, at, rec) })
 	case events.WorkspaceDeleted:
 		w.Phase = Deleted
 		rec.Note = "deleted"
+		return nil
 	case events.CapacityReleased:
-		var d events.CapacityReleasedData
-		if err := events.Data(ev, &d); err != nil {
-			return err
-		}
-		rec.Note = "no capacity held"
-		if d.Purpose == "serving" {
-			w.addGPU(0, d.GPUSeconds)
-		}
-		if d.Purpose != "" {
-			rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType, time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
-		}
-		if d.Because == events.WorkspaceDeleted {
-			t := at
-			w.Released = &t
-		}
+		return apply(ev, func(d events.CapacityReleasedData) { w.capacityReleased(d, at, rec) })
 	default:
 		return events.Permanentf(events.ReasonUnknownType, "status does not know event type %q", ev.Type())
 	}
+}
+
+// apply decodes an event's payload and hands it to f.
+func apply[T any](ev cloudevents.Event, f func(T)) error {
+	var d T
+	if err := events.Data(ev, &d); err != nil {
+		return err
+	}
+	f(d)
 	return nil
+}
+
+func (w *Workspace) workspaceRequested(ws kaito.Workspace, at time.Time, rec *EventRecord) {
+	w.Manifest = &ws
+	w.InstanceType, w.Preset = ws.InstanceType(), ws.PresetName()
+	if ws.Tuning != nil {
+		w.Method = ws.Tuning.Method
+	}
+	w.advance(Provisioning)
+	w.startStep(StepProvision, at)
+}
+
+func (w *Workspace) nodeReady(d events.NodeReadyData, at time.Time, rec *EventRecord) {
+	rec.Note = fmt.Sprintf("%d× %s via %s", len(d.Nodes), d.InstanceType, d.Provider)
+	if d.Attempt > 1 {
+		rec.Note = fmt.Sprintf("attempt %d: %s", d.Attempt, rec.Note)
+	}
+	if d.Workspace.Tuning != nil && d.Plan != nil {
+		a := w.attempt(d.Attempt)
+		a.InstanceType, a.BatchSize, a.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
+	}
+	if max(d.Attempt, 1) < len(w.Attempts) {
+		return // a late node.ready of an earlier attempt: the later one's nodes and plan stand
+	}
+	w.Nodes, w.InstanceType, w.Plan = d.Nodes, d.InstanceType, d.Plan
+	if d.Plan != nil && d.Plan.DType != "" {
+		rec.Note += fmt.Sprintf(", %s, ~%.1f GiB/GPU", d.Plan.DType, d.Plan.EstimatedGiBPerGPU)
+	}
+	w.endStep(StepProvision, at)
+	w.setCondition(CondResourceReady, true, "NodesReady", rec.Note, at)
+	if d.Workspace.Tuning != nil {
+		w.advance(Tuning)
+		w.startStep(StepTune, at)
+	} else {
+		w.advance(Deploying)
+		w.startStep(StepServe, at)
+	}
+}
+
+func (w *Workspace) tuningStarted(d events.TuningStartedData, at time.Time, rec *EventRecord) {
+	w.Job = d.Job
+	rec.Note = "job " + d.Job + " (" + d.Trainer + ")"
+	w.advance(Tuning)
+	w.startStep(StepTune, at)
+	w.setCondition(CondJobStarted, true, "JobStarted", rec.Note, at)
+}
+
+func (w *Workspace) tuningProgress(d events.TuningProgressData, at time.Time, rec *EventRecord) {
+	// The newest attempt's progress, however the reports arrive: a fresh attempt starts at step 1
+	// again.
+	if p := w.Progress; p == nil || max(d.Attempt, 1) > max(p.Attempt, 1) || (d.Attempt == p.Attempt && d.Step >= p.Step) {
+		w.Progress = &d
+	} else {
+		rec.drop = true // an older report: the newest one already stands for it
+	}
+	rec.Note = ProgressNote(d)
+	// Progress is reported every 30 s for as long as a run lasts (a 36-hour run would pass
+	// the record's 1 MiB on its own): it is folded into one entry, the newest.
+	w.Events = slices.DeleteFunc(w.Events, func(e EventRecord) bool { return e.Type == events.TuningProgress && !rec.drop })
+	w.advance(Tuning)
+}
+
+func (w *Workspace) tuningRetrying(d events.TuningRetryingData, at time.Time, rec *EventRecord) {
+	a := w.attempt(d.Attempt - 1)
+	a.Outcome, a.Message, a.Changes, a.GPUSeconds = d.Reason, d.Message, d.Changes, d.GPUSeconds
+	if d.Resume {
+		resume := "resumes from its newest checkpoint"
+		if d.CheckpointStep > 0 {
+			resume += fmt.Sprintf(" (step %d as last reported)", d.CheckpointStep)
+		}
+		a.Changes = append(slices.Clip(a.Changes), resume)
+	}
+	w.addGPU(d.GPUSeconds, 0)
+	next := w.attempt(d.Attempt)
+	if d.Plan != nil {
+		next.InstanceType, next.BatchSize, next.SeqLen = d.Plan.InstanceType, d.Plan.BatchSize, d.Plan.SeqLen
+	}
+	rec.Note = fmt.Sprintf("attempt %d of %d after %s: %s", d.Attempt, d.MaxAttempts, d.Reason, strings.Join(a.Changes, "; "))
+	w.advance(Tuning)
+}
+
+func (w *Workspace) tuningCompleted(d events.TuningCompletedData, at time.Time, rec *EventRecord) {
+	rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
+	h := w.history(w.Generation)
+	h.Datasets, h.Scores = d.Datasets, scores(d.Metrics)
+	if d.Attempt > 1 {
+		rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
+	}
+	a := w.attempt(d.Attempt)
+	a.Outcome, a.GPUSeconds = "Succeeded", d.GPUSeconds
+	w.addGPU(d.GPUSeconds, 0)
+	w.endStep(StepTune, at)
+	w.startStep(StepPublish, at)
+	w.advance(Publishing)
+	w.setCondition(CondWorkspaceSucceeded, true, "TuningSucceeded", rec.Note, at)
+}
+
+func (w *Workspace) imagePushed(d events.ImagePushedData, at time.Time, rec *EventRecord) {
+	w.Image, w.ImageDigest, w.Provenance = d.Reference, d.Digest, d.Provenance
+	h := w.history(w.Generation)
+	h.Image, h.Digest, h.Pushed = d.Reference, d.Digest, at
+	if h.Datasets == nil {
+		h.Datasets = d.Datasets
+	}
+	if h.Scores == nil {
+		h.Scores = scores(d.Metrics)
+	}
+	rec.Note = d.Reference
+	w.endStep(StepPublish, at)
+	w.startStep(StepServe, at)
+	w.advance(Deploying)
+}
+
+func (w *Workspace) adapterStored(d events.AdapterStoredData, at time.Time, rec *EventRecord) {
+	rec.Note = "adapter on " + kaito.DescribeVolume(d.Volume)
+	w.endStep(StepPublish, at)
+	w.startStep(StepServe, at)
+	w.advance(Deploying)
+}
+
+func (w *Workspace) inferenceReady(d events.InferenceReadyData, at time.Time, rec *EventRecord) {
+	// Reports of later adapter sets (a rollback) replace what an earlier one said; an earlier
+	// one arriving late does not.
+	if d.AdapterSet == 0 || d.AdapterSet >= w.AdapterSet {
+		w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
+		w.ServingGeneration, w.Replicas, w.AdapterSet = d.ServingGeneration, d.Replicas, d.AdapterSet
+		w.Live = cmp.Or(d.ServingGeneration, w.Generation)
+		w.clearHeld()
+	}
+	rec.Note = d.URL
+	if d.ServingGeneration != 0 {
+		rec.Note += fmt.Sprintf(" (serving generation %d)", d.ServingGeneration)
+	}
+	w.endStep(StepServe, at)
+	w.advance(Ready)
+	w.setCondition(CondInferenceReady, true, "InferenceReady", d.URL, at)
+}
+
+func (w *Workspace) adapterSelected(d events.AdapterSelectedData, at time.Time, rec *EventRecord) {
+	rec.Note = fmt.Sprintf("%s to generation %d: %s", cmp.Or(d.Reason, "select"), d.Generation, d.Reference)
+}
+
+func (w *Workspace) adapterGated(d events.AdapterGateData, held bool, rec *EventRecord) {
+	h := w.history(w.Generation)
+	if h.Scores == nil {
+		h.Scores = d.Scores
+	}
+	rec.Note = d.Reason
+	if held {
+		h.Held = d.Reason
+		if w.Live != w.Generation {
+			w.Held = d.Reason
+		}
+	}
+}
+
+func (w *Workspace) workspaceFailed(d events.WorkspaceFailedData, at time.Time, rec *EventRecord) {
+	if w.Failure == nil {
+		w.Failure = &Failure{Reason: d.Reason, Message: d.Message, Function: d.Function, EventType: d.EventType}
+	}
+	if h := w.history(w.Generation); h.Failed == "" {
+		h.Failed = d.Reason + ": " + d.Message
+	}
+	rec.Note = d.Reason + ": " + d.Message
+	w.advance(Failed)
+	for i := range w.Steps {
+		if w.Steps[i].Ended == nil {
+			w.Steps[i].Ended = &at
+		}
+	}
+}
+
+func (w *Workspace) capacityReleased(d events.CapacityReleasedData, at time.Time, rec *EventRecord) {
+	rec.Note = "no capacity held"
+	if d.Purpose == "serving" {
+		w.addGPU(0, d.GPUSeconds)
+	}
+	if d.Purpose != "" {
+		rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType, time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
+	}
+	if d.Because == events.WorkspaceDeleted {
+		t := at
+		w.Released = &t
+	}
 }
 
 // lateLive applies what an older generation's inference.ready says of the adapter serving when it

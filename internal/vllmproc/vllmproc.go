@@ -136,7 +136,7 @@ func (p *Process) Ready(ctx context.Context) error {
 			p.mu.Lock()
 			err := p.err
 			p.mu.Unlock()
-			return fmt.Errorf("vLLM exited before it was ready (%v):\n%s", err, p.Log(6000))
+			return fmt.Errorf("vLLM exited before it was ready (%w):\n%s", err, p.Log(6000))
 		case <-ctx.Done():
 			return fmt.Errorf("vLLM not ready: %w\n%s", ctx.Err(), p.Log(6000))
 		case <-tick.C:

@@ -120,7 +120,7 @@ func (a *armState) server() *fake.AgentPoolsServer {
 
 func provider(t *testing.T, a *armState, spot bool) *Provider {
 	t.Helper()
-	var client kubernetes.Interface = kube
+	client := kube
 	p, err := New(Config{SubscriptionID: "00000000-0000-0000-0000-000000000000", ResourceGroup: "rg", Cluster: "aks", Spot: spot, SpotMaxPrice: -1},
 		&azfake.TokenCredential{}, &arm.ClientOptions{ClientOptions: policy.ClientOptions{Transport: fake.NewAgentPoolsServerTransport(a.server())}},
 		&nodes.Checker{Client: client}, slog.New(slog.DiscardHandler))

@@ -237,63 +237,12 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 	if o.ProxyImage == "" {
 		return corev1.PodSpec{}, fmt.Errorf("service %s: kaitoflow's own image is not configured (--proxy-image)", d.Service)
 	}
+	ad, err := adapterVolumes(d)
+	if err != nil {
+		return corev1.PodSpec{}, err
+	}
+	w := weightsFor(d, rt, o)
 	args := append(append([]string{}, rt.Args...), "--host", "127.0.0.1", "--port", strconv.Itoa(runtimePort))
-	var identity bool
-	var secretVols, adapterVols []corev1.Volume
-	var adapterMounts, secretMounts []corev1.VolumeMount
-	for i, a := range d.Adapters {
-		name := serve.AdapterName(a.Name)
-		if a.Volume != nil {
-			// The adapter's files are at the volume's root: the model server mounts it read-only
-			// and loads it from there; nothing is pulled.
-			vol, err := servableVolume(a.Volume)
-			if err != nil {
-				return corev1.PodSpec{}, events.Permanentf(events.ReasonNotSupported, "adapter %s: volumeSource: %v", a.Name, err)
-			}
-			v := corev1.Volume{Name: "adapter-volume-" + strconv.Itoa(i), VolumeSource: *vol}
-			adapterVols = append(adapterVols, v)
-			adapterMounts = append(adapterMounts, corev1.VolumeMount{Name: v.Name, MountPath: adapterVolumeDir + "/" + name, ReadOnly: true})
-			continue
-		}
-		// chat-proxy pulls the image itself (the kubelet's pull secrets do not reach it): each of
-		// the adapter's secrets is mounted as a docker config file for it. Without one it signs in
-		// to an Azure Container Registry with the pod's workload identity, and pulls anything else
-		// anonymously.
-		if len(a.PullSecrets) == 0 && isACR(a.Image) {
-			identity = true
-		}
-		for _, sec := range a.PullSecrets {
-			// Volume names are DNS labels, Secret names need not be: the volume is numbered.
-			if slices.ContainsFunc(secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec }) {
-				continue
-			}
-			v := corev1.Volume{Name: "pull-secret-" + strconv.Itoa(len(secretVols)), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-				SecretName: sec, Items: []corev1.KeyToPath{{Key: corev1.DockerConfigJsonKey, Path: "config.json"}}}}}
-			secretVols = append(secretVols, v)
-			secretMounts = append(secretMounts, corev1.VolumeMount{Name: v.Name, MountPath: pullSecretDir + "/" + v.Name, ReadOnly: true})
-		}
-	}
-	cache := presets.WeightsCache(d.Workspace, o.WeightsCache)
-	startupSeconds := rt.StartupSeconds
-	cacheMount := corev1.VolumeMount{Name: "cache", MountPath: "/mnt/cache"}
-	modelEnv := []corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}, {Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}}
-	var inits []corev1.Container
-	if model, revision := modelOf(rt.Args); cache.PersistentVolumeClaim != nil && o.WeightsImage != "" && model != "" {
-		// Weights once: the first pod of a model revision fills the claim (the trainer's fetch,
-		// checksums verified, resumable); every later one finds it complete and fetches nothing.
-		// The model server reads the claim read-only and offline, so its startup allowance is the
-		// load alone; the download counts against the revision's progress deadline.
-		inits = append(inits, corev1.Container{
-			Name: "weights", Image: o.WeightsImage,
-			Command: []string{"python", "-m", "kaitoflow_trainer.fetch", "--model", model, "--revision", revision},
-			Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
-				presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
-			VolumeMounts: []corev1.VolumeMount{cacheMount},
-		})
-		cacheMount.ReadOnly = true
-		modelEnv = append(modelEnv, corev1.EnvVar{Name: "HF_HUB_OFFLINE", Value: "1"})
-		startupSeconds = loadSeconds(rt.WeightsGiB)
-	}
 	served := serve.ServedModel(d)
 	if d.Pool != "" {
 		// A pool's requests name their model; the pool holds its size in adapters, and one
@@ -302,60 +251,145 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		_, size := d.Workspace.ServingPool()
 		args = presets.MergeArgs(args, []string{"--max-loras", strconv.Itoa(size + 1)})
 	}
-	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
-	health := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10}
-	startup := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
-		PeriodSeconds: 10, FailureThreshold: max(startupSeconds/10, 1)}
-	shm := resource.MustParse("8Gi")
 	sa := ""
-	if identity {
+	if ad.identity {
 		sa = InferenceServiceAccount
 	}
-	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort), "--model", served,
-		"--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort)}
-	for _, h := range o.AllowHosts {
-		proxy = append(proxy, "--allow-host", h)
-	}
+	shm := resource.MustParse("8Gi")
 	return corev1.PodSpec{
 		ServiceAccountName: sa,
-		InitContainers:     inits,
-		Containers: []corev1.Container{
-			{
-				Name: "chat-proxy", Image: o.ProxyImage,
-				Command:        proxy,
-				Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
-				ReadinessProbe: health,
-				StartupProbe:   startup,
-				VolumeMounts: append([]corev1.VolumeMount{
-					{Name: "adapters", MountPath: adapterDir},
-					{Name: "adapter-set", MountPath: adapterSetDir, ReadOnly: true},
-				}, secretMounts...),
-			},
-			{
-				Name: "model", Image: o.RuntimeImage, Args: args,
-				// The weights go to the cache volume (a claim shared with the tuning Job when one is
-				// configured), with the token of presetOptions.modelAccessSecret for gated models.
-				// Adapters are loaded and unloaded at runtime by chat-proxy (the set changes without a
-				// new revision).
-				Env: append(modelEnv, presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
-				Resources: corev1.ResourceRequirements{
-					Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
-				},
-				VolumeMounts: append([]corev1.VolumeMount{
-					{Name: "adapters", MountPath: adapterDir, ReadOnly: true},
-					{Name: "shm", MountPath: "/dev/shm"},
-					cacheMount,
-				}, adapterMounts...),
-			},
-		},
+		InitContainers:     w.inits,
+		Containers:         []corev1.Container{proxyContainer(served, w.startupSeconds, ad, o), modelContainer(d, rt, args, w, ad, o)},
 		Volumes: append([]corev1.Volume{
 			{Name: "adapters", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 			{Name: "shm", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}},
-			{Name: "cache", VolumeSource: cache},
+			{Name: "cache", VolumeSource: w.cache},
 			{Name: "adapter-set", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: AdapterSetName(d.Service)}}}},
-		}, slices.Concat(secretVols, adapterVols)...),
+		}, slices.Concat(ad.secretVols, ad.adapterVols)...),
 	}, nil
+}
+
+// podAdapters is what a pod needs for its adapters: the volumes of adapters served from volumes,
+// the pull Secrets chat-proxy reads, and whether it signs in to ACR with the pod's identity.
+type podAdapters struct {
+	identity                  bool
+	secretVols, adapterVols   []corev1.Volume
+	secretMounts, adapterMnts []corev1.VolumeMount
+}
+
+func adapterVolumes(d serve.Deployment) (podAdapters, error) {
+	var pa podAdapters
+	for i, a := range d.Adapters {
+		name := serve.AdapterName(a.Name)
+		if a.Volume != nil {
+			// The adapter's files are at the volume's root: the model server mounts it read-only
+			// and loads it from there; nothing is pulled.
+			vol, err := servableVolume(a.Volume)
+			if err != nil {
+				return podAdapters{}, events.Permanentf(events.ReasonNotSupported, "adapter %s: volumeSource: %v", a.Name, err)
+			}
+			v := corev1.Volume{Name: "adapter-volume-" + strconv.Itoa(i), VolumeSource: *vol}
+			pa.adapterVols = append(pa.adapterVols, v)
+			pa.adapterMnts = append(pa.adapterMnts, corev1.VolumeMount{Name: v.Name, MountPath: adapterVolumeDir + "/" + name, ReadOnly: true})
+			continue
+		}
+		// chat-proxy pulls the image itself (the kubelet's pull secrets do not reach it): each of
+		// the adapter's secrets is mounted as a docker config file for it. Without one it signs in
+		// to an Azure Container Registry with the pod's workload identity, and pulls anything else
+		// anonymously.
+		if len(a.PullSecrets) == 0 && isACR(a.Image) {
+			pa.identity = true
+		}
+		for _, sec := range a.PullSecrets {
+			// Volume names are DNS labels, Secret names need not be: the volume is numbered.
+			if slices.ContainsFunc(pa.secretVols, func(v corev1.Volume) bool { return v.Secret.SecretName == sec }) {
+				continue
+			}
+			v := corev1.Volume{Name: "pull-secret-" + strconv.Itoa(len(pa.secretVols)), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: sec, Items: []corev1.KeyToPath{{Key: corev1.DockerConfigJsonKey, Path: "config.json"}}}}}
+			pa.secretVols = append(pa.secretVols, v)
+			pa.secretMounts = append(pa.secretMounts, corev1.VolumeMount{Name: v.Name, MountPath: pullSecretDir + "/" + v.Name, ReadOnly: true})
+		}
+	}
+	return pa, nil
+}
+
+// podWeights is where the model server finds the weights and how long it may take to start.
+type podWeights struct {
+	cache          corev1.VolumeSource
+	cacheMount     corev1.VolumeMount
+	env            []corev1.EnvVar
+	inits          []corev1.Container
+	startupSeconds int32
+}
+
+func weightsFor(d serve.Deployment, rt Runtime, o Options) podWeights {
+	w := podWeights{
+		cache:          presets.WeightsCache(d.Workspace, o.WeightsCache),
+		cacheMount:     corev1.VolumeMount{Name: "cache", MountPath: "/mnt/cache"},
+		env:            []corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}, {Name: "VLLM_ALLOW_RUNTIME_LORA_UPDATING", Value: "True"}},
+		startupSeconds: rt.StartupSeconds,
+	}
+	if model, revision := modelOf(rt.Args); w.cache.PersistentVolumeClaim != nil && o.WeightsImage != "" && model != "" {
+		// Weights once: the first pod of a model revision fills the claim (the trainer's fetch,
+		// checksums verified, resumable); every later one finds it complete and fetches nothing.
+		// The model server reads the claim read-only and offline, so its startup allowance is the
+		// load alone; the download counts against the revision's progress deadline.
+		w.inits = append(w.inits, corev1.Container{
+			Name: "weights", Image: o.WeightsImage,
+			Command: []string{"python", "-m", "kaitoflow_trainer.fetch", "--model", model, "--revision", revision},
+			Env: append([]corev1.EnvVar{{Name: "HF_HOME", Value: "/mnt/cache/huggingface"}},
+				presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
+			VolumeMounts: []corev1.VolumeMount{w.cacheMount},
+		})
+		w.cacheMount.ReadOnly = true
+		w.env = append(w.env, corev1.EnvVar{Name: "HF_HUB_OFFLINE", Value: "1"})
+		w.startupSeconds = loadSeconds(rt.WeightsGiB)
+	}
+	return w
+}
+
+// proxyContainer is chat-proxy, the pod's front: it answers once the model server does.
+func proxyContainer(served string, startupSeconds int32, ad podAdapters, o Options) corev1.Container {
+	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort),
+		"--model", served, "--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort)}
+	for _, h := range o.AllowHosts {
+		proxy = append(proxy, "--allow-host", h)
+	}
+	return corev1.Container{
+		Name: "chat-proxy", Image: o.ProxyImage,
+		Command:        proxy,
+		Ports:          []corev1.ContainerPort{{ContainerPort: proxyPort, Protocol: corev1.ProtocolTCP}},
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}}, PeriodSeconds: 10},
+		StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health"}},
+			PeriodSeconds: 10, FailureThreshold: max(startupSeconds/10, 1)},
+		VolumeMounts: append([]corev1.VolumeMount{
+			{Name: "adapters", MountPath: adapterDir},
+			{Name: "adapter-set", MountPath: adapterSetDir, ReadOnly: true},
+		}, ad.secretMounts...),
+	}
+}
+
+// modelContainer is the model server (vLLM) with the pod's GPUs.
+func modelContainer(d serve.Deployment, rt Runtime, args []string, w podWeights, ad podAdapters, o Options) corev1.Container {
+	gpu := resource.MustParse(strconv.Itoa(max(rt.GPUs, 1)))
+	return corev1.Container{
+		Name: "model", Image: o.RuntimeImage, Args: args,
+		// The weights go to the cache volume (a claim shared with the tuning Job when one is
+		// configured), with the token of presetOptions.modelAccessSecret for gated models.
+		// Adapters are loaded and unloaded at runtime by chat-proxy (the set changes without a
+		// new revision).
+		Env: append(w.env, presets.ModelAccessEnv(d.Ref.Namespace, d.Workspace.ModelAccessSecret())...),
+		Resources: corev1.ResourceRequirements{
+			Limits: corev1.ResourceList{"nvidia.com/gpu": gpu}, Requests: corev1.ResourceList{"nvidia.com/gpu": gpu},
+		},
+		VolumeMounts: append([]corev1.VolumeMount{
+			{Name: "adapters", MountPath: adapterDir, ReadOnly: true},
+			{Name: "shm", MountPath: "/dev/shm"},
+			w.cacheMount,
+		}, ad.adapterMnts...),
+	}
 }
 
 // modelOf is the Hugging Face repository and revision vLLM's arguments name: the positional model

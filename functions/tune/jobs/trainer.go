@@ -231,28 +231,44 @@ const ReasonNodeLost = tune.ReasonNodeLost
 // Job controller and kubelet can report is a table case.
 func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 	st := &tune.Status{Job: run, Phase: tune.Pending}
-	var last *corev1.ContainerStateTerminated
-	defer func() {
-		if st.Started.IsZero() && j.Status.StartTime != nil {
-			// The pod went with its node: the Job says when the run began.
-			st.Started = j.Status.StartTime.UTC()
+	seen := readPods(st, pods)
+	defer stamp(st, j, seen.last)
+	if st.Phase == tune.Failed {
+		return st
+	}
+	for _, c := range j.Status.Conditions {
+		if c.Status != corev1.ConditionTrue {
+			continue
 		}
-		// When a finished run stopped: its trainer's exit, else the Job's final condition.
-		if last != nil && !last.FinishedAt.IsZero() {
-			st.Ended = last.FinishedAt.UTC()
+		switch c.Type {
+		case batchv1.JobComplete:
+			completed(st, j, c, seen.last)
+			return st
+		case batchv1.JobFailed:
+			failed(st, c, seen)
+			return st
 		}
-		for _, c := range j.Status.Conditions {
-			if st.Ended.IsZero() && c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobFailed || c.Type == batchv1.JobComplete) {
-				st.Ended = c.LastTransitionTime.UTC()
-			}
-		}
-	}()
-	var lost string // how a pod was taken away with its node, when one was
+	}
+	return st
+}
+
+// podsSeen is what the pods say beyond the status: the trainer's last exit, and how a pod was
+// taken away with its node, when one was.
+type podsSeen struct {
+	last *corev1.ContainerStateTerminated
+	lost string
+}
+
+// readPods reads the node, start, progress and running state from the run's pods into st, and
+// fails it at once on what the kubelet would retry until the deadline (an image that cannot be
+// pulled, a missing Secret).
+func readPods(st *tune.Status, pods []corev1.Pod) podsSeen {
+	var seen podsSeen
 	for i := range pods {
 		p := &pods[i]
 		for _, c := range p.Status.Conditions {
 			if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue {
-				lost = fmt.Sprintf("pod %s on node %s: %s: %s", p.Name, p.Spec.NodeName, c.Reason, c.Message)
+				seen.lost = fmt.Sprintf("pod %s on node %s: %s: %s", p.Name, p.Spec.NodeName, c.Reason, c.Message)
 			}
 		}
 		if p.Spec.NodeName != "" && (p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) {
@@ -278,74 +294,90 @@ func jobStatus(run tune.Job, j *batchv1.Job, pods []corev1.Pod) *tune.Status {
 				switch w.Reason {
 				case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
 					st.Phase, st.Reason, st.Message = tune.Failed, "ImagePullError", fmt.Sprintf("%s: %s", w.Reason, w.Message)
-					return st
+					return seen
 				case "CreateContainerConfigError":
 					// A Secret or key the pod's environment names is missing (the model access
 					// token): the kubelet would retry until the Job's deadline, on a paid GPU.
 					st.Phase, st.Reason, st.Message = tune.Failed, ReasonContainerConfig, w.Message
-					return st
+					return seen
 				}
 			}
 			if cs.State.Terminated != nil {
-				last = cs.State.Terminated
+				seen.last = cs.State.Terminated
 			}
 		}
+	}
+	return seen
+}
+
+// stamp sets when the run began and, once finished, when it stopped: its trainer's exit, else the
+// Job's final condition.
+func stamp(st *tune.Status, j *batchv1.Job, last *corev1.ContainerStateTerminated) {
+	if st.Started.IsZero() && j.Status.StartTime != nil {
+		// The pod went with its node: the Job says when the run began.
+		st.Started = j.Status.StartTime.UTC()
+	}
+	if last != nil && !last.FinishedAt.IsZero() {
+		st.Ended = last.FinishedAt.UTC()
 	}
 	for _, c := range j.Status.Conditions {
-		if c.Status != corev1.ConditionTrue {
-			continue
-		}
-		switch c.Type {
-		case batchv1.JobComplete:
-			st.Phase = tune.Succeeded
-			var s jobrun.Summary
-			if last == nil || json.Unmarshal([]byte(last.Message), &s) != nil || len(s.Files) == 0 {
-				st.Phase, st.Reason, st.Message = tune.Failed, "NoSummary", "the Job completed but its trainer left no adapter summary in the termination message"
-				return st
-			}
-			st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics, Datasets: s.Datasets}
-			if t := j.Status.CompletionTime; t != nil {
-				st.Result.Finished = t.UTC()
-			} else {
-				st.Result.Finished = c.LastTransitionTime.UTC()
-			}
-			return st
-		case batchv1.JobFailed:
-			st.Phase = tune.Failed
-			switch {
-			case lost != "" || (c.Reason == batchv1.JobReasonPodFailurePolicy && strings.Contains(c.Message, string(corev1.DisruptionTarget))):
-				// The pod went with its node (PodGC removes it soon after: the Job's own condition
-				// then is all that says so).
-				if lost == "" {
-					lost = c.Message
-				}
-				st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain): "+lost
-			case last != nil && last.Reason == "OOMKilled":
-				st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
-			case c.Reason == batchv1.JobReasonDeadlineExceeded:
-				st.Reason, st.Message = "DeadlineExceeded", c.Message
-			case last != nil && last.ExitCode != 0:
-				st.Reason = exitReasons[last.ExitCode]
-				if st.Reason == "" {
-					st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
-				}
-				st.Message = last.Message
-				// The trainer's own account, when it gave one as JSON (out of GPU memory: the
-				// step, batch, sequence and memory).
-				var tf events.TrainerFailure
-				if strings.HasPrefix(last.Message, "{") && json.Unmarshal([]byte(last.Message), &tf) == nil && tf.Message != "" {
-					st.Failure, st.Message = &tf, tf.Message
-				}
-				if st.Message == "" {
-					st.Message = fmt.Sprintf("the trainer exited with code %d", last.ExitCode)
-				}
-			default:
-				st.Reason, st.Message = c.Reason, c.Message
-			}
-			return st
+		if st.Ended.IsZero() && c.Status == corev1.ConditionTrue && (c.Type == batchv1.JobFailed || c.Type == batchv1.JobComplete) {
+			st.Ended = c.LastTransitionTime.UTC()
 		}
 	}
-	return st
+}
+
+// completed reads a completed Job's result: job-run's summary in the trainer's termination message.
+func completed(st *tune.Status, j *batchv1.Job, c batchv1.JobCondition, last *corev1.ContainerStateTerminated) {
+	st.Phase = tune.Succeeded
+	var s jobrun.Summary
+	if last == nil || json.Unmarshal([]byte(last.Message), &s) != nil || len(s.Files) == 0 {
+		st.Phase, st.Reason, st.Message = tune.Failed, "NoSummary", "the Job completed but its trainer left no adapter summary in the termination message"
+		return
+	}
+	st.Result = tune.Result{Location: s.Location, Files: s.Files, Layer: s.Layer, Metrics: s.Metrics, Datasets: s.Datasets}
+	if t := j.Status.CompletionTime; t != nil {
+		st.Result.Finished = t.UTC()
+	} else {
+		st.Result.Finished = c.LastTransitionTime.UTC()
+	}
+}
+
+// failed says why a failed Job failed: its node lost, out of memory, its deadline, or the
+// trainer's own exit and account.
+func failed(st *tune.Status, c batchv1.JobCondition, seen podsSeen) {
+	st.Phase = tune.Failed
+	last, lost := seen.last, seen.lost
+	switch {
+	case lost != "" || (c.Reason == batchv1.JobReasonPodFailurePolicy && strings.Contains(c.Message, string(corev1.DisruptionTarget))):
+		// The pod went with its node (PodGC removes it soon after: the Job's own condition
+		// then is all that says so).
+		if lost == "" {
+			lost = c.Message
+		}
+		st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain): "+lost
+	case last != nil && last.Reason == "OOMKilled":
+		st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
+	case c.Reason == batchv1.JobReasonDeadlineExceeded:
+		st.Reason, st.Message = "DeadlineExceeded", c.Message
+	case last != nil && last.ExitCode != 0:
+		st.Reason = exitReasons[last.ExitCode]
+		if st.Reason == "" {
+			st.Reason = fmt.Sprintf("TrainerExit%d", last.ExitCode)
+		}
+		st.Message = last.Message
+		// The trainer's own account, when it gave one as JSON (out of GPU memory: the step,
+		// batch, sequence and memory).
+		var tf events.TrainerFailure
+		if strings.HasPrefix(last.Message, "{") && json.Unmarshal([]byte(last.Message), &tf) == nil && tf.Message != "" {
+			st.Failure, st.Message = &tf, tf.Message
+		}
+		if st.Message == "" {
+			st.Message = fmt.Sprintf("the trainer exited with code %d", last.ExitCode)
+		}
+	default:
+		st.Reason, st.Message = c.Reason, c.Message
+	}
 }
 
 // List implements tune.Trainer: every run not yet acknowledged, in all namespaces.

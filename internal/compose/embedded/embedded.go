@@ -105,89 +105,13 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-
-	natsURL := cfg.NATS.URL
-	// roleURL is the URL a role signs in with: on an external NATS, the one URL given for all.
-	roleURL := func(string) string { return natsURL }
-	if natsURL == "" {
-		// Who reaches the embedded server's port must sign in, and each role gets only its
-		// rights (natsauth): passwords made for this run, in files only this user can read, for
-		// the `kaitoflow fn` processes that join it.
-		roles := assembly.NATSRoles()
-		passwords, err := natsauth.Passwords(roles)
-		if err != nil {
-			return nil, err
-		}
-		users, err := natsauth.Users(roles, passwords)
-		if err != nil {
-			return nil, err
-		}
-		ns, err := startNATS(cfg, users)
-		if err != nil {
-			return nil, err
-		}
-		p.ns = ns
-		roleURL = func(role string) string {
-			u, _ := url.Parse(ns.ClientURL())
-			u.User = url.UserPassword(role, passwords[role])
-			return u.String()
-		}
-		natsURL = roleURL(natsauth.Admin)
-		dir := filepath.Join(cfg.DataDir, NATSDir)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("NATS credentials: %w", err)
-		}
-		for _, r := range roles {
-			if err := os.WriteFile(filepath.Join(dir, r.Name+".url"), []byte(roleURL(r.Name)+"\n"), 0o600); err != nil {
-				return nil, fmt.Errorf("NATS credentials: %w", err)
-			}
-		}
-		log.Info("embedded NATS JetStream listening; clients sign in with a role's credentials", "url", ns.ClientURL(), "credentials", dir,
-			"store", filepath.Join(cfg.DataDir, "jetstream"))
-	}
-	p.NATSURL = natsURL
-	conn := cfg.NATS
-	conn.URL = natsURL
-	nc, err := conn.Connect("kaitoflow-up")
+	bus, err := p.startBus(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	p.nc = nc
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	p.JS = js
-	storage := runtime.Storage{Replicas: cfg.Functions.Replicas, Log: log}
-	if _, err := storage.EnsureStream(ctx, js); err != nil {
+	if err := p.startRegistry(cfg, log); err != nil {
 		return nil, err
 	}
-	store, err := status.Open(ctx, js, storage)
-	if err != nil {
-		return nil, err
-	}
-	p.Store = store
-	p.Metrics.MustRegister(status.NewGPUCollector(store))
-
-	if cfg.Registry != "" {
-		p.Registry = cfg.Registry
-		log.Info("using the registry given as the output registry", "addr", p.Registry)
-	} else {
-		// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
-		regLn, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("registry listener: %w", err)
-		}
-		blobs := filepath.Join(cfg.DataDir, "registry")
-		if err := os.MkdirAll(blobs, 0o755); err != nil {
-			return nil, err
-		}
-		regSrv := &http.Server{Handler: registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs))), ReadHeaderTimeout: 10 * time.Second}
-		p.serve(regSrv, regLn)
-		p.Registry = regLn.Addr().String()
-		log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
-	}
-
 	apiLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("API listener %s: %w", cfg.Listen, err)
@@ -195,14 +119,12 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	p.URL = "http://" + apiLn.Addr().String()
 
 	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(p.Metrics), Tracer: cfg.Tracer}
-	pub := runtime.JetStreamPublisher{JS: js}
 	ac := cfg.Functions
 	ac.Functions = assembly.Pipeline()
-	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, js, store, pub, p.Registry
+	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, p.JS, p.Store, runtime.JetStreamPublisher{JS: p.JS}, p.Registry
 	ac.Sim.Dir, ac.Sim.BaseURL, ac.Sim.Token = filepath.Join(cfg.DataDir, "adapters"), p.URL, cfg.APIToken
 	if ac.ConfigMaps == nil {
-		ac.ConfigMaps = store.ConfigMapData
+		ac.ConfigMaps = p.Store.ConfigMapData
 	}
 	fns, err := assembly.Build(ctx, ac)
 	if err != nil {
@@ -211,55 +133,172 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	p.closeDrivers = fns.Close
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancel
+	if err := p.run(runCtx, cfg, bus, fns, log); err != nil {
+		return nil, err
+	}
+	if err := p.serveAPI(cfg, bus, ac, fns, apiLn, log); err != nil {
+		return nil, err
+	}
+	log.Info("kaitoflow API listening", "url", p.URL, "metrics", p.URL+"/metrics")
+	return p, nil
+}
+
+// bus is how the pipeline's parts reach NATS: the connection options, and the URL each role signs
+// in with.
+type bus struct {
+	conn    natsconn.Options
+	roleURL func(role string) string
+}
+
+// startBus starts the embedded NATS server (unless cfg names one), connects as the admin and
+// opens the stream and the status store.
+func (p *Pipeline) startBus(ctx context.Context, cfg Config, log *slog.Logger) (bus, error) {
+	natsURL := cfg.NATS.URL
+	// On an external NATS, every role signs in with the one URL given.
+	b := bus{conn: cfg.NATS, roleURL: func(string) string { return natsURL }}
+	if natsURL == "" {
+		var err error
+		if b.roleURL, err = p.startNATS(cfg, log); err != nil {
+			return bus{}, err
+		}
+		natsURL = b.roleURL(natsauth.Admin)
+	}
+	p.NATSURL = natsURL
+	b.conn.URL = natsURL
+	nc, err := b.conn.Connect("kaitoflow-up")
+	if err != nil {
+		return bus{}, err
+	}
+	p.nc = nc
+	if p.JS, err = jetstream.New(nc); err != nil {
+		return bus{}, fmt.Errorf("jetstream: %w", err)
+	}
+	storage := runtime.Storage{Replicas: cfg.Functions.Replicas, Log: log}
+	if _, err := storage.EnsureStream(ctx, p.JS); err != nil {
+		return bus{}, err
+	}
+	if p.Store, err = status.Open(ctx, p.JS, storage); err != nil {
+		return bus{}, err
+	}
+	p.Metrics.MustRegister(status.NewGPUCollector(p.Store))
+	return b, nil
+}
+
+// startNATS starts the embedded NATS server and returns the URL each role signs in with. Who
+// reaches its port must sign in, and each role gets only its rights (natsauth): passwords made for
+// this run, in files only this user can read, for the `kaitoflow fn` processes that join it.
+func (p *Pipeline) startNATS(cfg Config, log *slog.Logger) (func(role string) string, error) {
+	roles := assembly.NATSRoles()
+	passwords, err := natsauth.Passwords(roles)
+	if err != nil {
+		return nil, err
+	}
+	users, err := natsauth.Users(roles, passwords)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := startNATS(cfg, users)
+	if err != nil {
+		return nil, err
+	}
+	p.ns = ns
+	roleURL := func(role string) string {
+		u, _ := url.Parse(ns.ClientURL())
+		u.User = url.UserPassword(role, passwords[role])
+		return u.String()
+	}
+	dir := filepath.Join(cfg.DataDir, NATSDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("NATS credentials: %w", err)
+	}
+	for _, r := range roles {
+		if err := os.WriteFile(filepath.Join(dir, r.Name+".url"), []byte(roleURL(r.Name)+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+	}
+	log.Info("embedded NATS JetStream listening; clients sign in with a role's credentials", "url", ns.ClientURL(), "credentials", dir,
+		"store", filepath.Join(cfg.DataDir, "jetstream"))
+	return roleURL, nil
+}
+
+// startRegistry uses the registry cfg names, or starts the in-process one.
+func (p *Pipeline) startRegistry(cfg Config, log *slog.Logger) error {
+	if cfg.Registry != "" {
+		p.Registry = cfg.Registry
+		log.Info("using the registry given as the output registry", "addr", p.Registry)
+		return nil
+	}
+	// The registry stands in for ACR: blobs on disk under the data dir, manifests in memory.
+	regLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("registry listener: %w", err)
+	}
+	blobs := filepath.Join(cfg.DataDir, "registry")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		return err
+	}
+	reg := registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)), registry.WithBlobHandler(registry.NewDiskBlobHandler(blobs)))
+	p.serve(&http.Server{Handler: reg, ReadHeaderTimeout: 10 * time.Second}, regLn)
+	p.Registry = regLn.Addr().String()
+	log.Info("embedded OCI registry listening (stands in for the output registry; sim)", "addr", p.Registry)
+	return nil
+}
+
+// run starts every function's runtime, the tick and the drivers' watches, until ctx ends.
+func (p *Pipeline) run(ctx context.Context, cfg Config, b bus, fns *assembly.Assembly, log *slog.Logger) error {
+	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(p.Metrics), Tracer: cfg.Tracer}
 	for _, fn := range fns.Functions {
 		// Each function consumes, acks and publishes as its own NATS role, so every run of the
 		// pipeline shows the roles' rights are enough (and a function cannot submit).
-		fnJS, err := p.connect(conn, roleURL(fn.Name), "kaitoflow-up-"+fn.Name)
+		fnJS, err := p.connect(b.conn, b.roleURL(fn.Name), "kaitoflow-up-"+fn.Name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		r, err := runtime.NewJetStream(fnJS, fn, deps, cfg.Delivery)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		p.fns.Add(1)
-		go func() {
-			defer p.fns.Done()
-			if err := r.Run(runCtx); err != nil {
-				p.setErr(err)
-				log.Error("function stopped", "function", fn.Name, "err", err)
-			}
-		}()
+		p.goRun(func() error { return r.Run(ctx) }, log, "function stopped", "function", fn.Name)
 	}
-
+	pub := runtime.JetStreamPublisher{JS: p.JS}
 	tickEvery := cfg.TickInterval
 	if tickEvery <= 0 {
 		tickEvery = 30 * time.Second
 	}
+	p.goRun(func() error { runtime.Tick(ctx, pub, tickEvery, log); return nil }, log, "")
+	for _, w := range fns.Watches {
+		p.goRun(func() error {
+			if err := w.Run(ctx, pub); err != nil && ctx.Err() == nil {
+				return err
+			}
+			return nil
+		}, log, "watch stopped", "watch", w.Name)
+	}
+	return nil
+}
+
+// goRun runs f until it returns; an error is the pipeline's, logged with msg and args.
+func (p *Pipeline) goRun(f func() error, log *slog.Logger, msg string, args ...any) {
 	p.fns.Add(1)
 	go func() {
 		defer p.fns.Done()
-		runtime.Tick(runCtx, pub, tickEvery, log)
+		if err := f(); err != nil {
+			p.setErr(err)
+			log.Error(msg, append(args, "err", err)...)
+		}
 	}()
-	for _, w := range fns.Watches {
-		p.fns.Add(1)
-		go func() {
-			defer p.fns.Done()
-			if err := w.Run(runCtx, pub); err != nil && runCtx.Err() == nil {
-				p.setErr(err)
-				log.Error("watch stopped", "watch", w.Name, "err", err)
-			}
-		}()
-	}
+}
 
+// serveAPI serves the API, the sim's inference endpoints and the metrics on apiLn.
+func (p *Pipeline) serveAPI(cfg Config, b bus, ac assembly.Config, fns *assembly.Assembly, apiLn net.Listener, log *slog.Logger) error {
 	// One token guards every route but /healthz: the API, the sim's inference endpoints (their
 	// adapter admin paths change what serves) and /metrics (it names every workspace).
 	mux := http.NewServeMux()
-	entranceJS, err := p.connect(conn, roleURL(assembly.Entrance), "kaitoflow-up-api")
+	entranceJS, err := p.connect(b.conn, b.roleURL(assembly.Entrance), "kaitoflow-up-api")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	apiSrv := &api.Server{Store: store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Plan: fns.Plan}
+	apiSrv := &api.Server{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Plan: fns.Plan}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
@@ -269,8 +308,7 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	root.Handle("/", api.RequireToken(cfg.APIToken, mux))
 	p.serve(&http.Server{Handler: root, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}, apiLn)
-	log.Info("kaitoflow API listening", "url", p.URL, "metrics", p.URL+"/metrics")
-	return p, nil
+	return nil
 }
 
 // NATSDir, under the data dir, holds one file per NATS role (natsauth) with the embedded server's

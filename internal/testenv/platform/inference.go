@@ -223,8 +223,11 @@ func (p *InferencePods) claim(ctx context.Context, ip *inferencePod, name string
 		return nil
 	}
 	pvc, err := p.Box.Client.CoreV1().PersistentVolumeClaims(ip.pod.Namespace).Get(ctx, name, metav1.GetOptions{})
-	if err != nil || pvc.Spec.VolumeName == "" {
-		return fmt.Errorf("claim %s not bound: %v", name, err)
+	if err != nil {
+		return fmt.Errorf("claim %s: %w", name, err)
+	}
+	if pvc.Spec.VolumeName == "" {
+		return fmt.Errorf("claim %s not bound", name)
 	}
 	pv, err := p.Box.Client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
 	if err != nil {
