@@ -34,68 +34,8 @@ func (w *Workspace) Validate(p netguard.AddressPolicy) field.ErrorList {
 	if w.Kind != "" && w.Kind != Kind {
 		errs = append(errs, field.NotSupported(field.NewPath("kind"), w.Kind, []string{Kind}))
 	}
-	meta := field.NewPath("metadata")
-	if w.Name == "" {
-		errs = append(errs, field.Required(meta.Child("name"), ""))
-	} else {
-		for _, msg := range validation.IsDNS1123Subdomain(w.Name) {
-			errs = append(errs, field.Invalid(meta.Child("name"), w.Name, msg))
-		}
-		// Derived names (Jobs, Services, node pools) append suffixes; keep room for them.
-		if len(w.Name) > 63 {
-			errs = append(errs, field.TooLong(meta.Child("name"), w.Name, 63))
-		}
-	}
-	if w.Namespace != "" {
-		for _, msg := range validation.IsDNS1123Label(w.Namespace) {
-			errs = append(errs, field.Invalid(meta.Child("namespace"), w.Namespace, msg))
-		}
-	}
-	// Kubernetes' own rules for labels and annotations (annotations total at most 256 KiB), so a
-	// workspace kaitoflow admits is one the API server would store; then the whole workspace's
-	// encoded size, which every event of its pipeline carries.
-	errs = append(errs, apivalidation.ValidateAnnotations(w.Annotations, meta.Child("annotations"))...)
-	errs = append(errs, metav1validation.ValidateLabels(w.Labels, meta.Child("labels"))...)
-	if b, err := json.Marshal(w); err == nil && len(b) > MaxWorkspaceBytes {
-		errs = append(errs, field.TooLong(field.NewPath(""), "", MaxWorkspaceBytes))
-	}
-	if c, ok := w.Annotations[AnnotationWeightsCache]; ok {
-		for _, msg := range validation.IsDNS1123Subdomain(c) {
-			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationWeightsCache), c, "not a PersistentVolumeClaim name: "+msg))
-		}
-	}
-	if sec, ok := w.Annotations[AnnotationAdapterPullSecret]; ok {
-		for _, msg := range validation.IsDNS1123Subdomain(sec) {
-			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationAdapterPullSecret), sec, "not a Secret name: "+msg))
-		}
-	}
-	if pool, ok := w.Annotations[AnnotationServingPool]; ok {
-		// The pool is a Knative Service's name; its revisions add "-00001" within 63 characters.
-		for _, msg := range validation.IsDNS1035Label(pool) {
-			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationServingPool), pool, "not a service name: "+msg))
-		}
-		if len(pool) > 40 {
-			errs = append(errs, field.TooLong(meta.Child("annotations").Key(AnnotationServingPool), pool, 40))
-		}
-		if sel := w.Resource.LabelSelector; sel == nil || len(sel.MatchLabels) == 0 {
-			errs = append(errs, field.Required(field.NewPath("resource", "labelSelector", "matchLabels"),
-				"a workspace in a serving pool needs matchLabels: the pool's pods run on the nodes its members' selector names"))
-		}
-	}
-	if v, ok := w.Annotations[AnnotationPromotion]; ok {
-		if _, err := ParsePromotion(v); err != nil {
-			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationPromotion), v, err.Error()))
-		} else if w.Tuning == nil {
-			errs = append(errs, field.Forbidden(meta.Child("annotations").Key(AnnotationPromotion), "a promotion policy decides between tuned generations: the workspace has no tuning"))
-		} else if o := w.Tuning.Output; o != nil && o.Volume != nil {
-			errs = append(errs, field.Forbidden(meta.Child("annotations").Key(AnnotationPromotion), "a promotion policy keeps generations' adapters apart, and an output volume holds one: push to tuning.output.image"))
-		}
-	}
-	if n, ok := w.Annotations[AnnotationServingPoolSize]; ok {
-		if size, err := strconv.Atoi(n); err != nil || size < 1 || size > 64 {
-			errs = append(errs, field.Invalid(meta.Child("annotations").Key(AnnotationServingPoolSize), n, "want a number of adapters from 1 to 64"))
-		}
-	}
+	errs = append(errs, w.validateMeta()...)
+	errs = append(errs, w.validateAnnotations()...)
 	errs = append(errs, w.Resource.validate(field.NewPath("resource"))...)
 
 	switch {
@@ -113,11 +53,88 @@ func (w *Workspace) Validate(p netguard.AddressPolicy) field.ErrorList {
 		}
 		// Kaito's rule: a tuning run trains on one node.
 		if w.Resource.Count != nil && *w.Resource.Count > 1 {
-			errs = append(errs, field.Invalid(field.NewPath("resource", "count"), *w.Resource.Count, "tuning does not support multiple nodes: set it to 1 (a node with several GPUs trains on all of them)"))
+			errs = append(errs, field.Invalid(field.NewPath("resource", "count"), *w.Resource.Count,
+				"tuning does not support multiple nodes: set it to 1 (a node with several GPUs trains on all of them)"))
 		}
 	}
 	if w.Inference != nil {
 		errs = append(errs, w.Inference.validate(field.NewPath("inference"), p)...)
+	}
+	return errs
+}
+
+// validateMeta checks the name and namespace, Kubernetes' own rules for labels and annotations
+// (annotations total at most 256 KiB), so a workspace kaitoflow admits is one the API server would
+// store, and then the whole workspace's encoded size, which every event of its pipeline carries.
+func (w *Workspace) validateMeta() field.ErrorList {
+	var errs field.ErrorList
+	meta := field.NewPath("metadata")
+	if w.Name == "" {
+		errs = append(errs, field.Required(meta.Child("name"), ""))
+	} else {
+		for _, msg := range validation.IsDNS1123Subdomain(w.Name) {
+			errs = append(errs, field.Invalid(meta.Child("name"), w.Name, msg))
+		}
+		// Derived names (Jobs, Services, node pools) append suffixes; keep room for them.
+		if len(w.Name) > 63 {
+			errs = append(errs, field.TooLong(meta.Child("name"), w.Name, 63))
+		}
+	}
+	if w.Namespace != "" {
+		for _, msg := range validation.IsDNS1123Label(w.Namespace) {
+			errs = append(errs, field.Invalid(meta.Child("namespace"), w.Namespace, msg))
+		}
+	}
+	errs = append(errs, apivalidation.ValidateAnnotations(w.Annotations, meta.Child("annotations"))...)
+	errs = append(errs, metav1validation.ValidateLabels(w.Labels, meta.Child("labels"))...)
+	if b, err := json.Marshal(w); err == nil && len(b) > MaxWorkspaceBytes {
+		errs = append(errs, field.TooLong(field.NewPath(""), "", MaxWorkspaceBytes))
+	}
+	return errs
+}
+
+// validateAnnotations checks the values of kaitoflow's own annotations.
+func (w *Workspace) validateAnnotations() field.ErrorList {
+	var errs field.ErrorList
+	anns := field.NewPath("metadata", "annotations")
+	if c, ok := w.Annotations[AnnotationWeightsCache]; ok {
+		for _, msg := range validation.IsDNS1123Subdomain(c) {
+			errs = append(errs, field.Invalid(anns.Key(AnnotationWeightsCache), c, "not a PersistentVolumeClaim name: "+msg))
+		}
+	}
+	if sec, ok := w.Annotations[AnnotationAdapterPullSecret]; ok {
+		for _, msg := range validation.IsDNS1123Subdomain(sec) {
+			errs = append(errs, field.Invalid(anns.Key(AnnotationAdapterPullSecret), sec, "not a Secret name: "+msg))
+		}
+	}
+	if pool, ok := w.Annotations[AnnotationServingPool]; ok {
+		// The pool is a Knative Service's name; its revisions add "-00001" within 63 characters.
+		for _, msg := range validation.IsDNS1035Label(pool) {
+			errs = append(errs, field.Invalid(anns.Key(AnnotationServingPool), pool, "not a service name: "+msg))
+		}
+		if len(pool) > 40 {
+			errs = append(errs, field.TooLong(anns.Key(AnnotationServingPool), pool, 40))
+		}
+		if sel := w.Resource.LabelSelector; sel == nil || len(sel.MatchLabels) == 0 {
+			errs = append(errs, field.Required(field.NewPath("resource", "labelSelector", "matchLabels"),
+				"a workspace in a serving pool needs matchLabels: the pool's pods run on the nodes its members' selector names"))
+		}
+	}
+	if v, ok := w.Annotations[AnnotationPromotion]; ok {
+		path := anns.Key(AnnotationPromotion)
+		if _, err := ParsePromotion(v); err != nil {
+			errs = append(errs, field.Invalid(path, v, err.Error()))
+		} else if w.Tuning == nil {
+			errs = append(errs, field.Forbidden(path, "a promotion policy decides between tuned generations: the workspace has no tuning"))
+		} else if o := w.Tuning.Output; o != nil && o.Volume != nil {
+			errs = append(errs, field.Forbidden(path,
+				"a promotion policy keeps generations' adapters apart, and an output volume holds one: push to tuning.output.image"))
+		}
+	}
+	if n, ok := w.Annotations[AnnotationServingPoolSize]; ok {
+		if size, err := strconv.Atoi(n); err != nil || size < 1 || size > 64 {
+			errs = append(errs, field.Invalid(anns.Key(AnnotationServingPoolSize), n, "want a number of adapters from 1 to 64"))
+		}
 	}
 	return errs
 }

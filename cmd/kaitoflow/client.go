@@ -53,58 +53,13 @@ func newSubmit(g *globals) *cobra.Command {
 // them. The server validates every document first (it knows which private hosts it admits), so a
 // file with one bad document starts nothing.
 func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []string) ([]string, error) {
-	// n numbers a document in the order given, for error messages.
-	type document struct {
-		n   int
-		doc []byte
-	}
-	var configMaps, workspaces []document
-	for _, f := range files {
-		b, err := readFile(stdin, f)
-		if err != nil {
-			return nil, err
-		}
-		d, err := kaito.SplitYAML(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
-		}
-		for _, doc := range d {
-			n := len(configMaps) + len(workspaces) + 1
-			var tm metav1.TypeMeta
-			if err := yaml.Unmarshal(doc, &tm); err == nil && tm.APIVersion == "v1" && tm.Kind == "ConfigMap" {
-				configMaps = append(configMaps, document{n, doc})
-			} else {
-				workspaces = append(workspaces, document{n, doc})
-			}
-		}
+	configMaps, workspaces, err := readDocuments(stdin, files)
+	if err != nil {
+		return nil, err
 	}
 	c := g.client()
-	bad := false
-	check := func(d document, err error) error {
-		var apiErr *api.APIError
-		if !errors.As(err, &apiErr) {
-			return err
-		}
-		fmt.Fprintf(g.err, "document %d: %v\n", d.n, err)
-		bad = true
-		return nil
-	}
-	for _, d := range configMaps {
-		if _, err := c.SubmitConfigMap(ctx, d.doc, true); err != nil {
-			if err := check(d, err); err != nil {
-				return nil, err
-			}
-		}
-	}
-	for _, d := range workspaces {
-		if _, err := c.Submit(ctx, d.doc, true); err != nil {
-			if err := check(d, err); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if bad {
-		return nil, exitError{code: 1}
+	if err := g.dryRun(ctx, c, configMaps, workspaces); err != nil {
+		return nil, err
 	}
 	for _, d := range configMaps {
 		res, err := c.SubmitConfigMap(ctx, d.doc, false)
@@ -134,6 +89,70 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		names = append(names, w.Name)
 	}
 	return names, nil
+}
+
+// document is one document of the files given; n numbers it in the order given, for error
+// messages.
+type document struct {
+	n   int
+	doc []byte
+}
+
+// readDocuments splits files into their documents, ConfigMaps apart from workspaces.
+func readDocuments(stdin io.Reader, files []string) (configMaps, workspaces []document, err error) {
+	for _, f := range files {
+		b, err := readFile(stdin, f)
+		if err != nil {
+			return nil, nil, err
+		}
+		d, err := kaito.SplitYAML(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", f, err)
+		}
+		for _, doc := range d {
+			n := len(configMaps) + len(workspaces) + 1
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err == nil && tm.APIVersion == "v1" && tm.Kind == "ConfigMap" {
+				configMaps = append(configMaps, document{n, doc})
+			} else {
+				workspaces = append(workspaces, document{n, doc})
+			}
+		}
+	}
+	return configMaps, workspaces, nil
+}
+
+// dryRun has the server check every document, and reports each one it refuses: a file with one
+// bad document starts nothing.
+func (g *globals) dryRun(ctx context.Context, c *api.Client, configMaps, workspaces []document) error {
+	bad := false
+	check := func(d document, err error) error {
+		var apiErr *api.APIError
+		if !errors.As(err, &apiErr) {
+			return err
+		}
+		fmt.Fprintf(g.err, "document %d: %v\n", d.n, err)
+		bad = true
+		return nil
+	}
+	for _, d := range configMaps {
+		if _, err := c.SubmitConfigMap(ctx, d.doc, true); err != nil {
+			if err := check(d, err); err != nil {
+				return err
+			}
+		}
+	}
+	for _, d := range workspaces {
+		if _, err := c.Submit(ctx, d.doc, true); err != nil {
+			if err := check(d, err); err != nil {
+				return err
+			}
+		}
+	}
+	if bad {
+		return exitError{code: 1}
+	}
+	return nil
 }
 
 func readFile(stdin io.Reader, name string) ([]byte, error) {

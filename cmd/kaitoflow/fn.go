@@ -117,30 +117,14 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	}
 	cfg.Functions, cfg.Logger, cfg.Registry, cfg.TickEvery = []string{name}, log, f.registry, f.delivery.tick
 	cfg.Sim.BaseURL = f.publicURL
-
-	var js jetstream.JetStream
-	if needsNATS(name, f) {
-		nc, err := f.nats.Connect("kaitoflow-fn-" + name)
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
-		if js, err = jetstream.New(nc); err != nil {
-			return err
-		}
-		if _, err := f.nats.storage(log).EnsureStream(ctx, js); err != nil {
-			return err
-		}
+	js, closeNATS, err := f.jetStream(ctx, name, log)
+	if err != nil {
+		return err
 	}
-	// Over HTTP with a sink (Knative's Broker) the outputs go to the sink; otherwise to JetStream.
-	var pub events.Publisher = runtime.JetStreamPublisher{JS: js}
-	if f.transport == "http" && f.sink != "" {
-		hp, err := runtime.NewHTTPPublisher(f.sink)
-		if err != nil {
-			return err
-		}
-		hp.TokenFile = f.sinkToken
-		pub = hp
+	defer closeNATS()
+	pub, err := f.publisher(js)
+	if err != nil {
+		return err
 	}
 	cfg.JetStream, cfg.Publisher, cfg.Replicas = js, pub, f.nats.replicas
 	a, err := assembly.Build(ctx, cfg)
@@ -148,44 +132,15 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		return err
 	}
 	fn := a.Functions[0]
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if a.Store != nil && name == assembly.Status {
-		// The function keeping the status records exports what they say of GPU time.
-		reg.MustRegister(status.NewGPUCollector(a.Store))
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	if a.SimInference != nil {
-		mux.Handle(assembly.SimInferencePath+"/", a.SimInference)
-	}
+	reg, mux := fnMux(name, a)
 	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow-"+name)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = flush(context.WithoutCancel(ctx)) }()
 	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg), Publisher: pub, Tracer: tp}
-
 	if f.transport == "http" {
-		// Under Knative, ApiServerSources deliver the changes the watches would see, through the
-		// signals function, and a watch in every scaled-up replica would only repeat them.
-		h, err := runtime.NewHTTP(fn, deps)
-		if err != nil {
-			return err
-		}
-		var in http.Handler = h
-		if f.callerAudience != "" {
-			if in, err = callersOnly(f, log, h); err != nil {
-				return err
-			}
-		} else {
-			log.Warn("CloudEvents are taken from any caller that reaches this port: set --caller-audience and --caller where the broker sends OIDC tokens")
-		}
-		mux.Handle("POST /", in)
-		log.Info("function listening for CloudEvents over HTTP", "function", name, "addr", f.listen, "sink", f.sink)
-		return serveHTTP(ctx, f.listen, mux)
+		return serveFn(ctx, f, fn, deps, mux, log)
 	}
 	r, err := runtime.NewJetStream(js, fn, deps, f.delivery.options())
 	if err != nil {
@@ -210,6 +165,80 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		return err
 	}
 	return <-errc
+}
+
+// jetStream connects to NATS when the function needs it (needsNATS) and makes sure the stream
+// exists; otherwise it returns nil.
+func (f fnFlags) jetStream(ctx context.Context, name string, log *slog.Logger) (jetstream.JetStream, func(), error) {
+	if !needsNATS(name, f) {
+		return nil, func() {}, nil
+	}
+	nc, err := f.nats.Connect("kaitoflow-fn-" + name)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		_, err = f.nats.storage(log).EnsureStream(ctx, js)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return js, nc.Close, nil
+}
+
+// publisher is where the function's outputs go: over HTTP with a sink (Knative's Broker) to the
+// sink, otherwise to JetStream.
+func (f fnFlags) publisher(js jetstream.JetStream) (events.Publisher, error) {
+	if f.transport != "http" || f.sink == "" {
+		return runtime.JetStreamPublisher{JS: js}, nil
+	}
+	hp, err := runtime.NewHTTPPublisher(f.sink)
+	if err != nil {
+		return nil, err
+	}
+	hp.TokenFile = f.sinkToken
+	return hp, nil
+}
+
+// fnMux serves a function's /metrics and /healthz, and the sim deployer's endpoints when it runs
+// them.
+func fnMux(name string, a *assembly.Assembly) (*prometheus.Registry, *http.ServeMux) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.Store != nil && name == assembly.Status {
+		// The function keeping the status records exports what they say of GPU time.
+		reg.MustRegister(status.NewGPUCollector(a.Store))
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	if a.SimInference != nil {
+		mux.Handle(assembly.SimInferencePath+"/", a.SimInference)
+	}
+	return reg, mux
+}
+
+// serveFn takes the function's CloudEvents over HTTP. Under Knative, ApiServerSources deliver the
+// changes the watches would see, through the signals function, and a watch in every scaled-up
+// replica would only repeat them: none runs here.
+func serveFn(ctx context.Context, f fnFlags, fn runtime.Function, deps runtime.Deps, mux *http.ServeMux, log *slog.Logger) error {
+	h, err := runtime.NewHTTP(fn, deps)
+	if err != nil {
+		return err
+	}
+	var in http.Handler = h
+	if f.callerAudience != "" {
+		if in, err = callersOnly(f, log, h); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("CloudEvents are taken from any caller that reaches this port: set --caller-audience and --caller where the broker sends OIDC tokens")
+	}
+	mux.Handle("POST /", in)
+	log.Info("function listening for CloudEvents over HTTP", "function", fn.Name, "addr", f.listen, "sink", f.sink)
+	return serveHTTP(ctx, f.listen, mux)
 }
 
 // serveHTTP serves until ctx ends, then shuts down gracefully: requests in flight (a handler

@@ -173,47 +173,7 @@ func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloud
 	}
 	ctx, cancel := context.WithTimeout(ctx, cmp.Or(f.pushTimeout, DefaultPushTimeout))
 	defer cancel()
-	anns := map[string]string{
-		"org.opencontainers.image.created": imageCreated(d, ev).Format("2006-01-02T15:04:05Z"),
-		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",
-		"org.opencontainers.image.title":   "LoRA adapter for " + d.Workspace.PresetName(),
-		AnnotationBaseModel:                d.Workspace.PresetName(),
-		AnnotationMethod:                   t.Method,
-		AnnotationWorkspace:                ref.String(),
-	}
-	if t.Input != nil && len(t.Input.URLs) > 0 {
-		anns[AnnotationDataset] = strings.Join(t.Input.URLs, ",")
-	}
-	if t.Input != nil && t.Input.Image != "" {
-		anns[AnnotationDataset] = t.Input.Image
-	}
-	if d.Layer != nil {
-		anns["org.opencontainers.image.revision"] = d.Layer.Digest
-	}
-	if len(d.Datasets) > 0 {
-		anns[AnnotationDatasetDigest] = strings.Join(d.Datasets, ",")
-	}
-	if len(d.Metrics) > 0 {
-		if b, err := json.Marshal(d.Metrics); err == nil {
-			anns[AnnotationMetrics] = string(b)
-		}
-	}
-	if d.Compared != nil {
-		anns[AnnotationComparedWith] = d.Compared.Reference
-	}
-	// Compose, don't copy: when the Job has uploaded the layer to the output repository, the image
-	// is written around it and only the config and manifest move.
-	var img v1.Image
-	if d.Layer != nil {
-		layer, lerr := adapter.Remote(target.Context(), *d.Layer, opts...)
-		if lerr == nil {
-			img, err = adapter.Image(layer, imageCreated(d, ev), anns)
-		} else {
-			err = lerr
-		}
-	} else {
-		img, err = adapter.BuildImage(d.Location, d.Files, imageCreated(d, ev), anns)
-	}
+	img, err := adapterImage(target, d, ev, ref, opts)
 	if err != nil {
 		return nil, fmt.Errorf("build adapter image: %w", err)
 	}
@@ -244,6 +204,55 @@ func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloud
 		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,
 		Metrics: d.Metrics, Datasets: d.Datasets, Compared: d.Compared,
 	}, &ev))
+}
+
+// adapterImage is the adapter's image. Compose, don't copy: when the Job has uploaded the layer
+// to the output repository, the image is written around it and only the config and manifest move.
+func adapterImage(target name.Reference, d events.TuningCompletedData, ev cloudevents.Event, ref events.Ref, opts []remote.Option) (v1.Image, error) {
+	anns := imageAnnotations(d, ev, ref)
+	if d.Layer == nil {
+		return adapter.BuildImage(d.Location, d.Files, imageCreated(d, ev), anns)
+	}
+	layer, err := adapter.Remote(target.Context(), *d.Layer, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return adapter.Image(layer, imageCreated(d, ev), anns)
+}
+
+// imageAnnotations say what the adapter is: its base model, method and workspace, what it was
+// trained on and how it scored.
+func imageAnnotations(d events.TuningCompletedData, ev cloudevents.Event, ref events.Ref) map[string]string {
+	t := d.Workspace.Tuning
+	anns := map[string]string{
+		"org.opencontainers.image.created": imageCreated(d, ev).Format("2006-01-02T15:04:05Z"),
+		"org.opencontainers.image.source":  "https://github.com/kaitoflow/kaitoflow",
+		"org.opencontainers.image.title":   "LoRA adapter for " + d.Workspace.PresetName(),
+		AnnotationBaseModel:                d.Workspace.PresetName(),
+		AnnotationMethod:                   t.Method,
+		AnnotationWorkspace:                ref.String(),
+	}
+	if t.Input != nil && len(t.Input.URLs) > 0 {
+		anns[AnnotationDataset] = strings.Join(t.Input.URLs, ",")
+	}
+	if t.Input != nil && t.Input.Image != "" {
+		anns[AnnotationDataset] = t.Input.Image
+	}
+	if d.Layer != nil {
+		anns["org.opencontainers.image.revision"] = d.Layer.Digest
+	}
+	if len(d.Datasets) > 0 {
+		anns[AnnotationDatasetDigest] = strings.Join(d.Datasets, ",")
+	}
+	if len(d.Metrics) > 0 {
+		if b, err := json.Marshal(d.Metrics); err == nil {
+			anns[AnnotationMetrics] = string(b)
+		}
+	}
+	if d.Compared != nil {
+		anns[AnnotationComparedWith] = d.Compared.Reference
+	}
+	return anns
 }
 
 // pushProvenance attaches the training record to img as a referrer (its manifest's subject is the

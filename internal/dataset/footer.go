@@ -137,68 +137,83 @@ func (w *footerWalker) value(t byte, depth int) error {
 		}
 		return w.skip(n)
 	case ctList, ctSet:
+		return w.list(depth)
+	case ctMap:
+		return w.mapOf(depth)
+	case ctStruct:
+		return w.structOf(depth)
+	}
+	return fmt.Errorf("unknown type %d", t)
+}
+
+// list skips a list or set: a header with the count and the elements' type, then the elements.
+func (w *footerWalker) list(depth int) error {
+	h, err := w.byte()
+	if err != nil {
+		return err
+	}
+	n, et := uint64(h>>4), h&0x0f
+	if n == 15 {
+		if n, err = w.varint(); err != nil {
+			return err
+		}
+	}
+	if err := w.elements(n, et); err != nil {
+		return err
+	}
+	for range n {
+		if err := w.value(et, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mapOf skips a map: the count, the key and value types, then the pairs.
+func (w *footerWalker) mapOf(depth int) error {
+	n, err := w.varint()
+	if err != nil || n == 0 {
+		return err
+	}
+	kv, err := w.byte()
+	if err != nil {
+		return err
+	}
+	if err := w.elements(n, max(kv>>4, kv&0x0f)); err != nil {
+		return err
+	}
+	for range n {
+		if err := w.value(kv>>4, depth+1); err != nil {
+			return err
+		}
+		if err := w.value(kv&0x0f, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// structOf skips a struct's fields up to its stop byte; a bool field lives in its header.
+func (w *footerWalker) structOf(depth int) error {
+	for {
 		h, err := w.byte()
 		if err != nil {
 			return err
 		}
-		n, et := uint64(h>>4), h&0x0f
-		if n == 15 {
-			if n, err = w.varint(); err != nil {
+		ft := h & 0x0f
+		if ft == ctStop {
+			return nil
+		}
+		if h>>4 == 0 { // a long-form field id follows
+			if _, err := w.varint(); err != nil {
 				return err
 			}
 		}
-		if err := w.elements(n, et); err != nil {
+		if ft == ctTrue || ft == ctFalse {
+			continue
+		}
+		if err := w.value(ft, depth+1); err != nil {
 			return err
-		}
-		for range n {
-			if err := w.value(et, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
-	case ctMap:
-		n, err := w.varint()
-		if err != nil || n == 0 {
-			return err
-		}
-		kv, err := w.byte()
-		if err != nil {
-			return err
-		}
-		if err := w.elements(n, max(kv>>4, kv&0x0f)); err != nil {
-			return err
-		}
-		for range n {
-			if err := w.value(kv>>4, depth+1); err != nil {
-				return err
-			}
-			if err := w.value(kv&0x0f, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
-	case ctStruct:
-		for {
-			h, err := w.byte()
-			if err != nil {
-				return err
-			}
-			ft := h & 0x0f
-			if ft == ctStop {
-				return nil
-			}
-			if h>>4 == 0 { // a long-form field id follows
-				if _, err := w.varint(); err != nil {
-					return err
-				}
-			}
-			if ft == ctTrue || ft == ctFalse {
-				continue
-			}
-			if err := w.value(ft, depth+1); err != nil {
-				return err
-			}
 		}
 	}
-	return fmt.Errorf("unknown type %d", t)
 }

@@ -155,41 +155,60 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 		return err
 	}
 	if cur == nil {
-		created, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
-		if err == nil {
-			logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
-			// The pods wait for the set's ConfigMap to mount; it is created right after, owned by
-			// the Service.
-			version, _, err := k.ensureSet(ctx, d, created, false)
-			if err != nil {
-				return err
-			}
-			return k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10)}, nil)
-		}
-		if !apierrors.IsAlreadyExists(err) {
-			return kubeerr.Classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
-		}
-		// Created meanwhile (a duplicate of this event, handled at the same time): compare
-		// generations with what is there.
-		if cur, err = k.current(ctx, client, d); err != nil || cur == nil || generationOf(cur) >= d.Ref.Generation {
+		if cur, err = k.create(ctx, client, d, obj); err != nil || cur == nil {
 			return err
 		}
 	}
 	if cur.GetAnnotations()[AnnotationTemplate] == obj.GetAnnotations()[AnnotationTemplate] {
-		// Same pods, new adapters: the running replicas load the new set live; no revision.
-		version, _, err := k.ensureSet(ctx, d, cur, false)
-		if err != nil {
-			return err
-		}
-		if err := k.patchMeta(ctx, client, d, map[string]any{AnnotationAdapters: nilIfEmpty(obj.GetAnnotations()[AnnotationAdapters]),
-			AnnotationSetVersion: strconv.FormatInt(version, 10), events.AnnotationAcked: nil},
-			map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}); err != nil {
-			return err
-		}
-		logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: the running replicas load it live, no new revision", "service", d.Service,
-			"namespace", d.Ref.Namespace, "from", generationOf(cur), "generation", d.Ref.Generation)
-		return nil
+		return k.updateLive(ctx, client, d, cur, obj)
 	}
+	return k.rollOut(ctx, client, d, cur, obj)
+}
+
+// create creates the Service and, right after, its adapter set's ConfigMap (owned by the Service;
+// the pods wait for it to mount). When the Service was created meanwhile (a duplicate of this
+// event, handled at the same time), it returns what is there if that is an older generation, to
+// be updated; nil when there is nothing left to do.
+func (k *Deployer) create(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	created, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
+	if err == nil {
+		logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
+		version, _, err := k.ensureSet(ctx, d, created, false)
+		if err != nil {
+			return nil, err
+		}
+		return nil, k.patchMeta(ctx, client, d, map[string]any{AnnotationSetVersion: strconv.FormatInt(version, 10)}, nil)
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return nil, kubeerr.Classify(fmt.Errorf("create Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err))
+	}
+	cur, err := k.current(ctx, client, d)
+	if err != nil || cur == nil || generationOf(cur) >= d.Ref.Generation {
+		return nil, err
+	}
+	return cur, nil
+}
+
+// updateLive serves new adapters with the same pods: the running replicas load the new set live;
+// no revision.
+func (k *Deployer) updateLive(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, cur, obj *unstructured.Unstructured) error {
+	version, _, err := k.ensureSet(ctx, d, cur, false)
+	if err != nil {
+		return err
+	}
+	if err := k.patchMeta(ctx, client, d, map[string]any{AnnotationAdapters: nilIfEmpty(obj.GetAnnotations()[AnnotationAdapters]),
+		AnnotationSetVersion: strconv.FormatInt(version, 10), events.AnnotationAcked: nil},
+		map[string]any{events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}); err != nil {
+		return err
+	}
+	logctx.Or(k.Log).InfoContext(ctx, "adapter set updated: the running replicas load it live, no new revision", "service", d.Service,
+		"namespace", d.Ref.Namespace, "from", generationOf(cur), "generation", d.Ref.Generation)
+	return nil
+}
+
+// rollOut updates the Service to new pods: a new revision rolls out, reading the new set as its
+// pods start.
+func (k *Deployer) rollOut(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, cur, obj *unstructured.Unstructured) error {
 	// Keep what others put on the Service's metadata (Knative's creator annotations, say).
 	ann := cur.GetAnnotations()
 	if ann == nil {

@@ -128,22 +128,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 		Data:       map[string]string{presets.TrainingConfigKey: job.Plan.TrainingConfig},
 	}
 
-	var p podParts
-	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
-	for _, h := range o.AllowHosts {
-		p.args = append(p.args, "--allow-host", h)
-	}
-	p.inputs(t.Input)
-	p.outputs(t.Output)
-	if job.Compare != nil {
-		// Pulled with the output's credentials: a workspace's generations share a repository.
-		p.args = append(p.args, "--compare-image", job.Compare.Reference)
-	}
-	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
-	trainer := tune.TrainerCommand(job, "python", job.Plan.Model, job.Plan.Revision, configDir+"/"+presets.TrainingConfigKey, dataDir)
-	command := append(append(p.args, "--"), trainer...)
-
-	gpus := resource.MustParse(strconv.Itoa(max(job.Plan.GPUs, 1)))
+	p := podFor(job, o)
 	podSecurity, containerSecurity := security()
 	backoff, ttl, active := int32(1), int32(o.TTLAfterFinished.Seconds()), int64(deadline.Seconds())
 	k8sJob := &batchv1.Job{
@@ -171,28 +156,55 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 						VolumeMounts:    []corev1.VolumeMount{{Name: "kaitoflow", MountPath: binDir}},
 						SecurityContext: containerSecurity,
 					}},
-					Containers: []corev1.Container{{
-						Name: trainerContainer, Image: o.TrainerImage, Command: command,
-						Env: append([]corev1.EnvVar{
-							{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"},
-							// job-run reports progress on its own Pod.
-							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-						}, presets.ModelAccessEnv(job.Ref.Namespace, job.Workspace.ModelAccessSecret())...),
-						Resources: corev1.ResourceRequirements{
-							Limits:   corev1.ResourceList{"nvidia.com/gpu": gpus},
-							Requests: corev1.ResourceList{"nvidia.com/gpu": gpus},
-						},
-						VolumeMounts:             p.mounts,
-						SecurityContext:          containerSecurity,
-						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-					}},
-					Volumes: p.volumes,
+					Containers: []corev1.Container{trainerContainerFor(job, o, p, containerSecurity)},
+					Volumes:    p.volumes,
 				},
 			},
 		},
 	}
 	return k8sJob, cm, nil
+}
+
+// podFor lays out the run's pod: job-run's arguments, where the data comes from and the adapter
+// goes, the scratch volumes.
+func podFor(job tune.Job, o Options) podParts {
+	t := job.Workspace.Tuning
+	var p podParts
+	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
+	for _, h := range o.AllowHosts {
+		p.args = append(p.args, "--allow-host", h)
+	}
+	p.inputs(t.Input)
+	p.outputs(t.Output)
+	if job.Compare != nil {
+		// Pulled with the output's credentials: a workspace's generations share a repository.
+		p.args = append(p.args, "--compare-image", job.Compare.Reference)
+	}
+	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
+	return p
+}
+
+// trainerContainerFor is the trainer's container: job-run wrapping the trainer's command, with the
+// run's GPUs.
+func trainerContainerFor(job tune.Job, o Options, p podParts, sec *corev1.SecurityContext) corev1.Container {
+	trainer := tune.TrainerCommand(job, "python", job.Plan.Model, job.Plan.Revision, configDir+"/"+presets.TrainingConfigKey, dataDir)
+	gpus := resource.MustParse(strconv.Itoa(max(job.Plan.GPUs, 1)))
+	return corev1.Container{
+		Name: trainerContainer, Image: o.TrainerImage, Command: append(append(p.args, "--"), trainer...),
+		Env: append([]corev1.EnvVar{
+			{Name: "HF_HOME", Value: cacheDir + "/huggingface"}, {Name: "PYTHONUNBUFFERED", Value: "1"},
+			// job-run reports progress on its own Pod.
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		}, presets.ModelAccessEnv(job.Ref.Namespace, job.Workspace.ModelAccessSecret())...),
+		Resources: corev1.ResourceRequirements{
+			Limits:   corev1.ResourceList{"nvidia.com/gpu": gpus},
+			Requests: corev1.ResourceList{"nvidia.com/gpu": gpus},
+		},
+		VolumeMounts:             p.mounts,
+		SecurityContext:          sec,
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
 }
 
 // trainerContainer is the container whose exit codes the failure policy reads.
