@@ -106,28 +106,8 @@ func DecodeNATS(h map[string][]string, body []byte) (cloudevents.Event, error) {
 		if !utf8.ValidString(val) {
 			return cloudevents.Event{}, fmt.Errorf("header %s: not UTF-8", hk)
 		}
-		switch name := strings.TrimPrefix(lk, headerPrefix); name {
-		case "specversion":
-		case "id":
-			e.SetID(val)
-		case "source":
-			e.SetSource(val)
-		case "type":
-			e.SetType(val)
-		case "subject":
-			e.SetSubject(val)
-		case "dataschema":
-			e.SetDataSchema(val)
-		case "time":
-			t, err := time.Parse(time.RFC3339Nano, val)
-			if err != nil {
-				return cloudevents.Event{}, fmt.Errorf("header %s: %w", hk, err)
-			}
-			e.SetTime(t)
-		default:
-			if err := e.Context.SetExtension(name, val); err != nil {
-				return cloudevents.Event{}, fmt.Errorf("header %s: %w", hk, err)
-			}
+		if err := setAttribute(&e, strings.TrimPrefix(lk, headerPrefix), val); err != nil {
+			return cloudevents.Event{}, fmt.Errorf("header %s: %w", hk, err)
 		}
 	}
 	if ct != "" {
@@ -140,6 +120,32 @@ func DecodeNATS(h map[string][]string, body []byte) (cloudevents.Event, error) {
 		return cloudevents.Event{}, fmt.Errorf("invalid event: %w", err)
 	}
 	return e, nil
+}
+
+// setAttribute sets one context attribute or extension from its header's decoded value.
+func setAttribute(e *cloudevents.Event, name, val string) error {
+	switch name {
+	case "specversion":
+	case "id":
+		e.SetID(val)
+	case "source":
+		e.SetSource(val)
+	case "type":
+		e.SetType(val)
+	case "subject":
+		e.SetSubject(val)
+	case "dataschema":
+		e.SetDataSchema(val)
+	case "time":
+		t, err := time.Parse(time.RFC3339Nano, val)
+		if err != nil {
+			return err
+		}
+		e.SetTime(t)
+	default:
+		return e.Context.SetExtension(name, val)
+	}
+	return nil
 }
 
 // percentEncode escapes what the CloudEvents HTTP binding (3.1.3.2) requires: space, '"', '%',

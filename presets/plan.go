@@ -82,6 +82,32 @@ func (c *Catalog) PlanTuning(preset, method, instanceType string, o Overrides) (
 	return c.PlanTuningFor(m, method, instanceType, o)
 }
 
+// tuningPlan is the plan for a SKU whose memory holds estimate e: one process with the model
+// split over the GPUs, or one process per GPU (data parallel, faster) where every GPU holds the
+// whole model.
+func tuningPlan(m *Model, sku SKU, method string, rank int, targets []string, batch, seq int, ckpt bool, e Estimate) (*TuningPlan, error) {
+	p := &TuningPlan{
+		Preset: m.Name, HuggingFace: m.HuggingFace, Revision: m.Revision, Method: method,
+		InstanceType: sku.Name, GPU: sku.GPU, GPUs: sku.GPUs, GPUMemoryGiB: sku.MemoryGiB,
+		DType: dtype(sku), BatchSize: batch, SeqLen: seq, GradientCheckpointing: ckpt,
+		LoRARank: rank, LoRATargets: targets, Processes: 1, Estimate: e,
+	}
+	if sku.GPUs <= 1 {
+		return p, nil
+	}
+	whole, err := EstimateTraining(TrainingInput{
+		Model: m, Method: method, LoRARank: rank, LoRATargets: targets, BatchSize: batch, SeqLen: seq,
+		GradientCheckpointing: ckpt, FlashAttention: true, GPUs: 1,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if whole.PerGPUGiB <= sku.MemoryGiB*headroom {
+		p.Processes, p.Estimate = sku.GPUs, whole
+	}
+	return p, nil
+}
+
 // PlanTuningFor is PlanTuning for a model that need not be in the catalog (one read from the Hub).
 func (c *Catalog) PlanTuningFor(m *Model, method, instanceType string, o Overrides) (*TuningPlan, error) {
 	if !m.Tuning {
@@ -126,24 +152,9 @@ func (c *Catalog) PlanTuningFor(m *Model, method, instanceType string, o Overrid
 				if e.PerGPUGiB > sku.MemoryGiB*headroom {
 					continue
 				}
-				p := &TuningPlan{
-					Preset: m.Name, HuggingFace: m.HuggingFace, Revision: m.Revision, Method: method,
-					InstanceType: sku.Name, GPU: sku.GPU, GPUs: sku.GPUs, GPUMemoryGiB: sku.MemoryGiB,
-					DType: dtype(sku), BatchSize: b, SeqLen: s, GradientCheckpointing: ckpt,
-					LoRARank: rank, LoRATargets: targets, Processes: 1, Estimate: e,
-				}
-				if sku.GPUs > 1 {
-					// Data parallel is faster, but every GPU then holds the whole model.
-					whole, err := EstimateTraining(TrainingInput{
-						Model: m, Method: method, LoRARank: rank, LoRATargets: targets, BatchSize: b, SeqLen: s,
-						GradientCheckpointing: ckpt, FlashAttention: true, GPUs: 1,
-					})
-					if err != nil {
-						return nil, err
-					}
-					if whole.PerGPUGiB <= sku.MemoryGiB*headroom {
-						p.Processes, p.Estimate = sku.GPUs, whole
-					}
+				p, err := tuningPlan(m, sku, method, rank, targets, b, s, ckpt, e)
+				if err != nil {
+					return nil, err
 				}
 				p.explain(m, sku, instanceType == "", seqs[0], batches[0])
 				return p, nil

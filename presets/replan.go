@@ -66,6 +66,13 @@ func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.
 	case ws.InstanceType() != "":
 		return nil, nil, p.oomAdvice(ws, prev, f, off, fmt.Sprintf("batch %d and sequence %d are as small as a retry makes them, and resource.instanceType %s is the user's", batch, seq, ws.InstanceType()))
 	}
+	return p.largerGPU(ctx, ws, m, user, prev, f, pin(batch, seq), off, factor, changes)
+}
+
+// largerGPU re-plans on the cheapest SKU with larger GPUs that fits the run (its estimate scaled by
+// how far off the failed run showed it to be) and has quota; else it says why none does.
+func (p *Planner) largerGPU(ctx context.Context, ws *kaito.Workspace, m *Model, user TrainingConfig, prev *events.Plan, f *events.TrainerFailure,
+	o Overrides, off string, factor float64, changes []string) (*events.Plan, []string, error) {
 	usages, err := p.usages(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -75,7 +82,7 @@ func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.
 		if sku.MemoryGiB <= prev.GPUMemoryGiB {
 			continue
 		}
-		tp, err := p.Catalog.PlanTuningFor(m, ws.Tuning.Method, sku.Name, pin(batch, seq))
+		tp, err := p.Catalog.PlanTuningFor(m, ws.Tuning.Method, sku.Name, o)
 		if err != nil || tp.Estimate.PerGPUGiB*factor > sku.MemoryGiB*headroom {
 			continue
 		}
@@ -83,7 +90,7 @@ func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.
 			short = append(short, why)
 			continue
 		}
-		plan, err := p.tuningPlan(ws, m, user, p.Catalog, sku.Name, pin(batch, seq), prev.GradientAccumulation)
+		plan, err := p.tuningPlan(ws, m, user, p.Catalog, sku.Name, o, prev.GradientAccumulation)
 		return plan, append(changes, fmt.Sprintf("instance type %s → %s (%.0f GiB GPUs, ~$%.2f/h): new capacity", prev.InstanceType, sku.Name, sku.MemoryGiB, sku.PricePerHour)), err
 	}
 	why := fmt.Sprintf("no SKU with GPUs larger than %s's %.0f GiB fits it", prev.InstanceType, prev.GPUMemoryGiB)

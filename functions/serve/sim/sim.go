@@ -143,7 +143,35 @@ func planArgs(p *events.Plan) []string {
 // new adapter set goes to the running replicas, which load it live. Either way Apply returns
 // once the current revision serves the set (or ctx ends), as the sim has no watch to report it.
 func (s *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
+	a, err := s.applyLocked(ctx, d)
+	if err != nil || a == nil {
+		return err
+	}
+	log := logctx.Or(s.Log)
+	switch {
+	case a.live:
+		log.InfoContext(ctx, s.Name()+": new adapter set goes live in the running replicas; no new revision", "version", a.version, "generation", d.Ref.Generation)
+	case s.Server != nil:
+		log.InfoContext(ctx, s.Name()+": new revision of the inference endpoint; its model server starts", "url", s.url(d.Ref.Namespace, d.Service), "revision", a.revision)
+	default:
+		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", a.revision)
+	}
+	return s.await(ctx, d.Ref)
+}
+
+// applied says how a deployment was applied: live into the running replicas (its set's version),
+// or as a new revision.
+type applied struct {
+	live     bool
+	version  int64
+	revision int
+}
+
+// applyLocked admits d (serve.AdmitService, the Knative deployer's rule) and applies it to its
+// service, under the lock; nil when there was nothing to apply.
+func (s *Deployer) applyLocked(ctx context.Context, d serve.Deployment) (*applied, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	key := d.Ref.Namespace + "/" + d.Service
 	svc, ok := s.services[key]
 	state := serve.Service{Exists: ok}
@@ -159,8 +187,7 @@ func (s *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 		}
 	}
 	if apply, err := serve.AdmitService(d, state); err != nil || !apply {
-		s.mu.Unlock()
-		return err
+		return nil, err
 	}
 	if d.Serving != 0 {
 		d.Plan = member.d.Plan // the same pods: only the adapter set changes
@@ -171,8 +198,7 @@ func (s *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	if old := s.serving[wsKey(d.Ref)]; old != "" && old != key {
 		// Moving into or out of a pool: the workspace leaves the service that served it.
 		if err := s.leaveLocked(ctx, d.Ref); err != nil {
-			s.mu.Unlock()
-			return err
+			return nil, err
 		}
 	}
 	if !ok {
@@ -188,36 +214,21 @@ func (s *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 		} else {
 			delete(svc.members, d.Ref.Name)
 		}
-		s.mu.Unlock()
-		return err
+		return nil, err
 	}
 	svc.d, svc.set = d, set
 	s.serving[wsKey(d.Ref)] = key
-	live := svc.spec == simSpec(d) && len(svc.replicas) > 0
-	if live {
+	if svc.spec == simSpec(d) && len(svc.replicas) > 0 {
 		for _, r := range svc.replicas {
 			r.manager.Notify()
 		}
-	} else {
-		svc.spec, svc.revision = simSpec(d), svc.revision+1
-		if err := s.startLocked(svc); err != nil {
-			s.mu.Unlock()
-			return err
-		}
+		return &applied{live: true, version: svc.set.Version, revision: svc.revision}, nil
 	}
-	version, revision := svc.set.Version, svc.revision
-	s.mu.Unlock()
-	log := logctx.Or(s.Log)
-	if live {
-		log.InfoContext(ctx, s.Name()+": new adapter set goes live in the running replicas; no new revision", "version", version, "generation", d.Ref.Generation)
-	} else {
-		if s.Server != nil {
-			log.InfoContext(ctx, s.Name()+": new revision of the inference endpoint; its model server starts", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
-		} else {
-			log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", revision)
-		}
+	svc.spec, svc.revision = simSpec(d), svc.revision+1
+	if err := s.startLocked(svc); err != nil {
+		return nil, err
 	}
-	return s.await(ctx, d.Ref)
+	return &applied{version: svc.set.Version, revision: svc.revision}, nil
 }
 
 // simPlace says where a sim replica finds a volume adapter: a hostPath's directory, as the
@@ -226,6 +237,34 @@ func simPlace(a serve.Adapter, spec *chatproxy.AdapterSpec) {
 	if a.Volume != nil && a.Volume.HostPath != nil {
 		spec.Path = a.Volume.HostPath.Path
 	}
+}
+
+// replicaServer is a replica's model server: where chat-proxy reaches it, when it has loaded the
+// model, how it stops, and the simulated one's handler (nil for a real one).
+type replicaServer struct {
+	upstream  *url.URL
+	transport http.RoundTripper
+	rt        http.Handler
+	loaded    <-chan struct{}
+	stop      func()
+}
+
+// modelServer starts replica's model server: a real one of this machine (Server), which chat-proxy
+// and the reconciler talk to directly, or the simulated one behind the Deployer's handler at
+// upstream.
+func (s *Deployer) modelServer(d serve.Deployment, replica string, upstream *url.URL) (replicaServer, error) {
+	if s.Server != nil {
+		u, loaded, stop, err := s.Server.Start(d, replica)
+		if err != nil {
+			return replicaServer{}, fmt.Errorf("%s: start the model server of %s: %w", s.Name(), replica, err)
+		}
+		return replicaServer{upstream: u, loaded: loaded, stop: stop}, nil
+	}
+	sim := &vllmsim.Server{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
+		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
+	loaded := make(chan struct{})
+	time.AfterFunc(time.Until(sim.ReadyAt()), func() { close(loaded) })
+	return replicaServer{upstream: upstream, transport: s.Transport, rt: sim.Handler(), loaded: loaded, stop: func() {}}, nil
 }
 
 // startLocked starts a replica of svc's current revision.
@@ -252,24 +291,11 @@ func (s *Deployer) startLocked(svc *simService) error {
 		pull = chatproxy.RegistryPuller(nil)
 	}
 	log := logctx.Or(s.Log).With("replica", name)
-	var rt http.Handler
-	var loaded <-chan struct{}
-	stopServer := func() {}
-	transport := s.Transport
-	if s.Server != nil {
-		// A real model server of this machine: chat-proxy and the reconciler talk to it directly.
-		if upstream, loaded, stopServer, err = s.Server.Start(d, name); err != nil {
-			return fmt.Errorf("%s: start the model server of %s: %w", s.Name(), name, err)
-		}
-		transport = nil
-	} else {
-		sim := &vllmsim.Server{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
-			LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
-		rt = sim.Handler()
-		ch := make(chan struct{})
-		time.AfterFunc(time.Until(sim.ReadyAt()), func() { close(ch) })
-		loaded = ch
+	ms, err := s.modelServer(d, name, upstream)
+	if err != nil {
+		return err
 	}
+	upstream, transport := ms.upstream, ms.transport
 	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
 	if transport != nil {
 		m.Client = &http.Client{Transport: transport}
@@ -280,7 +306,8 @@ func (s *Deployer) startLocked(svc *simService) error {
 		model = d.Workspace.PresetName() // a pool's requests name their model
 	}
 	p := &chatproxy.Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: transport}
-	r := &simReplica{name: name, revision: svc.revision, manager: m, rt: rt, stop: func() { stop(); stopServer(); _ = os.RemoveAll(dir) }, proxy: p.Handler(), admin: p.AdminHandler()}
+	r := &simReplica{name: name, revision: svc.revision, manager: m, rt: ms.rt, stop: func() { stop(); ms.stop(); _ = os.RemoveAll(dir) },
+		proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
 	key := d.Ref.Namespace + "/" + d.Service
 	// The sim knows when the set changes (Apply notifies the replicas) and when the model has
@@ -295,7 +322,7 @@ func (s *Deployer) startLocked(svc *simService) error {
 	}, time.Second)
 	go func() {
 		select {
-		case <-loaded:
+		case <-ms.loaded:
 			m.Notify()
 		case <-ctx.Done():
 		}

@@ -140,7 +140,7 @@ const AnnotationMaxBatch = "kaitoflow.io/sim-max-batch"
 
 // Sim trainer run shape: the steps of a run and how often it checkpoints.
 const (
-	simSteps           = 100
+	simStepCount       = 100
 	simCheckpointEvery = 20
 )
 
@@ -149,7 +149,6 @@ func simTrain(args []string) int {
 	for i := 0; i+1 < len(args); i += 2 {
 		flags[strings.TrimPrefix(args[i], "--")] = args[i+1]
 	}
-	delay, _ := time.ParseDuration(flags["delay"])
 	parts := strings.Split(flags["ref"], "/")
 	results := flags["results"]
 	if len(parts) != 3 || results == "" {
@@ -172,6 +171,27 @@ func simTrain(args []string) int {
 		}
 		return 4
 	}
+	if err := simSteps(flags, results, job); err != nil {
+		fmt.Fprintln(os.Stderr, "sim trainer:", err)
+		return 1
+	}
+	rows := simRows(flags["input-dir"])
+	if _, err := writeSimAdapter(results, job, rows); err != nil {
+		fmt.Fprintln(os.Stderr, "sim trainer:", err)
+		return 1
+	}
+	metrics, _ := json.Marshal(simScores(rows, flags["compare-adapter"]))
+	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
+		return 1
+	}
+	fmt.Println("sim trainer: wrote a simulated adapter; nothing was trained")
+	return 0
+}
+
+// simSteps runs the simulated steps, from a checkpoint when resumed, reporting progress and
+// writing a checkpoint every simCheckpointEvery steps as the real trainer does.
+func simSteps(flags map[string]string, results string, job tune.Job) error {
+	delay, _ := time.ParseDuration(flags["delay"])
 	// Resumed: the steps before the checkpoint's are done.
 	from := 0
 	if dir := flags["resume-from"]; dir != "" {
@@ -183,47 +203,43 @@ func simTrain(args []string) int {
 			err = json.Unmarshal(b, &st)
 		}
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "sim trainer: --resume-from:", err)
-			return 1
+			return fmt.Errorf("--resume-from: %w", err)
 		}
 		from = st.GlobalStep
-		fmt.Printf("sim trainer: resuming at step %d of %d\n", from, simSteps)
+		fmt.Printf("sim trainer: resuming at step %d of %d\n", from, simStepCount)
 	}
-	for step := from + 1; step <= simSteps; step++ {
-		time.Sleep(delay / simSteps)
-		fmt.Printf("%s{\"step\": %d, \"max_steps\": %d, \"loss\": %.3f, \"tokens_per_second\": 1000}\n", jobrun.ProgressPrefix, step, simSteps, 2.0-float64(step)/simSteps)
-		if step%simCheckpointEvery == 0 && step < simSteps {
+	for step := from + 1; step <= simStepCount; step++ {
+		time.Sleep(delay / simStepCount)
+		fmt.Printf("%s{\"step\": %d, \"max_steps\": %d, \"loss\": %.3f, \"tokens_per_second\": 1000}\n",
+			jobrun.ProgressPrefix, step, simStepCount, 2.0-float64(step)/simStepCount)
+		if step%simCheckpointEvery == 0 && step < simStepCount {
 			dir := filepath.Join(results, fmt.Sprintf("checkpoint-%d", step))
 			if err := writeSimCheckpoint(dir, job, step); err != nil {
-				fmt.Fprintln(os.Stderr, "sim trainer:", err)
-				return 1
+				return err
 			}
 			fmt.Printf("%s{\"step\": %d, \"path\": %q}\n", jobrun.CheckpointPrefix, step, dir)
 		}
 	}
-	rows := simRows(flags["input-dir"])
-	if _, err := writeSimAdapter(results, job, rows); err != nil {
-		fmt.Fprintln(os.Stderr, "sim trainer:", err)
-		return 1
-	}
-	scores := map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simSteps, "sim_rows": rows,
+	return nil
+}
+
+// simScores are the run's metrics by the sim's rule (EvalLoss), the serving adapter's too when
+// compareDir holds a sim adapter.
+func simScores(rows int, compareDir string) map[string]any {
+	scores := map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simStepCount, "sim_rows": rows,
 		events.MetricEvalLoss: EvalLoss(rows), events.MetricBaseEvalLoss: EvalLoss(0)}
-	if dir := flags["compare-adapter"]; dir != "" {
-		var cfg struct {
-			Rows *int `json:"kaitoflow_sim_rows"`
-		}
-		if b, err := os.ReadFile(filepath.Join(dir, "adapter_config.json")); err == nil && json.Unmarshal(b, &cfg) == nil && cfg.Rows != nil {
-			scores[events.MetricServingEvalLoss] = EvalLoss(*cfg.Rows)
-		} else {
-			fmt.Println("sim trainer: the adapter to compare with is not a sim adapter; not scored")
-		}
+	if compareDir == "" {
+		return scores
 	}
-	metrics, _ := json.Marshal(scores)
-	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
-		return 1
+	var cfg struct {
+		Rows *int `json:"kaitoflow_sim_rows"`
 	}
-	fmt.Println("sim trainer: wrote a simulated adapter; nothing was trained")
-	return 0
+	if b, err := os.ReadFile(filepath.Join(compareDir, "adapter_config.json")); err == nil && json.Unmarshal(b, &cfg) == nil && cfg.Rows != nil {
+		scores[events.MetricServingEvalLoss] = EvalLoss(*cfg.Rows)
+	} else {
+		fmt.Println("sim trainer: the adapter to compare with is not a sim adapter; not scored")
+	}
+	return scores
 }
 
 // EvalLoss is the sim trainer's eval_loss of an adapter trained on rows distinct non-empty
@@ -259,7 +275,7 @@ func writeSimCheckpoint(dir string, job tune.Job, step int) error {
 	if err := os.WriteFile(filepath.Join(dir, "optimizer.pt"), []byte(fmt.Sprintf("sim optimizer state at step %d\n", step)), 0o644); err != nil {
 		return err
 	}
-	state, _ := json.Marshal(map[string]any{"global_step": step, "max_steps": simSteps, "kaitoflow_trainer": "sim"})
+	state, _ := json.Marshal(map[string]any{"global_step": step, "max_steps": simStepCount, "kaitoflow_trainer": "sim"})
 	return os.WriteFile(filepath.Join(dir, "trainer_state.json"), state, 0o644)
 }
 
