@@ -59,13 +59,7 @@ func validatePodTemplate(path *field.Path, t *corev1.PodTemplateSpec) field.Erro
 	var errs field.ErrorList
 	spec := path.Child("spec")
 	s := &t.Spec
-	if eval, err := policy.NewEvaluator(policy.DefaultChecks(), nil); err == nil {
-		for _, r := range eval.EvaluatePod(psapi.LevelVersion{Level: psapi.LevelBaseline, Version: psapi.LatestVersion()}, &t.ObjectMeta, s) {
-			if !r.Allowed {
-				errs = append(errs, field.Forbidden(spec, fmt.Sprintf("Pod Security baseline: %s (%s)", r.ForbiddenReason, r.ForbiddenDetail)))
-			}
-		}
-	}
+	errs = append(errs, baseline(spec, t)...)
 	for k := range t.Labels {
 		if strings.HasPrefix(k, "kaitoflow.io/") || strings.HasPrefix(k, "azure.workload.identity/") {
 			errs = append(errs, field.Forbidden(path.Child("metadata", "labels").Key(k), "kaitoflow sets its own labels and the workload identity's"))
@@ -82,6 +76,39 @@ func validatePodTemplate(path *field.Path, t *corev1.PodTemplateSpec) field.Erro
 	for i := range s.Containers {
 		errs = append(errs, containerSecrets(spec.Child("containers").Index(i), &s.Containers[i])...)
 	}
+	errs = append(errs, noIdentityOrHost(spec, s)...)
+	for i := range s.Volumes {
+		errs = append(errs, validateVolumeSource(spec.Child("volumes").Index(i), &s.Volumes[i].VolumeSource)...)
+	}
+	for i := range s.InitContainers {
+		errs = append(errs, validateContainer(spec.Child("initContainers").Index(i), &s.InitContainers[i])...)
+	}
+	for i := range s.Containers {
+		errs = append(errs, validateContainer(spec.Child("containers").Index(i), &s.Containers[i])...)
+	}
+	if len(s.EphemeralContainers) > 0 {
+		errs = append(errs, field.Forbidden(spec.Child("ephemeralContainers"), "ephemeral containers are added by kubectl debug, not by a workspace"))
+	}
+	return errs
+}
+
+// baseline is the Pod Security Standards' baseline level, as the API server's admission checks it.
+func baseline(spec *field.Path, t *corev1.PodTemplateSpec) field.ErrorList {
+	var errs field.ErrorList
+	if eval, err := policy.NewEvaluator(policy.DefaultChecks(), nil); err == nil {
+		for _, r := range eval.EvaluatePod(psapi.LevelVersion{Level: psapi.LevelBaseline, Version: psapi.LatestVersion()}, &t.ObjectMeta, &t.Spec) {
+			if !r.Allowed {
+				errs = append(errs, field.Forbidden(spec, fmt.Sprintf("Pod Security baseline: %s (%s)", r.ForbiddenReason, r.ForbiddenDetail)))
+			}
+		}
+	}
+	return errs
+}
+
+// noIdentityOrHost refuses what would give a workspace's pods an identity or the node's: a
+// ServiceAccount or its token, the node's namespaces, a node by name, root.
+func noIdentityOrHost(spec *field.Path, s *corev1.PodSpec) field.ErrorList {
+	var errs field.ErrorList
 	if s.ServiceAccountName != "" {
 		errs = append(errs, field.Forbidden(spec.Child("serviceAccountName"), "the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
 	}
@@ -107,18 +134,6 @@ func validatePodTemplate(path *field.Path, t *corev1.PodTemplateSpec) field.Erro
 	}
 	if sc := s.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser == 0 {
 		errs = append(errs, field.Forbidden(spec.Child("securityContext", "runAsUser"), "a workspace's pods do not run as root"))
-	}
-	for i := range s.Volumes {
-		errs = append(errs, validateVolumeSource(spec.Child("volumes").Index(i), &s.Volumes[i].VolumeSource)...)
-	}
-	for i := range s.InitContainers {
-		errs = append(errs, validateContainer(spec.Child("initContainers").Index(i), &s.InitContainers[i])...)
-	}
-	for i := range s.Containers {
-		errs = append(errs, validateContainer(spec.Child("containers").Index(i), &s.Containers[i])...)
-	}
-	if len(s.EphemeralContainers) > 0 {
-		errs = append(errs, field.Forbidden(spec.Child("ephemeralContainers"), "ephemeral containers are added by kubectl debug, not by a workspace"))
 	}
 	return errs
 }

@@ -61,8 +61,8 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 			if printURL {
 				return printEndpoint(g.out, w.Endpoint, model)
 			}
-			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream, maxTokens: maxTokens, temperature: temperature,
-				status: g.err, wakeAfter: 2 * time.Second, wakeTimeout: wakeTimeout}
+			c := &chatter{endpoint: strings.TrimSuffix(w.Endpoint, "/"), model: model, out: g.out, stream: !noStream,
+				maxTokens: maxTokens, temperature: temperature, status: g.err, wakeAfter: 2 * time.Second, wakeTimeout: wakeTimeout}
 			if sameOrigin(w.Endpoint, g.server) {
 				c.token = g.token
 			}
@@ -71,17 +71,7 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 				return err
 			}
 			fmt.Fprintf(g.err, "chatting with %s (%s) at %s; an empty line or end of input ends it\n", w.Name, model, w.Endpoint)
-			in := bufio.NewScanner(cmd.InOrStdin())
-			for fmt.Fprint(g.err, "> "); in.Scan(); fmt.Fprint(g.err, "> ") {
-				line := strings.TrimSpace(in.Text())
-				if line == "" {
-					break
-				}
-				if _, err := c.say(cmd.Context(), line); err != nil {
-					return err
-				}
-			}
-			return in.Err()
+			return c.converse(cmd.Context(), cmd.InOrStdin(), g.err)
 		},
 	}
 	f := cmd.Flags()
@@ -90,8 +80,25 @@ cluster: a Knative Service's address is cluster-local, and its Kubernetes Servic
 	f.BoolVar(&printURL, "url", false, "print the endpoint's URL and curl commands that reach it from a pod in the cluster, and send nothing")
 	f.IntVar(&maxTokens, "max-tokens", 0, "longest answer in tokens (0: the server's default)")
 	f.Float64Var(&temperature, "temperature", -1, "sampling temperature (negative: the server's default)")
-	f.DurationVar(&wakeTimeout, "wake-timeout", 30*time.Minute, "how long to wait for an endpoint scaled to zero to start answering (a GPU node and the model may have to start)")
+	f.DurationVar(&wakeTimeout, "wake-timeout", 30*time.Minute,
+		"how long to wait for an endpoint scaled to zero to start answering (a GPU node and the model may have to start)")
 	return cmd
+}
+
+// converse reads prompts line by line from in and answers each, keeping the conversation, until
+// an empty line or the end of input; it prompts on prompt.
+func (c *chatter) converse(ctx context.Context, in io.Reader, prompt io.Writer) error {
+	sc := bufio.NewScanner(in)
+	for fmt.Fprint(prompt, "> "); sc.Scan(); fmt.Fprint(prompt, "> ") {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			break
+		}
+		if _, err := c.say(ctx, line); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
 }
 
 // printEndpoint prints the endpoint and, for both of its APIs, a one-off curl pod that calls it:

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"os"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,15 +13,18 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
+// controllerFlags are the controller's settings.
+type controllerFlags struct {
+	nats    natsFlags
+	drivers driverFlags
+	group   string
+	workers int
+	elect   bool
+	leaseNS string
+}
+
 func newController(g *globals) *cobra.Command {
-	var (
-		nats    natsFlags
-		drivers driverFlags
-		group   string
-		workers int
-		elect   bool
-		leaseNS string
-	)
+	var o controllerFlags
 	cmd := &cobra.Command{
 		Use:   "controller",
 		Short: "Reconcile Workspace custom resources with the pipeline (kubectl apply -f workspace.yaml)",
@@ -35,47 +40,51 @@ prints its columns, plus phase, endpoint, image and failure).`,
 			if err != nil {
 				return err
 			}
-			cfg, err := drivers.config(true)
-			if err != nil {
-				return err
-			}
-			nc, err := nats.Connect("kaitoflow-controller")
-			if err != nil {
-				return err
-			}
-			defer func() { _ = nc.Drain() }()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return err
-			}
-			if _, err := nats.storage(log).EnsureStream(cmd.Context(), js); err != nil {
-				return err
-			}
-			cfg.Replicas = nats.replicas
-			pub := runtime.JetStreamPublisher{JS: js}
-			cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, group, workers
-			if elect {
-				id, err := os.Hostname() // the pod's name
-				if err != nil {
-					return err
-				}
-				cfg.LeaderElection = &controller.Leader{Namespace: leaseNS, Identity: id}
-			}
-			a, err := assembly.Build(cmd.Context(), cfg)
-			if err != nil {
-				return err
-			}
-			return a.Watches[0].Run(cmd.Context(), pub)
+			return o.run(cmd.Context(), log)
 		},
 	}
 	fl := cmd.Flags()
-	nats.register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
-	fl.StringSliceVar(&drivers.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
-	fl.StringVar(&drivers.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
-	fl.Float32Var(&drivers.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
-	fl.StringVar(&group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
-	fl.IntVar(&workers, "workers", 4, "Workspaces reconciled at once")
-	fl.BoolVar(&elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
-	fl.StringVar(&leaseNS, "leader-election-namespace", "kaitoflow", "the namespace of the leader Lease ("+controller.LeaseName+")")
+	o.nats.register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
+	fl.StringSliceVar(&o.drivers.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
+	fl.StringVar(&o.drivers.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+	fl.Float32Var(&o.drivers.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
+	fl.StringVar(&o.group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
+	fl.IntVar(&o.workers, "workers", 4, "Workspaces reconciled at once")
+	fl.BoolVar(&o.elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
+	fl.StringVar(&o.leaseNS, "leader-election-namespace", "kaitoflow", "the namespace of the leader Lease ("+controller.LeaseName+")")
 	return cmd
+}
+
+func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
+	cfg, err := o.drivers.config(true)
+	if err != nil {
+		return err
+	}
+	nc, err := o.nats.Connect("kaitoflow-controller")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = nc.Drain() }()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if _, err := o.nats.storage(log).EnsureStream(ctx, js); err != nil {
+		return err
+	}
+	cfg.Replicas = o.nats.replicas
+	pub := runtime.JetStreamPublisher{JS: js}
+	cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, o.group, o.workers
+	if o.elect {
+		id, err := os.Hostname() // the pod's name
+		if err != nil {
+			return err
+		}
+		cfg.LeaderElection = &controller.Leader{Namespace: o.leaseNS, Identity: id}
+	}
+	a, err := assembly.Build(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return a.Watches[0].Run(ctx, pub)
 }

@@ -22,6 +22,9 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
+// defaultServer is where the CLI finds the API unless told: `up`'s default --listen.
+const defaultServer = "http://127.0.0.1:8470"
+
 func main() {
 	// The sim trainer is this binary re-executed as the tuning "process" job-run wraps.
 	tunesim.TrainerMain()
@@ -72,7 +75,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 			return g.readTokenFile()
 		},
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", "http://127.0.0.1:8470", "kaitoflow API URL (env KAITOFLOW_SERVER)")
+	root.PersistentFlags().StringVar(&g.server, "server", defaultServer, "kaitoflow API URL (env KAITOFLOW_SERVER)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (`up` requires it of clients when set)")
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")

@@ -23,7 +23,12 @@ import (
 
 func newPresets(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "presets", Short: "The model presets and GPU SKUs kaitoflow knows"}
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(newPresetsList(g), newPresetsShow(g))
+	return cmd
+}
+
+func newPresetsList(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
 		Short: "List the model presets",
 		Args:  cobra.NoArgs,
@@ -39,7 +44,10 @@ func newPresets(g *globals) *cobra.Command {
 			}
 			return tw.Flush()
 		},
-	})
+	}
+}
+
+func newPresetsShow(g *globals) *cobra.Command {
 	var hubURL string
 	show := &cobra.Command{
 		Use:   "show NAME",
@@ -70,28 +78,32 @@ are read from the Hub (with $HF_TOKEN, for gated models).`,
 			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, %d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        %v\n  license:       %s\n  inference:     %s (tuning: presets/trainer, built by hack/release.sh)\n\n",
 				m.Name, m.HuggingFace, m.Revision, float64(m.Parameters)/1e9, a.Family, a.Layers, a.HiddenSize, a.IntermediateSize, a.Heads, a.KVHeads, a.Vocab,
 				m.MaxContext, a.KVBytesPerToken()>>10, strings.Join(m.LoRATargets, ", "), m.Tuning, m.License, presets.InferenceImage)
-			tw := tabwriter.NewWriter(g.out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "SKU\tGPUS\tQLORA\tLORA\tSERVE (max model len)\t$/H")
-			for _, s := range c.SKUsByPrice() {
-				cell := func(method string) string {
-					p, err := c.PlanTuningFor(m, method, s.Name, presets.Overrides{})
-					if err != nil {
-						return "no"
-					}
-					return fmt.Sprintf("%.1f GiB b%d×%d %s", p.Estimate.PerGPUGiB, p.BatchSize, p.SeqLen, p.DType)
-				}
-				serve := "no"
-				if p, err := c.PlanInferenceFor(m, s.Name, 0, 0); err == nil {
-					serve = fmt.Sprintf("%d %s", p.MaxModelLen, p.DType)
-				}
-				fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, cell("qlora"), cell("lora"), serve, s.PricePerHour)
-			}
-			return tw.Flush()
+			return fitTable(g.out, c, m)
 		},
 	}
 	show.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror (default https://huggingface.co)")
-	cmd.AddCommand(show)
-	return cmd
+	return show
+}
+
+// fitTable prints where m fits: tuning with qlora and lora, and serving, on every SKU by price.
+func fitTable(out io.Writer, c *presets.Catalog, m *presets.Model) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SKU\tGPUS\tQLORA\tLORA\tSERVE (max model len)\t$/H")
+	for _, s := range c.SKUsByPrice() {
+		cell := func(method string) string {
+			p, err := c.PlanTuningFor(m, method, s.Name, presets.Overrides{})
+			if err != nil {
+				return "no"
+			}
+			return fmt.Sprintf("%.1f GiB b%d×%d %s", p.Estimate.PerGPUGiB, p.BatchSize, p.SeqLen, p.DType)
+		}
+		serve := "no"
+		if p, err := c.PlanInferenceFor(m, s.Name, 0, 0); err == nil {
+			serve = fmt.Sprintf("%d %s", p.MaxModelLen, p.DType)
+		}
+		fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, cell("qlora"), cell("lora"), serve, s.PricePerHour)
+	}
+	return tw.Flush()
 }
 
 // cliHub reads models from the Hugging Face Hub (or the mirror at url) for the commands that plan
@@ -123,29 +135,9 @@ without quota is passed over, or refused with the numbers.`,
 			if err != nil {
 				return err
 			}
-			// Models that are not presets are read from the Hub; a gated one with the workstation's
-			// $HF_TOKEN standing in for the workspace's modelAccessSecret.
-			planner := &presets.Planner{Catalog: c, Hub: cliHub(hubURL),
-				Secrets: func(context.Context, string, string) (map[string][]byte, error) {
-					return map[string][]byte{presets.ModelAccessSecretKey: []byte(os.Getenv("HF_TOKEN"))}, nil
-				}}
-			if subscription != "" || location != "" {
-				cred, err := azidentity.NewDefaultAzureCredential(nil)
-				if err != nil {
-					return fmt.Errorf("azure credential for the quota check: %w", err)
-				}
-				if planner.Quota, err = aks.NewQuota(subscription, location, spot, cred, nil); err != nil {
-					return err
-				}
-			}
-			if trainingConfig != "" {
-				doc, err := os.ReadFile(trainingConfig)
-				if err != nil {
-					return err
-				}
-				planner.Configs = func(context.Context, string, string) (map[string]string, error) {
-					return map[string]string{presets.TrainingConfigKey: string(doc)}, nil
-				}
+			planner, err := cliPlanner(c, hubURL, trainingConfig, subscription, location, spot)
+			if err != nil {
+				return err
 			}
 			failed := false
 			for _, f := range files {
@@ -177,6 +169,37 @@ without quota is passed over, or refused with the numbers.`,
 	cmd.Flags().BoolVar(&spot, "spot", false, "with --location: spot pools, which count against the region's low-priority vCPUs only")
 	cmd.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror, for models that are not presets (default https://huggingface.co)")
 	return cmd
+}
+
+// cliPlanner is the planner `plan` runs without a server: models read from the Hub (or the mirror
+// at hubURL), trainingConfig standing in for a workspace's tuning.config, and the region's quota
+// when a subscription and location are given.
+func cliPlanner(c *presets.Catalog, hubURL, trainingConfig, subscription, location string, spot bool) (*presets.Planner, error) {
+	// Models that are not presets are read from the Hub; a gated one with the workstation's
+	// $HF_TOKEN standing in for the workspace's modelAccessSecret.
+	planner := &presets.Planner{Catalog: c, Hub: cliHub(hubURL),
+		Secrets: func(context.Context, string, string) (map[string][]byte, error) {
+			return map[string][]byte{presets.ModelAccessSecretKey: []byte(os.Getenv("HF_TOKEN"))}, nil
+		}}
+	if subscription != "" || location != "" {
+		cred, err := azidentity.NewDefaultAzureCredential(nil)
+		if err != nil {
+			return nil, fmt.Errorf("azure credential for the quota check: %w", err)
+		}
+		if planner.Quota, err = aks.NewQuota(subscription, location, spot, cred, nil); err != nil {
+			return nil, err
+		}
+	}
+	if trainingConfig != "" {
+		doc, err := os.ReadFile(trainingConfig)
+		if err != nil {
+			return nil, err
+		}
+		planner.Configs = func(context.Context, string, string) (map[string]string, error) {
+			return map[string]string{presets.TrainingConfigKey: string(doc)}, nil
+		}
+	}
+	return planner, nil
 }
 
 // printPlan prints one workspace's plan and reports whether it can run.

@@ -3,6 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -10,16 +14,19 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 
+// upFlags are up's settings.
+type upFlags struct {
+	natsListen, listen string
+	nats               natsFlags
+	drivers            driverFlags
+	delivery           deliveryFlags
+	submit             []string
+	watchWorkspaces    bool
+	crdGroup, registry string
+}
+
 func newUp(g *globals) *cobra.Command {
-	var (
-		natsListen, listen string
-		natsOpts           natsFlags
-		drivers            driverFlags
-		delivery           deliveryFlags
-		submit             []string
-		watchWorkspaces    bool
-		crdGroup, registry string
-	)
+	var o upFlags
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run the whole pipeline in this process (embedded NATS JetStream, every function, sim drivers, API)",
@@ -33,49 +40,71 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 			if err != nil {
 				return err
 			}
-			fns, err := drivers.config(watchWorkspaces)
-			if err != nil {
-				return err
-			}
-			fns.CRDGroup, fns.Replicas = crdGroup, natsOpts.replicas
-			dataDir := drivers.dir()
-			// OTLP when the OTEL_* environment names an endpoint (telemetry.Enabled), else nothing.
-			tp, flush, err := telemetry.Tracer(cmd.Context(), "kaitoflow")
-			if err != nil {
-				return err
-			}
-			defer func() { _ = flush(context.WithoutCancel(cmd.Context())) }()
-			log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", drivers.d.Provider, "trainer", drivers.d.Trainer, "deployer", drivers.d.Deployer, "sim_delay", drivers.delay)
-			p, err := embedded.Start(cmd.Context(), embedded.Config{
-				DataDir: dataDir, NATS: natsOpts.Options, NATSListen: natsListen, Listen: listen,
-				Logger: log, Tracer: tp, APIToken: g.token, Registry: registry,
-				Delivery: delivery.options(), TickInterval: delivery.tick, Functions: fns,
-			})
-			if err != nil {
-				return err
-			}
-			g.server = p.URL
-			if len(submit) > 0 {
-				go g.submitAndWatch(cmd.Context(), submit)
-			} else {
-				fmt.Fprintf(g.err, "\nkaitoflow is up at %s. In another terminal:\n  kaitoflow submit -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml\n  kaitoflow watch workspace-tuning-phi-3\n  kaitoflow get workspaces\n\n", p.URL)
-			}
-			<-cmd.Context().Done()
-			log.Info("shutting down: letting in-flight steps finish")
-			return p.Close()
+			return o.run(cmd.Context(), g, log)
 		},
 	}
 	f := cmd.Flags()
-	natsOpts.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
-	f.StringVar(&natsListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat DATA_DIR/nats/tune.url)\")")
-	f.StringVar(&listen, "listen", "127.0.0.1:8470", "API address")
-	drivers.register(f, "warn")
-	delivery.register(f)
-	f.StringVar(&registry, "registry", "", "push adapters to this registry (host:port, plain HTTP on loopback) instead of an embedded one")
-	f.BoolVar(&watchWorkspaces, "watch-workspaces", false, "also reconcile Workspace custom resources in the --kubeconfig cluster (kubectl apply -f workspace.yaml)")
-	f.StringVar(&crdGroup, "crd-group", "kaito.sh", "with --watch-workspaces: the Workspace CRD's API group")
-	f.StringSliceVar(&submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
+	o.nats.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
+	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222",
+		"embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat DATA_DIR/nats/tune.url)\")")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8470", "API address")
+	o.drivers.register(f, "warn")
+	o.delivery.register(f)
+	f.StringVar(&o.registry, "registry", "", "push adapters to this registry (host:port, plain HTTP on loopback) instead of an embedded one")
+	f.BoolVar(&o.watchWorkspaces, "watch-workspaces", false,
+		"also reconcile Workspace custom resources in the --kubeconfig cluster (kubectl apply -f workspace.yaml)")
+	f.StringVar(&o.crdGroup, "crd-group", "kaito.sh", "with --watch-workspaces: the Workspace CRD's API group")
+	f.StringSliceVar(&o.submit, "submit", nil, "once up, submit these manifest files and print each workspace's timeline")
 	return cmd
+}
+
+func (o *upFlags) run(ctx context.Context, g *globals, log *slog.Logger) error {
+	fns, err := o.drivers.config(o.watchWorkspaces)
+	if err != nil {
+		return err
+	}
+	fns.CRDGroup, fns.Replicas = o.crdGroup, o.nats.replicas
+	dataDir := o.drivers.dir()
+	// OTLP when the OTEL_* environment names an endpoint (telemetry.Enabled), else nothing.
+	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = flush(context.WithoutCancel(ctx)) }()
+	log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", o.drivers.d.Provider, "trainer", o.drivers.d.Trainer,
+		"deployer", o.drivers.d.Deployer, "sim_delay", o.drivers.delay)
+	p, err := embedded.Start(ctx, embedded.Config{
+		DataDir: dataDir, NATS: o.nats.Options, NATSListen: o.natsListen, Listen: o.listen,
+		Logger: log, Tracer: tp, APIToken: g.token, Registry: o.registry,
+		Delivery: o.delivery.options(), TickInterval: o.delivery.tick, Functions: fns,
+	})
+	if err != nil {
+		return err
+	}
+	g.server = p.URL
+	if len(o.submit) > 0 {
+		go g.submitAndWatch(ctx, o.submit)
+	} else {
+		cli := cliHint(p.URL)
+		fmt.Fprintf(g.err, "\nkaitoflow is up at %s. In another terminal:\n  %s submit -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml\n"+
+			"  %s watch workspace-tuning-phi-3\n  %s get workspaces\n\n", p.URL, cli, cli, cli)
+	}
+	<-ctx.Done()
+	log.Info("shutting down: letting in-flight steps finish")
+	return p.Close()
+}
+
+// cliHint is how a user reaches this pipeline from another terminal: the command they ran, with
+// --server when the API is not at the default address.
+func cliHint(server string) string {
+	cli := "kaitoflow"
+	if strings.Contains(os.Args[0], string(filepath.Separator)+"go-build") {
+		cli = "go run ./cmd/kaitoflow" // `go run` builds into a go-build temporary directory
+	}
+	if server != defaultServer {
+		cli += " --server " + server
+	}
+	return cli
 }
 
 // submitAndWatch is `up --submit`: the quickstart's one command.
@@ -90,5 +119,7 @@ func (g *globals) submitAndWatch(ctx context.Context, files []string) {
 			fmt.Fprintln(g.err, "watch:", err)
 		}
 	}
-	fmt.Fprintf(g.out, "\nkaitoflow keeps running at %s (Ctrl-C stops it). Try:\n  go run ./cmd/kaitoflow get workspaces\n  go run ./cmd/kaitoflow chat %s \"What is Kaito?\"\n", g.server, names[len(names)-1])
+	cli := cliHint(g.server)
+	fmt.Fprintf(g.out, "\nkaitoflow keeps running at %s (Ctrl-C stops it). Try:\n  %s get workspaces\n  %s chat %s \"What is Kaito?\"\n",
+		g.server, cli, cli, names[len(names)-1])
 }

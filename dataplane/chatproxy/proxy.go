@@ -203,22 +203,10 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 		Problem(w, http.StatusBadRequest, "prompt: required")
 		return
 	}
-	model := cmp.Or(in.Model, p.Model)
-	if p.Adapters != nil {
-		if in.Model == "" && p.Adapters.Default() == "" && len(p.Adapters.Public()) > 0 {
-			Problem(w, http.StatusBadRequest, fmt.Sprintf(`model: required, this endpoint serves several (%s): {"prompt": "...", "model": "..."}`, strings.Join(p.Adapters.Public(), ", ")))
-			return
-		}
-		model = p.Adapters.Route(cmp.Or(in.Model, p.Adapters.Default(), model))
-	}
-	out := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
-	for k, v := range in.GenerateKwargs {
-		name, ok := kwargs[k]
-		if !ok {
-			Problem(w, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, top_p, top_k, repetition_penalty, stop, seed, presence_penalty, frequency_penalty)", k))
-			return
-		}
-		out[name] = v
+	out, status, msg := p.completionRequest(in)
+	if status != 0 {
+		Problem(w, status, msg)
+		return
 	}
 	body, _ := json.Marshal(out)
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.Upstream.JoinPath("/v1/chat/completions").String(), bytes.NewReader(body))
@@ -251,6 +239,29 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]string{"Result": completion.Choices[0].Message.Content})
+}
+
+// completionRequest is Kaito's /chat request as an OpenAI chat completion for the model it
+// routes to, or the status and message refusing it.
+func (p *Proxy) completionRequest(in ChatRequest) (map[string]any, int, string) {
+	model := cmp.Or(in.Model, p.Model)
+	if p.Adapters != nil {
+		if in.Model == "" && p.Adapters.Default() == "" && len(p.Adapters.Public()) > 0 {
+			return nil, http.StatusBadRequest, fmt.Sprintf(`model: required, this endpoint serves several (%s): {"prompt": "...", "model": "..."}`,
+				strings.Join(p.Adapters.Public(), ", "))
+		}
+		model = p.Adapters.Route(cmp.Or(in.Model, p.Adapters.Default(), model))
+	}
+	out := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
+	for k, v := range in.GenerateKwargs {
+		name, ok := kwargs[k]
+		if !ok {
+			return nil, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, top_p, top_k, "+
+				"repetition_penalty, stop, seed, presence_penalty, frequency_penalty)", k)
+		}
+		out[name] = v
+	}
+	return out, 0, ""
 }
 
 // Problem answers an error as chat-proxy answers one: {"error": msg} with status.
