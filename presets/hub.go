@@ -169,7 +169,7 @@ func (h *Hub) Model(ctx context.Context, repo, revision, token string) (*HubMode
 		return nil, err
 	}
 	if err := json.Unmarshal(b, &info); err != nil || info.SHA == "" {
-		return nil, fmt.Errorf("%s: not a model info document: %v", infoURL, err)
+		return nil, fmt.Errorf("%s: not a model info document: %w", infoURL, err)
 	}
 	m := &HubModel{Repo: repo, SHA: info.SHA}
 	// What vLLM loads: the root's safetensors (transformers' model*.safetensors rather than

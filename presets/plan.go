@@ -120,17 +120,10 @@ func (c *Catalog) PlanTuningFor(m *Model, method, instanceType string, o Overrid
 	if err != nil {
 		return nil, err
 	}
-	rank := 8
-	if o.LoRARank != nil {
-		rank = *o.LoRARank
-	}
+	rank, ckpt := valueOr(o.LoRARank, 8), valueOr(o.GradientCheckpointing, true)
 	targets := o.LoRATargets
 	if len(targets) == 0 {
 		targets = m.LoRATargets
-	}
-	ckpt := true
-	if o.GradientCheckpointing != nil {
-		ckpt = *o.GradientCheckpointing
 	}
 	seqs := fixedOr(o.SeqLen, capAt(defaultSeqLens, m.MaxContext))
 	batches := fixedOr(o.BatchSize, defaultBatchSizes)
@@ -341,4 +334,12 @@ func capAt(values []int, limit int) []int {
 func IsFitError(err error) bool {
 	var fe *FitError
 	return errors.As(err, &fe)
+}
+
+// valueOr is *p, or def when the user set nothing.
+func valueOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }

@@ -125,24 +125,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if out == nil {
 		out = os.Stdout
 	}
-	command, resumed := c.Command, 0
-	dir, step, err := c.restore(ctx)
-	switch {
-	case err != nil:
-		return c.fail(fmt.Errorf("checkpoints: %w", err))
-	case step > 0:
-		log.Info("job-run: resuming from this run's newest checkpoint", "step", step, "dir", dir)
-		command, resumed = append(slices.Clip(command), "--resume-from", dir), step
+	command, resumed, cleanup, err := c.trainerCommand(ctx, log)
+	if err != nil {
+		return c.fail(err)
 	}
-	if c.CompareImage != "" {
-		dir, err := c.pullCompare(ctx)
-		if err != nil {
-			log.Warn("job-run: the serving adapter is not scored beside the new one", "image", c.CompareImage, "err", err)
-		} else {
-			command = append(slices.Clip(command), "--compare-adapter", dir)
-			defer os.RemoveAll(dir)
-		}
-	}
+	defer cleanup()
 	ckpts := newCheckpoints(ctx, c, resumed, log)
 	code := runTrainer(ctx, command, c.Env, out, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
 	// The trainer has ended: its newest checkpoint is what the next pod of this run needs, so the
@@ -162,16 +149,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		// steps, the ones before this step done by an earlier attempt.
 		s.Metrics["resumed_from_step"] = float64(resumed)
 	}
-	// The adapter is stored: the run's checkpoints have served their purpose.
-	if repo, ok, _ := c.checkpointRepo(); ok {
-		if _, err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
-			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
-		}
-	} else if c.CheckpointTag != "" {
-		if err := removeLocal(c.ResultsDir); err != nil {
-			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
-		}
-	}
+	c.deleteCheckpoints(ctx, log)
 	b, err := json.Marshal(s)
 	if err != nil {
 		return c.fail(err)
@@ -183,6 +161,45 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("job-run: done", "summary", string(b))
 	return nil
+}
+
+// trainerCommand is the trainer's command for this pod: resuming from the run's newest
+// checkpoint when an earlier pod left one, and scoring the serving adapter beside the new one when
+// asked (cleanup removes what it pulled). resumed is the checkpoint's step.
+func (c Config) trainerCommand(ctx context.Context, log *slog.Logger) (command []string, resumed int, cleanup func(), err error) {
+	command, cleanup = c.Command, func() {}
+	dir, step, err := c.restore(ctx)
+	switch {
+	case err != nil:
+		return nil, 0, nil, fmt.Errorf("checkpoints: %w", err)
+	case step > 0:
+		log.Info("job-run: resuming from this run's newest checkpoint", "step", step, "dir", dir)
+		command, resumed = append(slices.Clip(command), "--resume-from", dir), step
+	}
+	if c.CompareImage != "" {
+		dir, err := c.pullCompare(ctx)
+		if err != nil {
+			log.Warn("job-run: the serving adapter is not scored beside the new one", "image", c.CompareImage, "err", err)
+		} else {
+			command = append(slices.Clip(command), "--compare-adapter", dir)
+			cleanup = func() { _ = os.RemoveAll(dir) }
+		}
+	}
+	return command, resumed, cleanup, nil
+}
+
+// deleteCheckpoints deletes the run's checkpoints once the adapter is stored: they have served
+// their purpose.
+func (c Config) deleteCheckpoints(ctx context.Context, log *slog.Logger) {
+	if repo, ok, _ := c.checkpointRepo(); ok {
+		if _, err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
+			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
+		}
+	} else if c.CheckpointTag != "" {
+		if err := removeLocal(c.ResultsDir); err != nil {
+			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
+		}
+	}
 }
 
 // pullCompare fetches the adapter to compare with into the results directory.

@@ -341,20 +341,30 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 			Compared: st.Job.Compare,
 		})
 	case Failed:
-		f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "attempt", attempt, "reason", st.Reason, "message", st.Message)
-		next, reason, msg, rerr := f.retry(ctx, st)
-		if rerr != nil {
-			return nil, rerr
+		e, ferr := f.failed(ctx, st, attempt, cause)
+		if ferr != nil {
+			return nil, ferr
 		}
-		if next != nil {
-			err = emit(events.TuningRetrying, fmt.Sprintf("retrying/attempt-%d", next.Attempt), *next)
-			break
-		}
-		err = emit(events.WorkspaceFailed, "failed/"+Name, events.WorkspaceFailedData{
-			Ref: ref, Function: Name, EventType: events.JobChanged, Reason: reason, Message: msg,
-		})
+		out = append(out, e)
 	}
 	return out, err
+}
+
+// failed is what a failed run leads to: its next attempt (tuning.retrying) when one may fix it,
+// else workspace.failed.
+func (f *Function) failed(ctx context.Context, st *Status, attempt int, cause *cloudevents.Event) (cloudevents.Event, error) {
+	f.log.WarnContext(ctx, "tuning job failed", "job", st.Job.Name, "attempt", attempt, "reason", st.Reason, "message", st.Message)
+	ref := st.Job.Ref
+	next, reason, msg, err := f.retry(ctx, st)
+	if err != nil {
+		return cloudevents.Event{}, err
+	}
+	if next != nil {
+		return events.New(Source, events.TuningRetrying, fmt.Sprintf("retrying/attempt-%d", next.Attempt), ref, *next, cause)
+	}
+	return events.New(Source, events.WorkspaceFailed, "failed/"+Name, ref, events.WorkspaceFailedData{
+		Ref: ref, Function: Name, EventType: events.JobChanged, Reason: reason, Message: msg,
+	}, cause)
 }
 
 // Failure reasons the pipeline recovers from with another attempt. OOMKilled is not one of them:

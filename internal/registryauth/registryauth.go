@@ -127,11 +127,26 @@ func (a *ACR) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	if ok && time.Now().Before(c.expires) {
 		return authn.FromConfig(authn.AuthConfig{Username: acrUser, Password: c.token}), nil
 	}
+	refresh, err := a.exchange(host)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if a.cache == nil {
+		a.cache = map[string]cached{}
+	}
+	a.cache[host] = cached{token: refresh, expires: time.Now().Add(acrTokenLifetime)}
+	a.mu.Unlock()
+	return authn.FromConfig(authn.AuthConfig{Username: acrUser, Password: refresh}), nil
+}
+
+// exchange trades an Entra ID token for the registry's refresh token (ACR's /oauth2/exchange).
+func (a *ACR) exchange(host string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tok, err := a.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://containerregistry.azure.net/.default"}})
 	if err != nil {
-		return nil, fmt.Errorf("entra token for %s: %w", host, err)
+		return "", fmt.Errorf("entra token for %s: %w", host, err)
 	}
 	scheme := a.Scheme
 	if scheme == "" {
@@ -144,30 +159,24 @@ func (a *ACR) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+host+"/oauth2/exchange", strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("acr token exchange with %s: %w", host, err)
+		return "", fmt.Errorf("acr token exchange with %s: %w", host, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("acr token exchange with %s: HTTP %s (does the identity have AcrPull, or AcrPush to push, on the registry?)", host, resp.Status)
+		return "", fmt.Errorf("acr token exchange with %s: HTTP %s (does the identity have AcrPull, or AcrPush to push, on the registry?)", host, resp.Status)
 	}
 	var out struct {
 		RefreshToken string `json:"refresh_token"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil || out.RefreshToken == "" {
-		return nil, fmt.Errorf("acr token exchange with %s: no refresh token in the answer", host)
+		return "", fmt.Errorf("acr token exchange with %s: no refresh token in the answer", host)
 	}
-	a.mu.Lock()
-	if a.cache == nil {
-		a.cache = map[string]cached{}
-	}
-	a.cache[host] = cached{token: out.RefreshToken, expires: time.Now().Add(acrTokenLifetime)}
-	a.mu.Unlock()
-	return authn.FromConfig(authn.AuthConfig{Username: acrUser, Password: out.RefreshToken}), nil
+	return out.RefreshToken, nil
 }
 
 // Secrets reads a workspace's imagePushSecret from the cluster and, for ACR, adds Entra ID

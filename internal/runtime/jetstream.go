@@ -98,9 +98,8 @@ func NewJetStream(js jetstream.JetStream, fn Function, d Deps, opts JetStreamOpt
 	return &JetStream{js: js, core: c, opts: opts.withDefaults()}, nil
 }
 
-// Run consumes until ctx is cancelled, then stops fetching, lets in-flight handlers finish within
-// ShutdownGrace, naks what was fetched but not started, and returns.
-func (r *JetStream) Run(ctx context.Context) error {
+// consumer makes the function's durable consumer; nil when ctx ended before it was made.
+func (r *JetStream) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	fn := r.core.fn
 	cons, err := r.js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
 		Durable:        fn.Name,
@@ -115,9 +114,20 @@ func (r *JetStream) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // shut down before it started
+			return nil, nil // shut down before it started
 		}
-		return fmt.Errorf("consumer %s: %w", fn.Name, err)
+		return nil, fmt.Errorf("consumer %s: %w", fn.Name, err)
+	}
+	return cons, nil
+}
+
+// Run consumes until ctx is cancelled, then stops fetching, lets in-flight handlers finish within
+// ShutdownGrace, naks what was fetched but not started, and returns.
+func (r *JetStream) Run(ctx context.Context) error {
+	fn := r.core.fn
+	cons, err := r.consumer(ctx)
+	if err != nil || cons == nil {
+		return err
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(r.opts.Concurrency * 2))
 	if err != nil {

@@ -133,18 +133,10 @@ const (
 // autoscaling annotations a workspace may override with its own metadata.annotations.
 const autoscaling = "autoscaling.knative.dev/"
 
-// BuildService returns the Knative Service that serves a deployment: chat-proxy on the one port
-// Knative routes to (it loads the adapter set into the model server at run time), the model
-// server beside it on localhost, GPUs, the serving pool's node selector and taint toleration, and
-// scale-to-zero autoscaling. A pure function of its inputs.
-func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service, error) {
+// revisionAnnotations are the revision's autoscaling bounds and progress deadline, and the
+// workspace's own autoscaling annotations over them.
+func revisionAnnotations(d serve.Deployment, rt Runtime, o Options) map[string]string {
 	ws := d.Workspace
-	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace,
-		events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}
-	if d.Pool != "" {
-		// A pool's Service belongs to no one member; its members are labels of their own.
-		labels = map[string]string{LabelPool: d.Pool, events.LabelNamespace: d.Ref.Namespace}
-	}
 	count := ws.NodeCount()
 	annotations := map[string]string{
 		// The first rollout waits for the model to load (the pod's startup allowance) plus a
@@ -161,6 +153,22 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 			annotations[k] = v
 		}
 	}
+	return annotations
+}
+
+// BuildService returns the Knative Service that serves a deployment: chat-proxy on the one port
+// Knative routes to (it loads the adapter set into the model server at run time), the model
+// server beside it on localhost, GPUs, the serving pool's node selector and taint toleration, and
+// scale-to-zero autoscaling. A pure function of its inputs.
+func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service, error) {
+	ws := d.Workspace
+	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: d.Ref.Namespace,
+		events.LabelGeneration: strconv.FormatInt(d.Ref.Generation, 10)}
+	if d.Pool != "" {
+		// A pool's Service belongs to no one member; its members are labels of their own.
+		labels = map[string]string{LabelPool: d.Pool, events.LabelNamespace: d.Ref.Namespace}
+	}
+	annotations := revisionAnnotations(d, rt, o)
 	tolerations := []corev1.Toleration{
 		{Key: "sku", Operator: corev1.TolerationOpEqual, Value: "gpu", Effect: corev1.TaintEffectNoSchedule},
 		{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule},

@@ -81,23 +81,7 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 		ReleaseOnCancel: true,
 		Name:            name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(leading context.Context) {
-				close(started)
-				log.InfoContext(leading, "leading")
-				// lead ends when this replica stops (ctx) or loses the Lease (leading).
-				leadCtx, cancel := context.WithCancel(leading)
-				defer cancel()
-				go func() {
-					select {
-					case <-ctx.Done():
-						cancel()
-					case <-leadCtx.Done():
-					}
-				}()
-				err := lead(leadCtx)
-				done <- err
-				stop()
-			},
+			OnStartedLeading: leadUntil(ctx, lead, started, done, stop, log),
 			OnStoppedLeading: func() { log.Info("stopped leading") },
 			OnNewLeader: func(id string) {
 				if id != l.Identity {
@@ -123,6 +107,28 @@ func (l *Leader) Run(ctx context.Context, lead func(context.Context) error) erro
 		return runErr
 	}
 	return ErrLeadershipLost
+}
+
+// leadUntil is the elector's OnStartedLeading: it says it started, runs lead until this replica
+// stops (ctx) or loses the Lease (leading), hands lead's error to done and ends the election.
+func leadUntil(ctx context.Context, lead func(context.Context) error, started chan<- struct{}, done chan<- error, stop func(),
+	log *slog.Logger) func(context.Context) {
+	return func(leading context.Context) {
+		close(started)
+		log.InfoContext(leading, "leading")
+		leadCtx, cancel := context.WithCancel(leading)
+		defer cancel()
+		go func() {
+			select {
+			case <-ctx.Done():
+				cancel()
+			case <-leadCtx.Done():
+			}
+		}()
+		err := lead(leadCtx)
+		done <- err
+		stop()
+	}
 }
 
 // NewRecorder returns an EventRecorder that writes Kubernetes Events through client as the
