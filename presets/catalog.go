@@ -156,7 +156,8 @@ func (c *Catalog) check() error {
 			seen[n] = true
 		}
 		a := m.Architecture
-		if m.Parameters <= 0 || a.Layers <= 0 || a.HiddenSize <= 0 || a.Heads <= 0 || a.KVHeads <= 0 || a.Vocab <= 0 || a.IntermediateSize <= 0 || m.MaxContext <= 0 {
+		if m.Parameters <= 0 || a.Layers <= 0 || a.HiddenSize <= 0 || a.Heads <= 0 || a.KVHeads <= 0 || a.Vocab <= 0 ||
+			a.IntermediateSize <= 0 || m.MaxContext <= 0 {
 			errs = append(errs, fmt.Errorf("model %s: incomplete architecture", m.Name))
 		}
 		if (a.HeadDimension == 0 && a.HiddenSize%a.Heads != 0) || a.Heads%a.KVHeads != 0 {

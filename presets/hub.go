@@ -326,10 +326,12 @@ func ModelFromHub(ref *HubRef, hm *HubModel) (*Model, error) {
 		text.KVHeads = text.Heads
 	}
 	if text.Layers <= 0 || text.HiddenSize <= 0 || text.Heads <= 0 || text.MaxPositionEmbeddings <= 0 {
-		return nil, fmt.Errorf("%s config.json (model_type %s): num_hidden_layers, hidden_size, num_attention_heads and max_position_embeddings are required", hm.Repo, c.ModelType)
+		return nil, fmt.Errorf("%s config.json (model_type %s): num_hidden_layers, hidden_size, num_attention_heads and max_position_embeddings are "+
+			"required", hm.Repo, c.ModelType)
 	}
 	if text.HeadDim == 0 && text.HiddenSize < text.Heads {
-		return nil, fmt.Errorf("%s config.json: hidden_size %d is smaller than num_attention_heads %d and there is no head_dim", hm.Repo, text.HiddenSize, text.Heads)
+		return nil, fmt.Errorf("%s config.json: hidden_size %d is smaller than num_attention_heads %d and there is no head_dim", hm.Repo,
+			text.HiddenSize, text.Heads)
 	}
 	if hm.WeightBytes <= 0 {
 		return nil, fmt.Errorf("%s at %s has no safetensors or PyTorch weight files", hm.Repo, hm.SHA)

@@ -168,7 +168,8 @@ func (c *Catalog) PlanTuningFor(m *Model, method, instanceType string, o Overrid
 
 func (p *TuningPlan) explain(m *Model, sku SKU, chosen bool, seq0, batch0 int) {
 	if chosen {
-		p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU where it fits (~$%.2f/h, %d× %s %.0f GiB)", sku.Name, sku.PricePerHour, sku.GPUs, sku.GPU, sku.MemoryGiB))
+		p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU where it fits (~$%.2f/h, %d× %s %.0f GiB)", sku.Name,
+			sku.PricePerHour, sku.GPUs, sku.GPU, sku.MemoryGiB))
 	}
 	if sku.BF16() {
 		p.Reasons = append(p.Reasons, fmt.Sprintf("%s (compute capability %s) has bf16: computing in bfloat16", sku.GPU, sku.ComputeCapability))
@@ -176,18 +177,22 @@ func (p *TuningPlan) explain(m *Model, sku SKU, chosen bool, seq0, batch0 int) {
 		p.Reasons = append(p.Reasons, fmt.Sprintf("%s (compute capability %s) has no bf16: computing in float16", sku.GPU, sku.ComputeCapability))
 	}
 	if p.Method == "qlora" {
-		p.Reasons = append(p.Reasons, fmt.Sprintf("qlora: base weights in NF4 with double quantization, %.2f GiB instead of %.2f GiB in 16-bit", p.Estimate.WeightsGiB, float64(m.Parameters)*bytes16/gib))
+		p.Reasons = append(p.Reasons, fmt.Sprintf("qlora: base weights in NF4 with double quantization, %.2f GiB instead of %.2f GiB in 16-bit",
+			p.Estimate.WeightsGiB, float64(m.Parameters)*bytes16/gib))
 	}
 	switch {
 	case p.Processes > 1:
 		p.Reasons = append(p.Reasons, fmt.Sprintf("data parallel: the whole model fits one GPU, so %d training processes, one per GPU", p.Processes))
 	case sku.GPUs > 1:
-		p.Reasons = append(p.Reasons, fmt.Sprintf("model parallel: the model does not fit one GPU, so one training process with its layers spread over the %d GPUs", sku.GPUs))
+		p.Reasons = append(p.Reasons, fmt.Sprintf("model parallel: the model does not fit one GPU, so one training process with its layers spread "+
+			"over the %d GPUs", sku.GPUs))
 	}
 	if p.SeqLen < seq0 || p.BatchSize < batch0 {
-		p.Reasons = append(p.Reasons, fmt.Sprintf("shrunk the defaults (batch %d, sequence %d) to batch %d, sequence %d to fit", batch0, seq0, p.BatchSize, p.SeqLen))
+		p.Reasons = append(p.Reasons, fmt.Sprintf("shrunk the defaults (batch %d, sequence %d) to batch %d, sequence %d to fit", batch0, seq0,
+			p.BatchSize, p.SeqLen))
 	}
-	p.Reasons = append(p.Reasons, fmt.Sprintf("needs ~%.1f GiB per GPU of %.0f GiB (%.0f%%): weights %.2f, adapter+optimizer %.2f, activations %.2f, logits %.2f, overhead %.2f",
+	p.Reasons = append(p.Reasons, fmt.Sprintf("needs ~%.1f GiB per GPU of %.0f GiB (%.0f%%): weights %.2f, adapter+optimizer %.2f, activations "+
+		"%.2f, logits %.2f, overhead %.2f",
 		p.Estimate.PerGPUGiB, sku.MemoryGiB, 100*p.Estimate.PerGPUGiB/sku.MemoryGiB,
 		p.Estimate.WeightsGiB, p.Estimate.AdapterGiB, p.Estimate.ActivationsGiB, p.Estimate.LogitsGiB, p.Estimate.OverheadGiB))
 }
@@ -247,13 +252,16 @@ func (c *Catalog) PlanInferenceFor(m *Model, instanceType string, adapters, lora
 			Estimate: EstimateInference(InferenceInput{Model: m, ContextTokens: n, GPUs: sku.GPUs}),
 		}
 		if instanceType == "" {
-			p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU that serves at least %d tokens of context", sku.Name, minCtx))
+			p.Reasons = append(p.Reasons, fmt.Sprintf("no instanceType given: %s is the cheapest SKU that serves at least %d tokens of context",
+				sku.Name, minCtx))
 		}
 		if !sku.BF16() {
 			p.Reasons = append(p.Reasons, fmt.Sprintf("%s has no bf16: serving in float16", sku.GPU))
 		}
 		if n < m.MaxContext {
-			p.Reasons = append(p.Reasons, fmt.Sprintf("max model length %d of the model's %d: the KV cache (%d KiB/token) must fit next to %.1f GiB of weights", n, m.MaxContext, m.Architecture.KVBytesPerToken()>>10, p.Estimate.WeightsGiB))
+			p.Reasons = append(p.Reasons,
+				fmt.Sprintf("max model length %d of the model's %d: the KV cache (%d KiB/token) must fit next to %.1f GiB of weights", n,
+					m.MaxContext, m.Architecture.KVBytesPerToken()>>10, p.Estimate.WeightsGiB))
 		}
 		if adapters > 0 {
 			// One more LoRA slot than adapters: the next generation's adapter is loaded and

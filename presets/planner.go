@@ -83,7 +83,8 @@ func (p *Planner) model(ctx context.Context, ws *kaito.Workspace, path *field.Pa
 		return m, nil
 	}
 	if p.Hub == nil {
-		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, "a model read from the Hugging Face Hub, which this planner cannot reach"))
+		return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name,
+			"a model read from the Hugging Face Hub, which this planner cannot reach"))
 	}
 	token, err := p.token(ctx, ws, path, preset)
 	if err != nil {
@@ -97,7 +98,8 @@ func (p *Planner) model(ctx context.Context, ws *kaito.Workspace, path *field.Pa
 			if errors.As(err, &he) && (he.Status == 401 || he.Status == 403) {
 				// Without a token the Hub also answers 401 for a repository that does not exist:
 				// its own words say which.
-				why = fmt.Sprintf("the Hugging Face Hub refused %s (HTTP %d: %s): a gated or private model needs presetOptions.modelAccessSecret with a token that may read it, and a misspelt id does not exist", ref.Repo, he.Status, he.Body)
+				why = fmt.Sprintf("the Hugging Face Hub refused %s (HTTP %d: %s): a gated or private model needs presetOptions.modelAccessSecret "+
+					"with a token that may read it, and a misspelt id does not exist", ref.Repo, he.Status, he.Body)
 			}
 			return nil, events.Permanent(events.ReasonInvalidWorkspace, field.Invalid(path.Child("name"), preset.Name, why))
 		}
@@ -185,7 +187,8 @@ func ReadInferenceConfig(ctx context.Context, configs ConfigSource, ws *kaito.Wo
 // permanent refusal naming the field; the API server failing is not.
 func configDocument(ctx context.Context, configs ConfigSource, ws *kaito.Workspace, fieldName, name, key string) (string, error) {
 	if configs == nil {
-		return "", events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: fieldName, Err: fmt.Errorf("ConfigMap %q cannot be read: %w", name, ErrNoConfigSource)})
+		return "", events.Permanent(events.ReasonInvalidWorkspace, &PathError{Path: fieldName, Err: fmt.Errorf("ConfigMap %q cannot be read: %w",
+			name, ErrNoConfigSource)})
 	}
 	ns := events.WorkspaceRef(ws).Namespace
 	data, err := configs(ctx, ns, name)
@@ -222,7 +225,8 @@ func (p *Planner) planTuning(ctx context.Context, ws *kaito.Workspace) (*events.
 // tuningPlan plans a run of m on instanceType (the cheapest SKU of cat where it fits when empty)
 // with the values in o fixed, and renders the training config: the user's over kaitoflow's
 // defaults, with the plan's choices, and gradientAccumulation when it is not 0.
-func (p *Planner) tuningPlan(ws *kaito.Workspace, m *Model, user TrainingConfig, cat *Catalog, instanceType string, o Overrides, gradientAccumulation int) (*events.Plan, error) {
+func (p *Planner) tuningPlan(ws *kaito.Workspace, m *Model, user TrainingConfig, cat *Catalog, instanceType string, o Overrides,
+	gradientAccumulation int) (*events.Plan, error) {
 	t := ws.Tuning
 	cfg := Merge(DefaultTrainingConfig(t.Method), user)
 	if errs := cfg.Validate(t.Method); len(errs) > 0 {
@@ -242,7 +246,8 @@ func (p *Planner) tuningPlan(ws *kaito.Workspace, m *Model, user TrainingConfig,
 	// names (pre-seeded for a cluster that cannot reach the Hub).
 	if truthy(applied["ModelConfig"]["local_files_only"]) && ws.Annotations[kaito.AnnotationWeightsCache] == "" {
 		applied["ModelConfig"]["local_files_only"] = false
-		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights and the workspace names no weights cache ("+kaito.AnnotationWeightsCache+"), so the preset's pinned revision is downloaded")
+		tp.Reasons = append(tp.Reasons, "ModelConfig.local_files_only: true ignored: the trainer image carries no weights and the workspace names "+
+			"no weights cache ("+kaito.AnnotationWeightsCache+"), so the preset's pinned revision is downloaded")
 	}
 	rendered, err := applied.Render()
 	if err != nil {
@@ -295,7 +300,8 @@ func (p *Planner) planInference(ctx context.Context, ws *kaito.Workspace) (*even
 			return nil, err
 		}
 		if len(c.Ignored) > 0 {
-			plan.Reasons = append(plan.Reasons, fmt.Sprintf("inference.config: %s ignored: Kaito's own runtime settings, which vLLM has no flag for", strings.Join(c.Ignored, ", ")))
+			plan.Reasons = append(plan.Reasons, fmt.Sprintf("inference.config: %s ignored: Kaito's own runtime settings, which vLLM has no flag for",
+				strings.Join(c.Ignored, ", ")))
 		}
 	}
 	return plan, nil

@@ -99,7 +99,8 @@ func (p *Planner) withQuota(ctx context.Context, ws *kaito.Workspace, instanceTy
 		pl, err := plan(cat)
 		if err != nil {
 			if len(short) > 0 && instanceType == "" {
-				return nil, events.Permanentf(events.ReasonInsufficientQuota, "no SKU where the workspace fits has vCPU quota: %s (and without them: %v)", strings.Join(short, "; "), err)
+				return nil, events.Permanentf(events.ReasonInsufficientQuota,
+					"no SKU where the workspace fits has vCPU quota: %s (and without them: %v)", strings.Join(short, "; "), err)
 			}
 			return nil, err
 		}

@@ -47,7 +47,9 @@ func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.
 	}
 	switch {
 	case o.BatchSize != nil:
-		return nil, nil, p.oomAdvice(ws, prev, f, off, fmt.Sprintf("per_device_train_batch_size %d is set in tuning.config %s, and a retry never changes what the user set", *o.BatchSize, ws.Tuning.Config))
+		return nil, nil, p.oomAdvice(ws, prev, f, off,
+			fmt.Sprintf("per_device_train_batch_size %d is set in tuning.config %s, and a retry never changes what the user set", *o.BatchSize,
+				ws.Tuning.Config))
 	case batch > 1:
 		_, gaFixed := user["TrainingArguments"]["gradient_accumulation_steps"]
 		change := fmt.Sprintf("per_device_train_batch_size %d → %d", batch, batch/2)
@@ -64,7 +66,9 @@ func (p *Planner) Replan(ctx context.Context, ws *kaito.Workspace, prev *events.
 		plan, err := p.tuningPlan(ws, m, user, p.Catalog, prev.InstanceType, pin(batch, seq/2), prev.GradientAccumulation)
 		return plan, append(changes, fmt.Sprintf("max_seq_length %d → %d: longer rows are cut", seq, seq/2)), err
 	case ws.InstanceType() != "":
-		return nil, nil, p.oomAdvice(ws, prev, f, off, fmt.Sprintf("batch %d and sequence %d are as small as a retry makes them, and resource.instanceType %s is the user's", batch, seq, ws.InstanceType()))
+		return nil, nil, p.oomAdvice(ws, prev, f, off,
+			fmt.Sprintf("batch %d and sequence %d are as small as a retry makes them, and resource.instanceType %s is the user's", batch, seq,
+				ws.InstanceType()))
 	}
 	return p.largerGPU(ctx, ws, m, user, prev, f, pin(batch, seq), off, factor, changes)
 }
@@ -91,7 +95,8 @@ func (p *Planner) largerGPU(ctx context.Context, ws *kaito.Workspace, m *Model, 
 			continue
 		}
 		plan, err := p.tuningPlan(ws, m, user, p.Catalog, sku.Name, o, prev.GradientAccumulation)
-		return plan, append(changes, fmt.Sprintf("instance type %s → %s (%.0f GiB GPUs, ~$%.2f/h): new capacity", prev.InstanceType, sku.Name, sku.MemoryGiB, sku.PricePerHour)), err
+		return plan, append(changes, fmt.Sprintf("instance type %s → %s (%.0f GiB GPUs, ~$%.2f/h): new capacity", prev.InstanceType, sku.Name,
+			sku.MemoryGiB, sku.PricePerHour)), err
 	}
 	why := fmt.Sprintf("no SKU with GPUs larger than %s's %.0f GiB fits it", prev.InstanceType, prev.GPUMemoryGiB)
 	if len(short) > 0 {
@@ -112,7 +117,8 @@ func estimateOff(prev *events.Plan, f *events.TrainerFailure) (string, float64) 
 		return "", 1
 	}
 	factor := max(reached/prev.EstimatedGiBPerGPU, 1)
-	return fmt.Sprintf("the estimate was %.1f GiB per GPU; the run needed more than %.1f GiB (≥%.1f× the estimate)", prev.EstimatedGiBPerGPU, reached, factor), factor
+	return fmt.Sprintf("the estimate was %.1f GiB per GPU; the run needed more than %.1f GiB (≥%.1f× the estimate)", prev.EstimatedGiBPerGPU, reached,
+		factor), factor
 }
 
 // oomAdvice is the permanent failure of a run that ran out of GPU memory and that no retry may
@@ -128,7 +134,8 @@ func (p *Planner) oomAdvice(ws *kaito.Workspace, prev *events.Plan, f *events.Tr
 		b.WriteString("; " + off)
 	}
 	b.WriteString("; not retried: " + why)
-	b.WriteString("; to fit, lower per_device_train_batch_size (raising gradient_accumulation_steps keeps the effective batch), lower max_seq_length, use qlora")
+	b.WriteString("; to fit, lower per_device_train_batch_size (raising gradient_accumulation_steps keeps the effective batch), lower " +
+		"max_seq_length, use qlora")
 	if sku := p.largerSKU(prev); sku != "" {
 		b.WriteString(", or set resource.instanceType to " + sku)
 	}

@@ -127,7 +127,8 @@ func (c TrainingConfig) Validate(method string) field.ErrorList {
 	if out == "" {
 		errs = append(errs, field.Required(root.Child("TrainingArguments", "output_dir"), "under "+OutputRoot))
 	} else if clean := path.Clean(out); clean != OutputRoot && !strings.HasPrefix(clean, OutputRoot+"/") {
-		errs = append(errs, field.Invalid(root.Child("TrainingArguments", "output_dir"), out, "must be under "+OutputRoot+", where the Job mounts its output volume"))
+		errs = append(errs, field.Invalid(root.Child("TrainingArguments", "output_dir"), out,
+			"must be under "+OutputRoot+", where the Job mounts its output volume"))
 	}
 	for _, k := range []string{"per_device_train_batch_size", "gradient_accumulation_steps"} {
 		if v, ok := c["TrainingArguments"][k]; ok {
@@ -148,7 +149,8 @@ func (c TrainingConfig) Validate(method string) field.ErrorList {
 	}
 	if v, ok := c["DatasetConfig"]["train_test_split"]; ok {
 		if f, ok := numberValue(v); !ok || f <= 0 || f > 1 {
-			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_test_split"), v, "must be a number above 0 and at most 1 (the share of rows trained on)"))
+			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_test_split"), v,
+				"must be a number above 0 and at most 1 (the share of rows trained on)"))
 		}
 	}
 	if v, ok := c["DatasetConfig"]["train_on_prompt"]; ok {
@@ -192,10 +194,11 @@ func (c TrainingConfig) Overrides() Overrides {
 // preset's LoRA targets when the user named none.
 func (c TrainingConfig) Apply(p *TuningPlan) TrainingConfig {
 	out := Merge(c, TrainingConfig{
-		"ModelConfig":       {"torch_dtype": p.DType},
-		"TrainingArguments": {"per_device_train_batch_size": p.BatchSize, "gradient_checkpointing": p.GradientCheckpointing, "bf16": p.DType == "bfloat16", "fp16": p.DType == "float16"},
-		"DatasetConfig":     {"max_seq_length": p.SeqLen},
-		"LoraConfig":        {"r": p.LoRARank},
+		"ModelConfig": {"torch_dtype": p.DType},
+		"TrainingArguments": {"per_device_train_batch_size": p.BatchSize, "gradient_checkpointing": p.GradientCheckpointing,
+			"bf16": p.DType == "bfloat16", "fp16": p.DType == "float16"},
+		"DatasetConfig": {"max_seq_length": p.SeqLen},
+		"LoraConfig":    {"r": p.LoRARank},
 	})
 	if _, ok := out["LoraConfig"]["target_modules"]; !ok {
 		out["LoraConfig"]["target_modules"] = p.LoRATargets

@@ -55,7 +55,8 @@ func (c TrainingConfig) validateTrainingKeys(root *field.Path) field.ErrorList {
 	for _, section := range slices.Sorted(maps.Keys(trainingKeys)) {
 		for _, k := range slices.Sorted(maps.Keys(c[section])) {
 			if !slices.Contains(trainingKeys[section], k) {
-				errs = append(errs, field.Forbidden(root.Child(section, k), "not an argument a workspace may set (it is not in kaitoflow's list for "+section+"; see docs/configuration.md)"))
+				errs = append(errs, field.Forbidden(root.Child(section, k),
+					"not an argument a workspace may set (it is not in kaitoflow's list for "+section+"; see docs/configuration.md)"))
 			}
 		}
 	}

@@ -110,10 +110,12 @@ func baseline(spec *field.Path, t *corev1.PodTemplateSpec) field.ErrorList {
 func noIdentityOrHost(spec *field.Path, s *corev1.PodSpec) field.ErrorList {
 	var errs field.ErrorList
 	if s.ServiceAccountName != "" {
-		errs = append(errs, field.Forbidden(spec.Child("serviceAccountName"), "the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
+		errs = append(errs, field.Forbidden(spec.Child("serviceAccountName"),
+			"the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
 	}
 	if s.DeprecatedServiceAccount != "" {
-		errs = append(errs, field.Forbidden(spec.Child("serviceAccount"), "the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
+		errs = append(errs, field.Forbidden(spec.Child("serviceAccount"),
+			"the inference Service runs as kaitoflow's own ServiceAccount; a workspace cannot choose one"))
 	}
 	if s.AutomountServiceAccountToken != nil && *s.AutomountServiceAccountToken {
 		errs = append(errs, field.Forbidden(spec.Child("automountServiceAccountToken"), "a workspace's pods get no API token"))

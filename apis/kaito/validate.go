@@ -158,7 +158,8 @@ func (r ResourceSpec) validate(path *field.Path) field.ErrorList {
 		}
 	}
 	if r.Partition != nil {
-		errs = append(errs, field.Forbidden(path.Child("partition"), "GPU partitioning (MIG profiles, accelerator shares) is not supported: kaitoflow provisions and schedules whole GPUs"))
+		errs = append(errs, field.Forbidden(path.Child("partition"),
+			"GPU partitioning (MIG profiles, accelerator shares) is not supported: kaitoflow provisions and schedules whole GPUs"))
 	}
 	return errs
 }

@@ -33,7 +33,8 @@ type ingressFlags struct {
 func (f *ingressFlags) register(cmd *cobra.Command) {
 	f.nats.register(cmd.Flags(), "nats://127.0.0.1:4222", "NATS server with JetStream")
 	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
-	cmd.Flags().StringSliceVar(&f.namespaces, "workspace-namespace", nil, "a namespace workspaces from here may be submitted to (repeatable, required; * for any)")
+	cmd.Flags().StringSliceVar(&f.namespaces, "workspace-namespace", nil,
+		"a namespace workspaces from here may be submitted to (repeatable, required; * for any)")
 }
 
 // admits refuses a configuration without --workspace-namespace, and, given the namespace the
@@ -44,7 +45,8 @@ func (f *ingressFlags) admits(namespace string) error {
 		return errors.New("--workspace-namespace: say which namespaces workspaces from here may run in (repeatable; * for any)")
 	}
 	if namespace != "" && !ingress.Admits(f.namespaces, namespace) {
-		return fmt.Errorf("--workspace-namespace %s does not admit namespace %s, where every workspace from here would go", strings.Join(f.namespaces, ","), namespace)
+		return fmt.Errorf("--workspace-namespace %s does not admit namespace %s, where every workspace from here would go", strings.Join(f.namespaces,
+			","), namespace)
 	}
 	return nil
 }
@@ -70,7 +72,8 @@ func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ing
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: netguard.AddressPolicy{Allow: f.allow}, Source: source, Namespaces: f.namespaces},
+	return &ingress.Submitter{Store: store, Publisher: runtime.JetStreamPublisher{JS: js}, Policy: netguard.AddressPolicy{Allow: f.allow},
+			Source: source, Namespaces: f.namespaces},
 		js, func() { _ = nc.Drain() }, nil
 }
 

@@ -114,9 +114,11 @@ func printEndpoint(out io.Writer, endpoint, model string) error {
 		return err
 	}
 	curl := func(path string, body []byte) string {
-		return fmt.Sprintf("kubectl run chat-$RANDOM --rm -i --restart=Never --image=curlimages/curl -- \\\n  curl -sS %s%s -H 'Content-Type: application/json' -d '%s'\n", endpoint, path, body)
+		return fmt.Sprintf("kubectl run chat-$RANDOM --rm -i --restart=Never --image=curlimages/curl -- \\\n  curl -sS %s%s -H 'Content-Type: "+
+			"application/json' -d '%s'\n", endpoint, path, body)
 	}
-	_, err = fmt.Fprintf(out, "%s\n\n# OpenAI-compatible (model %s):\n%s\n# Kaito's /chat:\n%s", endpoint, model, curl("/v1/chat/completions", openai), curl("/chat", kaito))
+	_, err = fmt.Fprintf(out, "%s\n\n# OpenAI-compatible (model %s):\n%s\n# Kaito's /chat:\n%s", endpoint, model, curl("/v1/chat/completions",
+		openai), curl("/chat", kaito))
 	return err
 }
 
@@ -288,7 +290,8 @@ func (c *chatter) do(req *http.Request) (*http.Response, error) {
 				return
 			case <-t.C:
 				if !said {
-					fmt.Fprintf(c.status, "waking %s: it was scaled to zero; a replica starts and loads the model (a GPU node may be provisioned first)\n", c.endpoint)
+					fmt.Fprintf(c.status,
+						"waking %s: it was scaled to zero; a replica starts and loads the model (a GPU node may be provisioned first)\n", c.endpoint)
 					said = true
 				}
 				fmt.Fprintf(c.status, "\rwaiting %s", time.Since(start).Round(time.Second))
@@ -304,7 +307,8 @@ func (c *chatter) do(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		cancel(nil)
 		if expired.Load() {
-			return nil, fmt.Errorf("the endpoint did not answer within %s (waking from zero: node provisioning and model loading); raise --wake-timeout", c.wakeTimeout)
+			return nil, fmt.Errorf("the endpoint did not answer within %s (waking from zero: node provisioning and model loading); raise "+
+				"--wake-timeout", c.wakeTimeout)
 		}
 		return nil, err
 	}

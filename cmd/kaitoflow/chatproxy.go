@@ -58,11 +58,14 @@ func newChatProxy(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", ":5000", "address to serve on")
 	cmd.Flags().StringVar(&upstream, "upstream", "http://127.0.0.1:8000", "the model server (vLLM's OpenAI server) in the same pod")
 	cmd.Flags().StringVar(&model, "model", "", "the served model or adapter name /chat uses")
-	cmd.Flags().StringVar(&adapterSet, "adapter-set", "", "the adapter set to serve (the deployer's ConfigMap, mounted): loaded live through the model server's runtime LoRA API")
-	cmd.Flags().StringVar(&adminListen, "admin-listen", ":5001", "with --adapter-set: where kaitoflow asks this replica what it serves (GET /adapters); not routed by Knative")
+	cmd.Flags().StringVar(&adapterSet, "adapter-set", "",
+		"the adapter set to serve (the deployer's ConfigMap, mounted): loaded live through the model server's runtime LoRA API")
+	cmd.Flags().StringVar(&adminListen, "admin-listen", ":5001",
+		"with --adapter-set: where kaitoflow asks this replica what it serves (GET /adapters); not routed by Knative")
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", chatproxy.DefaultMaxBody, "largest request body accepted")
-	cmd.Flags().StringArrayVar(&allow, "allow-host", nil, "a private registry host or CIDR adapter pulls may connect to (repeatable; the pipeline's --allow-host)")
+	cmd.Flags().StringArrayVar(&allow, "allow-host", nil,
+		"a private registry host or CIDR adapter pulls may connect to (repeatable; the pipeline's --allow-host)")
 	return cmd
 }

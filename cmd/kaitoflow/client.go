@@ -308,7 +308,8 @@ func printWorkspaces(out io.Writer, list []status.Workspace, format string, sing
 					image = p.Image
 				}
 			}
-			row += fmt.Sprintf("\t%s\t%s\t%d\t%s\t%s\t%s", w.Phase, cmp.Or(serving, "<none>"), w.Replicas, cmp.Or(strings.Join(w.Adapters, ","), "<none>"), image, w.Endpoint)
+			row += fmt.Sprintf("\t%s\t%s\t%d\t%s\t%s\t%s", w.Phase, cmp.Or(serving, "<none>"), w.Replicas, cmp.Or(strings.Join(w.Adapters, ","),
+				"<none>"), image, w.Endpoint)
 		}
 		fmt.Fprintln(tw, row)
 	}
@@ -373,7 +374,8 @@ func printAttempts(out io.Writer, w status.Workspace) {
 	if len(w.Attempts) > 1 {
 		fmt.Fprintln(out)
 		for _, a := range w.Attempts {
-			fmt.Fprintf(out, "  attempt %d  %-26s batch %-3d seq %-5d %7.2f GPU-min  %s\n", a.Attempt, a.InstanceType, a.BatchSize, a.SeqLen, a.GPUSeconds/60, cmp.Or(a.Outcome, "Running"))
+			fmt.Fprintf(out, "  attempt %d  %-26s batch %-3d seq %-5d %7.2f GPU-min  %s\n", a.Attempt, a.InstanceType, a.BatchSize, a.SeqLen,
+				a.GPUSeconds/60, cmp.Or(a.Outcome, "Running"))
 		}
 	}
 	if w.GPU != nil {
@@ -412,7 +414,8 @@ until then. Without --generation, the newest generation before the one serving n
 controller records a RollbackRequested or RollbackRefused Event on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Rollback, "rollback requested", "`kaitoflow get %s -o wide` shows when the replicas serve the new one")
+			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Rollback, "rollback requested",
+				"`kaitoflow get %s -o wide` shows when the replicas serve the new one")
 		},
 	}
 	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (default: the one before the generation serving now)")

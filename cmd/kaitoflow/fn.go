@@ -76,10 +76,16 @@ only after they are stored. --transport jetstream consumes the function's input 
 	f.drivers.register(fl, "enforce")
 	f.delivery.register(fl)
 	fl.StringVar(&f.registry, "registry-rewrite", "", "publish and the sim trainer: push to this registry host instead of the one in tuning.output.image")
-	fl.StringVar(&f.sinkToken, "sink-token-file", "", "http transport: a ServiceAccount token (projected for the Broker's audience) sent as a bearer token with every event to --sink, for a Broker with an EventPolicy")
-	fl.StringVar(&f.callerAudience, "caller-audience", "", "http transport: accept only events sent with a Kubernetes ServiceAccount token for this audience (the Trigger's subscriber.audience; Knative Eventing OIDC), reviewed by the API server")
-	fl.StringSliceVar(&f.callers, "caller", nil, "http transport, with --caller-audience: a subject that may deliver events (system:serviceaccount:NS:NAME, or a prefix ending in *); repeatable")
-	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080", "serve with the sim deployer: this process's base URL, where its simulated endpoints are reached")
+	fl.StringVar(&f.sinkToken, "sink-token-file", "",
+		"http transport: a ServiceAccount token (projected for the Broker's audience) sent as a bearer token with every event to --sink, for a "+
+			"Broker with an EventPolicy")
+	fl.StringVar(&f.callerAudience, "caller-audience", "",
+		"http transport: accept only events sent with a Kubernetes ServiceAccount token for this audience (the Trigger's subscriber.audience; "+
+			"Knative Eventing OIDC), reviewed by the API server")
+	fl.StringSliceVar(&f.callers, "caller", nil,
+		"http transport, with --caller-audience: a subject that may deliver events (system:serviceaccount:NS:NAME, or a prefix ending in *); repeatable")
+	fl.StringVar(&f.publicURL, "public-url", "http://127.0.0.1:8080",
+		"serve with the sim deployer: this process's base URL, where its simulated endpoints are reached")
 	return cmd
 }
 

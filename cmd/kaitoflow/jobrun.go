@@ -111,7 +111,8 @@ func adapterKeychain(secrets []string, acrIdentity bool) (authn.Keychain, error)
 	// The workload identity webhook injected the federated token and the client id.
 	cred, err := azidentity.NewWorkloadIdentityCredential(nil)
 	if err != nil {
-		return nil, fmt.Errorf("ACR identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount annotated with a client id?)", err)
+		return nil, fmt.Errorf("ACR identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount "+
+			"annotated with a client id?)", err)
 	}
 	return authn.NewMultiKeychain(keychain, &registryauth.ACR{Credential: cred}), nil
 }
@@ -145,7 +146,9 @@ func newPullAdapter(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&insecure, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
-	cmd.Flags().BoolVar(&acrIdentity, "acr-identity", false, "sign in to Azure Container Registries with the pod's workload identity when no pull secret has the registry's credentials")
-	cmd.Flags().StringArrayVar(&secrets, "pull-secret", nil, "dockerconfigjson file with the registry credentials (repeatable: the first that has the registry's credentials is used)")
+	cmd.Flags().BoolVar(&acrIdentity, "acr-identity", false,
+		"sign in to Azure Container Registries with the pod's workload identity when no pull secret has the registry's credentials")
+	cmd.Flags().StringArrayVar(&secrets, "pull-secret", nil,
+		"dockerconfigjson file with the registry credentials (repeatable: the first that has the registry's credentials is used)")
 	return cmd
 }

@@ -59,9 +59,10 @@ type globals struct {
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{out: stdout, err: stderr}
 	root := &cobra.Command{
-		Use:           "kaitoflow",
-		Short:         "Fine-tune and serve open models as an event-driven, serverless pipeline",
-		Long:          "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1 and v1beta1) as CloudEvents flowing through small functions on NATS JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
+		Use:   "kaitoflow",
+		Short: "Fine-tune and serve open models as an event-driven, serverless pipeline",
+		Long: "kaitoflow runs Kaito Workspaces (kaito.sh/v1alpha1 and v1beta1) as CloudEvents flowing through small functions on NATS " +
+			"JetStream:\nworkspace.requested → node.ready → tuning.completed → image.pushed → inference.ready.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       buildVersion(),
@@ -77,11 +78,15 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", defaultServer, "kaitoflow API URL (env KAITOFLOW_SERVER)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
-	root.PersistentFlags().StringVar(&g.token, "token", "", "bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (`up` requires it of clients when set)")
+	root.PersistentFlags().StringVar(&g.token, "token", "",
+		"bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (`up` requires it of "+
+			"clients when set)")
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g), newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g), newController(g), newNATSAuth(g), newVersion(g))
+	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g),
+		newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g),
+		newController(g), newNATSAuth(g), newVersion(g))
 	return root
 }
 

@@ -79,7 +79,8 @@ func runNATSAuth(w io.Writer, f natsAuthFlags) error {
 	objs := []any{
 		corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}, ObjectMeta: meta("kaitoflow-nats", f.namespace), StringData: urls},
 		corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}, ObjectMeta: meta("kaitoflow-nats-users", f.natsNamespace), StringData: env},
-		corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}, ObjectMeta: meta("kaitoflow-nats-users", f.natsNamespace), Data: map[string]string{natsUsersConf: conf}},
+		corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}, ObjectMeta: meta("kaitoflow-nats-users", f.natsNamespace),
+			Data: map[string]string{natsUsersConf: conf}},
 	}
 	for _, o := range objs {
 		b, err := yaml.Marshal(o)

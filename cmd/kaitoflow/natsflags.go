@@ -24,7 +24,8 @@ func (n *natsFlags) register(fs *pflag.FlagSet, def, usage string) {
 	fs.StringVar(&n.CA, "nats-ca", "", "CA certificate(s) that sign the NATS server's certificate")
 	fs.StringVar(&n.Cert, "nats-cert", "", "client certificate for NATS mutual TLS (with --nats-key)")
 	fs.StringVar(&n.Key, "nats-key", "", "client key for NATS mutual TLS")
-	fs.IntVar(&n.replicas, "replicas", 1, "replicas of the JetStream stream and key-value buckets, where this process creates them (3 on a NATS cluster); existing ones are never weakened")
+	fs.IntVar(&n.replicas, "replicas", 1,
+		"replicas of the JetStream stream and key-value buckets, where this process creates them (3 on a NATS cluster); existing ones are never weakened")
 }
 
 // storage is how this process creates and checks kaitoflow's JetStream stream and buckets.

@@ -75,7 +75,9 @@ are read from the Hub (with $HF_TOKEN, for gated models).`,
 				}
 			}
 			a := m.Architecture
-			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, %d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        %v\n  license:       %s\n  inference:     %s (tuning: presets/trainer, built by hack/release.sh)\n\n",
+			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, "+
+				"%d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        "+
+				"%v\n  license:       %s\n  inference:     %s (tuning: presets/trainer, built by hack/release.sh)\n\n",
 				m.Name, m.HuggingFace, m.Revision, float64(m.Parameters)/1e9, a.Family, a.Layers, a.HiddenSize, a.IntermediateSize, a.Heads, a.KVHeads, a.Vocab,
 				m.MaxContext, a.KVBytesPerToken()>>10, strings.Join(m.LoRATargets, ", "), m.Tuning, m.License, presets.InferenceImage)
 			return fitTable(g.out, c, m)

@@ -37,12 +37,20 @@ type driverFlags struct {
 
 func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.Provider, "provider", "sim", "where GPU nodes come from: sim, aks (agent pools), karpenter (NodeClaims), byo (existing nodes)")
-	f.StringVar(&p.d.Trainer, "trainer", "sim", "how tuning runs: sim, local (presets/trainer as a process on this machine; --python), or job (a Kubernetes Job running presets/trainer; needs a cluster)")
+	f.StringVar(&p.d.Trainer, "trainer", "sim",
+		"how tuning runs: sim, local (presets/trainer as a process on this machine; --python), or job (a Kubernetes Job running presets/trainer; "+
+			"needs a cluster)")
 	f.StringVar(&p.d.Local.Interpreter, "python", "", "local trainer: a Python whose environment has the trainer's packages (hack/ml-env.sh makes one)")
 	f.StringVar(&p.d.Local.TrainerDir, "trainer-dir", "presets/trainer", "local trainer: the directory holding the kaitoflow_trainer package")
-	f.StringToStringVar(&p.d.Local.Models, "local-model", nil, "local trainer: PRESET=DIR trains that preset's workspaces on the model in DIR (default: the plan's Hugging Face model, from the Hugging Face cache or downloaded)")
-	f.BoolVar(&p.d.Local.CPU, "cpu", true, "local trainer and deployer: train in fp32 and serve with vLLM's CPU build, whatever precision the plan chose for its GPU; --cpu=false trains and serves as planned on this machine's GPUs")
-	f.StringVar(&p.d.Deployer, "deployer", "sim", "how inference runs: sim, local (vLLM processes on this machine behind chat-proxy; --vllm-python), or knative (a scale-to-zero Knative Service running vLLM behind chat-proxy; needs a cluster)")
+	f.StringToStringVar(&p.d.Local.Models, "local-model", nil,
+		"local trainer: PRESET=DIR trains that preset's workspaces on the model in DIR (default: the plan's Hugging Face model, from the Hugging "+
+			"Face cache or downloaded)")
+	f.BoolVar(&p.d.Local.CPU, "cpu", true,
+		"local trainer and deployer: train in fp32 and serve with vLLM's CPU build, whatever precision the plan chose for its GPU; --cpu=false "+
+			"trains and serves as planned on this machine's GPUs")
+	f.StringVar(&p.d.Deployer, "deployer", "sim",
+		"how inference runs: sim, local (vLLM processes on this machine behind chat-proxy; --vllm-python), or knative (a scale-to-zero Knative "+
+			"Service running vLLM behind chat-proxy; needs a cluster)")
 	f.StringVar(&p.d.VLLM.Python, "vllm-python", "", "local deployer: a Python with vLLM installed (hack/ml-env.sh vllm makes one with vLLM's CPU build)")
 	f.StringVar(&p.d.VLLM.DType, "vllm-dtype", "float32", "local deployer on a CPU: the model's dtype, float32 or bfloat16")
 	f.Float32Var(&p.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
@@ -50,25 +58,38 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.AKS.SubscriptionID, "subscription", "", "aks: Azure subscription ID")
 	f.StringVar(&p.d.AKS.ResourceGroup, "resource-group", "", "aks: the cluster's resource group")
 	f.StringVar(&p.d.AKS.Cluster, "cluster", "", "aks: the AKS cluster's name")
-	f.StringVar(&p.d.AKS.Location, "location", "", "aks: the cluster's region, whose vCPU quota the fit check reads before creating a pool (needs Microsoft.Compute/locations/usages/read); empty: quota is not checked")
+	f.StringVar(&p.d.AKS.Location, "location", "",
+		"aks: the cluster's region, whose vCPU quota the fit check reads before creating a pool (needs Microsoft.Compute/locations/usages/read); "+
+			"empty: quota is not checked")
 	f.BoolVar(&p.d.AKS.Spot, "spot", false, "aks: spot node pools (cheaper, may be evicted)")
 	f.Float64Var(&p.d.AKS.SpotMaxPrice, "spot-max-price", -1, "aks: highest spot price per hour; -1 pays up to the on-demand price")
 	f.StringVar(&p.d.NodeClass, "node-class", "karpenter.azure.com/AKSNodeClass/default", "karpenter: the NodeClaims' node class, group/kind/name")
 	f.DurationVar(&p.deadline, "capacity-deadline", provision.DefaultDeadline, "fail a workspace whose GPU nodes are not ready within this long")
-	f.IntVar(&p.attempts, "tuning-attempts", tune.DefaultMaxAttempts, "attempts of a tuning run that ran out of GPU memory (each with a smaller plan) or lost its node (each resumed from its checkpoint); 1 never retries")
+	f.IntVar(&p.attempts, "tuning-attempts", tune.DefaultMaxAttempts,
+		"attempts of a tuning run that ran out of GPU memory (each with a smaller plan) or lost its node (each resumed from its checkpoint); 1 never retries")
 	f.StringVar(&p.d.TrainerImage, "trainer-image", "", "job trainer: the trainer image, built from presets/trainer (hack/release.sh); required")
-	f.StringVar(&p.d.WrapperImage, "wrapper-image", "", "job trainer: kaitoflow's own image, whose binary wraps the trainer (ko builds it; hack/release.sh); required")
+	f.StringVar(&p.d.WrapperImage, "wrapper-image", "",
+		"job trainer: kaitoflow's own image, whose binary wraps the trainer (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.RuntimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
-	f.StringVar(&p.d.ProxyImage, "proxy-image", "", "knative deployer: kaitoflow's own image, for chat-proxy and pull-adapter (ko builds it; hack/release.sh); required")
-	f.StringVar(&p.d.WeightsCache, "weights-cache", "", "job trainer and knative deployer: a PersistentVolumeClaim in each workspace's namespace that keeps downloaded base models (a workspace's kaitoflow.io/weights-cache annotation overrides it; default: an emptyDir per pod)")
+	f.StringVar(&p.d.ProxyImage, "proxy-image", "",
+		"knative deployer: kaitoflow's own image, for chat-proxy and pull-adapter (ko builds it; hack/release.sh); required")
+	f.StringVar(&p.d.WeightsCache, "weights-cache", "",
+		"job trainer and knative deployer: a PersistentVolumeClaim in each workspace's namespace that keeps downloaded base models (a workspace's "+
+			"kaitoflow.io/weights-cache annotation overrides it; default: an emptyDir per pod)")
 	// warn for the embedded demo (an offline machine still runs the quickstart), enforce for
 	// functions in a cluster.
-	f.StringVar(&p.preflight, "preflight", preflight, "dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
+	f.StringVar(&p.preflight, "preflight", preflight,
+		"dataset checks before capacity is bought: enforce (a bad dataset fails the workspace), warn (a warning on the plan), off")
 	f.DurationVar(&p.delay, "delay", 3*time.Second, "how long each simulated step takes")
 	f.StringSliceVar(&p.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
-	f.StringArrayVar(&p.outputs, "output-repository", nil, "NAMESPACE=REGISTRY/PREFIX: the repositories a namespace's workspaces may push adapters to (repeatable; * for every namespace); without any, a workspace may name any repository")
-	f.StringVar(&p.hubURL, "hub-url", "", "the Hugging Face Hub (or a mirror) the planner reads models that are not presets from: their config.json and file sizes (default https://huggingface.co)")
-	f.StringVar(&p.dataDir, "data-dir", "", "up: where JetStream, the registry and the sim trainer keep their data; fn: the sim trainer's (default: kaitoflow in the user cache dir)")
+	f.StringArrayVar(&p.outputs, "output-repository", nil,
+		"NAMESPACE=REGISTRY/PREFIX: the repositories a namespace's workspaces may push adapters to (repeatable; * for every namespace); without "+
+			"any, a workspace may name any repository")
+	f.StringVar(&p.hubURL, "hub-url", "",
+		"the Hugging Face Hub (or a mirror) the planner reads models that are not presets from: their config.json and file sizes (default "+
+			"https://huggingface.co)")
+	f.StringVar(&p.dataDir, "data-dir", "",
+		"up: where JetStream, the registry and the sim trainer keep their data; fn: the sim trainer's (default: kaitoflow in the user cache dir)")
 }
 
 // config is the assembly's configuration for these flags. A cluster is required when a driver or
@@ -170,11 +191,14 @@ type deliveryFlags struct {
 }
 
 func (d *deliveryFlags) register(f *pflag.FlagSet) {
-	f.DurationVar(&d.ackWait, "ack-wait", 30*time.Second, "JetStream AckWait; handlers send InProgress every AckWait/2, so it bounds how fast a crashed step is picked up again")
+	f.DurationVar(&d.ackWait, "ack-wait", 30*time.Second,
+		"JetStream AckWait; handlers send InProgress every AckWait/2, so it bounds how fast a crashed step is picked up again")
 	f.IntVar(&d.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
 	f.DurationSliceVar(&d.backoff, "retry-backoff", nil, "delays before redelivering after the n-th failure, the last repeating (default 1s,5s,15s,30s,60s)")
 	f.IntVar(&d.concurrency, "concurrency", 8, "events one function handles at once")
-	f.DurationVar(&d.tick, "tick", 30*time.Second, "how often kaitoflow.tick re-checks pending capacity, running Jobs and unready Services (fn --transport jetstream: 0 publishes none; fn signals: the PingSource's period)")
+	f.DurationVar(&d.tick, "tick", 30*time.Second,
+		"how often kaitoflow.tick re-checks pending capacity, running Jobs and unready Services (fn --transport jetstream: 0 publishes none; fn "+
+			"signals: the PingSource's period)")
 }
 
 func (d *deliveryFlags) options() runtime.JetStreamOptions {

@@ -46,7 +46,8 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 	f := cmd.Flags()
 	o.nats.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
 	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222",
-		"embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat DATA_DIR/nats/tune.url)\")")
+		"embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat "+
+			"DATA_DIR/nats/tune.url)\")")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8470", "API address")
 	o.drivers.register(f, "warn")
 	o.delivery.register(f)

@@ -304,7 +304,8 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 		m.mu.Lock()
 		m.loaded[a.Name] = true
 		m.mu.Unlock()
-		log.InfoContext(ctx, "adapter loaded into the running model server", "adapter", a.Name, "source", cmp.Or(a.Image, a.Path), "took", time.Since(start).Round(time.Millisecond))
+		log.InfoContext(ctx, "adapter loaded into the running model server", "adapter", a.Name, "source", cmp.Or(a.Image, a.Path), "took",
+			time.Since(start).Round(time.Millisecond))
 	}
 	for public, target := range set.Routes {
 		if !want[target] {

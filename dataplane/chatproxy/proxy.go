@@ -256,7 +256,8 @@ func (p *Proxy) completionRequest(in ChatRequest) (map[string]any, int, string) 
 	for k, v := range in.GenerateKwargs {
 		name, ok := kwargs[k]
 		if !ok {
-			return nil, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, top_p, top_k, "+
+			return nil, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, "+
+				"top_p, top_k, "+
 				"repetition_penalty, stop, seed, presence_penalty, frequency_penalty)", k)
 		}
 		out[name] = v
@@ -278,7 +279,8 @@ type forwarder struct {
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
-var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer",
+	"Transfer-Encoding", "Upgrade"}
 
 func copyHeader(dst, src http.Header) {
 	for k, vs := range src {

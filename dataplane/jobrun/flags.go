@@ -14,7 +14,9 @@ func RegisterFlags(f *pflag.FlagSet, c *Config, allow *[]string) {
 	f.BoolVar(&c.InsecureRegistry, "insecure-registry", false, "plain HTTP to the registry (local registries and tests only)")
 	f.StringVar(&c.TerminationLog, "termination-log", "/dev/termination-log", "where the summary (or the failure reason) goes")
 	f.StringSliceVar(allow, "allow-host", nil, "private dataset hosts or CIDRs to admit")
-	f.StringVar(&c.CheckpointTag, "checkpoint-tag", "", "names the run's checkpoints (in the output repository, or the output volume); a run that finds one continues from the newest (none: no checkpoints are kept)")
+	f.StringVar(&c.CheckpointTag, "checkpoint-tag", "",
+		"names the run's checkpoints (in the output repository, or the output volume); a run that finds one continues from the newest (none: no "+
+			"checkpoints are kept)")
 	f.StringVar(&c.CompareImage, "compare-image", "", "the adapter serving now: pulled for the trainer to score beside the new one (--compare-adapter)")
 	f.IntVar(&c.KeepCheckpoints, "keep-checkpoints", DefaultKeepCheckpoints, "how many of the run's newest checkpoints stay in the registry")
 }

@@ -214,7 +214,8 @@ func (s *Server) loadLoRA(w http.ResponseWriter, r *http.Request) {
 	if rank := loraRank(cfg); rank > cmp.Or(s.MaxLoRARank, 16) {
 		// The engine's worker refuses it; the API server reports the failed call.
 		vllmError(w, http.StatusInternalServerError, "InternalServerError", fmt.Sprintf(
-			"Call to add_lora method failed: Worker failed with error 'LoRA rank %d is greater than max_lora_rank %d.', please check the stack trace above for the root cause",
+			"Call to add_lora method failed: Worker failed with error 'LoRA rank %d is greater than max_lora_rank %d.', please check the stack "+
+				"trace above for the root cause",
 			rank, cmp.Or(s.MaxLoRARank, 16)), "")
 		return
 	}
@@ -433,14 +434,16 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any, required ...st
 	_, _ = body.ReadFrom(r.Body)
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body.Bytes(), &fields); err != nil || fields == nil {
-		validationError(w, []string{"{'type': 'json_invalid', 'loc': 'body.0', 'msg': 'JSON decode error', 'input': '<dict of 0 items>', 'ctx': {'error': 'Expecting value'}}"}, "body.0")
+		validationError(w, []string{"{'type': 'json_invalid', 'loc': 'body.0', 'msg': 'JSON decode error', 'input': '<dict of 0 items>', 'ctx': " +
+			"{'error': 'Expecting value'}}"}, "body.0")
 		return false
 	}
 	var problems []string
 	param := ""
 	for _, f := range required {
 		if _, ok := fields[f]; !ok {
-			problems = append(problems, fmt.Sprintf("{'type': 'missing', 'loc': 'body.%s', 'msg': 'Field required', 'input': '<dict of %d items>'}", f, len(fields)))
+			problems = append(problems, fmt.Sprintf("{'type': 'missing', 'loc': 'body.%s', 'msg': 'Field required', 'input': '<dict of %d items>'}",
+				f, len(fields)))
 			if param == "" {
 				param = "body." + f
 			}
@@ -462,7 +465,8 @@ func validationError(w http.ResponseWriter, problems []string, param string) {
 	if len(problems) == 1 {
 		plural = ""
 	}
-	vllmError(w, http.StatusBadRequest, "Bad Request", fmt.Sprintf("%d validation error%s:\n  %s", len(problems), plural, strings.Join(problems, "\n  ")), param)
+	vllmError(w, http.StatusBadRequest, "Bad Request", fmt.Sprintf("%d validation error%s:\n  %s", len(problems), plural, strings.Join(problems,
+		"\n  ")), param)
 }
 
 // vllmError answers with vLLM's error body: {"error": {"message", "type", "param", "code"}}, the

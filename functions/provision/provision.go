@@ -338,7 +338,8 @@ func (f *Function) retrying(ctx context.Context, ref events.Ref, ev cloudevents.
 	if err != nil || old == nil || old.Ref.Generation != ref.Generation || old.Released || old.Attempt > d.Attempt {
 		return nil, err // a newer generation, nothing held any more, or a redelivery of an earlier retry
 	}
-	rec, err := f.pending.NextAttempt(ctx, ref, Attempt{Attempt: d.Attempt, Plan: *d.Plan, Resume: d.Resume, Requested: f.now(), Expires: f.now().Add(f.deadline)})
+	rec, err := f.pending.NextAttempt(ctx, ref, Attempt{Attempt: d.Attempt, Plan: *d.Plan, Resume: d.Resume, Requested: f.now(),
+		Expires: f.now().Add(f.deadline)})
 	if err != nil || rec == nil {
 		return nil, err
 	}
@@ -346,7 +347,8 @@ func (f *Function) retrying(ctx context.Context, ref events.Ref, ev cloudevents.
 		if err := f.provider.Release(ctx, old.Request); err != nil {
 			return nil, fmt.Errorf("release %s capacity of %s for attempt %d on %s: %w", old.Plan.InstanceType, ref, d.Attempt, d.Plan.InstanceType, err)
 		}
-		f.log.InfoContext(ctx, "released the failed attempt's capacity for a larger SKU", "workspace", ref.String(), "from", old.Plan.InstanceType, "to", d.Plan.InstanceType)
+		f.log.InfoContext(ctx, "released the failed attempt's capacity for a larger SKU", "workspace", ref.String(), "from", old.Plan.InstanceType,
+			"to", d.Plan.InstanceType)
 	}
 	if err := f.provider.Ensure(ctx, rec.Request); err != nil {
 		if _, ok := events.AsPermanent(err); ok {
@@ -354,7 +356,8 @@ func (f *Function) retrying(ctx context.Context, ref events.Ref, ev cloudevents.
 		}
 		// The record says what is wanted: ticks ensure it again (a pool still being deleted for a
 		// larger SKU takes minutes, longer than this event's redeliveries), until the deadline.
-		f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", ref.String(), "attempt", d.Attempt, "err", err)
+		f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", ref.String(), "attempt",
+			d.Attempt, "err", err)
 		return nil, nil
 	}
 	return f.check(ctx, *rec, &ev)
@@ -378,7 +381,8 @@ func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevent
 			// (an agent pool, a NodeClaim still being deleted); Ensure is create-or-get.
 			if err := f.provider.Ensure(ctx, rec.Request); err != nil {
 				if _, ok := events.AsPermanent(err); !ok {
-					f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", rec.Ref.String(), "attempt", rec.Attempt, "err", err)
+					f.log.WarnContext(ctx, "capacity for the next attempt not ensured yet; the next tick tries again", "workspace", rec.Ref.String(),
+						"attempt", rec.Attempt, "err", err)
 				}
 			}
 		}

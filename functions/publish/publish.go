@@ -258,7 +258,8 @@ func imageAnnotations(d events.TuningCompletedData, ev cloudevents.Event, ref ev
 // pushProvenance attaches the training record to img as a referrer (its manifest's subject is the
 // adapter). go-containerregistry falls back to the referrers tag scheme on registries without the
 // referrers API.
-func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData, ev cloudevents.Event, opts []remote.Option) (string, error) {
+func (f *Function) pushProvenance(ctx context.Context, target name.Reference, img v1.Image, ref events.Ref, d events.TuningCompletedData,
+	ev cloudevents.Event, opts []remote.Option) (string, error) {
 	rec := TrainingRecord{Workspace: ref, Spec: d.Workspace, Job: d.Job, Nodes: d.Nodes, Files: d.Files, Layer: d.Layer, DatasetDigests: d.Datasets,
 		Metrics: d.Metrics, Compared: d.Compared, Completed: imageCreated(d, ev).Format("2006-01-02T15:04:05Z")}
 	if in := d.Workspace.Tuning.Input; in != nil {

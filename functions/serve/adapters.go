@@ -74,7 +74,8 @@ func UnionSet(ds []Deployment, version int64, place func(Adapter, *chatproxy.Ada
 		}
 		for public, target := range set.Routes {
 			if other, ok := owner[public]; ok {
-				return chatproxy.AdapterSet{}, events.Permanentf(events.ReasonInvalidWorkspace, "model name %s is served by both %s and %s in one serving pool", public, other, d.Ref.Name)
+				return chatproxy.AdapterSet{}, events.Permanentf(events.ReasonInvalidWorkspace,
+					"model name %s is served by both %s and %s in one serving pool", public, other, d.Ref.Name)
 			}
 			owner[public] = d.Ref.Name
 			if union.Routes == nil {

@@ -35,14 +35,17 @@ type Service struct {
 func AdmitService(d Deployment, svc Service) (bool, error) {
 	if svc.Exists && !svc.Ours {
 		if d.Pool != "" {
-			return false, events.Permanentf(events.ReasonForeignObject, "service %s/%s exists and is not serving pool %s; name another pool", d.Ref.Namespace, d.Service, d.Pool)
+			return false, events.Permanentf(events.ReasonForeignObject, "service %s/%s exists and is not serving pool %s; name another pool",
+				d.Ref.Namespace, d.Service, d.Pool)
 		}
-		return false, events.Permanentf(events.ReasonForeignObject, "service %s/%s exists and is a serving pool's; name the workspace's pool, or another workspace", d.Ref.Namespace, d.Service)
+		return false, events.Permanentf(events.ReasonForeignObject,
+			"service %s/%s exists and is a serving pool's; name the workspace's pool, or another workspace", d.Ref.Namespace, d.Service)
 	}
 	if d.Pool != "" {
 		for _, a := range d.Adapters {
 			if a.Volume != nil {
-				return false, events.Permanentf(events.ReasonNotSupported, "adapter %s: a serving pool serves adapters from images only (a volume would be mounted into every member's pods)", a.Name)
+				return false, events.Permanentf(events.ReasonNotSupported,
+					"adapter %s: a serving pool serves adapters from images only (a volume would be mounted into every member's pods)", a.Name)
 			}
 		}
 	}
@@ -57,7 +60,9 @@ func AdmitService(d Deployment, svc Service) (bool, error) {
 		return false, events.Permanentf(events.ReasonNotSupported, "generation %d's adapter cannot be served: %s has no service running", d.Serving, d.Ref)
 	}
 	if d.Pool != "" && d.Serving == 0 && svc.Exists && svc.Runs != "" && svc.Wants != "" && svc.Runs != svc.Wants {
-		return false, events.Permanentf(events.ReasonInvalidWorkspace, "serving pool %s runs another pod than %s would (the pool's %s, this workspace's %s): a pool's members serve the same preset with the same plan, node labels, pull secrets and pool size",
+		return false, events.Permanentf(events.ReasonInvalidWorkspace,
+			"serving pool %s runs another pod than %s would (the pool's %s, this workspace's %s): a pool's members serve the same preset with the "+
+				"same plan, node labels, pull secrets and pool size",
 			d.Pool, d.Ref.Name, svc.Runs, svc.Wants)
 	}
 	return true, nil

@@ -156,10 +156,12 @@ func (f *Function) routes() *runtime.Routes {
 	r.Add(events.ServiceChanged, func(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 		return f.observe(ctx, ref, &ev)
 	})
-	runtime.On(r, events.InferenceReady, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, in events.InferenceReadyData) ([]cloudevents.Event, error) {
+	runtime.On(r, events.InferenceReady, func(ctx context.Context, ref events.Ref, _ cloudevents.Event,
+		in events.InferenceReadyData) ([]cloudevents.Event, error) {
 		return nil, f.deployer.Acknowledge(ctx, ref, in.AdapterSet)
 	})
-	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, in events.WorkspaceFailedData) ([]cloudevents.Event, error) {
+	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event,
+		in events.WorkspaceFailedData) ([]cloudevents.Event, error) {
 		if in.Function == Name {
 			return nil, f.deployer.Acknowledge(ctx, ref, 0)
 		}
@@ -222,7 +224,8 @@ func (f *Function) imagePushed(ctx context.Context, ref events.Ref, ev cloudeven
 // adapterSelected serves an earlier generation's adapter (a rollback, a promotion by hand).
 func (f *Function) adapterSelected(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.AdapterSelectedData) ([]cloudevents.Event, error) {
 	if in.Reference == "" || in.Generation < 1 || in.Generation > ref.Generation {
-		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s", in.Generation, in.Reference, ref)
+		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s",
+			in.Generation, in.Reference, ref)
 	}
 	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Serving: in.Generation,
 		Adapters: []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}}
@@ -345,7 +348,8 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 			// A rollback whose adapter would not load: the adapter serving keeps answering and
 			// the workspace's generation has not failed. Said in the log and on the replicas'
 			// GET /adapters; ticks stop looking.
-			f.log.WarnContext(ctx, "rollback not served; the adapter serving keeps answering", "service", st.Service, "generation", st.ServingGeneration, "reason", st.Reason, "message", st.Message)
+			f.log.WarnContext(ctx, "rollback not served; the adapter serving keeps answering", "service", st.Service, "generation",
+				st.ServingGeneration, "reason", st.Reason, "message", st.Message)
 			return nil, f.deployer.Acknowledge(ctx, ref, st.Version)
 		}
 		f.log.WarnContext(ctx, "inference service failed", "service", st.Service, "reason", st.Reason, "message", st.Message)

@@ -230,14 +230,16 @@ func (f *Function) routes() *runtime.Routes {
 	r.Add(events.JobChanged, func(ctx context.Context, ref events.Ref, ev cloudevents.Event) ([]cloudevents.Event, error) {
 		return f.observe(ctx, ref, &ev)
 	})
-	runtime.On(r, events.TuningRetrying, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, d events.TuningRetryingData) ([]cloudevents.Event, error) {
+	runtime.On(r, events.TuningRetrying, func(ctx context.Context, ref events.Ref, _ cloudevents.Event,
+		d events.TuningRetryingData) ([]cloudevents.Event, error) {
 		return nil, f.trainer.Acknowledge(ctx, ref, d.Attempt-1)
 	})
 	// Every attempt of the generation: the outcome is stored.
 	r.Add(events.TuningCompleted, func(ctx context.Context, ref events.Ref, _ cloudevents.Event) ([]cloudevents.Event, error) {
 		return nil, f.trainer.Acknowledge(ctx, ref, math.MaxInt)
 	})
-	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event, d events.WorkspaceFailedData) ([]cloudevents.Event, error) {
+	runtime.On(r, events.WorkspaceFailed, func(ctx context.Context, ref events.Ref, _ cloudevents.Event,
+		d events.WorkspaceFailedData) ([]cloudevents.Event, error) {
 		if d.Function != Name {
 			return nil, nil
 		}
@@ -264,7 +266,8 @@ func (f *Function) nodeReady(ctx context.Context, ref events.Ref, ev cloudevents
 	if d.Plan == nil {
 		return nil, events.Permanentf(events.ReasonBadEvent, "node.ready carries no plan: provision must run the fit check first")
 	}
-	job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1), Resume: d.Resume}
+	job := Job{Name: AttemptJobName(ref, d.Attempt), Ref: ref, Workspace: d.Workspace, Nodes: d.Nodes, Plan: d.Plan, Attempt: max(d.Attempt, 1),
+		Resume: d.Resume}
 	if f.serving != nil {
 		// Read at every delivery, used once: the run is create-or-get, and the first one
 		// started is the one that runs.

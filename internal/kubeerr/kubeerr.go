@@ -70,7 +70,9 @@ func Classify(err error) error {
 // allows, so a workspace cannot name another namespace's.
 func WorkspaceSecret(err error, field, namespace, name string) error {
 	if apierrors.IsForbidden(err) {
-		return events.Permanentf(ReasonForbidden, "%s: kaitoflow may not read Secret %s/%s: namespace %s has not granted its Secrets (a RoleBinding to ClusterRole kaitoflow-workspace-secrets for kaitoflow's functions; see docs/install.md)",
+		return events.Permanentf(ReasonForbidden,
+			"%s: kaitoflow may not read Secret %s/%s: namespace %s has not granted its Secrets (a RoleBinding to ClusterRole "+
+				"kaitoflow-workspace-secrets for kaitoflow's functions; see docs/install.md)",
 			field, namespace, name, namespace)
 	}
 	return err

@@ -76,7 +76,8 @@ func (d dockerConfig) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
 		return authn.Anonymous, nil
 	}
-	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken,
+		RegistryToken: ac.RegistryToken}), nil
 }
 
 // acrUser is the user name ACR expects with a refresh token obtained by exchange.
@@ -199,11 +200,14 @@ func (s Secrets) For(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, 
 		case apierrors.IsNotFound(err):
 			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s not found", ns, out.ImagePushSecret)
 		case err != nil:
-			return nil, kubeerr.WorkspaceSecret(fmt.Errorf("read secret %s/%s: %w", ns, out.ImagePushSecret, err), "tuning.output.imagePushSecret", ns, out.ImagePushSecret)
+			return nil, kubeerr.WorkspaceSecret(fmt.Errorf("read secret %s/%s: %w", ns, out.ImagePushSecret, err), "tuning.output.imagePushSecret",
+				ns, out.ImagePushSecret)
 		}
 		b, ok := sec.Data[corev1.DockerConfigJsonKey]
 		if !ok {
-			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s has no %s (want type kubernetes.io/dockerconfigjson)", ns, out.ImagePushSecret, corev1.DockerConfigJsonKey)
+			return nil, events.Permanentf(events.ReasonInvalidWorkspace,
+				"tuning.output.imagePushSecret: secret %s/%s has no %s (want type kubernetes.io/dockerconfigjson)",
+				ns, out.ImagePushSecret, corev1.DockerConfigJsonKey)
 		}
 		kc, err := DockerConfig(b)
 		if err != nil {

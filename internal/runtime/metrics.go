@@ -31,7 +31,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kaitoflow_redeliveries_total", Help: "Events delivered more than once.",
 		}, []string{"function", "type"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kaitoflow_dead_letters_total", Help: "Events sent to the dead-letter subject that kaitoflow could not handle (a workspace refused for its own fault is counted in kaitoflow_workspaces_refused_total instead).",
+			Name: "kaitoflow_dead_letters_total", Help: "Events sent to the dead-letter subject that kaitoflow could not handle (a workspace " +
+				"refused for its own fault is counted in kaitoflow_workspaces_refused_total instead).",
 		}, []string{"function", "type"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kaitoflow_workspaces_refused_total", Help: "Workspaces a step refused for their own fault (invalid, too big, unsupported), by reason.",

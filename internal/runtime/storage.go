@@ -97,7 +97,8 @@ func compareStream(have, want jetstream.StreamConfig) (refuse, warn []string) {
 		refuse = append(refuse, fmt.Sprintf("max message size %d: an event may be %d bytes", have.MaxMsgSize, want.MaxMsgSize))
 	}
 	if have.Replicas < want.Replicas {
-		warn = append(warn, fmt.Sprintf("replicas %d, fewer than the %d asked for (raise with `nats stream edit %s --replicas %d`)", have.Replicas, want.Replicas, StreamName, want.Replicas))
+		warn = append(warn, fmt.Sprintf("replicas %d, fewer than the %d asked for (raise with `nats stream edit %s --replicas %d`)", have.Replicas,
+			want.Replicas, StreamName, want.Replicas))
 	}
 	if have.MaxAge > 0 && have.MaxAge < want.MaxAge {
 		warn = append(warn, fmt.Sprintf("max age %s: events can be replayed for less than %s", have.MaxAge, want.MaxAge))
@@ -132,7 +133,8 @@ func (s Storage) EnsureBucket(ctx context.Context, js jetstream.JetStream, name,
 		return nil, fmt.Errorf("bucket %s: %w", name, err)
 	}
 	if st.TTL() > 0 {
-		return nil, fmt.Errorf("bucket %s cannot carry kaitoflow's guarantees: its entries expire after %s, and records must be kept until deleted", name, st.TTL())
+		return nil, fmt.Errorf("bucket %s cannot carry kaitoflow's guarantees: its entries expire after %s, and records must be kept until deleted",
+			name, st.TTL())
 	}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		if have := bs.StreamInfo().Config; have.Replicas < want.Replicas {

@@ -26,7 +26,8 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 		return w.lateLive(ev, ref)
 	case ref.Generation > w.Generation || w.Name == "":
 		created, history, gpu, live, set := w.Created, w.History, w.GPU, w.Live, w.AdapterSet
-		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history, GPU: gpu, Live: live, AdapterSet: set}
+		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history,
+			GPU: gpu, Live: live, AdapterSet: set}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -282,7 +283,8 @@ func (w *Workspace) capacityReleased(d events.CapacityReleasedData, at time.Time
 		w.addGPU(0, d.GPUSeconds)
 	}
 	if d.Purpose != "" {
-		rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType, time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
+		rec.Note = fmt.Sprintf("%s capacity (%s) released after %s", d.Purpose, d.InstanceType,
+			time.Duration(d.HeldSeconds*float64(time.Second)).Round(time.Second))
 	}
 	if d.Because == events.WorkspaceDeleted {
 		t := at

@@ -22,7 +22,8 @@ type GPUCollector struct {
 // NewGPUCollector returns the collector over store.
 func NewGPUCollector(store Lister) *GPUCollector {
 	return &GPUCollector{Store: store, desc: prometheus.NewDesc("kaitoflow_workspace_gpu_seconds",
-		"GPU time a workspace has held, in GPU-seconds: tuning (every attempt's run time × its GPUs) and serving (the serving capacity's GPUs × how long it was held).",
+		"GPU time a workspace has held, in GPU-seconds: tuning (every attempt's run time × its GPUs) and serving (the serving capacity's GPUs × how "+
+			"long it was held).",
 		[]string{"namespace", "workspace", "purpose"}, nil)}
 }
 

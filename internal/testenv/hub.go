@@ -55,14 +55,16 @@ func NewHub(t testing.TB) *Hub {
 			"num_attention_heads":64,"num_key_value_heads":8,"vocab_size":128256,"max_position_embeddings":131072}`},
 		// The transformers shards and Mistral's consolidated copy of the same weights, as the repo has them.
 		"mistralai/Mistral-7B-v0.3": {SHA: MistralSHA,
-			Files: map[string]int64{"model-00001-of-00003.safetensors": 4949453792, "model-00002-of-00003.safetensors": 5000000000, "model-00003-of-00003.safetensors": 4546592512,
-				"consolidated.safetensors": 14496078512, "tokenizer.model.v3": 587404},
+			Files: map[string]int64{"model-00001-of-00003.safetensors": 4949453792, "model-00002-of-00003.safetensors": 5000000000,
+				"model-00003-of-00003.safetensors": 4546592512,
+				"consolidated.safetensors":         14496078512, "tokenizer.model.v3": 587404},
 			Config: `{"architectures":["MistralForCausalLM"],"model_type":"mistral","num_hidden_layers":32,"hidden_size":4096,"intermediate_size":14336,
 			"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":32768,"max_position_embeddings":32768}`},
 		// A multimodal config whose text_config leaves out what transformers defaults; an original/
 		// folder of other weights beside the ones vLLM loads.
 		"google/gemma-3-4b-it": {SHA: "093f9f388b31de276ce2de164bdc2081324b9767",
-			Files: map[string]int64{"model-00001-of-00002.safetensors": 4961251752, "model-00002-of-00002.safetensors": 3639026128, "original/model.safetensors": 8600000000},
+			Files: map[string]int64{"model-00001-of-00002.safetensors": 4961251752, "model-00002-of-00002.safetensors": 3639026128,
+				"original/model.safetensors": 8600000000},
 			Config: `{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3",
 			"text_config":{"model_type":"gemma3_text","hidden_size":2560,"intermediate_size":10240,"num_hidden_layers":34,"sliding_window":1024},
 			"vision_config":{"model_type":"siglip_vision_model","hidden_size":1152}}`},

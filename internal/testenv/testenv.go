@@ -216,7 +216,8 @@ func API(t testing.TB, crdDirs ...string) *Env {
 // without them is not the whole suite. `go test ./...` keeps a passing package's output to itself,
 // so the banner goes to the terminal as well as to stderr (shown with -v, or for one package).
 func skipBanner(err error) {
-	msg := fmt.Sprintf("\n*** %s: the tests that need a Kubernetes API server are SKIPPED: %v\n*** run everything with hack/test.sh (it builds the binaries once)\n\n",
+	msg := fmt.Sprintf("\n*** %s: the tests that need a Kubernetes API server are SKIPPED: %v\n*** run everything with hack/test.sh (it builds the "+
+		"binaries once)\n\n",
 		strings.TrimSuffix(filepath.Base(os.Args[0]), ".test"), err)
 	fmt.Fprint(os.Stderr, msg)
 	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {

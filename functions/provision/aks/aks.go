@@ -27,9 +27,13 @@ import (
 
 // AgentPools is what the provider uses of armcontainerservice.AgentPoolsClient.
 type AgentPools interface {
-	Get(ctx context.Context, resourceGroup, cluster, pool string, o *armcontainerservice.AgentPoolsClientGetOptions) (armcontainerservice.AgentPoolsClientGetResponse, error)
-	BeginCreateOrUpdate(ctx context.Context, resourceGroup, cluster, pool string, p armcontainerservice.AgentPool, o *armcontainerservice.AgentPoolsClientBeginCreateOrUpdateOptions) (*azruntime.Poller[armcontainerservice.AgentPoolsClientCreateOrUpdateResponse], error)
-	BeginDelete(ctx context.Context, resourceGroup, cluster, pool string, o *armcontainerservice.AgentPoolsClientBeginDeleteOptions) (*azruntime.Poller[armcontainerservice.AgentPoolsClientDeleteResponse], error)
+	Get(ctx context.Context, resourceGroup, cluster, pool string,
+		o *armcontainerservice.AgentPoolsClientGetOptions) (armcontainerservice.AgentPoolsClientGetResponse, error)
+	BeginCreateOrUpdate(ctx context.Context, resourceGroup, cluster, pool string, p armcontainerservice.AgentPool,
+		o *armcontainerservice.AgentPoolsClientBeginCreateOrUpdateOptions,
+	) (*azruntime.Poller[armcontainerservice.AgentPoolsClientCreateOrUpdateResponse], error)
+	BeginDelete(ctx context.Context, resourceGroup, cluster, pool string,
+		o *armcontainerservice.AgentPoolsClientBeginDeleteOptions) (*azruntime.Poller[armcontainerservice.AgentPoolsClientDeleteResponse], error)
 }
 
 // Config says which cluster to grow and how.
@@ -128,7 +132,9 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 			return fmt.Errorf("agent pool %s is being deleted; it is created again (%s) once it is gone", name, req.Plan.InstanceType)
 		}
 		if have := ptr(got.Properties.VMSize); have != "" && have != req.Plan.InstanceType {
-			return events.Permanentf(events.ReasonInvalidWorkspace, "resource.instanceType: agent pool %s already exists with vmSize %s, the workspace now asks for %s; delete the workspace first", name, have, req.Plan.InstanceType)
+			return events.Permanentf(events.ReasonInvalidWorkspace,
+				"resource.instanceType: agent pool %s already exists with vmSize %s, the workspace now asks for %s; delete the workspace first",
+				name, have, req.Plan.InstanceType)
 		}
 		if req.Attempt <= 1 {
 			return nil
@@ -138,7 +144,8 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 		if _, err := p.pools.BeginCreateOrUpdate(ctx, p.cfg.ResourceGroup, p.cfg.Cluster, name, p.Pool(req), nil); err != nil {
 			return classify(fmt.Errorf("restore agent pool %s for attempt %d: %w", name, req.Attempt, err))
 		}
-		p.log.InfoContext(ctx, "aks: agent pool put again for the next tuning attempt", "pool", name, "attempt", req.Attempt, "count", req.Workspace.NodeCount())
+		p.log.InfoContext(ctx, "aks: agent pool put again for the next tuning attempt", "pool", name, "attempt", req.Attempt, "count",
+			req.Workspace.NodeCount())
 		return nil
 	}
 	if !notFound(err) {
@@ -147,7 +154,8 @@ func (p *Provider) Ensure(ctx context.Context, req provision.Request) error {
 	if _, err := p.pools.BeginCreateOrUpdate(ctx, p.cfg.ResourceGroup, p.cfg.Cluster, name, p.Pool(req), nil); err != nil {
 		return classify(fmt.Errorf("create agent pool %s (%s): %w", name, req.Plan.InstanceType, err))
 	}
-	p.log.InfoContext(ctx, "aks: agent pool creation accepted", "pool", name, "vm_size", req.Plan.InstanceType, "count", req.Workspace.NodeCount(), "purpose", req.Purpose)
+	p.log.InfoContext(ctx, "aks: agent pool creation accepted", "pool", name, "vm_size", req.Plan.InstanceType, "count", req.Workspace.NodeCount(),
+		"purpose", req.Purpose)
 	return nil
 }
 

@@ -44,7 +44,8 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 		return c, err
 	}
 	if matching < want.Count {
-		return c, events.Permanentf("InsufficientNodes", "byo: %d node(s) match resource.labelSelector %s%s; the workspace needs %d with %d %s each (kaitoflow does not create nodes with --provider byo)",
+		return c, events.Permanentf("InsufficientNodes",
+			"byo: %d node(s) match resource.labelSelector %s%s; the workspace needs %d with %d %s each (kaitoflow does not create nodes with --provider byo)",
 			matching, sel, preferred(want.Names), want.Count, want.GPUs, nodes.GPUResource)
 	}
 	return c, nil

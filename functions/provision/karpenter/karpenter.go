@@ -182,7 +182,8 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 			}
 		}
 		if l := state["Launched"]; l != nil && l["status"] == "False" && isTerminal(fmt.Sprint(l["reason"])) {
-			return provision.Capacity{}, events.Permanentf("NodeClaimLaunchFailed", "NodeClaim %s could not launch %s: %s: %s", name, req.Plan.InstanceType, l["reason"], l["message"])
+			return provision.Capacity{}, events.Permanentf("NodeClaimLaunchFailed", "NodeClaim %s could not launch %s: %s: %s", name,
+				req.Plan.InstanceType, l["reason"], l["message"])
 		}
 		var parts []string
 		for _, t := range []string{"Launched", "Registered", "Initialized"} {

@@ -36,7 +36,8 @@ func (s *Provider) Ensure(ctx context.Context, req provision.Request) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought", "generation", req.Ref.Generation, "instance_type", req.Plan.InstanceType)
+	logctx.Or(s.Log).InfoContext(ctx, "sim: simulated GPU nodes are ready; no capacity was bought", "generation", req.Ref.Generation, "instance_type",
+		req.Plan.InstanceType)
 	return nil
 }
 

@@ -360,7 +360,8 @@ func weightsFor(d serve.Deployment, rt Runtime, o Options) podWeights {
 
 // proxyContainer is chat-proxy, the pod's front: it answers once the model server does.
 func proxyContainer(served string, startupSeconds int32, ad podAdapters, o Options) corev1.Container {
-	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream", "http://127.0.0.1:" + strconv.Itoa(runtimePort),
+	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream",
+		"http://127.0.0.1:" + strconv.Itoa(runtimePort),
 		"--model", served, "--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort)}
 	for _, h := range o.AllowHosts {
 		proxy = append(proxy, "--allow-host", h)
@@ -459,7 +460,8 @@ func servableVolume(v *corev1.VolumeSource) (*corev1.VolumeSource, error) {
 		out.PersistentVolumeClaim.ReadOnly = true
 	case out.ConfigMap != nil, out.Secret != nil:
 	default:
-		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can wrap an Azure Files share, a CSI volume or a disk) or push it as an image", kaito.DescribeVolume(v))
+		return nil, fmt.Errorf("Knative Serving cannot mount a %s volume; serve the adapter from a persistentVolumeClaim (a PersistentVolume can "+
+			"wrap an Azure Files share, a CSI volume or a disk) or push it as an image", kaito.DescribeVolume(v))
 	}
 	return out, nil
 }

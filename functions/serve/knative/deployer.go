@@ -169,7 +169,8 @@ func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 // the pods wait for it to mount). When the Service was created meanwhile (a duplicate of this
 // event, handled at the same time), it returns what is there if that is an older generation, to
 // be updated; nil when there is nothing left to do.
-func (k *Deployer) create(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+func (k *Deployer) create(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment,
+	obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	created, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
 	if err == nil {
 		logctx.Or(k.Log).InfoContext(ctx, "Knative Service created", "service", d.Service, "namespace", d.Ref.Namespace, "generation", d.Ref.Generation)
@@ -296,7 +297,8 @@ func nilIfEmpty(s string) any {
 // ensureSet writes d's adapter set to the Service's ConfigMap (owned by the Service, so it goes
 // with it), one version above the one there, and reports whether it changed anything; an unchanged
 // set keeps its version. With onlyIfMissing an existing set is left as it is.
-func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *unstructured.Unstructured, onlyIfMissing bool) (version int64, changed bool, err error) {
+func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *unstructured.Unstructured, onlyIfMissing bool) (version int64,
+	changed bool, err error) {
 	if k.Kube == nil {
 		return 0, false, errors.New("knative deployer: no Kubernetes client to write the adapter set with")
 	}
@@ -382,7 +384,8 @@ func (k *Deployer) current(ctx context.Context, client dynamic.ResourceInterface
 	case err != nil:
 		return nil, fmt.Errorf("get Knative Service %s/%s: %w", d.Ref.Namespace, d.Service, err)
 	case cur.GetLabels()[events.LabelWorkspace] != d.Ref.Name:
-		return nil, events.Permanentf(events.ReasonForeignObject, "Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
+		return nil, events.Permanentf(events.ReasonForeignObject,
+			"Knative Service %s/%s exists and is not this workspace's (no %s=%s label); rename the workspace or remove the Service",
 			d.Ref.Namespace, d.Service, events.LabelWorkspace, d.Ref.Name)
 	}
 	return cur, nil
@@ -523,7 +526,8 @@ func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Statu
 		}
 	}
 	if len(behind) > 0 {
-		st.Phase, st.Message = serve.Pending, fmt.Sprintf("%d of %d replicas serve adapter set %d; waiting for %s", st.Serving, st.Replicas, set.Version, strings.Join(behind, ", "))
+		st.Phase, st.Message = serve.Pending, fmt.Sprintf("%d of %d replicas serve adapter set %d; waiting for %s", st.Serving, st.Replicas,
+			set.Version, strings.Join(behind, ", "))
 	}
 	return nil
 }
@@ -539,7 +543,8 @@ func (k *Deployer) revisionFailure(ctx context.Context, ns, name string) (reason
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &rev); err != nil {
 		return "", "", false
 	}
-	for _, t := range []apis.ConditionType{servingv1.RevisionConditionContainerHealthy, servingv1.RevisionConditionResourcesAvailable, servingv1.RevisionConditionReady} {
+	for _, t := range []apis.ConditionType{servingv1.RevisionConditionContainerHealthy, servingv1.RevisionConditionResourcesAvailable,
+		servingv1.RevisionConditionReady} {
 		if c := rev.Status.GetCondition(t); c.IsFalse() && c.Reason != "" {
 			return c.Reason, c.Message, true
 		}
@@ -591,7 +596,8 @@ func (k *Deployer) Acknowledge(ctx context.Context, ref events.Ref, version int6
 	}
 	name := serve.ServiceName(ref)
 	patch := []byte(`{"metadata":{"annotations":{"` + events.AnnotationAcked + `":"` + ackValue(ref.Generation, version) + `"}}}`)
-	_, err := k.Client.Resource(Services).Namespace(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	_, err := k.Client.Resource(Services).Namespace(ref.Namespace).Patch(ctx, name, types.MergePatchType, patch,
+		metav1.PatchOptions{FieldManager: fieldManager})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("acknowledge Knative Service %s/%s: %w", ref.Namespace, name, err)
 	}

@@ -89,20 +89,16 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 	if !apply {
 		// A redelivery, or an older generation arriving late; finish what a first delivery
 		// may have left undone: the member's label (without it nothing finds the member).
-		if m := members.of[d.Ref.Name]; cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
+		m := members.of[d.Ref.Name]
+		if cur != nil && m.Generation == d.Ref.Generation && cur.GetLabels()[memberPrefix+d.Ref.Name] != strconv.FormatInt(m.Generation, 10) {
 			return k.patchPool(ctx, cur, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(members.version, 10)},
 				map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(m.Generation, 10)})
 		}
 		return nil
 	}
-	if d.Serving == 0 {
-		if cur == nil {
-			if cur, err = client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager}); apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("serving pool %s/%s created meanwhile; retrying to join it: %w", d.Ref.Namespace, d.Pool, err)
-			} else if err != nil {
-				return kubeerr.Classify(fmt.Errorf("create serving pool %s/%s: %w", d.Ref.Namespace, d.Pool, err))
-			}
-			logctx.Or(k.Log).InfoContext(ctx, "serving pool created", "pool", d.Pool, "namespace", d.Ref.Namespace, "by", d.Ref.Name)
+	if d.Serving == 0 && cur == nil {
+		if cur, err = k.createPool(ctx, client, d, obj); err != nil {
+			return err
 		}
 	}
 	// A workspace that was served alone until now stops being: its own Service goes.
@@ -118,8 +114,23 @@ func (k *Deployer) applyPool(ctx context.Context, client dynamic.ResourceInterfa
 		"workspace", d.Ref.Name, "generation", d.Ref.Generation, "members", len(members.of))
 	// Not found here is not success: the pool was deleted under this member (its last other
 	// member left); the retry creates it again.
-	return patchMetadata(ctx, client, d.Ref.Namespace, d.Pool, map[string]any{ackedPrefix + d.Ref.Name: nil, AnnotationSetVersion: strconv.FormatInt(version, 10)},
+	return patchMetadata(ctx, client, d.Ref.Namespace, d.Pool, map[string]any{ackedPrefix + d.Ref.Name: nil,
+		AnnotationSetVersion: strconv.FormatInt(version, 10)},
 		map[string]any{memberPrefix + d.Ref.Name: strconv.FormatInt(d.Ref.Generation, 10)}, false)
+}
+
+// createPool creates the pool's Service for its first member. Another member creating it at the
+// same time is retried, to join it.
+func (k *Deployer) createPool(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, obj *unstructured.Unstructured) (
+	*unstructured.Unstructured, error) {
+	cur, err := client.Create(ctx, obj, metav1.CreateOptions{FieldManager: fieldManager})
+	if apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("serving pool %s/%s created meanwhile; retrying to join it: %w", d.Ref.Namespace, d.Pool, err)
+	} else if err != nil {
+		return nil, kubeerr.Classify(fmt.Errorf("create serving pool %s/%s: %w", d.Ref.Namespace, d.Pool, err))
+	}
+	logctx.Or(k.Log).InfoContext(ctx, "serving pool created", "pool", d.Pool, "namespace", d.Ref.Namespace, "by", d.Ref.Name)
+	return cur, nil
 }
 
 // poolState is a pool's members as its set's ConfigMap holds them, and what writing it back needs:
@@ -260,10 +271,12 @@ func (k *Deployer) leavePool(ctx context.Context, ref events.Ref) error {
 	if len(members.of) == 0 {
 		// The set first, so a member joining meanwhile does not read this one back from a
 		// ConfigMap the garbage collector has not removed yet.
-		if err := k.Kube.CoreV1().ConfigMaps(ref.Namespace).Delete(ctx, AdapterSetName(u.GetName()), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := k.Kube.CoreV1().ConfigMaps(ref.Namespace).Delete(ctx, AdapterSetName(u.GetName()),
+			metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete serving pool %s/%s's adapter set: %w", ref.Namespace, u.GetName(), err)
 		}
-		err := k.Client.Resource(Services).Namespace(ref.Namespace).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
+		err := k.Client.Resource(Services).Namespace(ref.Namespace).Delete(ctx, u.GetName(),
+			metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete serving pool %s/%s: %w", ref.Namespace, u.GetName(), err)
 		}

@@ -150,11 +150,14 @@ func (s *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
 	log := logctx.Or(s.Log)
 	switch {
 	case a.live:
-		log.InfoContext(ctx, s.Name()+": new adapter set goes live in the running replicas; no new revision", "version", a.version, "generation", d.Ref.Generation)
+		log.InfoContext(ctx, s.Name()+": new adapter set goes live in the running replicas; no new revision", "version", a.version, "generation",
+			d.Ref.Generation)
 	case s.Server != nil:
-		log.InfoContext(ctx, s.Name()+": new revision of the inference endpoint; its model server starts", "url", s.url(d.Ref.Namespace, d.Service), "revision", a.revision)
+		log.InfoContext(ctx, s.Name()+": new revision of the inference endpoint; its model server starts", "url", s.url(d.Ref.Namespace, d.Service),
+			"revision", a.revision)
 	default:
-		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service), "revision", a.revision)
+		log.InfoContext(ctx, "sim: new revision of the simulated inference endpoint; no model is loaded", "url", s.url(d.Ref.Namespace, d.Service),
+			"revision", a.revision)
 	}
 	return s.await(ctx, d.Ref)
 }

@@ -280,7 +280,8 @@ func (p *podParts) outputs(out *kaito.DataDestination) {
 // memory-backed /dev/shm for PyTorch's data loader workers, and the Hugging Face cache.
 func (p *podParts) scratch(configMap string, shm resource.Quantity, cache corev1.VolumeSource) {
 	p.volume("kaitoflow", emptyDir(), binDir, true)
-	p.volume("config", corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: configMap}}}, configDir, true)
+	cm := &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: configMap}}
+	p.volume("config", corev1.VolumeSource{ConfigMap: cm}, configDir, true)
 	p.volume("shm", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &shm}}, "/dev/shm", false)
 	p.volume("cache", cache, cacheDir, false)
 }

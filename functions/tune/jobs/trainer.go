@@ -51,7 +51,8 @@ func (t *Trainer) Start(ctx context.Context, job tune.Job) error {
 	if err := t.deleteOlder(ctx, job.Ref); err != nil {
 		return err
 	}
-	if _, err := t.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{FieldManager: "kaitoflow"}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := t.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm,
+		metav1.CreateOptions{FieldManager: "kaitoflow"}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return kubeerr.Classify(fmt.Errorf("create ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
 	}
 	_, err = t.Client.BatchV1().Jobs(j.Namespace).Create(ctx, j, metav1.CreateOptions{FieldManager: "kaitoflow"})
@@ -357,7 +358,8 @@ func failed(st *tune.Status, c batchv1.JobCondition, seen podsSeen) {
 		}
 		st.Reason, st.Message = ReasonNodeLost, "the tuning pod's node was lost (spot eviction, deleted VM or drain): "+lost
 	case last != nil && last.Reason == "OOMKilled":
-		st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or max_seq_length", last.ExitCode)
+		st.Reason, st.Message = "OOMKilled", fmt.Sprintf("the trainer ran out of memory (exit code %d); lower per_device_train_batch_size or "+
+			"max_seq_length", last.ExitCode)
 	case c.Reason == batchv1.JobReasonDeadlineExceeded:
 		st.Reason, st.Message = "DeadlineExceeded", c.Message
 	case last != nil && last.ExitCode != 0:

@@ -164,7 +164,8 @@ func simTrain(args []string) int {
 		// What the real trainer reports when CUDA runs out at the first step.
 		b, _ := json.Marshal(events.TrainerFailure{
 			Reason: tune.ReasonGPUOutOfMemory, Step: 0, BatchSize: batch, SeqLen: seq,
-			Message: fmt.Sprintf("sim: out of GPU memory at step 0 with batch %d, sequence %d: the simulated GPU holds batch %d (%s)", batch, seq, most, AnnotationMaxBatch),
+			Message: fmt.Sprintf("sim: out of GPU memory at step 0 with batch %d, sequence %d: the simulated GPU holds batch %d (%s)", batch, seq,
+				most, AnnotationMaxBatch),
 		})
 		if tl := flags["termination-log"]; tl != "" {
 			_ = os.WriteFile(tl, b, 0o644)

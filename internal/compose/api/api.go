@@ -91,7 +91,8 @@ func (s *Server) Handler() http.Handler {
 		if ns := r.URL.Query().Get("namespace"); ns != "" {
 			if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
 				fe := field.Invalid(field.NewPath("namespace"), ns, strings.Join(msgs, "; "))
-				writeJSON(w, http.StatusBadRequest, Problem{Error: fe.Error(), Fields: []FieldError{{Field: fe.Field, Type: string(fe.Type), Message: fe.Error()}}})
+				writeJSON(w, http.StatusBadRequest, Problem{Error: fe.Error(), Fields: []FieldError{{Field: fe.Field, Type: string(fe.Type),
+					Message: fe.Error()}}})
 				return
 			}
 		}
@@ -144,7 +145,8 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	// One workspace per request: a stream of several would have its first admitted and the rest
 	// silently dropped (the CLI sends each document of a file on its own).
 	if docs, err := kaito.SplitYAML(body); err == nil && len(docs) > 1 {
-		writeJSON(w, http.StatusUnprocessableEntity, Problem{Error: fmt.Sprintf("the body holds %d YAML documents; submit one workspace per request", len(docs))})
+		writeJSON(w, http.StatusUnprocessableEntity, Problem{Error: fmt.Sprintf("the body holds %d YAML documents; submit one workspace per request",
+			len(docs))})
 		return
 	}
 	ws, err := kaito.DecodeWorkspace(body)
@@ -347,11 +349,13 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.Reason != "" && req.Reason != "rollback" && req.Reason != "promote" {
-		writeJSON(w, http.StatusBadRequest, Problem{Error: "reason: want rollback or promote", Fields: []FieldError{{Field: "reason", Type: "FieldValueNotSupported", Message: req.Reason}}})
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "reason: want rollback or promote", Fields: []FieldError{{Field: "reason",
+			Type: "FieldValueNotSupported", Message: req.Reason}}})
 		return
 	}
 	if req.Reason == "promote" && req.Generation == 0 {
-		writeJSON(w, http.StatusBadRequest, Problem{Error: "generation: required to promote", Fields: []FieldError{{Field: "generation", Type: "FieldValueRequired", Message: "the generation whose adapter to serve"}}})
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "generation: required to promote", Fields: []FieldError{{Field: "generation",
+			Type: "FieldValueRequired", Message: "the generation whose adapter to serve"}}})
 		return
 	}
 	rec, ok := s.record(w, r, ns, name)
@@ -364,7 +368,8 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 	var refused *ingress.RollbackRefused
 	switch {
 	case errors.As(err, &refused):
-		writeJSON(w, http.StatusConflict, Problem{Error: err.Error(), Fields: []FieldError{{Field: "generation", Type: "FieldValueInvalid", Message: err.Error()}}})
+		writeJSON(w, http.StatusConflict, Problem{Error: err.Error(), Fields: []FieldError{{Field: "generation", Type: "FieldValueInvalid",
+			Message: err.Error()}}})
 		return
 	case err != nil:
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})

@@ -473,7 +473,8 @@ func (b *builder) provider() (provision.Provider, error) {
 		if len(parts) != 3 {
 			return nil, fmt.Errorf("karpenter node class %q: want group/kind/name", d.NodeClass)
 		}
-		return &karpenter.Provider{Client: c.dyn, Nodes: checker, NodeClass: karpenter.NodeClassRef{Group: parts[0], Kind: parts[1], Name: parts[2]}, Log: b.log}, nil
+		return &karpenter.Provider{Client: c.dyn, Nodes: checker, NodeClass: karpenter.NodeClassRef{Group: parts[0], Kind: parts[1], Name: parts[2]},
+			Log: b.log}, nil
 	}
 	cred, err := b.credential()
 	if err != nil {
@@ -508,14 +509,16 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 	}
 	switch d.Trainer {
 	case "", "sim":
-		sim := &tunesim.Trainer{Dir: b.cfg.Sim.Dir, Delay: b.cfg.Sim.Delay, Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy, Parallel: b.cfg.Sim.Parallel}
+		sim := &tunesim.Trainer{Dir: b.cfg.Sim.Dir, Delay: b.cfg.Sim.Delay, Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy,
+			Parallel: b.cfg.Sim.Parallel}
 		if b.cfg.Registry != "" {
 			sim.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
 		}
 		return tune.New(sim, opts), nil
 	case "local":
 		if d.Local.Interpreter == "" || d.Local.TrainerDir == "" {
-			return nil, errors.New("trainer local: the Python trainer's interpreter (--python, an environment from hack/ml-env.sh) and its directory (--trainer-dir, presets/trainer) are required")
+			return nil, errors.New("trainer local: the Python trainer's interpreter (--python, an environment from hack/ml-env.sh) and its " +
+				"directory (--trainer-dir, presets/trainer) are required")
 		}
 		local := &tunelocal.Trainer{Dir: filepath.Join(b.cfg.Sim.Dir, "local"), Publisher: b.cfg.Publisher, Log: b.log, Policy: b.cfg.Policy,
 			Parallel: 1, Process: d.Local.Process}
@@ -529,7 +532,8 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 			return nil, fmt.Errorf("trainer job: %w", err)
 		}
 		if d.TrainerImage == "" || d.WrapperImage == "" {
-			return nil, errors.New("trainer job: the trainer image (--trainer-image, built from presets/trainer) and kaitoflow's own image (--wrapper-image) are required; hack/release.sh builds both")
+			return nil, errors.New("trainer job: the trainer image (--trainer-image, built from presets/trainer) and kaitoflow's own image " +
+				"(--wrapper-image) are required; hack/release.sh builds both")
 		}
 		o := jobs.DefaultOptions()
 		o.TrainerImage, o.WrapperImage, o.WeightsCache, o.AllowHosts = d.TrainerImage, d.WrapperImage, d.WeightsCache, b.cfg.Policy.Allow

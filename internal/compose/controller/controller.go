@@ -303,7 +303,8 @@ func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, e
 	now := metav1.Now()
 	msg := err.Error()
 	cond := func(typ string) metav1.Condition {
-		return metav1.Condition{Type: typ, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now, ObservedGeneration: u.GetGeneration()}
+		return metav1.Condition{Type: typ, Status: metav1.ConditionFalse, Reason: "InvalidWorkspace", Message: msg, LastTransitionTime: now,
+			ObservedGeneration: u.GetGeneration()}
 	}
 	st := kaito.WorkspaceStatus{ObservedGeneration: u.GetGeneration(), Phase: string(status.Failed), Failure: "InvalidWorkspace: " + msg,
 		Conditions: []metav1.Condition{cond(status.CondWorkspaceSucceeded), cond(status.CondWorkspaceReady)}}
@@ -363,7 +364,8 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 	}
 	// The resourceVersion makes it a compare-and-swap: another writer's finalizers are not lost.
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": finalizers, "resourceVersion": u.GetResourceVersion()}})
-	_, err := c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"})
+	_, err := c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
+		metav1.PatchOptions{FieldManager: "kaitoflow"})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -376,7 +378,8 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 // statusOf renders a record as the custom resource's status.
 func statusOf(rec *status.Workspace) kaito.WorkspaceStatus {
 	st := kaito.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
-		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(), TargetNodeCount: int32(rec.TargetNodeCount()),
+		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(),
+		TargetNodeCount:   int32(rec.TargetNodeCount()),
 		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU,
 		History: rec.History, LiveGeneration: rec.Live, Held: rec.Held}
 	if len(rec.Attempts) > 1 {
@@ -397,7 +400,8 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 		return nil
 	}
 	patch, _ := json.Marshal(map[string]any{"status": m})
-	_, err = c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kaitoflow"}, "status")
+	_, err = c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
+		metav1.PatchOptions{FieldManager: "kaitoflow"}, "status")
 	if apierrors.IsNotFound(err) {
 		return nil
 	}

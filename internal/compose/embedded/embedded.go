@@ -298,7 +298,8 @@ func (p *Pipeline) serveAPI(cfg Config, b bus, ac assembly.Config, fns *assembly
 	if err != nil {
 		return err
 	}
-	apiSrv := &api.Server{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer, Plan: fns.Plan}
+	apiSrv := &api.Server{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer,
+		Plan: fns.Plan}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)

@@ -49,7 +49,8 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 // pushed before the generation serving now.
 func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, error) {
 	if rec.Phase != status.Ready && rec.Phase != status.Failed {
-		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: roll back once its generation %d has finished", rec.Namespace, rec.Name, rec.Phase, rec.Generation)}
+		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: roll back once its generation %d has finished",
+			rec.Namespace, rec.Name, rec.Phase, rec.Generation)}
 	}
 	// What the endpoint serves: the record's live generation, once one has served.
 	serving := cmp.Or(rec.Live, rec.Serving())
@@ -62,7 +63,8 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 			}
 		}
 		if best.Generation == 0 {
-			return best, &RollbackRefused{fmt.Sprintf("workspace %s/%s serves generation %d and no earlier generation pushed an adapter", rec.Namespace, rec.Name, serving)}
+			return best, &RollbackRefused{fmt.Sprintf("workspace %s/%s serves generation %d and no earlier generation pushed an adapter",
+				rec.Namespace, rec.Name, serving)}
 		}
 		return best, nil
 	}

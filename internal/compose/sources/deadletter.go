@@ -39,7 +39,8 @@ type DeadLetters struct {
 // Handle implements runtime.Handler.
 func (d *DeadLetters) Handle(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
 	ext := ev.Extensions()
-	msg := fmt.Sprintf("the broker gave up delivering %s (id %s) to %v: HTTP %v %v", ev.Type(), ev.ID(), ext[ExtErrorDest], ext[ExtErrorCode], ext[ExtErrorData])
+	msg := fmt.Sprintf("the broker gave up delivering %s (id %s) to %v: HTTP %v %v", ev.Type(), ev.ID(), ext[ExtErrorDest], ext[ExtErrorCode],
+		ext[ExtErrorData])
 	log := d.Log
 	if log == nil {
 		log = slog.Default()

@@ -59,7 +59,8 @@ func (s *Signals) Handle(_ context.Context, ev cloudevents.Event) ([]cloudevents
 	case gk.Group == "serving.knative.dev" && gk.Kind == "Service":
 		typ = events.ServiceChanged
 	default:
-		return nil, events.Permanentf(events.ReasonBadEvent, "ApiServerSource sent a %s: kaitoflow watches Nodes, Jobs, Pods and Knative Services", strings.TrimPrefix(gk.String(), "."))
+		return nil, events.Permanentf(events.ReasonBadEvent, "ApiServerSource sent a %s: kaitoflow watches Nodes, Jobs, Pods and Knative Services",
+			strings.TrimPrefix(gk.String(), "."))
 	}
 	out, ok := events.ObjectChanged(typ, &u)
 	if !ok {

@@ -82,7 +82,8 @@ func (a *AKS) Pool(name string) (armcontainerservice.AgentPool, bool) {
 
 func (a *AKS) server() *fake.AgentPoolsServer {
 	return &fake.AgentPoolsServer{
-		BeginCreateOrUpdate: func(ctx context.Context, _, _, name string, p armcontainerservice.AgentPool, _ *armcontainerservice.AgentPoolsClientBeginCreateOrUpdateOptions) (resp azfake.PollerResponder[armcontainerservice.AgentPoolsClientCreateOrUpdateResponse], errResp azfake.ErrorResponder) {
+		BeginCreateOrUpdate: func(ctx context.Context, _, _, name string, p armcontainerservice.AgentPool,
+			_ *armcontainerservice.AgentPoolsClientBeginCreateOrUpdateOptions) (resp azfake.PollerResponder[armcontainerservice.AgentPoolsClientCreateOrUpdateResponse], errResp azfake.ErrorResponder) {
 			if !poolName.MatchString(name) {
 				errResp.SetResponseError(http.StatusBadRequest, "InvalidParameter")
 				return
@@ -112,7 +113,8 @@ func (a *AKS) server() *fake.AgentPoolsServer {
 			resp.SetTerminalResponse(http.StatusOK, armcontainerservice.AgentPoolsClientCreateOrUpdateResponse{AgentPool: p}, nil)
 			return
 		},
-		Get: func(_ context.Context, _, _, name string, _ *armcontainerservice.AgentPoolsClientGetOptions) (resp azfake.Responder[armcontainerservice.AgentPoolsClientGetResponse], errResp azfake.ErrorResponder) {
+		Get: func(_ context.Context, _, _, name string,
+			_ *armcontainerservice.AgentPoolsClientGetOptions) (resp azfake.Responder[armcontainerservice.AgentPoolsClientGetResponse], errResp azfake.ErrorResponder) {
 			p, ok := a.Pool(name)
 			if !ok {
 				errResp.SetResponseError(http.StatusNotFound, "NotFound")
@@ -121,7 +123,8 @@ func (a *AKS) server() *fake.AgentPoolsServer {
 			resp.SetResponse(http.StatusOK, armcontainerservice.AgentPoolsClientGetResponse{AgentPool: p}, nil)
 			return
 		},
-		BeginDelete: func(ctx context.Context, _, _, name string, _ *armcontainerservice.AgentPoolsClientBeginDeleteOptions) (resp azfake.PollerResponder[armcontainerservice.AgentPoolsClientDeleteResponse], errResp azfake.ErrorResponder) {
+		BeginDelete: func(ctx context.Context, _, _, name string,
+			_ *armcontainerservice.AgentPoolsClientBeginDeleteOptions) (resp azfake.PollerResponder[armcontainerservice.AgentPoolsClientDeleteResponse], errResp azfake.ErrorResponder) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			if _, ok := a.pools[name]; ok {
@@ -278,7 +281,8 @@ func (a *AKS) templateLocked(name string) (template, error) {
 		return template{}, err
 	}
 	// The labels AKS itself puts on a GPU pool's nodes, then the pool's own.
-	t := template{labels: map[string]string{LabelAgentPool: name, "agentpool": name, LabelInstanceType: *pr.VMSize, "kubernetes.azure.com/accelerator": "nvidia"}, gpus: gpus}
+	t := template{labels: map[string]string{LabelAgentPool: name, "agentpool": name, LabelInstanceType: *pr.VMSize,
+		"kubernetes.azure.com/accelerator": "nvidia"}, gpus: gpus}
 	for k, v := range pr.NodeLabels {
 		t.labels[k] = ptr.Deref(v, "")
 	}

@@ -111,7 +111,8 @@ func (k *Karpenter) launch(ctx context.Context) error {
 		}
 		t.labels["karpenter.sh/registered"], t.labels["karpenter.sh/initialized"] = "true", "true"
 		owner := metav1.OwnerReference{APIVersion: "karpenter.sh/v1", Kind: "NodeClaim", Name: c.GetName(), UID: c.GetUID(), BlockOwnerDeletion: ptr.To(true)}
-		if err := k.Box.Node(ctx, testenv.NodeSpec{Name: c.GetName(), Labels: t.labels, Taints: t.taints, GPUs: t.gpus, Owners: []metav1.OwnerReference{owner}}); err != nil {
+		if err := k.Box.Node(ctx, testenv.NodeSpec{Name: c.GetName(), Labels: t.labels, Taints: t.taints, GPUs: t.gpus,
+			Owners: []metav1.OwnerReference{owner}}); err != nil {
 			return err
 		}
 		if err := k.conditions(ctx, c, c.GetName(), "True", "Launched", "launched by the box's Karpenter stand-in"); err != nil {

@@ -82,7 +82,8 @@ func (k *Knative) reconcile(ctx context.Context, u *unstructured.Unstructured) e
 	}
 	ns, rev := svc.Namespace, RevisionName(svc.Name, svc.Generation)
 	owner := func(apiVersion, kind, name string, uid any) []any {
-		return []any{map[string]any{"apiVersion": apiVersion, "kind": kind, "name": name, "uid": fmt.Sprint(uid), "controller": true, "blockOwnerDeletion": true}}
+		return []any{map[string]any{"apiVersion": apiVersion, "kind": kind, "name": name, "uid": fmt.Sprint(uid), "controller": true,
+			"blockOwnerDeletion": true}}
 	}
 	r, err := k.dyn.Resource(revisions).Namespace(ns).Get(ctx, rev, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {

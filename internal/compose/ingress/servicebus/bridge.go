@@ -181,7 +181,8 @@ func (b *Bridge) handle(ctx context.Context, r Receiver, m *azservicebus.Receive
 		log.Warn("complete failed after the event was stored; a redelivery will be deduplicated", "err", err)
 		return true
 	}
-	log.Info("workspace submitted from Service Bus", "workspace", res.Event.Subject(), "generation", res.Workspace.Generation, "event_id", res.Event.ID(), "unchanged", !res.Fresh)
+	log.Info("workspace submitted from Service Bus", "workspace", res.Event.Subject(), "generation", res.Workspace.Generation, "event_id",
+		res.Event.ID(), "unchanged", !res.Fresh)
 	return true
 }
 
