@@ -59,7 +59,7 @@ func TestReleaseWithKo(t *testing.T) {
 	// -B: the image is <repo>/kaitoflow, as hack/release.sh names it.
 	cmd := exec.CommandContext(ctx, ko, "resolve", "-f", in, "-B", "--platform", "linux/"+runtime.GOARCH, "--sbom", "none")
 	cmd.Dir = ".." // the module root, where .ko.yaml is
-	cmd.Env = append(os.Environ(), "KO_DOCKER_REPO="+host, "KO_DEFAULTBASEIMAGE="+base, "KOCACHE="+t.TempDir())
+	cmd.Env = append(os.Environ(), "KO_DOCKER_REPO="+host, "KO_DEFAULTBASEIMAGE="+base, "KOCACHE="+t.TempDir(), "KAITOFLOW_VERSION=v0.0.0-test")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -17,6 +17,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 : "${KO_DOCKER_REPO:?set KO_DOCKER_REPO to the repository to publish to, e.g. myregistry.azurecr.io/kaitoflow}"
 export KO_DOCKER_REPO
 version=${1:-$(git -C "$root" describe --tags --always --dirty)}
+# Stamped into the binary by .ko.yaml's ldflags: `kaitoflow version` names the release.
+export KAITOFLOW_VERSION=$version
 out=${RELEASE_OUT:-$root/release.yaml}
 ko=$("$root/hack/ko.sh")
 tmp=$(mktemp -d)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -157,5 +158,32 @@ func TestVersion(t *testing.T) {
 	// reports the build info the toolchain recorded, with the Go version.
 	if err != nil || !strings.HasPrefix(out, "kaitoflow ") || !strings.Contains(out, " go1.") {
 		t.Fatalf("version: %v %q", err, out)
+	}
+	if v := describeBuild("v1.2.3"); !strings.HasPrefix(v, "v1.2.3 ") || !strings.Contains(v, " go1.") {
+		t.Errorf("a release build: %q", v)
+	}
+}
+
+// The release build stamps its version as .ko.yaml does (-X main.releaseVersion): a renamed
+// variable would leave every release saying (devel).
+func TestReleaseVersionIsStamped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ko, err := os.ReadFile("../../.ko.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const flag = "-X main.releaseVersion="
+	if !strings.Contains(string(ko), flag) {
+		t.Fatalf(".ko.yaml does not stamp the version with %s", flag)
+	}
+	bin := filepath.Join(t.TempDir(), "kaitoflow")
+	if out, err := exec.Command("go", "build", "-ldflags", flag+"v9.9.9", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "kaitoflow v9.9.9 ") {
+		t.Fatalf("version of a release build: %v %q", err, out)
 	}
 }

@@ -343,7 +343,7 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 	var final *status.Workspace
 	err := src.Watch(ctx, name, func(w status.Workspace) bool {
 		printTimeline(g.out, w, printed)
-		if w.Phase == status.Ready || w.Phase == status.Failed {
+		if w.Phase.Terminal() {
 			final = &w
 			return false
 		}
@@ -355,6 +355,10 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 	if final == nil {
 		return nil
 	}
+	if final.Phase == status.Deleted {
+		fmt.Fprintf(g.out, "\nworkspace %s deleted\n", final.Name)
+		return nil
+	}
 	fmt.Fprintln(g.out)
 	for _, s := range final.Steps {
 		fmt.Fprintf(g.out, "  %-10s %8s\n", s.Name, s.Duration(time.Now()).Round(time.Millisecond))
@@ -364,7 +368,8 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 		fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
 		return exitError{code: 1}
 	}
-	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(final.Created).Round(time.Millisecond), final.Endpoint)
+	// This generation's time: its timeline's, not the workspace's since its first generation.
+	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(timelineStart(*final)).Round(time.Millisecond), final.Endpoint)
 	return nil
 }
 
@@ -383,15 +388,23 @@ func printAttempts(out io.Writer, w status.Workspace) {
 	}
 }
 
+// timelineStart is when the generation's timeline began: its first event, else its record's creation.
+func timelineStart(w status.Workspace) time.Time {
+	if len(w.Events) > 0 {
+		return w.Events[0].Time
+	}
+	return w.Created
+}
+
 // printTimeline prints the events not printed yet, each with the time since the first.
 func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
-	if len(printed) == 0 {
+	// The header once, though the first report may have no events yet (no event has this id).
+	const header = ""
+	if !printed[header] {
+		printed[header] = true
 		fmt.Fprintf(out, "workspace %s/%s generation %d\n", w.Namespace, w.Name, w.Generation)
 	}
-	var start time.Time
-	if len(w.Events) > 0 {
-		start = w.Events[0].Time
-	}
+	start := timelineStart(w)
 	for _, e := range w.Events {
 		if printed[e.ID] {
 			continue
@@ -415,7 +428,7 @@ controller records a RollbackRequested or RollbackRefused Event on it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Rollback, "rollback requested",
-				"`kaitoflow get %s -o wide` shows when the replicas serve the new one")
+				"kaitoflow get workspaces %s -o wide shows when the replicas serve the new one")
 		},
 	}
 	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (default: the one before the generation serving now)")

@@ -71,6 +71,13 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	if err := flagsFromEnv(fs2); err == nil || !strings.Contains(err.Error(), "KAITOFLOW_TICK") {
 		t.Errorf("a bad value must name its variable: %v", err)
 	}
+	// An empty variable is unset: KAITOFLOW_SERVER= left in a shell keeps the default URL.
+	t.Setenv("KAITOFLOW_SERVER", "")
+	fs3 := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	server := fs3.String("server", defaultServer, "")
+	if err := flagsFromEnv(fs3); err != nil || *server != defaultServer {
+		t.Errorf("empty KAITOFLOW_SERVER: %v, server %q", err, *server)
+	}
 }
 
 // With a token configured, the API refuses requests without it.

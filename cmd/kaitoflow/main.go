@@ -79,7 +79,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.server, "server", defaultServer, "kaitoflow API URL (env KAITOFLOW_SERVER)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
 	root.PersistentFlags().StringVar(&g.token, "token", "",
-		"bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (`up` requires it of "+
+		"bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (up requires it of "+
 			"clients when set)")
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
@@ -141,8 +141,10 @@ func flagsFromEnv(fs *pflag.FlagSet) error {
 			return
 		}
 		name := "KAITOFLOW_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		v, ok := os.LookupEnv(name)
-		if !ok {
+		// An empty variable counts as unset, as an empty KUBECONFIG does for kubectl: an empty
+		// KAITOFLOW_SERVER= left in a shell is no URL.
+		v := os.Getenv(name)
+		if v == "" {
 			return
 		}
 		if sv, ok := f.Value.(pflag.SliceValue); ok {

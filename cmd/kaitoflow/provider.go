@@ -194,7 +194,7 @@ func (d *deliveryFlags) register(f *pflag.FlagSet) {
 	f.DurationVar(&d.ackWait, "ack-wait", 30*time.Second,
 		"JetStream AckWait; handlers send InProgress every AckWait/2, so it bounds how fast a crashed step is picked up again")
 	f.IntVar(&d.maxDeliver, "max-deliver", 5, "deliveries before an event is dead-lettered")
-	f.DurationSliceVar(&d.backoff, "retry-backoff", nil, "delays before redelivering after the n-th failure, the last repeating (default 1s,5s,15s,30s,60s)")
+	f.DurationSliceVar(&d.backoff, "retry-backoff", runtime.DefaultBackoff(), "delays before redelivering after the n-th failure, the last repeating")
 	f.IntVar(&d.concurrency, "concurrency", 8, "events one function handles at once")
 	f.DurationVar(&d.tick, "tick", 30*time.Second,
 		"how often kaitoflow.tick re-checks pending capacity, running Jobs and unready Services (fn --transport jetstream: 0 publishes none; fn "+

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
+	"github.com/spf13/pflag"
 
 	"github.com/kaitoflow/kaitoflow/internal/golden"
 )
@@ -56,4 +57,32 @@ func TestCLIReferenceIsCurrent(t *testing.T) {
 			t.Errorf("%s documents a command that no longer exists", f)
 		}
 	}
+}
+
+// Flag help reads as written: pflag takes a `quoted` word in a usage string for the value's type
+// name, and prints a non-zero default itself, so a usage string holds neither.
+func TestFlagHelpHasNoTypeNamesOrDefaults(t *testing.T) {
+	root := newRoot(io.Discard, io.Discard)
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if strings.Contains(f.Usage, "`") {
+				t.Errorf("%s --%s: a backquote in its usage becomes the value's type name: %q", c.CommandPath(), f.Name, f.Usage)
+			}
+			if line := pflagLine(f); strings.Count(line, "(default ") > 1 {
+				t.Errorf("%s --%s: the default is printed twice: %s", c.CommandPath(), f.Name, line)
+			}
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// pflagLine is the help line pflag prints for f.
+func pflagLine(f *pflag.Flag) string {
+	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
+	fs.AddFlag(f)
+	return strings.TrimSpace(fs.FlagUsages())
 }

@@ -1,24 +1,30 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
 )
 
-// buildVersion describes this binary from what the Go toolchain recorded in it: the module
-// version (a tag when built with `go install …@v0.2.0`, "(devel)" from a checkout), the VCS
-// revision and time, and whether the tree had uncommitted changes.
+// releaseVersion is the release this binary was built for, stamped at link time by the release
+// build (.ko.yaml: -X main.releaseVersion=...); empty in any other build.
+var releaseVersion string
+
+// buildVersion describes this binary: the release it was built for, else what the Go toolchain
+// recorded in it (the module version: a tag when built with `go install …@v0.2.0`, "(devel)"
+// from a checkout), then the VCS revision and time, and whether the tree had uncommitted changes.
 func buildVersion() string {
+	return describeBuild(releaseVersion)
+}
+
+func describeBuild(release string) string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown (no build info)"
 	}
-	v := bi.Main.Version
-	if v == "" {
-		v = "(devel)"
-	}
+	v := cmp.Or(release, bi.Main.Version, "(devel)")
 	settings := map[string]string{}
 	for _, s := range bi.Settings {
 		settings[s.Key] = s.Value

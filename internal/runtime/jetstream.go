@@ -49,6 +49,11 @@ type JetStreamOptions struct {
 	ShutdownGrace time.Duration
 }
 
+// DefaultBackoff is the redelivery delays after the n-th failure when none are given.
+func DefaultBackoff() []time.Duration {
+	return []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute}
+}
+
 func (o JetStreamOptions) withDefaults() JetStreamOptions {
 	if o.AckWait <= 0 {
 		o.AckWait = 30 * time.Second
@@ -57,7 +62,7 @@ func (o JetStreamOptions) withDefaults() JetStreamOptions {
 		o.MaxDeliver = 5
 	}
 	if len(o.Backoff) == 0 {
-		o.Backoff = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second, time.Minute}
+		o.Backoff = DefaultBackoff()
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8

@@ -96,9 +96,9 @@ func (p *Process) Restart() error {
 	cmd.Env = append(append(os.Environ(), "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Its own process group, so a stop reaches the engine and worker processes it spawns. Should
-	// this process die without stopping it, the server gets SIGKILL (Pdeathsig reaches only the
-	// server, not its engine processes: an orderly shutdown stops the whole group).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// this process die without stopping it, the server gets SIGKILL on Linux (Pdeathsig reaches
+	// only the server, not its engine processes: an orderly shutdown stops the whole group).
+	cmd.SysProcAttr = processGroup()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start vLLM: %w", err)
 	}

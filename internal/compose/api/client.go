@@ -37,7 +37,9 @@ func (e *APIError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Problem.Error)
 	for _, f := range e.Problem.Fields {
-		b.WriteString("\n  " + f.Message)
+		if f.Message != e.Problem.Error { // a refusal that is one field's says it once
+			b.WriteString("\n  " + f.Message)
+		}
 	}
 	return b.String()
 }

@@ -77,6 +77,8 @@ type Pipeline struct {
 	Metrics  *prometheus.Registry
 
 	cancel context.CancelFunc
+	// unlock releases the data dir for the next pipeline.
+	unlock func()
 	// closeDrivers stops what the drivers run on this machine.
 	closeDrivers func()
 	fns          sync.WaitGroup // function runtimes
@@ -104,6 +106,10 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 	// Owner only: the stream, the registry's blobs (adapters) and the runs are the user's.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	// One pipeline per data dir: two would share one JetStream store and registry.
+	if p.unlock, err = lockDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	bus, err := p.startBus(ctx, cfg, log)
 	if err != nil {
@@ -328,6 +334,15 @@ func startNATS(cfg Config, users []*server.User) (*server.Server, error) {
 		if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
 			return nil, fmt.Errorf("NATS listen port %q: %w", ps, err)
 		}
+		// nats-server only logs a port it cannot bind, and never becomes ready: say so at once.
+		if port > 0 {
+			ln, err := net.Listen("tcp", cfg.NATSListen)
+			if err != nil {
+				return nil, fmt.Errorf("NATS listen address %s: %w (another kaitoflow up or a nats-server listens there: stop it, "+
+					"or give --nats-listen another address)", cfg.NATSListen, err)
+			}
+			_ = ln.Close()
+		}
 	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "kaitoflow-embedded",
@@ -410,6 +425,9 @@ func (p *Pipeline) Close() error {
 	if p.ns != nil {
 		p.ns.Shutdown()
 		p.ns.WaitForShutdown()
+	}
+	if p.unlock != nil {
+		p.unlock()
 	}
 	p.errMu.Lock()
 	defer p.errMu.Unlock()

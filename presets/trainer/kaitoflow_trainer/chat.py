@@ -41,7 +41,7 @@ def assistant_spans(messages, render_fn):
             # Some templates index messages[0], so an empty conversation is not rendered.
             before = render_fn(messages[:i], True) if i else ""
             through = render_fn(messages[: i + 1], False)
-        except Exception:  # the template's own refusal, whatever its type
+        except Exception:  # noqa: BLE001  the model's own chat template refusing, whatever its type (jinja2, ValueError, ...)
             return text, None
         if not (text.startswith(through) and through.startswith(before)):
             return text, None

@@ -30,112 +30,120 @@ SECTIONS = (
 # elsewhere, report_to ships metrics to a third party). kaitoflow refuses the rest when a workspace
 # is submitted; the trainer refuses them too when it runs on its own.
 ALLOWED = {
-    "ModelConfig": frozenset((
-        "torch_dtype",
-        "dtype",
-        "device_map",
-        "local_files_only",
-        "attn_implementation",
-        "low_cpu_mem_usage",
-        "use_cache",
-    )),
-    "QuantizationConfig": frozenset((
-        "load_in_4bit",
-        "load_in_8bit",
-        "bnb_4bit_quant_type",
-        "bnb_4bit_compute_dtype",
-        "bnb_4bit_use_double_quant",
-        "bnb_4bit_quant_storage",
-        "llm_int8_threshold",
-        "llm_int8_skip_modules",
-        "llm_int8_enable_fp32_cpu_offload",
-        "llm_int8_has_fp16_weight",
-    )),
-    "LoraConfig": frozenset((
-        "r",
-        "lora_alpha",
-        "lora_dropout",
-        "target_modules",
-        "exclude_modules",
-        "bias",
-        "task_type",
-        "modules_to_save",
-        "fan_in_fan_out",
-        "use_rslora",
-        "use_dora",
-        "init_lora_weights",
-        "layers_to_transform",
-        "layers_pattern",
-        "rank_pattern",
-        "alpha_pattern",
-    )),
-    "TrainingArguments": frozenset((
-        "output_dir",
-        "overwrite_output_dir",
-        "num_train_epochs",
-        "max_steps",
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "gradient_accumulation_steps",
-        "eval_accumulation_steps",
-        "gradient_checkpointing",
-        "gradient_checkpointing_kwargs",
-        "learning_rate",
-        "weight_decay",
-        "adam_beta1",
-        "adam_beta2",
-        "adam_epsilon",
-        "max_grad_norm",
-        "lr_scheduler_type",
-        "lr_scheduler_kwargs",
-        "warmup_ratio",
-        "warmup_steps",
-        "logging_strategy",
-        "logging_steps",
-        "logging_first_step",
-        "save_strategy",
-        "save_steps",
-        "save_total_limit",
-        "save_only_model",
-        "save_safetensors",
-        "eval_strategy",
-        "eval_steps",
-        "eval_on_start",
-        "prediction_loss_only",
-        "load_best_model_at_end",
-        "metric_for_best_model",
-        "greater_is_better",
-        "seed",
-        "data_seed",
-        "full_determinism",
-        "bf16",
-        "fp16",
-        "tf32",
-        "optim",
-        "optim_args",
-        "group_by_length",
-        "length_column_name",
-        "dataloader_num_workers",
-        "dataloader_pin_memory",
-        "dataloader_drop_last",
-        "dataloader_prefetch_factor",
-        "remove_unused_columns",
-        "label_names",
-        "label_smoothing_factor",
-        "ddp_find_unused_parameters",
-        "ddp_timeout",
-        "ddp_backend",
-        "torch_compile",
-        "neftune_noise_alpha",
-        "auto_find_batch_size",
-        "include_num_input_tokens_seen",
-        "average_tokens_across_devices",
-        "torch_empty_cache_steps",
-        "skip_memory_metrics",
-        "disable_tqdm",
-        "run_name",
-        "report_to",
-    )),
+    "ModelConfig": frozenset(
+        (
+            "torch_dtype",
+            "dtype",
+            "device_map",
+            "local_files_only",
+            "attn_implementation",
+            "low_cpu_mem_usage",
+            "use_cache",
+        )
+    ),
+    "QuantizationConfig": frozenset(
+        (
+            "load_in_4bit",
+            "load_in_8bit",
+            "bnb_4bit_quant_type",
+            "bnb_4bit_compute_dtype",
+            "bnb_4bit_use_double_quant",
+            "bnb_4bit_quant_storage",
+            "llm_int8_threshold",
+            "llm_int8_skip_modules",
+            "llm_int8_enable_fp32_cpu_offload",
+            "llm_int8_has_fp16_weight",
+        )
+    ),
+    "LoraConfig": frozenset(
+        (
+            "r",
+            "lora_alpha",
+            "lora_dropout",
+            "target_modules",
+            "exclude_modules",
+            "bias",
+            "task_type",
+            "modules_to_save",
+            "fan_in_fan_out",
+            "use_rslora",
+            "use_dora",
+            "init_lora_weights",
+            "layers_to_transform",
+            "layers_pattern",
+            "rank_pattern",
+            "alpha_pattern",
+        )
+    ),
+    "TrainingArguments": frozenset(
+        (
+            "output_dir",
+            "overwrite_output_dir",
+            "num_train_epochs",
+            "max_steps",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "eval_accumulation_steps",
+            "gradient_checkpointing",
+            "gradient_checkpointing_kwargs",
+            "learning_rate",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "max_grad_norm",
+            "lr_scheduler_type",
+            "lr_scheduler_kwargs",
+            "warmup_ratio",
+            "warmup_steps",
+            "logging_strategy",
+            "logging_steps",
+            "logging_first_step",
+            "save_strategy",
+            "save_steps",
+            "save_total_limit",
+            "save_only_model",
+            "save_safetensors",
+            "eval_strategy",
+            "eval_steps",
+            "eval_on_start",
+            "prediction_loss_only",
+            "load_best_model_at_end",
+            "metric_for_best_model",
+            "greater_is_better",
+            "seed",
+            "data_seed",
+            "full_determinism",
+            "bf16",
+            "fp16",
+            "tf32",
+            "optim",
+            "optim_args",
+            "group_by_length",
+            "length_column_name",
+            "dataloader_num_workers",
+            "dataloader_pin_memory",
+            "dataloader_drop_last",
+            "dataloader_prefetch_factor",
+            "remove_unused_columns",
+            "label_names",
+            "label_smoothing_factor",
+            "ddp_find_unused_parameters",
+            "ddp_timeout",
+            "ddp_backend",
+            "torch_compile",
+            "neftune_noise_alpha",
+            "auto_find_batch_size",
+            "include_num_input_tokens_seen",
+            "average_tokens_across_devices",
+            "torch_empty_cache_steps",
+            "skip_memory_metrics",
+            "disable_tqdm",
+            "run_name",
+            "report_to",
+        )
+    ),
 }
 
 OUTPUT_ROOT = "/mnt"
@@ -182,7 +190,7 @@ def parse(text):
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError("training_config.yaml: %s" % str(exc).replace("\n", " ")) from exc
+            raise ConfigError("training_config.yaml: {}".format(str(exc).replace("\n", " "))) from exc
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -192,10 +200,10 @@ def parse(text):
     for name, section in doc.items():
         if name not in SECTIONS:
             raise ConfigError(
-                "training_config.%s: unsupported section; want one of %s" % (name, ", ".join(SECTIONS))
+                "training_config.{}: unsupported section; want one of {}".format(name, ", ".join(SECTIONS))
             )
         if not isinstance(section, dict):
-            raise ConfigError("training_config.%s: want a mapping of arguments" % name)
+            raise ConfigError(f"training_config.{name}: want a mapping of arguments")
     return doc
 
 
@@ -221,10 +229,10 @@ def validate(cfg, method):
     problems = []
     for section in sorted(ALLOWED):
         for key in sorted(set(cfg.get(section, {})) - ALLOWED[section]):
-            problems.append("training_config.%s.%s: not an argument a workspace may set" % (section, key))
+            problems.append(f"training_config.{section}.{key}: not an argument a workspace may set")
     report = cfg.get("TrainingArguments", {}).get("report_to")
     if report is not None and report not in ("none", [], ["none"]):
-        problems.append("training_config.TrainingArguments.report_to: %r: want none" % (report,))
+        problems.append(f"training_config.TrainingArguments.report_to: {report!r}: want none")
     quant = cfg.get("QuantizationConfig", {})
     in4, in8 = quant.get("load_in_4bit") is True, quant.get("load_in_8bit") is True
     q = "training_config.QuantizationConfig."
@@ -239,7 +247,7 @@ def validate(cfg, method):
         if in4 and in8:
             problems.append(q + "load_in_8bit: load_in_4bit and load_in_8bit are exclusive")
     else:
-        problems.append("method: %r: want lora or qlora" % (method,))
+        problems.append(f"method: {method!r}: want lora or qlora")
 
     args = cfg.get("TrainingArguments", {})
     out = args.get("output_dir")
@@ -250,26 +258,28 @@ def validate(cfg, method):
         clean = posixpath.normpath(out)
         if not clean.startswith("/") or (clean != root and not clean.startswith(root + "/")):
             problems.append(
-                "training_config.TrainingArguments.output_dir: %r must be under %s, where the Job mounts its output volume"
-                % (out, root)
+                f"training_config.TrainingArguments.output_dir: {out!r} must be under {root}, "
+                "where the Job mounts its output volume"
             )
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if key in args and not _positive_int(args[key]):
-            problems.append("training_config.TrainingArguments.%s: %r must be a positive integer" % (key, args[key]))
+            problems.append(f"training_config.TrainingArguments.{key}: {args[key]!r} must be a positive integer")
     r = cfg.get("LoraConfig", {}).get("r")
     if r is not None and not (_positive_int(r) and r <= 256):
-        problems.append("training_config.LoraConfig.r: %r must be an integer from 1 to 256" % (r,))
+        problems.append(f"training_config.LoraConfig.r: {r!r} must be an integer from 1 to 256")
     dataset = cfg.get("DatasetConfig", {})
     d = "training_config.DatasetConfig."
     seq = dataset.get("max_seq_length")
     if seq is not None and not (_positive_int(seq) and seq >= 16):
-        problems.append(d + "max_seq_length: %r must be an integer of at least 16" % (seq,))
+        problems.append(d + f"max_seq_length: {seq!r} must be an integer of at least 16")
     split = dataset.get("train_test_split")
     if split is not None and not _fraction(split):
-        problems.append(d + "train_test_split: %r must be a number above 0 and at most 1 (the share of rows trained on)" % (split,))
+        problems.append(
+            d + f"train_test_split: {split!r} must be a number above 0 and at most 1 (the share of rows trained on)"
+        )
     whole = dataset.get("train_on_prompt")
     if whole is not None and not isinstance(whole, bool):
-        problems.append(d + "train_on_prompt: %r must be true or false" % (whole,))
+        problems.append(d + f"train_on_prompt: {whole!r} must be true or false")
     return problems
 
 

@@ -27,7 +27,7 @@ def find_files(input_dir):
             if name.lower().endswith(SUFFIXES) and not name.startswith("."):
                 found.append(os.path.join(root, name))
     if not found:
-        raise DataError("no dataset file (%s) under %s" % (", ".join(SUFFIXES), input_dir))
+        raise DataError("no dataset file ({}) under {}".format(", ".join(SUFFIXES), input_dir))
     return sorted(found)
 
 
@@ -39,37 +39,37 @@ def read_rows(path):
             try:
                 import pyarrow.parquet as pq
             except ImportError as exc:
-                raise DataError("%s: reading parquet needs pyarrow" % path) from exc
+                raise DataError(f"{path}: reading parquet needs pyarrow") from exc
             return pq.read_table(path).to_pylist()
         if lower.endswith(".jsonl"):
             rows = []
             with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    line = line.strip()
+                for n, raw in enumerate(f, 1):
+                    line = raw.strip()
                     if not line:
                         continue
                     try:
                         rows.append(json.loads(line))
                     except ValueError as exc:
-                        raise DataError("%s line %d: not JSON: %s" % (path, n, exc)) from exc
+                        raise DataError(f"{path} line {n:d}: not JSON: {exc}") from exc
             return rows
         if lower.endswith(".json"):
             with open(path, encoding="utf-8") as f:
                 try:
                     doc = json.load(f)
                 except ValueError as exc:
-                    raise DataError("%s: not JSON: %s" % (path, exc)) from exc
+                    raise DataError(f"{path}: not JSON: {exc}") from exc
             if isinstance(doc, dict) and isinstance(doc.get("data"), list):
                 doc = doc["data"]
             if not isinstance(doc, list):
-                raise DataError("%s: want a list of rows (or {\"data\": [...]})" % path)
+                raise DataError(f'{path}: want a list of rows (or {{"data": [...]}})')
             return doc
         if lower.endswith(".csv"):
             with open(path, encoding="utf-8", newline="") as f:
                 return list(csv.DictReader(f))
     except OSError as exc:
-        raise DataError("%s: %s" % (path, exc.strerror or exc)) from exc
-    raise DataError("%s: unsupported file type" % path)
+        raise DataError(f"{path}: {exc.strerror or exc}") from exc
+    raise DataError(f"{path}: unsupported file type")
 
 
 def _columns(dataset_cfg):
@@ -80,7 +80,7 @@ def _columns(dataset_cfg):
 def detect_shape(row, dataset_cfg=None):
     """The shape of a row: "messages", "prompt_completion" or "text"."""
     if not isinstance(row, dict):
-        raise DataError("rows must be objects, got %s" % type(row).__name__)
+        raise DataError(f"rows must be objects, got {type(row).__name__}")
     prompt, completion = _columns(dataset_cfg)
     if "messages" in row:
         msgs = row["messages"]
@@ -93,15 +93,16 @@ def detect_shape(row, dataset_cfg=None):
             raise DataError("messages: want a non-empty list of {role, content} turns")
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise DataError("messages[%d]: want {role: %s, content: text}" % (i, "|".join(ROLES)))
+                raise DataError(f"messages[{i:d}]: want {{role: {'|'.join(ROLES)}, content: text}}")
         return "messages"
     if prompt in row and completion in row:
         return "prompt_completion"
     if isinstance(row.get("text"), str):
         return "text"
     raise DataError(
-        "unrecognised row with columns [%s]: want messages, %s + %s, or text"
-        % (", ".join(sorted(map(str, row))), prompt, completion)
+        "unrecognised row with columns [{}]: want messages, {} + {}, or text".format(
+            ", ".join(sorted(map(str, row))), prompt, completion
+        )
     )
 
 
@@ -130,14 +131,14 @@ def load_examples(input_dir, dataset_cfg=None):
             continue
         s = detect_shape(file_rows[0], dataset_cfg)
         if shape is not None and s != shape:
-            raise DataError("%s has shape %s, earlier files %s: use one shape" % (path, s, shape))
+            raise DataError(f"{path} has shape {s}, earlier files {shape}: use one shape")
         shape = s
         for n, row in enumerate(file_rows):
             if detect_shape(row, dataset_cfg) != shape:
-                raise DataError("%s row %d: shape differs from the first row's (%s)" % (path, n, shape))
+                raise DataError(f"{path} row {n:d}: shape differs from the first row's ({shape})")
         rows.extend(file_rows)
     if not rows:
-        raise DataError("the dataset under %s has no rows" % input_dir)
+        raise DataError(f"the dataset under {input_dir} has no rows")
     return shape, rows
 
 

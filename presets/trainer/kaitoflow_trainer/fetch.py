@@ -47,7 +47,9 @@ def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_file
         with open(done) as f:
             path = f.read().strip()
         if complete(path):
-            print("kaitoflow-fetch: %s@%s is in the cache already: nothing to fetch" % (model, revision), file=out, flush=True)
+            print(
+                f"kaitoflow-fetch: {model}@{revision} is in the cache already: nothing to fetch", file=out, flush=True
+            )
             return path, False
     except FileNotFoundError:
         pass
@@ -59,7 +61,7 @@ def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_file
     with os.fdopen(fd, "w") as f:
         f.write(path + "\n")
     os.replace(tmp, done)
-    print("kaitoflow-fetch: %s@%s fetched into %s" % (model, revision, path), file=out, flush=True)
+    print(f"kaitoflow-fetch: {model}@{revision} fetched into {path}", file=out, flush=True)
     return path, True
 
 
@@ -72,10 +74,10 @@ def main(argv=None):
     try:
         fetch(args.model, args.revision, weights.cache_dir(args.cache_dir, os.environ), os.environ)
     except TrainerError as err:
-        print("kaitoflow-fetch: %s" % err, file=sys.stderr, flush=True)
+        print(f"kaitoflow-fetch: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     except Exception as err:  # noqa: BLE001 - anything else may pass on a retry
-        print("kaitoflow-fetch: %s" % err, file=sys.stderr, flush=True)
+        print(f"kaitoflow-fetch: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return 0
 

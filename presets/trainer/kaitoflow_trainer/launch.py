@@ -28,13 +28,19 @@ def free_port():
 
 def worker_env(env, rank, world, port, reason_file):
     out = dict(env)
-    out.update({
-        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        # Each worker writes its failure reason to a file of its own; the launcher writes the
-        # termination log once, from the worker that failed first.
-        "KAITOFLOW_TERMINATION_LOG": reason_file,
-    })
+    out.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            # Each worker writes its failure reason to a file of its own; the launcher writes the
+            # termination log once, from the worker that failed first.
+            "KAITOFLOW_TERMINATION_LOG": reason_file,
+        }
+    )
     return out
 
 
@@ -51,9 +57,10 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
     env = dict(os.environ if env is None else env)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="kaitoflow-launch-") as tmp:
-        reasons = [os.path.join(tmp, "rank-%d" % r) for r in range(processes)]
+        reasons = [os.path.join(tmp, f"rank-{r:d}") for r in range(processes)]
         workers = [popen(argv, env=worker_env(env, r, processes, port, reasons[r])) for r in range(processes)]
         failed = None
+
         # job-run forwards the pod's SIGTERM (deletion, eviction, deadline) to this process: pass it
         # on, and let the workers' own exits decide the outcome.
         def forward(signum, _frame):
@@ -101,7 +108,7 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
             reason = ""
         # Restored only now: a second SIGTERM must not end this process before the reason is out.
         restore(previous)
-        return code, reason or "training process %d of %d exited with code %d" % (failed, processes, code)
+        return code, reason or f"training process {failed:d} of {processes:d} exited with code {code:d}"
 
 
 def restore(handlers):

@@ -15,7 +15,7 @@ def labels_for(input_ids, offsets, spans):
         return list(input_ids)
     return [
         t if any(start < b and end > a for a, b in spans) else IGNORE_INDEX
-        for t, (start, end) in zip(input_ids, offsets)
+        for t, (start, end) in zip(input_ids, offsets, strict=False)
     ]
 
 
@@ -25,7 +25,7 @@ def end_with_eos(input_ids, labels, eos_id, max_len):
     if eos_id is None or (input_ids and input_ids[-1] == eos_id) or len(input_ids) >= max_len:
         return input_ids, labels
     learnt = not labels or labels[-1] != IGNORE_INDEX
-    return input_ids + [eos_id], labels + [eos_id if learnt else IGNORE_INDEX]
+    return [*input_ids, eos_id], [*labels, eos_id if learnt else IGNORE_INDEX]
 
 
 def encode_rows(rows, shape, tokenizer, dataset_cfg, max_len):
@@ -34,8 +34,9 @@ def encode_rows(rows, shape, tokenizer, dataset_cfg, max_len):
     counts["nothing_to_learn"] rows dropped because no learnt token survived truncation.
 
     The loss covers the assistant's turns only, prompt tokens labelled IGNORE_INDEX as Kaito's SFT
-    training does, unless DatasetConfig.train_on_prompt asks for the whole text. Text the chat template wrote is tokenized without special tokens: the template
-    already put in BOS and the rest, as apply_chat_template(tokenize=True) and serving do."""
+    training does, unless DatasetConfig.train_on_prompt asks for the whole text. Text the chat
+    template wrote is tokenized without special tokens: the template already put in BOS and the
+    rest, as apply_chat_template(tokenize=True) and serving do."""
     whole = bool(dataset_cfg.get("train_on_prompt", False))
     # Character offsets need a tokenizers-backed ("fast") tokenizer.
     offsets_ok = bool(getattr(tokenizer, "is_fast", False))
@@ -48,7 +49,10 @@ def encode_rows(rows, shape, tokenizer, dataset_cfg, max_len):
             spans = None
             counts["whole_text"] += 1
         enc = tokenizer(
-            text, add_special_tokens=not templated, truncation=True, max_length=max_len,
+            text,
+            add_special_tokens=not templated,
+            truncation=True,
+            max_length=max_len,
             return_offsets_mapping=spans is not None,
         )
         ids = list(enc["input_ids"])

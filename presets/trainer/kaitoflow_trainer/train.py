@@ -36,7 +36,20 @@ import re
 import sys
 import time
 
-from . import CONTRACT, EXIT_FAILED, EXIT_OOM, ConfigError, DataError, TrainerError, config, data, fetch, launch, tokens, weights
+from . import (
+    CONTRACT,
+    EXIT_FAILED,
+    EXIT_OOM,
+    ConfigError,
+    DataError,
+    TrainerError,
+    config,
+    data,
+    fetch,
+    launch,
+    tokens,
+    weights,
+)
 
 TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
 PROGRESS_PREFIX = CONTRACT["prefixes"]["progress"]
@@ -67,7 +80,7 @@ def main_process():
 def _dtype(torch, name):
     table = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
     if name not in table:
-        raise ConfigError("torch dtype %r: want bfloat16, float16, float32 or auto" % (name,))
+        raise ConfigError(f"torch dtype {name!r}: want bfloat16, float16, float32 or auto")
     return table[name]
 
 
@@ -119,8 +132,11 @@ def _rows(cfg, input_dir):
     train_rows, eval_rows = data.split_rows(rows, dataset_cfg.get("train_test_split", 1), seed)
     if dataset_cfg.get("shuffle_dataset", True):
         random.Random(seed).shuffle(train_rows)
-    print("kaitoflow-trainer: %d rows of shape %s: %d to train on, %d held out"
-          % (len(rows), shape, len(train_rows), len(eval_rows)), flush=True)
+    print(
+        f"kaitoflow-trainer: {len(rows):d} rows of shape {shape}: {len(train_rows):d} to train on, "
+        f"{len(eval_rows):d} held out",
+        flush=True,
+    )
     return shape, train_rows, eval_rows
 
 
@@ -128,11 +144,18 @@ def _encode(rows, shape, tok, dataset_cfg, name):
     max_len = int(dataset_cfg.get("max_seq_length", 2048))
     examples, counts = tokens.encode_rows(rows, shape, tok, dataset_cfg, max_len)
     if counts["whole_text"]:
-        print("kaitoflow-trainer: %s: %d conversations trained on whole: the chat template does not render "
-              "their turns one after another, or the tokenizer gives no character offsets" % (name, counts["whole_text"]), flush=True)
+        print(
+            f"kaitoflow-trainer: {name}: {counts['whole_text']:d} conversations trained on whole: "
+            "the chat template does not render their turns one after another, "
+            "or the tokenizer gives no character offsets",
+            flush=True,
+        )
     if counts["nothing_to_learn"]:
-        print("kaitoflow-trainer: %s: %d rows dropped: no assistant token within max_seq_length %d"
-              % (name, counts["nothing_to_learn"], max_len), flush=True)
+        print(
+            f"kaitoflow-trainer: {name}: {counts['nothing_to_learn']:d} rows dropped: "
+            f"no assistant token within max_seq_length {max_len:d}",
+            flush=True,
+        )
     return _Examples(examples)
 
 
@@ -151,7 +174,7 @@ def _load_model(path, cfg, torch, transformers, peft):
         try:
             quant = transformers.BitsAndBytesConfig(**q)
         except (TypeError, ValueError) as exc:
-            raise ConfigError("training_config.QuantizationConfig: %s" % exc) from exc
+            raise ConfigError(f"training_config.QuantizationConfig: {exc}") from exc
     if distributed() and torch.cuda.is_available():
         # Data parallel: every process holds the whole model on its own GPU (Kaito's device map
         # for multi-GPU tuning), where "auto" would spread one copy over all of them.
@@ -175,7 +198,7 @@ def _load_model(path, cfg, torch, transformers, peft):
     try:
         model = peft.get_peft_model(model, peft.LoraConfig(**lora_cfg))
     except (TypeError, ValueError) as exc:  # an unknown argument, or target_modules peft cannot infer
-        raise ConfigError("training_config.LoraConfig: %s" % exc) from exc
+        raise ConfigError(f"training_config.LoraConfig: {exc}") from exc
     model.print_trainable_parameters()
     return model
 
@@ -209,7 +232,7 @@ def _training_arguments(cfg, transformers, cuda=True):
     try:
         return transformers.TrainingArguments(**targs_cfg)
     except (TypeError, ValueError) as exc:
-        raise ConfigError("training_config.TrainingArguments: %s" % exc) from exc
+        raise ConfigError(f"training_config.TrainingArguments: {exc}") from exc
 
 
 def _progress(transformers, avg_tokens, started):
@@ -231,10 +254,20 @@ def _progress(transformers, avg_tokens, started):
             steps = state.global_step - (self.first_step or 0)
             seen = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
             # kaitoflow job-run reads these lines and reports them as tuning.progress.
-            print(PROGRESS_PREFIX + json.dumps(json_safe({
-                "step": state.global_step, "max_steps": state.max_steps, "loss": logs["loss"],
-                "tokens_per_second": seen * avg_tokens / elapsed if elapsed > 0 else 0.0,
-            })), flush=True)
+            print(
+                PROGRESS_PREFIX
+                + json.dumps(
+                    json_safe(
+                        {
+                            "step": state.global_step,
+                            "max_steps": state.max_steps,
+                            "loss": logs["loss"],
+                            "tokens_per_second": seen * avg_tokens / elapsed if elapsed > 0 else 0.0,
+                        }
+                    )
+                ),
+                flush=True,
+            )
 
     return Progress()
 
@@ -260,7 +293,7 @@ def checkpoint_minutes(environ, targs_cfg):
     try:
         return float(raw) if raw else DEFAULT_CHECKPOINT_MINUTES
     except ValueError as exc:
-        raise ConfigError("KAITOFLOW_CHECKPOINT_MINUTES %r: want a number of minutes" % raw) from exc
+        raise ConfigError(f"KAITOFLOW_CHECKPOINT_MINUTES {raw!r}: want a number of minutes") from exc
 
 
 def _agreed(flag, torch):
@@ -289,7 +322,7 @@ def _checkpoints(transformers, minutes, clock=time.time, torch=None):
         def on_save(self, args, state, _control, **_kw):
             self.last = clock()
             if state.is_world_process_zero:
-                path = os.path.join(args.output_dir, "checkpoint-%d" % state.global_step)
+                path = os.path.join(args.output_dir, f"checkpoint-{state.global_step:d}")
                 print(CHECKPOINT_PREFIX + json.dumps({"step": state.global_step, "path": path}), flush=True)
 
     return Checkpoints()
@@ -306,10 +339,13 @@ def oom_account(exc, step, dataset_cfg, targs, torch):
     gib = float(1 << 30)
     return {
         "reason": CONTRACT["reasons"]["oom"],
-        "message": "out of GPU memory at step %d with batch %d, sequence %d (peak %.1f of %.1f GiB): %s"
-                   % (step, batch, seq, peak / gib, total / gib, _one_line(exc)),
-        "step": step, "batchSize": batch, "seqLen": seq,
-        "peakGPUMemoryBytes": peak, "gpuMemoryBytes": total,
+        "message": f"out of GPU memory at step {step:d} with batch {batch:d}, sequence {seq:d} "
+        f"(peak {peak / gib:.1f} of {total / gib:.1f} GiB): {_one_line(exc)}",
+        "step": step,
+        "batchSize": batch,
+        "seqLen": seq,
+        "peakGPUMemoryBytes": peak,
+        "gpuMemoryBytes": total,
     }
 
 
@@ -339,14 +375,14 @@ def _compare(trainer, model, eval_set, compare_dir):
         with model.disable_adapter():
             out["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base").get("base_loss")
     except Exception as exc:  # noqa: BLE001 - a score not taken is reported, not fatal
-        print("kaitoflow-trainer: the base model was not scored: %s" % _one_line(exc), flush=True)
+        print(f"kaitoflow-trainer: the base model was not scored: {_one_line(exc)}", flush=True)
     if compare_dir:
         try:
             model.load_adapter(compare_dir, adapter_name="serving", is_trainable=False)
             model.set_adapter("serving")
             out["serving_eval_loss"] = trainer.evaluate(metric_key_prefix="serving").get("serving_loss")
         except Exception as exc:  # noqa: BLE001
-            print("kaitoflow-trainer: the serving adapter was not scored: %s" % _one_line(exc), flush=True)
+            print(f"kaitoflow-trainer: the serving adapter was not scored: {_one_line(exc)}", flush=True)
         finally:
             # Only the new adapter is saved: the compared one goes, even half loaded.
             model.set_adapter("default")
@@ -360,9 +396,15 @@ def _weights(cfg, args):
     local_only = bool(cfg.get("ModelConfig", {}).get("local_files_only", False))
     # Through fetch: a snapshot the inference pods (or an earlier run) completed is used with no
     # request to the Hub, and one fetched here is marked complete for them.
-    path, _ = fetch.fetch(args.model, args.revision, weights.cache_dir(args.cache_dir, os.environ), os.environ, local_files_only=local_only)
+    path, _ = fetch.fetch(
+        args.model,
+        args.revision,
+        weights.cache_dir(args.cache_dir, os.environ),
+        os.environ,
+        local_files_only=local_only,
+    )
     if main_process():
-        print("kaitoflow-trainer: model %s@%s from %s" % (args.model, args.revision or "main", path), flush=True)
+        print("kaitoflow-trainer: model {}@{} from {}".format(args.model, args.revision or "main", path), flush=True)
     return path
 
 
@@ -373,13 +415,26 @@ def launch_workers(args):
     with open(args.config, encoding="utf-8") as f:
         cfg = config.load(f.read(), args.method)
     path = _weights(cfg, args)
-    argv = [sys.executable, "-m", "kaitoflow_trainer.train", "--config", args.config, "--method", args.method,
-            "--model", path, "--revision", args.revision, "--input-dir", args.input_dir]
+    argv = [
+        sys.executable,
+        "-m",
+        "kaitoflow_trainer.train",
+        "--config",
+        args.config,
+        "--method",
+        args.method,
+        "--model",
+        path,
+        "--revision",
+        args.revision,
+        "--input-dir",
+        args.input_dir,
+    ]
     if args.resume_from:
         argv += ["--resume-from", args.resume_from]
     if args.compare_adapter:
         argv += ["--compare-adapter", args.compare_adapter]
-    print("kaitoflow-trainer: %d training processes, one per GPU" % args.processes, flush=True)
+    print(f"kaitoflow-trainer: {args.processes:d} training processes, one per GPU", flush=True)
     code, reason = launch.run(argv, args.processes)
     if code:
         return _fail(reason, code)
@@ -405,11 +460,15 @@ def train(args):
     train_set = _encode(train_rows, shape, tok, dataset_cfg, "train")
     eval_set = _encode(eval_rows, shape, tok, dataset_cfg, "eval")
     if not len(train_set):
-        raise DataError("no row has an assistant token within max_seq_length %d: raise it, or set "
-                        "DatasetConfig.train_on_prompt to train on the whole text" % dataset_cfg.get("max_seq_length", 2048))
+        raise DataError(
+            f"no row has an assistant token within max_seq_length {dataset_cfg.get('max_seq_length', 2048):d}: "
+            "raise it, or set DatasetConfig.train_on_prompt to train on the whole text"
+        )
     tokens_total = sum(len(e["input_ids"]) for e in train_set.items)
 
-    targs = _training_arguments(cfg, transformers, torch.cuda.is_available())  # before the model loads: a bad argument fails fast
+    targs = _training_arguments(
+        cfg, transformers, torch.cuda.is_available()
+    )  # before the model loads: a bad argument fails fast
     # LoRA's A matrices start random: seeded here, not only when the Trainer is made (after the
     # model), so that the same config trains the same adapter, and a retried Job reproduces a run.
     transformers.set_seed(targs.seed)
@@ -430,11 +489,15 @@ def train(args):
     callbacks = [progress]
     callbacks.append(_checkpoints(transformers, checkpoint_minutes(os.environ, cfg["TrainingArguments"]), torch=torch))
     trainer = transformers.Trainer(
-        model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=collate, callbacks=callbacks,
+        model=model,
+        args=targs,
+        train_dataset=train_set,
+        eval_dataset=eval_set if len(eval_set) else None,
+        data_collator=collate,
+        callbacks=callbacks,
     )
     if args.resume_from:
-        print("kaitoflow-trainer: resuming from %s" % args.resume_from, flush=True)
+        print(f"kaitoflow-trainer: resuming from {args.resume_from}", flush=True)
     try:
         result = trainer.train(resume_from_checkpoint=args.resume_from or None)
     except Exception as exc:
@@ -447,8 +510,19 @@ def train(args):
     if trainer.is_world_process_zero():
         # Only the steps this process trained were timed: a resumed run's others were earlier.
         share = (result.global_step - (progress.first_step or 0)) / max(result.global_step, 1)
-        _report(model, targs, torch, result, loss_history(trainer.state.log_history), train_set, tokens_total,
-                duration, shape, evaluation, share)
+        _report(
+            model,
+            targs,
+            torch,
+            result,
+            loss_history(trainer.state.log_history),
+            train_set,
+            tokens_total,
+            duration,
+            shape,
+            evaluation,
+            share,
+        )
     if distributed() and torch.distributed.is_initialized():
         # The others wait for rank 0's adapter, then the process group ends cleanly: a worker
         # leaving with it open warns, and may hang in its interpreter's shutdown.
@@ -466,27 +540,32 @@ def _report(model, targs, torch, result, losses, train_set, tokens_total, durati
         # One process's GPUs: all of them with device_map auto, its own one when data parallel.
         peak = sum(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count()))
     epochs = result.metrics.get("epoch", 1.0) or 1.0
-    metrics = json_safe({
-        "steps": result.global_step,
-        # Passes over the training rows: steps times the rows a step takes on every process.
-        "epochs": epochs,
-        "train_loss": result.training_loss,
-        "loss_history": losses,
-        "examples": len(train_set),
-        "tokens": tokens_total,
-        "tokens_per_second": tokens_total * epochs * share / duration if duration > 0 else 0.0,
-        "peak_gpu_memory_bytes": peak,
-        "duration_seconds": duration,
-        "shape": shape,
-        **evaluation,
-    })
+    metrics = json_safe(
+        {
+            "steps": result.global_step,
+            # Passes over the training rows: steps times the rows a step takes on every process.
+            "epochs": epochs,
+            "train_loss": result.training_loss,
+            "loss_history": losses,
+            "examples": len(train_set),
+            "tokens": tokens_total,
+            "tokens_per_second": tokens_total * epochs * share / duration if duration > 0 else 0.0,
+            "peak_gpu_memory_bytes": peak,
+            "duration_seconds": duration,
+            "shape": shape,
+            **evaluation,
+        }
+    )
     with open(os.path.join(targs.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
-    print("kaitoflow-trainer: done: %s" % json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}), flush=True)
+    print(
+        "kaitoflow-trainer: done: {}".format(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"})),
+        flush=True,
+    )
 
 
 def _one_line(exc):
-    return ("%s: %s" % (type(exc).__name__, exc)).replace("\n", " ")[:1000]
+    return (f"{type(exc).__name__}: {exc}").replace("\n", " ")[:1000]
 
 
 def _fail(reason, code):
@@ -510,7 +589,11 @@ def main(argv=None):
     p.add_argument("--cache-dir", default="")
     p.add_argument("--processes", type=int, default=1, help="training processes, one per GPU (data parallel)")
     p.add_argument("--resume-from", default="", help="a checkpoint directory to continue from")
-    p.add_argument("--compare-adapter", default="", help="the adapter serving now: scored beside the new one on the same held-out rows")
+    p.add_argument(
+        "--compare-adapter",
+        default="",
+        help="the adapter serving now: scored beside the new one on the same held-out rows",
+    )
     args = p.parse_args(argv)
     try:
         if args.processes > 1 and not distributed():
@@ -518,10 +601,18 @@ def main(argv=None):
         train(args)
     except TrainerError as exc:
         return _fail(str(exc), exc.exit_code)
-    except Exception as exc:  # the Job must end, and say why in one line
+    except Exception as exc:  # noqa: BLE001  the Job must end on any failure (torch, transformers, peft...) and say why in one line
         # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
         if _is_oom(exc):  # outside training (loading the model): no step, no account of a batch
-            return _fail(json.dumps({"reason": CONTRACT["reasons"]["oom"], "message": "out of GPU memory before training: %s" % _one_line(exc)}), EXIT_OOM)
+            return _fail(
+                json.dumps(
+                    {
+                        "reason": CONTRACT["reasons"]["oom"],
+                        "message": f"out of GPU memory before training: {_one_line(exc)}",
+                    }
+                ),
+                EXIT_OOM,
+            )
         return _fail(_one_line(exc), EXIT_FAILED)
     return 0
 

@@ -58,14 +58,18 @@ def resolve(model, revision, local_files_only, cache, env, download=None, sleep=
     for attempt in range(len(RETRY_WAITS) + 1):
         try:
             return download(
-                repo_id=model, revision=revision or None, cache_dir=cache, token=env.get(TOKEN_ENV) or None,
-                local_files_only=local_files_only, ignore_patterns=IGNORE_PATTERNS,
+                repo_id=model,
+                revision=revision or None,
+                cache_dir=cache,
+                token=env.get(TOKEN_ENV) or None,
+                local_files_only=local_files_only,
+                ignore_patterns=IGNORE_PATTERNS,
             )
         except Exception as exc:
             err = failure(exc, model, revision, local_files_only, cache, env.get(SECRET_ENV, ""))
             if err.exit_code == EXIT_MODEL or attempt == len(RETRY_WAITS):
                 raise err from exc
-            print("kaitoflow-trainer: %s; retrying in %ds" % (err, RETRY_WAITS[attempt]), flush=True)
+            print(f"kaitoflow-trainer: {err}; retrying in {RETRY_WAITS[attempt]:d}s", flush=True)
             sleep(RETRY_WAITS[attempt])
 
 
@@ -101,38 +105,42 @@ def _first_line(exc):
 def failure(exc, model, revision, local_files_only, cache, secret):
     """The ModelDownloadError for exc. huggingface_hub's errors are told apart by class name and
     status, so this needs no import of it (and tests can raise look-alikes)."""
-    what = "%s@%s" % (model, revision or "main")
+    what = "{}@{}".format(model, revision or "main")
     status = _status(exc)
     names = {c.__name__ for c in type(exc).__mro__}
-    http = "HTTP %d: " % status if status else ""
+    http = f"HTTP {status:d}: " if status else ""
     if status in (401, 403) or "GatedRepoError" in names:
         if secret:
             return ModelDownloadError(
-                "%sthe token in Secret %s (presetOptions.modelAccessSecret) may not read %s: check that it is "
-                "valid and that its account was granted access to the model (or that the model exists)" % (http, secret, what)
+                f"{http}the token in Secret {secret} (presetOptions.modelAccessSecret) may not read {what}: "
+                "check that it is valid and that its account was granted access to the model (or that the model exists)"
             )
         return ModelDownloadError(
-            "%s%s is gated, private or missing, and no token was given: set presetOptions.modelAccessSecret to a "
-            "Secret holding an HF_TOKEN with access to it" % (http, model)
+            f"{http}{model} is gated, private or missing, and no token was given: "
+            "set presetOptions.modelAccessSecret to a Secret holding an HF_TOKEN with access to it"
         )
     if "HFValidationError" in names:
-        return ModelDownloadError("%r is not a model directory or a valid Hugging Face repository id: %s" % (model, _first_line(exc)))
+        return ModelDownloadError(
+            f"{model!r} is not a model directory or a valid Hugging Face repository id: {_first_line(exc)}"
+        )
     if "RevisionNotFoundError" in names:
-        return ModelDownloadError("%srevision %s of %s not found" % (http, revision, model))
+        return ModelDownloadError(f"{http}revision {revision} of {model} not found")
     if "RepositoryNotFoundError" in names or status == 404:
-        return ModelDownloadError("%s%s not found on the Hugging Face Hub" % (http, what))
+        return ModelDownloadError(f"{http}{what} not found on the Hugging Face Hub")
     if status is not None:
         # Like job-run's dataset fetch: other 4xx are permanent, 429 and 5xx are worth a retry.
         permanent = 400 <= status < 500 and status != 429
-        return ModelDownloadError("%s%s: %s" % (http, what, _first_line(exc)), permanent=permanent)
+        return ModelDownloadError(f"{http}{what}: {_first_line(exc)}", permanent=permanent)
     full = _errno(exc, (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS))
     if full is not None:
         # Retrying cannot make room or grant access: the cache volume is the problem.
-        return ModelDownloadError("cannot write %s into %s: %s: make the cache volume larger or writable (--weights-cache, kaitoflow.io/weights-cache)"
-                                  % (what, cache, os.strerror(full)))
+        return ModelDownloadError(
+            f"cannot write {what} into {cache}: {os.strerror(full)}: make the cache volume larger or writable "
+            "(--weights-cache, kaitoflow.io/weights-cache)"
+        )
     if local_files_only:
         return ModelDownloadError(
-            "%s is not in the cache %s and ModelConfig.local_files_only is true, so it was not downloaded: set "
-            "local_files_only: false, or use an image that carries the weights (%s)" % (what, cache, _first_line(exc))
+            f"{what} is not in the cache {cache} and ModelConfig.local_files_only is true, so it was not downloaded: "
+            f"set local_files_only: false, or use an image that carries the weights ({_first_line(exc)})"
         )
-    return ModelDownloadError("cannot download %s into %s: %s" % (what, cache, _first_line(exc)), permanent=False)
+    return ModelDownloadError(f"cannot download {what} into {cache}: {_first_line(exc)}", permanent=False)

@@ -35,19 +35,32 @@ def dolly_rows():
     """Rows shaped like databricks-dolly-15k: instruction, context, response, category. Sums, so
     the answers follow a pattern a model this small can start to learn in a few steps."""
     rows = [
-        {"instruction": "What is %s plus %s ?" % (NUMBERS[a], NUMBERS[b]), "context": "",
-         "response": "%s plus %s is %s ." % (NUMBERS[a], NUMBERS[b], NUMBERS[a + b]), "category": "open_qa"}
-        for a in range(1, 7) for b in range(1, 5)
+        {
+            "instruction": f"What is {NUMBERS[a]} plus {NUMBERS[b]} ?",
+            "context": "",
+            "response": f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[a + b]} .",
+            "category": "open_qa",
+        }
+        for a in range(1, 7)
+        for b in range(1, 5)
     ]
-    rows.append({"instruction": "What colour is the sky ?", "context": "The sky is blue on a clear day .",
-                 "response": "The sky is blue .", "category": "closed_qa"})
+    rows.append(
+        {
+            "instruction": "What colour is the sky ?",
+            "context": "The sky is blue on a clear day .",
+            "response": "The sky is blue .",
+            "category": "closed_qa",
+        }
+    )
     return rows
 
 
 def messages_rows():
     """The same rows in the OpenAI chat shape (a messages column), as dolly-15k-oai-style has them."""
-    return [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]}
-            for r in dolly_rows()]
+    return [
+        {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]}
+        for r in dolly_rows()
+    ]
 
 
 def corpus():
@@ -85,9 +98,16 @@ def build_model(tok, out_dir, seed=0):
 
     torch.manual_seed(seed)
     config = transformers.Phi3Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        original_max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=None,
     )
     transformers.Phi3ForCausalLM(config).save_pretrained(out_dir)
@@ -103,7 +123,7 @@ def write_parquet(rows, path):
 def make(out, shape="messages"):
     """Writes the model and a data set of shape under out; returns where they are."""
     if shape not in DATASET_CONFIG:
-        raise ValueError("shape %r: want one of %s" % (shape, ", ".join(DATASET_CONFIG)))
+        raise ValueError("shape {!r}: want one of {}".format(shape, ", ".join(DATASET_CONFIG)))
     model_dir = os.path.join(out, "model")
     data_dir = os.path.join(out, "data")
     os.makedirs(data_dir, exist_ok=True)
@@ -116,15 +136,24 @@ def make(out, shape="messages"):
     for d in (model_dir, data_dir):
         for name in os.listdir(d):
             os.chmod(os.path.join(d, name), 0o644)
-    return {"model": model_dir, "data": data_dir, "shape": shape, "rows": len(rows),
-            "dataset_config": DATASET_CONFIG[shape]}
+    return {
+        "model": model_dir,
+        "data": data_dir,
+        "shape": shape,
+        "rows": len(rows),
+        "dataset_config": DATASET_CONFIG[shape],
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="make_tiny", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the directory to write model/ and data/ under")
-    p.add_argument("--shape", default="messages", choices=sorted(DATASET_CONFIG),
-                   help="the data set's shape: messages (the default dataset's) or dolly (instruction/response columns)")
+    p.add_argument(
+        "--shape",
+        default="messages",
+        choices=sorted(DATASET_CONFIG),
+        help="the data set's shape: messages (the default dataset's) or dolly (instruction/response columns)",
+    )
     args = p.parse_args(argv)
     json.dump(make(args.out, args.shape), sys.stdout)
     sys.stdout.write("\n")

@@ -13,7 +13,7 @@ class FakeTokenizer:
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         self.calls.append((tokenize, add_generation_prompt))
-        text = "".join("[%s]%s[end]" % (m["role"], m["content"]) for m in messages)
+        text = "".join("[{}]{}[end]".format(m["role"], m["content"]) for m in messages)
         return text + "[assistant]" if add_generation_prompt else text
 
 
@@ -21,7 +21,7 @@ class RewritingTokenizer(FakeTokenizer):
     """Like templates that drop earlier turns' reasoning: a prefix is not rendered as in the whole."""
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return super().apply_chat_template(messages, tokenize, add_generation_prompt) + "[n=%d]" % len(messages)
+        return super().apply_chat_template(messages, tokenize, add_generation_prompt) + f"[n={len(messages):d}]"
 
 
 class RefusingTokenizer(FakeTokenizer):
@@ -49,7 +49,9 @@ class ConversationTest(unittest.TestCase):
         self.assertTrue(all(tokenize is False for tokenize, _ in tok.calls))
 
     def test_every_assistant_turn_is_found(self):
-        row = turns(("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "2+2?"), ("assistant", "4"))
+        row = turns(
+            ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "2+2?"), ("assistant", "4")
+        )
         text, spans, _ = chat.conversation(row, "messages", FakeTokenizer())
         self.assertEqual(spanned(text, spans), ["hello[end]", "4[end]"])
 
@@ -72,7 +74,9 @@ class ConversationTest(unittest.TestCase):
                 self.assertTrue(templated)
 
     def test_a_leading_assistant_turn(self):
-        text, spans, _ = chat.conversation(turns(("assistant", "welcome"), ("user", "hi")), "messages", FakeTokenizer())
+        _text, spans, _ = chat.conversation(
+            turns(("assistant", "welcome"), ("user", "hi")), "messages", FakeTokenizer()
+        )
         self.assertEqual(spans, [(0, len("[assistant]welcome[end]"))])
 
 

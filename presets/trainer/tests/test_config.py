@@ -31,9 +31,21 @@ class LoadTest(unittest.TestCase):
         cases = [
             ("lora", {"QuantizationConfig": {"load_in_4bit": True}}, "training_config.QuantizationConfig.load_in_4bit"),
             ("lora", {"QuantizationConfig": {"load_in_8bit": True}}, "training_config.QuantizationConfig.load_in_8bit"),
-            ("qlora", {"QuantizationConfig": {"load_in_4bit": False}}, "training_config.QuantizationConfig.load_in_4bit"),
-            ("qlora", {"TrainingArguments": {"output_dir": "/tmp/out"}}, "training_config.TrainingArguments.output_dir"),
-            ("lora", {"TrainingArguments": {"output_dir": "/mnt/../etc"}}, "training_config.TrainingArguments.output_dir"),
+            (
+                "qlora",
+                {"QuantizationConfig": {"load_in_4bit": False}},
+                "training_config.QuantizationConfig.load_in_4bit",
+            ),
+            (
+                "qlora",
+                {"TrainingArguments": {"output_dir": "/tmp/out"}},
+                "training_config.TrainingArguments.output_dir",
+            ),
+            (
+                "lora",
+                {"TrainingArguments": {"output_dir": "/mnt/../etc"}},
+                "training_config.TrainingArguments.output_dir",
+            ),
             ("lora", {"TrainingArguments": {"per_device_train_batch_size": 0}}, "per_device_train_batch_size"),
             ("lora", {"LoraConfig": {"r": 1024}}, "training_config.LoraConfig.r"),
             ("lora", {"Optimiser": {}}, "training_config.Optimiser"),
@@ -70,12 +82,16 @@ if __name__ == "__main__":
 
 class AllowlistTest(unittest.TestCase):
     def test_refuses_arguments_outside_the_list(self):
-        for section, key, value in (("ModelConfig", "trust_remote_code", True), ("TrainingArguments", "push_to_hub", True),
-                                    ("TrainingArguments", "hub_token", "hf_x"), ("TrainingArguments", "report_to", "wandb")):
+        for section, key, value in (
+            ("ModelConfig", "trust_remote_code", True),
+            ("TrainingArguments", "push_to_hub", True),
+            ("TrainingArguments", "hub_token", "hf_x"),
+            ("TrainingArguments", "report_to", "wandb"),
+        ):
             with self.subTest(key=key):
                 with self.assertRaises(config.ConfigError) as ctx:
                     config.load(json.dumps({"training_config": {section: {key: value}}}), "lora")
-                self.assertIn("training_config.%s.%s" % (section, key), str(ctx.exception))
+                self.assertIn(f"training_config.{section}.{key}", str(ctx.exception))
 
     def test_defaults_are_allowed(self):
         for method in ("lora", "qlora"):

@@ -14,11 +14,13 @@ def write(dirname, name, text):
     return path
 
 
-DOLLY = {"messages": [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "When did Virgin Australia start operating?"},
-    {"role": "assistant", "content": "Virgin Australia commenced services on 31 August 2000."},
-]}
+DOLLY = {
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "When did Virgin Australia start operating?"},
+        {"role": "assistant", "content": "Virgin Australia commenced services on 31 August 2000."},
+    ]
+}
 
 
 class ShapeTest(unittest.TestCase):
@@ -100,11 +102,11 @@ class SplitTest(unittest.TestCase):
 
     def test_small_and_whole(self):
         cases = [
-            (20, 0.95, 1),   # not 2: 1 - 0.95 is a hair above 0.05
-            (3, 0.95, 1),    # at least one held out
-            (2, 0.01, 1),    # and at least one kept
-            (1, 0.5, 0),     # one row is all training
-            (50, 1, 0),      # train_test_split 1: no eval
+            (20, 0.95, 1),  # not 2: 1 - 0.95 is a hair above 0.05
+            (3, 0.95, 1),  # at least one held out
+            (2, 0.01, 1),  # and at least one kept
+            (1, 0.5, 0),  # one row is all training
+            (50, 1, 0),  # train_test_split 1: no eval
         ]
         for n, fraction, want in cases:
             with self.subTest(n=n, fraction=fraction):

@@ -53,6 +53,7 @@ class FetchTest(unittest.TestCase):
 
     def test_failed_download_leaves_no_marker(self):
         with tempfile.TemporaryDirectory() as cache:
+
             def download(**kw):
                 raise OSError(28, "No space left on device")
 

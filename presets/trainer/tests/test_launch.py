@@ -26,7 +26,7 @@ sys.exit(int(code))
 def run(codes, **delays):
     env = dict(os.environ, WORKER_CODES=",".join(codes))
     for rank, seconds in delays.items():
-        env["WORKER_DELAY_%s" % rank.lstrip("r")] = str(seconds)
+        env["WORKER_DELAY_{}".format(rank.lstrip("r"))] = str(seconds)
     return launch.run([sys.executable, "-c", WORKER], len(codes), env=env, poll_seconds=0.05, grace_seconds=2)
 
 

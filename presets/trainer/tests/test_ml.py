@@ -75,11 +75,11 @@ def bnb_4bit_problem():
         packed, state = bnbf.quantize_4bit(w, quant_type="nf4")
         back = bnbf.dequantize_4bit(packed, state)
         if packed.numel() * packed.element_size() >= w.numel() * w.element_size() / 4:
-            return "bitsandbytes' %s backend did not pack 64x64 fp32 weights into 4 bits" % device
+            return f"bitsandbytes' {device} backend did not pack 64x64 fp32 weights into 4 bits"
         if (back.float() - w).abs().max().item() > 1.0:
-            return "bitsandbytes' %s backend gives back other weights than it was given" % device
+            return f"bitsandbytes' {device} backend gives back other weights than it was given"
     except Exception as exc:  # what a missing or broken backend raises varies
-        return "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return "{}: {}".format(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
     return None
 
 
@@ -94,31 +94,31 @@ def announced(stdout, prefix):
     for line in stdout.splitlines():
         if line.startswith(prefix):
             try:
-                out.append(json.loads(line[len(prefix):]))
+                out.append(json.loads(line[len(prefix) :]))
             except ValueError:
-                raise AssertionError("not one JSON object (two processes reporting at once?): %r" % line) from None
+                raise AssertionError(f"not one JSON object (two processes reporting at once?): {line!r}") from None
     return out
 
 
 @unittest.skipUnless(
     not MISSING or REQUIRED,
-    "needs %s, which do not import here: make their environment with hack/ml-env.sh and run the tests with "
-    "the python it prints (KAITOFLOW_ML_REQUIRE=1 makes this a failure instead)" % ", ".join(MISSING),
+    "needs {}, which do not import here: make their environment with hack/ml-env.sh and run the tests with "
+    "the python it prints (KAITOFLOW_ML_REQUIRE=1 makes this a failure instead)".format(", ".join(MISSING)),
 )
 class LoraRunTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         if MISSING:
-            raise AssertionError("KAITOFLOW_ML_REQUIRE=1 but %s do not import" % ", ".join(MISSING))
+            raise AssertionError("KAITOFLOW_ML_REQUIRE=1 but {} do not import".format(", ".join(MISSING)))
         if PRECISION not in PRECISIONS:
-            raise AssertionError("KAITOFLOW_ML_PRECISION=%s: want one of %s" % (PRECISION, ", ".join(PRECISIONS)))
+            raise AssertionError("KAITOFLOW_ML_PRECISION={}: want one of {}".format(PRECISION, ", ".join(PRECISIONS)))
         import torch
 
         cls.cuda = torch.cuda.is_available()
         if PRECISION != "fp32" and not cls.cuda:
             if REQUIRED:
-                raise AssertionError("KAITOFLOW_ML_PRECISION=%s needs a GPU, and torch sees none" % PRECISION)
-            raise unittest.SkipTest("%s needs a GPU" % PRECISION)
+                raise AssertionError(f"KAITOFLOW_ML_PRECISION={PRECISION} needs a GPU, and torch sees none")
+            raise unittest.SkipTest(f"{PRECISION} needs a GPU")
         cls.tmp = tempfile.TemporaryDirectory()
         cls.root = cls.tmp.name
         made = make_tiny.make(cls.root, "dolly")
@@ -141,16 +141,32 @@ class LoraRunTest(unittest.TestCase):
         dtype, mixed = PRECISIONS[PRECISION]
         cfg = {
             "ModelConfig": {"torch_dtype": dtype, "device_map": "auto"},
-            "LoraConfig": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                           "target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]},
+            "LoraConfig": {
+                "r": 8,
+                "lora_alpha": 16,
+                "lora_dropout": 0.0,
+                "target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+            },
             # A high learning rate, so a few steps move LoRA's B matrices well away from zero and
             # the loss down by more than noise.
-            "TrainingArguments": dict({
-                "output_dir": out_dir, "max_steps": steps, "learning_rate": 0.01, "per_device_train_batch_size": BATCH,
-                "logging_steps": 2, "save_strategy": "no", "seed": 0,
-            }, **mixed, **training),
-            "DatasetConfig": dict(self.dataset_cfg if dataset_cfg is None else dataset_cfg,
-                                  train_test_split=TRAIN_SHARE, max_seq_length=64),
+            "TrainingArguments": dict(
+                {
+                    "output_dir": out_dir,
+                    "max_steps": steps,
+                    "learning_rate": 0.01,
+                    "per_device_train_batch_size": BATCH,
+                    "logging_steps": 2,
+                    "save_strategy": "no",
+                    "seed": 0,
+                },
+                **mixed,
+                **training,
+            ),
+            "DatasetConfig": dict(
+                self.dataset_cfg if dataset_cfg is None else dataset_cfg,
+                train_test_split=TRAIN_SHARE,
+                max_seq_length=64,
+            ),
         }
         if quantization:
             cfg["QuantizationConfig"] = quantization
@@ -162,14 +178,34 @@ class LoraRunTest(unittest.TestCase):
         cfg_path = os.path.join(run_dir, "training_config.yaml")
         with open(cfg_path, "w", encoding="utf-8") as f:
             json.dump({"training_config": cfg}, f)
-        cmd = [sys.executable, "-m", "kaitoflow_trainer.train", "--method", method, "--model", self.model_dir,
-               "--config", cfg_path, "--input-dir", data_dir or self.data_dir] + list(extra)
+        cmd = [
+            sys.executable,
+            "-m",
+            "kaitoflow_trainer.train",
+            "--method",
+            method,
+            "--model",
+            self.model_dir,
+            "--config",
+            cfg_path,
+            "--input-dir",
+            data_dir or self.data_dir,
+            *list(extra),
+        ]
         return cmd, run_dir
 
     def environ(self, run_dir, extra=None):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=os.path.join(self.root, "hf"),
-                   KAITOFLOW_OUTPUT_ROOT=self.root, KAITOFLOW_TERMINATION_LOG=os.path.join(run_dir, "termination-log"),
-                   PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", **(extra or {}))
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_HOME=os.path.join(self.root, "hf"),
+            KAITOFLOW_OUTPUT_ROOT=self.root,
+            KAITOFLOW_TERMINATION_LOG=os.path.join(run_dir, "termination-log"),
+            PYTHONUNBUFFERED="1",
+            TOKENIZERS_PARALLELISM="false",
+            **(extra or {}),
+        )
         # Matrices this small train fastest on one thread; and runs whose numbers are compared
         # must add up in the same order.
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -178,14 +214,24 @@ class LoraRunTest(unittest.TestCase):
 
     def fail_run(self, code, run_dir, stdout, stderr):
         log = os.path.join(run_dir, "termination-log")
-        reason = open(log, encoding="utf-8").read() if os.path.exists(log) else ""
-        self.fail("trainer exited %s: %s\n--- stdout\n%s\n--- stderr\n%s" % (code, reason, stdout[-4000:], stderr[-6000:]))
+        reason = ""
+        if os.path.exists(log):
+            with open(log, encoding="utf-8") as f:
+                reason = f.read()
+        self.fail(f"trainer exited {code}: {reason}\n--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-6000:]}")
 
     def run_trainer(self, method, cfg, *extra, data_dir=None, env=None):
         """Runs the trainer to the end; returns its stdout."""
         cmd, run_dir = self.command(method, cfg, data_dir, extra)
-        proc = subprocess.run(cmd, cwd=TRAINER_DIR, env=self.environ(run_dir, env), capture_output=True, text=True,
-                              timeout=TIMEOUT)
+        proc = subprocess.run(
+            cmd,
+            cwd=TRAINER_DIR,
+            env=self.environ(run_dir, env),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
         if proc.returncode != 0:
             self.fail_run(proc.returncode, run_dir, proc.stdout, proc.stderr)
         return proc.stdout
@@ -195,8 +241,9 @@ class LoraRunTest(unittest.TestCase):
         kubelet does to a preempted pod. Returns the checkpoint announced and the exit code."""
         cmd, run_dir = self.command(method, cfg, None, ())
         with open(os.path.join(run_dir, "stderr"), "w+", encoding="utf-8") as err:
-            proc = subprocess.Popen(cmd, cwd=TRAINER_DIR, env=self.environ(run_dir), stdout=subprocess.PIPE,
-                                    stderr=err, text=True)
+            proc = subprocess.Popen(
+                cmd, cwd=TRAINER_DIR, env=self.environ(run_dir), stdout=subprocess.PIPE, stderr=err, text=True
+            )
             watchdog = threading.Timer(TIMEOUT, proc.kill)
             watchdog.start()
             checkpoint, seen = None, []
@@ -204,7 +251,7 @@ class LoraRunTest(unittest.TestCase):
                 for line in proc.stdout:
                     seen.append(line)
                     if line.startswith(CHECKPOINT_PREFIX):
-                        checkpoint = json.loads(line[len(CHECKPOINT_PREFIX):])
+                        checkpoint = json.loads(line[len(CHECKPOINT_PREFIX) :])
                         proc.send_signal(signal.SIGTERM)
                         break
                 seen.append(proc.stdout.read())
@@ -233,8 +280,8 @@ class LoraRunTest(unittest.TestCase):
         history = metrics["loss_history"]
         self.assertEqual([h["step"] for h in history], list(range(2, steps + 1, 2)), "logged every 2 steps")
         first, last = history[0]["loss"], history[-1]["loss"]
-        self.assertLess(last, first * 0.95, "the training loss did not fall: %s" % history)
-        self.assertIsNotNone(metrics.get("eval_loss"), "no eval_loss in %s" % metrics)
+        self.assertLess(last, first * 0.95, f"the training loss did not fall: {history}")
+        self.assertIsNotNone(metrics.get("eval_loss"), f"no eval_loss in {metrics}")
         self.assertTrue(math.isfinite(metrics["eval_loss"]), metrics)
         self.assertAlmostEqual(metrics["perplexity"], math.exp(metrics["eval_loss"]), places=3)
         self.assertEqual(metrics["eval_examples"], EVAL_ROWS)
@@ -249,7 +296,7 @@ class LoraRunTest(unittest.TestCase):
 
         weights = load_file(os.path.join(out_dir, "adapter_model.safetensors"))
         b = [t for k, t in weights.items() if "lora_B" in k]
-        self.assertTrue(b, "no LoRA B matrices in %s" % sorted(weights))
+        self.assertTrue(b, f"no LoRA B matrices in {sorted(weights)}")
         self.assertTrue(any(torch.count_nonzero(t) > 0 for t in b), "LoRA B is still zero: nothing was learnt")
         return metrics
 
@@ -293,11 +340,13 @@ class LoraRunTest(unittest.TestCase):
         self.assertEqual(saved, list(range(SAVE_STEPS, STEPS + 1, SAVE_STEPS)))
         # The newest two stay on disk (save_total_limit), each one a checkpoint transformers resumes from.
         for step in saved[-2:]:
-            path = os.path.join(out_dir, "checkpoint-%d" % step)
+            path = os.path.join(out_dir, f"checkpoint-{step:d}")
             for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
-                self.assertTrue(os.path.isfile(os.path.join(path, name)), "%s has no %s" % (path, name))
+                self.assertTrue(os.path.isfile(os.path.join(path, name)), f"{path} has no {name}")
             self.assertEqual(read_json(os.path.join(path, "trainer_state.json"))["global_step"], step)
-        self.assertFalse(os.path.exists(os.path.join(out_dir, "checkpoint-%d" % saved[0])), "older checkpoints are pruned")
+        self.assertFalse(
+            os.path.exists(os.path.join(out_dir, f"checkpoint-{saved[0]:d}")), "older checkpoints are pruned"
+        )
 
     def test_resume_after_sigterm(self):
         """A run stopped by SIGTERM after its first checkpoint, resumed from it in a new process
@@ -312,19 +361,19 @@ class LoraRunTest(unittest.TestCase):
         cfg = self.config(out_dir, save_strategy="steps", save_steps=SAVE_STEPS)
         checkpoint, code = self.run_until_checkpoint("lora", cfg)
         self.assertEqual(checkpoint["step"], SAVE_STEPS)
-        self.assertEqual(code, -signal.SIGTERM, "the run ended (%s) before SIGTERM reached it" % code)
+        self.assertEqual(code, -signal.SIGTERM, f"the run ended ({code}) before SIGTERM reached it")
         self.assertFalse(os.path.exists(os.path.join(out_dir, "metrics.json")), "the stopped run finished")
 
         stdout = self.run_trainer("lora", cfg, "--resume-from", checkpoint["path"], "--compare-adapter", full_dir)
-        self.assertIn("resuming from %s" % checkpoint["path"], stdout)
+        self.assertIn("resuming from {}".format(checkpoint["path"]), stdout)
         metrics = self.check_run(out_dir, stdout, STEPS)
         # It went on from the checkpoint's step, not from the start...
         self.assertGreater(announced(stdout, PROGRESS_PREFIX)[0]["step"], SAVE_STEPS)
         # ...with the model, optimizer, scheduler, RNG and data order restored: step for step the
         # losses of the run never stopped, and the same adapter.
-        for got, want in zip(metrics["loss_history"], full["loss_history"]):
+        for got, want in zip(metrics["loss_history"], full["loss_history"], strict=False):
             self.assertEqual(got["step"], want["step"])
-            self.assertAlmostEqual(got["loss"], want["loss"], delta=self.tolerance(), msg="step %d" % got["step"])
+            self.assertAlmostEqual(got["loss"], want["loss"], delta=self.tolerance(), msg=f"step {got['step']:d}")
         resumed = load_file(os.path.join(out_dir, "adapter_model.safetensors"))
         uninterrupted = load_file(os.path.join(full_dir, "adapter_model.safetensors"))
         self.assertEqual(sorted(resumed), sorted(uninterrupted))
@@ -334,10 +383,12 @@ class LoraRunTest(unittest.TestCase):
         # The three scores a promotion policy compares, on the same held-out rows: the serving
         # adapter is the uninterrupted run's, so it scores what that run scored itself.
         for key in ("eval_loss", "serving_eval_loss", "base_eval_loss"):
-            self.assertTrue(math.isfinite(metrics.get(key, math.nan)), "%s in %s" % (key, metrics))
+            self.assertTrue(math.isfinite(metrics.get(key, math.nan)), f"{key} in {metrics}")
         self.assertAlmostEqual(metrics["serving_eval_loss"], full["eval_loss"], delta=self.tolerance())
         self.assertAlmostEqual(metrics["base_eval_loss"], full["base_eval_loss"], delta=self.tolerance())
-        self.assertNotEqual(metrics["serving_eval_loss"], metrics["base_eval_loss"], "the serving adapter changed nothing")
+        self.assertNotEqual(
+            metrics["serving_eval_loss"], metrics["base_eval_loss"], "the serving adapter changed nothing"
+        )
         self.assertFalse(os.path.exists(os.path.join(out_dir, "serving")), "the compared adapter was saved too")
 
     def test_data_parallel(self):
@@ -347,11 +398,12 @@ class LoraRunTest(unittest.TestCase):
         import torch
 
         if self.cuda and torch.cuda.device_count() < 2:
-            self.skipTest("data parallel on GPUs needs two; torch sees %d" % torch.cuda.device_count())
+            self.skipTest(f"data parallel on GPUs needs two; torch sees {torch.cuda.device_count():d}")
         out_dir = os.path.join(self.root, "ddp-results")
         cfg = self.config(out_dir, steps=SHORT_STEPS, dataset_cfg={}, gradient_checkpointing=True)
-        stdout = self.run_trainer("lora", cfg, "--processes", "2", data_dir=self.messages_dir,
-                                  env={"KAITOFLOW_CHECKPOINT_MINUTES": "0.002"})
+        stdout = self.run_trainer(
+            "lora", cfg, "--processes", "2", data_dir=self.messages_dir, env={"KAITOFLOW_CHECKPOINT_MINUTES": "0.002"}
+        )
         self.assertIn("2 training processes", stdout)
         metrics = self.check_run(out_dir, stdout, SHORT_STEPS)
         self.assertEqual(metrics["shape"], "messages")
@@ -371,23 +423,32 @@ class LoraRunTest(unittest.TestCase):
         problem = bnb_4bit_problem()
         if problem:
             if self.cuda:
-                self.fail("bitsandbytes cannot quantize on this GPU: %s" % problem)
-            self.skipTest("bitsandbytes cannot quantize to 4 bits on this CPU (%s); tests/gpu_check.sh covers QLoRA" % problem)
+                self.fail(f"bitsandbytes cannot quantize on this GPU: {problem}")
+            self.skipTest(
+                f"bitsandbytes cannot quantize to 4 bits on this CPU ({problem}); tests/gpu_check.sh covers QLoRA"
+            )
         out_dir = os.path.join(self.root, "qlora-results")
         compute = {"fp16": "float16", "bf16": "bfloat16"}.get(PRECISION, "float32")
-        quantization = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-                        "bnb_4bit_compute_dtype": compute, "bnb_4bit_use_double_quant": True}
+        quantization = {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": compute,
+            "bnb_4bit_use_double_quant": True,
+        }
         stdout = self.run_trainer("qlora", self.config(out_dir, steps=SHORT_STEPS, quantization=quantization))
         metrics = self.check_run(out_dir, stdout, SHORT_STEPS)
         self.check_reload(out_dir)
         # The base model scored here is the quantized one: the same weights in full precision
         # score differently on the same rows.
         full = read_json(os.path.join(self.lora_run()[0], "metrics.json"))
-        self.assertNotAlmostEqual(metrics["base_eval_loss"], full["base_eval_loss"], places=5,
-                                  msg="the base model was not quantized")
+        self.assertNotAlmostEqual(
+            metrics["base_eval_loss"], full["base_eval_loss"], places=5, msg="the base model was not quantized"
+        )
 
     def learnt_tokens(self, example):
-        return [t for t, label in zip(example["input_ids"], example["labels"]) if label != tokens.IGNORE_INDEX]
+        return [
+            t for t, label in zip(example["input_ids"], example["labels"], strict=False) if label != tokens.IGNORE_INDEX
+        ]
 
     def test_real_tokenizer_learns_the_answer_only(self):
         """Label masking with the model's own tokenizer and chat template: one BOS, at the start,
@@ -403,7 +464,7 @@ class LoraRunTest(unittest.TestCase):
         self.assertEqual(ids[0], tok.bos_token_id)
         answer = tok(row["response"], add_special_tokens=False)["input_ids"] + [end_id]
         # The answer closes the text, and it alone is learnt: everything before is prompt.
-        self.assertEqual(ids[-len(answer):], answer, tok.convert_ids_to_tokens(ids))
+        self.assertEqual(ids[-len(answer) :], answer, tok.convert_ids_to_tokens(ids))
         self.assertEqual(labels, [tokens.IGNORE_INDEX] * (len(ids) - len(answer)) + answer)
         # The prompt is there, not truncated away: masked, not missing.
         prompt = tok(row["instruction"], add_special_tokens=False)["input_ids"]
@@ -426,11 +487,15 @@ class LoraRunTest(unittest.TestCase):
         tok = self.tok
         end_id = tok.convert_tokens_to_ids("<|end|>")
         r1, r2 = self.rows[0], self.rows[1]
-        row = {"messages": [
-            {"role": "system", "content": r2["instruction"]},
-            {"role": "user", "content": r1["instruction"]}, {"role": "assistant", "content": r1["response"]},
-            {"role": "user", "content": r2["instruction"]}, {"role": "assistant", "content": r2["response"]},
-        ]}
+        row = {
+            "messages": [
+                {"role": "system", "content": r2["instruction"]},
+                {"role": "user", "content": r1["instruction"]},
+                {"role": "assistant", "content": r1["response"]},
+                {"role": "user", "content": r2["instruction"]},
+                {"role": "assistant", "content": r2["response"]},
+            ]
+        }
         (example,), counts = tokens.encode_rows([row], "messages", tok, {}, 128)
         self.assertEqual(counts, {"whole_text": 0, "nothing_to_learn": 0})
         self.assertEqual(example["input_ids"].count(tok.bos_token_id), 1)

@@ -18,7 +18,7 @@ class CharTokenizer:
         assert truncation
         ids, offsets = [ord(c) for c in text], [(i, i + 1) for i in range(len(text))]
         if add_special_tokens:
-            ids, offsets = [BOS] + ids, [(0, 0)] + offsets
+            ids, offsets = [BOS, *ids], [(0, 0), *offsets]
         enc = {"input_ids": ids[:max_length]}
         if return_offsets_mapping:
             enc["offset_mapping"] = offsets[:max_length]
@@ -30,7 +30,7 @@ class TemplateTokenizer(CharTokenizer):
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         # A template that writes BOS itself, as many do: tokenizing its text must not add another.
-        text = chr(BOS) + "".join("[%s]%s[end]" % (m["role"], m["content"]) for m in messages)
+        text = chr(BOS) + "".join("[{}]{}[end]".format(m["role"], m["content"]) for m in messages)
         return text + "[assistant]" if add_generation_prompt else text
 
 
@@ -43,7 +43,11 @@ class SlowTokenizer(CharTokenizer):
 
 
 def learnt(example):
-    return "".join(chr(t) if t > EOS else "<%d>" % t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX)
+    return "".join(
+        chr(t) if t > EOS else f"<{t:d}>"
+        for t, label in zip(example["input_ids"], example["labels"], strict=False)
+        if label != IGNORE_INDEX
+    )
 
 
 PC = {"prompt": "2+2?", "completion": "4"}
@@ -62,7 +66,9 @@ class LabelsTest(unittest.TestCase):
 
     def test_eos_follows_what_it_ends(self):
         self.assertEqual(tokens.end_with_eos([5, 6], [5, 6], EOS, 10), ([5, 6, EOS], [5, 6, EOS]))
-        self.assertEqual(tokens.end_with_eos([5, 6], [5, IGNORE_INDEX], EOS, 10), ([5, 6, EOS], [5, IGNORE_INDEX, IGNORE_INDEX]))
+        self.assertEqual(
+            tokens.end_with_eos([5, 6], [5, IGNORE_INDEX], EOS, 10), ([5, 6, EOS], [5, IGNORE_INDEX, IGNORE_INDEX])
+        )
         self.assertEqual(tokens.end_with_eos([5, EOS], [5, EOS], EOS, 10), ([5, EOS], [5, EOS]))
         self.assertEqual(tokens.end_with_eos([5, 6], [5, 6], EOS, 2), ([5, 6], [5, 6]))  # maybe truncated
         self.assertEqual(tokens.end_with_eos([5], [5], None, 10), ([5], [5]))
@@ -108,10 +114,13 @@ class EncodeTest(unittest.TestCase):
 
 class PadTest(unittest.TestCase):
     def test_padding_is_masked_and_eos_is_kept(self):
-        batch = tokens.pad_batch([
-            {"input_ids": [BOS, 5, EOS], "labels": [IGNORE_INDEX, 5, EOS]},
-            {"input_ids": [BOS, 6, 7, 8, EOS], "labels": [IGNORE_INDEX, 6, 7, 8, EOS]},
-        ], pad_id=EOS)
+        batch = tokens.pad_batch(
+            [
+                {"input_ids": [BOS, 5, EOS], "labels": [IGNORE_INDEX, 5, EOS]},
+                {"input_ids": [BOS, 6, 7, 8, EOS], "labels": [IGNORE_INDEX, 6, 7, 8, EOS]},
+            ],
+            pad_id=EOS,
+        )
         self.assertEqual(batch["input_ids"][0], [BOS, 5, EOS, EOS, EOS])
         self.assertEqual(batch["attention_mask"][0], [1, 1, 1, 0, 0])
         self.assertEqual(batch["labels"][0], [IGNORE_INDEX, 5, EOS, IGNORE_INDEX, IGNORE_INDEX])

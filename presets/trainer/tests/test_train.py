@@ -28,11 +28,16 @@ class ExitTest(unittest.TestCase):
             err = io.StringIO()
             with mock.patch.object(train, "TERMINATION_LOG", log), redirect_stderr(err):
                 code = train.main(["--config", cfg_path, "--method", method, "--model", model, "--input-dir", data_dir])
-            reason = open(log).read() if os.path.exists(log) else ""
+            reason = ""
+            if os.path.exists(log):
+                with open(log) as f:
+                    reason = f.read()
             return code, err.getvalue(), reason
 
     def test_bad_config_exits_2(self):
-        code, err, reason = self.run_main(json.dumps({"TrainingArguments": {"output_dir": "/etc"}}), {"a.jsonl": '{"text": "x"}\n'})
+        code, err, reason = self.run_main(
+            json.dumps({"TrainingArguments": {"output_dir": "/etc"}}), {"a.jsonl": '{"text": "x"}\n'}
+        )
         self.assertEqual(code, EXIT_CONFIG)
         self.assertIn("output_dir", reason)
         self.assertEqual(len(err.strip().splitlines()), 1)
@@ -56,7 +61,12 @@ class ExitTest(unittest.TestCase):
 
 class HelpersTest(unittest.TestCase):
     def test_dtype_argument(self):
-        for version, want in [("4.46.3", "torch_dtype"), ("4.56.0", "dtype"), ("5.18.0", "dtype"), ("5.0.0.dev0", "dtype")]:
+        for version, want in [
+            ("4.46.3", "torch_dtype"),
+            ("4.56.0", "dtype"),
+            ("5.18.0", "dtype"),
+            ("5.0.0.dev0", "dtype"),
+        ]:
             with self.subTest(version=version):
                 self.assertEqual(train.dtype_argument(version), want)
 
@@ -67,9 +77,16 @@ class HelpersTest(unittest.TestCase):
     def test_loss_history_keeps_the_losses_logged_before_a_resume(self):
         # A resumed run's log history: what the checkpoint carried, then this process's logs, the
         # evaluations between, and transformers' summary of the run, which has no "loss".
-        log = [{"loss": 3.3, "step": 2, "epoch": 0.4}, {"loss": 3.1, "step": 4}, {"eval_loss": 3.2, "step": 4},
-               {"loss": 2.9, "step": 6}, {"train_loss": 3.0, "step": 6, "train_runtime": 1.0}]
-        self.assertEqual(train.loss_history(log), [{"step": 2, "loss": 3.3}, {"step": 4, "loss": 3.1}, {"step": 6, "loss": 2.9}])
+        log = [
+            {"loss": 3.3, "step": 2, "epoch": 0.4},
+            {"loss": 3.1, "step": 4},
+            {"eval_loss": 3.2, "step": 4},
+            {"loss": 2.9, "step": 6},
+            {"train_loss": 3.0, "step": 6, "train_runtime": 1.0},
+        ]
+        self.assertEqual(
+            train.loss_history(log), [{"step": 2, "loss": 3.3}, {"step": 4, "loss": 3.1}, {"step": 6, "loss": 2.9}]
+        )
 
     def test_progress_times_only_the_steps_this_process_trained(self):
         class FakeTransformers:
@@ -82,12 +99,16 @@ class HelpersTest(unittest.TestCase):
         cb.on_step_begin(args, mock.Mock(global_step=9), None)
         out = io.StringIO()
         with mock.patch.object(train.time, "time", return_value=1004.0), mock.patch("sys.stdout", out):
-            cb.on_log(args, mock.Mock(global_step=10, max_steps=24, is_world_process_zero=True), None, logs={"loss": 2.5})
+            cb.on_log(
+                args, mock.Mock(global_step=10, max_steps=24, is_world_process_zero=True), None, logs={"loss": 2.5}
+            )
         line = out.getvalue().strip()
         self.assertTrue(line.startswith(train.PROGRESS_PREFIX), line)
         # 2 steps of 2 rows of 100 tokens in 4 seconds, not the 10 steps since the run began.
-        self.assertEqual(json.loads(line[len(train.PROGRESS_PREFIX):]),
-                         {"step": 10, "max_steps": 24, "loss": 2.5, "tokens_per_second": 100.0})
+        self.assertEqual(
+            json.loads(line[len(train.PROGRESS_PREFIX) :]),
+            {"step": 10, "max_steps": 24, "loss": 2.5, "tokens_per_second": 100.0},
+        )
 
     def test_training_arguments_without_a_gpu(self):
         class FakeTransformers:
@@ -102,7 +123,9 @@ class HelpersTest(unittest.TestCase):
         self.assertNotIn("dataloader_pin_memory", gpu)
 
     def test_metrics_stay_json_go_can_read(self):
-        safe = train.json_safe({"eval_loss": math.nan, "perplexity": math.inf, "steps": 3, "loss_history": [{"loss": -math.inf}]})
+        safe = train.json_safe(
+            {"eval_loss": math.nan, "perplexity": math.inf, "steps": 3, "loss_history": [{"loss": -math.inf}]}
+        )
         self.assertEqual(safe, {"eval_loss": None, "perplexity": None, "steps": 3, "loss_history": [{"loss": None}]})
         json.dumps(safe, allow_nan=False)
 
@@ -139,7 +162,9 @@ class CheckpointTest(unittest.TestCase):
             cb.on_save(args, state, control)
         line = out.getvalue().strip()
         self.assertTrue(line.startswith(train.CHECKPOINT_PREFIX), line)
-        self.assertEqual(json.loads(line[len(train.CHECKPOINT_PREFIX):]), {"step": 120, "path": "/mnt/results/checkpoint-120"})
+        self.assertEqual(
+            json.loads(line[len(train.CHECKPOINT_PREFIX) :]), {"step": 120, "path": "/mnt/results/checkpoint-120"}
+        )
         # The clock starts again at the save.
         control.should_save = False
         now[0] += 60
@@ -148,7 +173,9 @@ class CheckpointTest(unittest.TestCase):
 
     def test_oom_account_is_the_failure_json(self):
         targs = mock.Mock(per_device_train_batch_size=4)
-        acc = train.oom_account(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 17, {"max_seq_length": 1024}, targs, None)
+        acc = train.oom_account(
+            RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 17, {"max_seq_length": 1024}, targs, None
+        )
         self.assertEqual((acc["reason"], acc["step"], acc["batchSize"], acc["seqLen"]), ("GPUOutOfMemory", 17, 4, 1024))
         self.assertIn("step 17 with batch 4, sequence 1024", acc["message"])
         err = train.OutOfGPUMemory(acc)

@@ -149,21 +149,77 @@ class FailureTest(unittest.TestCase):
         secret = {"HF_TOKEN": "hf_x", "KAITOFLOW_MODEL_ACCESS_SECRET": "team-a/hf-token"}
         cases = [
             # (error, env, local_files_only, wanted in the message, exit code)
-            (GatedRepoError("403 Client Error\nCannot access gated repo", 403), secret, False, ["HTTP 403", "Secret team-a/hf-token"], EXIT_MODEL),
-            (GatedRepoError("401 Client Error", 401), {}, False, ["HTTP 401", "no token was given", "presetOptions.modelAccessSecret"], EXIT_MODEL),
-            (RepositoryNotFoundError("401 Client Error\nRepository Not Found", 401), secret, False, ["HTTP 401", "team-a/hf-token"], EXIT_MODEL),
-            (RevisionNotFoundError("404 Client Error\nRevision Not Found", 404), {}, False, ["HTTP 404", "revision " + REV], EXIT_MODEL),
-            (RepositoryNotFoundError("404 Client Error", 404), {}, False, ["HTTP 404", MODEL + "@" + REV, "not found"], EXIT_MODEL),
+            (
+                GatedRepoError("403 Client Error\nCannot access gated repo", 403),
+                secret,
+                False,
+                ["HTTP 403", "Secret team-a/hf-token"],
+                EXIT_MODEL,
+            ),
+            (
+                GatedRepoError("401 Client Error", 401),
+                {},
+                False,
+                ["HTTP 401", "no token was given", "presetOptions.modelAccessSecret"],
+                EXIT_MODEL,
+            ),
+            (
+                RepositoryNotFoundError("401 Client Error\nRepository Not Found", 401),
+                secret,
+                False,
+                ["HTTP 401", "team-a/hf-token"],
+                EXIT_MODEL,
+            ),
+            (
+                RevisionNotFoundError("404 Client Error\nRevision Not Found", 404),
+                {},
+                False,
+                ["HTTP 404", "revision " + REV],
+                EXIT_MODEL,
+            ),
+            (
+                RepositoryNotFoundError("404 Client Error", 404),
+                {},
+                False,
+                ["HTTP 404", MODEL + "@" + REV, "not found"],
+                EXIT_MODEL,
+            ),
             (HfHubHTTPError("429 Too Many Requests", 429), {}, False, ["HTTP 429"], EXIT_FAILED),
             (offline_after(503), {}, False, ["HTTP 503"], EXIT_FAILED),
-            (ConnectionError("connection refused"), {}, False, ["cannot download", "/mnt/cache/hub", "connection refused"], EXIT_FAILED),
-            (LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder"), {}, True, ["local_files_only", "not in the cache"], EXIT_MODEL),
-            (HFValidationError("Repo id must be in the form 'repo_name'"), {}, False, ["not a model directory"], EXIT_MODEL),
-            (OSError(28, "No space left on device"), {}, False, ["/mnt/cache/hub", "No space left", "larger or writable"], EXIT_MODEL),
+            (
+                ConnectionError("connection refused"),
+                {},
+                False,
+                ["cannot download", "/mnt/cache/hub", "connection refused"],
+                EXIT_FAILED,
+            ),
+            (
+                LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder"),
+                {},
+                True,
+                ["local_files_only", "not in the cache"],
+                EXIT_MODEL,
+            ),
+            (
+                HFValidationError("Repo id must be in the form 'repo_name'"),
+                {},
+                False,
+                ["not a model directory"],
+                EXIT_MODEL,
+            ),
+            (
+                OSError(28, "No space left on device"),
+                {},
+                False,
+                ["/mnt/cache/hub", "No space left", "larger or writable"],
+                EXIT_MODEL,
+            ),
             (PermissionError(13, "Permission denied"), {}, False, ["Permission denied", "writable"], EXIT_MODEL),
         ]
         for error, env, local_only, wants, code in cases:
-            with self.subTest(error=type(error).__name__, status=getattr(getattr(error, "response", None), "status_code", None)):
+            with self.subTest(
+                error=type(error).__name__, status=getattr(getattr(error, "response", None), "status_code", None)
+            ):
                 msg, exit_code = self.fail_with(error, local_only, **env)
                 for want in wants:
                     self.assertIn(want, msg)
