@@ -118,10 +118,8 @@ func (g *globals) logger() (*slog.Logger, error) {
 	format := g.logFormat
 	if format == "auto" {
 		format = "json"
-		if f, ok := g.err.(*os.File); ok {
-			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-				format = "text"
-			}
+		if isTerminal(g.err) {
+			format = "text"
 		}
 	}
 	switch format {
@@ -131,6 +129,16 @@ func (g *globals) logger() (*slog.Logger, error) {
 		return slog.New(logctx.New(slog.NewTextHandler(g.err, opts))), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want auto, text or json", g.logFormat)
+}
+
+// isTerminal reports whether w is a terminal (a character device, as a TTY is).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // flagsFromEnv sets every flag not given on the command line from KAITOFLOW_<FLAG>, if set.

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
 
@@ -36,10 +37,11 @@ drivers (simulated GPU nodes, trainer and endpoint; a real OCI push to an embedd
 status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
+			log, closeLog, err := g.upLogger(o.drivers.dir())
 			if err != nil {
 				return err
 			}
+			defer closeLog()
 			return o.run(cmd.Context(), g, log)
 		},
 	}
@@ -93,6 +95,35 @@ func (o *upFlags) run(ctx context.Context, g *globals, log *slog.Logger) error {
 	<-ctx.Done()
 	log.Info("shutting down: letting in-flight steps finish")
 	return p.Close()
+}
+
+// upLogFile, under the data dir, is up's log when it runs in a terminal.
+const upLogFile = "up.log"
+
+// upLogger is up's logger. In a terminal the screen is for the timeline and the hints: the log goes
+// to upLogFile under the data dir, and only warnings and errors reach the screen too. Elsewhere
+// (piped, --log-format given) it logs as every command does.
+func (g *globals) upLogger(dataDir string) (*slog.Logger, func(), error) {
+	if g.logFormat != "auto" || !isTerminal(g.err) {
+		log, err := g.logger()
+		return log, func() {}, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, nil, fmt.Errorf("--log-level: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("data dir: %w", err)
+	}
+	path := filepath.Join(dataDir, upLogFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("log file: %w", err)
+	}
+	fmt.Fprintf(g.err, "kaitoflow logs to %s; warnings and errors show here too\n", path)
+	h := slog.NewMultiHandler(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level}),
+		slog.NewTextHandler(g.err, &slog.HandlerOptions{Level: max(level, slog.LevelWarn)}))
+	return slog.New(logctx.New(h)), func() { _ = f.Close() }, nil
 }
 
 // cliHint is how a user reaches this pipeline from another terminal: the command they ran, with

@@ -334,6 +334,9 @@ func startNATS(cfg Config, users []*server.User) (*server.Server, error) {
 		if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
 			return nil, fmt.Errorf("NATS listen port %q: %w", ps, err)
 		}
+		if port == 0 {
+			port = -1 // any free port, as :0 means for every listener (nats-server's 0 is 4222)
+		}
 		// nats-server only logs a port it cannot bind, and never becomes ready: say so at once.
 		if port > 0 {
 			ln, err := net.Listen("tcp", cfg.NATSListen)
