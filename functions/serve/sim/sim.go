@@ -265,9 +265,10 @@ func (s *Deployer) modelServer(d serve.Deployment, replica string, upstream *url
 	}
 	sim := &vllmsim.Server{Base: d.Workspace.PresetName(), Describe: d.Workspace.PresetName(), TokenDelay: 15 * time.Millisecond,
 		LoadDelay: s.Delay, LoRALoadDelay: s.LoRALoadDelay}
+	rt := sim.Handler() // starts the simulated load: ReadyAt is known from here
 	loaded := make(chan struct{})
 	time.AfterFunc(time.Until(sim.ReadyAt()), func() { close(loaded) })
-	return replicaServer{upstream: upstream, transport: s.Transport, rt: sim.Handler(), loaded: loaded, stop: func() {}}, nil
+	return replicaServer{upstream: upstream, transport: s.Transport, rt: rt, loaded: loaded, stop: func() {}}, nil
 }
 
 // startLocked starts a replica of svc's current revision.
