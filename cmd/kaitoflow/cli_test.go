@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
 )
@@ -111,6 +113,30 @@ func TestCLI(t *testing.T) {
 	rec, err := p.Store.Get(ctx, "default", "workspace-tuning-phi-3")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// -o yaml is a Kaito Workspace object: it decodes as one (strictly), and submitted back it
+	// changes nothing; -o name and -o jsonpath answer as kubectl's do; a list is a List.
+	if ws, err := kaito.DecodeWorkspace([]byte(out)); err != nil || ws.APIVersion != kaito.APIVersionV1Beta1 || ws.Kind != kaito.Kind ||
+		ws.Name != "workspace-tuning-phi-3" || ws.Generation != 1 || ws.Status.Phase != "Ready" || ws.Status.Endpoint != rec.Endpoint {
+		t.Errorf("get -o yaml is not the Workspace object: %v %+v", err, ws)
+	}
+	if back, _, err := cliIn(t, out, p.URL, "submit", "-f", "-"); err != nil || !strings.Contains(back, "workspace-tuning-phi-3 unchanged") {
+		t.Errorf("get -o yaml | submit -f -: %v %q", err, back)
+	}
+	if out, _, err := cli(t, p.URL, "get", "workspaces", "-o", "name"); err != nil || out != "workspace.kaito.sh/workspace-tuning-phi-3\n" {
+		t.Errorf("get -o name: %v %q", err, out)
+	}
+	if out, _, err := cli(t, p.URL, "get", "workspace", "workspace-tuning-phi-3", "-o", "jsonpath={.status.endpoint}"); err != nil ||
+		strings.TrimSpace(out) != rec.Endpoint {
+		t.Errorf("get -o jsonpath: %v %q, want %q", err, out, rec.Endpoint)
+	}
+	out, _, err = cli(t, p.URL, "get", "workspaces", "-o", "json")
+	var list struct {
+		Kind  string
+		Items []kaito.Workspace
+	}
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || list.Kind != "List" || len(list.Items) != 1 || list.Items[0].Kind != kaito.Kind {
+		t.Errorf("get workspaces -o json: %v\n%s", err, out)
 	}
 	// adapters: the one generation, serving, by its digest; promote refuses the one serving.
 	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3")

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/duration"
+	"k8s.io/client-go/util/jsonpath"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
@@ -205,7 +206,8 @@ func newGet(g *globals) *cobra.Command {
 			return printWorkspaces(g.out, list, output, len(args) == 2, all)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: yaml, json, wide")
+	cmd.Flags().StringVarP(&output, "output", "o", "",
+		"output format: yaml or json (Kaito Workspace objects, a List of them without NAME), name, jsonpath=TEMPLATE, wide")
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list workspaces in every namespace")
 	cluster.register(cmd.Flags())
 	return cmd
@@ -254,6 +256,43 @@ func (g *globals) getConfigMaps(ctx context.Context, c *api.Client, names []stri
 	return tw.Flush()
 }
 
+// printResources prints Kubernetes objects as kubectl does: one object, or several as a List, in
+// JSON or YAML; TYPE/NAME lines (-o name); or a JSONPath template over the same object
+// (-o jsonpath='{.status.endpoint}').
+func printResources(out io.Writer, objects []kaito.Workspace, format string, single bool) error {
+	if format == "name" {
+		for _, o := range objects {
+			fmt.Fprintf(out, "workspace.%s/%s\n", kaito.Group, o.Name)
+		}
+		return nil
+	}
+	var v any = map[string]any{"apiVersion": "v1", "kind": "List", "metadata": map[string]any{}, "items": objects}
+	if single {
+		v = objects[0]
+	}
+	tmpl, ok := strings.CutPrefix(format, "jsonpath=")
+	if !ok {
+		return printObjects(out, []any{v}, format, true)
+	}
+	jp := jsonpath.New("output").AllowMissingKeys(true)
+	if err := jp.Parse(tmpl); err != nil {
+		return fmt.Errorf("-o jsonpath: %w", err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var data any
+	if err := json.Unmarshal(b, &data); err != nil {
+		return err
+	}
+	if err := jp.Execute(out, data); err != nil {
+		return fmt.Errorf("-o jsonpath: %w", err)
+	}
+	_, err = fmt.Fprintln(out)
+	return err
+}
+
 // printObjects prints list, or its one element, as JSON or YAML.
 func printObjects[T any](out io.Writer, list []T, format string, single bool) error {
 	var v any = list
@@ -274,12 +313,16 @@ func printObjects[T any](out io.Writer, list []T, format string, single bool) er
 }
 
 func printWorkspaces(out io.Writer, list []status.Workspace, format string, single, allNS bool) error {
-	switch format {
-	case "json", "yaml":
-		return printObjects(out, list, format, single)
-	case "", "wide":
+	switch {
+	case format == "json", format == "yaml", format == "name", strings.HasPrefix(format, "jsonpath="):
+		objects := make([]kaito.Workspace, len(list))
+		for i := range list {
+			objects[i] = list[i].Resource()
+		}
+		return printResources(out, objects, format, single)
+	case format == "", format == "wide":
 	default:
-		return fmt.Errorf("-o %q: want yaml, json or wide", format)
+		return fmt.Errorf("-o %q: want yaml, json, name, jsonpath=TEMPLATE or wide", format)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
 	// Kaito v1beta1's columns, as kubectl prints them for the CRD.

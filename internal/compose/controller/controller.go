@@ -185,7 +185,7 @@ func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured
 		}
 	}
 	if rec != nil {
-		st := statusOf(rec)
+		st := rec.KaitoStatus()
 		c.recordEvents(u, rec, &st)
 		if err := c.rollback(ctx, u, rec, &st); err != nil {
 			return err
@@ -375,22 +375,7 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 	return nil
 }
 
-// statusOf renders a record as the custom resource's status.
-func statusOf(rec *status.Workspace) kaito.WorkspaceStatus {
-	st := kaito.WorkspaceStatus{WorkerNodes: rec.Nodes, Conditions: rec.Conditions, ObservedGeneration: rec.Generation,
-		Phase: string(rec.Phase), Endpoint: rec.Endpoint, Image: rec.Image, Adapters: rec.Adapters, State: rec.State(),
-		TargetNodeCount:   int32(rec.TargetNodeCount()),
-		ServingGeneration: rec.ServingGeneration, Replicas: rec.Replicas, GPU: rec.GPU,
-		History: rec.History, LiveGeneration: rec.Live, Held: rec.Held}
-	if len(rec.Attempts) > 1 {
-		st.Attempts = rec.Attempts
-	}
-	if rec.Failure != nil {
-		st.Failure = rec.Failure.Reason + ": " + rec.Failure.Message
-	}
-	return st
-}
-
+// writeStatus writes the record, as Kaito's status block, to the resource when it changed.
 func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, st kaito.WorkspaceStatus) error {
 	m, err := toMap(st)
 	if err != nil {
