@@ -145,6 +145,18 @@ func TestCLI(t *testing.T) {
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 serving "+rec.ImageDigest[:19]) {
 		t.Errorf("adapters: %v\n%s", err, out)
 	}
+	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3", "-o", "json")
+	var history struct {
+		Adapters []struct {
+			Generation int64
+			State      string
+			Digest     string
+		}
+	}
+	if err != nil || json.Unmarshal([]byte(out), &history) != nil || len(history.Adapters) != 1 ||
+		history.Adapters[0].Generation != 1 || history.Adapters[0].State != "serving" || history.Adapters[0].Digest != rec.ImageDigest {
+		t.Errorf("adapters -o json: %v\n%s", err, out)
+	}
 	if _, _, err := cli(t, p.URL, "promote", "workspace-tuning-phi-3"); err == nil || !strings.Contains(err.Error(), "--generation is required") {
 		t.Errorf("promote without --generation: %v", err)
 	}

@@ -521,6 +521,7 @@ loaded; ` + "`kaitoflow adapters NAME`" + ` lists the generations, their scores 
 
 func newAdapters(g *globals) *cobra.Command {
 	var cluster clusterFlags
+	var output string
 	cmd := &cobra.Command{
 		Use:   "adapters NAME",
 		Short: "Every generation's adapter: state (serving, held, superseded, failed), digest, dataset, scores, when",
@@ -534,11 +535,33 @@ func newAdapters(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printAdapters(g.out, w)
+			switch output {
+			case "":
+				return printAdapters(g.out, w)
+			case "json", "yaml":
+				return printObjects(g.out, []any{adapterList(w)}, output, true)
+			}
+			return fmt.Errorf("-o %q: want json or yaml", output)
 		},
 	}
 	cluster.register(cmd.Flags())
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json or yaml (each generation's record with its state), else a table")
 	return cmd
+}
+
+// adapterState is one generation's adapter record with its state, as -o json|yaml print it.
+type adapterState struct {
+	kaito.AdapterRecord
+	State string `json:"state"`
+}
+
+// adapterList is a workspace's adapter history, newest first, each with its state.
+func adapterList(w *status.Workspace) map[string]any {
+	items := make([]adapterState, 0, len(w.History))
+	for i := len(w.History) - 1; i >= 0; i-- {
+		items = append(items, adapterState{AdapterRecord: w.History[i], State: string(w.AdapterState(w.History[i]))})
+	}
+	return map[string]any{"workspace": w.Namespace + "/" + w.Name, "adapters": items}
 }
 
 // printAdapters prints a workspace's adapter history, newest first, with what decided each state.
