@@ -559,7 +559,7 @@ type adapterState struct {
 func adapterList(w *status.Workspace) map[string]any {
 	items := make([]adapterState, 0, len(w.History))
 	for i := len(w.History) - 1; i >= 0; i-- {
-		items = append(items, adapterState{AdapterRecord: w.History[i], State: string(w.AdapterState(w.History[i]))})
+		items = append(items, adapterState{AdapterRecord: w.History[i], State: w.AdapterState(w.History[i])})
 	}
 	return map[string]any{"workspace": w.Namespace + "/" + w.Name, "adapters": items}
 }
