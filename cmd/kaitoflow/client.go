@@ -28,7 +28,7 @@ import (
 )
 
 func (g *globals) client() *api.Client {
-	return &api.Client{BaseURL: g.server, Namespace: g.namespace, Token: g.token, HTTP: &http.Client{}}
+	return &api.Client{BaseURL: g.server, Namespace: cmp.Or(g.namespace, kaito.DefaultNamespace), Token: g.token, HTTP: &http.Client{}}
 }
 
 func newSubmit(g *globals) *cobra.Command {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
@@ -64,6 +65,25 @@ func TestCLIAgainstACluster(t *testing.T) {
 	if err != nil || len(lines) != 2 || !strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "workspace-phi-4-mini Standard_NC24ads_A100_v4 True") ||
 		!strings.Contains(lines[1], " Running ") {
 		t.Fatalf("get: %v\n%s", err, out)
+	}
+
+	// Without -n, the kubeconfig context's namespace, as kubectl: a context in team-a lists
+	// team-a's workspaces (none), and -n default still finds the one in default.
+	cfg, err := clientcmd.Load(env.KubeConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Contexts[cfg.CurrentContext].Namespace = "team-a"
+	teamA := filepath.Join(t.TempDir(), "kubeconfig-team-a")
+	if err := clientcmd.WriteToFile(*cfg, teamA); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := cli(t, "http://unused", "get", "workspaces", "--kubeconfig", teamA); err != nil || strings.Contains(out, "workspace-phi-4-mini") {
+		t.Errorf("get in the context's namespace (team-a): %v\n%s", err, out)
+	}
+	if out, _, err := cli(t, "http://unused", "get", "workspaces", "--kubeconfig", teamA, "-n", "default"); err != nil ||
+		!strings.Contains(out, "workspace-phi-4-mini") {
+		t.Errorf("get -n default with a team-a context: %v\n%s", err, out)
 	}
 
 	// watch follows the status and the Events until Ready.

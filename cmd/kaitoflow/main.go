@@ -77,7 +77,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", defaultServer, "kaitoflow API URL (env KAITOFLOW_SERVER)")
-	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "default", "workspace namespace")
+	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "",
+		"workspace namespace (default: the kubeconfig context's with --kubeconfig or --context, else default)")
 	root.PersistentFlags().StringVar(&g.token, "token", "",
 		"bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (up requires it of "+
 			"clients when set)")
