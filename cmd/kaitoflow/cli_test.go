@@ -145,6 +145,18 @@ func TestCLI(t *testing.T) {
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 serving "+rec.ImageDigest[:19]) {
 		t.Errorf("adapters: %v\n%s", err, out)
 	}
+	// wait, as kubectl's: a condition already met returns at once; one never met times out, exit 1.
+	if out, _, err := cli(t, p.URL, "wait", "workspace-tuning-phi-3", "--for=condition=WorkspaceReady", "--timeout=20s"); err != nil ||
+		out != "workspace.kaito.sh/workspace-tuning-phi-3 condition met\n" {
+		t.Errorf("wait for WorkspaceReady: %v %q", err, out)
+	}
+	if _, _, err := cli(t, p.URL, "wait", "workspace-tuning-phi-3", "--for=condition=WorkspaceReady=False", "--timeout=500ms"); err == nil ||
+		!strings.Contains(err.Error(), "timed out after 500ms") {
+		t.Errorf("wait for a condition never met: %v", err)
+	}
+	if _, _, err := cli(t, p.URL, "wait", "workspace-tuning-phi-3", "--for=ready"); err == nil || !strings.Contains(err.Error(), "want condition=") {
+		t.Errorf("wait --for=ready: %v", err)
+	}
 	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3", "-o", "json")
 	var history struct {
 		Adapters []struct {
