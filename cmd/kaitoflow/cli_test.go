@@ -237,3 +237,21 @@ func TestReleaseVersionIsStamped(t *testing.T) {
 		t.Fatalf("version of a release build: %v %q", err, out)
 	}
 }
+
+// A script tells a failure from a server it could not reach by the exit code.
+func TestExitCodes(t *testing.T) {
+	_, _, unreachable := cli(t, "http://127.0.0.1:1", "get", "workspaces")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"the API is not there", unreachable, exitUnreachable},
+		{"a workspace failed, already said", exitError{code: exitFailed}, exitFailed},
+		{"any other error", errors.New("--for \"x\": want condition=COND[=STATUS] or delete"), exitFailed},
+	} {
+		if got := exitCode(tc.err); got != tc.want {
+			t.Errorf("%s (%v): exit %d, want %d", tc.name, tc.err, got, tc.want)
+		}
+	}
+}

@@ -66,7 +66,7 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		res, err := c.SubmitConfigMap(ctx, d.doc, false)
 		if err != nil {
 			fmt.Fprintln(g.err, err)
-			return nil, exitError{code: 1}
+			return nil, exitError{code: exitFailed}
 		}
 		verb := "configured"
 		if res.Unchanged {
@@ -79,7 +79,7 @@ func (g *globals) submitFiles(ctx context.Context, stdin io.Reader, files []stri
 		res, err := c.Submit(ctx, d.doc, false)
 		if err != nil {
 			fmt.Fprintln(g.err, err)
-			return names, exitError{code: 1}
+			return names, exitError{code: exitFailed}
 		}
 		w := res.Workspace
 		verb := "submitted"
@@ -151,7 +151,7 @@ func (g *globals) dryRun(ctx context.Context, c *api.Client, configMaps, workspa
 		}
 	}
 	if bad {
-		return exitError{code: 1}
+		return exitError{code: exitFailed}
 	}
 	return nil
 }
@@ -409,7 +409,7 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 	printAttempts(g.out, *final)
 	if final.Phase == status.Failed {
 		fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
-		return exitError{code: 1}
+		return exitError{code: exitFailed}
 	}
 	// This generation's time: its timeline's, not the workspace's since its first generation.
 	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(timelineStart(*final)).Round(time.Millisecond), final.Endpoint)

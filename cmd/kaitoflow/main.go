@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -33,12 +34,33 @@ func main() {
 	stop()
 	if err != nil {
 		var ex exitError
-		if errors.As(err, &ex) {
-			os.Exit(ex.code)
+		if !errors.As(err, &ex) {
+			fmt.Fprintln(os.Stderr, "Error:", err)
 		}
-		fmt.Fprintln(os.Stderr, "Error:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// Exit codes, so a script tells "it failed" from "I could not ask" (docs/cli.md).
+const (
+	// exitFailed: the command ran and the answer is no: a workspace failed or was refused, a wait
+	// timed out, bad input.
+	exitFailed = 1
+	// exitUnreachable: the API (or the cluster's API server) could not be reached.
+	exitUnreachable = 3
+)
+
+// exitCode is the process's exit code for a command's error.
+func exitCode(err error) int {
+	var ex exitError
+	var urlErr *url.Error
+	switch {
+	case errors.As(err, &ex):
+		return ex.code
+	case errors.As(err, &urlErr):
+		return exitUnreachable
+	}
+	return exitFailed
 }
 
 // exitError ends the command with a code after it has already said why.

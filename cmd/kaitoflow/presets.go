@@ -158,7 +158,7 @@ without quota is passed over, or refused with the numbers.`,
 				}
 			}
 			if failed {
-				return exitError{code: 1}
+				return exitError{code: exitFailed}
 			}
 			return nil
 		},
