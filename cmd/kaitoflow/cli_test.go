@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -144,6 +145,13 @@ func TestCLI(t *testing.T) {
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[0]), " "), "GENERATION STATE DIGEST DATASET EVAL_LOSS") ||
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 serving "+rec.ImageDigest[:19]) {
 		t.Errorf("adapters: %v\n%s", err, out)
+	}
+	// describe: the fields, Kaito's conditions, the steps, the adapters and the events.
+	if out, _, err := cli(t, p.URL, "describe", "workspace-tuning-phi-3"); err != nil ||
+		!regexp.MustCompile(`(?m)^Name:\s+workspace-tuning-phi-3$`).MatchString(out) || !regexp.MustCompile(`(?m)^Phase:\s+Ready$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^  WorkspaceReady\s+True\s`).MatchString(out) || !strings.Contains(out, "Adapters:\n  GENERATION") ||
+		!strings.Contains(out, "kaitoflow.inference.ready") {
+		t.Errorf("describe: %v\n%s", err, out)
 	}
 	// wait, as kubectl's: a condition already met returns at once; one never met times out, exit 1.
 	if out, _, err := cli(t, p.URL, "wait", "workspace-tuning-phi-3", "--for=condition=WorkspaceReady", "--timeout=20s"); err != nil ||

@@ -447,6 +447,11 @@ func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
 		printed[header] = true
 		fmt.Fprintf(out, "workspace %s/%s generation %d\n", w.Namespace, w.Name, w.Generation)
 	}
+	printEvents(out, w, printed)
+}
+
+// printEvents prints the generation's events not printed yet, each with the time since its first.
+func printEvents(out io.Writer, w status.Workspace, printed map[string]bool) {
 	start := timelineStart(w)
 	for _, e := range w.Events {
 		if printed[e.ID] {
