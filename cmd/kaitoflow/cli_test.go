@@ -153,6 +153,20 @@ func TestCLI(t *testing.T) {
 		!strings.Contains(out, "kaitoflow.inference.ready") {
 		t.Errorf("describe: %v\n%s", err, out)
 	}
+	// The shell completes workspace names from the API, resource types, and -o's values.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"__complete", "describe", ""}, "workspace-tuning-phi-3\n"},
+		{[]string{"__complete", "get", "workspaces", ""}, "workspace-tuning-phi-3\n"},
+		{[]string{"__complete", "get", ""}, "workspaces\nconfigmaps\n"},
+		{[]string{"__complete", "get", "workspaces", "-o", ""}, "yaml\njson\nname\nwide\njsonpath=\n"},
+	} {
+		if out, _, err := cli(t, p.URL, tc.args...); err != nil || !strings.HasPrefix(out, tc.want) {
+			t.Errorf("%v: %v %q, want it to begin %q", tc.args, err, out, tc.want)
+		}
+	}
 	// wait, as kubectl's: a condition already met returns at once; one never met times out, exit 1.
 	if out, _, err := cli(t, p.URL, "wait", "workspace-tuning-phi-3", "--for=condition=WorkspaceReady", "--timeout=20s"); err != nil ||
 		out != "workspace.kaito.sh/workspace-tuning-phi-3 condition met\n" {
