@@ -26,6 +26,15 @@ type TrainerContract struct {
 	Prefixes struct {
 		Progress, Checkpoint string
 	} `json:"prefixes"`
+	// TrainingConfig is training_config.yaml's shape: its sections, the arguments a workspace may
+	// set in each, kaitoflow's defaults (and what qlora adds), and where the trainer may write.
+	TrainingConfig struct {
+		OutputRoot string              `json:"outputRoot"`
+		Sections   []string            `json:"sections"`
+		Defaults   json.RawMessage     `json:"defaults"`
+		QLoRA      json.RawMessage     `json:"qlora"`
+		Allowed    map[string][]string `json:"allowed"`
+	} `json:"trainingConfig"`
 }
 
 // Contract returns the trainer contract embedded in the binary.

@@ -11,8 +11,8 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 )
 
-// The trainer keeps its own copy of Kaito's defaults (it also runs on its own); they must not drift
-// from the ones kaitoflow renders.
+// Both sides read the defaults from the contract; what the trainer assembles from it (it also runs
+// on its own) is what kaitoflow renders.
 func TestPythonDefaultsMatch(t *testing.T) {
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -54,7 +54,7 @@ func TestPythonAllowlistMatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	fromGo := map[string][]string{}
-	for section, keys := range trainingKeys {
+	for section, keys := range Contract().TrainingConfig.Allowed {
 		fromGo[section] = slices.Sorted(slices.Values(keys))
 	}
 	if !reflect.DeepEqual(fromPython, fromGo) {
@@ -80,5 +80,19 @@ func TestTrainerContract(t *testing.T) {
 	}
 	if !strings.HasSuffix(c.Prefixes.Progress, " ") || !strings.HasSuffix(c.Prefixes.Checkpoint, " ") {
 		t.Errorf("prefixes %q %q: a space separates them from the JSON", c.Prefixes.Progress, c.Prefixes.Checkpoint)
+	}
+}
+
+// The contract's training config is whole: every allowed section is a section, and its output root
+// is the one the Job mounts (TestDefaultTrainingConfigIsKaitos checks its defaults).
+func TestContractTrainingConfig(t *testing.T) {
+	tc := Contract().TrainingConfig
+	if tc.OutputRoot != OutputRoot {
+		t.Errorf("contract output root %q, the Job mounts %q", tc.OutputRoot, OutputRoot)
+	}
+	for section := range tc.Allowed {
+		if !slices.Contains(tc.Sections, section) {
+			t.Errorf("allowed arguments for %s, which is no section", section)
+		}
 	}
 }

@@ -20,9 +20,9 @@ import (
 type TrainingConfig map[string]map[string]any
 
 // The sections Kaito defines; any other is refused rather than silently ignored.
-var trainingSections = []string{"ModelConfig", "QuantizationConfig", "LoraConfig", "TrainingArguments", "DatasetConfig", "DataCollator"}
 
-// OutputRoot is where the trainer may write: the Job mounts its output volume there.
+// OutputRoot is where the trainer may write: the Job mounts its output volume there. The trainer
+// contract says the same (TestContractTrainingConfig).
 const OutputRoot = "/mnt"
 
 // DefaultTrainingConfig is Kaito's default for method (its lora-params and qlora-params
@@ -30,23 +30,22 @@ const OutputRoot = "/mnt"
 // /mnt), plus what kaitoflow's trainer needs to be explicit about, and two changes: Kaito's images
 // carry the weights (local_files_only: true), kaitoflow's trainer downloads the preset's pinned
 // revision; and 5% of the rows are held out (train_test_split is the share trained on) so every
-// run reports eval_loss.
+// run reports eval_loss. The values are the trainer contract's, which the trainer reads too.
 func DefaultTrainingConfig(method string) TrainingConfig {
-	c := TrainingConfig{
-		"ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": false, "device_map": "auto"},
-		"LoraConfig":  {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
-		"TrainingArguments": {
-			"output_dir": OutputRoot + "/results", "ddp_find_unused_parameters": false,
-			"save_strategy": "epoch", "per_device_train_batch_size": 1,
-		},
-		"DataCollator":  {"mlm": true},
-		"DatasetConfig": {"shuffle_dataset": true, "train_test_split": 0.95},
-	}
+	tc := Contract().TrainingConfig
+	c := mustParse(tc.Defaults)
 	if method == "qlora" {
-		c["QuantizationConfig"] = map[string]any{
-			"load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
-			"bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_use_double_quant": true,
-		}
+		c = Merge(c, mustParse(tc.QLoRA))
+	}
+	return c
+}
+
+// mustParse parses a training config the binary embeds: one that does not parse is a build that
+// must not run (TestDefaultTrainingConfigIsKaitos parses both).
+func mustParse(doc []byte) TrainingConfig {
+	c, err := ParseTrainingConfig(doc)
+	if err != nil {
+		panic(fmt.Sprintf("embedded trainer contract: training config: %v", err))
 	}
 	return c
 }
@@ -68,8 +67,8 @@ func ParseTrainingConfig(doc []byte) (TrainingConfig, error) {
 	var errs field.ErrorList
 	root := field.NewPath("training_config")
 	for _, k := range slices.Sorted(maps.Keys(raw)) {
-		if !slices.Contains(trainingSections, k) {
-			errs = append(errs, field.NotSupported(root.Child(k), k, trainingSections))
+		if sections := Contract().TrainingConfig.Sections; !slices.Contains(sections, k) {
+			errs = append(errs, field.NotSupported(root.Child(k), k, sections))
 			continue
 		}
 		var sec map[string]any

@@ -7,7 +7,8 @@ import (
 
 func TestDefaultTrainingConfigIsKaitos(t *testing.T) {
 	q := DefaultTrainingConfig("qlora")
-	if q["LoraConfig"]["r"] != 8 || q["LoraConfig"]["lora_alpha"] != 8 || q["LoraConfig"]["lora_dropout"] != 0.0 {
+	// Numbers read as JSON's, float64, like a workspace's own training config.
+	if q["LoraConfig"]["r"] != 8.0 || q["LoraConfig"]["lora_alpha"] != 8.0 || q["LoraConfig"]["lora_dropout"] != 0.0 {
 		t.Errorf("lora defaults %v", q["LoraConfig"])
 	}
 	if q["QuantizationConfig"]["bnb_4bit_quant_type"] != "nf4" || q["QuantizationConfig"]["bnb_4bit_use_double_quant"] != true {

@@ -2,8 +2,8 @@
 
 The Go side (presets/trainingconfig.go) renders the file a Job mounts, already merged and checked;
 this module does the same for the trainer run on its own, and refuses a bad file with the field
-path before any model is loaded. tests/test_config.py and the Go test TestPythonDefaultsMatch keep
-the two in step.
+path before any model is loaded. The sections, allowed arguments and defaults both sides use are
+contract.json's.
 """
 
 import copy
@@ -12,141 +12,19 @@ import os
 import posixpath
 import sys
 
-from . import ConfigError
+from . import CONTRACT, ConfigError
 
-SECTIONS = (
-    "ModelConfig",
-    "QuantizationConfig",
-    "LoraConfig",
-    "TrainingArguments",
-    "DatasetConfig",
-    "DataCollator",
-)
+# The sections, the arguments a workspace may set in each, the defaults and the output root are
+# the contract's (contract.json, which kaitoflow embeds too): a training config is workspace content,
+# and some arguments do far more than tune a run (trust_remote_code runs the model repository's
+# code, push_to_hub and hub_token send the weights and a credential elsewhere, report_to ships
+# metrics to a third party). kaitoflow refuses the rest when a workspace is submitted; the trainer
+# refuses them too when it runs on its own.
+_TRAINING_CONFIG = CONTRACT["trainingConfig"]
+SECTIONS = tuple(_TRAINING_CONFIG["sections"])
+ALLOWED = {section: frozenset(keys) for section, keys in _TRAINING_CONFIG["allowed"].items()}
 
-# The arguments a workspace may set in each section the trainer hands to transformers and peft, the
-# same list as presets/trainingkeys.go (TestPythonAllowlistMatches keeps them equal): a training
-# config is workspace content, and some arguments do far more than tune a run (trust_remote_code
-# runs the model repository's code, push_to_hub and hub_token send the weights and a credential
-# elsewhere, report_to ships metrics to a third party). kaitoflow refuses the rest when a workspace
-# is submitted; the trainer refuses them too when it runs on its own.
-ALLOWED = {
-    "ModelConfig": frozenset(
-        (
-            "torch_dtype",
-            "dtype",
-            "device_map",
-            "local_files_only",
-            "attn_implementation",
-            "low_cpu_mem_usage",
-            "use_cache",
-        )
-    ),
-    "QuantizationConfig": frozenset(
-        (
-            "load_in_4bit",
-            "load_in_8bit",
-            "bnb_4bit_quant_type",
-            "bnb_4bit_compute_dtype",
-            "bnb_4bit_use_double_quant",
-            "bnb_4bit_quant_storage",
-            "llm_int8_threshold",
-            "llm_int8_skip_modules",
-            "llm_int8_enable_fp32_cpu_offload",
-            "llm_int8_has_fp16_weight",
-        )
-    ),
-    "LoraConfig": frozenset(
-        (
-            "r",
-            "lora_alpha",
-            "lora_dropout",
-            "target_modules",
-            "exclude_modules",
-            "bias",
-            "task_type",
-            "modules_to_save",
-            "fan_in_fan_out",
-            "use_rslora",
-            "use_dora",
-            "init_lora_weights",
-            "layers_to_transform",
-            "layers_pattern",
-            "rank_pattern",
-            "alpha_pattern",
-        )
-    ),
-    "TrainingArguments": frozenset(
-        (
-            "output_dir",
-            "overwrite_output_dir",
-            "num_train_epochs",
-            "max_steps",
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "gradient_accumulation_steps",
-            "eval_accumulation_steps",
-            "gradient_checkpointing",
-            "gradient_checkpointing_kwargs",
-            "learning_rate",
-            "weight_decay",
-            "adam_beta1",
-            "adam_beta2",
-            "adam_epsilon",
-            "max_grad_norm",
-            "lr_scheduler_type",
-            "lr_scheduler_kwargs",
-            "warmup_ratio",
-            "warmup_steps",
-            "logging_strategy",
-            "logging_steps",
-            "logging_first_step",
-            "save_strategy",
-            "save_steps",
-            "save_total_limit",
-            "save_only_model",
-            "save_safetensors",
-            "eval_strategy",
-            "eval_steps",
-            "eval_on_start",
-            "prediction_loss_only",
-            "load_best_model_at_end",
-            "metric_for_best_model",
-            "greater_is_better",
-            "seed",
-            "data_seed",
-            "full_determinism",
-            "bf16",
-            "fp16",
-            "tf32",
-            "optim",
-            "optim_args",
-            "group_by_length",
-            "length_column_name",
-            "dataloader_num_workers",
-            "dataloader_pin_memory",
-            "dataloader_drop_last",
-            "dataloader_prefetch_factor",
-            "remove_unused_columns",
-            "label_names",
-            "label_smoothing_factor",
-            "ddp_find_unused_parameters",
-            "ddp_timeout",
-            "ddp_backend",
-            "torch_compile",
-            "neftune_noise_alpha",
-            "auto_find_batch_size",
-            "include_num_input_tokens_seen",
-            "average_tokens_across_devices",
-            "torch_empty_cache_steps",
-            "skip_memory_metrics",
-            "disable_tqdm",
-            "run_name",
-            "report_to",
-        )
-    ),
-}
-
-OUTPUT_ROOT = "/mnt"
+OUTPUT_ROOT = _TRAINING_CONFIG["outputRoot"]
 # A run outside a pod (tests, a developer's machine) may write under another root; the Job never
 # sets this, and the defaults keep OUTPUT_ROOT.
 OUTPUT_ROOT_ENV = "KAITOFLOW_OUTPUT_ROOT"
@@ -155,26 +33,11 @@ OUTPUT_ROOT_ENV = "KAITOFLOW_OUTPUT_ROOT"
 def defaults(method):
     """Kaito's defaults for method ("lora" or "qlora"), except two that kaitoflow changes:
     local_files_only is false because its trainer image carries no weights (it downloads the preset's
-    pinned revision), and train_test_split holds 5% of the rows out to measure eval_loss."""
-    cfg = {
-        "ModelConfig": {"torch_dtype": "bfloat16", "local_files_only": False, "device_map": "auto"},
-        "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
-        "TrainingArguments": {
-            "output_dir": OUTPUT_ROOT + "/results",
-            "ddp_find_unused_parameters": False,
-            "save_strategy": "epoch",
-            "per_device_train_batch_size": 1,
-        },
-        "DataCollator": {"mlm": True},
-        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 0.95},
-    }
+    pinned revision), and train_test_split holds 5% of the rows out to measure eval_loss. They are
+    the contract's, which kaitoflow reads too."""
+    cfg = copy.deepcopy(_TRAINING_CONFIG["defaults"])
     if method == "qlora":
-        cfg["QuantizationConfig"] = {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_compute_dtype": "bfloat16",
-            "bnb_4bit_use_double_quant": True,
-        }
+        cfg = merge(cfg, _TRAINING_CONFIG["qlora"])
     return cfg
 
 
