@@ -121,8 +121,8 @@ func (g *globals) upLogger(dataDir string) (*slog.Logger, func(), error) {
 		return nil, nil, fmt.Errorf("log file: %w", err)
 	}
 	fmt.Fprintf(g.err, "kaitoflow logs to %s; warnings and errors show here too\n", path)
-	h := slog.NewMultiHandler(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level}),
-		slog.NewTextHandler(g.err, &slog.HandlerOptions{Level: max(level, slog.LevelWarn)}))
+	h := slog.NewMultiHandler(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level, ReplaceAttr: logctx.Seconds}),
+		slog.NewTextHandler(g.err, &slog.HandlerOptions{Level: max(level, slog.LevelWarn), ReplaceAttr: logctx.Seconds}))
 	return slog.New(logctx.New(h)), func() { _ = f.Close() }, nil
 }
 

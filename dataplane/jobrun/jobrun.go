@@ -159,7 +159,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 			log.Warn("write termination message", "err", err)
 		}
 	}
-	log.Info("job-run: done", "summary", string(b))
+	log.Info("job-run: done", "summary", s) // an object in JSON logs, not JSON inside a string
 	return nil
 }
 

@@ -5,6 +5,7 @@ package logctx
 import (
 	"context"
 	"log/slog"
+	"strings"
 )
 
 type key struct{}
@@ -48,4 +49,18 @@ func Or(l *slog.Logger) *slog.Logger {
 		return slog.Default()
 	}
 	return l
+}
+
+// Seconds is a slog.HandlerOptions.ReplaceAttr that logs a duration as seconds, a number, under
+// its key with "_seconds" added ("held": 7s becomes "held_seconds": 7): JSON handlers would write
+// nanoseconds, which nobody reads as a duration.
+func Seconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindDuration {
+		return a
+	}
+	key := a.Key
+	if !strings.HasSuffix(key, "_seconds") {
+		key += "_seconds"
+	}
+	return slog.Float64(key, a.Value.Duration().Seconds())
 }

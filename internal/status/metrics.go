@@ -13,7 +13,8 @@ type Lister interface {
 }
 
 // GPUCollector exports the GPU time each workspace has held, read from the status records at
-// scrape time: kaitoflow_workspace_gpu_seconds{namespace, workspace, purpose}.
+// scrape time: kaitoflow_workspace_gpu_seconds_total{namespace, workspace, purpose} (a counter: it
+// only grows, so it ends in _total as Prometheus names counters).
 type GPUCollector struct {
 	Store Lister
 	desc  *prometheus.Desc
@@ -21,7 +22,7 @@ type GPUCollector struct {
 
 // NewGPUCollector returns the collector over store.
 func NewGPUCollector(store Lister) *GPUCollector {
-	return &GPUCollector{Store: store, desc: prometheus.NewDesc("kaitoflow_workspace_gpu_seconds",
+	return &GPUCollector{Store: store, desc: prometheus.NewDesc("kaitoflow_workspace_gpu_seconds_total",
 		"GPU time a workspace has held, in GPU-seconds: tuning (every attempt's run time × its GPUs) and serving (the serving capacity's GPUs × how "+
 			"long it was held).",
 		[]string{"namespace", "workspace", "purpose"}, nil)}
