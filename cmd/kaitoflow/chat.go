@@ -43,11 +43,7 @@ POST /chat instead. --url prints the endpoint and the commands that reach it fro
 cluster: a Knative Service's address is cluster-local, and its Kubernetes Service has no cluster IP.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.workspaces(cluster)
-			if err != nil {
-				return err
-			}
-			w, err := src.Get(cmd.Context(), args[0])
+			w, err := g.getWorkspace(cmd.Context(), cluster, args[0])
 			if err != nil {
 				return err
 			}

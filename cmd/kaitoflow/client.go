@@ -31,6 +31,15 @@ func (g *globals) client() *api.Client {
 	return &api.Client{BaseURL: g.server, Namespace: cmp.Or(g.namespace, kaito.DefaultNamespace), Token: g.token, HTTP: &http.Client{}}
 }
 
+// getWorkspace reads one workspace from the API, or from the cluster with --kubeconfig/--context.
+func (g *globals) getWorkspace(ctx context.Context, cluster clusterFlags, name string) (*status.Workspace, error) {
+	src, err := g.workspaces(cluster)
+	if err != nil {
+		return nil, err
+	}
+	return src.Get(ctx, name)
+}
+
 func newSubmit(g *globals) *cobra.Command {
 	var files []string
 	cmd := &cobra.Command{
@@ -532,11 +541,7 @@ func newAdapters(g *globals) *cobra.Command {
 		Short: "Every generation's adapter: state (serving, held, superseded, failed), digest, dataset, scores, when",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.workspaces(cluster)
-			if err != nil {
-				return err
-			}
-			w, err := src.Get(cmd.Context(), args[0])
+			w, err := g.getWorkspace(cmd.Context(), cluster, args[0])
 			if err != nil {
 				return err
 			}

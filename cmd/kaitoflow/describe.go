@@ -21,11 +21,7 @@ func newDescribe(g *globals) *cobra.Command {
 		Short: "Show a workspace in full, as kubectl describe: conditions, steps, attempts, adapters, events",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.workspaces(cluster)
-			if err != nil {
-				return err
-			}
-			w, err := src.Get(cmd.Context(), args[0])
+			w, err := g.getWorkspace(cmd.Context(), cluster, args[0])
 			if err != nil {
 				return err
 			}

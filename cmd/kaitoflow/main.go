@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"os/signal"
@@ -136,11 +137,10 @@ func (g *globals) readTokenFile() error {
 
 // logger writes to stderr: text on a terminal, JSON otherwise (log collectors parse it).
 func (g *globals) logger() (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+	opts, err := g.handlerOptions(anyLevel)
+	if err != nil {
+		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: logctx.Seconds}
 	format := g.logFormat
 	if format == "auto" {
 		format = "json"
@@ -155,6 +155,19 @@ func (g *globals) logger() (*slog.Logger, error) {
 		return slog.New(logctx.New(slog.NewTextHandler(g.err, opts))), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want auto, text or json", g.logFormat)
+}
+
+// anyLevel is no floor: the handler logs at --log-level as given.
+const anyLevel = slog.Level(math.MinInt)
+
+// handlerOptions are every log handler's options: --log-level, raised to at least floor, and
+// durations as seconds.
+func (g *globals) handlerOptions(floor slog.Level) (*slog.HandlerOptions, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return &slog.HandlerOptions{Level: max(level, floor), ReplaceAttr: logctx.Seconds}, nil
 }
 
 // isTerminal reports whether w is a terminal (a character device, as a TTY is).

@@ -108,10 +108,11 @@ func (g *globals) upLogger(dataDir string) (*slog.Logger, func(), error) {
 		log, err := g.logger()
 		return log, func() {}, err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
-		return nil, nil, fmt.Errorf("--log-level: %w", err)
+	toFile, err := g.handlerOptions(anyLevel)
+	if err != nil {
+		return nil, nil, err
 	}
+	toScreen, _ := g.handlerOptions(slog.LevelWarn)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -121,8 +122,7 @@ func (g *globals) upLogger(dataDir string) (*slog.Logger, func(), error) {
 		return nil, nil, fmt.Errorf("log file: %w", err)
 	}
 	fmt.Fprintf(g.err, "kaitoflow logs to %s; warnings and errors show here too\n", path)
-	h := slog.NewMultiHandler(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level, ReplaceAttr: logctx.Seconds}),
-		slog.NewTextHandler(g.err, &slog.HandlerOptions{Level: max(level, slog.LevelWarn), ReplaceAttr: logctx.Seconds}))
+	h := slog.NewMultiHandler(slog.NewTextHandler(f, toFile), slog.NewTextHandler(g.err, toScreen))
 	return slog.New(logctx.New(h)), func() { _ = f.Close() }, nil
 }
 

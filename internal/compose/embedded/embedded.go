@@ -203,7 +203,7 @@ func (p *Pipeline) startNATS(cfg Config, log *slog.Logger) (func(role string) st
 	if err != nil {
 		return nil, err
 	}
-	ns, err := startNATS(cfg, users)
+	ns, err := newNATSServer(cfg, users)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +323,8 @@ func (p *Pipeline) serveAPI(cfg Config, b bus, ac assembly.Config, fns *assembly
 // DATA_DIR/nats/tune.url)"` joins the pipeline as tune, with tune's rights only.
 const NATSDir = "nats"
 
-func startNATS(cfg Config, users []*server.User) (*server.Server, error) {
+// newNATSServer starts the embedded nats-server with users, and waits until it is ready.
+func newNATSServer(cfg Config, users []*server.User) (*server.Server, error) {
 	host, port := "127.0.0.1", -1
 	if cfg.NATSListen != "" {
 		h, ps, err := net.SplitHostPort(cfg.NATSListen)
