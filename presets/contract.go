@@ -4,6 +4,8 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 )
 
@@ -34,14 +36,42 @@ type TrainerContract struct {
 		Defaults   json.RawMessage     `json:"defaults"`
 		QLoRA      json.RawMessage     `json:"qlora"`
 		Allowed    map[string][]string `json:"allowed"`
+		// Limits are the value rules both sides' validation applies, by "Section.key".
+		Limits map[string]Limit `json:"limits"`
 	} `json:"trainingConfig"`
 }
+
+// Limit is one value rule of a training config argument (contract.json's trainingConfig.limits),
+// applied only where the argument is set: Kind is LimitInteger (a whole number from Min, up to Max
+// when there is one), LimitFraction (a number above 0 and at most 1; What says what it is the
+// share of) or LimitBool.
+type Limit struct {
+	Kind string `json:"kind"`
+	Min  *int   `json:"min,omitempty"`
+	Max  *int   `json:"max,omitempty"`
+	What string `json:"what,omitempty"`
+}
+
+// The kinds of Limit.
+const (
+	LimitInteger  = "integer"
+	LimitFraction = "fraction"
+	LimitBool     = "bool"
+)
 
 // Contract returns the trainer contract embedded in the binary.
 var Contract = sync.OnceValue(func() TrainerContract {
 	var c TrainerContract
 	if err := json.Unmarshal(contractJSON, &c); err != nil {
 		panic(fmt.Sprintf("embedded trainer contract: %v", err))
+	}
+	for name, l := range c.TrainingConfig.Limits {
+		section, key, _ := strings.Cut(name, ".")
+		known := l.Kind == LimitFraction || l.Kind == LimitBool || (l.Kind == LimitInteger && l.Min != nil)
+		if !slices.Contains(c.TrainingConfig.Sections, section) || key == "" || !known {
+			panic(fmt.Sprintf("embedded trainer contract: limit %s: want Section.key of a section, and a known kind "+
+				"(integer with min, fraction, bool): %+v", name, l))
+		}
 	}
 	return c
 })

@@ -129,35 +129,57 @@ func (c TrainingConfig) Validate(method string) field.ErrorList {
 		errs = append(errs, field.Invalid(root.Child("TrainingArguments", "output_dir"), out,
 			"must be under "+OutputRoot+", where the Job mounts its output volume"))
 	}
-	for _, k := range []string{"per_device_train_batch_size", "gradient_accumulation_steps"} {
-		if v, ok := c["TrainingArguments"][k]; ok {
-			if n, ok := intValue(v); !ok || n < 1 {
-				errs = append(errs, field.Invalid(root.Child("TrainingArguments", k), v, "must be a positive integer"))
-			}
-		}
-	}
-	if v, ok := c["LoraConfig"]["r"]; ok {
-		if n, ok := intValue(v); !ok || n < 1 || n > 256 {
-			errs = append(errs, field.Invalid(root.Child("LoraConfig", "r"), v, "must be an integer from 1 to 256"))
-		}
-	}
-	if v, ok := c["DatasetConfig"]["max_seq_length"]; ok {
-		if n, ok := intValue(v); !ok || n < 16 {
-			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "max_seq_length"), v, "must be an integer of at least 16"))
-		}
-	}
-	if v, ok := c["DatasetConfig"]["train_test_split"]; ok {
-		if f, ok := numberValue(v); !ok || f <= 0 || f > 1 {
-			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_test_split"), v,
-				"must be a number above 0 and at most 1 (the share of rows trained on)"))
-		}
-	}
-	if v, ok := c["DatasetConfig"]["train_on_prompt"]; ok {
-		if _, ok := v.(bool); !ok {
-			errs = append(errs, field.Invalid(root.Child("DatasetConfig", "train_on_prompt"), v, "must be true or false"))
+	errs = append(errs, c.validateLimits(root)...)
+	return errs
+}
+
+// validateLimits applies the contract's value rules (trainingConfig.limits, which the trainer
+// applies too) to the arguments that are set, in the order of their names.
+func (c TrainingConfig) validateLimits(root *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	limits := Contract().TrainingConfig.Limits
+	for _, name := range slices.Sorted(maps.Keys(limits)) {
+		section, key, _ := strings.Cut(name, ".")
+		if v, ok := c[section][key]; ok && !limits[name].Holds(v) {
+			errs = append(errs, field.Invalid(root.Child(section, key), v, limits[name].Rule()))
 		}
 	}
 	return errs
+}
+
+// Holds reports whether v keeps to the limit.
+func (l Limit) Holds(v any) bool {
+	switch l.Kind {
+	case LimitInteger:
+		n, ok := intValue(v)
+		return ok && l.Min != nil && n >= *l.Min && (l.Max == nil || n <= *l.Max)
+	case LimitFraction:
+		f, ok := numberValue(v)
+		return ok && f > 0 && f <= 1
+	case LimitBool:
+		_, ok := v.(bool)
+		return ok
+	}
+	return false
+}
+
+// Rule is what a value breaking the limit is told it must be.
+func (l Limit) Rule() string {
+	switch {
+	case l.Kind == LimitInteger && l.Min != nil && l.Max != nil:
+		return fmt.Sprintf("must be an integer from %d to %d", *l.Min, *l.Max)
+	case l.Kind == LimitInteger && l.Min != nil && *l.Min == 1:
+		return "must be a positive integer"
+	case l.Kind == LimitInteger && l.Min != nil:
+		return fmt.Sprintf("must be an integer of at least %d", *l.Min)
+	case l.Kind == LimitFraction && l.What != "":
+		return "must be a number above 0 and at most 1 (" + l.What + ")"
+	case l.Kind == LimitFraction:
+		return "must be a number above 0 and at most 1"
+	case l.Kind == LimitBool:
+		return "must be true or false"
+	}
+	return "has a limit of unknown kind " + l.Kind
 }
 
 // Overrides extracts the settings the user fixed, which a plan must keep.

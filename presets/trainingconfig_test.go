@@ -1,6 +1,10 @@
 package presets
 
 import (
+	"fmt"
+	"maps"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,6 +68,80 @@ func TestTrainingConfigValidation(t *testing.T) {
 			}
 			t.Errorf("want an error on %s, got %v", tc.wantField, errs)
 		})
+	}
+}
+
+// limitCases are, for a limit of the contract, values just outside its bounds (and of the wrong
+// type, or null), which must be refused, and values at them, which must be accepted. Numbers are
+// float64, as a workspace's training config has them.
+func limitCases(t *testing.T, l Limit) (refused, accepted []any) {
+	switch l.Kind {
+	case LimitInteger:
+		lo := float64(*l.Min)
+		refused, accepted = []any{lo - 1, lo + 0.5, fmt.Sprint(*l.Min), true, nil}, []any{lo}
+		if l.Max != nil {
+			hi := float64(*l.Max)
+			refused, accepted = append(refused, hi+1), append(accepted, hi)
+		}
+	case LimitFraction:
+		refused = []any{0.0, math.Nextafter(1, 2), -0.5, "0.5", true, nil}
+		accepted = []any{1.0, math.Nextafter(0, 1), 0.5}
+	case LimitBool:
+		refused, accepted = []any{"true", 1.0, nil}, []any{true, false}
+	default:
+		t.Fatalf("limit of unknown kind %q", l.Kind)
+	}
+	return refused, accepted
+}
+
+// Every limit the contract sets (the trainer applies the same ones) is what Validate enforces:
+// a value just outside is refused naming the field and the rule, one at the bound is accepted.
+func TestTrainingConfigLimits(t *testing.T) {
+	limits := Contract().TrainingConfig.Limits
+	if len(limits) == 0 {
+		t.Fatal("the contract sets no limits")
+	}
+	for _, name := range slices.Sorted(maps.Keys(limits)) {
+		l := limits[name]
+		section, key, _ := strings.Cut(name, ".")
+		want := "training_config." + name
+		refused, accepted := limitCases(t, l)
+		for _, method := range []string{"lora", "qlora"} {
+			for _, v := range refused {
+				t.Run(fmt.Sprintf("%s/%s/refuses %#v", name, method, v), func(t *testing.T) {
+					errs := Merge(DefaultTrainingConfig(method), TrainingConfig{section: {key: v}}).Validate(method)
+					for _, e := range errs {
+						if e.Field == want && e.Detail == l.Rule() {
+							return
+						}
+					}
+					t.Errorf("want %s refused (%s), got %v", want, l.Rule(), errs)
+				})
+			}
+			for _, v := range accepted {
+				t.Run(fmt.Sprintf("%s/%s/accepts %#v", name, method, v), func(t *testing.T) {
+					if errs := Merge(DefaultTrainingConfig(method), TrainingConfig{section: {key: v}}).Validate(method); len(errs) > 0 {
+						t.Errorf("%s = %#v refused: %v", want, v, errs)
+					}
+				})
+			}
+		}
+	}
+}
+
+// The rules read as they did when each was written out by hand.
+func TestLimitRules(t *testing.T) {
+	one, sixteen, top := 1, 16, 256
+	for l, want := range map[Limit]string{
+		{Kind: LimitInteger, Min: &one}:                             "must be a positive integer",
+		{Kind: LimitInteger, Min: &sixteen}:                         "must be an integer of at least 16",
+		{Kind: LimitInteger, Min: &one, Max: &top}:                  "must be an integer from 1 to 256",
+		{Kind: LimitFraction, What: "the share of rows trained on"}: "must be a number above 0 and at most 1 (the share of rows trained on)",
+		{Kind: LimitBool}:                                           "must be true or false",
+	} {
+		if got := l.Rule(); got != want {
+			t.Errorf("%+v: rule %q, want %q", l, got, want)
+		}
 	}
 }
 

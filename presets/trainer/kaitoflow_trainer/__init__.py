@@ -51,7 +51,7 @@ class ModelDownloadError(TrainerError):
 
     exit_code = EXIT_MODEL
 
-    def __init__(self, message, permanent=True):
+    def __init__(self, message: str, permanent: bool = True) -> None:
         super().__init__(CONTRACT["reasons"]["model"] + ": " + message)
         if not permanent:
             self.exit_code = EXIT_FAILED

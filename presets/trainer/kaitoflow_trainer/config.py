@@ -2,8 +2,8 @@
 
 The Go side (presets/trainingconfig.go) renders the file a Job mounts, already merged and checked;
 this module does the same for the trainer run on its own, and refuses a bad file with the field
-path before any model is loaded. The sections, allowed arguments and defaults both sides use are
-contract.json's.
+path before any model is loaded. The sections, allowed arguments, defaults and value limits both
+sides use are contract.json's.
 """
 
 import copy
@@ -11,6 +11,8 @@ import json
 import os
 import posixpath
 import sys
+from dataclasses import dataclass
+from typing import Any, Self
 
 from . import CONTRACT, ConfigError
 
@@ -25,12 +27,15 @@ SECTIONS = tuple(_TRAINING_CONFIG["sections"])
 ALLOWED = {section: frozenset(keys) for section, keys in _TRAINING_CONFIG["allowed"].items()}
 
 OUTPUT_ROOT = _TRAINING_CONFIG["outputRoot"]
+
+# A training config: its sections, each a mapping of keyword arguments, values as JSON or YAML has them.
+TrainingConfig = dict[str, dict[str, Any]]
 # A run outside a pod (tests, a developer's machine) may write under another root; the Job never
 # sets this, and the defaults keep OUTPUT_ROOT.
 OUTPUT_ROOT_ENV = "KAITOFLOW_OUTPUT_ROOT"
 
 
-def defaults(method):
+def defaults(method: str) -> TrainingConfig:
     """Kaito's defaults for method ("lora" or "qlora"), except two that kaitoflow changes:
     local_files_only is false because its trainer image carries no weights (it downloads the preset's
     pinned revision), and train_test_split holds 5% of the rows out to measure eval_loss. They are
@@ -41,7 +46,7 @@ def defaults(method):
     return cfg
 
 
-def parse(text):
+def parse(text: str) -> TrainingConfig:
     """Parse a training_config.yaml (JSON is YAML too, and needs no PyYAML)."""
     try:
         doc = json.loads(text)
@@ -70,7 +75,7 @@ def parse(text):
     return doc
 
 
-def merge(base, override):
+def merge(base: TrainingConfig, override: TrainingConfig) -> TrainingConfig:
     """base with override's arguments laid on top, section by section."""
     out = copy.deepcopy(base)
     for name, section in override.items():
@@ -78,16 +83,68 @@ def merge(base, override):
     return out
 
 
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+@dataclass(frozen=True)
+class Limit:
+    """One value rule of a training config argument (contract.json's trainingConfig.limits, which
+    kaitoflow applies too), checked only where the argument is set: kind "integer" (a whole number
+    from low, up to high when there is one), "fraction" (a number above 0 and at most 1; what says
+    what it is the share of) or "bool"."""
+
+    section: str
+    key: str
+    kind: str
+    low: int | None = None
+    high: int | None = None
+    what: str = ""
+
+    @classmethod
+    def from_contract(cls, name: str, rule: dict[str, Any]) -> Self:
+        section, _, key = name.partition(".")
+        limit = cls(section, key, rule["kind"], rule.get("min"), rule.get("max"), rule.get("what", ""))
+        known = limit.kind in ("fraction", "bool") or (limit.kind == "integer" and limit.low is not None)
+        if section not in SECTIONS or not key or not known:
+            raise ValueError(f"contract.json: limit {name}: want Section.key of a section, and a known kind: {rule!r}")
+        return limit
+
+    @property
+    def field(self) -> str:
+        return f"training_config.{self.section}.{self.key}"
+
+    def holds(self, value: Any) -> bool:
+        """Whether value keeps to the limit. A bool is no number here, as it is none to Go."""
+        if isinstance(value, bool):
+            return self.kind == "bool"
+        if self.kind == "integer":
+            return (
+                isinstance(value, int)
+                and self.low is not None
+                and value >= self.low
+                and (self.high is None or value <= self.high)
+            )
+        if self.kind == "fraction":
+            return isinstance(value, (int, float)) and 0 < value <= 1
+        return False
+
+    def rule(self) -> str:
+        """What a value breaking the limit is told it must be."""
+        if self.kind == "integer" and self.high is not None:
+            return f"must be an integer from {self.low:d} to {self.high:d}"
+        if self.kind == "integer" and self.low == 1:
+            return "must be a positive integer"
+        if self.kind == "integer":
+            return f"must be an integer of at least {self.low:d}"
+        if self.kind == "fraction":
+            return "must be a number above 0 and at most 1" + (f" ({self.what})" if self.what else "")
+        if self.kind == "bool":
+            return "must be true or false"
+        return "has a limit of unknown kind " + self.kind
 
 
-def _fraction(value):
-    """A number in (0, 1]: Kaito's train_test_split, the share of rows trained on."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+# The value rules, in the order of their names (as kaitoflow reports them).
+LIMITS = tuple(Limit.from_contract(name, rule) for name, rule in sorted(_TRAINING_CONFIG["limits"].items()))
 
 
-def validate(cfg, method):
+def validate(cfg: TrainingConfig, method: str) -> list[str]:
     """Return every problem as "field.path: reason"; an empty list means valid."""
     problems = []
     for section in sorted(ALLOWED):
@@ -124,29 +181,14 @@ def validate(cfg, method):
                 f"training_config.TrainingArguments.output_dir: {out!r} must be under {root}, "
                 "where the Job mounts its output volume"
             )
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-        if key in args and not _positive_int(args[key]):
-            problems.append(f"training_config.TrainingArguments.{key}: {args[key]!r} must be a positive integer")
-    r = cfg.get("LoraConfig", {}).get("r")
-    if r is not None and not (_positive_int(r) and r <= 256):
-        problems.append(f"training_config.LoraConfig.r: {r!r} must be an integer from 1 to 256")
-    dataset = cfg.get("DatasetConfig", {})
-    d = "training_config.DatasetConfig."
-    seq = dataset.get("max_seq_length")
-    if seq is not None and not (_positive_int(seq) and seq >= 16):
-        problems.append(d + f"max_seq_length: {seq!r} must be an integer of at least 16")
-    split = dataset.get("train_test_split")
-    if split is not None and not _fraction(split):
-        problems.append(
-            d + f"train_test_split: {split!r} must be a number above 0 and at most 1 (the share of rows trained on)"
-        )
-    whole = dataset.get("train_on_prompt")
-    if whole is not None and not isinstance(whole, bool):
-        problems.append(d + f"train_on_prompt: {whole!r} must be true or false")
+    for limit in LIMITS:
+        section = cfg.get(limit.section, {})
+        if limit.key in section and not limit.holds(section[limit.key]):
+            problems.append(f"{limit.field}: {section[limit.key]!r} {limit.rule()}")
     return problems
 
 
-def load(text, method):
+def load(text: str, method: str) -> TrainingConfig:
     """Parse, merge over the defaults for method, and validate; raise ConfigError on any problem."""
     cfg = merge(defaults(method), parse(text))
     problems = validate(cfg, method)
@@ -155,7 +197,7 @@ def load(text, method):
     return cfg
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     """python -m kaitoflow_trainer.config --defaults METHOD prints the defaults as JSON; --allowed
     the arguments a workspace may set, by section."""
     if len(argv) == 2 and argv[0] == "--defaults":

@@ -12,14 +12,21 @@ import json
 import math
 import os
 import random
+from typing import Any
 
 from . import DataError
+
+# A row of a dataset file, a turn of a conversation ({"role", "content"}), and the training config's
+# DatasetConfig section.
+Row = dict[str, Any]
+Message = dict[str, str]
+DatasetConfig = dict[str, Any]
 
 ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
 
-def find_files(input_dir):
+def find_files(input_dir: str) -> list[str]:
     """Every dataset file under input_dir, sorted; DataError when there is none."""
     found = []
     for root, _dirs, files in os.walk(input_dir):
@@ -31,7 +38,7 @@ def find_files(input_dir):
     return sorted(found)
 
 
-def read_rows(path):
+def read_rows(path: str) -> list[Any]:
     """The rows of one file, as dicts."""
     lower = path.lower()
     try:
@@ -72,12 +79,12 @@ def read_rows(path):
     raise DataError(f"{path}: unsupported file type")
 
 
-def _columns(dataset_cfg):
+def _columns(dataset_cfg: DatasetConfig | None) -> tuple[str, str]:
     cfg = dataset_cfg or {}
     return cfg.get("context_column", "prompt"), cfg.get("response_column", "completion")
 
 
-def detect_shape(row, dataset_cfg=None):
+def detect_shape(row: Any, dataset_cfg: DatasetConfig | None = None) -> str:
     """The shape of a row: "messages", "prompt_completion" or "text"."""
     if not isinstance(row, dict):
         raise DataError(f"rows must be objects, got {type(row).__name__}")
@@ -106,7 +113,7 @@ def detect_shape(row, dataset_cfg=None):
     )
 
 
-def to_messages(row, shape, dataset_cfg=None):
+def to_messages(row: Row, shape: str, dataset_cfg: DatasetConfig | None = None) -> list[Message] | None:
     """The conversation of a row, or None for plain text."""
     if shape == "messages":
         msgs = row["messages"]
@@ -122,7 +129,7 @@ def to_messages(row, shape, dataset_cfg=None):
     return None
 
 
-def load_examples(input_dir, dataset_cfg=None):
+def load_examples(input_dir: str, dataset_cfg: DatasetConfig | None = None) -> tuple[str, list[Row]]:
     """(shape, rows) of every file under input_dir. All files must share one shape."""
     shape, rows = None, []
     for path in find_files(input_dir):
@@ -142,7 +149,7 @@ def load_examples(input_dir, dataset_cfg=None):
     return shape, rows
 
 
-def split_rows(rows, train_fraction, seed):
+def split_rows(rows: list[Row], train_fraction: float, seed: Any) -> tuple[list[Row], list[Row]]:
     """(train, held_out): Kaito's train_test_split is the share of rows trained on; the rest, drawn
     with seed so a retry holds out the same rows, measure eval_loss. Below 1, at least one row is
     held out and one kept whenever there are two."""

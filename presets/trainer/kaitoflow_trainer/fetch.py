@@ -13,18 +13,20 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
+from typing import TextIO
 
 from . import EXIT_FAILED, TrainerError, weights
 
 MARKER_DIR = "kaitoflow-complete"
 
 
-def marker(cache, model, revision):
+def marker(cache: str, model: str, revision: str | None) -> str:
     """The file that says model@revision is complete in cache."""
     return os.path.join(cache, MARKER_DIR, model.replace("/", "--") + "@" + (revision or "main"))
 
 
-def complete(path):
+def complete(path: str) -> bool:
     """A snapshot whose every file is there: huggingface_hub's snapshot holds links into the blobs,
     and a pruned blob leaves a link to nothing, which an offline model server cannot load."""
     if not os.path.isdir(path):
@@ -36,7 +38,15 @@ def complete(path):
     return True
 
 
-def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_files_only=False):
+def fetch(
+    model: str,
+    revision: str | None,
+    cache: str,
+    env: Mapping[str, str],
+    download: weights.Download | None = None,
+    out: TextIO = sys.stdout,
+    local_files_only: bool = False,
+) -> tuple[str, bool]:
     """The snapshot's local directory, and whether it had to be fetched: a complete snapshot
     (its marker written by whoever fetched it, an inference pod or a tuning Job) is used as it is,
     with no request to the Hub; otherwise weights.resolve fetches it and the marker is written."""
@@ -65,7 +75,7 @@ def fetch(model, revision, cache, env, download=None, out=sys.stdout, local_file
     return path, True
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kaitoflow_trainer.fetch", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="Hugging Face repository id")
     p.add_argument("--revision", default="", help="the pinned commit")

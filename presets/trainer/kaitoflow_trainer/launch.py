@@ -13,12 +13,15 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import Any
 
 # Set in every worker; a process that has it is a worker, not the launcher.
 RANK_ENV = "LOCAL_RANK"
 
 
-def free_port():
+def free_port() -> int:
     """A TCP port on the loopback interface nobody listens on now, for the process group's
     rendezvous (the pod has the node's network namespace to itself only with hostNetwork)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -26,7 +29,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def worker_env(env, rank, world, port, reason_file):
+def worker_env(env: Mapping[str, str], rank: int, world: int, port: int, reason_file: str) -> dict[str, str]:
     out = dict(env)
     out.update(
         {
@@ -44,14 +47,21 @@ def worker_env(env, rank, world, port, reason_file):
     return out
 
 
-def telling(codes):
+def telling(codes: Sequence[int | None]) -> int | None:
     """The rank whose failure says most: a classified exit code (2 and up: config, data, memory,
     download) before a generic one, a lower rank first."""
     failed = [(c in (1, None) or c < 0, r) for r, c in enumerate(codes) if c not in (None, 0)]
     return min(failed)[1] if failed else None
 
 
-def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, grace_seconds=5):
+def run(
+    argv: list[str],
+    processes: int,
+    env: Mapping[str, str] | None = None,
+    popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+    poll_seconds: float = 0.5,
+    grace_seconds: float = 5,
+) -> tuple[int, str]:
     """Run `argv` as `processes` workers and wait for them. Returns (exit_code, reason): 0 and ""
     when every worker succeeded, else the first failing worker's code and its reason."""
     env = dict(os.environ if env is None else env)
@@ -63,7 +73,7 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
 
         # job-run forwards the pod's SIGTERM (deletion, eviction, deadline) to this process: pass it
         # on, and let the workers' own exits decide the outcome.
-        def forward(signum, _frame):
+        def forward(signum: int, _frame: FrameType | None) -> None:
             for w in workers:
                 if w.poll() is None:
                     w.send_signal(signum)
@@ -111,6 +121,6 @@ def run(argv, processes, env=None, popen=subprocess.Popen, poll_seconds=0.5, gra
         return code, reason or f"training process {failed:d} of {processes:d} exited with code {code:d}"
 
 
-def restore(handlers):
+def restore(handlers: Mapping[signal.Signals, Any]) -> None:
     for sig, handler in handlers.items():
         signal.signal(sig, handler)

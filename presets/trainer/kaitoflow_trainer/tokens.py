@@ -1,13 +1,23 @@
 """Token ids, labels and batches: the pure-Python half of preparing examples (train turns the
 batches into tensors), so label masking is unit-tested without torch."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from . import chat
+from .chat import Span
+from .data import DatasetConfig, Row
+
+# A tokenized example: {"input_ids", "labels"}; a batch of them adds "attention_mask".
+Example = dict[str, list[int]]
 
 # What transformers' causal-LM loss leaves out.
 IGNORE_INDEX = -100
 
 
-def labels_for(input_ids, offsets, spans):
+def labels_for(
+    input_ids: Sequence[int], offsets: Sequence[Sequence[int]] | None, spans: list[Span] | None
+) -> list[int]:
     """The labels of input_ids: a token's own id where it is learnt, IGNORE_INDEX where not. With
     spans None every token is learnt; otherwise those whose characters ([start, end) in offsets)
     overlap an assistant span. Special tokens the tokenizer added have empty offsets and are not."""
@@ -19,7 +29,9 @@ def labels_for(input_ids, offsets, spans):
     ]
 
 
-def end_with_eos(input_ids, labels, eos_id, max_len):
+def end_with_eos(
+    input_ids: list[int], labels: list[int], eos_id: int | None, max_len: int
+) -> tuple[list[int], list[int]]:
     """Text no chat template closed gets EOS, learnt where the text before it is, so the model
     learns to stop; not when it already ends with EOS, nor when it may have been truncated."""
     if eos_id is None or (input_ids and input_ids[-1] == eos_id) or len(input_ids) >= max_len:
@@ -28,7 +40,9 @@ def end_with_eos(input_ids, labels, eos_id, max_len):
     return [*input_ids, eos_id], [*labels, eos_id if learnt else IGNORE_INDEX]
 
 
-def encode_rows(rows, shape, tokenizer, dataset_cfg, max_len):
+def encode_rows(
+    rows: list[Row], shape: str, tokenizer: Any, dataset_cfg: DatasetConfig, max_len: int
+) -> tuple[list[Example], dict[str, int]]:
     """(examples, counts): rows as {"input_ids", "labels"}; counts["whole_text"] rows of a
     conversation trained on whole because their assistant turns could not be found, and
     counts["nothing_to_learn"] rows dropped because no learnt token survived truncation.
@@ -66,7 +80,7 @@ def encode_rows(rows, shape, tokenizer, dataset_cfg, max_len):
     return examples, counts
 
 
-def pad_batch(features, pad_id):
+def pad_batch(features: Sequence[Example], pad_id: int) -> dict[str, list[list[int]]]:
     """Right-pads features to the longest. Padding is hidden by attention_mask and labelled
     IGNORE_INDEX whatever pad_id is, so a tokenizer without a pad token pads with EOS and EOS still
     counts in the loss where the text has it. (The alternative, adding a pad token, would resize

@@ -28,6 +28,7 @@ TrainingArguments.output_dir.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -35,6 +36,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, Self
 
 from . import (
     CONTRACT,
@@ -50,11 +54,34 @@ from . import (
     tokens,
     weights,
 )
+from .config import TrainingConfig
+from .data import DatasetConfig, Row
+from .tokens import Example
 
 TERMINATION_LOG = os.environ.get("KAITOFLOW_TERMINATION_LOG") or "/dev/termination-log"
 PROGRESS_PREFIX = CONTRACT["prefixes"]["progress"]
 CHECKPOINT_PREFIX = CONTRACT["prefixes"]["checkpoint"]
 DEFAULT_CHECKPOINT_MINUTES = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What a run was asked to do: the command line's arguments (main parses them, with their
+    defaults), as the launcher, the download and the training read them."""
+
+    config: str  # the training_config.yaml
+    method: str  # lora or qlora
+    model: str  # a local model directory or a Hugging Face repository id
+    revision: str  # the repository's revision to download; "" for main
+    input_dir: str  # where the dataset files are
+    cache_dir: str  # where snapshots are kept; "" for huggingface_hub's choice
+    processes: int  # training processes, one per GPU
+    resume_from: str  # a checkpoint directory to continue from, or ""
+    compare_adapter: str  # the adapter serving now, scored beside the new one, or ""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 class OutOfGPUMemory(TrainerError):
@@ -63,35 +90,35 @@ class OutOfGPUMemory(TrainerError):
 
     exit_code = EXIT_OOM
 
-    def __init__(self, account):
+    def __init__(self, account: dict[str, Any]) -> None:
         super().__init__(json.dumps(json_safe(account)))
 
 
-def distributed():
+def distributed() -> bool:
     """Whether this process is one of several training processes (launch.py started it)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def main_process():
+def main_process() -> bool:
     """Whether this process reports: the only one, or rank 0 of several."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _dtype(torch, name):
+def _dtype(torch: ModuleType, name: str) -> Any:
     table = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
     if name not in table:
         raise ConfigError(f"torch dtype {name!r}: want bfloat16, float16, float32 or auto")
     return table[name]
 
 
-def dtype_argument(version):
+def dtype_argument(version: str) -> str:
     """from_pretrained's keyword for the weights' dtype: transformers 4.56 renamed torch_dtype to
     dtype, and 5.x no longer promises the old name."""
     major, minor = (int(n) for n in re.findall(r"\d+", version)[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def perplexity(loss):
+def perplexity(loss: float) -> float:
     """exp(loss), the eval perplexity; inf when that overflows a float."""
     try:
         return math.exp(loss)
@@ -99,7 +126,7 @@ def perplexity(loss):
         return math.inf
 
 
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """value with every NaN or infinity made null: Go's encoding/json, which job-run reads
     metrics.json with, refuses the whole file over a single one."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -114,17 +141,17 @@ def json_safe(value):
 class _Examples:
     """A map-style dataset of tokenized examples (what transformers.Trainer iterates)."""
 
-    def __init__(self, items):
+    def __init__(self, items: list[Example]) -> None:
         self.items = items
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Example:
         return self.items[i]
 
 
-def _rows(cfg, input_dir):
+def _rows(cfg: TrainingConfig, input_dir: str) -> tuple[str, list[Row], list[Row]]:
     """(shape, train_rows, eval_rows): the dataset, split and shuffled as DatasetConfig says."""
     dataset_cfg = cfg.get("DatasetConfig", {})
     shape, rows = data.load_examples(input_dir, dataset_cfg)
@@ -140,7 +167,7 @@ def _rows(cfg, input_dir):
     return shape, train_rows, eval_rows
 
 
-def _encode(rows, shape, tok, dataset_cfg, name):
+def _encode(rows: list[Row], shape: str, tok: Any, dataset_cfg: DatasetConfig, name: str) -> _Examples:
     max_len = int(dataset_cfg.get("max_seq_length", 2048))
     examples, counts = tokens.encode_rows(rows, shape, tok, dataset_cfg, max_len)
     if counts["whole_text"]:
@@ -159,7 +186,7 @@ def _encode(rows, shape, tok, dataset_cfg, name):
     return _Examples(examples)
 
 
-def _load_model(path, cfg, torch, transformers, peft):
+def _load_model(path: str, cfg: TrainingConfig, torch: ModuleType, transformers: ModuleType, peft: ModuleType) -> Any:
     """The base model from the local snapshot, quantized for qlora, with LoRA adapters attached."""
     model_cfg = dict(cfg.get("ModelConfig", {}))
     for key in ("local_files_only", "chat_template"):  # the trainer's to act on, not from_pretrained's
@@ -203,7 +230,7 @@ def _load_model(path, cfg, torch, transformers, peft):
     return model
 
 
-def _training_arguments(cfg, transformers, cuda=True):
+def _training_arguments(cfg: TrainingConfig, transformers: ModuleType, cuda: bool = True) -> Any:
     targs_cfg = dict(cfg["TrainingArguments"])
     if not cuda:
         # Without a GPU, accelerate treats a process that launch.py started as one of several only
@@ -235,19 +262,21 @@ def _training_arguments(cfg, transformers, cuda=True):
         raise ConfigError(f"training_config.TrainingArguments: {exc}") from exc
 
 
-def _progress(transformers, avg_tokens, started):
+def _progress(transformers: ModuleType, avg_tokens: float, started: float) -> Any:
     """A callback that prints a progress line at every log step. Its `first_step` is the step this
     process started from: 0, or the checkpoint's when resumed, whose steps were timed elsewhere."""
 
     class Progress(transformers.TrainerCallback):
-        first_step = None
+        first_step: int | None = None
 
-        def on_step_begin(self, args, state, _control, **_kw):
+        def on_step_begin(self, args: Any, state: Any, _control: Any, **_kw: Any) -> None:
             if self.first_step is None:
                 # The resumed state is loaded by now; on_train_begin comes before it.
                 self.first_step = state.global_step
 
-        def on_log(self, args, state, _control, logs=None, **_kw):
+        def on_log(
+            self, args: Any, state: Any, _control: Any, logs: dict[str, float] | None = None, **_kw: Any
+        ) -> None:
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             elapsed = time.time() - started
@@ -272,18 +301,18 @@ def _progress(transformers, avg_tokens, started):
     return Progress()
 
 
-def loss_history(log_history):
+def loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The training losses logged, by step, from the Trainer's log history: a resumed run's
     includes those logged before its checkpoint, which the checkpoint carries."""
     return [{"step": e["step"], "loss": e["loss"]} for e in log_history if "loss" in e and "step" in e]
 
 
-def checkpoint_due(last_save, now, minutes):
+def checkpoint_due(last_save: float, now: float, minutes: float) -> bool:
     """Whether a clock-driven checkpoint is due: minutes since the last one (or the start)."""
     return minutes > 0 and now - last_save >= minutes * 60
 
 
-def checkpoint_minutes(environ, targs_cfg):
+def checkpoint_minutes(environ: Mapping[str, str], targs_cfg: dict[str, Any]) -> float:
     """Minutes between clock-driven checkpoints: 0 (none) when the config saves every so many
     steps of its own choosing. Saving by epoch (kaitoflow's default) or not at all leaves hours
     between checkpoints on a large dataset, so the clock adds its own."""
@@ -296,7 +325,7 @@ def checkpoint_minutes(environ, targs_cfg):
         raise ConfigError(f"KAITOFLOW_CHECKPOINT_MINUTES {raw!r}: want a number of minutes") from exc
 
 
-def _agreed(flag, torch):
+def _agreed(flag: bool, torch: ModuleType | None) -> bool:
     """flag as rank 0 has it, on every training process: a checkpoint is a collective step, and
     processes whose clocks disagree by one step would save at different steps (or wait forever)."""
     if torch is None or not distributed() or not torch.distributed.is_initialized():
@@ -306,20 +335,22 @@ def _agreed(flag, torch):
     return bool(t.item())
 
 
-def _checkpoints(transformers, minutes, clock=time.time, torch=None):
+def _checkpoints(
+    transformers: ModuleType, minutes: float, clock: Callable[[], float] = time.time, torch: ModuleType | None = None
+) -> Any:
     """A callback that announces every checkpoint saved, so job-run uploads it while training goes
     on, and (minutes > 0) asks for one every `minutes` by rank 0's clock."""
 
     class Checkpoints(transformers.TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.last = clock()
 
-        def on_step_end(self, args, state, control, **_kw):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_kw: Any) -> Any:
             if minutes > 0 and _agreed(checkpoint_due(self.last, clock(), minutes), torch):
                 control.should_save = True
             return control
 
-        def on_save(self, args, state, _control, **_kw):
+        def on_save(self, args: Any, state: Any, _control: Any, **_kw: Any) -> None:
             self.last = clock()
             if state.is_world_process_zero:
                 path = os.path.join(args.output_dir, f"checkpoint-{state.global_step:d}")
@@ -328,7 +359,9 @@ def _checkpoints(transformers, minutes, clock=time.time, torch=None):
     return Checkpoints()
 
 
-def oom_account(exc, step, dataset_cfg, targs, torch):
+def oom_account(
+    exc: BaseException, step: int, dataset_cfg: DatasetConfig, targs: Any, torch: ModuleType | None
+) -> dict[str, Any]:
     """What the trainer knows when CUDA runs out: where, with what shape, and the memory."""
     peak = total = 0
     if torch is not None and torch.cuda.is_available():
@@ -349,12 +382,12 @@ def oom_account(exc, step, dataset_cfg, targs, torch):
     }
 
 
-def _is_oom(exc):
+def _is_oom(exc: BaseException) -> bool:
     # torch raises OutOfMemoryError; cuBLAS and bitsandbytes kernels a RuntimeError saying so.
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def _evaluate(trainer, eval_set):
+def _evaluate(trainer: Any, eval_set: _Examples) -> dict[str, float]:
     """eval_loss and perplexity on the held-out rows, or nothing when none were held out."""
     if not len(eval_set):
         return {}
@@ -364,7 +397,7 @@ def _evaluate(trainer, eval_set):
     return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_examples": len(eval_set)}
 
 
-def _compare(trainer, model, eval_set, compare_dir):
+def _compare(trainer: Any, model: Any, eval_set: _Examples, compare_dir: str) -> dict[str, float]:
     """The base model's eval_loss with no adapter and, given one, the serving adapter's, on the
     same held-out rows the new adapter was scored on: numbers a promotion policy can compare. A
     comparison that fails is said on stdout and left out (the policy then holds the adapter)."""
@@ -391,63 +424,63 @@ def _compare(trainer, model, eval_set, compare_dir):
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _weights(cfg, args):
-    """The base model's local directory, downloaded first when args.model is a repository id."""
+def _weights(cfg: TrainingConfig, run: RunSettings) -> str:
+    """The base model's local directory, downloaded first when run.model is a repository id."""
     local_only = bool(cfg.get("ModelConfig", {}).get("local_files_only", False))
     # Through fetch: a snapshot the inference pods (or an earlier run) completed is used with no
     # request to the Hub, and one fetched here is marked complete for them.
     path, _ = fetch.fetch(
-        args.model,
-        args.revision,
-        weights.cache_dir(args.cache_dir, os.environ),
+        run.model,
+        run.revision,
+        weights.cache_dir(run.cache_dir, os.environ),
         os.environ,
         local_files_only=local_only,
     )
     if main_process():
-        print("kaitoflow-trainer: model {}@{} from {}".format(args.model, args.revision or "main", path), flush=True)
+        print("kaitoflow-trainer: model {}@{} from {}".format(run.model, run.revision or "main", path), flush=True)
     return path
 
 
-def launch_workers(args):
+def launch_workers(run: RunSettings) -> int:
     """--processes N: check the configuration and download the weights once, here, then train in
     N processes that load them from the local snapshot; their first telling failure is this
     process's."""
-    with open(args.config, encoding="utf-8") as f:
-        cfg = config.load(f.read(), args.method)
-    path = _weights(cfg, args)
+    with open(run.config, encoding="utf-8") as f:
+        cfg = config.load(f.read(), run.method)
+    path = _weights(cfg, run)
     argv = [
         sys.executable,
         "-m",
         "kaitoflow_trainer.train",
         "--config",
-        args.config,
+        run.config,
         "--method",
-        args.method,
+        run.method,
         "--model",
         path,
         "--revision",
-        args.revision,
+        run.revision,
         "--input-dir",
-        args.input_dir,
+        run.input_dir,
     ]
-    if args.resume_from:
-        argv += ["--resume-from", args.resume_from]
-    if args.compare_adapter:
-        argv += ["--compare-adapter", args.compare_adapter]
-    print(f"kaitoflow-trainer: {args.processes:d} training processes, one per GPU", flush=True)
-    code, reason = launch.run(argv, args.processes)
+    if run.resume_from:
+        argv += ["--resume-from", run.resume_from]
+    if run.compare_adapter:
+        argv += ["--compare-adapter", run.compare_adapter]
+    print(f"kaitoflow-trainer: {run.processes:d} training processes, one per GPU", flush=True)
+    code, reason = launch.run(argv, run.processes)
     if code:
         return _fail(reason, code)
     return 0
 
 
-def train(args):
-    with open(args.config, encoding="utf-8") as f:
-        cfg = config.load(f.read(), args.method)
+def train(run: RunSettings) -> None:
+    with open(run.config, encoding="utf-8") as f:
+        cfg = config.load(f.read(), run.method)
     dataset_cfg = cfg.get("DatasetConfig", {})
-    shape, train_rows, eval_rows = _rows(cfg, args.input_dir)
+    shape, train_rows, eval_rows = _rows(cfg, run.input_dir)
 
-    path = _weights(cfg, args)
+    path = _weights(cfg, run)
 
     import peft
     import torch
@@ -479,7 +512,7 @@ def train(args):
         print("kaitoflow-trainer: DataCollator.mlm ignored: causal language modelling", flush=True)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
-    def collate(features):
+    def collate(features: list[Example]) -> dict[str, Any]:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in tokens.pad_batch(features, pad_id).items()}
 
     if torch.cuda.is_available():
@@ -496,17 +529,17 @@ def train(args):
         data_collator=collate,
         callbacks=callbacks,
     )
-    if args.resume_from:
-        print(f"kaitoflow-trainer: resuming from {args.resume_from}", flush=True)
+    if run.resume_from:
+        print(f"kaitoflow-trainer: resuming from {run.resume_from}", flush=True)
     try:
-        result = trainer.train(resume_from_checkpoint=args.resume_from or None)
+        result = trainer.train(resume_from_checkpoint=run.resume_from or None)
     except Exception as exc:
         if _is_oom(exc):
             raise OutOfGPUMemory(oom_account(exc, trainer.state.global_step, dataset_cfg, targs, torch)) from exc
         raise
     duration = time.time() - started
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
-    evaluation.update(_compare(trainer, model, eval_set, args.compare_adapter))
+    evaluation.update(_compare(trainer, model, eval_set, run.compare_adapter))
     if trainer.is_world_process_zero():
         # Only the steps this process trained were timed: a resumed run's others were earlier.
         share = (result.global_step - (progress.first_step or 0)) / max(result.global_step, 1)
@@ -530,7 +563,19 @@ def train(args):
         torch.distributed.destroy_process_group()
 
 
-def _report(model, targs, torch, result, losses, train_set, tokens_total, duration, shape, evaluation, share=1.0):
+def _report(
+    model: Any,
+    targs: Any,
+    torch: ModuleType,
+    result: Any,
+    losses: list[dict[str, Any]],
+    train_set: _Examples,
+    tokens_total: int,
+    duration: float,
+    shape: str,
+    evaluation: dict[str, float],
+    share: float = 1.0,
+) -> None:
     """Rank 0's outputs: the adapter and metrics.json. share: the part of the run's steps this
     process trained (and duration timed)."""
     model.save_pretrained(targs.output_dir, safe_serialization=True)
@@ -564,11 +609,11 @@ def _report(model, targs, torch, result, losses, train_set, tokens_total, durati
     )
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {exc}").replace("\n", " ")[:1000]
 
 
-def _fail(reason, code):
+def _fail(reason: str, code: int) -> int:
     reason = reason.replace("\n", " ")
     print("kaitoflow-trainer: " + reason, file=sys.stderr, flush=True)
     try:
@@ -579,7 +624,7 @@ def _fail(reason, code):
     return code
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kaitoflow-trainer")
     p.add_argument("--config", default="/mnt/config/training_config.yaml")
     p.add_argument("--method", choices=("lora", "qlora"), required=True)
@@ -594,11 +639,11 @@ def main(argv=None):
         default="",
         help="the adapter serving now: scored beside the new one on the same held-out rows",
     )
-    args = p.parse_args(argv)
+    run = RunSettings.from_args(p.parse_args(argv))
     try:
-        if args.processes > 1 and not distributed():
-            return launch_workers(args)
-        train(args)
+        if run.processes > 1 and not distributed():
+            return launch_workers(run)
+        train(run)
     except TrainerError as exc:
         return _fail(str(exc), exc.exit_code)
     except Exception as exc:  # noqa: BLE001  the Job must end on any failure (torch, transformers, peft...) and say why in one line

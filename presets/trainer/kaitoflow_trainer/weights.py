@@ -9,12 +9,18 @@ Secret the token came from, or that none was given.
 import errno
 import os
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import EXIT_MODEL, ModelDownloadError
 
 # The Go side mounts the workspace's presetOptions.modelAccessSecret into HF_TOKEN and names the
 # Secret (namespace/name) in SECRET_ENV, so a refusal can say which Secret to fix.
 TOKEN_ENV = "HF_TOKEN"
+
+# What downloads a snapshot: huggingface_hub's snapshot_download, or a test's stand-in. It takes
+# snapshot_download's keyword arguments and returns the snapshot's directory.
+Download = Callable[..., str]
 SECRET_ENV = "KAITOFLOW_MODEL_ACCESS_SECRET"
 
 # The Job's cache volume; huggingface_hub's layout under it ($HF_HOME/hub) is also where an image
@@ -26,7 +32,7 @@ DEFAULT_HF_HOME = "/mnt/cache"
 IGNORE_PATTERNS = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite", "original/*", "onnx/*"]
 
 
-def cache_dir(explicit, env):
+def cache_dir(explicit: str, env: Mapping[str, str]) -> str:
     """Where snapshots are kept: --cache-dir, else huggingface_hub's own choice ($HF_HUB_CACHE, else
     $HF_HOME/hub) with the Job's cache volume standing in for an unset HF_HOME."""
     if explicit:
@@ -36,7 +42,7 @@ def cache_dir(explicit, env):
     return os.path.join(env.get("HF_HOME") or DEFAULT_HF_HOME, "hub")
 
 
-def _snapshot_download(**kwargs):
+def _snapshot_download(**kwargs: Any) -> str:
     # Imported here: unit tests and local models need no huggingface_hub.
     from huggingface_hub import snapshot_download
 
@@ -49,7 +55,15 @@ def _snapshot_download(**kwargs):
 RETRY_WAITS = (10, 30, 90)
 
 
-def resolve(model, revision, local_files_only, cache, env, download=None, sleep=time.sleep):
+def resolve(
+    model: str,
+    revision: str | None,
+    local_files_only: bool,
+    cache: str,
+    env: Mapping[str, str],
+    download: Download | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> str:
     """The local directory to load model from: model itself when it is a directory, else its
     snapshot at revision, downloaded unless local_files_only (then it must be in the cache)."""
     if os.path.isdir(model):
@@ -73,7 +87,7 @@ def resolve(model, revision, local_files_only, cache, env, download=None, sleep=
             sleep(RETRY_WAITS[attempt])
 
 
-def _status(exc):
+def _status(exc: BaseException | None) -> int | None:
     """The HTTP status of exc or of an error it was raised from: huggingface_hub wraps some
     (a 5xx while resolving a branch) in LocalEntryNotFoundError."""
     seen = set()
@@ -86,7 +100,7 @@ def _status(exc):
     return None
 
 
-def _errno(exc, wanted):
+def _errno(exc: BaseException | None, wanted: tuple[int, ...]) -> int | None:
     """The first errno in wanted that exc or an error it was raised from carries, or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -97,12 +111,14 @@ def _errno(exc, wanted):
     return None
 
 
-def _first_line(exc):
+def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def failure(exc, model, revision, local_files_only, cache, secret):
+def failure(
+    exc: BaseException, model: str, revision: str | None, local_files_only: bool, cache: str, secret: str
+) -> ModelDownloadError:
     """The ModelDownloadError for exc. huggingface_hub's errors are told apart by class name and
     status, so this needs no import of it (and tests can raise look-alikes)."""
     what = "{}@{}".format(model, revision or "main")

@@ -1,9 +1,10 @@
 import json
+import math
 import os
 import unittest
 from unittest import mock
 
-from kaitoflow_trainer import ConfigError, config
+from kaitoflow_trainer import CONTRACT, ConfigError, config
 
 
 class DefaultsTest(unittest.TestCase):
@@ -96,3 +97,65 @@ class AllowlistTest(unittest.TestCase):
     def test_defaults_are_allowed(self):
         for method in ("lora", "qlora"):
             self.assertEqual(config.validate(config.defaults(method), method), [])
+
+
+def limit_cases(limit):
+    """(refused, accepted) for a limit of the contract: values just outside its bounds (and of the
+    wrong type, or null), and values at them."""
+    if limit.kind == "integer":
+        refused, accepted = [limit.low - 1, limit.low + 0.5, str(limit.low), True, None], [limit.low]
+        if limit.high is not None:
+            refused.append(limit.high + 1)
+            accepted.append(limit.high)
+        return refused, accepted
+    if limit.kind == "fraction":
+        return [0, math.nextafter(1, 2), -0.5, "0.5", True, None], [1, math.nextafter(0, 1), 0.5]
+    if limit.kind == "bool":
+        return ["true", 1, None], [True, False]
+    raise AssertionError(f"limit of unknown kind {limit.kind!r}")
+
+
+class LimitsTest(unittest.TestCase):
+    """contract.json's value rules, which kaitoflow applies too (TestTrainingConfigLimits)."""
+
+    def test_every_limit_of_the_contract(self):
+        self.assertEqual(
+            {f"{limit.section}.{limit.key}" for limit in config.LIMITS}, set(CONTRACT["trainingConfig"]["limits"])
+        )
+        for limit in config.LIMITS:
+            refused, accepted = limit_cases(limit)
+            for method in ("lora", "qlora"):
+                for value in refused:
+                    with self.subTest(field=limit.field, method=method, refused=value):
+                        cfg = config.merge(config.defaults(method), {limit.section: {limit.key: value}})
+                        self.assertIn(f"{limit.field}: {value!r} {limit.rule()}", config.validate(cfg, method))
+                        with self.assertRaises(ConfigError) as ctx:
+                            config.load(json.dumps({limit.section: {limit.key: value}}), method)
+                        self.assertIn(limit.field, str(ctx.exception))
+                for value in accepted:
+                    with self.subTest(field=limit.field, method=method, accepted=value):
+                        cfg = config.merge(config.defaults(method), {limit.section: {limit.key: value}})
+                        self.assertEqual(config.validate(cfg, method), [])
+
+    def test_rules_read_as_written_by_hand(self):
+        for limit, want in (
+            (config.Limit("S", "k", "integer", 1), "must be a positive integer"),
+            (config.Limit("S", "k", "integer", 16), "must be an integer of at least 16"),
+            (config.Limit("S", "k", "integer", 1, 256), "must be an integer from 1 to 256"),
+            (
+                config.Limit("S", "k", "fraction", what="the share of rows trained on"),
+                "must be a number above 0 and at most 1 (the share of rows trained on)",
+            ),
+            (config.Limit("S", "k", "bool"), "must be true or false"),
+        ):
+            self.assertEqual(limit.rule(), want)
+
+    def test_a_limit_the_trainer_cannot_apply_is_refused(self):
+        for name, rule in (
+            ("Optimiser.lr", {"kind": "fraction"}),
+            ("LoraConfig", {"kind": "bool"}),
+            ("LoraConfig.r", {"kind": "integer"}),
+            ("LoraConfig.r", {"kind": "prime"}),
+        ):
+            with self.subTest(name=name, rule=rule), self.assertRaises(ValueError):
+                config.Limit.from_contract(name, rule)
