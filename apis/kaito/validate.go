@@ -88,7 +88,8 @@ func (w *Workspace) validateMeta() field.ErrorList {
 	errs = append(errs, apivalidation.ValidateAnnotations(w.Annotations, meta.Child("annotations"))...)
 	errs = append(errs, metav1validation.ValidateLabels(w.Labels, meta.Child("labels"))...)
 	if b, err := json.Marshal(w); err == nil && len(b) > MaxWorkspaceBytes {
-		errs = append(errs, field.TooLong(field.NewPath(""), "", MaxWorkspaceBytes))
+		// The whole, encoded: no one field is at fault.
+		errs = append(errs, field.TooLong(field.NewPath("workspace"), "", MaxWorkspaceBytes))
 	}
 	return errs
 }

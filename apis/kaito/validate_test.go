@@ -1,6 +1,7 @@
 package kaito
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -110,6 +111,8 @@ func TestValidateRefusesBadManifests(t *testing.T) {
 		{"v1beta1 GPU partition", "  labelSelector:\n", "  partition:\n    mode: mig\n    profile: 1g.10gb\n  labelSelector:\n", "resource.partition", "not supported"},
 		{"multi-node tuning", "  instanceType:", "  count: 2\n  instanceType:", "resource.count", "multiple nodes"},
 		{"tuning and inference", "tuning:\n", "inference:\n  preset:\n    name: phi-3-mini-4k-instruct\ntuning:\n", "inference", "cannot both"},
+		// Each part within its own limit, the whole over what every event of the pipeline carries.
+		{"workspace over 256 KiB", "  name: ws\n", "  name: ws\n  annotations:\n    note: " + strings.Repeat("n", 200<<10) + "\n", "workspace", "262144"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,6 +120,9 @@ func TestValidateRefusesBadManifests(t *testing.T) {
 				t.Fatalf("test bug: %q not in base", tc.old)
 			}
 			doc := strings.Replace(base, tc.old, tc.new, 1)
+			if tc.wantField == "workspace" {
+				doc = strings.Replace(doc, `urls: ["https://example.com/data.parquet"]`, `urls: [`+longURLs(100)+`]`, 1)
+			}
 			w, err := DecodeWorkspace([]byte(doc))
 			if err != nil {
 				t.Fatalf("decode: %v", err)
@@ -205,4 +211,13 @@ func TestOutputRepositoriesPerNamespace(t *testing.T) {
 			t.Errorf("%s pushing to %s: want one error on tuning.output.image, got %v", tc.ns, tc.image, errs)
 		}
 	}
+}
+
+// longURLs is n dataset URLs of about 1 KiB each, as a YAML flow sequence's items.
+func longURLs(n int) string {
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("%q", fmt.Sprintf("https://example.com/%04d/%s.parquet", i, strings.Repeat("d", 1000)))
+	}
+	return strings.Join(urls, ", ")
 }

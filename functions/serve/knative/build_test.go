@@ -103,6 +103,14 @@ func TestUserTemplateIsHonoured(t *testing.T) {
 	if a := svc.Spec.Template.Annotations; a["autoscaling.knative.dev/max-scale"] != "4" || a["unrelated"] != "" {
 		t.Errorf("annotations %v", a)
 	}
+	// A pod the workspace's submitter controls gets no API token, and kaitoflow's labels say whose
+	// Service it is beside the template's own.
+	if m := spec.AutomountServiceAccountToken; m == nil || *m {
+		t.Errorf("automountServiceAccountToken = %v, want false", m)
+	}
+	if l := svc.Spec.Template.Labels; l["app"] != "custom" || l["kaitoflow.io/workspace"] != "custom" {
+		t.Errorf("template labels %v: want the template's app and kaitoflow's workspace label", l)
+	}
 }
 
 // An adapter on a volume is mounted read-only into the model server and loaded from there, with no

@@ -40,7 +40,8 @@ type Deployer struct {
 	Delay, LoRALoadDelay time.Duration
 	// Pull fetches adapter images; nil pulls anonymously (the embedded registry).
 	Pull chatproxy.Puller
-	// Dir holds the replicas' pulled adapters; empty: a temporary directory.
+	// Dir holds the replicas' pulled adapters; empty: a temporary directory of its own, owner-only,
+	// removed by Close.
 	Dir string
 	// Transport carries a replica's chat-proxy and adapter reconciler to its runtime, at BaseURL;
 	// nil: http.DefaultTransport. Where BaseURL is behind a token, it adds the token.
@@ -55,6 +56,7 @@ type Deployer struct {
 	services map[string]*simService // by namespace/service
 	serving  map[string]string      // a workspace's (namespace/name) service key
 	seq      int
+	tempDir  string // the directory made for Dir, removed by Close
 }
 
 type simService struct {
@@ -283,7 +285,7 @@ func (s *Deployer) startLocked(svc *simService) error {
 		if err != nil {
 			return fmt.Errorf("sim replicas' directory: %w", err)
 		}
-		s.Dir = tmp
+		s.Dir, s.tempDir = tmp, tmp
 	}
 	dir := filepath.Join(s.Dir, "replicas", d.Ref.Namespace, name)
 	upstream, err := url.Parse(s.url(d.Ref.Namespace, d.Service) + "/replicas/" + name + "/runtime")
@@ -433,7 +435,7 @@ func (s *Deployer) Status(_ context.Context, ref events.Ref) (*serve.Status, err
 }
 
 // Close stops every replica (and its model server) of every service, and returns when they have
-// stopped.
+// stopped; the temporary directory it made for Dir goes too.
 func (s *Deployer) Close() {
 	s.mu.Lock()
 	var all []*simReplica
@@ -441,10 +443,17 @@ func (s *Deployer) Close() {
 		all = append(all, svc.replicas...)
 		svc.replicas = nil
 	}
+	tmp := s.tempDir
+	if tmp != "" {
+		s.Dir, s.tempDir = "", "" // a replica started after Close makes a new one
+	}
 	s.mu.Unlock()
 	for _, r := range all {
 		r.stop()
 		_ = os.RemoveAll(r.manager.Dir)
+	}
+	if tmp != "" {
+		_ = os.RemoveAll(tmp)
 	}
 }
 

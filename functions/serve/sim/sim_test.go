@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -306,5 +308,37 @@ func TestSimServingPool(t *testing.T) {
 	}
 	if st, _ := dep.Status(ctx, ready[1].Ref); st != nil {
 		t.Errorf("the pool is still there: %+v", st)
+	}
+}
+
+// A Deployer without a Dir keeps its replicas' adapters in a directory of its own, and Close
+// removes it: nothing is left under the system's temporary directory.
+func TestSimTemporaryDirectoryGoesWithClose(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // the system's temporary directory, for this test alone
+	ctx := context.Background()
+	dep := &sim.Deployer{}
+	srv := httptest.NewServer(dep.Handler())
+	defer srv.Close()
+	dep.BaseURL = srv.URL
+	fn := serve.New(dep, nil)
+	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-4k-instruct"}}}}
+	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
+	out, err := fn.Handle(ctx, events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws}, nil)))
+	var d events.InferenceReadyData
+	if err != nil || len(out) != 1 || events.Data(out[0], &d) != nil {
+		t.Fatalf("deploy: %v %v", err, out)
+	}
+	chatVia(t, d.URL)
+	made, _ := filepath.Glob(filepath.Join(tmp, "kaitoflow-sim-*"))
+	if len(made) != 1 {
+		t.Fatalf("replicas' directories under TMPDIR: %v, want one", made)
+	}
+	if fi, err := os.Stat(made[0]); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v %v, want owner-only", made[0], fi.Mode(), err)
+	}
+	dep.Close()
+	if left, _ := filepath.Glob(filepath.Join(tmp, "*")); len(left) != 0 {
+		t.Errorf("Close left %v", left)
 	}
 }

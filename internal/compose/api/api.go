@@ -4,6 +4,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +47,8 @@ type Server struct {
 	// Plan is provision's fit check, run at submit: a workspace it refuses is answered 422 with
 	// the field, not accepted to fail later.
 	Plan func(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error)
+	// BodyTimeout is how long a request's body may take to arrive; BodyReadTimeout when zero.
+	BodyTimeout time.Duration
 }
 
 // FieldError is one validation problem, as the API returns it.
@@ -86,7 +90,7 @@ func (s *Server) Handler() http.Handler {
 		// their bodies cannot hold the server's connections. Not a server-wide ReadTimeout, which
 		// would also end the long-lived watch streams.
 		if r.Body != nil && r.Body != http.NoBody {
-			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyReadTimeout))
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(cmp.Or(s.BodyTimeout, BodyReadTimeout)))
 		}
 		if ns := r.URL.Query().Get("namespace"); ns != "" {
 			if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
@@ -100,7 +104,25 @@ func (s *Server) Handler() http.Handler {
 	})
 }
 
-// BodyReadTimeout bounds how long a request's body may take to arrive.
+// readBody reads a request's body up to the largest event, answering for it when it cannot: 413
+// for a body over the bound, 408 for one that did not arrive within the body timeout, 400 else.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return body, true
+	case errors.As(err, &tooLarge):
+		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: fmt.Sprintf("the body is over %d bytes", tooLarge.Limit)})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		writeJSON(w, http.StatusRequestTimeout, Problem{Error: fmt.Sprintf("the body did not arrive within %s", cmp.Or(s.BodyTimeout, BodyReadTimeout))})
+	default:
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "reading the body: " + err.Error()})
+	}
+	return nil, false
+}
+
+// BodyReadTimeout bounds how long a request's body may take to arrive (Server.BodyTimeout).
 const BodyReadTimeout = 30 * time.Second
 
 // RequireToken serves next only to requests carrying token as their bearer token; an empty token
@@ -137,9 +159,8 @@ func listNamespace(r *http.Request) string {
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: err.Error()})
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
 	}
 	// One workspace per request: a stream of several would have its first admitted and the rest

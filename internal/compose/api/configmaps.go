@@ -3,7 +3,6 @@ package api
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -63,9 +61,8 @@ func DecodeConfigMap(doc []byte, defaultNamespace string) (*corev1.ConfigMap, fi
 }
 
 func (s *Server) submitConfigMap(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, events.MaxEventSize))
-	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, Problem{Error: err.Error()})
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
 	}
 	cm, errs, err := DecodeConfigMap(body, namespace(r))
