@@ -938,10 +938,18 @@ func runningTuningPod(ctx context.Context, t *testing.T, b *testenv.Box, ns, wha
 }
 
 // replicaAdapters is what the inference pod's chat-proxy (the stand-in running kaitoflow's real
-// one) says it serves: its admin GET /adapters.
+// one) says it serves: its admin GET /adapters, asked as serve asks, with the token in the
+// service's adapter set.
 func replicaAdapters(t *testing.T, bx *boxed, pod corev1.Pod) chatproxy.ReplicaAdapters {
 	t.Helper()
-	resp, err := http.Get(bx.pods.Address(pod) + "/adapters")
+	ctx := context.Background()
+	set, err := bx.b.Client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, knative.AdapterSetName(pod.Labels[knative.LabelService]), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, bx.pods.Address(pod)+"/adapters", nil)
+	req.Header.Set("Authorization", "Bearer "+set.Data[knative.AdminTokenKey])
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

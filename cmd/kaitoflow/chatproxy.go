@@ -15,7 +15,7 @@ import (
 )
 
 func newChatProxy(g *globals) *cobra.Command {
-	var listen, adminListen, upstream, model, adapterSet, adapterDir string
+	var listen, adminListen, adminToken, upstream, model, adapterSet, adapterDir string
 	var maxBody int64
 	var poll time.Duration
 	var allow []string
@@ -32,7 +32,7 @@ func newChatProxy(g *globals) *cobra.Command {
 			if err != nil || u.Host == "" {
 				return fmt.Errorf("--upstream %q: want a URL such as http://127.0.0.1:8000", upstream)
 			}
-			p := &chatproxy.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log}
+			p := &chatproxy.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log, AdminTokenFile: adminToken}
 			if adapterSet != "" {
 				// This replica loads the adapter set into the model server next to it, at start and
 				// whenever the deployer changes the set, and routes to what it loaded.
@@ -62,6 +62,9 @@ func newChatProxy(g *globals) *cobra.Command {
 		"the adapter set to serve (the deployer's ConfigMap, mounted): loaded live through the model server's runtime LoRA API")
 	cmd.Flags().StringVar(&adminListen, "admin-listen", ":5001",
 		"with --adapter-set: where kaitoflow asks this replica what it serves (GET /adapters); not routed by Knative")
+	cmd.Flags().StringVar(&adminToken, "admin-token-file", "",
+		"with --adapter-set: a file holding the bearer token GET /adapters requires (the deployer's, in the adapter set's ConfigMap); "+
+			"read at every request")
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", chatproxy.DefaultMaxBody, "largest request body accepted")

@@ -3,6 +3,7 @@ package chatproxy
 import (
 	"bytes"
 	"cmp"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -37,6 +39,11 @@ type Proxy struct {
 	// unready until the first adapter set is loaded, so no request reaches a replica that would
 	// answer with the base model in place of the workspace's adapter.
 	Adapters *AdapterManager
+	// AdminTokenFile, when set, holds the bearer token GET /adapters requires (the deployer's, in
+	// the adapter set's ConfigMap): the admin port answers serve alone, whatever reaches the pod.
+	// Read at every request, so a token that arrives or changes later counts; while the file cannot
+	// be read, every admin request is refused.
+	AdminTokenFile string
 }
 
 // Handler returns the proxy's routes.
@@ -101,10 +108,15 @@ func (p *Proxy) Handler() http.Handler {
 
 // AdminHandler serves what only kaitoflow asks a replica, on a port Knative does not route to:
 // GET /adapters, what this replica serves (the adapter set's version, the loaded adapters, the
-// routes, why a set is not applied yet).
+// routes, why a set is not applied yet), to callers with the admin token (AdminTokenFile).
 func (p *Proxy) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /adapters", func(w http.ResponseWriter, r *http.Request) {
+		if !p.adminAllowed(r) {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			Problem(w, http.StatusUnauthorized, "GET /adapters needs the adapter set's admin token")
+			return
+		}
 		if p.Adapters == nil {
 			Problem(w, http.StatusNotFound, "this replica has no adapter set (--adapter-set)")
 			return
@@ -112,6 +124,19 @@ func (p *Proxy) AdminHandler() http.Handler {
 		writeJSON(w, p.Adapters.Status(r.Context()))
 	})
 	return mux
+}
+
+// adminAllowed reports whether r carries the admin token, or no token is configured.
+func (p *Proxy) adminAllowed(r *http.Request) bool {
+	if p.AdminTokenFile == "" {
+		return true
+	}
+	b, err := os.ReadFile(p.AdminTokenFile)
+	token := strings.TrimSpace(string(b))
+	if err != nil || token == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) == 1
 }
 
 // models answers GET /v1/models with the model server's list plus each public name routed to an

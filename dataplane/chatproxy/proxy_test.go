@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -188,5 +190,51 @@ func TestPassthroughLimitsAndHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "over 4096 bytes") {
 		t.Errorf("oversized passthrough: %d %s", resp.StatusCode, b)
+	}
+}
+
+// The admin port answers only the adapter set's token (serve's): none, a wrong one, or a token
+// file that is missing or empty is 401; the token read at the request counts.
+func TestAdminPortAnswersOnlyTheToken(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "admin-token")
+	p := &Proxy{AdminTokenFile: file}
+	srv := httptest.NewServer(p.AdminHandler())
+	defer srv.Close()
+	get := func(auth string) int {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/adapters", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("Bearer anything"); code != http.StatusUnauthorized {
+		t.Errorf("no token file: %d, want 401", code)
+	}
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		auth string
+		want int
+	}{
+		{"", http.StatusUnauthorized},
+		{"Bearer wrong", http.StatusUnauthorized},
+		{"Basic s3cret", http.StatusUnauthorized},
+		{"Bearer s3cret", http.StatusNotFound}, // admitted: this proxy has no adapter set to report
+	} {
+		if code := get(tc.auth); code != tc.want {
+			t.Errorf("Authorization %q: %d, want %d", tc.auth, code, tc.want)
+		}
+	}
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := get("Bearer "); code != http.StatusUnauthorized {
+		t.Errorf("empty token file: %d, want 401", code)
 	}
 }

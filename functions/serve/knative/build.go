@@ -76,8 +76,9 @@ type Runtime struct {
 // Ports and paths inside the pod.
 const (
 	proxyPort = 5000
-	// AdminPort is chat-proxy's GET /adapters, asked on the pod's own address; Knative does not
-	// route to it, and each namespace's NetworkPolicy (deploy/knative/rbac.yaml) admits only serve.
+	// AdminPort is chat-proxy's GET /adapters, asked on the pod's own address with the admin token
+	// (AdminTokenKey); Knative does not route to it, and each namespace's NetworkPolicy
+	// (deploy/knative/rbac.yaml) admits only serve where the CNI enforces it.
 	AdminPort   = 5001
 	runtimePort = 8000
 	adapterDir  = "/mnt/adapters"
@@ -89,6 +90,9 @@ const (
 	adapterSetDir = "/etc/kaitoflow/adapter-set"
 	// AdapterSetKey is the ConfigMap key holding the set.
 	AdapterSetKey = "adapters.json"
+	// AdminTokenKey is the adapter set ConfigMap's key holding the token chat-proxy's admin port
+	// requires: made once with the ConfigMap, read by serve when it asks a replica what it serves.
+	AdminTokenKey = "admin-token"
 )
 
 // AdapterSetName is the ConfigMap holding a service's adapter set (chatproxy.AdapterSet), mounted into
@@ -362,7 +366,8 @@ func weightsFor(d serve.Deployment, rt Runtime, o Options) podWeights {
 func proxyContainer(served string, startupSeconds int32, ad podAdapters, o Options) corev1.Container {
 	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream",
 		"http://127.0.0.1:" + strconv.Itoa(runtimePort),
-		"--model", served, "--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort)}
+		"--model", served, "--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort),
+		"--admin-token-file", adapterSetDir + "/" + AdminTokenKey}
 	for _, h := range o.AllowHosts {
 		proxy = append(proxy, "--allow-host", h)
 	}

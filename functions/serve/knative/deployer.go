@@ -2,6 +2,8 @@ package knative
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -308,7 +310,11 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 	cur, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		err := k.putSet(ctx, setConfigMap(ns, name, labels, want, owner), "")
+		token, err := adminToken("")
+		if err != nil {
+			return 0, false, err
+		}
+		err = k.putSet(ctx, setConfigMap(ns, name, labels, want, token, owner), "")
 		if apierrors.IsAlreadyExists(err) {
 			// A duplicate of this event, handled at the same time, created it: compare with it.
 			return k.ensureSet(ctx, d, owner, onlyIfMissing)
@@ -318,11 +324,27 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 		return 0, false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ns, name, err))
 	}
 	have, err := chatproxy.DecodeAdapterSet([]byte(cur.Data[AdapterSetKey]))
-	if onlyIfMissing || (err == nil && have.Equal(want)) {
+	same := onlyIfMissing || (err == nil && have.Equal(want))
+	token := cur.Data[AdminTokenKey]
+	if token == "" {
+		// A set written before replicas required a token gets one.
+		if token, err = adminToken(""); err != nil {
+			return 0, false, err
+		}
+		if same {
+			cm := cur.DeepCopy()
+			if cm.Data == nil {
+				cm.Data = map[string]string{}
+			}
+			cm.Data[AdminTokenKey] = token
+			return have.Version, false, k.putSet(ctx, cm, cur.ResourceVersion)
+		}
+	}
+	if same {
 		return have.Version, false, nil
 	}
 	want.Version = have.Version + 1
-	if err := k.putSet(ctx, setConfigMap(ns, name, labels, want, owner), cur.ResourceVersion); err != nil {
+	if err := k.putSet(ctx, setConfigMap(ns, name, labels, want, token, owner), cur.ResourceVersion); err != nil {
 		return 0, false, err
 	}
 	return want.Version, true, nil
@@ -345,8 +367,23 @@ func (k *Deployer) putSet(ctx context.Context, cm *corev1.ConfigMap, resourceVer
 	return nil
 }
 
-// setConfigMap is the ConfigMap holding set, owned by the Service that serves it.
-func setConfigMap(ns, name string, labels map[string]string, set chatproxy.AdapterSet, owner *unstructured.Unstructured) *corev1.ConfigMap {
+// adminToken is have, or a new random token where there is none: the token chat-proxy's admin
+// port requires, made once per adapter set and kept across its versions.
+func adminToken(have string) (string, error) {
+	if have != "" {
+		return have, nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// setConfigMap is the ConfigMap holding set and the replicas' admin token, owned by the Service
+// that serves it.
+func setConfigMap(ns, name string, labels map[string]string, set chatproxy.AdapterSet, token string,
+	owner *unstructured.Unstructured) *corev1.ConfigMap {
 	b, _ := json.MarshalIndent(set, "", "  ") // plain data: strings, numbers, maps
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels,
@@ -354,7 +391,7 @@ func setConfigMap(ns, name string, labels map[string]string, set chatproxy.Adapt
 			// OwnerReferencesPermissionEnforcement admission plugin runs.
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: owner.GetName(), UID: owner.GetUID(),
 				Controller: ptr(true)}}},
-		Data: map[string]string{AdapterSetKey: string(b)},
+		Data: map[string]string{AdapterSetKey: string(b), AdminTokenKey: token},
 	}
 }
 

@@ -63,7 +63,7 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 	t.Cleanup(rtSrv.Close)
 	upstream, _ := url.Parse(rtSrv.URL)
 	dir := t.TempDir()
-	file := filepath.Join(dir, AdapterSetKey)
+	file, tokenFile := filepath.Join(dir, AdapterSetKey), filepath.Join(dir, AdminTokenKey)
 	project := func() {
 		if r.held.Load() {
 			return
@@ -72,9 +72,11 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 		if err != nil {
 			return
 		}
-		tmp := file + ".tmp"
-		if os.WriteFile(tmp, []byte(cm.Data[AdapterSetKey]), 0o644) == nil {
-			_ = os.Rename(tmp, file) // atomic, as the kubelet swaps a ConfigMap volume's files
+		for key, f := range map[string]string{AdapterSetKey: file, AdminTokenKey: tokenFile} {
+			tmp := f + ".tmp"
+			if os.WriteFile(tmp, []byte(cm.Data[key]), 0o644) == nil {
+				_ = os.Rename(tmp, f) // atomic, as the kubelet swaps a ConfigMap volume's files
+			}
 		}
 	}
 	project()
@@ -86,7 +88,8 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 	}()
 	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: chatproxy.RegistryPuller(nil), Replica: pod, Log: slog.New(slog.DiscardHandler)}
 	go m.Run(ctx, chatproxy.FileSource(file), 30*time.Millisecond)
-	p := &chatproxy.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler)}
+	// The admin port requires the set's token, as in a pod: serve reads it from the ConfigMap.
+	p := &chatproxy.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler), AdminTokenFile: tokenFile}
 	proxy, admin := httptest.NewServer(p.Handler()), httptest.NewServer(p.AdminHandler())
 	t.Cleanup(proxy.Close)
 	t.Cleanup(admin.Close)
@@ -94,7 +97,7 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 	r.urls[pod], r.admins[pod], r.rts[pod] = proxy.URL, admin.URL, rt
 	r.mu.Unlock()
 
-	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: r.ns, Labels: map[string]string{LabelRevision: r.rev}},
+	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: r.ns, Labels: map[string]string{LabelRevision: r.rev, LabelService: service}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "chat-proxy", Image: "stand-in"}}}}
 	created, err := kube.CoreV1().Pods(r.ns).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {

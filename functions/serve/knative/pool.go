@@ -140,6 +140,7 @@ type poolState struct {
 	of              map[string]poolMember
 	resourceVersion string
 	version         int64
+	adminToken      string
 }
 
 // readMembers is what each member of a pool serves, from the set's ConfigMap. A ConfigMap that
@@ -164,6 +165,7 @@ func (k *Deployer) readMembers(ctx context.Context, ns, pool string, owner *unst
 	if set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey])); err == nil {
 		st.version = set.Version
 	}
+	st.adminToken = cm.Data[AdminTokenKey]
 	if b := cm.Data[MembersKey]; b != "" {
 		if err := json.Unmarshal([]byte(b), &st.of); err != nil {
 			return st, fmt.Errorf("serving pool %s/%s: %s: %w", ns, pool, MembersKey, err)
@@ -190,7 +192,11 @@ func (k *Deployer) writeMembers(ctx context.Context, ns, pool string, owner *uns
 	if err != nil {
 		return 0, err
 	}
-	cm := setConfigMap(ns, AdapterSetName(pool), map[string]string{LabelPool: pool, events.LabelNamespace: ns}, want, owner)
+	token, err := adminToken(members.adminToken)
+	if err != nil {
+		return 0, err
+	}
+	cm := setConfigMap(ns, AdapterSetName(pool), map[string]string{LabelPool: pool, events.LabelNamespace: ns}, want, token, owner)
 	cm.Data[MembersKey] = string(membersJSON)
 	if err := k.putSet(ctx, cm, members.resourceVersion); err != nil {
 		return 0, err

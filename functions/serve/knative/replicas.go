@@ -11,14 +11,18 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 )
 
-// LabelRevision is Knative's label naming a pod's revision.
-const LabelRevision = "serving.knative.dev/revision"
+// LabelRevision and LabelService are Knative's labels naming a pod's revision and Service.
+const (
+	LabelRevision = "serving.knative.dev/revision"
+	LabelService  = "serving.knative.dev/service"
+)
 
 // PodReplicas reads, from each running pod of a revision, what its chat-proxy serves (GET
 // /adapters on the pod's own address and admin port: Knative's routing would reach only one of
@@ -41,13 +45,22 @@ func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) (
 	if client == nil {
 		client = &http.Client{Timeout: 5 * time.Second}
 	}
+	tokens := map[string]string{} // by Service: a revision's pods share one
 	var out []Replica
 	for _, pod := range pods.Items {
 		if pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
 			continue
 		}
 		r := Replica{Ready: podReady(pod)}
-		st, err := p.read(ctx, client, pod)
+		svc := pod.Labels[LabelService]
+		token, ok := tokens[svc]
+		if !ok {
+			if token, err = p.adminToken(ctx, namespace, svc); err != nil {
+				return nil, err
+			}
+			tokens[svc] = token
+		}
+		st, err := p.read(ctx, client, pod, token)
 		if err != nil {
 			r.Unreachable = err.Error()
 		}
@@ -66,7 +79,20 @@ type Replica struct {
 	Unreachable string
 }
 
-func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod) (chatproxy.ReplicaAdapters, error) {
+// adminToken is the token service's replicas require on their admin port, from its adapter set's
+// ConfigMap; empty when the set has none yet (the replicas then refuse, and say so).
+func (p PodReplicas) adminToken(ctx context.Context, namespace, service string) (string, error) {
+	cm, err := p.Kube.CoreV1().ConfigMaps(namespace).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("admin token of %s/%s: %w", namespace, service, err)
+	}
+	return cm.Data[AdminTokenKey], nil
+}
+
+func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.Pod, token string) (chatproxy.ReplicaAdapters, error) {
 	base := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(AdminPort))
 	if p.Address != nil {
 		base = p.Address(pod)
@@ -74,6 +100,9 @@ func (p PodReplicas) read(ctx context.Context, client *http.Client, pod corev1.P
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/adapters", nil)
 	if err != nil {
 		return chatproxy.ReplicaAdapters{}, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

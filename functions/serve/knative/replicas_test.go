@@ -17,7 +17,7 @@ func TestAReplicasAnswerIsBounded(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(huge)) }))
 	defer srv.Close()
 	p := PodReplicas{Address: func(corev1.Pod) string { return srv.URL }}
-	st, err := p.read(context.Background(), srv.Client(), corev1.Pod{})
+	st, err := p.read(context.Background(), srv.Client(), corev1.Pod{}, "")
 	if err == nil || len(st.Replica) > 0 {
 		t.Fatalf("a %d-byte answer was decoded (%d bytes kept), err %v", len(huge), len(st.Replica), err)
 	}

@@ -132,6 +132,9 @@ func (p *InferencePods) start(pod corev1.Pod) (*inferencePod, error) {
 	dir := argAfter(chat, "--adapter-dir")
 	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: ip.local(chat, dir), ServerDir: dir, Pull: pull, Replica: pod.Name, Log: log}
 	proxy := &chatproxy.Proxy{Upstream: upstream, Model: argAfter(chat, "--model"), Adapters: m, Log: log}
+	if f := argAfter(chat, "--admin-token-file"); f != "" {
+		proxy.AdminTokenFile = ip.local(chat, f) // serve must send the adapter set's token, as to a real pod
+	}
 	ip.proxy, ip.admin = httptest.NewServer(proxy.Handler()), httptest.NewServer(proxy.AdminHandler())
 	ctx, stop := context.WithCancel(context.Background())
 	ip.stop = stop
