@@ -108,6 +108,21 @@ func TestEmbeddedNATSRolesHaveOnlyTheirRights(t *testing.T) {
 		}
 		refused(role+" publishes adapter.selected", violations, runtime.JetStreamPublisher{JS: js}.Publish(short(), rollback))
 		violations.Reset()
+		deleted, err := events.New("kaitoflow/test", events.WorkspaceDeleted, events.WorkspaceDeleted, events.WorkspaceRef(ws), events.WorkspaceDeletedData{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused(role+" publishes workspace.deleted", violations, runtime.JetStreamPublisher{JS: js}.Publish(short(), deleted))
+		violations.Reset()
+		refused(role+" deletes the stream", violations, js.DeleteStream(short(), runtime.StreamName))
+		violations.Reset()
+		// A stream of its own that mirrors or sources the pipeline's would carry its events elsewhere.
+		_, err = js.CreateStream(short(), jetstream.StreamConfig{Name: "copy-" + role, Mirror: &jetstream.StreamSource{Name: runtime.StreamName}})
+		refused(role+" mirrors the stream", violations, err)
+		violations.Reset()
+		_, err = js.CreateStream(short(), jetstream.StreamConfig{Name: "sourced-" + role, Sources: []*jetstream.StreamSource{{Name: runtime.StreamName}}})
+		refused(role+" sources the stream", violations, err)
+		violations.Reset()
 		st, err := js.Stream(ctx, runtime.StreamName)
 		if err != nil {
 			t.Fatalf("%s reads the stream: %v", role, err)
