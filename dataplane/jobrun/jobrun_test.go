@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -252,5 +253,40 @@ func TestDownloadBounds(t *testing.T) {
 		if _, err := os.Stat(dst + ".part"); err == nil {
 			t.Errorf("%s left a partial file", tc.path)
 		}
+	}
+}
+
+// The output registry is reached through the address policy at connect, not only checked at
+// submit: a registry on an internal address the pipeline does not admit (127.0.0.2 here, where
+// --allow-host admits 127.0.0.1 for the dataset) gets no upload, and the reason is the policy's.
+func TestRegistryOutsideThePolicyIsRefusedAtConnect(t *testing.T) {
+	e := setup(t)
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 on this machine: %v", err)
+	}
+	var hits atomic.Int32
+	reg := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		e.reg.Config.Handler.ServeHTTP(w, r)
+	}))
+	reg.Listener = ln
+	reg.Start()
+	defer reg.Close()
+	cmd := e.cmd("/dolly.jsonl", "ok")
+	for i, a := range cmd.Args {
+		if strings.HasSuffix(a, "/acr/adapter:0.0.1") {
+			cmd.Args[i] = ln.Addr().String() + "/acr/adapter:0.0.1"
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("an upload to %s passed:\n%s", ln.Addr(), out)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the registry outside the policy was asked %d times", n)
+	}
+	if b, _ := os.ReadFile(e.termLog); !strings.Contains(string(b), "loopback") {
+		t.Errorf("termination message %q: want the address policy's reason", b)
 	}
 }
