@@ -105,6 +105,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.token, "token", "",
 		"bearer token for the API; prefer KAITOFLOW_TOKEN or --token-file, which other users cannot read in the process list (up requires it of "+
 			"clients when set)")
+	// A flag's value is in the process list for every local user to read: the token comes from
+	// the environment or a file, and --token still works for scripts, with a warning.
+	_ = root.PersistentFlags().MarkDeprecated("token", "use KAITOFLOW_TOKEN or --token-file: a flag's value is visible to every user in the process list")
 	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", "", "read the API's bearer token from this file (env KAITOFLOW_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
