@@ -23,6 +23,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/callerauth"
+	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -38,9 +39,11 @@ type fnFlags struct {
 	callers        []string
 	// sinkFromFlag is set when --sink was given, not inherited from $K_SINK.
 	sinkFromFlag bool
-	nats         natsFlags
-	drivers      driverFlags
-	delivery     deliveryFlags
+	// simToken guards the sim deployer's endpoints (KAITOFLOW_TOKEN or --token-file), as in up.
+	simToken string
+	nats     natsFlags
+	drivers  driverFlags
+	delivery deliveryFlags
 }
 
 func newFn(g *globals) *cobra.Command {
@@ -61,6 +64,7 @@ only after they are stored. --transport jetstream consumes the function's input 
 				return err
 			}
 			f.sinkFromFlag = cmd.Flags().Changed("sink")
+			f.simToken = g.token
 			return runFn(cmd.Context(), args[0], f, log)
 		},
 	}
@@ -122,7 +126,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		return err
 	}
 	cfg.Functions, cfg.Logger, cfg.Registry, cfg.TickEvery = []string{name}, log, f.registry, f.delivery.tick
-	cfg.Sim.BaseURL = f.publicURL
+	cfg.Sim.BaseURL, cfg.Sim.Token = f.publicURL, f.simToken
 	js, closeNATS, err := f.jetStream(ctx, name, log)
 	if err != nil {
 		return err
@@ -138,7 +142,10 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		return err
 	}
 	fn := a.Functions[0]
-	reg, mux := fnMux(name, a)
+	reg, mux := fnMux(name, a, f.simToken)
+	if a.SimInference != nil && f.simToken == "" {
+		log.Warn("the sim deployer's endpoints (chat, and loading and unloading adapters) answer any caller: set KAITOFLOW_TOKEN or --token-file")
+	}
 	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow-"+name)
 	if err != nil {
 		return err
@@ -209,8 +216,8 @@ func (f fnFlags) publisher(js jetstream.JetStream) (events.Publisher, error) {
 }
 
 // fnMux serves a function's /metrics and /healthz, and the sim deployer's endpoints when it runs
-// them.
-func fnMux(name string, a *assembly.Assembly) (*prometheus.Registry, *http.ServeMux) {
+// them, to holders of token when there is one (they load and unload adapters).
+func fnMux(name string, a *assembly.Assembly, token string) (*prometheus.Registry, *http.ServeMux) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if a.Store != nil && name == assembly.Status {
@@ -221,7 +228,7 @@ func fnMux(name string, a *assembly.Assembly) (*prometheus.Registry, *http.Serve
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	if a.SimInference != nil {
-		mux.Handle(assembly.SimInferencePath+"/", a.SimInference)
+		mux.Handle(assembly.SimInferencePath+"/", api.RequireToken(token, a.SimInference))
 	}
 	return reg, mux
 }
