@@ -21,6 +21,8 @@ type controllerFlags struct {
 	workers int
 	elect   bool
 	leaseNS string
+	metrics string
+	health  string
 }
 
 func newController(g *globals) *cobra.Command {
@@ -52,6 +54,10 @@ prints its columns, plus phase, endpoint, image and failure).`,
 	fl.IntVar(&o.workers, "workers", 4, "Workspaces reconciled at once")
 	fl.BoolVar(&o.elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
 	fl.StringVar(&o.leaseNS, "leader-election-namespace", "kaitoflow", "the namespace of the leader Lease ("+controller.LeaseName+")")
+	fl.StringVar(&o.metrics, "metrics-bind-address", ":8080", "where the controller serves Prometheus metrics (its reconciles, work queue and API "+
+		"requests); 0 serves none")
+	fl.StringVar(&o.health, "health-probe-bind-address", ":8081", "where the controller serves /healthz and /readyz (ready once its cache "+
+		"has synced); empty serves none")
 	return cmd
 }
 
@@ -75,12 +81,13 @@ func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
 	cfg.Replicas = o.nats.replicas
 	pub := runtime.JetStreamPublisher{JS: js}
 	cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, o.group, o.workers
+	cfg.ControllerMetrics, cfg.ControllerHealth = o.metrics, o.health
 	if o.elect {
 		id, err := os.Hostname() // the pod's name
 		if err != nil {
 			return err
 		}
-		cfg.LeaderElection = &controller.Leader{Namespace: o.leaseNS, Identity: id}
+		cfg.LeaderElection = &controller.Election{Namespace: o.leaseNS, Identity: id}
 	}
 	a, err := assembly.Build(ctx, cfg)
 	if err != nil {

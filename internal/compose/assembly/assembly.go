@@ -151,7 +151,10 @@ type Config struct {
 	ControllerWorkers int
 	// LeaderElection, when set, makes the controller reconcile only while this process holds
 	// the Lease (its Namespace and Identity): replicas of `kaitoflow controller` elect one.
-	LeaderElection *controller.Leader
+	LeaderElection *controller.Election
+	// ControllerMetrics and ControllerHealth are where the controller's manager serves its
+	// metrics and health probes; empty serves neither.
+	ControllerMetrics, ControllerHealth string
 
 	Logger *slog.Logger
 	// JetStream holds provision's capacity records and the status store: provision, status and
@@ -647,24 +650,21 @@ func (b *builder) controller(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	rc, err := b.cfg.Cluster(IdentityController)
+	if err != nil {
+		return err
+	}
 	store, err := b.store(ctx)
 	if err != nil {
 		return err
 	}
 	b.watch("workspace-controller", func(ctx context.Context, pub events.Publisher) error {
-		run := func(ctx context.Context) error {
-			recorder, stop := controller.NewRecorder(ctx, c.kube)
-			defer stop()
-			wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log, Recorder: recorder,
-				Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
-			return wc.Run(ctx, max(b.cfg.ControllerWorkers, 1))
-		}
-		if le := b.cfg.LeaderElection; le != nil {
-			l := *le
-			l.Client, l.Log = c.kube, b.log
-			return l.Run(ctx, run)
-		}
-		return run(ctx)
+		recorder, stop := controller.NewRecorder(ctx, c.kube)
+		defer stop()
+		wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log, Recorder: recorder,
+			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
+		return wc.Run(ctx, rc, controller.RunOptions{Workers: b.cfg.ControllerWorkers, Election: b.cfg.LeaderElection,
+			MetricsAddr: b.cfg.ControllerMetrics, HealthAddr: b.cfg.ControllerHealth})
 	})
 	return nil
 }

@@ -6,11 +6,14 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/http"
 	"reflect"
 	"slices"
 	"strings"
@@ -23,10 +26,26 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	ctrlcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/go-logr/logr"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
@@ -52,8 +71,12 @@ type Store interface {
 	WatchAll(ctx context.Context) (<-chan status.Workspace, error)
 }
 
-// Controller reconciles Workspace objects with the pipeline.
+// Controller reconciles Workspace objects with the pipeline. Run puts it on controller-runtime's
+// manager: the manager's cache watches the Workspaces, a source fed by the status store enqueues a
+// Workspace whenever its record changes, and the manager elects the leader, serves metrics and
+// health probes, and shares the work among Workers.
 type Controller struct {
+	// Client writes the objects: finalizers and status, as merge patches.
 	Client    dynamic.Interface
 	Submitter Submitter
 	Store     Store
@@ -66,8 +89,8 @@ type Controller struct {
 	Recorder record.EventRecorder
 	Log      *slog.Logger
 
-	queue    workqueue.TypedRateLimitingInterface[string]
-	informer cache.SharedIndexInformer
+	// reader is the manager's cache of Workspaces.
+	reader client.Reader
 }
 
 // GVR is the Workspace resource in group, at Kaito's storage version: the API server serves every
@@ -80,80 +103,187 @@ func GVR(group string) schema.GroupVersionResource {
 	return schema.GroupVersionResource{Group: group, Version: "v1beta1", Resource: "workspaces"}
 }
 
-// Run watches Workspaces and status records until ctx ends, with workers reconciling.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+// gvk is the Workspace kind in group, at the version GVR reads.
+func gvk(group string) schema.GroupVersionKind {
+	r := GVR(group)
+	return schema.GroupVersionKind{Group: r.Group, Version: r.Version, Kind: kaito.Kind}
+}
+
+// LeaseName is the Lease the Workspace controller's replicas elect their leader with.
+const LeaseName = "kaitoflow-controller"
+
+// Election makes the controller reconcile only while this process holds a Lease: the controller
+// runs as several replicas (a rolling update runs old and new side by side) and exactly one
+// reconciles. A replica that stops on purpose releases the Lease, so the next one takes over at
+// once instead of after LeaseDuration.
+type Election struct {
+	Namespace string
+	// Name is the Lease's; LeaseName when empty.
+	Name string
+	// Identity names this replica in the Lease (its pod's name).
+	Identity string
+	// LeaseDuration is how long a stopped leader's Lease keeps others waiting; RenewDeadline
+	// how long the leader tries to renew before it gives up; RetryPeriod how often candidates
+	// try. Zero values are client-go's usual 15 s, 10 s and 2 s.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+}
+
+// RunOptions are how the controller runs.
+type RunOptions struct {
+	// Workers is how many Workspaces are reconciled at once; 1 when zero.
+	Workers int
+	// Election, when set, elects one leader among the replicas.
+	Election *Election
+	// MetricsAddr and HealthAddr are where the manager serves Prometheus metrics (its
+	// workqueue, reconcile and client metrics) and /healthz and /readyz; empty serves neither.
+	MetricsAddr, HealthAddr string
+}
+
+// ErrLeadershipLost is returned by Run when this replica stopped leading while ctx was alive: the
+// process should exit, so that it restarts as a candidate with fresh state.
+var ErrLeadershipLost = errors.New("lost the leader lease")
+
+// Run reconciles Workspaces on the API server cfg names until ctx ends, or leadership is lost
+// (ErrLeadershipLost).
+func (c *Controller) Run(ctx context.Context, cfg *rest.Config, o RunOptions) error {
+	mgr, err := c.manager(cfg, o)
+	if err != nil {
+		return err
+	}
+	records := make(chan event.TypedGenericEvent[*unstructured.Unstructured])
+	// Record changes are read only while leading, as everything else the manager runs.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return c.feed(ctx, records) })); err != nil {
+		return err
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(gvk(c.Group))
+	err = builder.ControllerManagedBy(mgr).
+		Named("workspace").
+		For(u, builder.WithPredicates(specOrMetadataChanged())).
+		WatchesRawSource(source.TypedChannel(records, &handler.TypedEnqueueRequestForObject[*unstructured.Unstructured]{})).
+		WithOptions(ctrlcontroller.Options{MaxConcurrentReconciles: max(o.Workers, 1)}).
+		Complete(c)
+	if err != nil {
+		return fmt.Errorf("workspace controller: %w", err)
+	}
+	c.reader = mgr.GetCache()
+	logctx.Or(c.Log).Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", max(o.Workers, 1))
+	err = mgr.Start(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil && o.Election != nil && strings.Contains(err.Error(), "leader election lost"):
+		return fmt.Errorf("%w: %w", ErrLeadershipLost, err)
+	}
+	return err
+}
+
+// manager is controller-runtime's manager for o: the cache's resync, the Lease, the listeners.
+func (c *Controller) manager(cfg *rest.Config, o RunOptions) (manager.Manager, error) {
 	resync := c.Resync
 	if resync <= 0 {
 		resync = 10 * time.Minute
 	}
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "workspaces"})
-	defer c.queue.ShutDown()
-	factory := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, resync)
-	c.informer = factory.ForResource(GVR(c.Group)).Informer()
-	enqueue := func(obj any) {
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			c.queue.Add(key)
+	mo := manager.Options{
+		Logger:                 logr.FromSlogHandler(logctx.Or(c.Log).Handler()),
+		Cache:                  cache.Options{SyncPeriod: &resync},
+		Metrics:                metricsserver.Options{BindAddress: cmp.Or(o.MetricsAddr, "0")},
+		HealthProbeBindAddress: o.HealthAddr,
+		// Replicas in one process (tests) each register a "workspace" controller.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	}
+	if e := o.Election; e != nil {
+		kube, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("leader election client: %w", err)
+		}
+		name := cmp.Or(e.Name, LeaseName)
+		// The Lease names the replica by its pod (controller-runtime's own lock would add a
+		// random suffix to the host name).
+		mo.LeaderElection, mo.LeaderElectionNamespace, mo.LeaderElectionID = true, e.Namespace, name
+		mo.LeaderElectionResourceLockInterface = &resourcelock.LeaseLock{
+			LeaseMeta:  metav1.ObjectMeta{Namespace: e.Namespace, Name: name},
+			Client:     kube.CoordinationV1(),
+			LockConfig: resourcelock.ResourceLockConfig{Identity: e.Identity},
+		}
+		mo.LeaseDuration, mo.RenewDeadline, mo.RetryPeriod = durationOr(e.LeaseDuration, 15*time.Second), durationOr(e.RenewDeadline, 10*time.Second),
+			durationOr(e.RetryPeriod, 2*time.Second)
+		mo.LeaderElectionReleaseOnCancel = true
+	}
+	mgr, err := manager.New(cfg, mo)
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	if o.HealthAddr != "" {
+		if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("cache", func(r *http.Request) error {
+			if !mgr.GetCache().WaitForCacheSync(r.Context()) {
+				return errors.New("the Workspace cache has not synced")
+			}
+			return nil
+		}); err != nil {
+			return nil, err
 		}
 	}
-	if _, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
-		return err
+	return mgr, nil
+}
+
+func durationOr(d, def time.Duration) *time.Duration {
+	if d <= 0 {
+		d = def
 	}
-	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
-		return fmt.Errorf("workspaces informer did not sync: %w", ctx.Err())
-	}
+	return &d
+}
+
+// feed enqueues the Workspace of every status record that changes, until ctx ends.
+func (c *Controller) feed(ctx context.Context, out chan<- event.TypedGenericEvent[*unstructured.Unstructured]) error {
 	records, err := c.Store.WatchAll(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("watch the status records: %w", err)
 	}
-	go func() {
-		for rec := range records {
-			c.queue.Add(rec.Namespace + "/" + rec.Name)
+	for rec := range records {
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(gvk(c.Group))
+		u.SetNamespace(rec.Namespace)
+		u.SetName(rec.Name)
+		select {
+		case out <- event.TypedGenericEvent[*unstructured.Unstructured]{Object: u}:
+		case <-ctx.Done():
+			return nil
 		}
-	}()
-	logctx.Or(c.Log).Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", workers)
-	for range max(workers, 1) {
-		go c.work(ctx)
 	}
-	<-ctx.Done()
-	factory.Shutdown()
 	return nil
 }
 
-func (c *Controller) work(ctx context.Context) {
-	for {
-		key, quit := c.queue.Get()
-		if quit {
-			return
-		}
-		err := c.reconcileKey(ctx, key)
-		switch {
-		case err == nil:
-			c.queue.Forget(key)
-		case ctx.Err() != nil:
-		default:
-			logctx.Or(c.Log).Warn("reconcile Workspace; retrying", "workspace", key, "err", err)
-			c.queue.AddRateLimited(key)
-		}
-		c.queue.Done(key)
-	}
+// specOrMetadataChanged passes what the controller acts on: a new spec (generation), annotations
+// (the rollback annotation), finalizers and deletion, and the cache's periodic resync; it drops
+// the status writes the controller makes itself.
+func specOrMetadataChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld, e.ObjectNew
+		return o.GetResourceVersion() == n.GetResourceVersion() || // resync
+			o.GetGeneration() != n.GetGeneration() ||
+			!maps.Equal(o.GetAnnotations(), n.GetAnnotations()) ||
+			!slices.Equal(o.GetFinalizers(), n.GetFinalizers()) ||
+			!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+	}}
 }
 
-func (c *Controller) reconcileKey(ctx context.Context, key string) error {
-	obj, exists, err := c.informer.GetStore().GetByKey(key)
-	if err != nil || !exists {
-		return err
+// Reconcile implements controller-runtime's reconcile.Reconciler: the Workspace as the cache holds
+// it, brought together with the pipeline.
+func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(gvk(c.Group))
+	if err := c.reader.Get(ctx, req.NamespacedName, u); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil
-	}
-	return c.Reconcile(ctx, u.DeepCopy())
+	return reconcile.Result{}, c.reconcile(ctx, u)
 }
 
-// Reconcile brings one Workspace and the pipeline together.
-func (c *Controller) Reconcile(ctx context.Context, u *unstructured.Unstructured) error {
+// reconcile brings one Workspace and the pipeline together.
+func (c *Controller) reconcile(ctx context.Context, u *unstructured.Unstructured) error {
 	ns, name := u.GetNamespace(), u.GetName()
 	rec, err := c.Store.Get(ctx, ns, name)
 	if errors.Is(err, status.ErrNotFound) {

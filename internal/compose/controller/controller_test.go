@@ -38,12 +38,14 @@ import (
 var (
 	dyn     dynamic.Interface
 	kube    kubernetes.Interface
+	restCfg *rest.Config
 	kubeErr error
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
+			restCfg = cfg
 			dyn = dynamic.NewForConfigOrDie(cfg)
 			kube = kubernetes.NewForConfigOrDie(cfg)
 		}
@@ -69,7 +71,7 @@ func start(t *testing.T) *pipeline {
 	t.Cleanup(stop)
 	c := p.controller()
 	c.Recorder = recorder
-	go func() { _ = c.Run(ctx, 2) }()
+	go func() { _ = c.Run(ctx, restCfg, RunOptions{Workers: 2}) }()
 	return p
 }
 
@@ -346,14 +348,13 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 // reconciles within the lease's timings.
 func TestLeaderElection(t *testing.T) {
 	p := startBus(t)
-	leader := func(id string) (*Leader, context.CancelFunc, chan error) {
-		l := &Leader{Client: kube, Namespace: p.ns, Identity: id, Log: slog.New(slog.DiscardHandler),
-			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
+	leader := func(id string) (context.CancelFunc, chan error) {
+		e := &Election{Namespace: p.ns, Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		errs := make(chan error, 1)
-		go func() { errs <- l.Run(ctx, func(ctx context.Context) error { return p.controller().Run(ctx, 2) }) }()
-		return l, cancel, errs
+		go func() { errs <- p.controller().Run(ctx, restCfg, RunOptions{Workers: 2, Election: e}) }()
+		return cancel, errs
 	}
 	holder := func() string {
 		l, err := kube.CoordinationV1().Leases(p.ns).Get(context.Background(), LeaseName, metav1.GetOptions{})
@@ -362,7 +363,7 @@ func TestLeaderElection(t *testing.T) {
 		}
 		return *l.Spec.HolderIdentity
 	}
-	_, stopA, errsA := leader("replica-a")
+	stopA, errsA := leader("replica-a")
 	testenv.Eventually(t, 20*time.Second, "replica-a leading", func() bool { return holder() == "replica-a" })
 	leader("replica-b")
 
