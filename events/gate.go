@@ -1,5 +1,7 @@
 package events
 
+import "github.com/kaitoflow/kaitoflow/apis/kaito"
+
 // Metric names the trainer reports on the held-out rows, by which adapters are compared.
 const (
 	// MetricEvalLoss is the new adapter's.
@@ -8,7 +10,56 @@ const (
 	MetricServingEvalLoss = "serving_eval_loss"
 	// MetricBaseEvalLoss is the base model's, with no adapter.
 	MetricBaseEvalLoss = "base_eval_loss"
+
+	// MetricTaskExactMatch and MetricTaskRougeL score the new adapter's generated answers against
+	// the dataset's responses (the held-out rows, or the workspace's eval set): the share of exact
+	// matches and the mean ROUGE-L F1, both in [0, 1], higher is better. ServingPrefix and
+	// BasePrefix name the same scores of the serving adapter and the base model, on the same rows.
+	MetricTaskExactMatch = "task_exact_match"
+	MetricTaskRougeL     = "task_rougeL"
+	// MetricTaskExamples is how many rows the task scores are over.
+	MetricTaskExamples = "task_examples"
+
+	ServingPrefix = "serving_"
+	BasePrefix    = "base_"
 )
+
+// ScoreMetrics are the metrics a run's adapter is judged by, each as the new adapter's, the
+// serving one's and the base model's: what the gate, the adapters' history and `kaitoflow
+// adapters` keep of a run's metrics.
+func ScoreMetrics() []string {
+	var out []string
+	for _, m := range []string{MetricEvalLoss, MetricTaskExactMatch, MetricTaskRougeL} {
+		out = append(out, m, ServingPrefix+m, BasePrefix+m)
+	}
+	return append(out, MetricTaskExamples)
+}
+
+// Scores are the ScoreMetrics among metrics; nil when there are none.
+func Scores(metrics map[string]float64) map[string]float64 {
+	var out map[string]float64
+	for _, k := range ScoreMetrics() {
+		if v, ok := metrics[k]; ok {
+			if out == nil {
+				out = map[string]float64{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// CompareKeys are the metrics a promotion policy's if-better compares for metric (kaito.Compare*):
+// the new adapter's, the serving adapter's, and whether higher is better.
+func CompareKeys(metric string) (newKey, servingKey string, higherIsBetter bool) {
+	switch metric {
+	case kaito.CompareRougeL:
+		return MetricTaskRougeL, ServingPrefix + MetricTaskRougeL, true
+	case kaito.CompareExactMatch:
+		return MetricTaskExactMatch, ServingPrefix + MetricTaskExactMatch, true
+	}
+	return MetricEvalLoss, MetricServingEvalLoss, false
+}
 
 // ComparedAdapter is the adapter a tuning run compared its own with: the one serving when it
 // started.
@@ -23,8 +74,7 @@ type AdapterGateData struct {
 	Ref       Ref    `json:"ref"`
 	Reference string `json:"reference"`
 	Policy    string `json:"policy"`
-	// Scores are the run's eval losses (MetricEvalLoss, MetricServingEvalLoss,
-	// MetricBaseEvalLoss), those it has.
+	// Scores are the run's ScoreMetrics, those it has.
 	Scores map[string]float64 `json:"scores,omitempty"`
 	// Compared is the adapter it was compared with; nil when nothing was serving.
 	Compared *ComparedAdapter `json:"compared,omitempty"`

@@ -2,6 +2,7 @@ package kaito
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -12,6 +13,9 @@ import (
 //	always                  every new generation is served (the default: Kaito's behaviour)
 //	if-better               served only if its eval_loss on the new data's held-out rows beats the
 //	if-better:0.02          serving adapter's on the same rows, by at least the number given
+//	if-better:rougeL        served only if its answers score better than the serving adapter's on
+//	if-better:rougeL:0.05   the same rows (ROUGE-L F1 or exact_match, higher is better), by at
+//	if-better:exact_match   least the number given
 //	manual                  held until `kaitoflow promote NAME --generation N`
 //
 // A held adapter is pushed and kept, not served. The first generation with nothing serving is
@@ -25,39 +29,76 @@ const (
 	PromoteManual   = "manual"
 )
 
+// The metrics if-better compares: the eval loss (lower is better) or a task score of generated
+// answers (higher is better).
+const (
+	CompareEvalLoss   = "eval_loss"
+	CompareRougeL     = "rougeL"
+	CompareExactMatch = "exact_match"
+)
+
 // Promotion is a parsed AnnotationPromotion.
 type Promotion struct {
 	Policy string
-	// MinImprovement is how much lower eval_loss must be (if-better).
+	// Metric is what if-better compares: CompareEvalLoss (also when empty), CompareRougeL or
+	// CompareExactMatch.
+	Metric string
+	// MinImprovement is by how much the metric must be better (if-better).
 	MinImprovement float64
+}
+
+// CompareBy is the metric if-better compares.
+func (p Promotion) CompareBy() string {
+	if p.Metric == "" {
+		return CompareEvalLoss
+	}
+	return p.Metric
 }
 
 // String is the annotation's value.
 func (p Promotion) String() string {
-	if p.Policy == PromoteIfBetter && p.MinImprovement > 0 {
-		return p.Policy + ":" + strconv.FormatFloat(p.MinImprovement, 'g', -1, 64)
+	s := p.Policy
+	if p.Policy == PromoteIfBetter && p.CompareBy() != CompareEvalLoss {
+		s += ":" + p.Metric
 	}
-	return p.Policy
+	if p.Policy == PromoteIfBetter && p.MinImprovement > 0 {
+		s += ":" + strconv.FormatFloat(p.MinImprovement, 'g', -1, 64)
+	}
+	return s
 }
 
 // ParsePromotion reads an AnnotationPromotion value ("" is always).
 func ParsePromotion(v string) (Promotion, error) {
-	policy, min, hasMin := strings.Cut(strings.TrimSpace(v), ":")
-	switch {
-	case policy == "" && !hasMin:
+	parts := strings.Split(strings.TrimSpace(v), ":")
+	switch policy := parts[0]; {
+	case len(parts) == 1 && (policy == "" || policy == PromoteAlways):
 		return Promotion{Policy: PromoteAlways}, nil
-	case (policy == PromoteAlways || policy == PromoteManual) && !hasMin:
+	case len(parts) == 1 && (policy == PromoteManual || policy == PromoteIfBetter):
 		return Promotion{Policy: policy}, nil
-	case policy == PromoteIfBetter && !hasMin:
-		return Promotion{Policy: policy}, nil
-	case policy == PromoteIfBetter:
-		n, err := strconv.ParseFloat(min, 64)
-		if err != nil || n < 0 {
-			return Promotion{}, fmt.Errorf("%q: want if-better:N with N a non-negative decrease in eval_loss", v)
-		}
-		return Promotion{Policy: policy, MinImprovement: n}, nil
+	case policy == PromoteIfBetter && len(parts) <= 3:
+		return parseIfBetter(v, parts[1:])
 	}
-	return Promotion{}, fmt.Errorf("%q: want always, if-better, if-better:N or manual", v)
+	return Promotion{}, fmt.Errorf("%q: want always, if-better, if-better:N, if-better:METRIC[:N] or manual", v)
+}
+
+// parseIfBetter reads what follows if-better: a minimum improvement, a metric, or both.
+func parseIfBetter(v string, rest []string) (Promotion, error) {
+	p := Promotion{Policy: PromoteIfBetter}
+	if slices.Contains([]string{CompareEvalLoss, CompareRougeL, CompareExactMatch}, rest[0]) {
+		p.Metric, rest = rest[0], rest[1:]
+	} else if len(rest) == 2 {
+		return Promotion{}, fmt.Errorf("%q: %q is not a metric if-better compares: want %s, %s or %s", v, rest[0],
+			CompareEvalLoss, CompareRougeL, CompareExactMatch)
+	}
+	if len(rest) == 1 {
+		n, err := strconv.ParseFloat(rest[0], 64)
+		if err != nil || n < 0 {
+			return Promotion{}, fmt.Errorf("%q: want if-better[:METRIC]:N with N a non-negative improvement (METRIC %s, %s or %s)", v,
+				CompareEvalLoss, CompareRougeL, CompareExactMatch)
+		}
+		p.MinImprovement = n
+	}
+	return p, nil
 }
 
 // Promotion is the workspace's promotion policy (always when the annotation is absent or bad:

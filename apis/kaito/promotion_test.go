@@ -19,8 +19,15 @@ func TestParsePromotion(t *testing.T) {
 		{"if-better", Promotion{Policy: PromoteIfBetter}, ""},
 		{"if-better:0.02", Promotion{Policy: PromoteIfBetter, MinImprovement: 0.02}, ""},
 		{"if-better:-1", Promotion{}, "non-negative"},
+		{"if-better:rougeL", Promotion{Policy: PromoteIfBetter, Metric: CompareRougeL}, ""},
+		{"if-better:exact_match:0.1", Promotion{Policy: PromoteIfBetter, Metric: CompareExactMatch, MinImprovement: 0.1}, ""},
+		{"if-better:eval_loss:0.02", Promotion{Policy: PromoteIfBetter, Metric: CompareEvalLoss, MinImprovement: 0.02}, ""},
+		{"if-better:bleu:0.1", Promotion{}, `"bleu" is not a metric`},
+		{"if-better:bleu", Promotion{}, "non-negative improvement"},
+		{"if-better:rougeL:x", Promotion{}, "non-negative improvement"},
+		{"if-better:rougeL:0.1:2", Promotion{}, "want always"},
 		{"manual:1", Promotion{}, "want always"},
-		{"sometimes", Promotion{}, "want always, if-better, if-better:N or manual"},
+		{"sometimes", Promotion{}, "want always, if-better, if-better:N, if-better:METRIC[:N] or manual"},
 	} {
 		got, err := ParsePromotion(tc.in)
 		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) || got != tc.want {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -142,9 +143,11 @@ func TestCLI(t *testing.T) {
 	// adapters: the one generation, serving, by its digest; promote refuses the one serving.
 	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3")
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); err != nil || len(lines) != 2 ||
-		!strings.HasPrefix(strings.Join(strings.Fields(lines[0]), " "), "GENERATION STATE DIGEST DATASET EVAL_LOSS") ||
+		!strings.HasPrefix(strings.Join(strings.Fields(lines[0]), " "), "GENERATION STATE DIGEST DATASET EVAL_LOSS SERVING_LOSS BASE_LOSS ROUGE_L") ||
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 serving "+rec.ImageDigest[:19]) {
 		t.Errorf("adapters: %v\n%s", err, out)
+	} else if f := strings.Fields(lines[1]); len(f) < 8 || !inUnitInterval(f[7]) {
+		t.Errorf("adapters: ROUGE_L %q, want the task score of the run's answers in [0, 1]\n%s", f, out)
 	}
 	// describe: the fields, Kaito's conditions, the steps, the adapters and the events.
 	if out, _, err := cli(t, p.URL, "describe", "workspace-tuning-phi-3"); err != nil ||
@@ -276,4 +279,10 @@ func TestExitCodes(t *testing.T) {
 			t.Errorf("%s (%v): exit %d, want %d", tc.name, tc.err, got, tc.want)
 		}
 	}
+}
+
+// inUnitInterval reports whether s is a number in [0, 1].
+func inUnitInterval(s string) bool {
+	v, err := strconv.ParseFloat(s, 64)
+	return err == nil && v >= 0 && v <= 1
 }

@@ -577,7 +577,7 @@ func adapterList(w *status.Workspace) map[string]any {
 // printAdapters prints a workspace's adapter history, newest first, with what decided each state.
 func printAdapters(out io.Writer, w *status.Workspace) error {
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tPUSHED\tWHY")
+	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tROUGE_L\tSERVING_ROUGE_L\tPUSHED\tWHY")
 	for i := len(w.History) - 1; i >= 0; i-- {
 		p := w.History[i]
 		score := func(k string) string {
@@ -591,8 +591,9 @@ func printAdapters(out io.Writer, w *status.Workspace) error {
 			pushed = age(time.Since(p.Pushed)) + " ago"
 		}
 		why := cmp.Or(p.Held, p.Failed)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, w.AdapterState(p), short(p.Digest), short(strings.Join(p.Datasets, ",")),
-			score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss), pushed, why)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, w.AdapterState(p), short(p.Digest),
+			short(strings.Join(p.Datasets, ",")), score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss),
+			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), pushed, why)
 	}
 	return tw.Flush()
 }

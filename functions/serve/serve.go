@@ -256,26 +256,18 @@ func (f *Function) apply(ctx context.Context, ref events.Ref, d Deployment, caus
 // Gate is the workspace's promotion policy (kaito.AnnotationPromotion) applied to a pushed
 // adapter: whether it is served in place of the adapter it was compared with, and the decision
 // with its numbers. Nothing serving, or the policy always, promotes; manual holds; if-better
-// promotes an eval_loss at least the minimum improvement below the serving adapter's on the same
-// held-out rows, and holds otherwise — and when either score is missing (a failed evaluation).
+// promotes a score at least the minimum improvement better than the serving adapter's on the same
+// rows (a lower eval_loss, or a higher task score: ROUGE-L or exact match of generated answers),
+// and holds otherwise — and when either score is missing (a failed evaluation).
 func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateData) {
 	p := in.Workspace.Promotion()
-	g := events.AdapterGateData{Ref: ref, Reference: in.Reference, Policy: p.String(), Compared: in.Compared}
-	for _, k := range []string{events.MetricEvalLoss, events.MetricServingEvalLoss, events.MetricBaseEvalLoss} {
-		if v, ok := in.Metrics[k]; ok {
-			if g.Scores == nil {
-				g.Scores = map[string]float64{}
-			}
-			g.Scores[k] = v
-		}
-	}
-	newLoss, haveNew := in.Metrics[events.MetricEvalLoss]
+	g := events.AdapterGateData{Ref: ref, Reference: in.Reference, Policy: p.String(), Compared: in.Compared, Scores: events.Scores(in.Metrics)}
 	switch {
 	case in.Compared == nil:
 		g.Reason = "promoted: nothing was serving"
-		if haveNew {
+		if loss, ok := in.Metrics[events.MetricEvalLoss]; ok {
 			if base, ok := in.Metrics[events.MetricBaseEvalLoss]; ok {
-				g.Reason += fmt.Sprintf(" (eval_loss %.4g, the base model %.4g)", newLoss, base)
+				g.Reason += fmt.Sprintf(" (eval_loss %.4g, the base model %.4g)", loss, base)
 			}
 		}
 		return true, g
@@ -286,24 +278,34 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 		g.Reason = fmt.Sprintf("held: policy manual; `kaitoflow promote %s --generation %d` serves it", ref.Name, ref.Generation)
 		return false, g
 	}
-	old, haveOld := in.Metrics[events.MetricServingEvalLoss]
+	newKey, oldKey, higher := events.CompareKeys(p.CompareBy())
+	now, haveNew := in.Metrics[newKey]
+	old, haveOld := in.Metrics[oldKey]
 	if !haveNew || !haveOld {
-		missing := events.MetricServingEvalLoss
+		missing := oldKey
 		if !haveNew {
-			missing = events.MetricEvalLoss
+			missing = newKey
 		}
 		g.Reason = fmt.Sprintf("held: the evaluation failed (no %s); generation %d keeps serving", missing, in.Compared.Generation)
 		return false, g
 	}
-	if newLoss <= old-p.MinImprovement {
-		g.Reason = fmt.Sprintf("promoted: eval_loss %.4g vs %.4g serving (generation %d)", newLoss, old, in.Compared.Generation)
-		return true, g
+	better := now <= old-p.MinImprovement
+	if higher {
+		better = now >= old+p.MinImprovement
 	}
-	g.Reason = fmt.Sprintf("held: eval_loss %.4g vs %.4g serving (generation %d)", newLoss, old, in.Compared.Generation)
-	if p.MinImprovement > 0 {
-		g.Reason += fmt.Sprintf(", and the policy wants it lower by %g", p.MinImprovement)
+	verdict := "held"
+	if better {
+		verdict = "promoted"
 	}
-	return false, g
+	g.Reason = fmt.Sprintf("%s: %s %.4g vs %.4g serving (generation %d)", verdict, p.CompareBy(), now, old, in.Compared.Generation)
+	if !better && p.MinImprovement > 0 {
+		direction := "lower"
+		if higher {
+			direction = "higher"
+		}
+		g.Reason += fmt.Sprintf(", and the policy wants it %s by %g", direction, p.MinImprovement)
+	}
+	return better, g
 }
 
 // tunedAdapter is a tuning workspace's own adapter, pushed as image.

@@ -14,6 +14,16 @@ func TestGate(t *testing.T) {
 	scores := func(newLoss, serving float64) map[string]float64 {
 		return map[string]float64{events.MetricEvalLoss: newLoss, events.MetricServingEvalLoss: serving, events.MetricBaseEvalLoss: 2}
 	}
+	// task is a run whose answers score now and serving on metric, and whose eval_loss says the
+	// opposite of what they say.
+	task := func(metric string, now, serving float64) map[string]float64 {
+		m := scores(1.2, 1.1)
+		if now < serving {
+			m = scores(1.1, 1.2)
+		}
+		m[metric], m[events.ServingPrefix+metric] = now, serving
+		return m
+	}
 	for _, tc := range []struct {
 		name, policy string
 		compared     *events.ComparedAdapter
@@ -32,6 +42,17 @@ func TestGate(t *testing.T) {
 		{"better by enough", "if-better:0.05", compared, scores(1.1, 1.2), true, "promoted: eval_loss 1.1 vs 1.2 serving (generation 2)"},
 		{"the serving adapter not scored", "if-better", compared, map[string]float64{events.MetricEvalLoss: 1.1}, false, "held: the evaluation failed (no serving_eval_loss); generation 2 keeps serving"},
 		{"nothing scored", "if-better", compared, nil, false, "held: the evaluation failed (no eval_loss); generation 2 keeps serving"},
+		// Task scores: higher is better, whatever the losses say.
+		{"answers better, loss worse", "if-better:rougeL", compared, task(events.MetricTaskRougeL, 0.41, 0.37), true,
+			"promoted: rougeL 0.41 vs 0.37 serving (generation 2)"},
+		{"answers worse, loss better", "if-better:rougeL", compared, task(events.MetricTaskRougeL, 0.30, 0.37), false,
+			"held: rougeL 0.3 vs 0.37 serving (generation 2)"},
+		{"exact match not better by enough", "if-better:exact_match:0.1", compared, task(events.MetricTaskExactMatch, 0.25, 0.2), false,
+			"held: exact_match 0.25 vs 0.2 serving (generation 2), and the policy wants it higher by 0.1"},
+		{"exact match better by enough", "if-better:exact_match:0.1", compared, task(events.MetricTaskExactMatch, 0.5, 0.2), true,
+			"promoted: exact_match 0.5 vs 0.2 serving (generation 2)"},
+		{"serving answers not scored", "if-better:rougeL", compared, scores(1.1, 1.2), false,
+			"held: the evaluation failed (no task_rougeL); generation 2 keeps serving"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ws := kaito.Workspace{}
@@ -41,6 +62,11 @@ func TestGate(t *testing.T) {
 			promote, g := Gate(ref, events.ImagePushedData{Workspace: ws, Reference: "r@sha256:3", Metrics: tc.metrics, Compared: tc.compared})
 			if promote != tc.promote || g.Reason != tc.reason {
 				t.Errorf("promote %t, %q; want %t, %q", promote, g.Reason, tc.promote, tc.reason)
+			}
+			for k, v := range tc.metrics {
+				if g.Scores[k] != v {
+					t.Errorf("the decision's scores %v lack %s=%g", g.Scores, k, v)
+				}
 			}
 		})
 	}

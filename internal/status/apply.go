@@ -189,7 +189,7 @@ func (w *Workspace) tuningRetrying(d events.TuningRetryingData, at time.Time, re
 func (w *Workspace) tuningCompleted(d events.TuningCompletedData, at time.Time, rec *EventRecord) {
 	rec.Note = fmt.Sprintf("%d adapter file(s)", len(d.Files))
 	h := w.history(w.Generation)
-	h.Datasets, h.Scores = d.Datasets, scores(d.Metrics)
+	h.Datasets, h.Scores = d.Datasets, events.Scores(d.Metrics)
 	if d.Attempt > 1 {
 		rec.Note += fmt.Sprintf(", attempt %d", d.Attempt)
 	}
@@ -210,7 +210,7 @@ func (w *Workspace) imagePushed(d events.ImagePushedData, at time.Time, rec *Eve
 		h.Datasets = d.Datasets
 	}
 	if h.Scores == nil {
-		h.Scores = scores(d.Metrics)
+		h.Scores = events.Scores(d.Metrics)
 	}
 	rec.Note = d.Reference
 	w.endStep(StepPublish, at)
@@ -318,20 +318,6 @@ func (w *Workspace) clearHeld() {
 			w.History[i].Held = ""
 		}
 	}
-}
-
-// scores are the eval losses among a run's metrics.
-func scores(m map[string]float64) map[string]float64 {
-	var out map[string]float64
-	for _, k := range []string{events.MetricEvalLoss, events.MetricServingEvalLoss, events.MetricBaseEvalLoss} {
-		if v, ok := m[k]; ok {
-			if out == nil {
-				out = map[string]float64{}
-			}
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // attempt is attempt n's record, added (with those before it) when missing.

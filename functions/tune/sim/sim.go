@@ -227,8 +227,9 @@ func simSteps(flags map[string]string, results string, job tune.Job) error {
 // simScores are the run's metrics by the sim's rule (EvalLoss), the serving adapter's too when
 // compareDir holds a sim adapter.
 func simScores(rows int, compareDir string) map[string]any {
-	scores := map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simStepCount, "sim_rows": rows,
-		events.MetricEvalLoss: EvalLoss(rows), events.MetricBaseEvalLoss: EvalLoss(0)}
+	scores := map[string]any{"sim_train_loss": 1.234, "sim_epochs": 1, "steps": simStepCount, "sim_rows": rows}
+	addScores(scores, "", rows)
+	addScores(scores, events.BasePrefix, 0)
 	if compareDir == "" {
 		return scores
 	}
@@ -236,12 +237,30 @@ func simScores(rows int, compareDir string) map[string]any {
 		Rows *int `json:"kaitoflow_sim_rows"`
 	}
 	if b, err := os.ReadFile(filepath.Join(compareDir, "adapter_config.json")); err == nil && json.Unmarshal(b, &cfg) == nil && cfg.Rows != nil {
-		scores[events.MetricServingEvalLoss] = EvalLoss(*cfg.Rows)
+		addScores(scores, events.ServingPrefix, *cfg.Rows)
 	} else {
 		fmt.Println("sim trainer: the adapter to compare with is not a sim adapter; not scored")
 	}
 	return scores
 }
+
+// addScores sets the scores of an adapter trained on rows (the base model: 0) under prefix.
+func addScores(m map[string]any, prefix string, rows int) {
+	m[prefix+events.MetricEvalLoss] = EvalLoss(rows)
+	m[prefix+events.MetricTaskRougeL] = TaskScore(rows)
+	m[prefix+events.MetricTaskExactMatch] = TaskScore(rows) / 2
+	if prefix == "" {
+		m[events.MetricTaskExamples] = min(rows, simTaskRows)
+	}
+}
+
+// simTaskRows is how many rows the sim's task scores claim, as the trainer's default cap.
+const simTaskRows = 32
+
+// TaskScore is the sim trainer's task_rougeL of an adapter trained on rows distinct non-empty
+// lines of data: rows/(rows+10) — the base model (0 rows) answers nothing right, more data answers
+// better; its task_exact_match is half that. Simulated, by the same kind of rule as EvalLoss.
+func TaskScore(rows int) float64 { return float64(rows) / float64(rows+10) }
 
 // EvalLoss is the sim trainer's eval_loss of an adapter trained on rows distinct non-empty
 // lines of data, on any held-out rows: 1 + 1/(1+rows) — the base model with no adapter (0 rows)
