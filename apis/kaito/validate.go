@@ -36,6 +36,7 @@ func (w *Workspace) Validate(p netguard.AddressPolicy) field.ErrorList {
 	}
 	errs = append(errs, w.validateMeta()...)
 	errs = append(errs, w.validateAnnotations()...)
+	errs = append(errs, w.validateEvalData(p)...)
 	errs = append(errs, w.Resource.validate(field.NewPath("resource"))...)
 
 	switch {
@@ -90,6 +91,32 @@ func (w *Workspace) validateMeta() field.ErrorList {
 	if b, err := json.Marshal(w); err == nil && len(b) > MaxWorkspaceBytes {
 		// The whole, encoded: no one field is at fault.
 		errs = append(errs, field.TooLong(field.NewPath("workspace"), "", MaxWorkspaceBytes))
+	}
+	return errs
+}
+
+// validateEvalData checks AnnotationEvalData: a tuning workspace's, a few URLs the address
+// policy admits.
+func (w *Workspace) validateEvalData(p netguard.AddressPolicy) field.ErrorList {
+	v, ok := w.Annotations[AnnotationEvalData]
+	if !ok {
+		return nil
+	}
+	path := field.NewPath("metadata", "annotations").Key(AnnotationEvalData)
+	urls := w.EvalDataURLs()
+	switch {
+	case w.Tuning == nil:
+		return field.ErrorList{field.Forbidden(path, "an eval set scores a tuned adapter's answers: the workspace has no tuning")}
+	case len(urls) == 0:
+		return field.ErrorList{field.Invalid(path, v, "want one or more comma-separated URLs")}
+	case len(urls) > MaxEvalDataURLs:
+		return field.ErrorList{field.TooMany(path, len(urls), MaxEvalDataURLs)}
+	}
+	var errs field.ErrorList
+	for _, u := range urls {
+		if err := p.CheckURL(u); err != nil {
+			errs = append(errs, field.Invalid(path, u, err.Error()))
+		}
 	}
 	return errs
 }

@@ -3,6 +3,7 @@ package kaito
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -111,6 +112,12 @@ func TestValidateRefusesBadManifests(t *testing.T) {
 		{"v1beta1 GPU partition", "  labelSelector:\n", "  partition:\n    mode: mig\n    profile: 1g.10gb\n  labelSelector:\n", "resource.partition", "not supported"},
 		{"multi-node tuning", "  instanceType:", "  count: 2\n  instanceType:", "resource.count", "multiple nodes"},
 		{"tuning and inference", "tuning:\n", "inference:\n  preset:\n    name: phi-3-mini-4k-instruct\ntuning:\n", "inference", "cannot both"},
+		{"eval data on loopback", "  name: ws\n", "  name: ws\n  annotations:\n    kaitoflow.io/eval-data: http://127.0.0.1/eval.jsonl\n",
+			"metadata.annotations[kaitoflow.io/eval-data]", "loopback"},
+		{"eval data without URLs", "  name: ws\n", "  name: ws\n  annotations:\n    kaitoflow.io/eval-data: \" , \"\n",
+			"metadata.annotations[kaitoflow.io/eval-data]", "comma-separated URLs"},
+		{"eval data of 9 URLs", "  name: ws\n", "  name: ws\n  annotations:\n    kaitoflow.io/eval-data: " +
+			strings.TrimSuffix(strings.Repeat("https://example.com/e.jsonl,", 9), ",") + "\n", "metadata.annotations[kaitoflow.io/eval-data]", "must have at most 8"},
 		// Each part within its own limit, the whole over what every event of the pipeline carries.
 		{"workspace over 256 KiB", "  name: ws\n", "  name: ws\n  annotations:\n    note: " + strings.Repeat("n", 200<<10) + "\n", "workspace", "262144"},
 	}
@@ -220,4 +227,19 @@ func longURLs(n int) string {
 		urls[i] = fmt.Sprintf("%q", fmt.Sprintf("https://example.com/%04d/%s.parquet", i, strings.Repeat("d", 1000)))
 	}
 	return strings.Join(urls, ", ")
+}
+
+// An eval set of URLs the address policy admits is accepted, and read back in order.
+func TestEvalDataAnnotation(t *testing.T) {
+	w, err := DecodeWorkspace([]byte(strings.Replace(base, "  name: ws\n",
+		"  name: ws\n  annotations:\n    kaitoflow.io/eval-data: https://example.com/a.jsonl, https://example.com/b.parquet\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := w.Validate(netguard.AddressPolicy{}); len(errs) > 0 {
+		t.Fatalf("refused: %v", errs)
+	}
+	if got := w.EvalDataURLs(); !slices.Equal(got, []string{"https://example.com/a.jsonl", "https://example.com/b.parquet"}) {
+		t.Errorf("EvalDataURLs = %v", got)
+	}
 }

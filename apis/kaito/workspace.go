@@ -266,6 +266,28 @@ func (w *Workspace) ModelAccessSecret() string {
 // functions' configured one.
 const AnnotationWeightsCache = "kaitoflow.io/weights-cache"
 
+// AnnotationEvalData names the rows a tuning run's task scores (the generated answers' ROUGE-L
+// and exact match, which `if-better:rougeL` compares) are taken on, in place of its held-out rows:
+// up to MaxEvalDataURLs comma-separated http(s) URLs of JSONL or parquet files in any row format
+// tuning.input reads, the row's response being the expected answer. The tuning Job fetches them as
+// it fetches tuning.input.urls, under the same address policy (kaitoflow's own, outside Kaito's
+// spec).
+const AnnotationEvalData = "kaitoflow.io/eval-data"
+
+// MaxEvalDataURLs bounds AnnotationEvalData's URLs.
+const MaxEvalDataURLs = 8
+
+// EvalDataURLs are AnnotationEvalData's URLs, none when it is absent.
+func (w *Workspace) EvalDataURLs() []string {
+	var urls []string
+	for _, u := range strings.Split(w.Annotations[AnnotationEvalData], ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
+}
+
 // AnnotationAdapterPullSecret names a pull-only registry Secret (a scoped ACR token's, say) in the
 // workspace's namespace that the serving pods pull the tuned adapter with. The push secret is
 // never used for that: it would sit in the request-facing container with the right to overwrite

@@ -8,6 +8,8 @@ func RegisterFlags(f *pflag.FlagSet, c *Config, allow *[]string) {
 	f.StringVar(&c.DataDir, "data", "/mnt/data", "where the dataset goes")
 	f.StringVar(&c.ResultsDir, "results", "/mnt/results", "where the trainer leaves the adapter")
 	f.StringSliceVar(&c.InputURLs, "input-url", nil, "dataset URL (repeatable)")
+	f.StringSliceVar(&c.EvalURLs, "eval-url", nil,
+		"eval set URL (repeatable): its rows, not the held-out ones, are what the trainer's task scores are taken on (--eval-data)")
 	f.StringVar(&c.InputImage, "input-image", "", "dataset image (its /data directory)")
 	f.StringVar(&c.OutputImage, "output-image", "", "the adapter's image reference: its layer is uploaded to this repository")
 	f.StringVar(&c.PushSecret, "push-secret", "", "dockerconfigjson file with the registry credentials")

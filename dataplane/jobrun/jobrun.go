@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
@@ -93,7 +94,14 @@ type Config struct {
 	// rows. A pull that fails is logged and the run goes on unscored against it: the promotion
 	// policy then holds the new adapter, saying so.
 	CompareImage string
+	// EvalURLs are the workspace's eval set (kaito.AnnotationEvalData): fetched like the dataset,
+	// into the results volume beside it (the trainer reads every file of the data directory as
+	// training rows), and given to the trainer as --eval-data DIR for its task scores.
+	EvalURLs []string
 }
+
+// evalDir is where the eval set goes: the results volume, as the compared adapter does.
+func (c Config) evalDir() string { return filepath.Join(c.ResultsDir, ".eval-data") }
 
 // exitOutOfGPUMemory is the trainer's exit code for running out of GPU memory (the trainer contract).
 var exitOutOfGPUMemory = int(presets.Contract().Exit.OOM)
@@ -176,6 +184,23 @@ func (c Config) trainerCommand(ctx context.Context, log *slog.Logger) (command [
 		log.Info("job-run: resuming from this run's newest checkpoint", "step", step, "dir", dir)
 		command, resumed = append(slices.Clip(command), "--resume-from", dir), step
 	}
+	if len(c.EvalURLs) > 0 {
+		// The user asked for these rows: one that cannot be fetched fails the run before the GPU
+		// time is spent, as the dataset does.
+		if err := os.RemoveAll(c.evalDir()); err != nil {
+			return nil, 0, nil, err
+		}
+		field := func(i int) string { return fmt.Sprintf("metadata.annotations[%s][%d]", kaito.AnnotationEvalData, i) }
+		_, err := c.fetchURLs(ctx, c.EvalURLs, c.evalDir(), field, log)
+		switch {
+		case err == nil:
+			command = append(slices.Clip(command), "--eval-data", c.evalDir())
+		case c.FetchBestEffort:
+			log.Warn("job-run: eval set not fetched; the held-out rows are scored instead (best effort)", "err", err)
+		default:
+			return nil, 0, nil, fmt.Errorf("fetch eval set: %w", err)
+		}
+	}
 	if c.CompareImage != "" {
 		dir, err := c.pullCompare(ctx)
 		if err != nil {
@@ -228,17 +253,32 @@ func (c Config) fail(err error) error {
 }
 
 func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
-	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+	digests, err := c.fetchURLs(ctx, c.InputURLs, c.DataDir, func(i int) string { return fmt.Sprintf("tuning.input.urls[%d]", i) }, log)
+	if err != nil {
+		return digests, err
+	}
+	if c.InputImage != "" {
+		if err := pullData(ctx, c, log); err != nil {
+			return digests, fmt.Errorf("tuning.input.image %s: %w", c.InputImage, err)
+		}
+	}
+	return digests, nil
+}
+
+// fetchURLs downloads urls into dir under the address policy, retrying what may pass later, and
+// returns their digests; an error names the URL by field(i).
+func (c Config) fetchURLs(ctx context.Context, urls []string, dir string, field func(int) string, log *slog.Logger) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	var digests []string
 	client := netguard.Client(c.Policy, 0)
-	for i, raw := range c.InputURLs {
+	for i, raw := range urls {
 		if err := c.Policy.CheckURL(raw); err != nil {
-			return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+			return digests, fmt.Errorf("%s: %w", field(i), err)
 		}
 		u, _ := url.Parse(raw)
-		dst := filepath.Join(c.DataDir, fmt.Sprintf("%02d-%s", i, safeName(path.Base(u.Path))))
+		dst := filepath.Join(dir, fmt.Sprintf("%02d-%s", i, safeName(path.Base(u.Path))))
 		var err error
 		for attempt := 1; attempt <= c.Attempts; attempt++ {
 			var sum string
@@ -249,7 +289,7 @@ func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
 				break
 			}
 			if netguard.Refused(err) || errors.Is(err, errPermanent) {
-				return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
+				return digests, fmt.Errorf("%s: %w", field(i), err)
 			}
 			log.Warn("job-run: fetch failed, retrying", "url", u.Redacted(), "attempt", attempt, "err", err)
 			select {
@@ -259,12 +299,7 @@ func fetch(ctx context.Context, c Config, log *slog.Logger) ([]string, error) {
 			}
 		}
 		if err != nil {
-			return digests, fmt.Errorf("tuning.input.urls[%d]: %w", i, err)
-		}
-	}
-	if c.InputImage != "" {
-		if err := pullData(ctx, c, log); err != nil {
-			return digests, fmt.Errorf("tuning.input.image %s: %w", c.InputImage, err)
+			return digests, fmt.Errorf("%s: %w", field(i), err)
 		}
 	}
 	return digests, nil

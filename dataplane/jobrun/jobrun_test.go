@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +58,14 @@ ok)
 fail)
   echo "kaitoflow-trainer: unrecognised row" >&2
   exit 3
+  ;;
+eval)
+  # job-run appends --eval-data DIR: the eval set's rows, apart from the training data.
+  [ "$5" = "--eval-data" ] && cat "$6"/* > "$mark" && ! ls "$data" | grep -q eval
+  mkdir -p "$results"
+  echo '{"peft_type":"LORA","r":8}' > "$results/adapter_config.json"
+  printf 'safetensors-bytes' > "$results/adapter_model.safetensors"
+  echo '{"train_loss": 1.5}' > "$results/metrics.json"
   ;;
 wait)
   trap 'echo got-term > "$mark"; exit 143' TERM
@@ -288,5 +297,36 @@ func TestRegistryOutsideThePolicyIsRefusedAtConnect(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(e.termLog); !strings.Contains(string(b), "loopback") {
 		t.Errorf("termination message %q: want the address policy's reason", b)
+	}
+}
+
+// The workspace's eval set is fetched beside the dataset, not into it, and the trainer is told
+// where (--eval-data); one that cannot be fetched fails the run before the trainer starts, naming
+// the annotation.
+func TestEvalSetIsFetchedAndGivenToTheTrainer(t *testing.T) {
+	e := setup(t)
+	cmd := e.cmd("/dolly.jsonl", "eval")
+	withEval := func(cmd *exec.Cmd, url string) *exec.Cmd {
+		i := slices.Index(cmd.Args, "--")
+		cmd.Args = slices.Insert(cmd.Args, i, "--eval-url", url)
+		return cmd
+	}
+	if out, err := withEval(cmd, e.dataset.URL+"/eval.jsonl").CombinedOutput(); err != nil {
+		t.Fatalf("job-run: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(e.dir, "mark")); err != nil || !strings.Contains(string(b), `"assistant","content":"hello"`) {
+		t.Fatalf("the trainer did not read the eval set from --eval-data: %q %v", b, err)
+	}
+
+	e = setup(t)
+	out, err := withEval(e.cmd("/dolly.jsonl", "eval"), e.dataset.URL+"/missing-eval.jsonl").CombinedOutput()
+	if err == nil {
+		t.Fatalf("a 404 eval set passed:\n%s", out)
+	}
+	if b, _ := os.ReadFile(e.termLog); !strings.Contains(string(b), "metadata.annotations[kaitoflow.io/eval-data][0]") || !strings.Contains(string(b), "404") {
+		t.Errorf("termination message %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(e.results, "adapter_config.json")); err == nil {
+		t.Error("the trainer ran without its eval set")
 	}
 }

@@ -180,6 +180,9 @@ func podFor(job tune.Job, o Options) podParts {
 		// Pulled with the output's credentials: a workspace's generations share a repository.
 		p.args = append(p.args, "--compare-image", job.Compare.Reference)
 	}
+	for _, u := range job.Workspace.EvalDataURLs() {
+		p.args = append(p.args, "--eval-url", u)
+	}
 	p.scratch(job.Name, o.ShmSize, presets.WeightsCache(job.Workspace, o.WeightsCache))
 	return p
 }

@@ -112,6 +112,14 @@ func TestJobGoldenBranches(t *testing.T) {
 		})
 	})
 
+	// An eval set (kaito.AnnotationEvalData): job-run fetches it beside the dataset for the
+	// trainer's task scores.
+	t.Run("job-eval-set.yaml", func(t *testing.T) {
+		checkJobGolden(t, "job-eval-set.yaml", seed, func(j *tune.Job) {
+			j.Workspace.Annotations = map[string]string{kaito.AnnotationEvalData: "https://example.com/eval/qa.jsonl,https://example.com/eval/more.parquet"}
+		})
+	})
+
 	// tuning.config: the user's ConfigMap merged into the plan's training config, which the run's
 	// own ConfigMap carries to the trainer.
 	t.Run("job-tuning-config.yaml", func(t *testing.T) {

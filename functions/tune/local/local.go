@@ -169,6 +169,7 @@ func (l *Trainer) wrap(ctx context.Context, r *localRun) (tune.Result, *events.T
 	if t != nil && t.Input != nil {
 		cfg.InputURLs = t.Input.URLs
 	}
+	cfg.EvalURLs = r.job.Workspace.EvalDataURLs()
 	if l.Resolve != nil && t != nil && t.Output != nil && t.Output.Image != "" {
 		ref, err := l.Resolve(t.Output.Image)
 		if err != nil {

@@ -181,7 +181,12 @@ func simTrain(args []string) int {
 		fmt.Fprintln(os.Stderr, "sim trainer:", err)
 		return 1
 	}
-	metrics, _ := json.Marshal(simScores(rows, flags["compare-adapter"]))
+	scores := simScores(rows, flags["compare-adapter"])
+	if eval := flags["eval-data"]; eval != "" {
+		// The workspace's eval set: the task scores claim its rows.
+		scores[events.MetricTaskExamples] = min(simRows(eval), simTaskRows)
+	}
+	metrics, _ := json.Marshal(scores)
 	if err := os.WriteFile(filepath.Join(results, "metrics.json"), metrics, 0o644); err != nil {
 		return 1
 	}
