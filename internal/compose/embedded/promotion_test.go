@@ -193,3 +193,25 @@ func TestUploadsInQuickSuccession(t *testing.T) {
 		t.Errorf("v2 pushed an adapter (%s), better than v1, and does not serve: serving %d", v3.AdapterState(h2), v3.Live)
 	}
 }
+
+// The gate on task scores (kaitoflow.io/promotion: if-better:rougeL): the generated answers'
+// ROUGE-L, not eval_loss, decides, and the decision and the history carry it. The sim trainer
+// scores answers by its rule (tunesim.TaskScore: more distinct rows answer better; simulated).
+func TestTaskScoresGatePromotion(t *testing.T) {
+	p := start(t)
+	loop := newUploadLoop(t, p, "if-better:rougeL")
+	if v1 := loop.upload(3); v1.Live != 1 {
+		t.Fatalf("v1: serving %d, %+v", v1.Live, v1.Failure)
+	}
+	v2 := loop.upload(1)
+	want := fmt.Sprintf("held: rougeL %.4g vs %.4g serving (generation 1)", tunesim.TaskScore(1), tunesim.TaskScore(3))
+	if v2.Live != 1 || !strings.Contains(v2.Held, want) {
+		t.Fatalf("v2: serving %d, held %q; want %q", v2.Live, v2.Held, want)
+	}
+	v3 := loop.upload(9)
+	h3, _ := v3.Pushed(3)
+	if v3.Live != 3 || v3.Held != "" || h3.Scores[events.MetricTaskRougeL] != tunesim.TaskScore(9) ||
+		h3.Scores[events.ServingPrefix+events.MetricTaskRougeL] != tunesim.TaskScore(3) || h3.Scores[events.BasePrefix+events.MetricTaskRougeL] != 0 {
+		t.Fatalf("v3: serving %d, held %q, scores %v", v3.Live, v3.Held, h3.Scores)
+	}
+}
