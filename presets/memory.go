@@ -222,13 +222,18 @@ func EstimateInference(in InferenceInput) Estimate {
 // server may use utilization of each GPU's memory, capped at the model's own maximum; 0 when even
 // the weights do not fit.
 func MaxContextThatFits(m *Model, sku *SKU, utilization float64) int {
+	return min(KVCacheTokens(m, sku, utilization), m.MaxContext)
+}
+
+// KVCacheTokens is how many tokens of KV cache fit on sku's GPUs next to m's 16-bit weights and
+// the runtime's overhead, at utilization of their memory: what a replica's running sequences share.
+func KVCacheTokens(m *Model, sku *SKU, utilization float64) int {
 	gpus := float64(sku.GPUs)
 	free := utilization*sku.MemoryGiB*gpus - float64(m.Parameters)*bytes16/gib - inferenceOverheadGiB*gpus
 	if free <= 0 {
 		return 0
 	}
-	tokens := int(free * gib / float64(m.Architecture.KVBytesPerToken()))
-	return min(tokens, m.MaxContext)
+	return int(free * gib / float64(m.Architecture.KVBytesPerToken()))
 }
 
 func round(e Estimate) Estimate {

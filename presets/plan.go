@@ -199,23 +199,41 @@ func (p *TuningPlan) explain(m *Model, sku SKU, chosen bool, seq0, batch0 int) {
 
 // InferencePlan says how a preset will be served and why.
 type InferencePlan struct {
-	Preset               string   `json:"preset"`
-	HuggingFace          string   `json:"huggingFace"`
-	Revision             string   `json:"revision"`
-	InstanceType         string   `json:"instanceType"`
-	GPUs                 int      `json:"gpus"`
-	DType                string   `json:"dtype"`
-	MaxModelLen          int      `json:"maxModelLen"`
-	GPUMemoryUtilization float64  `json:"gpuMemoryUtilization"`
-	EnableLoRA           bool     `json:"enableLoRA"`
-	MaxLoRARank          int      `json:"maxLoRARank,omitempty"`
-	MaxLoRAs             int      `json:"maxLoRAs,omitempty"`
-	Estimate             Estimate `json:"estimate"`
-	Reasons              []string `json:"reasons"`
+	Preset               string  `json:"preset"`
+	HuggingFace          string  `json:"huggingFace"`
+	Revision             string  `json:"revision"`
+	InstanceType         string  `json:"instanceType"`
+	GPUs                 int     `json:"gpus"`
+	DType                string  `json:"dtype"`
+	MaxModelLen          int     `json:"maxModelLen"`
+	GPUMemoryUtilization float64 `json:"gpuMemoryUtilization"`
+	EnableLoRA           bool    `json:"enableLoRA"`
+	MaxLoRARank          int     `json:"maxLoRARank,omitempty"`
+	MaxLoRAs             int     `json:"maxLoRAs,omitempty"`
+	// MaxNumSeqs is how many sequences a replica runs at once (vLLM's --max-num-seqs): as many of
+	// BatchSequenceTokens as its KV cache holds, at most vLLM's default. The serving Service's
+	// concurrency is sized by it (a hard limit per replica, and the autoscaler's target below it).
+	MaxNumSeqs int      `json:"maxNumSeqs,omitempty"`
+	Estimate   Estimate `json:"estimate"`
+	Reasons    []string `json:"reasons"`
 }
 
 // gpuMemoryUtilization is vLLM's own default share of GPU memory.
 const gpuMemoryUtilization = 0.9
+
+// BatchSequenceTokens is the length of a request (prompt and answer) a replica's batch is sized
+// for: a chat turn with some context, or the model's whole context when that is shorter.
+// MaxNumSeqsLimit is vLLM's default --max-num-seqs, which more KV cache does not raise.
+const (
+	BatchSequenceTokens = 2048
+	MaxNumSeqsLimit     = 256
+)
+
+// maxNumSeqs is how many sequences of BatchSequenceTokens (or maxModelLen, if shorter) fit in
+// kvTokens of KV cache at once: at least 1, at most MaxNumSeqsLimit.
+func maxNumSeqs(kvTokens, maxModelLen int) int {
+	return min(max(kvTokens/max(min(maxModelLen, BatchSequenceTokens), 1), 1), MaxNumSeqsLimit)
+}
 
 // vLLM accepts these LoRA ranks only.
 var vllmLoRARanks = []int{8, 16, 32, 64, 128, 256}
@@ -263,6 +281,10 @@ func (c *Catalog) PlanInferenceFor(m *Model, instanceType string, adapters, lora
 				fmt.Sprintf("max model length %d of the model's %d: the KV cache (%d KiB/token) must fit next to %.1f GiB of weights", n,
 					m.MaxContext, m.Architecture.KVBytesPerToken()>>10, p.Estimate.WeightsGiB))
 		}
+		kv := KVCacheTokens(m, &sku, gpuMemoryUtilization)
+		p.MaxNumSeqs = maxNumSeqs(kv, n)
+		p.Reasons = append(p.Reasons, fmt.Sprintf("a replica runs %d sequences at once: its KV cache holds %d tokens, %d sequences of %d",
+			p.MaxNumSeqs, kv, kv/max(min(n, BatchSequenceTokens), 1), min(n, BatchSequenceTokens)))
 		if adapters > 0 {
 			// One more LoRA slot than adapters: the next generation's adapter is loaded and
 			// answers beside the one serving before the route moves to it.
@@ -292,6 +314,9 @@ func (p *InferencePlan) VLLMArgs() []string {
 		"--dtype", p.DType, "--max-model-len", strconv.Itoa(p.MaxModelLen),
 		"--gpu-memory-utilization", strconv.FormatFloat(p.GPUMemoryUtilization, 'f', 2, 64),
 		"--tensor-parallel-size", strconv.Itoa(p.GPUs),
+	}
+	if p.MaxNumSeqs > 0 {
+		args = append(args, "--max-num-seqs", strconv.Itoa(p.MaxNumSeqs))
 	}
 	if p.EnableLoRA {
 		args = append(args, "--enable-lora", "--max-lora-rank", strconv.Itoa(p.MaxLoRARank), "--max-loras", strconv.Itoa(p.MaxLoRAs))

@@ -2,6 +2,7 @@ package presets
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -98,6 +99,46 @@ func TestPlanChecksInferenceConfig(t *testing.T) {
 		_, err := p.Plan(context.Background(), ws(name))
 		if _, permanent := events.AsPermanent(err); !permanent || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: want a permanent error with %q, got %v", name, want, err)
+		}
+	}
+}
+
+// A replica's concurrency is sized by its KV cache: how many 2,048-token sequences fit beside the
+// weights (0.9 of the GPU memory, less 2 GiB of runtime), worked by hand below, capped at vLLM's
+// default of 256, and passed to vLLM as --max-num-seqs.
+func TestMaxNumSeqsFromTheKVCache(t *testing.T) {
+	c, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		preset, sku string
+		want        int
+	}{
+		// 0.9×80 GiB − 7.1 GiB of weights − 2 GiB = 62.9 GiB; 384 KiB a token (32 layers × K,V ×
+		// 3072 × 2 bytes): 171,711 tokens, 83 sequences of 2,048.
+		{"phi-3-mini-128k-instruct", "Standard_NC24ads_A100_v4", 83},
+		// A 16 GiB V100: 5.3 GiB of cache, 14,425 tokens, 7 sequences.
+		{"phi-3-mini-4k-instruct", "Standard_NC6s_v3", 7},
+		// Grouped-query attention (8 KV heads): 128 KiB a token, 450,907 tokens, 220 sequences.
+		{"llama-3.1-8b-instruct", "Standard_NC24ads_A100_v4", 220},
+	} {
+		p, err := c.PlanInference(tc.preset, tc.sku, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Join(p.VLLMArgs(), " ")
+		if p.MaxNumSeqs != tc.want || !strings.Contains(args, fmt.Sprintf("--max-num-seqs %d", tc.want)) {
+			t.Errorf("%s on %s: %d sequences (%s), want %d", tc.preset, tc.sku, p.MaxNumSeqs, args, tc.want)
+		}
+	}
+	for _, tc := range []struct{ kv, maxLen, want int }{
+		{0, 4096, 1},            // nothing fits: still one at a time
+		{10 << 20, 131072, 256}, // more cache than vLLM's default schedules
+		{4000, 1000, 4},         // a short context: sequences of the whole context
+	} {
+		if got := maxNumSeqs(tc.kv, tc.maxLen); got != tc.want {
+			t.Errorf("maxNumSeqs(%d, %d) = %d, want %d", tc.kv, tc.maxLen, got, tc.want)
 		}
 	}
 }

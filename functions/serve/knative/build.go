@@ -5,6 +5,7 @@
 package knative
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -33,7 +34,9 @@ type Options struct {
 	// public default (hack/release.sh builds it into the user's registry).
 	RuntimeImage string
 	ProxyImage   string
-	// Target is the concurrent requests per replica the autoscaler aims at.
+	// Target is the concurrent requests per replica the autoscaler aims at where the model server
+	// is not sized by kaitoflow (a user's template); a planned one is sized by its --max-num-seqs
+	// (concurrency).
 	Target int
 	// Retention keeps the last replica this long after traffic stops, before scaling to zero.
 	Retention string
@@ -149,7 +152,7 @@ func revisionAnnotations(d serve.Deployment, rt Runtime, o Options) map[string]s
 		autoscaling + "min-scale":                          "0",
 		autoscaling + "max-scale":                          strconv.Itoa(count),
 		autoscaling + "initial-scale":                      "1",
-		autoscaling + "target":                             strconv.Itoa(o.Target),
+		autoscaling + "target":                             strconv.Itoa(cmp.Or(targetOf(rt.Args), o.Target)),
 		autoscaling + "scale-to-zero-pod-retention-period": o.Retention,
 	}
 	for k, v := range ws.Annotations {
@@ -222,7 +225,7 @@ func BuildService(d serve.Deployment, rt Runtime, o Options) (*servingv1.Service
 	delete(podMeta, events.LabelGeneration)
 	template := servingv1.RevisionTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: podLabels(podMeta, spec), Annotations: annotations},
-		Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout},
+		Spec:       servingv1.RevisionSpec{PodSpec: spec, TimeoutSeconds: &timeout, ContainerConcurrency: containerConcurrency(rt.Args)},
 	}
 	meta[AnnotationTemplate] = templateHash(template)
 	return &servingv1.Service{
@@ -408,6 +411,37 @@ func modelContainer(d serve.Deployment, rt Runtime, args []string, w podWeights,
 
 // modelOf is the Hugging Face repository and revision vLLM's arguments name: the positional model
 // and --revision.
+// The model server's sequences sized by the plan (--max-num-seqs) are a replica's concurrency:
+// a hard limit, so requests beyond it queue in Knative's activator and queue-proxy, where the
+// autoscaler sees them, rather than inside vLLM, where it does not; and the autoscaler's target at
+// TargetUtilization of it, so a replica is added before the limit is reached.
+const TargetUtilization = 0.7
+
+// containerConcurrency is the replica's hard concurrency limit: the model server's --max-num-seqs,
+// or nil (unlimited: Knative's default) when it has none.
+func containerConcurrency(args []string) *int64 {
+	if n := maxNumSeqsOf(args); n > 0 {
+		return ptr(int64(n))
+	}
+	return nil
+}
+
+// targetOf is the autoscaler's target for the model server's --max-num-seqs, 0 without one.
+func targetOf(args []string) int {
+	if n := maxNumSeqsOf(args); n > 0 {
+		return max(int(float64(n)*TargetUtilization), 1)
+	}
+	return 0
+}
+
+func maxNumSeqsOf(args []string) int {
+	if i := slices.Index(args, "--max-num-seqs"); i >= 0 && i+1 < len(args) {
+		n, _ := strconv.Atoi(args[i+1])
+		return n
+	}
+	return 0
+}
+
 func modelOf(args []string) (model, revision string) {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		model = args[0]
