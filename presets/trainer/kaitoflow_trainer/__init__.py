@@ -6,9 +6,10 @@ preset with LoRA or QLoRA (transformers + peft, bitsandbytes for QLoRA only), an
 a non-zero exit code and a one-line reason, also written to the Kubernetes termination log, so the
 Job fails instead of hanging on a GPU.
 
-The modules config, data, chat, tokens and weights need only the standard library and are
-unit-tested without any ML package; weights imports huggingface_hub only to download, and train
-imports torch, transformers and peft when it runs.
+The modules config, data, chat, tokens, taskeval and weights need only the standard library and
+are unit-tested without any ML package; weights imports huggingface_hub only to download, taskeval
+generates with the torch its caller passes, and train imports torch, transformers and peft when it
+runs.
 """
 
 import json

@@ -27,7 +27,10 @@ SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
 
 def find_files(input_dir: str) -> list[str]:
-    """Every dataset file under input_dir, sorted; DataError when there is none."""
+    """Every dataset file under input_dir, sorted, or input_dir itself when it is one dataset file
+    (the trainer's --eval-data may name either); DataError when there is none."""
+    if os.path.isfile(input_dir) and input_dir.lower().endswith(SUFFIXES):
+        return [input_dir]
     found = []
     for root, _dirs, files in os.walk(input_dir):
         for name in files:
@@ -130,7 +133,8 @@ def to_messages(row: Row, shape: str, dataset_cfg: DatasetConfig | None = None) 
 
 
 def load_examples(input_dir: str, dataset_cfg: DatasetConfig | None = None) -> tuple[str, list[Row]]:
-    """(shape, rows) of every file under input_dir. All files must share one shape."""
+    """(shape, rows) of every file under input_dir (or of input_dir, one file). All files must
+    share one shape."""
     shape, rows = None, []
     for path in find_files(input_dir):
         file_rows = read_rows(path)

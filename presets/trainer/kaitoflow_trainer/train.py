@@ -12,6 +12,9 @@
     --resume-from  a checkpoint directory to continue from (kaitoflow job-run fetches the
                  generation's newest one for a resumed attempt): model, optimizer, scheduler, RNG
                  and the data order are restored, and the run ends at its planned step count
+    --compare-adapter  the adapter serving now, scored beside the new one (eval loss and task scores)
+    --eval-data  a dataset file or directory (any format and shape the input has, but plain text)
+                 whose rows task evaluation scores instead of the held-out rows
 
 Environment: HF_TOKEN, the token for gated or private models; KAITOFLOW_MODEL_ACCESS_SECRET, the
 Secret it came from (namespace/name), named when the Hub refuses it; KAITOFLOW_TERMINATION_LOG,
@@ -24,10 +27,16 @@ to upload. Running out of GPU memory exits 4 with a JSON account in the terminat
 batch, sequence length and peak memory.
 
 The adapter (adapter_config.json, adapter_model.safetensors) and metrics.json are written to
-TrainingArguments.output_dir.
+TrainingArguments.output_dir. Besides the training numbers, metrics.json has eval_loss on the
+held-out rows and, for a promotion gate to compare, the base model's (base_eval_loss) and the
+serving adapter's (serving_eval_loss); and task evaluation (taskeval.py), the new adapter's, the base
+model's and the serving adapter's greedy answers to up to DatasetConfig.task_eval_rows prompts
+scored against the rows' answers: task_exact_match, task_rougeL, base_task_*, serving_task_* and
+task_examples, the rows scored.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,7 +45,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Self
 
@@ -51,6 +60,7 @@ from . import (
     data,
     fetch,
     launch,
+    taskeval,
     tokens,
     weights,
 )
@@ -78,6 +88,7 @@ class RunSettings:
     processes: int  # training processes, one per GPU
     resume_from: str  # a checkpoint directory to continue from, or ""
     compare_adapter: str  # the adapter serving now, scored beside the new one, or ""
+    eval_data: str  # a dataset file or directory whose rows task evaluation scores, or "" (held-out rows)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Self:
@@ -411,17 +422,98 @@ def _compare(trainer: Any, model: Any, eval_set: _Examples, compare_dir: str) ->
         print(f"kaitoflow-trainer: the base model was not scored: {_one_line(exc)}", flush=True)
     if compare_dir:
         try:
-            model.load_adapter(compare_dir, adapter_name="serving", is_trainable=False)
-            model.set_adapter("serving")
-            out["serving_eval_loss"] = trainer.evaluate(metric_key_prefix="serving").get("serving_loss")
+            with _serving_adapter(model, compare_dir):
+                out["serving_eval_loss"] = trainer.evaluate(metric_key_prefix="serving").get("serving_loss")
         except Exception as exc:  # noqa: BLE001
             print(f"kaitoflow-trainer: the serving adapter was not scored: {_one_line(exc)}", flush=True)
-        finally:
-            # Only the new adapter is saved: the compared one goes, even half loaded.
-            model.set_adapter("default")
-            if "serving" in model.peft_config:
-                model.delete_adapter("serving")
     return {k: v for k, v in out.items() if v is not None}
+
+
+@contextlib.contextmanager
+def _serving_adapter(model: Any, adapter_dir: str) -> Iterator[None]:
+    """The adapter in adapter_dir loaded beside the new one and active, for the with block; then
+    the new one active again. Only the new adapter is saved: the compared one goes, even half loaded."""
+    try:
+        model.load_adapter(adapter_dir, adapter_name="serving", is_trainable=False)
+        model.set_adapter("serving")
+        yield
+    finally:
+        model.set_adapter("default")
+        if "serving" in model.peft_config:
+            model.delete_adapter("serving")
+
+
+def _task_rows(run: RunSettings, dataset_cfg: DatasetConfig, shape: str, eval_rows: list[Row]) -> tuple[str, list[Row]]:
+    """(shape, rows) task evaluation draws its rows from: --eval-data's, read now so a bad file fails
+    before the model loads, else the held-out rows; no rows when DatasetConfig.task_eval_rows is 0."""
+    if taskeval.settings(dataset_cfg)[0] == 0:
+        return shape, []
+    if run.eval_data:
+        task_shape, rows = taskeval.load_rows(run.eval_data, dataset_cfg)
+        print(f"kaitoflow-trainer: --eval-data {run.eval_data}: {len(rows):d} rows of shape {task_shape}", flush=True)
+        return task_shape, rows
+    return shape, eval_rows
+
+
+def _task_set(rows: list[Row], shape: str, tok: Any, dataset_cfg: DatasetConfig) -> taskeval.TaskSet:
+    """The prompts and references task evaluation scores, on the process that reports (only rank 0
+    generates); none elsewhere, or for plain text."""
+    if not rows or not main_process():
+        return taskeval.TaskSet([], [])
+    if shape == "text":
+        print("kaitoflow-trainer: no task evaluation: plain-text rows have no reference answer", flush=True)
+        return taskeval.TaskSet([], [])
+    cap, _ = taskeval.settings(dataset_cfg)
+    max_len = int(dataset_cfg.get("max_seq_length", 2048))
+    task_set, skipped = taskeval.build(rows, shape, tok, dataset_cfg, cap, max_len)
+    if skipped:
+        print(
+            f"kaitoflow-trainer: task evaluation: {skipped:d} rows without a prompt and answer passed over", flush=True
+        )
+    return task_set
+
+
+def _generation(model: Any, tok: Any, dataset_cfg: DatasetConfig, batch_size: int, pad_id: int) -> taskeval.Generation:
+    """Task evaluation's decoding: greedy, batch_size prompts at a time, ending at EOS (the
+    tokenizer's or any the model's generation config names) or the chat template's end of turn."""
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = [tok.eos_token_id, *(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])]
+    return taskeval.generation(tok, eos, taskeval.settings(dataset_cfg)[1], batch_size, pad_id)
+
+
+def _task_eval(
+    model: Any, tok: Any, task_set: taskeval.TaskSet, gen: taskeval.Generation, compare_dir: str, torch: ModuleType
+) -> dict[str, float]:
+    """Task scores of the new adapter (task_*), the base model (base_task_*) and, given one, the
+    serving adapter (serving_task_*), each answering the same prompts greedily; task_examples, the
+    rows scored. A model that could not be scored is said on stdout and left out."""
+    if not task_set.prompts:
+        return {}
+    print(
+        f"kaitoflow-trainer: task evaluation: {len(task_set.prompts):d} rows, "
+        f"up to {gen.max_new_tokens:d} new tokens each",
+        flush=True,
+    )
+    models: list[tuple[str, str, Callable[[], Any]]] = [
+        ("task_", "the new adapter", contextlib.nullcontext),
+        ("base_task_", "the base model", model.disable_adapter),
+    ]
+    if compare_dir:
+        models.append(("serving_task_", "the serving adapter", lambda: _serving_adapter(model, compare_dir)))
+    was_training, out = model.training, {}
+    model.eval()
+    for prefix, name, scope in models:
+        try:
+            with scope():
+                answers = taskeval.generate(model, tok, task_set.prompts, gen, torch)
+            em, rouge = taskeval.score(answers, task_set.references)
+            out[prefix + "exact_match"], out[prefix + "rougeL"] = em, rouge
+        except Exception as exc:  # noqa: BLE001 - a score not taken is reported, not fatal
+            print(f"kaitoflow-trainer: {name} was not task-scored: {_one_line(exc)}", flush=True)
+    model.train(was_training)
+    if out:
+        out["task_examples"] = len(task_set.prompts)
+    return out
 
 
 def _weights(cfg: TrainingConfig, run: RunSettings) -> str:
@@ -467,6 +559,8 @@ def launch_workers(run: RunSettings) -> int:
         argv += ["--resume-from", run.resume_from]
     if run.compare_adapter:
         argv += ["--compare-adapter", run.compare_adapter]
+    if run.eval_data:
+        argv += ["--eval-data", run.eval_data]
     print(f"kaitoflow-trainer: {run.processes:d} training processes, one per GPU", flush=True)
     code, reason = launch.run(argv, run.processes)
     if code:
@@ -479,6 +573,7 @@ def train(run: RunSettings) -> None:
         cfg = config.load(f.read(), run.method)
     dataset_cfg = cfg.get("DatasetConfig", {})
     shape, train_rows, eval_rows = _rows(cfg, run.input_dir)
+    task_shape, task_rows = _task_rows(run, dataset_cfg, shape, eval_rows)
 
     path = _weights(cfg, run)
 
@@ -492,6 +587,7 @@ def train(run: RunSettings) -> None:
     # Tokenized before the model loads, so a dataset with nothing to learn fails in seconds.
     train_set = _encode(train_rows, shape, tok, dataset_cfg, "train")
     eval_set = _encode(eval_rows, shape, tok, dataset_cfg, "eval")
+    task_set = _task_set(task_rows, task_shape, tok, dataset_cfg)
     if not len(train_set):
         raise DataError(
             f"no row has an assistant token within max_seq_length {dataset_cfg.get('max_seq_length', 2048):d}: "
@@ -540,7 +636,17 @@ def train(run: RunSettings) -> None:
     duration = time.time() - started
     evaluation = _evaluate(trainer, eval_set)  # every process takes part; rank 0 reports
     evaluation.update(_compare(trainer, model, eval_set, run.compare_adapter))
+    if distributed() and torch.distributed.is_initialized():
+        # Every collective is done: the process group ends cleanly (a worker leaving with it open
+        # warns, and may hang in its interpreter's shutdown), and the others leave while rank 0
+        # generates its task answers and saves the adapter, which need no other process. (A
+        # barrier held while it generates could outlast the group's timeout.)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     if trainer.is_world_process_zero():
+        if task_set.prompts:  # rank 0 alone generates
+            gen = _generation(model, tok, dataset_cfg, targs.per_device_eval_batch_size, pad_id)
+            evaluation.update(_task_eval(model, tok, task_set, gen, run.compare_adapter, torch))
         # Only the steps this process trained were timed: a resumed run's others were earlier.
         share = (result.global_step - (progress.first_step or 0)) / max(result.global_step, 1)
         _report(
@@ -556,11 +662,6 @@ def train(run: RunSettings) -> None:
             evaluation,
             share,
         )
-    if distributed() and torch.distributed.is_initialized():
-        # The others wait for rank 0's adapter, then the process group ends cleanly: a worker
-        # leaving with it open warns, and may hang in its interpreter's shutdown.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def _report(
@@ -638,6 +739,13 @@ def main(argv: list[str] | None = None) -> int:
         "--compare-adapter",
         default="",
         help="the adapter serving now: scored beside the new one on the same held-out rows",
+    )
+    p.add_argument(
+        "--eval-data",
+        default="",
+        help="a dataset file (jsonl, json, csv, parquet) or directory of them, in a shape the input may have "
+        "but plain text: the rows task evaluation scores (generated answers against the rows' answers) "
+        "instead of the held-out rows; eval_loss stays on the held-out rows",
     )
     run = RunSettings.from_args(p.parse_args(argv))
     try:

@@ -84,6 +84,16 @@ class FilesTest(unittest.TestCase):
                 data.load_examples(d)
             self.assertIn("line 2", str(ctx.exception))
 
+    def test_one_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = write(d, "eval.jsonl", json.dumps(DOLLY) + "\n")
+            write(d, "other.jsonl", json.dumps(DOLLY) + "\n")
+            self.assertEqual(data.find_files(path), [path])
+            self.assertEqual(data.load_examples(path), ("messages", [DOLLY]))
+            notes = write(d, "notes.txt", "not data")
+            with self.assertRaises(DataError):
+                data.find_files(notes)
+
     def test_no_files(self):
         with tempfile.TemporaryDirectory() as d:
             write(d, "README.md", "not data")

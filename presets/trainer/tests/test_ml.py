@@ -1,8 +1,10 @@
 """Real fine-tuning runs: a tiny, randomly initialised Phi-3-shaped model (tests/make_tiny.py)
 trained with LoRA by the trainer's own entry point, in a subprocess as the Job runs it: one run
 checked end to end, one stopped by SIGTERM after its first checkpoint and resumed, two processes
-data parallel, and QLoRA where bitsandbytes can quantize here. Nothing is downloaded: the model,
-its tokenizer and the dataset are made here, and the trainer runs with the Hub offline.
+data parallel, and QLoRA where bitsandbytes can quantize here; each also task-evaluated (answers
+generated and scored), and two short runs without task evaluation and with a user's eval set.
+Nothing is downloaded: the model, its tokenizer and the dataset are made here, and the trainer runs
+with the Hub offline.
 
 It needs the ML packages, which the standard-library run of the other tests has not: build their
 environment with hack/ml-env.sh, which prints its python, and run the tests with that, from
@@ -61,6 +63,11 @@ TRAIN_ROWS = ROWS - EVAL_ROWS
 STEPS, SAVE_STEPS = 32, 8
 # Runs whose steps are not compared with another's are shorter.
 SHORT_STEPS = 12
+# Task evaluation's keys: the new adapter's and the base model's scores (the serving adapter's
+# with --compare-adapter), and the rows scored, at most DatasetConfig.task_eval_rows (default 32).
+TASK_KEYS = ("task_exact_match", "task_rougeL", "base_task_exact_match", "base_task_rougeL")
+SERVING_TASK_KEYS = ("serving_task_exact_match", "serving_task_rougeL")
+TASK_ROWS_CAP = 32
 
 
 def bnb_4bit_problem():
@@ -287,6 +294,7 @@ class LoraRunTest(unittest.TestCase):
         self.assertEqual(metrics["eval_examples"], EVAL_ROWS)
         # Learnt, not only fitted: the held-out rows are better predicted than by the base model.
         self.assertLess(metrics["eval_loss"], metrics["base_eval_loss"], metrics)
+        self.check_task_scores(metrics, min(EVAL_ROWS, TASK_ROWS_CAP))
         if self.cuda:
             self.assertGreater(metrics["peak_gpu_memory_bytes"], 0, "trained off the GPU")
         progress = announced(stdout, PROGRESS_PREFIX)
@@ -299,6 +307,38 @@ class LoraRunTest(unittest.TestCase):
         self.assertTrue(b, f"no LoRA B matrices in {sorted(weights)}")
         self.assertTrue(any(torch.count_nonzero(t) > 0 for t in b), "LoRA B is still zero: nothing was learnt")
         return metrics
+
+    def check_task_scores(self, metrics, rows, keys=TASK_KEYS):
+        """Task evaluation's scores in metrics.json: flat numbers in [0, 1], on rows rows."""
+        self.assertEqual(metrics.get("task_examples"), rows, metrics)
+        for key in keys:
+            self.assertIsInstance(metrics.get(key), float, f"{key} in {metrics}")
+            self.assertTrue(0.0 <= metrics[key] <= 1.0, f"{key} in {metrics}")
+
+    def short_run(self, name, dataset_cfg, *extra):
+        """A run of a few steps, for what it reports: its metrics.json."""
+        out_dir = os.path.join(self.root, name)
+        cfg = self.config(out_dir, steps=4, dataset_cfg=dict(self.dataset_cfg, **dataset_cfg))
+        self.run_trainer("lora", cfg, *extra)
+        return read_json(os.path.join(out_dir, "metrics.json"))
+
+    def test_task_eval_off(self):
+        """DatasetConfig.task_eval_rows 0: no task evaluation, eval_loss as ever."""
+        metrics = self.short_run("no-task-eval", {"task_eval_rows": 0})
+        self.assertEqual(sorted(k for k in metrics if "task_" in k), [], metrics)
+        self.assertTrue(math.isfinite(metrics["eval_loss"]), metrics)
+
+    def test_task_eval_on_eval_data(self):
+        """--eval-data: a file of chat rows (another format and shape than the training parquet's)
+        is what task evaluation scores, all of its rows under the cap; eval_loss stays on the held-out
+        rows."""
+        path = os.path.join(self.root, "eval.jsonl")
+        rows = make_tiny.messages_rows()[:3]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        metrics = self.short_run("eval-data", {"task_eval_max_new_tokens": 8}, "--eval-data", path)
+        self.check_task_scores(metrics, len(rows))
+        self.assertEqual(metrics["eval_examples"], EVAL_ROWS)
 
     def check_reload(self, out_dir):
         """The adapter loads onto the base model with peft, and changes what the model says."""
@@ -390,6 +430,13 @@ class LoraRunTest(unittest.TestCase):
             metrics["serving_eval_loss"], metrics["base_eval_loss"], "the serving adapter changed nothing"
         )
         self.assertFalse(os.path.exists(os.path.join(out_dir, "serving")), "the compared adapter was saved too")
+        # And its task scores, on the same rows with the same greedy decoding: on a CPU in fp32, the
+        # same answers the uninterrupted run's adapter gave, and the base model's the same.
+        self.check_task_scores(metrics, min(EVAL_ROWS, TASK_ROWS_CAP), TASK_KEYS + SERVING_TASK_KEYS)
+        if self.tolerance() < 1e-3:
+            for key in ("task_exact_match", "task_rougeL"):
+                self.assertAlmostEqual(metrics["serving_" + key], full[key], places=9, msg=key)
+                self.assertAlmostEqual(metrics["base_" + key], full["base_" + key], places=9, msg=key)
 
     def test_data_parallel(self):
         """Two training processes (launch.py), gloo on CPUs or one GPU each: the rows are shared out,

@@ -1,3 +1,5 @@
+import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -128,6 +130,123 @@ class HelpersTest(unittest.TestCase):
         )
         self.assertEqual(safe, {"eval_loss": None, "perplexity": None, "steps": 3, "loss_history": [{"loss": None}]})
         json.dumps(safe, allow_nan=False)
+
+
+class TaskEvalTest(unittest.TestCase):
+    """Task evaluation's wiring: its rows, its settings on the command line, and a model that cannot
+    be scored left out of the metrics, never failing the run."""
+
+    def test_eval_data_is_a_setting_workers_get(self):
+        seen = {}
+
+        def fake_train(run):
+            seen["run"] = run
+
+        with mock.patch.object(train, "train", fake_train):
+            code = train.main(["--method", "lora", "--model", "m", "--eval-data", "/mnt/eval/qa.jsonl"])
+        self.assertEqual(code, 0)
+        self.assertEqual(seen["run"].eval_data, "/mnt/eval/qa.jsonl")
+        self.assertEqual(train.RunSettings.from_args(train.argparse.Namespace(**vars(seen["run"]))), seen["run"])
+
+        with tempfile.TemporaryDirectory() as d:
+            cfg_path = os.path.join(d, "training_config.yaml")
+            with open(cfg_path, "w") as f:
+                f.write(json.dumps({"TrainingArguments": {"output_dir": "/mnt/results"}}))
+            run = dataclasses.replace(seen["run"], config=cfg_path, processes=2)
+            with (
+                mock.patch.object(train, "_weights", return_value="/snapshot"),
+                mock.patch.object(train.launch, "run", return_value=(0, "")) as launched,
+                mock.patch("sys.stdout", io.StringIO()),
+            ):
+                self.assertEqual(train.launch_workers(run), 0)
+        argv = launched.call_args.args[0]
+        self.assertEqual(argv[argv.index("--eval-data") + 1], "/mnt/eval/qa.jsonl")
+
+    def test_task_rows(self):
+        run = train.RunSettings(
+            config="c",
+            method="lora",
+            model="m",
+            revision="",
+            input_dir="/mnt/data",
+            cache_dir="",
+            processes=1,
+            resume_from="",
+            compare_adapter="",
+            eval_data="",
+        )
+        held = [{"prompt": "q", "completion": "a"}]
+        self.assertEqual(train._task_rows(run, {}, "prompt_completion", held), ("prompt_completion", held))
+        self.assertEqual(train._task_rows(run, {"task_eval_rows": 0}, "prompt_completion", held)[1], [])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "eval.jsonl")
+            with open(path, "w") as f:
+                f.write('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n' * 3)
+            other = dataclasses.replace(run, eval_data=path)
+            with mock.patch("sys.stdout", io.StringIO()):
+                shape, rows = train._task_rows(other, {}, "prompt_completion", held)
+            self.assertEqual((shape, len(rows)), ("messages", 3))
+            # Not read at all when task evaluation is off.
+            missing = dataclasses.replace(run, eval_data=os.path.join(d, "missing"))
+            self.assertEqual(train._task_rows(missing, {"task_eval_rows": 0}, "messages", held)[1], [])
+            with self.assertRaises(train.DataError):
+                train._task_rows(missing, {}, "messages", held)
+
+    def test_a_model_not_scored_is_left_out(self):
+        class FakeModel:
+            training = False
+
+            def __init__(self):
+                self.active = "default"
+                self.peft_config = {"default": {}}
+
+            @contextlib.contextmanager
+            def disable_adapter(self):
+                self.active = None
+                yield
+                self.active = "default"
+
+            def load_adapter(self, path, adapter_name, is_trainable):
+                self.peft_config[adapter_name] = {}
+
+            def set_adapter(self, name):
+                self.active = name
+
+            def delete_adapter(self, name):
+                del self.peft_config[name]
+
+            def eval(self):
+                pass
+
+            def train(self, mode=True):
+                pass
+
+        model = FakeModel()
+        answers = {"default": ["the sky is blue"], "serving": ["blue"]}
+
+        def generate(m, tok, prompts, gen, torch):
+            if m.active is None:
+                raise RuntimeError("the base model broke")
+            return answers[m.active]
+
+        task_set = train.taskeval.TaskSet([[1, 2]], ["The sky is blue."])
+        gen = train.taskeval.Generation(8, 1, 0)
+        out = io.StringIO()
+        with mock.patch.object(train.taskeval, "generate", generate), mock.patch("sys.stdout", out):
+            got = train._task_eval(model, None, task_set, gen, "/serving", None)
+        self.assertEqual(
+            got,
+            {
+                "task_exact_match": 1.0,
+                "task_rougeL": 1.0,
+                "serving_task_exact_match": 0.0,
+                "serving_task_rougeL": 0.4,
+                "task_examples": 1,
+            },
+        )
+        self.assertIn("the base model was not task-scored: RuntimeError: the base model broke", out.getvalue())
+        self.assertEqual((model.active, sorted(model.peft_config)), ("default", ["default"]))
+        self.assertEqual(train._task_eval(model, None, train.taskeval.TaskSet([], []), gen, "", None), {})
 
 
 class CheckpointTest(unittest.TestCase):
