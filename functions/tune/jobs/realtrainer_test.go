@@ -51,6 +51,10 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 
 	ws, _ := testenv.Seed(t, "default")
 	ws.Tuning.Method = kaito.MethodLoRA // QLoRA's 4-bit CPU path is the Python suite's
+	// The eval set (kaito.AnnotationEvalData) rides the Job's command line to job-run, which
+	// fetches it for the trainer's task scores: here, the tiny dataset once more.
+	data := tiny.Serve(t)
+	ws.Annotations = map[string]string{kaito.AnnotationEvalData: data}
 	plan := testenv.Plan(t, ws)
 	cfg, err := presets.ParseTrainingConfig([]byte(plan.TrainingConfig))
 	if err != nil {
@@ -100,7 +104,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.InputURLs = []string{tiny.Serve(t)}
+	c.InputURLs = []string{data}
 	c.Policy = netguard.AddressPolicy{Allow: []string{"127.0.0.1"}}
 	c.DataDir, c.ResultsDir, c.TerminationLog = filepath.Join(root, "data"), results, filepath.Join(root, "termination-log")
 	c.OutputImage, c.InsecureRegistry, c.PushSecret, c.Attempts = out.String(), true, "", 1
@@ -124,6 +128,15 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 		if v, ok := sum.Metrics[m]; !ok || math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
 			t.Errorf("metric %s = %v (present %v) in %v", m, v, ok, sum.Metrics)
 		}
+	}
+	// Task scores of generated answers, the new adapter's and the base model's, on the eval set.
+	for _, m := range []string{events.MetricTaskRougeL, events.MetricTaskExactMatch, events.BasePrefix + events.MetricTaskRougeL} {
+		if v, ok := sum.Metrics[m]; !ok || v < 0 || v > 1 {
+			t.Errorf("metric %s = %v (present %v), want a score in [0, 1]: %v", m, v, ok, sum.Metrics)
+		}
+	}
+	if !strings.Contains(stdout.String(), "--eval-data") || sum.Metrics[events.MetricTaskExamples] < 1 {
+		t.Errorf("the trainer did not score the eval set (%v task examples):\n%s", sum.Metrics[events.MetricTaskExamples], tail(stdout.String()))
 	}
 	if got, want := sum.Metrics["perplexity"], math.Exp(sum.Metrics["eval_loss"]); math.Abs(got-want) > 1e-3*want {
 		t.Errorf("perplexity %g, exp(eval_loss) %g", got, want)
