@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -39,6 +40,44 @@ func DecodeWorkspace(doc []byte) (*Workspace, error) {
 		return nil, fmt.Errorf("decode workspace: %w", errors.Join(strict...))
 	}
 	return &w, nil
+}
+
+// DecodeManifest reads one Kaito manifest as the workspace kaitoflow runs: a Workspace as it is,
+// or an InferenceSet as the inference workspace it is served as (InferenceSet.Workspace), once its
+// own fields are valid (a *FieldsError names those that are not).
+func DecodeManifest(doc []byte) (*Workspace, error) {
+	if len(doc) > maxManifestBytes {
+		return nil, fmt.Errorf("manifest of %d bytes exceeds the %d byte limit", len(doc), maxManifestBytes)
+	}
+	j, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, fmt.Errorf("decode manifest: %w", err)
+	}
+	apiVersion, kind := kindOf(j)
+	if kind != KindInferenceSet {
+		return DecodeWorkspace(doc)
+	}
+	if !slices.Contains(APIVersions(), apiVersion) {
+		return nil, &FieldsError{Kind: kind, Errs: field.ErrorList{field.NotSupported(field.NewPath("apiVersion"), apiVersion, APIVersions())}}
+	}
+	s, err := decodeInferenceSet(j)
+	if err != nil {
+		return nil, err
+	}
+	if errs := s.Validate(); len(errs) > 0 {
+		return nil, &FieldsError{Kind: kind, Namespace: s.Namespace, Name: s.Name, Errs: errs}
+	}
+	return s.Workspace(), nil
+}
+
+// FieldsError is a manifest refused for its fields.
+type FieldsError struct {
+	Kind, Namespace, Name string
+	Errs                  field.ErrorList
+}
+
+func (e *FieldsError) Error() string {
+	return fmt.Sprintf("%s %s: %s", e.Kind, e.Name, FieldErrors(e.Errs))
 }
 
 // SplitYAML splits a multi-document YAML stream into its non-empty documents.

@@ -206,7 +206,7 @@ func cliPlanner(c *presets.Catalog, hubURL, trainingConfig, subscription, locati
 
 // printPlan prints one workspace's plan and reports whether it can run.
 func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc []byte, showConfig bool) bool {
-	ws, err := kaito.DecodeWorkspace(doc)
+	ws, err := kaito.DecodeManifest(doc)
 	if err != nil {
 		fmt.Fprintf(out, "%v\n\n", err)
 		return false

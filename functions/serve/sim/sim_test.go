@@ -114,13 +114,19 @@ func TestHandleSim(t *testing.T) {
 	}
 }
 
-func TestSimLifecycle(t *testing.T) {
-	ctx := context.Background()
+// startSim is a sim deployer behind its own endpoint, and serve on it.
+func startSim(t *testing.T) (*sim.Deployer, *serve.Function) {
+	t.Helper()
 	dep := &sim.Deployer{}
 	srv := httptest.NewServer(dep.Handler())
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	dep.BaseURL = srv.URL
-	fn := serve.New(dep, nil)
+	return dep, serve.New(dep, nil)
+}
+
+func TestSimLifecycle(t *testing.T) {
+	ctx := context.Background()
+	dep, fn := startSim(t)
 	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-4k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
 	out, _ := fn.Handle(ctx, events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws}, nil)))
@@ -317,11 +323,7 @@ func TestSimTemporaryDirectoryGoesWithClose(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // the system's temporary directory, for this test alone
 	ctx := context.Background()
-	dep := &sim.Deployer{}
-	srv := httptest.NewServer(dep.Handler())
-	defer srv.Close()
-	dep.BaseURL = srv.URL
-	fn := serve.New(dep, nil)
+	dep, fn := startSim(t)
 	ws := kaito.Workspace{Inference: &kaito.InferenceSpec{Preset: &kaito.PresetSpec{PresetMeta: kaito.PresetMeta{Name: "phi-3-mini-4k-instruct"}}}}
 	ref := events.Ref{Namespace: "default", Name: "ws", Generation: 1}
 	out, err := fn.Handle(ctx, events.Must(events.New("test", events.NodeReady, events.NodeReady, ref, events.NodeReadyData{Workspace: ws}, nil)))

@@ -170,8 +170,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 			len(docs))})
 		return
 	}
-	ws, err := kaito.DecodeWorkspace(body)
-	if err != nil {
+	// A Workspace, or an InferenceSet served as the workspace it becomes.
+	ws, err := kaito.DecodeManifest(body)
+	var fields *kaito.FieldsError
+	switch {
+	case errors.As(err, &fields):
+		writeInvalid(w, strings.ToLower(fields.Kind), cmp.Or(fields.Namespace, namespace(r)), fields.Name, fields.Errs)
+		return
+	case err != nil:
 		writeJSON(w, http.StatusBadRequest, Problem{Error: err.Error()})
 		return
 	}

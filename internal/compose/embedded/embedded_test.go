@@ -569,3 +569,25 @@ func TestOutOfGPUMemoryRetriesToReady(t *testing.T) {
 		t.Errorf("retried %t, GPU time %+v", retried, w.GPU)
 	}
 }
+
+// Kaito's InferenceSet example, submitted as it is, is served as one inference workspace of the
+// set's name: planned, provisioned and Ready, its replicas the service's bounds.
+func TestKaitoInferenceSetReachesReady(t *testing.T) {
+	p := start(t)
+	doc, err := os.ReadFile("../../../apis/kaito/testdata/kaito-inferenceset/kaito_inferenceset_phi_4_mini.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := submit(t, p, doc); code != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", code, body)
+	}
+	w := waitTerminal(t, p, "default", "phi-4-mini", 30*time.Second)
+	if w.Phase != status.Ready || w.Endpoint == "" {
+		t.Fatalf("phase %s endpoint %q failure %+v", w.Phase, w.Endpoint, w.Failure)
+	}
+	// A set's own fields are refused in its own terms.
+	bad := strings.Replace(string(doc), "replicas: 1", "replicas: -1", 1)
+	if code, body := submit(t, p, []byte(bad)); code != http.StatusUnprocessableEntity || !strings.Contains(string(body), "spec.replicas") {
+		t.Errorf("negative replicas: %d %s, want 422 naming spec.replicas", code, body)
+	}
+}

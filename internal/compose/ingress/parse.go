@@ -39,7 +39,8 @@ func ParseMessage(body []byte, contentType string, props map[string]any) (ws *ka
 		}
 		return fromEvent(ev, "")
 	}
-	ws, err = kaito.DecodeWorkspace(body)
+	// A Workspace, or an InferenceSet served as the workspace it becomes.
+	ws, err = kaito.DecodeManifest(body)
 	if err != nil {
 		return nil, "", fmt.Errorf("body: %w", err)
 	}

@@ -121,3 +121,23 @@ func TestParseKaitoV1beta1(t *testing.T) {
 		}
 	}
 }
+
+// Kaito's InferenceSet as a Service Bus message body: the workspace it is served as.
+func TestParseKaitoInferenceSet(t *testing.T) {
+	body, err := os.ReadFile("../../../apis/kaito/testdata/kaito-inferenceset/kaito_inferenceset_mistral_7b-instruct.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, _, err := ParseMessage(body, "application/yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws.Kind != kaito.Kind || ws.Name != "mistral-7b-instruct" || ws.Labels[kaito.LabelInferenceSetCreatedBy] != "mistral-7b-instruct" ||
+		len(ws.Validate(netguard.AddressPolicy{})) > 0 {
+		t.Errorf("%+v: %v", ws, ws.Validate(netguard.AddressPolicy{}))
+	}
+	if _, _, err := ParseMessage([]byte(strings.Replace(string(body), "replicas: 1", "replicas: -1", 1)), "application/yaml", nil); err == nil ||
+		!strings.Contains(err.Error(), "spec.replicas") {
+		t.Errorf("negative replicas: %v, want the field named", err)
+	}
+}
