@@ -7,6 +7,7 @@ package deploy_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -584,5 +585,48 @@ func TestAdminPortAnswersServeOnly(t *testing.T) {
 		if !admits(port, false) {
 			t.Errorf("port %d is closed to the cluster", port)
 		}
+	}
+}
+
+// Kaito's InferenceSet examples (v0.12.0, both versions) apply to kaitoflow's InferenceSet CRD as
+// they are: a server-side dry run keeps their spec, and the scale subresource is Kaito's.
+func TestKaitoInferenceSetsApplyToTheCRD(t *testing.T) {
+	if restCfg == nil {
+		t.Skipf("no API server: %v", kubeErr)
+	}
+	ctx := context.Background()
+	objs := newObjects(restCfg)
+	files, _ := filepath.Glob(filepath.Join("..", "apis", "kaito", "testdata", "kaito-inferenceset", "*.yaml"))
+	applied := map[string]int{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range parseObjects(t, f, b) {
+			if o.u.GetKind() != "InferenceSet" {
+				continue
+			}
+			o.u.SetNamespace("default")
+			ri, err := objs.of(o.u)
+			if err != nil {
+				t.Fatalf("%s: %v", o, err)
+			}
+			out, err := ri.Apply(ctx, o.u.GetName(), o.u, metav1.ApplyOptions{FieldManager: "kaitoflow-example-test", DryRun: []string{metav1.DryRunAll}})
+			if err != nil {
+				t.Errorf("%s: %v", o, err)
+				continue
+			}
+			// Compared as JSON: the API server's numbers come back as int64, the YAML's as float64.
+			sent, _ := json.Marshal(o.u.Object["spec"])
+			got, _ := json.Marshal(out.Object["spec"])
+			if !bytes.Equal(sent, got) {
+				t.Errorf("%s: spec changed by the API server:\n sent %v\n  got %v", o, o.u.Object["spec"], out.Object["spec"])
+			}
+			applied[o.u.GetAPIVersion()]++
+		}
+	}
+	if applied["kaito.sh/v1alpha1"] == 0 || applied["kaito.sh/v1beta1"] == 0 {
+		t.Errorf("applied %v, want examples of both versions", applied)
 	}
 }

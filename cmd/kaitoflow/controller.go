@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -23,6 +24,7 @@ type controllerFlags struct {
 	leaseNS string
 	metrics string
 	health  string
+	sets    bool
 }
 
 func newController(g *globals) *cobra.Command {
@@ -54,6 +56,7 @@ prints its columns, plus phase, endpoint, image and failure).`,
 	fl.IntVar(&o.workers, "workers", 4, "Workspaces reconciled at once")
 	fl.BoolVar(&o.elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
 	fl.StringVar(&o.leaseNS, "leader-election-namespace", "kaitoflow", "the namespace of the leader Lease ("+controller.LeaseName+")")
+	fl.BoolVar(&o.sets, "inferencesets", true, "also reconcile Kaito's InferenceSets (their CRD, deploy/knative/crd, must be installed)")
 	fl.StringVar(&o.metrics, "metrics-bind-address", ":8080", "where the controller serves Prometheus metrics (its reconciles, work queue and API "+
 		"requests); 0 serves none")
 	fl.StringVar(&o.health, "health-probe-bind-address", ":8081", "where the controller serves /healthz and /readyz (ready once its cache "+
@@ -82,6 +85,9 @@ func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
 	pub := runtime.JetStreamPublisher{JS: js}
 	cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, o.group, o.workers
 	cfg.ControllerMetrics, cfg.ControllerHealth = o.metrics, o.health
+	if o.sets {
+		cfg.ControllerKinds = []string{kaito.Kind, kaito.KindInferenceSet}
+	}
 	if o.elect {
 		id, err := os.Hostname() // the pod's name
 		if err != nil {

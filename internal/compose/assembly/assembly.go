@@ -155,6 +155,9 @@ type Config struct {
 	// ControllerMetrics and ControllerHealth are where the controller's manager serves its
 	// metrics and health probes; empty serves neither.
 	ControllerMetrics, ControllerHealth string
+	// ControllerKinds are the kinds the controller reconciles (controller.Controller.Kinds): the
+	// Workspace alone when empty.
+	ControllerKinds []string
 
 	Logger *slog.Logger
 	// JetStream holds provision's capacity records and the status store: provision, status and
@@ -662,6 +665,7 @@ func (b *builder) controller(ctx context.Context) error {
 		recorder, stop := controller.NewRecorder(ctx, c.kube)
 		defer stop()
 		wc := &controller.Controller{Client: c.dyn, Store: store, Publisher: pub, Group: b.cfg.CRDGroup, Log: b.log, Recorder: recorder,
+			Kinds:     b.cfg.ControllerKinds,
 			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.cfg.Policy, Source: controller.Source}}
 		return wc.Run(ctx, rc, controller.RunOptions{Workers: b.cfg.ControllerWorkers, Election: b.cfg.LeaderElection,
 			MetricsAddr: b.cfg.ControllerMetrics, HealthAddr: b.cfg.ControllerHealth})

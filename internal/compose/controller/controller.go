@@ -88,9 +88,29 @@ type Controller struct {
 	// Recorder, when set, records each pipeline event as a Kubernetes Event on the object.
 	Recorder record.EventRecorder
 	Log      *slog.Logger
+	// Kinds are the kinds reconciled, each of whose CRD must be installed: kaito.Kind (also when
+	// empty) and kaito.KindInferenceSet.
+	Kinds []string
 
-	// reader is the manager's cache of Workspaces.
+	// reader is the manager's cache of the objects.
 	reader client.Reader
+}
+
+// kinds are the kinds reconciled: Kinds, or the Workspace alone.
+func (c *Controller) kinds() []string {
+	if len(c.Kinds) == 0 {
+		return []string{kaito.Kind}
+	}
+	return c.Kinds
+}
+
+// resourceOf is kind's resource in the controller's group, at the version GVR reads.
+func (c *Controller) resourceOf(kind string) schema.GroupVersionResource {
+	r := GVR(c.Group)
+	if kind == kaito.KindInferenceSet {
+		r.Resource = "inferencesets"
+	}
+	return r
 }
 
 // GVR is the Workspace resource in group, at Kaito's storage version: the API server serves every
@@ -103,10 +123,10 @@ func GVR(group string) schema.GroupVersionResource {
 	return schema.GroupVersionResource{Group: group, Version: "v1beta1", Resource: "workspaces"}
 }
 
-// gvk is the Workspace kind in group, at the version GVR reads.
-func gvk(group string) schema.GroupVersionKind {
+// gvk is kind in group, at the version GVR reads.
+func gvk(group, kind string) schema.GroupVersionKind {
 	r := GVR(group)
-	return schema.GroupVersionKind{Group: r.Group, Version: r.Version, Kind: kaito.Kind}
+	return schema.GroupVersionKind{Group: r.Group, Version: r.Version, Kind: kind}
 }
 
 // LeaseName is the Lease the Workspace controller's replicas elect their leader with.
@@ -150,24 +170,28 @@ func (c *Controller) Run(ctx context.Context, cfg *rest.Config, o RunOptions) er
 	if err != nil {
 		return err
 	}
-	records := make(chan event.TypedGenericEvent[*unstructured.Unstructured])
+	var feeds []chan<- event.TypedGenericEvent[*unstructured.Unstructured]
+	for _, kind := range c.kinds() {
+		records := make(chan event.TypedGenericEvent[*unstructured.Unstructured])
+		feeds = append(feeds, records)
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(gvk(c.Group, kind))
+		err = builder.ControllerManagedBy(mgr).
+			Named(strings.ToLower(kind)).
+			For(u, builder.WithPredicates(specOrMetadataChanged())).
+			WatchesRawSource(source.TypedChannel(records, &handler.TypedEnqueueRequestForObject[*unstructured.Unstructured]{})).
+			WithOptions(ctrlcontroller.Options{MaxConcurrentReconciles: max(o.Workers, 1)}).
+			Complete(kindReconciler{c: c, kind: kind})
+		if err != nil {
+			return fmt.Errorf("%s controller: %w", kind, err)
+		}
+		logctx.Or(c.Log).Info("reconciling "+kind+"s", "resource", c.resourceOf(kind).String(), "workers", max(o.Workers, 1))
+	}
 	// Record changes are read only while leading, as everything else the manager runs.
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return c.feed(ctx, records) })); err != nil {
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return c.feed(ctx, feeds) })); err != nil {
 		return err
 	}
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(gvk(c.Group))
-	err = builder.ControllerManagedBy(mgr).
-		Named("workspace").
-		For(u, builder.WithPredicates(specOrMetadataChanged())).
-		WatchesRawSource(source.TypedChannel(records, &handler.TypedEnqueueRequestForObject[*unstructured.Unstructured]{})).
-		WithOptions(ctrlcontroller.Options{MaxConcurrentReconciles: max(o.Workers, 1)}).
-		Complete(c)
-	if err != nil {
-		return fmt.Errorf("workspace controller: %w", err)
-	}
 	c.reader = mgr.GetCache()
-	logctx.Or(c.Log).Info("reconciling Workspaces", "resource", GVR(c.Group).String(), "workers", max(o.Workers, 1))
 	err = mgr.Start(ctx)
 	switch {
 	case ctx.Err() != nil:
@@ -237,21 +261,24 @@ func durationOr(d, def time.Duration) *time.Duration {
 	return &d
 }
 
-// feed enqueues the Workspace of every status record that changes, until ctx ends.
-func (c *Controller) feed(ctx context.Context, out chan<- event.TypedGenericEvent[*unstructured.Unstructured]) error {
+// feed enqueues, for each kind, the object of every status record that changes (a record is a
+// Workspace's or an InferenceSet's; the other kind's reconciler finds no object and lets it be),
+// until ctx ends.
+func (c *Controller) feed(ctx context.Context, outs []chan<- event.TypedGenericEvent[*unstructured.Unstructured]) error {
 	records, err := c.Store.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch the status records: %w", err)
 	}
 	for rec := range records {
-		u := &unstructured.Unstructured{}
-		u.SetGroupVersionKind(gvk(c.Group))
-		u.SetNamespace(rec.Namespace)
-		u.SetName(rec.Name)
-		select {
-		case out <- event.TypedGenericEvent[*unstructured.Unstructured]{Object: u}:
-		case <-ctx.Done():
-			return nil
+		for _, out := range outs {
+			u := &unstructured.Unstructured{}
+			u.SetNamespace(rec.Namespace)
+			u.SetName(rec.Name)
+			select {
+			case out <- event.TypedGenericEvent[*unstructured.Unstructured]{Object: u}:
+			case <-ctx.Done():
+				return nil
+			}
 		}
 	}
 	return nil
@@ -271,15 +298,21 @@ func specOrMetadataChanged() predicate.Predicate {
 	}}
 }
 
-// Reconcile implements controller-runtime's reconcile.Reconciler: the Workspace as the cache holds
+// kindReconciler reconciles one kind's objects.
+type kindReconciler struct {
+	c    *Controller
+	kind string
+}
+
+// Reconcile implements controller-runtime's reconcile.Reconciler: the object as the cache holds
 // it, brought together with the pipeline.
-func (c *Controller) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+func (r kindReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(gvk(c.Group))
-	if err := c.reader.Get(ctx, req.NamespacedName, u); err != nil {
+	u.SetGroupVersionKind(gvk(r.c.Group, r.kind))
+	if err := r.c.reader.Get(ctx, req.NamespacedName, u); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	return reconcile.Result{}, c.reconcile(ctx, u)
+	return reconcile.Result{}, r.c.reconcile(ctx, u)
 }
 
 // reconcile brings one Workspace and the pipeline together.
@@ -442,8 +475,8 @@ func (c *Controller) refuse(ctx context.Context, u *unstructured.Unstructured, e
 	return c.writeStatus(ctx, u, st)
 }
 
-// decode reads the object as the Kaito Workspace it is, with the strict decoder every other
-// entrance uses; the server's own fields (status, managedFields) are not the user's.
+// decode reads the object as the Kaito Workspace it is (or that an InferenceSet is served as), with
+// the strict decoder every other entrance uses; the server's own fields (status, managedFields) are not the user's.
 func decode(u *unstructured.Unstructured) (*kaito.Workspace, error) {
 	obj := u.DeepCopy().Object
 	delete(obj, "status")
@@ -455,7 +488,7 @@ func decode(u *unstructured.Unstructured) (*kaito.Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	ws, err := kaito.DecodeWorkspace(b)
+	ws, err := kaito.DecodeManifest(b) // a Workspace, or the workspace an InferenceSet is served as
 	if err != nil {
 		return nil, err
 	}
@@ -494,7 +527,7 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 	}
 	// The resourceVersion makes it a compare-and-swap: another writer's finalizers are not lost.
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": finalizers, "resourceVersion": u.GetResourceVersion()}})
-	_, err := c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
+	_, err := c.Client.Resource(c.resourceOf(u.GetKind())).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
 		metav1.PatchOptions{FieldManager: "kaitoflow"})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -507,7 +540,11 @@ func (c *Controller) patchFinalizers(ctx context.Context, u *unstructured.Unstru
 
 // writeStatus writes the record, as Kaito's status block, to the resource when it changed.
 func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, st kaito.WorkspaceStatus) error {
-	m, err := toMap(st)
+	var v any = st
+	if u.GetKind() == kaito.KindInferenceSet {
+		v = setStatus(u, st)
+	}
+	m, err := toMap(v)
 	if err != nil {
 		return err
 	}
@@ -515,7 +552,7 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 		return nil
 	}
 	patch, _ := json.Marshal(map[string]any{"status": m})
-	_, err = c.Client.Resource(GVR(c.Group)).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
+	_, err = c.Client.Resource(c.resourceOf(u.GetKind())).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
 		metav1.PatchOptions{FieldManager: "kaitoflow"}, "status")
 	if apierrors.IsNotFound(err) {
 		return nil

@@ -77,7 +77,7 @@ func start(t *testing.T) *pipeline {
 
 // controller is a Workspace controller on the pipeline's store and bus.
 func (p *pipeline) controller() *Controller {
-	return &Controller{Client: dyn, Store: p.store, Publisher: p.pub, Log: slog.New(slog.DiscardHandler),
+	return &Controller{Client: dyn, Store: p.store, Publisher: p.pub, Log: slog.New(slog.DiscardHandler), Kinds: []string{kaito.Kind, kaito.KindInferenceSet},
 		Submitter: &ingress.Submitter{Store: p.store, Publisher: p.pub, Source: "kaitoflow/controller"}}
 }
 
@@ -168,7 +168,13 @@ func (p *pipeline) editMethod(t *testing.T, name, method string) {
 
 func (p *pipeline) emit(t *testing.T, gen int64, typ string, data any) {
 	t.Helper()
-	ref := events.Ref{Namespace: p.ns, Name: "workspace-tuning-phi-3", Generation: gen}
+	p.emitFor(t, "workspace-tuning-phi-3", gen, typ, data)
+}
+
+// emitFor publishes an event of the pipeline for the workspace name.
+func (p *pipeline) emitFor(t *testing.T, name string, gen int64, typ string, data any) {
+	t.Helper()
+	ref := events.Ref{Namespace: p.ns, Name: name, Generation: gen}
 	if err := p.pub.Publish(context.Background(), events.Must(events.New("test", typ, typ, ref, data, nil))); err != nil {
 		t.Fatal(err)
 	}
@@ -459,4 +465,84 @@ func TestRollbackAnnotation(t *testing.T) {
 
 	annotate("7@b")
 	testenv.Eventually(t, 20*time.Second, "RollbackRefused", func() bool { return hasEvent("RollbackRefused", "generation 7 pushed no adapter") })
+}
+
+// Kaito's InferenceSet example, applied as it is: the set's finalizer, the inference workspace it
+// is served as submitted with the set's bounds, and Kaito's status written back — the desired and
+// ready replicas, the scale subresource's selector and InferenceSetReady — then deletion behind
+// the finalizer until the capacity is released.
+func TestInferenceSetCustomResource(t *testing.T) {
+	p := start(t)
+	ctx := context.Background()
+	doc, err := os.ReadFile("../../../apis/kaito/testdata/kaito-inferenceset/kaito_inferenceset_llama-3.1_8b_instruct.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := kaito.SplitYAML(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(docs[1], &u.Object); err != nil { // the InferenceSet after Kaito's Secret
+		t.Fatal(err)
+	}
+	sets := dyn.Resource(schema.GroupVersionResource{Group: kaito.Group, Version: "v1alpha1", Resource: "inferencesets"}).Namespace(p.ns)
+	if _, err := sets.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const name = "llama-3-1-8b"
+	get := func() *unstructured.Unstructured {
+		t.Helper()
+		u, err := sets.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	testenv.Eventually(t, 20*time.Second, "the finalizer and the workspace submitted", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		return len(get().GetFinalizers()) == 1 && err == nil && rec.Generation == 1
+	})
+	rec, _ := p.store.Get(ctx, p.ns, name)
+	if a := rec.Manifest.Annotations; rec.Manifest.Inference == nil || a["autoscaling.knative.dev/min-scale"] != "2" || a["autoscaling.knative.dev/max-scale"] != "2" ||
+		rec.Manifest.Labels[kaito.LabelInferenceSetCreatedBy] != name {
+		t.Fatalf("the workspace the set is served as: %+v", rec.Manifest)
+	}
+	testenv.Eventually(t, 20*time.Second, "0/2 replicas ready", func() bool {
+		cond, _ := setCondition(get())
+		return cond["status"] == "False" && cond["message"] == "inferenceset is not ready, 0/2 replicas are ready"
+	})
+
+	p.emitFor(t, name, 1, events.NodeReady, events.NodeReadyData{Nodes: []string{"gpu-0", "gpu-1"}, InstanceType: "Standard_NC24ads_A100_v4", Provider: "byo"})
+	p.emitFor(t, name, 1, events.InferenceReady, events.InferenceReadyData{URL: "http://llama-3-1-8b.example.com"})
+	testenv.Eventually(t, 20*time.Second, "InferenceSetReady", func() bool {
+		cond, st := setCondition(get())
+		return cond["status"] == "True" && cond["reason"] == "inferencesetReady" && st["readyReplicas"] == int64(2) && st["replicas"] == int64(2) &&
+			st["selector"] == kaito.LabelInferenceSetCreatedBy+"="+name && st["endpoint"] == "http://llama-3-1-8b.example.com"
+	})
+
+	if err := sets.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "Deleted in the store", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		return err == nil && rec.Phase == status.Deleted
+	})
+	p.emitFor(t, name, 1, events.CapacityReleased, events.CapacityReleasedData{Because: events.WorkspaceDeleted})
+	testenv.Eventually(t, 20*time.Second, "the set gone", func() bool {
+		_, err := sets.Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+}
+
+// setCondition is an InferenceSet's InferenceSetReady condition and its status block.
+func setCondition(u *unstructured.Unstructured) (map[string]any, map[string]any) {
+	st, _, _ := unstructured.NestedMap(u.Object, "status")
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, _ := c.(map[string]any); m["type"] == CondInferenceSetReady {
+			return m, st
+		}
+	}
+	return nil, st
 }
