@@ -2,6 +2,7 @@ package kaito
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,7 +93,7 @@ func parseIfBetter(v string, rest []string) (Promotion, error) {
 	}
 	if len(rest) == 1 {
 		n, err := strconv.ParseFloat(rest[0], 64)
-		if err != nil || n < 0 {
+		if err != nil || n < 0 || math.IsNaN(n) || math.IsInf(n, 0) {
 			return Promotion{}, fmt.Errorf("%q: want if-better[:METRIC]:N with N a non-negative improvement (METRIC %s, %s or %s)", v,
 				CompareEvalLoss, CompareRougeL, CompareExactMatch)
 		}

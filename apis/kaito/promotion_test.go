@@ -25,6 +25,8 @@ func TestParsePromotion(t *testing.T) {
 		{"if-better:bleu:0.1", Promotion{}, `"bleu" is not a metric`},
 		{"if-better:bleu", Promotion{}, "non-negative improvement"},
 		{"if-better:rougeL:x", Promotion{}, "non-negative improvement"},
+		{"if-better:NaN", Promotion{}, "non-negative improvement"},
+		{"if-better:rougeL:+Inf", Promotion{}, "non-negative improvement"},
 		{"if-better:rougeL:0.1:2", Promotion{}, "want always"},
 		{"manual:1", Promotion{}, "want always"},
 		{"sometimes", Promotion{}, "want always, if-better, if-better:N, if-better:METRIC[:N] or manual"},

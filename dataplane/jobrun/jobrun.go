@@ -195,6 +195,9 @@ func (c Config) trainerCommand(ctx context.Context, log *slog.Logger) (command [
 		switch {
 		case err == nil:
 			command = append(slices.Clip(command), "--eval-data", c.evalDir())
+			// The eval set is not the run's output: it never stays beside the adapter on an output volume.
+			prev := cleanup
+			cleanup = func() { prev(); _ = os.RemoveAll(c.evalDir()) }
 		case c.FetchBestEffort:
 			log.Warn("job-run: eval set not fetched; the held-out rows are scored instead (best effort)", "err", err)
 		default:
@@ -207,7 +210,8 @@ func (c Config) trainerCommand(ctx context.Context, log *slog.Logger) (command [
 			log.Warn("job-run: the serving adapter is not scored beside the new one", "image", c.CompareImage, "err", err)
 		} else {
 			command = append(slices.Clip(command), "--compare-adapter", dir)
-			cleanup = func() { _ = os.RemoveAll(dir) }
+			prev := cleanup
+			cleanup = func() { prev(); _ = os.RemoveAll(dir) }
 		}
 	}
 	return command, resumed, cleanup, nil

@@ -317,6 +317,9 @@ func TestEvalSetIsFetchedAndGivenToTheTrainer(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(e.dir, "mark")); err != nil || !strings.Contains(string(b), `"assistant","content":"hello"`) {
 		t.Fatalf("the trainer did not read the eval set from --eval-data: %q %v", b, err)
 	}
+	if _, err := os.Stat(filepath.Join(e.results, ".eval-data")); !os.IsNotExist(err) {
+		t.Errorf("the eval set stayed beside the adapter: %v", err)
+	}
 
 	e = setup(t)
 	out, err := withEval(e.cmd("/dolly.jsonl", "eval"), e.dataset.URL+"/missing-eval.jsonl").CombinedOutput()

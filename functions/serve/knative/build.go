@@ -152,8 +152,12 @@ func revisionAnnotations(d serve.Deployment, rt Runtime, o Options) map[string]s
 		autoscaling + "min-scale":                          "0",
 		autoscaling + "max-scale":                          strconv.Itoa(count),
 		autoscaling + "initial-scale":                      "1",
-		autoscaling + "target":                             strconv.Itoa(cmp.Or(targetOf(rt.Args), o.Target)),
+		autoscaling + "target":                             strconv.Itoa(cmp.Or(maxNumSeqsOf(rt.Args), o.Target)),
 		autoscaling + "scale-to-zero-pod-retention-period": o.Retention,
+	}
+	if maxNumSeqsOf(rt.Args) > 0 {
+		// Knative aims at this share of the target: a replica is added before the limit is met.
+		annotations[autoscaling+"target-utilization-percentage"] = strconv.Itoa(TargetUtilizationPercent)
 	}
 	for k, v := range ws.Annotations {
 		if strings.HasPrefix(k, autoscaling) {
@@ -413,9 +417,9 @@ func modelContainer(d serve.Deployment, rt Runtime, args []string, w podWeights,
 // and --revision.
 // The model server's sequences sized by the plan (--max-num-seqs) are a replica's concurrency:
 // a hard limit, so requests beyond it queue in Knative's activator and queue-proxy, where the
-// autoscaler sees them, rather than inside vLLM, where it does not; and the autoscaler's target at
-// TargetUtilization of it, so a replica is added before the limit is reached.
-const TargetUtilization = 0.7
+// autoscaler sees them, rather than inside vLLM, where it does not; and the autoscaler's target,
+// of which Knative aims at TargetUtilizationPercent, so a replica is added before the limit is met.
+const TargetUtilizationPercent = 70
 
 // containerConcurrency is the replica's hard concurrency limit: the model server's --max-num-seqs,
 // or nil (unlimited: Knative's default) when it has none.
@@ -424,14 +428,6 @@ func containerConcurrency(args []string) *int64 {
 		return ptr(int64(n))
 	}
 	return nil
-}
-
-// targetOf is the autoscaler's target for the model server's --max-num-seqs, 0 without one.
-func targetOf(args []string) int {
-	if n := maxNumSeqsOf(args); n > 0 {
-		return max(int(float64(n)*TargetUtilization), 1)
-	}
-	return 0
 }
 
 func maxNumSeqsOf(args []string) int {

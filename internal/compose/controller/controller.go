@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -172,6 +173,13 @@ func (c *Controller) Run(ctx context.Context, cfg *rest.Config, o RunOptions) er
 	}
 	var feeds []chan<- event.TypedGenericEvent[*unstructured.Unstructured]
 	for _, kind := range c.kinds() {
+		k := gvk(c.Group, kind)
+		if _, err := mgr.GetRESTMapper().RESTMapping(k.GroupKind(), k.Version); kind != kaito.Kind && apimeta.IsNoMatchError(err) {
+			// A cluster without this CRD (an older install, a --crd-group with Workspaces alone)
+			// keeps reconciling Workspaces.
+			logctx.Or(c.Log).Warn("not reconciling "+kind+"s: the API server does not serve them (install its CRD)", "kind", k.String())
+			continue
+		}
 		records := make(chan event.TypedGenericEvent[*unstructured.Unstructured])
 		feeds = append(feeds, records)
 		u := &unstructured.Unstructured{}
@@ -264,11 +272,16 @@ func durationOr(d, def time.Duration) *time.Duration {
 // feed enqueues, for each kind, the object of every status record that changes (a record is a
 // Workspace's or an InferenceSet's; the other kind's reconciler finds no object and lets it be),
 // until ctx ends.
-func (c *Controller) feed(ctx context.Context, outs []chan<- event.TypedGenericEvent[*unstructured.Unstructured]) error {
+func (c *Controller) feed(ctx context.Context, outs []chan<- event.TypedGenericEvent[*unstructured.Unstructured]) (err error) {
 	records, err := c.Store.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch the status records: %w", err)
 	}
+	defer func() {
+		if ctx.Err() == nil {
+			err = errors.New("the status records' watch ended: restarting, so no record change goes unseen")
+		}
+	}()
 	for rec := range records {
 		for _, out := range outs {
 			u := &unstructured.Unstructured{}
@@ -285,7 +298,7 @@ func (c *Controller) feed(ctx context.Context, outs []chan<- event.TypedGenericE
 }
 
 // specOrMetadataChanged passes what the controller acts on: a new spec (generation), annotations
-// (the rollback annotation), finalizers and deletion, and the cache's periodic resync; it drops
+// (the rollback annotation) and labels, finalizers and deletion, and the cache's periodic resync; it drops
 // the status writes the controller makes itself.
 func specOrMetadataChanged() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
@@ -293,6 +306,7 @@ func specOrMetadataChanged() predicate.Predicate {
 		return o.GetResourceVersion() == n.GetResourceVersion() || // resync
 			o.GetGeneration() != n.GetGeneration() ||
 			!maps.Equal(o.GetAnnotations(), n.GetAnnotations()) ||
+			!maps.Equal(o.GetLabels(), n.GetLabels()) || // a workspace's labels are part of its spec
 			!slices.Equal(o.GetFinalizers(), n.GetFinalizers()) ||
 			!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
 	}}
@@ -325,6 +339,15 @@ func (c *Controller) reconcile(ctx context.Context, u *unstructured.Unstructured
 	if err != nil {
 		return fmt.Errorf("status of %s/%s: %w", ns, name, err)
 	}
+	// A Workspace and an InferenceSet of one name would share the record and undo each other's
+	// submissions: the one that does not own it is refused, and its deletion releases nothing.
+	if other := otherKind(u, rec); other != "" {
+		if u.GetDeletionTimestamp() != nil {
+			return c.patchFinalizers(ctx, u, slices.DeleteFunc(slices.Clone(u.GetFinalizers()), func(f string) bool { return f == Finalizer }))
+		}
+		return c.refuse(ctx, u, fmt.Errorf("the name %s/%s is the %s's of that name: a Workspace and an InferenceSet are served under "+
+			"their names, so they must differ", ns, name, other))
+	}
 	if u.GetDeletionTimestamp() != nil {
 		return c.finalize(ctx, u, rec)
 	}
@@ -356,6 +379,22 @@ func (c *Controller) reconcile(ctx context.Context, u *unstructured.Unstructured
 		return c.writeStatus(ctx, u, st)
 	}
 	return nil
+}
+
+// otherKind is the kind that owns rec when it is not u's ("" when u's own, or when no live
+// record holds the name): an InferenceSet's workspace carries its created-by label.
+func otherKind(u *unstructured.Unstructured, rec *status.Workspace) string {
+	if rec == nil || rec.Phase == status.Deleted || rec.Manifest == nil {
+		return ""
+	}
+	fromSet := rec.Manifest.Labels[kaito.LabelInferenceSetCreatedBy] != ""
+	switch isSet := u.GetKind() == kaito.KindInferenceSet; {
+	case fromSet && !isSet:
+		return kaito.KindInferenceSet
+	case !fromSet && isSet:
+		return kaito.Kind
+	}
+	return ""
 }
 
 // rollback acts once on each value of the kaitoflow.io/rollback annotation: it asks serve to serve
@@ -548,8 +587,17 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 	if err != nil {
 		return err
 	}
-	if cur, _, _ := unstructured.NestedMap(u.Object, "status"); reflect.DeepEqual(cur, m) {
+	cur, _, _ := unstructured.NestedMap(u.Object, "status")
+	// Compared as JSON values: the cache holds whole numbers as int64, toMap as float64.
+	if c, err := toMap(cur); err == nil && reflect.DeepEqual(c, m) {
 		return nil
+	}
+	// A merge patch leaves what it does not name: a field the new status no longer has (a cleared
+	// failure, readyReplicas back to none) is removed by name.
+	for k := range cur {
+		if _, ok := m[k]; !ok {
+			m[k] = nil
+		}
 	}
 	patch, _ := json.Marshal(map[string]any{"status": m})
 	_, err = c.Client.Resource(c.resourceOf(u.GetKind())).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,

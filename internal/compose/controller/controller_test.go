@@ -518,8 +518,41 @@ func TestInferenceSetCustomResource(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, "InferenceSetReady", func() bool {
 		cond, st := setCondition(get())
 		return cond["status"] == "True" && cond["reason"] == "inferencesetReady" && st["readyReplicas"] == int64(2) && st["replicas"] == int64(2) &&
-			st["selector"] == kaito.LabelInferenceSetCreatedBy+"="+name && st["endpoint"] == "http://llama-3-1-8b.example.com"
+			st["selector"] == events.LabelWorkspace+"="+name+","+events.LabelNamespace+"="+p.ns && st["endpoint"] == "http://llama-3-1-8b.example.com"
 	})
+
+	// kubectl scale: generation 2 of the workspace, whose replicas are not ready yet — the ready
+	// count the status had is gone, not left behind.
+	if _, err := sets.Patch(ctx, name, types.MergePatchType, []byte(`{"spec":{"replicas":3}}`), metav1.PatchOptions{}, "scale"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "generation 2, 0/3 ready", func() bool {
+		rec, err := p.store.Get(ctx, p.ns, name)
+		cond, st := setCondition(get())
+		_, stale := st["readyReplicas"]
+		return err == nil && rec.Generation == 2 && rec.Manifest.Annotations["autoscaling.knative.dev/min-scale"] == "3" && !stale &&
+			cond["message"] == "inferenceset is not ready, 0/3 replicas are ready"
+	})
+
+	// A Workspace of the set's name would share its record: it is refused, submits nothing, and its
+	// deletion releases nothing of the set's.
+	ws := strings.Replace(string(seed(t)), "name: workspace-tuning-phi-3", "name: "+name, 1)
+	p.apply(t, []byte(ws))
+	testenv.Eventually(t, 20*time.Second, "the Workspace refused", func() bool {
+		u := p.get(t, name)
+		failure, _, _ := unstructured.NestedString(u.Object, "status", "failure")
+		return strings.Contains(failure, "is the InferenceSet's of that name")
+	})
+	if err := dyn.Resource(GVR("")).Namespace(p.ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "the Workspace gone", func() bool {
+		_, err := dyn.Resource(GVR("")).Namespace(p.ns).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
+	if rec, err := p.store.Get(ctx, p.ns, name); err != nil || rec.Generation != 2 || rec.Phase == status.Deleted {
+		t.Fatalf("the set's record after the Workspace came and went: %+v %v", rec, err)
+	}
 
 	if err := sets.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -528,7 +561,7 @@ func TestInferenceSetCustomResource(t *testing.T) {
 		rec, err := p.store.Get(ctx, p.ns, name)
 		return err == nil && rec.Phase == status.Deleted
 	})
-	p.emitFor(t, name, 1, events.CapacityReleased, events.CapacityReleasedData{Because: events.WorkspaceDeleted})
+	p.emitFor(t, name, 2, events.CapacityReleased, events.CapacityReleasedData{Because: events.WorkspaceDeleted})
 	testenv.Eventually(t, 20*time.Second, "the set gone", func() bool {
 		_, err := sets.Get(ctx, name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)

@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -42,7 +43,11 @@ func setStatus(u *unstructured.Unstructured, st kaito.WorkspaceStatus) inference
 	}
 	ready := 0
 	if st.Phase == string(status.Ready) {
-		ready = int(desired) // the Service keeps min-scale = spec.replicas running once it serves
+		// The Service keeps min-scale running once it serves: spec.replicas, within nodeCountLimit.
+		ready = int(desired)
+		if limit, _, _ := unstructured.NestedInt64(u.Object, "spec", "nodeCountLimit"); limit > 0 {
+			ready = min(ready, int(limit))
+		}
 	}
 	cond := metav1.Condition{Type: CondInferenceSetReady, ObservedGeneration: st.ObservedGeneration, LastTransitionTime: metav1.Now()}
 	switch {
@@ -59,7 +64,7 @@ func setStatus(u *unstructured.Unstructured, st kaito.WorkspaceStatus) inference
 	}
 	return inferenceSetStatus{
 		InferenceSetStatus: kaito.InferenceSetStatus{Replicas: int(desired), ReadyReplicas: ready,
-			Selector: kaito.LabelInferenceSetCreatedBy + "=" + u.GetName(), Conditions: []metav1.Condition{cond}},
+			Selector: servingPods(u), Conditions: []metav1.Condition{cond}},
 		ObservedGeneration: st.ObservedGeneration, Phase: st.Phase, Endpoint: st.Endpoint, Failure: st.Failure, EventsRecorded: st.EventsRecorded,
 	}
 }
@@ -78,4 +83,10 @@ func previousCondition(u *unstructured.Unstructured, typ string) *metav1.Conditi
 		}
 	}
 	return nil
+}
+
+// servingPods is the label selector of the pods that serve the set (the scale subresource's, which
+// an HPA reads metrics by): its workspace's serving pods.
+func servingPods(u *unstructured.Unstructured) string {
+	return events.LabelWorkspace + "=" + u.GetName() + "," + events.LabelNamespace + "=" + u.GetNamespace()
 }

@@ -644,13 +644,15 @@ def train(run: RunSettings) -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if trainer.is_world_process_zero():
+        # The adapter is kept before anything else runs: a generation that fails, hangs or is cut
+        # off by the deadline cannot cost the training.
+        model.save_pretrained(targs.output_dir, safe_serialization=True)
         if task_set.prompts:  # rank 0 alone generates
             gen = _generation(model, tok, dataset_cfg, targs.per_device_eval_batch_size, pad_id)
             evaluation.update(_task_eval(model, tok, task_set, gen, run.compare_adapter, torch))
         # Only the steps this process trained were timed: a resumed run's others were earlier.
         share = (result.global_step - (progress.first_step or 0)) / max(result.global_step, 1)
         _report(
-            model,
             targs,
             torch,
             result,
@@ -665,7 +667,6 @@ def train(run: RunSettings) -> None:
 
 
 def _report(
-    model: Any,
     targs: Any,
     torch: ModuleType,
     result: Any,
@@ -677,9 +678,8 @@ def _report(
     evaluation: dict[str, float],
     share: float = 1.0,
 ) -> None:
-    """Rank 0's outputs: the adapter and metrics.json. share: the part of the run's steps this
-    process trained (and duration timed)."""
-    model.save_pretrained(targs.output_dir, safe_serialization=True)
+    """Rank 0's metrics.json (the adapter is saved before task evaluation). share: the part of the
+    run's steps this process trained (and duration timed)."""
 
     peak = 0
     if torch.cuda.is_available():
