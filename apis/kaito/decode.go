@@ -29,17 +29,22 @@ func DecodeWorkspace(doc []byte) (*Workspace, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode workspace: %w", err)
 	}
-	// Field names match case-sensitively, as the Kubernetes API server matches them;
-	// encoding/json alone would quietly take "instancetype" for "instanceType".
-	var w Workspace
-	strict, err := kjson.UnmarshalStrict(j, &w, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	return decodeStrict[Workspace](j, "workspace")
+}
+
+// decodeStrict reads JSON into a T as the API server would: field names match case-sensitively
+// (encoding/json alone would quietly take "instancetype" for "instanceType"), and a duplicate or
+// unknown field is an error naming it.
+func decodeStrict[T any](j []byte, what string) (*T, error) {
+	var v T
+	strict, err := kjson.UnmarshalStrict(j, &v, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
 	if err != nil {
-		return nil, fmt.Errorf("decode workspace: %w", err)
+		return nil, fmt.Errorf("decode %s: %w", what, err)
 	}
 	if len(strict) > 0 {
-		return nil, fmt.Errorf("decode workspace: %w", errors.Join(strict...))
+		return nil, fmt.Errorf("decode %s: %w", what, errors.Join(strict...))
 	}
-	return &w, nil
+	return &v, nil
 }
 
 // DecodeManifest reads one Kaito manifest as the workspace kaitoflow runs: a Workspace as it is,
@@ -60,7 +65,7 @@ func DecodeManifest(doc []byte) (*Workspace, error) {
 	if !slices.Contains(APIVersions(), apiVersion) {
 		return nil, &FieldsError{Kind: kind, Errs: field.ErrorList{field.NotSupported(field.NewPath("apiVersion"), apiVersion, APIVersions())}}
 	}
-	s, err := decodeInferenceSet(j)
+	s, err := decodeStrict[InferenceSet](j, "inferenceset")
 	if err != nil {
 		return nil, err
 	}

@@ -1,14 +1,11 @@
 package kaito
 
 import (
-	"errors"
-	"fmt"
 	"maps"
 	"strconv"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -88,19 +85,6 @@ type InferenceSetStatus struct {
 	Conditions    []metav1.Condition `json:"conditions,omitempty"`
 	Performance   map[string]any     `json:"performance,omitempty"`
 	AutoUpgrade   map[string]any     `json:"autoUpgrade,omitempty"`
-}
-
-// decodeInferenceSet reads an InferenceSet strictly, as DecodeWorkspace reads a Workspace.
-func decodeInferenceSet(j []byte) (*InferenceSet, error) {
-	var s InferenceSet
-	strict, err := kjson.UnmarshalStrict(j, &s, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
-	if err != nil {
-		return nil, fmt.Errorf("decode inferenceset: %w", err)
-	}
-	if len(strict) > 0 {
-		return nil, fmt.Errorf("decode inferenceset: %w", errors.Join(strict...))
-	}
-	return &s, nil
 }
 
 // Validate checks what is the InferenceSet's own, in its own field paths; the workspace it
