@@ -22,14 +22,23 @@ const maxManifestBytes = 1 << 20
 // DecodeWorkspace reads one Workspace manifest, YAML or JSON. Unknown fields are an error naming
 // the field: a misspelt "instancetype" silently ignored would provision the default SKU.
 func DecodeWorkspace(doc []byte) (*Workspace, error) {
+	j, err := manifestJSON(doc, "workspace")
+	if err != nil {
+		return nil, err
+	}
+	return decodeStrict[Workspace](j, "workspace")
+}
+
+// manifestJSON is a manifest within maxManifestBytes, YAML or JSON, as JSON.
+func manifestJSON(doc []byte, what string) ([]byte, error) {
 	if len(doc) > maxManifestBytes {
 		return nil, fmt.Errorf("manifest of %d bytes exceeds the %d byte limit", len(doc), maxManifestBytes)
 	}
 	j, err := yaml.YAMLToJSON(doc)
 	if err != nil {
-		return nil, fmt.Errorf("decode workspace: %w", err)
+		return nil, fmt.Errorf("decode %s: %w", what, err)
 	}
-	return decodeStrict[Workspace](j, "workspace")
+	return j, nil
 }
 
 // decodeStrict reads JSON into a T as the API server would: field names match case-sensitively
@@ -51,16 +60,13 @@ func decodeStrict[T any](j []byte, what string) (*T, error) {
 // or an InferenceSet as the inference workspace it is served as (InferenceSet.Workspace), once its
 // own fields are valid (a *FieldsError names those that are not).
 func DecodeManifest(doc []byte) (*Workspace, error) {
-	if len(doc) > maxManifestBytes {
-		return nil, fmt.Errorf("manifest of %d bytes exceeds the %d byte limit", len(doc), maxManifestBytes)
-	}
-	j, err := yaml.YAMLToJSON(doc)
+	j, err := manifestJSON(doc, "manifest")
 	if err != nil {
-		return nil, fmt.Errorf("decode manifest: %w", err)
+		return nil, err
 	}
 	apiVersion, kind := kindOf(j)
 	if kind != KindInferenceSet {
-		return DecodeWorkspace(doc)
+		return decodeStrict[Workspace](j, "workspace") // converted once, not again by DecodeWorkspace
 	}
 	if !slices.Contains(APIVersions(), apiVersion) {
 		return nil, &FieldsError{Kind: kind, Errs: field.ErrorList{field.NotSupported(field.NewPath("apiVersion"), apiVersion, APIVersions())}}

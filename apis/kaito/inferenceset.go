@@ -1,12 +1,12 @@
 package kaito
 
 import (
+	"encoding/json"
 	"maps"
 	"strconv"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
 )
 
 // KindInferenceSet is Kaito's serving unit since v0.11 (kaito.sh v1beta1, also served at
@@ -159,9 +159,9 @@ func (s *InferenceSet) Workspace() *Workspace {
 	return w
 }
 
-// kindOf is a manifest's apiVersion and kind.
+// kindOf is a JSON manifest's apiVersion and kind.
 func kindOf(j []byte) (apiVersion, kind string) {
 	var tm metav1.TypeMeta
-	_ = yaml.Unmarshal(j, &tm)
+	_ = json.Unmarshal(j, &tm)
 	return tm.APIVersion, tm.Kind
 }
