@@ -46,13 +46,17 @@ const (
 	// generation's pushed adapter: served in place of the one serving, or kept and not served.
 	AdapterPromoted = "kaitoflow.adapter.promoted"
 	AdapterHeld     = "kaitoflow.adapter.held"
+	// AdapterCanary says a generation's adapter passed the offline gate of a canary policy and
+	// now answers a share of the requests next to the one serving, until the window's end, when
+	// adapter.promoted or adapter.held says what the live numbers decided.
+	AdapterCanary = "kaitoflow.adapter.canary"
 )
 
 // Types lists every event type about a workspace, in pipeline order.
 var Types = []string{
 	WorkspaceRequested, NodeReady, TuningStarted, TuningProgress, TuningRetrying, TuningCompleted,
 	ImagePushed, AdapterStored, InferenceReady, WorkspaceFailed, WorkspaceDeleted, CapacityReleased,
-	AdapterSelected, AdapterPromoted, AdapterHeld,
+	AdapterSelected, AdapterPromoted, AdapterHeld, AdapterCanary,
 }
 
 // Signals are events about the world rather than one workspace's progress: they make functions

@@ -1,6 +1,10 @@
 package events
 
-import "github.com/kaitoflow/kaitoflow/apis/kaito"
+import (
+	"time"
+
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
+)
 
 // Metric names the trainer reports on the held-out rows, by which adapters are compared.
 const (
@@ -80,4 +84,17 @@ type AdapterGateData struct {
 	Compared *ComparedAdapter `json:"compared,omitempty"`
 	// Reason says why, in a line ("held: eval_loss 1.42 vs 1.37 serving (generation 1)").
 	Reason string `json:"reason"`
+	// Canary is the canary's share and window: set on kaitoflow.adapter.canary, which starts one,
+	// and on the decision that ends it.
+	Canary *CanaryWindow `json:"canary,omitempty"`
+	// Live is what users saw of the canary and of the adapter serving beside it, on the decision
+	// at the window's end.
+	Live *kaito.CanaryLive `json:"live,omitempty"`
+}
+
+// CanaryWindow is a canary's share of requests (percent) and when it started and ends.
+type CanaryWindow struct {
+	Share int       `json:"share"`
+	Start time.Time `json:"start"`
+	Ends  time.Time `json:"ends"`
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // AnnotationPromotion is a tuning workspace's promotion policy: when a generation's adapter is
@@ -18,6 +19,11 @@ import (
 //	if-better:rougeL:0.05   the same rows (ROUGE-L F1 or exact_match, higher is better), by at
 //	if-better:exact_match   least the number given
 //	manual                  held until `kaitoflow promote NAME --generation N`
+//	canary                  one that passes the offline gate (its eval_loss no worse than the
+//	canary:10%              serving adapter's, where both are known) answers a share of the
+//	canary:10%:30m          requests (10% unless given) next to the serving one for a window
+//	                        (30m unless given); at the window's end it is promoted or rolled back
+//	                        on what users saw: errors, time to first token, tokens/s, feedback
 //
 // A held adapter is pushed and kept, not served. The first generation with nothing serving is
 // always served.
@@ -28,6 +34,15 @@ const (
 	PromoteAlways   = "always"
 	PromoteIfBetter = "if-better"
 	PromoteManual   = "manual"
+	PromoteCanary   = "canary"
+)
+
+// A canary's defaults and bounds: the share of requests it answers (percent) and how long.
+const (
+	DefaultCanaryShare  = 10
+	DefaultCanaryWindow = 30 * time.Minute
+	MinCanaryWindow     = time.Second
+	MaxCanaryWindow     = 7 * 24 * time.Hour
 )
 
 // The metrics if-better compares: the eval loss (lower is better) or a task score of generated
@@ -46,6 +61,9 @@ type Promotion struct {
 	Metric string
 	// MinImprovement is by how much the metric must be better (if-better).
 	MinImprovement float64
+	// Share is the percentage of requests a canary answers, Window how long (canary).
+	Share  int
+	Window time.Duration
 }
 
 // CompareBy is the metric if-better compares.
@@ -65,6 +83,22 @@ func (p Promotion) String() string {
 	if p.Policy == PromoteIfBetter && p.MinImprovement > 0 {
 		s += ":" + strconv.FormatFloat(p.MinImprovement, 'g', -1, 64)
 	}
+	if p.Policy == PromoteCanary {
+		s += fmt.Sprintf(":%d%%:%s", p.Share, ShortDuration(p.Window))
+	}
+	return s
+}
+
+// ShortDuration writes d as a person would (30m, 2h, 1h30m) rather than as time.Duration does
+// (30m0s, 2h0m0s).
+func ShortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
 	return s
 }
 
@@ -78,8 +112,31 @@ func ParsePromotion(v string) (Promotion, error) {
 		return Promotion{Policy: policy}, nil
 	case policy == PromoteIfBetter && len(parts) <= 3:
 		return parseIfBetter(v, parts[1:])
+	case policy == PromoteCanary && len(parts) <= 3:
+		return parseCanary(v, parts[1:])
 	}
-	return Promotion{}, fmt.Errorf("%q: want always, if-better, if-better:N, if-better:METRIC[:N] or manual", v)
+	return Promotion{}, fmt.Errorf("%q: want always, if-better, if-better:N, if-better:METRIC[:N], manual or canary[:SHARE%%[:WINDOW]]", v)
+}
+
+// parseCanary reads what follows canary: the share of requests ("10%") and the window ("30m").
+func parseCanary(v string, rest []string) (Promotion, error) {
+	p := Promotion{Policy: PromoteCanary, Share: DefaultCanaryShare, Window: DefaultCanaryWindow}
+	if len(rest) > 0 {
+		n, err := strconv.Atoi(strings.TrimSuffix(rest[0], "%"))
+		if err != nil || !strings.HasSuffix(rest[0], "%") || n < 1 || n > 99 {
+			return Promotion{}, fmt.Errorf("%q: the canary's share %q: want a percentage of requests from 1%% to 99%%", v, rest[0])
+		}
+		p.Share = n
+	}
+	if len(rest) > 1 {
+		d, err := time.ParseDuration(rest[1])
+		if err != nil || d < MinCanaryWindow || d > MaxCanaryWindow {
+			return Promotion{}, fmt.Errorf("%q: the canary's window %q: want a duration from %s to %s (30m, 2h)", v, rest[1], MinCanaryWindow,
+				MaxCanaryWindow)
+		}
+		p.Window = d
+	}
+	return p, nil
 }
 
 // parseIfBetter reads what follows if-better: a minimum improvement, a metric, or both.

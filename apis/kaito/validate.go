@@ -150,8 +150,11 @@ func (w *Workspace) validateAnnotations() field.ErrorList {
 	}
 	if v, ok := w.Annotations[AnnotationPromotion]; ok {
 		path := anns.Key(AnnotationPromotion)
-		if _, err := ParsePromotion(v); err != nil {
+		if p, err := ParsePromotion(v); err != nil {
 			errs = append(errs, field.Invalid(path, v, err.Error()))
+		} else if pool, _ := w.ServingPool(); p.Policy == PromoteCanary && pool != "" {
+			errs = append(errs, field.Forbidden(path,
+				"a canary splits one service's requests between two adapters, and a serving pool's service is shared: use if-better or manual"))
 		} else if w.Tuning == nil {
 			errs = append(errs, field.Forbidden(path, "a promotion policy decides between tuned generations: the workspace has no tuning"))
 		} else if o := w.Tuning.Output; o != nil && o.Volume != nil {

@@ -177,6 +177,64 @@ type AdapterRecord struct {
 	// Held says why the promotion policy did not serve it; Failed why the generation failed.
 	Held   string `json:"held,omitempty"`
 	Failed string `json:"failed,omitempty"`
+	// Canary says the share and window of its canary (a canary policy); Live is what users saw of
+	// it and of the adapter serving beside it, once the canary was judged.
+	Canary string      `json:"canary,omitempty"`
+	Live   *CanaryLive `json:"live,omitempty"`
+}
+
+// CanaryLive is what chat-proxy measured of a canary's two adapters, over the same window and the
+// same kind of requests: the one serving (Stable) and the candidate (Canary).
+type CanaryLive struct {
+	Stable CanaryArm `json:"stable"`
+	Canary CanaryArm `json:"canary"`
+}
+
+// CanaryArm is what chat-proxy measured of one adapter's answers: sums, so that replicas' numbers
+// add up (Add) and the means are taken once, over all of them.
+type CanaryArm struct {
+	// Requests answered, and of them Errors: a 5xx answer or no answer from the model server.
+	Requests int64 `json:"requests"`
+	Errors   int64 `json:"errors"`
+	// FirstTokenSeconds is the time to the answer's first byte, summed over the answered requests
+	// (for an answer not streamed, the whole answer's time).
+	FirstTokenSeconds float64 `json:"firstTokenSeconds"`
+	// Tokens are the completion tokens of answers that reported them (usage, or one per streamed
+	// chunk), and TokenSeconds those answers' times, so Tokens/TokenSeconds is tokens per second.
+	Tokens       int64   `json:"tokens"`
+	TokenSeconds float64 `json:"tokenSeconds"`
+	// Up and Down are users' feedback on its answers (chat-proxy's POST /feedback).
+	Up   int64 `json:"up"`
+	Down int64 `json:"down"`
+}
+
+// Add is the two arms' numbers together (two replicas').
+func (a CanaryArm) Add(b CanaryArm) CanaryArm {
+	return CanaryArm{Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors, FirstTokenSeconds: a.FirstTokenSeconds + b.FirstTokenSeconds,
+		Tokens: a.Tokens + b.Tokens, TokenSeconds: a.TokenSeconds + b.TokenSeconds, Up: a.Up + b.Up, Down: a.Down + b.Down}
+}
+
+// ErrorRate is the share of requests that failed (0 without requests).
+func (a CanaryArm) ErrorRate() float64 { return ratio(float64(a.Errors), float64(a.Requests)) }
+
+// FirstToken is the mean time to first token over the answered requests.
+func (a CanaryArm) FirstToken() time.Duration {
+	return time.Duration(ratio(a.FirstTokenSeconds, float64(a.Requests-a.Errors)) * float64(time.Second))
+}
+
+// TokensPerSecond is the completion tokens per second of generation (0 when none were counted).
+func (a CanaryArm) TokensPerSecond() float64 { return ratio(float64(a.Tokens), a.TokenSeconds) }
+
+// Approval is the share of feedback that was up, and how much feedback there was.
+func (a CanaryArm) Approval() (float64, int64) {
+	return ratio(float64(a.Up), float64(a.Up+a.Down)), a.Up + a.Down
+}
+
+func ratio(n, d float64) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return n / d
 }
 
 // TuningAttempt is one tuning attempt of a generation, in the status.

@@ -538,7 +538,7 @@ func newAdapters(g *globals) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "adapters NAME",
-		Short: "Every generation's adapter: state (serving, held, superseded, failed), digest, dataset, scores, when",
+		Short: "Every generation's adapter: state (serving, canary, held, superseded, failed), digest, dataset, scores, live numbers, when",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w, err := g.getWorkspace(cmd.Context(), cluster, args[0])
@@ -577,7 +577,7 @@ func adapterList(w *status.Workspace) map[string]any {
 // printAdapters prints a workspace's adapter history, newest first, with what decided each state.
 func printAdapters(out io.Writer, w *status.Workspace) error {
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tROUGE_L\tSERVING_ROUGE_L\tPUSHED\tWHY")
+	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tROUGE_L\tSERVING_ROUGE_L\tLIVE\tPUSHED\tWHY")
 	for i := len(w.History) - 1; i >= 0; i-- {
 		p := w.History[i]
 		score := func(k string) string {
@@ -590,12 +590,32 @@ func printAdapters(out io.Writer, w *status.Workspace) error {
 		if !p.Pushed.IsZero() {
 			pushed = age(time.Since(p.Pushed)) + " ago"
 		}
+		state := w.AdapterState(p)
 		why := cmp.Or(p.Held, p.Failed)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, w.AdapterState(p), short(p.Digest),
+		if state == status.AdapterCanary {
+			why = "canary: " + p.Canary
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, state, short(p.Digest),
 			short(strings.Join(p.Datasets, ",")), score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss),
-			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), pushed, why)
+			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), liveSummary(p.Live), pushed, why)
 	}
 	return tw.Flush()
+}
+
+// liveSummary is what users saw of a judged canary, canary/serving: error rate, mean time to first
+// token, tokens per second and the share of thumbs up ("-" for an adapter that had no canary).
+func liveSummary(l *kaito.CanaryLive) string {
+	if l == nil {
+		return "-"
+	}
+	c, s := l.Canary, l.Stable
+	out := fmt.Sprintf("errors %.1f%%/%.1f%%, first token %s/%s, %.0f/%.0f tok/s", 100*c.ErrorRate(), 100*s.ErrorRate(),
+		c.FirstToken().Round(time.Millisecond), s.FirstToken().Round(time.Millisecond), c.TokensPerSecond(), s.TokensPerSecond())
+	if ca, cn := c.Approval(); cn > 0 {
+		sa, _ := s.Approval()
+		out += fmt.Sprintf(", up %.0f%%/%.0f%%", 100*ca, 100*sa)
+	}
+	return fmt.Sprintf("%s (%d/%d requests)", out, c.Requests, s.Requests)
 }
 
 // short is a digest as people compare them: the algorithm's first 12 hex digits.

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
@@ -47,6 +48,9 @@ type AdapterSet struct {
 	Default string `json:"default,omitempty"`
 	// Generations records which workspace generation each route serves, for status and rollback.
 	Generations map[string]int64 `json:"generations,omitempty"`
+	// Canaries split a route's requests with a candidate adapter (a canary promotion), by public
+	// name.
+	Canaries map[string]Canary `json:"canaries,omitempty"`
 }
 
 // AdapterSpec is one adapter of a set.
@@ -103,6 +107,10 @@ type ReplicaAdapters struct {
 	// Pending is the version being applied, and Error why it has not been (kept until it is).
 	Pending int64  `json:"pending,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// Canaries are the applied set's, and Live what this replica measured of each since it
+	// loaded it, by public name.
+	Canaries map[string]Canary           `json:"canaries,omitempty"`
+	Live     map[string]kaito.CanaryLive `json:"live,omitempty"`
 	// ModelReady says the model server answers its health check.
 	ModelReady bool `json:"modelReady"`
 }
@@ -149,6 +157,13 @@ type AdapterManager struct {
 	// are failThreshold of them, so a registry blip is retried rather than failing a generation.
 	failures int
 	lastErr  string
+	// live are the applied set's canaries, measured (canary.go).
+	live map[string]*liveCanary
+
+	// fb guards the answers kept for feedback: by id, and in the order they came.
+	fb      sync.Mutex
+	answers map[string]*trial
+	order   []string
 }
 
 // failThreshold is how many attempts at a set fail before the replica reports it failed.
@@ -201,7 +216,8 @@ func (m *AdapterManager) Default() string {
 // Status is what the replica serves.
 func (m *AdapterManager) Status(ctx context.Context) ReplicaAdapters {
 	m.mu.RLock()
-	st := ReplicaAdapters{Replica: m.Replica, Version: m.applied.Version, Routes: maps.Clone(m.applied.Routes), Error: m.lastErr}
+	st := ReplicaAdapters{Replica: m.Replica, Version: m.applied.Version, Routes: maps.Clone(m.applied.Routes), Error: m.lastErr,
+		Canaries: maps.Clone(m.applied.Canaries)}
 	if m.pending > m.applied.Version {
 		st.Pending = m.pending
 	}
@@ -210,6 +226,7 @@ func (m *AdapterManager) Status(ctx context.Context) ReplicaAdapters {
 	}
 	m.mu.RUnlock()
 	slices.Sort(st.Loaded)
+	st.Live = m.Live()
 	st.ModelReady = m.healthy(ctx) == nil
 	return st
 }
@@ -312,12 +329,16 @@ func (m *AdapterManager) reconcile(ctx context.Context, set AdapterSet) error {
 			return fmt.Errorf("route %s: adapter %s is not in the set", public, target)
 		}
 	}
+	if err := set.validateCanaries(); err != nil {
+		return err
+	}
 	// The routes move at once. What is no longer wanted stays loaded for UnloadAfter, so requests
 	// routed to it just before the move (a long stream, say) finish; one wanted again meanwhile (a
 	// rollback) is back at once.
 	now := time.Now()
 	m.mu.Lock()
 	m.applied = set
+	m.syncLive(set)
 	for n := range m.loaded {
 		if want[n] {
 			delete(m.stale, n)
@@ -620,6 +641,9 @@ func DecodeAdapterSet(b []byte) (AdapterSet, error) {
 		if _, ok := s.Routes[s.Default]; !ok {
 			return AdapterSet{}, fmt.Errorf("adapter set: default %q: no route of that name", s.Default)
 		}
+	}
+	if err := s.validateCanaries(); err != nil {
+		return AdapterSet{}, err
 	}
 	return s, nil
 }

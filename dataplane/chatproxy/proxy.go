@@ -3,6 +3,7 @@ package chatproxy
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -85,6 +86,7 @@ func (p *Proxy) Handler() http.Handler {
 		mux.Handle("GET /v1/models", fwd)
 	}
 	mux.HandleFunc("POST /chat", func(w http.ResponseWriter, r *http.Request) { p.chat(w, r, client, maxBody) })
+	mux.HandleFunc("POST /feedback", p.feedback)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		if p.Adapters != nil && p.Adapters.Applied() == 0 {
 			Problem(w, http.StatusServiceUnavailable, "adapters not loaded yet")
@@ -181,10 +183,12 @@ func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
 			return
 		}
 		var fields map[string]json.RawMessage
+		var t *trial
 		if json.Unmarshal(body, &fields) == nil {
 			var model string
 			if json.Unmarshal(fields["model"], &model) == nil {
-				if to := p.Adapters.Route(model); to != model {
+				var to string
+				if to, t = p.Adapters.pick(model, r.Header.Get(HeaderCaller)); to != model {
 					fields["model"], _ = json.Marshal(to)
 					body, _ = json.Marshal(fields)
 				}
@@ -192,7 +196,17 @@ func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
 		}
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 		r.Header.Del("Content-Length")
-		next.ServeHTTP(w, r)
+		if t == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// A canary splits this name: the answer is measured for its adapter, and gets an id the
+		// caller can send feedback on.
+		p.Adapters.remember(t)
+		w.Header().Set(HeaderResponseID, t.id)
+		mw := &measured{ResponseWriter: w}
+		next.ServeHTTP(mw, r)
+		mw.finish(t)
 	})
 }
 
@@ -228,28 +242,44 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 		Problem(w, http.StatusBadRequest, "prompt: required")
 		return
 	}
-	out, status, msg := p.completionRequest(in)
+	out, t, status, msg := p.completionRequest(in, r.Header.Get(HeaderCaller))
 	if status != 0 {
 		Problem(w, status, msg)
 		return
 	}
-	body, _ := json.Marshal(out)
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.Upstream.JoinPath("/v1/chat/completions").String(), bytes.NewReader(body))
-	if err != nil {
-		Problem(w, http.StatusInternalServerError, err.Error())
+	if t != nil {
+		p.Adapters.remember(t)
+		w.Header().Set(HeaderResponseID, t.id)
+	}
+	start := time.Now()
+	content, tokens, status, msg := p.complete(r.Context(), client, out)
+	// Not streamed: the whole answer's time is its time to first token too.
+	t.done(status, time.Since(start), time.Since(start), tokens)
+	if status != http.StatusOK {
+		Problem(w, cmp.Or(status, http.StatusBadGateway), msg)
 		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{"Result": content})
+}
+
+// complete asks the model server for a chat completion: its content and completion tokens (-1:
+// not reported), or the status (0: no answer) and message of the failure.
+func (p *Proxy) complete(ctx context.Context, client *http.Client, out map[string]any) (string, int64, int, string) {
+	body, _ := json.Marshal(out)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.Upstream.JoinPath("/v1/chat/completions").String(), bytes.NewReader(body))
+	if err != nil {
+		return "", -1, http.StatusInternalServerError, err.Error()
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		Problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
-		return
+		return "", -1, 0, "model server unavailable: " + err.Error()
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		Problem(w, resp.StatusCode, "model server: "+string(bytes.TrimSpace(b)))
-		return
+		return "", -1, resp.StatusCode, "model server: " + string(bytes.TrimSpace(b))
 	}
 	var completion struct {
 		Choices []struct {
@@ -257,37 +287,43 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 				Content string `json:"content"`
 			} `json:"message"`
 		} `json:"choices"`
+		Usage *struct {
+			CompletionTokens int64 `json:"completion_tokens"`
+		} `json:"usage"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxCompletion)).Decode(&completion); err != nil || len(completion.Choices) == 0 {
-		Problem(w, http.StatusBadGateway, "model server answered without a choice")
-		return
+		return "", -1, 0, "model server answered without a choice"
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"Result": completion.Choices[0].Message.Content})
+	tokens := int64(-1)
+	if completion.Usage != nil {
+		tokens = completion.Usage.CompletionTokens
+	}
+	return completion.Choices[0].Message.Content, tokens, http.StatusOK, ""
 }
 
 // completionRequest is Kaito's /chat request as an OpenAI chat completion for the model it
-// routes to, or the status and message refusing it.
-func (p *Proxy) completionRequest(in ChatRequest) (map[string]any, int, string) {
+// routes to (with the canary trial it is part of, if any), or the status and message refusing it.
+func (p *Proxy) completionRequest(in ChatRequest, caller string) (map[string]any, *trial, int, string) {
 	model := cmp.Or(in.Model, p.Model)
+	var t *trial
 	if p.Adapters != nil {
 		if in.Model == "" && p.Adapters.Default() == "" && len(p.Adapters.Public()) > 0 {
-			return nil, http.StatusBadRequest, fmt.Sprintf(`model: required, this endpoint serves several (%s): {"prompt": "...", "model": "..."}`,
+			return nil, nil, http.StatusBadRequest, fmt.Sprintf(`model: required, this endpoint serves several (%s): {"prompt": "...", "model": "..."}`,
 				strings.Join(p.Adapters.Public(), ", "))
 		}
-		model = p.Adapters.Route(cmp.Or(in.Model, p.Adapters.Default(), model))
+		model, t = p.Adapters.pick(cmp.Or(in.Model, p.Adapters.Default(), model), caller)
 	}
 	out := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": in.Prompt}}}
 	for k, v := range in.GenerateKwargs {
 		name, ok := kwargs[k]
 		if !ok {
-			return nil, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, "+
+			return nil, nil, http.StatusBadRequest, fmt.Sprintf("generate_kwargs.%s: not supported (supported: max_new_tokens, max_length, temperature, "+
 				"top_p, top_k, "+
 				"repetition_penalty, stop, seed, presence_penalty, frequency_penalty)", k)
 		}
 		out[name] = v
 	}
-	return out, 0, ""
+	return out, t, 0, ""
 }
 
 // Problem answers an error as chat-proxy answers one: {"error": msg} with status.

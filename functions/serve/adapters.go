@@ -28,24 +28,12 @@ func LoRAName(public, source string) string {
 // routed from its public name, and /chat talking to the first (a tuning workspace's own). place
 // adds what the deployer knows of where an adapter is: a mounted volume's path, the files of its
 // pull secrets.
+//
+// A canary (d.Canary) adds its candidate to the set, splitting the first adapter's public name.
 func DesiredSet(d Deployment, version int64, place func(Adapter, *chatproxy.AdapterSpec)) chatproxy.AdapterSet {
 	set := chatproxy.AdapterSet{Version: version}
 	for _, a := range d.Adapters {
-		public := AdapterName(a.Name)
-		spec := chatproxy.AdapterSpec{Image: a.Image}
-		if place != nil {
-			place(a, &spec)
-		}
-		if a.Volume != nil {
-			spec.Image = ""
-		}
-		// A digest names content; a tag or a path may hold other content next generation, so
-		// the generation is part of the name and a new one is loaded.
-		source := cmp.Or(spec.Image, spec.Path)
-		if !strings.Contains(source, "@sha256:") {
-			source += "#" + strconv.FormatInt(d.ServingGeneration(), 10)
-		}
-		spec.Name = LoRAName(public, source)
+		public, spec := AdapterName(a.Name), adapterSpec(a, d.ServingGeneration(), place)
 		if set.Routes == nil {
 			set.Routes, set.Generations = map[string]string{}, map[string]int64{}
 			set.Default = public
@@ -53,7 +41,34 @@ func DesiredSet(d Deployment, version int64, place func(Adapter, *chatproxy.Adap
 		set.Adapters = append(set.Adapters, spec)
 		set.Routes[public], set.Generations[public] = spec.Name, d.ServingGeneration()
 	}
+	if c := d.Canary; c != nil && set.Default != "" {
+		spec := adapterSpec(c.Adapter, c.Generation, place)
+		if spec.Name != set.Routes[set.Default] { // the same adapter again: nothing to compare
+			set.Adapters = append(set.Adapters, spec)
+			set.Canaries = map[string]chatproxy.Canary{set.Default: {Adapter: spec.Name, Generation: c.Generation, Share: c.Share,
+				Start: c.Start, Ends: c.Ends}}
+		}
+	}
 	return set
+}
+
+// adapterSpec is a's entry in an adapter set, from generation gen.
+func adapterSpec(a Adapter, gen int64, place func(Adapter, *chatproxy.AdapterSpec)) chatproxy.AdapterSpec {
+	spec := chatproxy.AdapterSpec{Image: a.Image}
+	if place != nil {
+		place(a, &spec)
+	}
+	if a.Volume != nil {
+		spec.Image = ""
+	}
+	// A digest names content; a tag or a path may hold other content next generation, so the
+	// generation is part of the name and a new one is loaded.
+	source := cmp.Or(spec.Image, spec.Path)
+	if !strings.Contains(source, "@sha256:") {
+		source += "#" + strconv.FormatInt(gen, 10)
+	}
+	spec.Name = LoRAName(AdapterName(a.Name), source)
+	return spec
 }
 
 // UnionSet is the adapter set of a service that serves several workspaces (a serving pool): each

@@ -11,6 +11,9 @@ import (
 // held), that generation.
 type Member struct {
 	Generation, Serving int64
+	// Canary is the generation whose canary answers beside it, 0 when none does: selecting the
+	// serving generation again ends it, so is not a redelivery.
+	Canary int64
 }
 
 // ServingGeneration is the generation whose adapters the member serves.
@@ -52,7 +55,7 @@ func AdmitService(d Deployment, svc Service) (bool, error) {
 	if m := svc.Member; m != nil {
 		switch {
 		case d.Serving == 0 && m.Generation >= d.Ref.Generation,
-			d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && m.ServingGeneration() == d.Serving):
+			d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && m.ServingGeneration() == d.Serving && m.Canary == 0):
 			return false, nil
 		}
 	}

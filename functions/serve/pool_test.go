@@ -40,6 +40,7 @@ func TestAdmitService(t *testing.T) {
 		{"a pool member with the same pods", pooled(1, image), Service{Exists: true, Ours: true, Runs: "t1", Wants: "t1"}, true, "", ""},
 		{"a rollback", rollback, Service{Exists: true, Ours: true, Member: &Member{Generation: 3}}, true, "", ""},
 		{"a rollback done", rollback, Service{Exists: true, Ours: true, Member: &Member{Generation: 3, Serving: 1}}, false, "", ""},
+		{"a rollback to the adapter serving beside a canary ends it", rollback, Service{Exists: true, Ours: true, Member: &Member{Generation: 3, Serving: 1, Canary: 3}}, true, "", ""},
 		{"a rollback with nothing served", rollback, Service{}, false, events.ReasonNotSupported, "no service running"},
 		{"a rollback to a workspace the service does not serve", rollback, Service{Exists: true, Ours: true}, false, events.ReasonNotSupported, "no service running"},
 	} {

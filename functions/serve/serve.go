@@ -63,6 +63,9 @@ type Deployment struct {
 	// Pool is the serving pool the workspace shares a service with (then Service is the pool's),
 	// empty when it is served alone.
 	Pool string `json:"pool,omitempty"`
+	// Canary is a candidate answering a share of the requests next to Adapters' first (the
+	// adapter Held names) until its window ends: a canary policy's.
+	Canary *CanaryAdapter `json:"canary,omitempty"`
 }
 
 // ServingGeneration is the generation whose adapters d serves.
@@ -197,27 +200,33 @@ func (f *Function) nodeReady(ctx context.Context, ref events.Ref, ev cloudevents
 // adapter it was compared with.
 func (f *Function) imagePushed(ctx context.Context, ref events.Ref, ev cloudevents.Event, in events.ImagePushedData) ([]cloudevents.Event, error) {
 	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Nodes: in.Nodes, Plan: in.Plan}
-	promote, gate := Gate(ref, in)
-	if promote {
+	decision, gate := Gate(ref, in)
+	if decision == Promote {
 		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}
 	} else {
 		// Held: this generation is served as any other, with the adapter it was compared with.
 		d.Held = in.Compared.Generation
 		d.Adapters = []Adapter{tunedAdapter(ref, in.Workspace, in.Compared.Reference)}
 	}
+	if decision == StartCanary {
+		// The candidate answers its share next to the held one; the window counts from the
+		// push, so a redelivery asks for the same canary.
+		p := in.Workspace.Promotion()
+		start := ev.Time().UTC()
+		d.Canary = &CanaryAdapter{Adapter: tunedAdapter(ref, in.Workspace, in.Reference), Generation: ref.Generation, Share: p.Share,
+			Start: start, Ends: start.Add(p.Window)}
+		gate.Canary = &events.CanaryWindow{Share: p.Share, Start: start, Ends: d.Canary.Ends}
+	}
 	out, err := f.apply(ctx, ref, d, &ev)
 	if _, policy := in.Workspace.Annotations[kaito.AnnotationPromotion]; !policy {
 		return out, err // no policy named: served as Kaito serves it, with nothing to decide
 	}
-	typ, step := events.AdapterPromoted, "promoted"
-	if !promote {
-		typ, step = events.AdapterHeld, "held"
-	}
-	decided, derr := events.New(Source, typ, step, ref, gate, &ev)
+	typ := map[Decision]string{Promote: events.AdapterPromoted, Hold: events.AdapterHeld, StartCanary: events.AdapterCanary}[decision]
+	decided, derr := events.New(Source, typ, string(decision), ref, gate, &ev)
 	if derr != nil {
 		return nil, derr
 	}
-	f.log.InfoContext(ctx, "promotion policy decided", "generation", ref.Generation, "promoted", promote, "reason", gate.Reason)
+	f.log.InfoContext(ctx, "promotion policy decided", "generation", ref.Generation, "decision", decision, "reason", gate.Reason)
 	return append([]cloudevents.Event{decided}, out...), err
 }
 
@@ -253,13 +262,26 @@ func (f *Function) apply(ctx context.Context, ref events.Ref, d Deployment, caus
 	return f.observe(ctx, ref, cause)
 }
 
+// Decision is what the promotion policy decided for a pushed adapter.
+type Decision string
+
+// Decisions: served in place of the adapter it was compared with, held (kept, not served), or
+// served to a share of the requests next to it until the canary's window ends.
+const (
+	Promote     Decision = "promoted"
+	Hold        Decision = "held"
+	StartCanary Decision = "canary"
+)
+
 // Gate is the workspace's promotion policy (kaito.AnnotationPromotion) applied to a pushed
 // adapter: whether it is served in place of the adapter it was compared with, and the decision
 // with its numbers. Nothing serving, or the policy always, promotes; manual holds; if-better
 // promotes a score at least the minimum improvement better than the serving adapter's on the same
 // rows (a lower eval_loss, or a higher task score: ROUGE-L or exact match of generated answers),
-// and holds otherwise — and when either score is missing (a failed evaluation).
-func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateData) {
+// and holds otherwise — and when either score is missing (a failed evaluation). canary starts a
+// canary unless its offline gate holds it: an eval_loss worse than the serving adapter's (where
+// both are known; live numbers decide the rest).
+func Gate(ref events.Ref, in events.ImagePushedData) (Decision, events.AdapterGateData) {
 	p := in.Workspace.Promotion()
 	g := events.AdapterGateData{Ref: ref, Reference: in.Reference, Policy: p.String(), Compared: in.Compared, Scores: events.Scores(in.Metrics)}
 	switch {
@@ -270,13 +292,15 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 				g.Reason += fmt.Sprintf(" (eval_loss %.4g, the base model %.4g)", loss, base)
 			}
 		}
-		return true, g
+		return Promote, g
 	case p.Policy == kaito.PromoteAlways:
 		g.Reason = "promoted: policy always"
-		return true, g
+		return Promote, g
 	case p.Policy == kaito.PromoteManual:
 		g.Reason = fmt.Sprintf("held: policy manual; `kaitoflow promote %s --generation %d` serves it", ref.Name, ref.Generation)
-		return false, g
+		return Hold, g
+	case p.Policy == kaito.PromoteCanary:
+		return canaryGate(in, p, g)
 	}
 	newKey, oldKey, higher := events.CompareKeys(p.CompareBy())
 	now, haveNew := in.Metrics[newKey]
@@ -287,7 +311,7 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 			missing = newKey
 		}
 		g.Reason = fmt.Sprintf("held: the evaluation failed (no %s); generation %d keeps serving", missing, in.Compared.Generation)
-		return false, g
+		return Hold, g
 	}
 	better := now <= old-p.MinImprovement
 	if higher {
@@ -305,7 +329,28 @@ func Gate(ref events.Ref, in events.ImagePushedData) (bool, events.AdapterGateDa
 		}
 		g.Reason += fmt.Sprintf(", and the policy wants it %s by %g", direction, p.MinImprovement)
 	}
-	return better, g
+	if better {
+		return Promote, g
+	}
+	return Hold, g
+}
+
+// canaryGate is a canary policy's offline gate: a candidate whose eval_loss on the held-out rows is
+// worse than the serving adapter's is held; any other gets its canary.
+func canaryGate(in events.ImagePushedData, p kaito.Promotion, g events.AdapterGateData) (Decision, events.AdapterGateData) {
+	window := fmt.Sprintf("%d%% of the requests for %s next to generation %d", p.Share, kaito.ShortDuration(p.Window), in.Compared.Generation)
+	now, haveNew := in.Metrics[events.MetricEvalLoss]
+	old, haveOld := in.Metrics[events.MetricServingEvalLoss]
+	switch {
+	case haveNew && haveOld && now > old:
+		g.Reason = fmt.Sprintf("held: the canary's offline gate: eval_loss %.4g vs %.4g serving (generation %d)", now, old, in.Compared.Generation)
+		return Hold, g
+	case haveNew && haveOld:
+		g.Reason = fmt.Sprintf("canary: %s (eval_loss %.4g vs %.4g serving)", window, now, old)
+	default:
+		g.Reason = fmt.Sprintf("canary: %s (no eval_loss to compare: the live numbers decide)", window)
+	}
+	return StartCanary, g
 }
 
 // tunedAdapter is a tuning workspace's own adapter, pushed as image.
@@ -368,9 +413,15 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 	return runtime.Emit(e, err)
 }
 
-// tick re-observes every unacknowledged service, for changes whose watch event was lost.
+// tick judges the canaries whose window has passed, and re-observes every unacknowledged service,
+// for changes whose watch event was lost (and a canary's end).
 func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	return runtime.Sweep(ctx, ev, f.log, "inference service", f.deployer.List, f.observe)
+	judged, err := f.judgeCanaries(ctx, ev)
+	if err != nil {
+		return judged, err
+	}
+	swept, err := runtime.Sweep(ctx, ev, f.log, "inference service", f.deployer.List, f.observe)
+	return append(judged, swept...), err
 }
 
 // Source says where the adapter comes from: its image, or its volume.

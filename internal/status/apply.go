@@ -82,7 +82,7 @@ func applyType(w *Workspace, ev cloudevents.Event, at time.Time, rec *EventRecor
 		return apply(ev, func(d events.InferenceReadyData) { w.inferenceReady(d, at, rec) })
 	case events.AdapterSelected:
 		return apply(ev, func(d events.AdapterSelectedData) { w.adapterSelected(d, at, rec) })
-	case events.AdapterPromoted, events.AdapterHeld:
+	case events.AdapterPromoted, events.AdapterHeld, events.AdapterCanary:
 		return apply(ev, func(d events.AdapterGateData) { w.adapterGated(d, ev.Type() == events.AdapterHeld, rec) })
 	case events.WorkspaceFailed:
 		return apply(ev, func(d events.WorkspaceFailedData) { w.workspaceFailed(d, at, rec) })
@@ -245,17 +245,32 @@ func (w *Workspace) inferenceReady(d events.InferenceReadyData, at time.Time, re
 
 func (w *Workspace) adapterSelected(d events.AdapterSelectedData, at time.Time, rec *EventRecord) {
 	rec.Note = fmt.Sprintf("%s to generation %d: %s", cmp.Or(d.Reason, "select"), d.Generation, d.Reference)
+	// Selecting another adapter ends a running canary: its candidate no longer answers.
+	if c, ok := w.Canary(); ok && c.Generation != d.Generation {
+		h := w.history(c.Generation)
+		h.Held = fmt.Sprintf("held: its canary was ended by %s to generation %d", cmp.Or(d.Reason, "rollback"), d.Generation)
+		w.Held = h.Held
+	}
 }
 
+// adapterGated records what the promotion policy decided for a generation's adapter: at its push,
+// or at its canary's end (which carries the live numbers).
 func (w *Workspace) adapterGated(d events.AdapterGateData, held bool, rec *EventRecord) {
-	h := w.history(w.Generation)
+	gen := cmp.Or(d.Ref.Generation, w.Generation)
+	h := w.history(gen)
 	if h.Scores == nil {
 		h.Scores = d.Scores
 	}
 	rec.Note = d.Reason
+	if c := d.Canary; c != nil && h.Canary == "" {
+		h.Canary = fmt.Sprintf("%d%% of requests for %s, until %s UTC", c.Share, kaito.ShortDuration(c.Ends.Sub(c.Start)), c.Ends.UTC().Format(time.DateTime))
+	}
+	if d.Live != nil {
+		h.Live = d.Live
+	}
 	if held {
 		h.Held = d.Reason
-		if w.Live != w.Generation {
+		if w.Live != gen && gen == w.Generation {
 			w.Held = d.Reason
 		}
 	}

@@ -118,10 +118,12 @@ const (
 	AdapterHeld       = "held"
 	AdapterSuperseded = "superseded"
 	AdapterFailed     = "failed"
+	AdapterCanary     = "canary"
 )
 
 // AdapterState is the adapter's state in w: serving, held (pushed, kept, never served by the policy's
-// decision), superseded (served before, or pushed and replaced), or failed.
+// decision), canary (answering a share of the requests until its window ends), superseded (served
+// before, or pushed and replaced), or failed.
 func (w *Workspace) AdapterState(p PushedAdapter) string {
 	switch {
 	case p.Generation == w.Live && p.Image != "":
@@ -130,8 +132,20 @@ func (w *Workspace) AdapterState(p PushedAdapter) string {
 		return AdapterFailed
 	case p.Held != "":
 		return AdapterHeld
+	case p.Canary != "" && p.Live == nil && p.Generation == w.Generation:
+		return AdapterCanary // answering its share; judged at the window's end
 	}
 	return AdapterSuperseded
+}
+
+// Canary is the adapter whose canary answers a share of the requests now, if one does.
+func (w *Workspace) Canary() (PushedAdapter, bool) {
+	for _, p := range w.History {
+		if w.AdapterState(p) == AdapterCanary {
+			return p, true
+		}
+	}
+	return PushedAdapter{}, false
 }
 
 // Pushed is generation gen's adapter image, if it was pushed.

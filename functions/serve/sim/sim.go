@@ -73,6 +73,8 @@ type simService struct {
 	revision int
 	replicas []*simReplica
 	next     int
+	// tally is what the replicas measured of the set's canaries, by public name.
+	tally map[string]serve.LiveTally
 }
 
 type simReplica struct {
@@ -186,6 +188,9 @@ func (s *Deployer) applyLocked(ctx context.Context, d serve.Deployment) (*applie
 		if m, found := svc.members[d.Ref.Name]; found {
 			member = m
 			state.Member = &serve.Member{Generation: m.d.Ref.Generation, Serving: cmp.Or(m.d.Serving, m.d.Held)}
+			if m.d.Canary != nil {
+				state.Member.Canary = m.d.Canary.Generation
+			}
 		}
 		if d.Pool != "" {
 			state.Runs, state.Wants = svc.spec, simSpec(d)
@@ -626,3 +631,67 @@ func (s *Deployer) Handler() http.Handler {
 
 // HeaderReplica names the sim replica that answered a request.
 const HeaderReplica = "X-Kaitoflow-Replica"
+
+// Canaries implements serve.CanaryDeployer: each service's running canary with what its replicas
+// measured, those gone included (serve.LiveTally).
+func (s *Deployer) Canaries(context.Context) ([]serve.CanaryReport, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []serve.CanaryReport
+	for _, svc := range s.services {
+		if len(svc.set.Canaries) == 0 {
+			svc.tally = nil
+			continue
+		}
+		if svc.tally == nil {
+			svc.tally = map[string]serve.LiveTally{}
+		}
+		for _, r := range svc.replicas {
+			for public, l := range r.manager.Live() {
+				if svc.tally[public] == nil {
+					svc.tally[public] = serve.LiveTally{}
+				}
+				svc.tally[public][r.name] = l
+			}
+		}
+		for _, m := range svc.members {
+			c := m.d.Canary
+			if c == nil {
+				continue
+			}
+			public := serve.ServedModel(m.d)
+			out = append(out, serve.CanaryReport{Ref: m.d.Ref, Public: public, Canary: svc.set.Canaries[public], Reference: c.Adapter.Image,
+				Stable: m.d.ServingGeneration(), Live: svc.tally[public].Total()})
+		}
+	}
+	return out, nil
+}
+
+// EndCanary implements serve.CanaryDeployer: the running replicas load the set without the canary,
+// its candidate routed to (promote) or gone.
+func (s *Deployer) EndCanary(ctx context.Context, ref events.Ref, promote bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	svc, m, ok := s.member(ref)
+	if !ok || m.d.Canary == nil || m.d.Canary.Generation != ref.Generation {
+		return nil // no longer running: a newer generation or a rollback replaced it
+	}
+	d := m.d
+	if promote {
+		d.Adapters, d.Held = []serve.Adapter{d.Canary.Adapter}, 0
+	}
+	d.Canary = nil
+	prev := m.d
+	m.d = d
+	set, err := svc.union(svc.set.Version + 1)
+	if err != nil {
+		m.d = prev
+		return err
+	}
+	svc.d, svc.set, m.acked = d, set, 0
+	for _, r := range svc.replicas {
+		r.manager.Notify()
+	}
+	logctx.Or(s.Log).InfoContext(ctx, "sim: canary ended in the running replicas", "workspace", wsKey(ref), "promoted", promote, "version", set.Version)
+	return nil
+}

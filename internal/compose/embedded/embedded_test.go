@@ -45,6 +45,13 @@ func start(t *testing.T, opts ...func(*assembly.Config)) *Pipeline {
 // startTraced is start with the pipeline's spans going to tp.
 func startTraced(t *testing.T, tp trace.TracerProvider, opts ...func(*assembly.Config)) *Pipeline {
 	t.Helper()
+	return startWith(t, tp, 0, opts...)
+}
+
+// startWith is start with the pipeline's spans going to tp and kaitoflow.tick every tick (0: the
+// default).
+func startWith(t *testing.T, tp trace.TracerProvider, tick time.Duration, opts ...func(*assembly.Config)) *Pipeline {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	fns := assembly.Config{
@@ -57,12 +64,13 @@ func startTraced(t *testing.T, tp trace.TracerProvider, opts ...func(*assembly.C
 		o(&fns)
 	}
 	p, err := Start(ctx, Config{
-		DataDir:   t.TempDir(),
-		Listen:    "127.0.0.1:0",
-		Logger:    slog.New(slog.DiscardHandler),
-		Delivery:  runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
-		Functions: fns,
-		Tracer:    tp,
+		DataDir:      t.TempDir(),
+		Listen:       "127.0.0.1:0",
+		Logger:       slog.New(slog.DiscardHandler),
+		Delivery:     runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
+		Functions:    fns,
+		Tracer:       tp,
+		TickInterval: tick,
 	})
 	if err != nil {
 		t.Fatal(err)

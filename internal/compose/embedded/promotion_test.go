@@ -3,7 +3,9 @@ package embedded
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
+	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/compose/api"
@@ -213,5 +216,146 @@ func TestTaskScoresGatePromotion(t *testing.T) {
 	if v3.Live != 3 || v3.Held != "" || h3.Scores[events.MetricTaskRougeL] != tunesim.TaskScore(9) ||
 		h3.Scores[events.ServingPrefix+events.MetricTaskRougeL] != tunesim.TaskScore(3) || h3.Scores[events.BasePrefix+events.MetricTaskRougeL] != 0 {
 		t.Fatalf("v3: serving %d, held %q, scores %v", v3.Live, v3.Held, h3.Scores)
+	}
+}
+
+// Canary promotion in `up` (kaitoflow.io/promotion: canary:50%:3s), with the real chat-proxy in
+// front of each simulated replica. v2 passes the offline gate and answers about half the
+// requests next to v1; users see nothing wrong, and at the window's end it is promoted by itself
+// with the live numbers. v3's canary gets thumbs down on its answers (chat-proxy's POST /feedback)
+// and is rolled back by itself: v2 goes on answering. v4's canary is ended at once by a rollback.
+func TestCanaryPromotesAndRollsBackOnLiveNumbers(t *testing.T) {
+	p := startWith(t, nil, 200*time.Millisecond)
+	ctx := context.Background()
+	loop := newUploadLoop(t, p, "canary:50%:3s")
+	v1 := loop.upload(3)
+	if v1.Live != 1 {
+		t.Fatalf("v1: serving %d, %+v", v1.Live, v1.Failure)
+	}
+
+	// canaryRuns uploads rows and waits for the generation's canary to answer.
+	canaryRuns := func(rows int) (*status.Workspace, int64) {
+		t.Helper()
+		loop.send(rows)
+		gen := loop.generation()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			w := waitGeneration(t, p, "default", loop.name, gen, 30*time.Second)
+			if c, ok := w.Canary(); ok && c.Generation == gen && w.Phase == status.Ready {
+				return w, gen
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("generation %d: no canary running: %+v", gen, w)
+			}
+		}
+	}
+	// traffic sends n chats and returns how many each adapter answered, judging each answer with
+	// judge (by the adapter that gave it) when judge is set.
+	traffic := func(endpoint string, n int, judge func(answeredBy string) string) map[string]int {
+		t.Helper()
+		count := map[string]int{}
+		for range n {
+			resp, err := http.Post(endpoint+"/chat", "application/json", strings.NewReader(`{"prompt":"hi"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("chat: %d %s", resp.StatusCode, b)
+			}
+			by := string(b)
+			count[by]++
+			if judge == nil {
+				continue
+			}
+			id := resp.Header.Get(chatproxy.HeaderResponseID)
+			fb, err := http.Post(endpoint+"/feedback", "application/json", strings.NewReader(`{"id":"`+id+`","rating":"`+judge(by)+`"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fb.Body.Close()
+			if fb.StatusCode != http.StatusNoContent {
+				t.Fatalf("feedback on %q: %d", id, fb.StatusCode)
+			}
+		}
+		return count
+	}
+	answeredBy := func(counts map[string]int, image string) int {
+		n := 0
+		for answer, c := range counts {
+			if strings.Contains(answer, serve.LoRAName(loop.name, image)) {
+				n += c
+			}
+		}
+		return n
+	}
+	decided := func(gen int64) *status.Workspace {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			w, err := p.Store.Get(ctx, "default", loop.name)
+			if err == nil {
+				if h, ok := w.Pushed(gen); ok && h.Live != nil && (w.Live == gen || h.Held != "") && w.Phase == status.Ready {
+					return w
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("generation %d's canary was not judged: %+v", gen, w)
+			}
+		}
+	}
+
+	// v2: about half the requests (50% ± 15 points over 100), then promoted on its numbers.
+	w, _ := canaryRuns(9)
+	h2, _ := w.Pushed(2)
+	if w.Live != 1 || !strings.Contains(w.History[len(w.History)-1].Canary, "50% of requests for 3s") {
+		t.Fatalf("v2's canary: serving %d, %+v", w.Live, w.History)
+	}
+	counts := traffic(w.Endpoint, 100, nil)
+	if n := answeredBy(counts, h2.Image); n < 35 || n > 65 || answeredBy(counts, v1.Image)+n != 100 {
+		t.Fatalf("v2's canary answered %d of 100 (want 50±15): %v", n, counts)
+	}
+	w = decided(2)
+	h2, _ = w.Pushed(2)
+	if w.Live != 2 || h2.Held != "" || h2.Live.Canary.Requests < serve.MinCanaryRequests || h2.Live.Canary.Errors != 0 {
+		t.Fatalf("v2 after its window: serving %d, held %q, live %+v", w.Live, h2.Held, h2.Live)
+	}
+	if n := answeredBy(traffic(w.Endpoint, 10, nil), h2.Image); n != 10 {
+		t.Fatalf("after promotion v2 answered %d of 10", n)
+	}
+
+	// v3: users give its answers thumbs down and v2's thumbs up; it is rolled back by itself.
+	w, _ = canaryRuns(27)
+	h3, _ := w.Pushed(3)
+	traffic(w.Endpoint, 100, func(answer string) string {
+		if strings.Contains(answer, serve.LoRAName(loop.name, h3.Image)) {
+			return "down"
+		}
+		return "up"
+	})
+	w = decided(3)
+	h3, _ = w.Pushed(3)
+	if w.Live != 2 || w.AdapterState(h3) != status.AdapterHeld || !strings.Contains(h3.Held, "thumbs up 0%") || h3.Live.Canary.Down == 0 {
+		t.Fatalf("v3 after its window: serving %d, state %s, held %q, live %+v", w.Live, w.AdapterState(h3), h3.Held, h3.Live)
+	}
+	if n := answeredBy(traffic(w.Endpoint, 10, nil), h2.Image); n != 10 {
+		t.Fatalf("after v3's rollback v2 answered %d of 10", n)
+	}
+
+	// v4: a rollback during the canary ends it at once.
+	w, _ = canaryRuns(81)
+	if _, err := (&api.Client{BaseURL: p.URL}).Rollback(ctx, loop.name, 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if n := answeredBy(traffic(w.Endpoint, 20, nil), h2.Image); n == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after the rollback v4's canary still answers")
+		}
+	}
+	w, _ = p.Store.Get(ctx, "default", loop.name)
+	if h4, _ := w.Pushed(4); w.AdapterState(h4) != status.AdapterHeld || !strings.Contains(h4.Held, "canary was ended by rollback to generation 2") {
+		t.Errorf("v4 after the rollback: %s, %q", w.AdapterState(h4), h4.Held)
 	}
 }

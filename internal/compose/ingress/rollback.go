@@ -46,7 +46,7 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 }
 
 // RollbackTarget is the pushed adapter a rollback serves: generation gen's, or (gen 0) the newest
-// pushed before the generation serving now.
+// pushed before the generation serving now — or, while a canary runs, the one serving beside it.
 func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, error) {
 	if rec.Phase != status.Ready && rec.Phase != status.Failed {
 		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: roll back once its generation %d has finished",
@@ -54,6 +54,13 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 	}
 	// What the endpoint serves: the record's live generation, once one has served.
 	serving := cmp.Or(rec.Live, rec.Serving())
+	if _, running := rec.Canary(); running && (gen == 0 || gen == serving) {
+		// A canary answers a share: rolling back ends it at once, the serving adapter alone
+		// answering again.
+		if p, ok := rec.Pushed(serving); ok {
+			return p, nil
+		}
+	}
 	if gen == 0 {
 		// Back to the newest adapter that served before: one the promotion policy held never did.
 		var best status.PushedAdapter
