@@ -364,3 +364,129 @@ func TestServingPoolInRunningReplicas(t *testing.T) {
 		t.Error("the pool's Service outlived its last member")
 	}
 }
+
+// A canary with the Knative deployer against a real API server, the real chat-proxy in each
+// replica (kaitoflow.io/promotion: canary:50%:1s): generation 2's candidate answers about half of
+// both replicas' requests next to generation 1's adapter, and serve's tick after the window
+// promotes it on the replicas' numbers (adapter.promoted with them), live in the same pods.
+// Generation 3's candidate gets thumbs down from users and the tick rolls it back: generation 2's
+// adapter alone answers again.
+func TestCanaryInRunningReplicas(t *testing.T) {
+	k, ns := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := testenv.Registry(t)
+	images := []string{"", testenv.PushAdapter(t, host, "seed", "v1"), testenv.PushAdapter(t, host, "seed", "v2"), testenv.PushAdapter(t, host, "seed", "v3")}
+	d1 := seedDeployment(t, ns, 1)
+	d1.Workspace.Annotations = map[string]string{kaito.AnnotationPromotion: "canary:50%:1s"}
+	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = images[1], nil
+	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
+	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	fn := serve.New(k, slog.New(slog.DiscardHandler))
+	if _, err := fn.Handle(ctx, imagePushed(t, d1)); err != nil {
+		t.Fatal(err)
+	}
+	setStatus(t, ns, d1.Service, corev1.ConditionTrue, "", "", "")
+	pods.start(ctx, "pod-a", d1.Service)
+	pods.start(ctx, "pod-b", d1.Service)
+	until(ctx, t, fn, d1.Ref, d1.Service, events.InferenceReady)
+
+	// canary pushes generation gen's adapter, compared with generation gen-1's.
+	canary := func(gen int64) events.Ref {
+		t.Helper()
+		ref := events.Ref{Namespace: ns, Name: d1.Ref.Name, Generation: gen}
+		pushed := events.Must(events.New("test", events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{Workspace: d1.Workspace,
+			Reference: images[gen], Plan: d1.Plan, Compared: &events.ComparedAdapter{Generation: gen - 1, Reference: images[gen-1]}}, nil))
+		out, err := fn.Handle(ctx, pushed)
+		if err != nil || len(out) == 0 || out[0].Type() != events.AdapterCanary {
+			t.Fatalf("generation %d: %v %v", gen, out, err)
+		}
+		until(ctx, t, fn, ref, d1.Service, events.InferenceReady)
+		return ref
+	}
+	// traffic asks both replicas n times each, judging each answer (by the adapter that gave it)
+	// when judge is set, and returns how many gen's adapter answered.
+	traffic := func(n int, gen int64, judge func(byGen bool) string) int {
+		t.Helper()
+		by := 0
+		for i := range 2 * n {
+			pod := []string{"pod-a", "pod-b"}[i%2]
+			pods.mu.Lock()
+			u := pods.urls[pod]
+			pods.mu.Unlock()
+			resp, err := http.Post(u+"/chat", "application/json", strings.NewReader(`{"prompt":"hello"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			mine := strings.Contains(string(b), serve.LoRAName(d1.Service, images[gen]))
+			if mine {
+				by++
+			}
+			if judge == nil {
+				continue
+			}
+			body := `{"id":"` + resp.Header.Get(chatproxy.HeaderResponseID) + `","rating":"` + judge(mine) + `"}`
+			fb, err := http.Post(u+"/feedback", "application/json", strings.NewReader(body))
+			if err != nil || fb.StatusCode != http.StatusNoContent {
+				t.Fatalf("feedback: %v %v", fb, err)
+			}
+			fb.Body.Close()
+		}
+		return by
+	}
+	// judged ticks until the canary of ref is judged, and returns the decision.
+	judged := func(ref events.Ref) (string, events.AdapterGateData) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			tick := events.Must(events.New("test", events.Tick, events.Tick+"/"+time.Now().String(), events.Ref{}, events.TickData{}, nil))
+			out, err := fn.Handle(ctx, tick)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range out {
+				if e.Type() == events.AdapterPromoted || e.Type() == events.AdapterHeld {
+					var g events.AdapterGateData
+					if err := events.Data(e, &g); err != nil || g.Ref.Generation != ref.Generation || g.Live == nil {
+						t.Fatalf("decision %+v %v", g, err)
+					}
+					return e.Type(), g
+				}
+			}
+		}
+		t.Fatalf("generation %d's canary was never judged", ref.Generation)
+		return "", events.AdapterGateData{}
+	}
+	// answersAll waits until every answer of both replicas is generation gen's adapter's.
+	answersAll := func(gen int64) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); traffic(5, gen, nil) != 10; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("generation %d's adapter does not answer every request", gen)
+			}
+		}
+	}
+
+	ref2 := canary(2)
+	if n := traffic(100, 2, nil); n < 70 || n > 130 {
+		t.Fatalf("generation 2's canary answered %d of 200, want 100±30", n)
+	}
+	typ, g := judged(ref2)
+	if typ != events.AdapterPromoted || g.Live.Canary.Requests < 70 || g.Live.Stable.Requests < 70 || g.Compared.Generation != 1 {
+		t.Fatalf("generation 2's canary: %s %+v", typ, g)
+	}
+	answersAll(2)
+
+	ref3 := canary(3)
+	traffic(50, 3, func(byGen bool) string { return map[bool]string{true: "down", false: "up"}[byGen] })
+	typ, g = judged(ref3)
+	if typ != events.AdapterHeld || !strings.Contains(g.Reason, "thumbs up 0%") || g.Live.Canary.Down < 20 {
+		t.Fatalf("generation 3's canary: %s %+v", typ, g)
+	}
+	answersAll(2)
+	set, err := k.readSet(ctx, ns, d1.Service)
+	if err != nil || set.Canaries != nil || len(set.Adapters) != 1 || set.Generations[set.Default] != 2 {
+		t.Fatalf("the set after the rollback: %+v %v", set, err)
+	}
+}
