@@ -425,6 +425,8 @@ type ImagePushedData struct {
 	Metrics  map[string]float64 `json:"metrics,omitempty"`
 	Datasets []string           `json:"datasets,omitempty"`
 	Compared *ComparedAdapter   `json:"compared,omitempty"`
+	// Checkpoints are the run's checkpoints, each published as a servable adapter image.
+	Checkpoints []kaito.AdapterCheckpoint `json:"checkpoints,omitempty"`
 }
 
 // InferenceReadyData is the payload of kaitoflow.inference.ready: the chat endpoint answers.
@@ -439,7 +441,10 @@ type InferenceReadyData struct {
 	// ServingGeneration is the generation whose adapter answers, when not Ref's (after a
 	// rollback); Replicas the replicas running and serving it (0: scaled to zero).
 	ServingGeneration int64 `json:"servingGeneration,omitempty"`
-	Replicas          int   `json:"replicas,omitempty"`
+	// ServingCheckpoint is the step of that generation's checkpoint that answers, 0 for its
+	// final adapter.
+	ServingCheckpoint int `json:"servingCheckpoint,omitempty"`
+	Replicas          int `json:"replicas,omitempty"`
 	// AdapterSet is the version of the adapter set the replicas serve.
 	AdapterSet int64 `json:"adapterSet,omitempty"`
 }
@@ -451,6 +456,9 @@ type AdapterSelectedData struct {
 	Workspace  kaito.Workspace `json:"workspace"`
 	Generation int64           `json:"generation"`
 	Reference  string          `json:"reference"`
+	// Checkpoint is the step of the generation's checkpoint to serve (Reference is its image), 0
+	// for the generation's final adapter.
+	Checkpoint int `json:"checkpoint,omitempty"`
 	// Reason says who asked: "rollback", "promote".
 	Reason string `json:"reason,omitempty"`
 }

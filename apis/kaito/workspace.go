@@ -2,6 +2,7 @@ package kaito
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -160,7 +161,10 @@ type WorkspaceStatus struct {
 	// why the promotion policy keeps this generation's adapter from serving.
 	History        []AdapterRecord `json:"history,omitempty"`
 	LiveGeneration int64           `json:"liveGeneration,omitempty"`
-	Held           string          `json:"held,omitempty"`
+	// LiveCheckpoint is the step of the checkpoint of LiveGeneration that serves, 0 when its
+	// final adapter does.
+	LiveCheckpoint int    `json:"liveCheckpoint,omitempty"`
+	Held           string `json:"held,omitempty"`
 }
 
 // AdapterRecord is one generation's adapter in a workspace's history: its image, what it was trained on, how it scored,
@@ -181,6 +185,18 @@ type AdapterRecord struct {
 	// it and of the adapter serving beside it, once the canary was judged.
 	Canary string      `json:"canary,omitempty"`
 	Live   *CanaryLive `json:"live,omitempty"`
+	// Checkpoints are the run's servable checkpoints, oldest first (`kaitoflow promote NAME
+	// --checkpoint STEP` serves one).
+	Checkpoints []AdapterCheckpoint `json:"checkpoints,omitempty"`
+}
+
+// AdapterCheckpoint is a servable checkpoint of a generation's run: its training step, its image by
+// digest (an adapter image of its own, never pruned by kaitoflow) and its eval_loss on the held-out
+// rows when the run had some.
+type AdapterCheckpoint struct {
+	Step     int      `json:"step"`
+	Image    string   `json:"image"`
+	EvalLoss *float64 `json:"evalLoss,omitempty"`
 }
 
 // CanaryLive is what chat-proxy measured of a canary's two adapters, over the same window and the
@@ -193,10 +209,12 @@ type CanaryLive struct {
 // CanaryArm is what chat-proxy measured of one adapter's answers: sums, so that replicas' numbers
 // add up (Add) and the means are taken once, over all of them.
 type CanaryArm struct {
-	// Requests answered, and of them Errors: a 5xx answer or no answer from the model server.
+	// Requests answered, of them Errors (a 5xx, a 404 for its adapter, or no answer from the
+	// model server) and Answered (a 2xx).
 	Requests int64 `json:"requests"`
 	Errors   int64 `json:"errors"`
-	// FirstTokenSeconds is the time to the answer's first byte, summed over the answered requests
+	Answered int64 `json:"answered"`
+	// FirstTokenSeconds is the time to the answer's first byte, summed over the Answered requests
 	// (for an answer not streamed, the whole answer's time).
 	FirstTokenSeconds float64 `json:"firstTokenSeconds"`
 	// Tokens are the completion tokens of answers that reported them (usage, or one per streamed
@@ -210,8 +228,9 @@ type CanaryArm struct {
 
 // Add is the two arms' numbers together (two replicas').
 func (a CanaryArm) Add(b CanaryArm) CanaryArm {
-	return CanaryArm{Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors, FirstTokenSeconds: a.FirstTokenSeconds + b.FirstTokenSeconds,
-		Tokens: a.Tokens + b.Tokens, TokenSeconds: a.TokenSeconds + b.TokenSeconds, Up: a.Up + b.Up, Down: a.Down + b.Down}
+	return CanaryArm{Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors, Answered: a.Answered + b.Answered,
+		FirstTokenSeconds: a.FirstTokenSeconds + b.FirstTokenSeconds,
+		Tokens:            a.Tokens + b.Tokens, TokenSeconds: a.TokenSeconds + b.TokenSeconds, Up: a.Up + b.Up, Down: a.Down + b.Down}
 }
 
 // ErrorRate is the share of requests that failed (0 without requests).
@@ -219,7 +238,7 @@ func (a CanaryArm) ErrorRate() float64 { return ratio(float64(a.Errors), float64
 
 // FirstToken is the mean time to first token over the answered requests.
 func (a CanaryArm) FirstToken() time.Duration {
-	return time.Duration(ratio(a.FirstTokenSeconds, float64(a.Requests-a.Errors)) * float64(time.Second))
+	return time.Duration(ratio(a.FirstTokenSeconds, float64(a.Answered)) * float64(time.Second))
 }
 
 // TokensPerSecond is the completion tokens per second of generation (0 when none were counted).
@@ -269,19 +288,30 @@ func (g *GPUTime) Minutes() float64 {
 }
 
 // AnnotationRollback on a Workspace resource asks for a rollback: "N" serves generation N's
-// pushed adapter again, "0" the one before the generation serving; anything after an "@" only
-// makes a request differ from the last one ("2@1733040000"), so the same generation can be asked
-// for again. The controller acts on each value once.
+// pushed adapter again, "0" the one before the generation serving, "N:STEP" generation N's
+// checkpoint at STEP; anything after an "@" only makes a request differ from the last one
+// ("2@1733040000"), so the same generation can be asked for again. The controller acts on each
+// value once.
 const AnnotationRollback = "kaitoflow.io/rollback"
 
-// ParseRollback reads an AnnotationRollback value: the generation asked for (0: the previous).
-func ParseRollback(v string) (int64, error) {
+// ParseRollback reads an AnnotationRollback value: the generation asked for (0: the previous) and
+// the step of its checkpoint (0: its final adapter).
+func ParseRollback(v string) (int64, int, error) {
 	n, _, _ := strings.Cut(v, "@")
-	gen, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
-	if err != nil || gen < 0 {
-		return 0, fmt.Errorf("%s %q: want a generation number, optionally followed by @ and anything", AnnotationRollback, v)
+	g, step, hasStep := strings.Cut(strings.TrimSpace(n), ":")
+	gen, err := strconv.ParseInt(g, 10, 64)
+	checkpoint := 0
+	if err == nil && hasStep {
+		checkpoint, err = strconv.Atoi(step)
+		if err == nil && (checkpoint < 1 || gen < 1) {
+			err = errors.New("a checkpoint's step and generation are positive")
+		}
 	}
-	return gen, nil
+	if err != nil || gen < 0 {
+		return 0, 0, fmt.Errorf("%s %q: want a generation number (N, or N:STEP for its checkpoint at STEP), optionally followed by @ and anything",
+			AnnotationRollback, v)
+	}
+	return gen, checkpoint, nil
 }
 
 // InstanceType returns the requested SKU, or "" when the fit check is to choose one (the cheapest

@@ -511,24 +511,37 @@ func (g *globals) selectAdapter(ctx context.Context, cluster clusterFlags, name 
 
 func newPromote(g *globals) *cobra.Command {
 	var generation int64
+	var checkpoint int
 	var cluster clusterFlags
 	cmd := &cobra.Command{
-		Use:   "promote NAME --generation N",
-		Short: "Serve a generation's adapter that the promotion policy held (or any earlier one), live, through the rollback path",
+		Use:   "promote NAME --generation N [--checkpoint STEP]",
+		Short: "Serve a generation's adapter that the promotion policy held (or any earlier one, or a checkpoint), live, through the rollback path",
 		Long: `Serve generation N's adapter: one the workspace's promotion policy (kaitoflow.io/promotion) held,
-or an earlier one. It is loaded live into the running replicas, as a rollback is, and answers once
-loaded; ` + "`kaitoflow adapters NAME`" + ` lists the generations, their scores and states. With
---kubeconfig/--context it annotates the Workspace resource (kaitoflow.io/rollback).`,
+or an earlier one; with --checkpoint, the checkpoint its run saved at that step (published as an
+adapter image of its own when the run finished). It is loaded live into the running replicas, as a
+rollback is, and answers once loaded; ` + "`kaitoflow adapters NAME`" + ` lists the generations and their
+checkpoints, their scores and states. With --kubeconfig/--context it annotates the Workspace resource
+(kaitoflow.io/rollback).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if generation < 1 {
 				return errors.New("--generation is required")
 			}
-			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, workspaceSource.Promote,
-				fmt.Sprintf("promotion of generation %d requested", generation), "`kaitoflow adapters %s` shows when it serves")
+			if checkpoint < 0 {
+				return fmt.Errorf("--checkpoint %d: want a step", checkpoint)
+			}
+			what := fmt.Sprintf("promotion of generation %d requested", generation)
+			if checkpoint > 0 {
+				what = fmt.Sprintf("generation %d's checkpoint at step %d requested", generation, checkpoint)
+			}
+			promote := func(src workspaceSource, ctx context.Context, name string, gen int64) (*status.Workspace, error) {
+				return src.Promote(ctx, name, gen, checkpoint)
+			}
+			return g.selectAdapter(cmd.Context(), cluster, args[0], generation, promote, what, "`kaitoflow adapters %s` shows when it serves")
 		},
 	}
 	cmd.Flags().Int64Var(&generation, "generation", 0, "the generation whose adapter to serve (required)")
+	cmd.Flags().IntVar(&checkpoint, "checkpoint", 0, "serve the generation's checkpoint at this step, not its final adapter (adapters lists them)")
 	cluster.register(cmd.Flags())
 	return cmd
 }
@@ -598,6 +611,23 @@ func printAdapters(out io.Writer, w *status.Workspace) error {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, state, short(p.Digest),
 			short(strings.Join(p.Datasets, ",")), score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss),
 			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), liveSummary(p.Live), pushed, why)
+		// Its servable checkpoints, newest first, under it: "3:400" is what promote --checkpoint takes.
+		for j := len(p.Checkpoints) - 1; j >= 0; j-- {
+			c := p.Checkpoints[j]
+			state, loss := "checkpoint", "-"
+			if w.Live == p.Generation && w.LiveCheckpoint == c.Step {
+				state = status.AdapterServing
+			}
+			if c.EvalLoss != nil {
+				loss = strconv.FormatFloat(*c.EvalLoss, 'g', 4, 64)
+			}
+			digest := c.Image
+			if _, d, ok := strings.Cut(c.Image, "@"); ok {
+				digest = d
+			}
+			fmt.Fprintf(tw, "%d:%d\t%s\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\tpromote --generation %d --checkpoint %d\n", p.Generation, c.Step, state,
+				short(digest), loss, p.Generation, c.Step)
+		}
 	}
 	return tw.Flush()
 }

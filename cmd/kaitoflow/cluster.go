@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +34,7 @@ type workspaceSource interface {
 	Delete(ctx context.Context, name string) error
 	Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error
 	Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error)
-	Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error)
+	Promote(ctx context.Context, name string, generation int64, checkpoint int) (*status.Workspace, error)
 }
 
 // clusterFlags are kubectl's: with either, a command reads the cluster's Workspace resources
@@ -134,8 +135,13 @@ func (c *clusterWorkspaces) Get(ctx context.Context, name string) (*status.Works
 // Rollback annotates the resource with kaitoflow.io/rollback: the controller asks serve to serve
 // that generation's adapter (0: the one before the serving one) and records what it did as an Event.
 func (c *clusterWorkspaces) Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
+	return c.annotateRollback(ctx, name, strconv.FormatInt(generation, 10))
+}
+
+// annotateRollback sets kaitoflow.io/rollback to what (kaito.ParseRollback's forms).
+func (c *clusterWorkspaces) annotateRollback(ctx context.Context, name, what string) (*status.Workspace, error) {
 	// The time makes each request a new value, so asking for the same generation again acts again.
-	value := fmt.Sprintf("%d@%d", generation, time.Now().Unix())
+	value := fmt.Sprintf("%s@%d", what, time.Now().Unix())
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{kaito.AnnotationRollback: value}}})
 	if err != nil {
 		return nil, err
@@ -150,10 +156,14 @@ func (c *clusterWorkspaces) Rollback(ctx context.Context, name string, generatio
 	return c.Get(ctx, name)
 }
 
-// Promote is Rollback to the generation given: in a cluster the controller serves a held adapter
-// through the same annotation.
-func (c *clusterWorkspaces) Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
-	return c.Rollback(ctx, name, generation)
+// Promote is Rollback to the generation given (or its checkpoint at a step): in a cluster the
+// controller serves a held adapter through the same annotation.
+func (c *clusterWorkspaces) Promote(ctx context.Context, name string, generation int64, checkpoint int) (*status.Workspace, error) {
+	what := strconv.FormatInt(generation, 10)
+	if checkpoint > 0 {
+		what += ":" + strconv.Itoa(checkpoint)
+	}
+	return c.annotateRollback(ctx, name, what)
 }
 
 func (c *clusterWorkspaces) Delete(ctx context.Context, name string) error {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,6 +53,9 @@ type AdapterSet struct {
 	// Canaries split a route's requests with a candidate adapter (a canary promotion), by public
 	// name.
 	Canaries map[string]Canary `json:"canaries,omitempty"`
+	// Checkpoints records, for a route that serves a checkpoint of its generation's run rather
+	// than its final adapter, the checkpoint's step.
+	Checkpoints map[string]int `json:"checkpoints,omitempty"`
 }
 
 // AdapterSpec is one adapter of a set.
@@ -107,6 +112,9 @@ type ReplicaAdapters struct {
 	// Pending is the version being applied, and Error why it has not been (kept until it is).
 	Pending int64  `json:"pending,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// Instance names this chat-proxy process: numbers reported under another instance of the
+	// same replica are an earlier process's, kept apart.
+	Instance string `json:"instance,omitempty"`
 	// Canaries are the applied set's, and Live what this replica measured of each since it
 	// loaded it, by public name.
 	Canaries map[string]Canary           `json:"canaries,omitempty"`
@@ -160,10 +168,14 @@ type AdapterManager struct {
 	// live are the applied set's canaries, measured (canary.go).
 	live map[string]*liveCanary
 
-	// fb guards the answers kept for feedback: by id, and in the order they came.
-	fb      sync.Mutex
-	answers map[string]*trial
-	order   []string
+	// fb guards the answer ids judged here: a set, and the order they came.
+	fb          sync.Mutex
+	judged      map[string]bool
+	judgedOrder []string
+	// instance tells this process apart from an earlier one of the same replica (a restarted
+	// container), whose numbers started again from zero.
+	instanceOnce sync.Once
+	instance     string
 }
 
 // failThreshold is how many attempts at a set fail before the replica reports it failed.
@@ -226,9 +238,19 @@ func (m *AdapterManager) Status(ctx context.Context) ReplicaAdapters {
 	}
 	m.mu.RUnlock()
 	slices.Sort(st.Loaded)
-	st.Live = m.Live()
+	st.Live, st.Instance = m.Live(), m.Instance()
 	st.ModelReady = m.healthy(ctx) == nil
 	return st
+}
+
+// Instance is this process's random name (ReplicaAdapters.Instance).
+func (m *AdapterManager) Instance() string {
+	m.instanceOnce.Do(func() {
+		b := make([]byte, 6)
+		_, _ = rand.Read(b)
+		m.instance = hex.EncodeToString(b)
+	})
+	return m.instance
 }
 
 // Applied is the version of the newest set fully applied (0: none yet).

@@ -2,16 +2,21 @@ package chatproxy
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"maps"
 	mrand "math/rand/v2"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,8 +48,8 @@ const HeaderCaller = "Kaitoflow-Caller"
 // HeaderResponseID carries the id of an answer a canary split, for POST /feedback.
 const HeaderResponseID = "Kaitoflow-Response-Id"
 
-// maxRemembered bounds the answers kept for feedback per replica (a ring: the oldest go first).
-const maxRemembered = 1 << 16
+// maxJudged bounds the answer ids a replica remembers were judged (a ring: the oldest go first).
+const maxJudged = 1 << 16
 
 // maxMeasuredBody bounds how much of an answer that is not streamed is kept to read its usage;
 // a longer one is measured without its tokens.
@@ -66,6 +71,11 @@ func (s AdapterSet) EndCanary(public string, promote bool) AdapterSet {
 	}
 	if promote {
 		out.Routes[public], out.Generations[public] = c.Adapter, c.Generation
+		out.Checkpoints = maps.Clone(s.Checkpoints)
+		delete(out.Checkpoints, public) // a candidate is a run's final adapter
+		if len(out.Checkpoints) == 0 {
+			out.Checkpoints = nil
+		}
 	}
 	used := map[string]bool{}
 	for _, a := range out.Routes {
@@ -103,32 +113,42 @@ type liveCanary struct {
 	live   kaito.CanaryLive
 }
 
+// arm is the numbers of the stable adapter's or the candidate's answers; called with c.mu held.
+func (c *liveCanary) arm(canary bool) *kaito.CanaryArm {
+	if canary {
+		return &c.live.Canary
+	}
+	return &c.live.Stable
+}
+
 // trial is one request a canary split: which adapter answered it, to be measured when it is done.
 type trial struct {
 	c      *liveCanary
 	canary bool
-	id     string
 	start  time.Time
-	rated  bool // guarded by the manager's fb
 }
 
 // done records the request's outcome: its status (0: no answer from the model server), the time
-// to its first byte and to its end, and its completion tokens (-1: unknown).
-func (t *trial) done(status int, first, total time.Duration, tokens int64) {
-	if t == nil {
+// to its first byte and to its end, and its completion tokens (-1: unknown). A request its caller
+// gave up on (cancelled) says nothing of the adapter and is not counted. An error is a 5xx, no
+// answer, or a 404 (the model server does not have the adapter the route names); only 2xx answers
+// count for latency and tokens (a 400 for a bad request says nothing of either adapter).
+func (t *trial) done(status int, first, total time.Duration, tokens int64, cancelled bool) {
+	if t == nil || cancelled {
 		return
 	}
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
-	arm := &t.c.live.Stable
-	if t.canary {
-		arm = &t.c.live.Canary
-	}
+	arm := t.c.arm(t.canary)
 	arm.Requests++
-	if status == 0 || status >= http.StatusInternalServerError {
+	switch {
+	case status == 0 || status == http.StatusNotFound || status >= http.StatusInternalServerError:
 		arm.Errors++
 		return
+	case status < 200 || status > 299:
+		return
 	}
+	arm.Answered++
 	arm.FirstTokenSeconds += first.Seconds()
 	if tokens >= 0 && total > 0 {
 		arm.Tokens += tokens
@@ -149,28 +169,42 @@ func (m *AdapterManager) pick(model, caller string) (string, *trial) {
 	if c == nil {
 		return target, nil
 	}
-	t := &trial{c: c, start: time.Now(), id: responseID()}
-	if inShare(caller, c.canary.Share) {
+	t := &trial{c: c, start: time.Now()}
+	if inShare(caller, c.canary) {
 		t.canary, target = true, c.canary.Adapter
 	}
 	return target, t
 }
 
-// inShare decides whether a request is the canary's: by the caller's hash where one is named (the
-// same answer on every replica), else at random.
-func inShare(caller string, share int) bool {
+// inShare decides whether a request is the canary's: by a hash of the caller with the canary
+// (the same answer on every replica, and not the same callers in every canary) where one is
+// named, else at random.
+func inShare(caller string, c Canary) bool {
 	if caller == "" {
-		return mrand.IntN(100) < share //nolint:gosec // a traffic split, not a secret
+		return mrand.IntN(100) < c.Share //nolint:gosec // a traffic split, not a secret
 	}
 	h := fnv.New64a()
-	_, _ = h.Write([]byte(caller))
-	return int(h.Sum64()%100) < share
+	_, _ = fmt.Fprintf(h, "%s\x00%s\x00%d", caller, c.Adapter, c.Start.UnixNano())
+	return int(h.Sum64()%100) < c.Share
 }
 
-func responseID() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+// Same reports whether two canaries are the same one (the same candidate and start), whatever
+// their times' representation.
+func (c Canary) Same(o Canary) bool {
+	return c.Adapter == o.Adapter && c.Generation == o.Generation && c.Share == o.Share && c.Start.Equal(o.Start) && c.Ends.Equal(o.Ends)
+}
+
+// LiveOf is what this replica measured of canary c of public, if c is the canary it runs there.
+func (m *AdapterManager) LiveOf(public string, c Canary) (kaito.CanaryLive, bool) {
+	m.mu.RLock()
+	l := m.live[public]
+	m.mu.RUnlock()
+	if l == nil || !l.canary.Same(c) {
+		return kaito.CanaryLive{}, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.live, true
 }
 
 // syncLive keeps the measurements of canaries set still runs and starts those of new ones;
@@ -178,7 +212,7 @@ func responseID() string {
 func (m *AdapterManager) syncLive(set AdapterSet) {
 	live := map[string]*liveCanary{}
 	for public, c := range set.Canaries {
-		if have := m.live[public]; have != nil && have.canary == c {
+		if have := m.live[public]; have != nil && have.canary.Same(c) {
 			live[public] = have
 			continue
 		}
@@ -187,55 +221,112 @@ func (m *AdapterManager) syncLive(set AdapterSet) {
 	m.live = live
 }
 
-// remember keeps t's answer for feedback, the oldest going once maxRemembered are kept.
-func (m *AdapterManager) remember(t *trial) {
-	m.fb.Lock()
-	defer m.fb.Unlock()
-	if m.answers == nil {
-		m.answers = map[string]*trial{}
-	}
-	if len(m.order) >= maxRemembered {
-		delete(m.answers, m.order[0])
-		m.order = m.order[1:]
-	}
-	m.answers[t.id] = t
-	m.order = append(m.order, t.id)
-}
-
 // Feedback errors.
 var (
-	ErrUnknownResponse = errors.New("no answer with that id: ids are given to answers a canary split, and kept for the latest 65536")
+	ErrUnknownResponse = errors.New("not an answer id this service gave")
+	ErrCanaryEnded     = errors.New("the canary that answer was part of has ended")
 	ErrAlreadyRated    = errors.New("that answer has feedback already")
 )
 
-// Feedback counts a user's judgement of an answer (up: good) for the adapter that gave it. An
-// answer is judged once.
-func (m *AdapterManager) Feedback(id string, up bool) error {
-	m.fb.Lock()
-	t, ok := m.answers[id]
-	rated := ok && t.rated
-	if ok {
-		t.rated = true
+// answerID is what a response id says: the canary it was part of, which adapter gave it, and a
+// random nonce that makes it unique. It is signed (responseIDs), so any replica of the service can
+// count feedback on it, and nobody can make one up.
+type answerID struct {
+	generation int64
+	start      int64 // the canary's start, Unix nanoseconds
+	canary     bool
+	nonce      string
+}
+
+func (a answerID) payload() string {
+	arm := "s"
+	if a.canary {
+		arm = "c"
 	}
-	m.fb.Unlock()
-	switch {
-	case !ok:
-		return ErrUnknownResponse
-	case rated:
+	return fmt.Sprintf("%d.%d.%s.%s", a.generation, a.start, arm, a.nonce)
+}
+
+// responseIDs signs and checks answer ids with key: the service's replicas share it (the adapter
+// set's admin token), so an id one replica gave is good on any.
+type responseIDs struct{ key []byte }
+
+func (r responseIDs) mac(payload string) string {
+	h := hmac.New(sha256.New, r.key)
+	_, _ = io.WriteString(h, payload)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// mint is the id of t's answer.
+func (r responseIDs) mint(t *trial) string {
+	n := make([]byte, 12)
+	_, _ = rand.Read(n)
+	a := answerID{generation: t.c.canary.Generation, start: t.c.canary.Start.UnixNano(), canary: t.canary, nonce: hex.EncodeToString(n)}
+	return a.payload() + "." + r.mac(a.payload())
+}
+
+// parse checks id's signature and reads it.
+func (r responseIDs) parse(id string) (answerID, error) {
+	parts := strings.Split(id, ".")
+	if len(parts) != 5 || len(id) > 200 {
+		return answerID{}, ErrUnknownResponse
+	}
+	payload := strings.Join(parts[:4], ".")
+	if !hmac.Equal([]byte(parts[4]), []byte(r.mac(payload))) {
+		return answerID{}, ErrUnknownResponse
+	}
+	gen, err1 := strconv.ParseInt(parts[0], 10, 64)
+	start, err2 := strconv.ParseInt(parts[1], 10, 64)
+	if err1 != nil || err2 != nil || (parts[2] != "c" && parts[2] != "s") {
+		return answerID{}, ErrUnknownResponse
+	}
+	return answerID{generation: gen, start: start, canary: parts[2] == "c", nonce: parts[3]}, nil
+}
+
+// Feedback counts a user's judgement of an answer (up: good) for the adapter that gave it, in the
+// canary it was part of: ErrCanaryEnded when that canary no longer runs here. An answer is judged
+// once per replica (this replica remembers the latest maxJudged it counted).
+func (m *AdapterManager) Feedback(a answerID, up bool) error {
+	m.mu.RLock()
+	var c *liveCanary
+	for _, l := range m.live {
+		if l.canary.Generation == a.generation && l.canary.Start.UnixNano() == a.start {
+			c = l
+		}
+	}
+	m.mu.RUnlock()
+	if c == nil {
+		return ErrCanaryEnded
+	}
+	if !m.judge(a.payload()) {
 		return ErrAlreadyRated
 	}
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	arm := &t.c.live.Stable
-	if t.canary {
-		arm = &t.c.live.Canary
-	}
-	if up {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if arm := c.arm(a.canary); up {
 		arm.Up++
 	} else {
 		arm.Down++
 	}
 	return nil
+}
+
+// judge notes that id was judged, false when it was already; the oldest are forgotten first.
+func (m *AdapterManager) judge(id string) bool {
+	m.fb.Lock()
+	defer m.fb.Unlock()
+	if m.judged[id] {
+		return false
+	}
+	if m.judged == nil {
+		m.judged = map[string]bool{}
+	}
+	if len(m.judgedOrder) >= maxJudged {
+		delete(m.judged, m.judgedOrder[0])
+		m.judgedOrder = m.judgedOrder[1:]
+	}
+	m.judged[id] = true
+	m.judgedOrder = append(m.judgedOrder, id)
+	return true
 }
 
 // Live is what this replica measured of each canary it runs, by public name.
@@ -296,14 +387,14 @@ func (w *measured) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController flush the writer underneath.
 func (w *measured) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// finish records the answer on t.
-func (w *measured) finish(t *trial) {
+// finish records the answer on t; cancelled: the caller gave up on it.
+func (w *measured) finish(t *trial, cancelled bool) {
 	end := time.Now()
 	first := end
 	if !w.first.IsZero() {
 		first = w.first
 	}
-	t.done(w.status, first.Sub(t.start), end.Sub(t.start), w.tokens())
+	t.done(w.status, first.Sub(t.start), end.Sub(t.start), w.tokens(), cancelled)
 }
 
 // tokens are the answer's completion tokens, -1 when unknown.
@@ -339,8 +430,8 @@ type feedbackRequest struct {
 // maxFeedback bounds POST /feedback's body.
 const maxFeedback = 4 << 10
 
-// feedback answers POST /feedback. Whoever may chat may give feedback; an id is unguessable, so
-// only the caller an answer went to can judge it.
+// feedback answers POST /feedback. Whoever may chat may give feedback; an id is signed with the
+// service's key, so only the caller an answer went to can judge it, on any replica.
 func (p *Proxy) feedback(w http.ResponseWriter, r *http.Request) {
 	if p.Adapters == nil {
 		Problem(w, http.StatusNotFound, "this replica has no adapter set (--adapter-set): no answers to judge")
@@ -357,12 +448,36 @@ func (p *Proxy) feedback(w http.ResponseWriter, r *http.Request) {
 		Problem(w, http.StatusBadRequest, fmt.Sprintf("rating: %q, want up or down", in.Rating))
 		return
 	}
-	switch err := p.Adapters.Feedback(in.ID, in.Rating == "up"); {
+	a, err := p.responseIDs().parse(in.ID)
+	if err == nil {
+		err = p.Adapters.Feedback(a, in.Rating == "up")
+	}
+	switch {
 	case errors.Is(err, ErrUnknownResponse):
 		Problem(w, http.StatusNotFound, "id: "+err.Error())
+	case errors.Is(err, ErrCanaryEnded):
+		Problem(w, http.StatusGone, "id: "+err.Error())
 	case errors.Is(err, ErrAlreadyRated):
 		Problem(w, http.StatusConflict, "id: "+err.Error())
 	default:
 		w.WriteHeader(http.StatusNoContent)
 	}
+}
+
+// responseIDs signs answer ids with FeedbackKey, else the admin token (which the service's
+// replicas share), else a key of this process's own.
+func (p *Proxy) responseIDs() responseIDs {
+	if len(p.FeedbackKey) > 0 {
+		return responseIDs{key: p.FeedbackKey}
+	}
+	if p.AdminTokenFile != "" {
+		if b, err := os.ReadFile(p.AdminTokenFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return responseIDs{key: bytes.TrimSpace(b)}
+		}
+	}
+	p.keyOnce.Do(func() {
+		p.ownKey = make([]byte, 32)
+		_, _ = rand.Read(p.ownKey)
+	})
+	return responseIDs{key: p.ownKey}
 }

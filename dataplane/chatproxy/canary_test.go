@@ -63,8 +63,20 @@ func TestCanarySplitsMeasuresAndTakesFeedback(t *testing.T) {
 	up := httptest.NewServer(rt.Handler())
 	t.Cleanup(up.Close)
 	u, _ := url.Parse(up.URL)
-	srv := httptest.NewServer((&Proxy{Upstream: u, Adapters: m}).Handler())
+	key := []byte("the service's key")
+	srv := httptest.NewServer((&Proxy{Upstream: u, Adapters: m, FeedbackKey: key}).Handler())
 	t.Cleanup(srv.Close)
+	// Another replica of the same service (the same set, the same key): feedback on an answer
+	// counts wherever it lands.
+	other := newManager(t, &vllmsim.Server{Base: "phi-3"})
+	if err := other.Apply(ctx, canarySet(1, v1, v2, 30)); err != nil {
+		t.Fatal(err)
+	}
+	otherSrv := httptest.NewServer((&Proxy{Upstream: u, Adapters: other, FeedbackKey: key}).Handler())
+	t.Cleanup(otherSrv.Close)
+	// A replica of another service (another key) knows none of these answers.
+	strangerSrv := httptest.NewServer((&Proxy{Upstream: u, Adapters: other, FeedbackKey: []byte("another key")}).Handler())
+	t.Cleanup(strangerSrv.Close)
 	stable, candidate := loraName("ws", v1), loraName("ws", v2)
 
 	// Without a caller, each request is split at random: 30% within a tolerance of 10 points
@@ -105,7 +117,7 @@ func TestCanarySplitsMeasuresAndTakesFeedback(t *testing.T) {
 	}
 
 	// Feedback counts once per answer, for the adapter that gave it.
-	feedback := func(body string) int {
+	feedbackTo := func(srv *httptest.Server, body string) int {
 		resp, err := srv.Client().Post(srv.URL+"/feedback", "application/json", strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
@@ -113,11 +125,13 @@ func TestCanarySplitsMeasuresAndTakesFeedback(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+	feedback := func(body string) int { return feedbackTo(srv, body) }
 	for _, tc := range []struct {
 		body string
 		want int
 	}{
 		{`{"id":"` + canaryID + `","rating":"down"}`, http.StatusNoContent},
+		{`{"id":"` + strings.Replace(canaryID, ".c.", ".s.", 1) + `","rating":"up"}`, http.StatusNotFound}, // the arm changed: the signature fails
 		{`{"id":"` + canaryID + `","rating":"up"}`, http.StatusConflict},
 		{`{"id":"` + stableID + `","rating":"up"}`, http.StatusNoContent},
 		{`{"id":"00","rating":"up"}`, http.StatusNotFound},
@@ -128,6 +142,18 @@ func TestCanarySplitsMeasuresAndTakesFeedback(t *testing.T) {
 		if got := feedback(tc.body); got != tc.want {
 			t.Errorf("feedback %.60q: %d, want %d", tc.body, got, tc.want)
 		}
+	}
+
+	// On the other replica of the service, the same answer is judged once there; a stranger
+	// does not know it.
+	if got := feedbackTo(otherSrv, `{"id":"`+canaryID+`","rating":"down"}`); got != http.StatusNoContent {
+		t.Errorf("feedback on another replica: %d", got)
+	}
+	if got := feedbackTo(strangerSrv, `{"id":"`+canaryID+`","rating":"down"}`); got != http.StatusNotFound {
+		t.Errorf("feedback on another service's replica: %d", got)
+	}
+	if o := other.Live()["ws"]; o.Canary.Down != 1 {
+		t.Errorf("the other replica counted %+v", o)
 	}
 
 	live := m.Live()["ws"]
@@ -180,6 +206,10 @@ func TestCanarySplitsMeasuresAndTakesFeedback(t *testing.T) {
 	}
 	if by, id := ask(t, srv, "", false); by != candidate || id != "" || m.Live() != nil {
 		t.Errorf("after promotion: answered by %s (id %q), live %v", by, id, m.Live())
+	}
+	// Feedback on an answer of the ended canary: gone.
+	if got := feedback(`{"id":"` + stableID + `","rating":"down"}`); got != http.StatusGone {
+		t.Errorf("feedback after the canary ended: %d, want 410", got)
 	}
 }
 

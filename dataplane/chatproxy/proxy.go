@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -45,6 +46,13 @@ type Proxy struct {
 	// Read at every request, so a token that arrives or changes later counts; while the file cannot
 	// be read, every admin request is refused.
 	AdminTokenFile string
+	// FeedbackKey signs the ids of answers a canary split, so any replica can count feedback on
+	// them: every replica of a service needs the same. Empty: the admin token, else a key of this
+	// process's own (feedback then counts only where the answer came from).
+	FeedbackKey []byte
+
+	keyOnce sync.Once
+	ownKey  []byte
 }
 
 // Handler returns the proxy's routes.
@@ -202,11 +210,10 @@ func (p *Proxy) routed(next http.Handler, maxBody int64) http.Handler {
 		}
 		// A canary splits this name: the answer is measured for its adapter, and gets an id the
 		// caller can send feedback on.
-		p.Adapters.remember(t)
-		w.Header().Set(HeaderResponseID, t.id)
+		w.Header().Set(HeaderResponseID, p.responseIDs().mint(t))
 		mw := &measured{ResponseWriter: w}
 		next.ServeHTTP(mw, r)
-		mw.finish(t)
+		mw.finish(t, r.Context().Err() != nil)
 	})
 }
 
@@ -248,13 +255,12 @@ func (p *Proxy) chat(w http.ResponseWriter, r *http.Request, client *http.Client
 		return
 	}
 	if t != nil {
-		p.Adapters.remember(t)
-		w.Header().Set(HeaderResponseID, t.id)
+		w.Header().Set(HeaderResponseID, p.responseIDs().mint(t))
 	}
 	start := time.Now()
 	content, tokens, status, msg := p.complete(r.Context(), client, out)
 	// Not streamed: the whole answer's time is its time to first token too.
-	t.done(status, time.Since(start), time.Since(start), tokens)
+	t.done(status, time.Since(start), time.Since(start), tokens, r.Context().Err() != nil)
 	if status != http.StatusOK {
 		Problem(w, cmp.Or(status, http.StatusBadGateway), msg)
 		return

@@ -57,8 +57,19 @@ func workspaceTags(tag string) string {
 	return tag
 }
 
-// AnnotationCheckpointStep on a checkpoint's manifest is its training step.
-const AnnotationCheckpointStep = "kaitoflow.io/checkpoint-step"
+// AnnotationCheckpointStep on a checkpoint's manifest is its training step, and
+// AnnotationCheckpointEvalLoss its eval_loss on the held-out rows (when the trainer evaluated it).
+const (
+	AnnotationCheckpointStep     = "kaitoflow.io/checkpoint-step"
+	AnnotationCheckpointEvalLoss = "kaitoflow.io/checkpoint-eval-loss"
+)
+
+// GenerationCheckpoints is the tag prefix every checkpoint of a workspace generation's runs
+// shares, whatever their plan: what publish looks for to make them servable.
+func GenerationCheckpoints(namespace, name string, generation int64) string {
+	tag := CheckpointTag(namespace, name, generation, "")
+	return tag[:strings.LastIndex(tag, "-p")+1]
+}
 
 // checkpoints keeps a run's checkpoints outside its node: each one the trainer announces is
 // uploaded to the output repository as an image tagged CheckpointTag-s<step>, one at a time and
@@ -90,6 +101,9 @@ func newCheckpoints(ctx context.Context, c Config, resumed int, log *slog.Logger
 type checkpointLine struct {
 	Step int    `json:"step"`
 	Path string `json:"path"`
+	// EvalLoss is the checkpoint's eval_loss on the held-out rows, when the trainer evaluated
+	// it before saving.
+	EvalLoss *float64 `json:"eval_loss,omitempty"`
 }
 
 func (c Config) checkpointRepo() (name.Repository, bool, error) {
@@ -167,7 +181,11 @@ func (k *checkpoints) store(ctx context.Context, cl checkpointLine) error {
 	if err != nil {
 		return err
 	}
-	img, err := adapter.BuildImage(cl.Path, files, time.Now(), map[string]string{AnnotationCheckpointStep: strconv.Itoa(cl.Step)})
+	annotations := map[string]string{AnnotationCheckpointStep: strconv.Itoa(cl.Step)}
+	if cl.EvalLoss != nil {
+		annotations[AnnotationCheckpointEvalLoss] = strconv.FormatFloat(*cl.EvalLoss, 'g', -1, 64)
+	}
+	img, err := adapter.BuildImage(cl.Path, files, time.Now(), annotations)
 	if err != nil {
 		return err
 	}

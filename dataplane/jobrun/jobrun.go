@@ -217,11 +217,12 @@ func (c Config) trainerCommand(ctx context.Context, log *slog.Logger) (command [
 	return command, resumed, cleanup, nil
 }
 
-// deleteCheckpoints deletes the run's checkpoints once the adapter is stored: they have served
-// their purpose.
+// deleteCheckpoints deletes what the run no longer needs once the adapter is stored: every other
+// run's checkpoints, and, on an output volume, its own. In a registry the run's newest ones stay
+// for publish, which makes each a servable adapter image and deletes the checkpoint.
 func (c Config) deleteCheckpoints(ctx context.Context, log *slog.Logger) {
 	if repo, ok, _ := c.checkpointRepo(); ok {
-		if _, err := c.pruneCheckpoints(ctx, repo, 0, true); err != nil {
+		if _, err := c.pruneCheckpoints(ctx, repo, c.keep(), true); err != nil {
 			log.Warn("job-run: checkpoints not deleted after the run", "err", err)
 		}
 	} else if c.CheckpointTag != "" {

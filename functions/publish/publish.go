@@ -198,11 +198,15 @@ func (f *Function) tuningCompleted(ctx context.Context, ref events.Ref, ev cloud
 	if err != nil {
 		return nil, classify(fmt.Errorf("push provenance of %s: %w", target, err))
 	}
+	checkpoints, err := servableCheckpoints(ctx, target, ref, opts)
+	if err != nil {
+		return nil, classify(fmt.Errorf("publish the run's checkpoints: %w", err))
+	}
 	return runtime.Emit(events.New(Source, events.ImagePushed, events.ImagePushed, ref, events.ImagePushedData{
 		Workspace: d.Workspace, Nodes: d.Nodes, Image: target.String(),
 		Reference: target.Context().Digest(digest.String()).String(), Digest: digest.String(),
 		Tag: tag, Size: size, MediaType: string(mt), Provenance: provenance, Plan: d.Plan,
-		Metrics: d.Metrics, Datasets: d.Datasets, Compared: d.Compared,
+		Metrics: d.Metrics, Datasets: d.Datasets, Compared: d.Compared, Checkpoints: checkpoints,
 	}, &ev))
 }
 

@@ -40,6 +40,9 @@ func DesiredSet(d Deployment, version int64, place func(Adapter, *chatproxy.Adap
 		}
 		set.Adapters = append(set.Adapters, spec)
 		set.Routes[public], set.Generations[public] = spec.Name, d.ServingGeneration()
+		if d.Checkpoint > 0 && set.Default == public {
+			set.Checkpoints = map[string]int{public: d.Checkpoint}
+		}
 	}
 	if c := d.Canary; c != nil && set.Default != "" {
 		spec := adapterSpec(c.Adapter, c.Generation, place)

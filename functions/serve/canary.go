@@ -28,9 +28,10 @@ type CanaryAdapter struct {
 // running replicas (no new revision).
 type CanaryDeployer interface {
 	Canaries(ctx context.Context) ([]CanaryReport, error)
-	// EndCanary ends the canary of ref's generation; one that is no longer running (a newer
-	// generation, a rollback) is left as it is.
-	EndCanary(ctx context.Context, ref events.Ref, promote bool) error
+	// EndCanary ends the canary v is the verdict on, if it still runs, and keeps v with the set
+	// that ends it (Status.Verdict) until that set is reported served; false when the canary no
+	// longer runs (a newer generation, a rollback, another tick that ended it first).
+	EndCanary(ctx context.Context, v CanaryVerdict) (bool, error)
 }
 
 // CanaryReport is one running canary: the workspace generation whose candidate it is, the public
@@ -44,10 +45,30 @@ type CanaryReport struct {
 	Live      kaito.CanaryLive
 }
 
-// LiveTally is the newest numbers each replica reported of one canary, by replica: a replica's
-// numbers are its totals since it loaded the canary, so the newest replaces the last, and a replica
-// that scaled away still counts with what it last said.
+// CanaryVerdict is how a canary ended: written with the set that ends it, so that the decision is
+// never lost between ending the canary and saying so — observe announces it (adapter.promoted or
+// adapter.held) with the inference.ready of that set, and a tick that runs again finds the canary
+// ended and decides nothing twice.
+type CanaryVerdict struct {
+	CanaryReport
+	Promote bool   `json:"promote"`
+	Reason  string `json:"reason"`
+}
+
+// TallyKey names one canary of one public name, for a LiveTally: numbers of another canary (an
+// earlier one, a replica still on an older set) never count for this one.
+func TallyKey(public string, c chatproxy.Canary) string {
+	return fmt.Sprintf("%s/%d/%d", public, c.Generation, c.Start.UnixNano())
+}
+
+// LiveTally is the newest numbers each replica process reported of one canary, by replica and
+// process (ReplicaKey): a process's numbers are its totals since it loaded the canary, so the
+// newest replaces the last, and a replica that scaled away, or a process that restarted, still
+// counts with what it last said.
 type LiveTally map[string]kaito.CanaryLive
+
+// ReplicaKey names one chat-proxy process of a replica in a LiveTally.
+func ReplicaKey(replica, instance string) string { return replica + "/" + instance }
 
 // Total is every replica's numbers together.
 func (t LiveTally) Total() kaito.CanaryLive {
@@ -124,43 +145,45 @@ func armSummary(a kaito.CanaryArm) string {
 	return s
 }
 
-// judgeCanaries ends every canary whose window has passed at the tick's time: the candidate is
-// promoted or rolled back in the running replicas, and adapter.promoted or adapter.held says so
-// with the live numbers. A canary whose end fails is judged again at the next tick.
-func (f *Function) judgeCanaries(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
+// judgeCanaries ends every canary whose window has passed at the tick's time, with its verdict:
+// the candidate is promoted or rolled back in the running replicas, and observe announces the
+// decision (adapter.promoted or adapter.held, with the live numbers) once they serve the set that
+// ended it. A canary that cannot be ended now is judged again at the next tick.
+func (f *Function) judgeCanaries(ctx context.Context, ev cloudevents.Event) {
 	cd, ok := f.deployer.(CanaryDeployer)
 	if !ok {
-		return nil, nil
+		return
 	}
 	reports, err := cd.Canaries(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list canaries: %w", err)
+		f.log.WarnContext(ctx, "list canaries; judged at the next tick", "err", err)
 	}
 	now := ev.Time()
-	var out []cloudevents.Event
 	for _, r := range reports {
 		if now.Before(r.Canary.Ends) {
 			continue
 		}
 		promote, reason := JudgeCanary(r.Live)
-		if err := cd.EndCanary(ctx, r.Ref, promote); err != nil {
+		ended, err := cd.EndCanary(ctx, CanaryVerdict{CanaryReport: r, Promote: promote, Reason: reason})
+		switch {
+		case err != nil:
 			f.log.WarnContext(ctx, "end canary; judged again at the next tick", "workspace", r.Ref.String(), "err", err)
-			continue
+		case ended:
+			f.log.InfoContext(ctx, "canary judged", "workspace", r.Ref.String(), "promoted", promote, "reason", reason)
 		}
-		typ, step := events.AdapterHeld, "canary/held"
-		if promote {
-			typ, step = events.AdapterPromoted, "canary/promoted"
-		}
-		policy := kaito.Promotion{Policy: kaito.PromoteCanary, Share: r.Canary.Share, Window: r.Canary.Ends.Sub(r.Canary.Start)}
-		live := r.Live
-		e, err := events.New(Source, typ, step, r.Ref, events.AdapterGateData{Ref: r.Ref, Reference: r.Reference, Policy: policy.String(),
-			Compared: &events.ComparedAdapter{Generation: r.Stable}, Reason: reason, Live: &live,
-			Canary: &events.CanaryWindow{Share: r.Canary.Share, Start: r.Canary.Start, Ends: r.Canary.Ends}}, &ev)
-		if err != nil {
-			return out, err
-		}
-		f.log.InfoContext(ctx, "canary judged", "workspace", r.Ref.String(), "promoted", promote, "reason", reason)
-		out = append(out, e)
 	}
-	return out, nil
+}
+
+// decision is the event announcing v: adapter.promoted or adapter.held of the canary's generation,
+// its id the same however often it is announced.
+func decision(v *CanaryVerdict, cause *cloudevents.Event) (cloudevents.Event, error) {
+	typ, step := events.AdapterHeld, "canary/held"
+	if v.Promote {
+		typ, step = events.AdapterPromoted, "canary/promoted"
+	}
+	policy := kaito.Promotion{Policy: kaito.PromoteCanary, Share: v.Canary.Share, Window: v.Canary.Ends.Sub(v.Canary.Start)}
+	live := v.Live
+	return events.New(Source, typ, step, v.Ref, events.AdapterGateData{Ref: v.Ref, Reference: v.Reference, Policy: policy.String(),
+		Compared: &events.ComparedAdapter{Generation: v.Stable}, Reason: v.Reason, Live: &live,
+		Canary: &events.CanaryWindow{Share: v.Canary.Share, Start: v.Canary.Start, Ends: v.Canary.Ends}}, cause)
 }

@@ -12,7 +12,8 @@ func TestJudgeCanary(t *testing.T) {
 	// ttft seconds, and up/down feedback.
 	arm := func(n, errs int64, ttft float64, up, down int64) kaito.CanaryArm {
 		ok := float64(n - errs)
-		return kaito.CanaryArm{Requests: n, Errors: errs, FirstTokenSeconds: ttft * ok, Tokens: 20 * (n - errs), TokenSeconds: 0.4 * ok, Up: up, Down: down}
+		return kaito.CanaryArm{Requests: n, Errors: errs, Answered: n - errs, FirstTokenSeconds: ttft * ok, Tokens: 20 * (n - errs), TokenSeconds: 0.4 * ok,
+			Up: up, Down: down}
 	}
 	serving := arm(400, 2, 0.2, 40, 10)
 	for _, tc := range []struct {

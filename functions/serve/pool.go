@@ -14,6 +14,9 @@ type Member struct {
 	// Canary is the generation whose canary answers beside it, 0 when none does: selecting the
 	// serving generation again ends it, so is not a redelivery.
 	Canary int64
+	// Checkpoint is the step of the serving generation's checkpoint it serves (0: the final
+	// adapter): selecting another of the same generation is not a redelivery either.
+	Checkpoint int
 }
 
 // ServingGeneration is the generation whose adapters the member serves.
@@ -55,7 +58,8 @@ func AdmitService(d Deployment, svc Service) (bool, error) {
 	if m := svc.Member; m != nil {
 		switch {
 		case d.Serving == 0 && m.Generation >= d.Ref.Generation,
-			d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && m.ServingGeneration() == d.Serving && m.Canary == 0):
+			d.Serving != 0 && (m.Generation > d.Ref.Generation || m.Generation == d.Ref.Generation && m.ServingGeneration() == d.Serving && m.Canary == 0 &&
+				m.Checkpoint == d.Checkpoint):
 			return false, nil
 		}
 	}

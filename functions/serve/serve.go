@@ -66,6 +66,9 @@ type Deployment struct {
 	// Canary is a candidate answering a share of the requests next to Adapters' first (the
 	// adapter Held names) until its window ends: a canary policy's.
 	Canary *CanaryAdapter `json:"canary,omitempty"`
+	// Checkpoint is the step of the checkpoint of the serving generation's run that Adapters'
+	// first is (`kaitoflow promote --checkpoint`), 0 for the run's final adapter.
+	Checkpoint int `json:"checkpoint,omitempty"`
 }
 
 // ServingGeneration is the generation whose adapters d serves.
@@ -96,9 +99,14 @@ type Status struct {
 	// current adapter set.
 	Replicas, Serving int
 	// Version is the adapter set's version; ServingGeneration the generation its default
-	// adapter comes from.
+	// adapter comes from, ServingCheckpoint the step of that generation's checkpoint it is (0:
+	// the final adapter).
 	Version           int64
 	ServingGeneration int64
+	ServingCheckpoint int
+	// Verdict is how the canary the current set ended was judged, to announce with it; nil when
+	// the set ended none.
+	Verdict *CanaryVerdict
 }
 
 // ReasonAdapterLoad is a replica that could not pull, load or get an answer from an adapter; the
@@ -236,7 +244,10 @@ func (f *Function) adapterSelected(ctx context.Context, ref events.Ref, ev cloud
 		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: generation %d (reference %q) is not an earlier generation of %s",
 			in.Generation, in.Reference, ref)
 	}
-	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Serving: in.Generation,
+	if in.Checkpoint < 0 {
+		return nil, events.Permanentf(events.ReasonBadEvent, "adapter.selected: checkpoint %d is not a step", in.Checkpoint)
+	}
+	d := Deployment{Ref: ref, Service: ServiceName(ref), Workspace: in.Workspace, Serving: in.Generation, Checkpoint: in.Checkpoint,
 		Adapters: []Adapter{tunedAdapter(ref, in.Workspace, in.Reference)}}
 	return f.apply(ctx, ref, d, &ev)
 }
@@ -389,7 +400,17 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation {
 			data.ServingGeneration = st.ServingGeneration
 		}
+		data.ServingCheckpoint = st.ServingCheckpoint
 		e, err = events.New(Source, events.InferenceReady, step, ref, data, cause)
+		if err == nil && st.Verdict != nil {
+			// The canary's decision first: once inference.ready is stored (and acknowledged),
+			// the decision is too.
+			d, derr := decision(st.Verdict, cause)
+			if derr != nil {
+				return nil, derr
+			}
+			return []cloudevents.Event{d, e}, nil
+		}
 	case Failed:
 		if st.ServingGeneration != 0 && st.ServingGeneration != ref.Generation && st.Reason == ReasonAdapterLoad {
 			// A rollback whose adapter would not load: the adapter serving keeps answering and
@@ -416,12 +437,8 @@ func (f *Function) observe(ctx context.Context, ref events.Ref, cause *cloudeven
 // tick judges the canaries whose window has passed, and re-observes every unacknowledged service,
 // for changes whose watch event was lost (and a canary's end).
 func (f *Function) tick(ctx context.Context, ev cloudevents.Event) ([]cloudevents.Event, error) {
-	judged, err := f.judgeCanaries(ctx, ev)
-	if err != nil {
-		return judged, err
-	}
-	swept, err := runtime.Sweep(ctx, ev, f.log, "inference service", f.deployer.List, f.observe)
-	return append(judged, swept...), err
+	f.judgeCanaries(ctx, ev)
+	return runtime.Sweep(ctx, ev, f.log, "inference service", f.deployer.List, f.observe)
 }
 
 // Source says where the adapter comes from: its image, or its volume.

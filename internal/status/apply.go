@@ -25,9 +25,9 @@ func Apply(w *Workspace, ev cloudevents.Event) (bool, error) {
 	case ref.Generation < w.Generation:
 		return w.lateLive(ev, ref)
 	case ref.Generation > w.Generation || w.Name == "":
-		created, history, gpu, live, set := w.Created, w.History, w.GPU, w.Live, w.AdapterSet
+		created, history, gpu, live, ckpt, set := w.Created, w.History, w.GPU, w.Live, w.LiveCheckpoint, w.AdapterSet
 		*w = Workspace{Namespace: ref.Namespace, Name: ref.Name, Generation: ref.Generation, Phase: Pending, Created: created, History: history,
-			GPU: gpu, Live: live, AdapterSet: set}
+			GPU: gpu, Live: live, LiveCheckpoint: ckpt, AdapterSet: set}
 		if w.Created.IsZero() {
 			w.Created = ev.Time()
 		}
@@ -212,6 +212,9 @@ func (w *Workspace) imagePushed(d events.ImagePushedData, at time.Time, rec *Eve
 	if h.Scores == nil {
 		h.Scores = events.Scores(d.Metrics)
 	}
+	if h.Checkpoints == nil {
+		h.Checkpoints = d.Checkpoints
+	}
 	rec.Note = d.Reference
 	w.endStep(StepPublish, at)
 	w.startStep(StepServe, at)
@@ -231,12 +234,15 @@ func (w *Workspace) inferenceReady(d events.InferenceReadyData, at time.Time, re
 	if d.AdapterSet == 0 || d.AdapterSet >= w.AdapterSet {
 		w.Endpoint, w.Revision, w.Adapters = d.URL, d.Revision, d.Adapters
 		w.ServingGeneration, w.Replicas, w.AdapterSet = d.ServingGeneration, d.Replicas, d.AdapterSet
-		w.Live = cmp.Or(d.ServingGeneration, w.Generation)
+		w.Live, w.LiveCheckpoint = cmp.Or(d.ServingGeneration, w.Generation), d.ServingCheckpoint
 		w.clearHeld()
 	}
 	rec.Note = d.URL
 	if d.ServingGeneration != 0 {
 		rec.Note += fmt.Sprintf(" (serving generation %d)", d.ServingGeneration)
+	}
+	if d.ServingCheckpoint != 0 {
+		rec.Note += fmt.Sprintf(" (its checkpoint at step %d)", d.ServingCheckpoint)
 	}
 	w.endStep(StepServe, at)
 	w.advance(Ready)
@@ -318,7 +324,7 @@ func (w *Workspace) lateLive(ev cloudevents.Event, ref events.Ref) (bool, error)
 	if err := events.Data(ev, &d); err != nil || d.AdapterSet <= w.AdapterSet {
 		return false, err
 	}
-	w.AdapterSet, w.Live = d.AdapterSet, cmp.Or(d.ServingGeneration, ref.Generation)
+	w.AdapterSet, w.Live, w.LiveCheckpoint = d.AdapterSet, cmp.Or(d.ServingGeneration, ref.Generation), d.ServingCheckpoint
 	w.clearHeld()
 	return true, nil
 }

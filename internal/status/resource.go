@@ -13,7 +13,7 @@ func (w *Workspace) KaitoStatus() kaito.WorkspaceStatus {
 		Phase: string(w.Phase), Endpoint: w.Endpoint, Image: w.Image, Adapters: w.Adapters, State: w.State(),
 		TargetNodeCount:   int32(w.TargetNodeCount()),
 		ServingGeneration: w.ServingGeneration, Replicas: w.Replicas, GPU: w.GPU,
-		History: w.History, LiveGeneration: w.Live, Held: w.Held}
+		History: w.History, LiveGeneration: w.Live, LiveCheckpoint: w.LiveCheckpoint, Held: w.Held}
 	if len(w.Attempts) > 1 {
 		st.Attempts = w.Attempts
 	}

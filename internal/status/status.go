@@ -86,7 +86,9 @@ type Workspace struct {
 	// promotion policy kept this generation's adapter from serving.
 	History []PushedAdapter `json:"history,omitempty"`
 	Live    int64           `json:"liveGeneration,omitempty"`
-	Held    string          `json:"held,omitempty"`
+	// LiveCheckpoint is the step of Live's checkpoint that serves, 0 when its final adapter does.
+	LiveCheckpoint int    `json:"liveCheckpoint,omitempty"`
+	Held           string `json:"held,omitempty"`
 	// AdapterSet is the version of the adapter set last reported ready: an earlier report
 	// arriving late changes nothing.
 	AdapterSet int64 `json:"adapterSet,omitempty"`
@@ -126,7 +128,7 @@ const (
 // before, or pushed and replaced), or failed.
 func (w *Workspace) AdapterState(p PushedAdapter) string {
 	switch {
-	case p.Generation == w.Live && p.Image != "":
+	case p.Generation == w.Live && p.Image != "" && w.LiveCheckpoint == 0:
 		return AdapterServing
 	case p.Failed != "":
 		return AdapterFailed

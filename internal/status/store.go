@@ -110,15 +110,15 @@ func (s *Store) Admit(ctx context.Context, ws *kaito.Workspace) (rec *Workspace,
 			}
 			gen = ws.Generation
 		}
-		created, history, gpu, live := w.Created, w.History, w.GPU, w.Live
+		created, history, gpu, live, ckpt := w.Created, w.History, w.GPU, w.Live, w.LiveCheckpoint
 		if created.IsZero() || w.Phase == Deleted {
 			// A workspace made again after a deletion starts a new life: nothing to roll back to.
-			created, history, gpu, live = time.Now().UTC(), nil, nil, 0
+			created, history, gpu, live, ckpt = time.Now().UTC(), nil, nil, 0, 0
 		}
 		*w = Workspace{
 			Namespace: ref.Namespace, Name: ref.Name, Generation: gen, SpecHash: hash,
 			InstanceType: ws.InstanceType(), Preset: ws.PresetName(), Phase: Pending,
-			Manifest: ws, Created: created, Updated: time.Now().UTC(), History: history, GPU: gpu, Live: live,
+			Manifest: ws, Created: created, Updated: time.Now().UTC(), History: history, GPU: gpu, Live: live, LiveCheckpoint: ckpt,
 		}
 		if ws.Tuning != nil {
 			w.Method = ws.Tuning.Method

@@ -16,15 +16,21 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
 // LiveKey is the adapter set ConfigMap's key holding what the replicas reported of the set's
-// canaries (by public name, then replica: serve.LiveTally), kept so that a replica that scaled away
-// still counts at the window's end. A new set drops it: its canary starts afresh.
-const LiveKey = "canary-live"
+// canaries (by serve.TallyKey, then replica process: serve.LiveTally), kept so that a replica that
+// scaled away still counts at the window's end; VerdictKey holds how the canary the set ended was
+// judged (serve.CanaryVerdict), until it is announced. A new set drops both.
+const (
+	LiveKey    = "canary-live"
+	VerdictKey = "canary-verdict"
+)
 
 // Canaries implements serve.CanaryDeployer: every Service whose adapter set runs a canary, with
 // what the running replicas of its ready revision report now added to what earlier replicas did.
+// A Service whose canaries cannot be read is skipped (and said so); the others are reported.
 func (k *Deployer) Canaries(ctx context.Context) ([]serve.CanaryReport, error) {
 	if k.Kube == nil {
 		return nil, nil
@@ -37,7 +43,9 @@ func (k *Deployer) Canaries(ctx context.Context) ([]serve.CanaryReport, error) {
 	for _, u := range l.Items {
 		reports, err := k.canariesOf(ctx, &u)
 		if err != nil {
-			return out, err
+			logctx.Or(k.Log).WarnContext(ctx, "canaries of a service not read; judged at a later tick", "service", u.GetName(), "namespace",
+				u.GetNamespace(), "err", err)
+			continue
 		}
 		out = append(out, reports...)
 	}
@@ -59,8 +67,12 @@ func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured)
 	if err != nil || len(set.Canaries) == 0 {
 		return nil, nil //nolint:nilerr // a set that does not decode runs no canary; Status reports it
 	}
+	kept := map[string]serve.LiveTally{}
+	_ = json.Unmarshal([]byte(cm.Data[LiveKey]), &kept) // what earlier ticks kept; none is a fresh start
 	tally := map[string]serve.LiveTally{}
-	_ = json.Unmarshal([]byte(cm.Data[LiveKey]), &tally) // what earlier ticks kept; none is a fresh start
+	for public, c := range set.Canaries {
+		tally[serve.TallyKey(public, c)] = kept[serve.TallyKey(public, c)] // another canary's numbers go
+	}
 	if rev, _, _ := unstructured.NestedString(u.Object, "status", "latestReadyRevisionName"); rev != "" && k.Replicas != nil {
 		reps, err := k.Replicas.Replicas(ctx, ns, rev)
 		if err != nil {
@@ -68,13 +80,16 @@ func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured)
 		}
 		for _, r := range reps {
 			for public, l := range r.Live {
-				if _, running := set.Canaries[public]; !running {
+				// Only this canary's numbers: a replica still on an older set reports another's.
+				c, running := set.Canaries[public]
+				if !running || !r.Canaries[public].Same(c) {
 					continue
 				}
-				if tally[public] == nil {
-					tally[public] = serve.LiveTally{}
+				key := serve.TallyKey(public, c)
+				if tally[key] == nil {
+					tally[key] = serve.LiveTally{}
 				}
-				tally[public][r.Replica] = l
+				tally[key][serve.ReplicaKey(r.Replica, r.Instance)] = l
 			}
 		}
 		if b, _ := json.Marshal(tally); string(b) != cm.Data[LiveKey] {
@@ -91,7 +106,7 @@ func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured)
 	for _, public := range slices.Sorted(maps.Keys(set.Canaries)) {
 		c := set.Canaries[public]
 		r := serve.CanaryReport{Ref: events.Ref{Namespace: ns, Name: u.GetLabels()[events.LabelWorkspace], Generation: c.Generation}, Public: public,
-			Canary: c, Stable: set.Generations[public], Live: tally[public].Total()}
+			Canary: c, Stable: set.Generations[public], Live: tally[serve.TallyKey(public, c)].Total()}
 		if i := slices.IndexFunc(set.Adapters, func(a chatproxy.AdapterSpec) bool { return a.Name == c.Adapter }); i >= 0 {
 			r.Reference = set.Adapters[i].Image
 		}
@@ -100,41 +115,56 @@ func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured)
 	return out, nil
 }
 
-// EndCanary implements serve.CanaryDeployer: the adapter set moves on without the canary of ref's
-// generation (its candidate routed to, or gone), the running replicas load it live, and the
-// Service is unacknowledged so ticks report it served.
-func (k *Deployer) EndCanary(ctx context.Context, ref events.Ref, promote bool) error {
-	name := serve.ServiceName(ref)
-	cm, err := k.Kube.CoreV1().ConfigMaps(ref.Namespace).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
+// EndCanary implements serve.CanaryDeployer: the adapter set moves on without the canary v judged
+// (its candidate routed to, or gone), with v beside it until announced; the running replicas load
+// it live, and the Service is unacknowledged so ticks report it served. The write is conditional on
+// the ConfigMap read: of two ticks ending one canary, one does.
+func (k *Deployer) EndCanary(ctx context.Context, v serve.CanaryVerdict) (bool, error) {
+	name := serve.ServiceName(v.Ref)
+	cm, err := k.Kube.CoreV1().ConfigMaps(v.Ref.Namespace).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ref.Namespace, AdapterSetName(name), err))
+		return false, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", v.Ref.Namespace, AdapterSetName(name), err))
 	}
 	set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey]))
 	if err != nil {
-		return fmt.Errorf("adapter set %s/%s: %w", ref.Namespace, cm.Name, err)
+		return false, fmt.Errorf("adapter set %s/%s: %w", v.Ref.Namespace, cm.Name, err)
 	}
-	public := ""
-	for p, c := range set.Canaries {
-		if c.Generation == ref.Generation {
-			public = p
-		}
+	if !set.Canaries[v.Public].Same(v.Canary) {
+		return false, nil // no longer running: a newer generation, a rollback, or ended already
 	}
-	if public == "" {
-		return nil // no longer running: a newer generation or a rollback replaced it
-	}
-	next := set.EndCanary(public, promote)
+	next := set.EndCanary(v.Public, v.Promote)
 	next.Version = set.Version + 1
 	b, _ := json.MarshalIndent(next, "", "  ") // as setConfigMap writes it
+	verdict, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
 	cm = cm.DeepCopy()
-	cm.Data[AdapterSetKey] = string(b)
+	cm.Data[AdapterSetKey], cm.Data[VerdictKey] = string(b), string(verdict)
 	delete(cm.Data, LiveKey)
 	if err := k.putSet(ctx, cm, cm.ResourceVersion); err != nil {
-		return err
+		return false, err
 	}
-	client := k.Client.Resource(Services).Namespace(ref.Namespace)
-	return patchMetadata(ctx, client, ref.Namespace, name, map[string]any{AnnotationSetVersion: strconv.FormatInt(next.Version, 10),
+	client := k.Client.Resource(Services).Namespace(v.Ref.Namespace)
+	return true, patchMetadata(ctx, client, v.Ref.Namespace, name, map[string]any{AnnotationSetVersion: strconv.FormatInt(next.Version, 10),
 		events.AnnotationAcked: nil}, nil, false)
+}
+
+// readVerdict is how the canary the service's current set ended was judged, nil when it ended none.
+func (k *Deployer) readVerdict(ctx context.Context, ns, service string) (*serve.CanaryVerdict, error) {
+	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && cm.Data[VerdictKey] == "") {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err))
+	}
+	var v serve.CanaryVerdict
+	if err := json.Unmarshal([]byte(cm.Data[VerdictKey]), &v); err != nil {
+		return nil, fmt.Errorf("adapter set %s/%s: %s: %w", ns, cm.Name, VerdictKey, err)
+	}
+	return &v, nil
 }

@@ -532,7 +532,10 @@ func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Statu
 	}
 	st.Version = set.Version
 	if set.Default != "" { // a pool's member says its own
-		st.ServingGeneration = set.Generations[set.Default]
+		st.ServingGeneration, st.ServingCheckpoint = set.Generations[set.Default], set.Checkpoints[set.Default]
+	}
+	if st.Verdict, err = k.readVerdict(ctx, ns, st.Service); err != nil {
+		return err
 	}
 	if k.Replicas == nil {
 		return nil

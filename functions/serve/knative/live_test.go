@@ -427,8 +427,12 @@ func TestCanaryInRunningReplicas(t *testing.T) {
 			if judge == nil {
 				continue
 			}
+			// Feedback reaches whichever replica Knative routes it to: here the other one.
+			pods.mu.Lock()
+			fbURL := pods.urls[[]string{"pod-b", "pod-a"}[i%2]]
+			pods.mu.Unlock()
 			body := `{"id":"` + resp.Header.Get(chatproxy.HeaderResponseID) + `","rating":"` + judge(mine) + `"}`
-			fb, err := http.Post(u+"/feedback", "application/json", strings.NewReader(body))
+			fb, err := http.Post(fbURL+"/feedback", "application/json", strings.NewReader(body))
 			if err != nil || fb.StatusCode != http.StatusNoContent {
 				t.Fatalf("feedback: %v %v", fb, err)
 			}

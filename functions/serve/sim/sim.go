@@ -5,6 +5,7 @@ package sim
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,8 +74,11 @@ type simService struct {
 	revision int
 	replicas []*simReplica
 	next     int
-	// tally is what the replicas measured of the set's canaries, by public name.
+	// tally is what the replicas measured of the set's canaries, by serve.TallyKey.
 	tally map[string]serve.LiveTally
+	// feedbackKey signs the answer ids of the service's canaries: every replica has the same, so
+	// feedback counts on whichever one it reaches.
+	feedbackKey []byte
 }
 
 type simReplica struct {
@@ -107,6 +111,8 @@ type simMember struct {
 	d serve.Deployment
 	// acked is the adapter set version whose outcome is stored (-1: any, a failure; 0: none).
 	acked int64
+	// verdict is how the canary the current set ended was judged, to announce with it.
+	verdict *serve.CanaryVerdict
 }
 
 func wsKey(ref events.Ref) string { return ref.Namespace + "/" + ref.Name }
@@ -187,10 +193,7 @@ func (s *Deployer) applyLocked(ctx context.Context, d serve.Deployment) (*applie
 		state.Ours = svc.pool == d.Pool
 		if m, found := svc.members[d.Ref.Name]; found {
 			member = m
-			state.Member = &serve.Member{Generation: m.d.Ref.Generation, Serving: cmp.Or(m.d.Serving, m.d.Held)}
-			if m.d.Canary != nil {
-				state.Member.Canary = m.d.Canary.Generation
-			}
+			state.Member = memberOf(m.d)
 		}
 		if d.Pool != "" {
 			state.Runs, state.Wants = svc.spec, simSpec(d)
@@ -239,6 +242,15 @@ func (s *Deployer) applyLocked(ctx context.Context, d serve.Deployment) (*applie
 		return nil, err
 	}
 	return &applied{version: svc.set.Version, revision: svc.revision}, nil
+}
+
+// memberOf is what serve.AdmitService needs of a workspace's deployment a service serves.
+func memberOf(d serve.Deployment) *serve.Member {
+	m := &serve.Member{Generation: d.Ref.Generation, Serving: cmp.Or(d.Serving, d.Held), Checkpoint: d.Checkpoint}
+	if d.Canary != nil {
+		m.Canary = d.Canary.Generation
+	}
+	return m
 }
 
 // simPlace says where a sim replica finds a volume adapter: a hostPath's directory, as the
@@ -307,7 +319,9 @@ func (s *Deployer) startLocked(svc *simService) error {
 		return err
 	}
 	upstream, transport := ms.upstream, ms.transport
-	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log}
+	// As chat-proxy keeps an adapter no route names for a while, for requests routed to it just
+	// before the routes moved.
+	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: dir, Pull: pull, Replica: name, Log: log, UnloadAfter: UnloadAfter}
 	if transport != nil {
 		m.Client = &http.Client{Transport: transport}
 	}
@@ -316,7 +330,11 @@ func (s *Deployer) startLocked(svc *simService) error {
 	if svc.pool != "" {
 		model = d.Workspace.PresetName() // a pool's requests name their model
 	}
-	p := &chatproxy.Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: transport}
+	if svc.feedbackKey == nil {
+		svc.feedbackKey = make([]byte, 32)
+		_, _ = rand.Read(svc.feedbackKey)
+	}
+	p := &chatproxy.Proxy{Upstream: upstream, Model: model, Log: log, Adapters: m, Transport: transport, FeedbackKey: svc.feedbackKey}
 	r := &simReplica{name: name, revision: svc.revision, manager: m, rt: ms.rt, stop: func() { stop(); ms.stop(); _ = os.RemoveAll(dir) },
 		proxy: p.Handler(), admin: p.AdminHandler()}
 	svc.replicas = append(svc.replicas, r)
@@ -410,7 +428,7 @@ func (s *Deployer) Status(_ context.Context, ref events.Ref) (*serve.Status, err
 	d := m.d
 	st := &serve.Status{Ref: d.Ref, Service: svc.d.Service, Adapters: serve.AdapterNames(d.Adapters), Phase: serve.Pending,
 		URL: s.url(d.Ref.Namespace, svc.d.Service), Revision: fmt.Sprintf("%s-%05d", svc.d.Service, svc.revision),
-		Version: svc.set.Version, ServingGeneration: d.ServingGeneration()}
+		Version: svc.set.Version, ServingGeneration: d.ServingGeneration(), ServingCheckpoint: d.Checkpoint, Verdict: m.verdict}
 	cur := svc.current()
 	serving := 0
 	for _, r := range cur {
@@ -629,56 +647,62 @@ func (s *Deployer) Handler() http.Handler {
 	return mux
 }
 
+// UnloadAfter is how long a sim replica keeps an adapter no route names loaded: requests routed
+// to it just before the routes moved finish there.
+const UnloadAfter = 5 * time.Second
+
 // HeaderReplica names the sim replica that answered a request.
 const HeaderReplica = "X-Kaitoflow-Replica"
 
 // Canaries implements serve.CanaryDeployer: each service's running canary with what its replicas
-// measured, those gone included (serve.LiveTally).
+// measured of it, those gone included (serve.LiveTally).
 func (s *Deployer) Canaries(context.Context) ([]serve.CanaryReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []serve.CanaryReport
 	for _, svc := range s.services {
-		if len(svc.set.Canaries) == 0 {
-			svc.tally = nil
-			continue
-		}
-		if svc.tally == nil {
-			svc.tally = map[string]serve.LiveTally{}
-		}
-		for _, r := range svc.replicas {
-			for public, l := range r.manager.Live() {
-				if svc.tally[public] == nil {
-					svc.tally[public] = serve.LiveTally{}
+		tally := map[string]serve.LiveTally{}
+		for public, c := range svc.set.Canaries {
+			key := serve.TallyKey(public, c)
+			tally[key] = svc.tally[key]
+			if tally[key] == nil {
+				tally[key] = serve.LiveTally{}
+			}
+			for _, r := range svc.replicas {
+				if l, ok := r.manager.LiveOf(public, c); ok {
+					tally[key][serve.ReplicaKey(r.name, r.manager.Instance())] = l
 				}
-				svc.tally[public][r.name] = l
 			}
 		}
+		svc.tally = tally // what no canary runs for any more goes
 		for _, m := range svc.members {
-			c := m.d.Canary
-			if c == nil {
+			if m.d.Canary == nil {
 				continue
 			}
 			public := serve.ServedModel(m.d)
-			out = append(out, serve.CanaryReport{Ref: m.d.Ref, Public: public, Canary: svc.set.Canaries[public], Reference: c.Adapter.Image,
-				Stable: m.d.ServingGeneration(), Live: svc.tally[public].Total()})
+			c, ok := svc.set.Canaries[public]
+			if !ok {
+				continue
+			}
+			out = append(out, serve.CanaryReport{Ref: m.d.Ref, Public: public, Canary: c, Reference: m.d.Canary.Adapter.Image,
+				Stable: m.d.ServingGeneration(), Live: tally[serve.TallyKey(public, c)].Total()})
 		}
 	}
 	return out, nil
 }
 
 // EndCanary implements serve.CanaryDeployer: the running replicas load the set without the canary,
-// its candidate routed to (promote) or gone.
-func (s *Deployer) EndCanary(ctx context.Context, ref events.Ref, promote bool) error {
+// its candidate routed to (promote) or gone, and the verdict waits with it to be announced.
+func (s *Deployer) EndCanary(ctx context.Context, v serve.CanaryVerdict) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	svc, m, ok := s.member(ref)
-	if !ok || m.d.Canary == nil || m.d.Canary.Generation != ref.Generation {
-		return nil // no longer running: a newer generation or a rollback replaced it
+	svc, m, ok := s.member(v.Ref)
+	if !ok || m.d.Canary == nil || m.d.Canary.Generation != v.Ref.Generation || !svc.set.Canaries[v.Public].Same(v.Canary) {
+		return false, nil // no longer running: a newer generation, a rollback, or ended already
 	}
 	d := m.d
-	if promote {
-		d.Adapters, d.Held = []serve.Adapter{d.Canary.Adapter}, 0
+	if v.Promote {
+		d.Adapters, d.Held, d.Checkpoint = []serve.Adapter{d.Canary.Adapter}, 0, 0
 	}
 	d.Canary = nil
 	prev := m.d
@@ -686,12 +710,12 @@ func (s *Deployer) EndCanary(ctx context.Context, ref events.Ref, promote bool) 
 	set, err := svc.union(svc.set.Version + 1)
 	if err != nil {
 		m.d = prev
-		return err
+		return false, err
 	}
-	svc.d, svc.set, m.acked = d, set, 0
+	svc.d, svc.set, m.acked, m.verdict = d, set, 0, &v
 	for _, r := range svc.replicas {
 		r.manager.Notify()
 	}
-	logctx.Or(s.Log).InfoContext(ctx, "sim: canary ended in the running replicas", "workspace", wsKey(ref), "promoted", promote, "version", set.Version)
-	return nil
+	logctx.Or(s.Log).InfoContext(ctx, "sim: canary ended in the running replicas", "workspace", wsKey(v.Ref), "promoted", v.Promote, "version", set.Version)
+	return true, nil
 }

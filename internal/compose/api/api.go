@@ -362,6 +362,8 @@ type RollbackRequest struct {
 	Generation int64 `json:"generation,omitempty"`
 	// Reason is "rollback" (the default) or "promote": a held adapter served after all.
 	Reason string `json:"reason,omitempty"`
+	// Checkpoint is the step of the generation's checkpoint to serve (0: its final adapter).
+	Checkpoint int `json:"checkpoint,omitempty"`
 }
 
 // rollback asks serve to serve an earlier generation's adapter, live in the running replicas. It
@@ -380,6 +382,11 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 			Type: "FieldValueNotSupported", Message: req.Reason}}})
 		return
 	}
+	if req.Checkpoint < 0 || (req.Checkpoint > 0 && req.Generation == 0) {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: "checkpoint: a step of a generation named", Fields: []FieldError{{Field: "checkpoint",
+			Type: "FieldValueInvalid", Message: "a positive step, with the generation whose checkpoint it is"}}})
+		return
+	}
 	if req.Reason == "promote" && req.Generation == 0 {
 		writeJSON(w, http.StatusBadRequest, Problem{Error: "generation: required to promote", Fields: []FieldError{{Field: "generation",
 			Type: "FieldValueRequired", Message: "the generation whose adapter to serve"}}})
@@ -390,7 +397,8 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, span := s.tracer().Start(s.traceContext(r), "roll back workspace", trace.WithSpanKind(trace.SpanKindProducer))
-	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, strconv.FormatInt(time.Now().UnixNano(), 10), req.Reason)
+	target, err := ingress.Rollback(ctx, tracingPublisher{s.Publisher}, Source, rec, req.Generation, req.Checkpoint,
+		strconv.FormatInt(time.Now().UnixNano(), 10), req.Reason)
 	span.End()
 	var refused *ingress.RollbackRefused
 	switch {

@@ -171,9 +171,10 @@ func (c *Client) Rollback(ctx context.Context, name string, generation int64) (*
 	return c.selectAdapter(ctx, name, RollbackRequest{Generation: generation})
 }
 
-// Promote asks that generation's adapter, held by the promotion policy (or older), be served.
-func (c *Client) Promote(ctx context.Context, name string, generation int64) (*status.Workspace, error) {
-	return c.selectAdapter(ctx, name, RollbackRequest{Generation: generation, Reason: "promote"})
+// Promote asks that generation's adapter, held by the promotion policy (or older), be served; or,
+// with checkpoint > 0, its checkpoint at that step.
+func (c *Client) Promote(ctx context.Context, name string, generation int64, checkpoint int) (*status.Workspace, error) {
+	return c.selectAdapter(ctx, name, RollbackRequest{Generation: generation, Checkpoint: checkpoint, Reason: "promote"})
 }
 
 func (c *Client) selectAdapter(ctx context.Context, name string, req RollbackRequest) (*status.Workspace, error) {

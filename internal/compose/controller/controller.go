@@ -407,12 +407,12 @@ func (c *Controller) rollback(ctx context.Context, u *unstructured.Unstructured,
 	if want == "" || want == st.RollbackHandled {
 		return nil
 	}
-	gen, err := kaito.ParseRollback(want)
+	gen, checkpoint, err := kaito.ParseRollback(want)
 	if err == nil {
 		// The annotation's value is in the event id: re-running this reconcile publishes the
 		// same event, which JetStream stores once.
 		var target status.PushedAdapter
-		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, "annotation-"+strings.ReplaceAll(want, "/", "-"), "")
+		target, err = ingress.Rollback(ctx, c.Publisher, Source, rec, gen, checkpoint, "annotation-"+strings.NewReplacer("/", "-", ":", "-").Replace(want), "")
 		var refused *ingress.RollbackRefused
 		switch {
 		case errors.As(err, &refused):

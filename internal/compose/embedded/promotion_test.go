@@ -146,7 +146,7 @@ func TestUploadHoldPromote(t *testing.T) {
 	}
 
 	// The held v2 is served after all by `kaitoflow promote --generation 2`, the live path.
-	if _, err := (&api.Client{BaseURL: p.URL}).Promote(ctx, name, 2); err != nil {
+	if _, err := (&api.Client{BaseURL: p.URL}).Promote(ctx, name, 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -322,6 +322,18 @@ func TestCanaryPromotesAndRollsBackOnLiveNumbers(t *testing.T) {
 	if n := answeredBy(traffic(w.Endpoint, 10, nil), h2.Image); n != 10 {
 		t.Fatalf("after promotion v2 answered %d of 10", n)
 	}
+	// Judged once: one decision, whatever the ticks since.
+	time.Sleep(time.Second)
+	w, _ = p.Store.Get(ctx, "default", loop.name)
+	decisions := 0
+	for _, e := range w.Events {
+		if e.Type == events.AdapterPromoted || e.Type == events.AdapterHeld {
+			decisions++
+		}
+	}
+	if decisions != 1 {
+		t.Errorf("generation 2's canary decided %d times: %+v", decisions, w.Events)
+	}
 
 	// v3: users give its answers thumbs down and v2's thumbs up; it is rolled back by itself.
 	w, _ = canaryRuns(27)
@@ -358,4 +370,61 @@ func TestCanaryPromotesAndRollsBackOnLiveNumbers(t *testing.T) {
 	if h4, _ := w.Pushed(4); w.AdapterState(h4) != status.AdapterHeld || !strings.Contains(h4.Held, "canary was ended by rollback to generation 2") {
 		t.Errorf("v4 after the rollback: %s, %q", w.AdapterState(h4), h4.Held)
 	}
+}
+
+// A checkpoint serves (kaitoflow promote NAME --generation 1 --checkpoint 60): the run's kept
+// checkpoints are published as adapter images of their own with their eval loss (the sim trainer's
+// by its rule, tunesim.CheckpointEvalLoss), the endpoint answers with the checkpoint live in the
+// same replica, and promoting the generation's final adapter again serves it.
+func TestACheckpointServes(t *testing.T) {
+	// Steps long enough for each checkpoint's upload to finish before the run does (a run that
+	// succeeds abandons an upload still in flight).
+	p := start(t, func(c *assembly.Config) { c.Sim.Delay = 2 * time.Second })
+	ctx := context.Background()
+	loop := newUploadLoop(t, p, "always")
+	v1 := loop.upload(3)
+	h1, _ := v1.Pushed(1)
+	var steps []string
+	for _, c := range h1.Checkpoints {
+		loss := -1.0
+		if c.EvalLoss != nil {
+			loss = *c.EvalLoss
+		}
+		if loss != tunesim.CheckpointEvalLoss(3, c.Step) {
+			t.Errorf("checkpoint %d: eval loss %v, want %v", c.Step, loss, tunesim.CheckpointEvalLoss(3, c.Step))
+		}
+		steps = append(steps, fmt.Sprint(c.Step))
+	}
+	if strings.Join(steps, ",") != "60,80" {
+		t.Fatalf("generation 1's checkpoints: %v", h1.Checkpoints)
+	}
+	_, pod := chatAt(t, v1.Endpoint)
+	client := &api.Client{BaseURL: p.URL}
+	if _, err := client.Promote(ctx, loop.name, 1, 70); err == nil || !strings.Contains(err.Error(), "no checkpoint at step 70 (its checkpoints: steps 60, 80)") {
+		t.Errorf("a step with no checkpoint: %v", err)
+	}
+	serves := func(image string, step int) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			w, err := p.Store.Get(ctx, "default", loop.name)
+			if err == nil && w.Live == 1 && w.LiveCheckpoint == step && w.Phase == status.Ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the record never served step %d: %+v %v", step, w, err)
+			}
+		}
+		answer, by := chatAt(t, v1.Endpoint)
+		if !strings.Contains(answer, serve.LoRAName(loop.name, image)) || by != pod {
+			t.Fatalf("step %d: answered %q from %s; want %s from %s", step, answer, by, serve.LoRAName(loop.name, image), pod)
+		}
+	}
+	if _, err := client.Promote(ctx, loop.name, 1, 60); err != nil {
+		t.Fatal(err)
+	}
+	serves(h1.Checkpoints[0].Image, 60)
+	if _, err := client.Promote(ctx, loop.name, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	serves(v1.Image, 0)
 }

@@ -22,8 +22,15 @@ func (e *RollbackRefused) Error() string { return e.Reason }
 // is its own intent: back to 2, forward to 3, back to 2 again), so only a repeat of the same
 // request deduplicates. reason says who asked ("rollback" when empty, "promote" for a held
 // adapter served after all). The API and the Workspace controller share it.
-func Rollback(ctx context.Context, pub events.Publisher, source string, rec *status.Workspace, gen int64, key, reason string) (status.PushedAdapter, error) {
+//
+// checkpoint > 0 asks for generation gen's checkpoint at that step instead of its final adapter
+// (`kaitoflow promote --checkpoint`): the target's Image is the checkpoint's.
+func Rollback(ctx context.Context, pub events.Publisher, source string, rec *status.Workspace, gen int64, checkpoint int, key,
+	reason string) (status.PushedAdapter, error) {
 	target, err := RollbackTarget(rec, gen)
+	if checkpoint > 0 {
+		target, err = CheckpointTarget(rec, gen, checkpoint)
+	}
 	if err != nil {
 		return target, err
 	}
@@ -35,7 +42,8 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 	// (the record moved on meanwhile) is still the same request, stored once.
 	id := events.AdapterSelected + "/" + key
 	ev, err := events.New(source, events.AdapterSelected, id, ref, events.AdapterSelectedData{
-		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Reason: cmp.Or(reason, "rollback")}, nil)
+		Ref: ref, Workspace: *rec.Manifest, Generation: target.Generation, Reference: target.Image, Checkpoint: checkpoint,
+		Reason: cmp.Or(reason, "rollback")}, nil)
 	if err != nil {
 		return target, err
 	}
@@ -43,6 +51,31 @@ func Rollback(ctx context.Context, pub events.Publisher, source string, rec *sta
 		return target, fmt.Errorf("publish %s: %w", events.AdapterSelected, err)
 	}
 	return target, nil
+}
+
+// CheckpointTarget is generation gen's servable checkpoint at step, as a pushed adapter whose Image
+// is the checkpoint's.
+func CheckpointTarget(rec *status.Workspace, gen int64, step int) (status.PushedAdapter, error) {
+	if rec.Phase != status.Ready && rec.Phase != status.Failed {
+		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("workspace %s/%s is %s: serve a checkpoint once its generation %d has finished",
+			rec.Namespace, rec.Name, rec.Phase, rec.Generation)}
+	}
+	p, ok := rec.Pushed(gen)
+	if !ok {
+		return p, &RollbackRefused{fmt.Sprintf("generation %d pushed no adapter, so none of its checkpoints was published", gen)}
+	}
+	var have []string
+	for _, c := range p.Checkpoints {
+		if c.Step == step {
+			p.Image = c.Image
+			return p, nil
+		}
+		have = append(have, fmt.Sprint(c.Step))
+	}
+	if len(have) == 0 {
+		return p, &RollbackRefused{fmt.Sprintf("generation %d published no checkpoints (its run kept none in the output repository)", gen)}
+	}
+	return p, &RollbackRefused{fmt.Sprintf("generation %d has no checkpoint at step %d (its checkpoints: steps %s)", gen, step, strings.Join(have, ", "))}
 }
 
 // RollbackTarget is the pushed adapter a rollback serves: generation gen's, or (gen 0) the newest
@@ -75,7 +108,7 @@ func RollbackTarget(rec *status.Workspace, gen int64) (status.PushedAdapter, err
 		}
 		return best, nil
 	}
-	if gen == serving {
+	if gen == serving && rec.LiveCheckpoint == 0 {
 		return status.PushedAdapter{}, &RollbackRefused{fmt.Sprintf("generation %d is the one serving", gen)}
 	}
 	p, ok := rec.Pushed(gen)

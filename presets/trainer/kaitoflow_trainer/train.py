@@ -22,7 +22,7 @@ where the failure reason goes outside a pod (default /dev/termination-log);
 KAITOFLOW_CHECKPOINT_MINUTES, how often a checkpoint is saved by the clock unless the training
 config saves every so many steps itself (default 10; 0: only the config's own saves).
 
-Each checkpoint saved is announced on stdout (KAITOFLOW_CHECKPOINT {"step", "path"}) for job-run
+Each checkpoint saved is announced on stdout (KAITOFLOW_CHECKPOINT {"step", "path", "eval_loss"}) for job-run
 to upload. Running out of GPU memory exits 4 with a JSON account in the termination log: the step,
 batch, sequence length and peak memory.
 
@@ -347,10 +347,16 @@ def _agreed(flag: bool, torch: ModuleType | None) -> bool:
 
 
 def _checkpoints(
-    transformers: ModuleType, minutes: float, clock: Callable[[], float] = time.time, torch: ModuleType | None = None
+    transformers: ModuleType,
+    minutes: float,
+    clock: Callable[[], float] = time.time,
+    torch: ModuleType | None = None,
+    evaluate: bool = False,
 ) -> Any:
     """A callback that announces every checkpoint saved, so job-run uploads it while training goes
-    on, and (minutes > 0) asks for one every `minutes` by rank 0's clock."""
+    on, and (minutes > 0) asks for one every `minutes` by rank 0's clock. With evaluate (there are
+    held-out rows), each save is evaluated first, and its eval_loss announced with it: a checkpoint
+    can be served, and `kaitoflow adapters` shows what it scored."""
 
     class Checkpoints(transformers.TrainerCallback):
         def __init__(self) -> None:
@@ -359,15 +365,35 @@ def _checkpoints(
         def on_step_end(self, args: Any, state: Any, control: Any, **_kw: Any) -> Any:
             if minutes > 0 and _agreed(checkpoint_due(self.last, clock(), minutes), torch):
                 control.should_save = True
+            # The Trainer evaluates before it saves in the same step, so the save can carry it.
+            if evaluate and control.should_save:
+                control.should_evaluate = True
+            return control
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **_kw: Any) -> Any:
+            if evaluate and control.should_save:
+                control.should_evaluate = True
             return control
 
         def on_save(self, args: Any, state: Any, _control: Any, **_kw: Any) -> None:
             self.last = clock()
             if state.is_world_process_zero:
                 path = os.path.join(args.output_dir, f"checkpoint-{state.global_step:d}")
-                print(CHECKPOINT_PREFIX + json.dumps({"step": state.global_step, "path": path}), flush=True)
+                line: dict[str, Any] = {"step": state.global_step, "path": path}
+                loss = saved_eval_loss(state.log_history, state.global_step)
+                if loss is not None:
+                    line["eval_loss"] = loss
+                print(CHECKPOINT_PREFIX + json.dumps(line), flush=True)
 
     return Checkpoints()
+
+
+def saved_eval_loss(history: list[dict[str, Any]], step: int) -> float | None:
+    """The eval_loss the Trainer logged at step (evaluated just before the save), if it did."""
+    for entry in reversed(history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    return None
 
 
 def oom_account(
@@ -616,7 +642,8 @@ def train(run: RunSettings) -> None:
     started = time.time()
     progress = _progress(transformers, tokens_total / len(train_set), started)
     callbacks = [progress]
-    callbacks.append(_checkpoints(transformers, checkpoint_minutes(os.environ, cfg["TrainingArguments"]), torch=torch))
+    minutes = checkpoint_minutes(os.environ, cfg["TrainingArguments"])
+    callbacks.append(_checkpoints(transformers, minutes, torch=torch, evaluate=len(eval_set) > 0))
     trainer = transformers.Trainer(
         model=model,
         args=targs,

@@ -267,7 +267,7 @@ class CheckpointTest(unittest.TestCase):
 
         now = [1000.0]
         cb = train._checkpoints(FakeTransformers, 10, clock=lambda: now[0])
-        state = mock.Mock(global_step=120, is_world_process_zero=True)
+        state = mock.Mock(global_step=120, is_world_process_zero=True, log_history=[])
         args = mock.Mock(output_dir="/mnt/results")
         control = mock.Mock(should_save=False)
         now[0] += 9 * 60
@@ -307,13 +307,38 @@ class CheckpointTest(unittest.TestCase):
 
         cb = train._checkpoints(FakeTransformers, 0, clock=lambda: 1e9)
         control = mock.Mock(should_save=False)
-        state = mock.Mock(global_step=500, is_world_process_zero=True)
+        state = mock.Mock(global_step=500, is_world_process_zero=True, log_history=[])
         cb.on_step_end(mock.Mock(), state, control)
         self.assertFalse(control.should_save)
         out = io.StringIO()
         with mock.patch("sys.stdout", out):
             cb.on_save(mock.Mock(output_dir="/mnt/results"), state, control)
         self.assertIn('"step": 500', out.getvalue())
+
+    def test_saves_are_evaluated_and_carry_their_eval_loss(self):
+        class FakeTransformers:
+            TrainerCallback = object
+
+        cb = train._checkpoints(FakeTransformers, 0, clock=lambda: 1e9, evaluate=True)
+        control = mock.Mock(should_save=False, should_evaluate=False)
+        cb.on_step_end(mock.Mock(), mock.Mock(), control)
+        self.assertFalse(control.should_evaluate)  # no save, no extra evaluation
+        control.should_save = True
+        cb.on_step_end(mock.Mock(), mock.Mock(), control)
+        self.assertTrue(control.should_evaluate)
+        history = [{"loss": 2.0, "step": 40}, {"eval_loss": 1.75, "step": 40}, {"eval_loss": 1.5, "step": 80}]
+        state = mock.Mock(global_step=80, is_world_process_zero=True, log_history=history)
+        out = io.StringIO()
+        with mock.patch("sys.stdout", out):
+            cb.on_save(mock.Mock(output_dir="/mnt/results"), state, control)
+        line = out.getvalue().strip()[len(train.CHECKPOINT_PREFIX) :]
+        self.assertEqual(json.loads(line), {"step": 80, "path": "/mnt/results/checkpoint-80", "eval_loss": 1.5})
+        self.assertIsNone(train.saved_eval_loss(history, 120))
+        # Without held-out rows nothing is evaluated.
+        plain = train._checkpoints(FakeTransformers, 0, clock=lambda: 1e9)
+        control = mock.Mock(should_save=True, should_evaluate=False)
+        plain.on_step_end(mock.Mock(), mock.Mock(), control)
+        self.assertFalse(control.should_evaluate)
 
 
 if __name__ == "__main__":
