@@ -17,6 +17,7 @@ import (
 func newChatProxy(g *globals) *cobra.Command {
 	var listen, adminListen, adminToken, upstream, model, adapterSet, adapterDir string
 	var maxBody int64
+	var modelMetrics bool
 	var poll time.Duration
 	var allow []string
 	cmd := &cobra.Command{
@@ -32,7 +33,7 @@ func newChatProxy(g *globals) *cobra.Command {
 			if err != nil || u.Host == "" {
 				return fmt.Errorf("--upstream %q: want a URL such as http://127.0.0.1:8000", upstream)
 			}
-			p := &chatproxy.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log, AdminTokenFile: adminToken}
+			p := &chatproxy.Proxy{Upstream: u, Model: model, MaxBody: maxBody, Log: log, AdminTokenFile: adminToken, ModelMetrics: modelMetrics}
 			if adapterSet != "" {
 				// This replica loads the adapter set into the model server next to it, at start and
 				// whenever the deployer changes the set, and routes to what it loaded.
@@ -68,6 +69,9 @@ func newChatProxy(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&adapterDir, "adapter-dir", "/mnt/adapters", "where adapter images are unpacked for the model server to read")
 	cmd.Flags().DurationVar(&poll, "adapter-poll", 2*time.Second, "how often the adapter set file is read for changes")
 	cmd.Flags().Int64Var(&maxBody, "max-body", chatproxy.DefaultMaxBody, "largest request body accepted")
+	cmd.Flags().BoolVar(&modelMetrics, "model-metrics", false,
+		"serve the model server's GET /metrics on --listen, adapters under their public names, for an inference gateway's endpoint picker "+
+			"(readable by whoever can call the endpoint)")
 	cmd.Flags().StringArrayVar(&allow, "allow-host", nil,
 		"a private registry host or CIDR adapter pulls may connect to (repeatable; the pipeline's --allow-host)")
 	return cmd

@@ -117,10 +117,18 @@ func TestUpTrainsAndServesForReal(t *testing.T) {
 	if replica2 != replica {
 		t.Errorf("another replica answered generation 2 (%s, was %s): a restart", replica2, replica)
 	}
-	var served chatproxy.ReplicaAdapters
-	getJSON(t, w.Endpoint+"/replicas/"+replica+"/admin/adapters", &served)
-	if !slices.Contains(served.Loaded, second) || slices.Contains(served.Loaded, first) {
-		t.Errorf("vLLM holds %v: want %s and not %s", served.Loaded, second, first)
+	// The first adapter stays loaded a while after the route moved (for requests in flight),
+	// then goes.
+	for deadline := time.Now().Add(sim.UnloadAfter + 15*time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var served chatproxy.ReplicaAdapters
+		getJSON(t, w.Endpoint+"/replicas/"+replica+"/admin/adapters", &served)
+		if slices.Contains(served.Loaded, second) && !slices.Contains(served.Loaded, first) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("vLLM holds %v: want %s and not %s", served.Loaded, second, first)
+			break
+		}
 	}
 	logs, _ := filepath.Glob(filepath.Join(dataDir, "adapters", "vllm", "*.log"))
 	if len(logs) != 1 {

@@ -71,6 +71,9 @@ func (p *driverFlags) register(f *pflag.FlagSet, preflight string) {
 	f.StringVar(&p.d.WrapperImage, "wrapper-image", "",
 		"job trainer: kaitoflow's own image, whose binary wraps the trainer (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.RuntimeImage, "runtime-image", knative.DefaultOptions().RuntimeImage, "knative deployer: the model server image (vLLM's OpenAI server)")
+	f.StringVar(&p.d.InferencePool, "inference-pool", "",
+		"knative deployer: publish each inference Service as a Gateway API Inference Extension InferencePool (and an InferenceObjective per "+
+			"adapter) routed by this endpoint picker, NAME:PORT[:FailOpen|FailClose], {service} in NAME the Service's name; empty: off")
 	f.StringVar(&p.d.ProxyImage, "proxy-image", "",
 		"knative deployer: kaitoflow's own image, for chat-proxy and pull-adapter (ko builds it; hack/release.sh); required")
 	f.StringVar(&p.d.WeightsCache, "weights-cache", "",

@@ -50,6 +50,10 @@ type Proxy struct {
 	// them: every replica of a service needs the same. Empty: the admin token, else a key of this
 	// process's own (feedback then counts only where the answer came from).
 	FeedbackKey []byte
+	// ModelMetrics serves the model server's GET /metrics on the routed port, for an endpoint
+	// picker that scrapes the pods it routes to (the Gateway API Inference Extension's): whoever
+	// can call the endpoint can read them.
+	ModelMetrics bool
 
 	keyOnce sync.Once
 	ownKey  []byte
@@ -95,6 +99,9 @@ func (p *Proxy) Handler() http.Handler {
 	}
 	mux.HandleFunc("POST /chat", func(w http.ResponseWriter, r *http.Request) { p.chat(w, r, client, maxBody) })
 	mux.HandleFunc("POST /feedback", p.feedback)
+	if p.ModelMetrics {
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { p.modelMetrics(w, r, client) })
+	}
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		if p.Adapters != nil && p.Adapters.Applied() == 0 {
 			Problem(w, http.StatusServiceUnavailable, "adapters not loaded yet")

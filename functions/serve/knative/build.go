@@ -54,6 +54,9 @@ type Options struct {
 	// AllowHosts are the private hosts or CIDRs the pipeline admits (--allow-host): chat-proxy's
 	// adapter pulls connect only to public addresses and these.
 	AllowHosts []string
+	// InferencePool, when set, publishes each Service's pods as a Gateway API Inference Extension
+	// InferencePool (and chat-proxy serves the model server's metrics its endpoint picker scrapes).
+	InferencePool *InferencePoolOptions
 }
 
 // DefaultOptions are the defaults of Options.
@@ -377,6 +380,9 @@ func proxyContainer(served string, startupSeconds int32, ad podAdapters, o Optio
 		"--admin-token-file", adapterSetDir + "/" + AdminTokenKey}
 	for _, h := range o.AllowHosts {
 		proxy = append(proxy, "--allow-host", h)
+	}
+	if o.InferencePool != nil {
+		proxy = append(proxy, "--model-metrics")
 	}
 	return corev1.Container{
 		Name: "chat-proxy", Image: o.ProxyImage,

@@ -121,8 +121,16 @@ func loadSeconds(weightsGiB float64) int32 {
 }
 
 // Apply implements serve.Deployer: create the Service, or update it to a newer generation (which
-// rolls a new revision). The same or an older generation changes nothing.
+// rolls a new revision). The same or an older generation changes nothing. With
+// Options.InferencePool, the Service's InferencePool and objectives follow (publishPool).
 func (k *Deployer) Apply(ctx context.Context, d serve.Deployment) error {
+	if err := k.apply(ctx, d); err != nil || k.Options.InferencePool == nil {
+		return err
+	}
+	return k.publishPool(ctx, d.Ref.Namespace, d.Service)
+}
+
+func (k *Deployer) apply(ctx context.Context, d serve.Deployment) error {
 	client := k.Client.Resource(Services).Namespace(d.Ref.Namespace)
 	// Look first: a redelivered or late event for a generation already applied builds nothing
 	// and reads no ConfigMap.

@@ -31,8 +31,13 @@ import (
 )
 
 // servingVersion is the knative.dev/serving module whose CRDs the tests install (from the Go
-// module cache); go.mod pins the same version.
-const servingVersion = "v0.50.0"
+// module cache); go.mod pins the same version. inferenceExtensionVersion is the Gateway API
+// Inference Extension's, whose InferencePool (v1) and InferenceObjective (v1alpha2) CRDs the
+// published objects are held against.
+const (
+	servingVersion            = "v0.50.0"
+	inferenceExtensionVersion = "v1.5.0"
+)
 
 var (
 	dyn     dynamic.Interface
@@ -46,11 +51,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	gie, err := testenv.ModuleDir("sigs.k8s.io/gateway-api-inference-extension", inferenceExtensionVersion)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			dyn, kube = dynamic.NewForConfigOrDie(cfg), kubernetes.NewForConfigOrDie(cfg)
 		}
-	}, filepath.Join(dir, "config", "core", "300-resources")))
+	}, filepath.Join(dir, "config", "core", "300-resources"), filepath.Join(gie, "config", "crd", "bases")))
 }
 
 func setup(t *testing.T) (*Deployer, string) {

@@ -114,6 +114,10 @@ type Drivers struct {
 	// RuntimeImage and ProxyImage are the knative deployer's images: the model server (empty
 	// means knative's default, vLLM) and kaitoflow's own, which it requires.
 	RuntimeImage, ProxyImage string
+	// InferencePool is the knative deployer's endpoint picker, NAME:PORT[:FailOpen|FailClose]
+	// (knative.ParseInferencePool): each Service is published as a Gateway API Inference Extension
+	// InferencePool; empty: none is.
+	InferencePool string
 	// WeightsCache is the PersistentVolumeClaim the tuning Jobs and the inference pods keep
 	// downloaded base models on (presets.WeightsCache); empty means each pod's own emptyDir.
 	WeightsCache string
@@ -637,6 +641,11 @@ func (b *builder) serve() (runtime.Handler, error) {
 			o.RuntimeImage = d.RuntimeImage
 		}
 		o.ProxyImage, o.WeightsCache, o.WeightsImage, o.AllowHosts = d.ProxyImage, d.WeightsCache, d.TrainerImage, b.cfg.Policy.Allow
+		if d.InferencePool != "" {
+			if o.InferencePool, err = knative.ParseInferencePool(d.InferencePool); err != nil {
+				return nil, fmt.Errorf("deployer knative: --inference-pool %w", err)
+			}
+		}
 		w, err := b.clients(IdentitySources)
 		if err != nil {
 			return nil, err
