@@ -29,15 +29,22 @@ const AnnotationServableCheckpoint = "kaitoflow.io/servable-checkpoint"
 // maxManifest bounds a checkpoint manifest read back (a few KiB: one layer, some annotations).
 const maxManifest = 1 << 20
 
-// ServableTag is the tag a generation's checkpoint at step is published under, beside the adapter's
-// tag: "<tag>-g<generation>-s<step>" ("adapter" when the output names a digest).
-func ServableTag(target name.Reference, generation int64, step int) string {
+// ServableTag is the tag a workspace generation's checkpoint at step is published under, beside the
+// adapter's tag: "<tag>-<hash of namespace/name>-g<generation>-s<step>" ("adapter" for the tag
+// when the output names a digest). Workspaces that push to one repository and tag keep theirs apart.
+func ServableTag(target name.Reference, ref events.Ref, step int) string {
+	return servablePrefix(target, ref) + strconv.Itoa(step)
+}
+
+// servablePrefix is what every servable checkpoint tag of ref's generation starts with.
+func servablePrefix(target name.Reference, ref events.Ref) string {
 	tag := "adapter"
 	if t, ok := target.(name.Tag); ok {
 		tag = t.TagStr()
 	}
-	s := fmt.Sprintf("-g%d-s%d", generation, step)
-	return tag[:min(len(tag), 128-len(s))] + s
+	// "<hash>-g<generation>-": the checkpoints' own, without their "ckpt-".
+	s := "-" + strings.TrimPrefix(jobrun.GenerationCheckpoints(ref.Namespace, ref.Name, ref.Generation), "ckpt-") + "s"
+	return tag[:min(len(tag), 110-len(s))] + s
 }
 
 // servableCheckpoints makes the run's checkpoints (those job-run kept in the output repository)
@@ -66,12 +73,15 @@ func servableCheckpoints(ctx context.Context, target name.Reference, ref events.
 	}
 	var out []kaito.AdapterCheckpoint
 	for _, t := range tags {
+		if !strings.HasPrefix(t, servablePrefix(target, ref)) {
+			continue // another workspace's, or not a checkpoint: not read
+		}
 		desc, err := remote.Get(repo.Tag(t), opts...)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", repo.Tag(t), err)
 		}
 		c, ok := servable(desc, ref)
-		if !ok || t != ServableTag(target, ref.Generation, c.Step) {
+		if !ok || t != ServableTag(target, ref, c.Step) {
 			continue
 		}
 		c.Image = repo.Digest(desc.Digest.String()).String()
@@ -84,6 +94,9 @@ func servableCheckpoints(ctx context.Context, target name.Reference, ref events.
 // makeServable writes the checkpoint at tag as a servable image and deletes the checkpoint.
 func makeServable(tag name.Tag, target name.Reference, ref events.Ref, opts []remote.Option) error {
 	img, err := remote.Image(tag, opts...)
+	if notFound(err) {
+		return nil // gone since it was listed: a delivery of the same outcome handled it
+	}
 	if err != nil {
 		return fmt.Errorf("read checkpoint %s: %w", tag, err)
 	}
@@ -100,7 +113,7 @@ func makeServable(tag name.Tag, target name.Reference, ref events.Ref, opts []re
 	if !ok {
 		return fmt.Errorf("checkpoint %s: not an image", tag)
 	}
-	servableRef := tag.Context().Tag(ServableTag(target, ref.Generation, step))
+	servableRef := tag.Context().Tag(ServableTag(target, ref, step))
 	if err := remote.Write(servableRef, out, opts...); err != nil {
 		return fmt.Errorf("publish checkpoint %s as %s: %w", tag, servableRef, err)
 	}

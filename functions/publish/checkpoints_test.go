@@ -36,7 +36,7 @@ func TestCheckpointsBecomeServableAdapters(t *testing.T) {
 	}
 	// What job-run uploads: checkpoints of this generation (two plans: a re-planned attempt's
 	// too) and one of another generation, which is not this run's.
-	upload := func(gen int64, plan string, step int, loss string) {
+	upload := func(ws string, gen int64, plan string, step int, loss string) {
 		t.Helper()
 		ann := map[string]string{jobrun.AnnotationCheckpointStep: strconv.Itoa(step)}
 		if loss != "" {
@@ -46,14 +46,16 @@ func TestCheckpointsBecomeServableAdapters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tag := repo.Tag(fmt.Sprintf("%s-s%d", jobrun.CheckpointTag(job.Ref.Namespace, job.Ref.Name, gen, plan), step))
+		tag := repo.Tag(fmt.Sprintf("%s-s%d", jobrun.CheckpointTag(job.Ref.Namespace, ws, gen, plan), step))
 		if err := remote.Write(tag, img); err != nil {
 			t.Fatal(err)
 		}
 	}
-	upload(job.Ref.Generation, "p", 60, "1.25")
-	upload(job.Ref.Generation, "p", 80, "1.125")
-	upload(job.Ref.Generation+1, "p", 20, "")
+	upload(job.Ref.Name, job.Ref.Generation, "p", 60, "1.25")
+	upload(job.Ref.Name, job.Ref.Generation, "p", 80, "1.125")
+	upload(job.Ref.Name, job.Ref.Generation+1, "p", 20, "")
+	// Another workspace pushing to the same repository and tag: its checkpoints are its own.
+	upload("another", job.Ref.Generation, "p", 60, "0.5")
 
 	f := New(RemotePusher{}, RewriteRegistry(host), nil)
 	var got [][]string
@@ -94,7 +96,10 @@ func TestCheckpointsBecomeServableAdapters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{ServableTag(repo.Tag("0.0.1"), job.Ref.Generation, 60), "0.0.1-g1-s80"} {
+	for _, want := range []string{ServableTag(repo.Tag("0.0.1"), job.Ref, 60), ServableTag(repo.Tag("0.0.1"), job.Ref, 80)} {
+		if !strings.HasPrefix(want, "0.0.1-") || !strings.HasSuffix(want, "-g1-s"+want[len(want)-2:]) {
+			t.Errorf("servable tag %q", want)
+		}
 		if !slices.Contains(tags, want) {
 			t.Errorf("tags %v lack %s", tags, want)
 		}
@@ -107,5 +112,10 @@ func TestCheckpointsBecomeServableAdapters(t *testing.T) {
 		return strings.HasPrefix(s, jobrun.GenerationCheckpoints(job.Ref.Namespace, job.Ref.Name, job.Ref.Generation+1))
 	}) {
 		t.Errorf("another generation's checkpoint was taken: %v", tags)
+	}
+	if !slices.ContainsFunc(tags, func(s string) bool {
+		return strings.HasPrefix(s, jobrun.GenerationCheckpoints(job.Ref.Namespace, "another", job.Ref.Generation))
+	}) {
+		t.Errorf("another workspace's checkpoint was taken: %v", tags)
 	}
 }
