@@ -188,6 +188,8 @@ type AdapterRecord struct {
 	// Checkpoints are the run's servable checkpoints, oldest first (`kaitoflow promote NAME
 	// --checkpoint STEP` serves one).
 	Checkpoints []AdapterCheckpoint `json:"checkpoints,omitempty"`
+	// Loss is the run's training loss curve, as reported while it ran.
+	Loss []float64 `json:"loss,omitempty"`
 }
 
 // AdapterCheckpoint is a servable checkpoint of a generation's run: its training step, its image by

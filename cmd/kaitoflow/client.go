@@ -590,7 +590,7 @@ func adapterList(w *status.Workspace) map[string]any {
 // printAdapters prints a workspace's adapter history, newest first, with what decided each state.
 func printAdapters(out io.Writer, w *status.Workspace) error {
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tROUGE_L\tSERVING_ROUGE_L\tLIVE\tPUSHED\tWHY")
+	fmt.Fprintln(tw, "GENERATION\tSTATE\tDIGEST\tDATASET\tEVAL_LOSS\tSERVING_LOSS\tBASE_LOSS\tROUGE_L\tSERVING_ROUGE_L\tLIVE\tTRAINING_LOSS\tPUSHED\tWHY")
 	for i := len(w.History) - 1; i >= 0; i-- {
 		p := w.History[i]
 		score := func(k string) string {
@@ -608,9 +608,10 @@ func printAdapters(out io.Writer, w *status.Workspace) error {
 		if state == status.AdapterCanary {
 			why = "canary: " + p.Canary
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, state, short(p.Digest),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Generation, state, short(p.Digest),
 			short(strings.Join(p.Datasets, ",")), score(events.MetricEvalLoss), score(events.MetricServingEvalLoss), score(events.MetricBaseEvalLoss),
-			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), liveSummary(p.Live), pushed, why)
+			score(events.MetricTaskRougeL), score(events.ServingPrefix+events.MetricTaskRougeL), liveSummary(p.Live), cmp.Or(status.Sparkline(p.Loss), "-"),
+			pushed, why)
 		// Its servable checkpoints, newest first, under it: "3:400" is what promote --checkpoint takes.
 		for j := len(p.Checkpoints) - 1; j >= 0; j-- {
 			c := p.Checkpoints[j]
@@ -625,7 +626,7 @@ func printAdapters(out io.Writer, w *status.Workspace) error {
 			if _, d, ok := strings.Cut(c.Image, "@"); ok {
 				digest = d
 			}
-			fmt.Fprintf(tw, "%d:%d\t%s\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\tpromote --generation %d --checkpoint %d\n", p.Generation, c.Step, state,
+			fmt.Fprintf(tw, "%d:%d\t%s\t%s\t-\t%s\t-\t-\t-\t-\t-\t-\t-\tpromote --generation %d --checkpoint %d\n", p.Generation, c.Step, state,
 				short(digest), loss, p.Generation, c.Step)
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 type key struct{}
@@ -17,7 +19,9 @@ func With(ctx context.Context, attrs ...slog.Attr) context.Context {
 	return context.WithValue(ctx, key{}, append(append(all, prev...), attrs...))
 }
 
-// Handler adds the context's attributes to every record logged with a *Context method.
+// Handler adds the context's attributes to every record logged with a *Context method, and
+// trace_id and span_id where the context is inside a span: a log line and the trace of the
+// workspace it is about can be found from each other.
 type Handler struct{ slog.Handler }
 
 // New wraps h.
@@ -25,9 +29,15 @@ func New(h slog.Handler) *Handler { return &Handler{Handler: h} }
 
 // Handle implements slog.Handler.
 func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
-	if attrs, ok := ctx.Value(key{}).([]slog.Attr); ok {
-		r = r.Clone()
-		r.AddAttrs(attrs...)
+	attrs, _ := ctx.Value(key{}).([]slog.Attr)
+	sc := trace.SpanContextFromContext(ctx)
+	if len(attrs) == 0 && !sc.IsValid() {
+		return h.Handler.Handle(ctx, r)
+	}
+	r = r.Clone()
+	r.AddAttrs(attrs...)
+	if sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
 	}
 	return h.Handler.Handle(ctx, r)
 }

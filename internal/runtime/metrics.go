@@ -42,7 +42,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"function"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.handled, m.failed, m.duration, m.redeliveries, m.deadLetters, m.refused, m.inFlight)
+		reg.MustRegister(m)
 	}
 	return m
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.handled, m.failed, m.duration, m.redeliveries, m.deadLetters, m.refused, m.inFlight}
+}
+
+// Describe implements prometheus.Collector: the metrics' descriptions, whether or not any was
+// observed yet (what a dashboard may draw).
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
 }

@@ -156,11 +156,20 @@ func (w *Workspace) tuningProgress(d events.TuningProgressData, at time.Time, re
 	// The newest attempt's progress, however the reports arrive: a fresh attempt starts at step 1
 	// again.
 	if p := w.Progress; p == nil || max(d.Attempt, 1) > max(p.Attempt, 1) || (d.Attempt == p.Attempt && d.Step >= p.Step) {
+		if p != nil && max(d.Attempt, 1) > max(p.Attempt, 1) {
+			w.LossCurve = nil // a new attempt's curve starts again
+		}
 		w.Progress = &d
+		if d.Loss != 0 {
+			w.LossCurve = appendLoss(w.LossCurve, d.Loss)
+		}
 	} else {
 		rec.drop = true // an older report: the newest one already stands for it
 	}
 	rec.Note = ProgressNote(d)
+	if len(w.LossCurve) > 1 {
+		rec.Note += " " + Sparkline(w.LossCurve)
+	}
 	// Progress is reported every 30 s for as long as a run lasts (a 36-hour run would pass
 	// the record's 1 MiB on its own): it is folded into one entry, the newest.
 	w.Events = slices.DeleteFunc(w.Events, func(e EventRecord) bool { return e.Type == events.TuningProgress && !rec.drop })
@@ -214,6 +223,9 @@ func (w *Workspace) imagePushed(d events.ImagePushedData, at time.Time, rec *Eve
 	}
 	if h.Checkpoints == nil {
 		h.Checkpoints = d.Checkpoints
+	}
+	if h.Loss == nil {
+		h.Loss = slices.Clone(w.LossCurve)
 	}
 	rec.Note = d.Reference
 	w.endStep(StepPublish, at)
@@ -360,6 +372,43 @@ func (w *Workspace) addGPU(tuning, serving float64) {
 	}
 	w.GPU.TuningSeconds += tuning
 	w.GPU.ServingSeconds += serving
+}
+
+// maxLossCurve bounds the training losses a record keeps: a curve drawn in a line of text.
+const maxLossCurve = 48
+
+// appendLoss adds a report's loss to the curve; a full curve keeps every other point, so it
+// always spans the whole run at half the resolution of the last doubling.
+func appendLoss(curve []float64, loss float64) []float64 {
+	if len(curve) >= maxLossCurve {
+		half := curve[:0]
+		for i := 0; i < len(curve); i += 2 {
+			half = append(half, curve[i])
+		}
+		curve = half
+	}
+	return append(curve, loss)
+}
+
+// sparks are the bars of a sparkline, lowest first.
+var sparks = []rune("▁▂▃▄▅▆▇█")
+
+// Sparkline draws values as a line of bars scaled between their least and greatest (a flat line
+// for equal values).
+func Sparkline(values []float64) string {
+	if len(values) == 0 {
+		return ""
+	}
+	lo, hi := slices.Min(values), slices.Max(values)
+	out := make([]rune, len(values))
+	for i, v := range values {
+		level := 0
+		if hi > lo {
+			level = int((v - lo) / (hi - lo) * float64(len(sparks)-1))
+		}
+		out[i] = sparks[level]
+	}
+	return string(out)
 }
 
 // ProgressNote renders training progress as a bar with step, loss, throughput and ETA.

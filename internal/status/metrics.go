@@ -19,7 +19,8 @@ const DefaultGPUMetricsAge = 30 * time.Second
 
 // GPUCollector exports the GPU time each workspace has held, read from the status records:
 // kaitoflow_workspace_gpu_seconds_total{namespace, workspace, purpose} (a counter: it only grows,
-// so it ends in _total as Prometheus names counters). A scrape reads the records at most once per
+// so it ends in _total as Prometheus names counters); and, while a workspace tunes, its training
+// loss as last reported: kaitoflow_tuning_loss{namespace, workspace} (a gauge). A scrape reads the records at most once per
 // MaxAge, and concurrent scrapes share one reading, so whoever reaches /metrics cannot make the
 // status store list every record as often as they ask.
 type GPUCollector struct {
@@ -29,7 +30,7 @@ type GPUCollector struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
-	desc *prometheus.Desc
+	desc, loss *prometheus.Desc
 
 	mu     sync.Mutex
 	read   time.Time
@@ -41,11 +42,13 @@ func NewGPUCollector(store Lister) *GPUCollector {
 	return &GPUCollector{Store: store, desc: prometheus.NewDesc("kaitoflow_workspace_gpu_seconds_total",
 		"GPU time a workspace has held, in GPU-seconds: tuning (every attempt's run time × its GPUs) and serving (the serving capacity's GPUs × how "+
 			"long it was held).",
-		[]string{"namespace", "workspace", "purpose"}, nil)}
+		[]string{"namespace", "workspace", "purpose"}, nil),
+		loss: prometheus.NewDesc("kaitoflow_tuning_loss", "The training loss a tuning workspace's run last reported.", []string{"namespace", "workspace"},
+			nil)}
 }
 
 // Describe implements prometheus.Collector.
-func (c *GPUCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *GPUCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.loss }
 
 // Collect implements prometheus.Collector.
 func (c *GPUCollector) Collect(ch chan<- prometheus.Metric) {
@@ -78,6 +81,9 @@ func (c *GPUCollector) metrics() []prometheus.Metric {
 	}
 	sample := make([]prometheus.Metric, 0, 2*len(ws))
 	for _, w := range ws {
+		if w.Phase == Tuning && w.Progress != nil && w.Progress.Loss != 0 {
+			sample = append(sample, prometheus.MustNewConstMetric(c.loss, prometheus.GaugeValue, w.Progress.Loss, w.Namespace, w.Name))
+		}
 		if w.GPU == nil {
 			continue
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kaitoflow/kaitoflow/events"
 )
 
 // countingLister counts the readings of every record, and fails while err is set.
@@ -56,5 +58,37 @@ func TestGPUCollectorReadsTheRecordsOncePerAge(t *testing.T) {
 	l.err = nil
 	if n := testutil.CollectAndCount(c); n != 2 || l.lists.Load() != 3 {
 		t.Fatalf("after a failed reading: %d series from %d readings, want 2 from a fresh (third) reading", n, l.lists.Load())
+	}
+}
+
+// A tuning workspace's last reported loss is a gauge; one that is not tuning has none.
+func TestTuningLossGauge(t *testing.T) {
+	c := NewGPUCollector(&countingLister{ws: []Workspace{
+		{Namespace: "default", Name: "tuning", Phase: Tuning, Progress: &events.TuningProgressData{Step: 40, Loss: 1.25}},
+		{Namespace: "default", Name: "ready", Phase: Ready, Progress: &events.TuningProgressData{Step: 100, Loss: 0.5}},
+	}})
+	want := `# HELP kaitoflow_tuning_loss The training loss a tuning workspace's run last reported.
+# TYPE kaitoflow_tuning_loss gauge
+kaitoflow_tuning_loss{namespace="default",workspace="tuning"} 1.25
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "kaitoflow_tuning_loss"); err != nil {
+		t.Error(err)
+	}
+}
+
+// The loss curve keeps its shape in a bounded line: a full curve halves, then goes on.
+func TestLossCurveAndSparkline(t *testing.T) {
+	var curve []float64
+	for i := range 100 {
+		curve = appendLoss(curve, 2-float64(i)/100)
+	}
+	if len(curve) > maxLossCurve || curve[0] != 2 || curve[len(curve)-1] != 2-0.99 {
+		t.Errorf("curve %v", curve)
+	}
+	if got := Sparkline([]float64{2, 1.5, 1, 1, 0.5}); got != "█▅▃▃▁" {
+		t.Errorf("sparkline %q", got)
+	}
+	if got := Sparkline([]float64{1, 1}); got != "▁▁" {
+		t.Errorf("flat sparkline %q", got)
 	}
 }

@@ -66,8 +66,11 @@ type Workspace struct {
 	Plan         *events.Plan               `json:"plan,omitempty"`
 	Job          string                     `json:"job,omitempty"`
 	Progress     *events.TuningProgressData `json:"progress,omitempty"`
-	Image        string                     `json:"image,omitempty"`
-	ImageDigest  string                     `json:"imageDigest,omitempty"`
+	// LossCurve is the training loss at each progress report of the newest attempt, at most
+	// maxLossCurve points spanning the run (`watch` and `adapters` draw it as a sparkline).
+	LossCurve   []float64 `json:"lossCurve,omitempty"`
+	Image       string    `json:"image,omitempty"`
+	ImageDigest string    `json:"imageDigest,omitempty"`
 	// Provenance is the training record attached to the image (an OCI referrer).
 	Provenance string `json:"provenance,omitempty"`
 	Endpoint   string `json:"endpoint,omitempty"`

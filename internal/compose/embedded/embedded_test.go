@@ -45,13 +45,23 @@ func start(t *testing.T, opts ...func(*assembly.Config)) *Pipeline {
 // startTraced is start with the pipeline's spans going to tp.
 func startTraced(t *testing.T, tp trace.TracerProvider, opts ...func(*assembly.Config)) *Pipeline {
 	t.Helper()
-	return startWith(t, tp, 0, opts...)
+	return startWith(t, startOptions{tracer: tp}, opts...)
 }
 
-// startWith is start with the pipeline's spans going to tp and kaitoflow.tick every tick (0: the
-// default).
-func startWith(t *testing.T, tp trace.TracerProvider, tick time.Duration, opts ...func(*assembly.Config)) *Pipeline {
+// startOptions are what startWith changes of start's pipeline: where its spans go, how often
+// kaitoflow.tick comes (0: the default) and its logger (nil: none).
+type startOptions struct {
+	tracer trace.TracerProvider
+	tick   time.Duration
+	log    *slog.Logger
+}
+
+// startWith is start with so's tracer, tick and logger.
+func startWith(t *testing.T, so startOptions, opts ...func(*assembly.Config)) *Pipeline {
 	t.Helper()
+	if so.log == nil {
+		so.log = slog.New(slog.DiscardHandler)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	fns := assembly.Config{
@@ -66,11 +76,11 @@ func startWith(t *testing.T, tp trace.TracerProvider, tick time.Duration, opts .
 	p, err := Start(ctx, Config{
 		DataDir:      t.TempDir(),
 		Listen:       "127.0.0.1:0",
-		Logger:       slog.New(slog.DiscardHandler),
+		Logger:       so.log,
 		Delivery:     runtime.JetStreamOptions{AckWait: 5 * time.Second, Backoff: []time.Duration{50 * time.Millisecond}},
 		Functions:    fns,
-		Tracer:       tp,
-		TickInterval: tick,
+		Tracer:       so.tracer,
+		TickInterval: so.tick,
 	})
 	if err != nil {
 		t.Fatal(err)

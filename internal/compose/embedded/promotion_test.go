@@ -225,7 +225,7 @@ func TestTaskScoresGatePromotion(t *testing.T) {
 // with the live numbers. v3's canary gets thumbs down on its answers (chat-proxy's POST /feedback)
 // and is rolled back by itself: v2 goes on answering. v4's canary is ended at once by a rollback.
 func TestCanaryPromotesAndRollsBackOnLiveNumbers(t *testing.T) {
-	p := startWith(t, nil, 200*time.Millisecond)
+	p := startWith(t, startOptions{tick: 200 * time.Millisecond})
 	ctx := context.Background()
 	loop := newUploadLoop(t, p, "canary:50%:3s")
 	v1 := loop.upload(3)

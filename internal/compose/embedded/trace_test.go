@@ -3,10 +3,13 @@ package embedded
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,8 +17,10 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // otlpReceiver is an OTLP/HTTP trace endpoint that decodes what it is sent (the protobuf
@@ -67,7 +72,7 @@ func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // With OTEL_EXPORTER_OTLP_ENDPOINT set, the pipeline's spans go out over OTLP/HTTP: one workspace
 // is one trace, from the API's submission through every function, each span a child of the one
-// that produced its input, in event order.
+// that produced its input, in event order; and the steps' log lines name that trace and their span.
 func TestTracesExportedOverOTLP(t *testing.T) {
 	recv := &otlpReceiver{}
 	srv := httptest.NewServer(recv)
@@ -79,7 +84,8 @@ func TestTracesExportedOverOTLP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := startTraced(t, tp)
+	var logs testenv.SyncBuffer
+	p := startWith(t, startOptions{tracer: tp, log: slog.New(logctx.New(slog.NewJSONHandler(&logs, nil)))})
 
 	doc, _ := os.ReadFile(seedPath)
 	if code, body := submit(t, p, doc); code != http.StatusAccepted {
@@ -155,6 +161,23 @@ func TestTracesExportedOverOTLP(t *testing.T) {
 		if !descends(*found, want) {
 			t.Errorf("%s does not descend from %s", name, want)
 		}
+	}
+	// A step's log line names the workspace's trace and a span of it.
+	traced := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec struct {
+			TraceID string `json:"trace_id"`
+			SpanID  string `json:"span_id"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.TraceID == "" {
+			continue
+		}
+		if s, ok := byID[rec.SpanID]; ok && rec.TraceID == root.trace && s.trace == root.trace {
+			traced++
+		}
+	}
+	if traced == 0 {
+		t.Errorf("no log line names the workspace's trace %s and one of its spans:\n%s", root.trace, logs.String())
 	}
 }
 
