@@ -396,9 +396,13 @@ func runFaults(t *testing.T, cluster bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// progress reads every record, on a context of its own: the report after the deadline still
+	// names what each stuck workspace waits in.
 	progress := func() (ready, failed int, stuck []string) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
 		for i := range n {
-			w, err := store.Get(ctx, ns, name(i))
+			w, err := store.Get(rctx, ns, name(i))
 			switch {
 			case err == nil && w.Phase == status.Ready && w.Endpoint != "":
 				ready++
@@ -406,7 +410,11 @@ func runFaults(t *testing.T, cluster bool) {
 				failed++
 			default:
 				if err == nil {
-					stuck = append(stuck, name(i)+"="+string(w.Phase))
+					last := ""
+					if len(w.Events) > 0 {
+						last = " after " + strings.TrimPrefix(w.Events[len(w.Events)-1].Type, events.SubjectPrefix)
+					}
+					stuck = append(stuck, name(i)+"="+string(w.Phase)+last)
 				} else {
 					stuck = append(stuck, name(i)+"=missing")
 				}

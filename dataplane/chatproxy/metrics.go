@@ -27,14 +27,8 @@ var loraLists = regexp.MustCompile(`(running_lora_adapters|waiting_lora_adapters
 func (p *Proxy) modelMetrics(w http.ResponseWriter, r *http.Request, client *http.Client) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Upstream.JoinPath("/metrics").String(), nil)
-	if err != nil {
-		Problem(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		Problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
+	resp := p.upstreamGet(ctx, w, client, "/metrics")
+	if resp == nil {
 		return
 	}
 	defer resp.Body.Close()

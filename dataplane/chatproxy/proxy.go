@@ -159,14 +159,8 @@ func (p *Proxy) adminAllowed(r *http.Request) bool {
 // models answers GET /v1/models with the model server's list plus each public name routed to an
 // adapter (what clients send), its root naming the adapter that answers for it now.
 func (p *Proxy) models(w http.ResponseWriter, r *http.Request, client *http.Client) {
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, p.Upstream.JoinPath("/v1/models").String(), nil)
-	if err != nil {
-		Problem(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		Problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
+	resp := p.upstreamGet(r.Context(), w, client, "/v1/models")
+	if resp == nil {
 		return
 	}
 	defer resp.Body.Close()
@@ -182,6 +176,22 @@ func (p *Proxy) models(w http.ResponseWriter, r *http.Request, client *http.Clie
 		list.Data = append(list.Data, map[string]any{"id": public, "object": "model", "owned_by": "kaitoflow", "root": p.Adapters.Route(public)})
 	}
 	writeJSON(w, list)
+}
+
+// upstreamGet asks the model server for path; when it cannot, it answers w itself (500, or 502
+// when the model server does not answer) and returns nil.
+func (p *Proxy) upstreamGet(ctx context.Context, w http.ResponseWriter, client *http.Client, path string) *http.Response {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Upstream.JoinPath(path).String(), nil)
+	if err != nil {
+		Problem(w, http.StatusInternalServerError, err.Error())
+		return nil
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		Problem(w, http.StatusBadGateway, "model server unavailable: "+err.Error())
+		return nil
+	}
+	return resp
 }
 
 // routed rewrites the request's model from a public name to the adapter that answers for it now.

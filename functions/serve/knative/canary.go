@@ -28,8 +28,9 @@ const (
 	VerdictKey = "canary-verdict"
 )
 
-// Canaries implements serve.CanaryDeployer: every Service whose adapter set runs a canary, with
-// what the running replicas of its ready revision report now added to what earlier replicas did.
+// Canaries implements serve.CanaryDeployer: every Service whose adapter set runs a canary (marked
+// with AnnotationCanary: the others' sets are not read), with what the running replicas of its
+// ready revision report now added to what earlier replicas did.
 // A Service whose canaries cannot be read is skipped (and said so); the others are reported.
 func (k *Deployer) Canaries(ctx context.Context) ([]serve.CanaryReport, error) {
 	if k.Kube == nil {
@@ -41,6 +42,9 @@ func (k *Deployer) Canaries(ctx context.Context) ([]serve.CanaryReport, error) {
 	}
 	var out []serve.CanaryReport
 	for _, u := range l.Items {
+		if u.GetAnnotations()[AnnotationCanary] == "" {
+			continue // no canary runs there: its set is not read
+		}
 		reports, err := k.canariesOf(ctx, &u)
 		if err != nil {
 			logctx.Or(k.Log).WarnContext(ctx, "canaries of a service not read; judged at a later tick", "service", u.GetName(), "namespace",
@@ -150,21 +154,5 @@ func (k *Deployer) EndCanary(ctx context.Context, v serve.CanaryVerdict) (bool, 
 	}
 	client := k.Client.Resource(Services).Namespace(v.Ref.Namespace)
 	return true, patchMetadata(ctx, client, v.Ref.Namespace, name, map[string]any{AnnotationSetVersion: strconv.FormatInt(next.Version, 10),
-		events.AnnotationAcked: nil}, nil, false)
-}
-
-// readVerdict is how the canary the service's current set ended was judged, nil when it ended none.
-func (k *Deployer) readVerdict(ctx context.Context, ns, service string) (*serve.CanaryVerdict, error) {
-	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) || (err == nil && cm.Data[VerdictKey] == "") {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, kubeerr.Classify(fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err))
-	}
-	var v serve.CanaryVerdict
-	if err := json.Unmarshal([]byte(cm.Data[VerdictKey]), &v); err != nil {
-		return nil, fmt.Errorf("adapter set %s/%s: %s: %w", ns, cm.Name, VerdictKey, err)
-	}
-	return &v, nil
+		events.AnnotationAcked: nil, AnnotationCanary: nil}, nil, false)
 }

@@ -12,6 +12,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -233,6 +234,11 @@ func (k *Deployer) rollOut(ctx context.Context, client dynamic.ResourceInterface
 		return err
 	}
 	ann[AnnotationSetVersion] = strconv.FormatInt(version, 10)
+	if mark, ok := canaryMark(d).(string); ok {
+		ann[AnnotationCanary] = mark
+	} else {
+		delete(ann, AnnotationCanary)
+	}
 	obj.SetAnnotations(ann)
 	obj.SetResourceVersion(cur.GetResourceVersion())
 	if _, err := client.Update(ctx, obj, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
@@ -275,8 +281,28 @@ const AnnotationSetVersion = "kaitoflow.io/adapter-set"
 
 // patchMeta merges annotations and labels (a nil value removes one) into the Service's metadata:
 // no template change, so no revision.
+//
+// Every such patch also marks whether d runs a canary (AnnotationCanary), so ticks read the
+// adapter sets of those Services alone.
 func (k *Deployer) patchMeta(ctx context.Context, client dynamic.ResourceInterface, d serve.Deployment, annotations, labels map[string]any) error {
+	annotations = maps.Clone(annotations)
+	if annotations == nil {
+		annotations = map[string]any{}
+	}
+	annotations[AnnotationCanary] = canaryMark(d)
 	return patchMetadata(ctx, client, d.Ref.Namespace, d.Service, annotations, labels, false)
+}
+
+// AnnotationCanary on a Service says its adapter set runs a canary, and until when.
+const AnnotationCanary = "kaitoflow.io/canary"
+
+// canaryMark is AnnotationCanary's value for d: when its canary ends, or nil (removed) when it runs
+// none.
+func canaryMark(d serve.Deployment) any {
+	if d.Canary == nil {
+		return nil
+	}
+	return d.Canary.Ends.UTC().Format(time.RFC3339)
 }
 
 // patchMetadata merges annotations and labels into a Service's metadata; with gone, a Service
@@ -405,18 +431,32 @@ func setConfigMap(ns, name string, labels map[string]string, set chatproxy.Adapt
 
 // readSet is the service's adapter set, nil when it has none.
 func (k *Deployer) readSet(ctx context.Context, ns, service string) (*chatproxy.AdapterSet, error) {
+	set, _, err := k.readSetAndVerdict(ctx, ns, service)
+	return set, err
+}
+
+// readSetAndVerdict is the service's adapter set (nil when it has none) and how the canary the set
+// ended was judged (nil when it ended none), from one read of its ConfigMap.
+func (k *Deployer) readSetAndVerdict(ctx context.Context, ns, service string) (*chatproxy.AdapterSet, *serve.CanaryVerdict, error) {
 	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err)
+		return nil, nil, fmt.Errorf("get adapter set %s/%s: %w", ns, AdapterSetName(service), err)
 	}
 	set, err := chatproxy.DecodeAdapterSet([]byte(cm.Data[AdapterSetKey]))
 	if err != nil {
-		return nil, fmt.Errorf("adapter set %s/%s: %w", ns, cm.Name, err)
+		return nil, nil, fmt.Errorf("adapter set %s/%s: %w", ns, cm.Name, err)
 	}
-	return &set, nil
+	if cm.Data[VerdictKey] == "" {
+		return &set, nil, nil
+	}
+	var v serve.CanaryVerdict
+	if err := json.Unmarshal([]byte(cm.Data[VerdictKey]), &v); err != nil {
+		return nil, nil, fmt.Errorf("adapter set %s/%s: %s: %w", ns, cm.Name, VerdictKey, err)
+	}
+	return &set, &v, nil
 }
 
 // current is the deployment's Service, nil when there is none; one that is not this workspace's
@@ -534,16 +574,14 @@ func (k *Deployer) replicasServe(ctx context.Context, ns string, st *serve.Statu
 	if k.Kube == nil {
 		return nil
 	}
-	set, err := k.readSet(ctx, ns, st.Service)
+	set, verdict, err := k.readSetAndVerdict(ctx, ns, st.Service)
 	if err != nil || set == nil {
 		return err
 	}
+	st.Verdict = verdict
 	st.Version = set.Version
 	if set.Default != "" { // a pool's member says its own
 		st.ServingGeneration, st.ServingCheckpoint = set.Generations[set.Default], set.Checkpoints[set.Default]
-	}
-	if st.Verdict, err = k.readVerdict(ctx, ns, st.Service); err != nil {
-		return err
 	}
 	if k.Replicas == nil {
 		return nil
