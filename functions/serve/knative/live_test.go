@@ -42,6 +42,10 @@ type replicaPods struct {
 	// held stops the kubelet stand-in's projection: the replicas keep seeing the set they have.
 	held atomic.Bool
 
+	// running are the replicas' goroutines: each replica's directory is removed only once they
+	// have stopped.
+	running sync.WaitGroup
+
 	mu     sync.Mutex
 	urls   map[string]string // chat-proxy's routed port
 	admins map[string]string // its admin port
@@ -63,6 +67,9 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 	t.Cleanup(rtSrv.Close)
 	upstream, _ := url.Parse(rtSrv.URL)
 	dir := t.TempDir()
+	// Cleanups run last first: the goroutines stop (the test's ctx ends before its cleanups) before
+	// the directory they write goes.
+	t.Cleanup(r.running.Wait)
 	file, tokenFile := filepath.Join(dir, AdapterSetKey), filepath.Join(dir, AdminTokenKey)
 	project := func() {
 		if r.held.Load() {
@@ -80,14 +87,19 @@ func (r *replicaPods) start(ctx context.Context, pod, service string) {
 		}
 	}
 	project()
+	r.running.Add(2)
 	go func() {
+		defer r.running.Done()
 		for ctx.Err() == nil {
 			project()
 			time.Sleep(30 * time.Millisecond)
 		}
 	}()
 	m := &chatproxy.AdapterManager{Runtime: upstream, Dir: filepath.Join(dir, "adapters"), Pull: chatproxy.RegistryPuller(nil), Replica: pod, Log: slog.New(slog.DiscardHandler)}
-	go m.Run(ctx, chatproxy.FileSource(file), 30*time.Millisecond)
+	go func() {
+		defer r.running.Done()
+		m.Run(ctx, chatproxy.FileSource(file), 30*time.Millisecond)
+	}()
 	// The admin port requires the set's token, as in a pod: serve reads it from the ConfigMap.
 	p := &chatproxy.Proxy{Upstream: upstream, Model: service, Adapters: m, Log: slog.New(slog.DiscardHandler), AdminTokenFile: tokenFile}
 	proxy, admin := httptest.NewServer(p.Handler()), httptest.NewServer(p.AdminHandler())
