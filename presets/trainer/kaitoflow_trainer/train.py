@@ -643,7 +643,10 @@ def train(run: RunSettings) -> None:
     progress = _progress(transformers, tokens_total / len(train_set), started)
     callbacks = [progress]
     minutes = checkpoint_minutes(os.environ, cfg["TrainingArguments"])
-    callbacks.append(_checkpoints(transformers, minutes, torch=torch, evaluate=len(eval_set) > 0))
+    # Saves are evaluated in one process only: with several, an evaluation between a save's
+    # collective steps has hung the run (a data-parallel run's checkpoints carry no eval_loss).
+    evaluate_saves = len(eval_set) > 0 and not distributed()
+    callbacks.append(_checkpoints(transformers, minutes, torch=torch, evaluate=evaluate_saves))
     trainer = transformers.Trainer(
         model=model,
         args=targs,
