@@ -64,15 +64,8 @@ const karpenterVersion = "v1.14.1"
 // Serving's and Karpenter's.
 func seedBox(t *testing.T) *testenv.Box {
 	t.Helper()
-	serving, err := testenv.ModuleDir("knative.dev/serving", servingVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-	karp, err := testenv.ModuleDir("sigs.k8s.io/karpenter", karpenterVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testenv.BoxFor(t, filepath.Join("knative", "crd"), filepath.Join(serving, "config", "core", "300-resources"), filepath.Join(karp, "pkg", "apis", "crds"))
+	return testenv.BoxFor(t, filepath.Join("knative", "crd"), moduleDir(t, "knative.dev/serving", servingVersion, "config", "core", "300-resources"),
+		moduleDir(t, "sigs.k8s.io/karpenter", karpenterVersion, "pkg", "apis", "crds"))
 }
 
 // The seed, `kubectl apply`-ed, on each provider in the box. Real here: the API server with its

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"path/filepath"
+	"testing"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var schemaNamespaces = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
@@ -31,6 +34,16 @@ type objects struct {
 func newObjects(cfg *rest.Config) objects {
 	dc := discovery.NewDiscoveryClientForConfigOrDie(cfg)
 	return objects{dyn: dynamic.NewForConfigOrDie(cfg), mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}
+}
+
+// moduleDir is a directory of a module in the module cache (go.mod pins version), for CRDs.
+func moduleDir(t *testing.T, module, version string, elem ...string) string {
+	t.Helper()
+	dir, err := testenv.ModuleDir(module, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(append([]string{dir}, elem...)...)
 }
 
 // of is the client for u's kind, in u's namespace when the kind is namespaced.

@@ -173,8 +173,19 @@ func stripComments(doc []byte) []byte {
 	return b.Bytes()
 }
 
+// all is every manifest kaitoflow ships: the core, its optional parts (the Service Bus bridge and
+// the upload webhook) and Knative Serving's features.
 func all(t *testing.T) []object {
-	return append(load(t, "knative"), load(t, filepath.Join("knative", "serving-features"))...)
+	var out []object
+	for _, dir := range append([]string{"knative", filepath.Join("knative", "serving-features")}, optionalParts()...) {
+		out = append(out, load(t, dir)...)
+	}
+	return out
+}
+
+// optionalParts are installed only when enabled, each its own kustomization and release file.
+func optionalParts() []string {
+	return []string{filepath.Join("knative", "servicebus"), filepath.Join("knative", "webhook")}
 }
 
 // knativeContext carries the configuration Knative's webhooks validate with: defaults, and the

@@ -15,6 +15,13 @@ import (
 // renderWith renders deploy/knative with the component at dir, as `kubectl kustomize` would.
 func renderWith(t *testing.T, component string) []object {
 	t.Helper()
+	return render(t, []string{"knative"}, component)
+}
+
+// render renders an overlay of the kustomizations and components given (paths under deploy/), as
+// `kubectl kustomize` would: what hack/release.sh writes, before ko resolves the images.
+func render(t *testing.T, resources []string, components ...string) []object {
+	t.Helper()
 	// An overlay beside a copy of deploy/knative, in memory, as hack/release.sh makes one.
 	fs := filesys.MakeFsInMemory()
 	err := filepath.WalkDir("knative", func(p string, d os.DirEntry, err error) error {
@@ -30,7 +37,16 @@ func renderWith(t *testing.T, component string) []object {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../knative\ncomponents:\n- ../" + filepath.ToSlash(component) + "\n"
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
+	for _, r := range resources {
+		k += "- ../" + filepath.ToSlash(r) + "\n"
+	}
+	if len(components) > 0 {
+		k += "components:\n"
+		for _, c := range components {
+			k += "- ../" + filepath.ToSlash(c) + "\n"
+		}
+	}
 	overlay := "/deploy/overlay"
 	if err := fs.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k)); err != nil {
 		t.Fatal(err)

@@ -46,7 +46,11 @@ func TestReleaseWithKo(t *testing.T) {
 	base := pushBase(t, host+"/base:latest")
 
 	var stream bytes.Buffer
-	for _, o := range load(t, "knative") {
+	var parts []object
+	for _, dir := range append([]string{"knative"}, optionalParts()...) {
+		parts = append(parts, load(t, dir)...)
+	}
+	for _, o := range parts {
 		stream.WriteString("---\n")
 		stream.Write(o.doc)
 	}

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds and publishes a kaitoflow release into your registry, and writes release.yaml:
+# Builds and publishes a kaitoflow release into your registry, and writes its release files:
 #   KO_DOCKER_REPO=myregistry.azurecr.io/kaitoflow hack/release.sh [version]
-#   kubectl apply -f release.yaml
+#   kaitoflow install -f release.yaml      (or kubectl apply --server-side -f release.yaml)
 #
 #  1. kaitoflow's image, with ko (.ko.yaml): every function, the controller, the ingress adapters,
 #     and job-run, chat-proxy and pull-adapter for the workload pods; linux/amd64 and linux/arm64.
 #  2. The trainer's image, from presets/trainer with docker buildx (linux/amd64: CUDA).
-#  3. release.yaml: deploy/knative built with kustomize, KAITOFLOW_TRAINER_IMAGE set to the
-#     trainer's digest, and every ko:// reference resolved by ko to kaitoflow's digest.
+#  3. The release files (release.yaml, release-kaitoflow-group.yaml, release-servicebus.yaml,
+#     release-webhook.yaml; RELEASE_OUT_DIR, default the repository root): deploy/knative and its
+#     parts built with kustomize, KAITOFLOW_TRAINER_IMAGE set to the trainer's digest, and every
+#     ko:// reference resolved by ko to kaitoflow's digest.
 # Knative Serving's feature flags (deploy/knative/serving-features) are applied on their own.
 #
 # Needs docker with buildx, kubectl (for kustomize) and credentials for the registry
@@ -19,7 +21,7 @@ export KO_DOCKER_REPO
 version=${1:-$(git -C "$root" describe --tags --always --dirty)}
 # Stamped into the binary by .ko.yaml's ldflags: `kaitoflow version` names the release.
 export KAITOFLOW_VERSION=$version
-out=${RELEASE_OUT:-$root/release.yaml}
+out_dir=${RELEASE_OUT_DIR:-$root}
 ko=$("$root/hack/ko.sh")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -31,16 +33,15 @@ docker buildx build --platform linux/amd64 --tag "$trainer:$version" --push \
 digest=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["containerimage.digest"])' "$tmp/trainer.json")
 trainer_ref=$trainer@$digest
 
-echo "--- kaitoflow image and release.yaml" >&2
-# An overlay beside the base: kustomize takes resources by relative path.
-overlay=$(mktemp -d "$root/deploy/.release.XXXXXX")
-trap 'rm -rf "$tmp" "$overlay"' EXIT
-cat >"$overlay/kustomization.yaml" <<YAML
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- ../knative
-patches:
+echo "--- kaitoflow image and the release files" >&2
+# One overlay per release file, beside the base: kustomize takes resources by relative path.
+#   release.yaml                  the core: kaito.sh's CRDs, as Kaito's manifests name them
+#   release-kaitoflow-group.yaml  the core under kaitoflow.io, to install beside Kaito
+#   release-servicebus.yaml       optional: the Service Bus bridge
+#   release-webhook.yaml          optional: the dataset-upload webhook
+overlays=$(mktemp -d "$root/deploy/.release.XXXXXX")
+trap 'rm -rf "$tmp" "$overlays"' EXIT
+config_patch="patches:
 - patch: |-
     apiVersion: v1
     kind: ConfigMap
@@ -48,16 +49,34 @@ patches:
       name: kaitoflow-config
       namespace: kaitoflow
     data:
-      KAITOFLOW_TRAINER_IMAGE: $trainer_ref
-YAML
-kubectl kustomize "$overlay" |
-  (cd "$root" && "$ko" resolve --base-import-paths --tags "$version" --image-label "org.opencontainers.image.version=$version" -f -) >"$out"
-if grep -q 'ko://' "$out"; then
-  echo "release.yaml still has ko:// references" >&2
-  exit 1
-fi
-if ! grep -q "KAITOFLOW_TRAINER_IMAGE: $trainer_ref" "$out"; then
-  echo "release.yaml does not name the trainer image $trainer_ref" >&2
-  exit 1
-fi
-echo "wrote $out (kaitoflow $version; trainer $trainer_ref)" >&2
+      KAITOFLOW_TRAINER_IMAGE: $trainer_ref"
+overlay() { # name resources components
+  mkdir -p "$overlays/$1"
+  {
+    printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../%s\n' "$2"
+    if [ -n "$3" ]; then printf 'components:\n- ../../%s\n' "$3"; fi
+    if [ "$2" = knative ]; then printf '%s\n' "$config_patch"; fi
+  } >"$overlays/$1/kustomization.yaml"
+}
+overlay release knative ""
+overlay release-kaitoflow-group knative knative/kaitoflow-group
+overlay release-servicebus knative/servicebus ""
+overlay release-webhook knative/webhook ""
+for name in release release-kaitoflow-group release-servicebus release-webhook; do
+  file=$out_dir/$name.yaml
+  kubectl kustomize "$overlays/$name" |
+    (cd "$root" && "$ko" resolve --base-import-paths --tags "$version" --image-label "org.opencontainers.image.version=$version" -f -) >"$file"
+  if grep -q 'ko://' "$file"; then
+    echo "$file still has ko:// references" >&2
+    exit 1
+  fi
+  case $name in release | release-kaitoflow-group)
+    if ! grep -q "KAITOFLOW_TRAINER_IMAGE: $trainer_ref" "$file"; then
+      echo "$file does not name the trainer image $trainer_ref" >&2
+      exit 1
+    fi
+    ;;
+  esac
+  echo "wrote $file" >&2
+done
+echo "kaitoflow $version; trainer $trainer_ref. Install: kaitoflow install -f $out_dir/release.yaml" >&2

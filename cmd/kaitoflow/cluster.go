@@ -41,6 +41,13 @@ type workspaceSource interface {
 // instead of kaitoflow's API.
 type clusterFlags struct{ kubeconfig, context string }
 
+// registerTarget registers the flags for a command that always acts on a cluster: what it does
+// there completes the help ("install into" the cluster in this kubeconfig).
+func (c *clusterFlags) registerTarget(fs *pflag.FlagSet, what string) {
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", what+" the cluster in this kubeconfig (default: $KUBECONFIG, ~/.kube/config)")
+	fs.StringVar(&c.context, "context", "", "the kubeconfig context to use")
+}
+
 func (c *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "read the Workspace resources of the cluster in this kubeconfig instead of kaitoflow's API")
 	fs.StringVar(&c.context, "context", "", "the kubeconfig context to use (implies the cluster)")

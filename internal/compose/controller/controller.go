@@ -164,9 +164,48 @@ type RunOptions struct {
 // process should exit, so that it restarts as a candidate with fresh state.
 var ErrLeadershipLost = errors.New("lost the leader lease")
 
+// ErrForeignCRD is Run's refusal of a CRD kaitoflow did not install: Kaito's own, where Kaito
+// runs in the same cluster. Reconciling it would take over another operator's Workspaces.
+var ErrForeignCRD = errors.New("the CRD is not kaitoflow's")
+
+// PartOf is the label every object kaitoflow installs carries (deploy/knative's kustomization);
+// on a CRD it says the resource is kaitoflow's to reconcile.
+const PartOf = "app.kubernetes.io/part-of"
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// checkCRDs refuses to start on a CRD of c.Group that another install owns. A CRD that is absent
+// is left to Run (Workspaces are required, InferenceSets optional); one the controller may not
+// read is reported and trusted, as `up --watch-workspaces` with a narrow kubeconfig can't read it.
+func (c *Controller) checkCRDs(ctx context.Context) error {
+	for _, kind := range c.kinds() {
+		r := c.resourceOf(kind)
+		name := r.Resource + "." + r.Group
+		crd, err := c.Client.Resource(crdResource).Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case apierrors.IsForbidden(err):
+			logctx.Or(c.Log).Warn("cannot read the CRD to check that it is kaitoflow's", "crd", name, "err", err)
+			continue
+		case err != nil:
+			return fmt.Errorf("read CRD %s: %w", name, err)
+		}
+		if crd.GetLabels()[PartOf] != "kaitoflow" {
+			return fmt.Errorf("%w: %s has no label %s=kaitoflow (labels %v), so another operator, Kaito itself, installed it; "+
+				"install kaitoflow under its own group (release-kaitoflow-group.yaml, or the deploy/knative/kaitoflow-group "+
+				"component) and run the controller with --crd-group kaitoflow.io", ErrForeignCRD, name, PartOf, crd.GetLabels())
+		}
+	}
+	return nil
+}
+
 // Run reconciles Workspaces on the API server cfg names until ctx ends, or leadership is lost
-// (ErrLeadershipLost).
+// (ErrLeadershipLost). It refuses a CRD another operator installed (ErrForeignCRD).
 func (c *Controller) Run(ctx context.Context, cfg *rest.Config, o RunOptions) error {
+	if err := c.checkCRDs(ctx); err != nil {
+		return err
+	}
 	mgr, err := c.manager(cfg, o)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -578,4 +579,73 @@ func setCondition(u *unstructured.Unstructured) (map[string]any, map[string]any)
 		}
 	}
 	return nil, st
+}
+
+// Where Kaito runs, its CRD is not kaitoflow's: the controller refuses to reconcile another
+// operator's Workspaces and says how to install beside it; a CRD kaitoflow installed (its label)
+// is reconciled. The other operator's CRD is a stand-in: kaitoflow's own schema under a group of
+// the test's, created without kaitoflow's label and with Helm's, as Kaito's chart installs it.
+func TestRefusesAnotherOperatorsCRD(t *testing.T) {
+	p := startBus(t)
+	b, err := os.ReadFile("../../../deploy/knative/crd/workspaces.kaito.sh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(b, &crd.Object); err != nil {
+		t.Fatal(err)
+	}
+	const group = "other-operator.example"
+	crd.SetName("workspaces." + group)
+	crd.SetLabels(map[string]string{"app.kubernetes.io/managed-by": "Helm"})
+	if err := unstructured.SetNestedField(crd.Object, group, "spec", "group"); err != nil {
+		t.Fatal(err)
+	}
+	crds := dyn.Resource(crdResource)
+	ctx := context.Background()
+	if _, err := crds.Create(ctx, crd, metav1.CreateOptions{FieldManager: "helm"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = crds.Delete(context.Background(), crd.GetName(), metav1.DeleteOptions{}) })
+	testenv.Eventually(t, 30*time.Second, "the CRD to be established", func() bool {
+		u, err := crds.Get(ctx, crd.GetName(), metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		return slices.ContainsFunc(conds, func(c any) bool {
+			m, _ := c.(map[string]any)
+			return m["type"] == "Established" && m["status"] == "True"
+		})
+	})
+
+	c := p.controller()
+	c.Group, c.Kinds = group, []string{kaito.Kind}
+	run := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return c.Run(ctx, restCfg, RunOptions{Workers: 1})
+	}
+	err = run()
+	if !errors.Is(err, ErrForeignCRD) {
+		t.Fatalf("Run on another operator's CRD: %v, want ErrForeignCRD", err)
+	}
+	for _, want := range []string{"workspaces." + group, "--crd-group kaitoflow.io", "kaitoflow-group"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal %q does not say %q", err, want)
+		}
+	}
+
+	// The same CRD, installed by kaitoflow (its kustomization's label): reconciled until stopped.
+	u, err := crds.Get(ctx, crd.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.SetLabels(map[string]string{PartOf: "kaitoflow"})
+	if _, err := crds.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(); err != nil {
+		t.Fatalf("Run on kaitoflow's CRD: %v", err)
+	}
 }
