@@ -391,10 +391,10 @@ func newWatch(g *globals) *cobra.Command {
 
 // watch prints a workspace's timeline until it is Ready (nil) or Failed (exit 1).
 func (g *globals) watch(ctx context.Context, src workspaceSource, name string) error {
-	printed := map[string]bool{}
+	tl := newTimeline(g.out)
 	var final *status.Workspace
 	err := src.Watch(ctx, name, func(w status.Workspace) bool {
-		printTimeline(g.out, w, printed)
+		tl.print(w)
 		if w.Phase.Terminal() {
 			final = &w
 			return false
@@ -417,11 +417,12 @@ func (g *globals) watch(ctx context.Context, src workspaceSource, name string) e
 	}
 	printAttempts(g.out, *final)
 	if final.Phase == status.Failed {
-		fmt.Fprintf(g.out, "\nworkspace %s Failed: %s: %s\n", final.Name, final.Failure.Reason, final.Failure.Message)
+		fmt.Fprintf(g.out, "\n%s: %s: %s\n", tl.paint(sgrRed, "workspace "+final.Name+" Failed"), final.Failure.Reason, final.Failure.Message)
 		return exitError{code: exitFailed}
 	}
 	// This generation's time: its timeline's, not the workspace's since its first generation.
-	fmt.Fprintf(g.out, "\nworkspace %s Ready in %s: %s\n", final.Name, final.Updated.Sub(timelineStart(*final)).Round(time.Millisecond), final.Endpoint)
+	ready := fmt.Sprintf("workspace %s Ready in %s", final.Name, final.Updated.Sub(timelineStart(*final)).Round(time.Millisecond))
+	fmt.Fprintf(g.out, "\n%s: %s\n", tl.paint(sgrGreen, ready), final.Endpoint)
 	return nil
 }
 
@@ -448,26 +449,88 @@ func timelineStart(w status.Workspace) time.Time {
 	return w.Created
 }
 
-// printTimeline prints the events not printed yet, each with the time since the first.
-func printTimeline(out io.Writer, w status.Workspace, printed map[string]bool) {
-	// The header once, though the first report may have no events yet (no event has this id).
-	const header = ""
-	if !printed[header] {
-		printed[header] = true
-		fmt.Fprintf(out, "workspace %s/%s generation %d\n", w.Namespace, w.Name, w.Generation)
-	}
-	printEvents(out, w, printed)
+// timeline prints a workspace's events as they arrive. On a terminal a tuning run's progress is
+// redrawn in place (one line that moves, not a line per report) and, unless NO_COLOR is set or
+// TERM is dumb, what failed is red, what is waiting yellow and what is ready green.
+type timeline struct {
+	out     io.Writer
+	printed map[string]bool
+	// tty redraws progress in place; colour adds SGR colours.
+	tty, colour bool
+	// progressShown: the last line printed is a progress report, redrawn by the next one.
+	progressShown bool
 }
 
-// printEvents prints the generation's events not printed yet, each with the time since its first.
-func printEvents(out io.Writer, w status.Workspace, printed map[string]bool) {
+// newTimeline is a timeline on out, with a terminal's redraw and colour when out is one.
+func newTimeline(out io.Writer) *timeline {
+	tty := isTerminal(out)
+	return &timeline{out: out, printed: map[string]bool{}, tty: tty, colour: tty && wantsColour(os.Getenv)}
+}
+
+// wantsColour follows the conventions: NO_COLOR set to anything turns colour off (no-color.org),
+// and so does a terminal that says it has none.
+func wantsColour(getenv func(string) string) bool {
+	term := getenv("TERM")
+	return getenv("NO_COLOR") == "" && term != "" && term != "dumb"
+}
+
+// SGR colours: red for failures and dead letters, yellow for holds and retries, green for ready.
+const (
+	sgrRed    = "\x1b[31m"
+	sgrYellow = "\x1b[33m"
+	sgrGreen  = "\x1b[32m"
+	sgrBold   = "\x1b[1m"
+	sgrReset  = "\x1b[0m"
+	// Up one line and clear it: the previous progress line is overwritten.
+	redrawLine = "\x1b[1A\x1b[2K"
+)
+
+func (t *timeline) paint(sgr, s string) string {
+	if !t.colour || sgr == "" {
+		return s
+	}
+	return sgr + s + sgrReset
+}
+
+// colourOf is an event type's colour on a terminal.
+func colourOf(typ string) string {
+	switch typ {
+	case events.WorkspaceFailed:
+		return sgrRed
+	case events.TuningRetrying, events.AdapterHeld, events.AdapterCanary:
+		return sgrYellow
+	case events.InferenceReady, events.AdapterPromoted:
+		return sgrGreen
+	}
+	return ""
+}
+
+// print prints the header once, then the events not printed yet.
+func (t *timeline) print(w status.Workspace) {
+	// The header once, though the first report may have no events yet (no event has this id).
+	const header = ""
+	if !t.printed[header] {
+		t.printed[header] = true
+		fmt.Fprintln(t.out, t.paint(sgrBold, fmt.Sprintf("workspace %s/%s generation %d", w.Namespace, w.Name, w.Generation)))
+	}
+	t.events(w)
+}
+
+// events prints the generation's events not printed yet, each with the time since its first.
+func (t *timeline) events(w status.Workspace) {
 	start := timelineStart(w)
 	for _, e := range w.Events {
-		if printed[e.ID] {
+		if t.printed[e.ID] {
 			continue
 		}
-		printed[e.ID] = true
-		fmt.Fprintf(out, "  +%-9s %-30s %-20s %s\n", e.Time.Sub(start).Round(time.Millisecond), e.Type, e.Source, e.Note)
+		t.printed[e.ID] = true
+		progress := e.Type == events.TuningProgress
+		if t.tty && progress && t.progressShown {
+			fmt.Fprint(t.out, redrawLine)
+		}
+		t.progressShown = progress
+		fmt.Fprintf(t.out, "  +%-9s %s %-20s %s\n", e.Time.Sub(start).Round(time.Millisecond), t.paint(colourOf(e.Type), fmt.Sprintf("%-30s", e.Type)),
+			e.Source, e.Note)
 	}
 }
 

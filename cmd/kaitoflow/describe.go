@@ -91,6 +91,6 @@ func describe(out io.Writer, w *status.Workspace, now time.Time) error {
 		}
 	}
 	fmt.Fprintln(out, "Events:")
-	printEvents(out, *w, map[string]bool{})
+	(&timeline{out: out, printed: map[string]bool{}}).events(*w)
 	return nil
 }

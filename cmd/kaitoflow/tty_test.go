@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kaitoflow/kaitoflow/events"
 )
 
 // openPTY opens a pseudo-terminal: what is written to tty shows on master, as on a screen.
@@ -58,8 +60,8 @@ func (s *screen) String() string {
 }
 
 // `up --submit` in a terminal shows the timeline and the hints, not the log: the log goes to a
-// file under the data dir (the same run logs dozens of INFO lines), and its closing hint names
-// this API's address.
+// file under the data dir (the same run logs dozens of INFO lines), its closing hint names this
+// API's address, and the timeline is coloured.
 func TestUpInATerminalShowsTheTimelineAlone(t *testing.T) {
 	master, tty := openPTY(t)
 	var shown screen
@@ -73,6 +75,9 @@ func TestUpInATerminalShowsTheTimelineAlone(t *testing.T) {
 			}
 		}
 	}()
+	// A colour terminal: the timeline is coloured (NO_COLOR empty counts as unset).
+	t.Setenv("TERM", "xterm-256color")
+	t.Setenv("NO_COLOR", "")
 	dataDir := t.TempDir()
 	root := newRoot(tty, tty)
 	root.SetArgs([]string{"up", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--data-dir", dataDir, "--delay", "50ms",
@@ -98,6 +103,9 @@ func TestUpInATerminalShowsTheTimelineAlone(t *testing.T) {
 		if !strings.Contains(screen, want) {
 			t.Errorf("the screen lacks %q:\n%s", want, screen)
 		}
+	}
+	if !strings.Contains(screen, sgrGreen+events.InferenceReady) {
+		t.Errorf("inference.ready is not green on a colour terminal:\n%q", screen)
 	}
 	if strings.Contains(screen, "level=INFO") {
 		t.Errorf("log lines reached the screen:\n%s", screen)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
@@ -68,5 +69,76 @@ func TestWatch(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// On a terminal a run's progress is one line redrawn in place, and colours mark what failed, waits
+// or is ready; piped, every report is a line of its own and there is no escape sequence at all.
+func TestTimelineOnATerminal(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ev := func(id, typ string, s int) status.EventRecord {
+		return status.EventRecord{ID: id, Type: typ, Source: "kaitoflow/test", Time: at.Add(time.Duration(s) * time.Second), Note: id}
+	}
+	w := status.Workspace{Namespace: "default", Name: "ws", Generation: 1}
+	// The record folds progress reports: each report replaces the one before.
+	records := [][]status.EventRecord{
+		{ev("req", events.WorkspaceRequested, 0), ev("p1", events.TuningProgress, 1)},
+		{ev("req", events.WorkspaceRequested, 0), ev("p2", events.TuningProgress, 2)},
+		{ev("req", events.WorkspaceRequested, 0), ev("p3", events.TuningProgress, 3), ev("retry", events.TuningRetrying, 4)},
+		{ev("req", events.WorkspaceRequested, 0), ev("p4", events.TuningProgress, 5), ev("ready", events.InferenceReady, 6)},
+	}
+	for _, tc := range []struct {
+		name        string
+		tty, colour bool
+		redraws     int
+		coloured    []string
+	}{
+		{name: "piped"},
+		{name: "terminal, NO_COLOR", tty: true, redraws: 2},
+		{name: "terminal", tty: true, colour: true, redraws: 2, coloured: []string{
+			sgrYellow + events.TuningRetrying, sgrGreen + events.InferenceReady, sgrBold + "workspace default/ws generation 1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			tl := &timeline{out: &out, printed: map[string]bool{}, tty: tc.tty, colour: tc.colour}
+			for _, evs := range records {
+				w.Events = evs
+				tl.print(w)
+			}
+			got := out.String()
+			// p2 redraws p1 and p3 redraws p2; p4 follows the retry on a line of its own.
+			if n := strings.Count(got, redrawLine); n != tc.redraws {
+				t.Errorf("%d redraws, want %d:\n%q", n, tc.redraws, got)
+			}
+			for _, id := range []string{"p1", "p2", "p3", "p4", "retry", "ready"} {
+				if !strings.Contains(got, " "+id+"\n") {
+					t.Errorf("no line for %s:\n%q", id, got)
+				}
+			}
+			for _, c := range tc.coloured {
+				if !strings.Contains(got, c) {
+					t.Errorf("%q is not coloured:\n%q", c, got)
+				}
+			}
+			if !tc.colour && strings.Contains(got, "\x1b[3") {
+				t.Errorf("colour without a colour terminal:\n%q", got)
+			}
+		})
+	}
+}
+
+func TestWantsColour(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want bool
+	}{
+		{map[string]string{"TERM": "xterm-256color"}, true},
+		{map[string]string{"TERM": "xterm-256color", "NO_COLOR": "1"}, false},
+		{map[string]string{"TERM": "dumb"}, false},
+		{map[string]string{}, false},
+	} {
+		if got := wantsColour(func(k string) string { return tc.env[k] }); got != tc.want {
+			t.Errorf("%v: %v, want %v", tc.env, got, tc.want)
+		}
 	}
 }
