@@ -141,6 +141,26 @@ func TestCLI(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &list) != nil || list.Kind != "List" || len(list.Items) != 1 || list.Items[0].Kind != kaito.Kind {
 		t.Errorf("get workspaces -o json: %v\n%s", err, out)
 	}
+	// -o custom-columns as kubectl's: a header per column, <none> where a path finds nothing.
+	state, _, _ := cli(t, p.URL, "get", "workspace", "workspace-tuning-phi-3", "-o", "jsonpath={.status.state}")
+	out, _, err = cli(t, p.URL, "get", "workspaces", "-o", "custom-columns=NAME:.metadata.name,STATE:.status.state,PRESET:.tuning.preset.name,NOPE:.spec.nope")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); err != nil || len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "NAME STATE PRESET NOPE" ||
+		strings.Join(strings.Fields(lines[1]), " ") != "workspace-tuning-phi-3 "+strings.TrimSpace(state)+" phi-3-mini-128k-instruct <none>" {
+		t.Errorf("get -o custom-columns: %v\n%s", err, out)
+	}
+	if _, _, err := cli(t, p.URL, "get", "workspaces", "-o", "custom-columns=NAME"); err == nil {
+		t.Error("get -o custom-columns=NAME (no path) was taken")
+	}
+	// -l: the manifest's labels (the seed has none).
+	if out, stderr, err := cli(t, p.URL, "get", "workspaces", "-l", "team=nlp"); err != nil || out != "" || !strings.Contains(stderr, "No resources found") {
+		t.Errorf("get -l team=nlp: %v %q %q", err, out, stderr)
+	}
+	if out, _, err := cli(t, p.URL, "get", "workspaces", "-l", "!team", "-o", "name"); err != nil || out != "workspace.kaito.sh/workspace-tuning-phi-3\n" {
+		t.Errorf("get -l !team: %v %q", err, out)
+	}
+	if _, _, err := cli(t, p.URL, "get", "workspaces", "-l", "team in (a,"); err == nil {
+		t.Error("an invalid selector was taken")
+	}
 	// adapters: the one generation, serving, by its digest (and under it the checkpoints its run
 	// kept, as "1:STEP checkpoint" rows); promote refuses the one serving.
 	out, _, err = cli(t, p.URL, "adapters", "workspace-tuning-phi-3")
@@ -167,7 +187,7 @@ func TestCLI(t *testing.T) {
 		{[]string{"__complete", "describe", ""}, "workspace-tuning-phi-3\n"},
 		{[]string{"__complete", "get", "workspaces", ""}, "workspace-tuning-phi-3\n"},
 		{[]string{"__complete", "get", ""}, "workspaces\nconfigmaps\n"},
-		{[]string{"__complete", "get", "workspaces", "-o", ""}, "yaml\njson\nname\nwide\njsonpath=\n"},
+		{[]string{"__complete", "get", "workspaces", "-o", ""}, "yaml\njson\nname\nwide\njsonpath=\ncustom-columns=\n"},
 	} {
 		if out, _, err := cli(t, p.URL, tc.args...); err != nil || !strings.HasPrefix(out, tc.want) {
 			t.Errorf("%v: %v %q, want it to begin %q", tc.args, err, out, tc.want)

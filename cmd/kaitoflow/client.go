@@ -176,52 +176,6 @@ func readFile(stdin io.Reader, name string) ([]byte, error) {
 	return b, nil
 }
 
-func newGet(g *globals) *cobra.Command {
-	var output string
-	var all bool
-	var cluster clusterFlags
-	cmd := &cobra.Command{
-		Use:     "get workspaces|configmaps [NAME]",
-		Short:   "List workspaces with kubectl's columns, or show one; list the submitted ConfigMaps",
-		Example: "  kaitoflow get workspaces\n  kaitoflow get workspace workspace-tuning-phi-3 -o yaml\n  kaitoflow get configmaps",
-		Args:    cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c := g.client()
-			switch args[0] {
-			case "workspaces", "workspace", "ws", "wk", "wks":
-			case "configmaps", "configmap", "cm":
-				return g.getConfigMaps(cmd.Context(), c, args[1:], output, all)
-			default:
-				return fmt.Errorf("unknown resource %q: kaitoflow has workspaces and configmaps", args[0])
-			}
-			src, err := g.workspaces(cluster)
-			if err != nil {
-				return err
-			}
-			var list []status.Workspace
-			if len(args) == 2 {
-				w, err := src.Get(cmd.Context(), args[1])
-				if err != nil {
-					return err
-				}
-				list = []status.Workspace{*w}
-			} else {
-				l, err := src.List(cmd.Context(), all)
-				if err != nil {
-					return err
-				}
-				list = l
-			}
-			return printWorkspaces(g.out, list, output, len(args) == 2, all)
-		},
-	}
-	cmd.Flags().StringVarP(&output, "output", "o", "",
-		"output format: yaml or json (Kaito Workspace objects, a List of them without NAME), name, jsonpath=TEMPLATE, wide")
-	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list workspaces in every namespace")
-	cluster.register(cmd.Flags())
-	return cmd
-}
-
 // getConfigMaps prints the ConfigMaps submitted in the embedded mode as kubectl does:
 // NAME DATA AGE, or the objects with -o yaml|json.
 func (g *globals) getConfigMaps(ctx context.Context, c *api.Client, names []string, format string, allNS bool) error {
@@ -319,53 +273,6 @@ func printObjects[T any](out io.Writer, list []T, format string, single bool) er
 	}
 	_, err = out.Write(append(bytes.TrimRight(b, "\n"), '\n'))
 	return err
-}
-
-func printWorkspaces(out io.Writer, list []status.Workspace, format string, single, allNS bool) error {
-	switch {
-	case format == "json", format == "yaml", format == "name", strings.HasPrefix(format, "jsonpath="):
-		objects := make([]kaito.Workspace, len(list))
-		for i := range list {
-			objects[i] = list[i].Resource()
-		}
-		return printResources(out, objects, format, single)
-	case format == "", format == "wide":
-	default:
-		return fmt.Errorf("-o %q: want yaml, json, name, jsonpath=TEMPLATE or wide", format)
-	}
-	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
-	// Kaito v1beta1's columns, as kubectl prints them for the CRD.
-	cols := "NAME\tINSTANCE\tRESOURCEREADY\tINFERENCEREADY\tJOBSTARTED\tWORKSPACESUCCEEDED\tTARGETNODECOUNT\tSTATE\tAGE"
-	if allNS {
-		cols = "NAMESPACE\t" + cols
-	}
-	if format == "wide" {
-		cols += "\tPHASE\tSERVING\tREPLICAS\tADAPTERS\tIMAGE\tENDPOINT"
-	}
-	fmt.Fprintln(tw, cols)
-	now := time.Now()
-	for _, w := range list {
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", w.Name, w.InstanceType,
-			w.ConditionStatus(status.CondResourceReady), w.ConditionStatus(status.CondInferenceReady),
-			w.ConditionStatus(status.CondJobStarted), w.ConditionStatus(status.CondWorkspaceSucceeded),
-			w.TargetNodeCount(), w.State(), age(now.Sub(w.Created)))
-		if allNS {
-			row = w.Namespace + "\t" + row
-		}
-		if format == "wide" {
-			serving, image := "", w.Image
-			if w.Endpoint != "" {
-				serving = strconv.FormatInt(w.Serving(), 10)
-				if p, ok := w.Pushed(w.Serving()); ok {
-					image = p.Image
-				}
-			}
-			row += fmt.Sprintf("\t%s\t%s\t%d\t%s\t%s\t%s", w.Phase, cmp.Or(serving, "<none>"), w.Replicas, cmp.Or(strings.Join(w.Adapters, ","),
-				"<none>"), image, w.Endpoint)
-		}
-		fmt.Fprintln(tw, row)
-	}
-	return tw.Flush()
 }
 
 // age prints a duration the way kubectl's AGE column does.

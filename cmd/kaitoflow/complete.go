@@ -22,7 +22,7 @@ func takesWorkspaceName(command string) bool {
 func outputFormats(command string) []string {
 	switch command {
 	case "get":
-		return []string{"yaml", "json", "name", "wide", "jsonpath="}
+		return []string{"yaml", "json", "name", "wide", "jsonpath=", "custom-columns="}
 	case "adapters":
 		return []string{"json", "yaml"}
 	}
