@@ -77,6 +77,16 @@ func TestCLI(t *testing.T) {
 			t.Errorf("watch output lacks %q:\n%s", want, out)
 		}
 	}
+	// logs: the trainer's output of the run, as a pod's log keeps it (the sim trainer says so).
+	if out, _, err := cli(t, p.URL, "logs", "workspace-tuning-phi-3"); err != nil || !strings.Contains(out, "sim trainer: wrote a simulated adapter") {
+		t.Errorf("logs: %v %q", err, out)
+	}
+	if out, _, err := cli(t, p.URL, "logs", "workspace-tuning-phi-3", "-f"); err != nil || !strings.Contains(out, "sim trainer: wrote a simulated adapter") {
+		t.Errorf("logs -f of a run that ended: %v %q", err, out)
+	}
+	if _, stderr, err := cli(t, p.URL, "logs", "workspace-tuning-phi-3", "--attempt", "7"); err == nil || !strings.Contains(stderr+err.Error(), "attempt 7") {
+		t.Errorf("logs --attempt 7 (no such attempt): %v %q", err, stderr)
+	}
 	out, _, err = cli(t, p.URL, "get", "workspaces")
 	if err != nil {
 		t.Fatal(err)

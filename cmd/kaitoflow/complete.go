@@ -12,7 +12,7 @@ import (
 // completes it from the workspaces the API (or, with --kubeconfig/--context, the cluster) has.
 func takesWorkspaceName(command string) bool {
 	switch command {
-	case "adapters", "chat", "delete", "describe", "promote", "rollback", "wait", "watch":
+	case "adapters", "chat", "delete", "describe", "logs", "promote", "rollback", "wait", "watch":
 		return true
 	}
 	return false

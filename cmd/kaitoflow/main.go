@@ -113,7 +113,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g),
 		newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g),
-		newController(g), newNATSAuth(g), newVersion(g), newWait(g), newDescribe(g), newInstall(g), newUninstall(g))
+		newController(g), newNATSAuth(g), newVersion(g), newWait(g), newDescribe(g), newInstall(g), newUninstall(g), newLogs(g))
 	registerCompletion(g, root)
 	root.SetOut(stdout) // help and the shell's completions
 	root.SetErr(stderr)

@@ -78,8 +78,9 @@ type Config struct {
 	Reporter Reporter
 	// Env is added to the trainer's environment.
 	Env []string
-	// Stdout receives the trainer's output (os.Stdout when nil: the pod's log).
-	Stdout io.Writer
+	// Stdout receives the trainer's output (os.Stdout when nil: the pod's log); Stderr its
+	// errors (os.Stderr when nil).
+	Stdout, Stderr io.Writer
 	// FetchBestEffort logs and skips datasets that cannot be fetched instead of failing (the
 	// sim trainer, which reads none, on an offline machine).
 	FetchBestEffort bool
@@ -139,7 +140,11 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	defer cleanup()
 	ckpts := newCheckpoints(ctx, c, resumed, log)
-	code := runTrainer(ctx, command, c.Env, out, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
+	errOut := c.Stderr
+	if errOut == nil {
+		errOut = os.Stderr
+	}
+	code := runTrainer(ctx, command, c.Env, out, errOut, tee{rep: c.Reporter, ckpts: ckpts, from: resumed}, log)
 	// The trainer has ended: its newest checkpoint is what the next pod of this run needs, so the
 	// upload in flight finishes first — unless the run succeeded, or ran out of GPU memory (the
 	// next attempt is planned again and starts afresh).
@@ -430,12 +435,12 @@ func pullData(ctx context.Context, c Config, log *slog.Logger) error {
 	return err
 }
 
-func runTrainer(ctx context.Context, argv, env []string, out io.Writer, t tee, log *slog.Logger) int {
+func runTrainer(ctx context.Context, argv, env []string, out, errOut io.Writer, t tee, log *slog.Logger) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if len(env) > 0 {
 		cmd.Env = append(os.Environ(), env...)
 	}
-	cmd.Stderr, cmd.Stdin = os.Stderr, os.Stdin
+	cmd.Stderr, cmd.Stdin = errOut, os.Stdin
 	// An os.Pipe rather than StdoutPipe: Wait must not close the reading end before the tee has
 	// read the trainer's last lines.
 	stdout, w, err := os.Pipe()

@@ -10,7 +10,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"strconv"
@@ -147,6 +149,14 @@ type Trainer interface {
 	Acknowledge(ctx context.Context, ref events.Ref, attempt int) error
 	Delete(ctx context.Context, ref events.Ref) error
 }
+
+// ErrNoLogs: the workspace's generation has no trainer output (yet), for the attempt asked.
+var ErrNoLogs = errors.New("no trainer output")
+
+// Logs are a run's trainer output, the way `kubectl logs` reads a tuning pod's: attempt 0 is the
+// newest; with follow, what the trainer writes next, until the attempt ends or ctx does.
+// ErrNoLogs when there is none. Each driver that keeps output implements it.
+type Logs func(ctx context.Context, ref events.Ref, attempt int, follow bool, w io.Writer) error
 
 // Replanner makes the plan of the next attempt after a run ran out of GPU memory: one step
 // smaller (half the batch with twice the gradient accumulation, then half the sequence, then the

@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -146,7 +147,7 @@ func (l *Trainer) run(ctx context.Context, r *localRun) {
 
 // wrap runs the job through job-run, as a tuning Job's container does.
 func (l *Trainer) wrap(ctx context.Context, r *localRun) (tune.Result, *events.TrainerFailure, error) {
-	dir := filepath.Join(l.Dir, r.job.Ref.Namespace, r.job.Ref.Name, strconv.FormatInt(r.job.Ref.Generation, 10))
+	dir := l.runDir(r.job.Ref)
 	run := RunDirs{Root: dir, Data: filepath.Join(dir, "data"), Results: filepath.Join(dir, "results"),
 		TerminationLog: filepath.Join(dir, fmt.Sprintf("termination-log-%d", r.job.AttemptOf()))}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -156,14 +157,21 @@ func (l *Trainer) wrap(ctx context.Context, r *localRun) (tune.Result, *events.T
 	if err != nil {
 		return tune.Result{}, nil, fmt.Errorf("%s: %w", l.Name(), err)
 	}
-	stdout := l.Stdout
-	if stdout == nil {
-		stdout = io.Discard
+	// The trainer's output and errors, as a pod's log keeps them: `kaitoflow logs` reads this.
+	logFile, err := os.OpenFile(logPath(dir, r.job.AttemptOf()), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return tune.Result{}, nil, fmt.Errorf("%s: trainer log: %w", l.Name(), err)
+	}
+	defer logFile.Close()
+	logged := &boundedWriter{w: logFile, left: MaxLog}
+	stdout := io.Writer(logged)
+	if l.Stdout != nil {
+		stdout = io.MultiWriter(l.Stdout, logged)
 	}
 	cfg := jobrun.Config{
 		DataDir: run.Data, ResultsDir: run.Results, TerminationLog: run.TerminationLog, Attempts: 1,
 		FetchBestEffort: l.BestEffortFetch, Policy: l.Policy, Env: proc.Env, Command: proc.Command,
-		CheckpointTag: r.job.CheckpointTag(), Reporter: localReporter{l: l, r: r}, Stdout: stdout,
+		CheckpointTag: r.job.CheckpointTag(), Reporter: localReporter{l: l, r: r}, Stdout: stdout, Stderr: logged,
 	}
 	t := r.job.Workspace.Tuning
 	if t != nil && t.Input != nil {
@@ -360,4 +368,88 @@ func (p Python) Process(job tune.Job, run RunDirs) (TrainerProcess, error) {
 		env = append(env, "CUDA_VISIBLE_DEVICES=")
 	}
 	return TrainerProcess{Command: tune.TrainerCommand(job, p.Interpreter, model, revision, config, run.Data), Env: env}, nil
+}
+
+// runDir holds a generation's runs: data, results, termination logs and trainer logs.
+func (l *Trainer) runDir(ref events.Ref) string {
+	return filepath.Join(l.Dir, ref.Namespace, ref.Name, strconv.FormatInt(ref.Generation, 10))
+}
+
+// MaxLog bounds an attempt's trainer log on disk; what comes after is dropped, and said so.
+const MaxLog = 64 << 20
+
+func logPath(dir string, attempt int) string {
+	return filepath.Join(dir, fmt.Sprintf("trainer-%d.log", attempt))
+}
+
+// boundedWriter writes up to left bytes, then one line saying the rest was dropped; it never
+// fails the trainer for its log.
+type boundedWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	left int64
+	cut  bool
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case int64(len(p)) <= b.left:
+		n, _ := b.w.Write(p)
+		b.left -= int64(n)
+	case !b.cut:
+		b.cut = true
+		_, _ = b.w.Write(p[:b.left])
+		b.left = 0
+		_, _ = fmt.Fprintf(b.w, "\n[kaitoflow: the log reached %d bytes; the rest of this attempt's output is dropped]\n", MaxLog)
+	}
+	return len(p), nil
+}
+
+// Logs implements tune.Logs: an attempt's trainer output from its log file; with follow, until
+// the attempt ends (a newer one, or the run done) or ctx does.
+func (l *Trainer) Logs(ctx context.Context, ref events.Ref, attempt int, follow bool, w io.Writer) error {
+	dir := l.runDir(ref)
+	if attempt <= 0 {
+		matches, _ := filepath.Glob(filepath.Join(dir, "trainer-*.log"))
+		for _, m := range matches {
+			var n int
+			if _, err := fmt.Sscanf(filepath.Base(m), "trainer-%d.log", &n); err == nil {
+				attempt = max(attempt, n)
+			}
+		}
+	}
+	f, err := os.Open(logPath(dir, attempt))
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w for %s attempt %d", tune.ErrNoLogs, ref.Subject(), attempt)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const poll = 200 * time.Millisecond
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		if !follow || l.ended(ref, attempt) {
+			// One more read: what was written between the copy and the check.
+			_, err := io.Copy(w, f)
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(poll):
+		}
+	}
+}
+
+// ended reports whether the attempt's trainer can write no more: its run is done, replaced or gone.
+func (l *Trainer) ended(ref events.Ref, attempt int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.runs[localKey(ref)]
+	return !ok || r.done || r.job.Ref.Generation != ref.Generation || r.job.AttemptOf() != attempt
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -112,6 +113,11 @@ func (s *Trainer) List(ctx context.Context) ([]events.Ref, error) { return s.run
 // Acknowledge implements Trainer.
 func (s *Trainer) Acknowledge(ctx context.Context, ref events.Ref, upTo int) error {
 	return s.runner().Acknowledge(ctx, ref, upTo)
+}
+
+// Logs implements tune.Logs: the simulated trainer's output, kept as a real run's is.
+func (s *Trainer) Logs(ctx context.Context, ref events.Ref, attempt int, follow bool, w io.Writer) error {
+	return s.runner().Logs(ctx, ref, attempt, follow, w)
 }
 
 // Delete implements Trainer.

@@ -27,7 +27,9 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
+	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -49,6 +51,8 @@ type Server struct {
 	Plan func(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error)
 	// BodyTimeout is how long a request's body may take to arrive; BodyReadTimeout when zero.
 	BodyTimeout time.Duration
+	// Logs reads a workspace's trainer output (GET /v1/workspaces/{name}/logs); nil answers 501.
+	Logs tune.Logs
 }
 
 // FieldError is one validation problem, as the API returns it.
@@ -80,6 +84,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/workspaces", s.list)
 	mux.HandleFunc("GET /v1/workspaces/{name}", s.get)
 	mux.HandleFunc("GET /v1/workspaces/{name}/events", s.watch)
+	mux.HandleFunc("GET /v1/workspaces/{name}/logs", s.logs)
 	mux.HandleFunc("DELETE /v1/workspaces/{name}", s.delete)
 	mux.HandleFunc("POST /v1/workspaces/{name}/rollback", s.rollback)
 	mux.HandleFunc("POST /v1/configmaps", s.submitConfigMap)
@@ -266,6 +271,59 @@ func (s *Server) record(w http.ResponseWriter, r *http.Request, ns, name string)
 		return nil, false
 	}
 	return rec, true
+}
+
+// logs streams the trainer's output of the workspace's generation (?attempt=N, the newest when
+// absent), as text; ?follow=true keeps the stream open while the attempt runs.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	if s.Logs == nil {
+		writeJSON(w, http.StatusNotImplemented, Problem{Error: "this server's trainer keeps no logs"})
+		return
+	}
+	q := r.URL.Query()
+	attempt, err := strconv.Atoi(cmp.Or(q.Get("attempt"), "0"))
+	if err != nil || attempt < 0 {
+		writeJSON(w, http.StatusBadRequest, Problem{Error: fmt.Sprintf("attempt %q: want a positive number", q.Get("attempt"))})
+		return
+	}
+	follow := q.Get("follow") == "true"
+	rec, ok := s.record(w, r, namespace(r), r.PathValue("name"))
+	if !ok {
+		return
+	}
+	ref := events.Ref{Namespace: rec.Namespace, Name: rec.Name, Generation: rec.Generation}
+	// The first write commits the answer: until then a missing log is still a 404.
+	out := &lazyText{w: w}
+	err = s.Logs(r.Context(), ref, attempt, follow, out)
+	switch {
+	case errors.Is(err, tune.ErrNoLogs) && !out.started:
+		writeJSON(w, http.StatusNotFound, Problem{Error: err.Error()})
+	case err != nil && !out.started:
+		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+	case err != nil:
+		logctx.Or(s.Log).WarnContext(r.Context(), "logs stream ended", "workspace", ref.Subject(), "err", err)
+	case !out.started:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// lazyText answers 200 text/plain at its first write and flushes every write, so a followed log
+// arrives as the trainer writes it.
+type lazyText struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (l *lazyText) Write(p []byte) (int, error) {
+	if !l.started {
+		l.started = true
+		l.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		l.w.WriteHeader(http.StatusOK)
+	}
+	n, err := l.w.Write(p)
+	_ = http.NewResponseController(l.w).Flush()
+	return n, err
 }
 
 // watch streams the record as server-sent events ("event: status") each time it changes, and a

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -192,25 +193,11 @@ func (c *Client) selectAdapter(ctx context.Context, name string, req RollbackReq
 // Watch calls fn with the workspace each time it changes until fn returns false, ctx ends or
 // the stream does.
 func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/v1/workspaces/"+url.PathEscape(name)+"/events", nil), nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	c.authorize(req)
-	resp, err := c.http().Do(req)
+	resp, err := c.stream(ctx, "/v1/workspaces/"+url.PathEscape(name)+"/events", nil, "text/event-stream")
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", name, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		e := &APIError{Status: resp.StatusCode}
-		if json.Unmarshal(b, &e.Problem) != nil {
-			e.Problem.Error = strings.TrimSpace(string(b))
-		}
-		return e
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
 	for sc.Scan() {
@@ -230,6 +217,51 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspac
 		return fmt.Errorf("watch %s: %w", name, err)
 	}
 	return ctx.Err()
+}
+
+// Logs copies the trainer's output of the workspace's generation to w: attempt 0 is the newest;
+// with follow, until the attempt ends or ctx does.
+func (c *Client) Logs(ctx context.Context, name string, attempt int, follow bool, w io.Writer) error {
+	q := url.Values{}
+	if attempt > 0 {
+		q.Set("attempt", strconv.Itoa(attempt))
+	}
+	if follow {
+		q.Set("follow", "true")
+	}
+	resp, err := c.stream(ctx, "/v1/workspaces/"+url.PathEscape(name)+"/logs", q, "text/plain")
+	if err != nil {
+		return fmt.Errorf("logs of %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("logs of %s: %w", name, err)
+	}
+	return nil
+}
+
+// stream opens a long-lived GET: the response, whose body the caller closes, or the API's error.
+func (c *Client) stream(ctx context.Context, path string, q url.Values, accept string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", accept)
+	c.authorize(req)
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		e := &APIError{Status: resp.StatusCode}
+		if json.Unmarshal(b, &e.Problem) != nil {
+			e.Problem.Error = strings.TrimSpace(string(b))
+		}
+		return nil, e
+	}
+	return resp, nil
 }
 
 func (c *Client) authorize(req *http.Request) {

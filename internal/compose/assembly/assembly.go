@@ -245,6 +245,8 @@ type Assembly struct {
 	// Plan is provision's fit check (nil unless provision is built): the entrances run it at
 	// submit, so a misspelt preset or a model that cannot fit is refused before it is accepted.
 	Plan func(ctx context.Context, ws *kaito.Workspace) (*events.Plan, error)
+	// Logs reads the trainer's output of a workspace's runs (nil unless tune is built).
+	Logs tune.Logs
 }
 
 // Build assembles cfg.Functions.
@@ -524,6 +526,7 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 		if b.cfg.Registry != "" {
 			sim.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
 		}
+		b.a.Logs = sim.Logs
 		return tune.New(sim, opts), nil
 	case "local":
 		if d.Local.Interpreter == "" || d.Local.TrainerDir == "" {
@@ -535,6 +538,7 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 		if b.cfg.Registry != "" {
 			local.Resolve = func(image string) (name.Reference, error) { return adapter.Rewrite(b.cfg.Registry, image) }
 		}
+		b.a.Logs = local.Logs
 		return tune.New(local, opts), nil
 	case "job":
 		c, err := b.clients(IdentityTune)
@@ -552,7 +556,9 @@ func (b *builder) tune(ctx context.Context) (runtime.Handler, error) {
 			return nil, err
 		}
 		b.watch("jobs", func(ctx context.Context, pub events.Publisher) error { return jobs.Watch(ctx, w.kube, pub, b.log) })
-		return tune.New(&jobs.Trainer{Client: c.kube, Options: o, Log: b.log}, opts), nil
+		jt := &jobs.Trainer{Client: c.kube, Options: o, Log: b.log}
+		b.a.Logs = jt.Logs
+		return tune.New(jt, opts), nil
 	}
 	return nil, fmt.Errorf("trainer %q: want sim or job", d.Trainer)
 }

@@ -305,7 +305,7 @@ func (p *Pipeline) serveAPI(cfg Config, b bus, ac assembly.Config, fns *assembly
 		return err
 	}
 	apiSrv := &api.Server{Store: p.Store, Publisher: runtime.JetStreamPublisher{JS: entranceJS}, Policy: ac.Policy, Log: log, Tracer: cfg.Tracer,
-		Plan: fns.Plan}
+		Plan: fns.Plan, Logs: fns.Logs}
 	mux.Handle("/v1/", apiSrv.Handler())
 	if fns.SimInference != nil {
 		mux.Handle(assembly.SimInferencePath+"/", fns.SimInference)
