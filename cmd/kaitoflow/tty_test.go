@@ -3,13 +3,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // openPTY opens a pseudo-terminal: what is written to tty shows on master, as on a screen.
@@ -41,30 +40,12 @@ func openPTY(t *testing.T) (master, tty *os.File) {
 	return m, s
 }
 
-// screen collects what a pseudo-terminal shows.
-type screen struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *screen) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *screen) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 // `up --submit` in a terminal shows the timeline and the hints, not the log: the log goes to a
 // file under the data dir (the same run logs dozens of INFO lines), its closing hint names this
 // API's address, and the timeline is coloured.
 func TestUpInATerminalShowsTheTimelineAlone(t *testing.T) {
 	master, tty := openPTY(t)
-	var shown screen
+	var shown testenv.SyncBuffer // what the pseudo-terminal shows
 	go func() {
 		b := make([]byte, 4096)
 		for {

@@ -6,31 +6,13 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer the follower writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A run's trainer output is kept as a pod's log: followed while the run goes (its progress shows
 // before it ends), ended with the run, read again whole afterwards; a generation that never ran
@@ -47,7 +29,7 @@ func TestLogsFollowARun(t *testing.T) {
 	if err := tr.Start(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	var followed syncBuffer
+	var followed testenv.SyncBuffer
 	done := make(chan error, 1)
 	// The log file appears when job-run starts the run.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
