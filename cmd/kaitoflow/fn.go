@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/trace"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
@@ -146,11 +147,11 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 	if a.SimInference != nil && f.simToken == "" {
 		log.Warn("the sim deployer's endpoints (chat, and loading and unloading adapters) answer any caller: set KAITOFLOW_TOKEN or --token-file")
 	}
-	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow-"+name)
+	tp, stopTelemetry, err := fnTelemetry(ctx, name, reg, log)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = flush(context.WithoutCancel(ctx)) }()
+	defer stopTelemetry()
 	deps := runtime.Deps{Logger: log, Metrics: runtime.NewMetrics(reg), Publisher: pub, Tracer: tp}
 	if f.transport == "http" {
 		return serveFn(ctx, f, fn, deps, mux, log)
@@ -178,6 +179,27 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		return err
 	}
 	return <-errc
+}
+
+// fnTelemetry is the function's tracer, and its metrics pushed over OTLP when the environment
+// names an endpoint; stop flushes both, the metrics' last numbers within Knative's grace period.
+func fnTelemetry(ctx context.Context, name string, reg prometheus.Gatherer, log *slog.Logger) (trace.TracerProvider, func(), error) {
+	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow-"+name)
+	if err != nil {
+		return nil, nil, err
+	}
+	stopMetrics, err := telemetry.PushMetrics(ctx, "kaitoflow-"+name, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tp, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := stopMetrics(sctx); err != nil {
+			log.Warn("the last metrics were not pushed", "err", err)
+		}
+		_ = flush(sctx)
+	}, nil
 }
 
 // jetStream connects to NATS when the function needs it (needsNATS) and makes sure the stream

@@ -1,7 +1,7 @@
-// Package telemetry sends the pipeline's traces out: an OTLP exporter configured by the standard
-// OpenTelemetry environment (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, with
-// their headers, protocol and timeout variables, and OTEL_SERVICE_NAME), and nothing when none is
-// set. Every function continues the trace its input event carries (the CloudEvents
+// Package telemetry sends the pipeline's traces out, and a function's metrics (PushMetrics): OTLP
+// exporters configured by the standard OpenTelemetry environment (OTEL_EXPORTER_OTLP_ENDPOINT, or
+// the _TRACES_ and _METRICS_ endpoints, with their headers, protocol and timeout variables, and
+// OTEL_SERVICE_NAME), and nothing when none is set. Every function continues the trace its input event carries (the CloudEvents
 // distributed-tracing extension), so one workspace generation is one trace across processes.
 package telemetry
 
@@ -37,16 +37,26 @@ func Tracer(ctx context.Context, service string) (trace.TracerProvider, func(con
 	if err != nil {
 		return nil, nil, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
-	// resource.Default reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, and names the
-	// service after the executable when they say nothing: service replaces that default (the
-	// second resource of a Merge wins), never what the environment set.
-	res := resource.Default()
-	if os.Getenv("OTEL_SERVICE_NAME") == "" {
-		var err error
-		if res, err = resource.Merge(res, resource.NewSchemaless(attribute.String("service.name", service))); err != nil {
-			return nil, nil, fmt.Errorf("trace resource: %w", err)
-		}
+	res, err := serviceResource(service)
+	if err != nil {
+		return nil, nil, err
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp, tp.Shutdown, nil
+}
+
+// serviceResource is the process's OpenTelemetry resource. resource.Default reads
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, and names the service after the executable when
+// they say nothing: service replaces that default (the second resource of a Merge wins), never
+// what the environment set.
+func serviceResource(service string) (*resource.Resource, error) {
+	res := resource.Default()
+	if os.Getenv("OTEL_SERVICE_NAME") != "" {
+		return res, nil
+	}
+	res, err := resource.Merge(res, resource.NewSchemaless(attribute.String("service.name", service)))
+	if err != nil {
+		return nil, fmt.Errorf("telemetry resource: %w", err)
+	}
+	return res, nil
 }
