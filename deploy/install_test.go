@@ -180,8 +180,33 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 		}
 	}
 	kaitoAfter, err := dyn.Resource(crdRes).Get(ctx, "workspaces.kaito.sh", metav1.GetOptions{})
-	if err != nil || kaitoAfter.GetResourceVersion() != kaitoBefore.GetResourceVersion() {
-		t.Fatalf("Kaito's CRD changed: %v (resourceVersion %s, was %s)", err, kaitoAfter.GetResourceVersion(), kaitoBefore.GetResourceVersion())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kaitoAfter.GetResourceVersion() != kaitoBefore.GetResourceVersion() {
+		t.Fatalf("Kaito's CRD changed: resourceVersion %s, was %s", kaitoAfter.GetResourceVersion(), kaitoBefore.GetResourceVersion())
+	}
+	// The record says what to delete, the objects' labels whether they may be: a record that names
+	// an object that is not the part's (rewritten by anyone who may write ConfigMaps there) deletes
+	// nothing of it. The API server's own ClusterRole "admin" stands for it.
+	cms := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}).Namespace(install.Namespace)
+	rec, err := cms.Get(ctx, "kaitoflow-install-core", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects, _, _ := unstructured.NestedString(rec.Object, "data", "objects")
+	tampered := strings.TrimSuffix(objects, "]") + `,{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","name":"admin"}]`
+	if err := unstructured.SetNestedField(rec.Object, tampered, "data", "objects"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cms.Update(ctx, rec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := in.Install(ctx, group); err != nil || len(res.Pruned) != 0 {
+		t.Fatalf("install over a rewritten record: %v, pruned %v", err, res)
+	}
+	if _, err := b.Client.RbacV1().ClusterRoles().Get(ctx, "admin", metav1.GetOptions{}); err != nil {
+		t.Fatalf("a rewritten record deleted ClusterRole admin: %v", err)
 	}
 	// The controller would refuse Kaito's group; it runs on kaitoflow.io, checked in controller_test.
 
@@ -231,8 +256,10 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	if _, err := dyn.Resource(kaitoWS).Namespace("kaito-users").Get(ctx, seedWS.GetName(), metav1.GetOptions{}); err != nil {
 		t.Errorf("Kaito's Workspace after uninstall: %v", err)
 	}
-	if after, err := dyn.Resource(crdRes).Get(ctx, "workspaces.kaito.sh", metav1.GetOptions{}); err != nil || after.GetLabels()[controller.PartOf] != "" {
-		t.Errorf("Kaito's CRD after uninstall: %v, labels %v", err, after.GetLabels())
+	if after, err := dyn.Resource(crdRes).Get(ctx, "workspaces.kaito.sh", metav1.GetOptions{}); err != nil {
+		t.Errorf("Kaito's CRD after uninstall: %v", err)
+	} else if after.GetLabels()[controller.PartOf] != "" {
+		t.Errorf("Kaito's CRD after uninstall has labels %v", after.GetLabels())
 	}
 }
 

@@ -198,6 +198,8 @@ func TestCLI(t *testing.T) {
 		{[]string{"__complete", "get", "workspaces", ""}, "workspace-tuning-phi-3\n"},
 		{[]string{"__complete", "get", ""}, "workspaces\nconfigmaps\n"},
 		{[]string{"__complete", "get", "workspaces", "-o", ""}, "yaml\njson\nname\nwide\njsonpath=\ncustom-columns=\n"},
+		{[]string{"__complete", "rollback", "workspace-tuning-phi-3", "--generation", ""}, "1\tserving\n"},
+		{[]string{"__complete", "version", "-o", ""}, "json\nyaml\n"},
 	} {
 		if out, _, err := cli(t, p.URL, tc.args...); err != nil || !strings.HasPrefix(out, tc.want) {
 			t.Errorf("%v: %v %q, want it to begin %q", tc.args, err, out, tc.want)
@@ -269,6 +271,14 @@ func TestVersion(t *testing.T) {
 	}
 	if v := describeBuild("v1.2.3"); !strings.HasPrefix(v, "v1.2.3 ") || !strings.Contains(v, " go1.") {
 		t.Errorf("a release build: %q", v)
+	}
+	out, _, err = cli(t, "http://unused", "version", "-o", "json")
+	var b build
+	if err != nil || json.Unmarshal([]byte(out), &b) != nil || b.Version == "" || !strings.HasPrefix(b.Go, "go1.") {
+		t.Errorf("version -o json: %v %q", err, out)
+	}
+	if _, _, err := cli(t, "http://unused", "version", "-o", "wide"); err == nil {
+		t.Error("version -o wide was taken")
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/client-go/util/jsonpath"
@@ -366,12 +367,19 @@ type timeline struct {
 	tty, colour bool
 	// progressShown: the last line printed is a progress report, redrawn by the next one.
 	progressShown bool
+	// width is the terminal's, in columns (0: unknown): a progress line is cut to fit one row, as
+	// the redraw moves up one row only.
+	width int
 }
 
 // newTimeline is a timeline on out, with a terminal's redraw and colour when out is one.
 func newTimeline(out io.Writer) *timeline {
 	tty := isTerminal(out)
-	return &timeline{out: out, printed: map[string]bool{}, tty: tty, colour: tty && wantsColour(os.Getenv)}
+	t := &timeline{out: out, printed: map[string]bool{}, tty: tty, colour: tty && wantsColour(os.Getenv)}
+	if f, ok := out.(*os.File); ok && tty {
+		t.width, _, _ = term.GetSize(int(f.Fd()))
+	}
+	return t
 }
 
 // wantsColour follows the conventions: NO_COLOR set to anything turns colour off (no-color.org),
@@ -436,8 +444,15 @@ func (t *timeline) events(w status.Workspace) {
 			fmt.Fprint(t.out, redrawLine)
 		}
 		t.progressShown = progress
-		fmt.Fprintf(t.out, "  +%-9s %s %-20s %s\n", e.Time.Sub(start).Round(time.Millisecond), t.paint(colourOf(e.Type), fmt.Sprintf("%-30s", e.Type)),
+		line := fmt.Sprintf("  +%-9s %s %-20s %s", e.Time.Sub(start).Round(time.Millisecond), t.paint(colourOf(e.Type), fmt.Sprintf("%-30s", e.Type)),
 			e.Source, e.Note)
+		if progress && t.tty && t.width > 1 {
+			// Progress is never coloured, so runes are what the terminal shows.
+			if r := []rune(line); len(r) >= t.width {
+				line = string(r[:t.width-1])
+			}
+		}
+		fmt.Fprintln(t.out, line)
 	}
 }
 

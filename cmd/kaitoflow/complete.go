@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -23,7 +24,7 @@ func outputFormats(command string) []string {
 	switch command {
 	case "get":
 		return []string{"yaml", "json", "name", "wide", "jsonpath=", "custom-columns="}
-	case "adapters":
+	case "adapters", "version", "plan":
 		return []string{"json", "yaml"}
 	}
 	return nil
@@ -53,27 +54,44 @@ func registerCompletion(g *globals, root *cobra.Command) {
 				return nil, cobra.ShellCompDirectiveNoFileComp
 			}
 		}
+		if name == "rollback" || name == "promote" {
+			_ = c.RegisterFlagCompletionFunc("generation", func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+				if len(args) == 0 {
+					return nil, cobra.ShellCompDirectiveNoFileComp
+				}
+				return g.generations(cmd, args[0]), cobra.ShellCompDirectiveNoFileComp
+			})
+		}
 		if formats := outputFormats(name); formats != nil {
 			_ = c.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp|cobra.ShellCompDirectiveNoSpace))
 		}
 	}
 }
 
-// workspaceNames lists the workspaces a completion offers; none when they cannot be read within
-// a couple of seconds (a shell must not hang on a server that is not there).
-func (g *globals) workspaceNames(cmd *cobra.Command) []string {
+// completionSource is the workspaces a completion reads, as the command's flags say, and a
+// context of a couple of seconds: a shell must not hang on a server that is not there.
+func (g *globals) completionSource(cmd *cobra.Command) (workspaceSource, context.Context, context.CancelFunc, error) {
 	var c clusterFlags
 	c.kubeconfig, _ = cmd.Flags().GetString("kubeconfig")
 	c.context, _ = cmd.Flags().GetString("context")
 	src, err := g.workspaces(c)
 	if err != nil {
-		return nil
+		return nil, nil, nil, err
 	}
 	ctx := cmd.Context()
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	return src, ctx, cancel, nil
+}
+
+// workspaceNames lists the workspaces a completion offers; none when they cannot be read.
+func (g *globals) workspaceNames(cmd *cobra.Command) []string {
+	src, ctx, cancel, err := g.completionSource(cmd)
+	if err != nil {
+		return nil
+	}
 	defer cancel()
 	list, err := src.List(ctx, false)
 	if err != nil {
@@ -84,4 +102,33 @@ func (g *globals) workspaceNames(cmd *cobra.Command) []string {
 		names[i] = w.Name
 	}
 	return names
+}
+
+// generations lists the generations of a workspace that pushed an adapter, each with what it is
+// (cobra shows the text after the tab as a description).
+func (g *globals) generations(cmd *cobra.Command, name string) []string {
+	src, ctx, cancel, err := g.completionSource(cmd)
+	if err != nil {
+		return nil
+	}
+	defer cancel()
+	w, err := src.Get(ctx, name)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, p := range w.History {
+		if p.Digest == "" {
+			continue
+		}
+		what := "pushed"
+		switch {
+		case w.Endpoint != "" && p.Generation == w.Serving():
+			what = "serving"
+		case p.Held != "":
+			what = "held: " + p.Held
+		}
+		out = append(out, fmt.Sprintf("%d\t%s", p.Generation, what))
+	}
+	return out
 }

@@ -190,6 +190,7 @@ func fnTelemetry(ctx context.Context, name string, reg prometheus.Gatherer, log 
 	}
 	stopMetrics, err := telemetry.PushMetrics(ctx, "kaitoflow-"+name, reg)
 	if err != nil {
+		_ = flush(context.WithoutCancel(ctx))
 		return nil, nil, err
 	}
 	return tp, func() {

@@ -103,6 +103,9 @@ func (g *globals) getWorkspaces(ctx context.Context, src workspaceSource, names 
 	// A table's header once, with the first row printed.
 	header := len(list) == 0
 	changed := func(w status.Workspace) error {
+		if r := w.Resource(); !sel.Matches(labels.Set(r.Labels)) {
+			return nil
+		}
 		k := w.Namespace + "/" + w.Name
 		if seen[k] == p.key(w) {
 			return nil

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -31,7 +32,9 @@ func main() {
 	// The sim trainer is this binary re-executed as the tuning "process" job-run wraps.
 	tunesim.TrainerMain()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	root := newRoot(os.Stdout, os.Stderr)
+	asKubectlPlugin(root, os.Args[0])
+	err := root.ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		var ex exitError
@@ -39,6 +42,22 @@ func main() {
 			fmt.Fprintln(os.Stderr, "Error:", err)
 		}
 		os.Exit(exitCode(err))
+	}
+}
+
+// kubectlPlugin is the name that makes kaitoflow a kubectl plugin: kubectl runs
+// `kubectl kaitoflow get workspaces` as `kubectl-kaitoflow get workspaces` when a binary (or a
+// link to kaitoflow) of that name is on the PATH.
+const kubectlPlugin = "kubectl-kaitoflow"
+
+// asKubectlPlugin makes help and usage say `kubectl kaitoflow` when the binary runs as the
+// plugin.
+func asKubectlPlugin(root *cobra.Command, argv0 string) {
+	if filepath.Base(argv0) == kubectlPlugin {
+		if root.Annotations == nil {
+			root.Annotations = map[string]string{}
+		}
+		root.Annotations[cobra.CommandDisplayNameAnnotation] = "kubectl kaitoflow"
 	}
 }
 

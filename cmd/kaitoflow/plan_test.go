@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -28,6 +29,18 @@ func TestPlanCommand(t *testing.T) {
 	var ex exitError
 	if !errors.As(err, &ex) || !strings.Contains(out, "InsufficientGPUMemory: phi-4 needs ~") {
 		t.Errorf("a request that cannot fit: %v\n%s", err, out)
+	}
+	// -o json: each workspace's plan or refusal, for scripts; the exit code as without.
+	out, _, err = cli(t, "http://unused", "plan", "-f", seed, "-f", big, "-o", "json")
+	var results []planResult
+	if !errors.As(err, &ex) || json.Unmarshal([]byte(out), &results) != nil || len(results) != 2 ||
+		results[0].Plan == nil || results[0].Plan.InstanceType != "Standard_NC6s_v3" || results[1].Plan != nil ||
+		!strings.Contains(results[1].Refused, "InsufficientGPUMemory") {
+		t.Errorf("plan -o json: %v\n%s", err, out)
+	}
+	out, _, err = cli(t, "http://unused", "presets", "list", "-o", "yaml")
+	if err != nil || !strings.Contains(out, "phi-3-mini-128k-instruct") {
+		t.Errorf("presets list -o yaml: %v\n%s", err, out)
 	}
 	out, _, err = cli(t, "http://unused", "presets", "show", "mistral-7b-instruct")
 	if err != nil || !strings.Contains(out, "mistralai/Mistral-7B-Instruct-v0.3") || !strings.Contains(out, "Standard_ND96isr_H200_v5") {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,14 +29,22 @@ func newPresets(g *globals) *cobra.Command {
 }
 
 func newPresetsList(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list [-o json|yaml]",
 		Short: "List the model presets",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			c, err := presets.Default()
 			if err != nil {
 				return err
+			}
+			switch output {
+			case "json", "yaml":
+				return printObjects(g.out, c.Models, output, false)
+			case "":
+			default:
+				return fmt.Errorf("-o %q: want json or yaml", output)
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 0, 3, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tPARAMS\tCONTEXT\tTUNING\tHUGGING FACE\tLICENSE")
@@ -45,6 +54,8 @@ func newPresetsList(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json or yaml: every preset's record, for scripts")
+	return cmd
 }
 
 func newPresetsShow(g *globals) *cobra.Command {
@@ -118,8 +129,9 @@ func newPlan(g *globals) *cobra.Command {
 	var files []string
 	var trainingConfig, hubURL, subscription, location string
 	var showConfig, spot bool
+	var output string
 	cmd := &cobra.Command{
-		Use:   "plan -f FILE",
+		Use:   "plan -f FILE [-o json|yaml]",
 		Short: "Say what would be provisioned and trained for each workspace, and why, without doing it",
 		Long: `plan runs the fit check provision runs on workspace.requested: which SKU (the cheapest that
 fits when resource.instanceType is empty), which precision (fp16 on GPUs without bf16), which batch
@@ -141,29 +153,24 @@ without quota is passed over, or refused with the numbers.`,
 			if err != nil {
 				return err
 			}
-			failed := false
-			for _, f := range files {
-				b, err := readFile(cmd.InOrStdin(), f)
-				if err != nil {
-					return err
-				}
-				docs, err := kaito.SplitYAML(b)
-				if err != nil {
-					return err
-				}
-				for _, d := range docs {
-					if !printPlan(cmd.Context(), g.out, planner, d, showConfig) {
-						failed = true
-					}
-				}
+			if output != "" && output != "json" && output != "yaml" {
+				return fmt.Errorf("-o %q: want json or yaml", output)
 			}
-			if failed {
+			results, err := planFiles(cmd.Context(), cmd.InOrStdin(), planner, files)
+			if err != nil {
+				return err
+			}
+			if err := printPlans(g.out, results, output, showConfig); err != nil {
+				return err
+			}
+			if slices.ContainsFunc(results, func(r planResult) bool { return r.Plan == nil }) {
 				return exitError{code: exitFailed}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file(s); - reads stdin")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json or yaml: each workspace's plan (or why it is refused), for scripts; exits 1 as without")
 	cmd.Flags().StringVar(&trainingConfig, "training-config", "", "training_config.yaml standing in for the tuning.config ConfigMap")
 	cmd.Flags().BoolVar(&showConfig, "show-config", false, "print the training_config.yaml the tuning Job would mount")
 	cmd.Flags().StringVar(&subscription, "subscription", "", "with --location: check the region's vCPU quota in this Azure subscription")
@@ -204,20 +211,52 @@ func cliPlanner(c *presets.Catalog, hubURL, trainingConfig, subscription, locati
 	return planner, nil
 }
 
-// printPlan prints one workspace's plan and reports whether it can run.
-func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc []byte, showConfig bool) bool {
+// planResult is what plan says of one workspace: the plan, or why there is none.
+type planResult struct {
+	Workspace string `json:"workspace,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// What is tuned or served: "qlora phi-3-mini-128k-instruct", "serve phi-4".
+	What  string       `json:"what,omitempty"`
+	Nodes int          `json:"nodes,omitempty"`
+	Plan  *events.Plan `json:"plan,omitempty"`
+	// Error is why the document is no manifest; Invalid the manifest's field errors; Refused why
+	// the fit check refuses it.
+	Error   string   `json:"error,omitempty"`
+	Invalid []string `json:"invalid,omitempty"`
+	Refused string   `json:"refused,omitempty"`
+}
+
+// planFiles runs the fit check on every document of the files (- is stdin).
+func planFiles(ctx context.Context, stdin io.Reader, planner *presets.Planner, files []string) ([]planResult, error) {
+	results := []planResult{}
+	for _, f := range files {
+		b, err := readFile(stdin, f)
+		if err != nil {
+			return nil, err
+		}
+		docs, err := kaito.SplitYAML(b)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range docs {
+			results = append(results, planOne(ctx, planner, d))
+		}
+	}
+	return results, nil
+}
+
+// planOne runs the fit check on one manifest.
+func planOne(ctx context.Context, planner *presets.Planner, doc []byte) planResult {
 	ws, err := kaito.DecodeManifest(doc)
 	if err != nil {
-		fmt.Fprintf(out, "%v\n\n", err)
-		return false
+		return planResult{Error: err.Error()}
 	}
+	r := planResult{Workspace: ws.Name, Namespace: ws.Namespace, Nodes: ws.NodeCount()}
 	if errs := ws.Validate(netguard.AddressPolicy{}); len(errs) > 0 {
-		fmt.Fprintf(out, "%s: invalid\n", ws.Name)
 		for _, e := range errs {
-			fmt.Fprintf(out, "  %s\n", e.Error())
+			r.Invalid = append(r.Invalid, e.Error())
 		}
-		fmt.Fprintln(out)
-		return false
+		return r
 	}
 	if planner.Configs != nil && ws.Tuning != nil && ws.Tuning.Config == "" {
 		// --training-config applies even when the manifest names no ConfigMap yet.
@@ -225,18 +264,50 @@ func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc
 	}
 	p, err := planner.Plan(ctx, ws)
 	if err != nil {
-		reason := ""
 		if pe, ok := events.AsPermanent(err); ok {
-			reason, err = pe.Reason+": ", pe.Err
+			r.Refused = pe.Reason + ": " + pe.Err.Error()
+		} else {
+			r.Refused = err.Error()
 		}
-		fmt.Fprintf(out, "%s: refused, nothing would be provisioned\n  %s%v\n\n", ws.Name, reason, err)
-		return false
+		return r
 	}
-	what := "serve " + ws.PresetName()
+	r.Plan, r.What = p, "serve "+ws.PresetName()
 	if ws.Tuning != nil {
-		what = ws.Tuning.Method + " " + ws.PresetName()
+		r.What = ws.Tuning.Method + " " + ws.PresetName()
 	}
-	fmt.Fprintf(out, "%s: %s on %s × %d\n", ws.Name, what, p.InstanceType, ws.NodeCount())
+	return r
+}
+
+// printPlans prints the plans as -o says: json or yaml, else as text.
+func printPlans(out io.Writer, results []planResult, output string, showConfig bool) error {
+	if output != "" {
+		return printObjects(out, results, output, false)
+	}
+	for _, r := range results {
+		printPlan(out, r, showConfig)
+	}
+	return nil
+}
+
+// printPlan prints a plan, or why there is none, as plan does without -o.
+func printPlan(out io.Writer, r planResult, showConfig bool) {
+	switch {
+	case r.Error != "":
+		fmt.Fprintf(out, "%s\n\n", r.Error)
+		return
+	case len(r.Invalid) > 0:
+		fmt.Fprintf(out, "%s: invalid\n", r.Workspace)
+		for _, e := range r.Invalid {
+			fmt.Fprintf(out, "  %s\n", e)
+		}
+		fmt.Fprintln(out)
+		return
+	case r.Refused != "":
+		fmt.Fprintf(out, "%s: refused, nothing would be provisioned\n  %s\n\n", r.Workspace, r.Refused)
+		return
+	}
+	p := r.Plan
+	fmt.Fprintf(out, "%s: %s on %s × %d\n", r.Workspace, r.What, p.InstanceType, r.Nodes)
 	if p.DType != "" {
 		fmt.Fprintf(out, "  fits: ~%.1f GiB per GPU of %.0f GiB, %s\n", p.EstimatedGiBPerGPU, p.GPUMemoryGiB, p.DType)
 	}
@@ -254,5 +325,4 @@ func printPlan(ctx context.Context, out io.Writer, planner *presets.Planner, doc
 		fmt.Fprintf(out, "  training_config.yaml:\n    %s\n", strings.ReplaceAll(strings.TrimSpace(p.TrainingConfig), "\n", "\n    "))
 	}
 	fmt.Fprintln(out)
-	return true
 }

@@ -127,6 +127,18 @@ func TestTimelineOnATerminal(t *testing.T) {
 	}
 }
 
+// A progress line wider than the terminal is cut to one row: the redraw moves up one row only.
+func TestTimelineCutsProgressToTheTerminal(t *testing.T) {
+	var out bytes.Buffer
+	tl := &timeline{out: &out, printed: map[string]bool{}, tty: true, width: 40}
+	long := strings.Repeat("=", 100)
+	tl.print(status.Workspace{Name: "ws", Events: []status.EventRecord{{ID: "p", Type: events.TuningProgress, Note: long}}})
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if last := lines[len(lines)-1]; len([]rune(last)) != 39 {
+		t.Errorf("a progress line of %d runes on a 40-column terminal: %q", len([]rune(last)), last)
+	}
+}
+
 func TestWantsColour(t *testing.T) {
 	for _, tc := range []struct {
 		env  map[string]string

@@ -1,7 +1,7 @@
 // Package telemetry sends the pipeline's traces out, and a function's metrics (PushMetrics): OTLP
 // exporters configured by the standard OpenTelemetry environment (OTEL_EXPORTER_OTLP_ENDPOINT, or
-// the _TRACES_ and _METRICS_ endpoints, with their headers, protocol and timeout variables, and
-// OTEL_SERVICE_NAME), and nothing when none is set. Every function continues the trace its input event carries (the CloudEvents
+// the _TRACES_ and _METRICS_ endpoints, with their headers and timeout variables, and
+// OTEL_SERVICE_NAME; always OTLP/HTTP with protobuf), and nothing when none is set. Every function continues the trace its input event carries (the CloudEvents
 // distributed-tracing extension), so one workspace generation is one trace across processes.
 package telemetry
 

@@ -158,6 +158,8 @@ func (l *Trainer) wrap(ctx context.Context, r *localRun) (tune.Result, *events.T
 		return tune.Result{}, nil, fmt.Errorf("%s: %w", l.Name(), err)
 	}
 	// The trainer's output and errors, as a pod's log keeps them: `kaitoflow logs` reads this.
+	// Its errors go there only, not to this process's stderr: `up` keeps its terminal calm, and
+	// a failed run's traceback is in `kaitoflow logs` (and its reason in the workspace's status).
 	logFile, err := os.OpenFile(logPath(dir, r.job.AttemptOf()), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return tune.Result{}, nil, fmt.Errorf("%s: trainer log: %w", l.Name(), err)
@@ -428,12 +430,15 @@ func (l *Trainer) Logs(ctx context.Context, ref events.Ref, attempt int, follow 
 		return err
 	}
 	defer f.Close()
+	// The run that writes this log, if it still runs: a replaced or deleted run's trainer is still
+	// writing until it has stopped (what it says on SIGTERM), so the follow waits for that run.
+	run := l.writer(ref, attempt)
 	const poll = 200 * time.Millisecond
 	for {
 		if _, err := io.Copy(w, f); err != nil {
 			return err
 		}
-		if !follow || l.ended(ref, attempt) {
+		if !follow || l.ended(run) {
 			// One more read: what was written between the copy and the check.
 			_, err := io.Copy(w, f)
 			return err
@@ -446,10 +451,25 @@ func (l *Trainer) Logs(ctx context.Context, ref events.Ref, attempt int, follow 
 	}
 }
 
-// ended reports whether the attempt's trainer can write no more: its run is done, replaced or gone.
-func (l *Trainer) ended(ref events.Ref, attempt int) bool {
+// writer is the run writing the attempt's log, nil when none is (done before this process
+// started, or gone).
+func (l *Trainer) writer(ref events.Ref, attempt int) *localRun {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r, ok := l.runs[localKey(ref)]
-	return !ok || r.done || r.job.Ref.Generation != ref.Generation || r.job.AttemptOf() != attempt
+	if !ok || r.job.Ref.Generation != ref.Generation || r.job.AttemptOf() != attempt {
+		return nil
+	}
+	return r
+}
+
+// ended reports whether run's trainer has stopped writing: its wrapper returned (done is set
+// after job-run has waited for the trainer and its output).
+func (l *Trainer) ended(run *localRun) bool {
+	if run == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return run.done
 }

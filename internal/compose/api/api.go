@@ -301,7 +301,9 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	case err != nil && !out.started:
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 	case err != nil:
+		// The answer is already 200: the reader learns of the cut from the stream itself.
 		logctx.Or(s.Log).WarnContext(r.Context(), "logs stream ended", "workspace", ref.Subject(), "err", err)
+		_, _ = fmt.Fprintf(out, "\n[kaitoflow: the log stream ended early: %v]\n", err)
 	case !out.started:
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK)

@@ -303,16 +303,46 @@ func (i *Installer) prune(ctx context.Context, prev []Ref, res *Result) error {
 			res.Kept = append(res.Kept, r)
 			continue
 		}
-		c, err := i.resource(r)
-		if err == nil {
-			err = c.Delete(ctx, r.Name, metav1.DeleteOptions{})
-		}
-		if err != nil && !apierrors.IsNotFound(err) && !meta.IsNoMatchError(errors.Unwrap(err)) {
+		deleted, err := i.deleteOwn(ctx, r, res.Part)
+		if err != nil {
 			return fmt.Errorf("prune %s: %w", r, err)
 		}
-		res.Pruned = append(res.Pruned, r)
+		if deleted {
+			res.Pruned = append(res.Pruned, r)
+		}
 	}
 	return nil
+}
+
+// deleteOwn deletes the object r names if it is still the part's: the record says what to
+// delete, the object's own labels whether it may be (as ApplySets check), so a record rewritten by
+// someone else, or an object another part now holds (the bridge, moved from the core to its own
+// part), is never deleted. An object, or a kind, that is gone counts as deleted.
+func (i *Installer) deleteOwn(ctx context.Context, r Ref, part string) (bool, error) {
+	c, err := i.resource(r)
+	if meta.IsNoMatchError(errors.Unwrap(err)) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	live, err := c.Get(ctx, r.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if l := live.GetLabels(); l[controller.PartOf] != "kaitoflow" || l[PartLabel] != part {
+		logctx.Or(i.Log).Warn("not deleted: no longer this part's", "object", r.String(), "part", part, "labels", l)
+		return false, nil
+	}
+	uid := live.GetUID()
+	err = c.Delete(ctx, r.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, err
+	}
+	return true, nil
 }
 
 func recordName(part string) string { return "kaitoflow-install-" + part }
@@ -398,15 +428,17 @@ func (i *Installer) Uninstall(ctx context.Context, part string, o UninstallOptio
 	refs = slices.Clone(refs)
 	slices.Reverse(refs)
 	slices.SortStableFunc(refs, func(a, b Ref) int { return cmp.Compare(deleteRank(a), deleteRank(b)) })
+	var removed []Ref
 	for _, r := range refs {
-		c, err := i.resource(r)
-		if err == nil {
-			err = c.Delete(ctx, r.Name, metav1.DeleteOptions{})
-		}
-		if err != nil && !apierrors.IsNotFound(err) {
+		deleted, err := i.deleteOwn(ctx, r, part)
+		if err != nil {
 			return nil, fmt.Errorf("delete %s: %w", r, err)
 		}
+		if deleted {
+			removed = append(removed, r)
+		}
 	}
+	refs = removed
 	rec := Ref{APIVersion: "v1", Kind: "ConfigMap", Namespace: Namespace, Name: recordName(part)}
 	if err := i.Client.Resource(configMaps).Namespace(Namespace).Delete(ctx, rec.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("delete %s: %w", rec, err)
@@ -436,6 +468,9 @@ func (i *Installer) release(ctx context.Context, crd string, o UninstallOptions)
 	if err != nil {
 		return fmt.Errorf("read CRD %s: %w", crd, err)
 	}
+	if u.GetLabels()[controller.PartOf] != "kaitoflow" {
+		return nil // not kaitoflow's CRD (the record says otherwise): its objects are not ours to delete
+	}
 	group, _, _ := unstructured.NestedString(u.Object, "spec", "group")
 	plural, _, _ := unstructured.NestedString(u.Object, "spec", "names", "plural")
 	version := ""
@@ -455,15 +490,10 @@ func (i *Installer) release(ctx context.Context, crd string, o UninstallOptions)
 			return fmt.Errorf("delete %s %s/%s: %w", plural, w.GetNamespace(), w.GetName(), err)
 		}
 	}
-	var held []unstructured.Unstructured
-	_ = wait.PollUntilContextTimeout(ctx, i.poll(), o.Wait, true, func(ctx context.Context) (bool, error) {
-		l, err := res.List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil //nolint:nilerr // look again until the wait ends
-		}
-		held = l.Items
-		return len(held) == 0, nil
-	})
+	held, err := i.heldAfter(ctx, res, o.Wait)
+	if err != nil {
+		return fmt.Errorf("list %s to see whether they are released: %w", plural, err)
+	}
 	if len(held) == 0 {
 		return nil
 	}
@@ -487,6 +517,40 @@ func (i *Installer) release(ctx context.Context, crd string, o UninstallOptions)
 			"resource", plural, "namespace", w.GetNamespace(), "name", w.GetName())
 	}
 	return nil
+}
+
+// heldAfter lists res until it is empty or wait has passed, and returns what is left. Released
+// means a List that succeeded and found none: a List that fails never counts, and a wait of 0
+// still looks once.
+func (i *Installer) heldAfter(ctx context.Context, res dynamic.NamespaceableResourceInterface, wait time.Duration) ([]unstructured.Unstructured, error) {
+	var held []unstructured.Unstructured
+	listed := false
+	var lastErr error
+	for deadline := time.Now().Add(wait); ; {
+		l, err := res.List(ctx, metav1.ListOptions{})
+		if err == nil {
+			listed, held = true, l.Items
+			if len(held) == 0 {
+				return nil, nil
+			}
+		} else {
+			lastErr = err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(i.poll()):
+		}
+	}
+	if !listed {
+		if lastErr == nil {
+			lastErr = ctx.Err()
+		}
+		return nil, lastErr
+	}
+	return held, nil
 }
 
 // gone waits until none of refs exists.
