@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,11 +20,14 @@ import (
 // BenchmarkFunctionStart measures what a scale-from-zero costs kaitoflow's own process: from exec
 // of `kaitoflow fn <name> --transport http` to its first 200 on /healthz, and its resident memory
 // then, against a minimal Go HTTP server (testdata/floor) in the same run, alternating, and
-// prints the medians and the ratios. Both binaries are built first; nothing but loopback is used.
+// prints the medians and the ratios. chat-proxy, which every inference replica runs, is measured
+// the same way (to its first 200 on /health, from a stand-in model server) as its own binary
+// (cmd/chat-proxy) and as `kaitoflow chat-proxy`. The binaries are built first; nothing but
+// loopback is used.
 func BenchmarkFunctionStart(b *testing.B) {
 	dir := b.TempDir()
-	kf, floor := filepath.Join(dir, "kaitoflow"), filepath.Join(dir, "floor")
-	for _, c := range [][]string{{"-o", kf, "../cmd/kaitoflow"}, {"-o", floor, "./testdata/floor"}} {
+	kf, floor, cp := filepath.Join(dir, "kaitoflow"), filepath.Join(dir, "floor"), filepath.Join(dir, "chat-proxy")
+	for _, c := range [][]string{{"-o", kf, "../cmd/kaitoflow"}, {"-o", floor, "./testdata/floor"}, {"-o", cp, "../cmd/chat-proxy"}} {
 		if out, err := exec.Command("go", append([]string{"build"}, c...)...).CombinedOutput(); err != nil {
 			b.Fatalf("go build %v: %v\n%s", c, err, out)
 		}
@@ -33,7 +37,11 @@ func BenchmarkFunctionStart(b *testing.B) {
 		start time.Duration
 		rssKB int
 	}
-	measure := func(args func(addr string) []string, bin string) sample {
+	// The model server chat-proxy's /health asks: a stand-in that is always healthy.
+	model := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
+	defer model.Close()
+	proxyArgs := func(addr string) []string { return []string{"--listen", addr, "--upstream", model.URL} }
+	measure := func(args func(addr string) []string, bin, health string) sample {
 		addr := testenv.FreeAddr(b)
 		cmd := exec.Command(bin, args(addr)...)
 		cmd.Env = append(os.Environ(), "KAITOFLOW_LOG_LEVEL=error")
@@ -45,7 +53,7 @@ func BenchmarkFunctionStart(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		for {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+health, nil)
 			resp, err := http.DefaultClient.Do(req)
 			if err == nil {
 				resp.Body.Close()
@@ -74,10 +82,13 @@ func BenchmarkFunctionStart(b *testing.B) {
 	results := map[string][]sample{}
 	for b.Loop() {
 		for range runs {
-			results["floor"] = append(results["floor"], measure(func(addr string) []string { return []string{addr} }, floor))
+			results["floor"] = append(results["floor"], measure(func(addr string) []string { return []string{addr} }, floor, "/healthz"))
 			for _, fn := range fns {
-				results[fn] = append(results[fn], measure(kfArgs(fn), kf))
+				results[fn] = append(results[fn], measure(kfArgs(fn), kf, "/healthz"))
 			}
+			results["chat-proxy"] = append(results["chat-proxy"], measure(proxyArgs, cp, "/health"))
+			results["kaitoflow chat-proxy"] = append(results["kaitoflow chat-proxy"],
+				measure(func(addr string) []string { return append([]string{"chat-proxy"}, proxyArgs(addr)...) }, kf, "/health"))
 		}
 	}
 	med := func(s []sample) (time.Duration, int) {
@@ -94,11 +105,16 @@ func BenchmarkFunctionStart(b *testing.B) {
 	fmt.Printf("\nfunction start, exec to first 200 on /healthz, median of %d alternating runs\n", len(results["floor"]))
 	fmt.Printf("  %-28s %8s  %8s   %s\n", "process", "start", "RSS", "vs floor")
 	fmt.Printf("  %-28s %8s  %5.1f MiB\n", "minimal Go HTTP server", ft.Round(100*time.Microsecond), float64(fr)/1024)
-	for _, fn := range fns {
-		t, r := med(results[fn])
-		fmt.Printf("  %-28s %8s  %5.1f MiB   %.1f× start, %.1f× RSS\n", "kaitoflow fn "+fn+" (http)", t.Round(100*time.Microsecond), float64(r)/1024,
+	row := func(name, key string) {
+		t, r := med(results[key])
+		fmt.Printf("  %-28s %8s  %5.1f MiB   %.1f× start, %.1f× RSS\n", name, t.Round(100*time.Microsecond), float64(r)/1024,
 			float64(t)/float64(ft), float64(r)/float64(fr))
 	}
+	for _, fn := range fns {
+		row("kaitoflow fn "+fn+" (http)", fn)
+	}
+	row("kaitoflow chat-proxy", "kaitoflow chat-proxy")
+	row("chat-proxy (its own binary)", "chat-proxy")
 }
 
 // rss is a process's resident set in KiB, from /proc.

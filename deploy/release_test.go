@@ -28,10 +28,11 @@ import (
 )
 
 // The release: ko (the build pinned by tools/ko; hack/ko.sh builds it and .ci/run names it in
-// KAITOFLOW_KO) resolves deploy/knative into manifests that name kaitoflow's image by digest
-// everywhere, pushed to a registry. Stand-ins, both named: the registry is go-containerregistry's
-// in-process one, and the base image is one this test makes (an empty linux filesystem), since
-// nothing can be pulled here; the build, the push and the resolution are ko's own.
+// KAITOFLOW_KO) resolves deploy/knative into manifests that name kaitoflow's images (its own and
+// chat-proxy's) by digest everywhere, pushed to a registry. Stand-ins, both named: the registry
+// is go-containerregistry's in-process one, and the base image is one this test makes (an empty
+// linux filesystem), since nothing can be pulled here; the build, the push and the resolution are
+// ko's own.
 func TestReleaseWithKo(t *testing.T) {
 	ko := os.Getenv("KAITOFLOW_KO")
 	if ko == "" {
@@ -74,8 +75,9 @@ func TestReleaseWithKo(t *testing.T) {
 		t.Fatalf("ko resolve left ko:// references:\n%s", out)
 	}
 
-	// Every reference to kaitoflow's image — containers and the ConfigMap's wrapper and proxy
-	// images — is the one image ko pushed, by digest.
+	// Every reference to kaitoflow's images is one ko pushed, by digest: kaitoflow's (every
+	// function, adapter, the controller, the ConfigMap's wrapper image) and chat-proxy's (the
+	// ConfigMap's proxy image).
 	resolved := parseObjects(t, "release.yaml", out)
 	refs := map[string][]string{}
 	for _, o := range resolved {
@@ -83,57 +85,64 @@ func TestReleaseWithKo(t *testing.T) {
 			refs[ref] = append(refs[ref], o.String())
 		}
 	}
-	var own string
+	images := map[string]string{} // repository → the digest reference
 	for ref, where := range refs {
-		if !strings.Contains(ref, "kaitoflow") {
+		if !strings.Contains(ref, host) {
 			continue // a third party's (vLLM's)
 		}
-		if !strings.HasPrefix(ref, host+"/kaitoflow@sha256:") {
-			t.Errorf("%v name %s, not the image ko pushed", where, ref)
+		repo, _, ok := strings.Cut(strings.TrimPrefix(ref, host+"/"), "@sha256:")
+		if !ok || (repo != "kaitoflow" && repo != "chat-proxy") {
+			t.Errorf("%v name %s, not an image ko pushed by digest", where, ref)
 			continue
 		}
-		if own != "" && own != ref {
-			t.Errorf("two kaitoflow images: %s and %s", own, ref)
+		if images[repo] != "" && images[repo] != ref {
+			t.Errorf("two %s images: %s and %s", repo, images[repo], ref)
 		}
-		own = ref
+		images[repo] = ref
 	}
-	if own == "" {
-		t.Fatalf("no kaitoflow image in the resolved manifests:\n%s", out)
+	own, proxy := images["kaitoflow"], images["chat-proxy"]
+	if own == "" || proxy == "" {
+		t.Fatalf("kaitoflow's image %q and chat-proxy's %q, want both in the resolved manifests:\n%s", own, proxy, out)
 	}
 	if n := len(refs[own]); n < 10 {
 		t.Errorf("kaitoflow's image is named %d times, want every function, adapter and the ConfigMap: %v", n, refs[own])
 	}
 
-	// The image runs kaitoflow at the path the manifests and the generated pods call it by.
-	ref, err := name.ParseReference(own)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != presets.Entrypoint {
-		t.Errorf("entrypoint %v, want [%s]", got, presets.Entrypoint)
+	// Each image runs its binary at the path the manifests and the generated pods call it by:
+	// kaitoflow's answers `version`, chat-proxy's its usage.
+	for _, im := range []struct{ ref, entrypoint, arg, says string }{
+		{own, presets.Entrypoint, "version", "kaitoflow "},
+		{proxy, presets.ProxyEntrypoint, "--help", "chat-proxy"},
+	} {
+		ref, err := name.ParseReference(im.ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := remote.Image(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != im.entrypoint {
+			t.Errorf("%s: entrypoint %v, want [%s]", im.ref, got, im.entrypoint)
+		}
+		if runtime.GOOS == "linux" {
+			bin := extract(t, img, strings.TrimPrefix(im.entrypoint, "/"))
+			v, err := exec.CommandContext(ctx, bin, im.arg).CombinedOutput()
+			if err != nil || !strings.Contains(string(v), im.says) {
+				t.Errorf("%s %s: %v: %s", im.entrypoint, im.arg, err, v)
+			}
+		}
 	}
 	for _, o := range resolved {
 		for _, c := range commands(o.u) {
 			if strings.HasPrefix(c, "/ko-app/") && c != presets.Entrypoint {
-				t.Errorf("%s runs %s, which the image does not have", o, c)
+				t.Errorf("%s runs %s, which kaitoflow's image does not have", o, c)
 			}
 		}
-	}
-	if runtime.GOOS == "linux" {
-		bin := extract(t, img, strings.TrimPrefix(presets.Entrypoint, "/"))
-		v, err := exec.CommandContext(ctx, bin, "version").CombinedOutput()
-		if err != nil || !strings.HasPrefix(string(v), "kaitoflow ") {
-			t.Errorf("%s version: %v: %s", presets.Entrypoint, err, v)
-		}
-		t.Logf("%s: %s", own, strings.TrimSpace(string(v)))
 	}
 
 	// The release passes what the source manifests pass.

@@ -28,6 +28,10 @@ var skusYAML []byte
 // binary (/ko-app/<last element of the import path>), as .ko.yaml builds it.
 const Entrypoint = "/ko-app/kaitoflow"
 
+// ProxyEntrypoint is chat-proxy's binary in its own image (cmd/chat-proxy), which every inference
+// pod runs beside the model server.
+const ProxyEntrypoint = "/ko-app/chat-proxy"
+
 // InferenceImage is the model server the presets are served with: vLLM's OpenAI-compatible
 // server, whose arguments VLLMArgs writes for this release. The trainer's image has no default:
 // it is built from presets/trainer by hack/release.sh, into the user's registry.

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -26,6 +24,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/callerauth"
 	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/httpserve"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
@@ -168,7 +167,7 @@ func runFn(ctx context.Context, name string, f fnFlags, log *slog.Logger) error 
 		}()
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- serveHTTP(ctx, f.listen, mux) }()
+	go func() { errc <- httpserve.Serve(ctx, f.listen, mux) }()
 	// Outside Knative there is no PingSource: provision, tune and serve need kaitoflow.tick to
 	// re-check pending capacity, runs and Services. Ticks of several replicas share ids and are
 	// stored once.
@@ -274,33 +273,7 @@ func serveFn(ctx context.Context, f fnFlags, fn runtime.Function, deps runtime.D
 	}
 	mux.Handle("POST /", in)
 	log.Info("function listening for CloudEvents over HTTP", "function", fn.Name, "addr", f.listen, "sink", f.sink)
-	return serveHTTP(ctx, f.listen, mux)
-}
-
-// serveHTTP serves until ctx ends, then shuts down gracefully: requests in flight (a handler
-// publishing its outputs) finish first, which is what Knative's SIGTERM expects.
-func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return httpserve.Serve(ctx, f.listen, mux)
 }
 
 // callersOnly wraps h so that only the --caller subjects, with a token for --caller-audience, may

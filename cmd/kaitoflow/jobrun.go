@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
-	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrname "github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
@@ -101,22 +99,6 @@ func podReporter(log *slog.Logger) jobrun.Reporter {
 	return jobrun.PodAnnotator{Client: client, Namespace: ns, Pod: pod}
 }
 
-// adapterKeychain signs in to an adapter's registry with the docker config files of its pull
-// secrets and, with acrIdentity, to an Azure Container Registry with the pod's workload identity.
-func adapterKeychain(secrets []string, acrIdentity bool) (authn.Keychain, error) {
-	keychain := registryauth.DockerConfigFiles(secrets...)
-	if !acrIdentity {
-		return keychain, nil
-	}
-	// The workload identity webhook injected the federated token and the client id.
-	cred, err := azidentity.NewWorkloadIdentityCredential(nil)
-	if err != nil {
-		return nil, fmt.Errorf("ACR identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount "+
-			"annotated with a client id?)", err)
-	}
-	return authn.NewMultiKeychain(keychain, &registryauth.ACR{Credential: cred}), nil
-}
-
 func newPullAdapter(g *globals) *cobra.Command {
 	var insecure, acrIdentity bool
 	var secrets []string
@@ -133,7 +115,7 @@ func newPullAdapter(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("adapter reference %q: %w", args[0], err)
 			}
-			keychain, err := adapterKeychain(secrets, acrIdentity)
+			keychain, err := registryauth.AdapterKeychain(secrets, acrIdentity)
 			if err != nil {
 				return err
 			}

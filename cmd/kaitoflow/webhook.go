@@ -13,6 +13,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/webhook"
+	"github.com/kaitoflow/kaitoflow/internal/httpserve"
 )
 
 // webhookFlags are the webhook's settings.
@@ -67,7 +68,7 @@ Authentication (at least one, unless --insecure-no-auth): shared keys in $KAITOF
 			h.Submitter = sub
 			log.Info("webhook listening", "addr", o.listen, "template", h.Template.Name, "container", o.container, "suffixes", o.suffixes,
 				"keys", len(h.Keys), "entra", h.Verifier != nil, "upload_notifications", len(h.SigningKey) > 0)
-			return serveHTTP(cmd.Context(), o.listen, h.Routes())
+			return httpserve.Serve(cmd.Context(), o.listen, h.Routes())
 		},
 	}
 	f := cmd.Flags()

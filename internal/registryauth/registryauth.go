@@ -18,6 +18,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
@@ -219,4 +220,20 @@ func (s Secrets) For(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, 
 		chains = append(chains, s.ACR)
 	}
 	return authn.NewMultiKeychain(chains...), nil
+}
+
+// AdapterKeychain signs in to an adapter's registry with the docker config files of its pull
+// secrets and, with acrIdentity, to an Azure Container Registry with the pod's workload identity.
+func AdapterKeychain(secrets []string, acrIdentity bool) (authn.Keychain, error) {
+	keychain := DockerConfigFiles(secrets...)
+	if !acrIdentity {
+		return keychain, nil
+	}
+	// The workload identity webhook injected the federated token and the client id.
+	cred, err := azidentity.NewWorkloadIdentityCredential(nil)
+	if err != nil {
+		return nil, fmt.Errorf("ACR identity: workload identity: %w (is the pod labelled azure.workload.identity/use and its ServiceAccount "+
+			"annotated with a client id?)", err)
+	}
+	return authn.NewMultiKeychain(keychain, &ACR{Credential: cred}), nil
 }

@@ -29,9 +29,9 @@ import (
 
 // Options are the cluster-wide settings of inference Services.
 type Options struct {
-	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is kaitoflow's own
-	// image, which runs chat-proxy (and its adapter reconciler, which pulls adapters): required, there is no
-	// public default (hack/release.sh builds it into the user's registry).
+	// RuntimeImage is the model server (vLLM's OpenAI server); ProxyImage is chat-proxy's own
+	// image (cmd/chat-proxy: the proxy and its adapter reconciler, which pulls adapters): required,
+	// there is no public default (hack/release.sh builds it into the user's registry).
 	RuntimeImage string
 	ProxyImage   string
 	// Target is the concurrent requests per replica the autoscaler aims at where the model server
@@ -374,7 +374,7 @@ func weightsFor(d serve.Deployment, rt Runtime, o Options) podWeights {
 
 // proxyContainer is chat-proxy, the pod's front: it answers once the model server does.
 func proxyContainer(served string, startupSeconds int32, ad podAdapters, o Options) corev1.Container {
-	proxy := []string{presets.Entrypoint, "chat-proxy", "--listen", ":" + strconv.Itoa(proxyPort), "--upstream",
+	proxy := []string{presets.ProxyEntrypoint, "--listen", ":" + strconv.Itoa(proxyPort), "--upstream",
 		"http://127.0.0.1:" + strconv.Itoa(runtimePort),
 		"--model", served, "--adapter-set", adapterSetDir + "/" + AdapterSetKey, "--adapter-dir", adapterDir, "--admin-listen", ":" + strconv.Itoa(AdminPort),
 		"--admin-token-file", adapterSetDir + "/" + AdminTokenKey}
