@@ -242,12 +242,8 @@ func printResources(out io.Writer, objects []kaito.Workspace, format string, sin
 	if err := jp.Parse(tmpl); err != nil {
 		return fmt.Errorf("-o jsonpath: %w", err)
 	}
-	b, err := json.Marshal(v)
+	data, err := jsonData(v)
 	if err != nil {
-		return err
-	}
-	var data any
-	if err := json.Unmarshal(b, &data); err != nil {
 		return err
 	}
 	if err := jp.Execute(out, data); err != nil {
@@ -255,6 +251,16 @@ func printResources(out io.Writer, objects []kaito.Workspace, format string, sin
 	}
 	_, err = fmt.Fprintln(out)
 	return err
+}
+
+// jsonData is v as JSON's generic values (maps, slices, strings, numbers), what jsonpath walks.
+func jsonData(v any) (any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var data any
+	return data, json.Unmarshal(b, &data)
 }
 
 // printObjects prints list, or its one element, as JSON or YAML.

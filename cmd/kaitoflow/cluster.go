@@ -53,14 +53,20 @@ func (c *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.context, "context", "", "the kubeconfig context to use (implies the cluster)")
 }
 
+// loader reads the kubeconfig the flags name (kubectl's loading rules otherwise), at the context
+// they name.
+func (c clusterFlags) loader() clientcmd.ClientConfig {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = c.kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: c.context})
+}
+
 // workspaces is the source the flags choose.
 func (g *globals) workspaces(c clusterFlags) (workspaceSource, error) {
 	if c.kubeconfig == "" && c.context == "" {
 		return g.client(), nil
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = c.kubeconfig
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: c.context})
+	loader := c.loader()
 	cfg, err := loader.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -291,12 +290,8 @@ func (p *workspacePrinter) row(w status.Workspace, now time.Time) ([]string, err
 // customRow evaluates each column's path on the object, as kubectl's custom-columns does:
 // <none> where a path finds nothing, values joined by commas where it finds several.
 func customRow(obj kaito.Workspace, columns []*jsonpath.JSONPath) ([]string, error) {
-	b, err := json.Marshal(obj)
+	data, err := jsonData(obj)
 	if err != nil {
-		return nil, err
-	}
-	var data any
-	if err := json.Unmarshal(b, &data); err != nil {
 		return nil, err
 	}
 	row := make([]string, len(columns))

@@ -10,19 +10,18 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kaitoflow/kaitoflow/internal/compose/install"
 )
 
 // installer is an install.Installer on the cluster the kubeconfig flags name.
 func (g *globals) installer(c clusterFlags) (*install.Installer, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = c.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: c.context}).ClientConfig()
+	cfg, err := c.loader().ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
+	// Each request is bounded; the waits (CRDs established, Workspaces released) have their own.
+	cfg.Timeout = 30 * time.Second
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -172,7 +172,8 @@ var ErrForeignCRD = errors.New("the CRD is not kaitoflow's")
 // on a CRD it says the resource is kaitoflow's to reconcile.
 const PartOf = "app.kubernetes.io/part-of"
 
-var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+// CRDResource is the API server's CustomResourceDefinitions.
+var CRDResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // checkCRDs refuses to start on a CRD of c.Group that another install owns. A CRD that is absent
 // is left to Run (Workspaces are required, InferenceSets optional); one the controller may not
@@ -181,7 +182,7 @@ func (c *Controller) checkCRDs(ctx context.Context) error {
 	for _, kind := range c.kinds() {
 		r := c.resourceOf(kind)
 		name := r.Resource + "." + r.Group
-		crd, err := c.Client.Resource(crdResource).Get(ctx, name, metav1.GetOptions{})
+		crd, err := c.Client.Resource(CRDResource).Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			continue

@@ -601,7 +601,7 @@ func TestRefusesAnotherOperatorsCRD(t *testing.T) {
 	if err := unstructured.SetNestedField(crd.Object, group, "spec", "group"); err != nil {
 		t.Fatal(err)
 	}
-	crds := dyn.Resource(crdResource)
+	crds := dyn.Resource(CRDResource)
 	ctx := context.Background()
 	if _, err := crds.Create(ctx, crd, metav1.CreateOptions{FieldManager: "helm"}); err != nil {
 		t.Fatal(err)

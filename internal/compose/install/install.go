@@ -31,6 +31,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -60,7 +61,7 @@ var ErrForeignCRD = controller.ErrForeignCRD
 var ErrStuck = errors.New("workspaces still hold capacity")
 
 var (
-	crds       = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	crds       = controller.CRDResource
 	configMaps = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
 )
 
@@ -375,25 +376,17 @@ func (i *Installer) writeRecord(ctx context.Context, part string, refs []Ref) er
 			Labels: map[string]string{controller.PartOf: "kaitoflow", PartLabel: part}},
 		Data: map[string]string{"objects": string(b)},
 	}
-	obj, err := toUnstructured(cm)
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(cm)
 	if err != nil {
 		return err
 	}
+	obj := &unstructured.Unstructured{Object: m}
 	// The record is install's alone: forced.
 	opts := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
 	if _, err := i.Client.Resource(configMaps).Namespace(Namespace).Apply(ctx, cm.Name, obj, opts); err != nil {
 		return fmt.Errorf("write the install record of %s: %w", part, err)
 	}
 	return nil
-}
-
-func toUnstructured(v any) (*unstructured.Unstructured, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	u := &unstructured.Unstructured{}
-	return u, u.UnmarshalJSON(b)
 }
 
 // UninstallOptions say how long to wait for Workspaces to go, and whether to let them go
