@@ -179,3 +179,43 @@ func TestTheRulesRefuseUpwardArrows(t *testing.T) {
 		}
 	}
 }
+
+// Each deployable's binary links what it runs and not the others' parts: a function's binary
+// (cmd/<function>) links its own step's Part alone, never the pipeline that names every Part, the
+// controller or the embedded mode, nor the heavy libraries of parts it does not run (Knative's
+// serving API outside serve, controller-runtime and the NATS server everywhere); chat-proxy's and
+// job-run's link no composition at all. What a binary links is what it maps and starts with
+// (bench: FunctionStart).
+func TestEachBinaryLinksItsOwnPartAlone(t *testing.T) {
+	parts := map[string]string{"provision": "provisionpart", "tune": "tunepart", "publish": "publishpart", "serve": "servepart"}
+	for _, bin := range []string{"provision", "tune", "publish", "serve", "status", "signals", "deadletter", "chat-proxy", "job-run"} {
+		out, err := exec.Command("go", "list", "-deps", "./cmd/"+bin).Output()
+		if err != nil {
+			t.Fatalf("go list -deps ./cmd/%s: %v", bin, err)
+		}
+		deps := strings.Fields(string(out))
+		forbidden := []string{module + "internal/compose/pipeline", module + "internal/compose/controller", module + "internal/compose/embedded",
+			"sigs.k8s.io/controller-runtime", "github.com/nats-io/nats-server"}
+		for step, part := range parts {
+			if step != bin {
+				forbidden = append(forbidden, module+"internal/compose/assembly/"+part)
+			}
+		}
+		if bin != "serve" {
+			forbidden = append(forbidden, "knative.dev/serving")
+		}
+		if bin == "chat-proxy" || bin == "job-run" {
+			forbidden = append(forbidden, module+"internal/compose/")
+		}
+		for _, d := range deps {
+			for _, f := range forbidden {
+				if d == f || strings.HasPrefix(d, strings.TrimSuffix(f, "/")+"/") {
+					t.Errorf("cmd/%s links %s", bin, d)
+				}
+			}
+		}
+		if p, ok := parts[bin]; ok && !slices.Contains(deps, module+"internal/compose/assembly/"+p) {
+			t.Errorf("cmd/%s does not link its own part, %s", bin, p)
+		}
+	}
+}

@@ -63,18 +63,19 @@ func (o objects) of(u *unstructured.Unstructured) (dynamic.ResourceInterface, er
 // nothing, and manifests are only built and validated.
 const (
 	testTrainerImage = "example.azurecr.io/kaitoflow/trainer:test"
-	testOwnImage     = "example.azurecr.io/kaitoflow/kaitoflow:test"
+	testJobRunImage  = "example.azurecr.io/kaitoflow/job-run:test"
+	testProxyImage   = "example.azurecr.io/kaitoflow/chat-proxy:test"
 )
 
 // testDrivers are the cluster drivers with provider, and the images a deployment configures.
 func testDrivers(provider string) assembly.Drivers {
 	return assembly.Drivers{Provider: provider, Trainer: "job", Deployer: "knative",
-		TrainerImage: testTrainerImage, WrapperImage: testOwnImage, ProxyImage: testOwnImage}
+		TrainerImage: testTrainerImage, WrapperImage: testJobRunImage, ProxyImage: testProxyImage}
 }
 
-// proxyOptions are the knative deployer's defaults with kaitoflow's own image.
+// proxyOptions are the knative deployer's defaults with chat-proxy's image.
 func proxyOptions() knative.Options {
 	o := knative.DefaultOptions()
-	o.ProxyImage = testOwnImage
+	o.ProxyImage = testProxyImage
 	return o
 }

@@ -47,7 +47,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/compose/sources"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -522,7 +522,7 @@ func applyKaitoExamples(t *testing.T, glob, kind string, kept ...string) {
 // as a shared user: a function as itself, what takes requests as the entrance.
 func TestWorkloadsSignInToNATSAsTheirRole(t *testing.T) {
 	roles := map[string]bool{}
-	for _, r := range assembly.NATSRoles() {
+	for _, r := range pipeline.NATSRoles() {
 		roles[r.Name] = true
 	}
 	seen := 0
@@ -542,9 +542,14 @@ func TestWorkloadsSignInToNATSAsTheirRole(t *testing.T) {
 				continue
 			}
 			seen++
-			want := assembly.Entrance
-			if ctr.Args[0] == "fn" {
-				want = ctr.Args[1]
+			want := pipeline.Entrance
+			if fn := functionOf(o); fn != "" {
+				want = fn
+				// Each function runs its own binary (cmd/<function>), which links its step
+				// alone: not the CLI's `kaitoflow fn`.
+				if image := "ko://github.com/kaitoflow/kaitoflow/cmd/" + fn; ctr.Image != image || ctr.Args[0] == "fn" {
+					t.Errorf("%s: runs %s %v, want its own image %s", o, ctr.Image, ctr.Args, image)
+				}
 			}
 			i := slices.IndexFunc(ctr.Env, func(e corev1.EnvVar) bool { return e.Name == "KAITOFLOW_NATS" })
 			if i < 0 || ctr.Env[i].ValueFrom == nil || ctr.Env[i].ValueFrom.SecretKeyRef == nil {
@@ -560,6 +565,16 @@ func TestWorkloadsSignInToNATSAsTheirRole(t *testing.T) {
 	if seen < 9 {
 		t.Errorf("%d kaitoflow workloads found, want the 7 functions, the controller and the ingress", seen)
 	}
+}
+
+// functionOf is the function a Knative Service runs (its kaitoflow.io/function label), checked
+// against the pipeline's names; "" for anything else.
+func functionOf(o object) string {
+	fn := o.u.GetLabels()["kaitoflow.io/function"]
+	if o.u.GetKind() != "Service" || !slices.Contains(pipeline.Names(), fn) {
+		return ""
+	}
+	return fn
 }
 
 // Each workspace namespace's NetworkPolicy admits chat-proxy's admin port from serve only, and

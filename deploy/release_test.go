@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/kaitoflow/kaitoflow/presets"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 )
 
 // The release: ko (the build pinned by tools/ko; hack/ko.sh builds it and .ci/run names it in
@@ -75,9 +76,10 @@ func TestReleaseWithKo(t *testing.T) {
 		t.Fatalf("ko resolve left ko:// references:\n%s", out)
 	}
 
-	// Every reference to kaitoflow's images is one ko pushed, by digest: kaitoflow's (every
-	// function, adapter, the controller, the ConfigMap's wrapper image) and chat-proxy's (the
-	// ConfigMap's proxy image).
+	// Every reference to kaitoflow's images is one ko pushed, by digest: each function's own, the
+	// CLI's (the controller and the ingress adapters), job-run's and chat-proxy's (the ConfigMap's
+	// wrapper and proxy images).
+	ownImages := append([]string{"kaitoflow", "chat-proxy", "job-run"}, pipeline.Names()...)
 	resolved := parseObjects(t, "release.yaml", out)
 	refs := map[string][]string{}
 	for _, o := range resolved {
@@ -91,7 +93,7 @@ func TestReleaseWithKo(t *testing.T) {
 			continue // a third party's (vLLM's)
 		}
 		repo, _, ok := strings.Cut(strings.TrimPrefix(ref, host+"/"), "@sha256:")
-		if !ok || (repo != "kaitoflow" && repo != "chat-proxy") {
+		if !ok || !slices.Contains(ownImages, repo) {
 			t.Errorf("%v name %s, not an image ko pushed by digest", where, ref)
 			continue
 		}
@@ -100,21 +102,26 @@ func TestReleaseWithKo(t *testing.T) {
 		}
 		images[repo] = ref
 	}
-	own, proxy := images["kaitoflow"], images["chat-proxy"]
-	if own == "" || proxy == "" {
-		t.Fatalf("kaitoflow's image %q and chat-proxy's %q, want both in the resolved manifests:\n%s", own, proxy, out)
+	for _, repo := range ownImages {
+		if images[repo] == "" {
+			t.Errorf("no %s image in the resolved manifests", repo)
+		}
 	}
-	if n := len(refs[own]); n < 10 {
-		t.Errorf("kaitoflow's image is named %d times, want every function, adapter and the ConfigMap: %v", n, refs[own])
+	if t.Failed() {
+		t.Fatalf("resolved manifests:\n%s", out)
+	}
+	if n := len(refs[images["kaitoflow"]]); n < 3 {
+		t.Errorf("kaitoflow's image is named %d times, want the controller and the ingress adapters: %v", n, refs[images["kaitoflow"]])
 	}
 
-	// Each image runs its binary at the path the manifests and the generated pods call it by:
-	// kaitoflow's answers `version`, chat-proxy's its usage.
-	for _, im := range []struct{ ref, entrypoint, arg, says string }{
-		{own, presets.Entrypoint, "version", "kaitoflow "},
-		{proxy, presets.ProxyEntrypoint, "--help", "chat-proxy"},
-	} {
-		ref, err := name.ParseReference(im.ref)
+	// Each image runs its binary at /ko-app/<its name>, where the manifests and the generated pods
+	// call it: kaitoflow's answers `version`, the others their usage, which names them.
+	for _, repo := range ownImages {
+		entrypoint, arg, says := "/ko-app/"+repo, "--help", repo
+		if repo == "kaitoflow" {
+			arg, says = "version", "kaitoflow "
+		}
+		ref, err := name.ParseReference(images[repo])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,21 +133,21 @@ func TestReleaseWithKo(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != im.entrypoint {
-			t.Errorf("%s: entrypoint %v, want [%s]", im.ref, got, im.entrypoint)
+		if got := cf.Config.Entrypoint; len(got) != 1 || got[0] != entrypoint {
+			t.Errorf("%s: entrypoint %v, want [%s]", repo, got, entrypoint)
 		}
 		if runtime.GOOS == "linux" {
-			bin := extract(t, img, strings.TrimPrefix(im.entrypoint, "/"))
-			v, err := exec.CommandContext(ctx, bin, im.arg).CombinedOutput()
-			if err != nil || !strings.Contains(string(v), im.says) {
-				t.Errorf("%s %s: %v: %s", im.entrypoint, im.arg, err, v)
+			bin := extract(t, img, strings.TrimPrefix(entrypoint, "/"))
+			v, err := exec.CommandContext(ctx, bin, arg).CombinedOutput()
+			if err != nil || !strings.Contains(string(v), says) {
+				t.Errorf("%s %s: %v: %s", entrypoint, arg, err, v)
 			}
 		}
 	}
 	for _, o := range resolved {
 		for _, c := range commands(o.u) {
-			if strings.HasPrefix(c, "/ko-app/") && c != presets.Entrypoint {
-				t.Errorf("%s runs %s, which kaitoflow's image does not have", o, c)
+			if repo, ok := strings.CutPrefix(c, "/ko-app/"); ok && !slices.Contains(ownImages, repo) {
+				t.Errorf("%s runs %s, which no kaitoflow image has", o, c)
 			}
 		}
 	}

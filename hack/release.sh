@@ -3,13 +3,15 @@
 #   KO_DOCKER_REPO=myregistry.azurecr.io/kaitoflow hack/release.sh [version]
 #   kaitoflow install -f release.yaml      (or kubectl apply --server-side -f release.yaml)
 #
-#  1. kaitoflow's image, with ko (.ko.yaml): every function, the controller, the ingress adapters,
-#     and job-run, chat-proxy and pull-adapter for the workload pods; linux/amd64 and linux/arm64.
+#  1. kaitoflow's images, with ko (.ko.yaml), one per deployable under KO_DOCKER_REPO: each
+#     function's (provision, tune, publish, serve, status, signals, deadletter), job-run's and
+#     chat-proxy's for the workload pods, and the CLI's (kaitoflow: the controller and the ingress
+#     adapters); linux/amd64 and linux/arm64.
 #  2. The trainer's image, from presets/trainer with docker buildx (linux/amd64: CUDA).
 #  3. The release files (release.yaml, release-kaitoflow-group.yaml, release-servicebus.yaml,
 #     release-webhook.yaml; RELEASE_OUT_DIR, default the repository root): deploy/knative and its
 #     parts built with kustomize, KAITOFLOW_TRAINER_IMAGE set to the trainer's digest, and every
-#     ko:// reference resolved by ko to kaitoflow's digest.
+#     ko:// reference resolved by ko to its image's digest.
 # Knative Serving's feature flags (deploy/knative/serving-features) are applied on their own.
 #
 # Needs docker with buildx, kubectl (for kustomize) and credentials for the registry
@@ -33,7 +35,7 @@ docker buildx build --platform linux/amd64 --tag "$trainer:$version" --push \
 digest=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["containerimage.digest"])' "$tmp/trainer.json")
 trainer_ref=$trainer@$digest
 
-echo "--- kaitoflow image and the release files" >&2
+echo "--- kaitoflow's images and the release files" >&2
 # One overlay per release file, beside the base: kustomize takes resources by relative path.
 #   release.yaml                  the core: kaito.sh's CRDs, as Kaito's manifests name them
 #   release-kaitoflow-group.yaml  the core under kaitoflow.io, to install beside Kaito

@@ -28,6 +28,10 @@ var skusYAML []byte
 // binary (/ko-app/<last element of the import path>), as .ko.yaml builds it.
 const Entrypoint = "/ko-app/kaitoflow"
 
+// JobRunEntrypoint is job-run's binary in its own image (cmd/job-run), which every tuning pod's
+// init container copies into the trainer's container.
+const JobRunEntrypoint = "/ko-app/job-run"
+
 // ProxyEntrypoint is chat-proxy's binary in its own image (cmd/chat-proxy), which every inference
 // pod runs beside the model server.
 const ProxyEntrypoint = "/ko-app/chat-proxy"

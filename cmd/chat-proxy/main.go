@@ -19,10 +19,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// JSON on stderr, as the CLI logs where stderr is no terminal: a pod's log is collected.
-	logger := func() (*slog.Logger, error) {
-		return slog.New(logctx.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: logctx.Seconds}))), nil
-	}
-	cmd := chatproxy.Command(logger)
+	cmd := chatproxy.Command(func() (*slog.Logger, error) { return logctx.JSON(os.Stderr, "info") })
 	cmd.SilenceUsage, cmd.SilenceErrors = true, true
 	err := cmd.ExecuteContext(ctx)
 	stop()

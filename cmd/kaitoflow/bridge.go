@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/compose/fnhost"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress/servicebus"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
@@ -25,13 +26,13 @@ import (
 
 // ingressFlags are what the bridge and the webhook share: the bus and the address policy.
 type ingressFlags struct {
-	nats       natsFlags
+	nats       fnhost.NATS
 	allow      []string
 	namespaces []string
 }
 
 func (f *ingressFlags) register(cmd *cobra.Command) {
-	f.nats.register(cmd.Flags(), "nats://127.0.0.1:4222", "NATS server with JetStream")
+	f.nats.Register(cmd.Flags(), "nats://127.0.0.1:4222", "NATS server with JetStream")
 	cmd.Flags().StringSliceVar(&f.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
 	cmd.Flags().StringSliceVar(&f.namespaces, "workspace-namespace", nil,
 		"a namespace workspaces from here may be submitted to (repeatable, required; * for any)")
@@ -63,11 +64,11 @@ func (f *ingressFlags) submitter(ctx context.Context, name, source string) (*ing
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	if _, err := f.nats.storage(nil).EnsureStream(ctx, js); err != nil {
+	if _, err := f.nats.Storage(nil).EnsureStream(ctx, js); err != nil {
 		nc.Close()
 		return nil, nil, nil, err
 	}
-	store, err := status.Open(ctx, js, f.nats.storage(nil))
+	store, err := status.Open(ctx, js, f.nats.Storage(nil))
 	if err != nil {
 		nc.Close()
 		return nil, nil, nil, err

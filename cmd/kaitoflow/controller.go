@@ -9,15 +9,17 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
+	"github.com/kaitoflow/kaitoflow/internal/compose/election"
+	"github.com/kaitoflow/kaitoflow/internal/compose/fnhost"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
 // controllerFlags are the controller's settings.
 type controllerFlags struct {
-	nats    natsFlags
-	drivers driverFlags
+	nats    fnhost.NATS
+	drivers fnhost.Drivers
 	group   string
 	workers int
 	elect   bool
@@ -48,10 +50,8 @@ prints its columns, plus phase, endpoint, image and failure).`,
 		},
 	}
 	fl := cmd.Flags()
-	o.nats.register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
-	fl.StringSliceVar(&o.drivers.allow, "allow-host", nil, "private dataset hosts or CIDRs that workspaces may name (repeatable)")
-	fl.StringVar(&o.drivers.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
-	fl.Float32Var(&o.drivers.qps, "kube-qps", 50, "requests per second to the Kubernetes API (burst twice that)")
+	o.nats.Register(fl, "nats://127.0.0.1:4222", "NATS server with JetStream")
+	o.drivers.RegisterCluster(fl)
 	fl.StringVar(&o.group, "crd-group", "kaito.sh", "the Workspace CRD's API group (another one where Kaito is installed)")
 	fl.IntVar(&o.workers, "workers", 4, "Workspaces reconciled at once")
 	fl.BoolVar(&o.elect, "leader-elect", true, "replicas elect one leader with a Lease, and only it reconciles")
@@ -65,7 +65,7 @@ prints its columns, plus phase, endpoint, image and failure).`,
 }
 
 func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
-	cfg, err := o.drivers.config(true)
+	cfg, err := o.drivers.Config(true)
 	if err != nil {
 		return err
 	}
@@ -78,10 +78,10 @@ func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if _, err := o.nats.storage(log).EnsureStream(ctx, js); err != nil {
+	if _, err := o.nats.Storage(log).EnsureStream(ctx, js); err != nil {
 		return err
 	}
-	cfg.Replicas = o.nats.replicas
+	cfg.Replicas = o.nats.Replicas
 	pub := runtime.JetStreamPublisher{JS: js}
 	cfg.Logger, cfg.JetStream, cfg.Publisher, cfg.CRDGroup, cfg.ControllerWorkers = log, js, pub, o.group, o.workers
 	cfg.ControllerMetrics, cfg.ControllerHealth = o.metrics, o.health
@@ -93,9 +93,9 @@ func (o *controllerFlags) run(ctx context.Context, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		cfg.LeaderElection = &controller.Election{Namespace: o.leaseNS, Identity: id}
+		cfg.LeaderElection = &election.Lease{Namespace: o.leaseNS, Identity: id}
 	}
-	a, err := assembly.Build(ctx, cfg)
+	a, err := pipeline.Build(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,9 +12,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/fnhost"
 )
 
 // The ingress commands refuse a configuration that cannot work before they connect anywhere.
@@ -61,7 +60,7 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	t.Setenv("KAITOFLOW_PROVIDER", "aks")
 	t.Setenv("KAITOFLOW_ALLOW_HOST", "10.0.0.0/8,datasets.internal")
 	t.Setenv("KAITOFLOW_TICK", "1m")
-	if err := flagsFromEnv(fs); err != nil {
+	if err := fnhost.FromEnv(fs); err != nil {
 		t.Fatal(err)
 	}
 	if *image != "registry/trainer:1" || *given != "byo" || strings.Join(*hosts, " ") != "10.0.0.0/8 datasets.internal" || *tick != time.Minute {
@@ -70,14 +69,14 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	t.Setenv("KAITOFLOW_TICK", "soon")
 	fs2 := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	fs2.Duration("tick", time.Second, "")
-	if err := flagsFromEnv(fs2); err == nil || !strings.Contains(err.Error(), "KAITOFLOW_TICK") {
+	if err := fnhost.FromEnv(fs2); err == nil || !strings.Contains(err.Error(), "KAITOFLOW_TICK") {
 		t.Errorf("a bad value must name its variable: %v", err)
 	}
 	// An empty variable is unset: KAITOFLOW_SERVER= left in a shell keeps the default URL.
 	t.Setenv("KAITOFLOW_SERVER", "")
 	fs3 := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	server := fs3.String("server", defaultServer, "")
-	if err := flagsFromEnv(fs3); err != nil || *server != defaultServer {
+	if err := fnhost.FromEnv(fs3); err != nil || *server != defaultServer {
 		t.Errorf("empty KAITOFLOW_SERVER: %v, server %q", err, *server)
 	}
 }
@@ -136,39 +135,5 @@ func TestAPIRequiresItsToken(t *testing.T) {
 	}
 	if _, _, err := cli(t, p.URL, "--token-file", file, "--token", "x", "get", "workspaces"); err == nil {
 		t.Error("--token and --token-file together were accepted")
-	}
-}
-
-// fn with the sim deployer guards the sim's endpoints with the token as up does: an unload from
-// anyone once broke the next chat. /healthz stays open for the platform's probes.
-func TestFnSimEndpointsRequireTheToken(t *testing.T) {
-	sim := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	_, mux := fnMux(serve.Name, &assembly.Assembly{SimInference: sim}, "fn-token")
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	for _, tc := range []struct {
-		path, auth string
-		want       int
-	}{
-		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "", http.StatusUnauthorized},
-		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "Bearer wrong", http.StatusUnauthorized},
-		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "Bearer fn-token", http.StatusOK},
-		{"/healthz", "", http.StatusOK},
-	} {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+tc.path, nil)
-		if tc.path == "/healthz" {
-			req.Method = http.MethodGet
-		}
-		if tc.auth != "" {
-			req.Header.Set("Authorization", tc.auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != tc.want {
-			t.Errorf("%s with %q: %d, want %d", tc.path, tc.auth, resp.StatusCode, tc.want)
-		}
 	}
 }

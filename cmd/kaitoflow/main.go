@@ -20,8 +20,8 @@ import (
 	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
+	"github.com/kaitoflow/kaitoflow/internal/compose/fnhost"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
 
@@ -112,7 +112,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		// KAITOFLOW_TRAINER_IMAGE), so a ConfigMap's envFrom configures a function; a flag given
 		// on the command line wins.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if err := flagsFromEnv(cmd.Flags()); err != nil {
+			if err := fnhost.FromEnv(cmd.Flags()); err != nil {
 				return err
 			}
 			return g.readTokenFile()
@@ -131,7 +131,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: auto (text on a terminal, JSON otherwise), text, json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newUp(g), newSubmit(g), newGet(g), newWatch(g), newDelete(g), newRollback(g), newPromote(g), newAdapters(g), newChat(g),
-		newFn(g), newPresets(g), newPlan(g), newJobRun(g), newInstallSelf(), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g),
+		newFn(g), newPresets(g), newPlan(g), newPullAdapter(g), newChatProxy(g), newBridge(g), newWebhook(g),
 		newController(g), newNATSAuth(g), newVersion(g), newWait(g), newDescribe(g), newInstall(g), newUninstall(g), newLogs(g))
 	registerCompletion(g, root)
 	root.SetOut(stdout) // help and the shell's completions
@@ -200,31 +200,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-// flagsFromEnv sets every flag not given on the command line from KAITOFLOW_<FLAG>, if set.
-func flagsFromEnv(fs *pflag.FlagSet) error {
-	var errs []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed {
-			return
-		}
-		name := "KAITOFLOW_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		// An empty variable counts as unset, as an empty KUBECONFIG does for kubectl: an empty
-		// KAITOFLOW_SERVER= left in a shell is no URL.
-		v := os.Getenv(name)
-		if v == "" {
-			return
-		}
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			if err := sv.Replace(strings.Split(v, ",")); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			}
-			return
-		}
-		if err := f.Value.Set(v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		}
-	})
-	return errors.Join(errs...)
 }

@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 )
 
@@ -52,7 +52,7 @@ do anything. Fresh passwords every run:
 const natsUsersConf = "kaitoflow-users.conf"
 
 func runNATSAuth(w io.Writer, f natsAuthFlags) error {
-	roles := assembly.NATSRoles()
+	roles := pipeline.NATSRoles()
 	conf := natsauth.Config(roles)
 	if f.configOnly {
 		_, err := io.WriteString(w, conf)

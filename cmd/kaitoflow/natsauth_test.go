@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/golden"
 	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 )
@@ -43,7 +43,7 @@ func TestNATSAuthMakesOneUserPerRole(t *testing.T) {
 		t.Fatalf("namespaces %s %s, or the ConfigMap's configuration differs", urls.Namespace, env.Namespace)
 	}
 	seen := map[string]bool{}
-	for _, r := range assembly.NATSRoles() {
+	for _, r := range pipeline.NATSRoles() {
 		u, err := url.Parse(urls.StringData[r.Name])
 		if err != nil || u.User.Username() != r.Name || u.Host != "nats.nats.svc.cluster.local:4222" {
 			t.Fatalf("%s's URL: %v %v", r.Name, u, err)

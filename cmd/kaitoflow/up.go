@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/compose/fnhost"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
 )
@@ -18,9 +19,9 @@ import (
 // upFlags are up's settings.
 type upFlags struct {
 	natsListen, listen string
-	nats               natsFlags
-	drivers            driverFlags
-	delivery           deliveryFlags
+	nats               fnhost.NATS
+	drivers            fnhost.Drivers
+	delivery           fnhost.Delivery
 	submit             []string
 	watchWorkspaces    bool
 	crdGroup, registry string
@@ -37,7 +38,7 @@ drivers (simulated GPU nodes, trainer and endpoint; a real OCI push to an embedd
 status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, closeLog, err := g.upLogger(o.drivers.dir())
+			log, closeLog, err := g.upLogger(o.drivers.Dir())
 			if err != nil {
 				return err
 			}
@@ -46,13 +47,13 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 		},
 	}
 	f := cmd.Flags()
-	o.nats.register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
+	o.nats.Register(f, "", "use this NATS server (with JetStream) instead of the embedded one")
 	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222",
 		"embedded NATS address; clients sign in as a role with this run's credentials, in DATA_DIR/nats/ROLE.url (kaitoflow fn tune --nats \"$(cat "+
 			"DATA_DIR/nats/tune.url)\")")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8470", "API address")
-	o.drivers.register(f, "warn")
-	o.delivery.register(f)
+	o.drivers.Register(f, "warn")
+	o.delivery.Register(f)
 	f.StringVar(&o.registry, "registry", "", "push adapters to this registry (host:port, plain HTTP on loopback) instead of an embedded one")
 	f.BoolVar(&o.watchWorkspaces, "watch-workspaces", false,
 		"also reconcile Workspace custom resources in the --kubeconfig cluster (kubectl apply -f workspace.yaml)")
@@ -62,24 +63,24 @@ status projector and the HTTP API. Stop it with Ctrl-C: in-flight steps finish f
 }
 
 func (o *upFlags) run(ctx context.Context, g *globals, log *slog.Logger) error {
-	fns, err := o.drivers.config(o.watchWorkspaces)
+	fns, err := o.drivers.Config(o.watchWorkspaces)
 	if err != nil {
 		return err
 	}
-	fns.CRDGroup, fns.Replicas = o.crdGroup, o.nats.replicas
-	dataDir := o.drivers.dir()
+	fns.CRDGroup, fns.Replicas = o.crdGroup, o.nats.Replicas
+	dataDir := o.drivers.Dir()
 	// OTLP when the OTEL_* environment names an endpoint (telemetry.Enabled), else nothing.
 	tp, flush, err := telemetry.Tracer(ctx, "kaitoflow")
 	if err != nil {
 		return err
 	}
 	defer func() { _ = flush(context.WithoutCancel(ctx)) }()
-	log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", o.drivers.d.Provider, "trainer", o.drivers.d.Trainer,
-		"deployer", o.drivers.d.Deployer, "sim_delay", o.drivers.delay)
+	log.Info("starting kaitoflow (embedded mode)", "data_dir", dataDir, "provider", o.drivers.Provider, "trainer", o.drivers.Trainer,
+		"deployer", o.drivers.Deployer, "sim_delay", o.drivers.SimDelay())
 	p, err := embedded.Start(ctx, embedded.Config{
 		DataDir: dataDir, NATS: o.nats.Options, NATSListen: o.natsListen, Listen: o.listen,
 		Logger: log, Tracer: tp, APIToken: g.token, Registry: o.registry,
-		Delivery: o.delivery.options(), TickInterval: o.delivery.tick, Functions: fns,
+		Delivery: o.delivery.Options(), TickInterval: o.delivery.Tick, Functions: fns,
 	})
 	if err != nil {
 		return err

@@ -25,7 +25,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// The wrapper is tested as what it is: a process (the kaitoflow binary) around a trainer process.
+// The wrapper is tested as what it is: a process (its own binary, cmd/job-run, as the tuning pod
+// runs it) around a trainer process.
 var binary string
 
 func TestMain(m *testing.M) {
@@ -33,8 +34,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "kaitoflow")
-	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/kaitoflow").CombinedOutput(); err != nil {
+	binary = filepath.Join(dir, "job-run")
+	if out, err := exec.Command("go", "build", "-o", binary, "../../cmd/job-run").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
 	code := m.Run()
@@ -117,7 +118,7 @@ func setup(t *testing.T) *env {
 
 func (e *env) cmd(datasetPath, mode string) *exec.Cmd {
 	host := strings.TrimPrefix(e.reg.URL, "http://")
-	return exec.Command(binary, "job-run", "--log-format", "text",
+	return exec.Command(binary,
 		"--data", e.data, "--results", e.results, "--termination-log", e.termLog,
 		"--input-url", e.dataset.URL+datasetPath, "--allow-host", "127.0.0.1",
 		"--output-image", host+"/acr/adapter:0.0.1", "--push-secret", e.secret, "--insecure-registry",
@@ -331,5 +332,18 @@ func TestEvalSetIsFetchedAndGivenToTheTrainer(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.results, "adapter_config.json")); err == nil {
 		t.Error("the trainer ran without its eval set")
+	}
+}
+
+// The tuning pod's init container copies job-run into the trainer's container with install-self:
+// the copy is executable and is job-run.
+func TestInstallSelfCopiesTheBinary(t *testing.T) {
+	to := filepath.Join(t.TempDir(), "bin", "job-run")
+	if out, err := exec.Command(binary, "install-self", to).CombinedOutput(); err != nil {
+		t.Fatalf("install-self: %v\n%s", err, out)
+	}
+	out, err := exec.Command(to, "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "job-run [flags] -- TRAINER") {
+		t.Errorf("the copy's --help: %v\n%s", err, out)
 	}
 }

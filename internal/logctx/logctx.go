@@ -4,6 +4,8 @@ package logctx
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 
@@ -73,4 +75,15 @@ func Seconds(_ []string, a slog.Attr) slog.Attr {
 		key += "_seconds"
 	}
 	return slog.Float64(key, a.Value.Duration().Seconds())
+}
+
+// JSON is how a process in a pod logs: JSON lines on w, at level (debug, info, warn or error),
+// durations as seconds and the context's attributes on every line, for the cluster's log
+// collector to read.
+func JSON(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	return slog.New(New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: Seconds}))), nil
 }

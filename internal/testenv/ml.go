@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -169,7 +170,8 @@ func TrainerDir(t testing.TB) string {
 // command line.
 func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {
 	t.Helper()
-	i, j := slices.Index(command, "job-run"), slices.Index(command, "--")
+	i := slices.IndexFunc(command, func(c string) bool { return path.Base(c) == "job-run" })
+	j := slices.Index(command, "--")
 	if i < 0 || j < i {
 		t.Fatalf("the tuning container does not run job-run: %q", command)
 	}

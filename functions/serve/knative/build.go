@@ -257,7 +257,7 @@ func presetPod(d serve.Deployment, rt Runtime, o Options) (corev1.PodSpec, error
 		return corev1.PodSpec{}, fmt.Errorf("service %s: no runtime arguments from the plan", d.Service)
 	}
 	if o.ProxyImage == "" {
-		return corev1.PodSpec{}, fmt.Errorf("service %s: kaitoflow's own image is not configured (--proxy-image)", d.Service)
+		return corev1.PodSpec{}, fmt.Errorf("service %s: chat-proxy's image is not configured (--proxy-image)", d.Service)
 	}
 	ad, err := adapterVolumes(d)
 	if err != nil {

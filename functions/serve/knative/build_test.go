@@ -207,7 +207,7 @@ func catalog(t testing.TB) *presets.Catalog {
 }
 
 // seedService is the Knative Service serve makes for the seed's tuned adapter in namespace.
-// testOptions are the defaults with kaitoflow's own image, which a deployment configures (a
+// testOptions are the defaults with chat-proxy's image, which a deployment configures (a
 // stand-in name: nothing pulls it in these tests).
 func testOptions() Options {
 	o := DefaultOptions()

@@ -19,10 +19,8 @@ import (
 	"strconv"
 
 	"github.com/kaitoflow/kaitoflow/functions/serve"
-	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/vllmproc"
-	"github.com/kaitoflow/kaitoflow/presets"
 )
 
 // VLLM starts vLLM for a replica with the arguments the Knative deployer gives the model
@@ -42,8 +40,11 @@ type VLLM struct {
 	// memory (its default 0.9 would claim almost all of it); default 0.05.
 	KVCacheShare float64
 	// Dir holds each replica's log.
-	Dir     string
-	Catalog *presets.Catalog
+	Dir string
+	// Runtime is the model container's arguments the Knative deployer would give d's replicas
+	// (knative.Deployer.Runtime); the composition passes it in, so that this driver does not
+	// link the Knative one.
+	Runtime func(d serve.Deployment) ([]string, error)
 	Log     *slog.Logger
 }
 
@@ -53,14 +54,17 @@ func (v *VLLM) Name() string { return "local" }
 // Args are vLLM's arguments for d's replica on port: the Knative deployer's, adapted to this
 // machine.
 func (v *VLLM) Args(d serve.Deployment, port int) ([]string, error) {
-	rt, err := (&knative.Deployer{Catalog: v.Catalog}).Runtime(d)
+	if v.Runtime == nil {
+		return nil, errors.New("local deployer: no runtime arguments (VLLM.Runtime)")
+	}
+	rtArgs, err := v.Runtime(d)
 	if err != nil {
 		return nil, err
 	}
-	if len(rt.Args) == 0 {
+	if len(rtArgs) == 0 {
 		return nil, errors.New("a user pod template: the local deployer runs vLLM presets only")
 	}
-	args := slices.Clone(rt.Args)
+	args := slices.Clone(rtArgs)
 	if dir, ok := v.Models[d.Workspace.PresetName()]; ok {
 		args[0] = dir // the positional model
 		args = drop(args, "--revision")

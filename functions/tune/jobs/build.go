@@ -68,7 +68,7 @@ const (
 
 // Options are the cluster-wide settings of tuning Jobs.
 type Options struct {
-	// TrainerImage runs the trainer (presets/trainer); WrapperImage is kaitoflow's own image,
+	// TrainerImage runs the trainer (presets/trainer); WrapperImage is job-run's (cmd/job-run),
 	// whose binary the init container copies in to wrap the trainer (no sidecar: the Job ends
 	// when the trainer does). Both are required: hack/release.sh builds them into the user's
 	// registry, and there is no public default.
@@ -107,7 +107,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 		return nil, nil, fmt.Errorf("job %s: no tuning input, output or plan", job.Name)
 	}
 	if o.TrainerImage == "" || o.WrapperImage == "" {
-		return nil, nil, fmt.Errorf("job %s: the trainer image and kaitoflow's own image must both be configured (--trainer-image, --wrapper-image)", job.Name)
+		return nil, nil, fmt.Errorf("job %s: the trainer image and job-run's image must both be configured (--trainer-image, --wrapper-image)", job.Name)
 	}
 	run, err := json.Marshal(job)
 	if err != nil {
@@ -152,7 +152,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 					Affinity:           onNodes(job.Nodes),
 					Tolerations:        gpuTolerations(),
 					InitContainers: []corev1.Container{{
-						Name: "kaitoflow", Image: o.WrapperImage, Command: []string{presets.Entrypoint, "install-self", binDir + "/kaitoflow"},
+						Name: "kaitoflow", Image: o.WrapperImage, Command: []string{presets.JobRunEntrypoint, "install-self", binDir + "/job-run"},
 						VolumeMounts:    []corev1.VolumeMount{{Name: "kaitoflow", MountPath: binDir}},
 						SecurityContext: containerSecurity,
 					}},
@@ -170,7 +170,7 @@ func Build(job tune.Job, o Options) (*batchv1.Job, *corev1.ConfigMap, error) {
 func podFor(job tune.Job, o Options) podParts {
 	t := job.Workspace.Tuning
 	var p podParts
-	p.args = []string{binDir + "/kaitoflow", "job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
+	p.args = []string{binDir + "/job-run", "--data", dataDir, "--results", resultsDir, "--checkpoint-tag", job.CheckpointTag()}
 	for _, h := range o.AllowHosts {
 		p.args = append(p.args, "--allow-host", h)
 	}

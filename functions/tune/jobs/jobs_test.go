@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 // box's kubelet is kwok, which pulls nothing).
 func testOptions() Options {
 	o := DefaultOptions()
-	o.TrainerImage, o.WrapperImage = "example.azurecr.io/kaitoflow/trainer:test", "example.azurecr.io/kaitoflow/kaitoflow:test"
+	o.TrainerImage, o.WrapperImage = "example.azurecr.io/kaitoflow/trainer:test", "example.azurecr.io/kaitoflow/job-run:test"
 	return o
 }
 

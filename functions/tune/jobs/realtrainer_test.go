@@ -79,7 +79,7 @@ func TestRealTrainerThroughJobRun(t *testing.T) {
 	ref := events.Ref{Namespace: "default", Name: ws.Name, Generation: 1}
 	job := tune.Job{Name: tune.AttemptJobName(ref, 1), Ref: ref, Workspace: *ws, Plan: plan, Nodes: []string{"n0"}}
 	opts := jobs.DefaultOptions()
-	opts.TrainerImage, opts.WrapperImage = "example.azurecr.io/kaitoflow-trainer:test", "example.azurecr.io/kaitoflow:test"
+	opts.TrainerImage, opts.WrapperImage = "example.azurecr.io/kaitoflow-trainer:test", "example.azurecr.io/kaitoflow/job-run:test"
 	k8sJob, cm, err := jobs.Build(job, opts)
 	if err != nil {
 		t.Fatal(err)

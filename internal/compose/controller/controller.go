@@ -50,6 +50,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/compose/election"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -133,28 +134,12 @@ func gvk(group, kind string) schema.GroupVersionKind {
 // LeaseName is the Lease the Workspace controller's replicas elect their leader with.
 const LeaseName = "kaitoflow-controller"
 
-// Election makes the controller reconcile only while this process holds a Lease: the controller
-// runs as several replicas (a rolling update runs old and new side by side) and exactly one
-// reconciles. A replica that stops on purpose releases the Lease, so the next one takes over at
-// once instead of after LeaseDuration.
-type Election struct {
-	Namespace string
-	// Name is the Lease's; LeaseName when empty.
-	Name string
-	// Identity names this replica in the Lease (its pod's name).
-	Identity string
-	// LeaseDuration is how long a stopped leader's Lease keeps others waiting; RenewDeadline
-	// how long the leader tries to renew before it gives up; RetryPeriod how often candidates
-	// try. Zero values are client-go's usual 15 s, 10 s and 2 s.
-	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
-}
-
 // RunOptions are how the controller runs.
 type RunOptions struct {
 	// Workers is how many Workspaces are reconciled at once; 1 when zero.
 	Workers int
 	// Election, when set, elects one leader among the replicas.
-	Election *Election
+	Election *election.Lease
 	// MetricsAddr and HealthAddr are where the manager serves Prometheus metrics (its
 	// workqueue, reconcile and client metrics) and /healthz and /readyz; empty serves neither.
 	MetricsAddr, HealthAddr string

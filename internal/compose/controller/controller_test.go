@@ -30,6 +30,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
+	"github.com/kaitoflow/kaitoflow/internal/compose/election"
 	"github.com/kaitoflow/kaitoflow/internal/compose/ingress"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
@@ -356,7 +357,7 @@ func TestInvalidWorkspaceSaysWhy(t *testing.T) {
 func TestLeaderElection(t *testing.T) {
 	p := startBus(t)
 	leader := func(id string) (context.CancelFunc, chan error) {
-		e := &Election{Namespace: p.ns, Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
+		e := &election.Lease{Namespace: p.ns, Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 250 * time.Millisecond}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		errs := make(chan error, 1)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/natsauth"
 	"github.com/kaitoflow/kaitoflow/internal/natsconn"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -126,13 +127,13 @@ func Start(ctx context.Context, cfg Config) (_ *Pipeline, err error) {
 
 	p.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ac := cfg.Functions
-	ac.Functions = assembly.Pipeline()
+	ac.Functions = pipeline.Pipeline()
 	ac.Logger, ac.JetStream, ac.Store, ac.Publisher, ac.Registry = log, p.JS, p.Store, runtime.JetStreamPublisher{JS: p.JS}, p.Registry
 	ac.Sim.Dir, ac.Sim.BaseURL, ac.Sim.Token = filepath.Join(cfg.DataDir, "adapters"), p.URL, cfg.APIToken
 	if ac.ConfigMaps == nil {
 		ac.ConfigMaps = p.Store.ConfigMapData
 	}
-	fns, err := assembly.Build(ctx, ac)
+	fns, err := pipeline.Build(ctx, ac)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +195,7 @@ func (p *Pipeline) startBus(ctx context.Context, cfg Config, log *slog.Logger) (
 // reaches its port must sign in, and each role gets only its rights (natsauth): passwords made for
 // this run, in files only this user can read, for the `kaitoflow fn` processes that join it.
 func (p *Pipeline) startNATS(cfg Config, log *slog.Logger) (func(role string) string, error) {
-	roles := assembly.NATSRoles()
+	roles := pipeline.NATSRoles()
 	passwords, err := natsauth.Passwords(roles)
 	if err != nil {
 		return nil, err
@@ -300,7 +301,7 @@ func (p *Pipeline) serveAPI(cfg Config, b bus, ac assembly.Config, fns *assembly
 	// One token guards every route but /healthz: the API, the sim's inference endpoints (their
 	// adapter admin paths change what serves) and /metrics (it names every workspace).
 	mux := http.NewServeMux()
-	entranceJS, err := p.connect(b.conn, b.roleURL(assembly.Entrance), "kaitoflow-up-api")
+	entranceJS, err := p.connect(b.conn, b.roleURL(pipeline.Entrance), "kaitoflow-up-api")
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -152,7 +153,7 @@ func TestEmbeddedNATSRolesHaveOnlyTheirRights(t *testing.T) {
 	}
 
 	// The entrance's credentials submit; the pipeline, each function on its own role, takes it to Ready.
-	js, violations := roleJS(assembly.Entrance)
+	js, violations := roleJS(pipeline.Entrance)
 	ws.Name = "by-the-entrance"
 	if ev, err = events.New("kaitoflow/test", events.WorkspaceRequested, events.WorkspaceRequested, events.WorkspaceRef(ws), ws, nil); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,44 @@
+package fnhost
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+)
+
+// fn with the sim deployer guards the sim's endpoints with the token as up does: an unload from
+// anyone once broke the next chat. /healthz stays open for the platform's probes.
+func TestFnSimEndpointsRequireTheToken(t *testing.T) {
+	sim := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	_, mux := endpoints(serve.Name, &assembly.Assembly{SimInference: sim}, "fn-token")
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, tc := range []struct {
+		path, auth string
+		want       int
+	}{
+		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "", http.StatusUnauthorized},
+		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "Bearer wrong", http.StatusUnauthorized},
+		{assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "Bearer fn-token", http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+tc.path, nil)
+		if tc.path == "/healthz" {
+			req.Method = http.MethodGet
+		}
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s with %q: %d, want %d", tc.path, tc.auth, resp.StatusCode, tc.want)
+		}
+	}
+}
