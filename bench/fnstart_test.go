@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -27,9 +28,10 @@ import (
 // built first as ko builds them (-s -w, no cgo); nothing but loopback is used.
 func BenchmarkFunctionStart(b *testing.B) {
 	dir := b.TempDir()
-	// publish needs client-go and the Azure SDK (imagePushSecrets, ACR sign-in); provision also
-	// JetStream and the planner; signals only the runtime.
-	fns := []string{"publish", "provision", "signals"}
+	// Every function, each with its drivers' defaults (the sims): publish needs client-go and the
+	// Azure SDK (imagePushSecrets, ACR sign-in), provision and tune also JetStream and the planner,
+	// signals only the runtime.
+	fns := pipeline.Names()
 	kf, floor, cp := filepath.Join(dir, "kaitoflow"), filepath.Join(dir, "floor"), filepath.Join(dir, "chat-proxy")
 	builds := [][]string{{"-o", kf, "../cmd/kaitoflow"}, {"-o", floor, "./testdata/floor"}, {"-o", cp, "../cmd/chat-proxy"}}
 	for _, fn := range fns {
@@ -78,11 +80,8 @@ func BenchmarkFunctionStart(b *testing.B) {
 		}
 		return sample{start: time.Since(t0), rssKB: rss(b, cmd.Process.Pid)}
 	}
-	var nats string
-	if slices.Contains(fns, "provision") {
-		// provision keeps its capacity records in JetStream: a real nats-server on loopback.
-		nats = testenv.NATSServer(b).ClientURL()
-	}
+	// provision, tune and status keep their records in JetStream: a real nats-server on loopback.
+	nats := testenv.NATSServer(b).ClientURL()
 	fnArgs := func(addr string) []string {
 		return []string{"--transport", "http", "--listen", addr, "--sink", "http://127.0.0.1:1", "--nats", nats, "--data-dir", dir}
 	}

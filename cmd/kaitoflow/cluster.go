@@ -15,11 +15,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/internal/compose/controller"
@@ -33,6 +37,9 @@ type workspaceSource interface {
 	Get(ctx context.Context, name string) (*status.Workspace, error)
 	Delete(ctx context.Context, name string) error
 	Watch(ctx context.Context, name string, fn func(status.Workspace) bool) error
+	// WatchList calls fn with each workspace of the namespace (every namespace with all), the
+	// current ones first, each time one changes, until fn returns false or ctx ends.
+	WatchList(ctx context.Context, all bool, fn func(status.Workspace) bool) error
 	Rollback(ctx context.Context, name string, generation int64) (*status.Workspace, error)
 	Promote(ctx context.Context, name string, generation int64, checkpoint int) (*status.Workspace, error)
 }
@@ -196,6 +203,31 @@ func (c *clusterWorkspaces) Watch(ctx context.Context, name string, fn func(stat
 		}
 		return !fn(*w), nil
 	})
+}
+
+// WatchList follows the Workspace resources with the API server's watch (listed first, listed
+// again when the watch expires), as kubectl get -w does.
+func (c *clusterWorkspaces) WatchList(ctx context.Context, all bool, fn func(status.Workspace) bool) error {
+	r := c.resource(all)
+	lw := &cache.ListWatch{
+		ListWithContextFunc:  func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return r.List(ctx, o) },
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return r.Watch(ctx, o) },
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &unstructured.Unstructured{}, nil, func(e watch.Event) (bool, error) {
+		u, ok := e.Object.(*unstructured.Unstructured)
+		if !ok || e.Type == watch.Deleted {
+			return false, nil
+		}
+		w, err := fromResource(u)
+		if err != nil {
+			return false, err
+		}
+		return !fn(*w), nil
+	})
+	if wait.Interrupted(err) || ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
 }
 
 // fromResource is a Workspace resource as the CLI prints workspaces: the spec it was given and

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/jsonpath"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
@@ -24,8 +23,6 @@ import (
 type getOptions struct {
 	output, selector string
 	all, watch       bool
-	// interval is how often -w looks at a list again (one workspace is streamed).
-	interval time.Duration
 }
 
 func newGet(g *globals) *cobra.Command {
@@ -62,7 +59,6 @@ func newGet(g *globals) *cobra.Command {
 	fl.BoolVarP(&o.all, "all-namespaces", "A", false, "list workspaces in every namespace")
 	fl.StringVarP(&o.selector, "selector", "l", "", "only workspaces whose labels match this selector (team=nlp, tier!=dev, env in (a,b))")
 	fl.BoolVarP(&o.watch, "watch", "w", false, "after printing, print each workspace again when it changes (Ctrl-C stops)")
-	fl.DurationVar(&o.interval, "watch-interval", 2*time.Second, "with -w and no NAME: how often the list is looked at again")
 	cluster.register(fl)
 	return cmd
 }
@@ -123,17 +119,14 @@ func (g *globals) getWorkspaces(ctx context.Context, src workspaceSource, names 
 		})
 		return cmp.Or(perr, ignoreCancel(ctx, err))
 	}
-	// A list is looked at again every interval (the API streams one workspace at a time).
-	err = wait.PollUntilContextCancel(ctx, o.interval, false, func(ctx context.Context) (bool, error) {
-		list, err := listWorkspaces(ctx, src, nil, o.all, sel)
-		for _, w := range list {
-			if err == nil {
-				err = changed(w)
-			}
-		}
-		return false, err
+	// A list is followed as a whole: its current workspaces (printed above, so unchanged ones are
+	// not printed again), then each change.
+	var perr error
+	err = src.WatchList(ctx, o.all, func(w status.Workspace) bool {
+		perr = changed(w)
+		return perr == nil
 	})
-	return ignoreCancel(ctx, err)
+	return cmp.Or(perr, ignoreCancel(ctx, err))
 }
 
 // ignoreCancel is err, unless ctx ended (Ctrl-C ends a watch as it should).

@@ -13,21 +13,24 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/status"
 )
 
-// changing is a workspaceSource whose List answers each of lists in turn, then ends the watch.
+// changing is a workspaceSource whose List answers the first of lists and whose WatchList then
+// reports the records of every list in turn, as the API's stream does (the current ones first).
 type changing struct {
 	workspaceSource
-	lists  [][]status.Workspace
-	calls  int
-	cancel context.CancelFunc
+	lists [][]status.Workspace
 }
 
-func (c *changing) List(context.Context, bool) ([]status.Workspace, error) {
-	if c.calls == len(c.lists)-1 {
-		c.cancel()
+func (c *changing) List(context.Context, bool) ([]status.Workspace, error) { return c.lists[0], nil }
+
+func (c *changing) WatchList(_ context.Context, _ bool, fn func(status.Workspace) bool) error {
+	for _, l := range c.lists {
+		for _, w := range l {
+			if !fn(w) {
+				return nil
+			}
+		}
 	}
-	l := c.lists[min(c.calls, len(c.lists)-1)]
-	c.calls++
-	return l, nil
+	return nil
 }
 
 // get -w prints the table, then a row each time a workspace's row changes (a new one included),
@@ -64,8 +67,8 @@ func TestGetWatch(t *testing.T) {
 			defer cancel()
 			var out, errOut bytes.Buffer
 			g := &globals{out: &out, err: &errOut}
-			src := &changing{lists: tc.lists, cancel: cancel}
-			if err := g.getWorkspaces(ctx, src, nil, getOptions{watch: true, selector: tc.selector, interval: time.Millisecond}); err != nil {
+			src := &changing{lists: tc.lists}
+			if err := g.getWorkspaces(ctx, src, nil, getOptions{watch: true, selector: tc.selector}); err != nil {
 				t.Fatal(err)
 			}
 			var got []string

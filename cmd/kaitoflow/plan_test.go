@@ -46,6 +46,30 @@ func TestPlanCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, "mistralai/Mistral-7B-Instruct-v0.3") || !strings.Contains(out, "Standard_ND96isr_H200_v5") {
 		t.Errorf("presets show: %v\n%s", err, out)
 	}
+	// -o json: the preset and, on every SKU, each plan or why there is none; the same answers as
+	// the table's.
+	out, _, err = cli(t, "http://unused", "presets", "show", "phi-3-mini-128k-instruct", "-o", "json")
+	var shown presetShown
+	if err != nil || json.Unmarshal([]byte(out), &shown) != nil || shown.Model == nil || shown.Model.Name != "phi-3-mini-128k-instruct" {
+		t.Fatalf("presets show -o json: %v\n%s", err, out)
+	}
+	byName := map[string]skuFit{}
+	for _, f := range shown.Fits {
+		byName[f.SKU.Name] = f
+		if (f.QLoRA.Plan == nil) == (f.QLoRA.Refused == "") || (f.Serve.Plan == nil) == (f.Serve.Refused == "") {
+			t.Errorf("%s: want a plan or a refusal, not both or neither: %+v", f.SKU.Name, f)
+		}
+	}
+	// The seed's SKU tunes phi-3 with qlora, as the seed's workspace does.
+	if f := byName["Standard_NC6s_v3"]; f.QLoRA.Plan == nil || f.QLoRA.Plan.InstanceType != "Standard_NC6s_v3" {
+		t.Errorf("Standard_NC6s_v3: %+v", f.QLoRA)
+	}
+	if len(shown.Fits) < 5 {
+		t.Errorf("%d SKUs, want the catalog's", len(shown.Fits))
+	}
+	if _, _, err := cli(t, "http://unused", "presets", "show", "phi-3-mini-128k-instruct", "-o", "table"); err == nil {
+		t.Error("-o table was accepted")
+	}
 }
 
 // plan and presets show on a Hugging Face id and on a Kaito preset kept by name: read from the

@@ -59,15 +59,18 @@ func newPresetsList(g *globals) *cobra.Command {
 }
 
 func newPresetsShow(g *globals) *cobra.Command {
-	var hubURL string
+	var hubURL, output string
 	show := &cobra.Command{
-		Use:   "show NAME",
+		Use:   "show NAME [-o json|yaml]",
 		Short: "Show a preset and where it fits: tuning with lora and qlora, and serving, on every SKU",
 		Long: `show describes a preset: a catalog model, one of Kaito's presets read from the Hugging Face
 Hub, or any Hugging Face repository id (owner/name[@revision]), whose config.json and weight files
 are read from the Hub (with $HF_TOKEN, for gated models).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "" && output != "json" && output != "yaml" {
+				return fmt.Errorf("-o %q: want json or yaml", output)
+			}
 			c, err := presets.Default()
 			if err != nil {
 				return err
@@ -85,6 +88,9 @@ are read from the Hub (with $HF_TOKEN, for gated models).`,
 					return err
 				}
 			}
+			if output != "" {
+				return printObjects(g.out, []presetShown{{Model: m, Fits: fits(c, m)}}, output, true)
+			}
 			a := m.Architecture
 			fmt.Fprintf(g.out, "%s\n  Hugging Face:  %s @ %s\n  parameters:    %.2fB\n  architecture:  %s, %d layers, hidden %d, intermediate %d, "+
 				"%d heads (%d KV), vocab %d\n  max context:   %d tokens (KV cache %d KiB/token in 16-bit)\n  LoRA targets:  %s\n  tuning:        "+
@@ -95,26 +101,65 @@ are read from the Hub (with $HF_TOKEN, for gated models).`,
 		},
 	}
 	show.Flags().StringVar(&hubURL, "hub-url", "", "the Hugging Face Hub or a mirror (default https://huggingface.co)")
+	show.Flags().StringVarP(&output, "output", "o", "", "json or yaml: the preset's record and its plan (or why none fits) on every SKU, for scripts")
 	return show
+}
+
+// presetShown is `presets show -o json|yaml`: the preset, and where it fits.
+type presetShown struct {
+	Model *presets.Model `json:"model"`
+	Fits  []skuFit       `json:"fits"`
+}
+
+// skuFit is where a preset fits on one SKU: each plan, or why there is none.
+type skuFit struct {
+	SKU   presets.SKU                      `json:"sku"`
+	QLoRA planOrWhy[presets.TuningPlan]    `json:"qlora"`
+	LoRA  planOrWhy[presets.TuningPlan]    `json:"lora"`
+	Serve planOrWhy[presets.InferencePlan] `json:"serve"`
+}
+
+// planOrWhy is a plan, or the fit check's refusal.
+type planOrWhy[P any] struct {
+	Plan    *P     `json:"plan,omitempty"`
+	Refused string `json:"refused,omitempty"`
+}
+
+func planned[P any](p *P, err error) planOrWhy[P] {
+	if err != nil {
+		return planOrWhy[P]{Refused: err.Error()}
+	}
+	return planOrWhy[P]{Plan: p}
+}
+
+// fits plans m on every SKU by price: tuning with qlora and lora, and serving.
+func fits(c *presets.Catalog, m *presets.Model) []skuFit {
+	var out []skuFit
+	for _, s := range c.SKUsByPrice() {
+		out = append(out, skuFit{SKU: s,
+			QLoRA: planned(c.PlanTuningFor(m, "qlora", s.Name, presets.Overrides{})),
+			LoRA:  planned(c.PlanTuningFor(m, "lora", s.Name, presets.Overrides{})),
+			Serve: planned(c.PlanInferenceFor(m, s.Name, 0, 0))})
+	}
+	return out
 }
 
 // fitTable prints where m fits: tuning with qlora and lora, and serving, on every SKU by price.
 func fitTable(out io.Writer, c *presets.Catalog, m *presets.Model) error {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SKU\tGPUS\tQLORA\tLORA\tSERVE (max model len)\t$/H")
-	for _, s := range c.SKUsByPrice() {
-		cell := func(method string) string {
-			p, err := c.PlanTuningFor(m, method, s.Name, presets.Overrides{})
-			if err != nil {
-				return "no"
-			}
+	tuning := func(f planOrWhy[presets.TuningPlan]) string {
+		if p := f.Plan; p != nil {
 			return fmt.Sprintf("%.1f GiB b%d×%d %s", p.Estimate.PerGPUGiB, p.BatchSize, p.SeqLen, p.DType)
 		}
-		serve := "no"
-		if p, err := c.PlanInferenceFor(m, s.Name, 0, 0); err == nil {
+		return "no"
+	}
+	for _, f := range fits(c, m) {
+		serve, s := "no", f.SKU
+		if p := f.Serve.Plan; p != nil {
 			serve = fmt.Sprintf("%d %s", p.MaxModelLen, p.DType)
 		}
-		fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, cell("qlora"), cell("lora"), serve, s.PricePerHour)
+		fmt.Fprintf(tw, "%s\t%d× %s %.0fG\t%s\t%s\t%s\t%.2f\n", s.Name, s.GPUs, s.GPU, s.MemoryGiB, tuning(f.QLoRA), tuning(f.LoRA), serve, s.PricePerHour)
 	}
 	return tw.Flush()
 }

@@ -150,10 +150,10 @@ func (s *Store) Watch(ctx context.Context, namespace, name string) (<-chan Works
 	return s.watch(ctx, Key(namespace, name))
 }
 
-// WatchAll sends every record each time it changes, starting with the current ones, until ctx is
-// done.
-func (s *Store) WatchAll(ctx context.Context) (<-chan Workspace, error) {
-	return s.watch(ctx, ">")
+// WatchNamespace sends every record of namespace ("" for every namespace) each time it changes,
+// starting with the current ones, until ctx is done.
+func (s *Store) WatchNamespace(ctx context.Context, namespace string) (<-chan Workspace, error) {
+	return s.watch(ctx, keyFilter(namespace))
 }
 
 func (s *Store) watch(ctx context.Context, keys string) (<-chan Workspace, error) {

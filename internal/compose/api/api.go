@@ -241,6 +241,16 @@ func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs fiel
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("watch") == "true" {
+		// kubectl's ?watch=true: every record of the namespace (or all) as it changes.
+		updates, err := s.Store.WatchNamespace(r.Context(), listNamespace(r))
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+			return
+		}
+		stream(w, r, updates)
+		return
+	}
 	l, err := s.Store.List(r.Context(), listNamespace(r))
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
@@ -328,8 +338,7 @@ func (l *lazyText) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// watch streams the record as server-sent events ("event: status") each time it changes, and a
-// comment every 15s so proxies keep the connection open.
+// watch streams the record each time it changes (stream).
 func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	ns, name := namespace(r), r.PathValue("name")
 	if _, err := s.Store.Get(r.Context(), ns, name); err != nil {
@@ -340,14 +349,20 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, code, Problem{Error: err.Error()})
 		return
 	}
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		writeJSON(w, http.StatusInternalServerError, Problem{Error: "streaming unsupported"})
-		return
-	}
 	updates, err := s.Store.Watch(r.Context(), ns, name)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
+		return
+	}
+	stream(w, r, updates)
+}
+
+// stream sends each record from updates as a server-sent event ("event: status"), and a comment
+// every 15s so proxies keep the connection open, until the request or updates end.
+func stream(w http.ResponseWriter, r *http.Request, updates <-chan status.Workspace) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, Problem{Error: "streaming unsupported"})
 		return
 	}
 	w.Header().Set("Content-Type", "text/event-stream")

@@ -197,6 +197,27 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspac
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", name, err)
 	}
+	return readEvents(ctx, resp, "watch "+name, fn)
+}
+
+// WatchList calls fn with each workspace of the namespace (every namespace with all), the current
+// ones first, each time one changes, until fn returns false, ctx ends or the stream does.
+func (c *Client) WatchList(ctx context.Context, all bool, fn func(status.Workspace) bool) error {
+	q := url.Values{"watch": {"true"}}
+	if all {
+		q.Set("allNamespaces", "true")
+	}
+	resp, err := c.stream(ctx, "/v1/workspaces", q, "text/event-stream")
+	if err != nil {
+		return fmt.Errorf("watch workspaces: %w", err)
+	}
+	return readEvents(ctx, resp, "watch workspaces", fn)
+}
+
+// readEvents reads the server-sent workspaces of resp (api's stream) into fn; what names the
+// watch in errors.
+func readEvents(ctx context.Context, resp *http.Response, what string, fn func(status.Workspace) bool) error {
+	name := what
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
@@ -207,14 +228,14 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(status.Workspac
 		}
 		var w status.Workspace
 		if err := json.Unmarshal([]byte(data), &w); err != nil {
-			return fmt.Errorf("watch %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		if !fn(w) {
 			return nil
 		}
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("watch %s: %w", name, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	return ctx.Err()
 }

@@ -70,7 +70,7 @@ type Submitter interface {
 // Store is the part of the status store the controller reads (*status.Store).
 type Store interface {
 	Get(ctx context.Context, namespace, name string) (*status.Workspace, error)
-	WatchAll(ctx context.Context) (<-chan status.Workspace, error)
+	WatchNamespace(ctx context.Context, namespace string) (<-chan status.Workspace, error)
 }
 
 // Controller reconciles Workspace objects with the pipeline. Run puts it on controller-runtime's
@@ -298,7 +298,7 @@ func durationOr(d, def time.Duration) *time.Duration {
 // Workspace's or an InferenceSet's; the other kind's reconciler finds no object and lets it be),
 // until ctx ends.
 func (c *Controller) feed(ctx context.Context, outs []chan<- event.TypedGenericEvent[*unstructured.Unstructured]) (err error) {
-	records, err := c.Store.WatchAll(ctx)
+	records, err := c.Store.WatchNamespace(ctx, "")
 	if err != nil {
 		return fmt.Errorf("watch the status records: %w", err)
 	}

@@ -1,8 +1,10 @@
 package fnhost
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/kaitoflow/kaitoflow/functions/serve"
@@ -40,5 +42,29 @@ func TestFnSimEndpointsRequireTheToken(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("%s with %q: %d, want %d", tc.path, tc.auth, resp.StatusCode, tc.want)
 		}
+	}
+}
+
+// A function's own binary takes every flag from KAITOFLOW_<FLAG> as the CLI does (a ConfigMap's
+// envFrom configures it), and refuses what cannot work before it starts anything.
+func TestCommandReadsItsFlagsFromTheEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		name, env, value, want string
+	}{
+		{"a transport that is none", "KAITOFLOW_TRANSPORT", "carrier-pigeon", `--transport "carrier-pigeon"`},
+		{"a log level that is none", "KAITOFLOW_LOG_LEVEL", "loud", "--log-level"},
+		{"a preflight mode that is none", "KAITOFLOW_PREFLIGHT", "sometimes", `preflight "sometimes"`},
+		{"a delivery setting that does not parse", "KAITOFLOW_ACK_WAIT", "soon", "KAITOFLOW_ACK_WAIT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(tc.env, tc.value)
+			cmd := Command(assembly.SignalsPart())
+			cmd.SetArgs(nil)
+			cmd.SetOut(io.Discard)
+			err := cmd.Execute()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s=%s: %v, want an error naming %s", tc.env, tc.value, err, tc.want)
+			}
+		})
 	}
 }
