@@ -57,6 +57,8 @@ func BenchmarkFunctionStart(b *testing.B) {
 		addr := testenv.FreeAddr(b)
 		cmd := exec.Command(bin, args(addr)...)
 		cmd.Env = append(os.Environ(), "KAITOFLOW_LOG_LEVEL=error")
+		var stderr testenv.SyncBuffer
+		cmd.Stderr = &stderr
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
@@ -74,7 +76,7 @@ func BenchmarkFunctionStart(b *testing.B) {
 				}
 			}
 			if ctx.Err() != nil {
-				b.Fatalf("%s never answered /healthz", bin)
+				b.Fatalf("%s %v never answered %s:\n%s", bin, cmd.Args[1:], health, stderr.String())
 			}
 			time.Sleep(time.Millisecond)
 		}

@@ -244,7 +244,12 @@ func endpoints(name string, a *assembly.Assembly, token string) (*prometheus.Reg
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	if a.SimInference != nil {
-		mux.Handle(assembly.SimInferencePath+"/", api.RequireToken(token, a.SimInference))
+		// By method, as the CloudEvents receiver is ("POST /"): a pattern for every method would
+		// conflict with it, and the mux refuses the pair. The simulated replicas answer OpenAI's
+		// API, which is GET and POST.
+		h := api.RequireToken(token, a.SimInference)
+		mux.Handle("GET "+assembly.SimInferencePath+"/", h)
+		mux.Handle("POST "+assembly.SimInferencePath+"/", h)
 	}
 	return reg, mux
 }

@@ -1,14 +1,18 @@
 package fnhost
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/servepart"
+	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 // fn with the sim deployer guards the sim's endpoints with the token as up does: an unload from
@@ -66,5 +70,57 @@ func TestCommandReadsItsFlagsFromTheEnvironment(t *testing.T) {
 				t.Errorf("%s=%s: %v, want an error naming %s", tc.env, tc.value, err, tc.want)
 			}
 		})
+	}
+}
+
+// serve with the sim deployer over HTTP takes CloudEvents at / and serves the simulated replicas'
+// endpoints beside them: both on one mux, which once refused the pair at start.
+func TestServeWithTheSimDeployerStartsOverHTTP(t *testing.T) {
+	addr := testenv.FreeAddr(t)
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	defer sink.Close()
+	t.Setenv("KAITOFLOW_TOKEN", "fn-token")
+	cmd := Command(servepart.Part())
+	cmd.SetArgs([]string{"--transport", "http", "--listen", addr, "--sink", sink.URL, "--data-dir", t.TempDir(), "--log-level", "error"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	testenv.Eventually(t, 20*time.Second, "serve to answer /healthz", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("serve stopped: %v", err)
+		default:
+		}
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	for _, tc := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{http.MethodPost, assembly.SimInferencePath + "/default/any/v1/unload_lora_adapter", "", http.StatusUnauthorized},
+		{http.MethodGet, assembly.SimInferencePath + "/default/any/v1/models", "", http.StatusUnauthorized},
+		// Not a CloudEvent: the receiver refuses it, rather than the sim taking it.
+		{http.MethodPost, "/", "", http.StatusBadRequest},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+addr+tc.path, strings.NewReader("{}"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
 	}
 }
