@@ -24,12 +24,9 @@ var modelsYAML []byte
 //go:embed skus.yaml
 var skusYAML []byte
 
-// Entrypoint is where kaitoflow's binary is in its own image: where ko puts a main package's
-// binary (/ko-app/<last element of the import path>), as .ko.yaml builds it.
-const Entrypoint = "/ko-app/kaitoflow"
-
-// JobRunEntrypoint is job-run's binary in its own image (cmd/job-run), which every tuning pod's
-// init container copies into the trainer's container.
+// JobRunEntrypoint is job-run's binary in its own image (cmd/job-run): where ko puts a main
+// package's binary (/ko-app/<last element of the import path>), as .ko.yaml builds it. Every
+// tuning pod's init container copies it into the trainer's container.
 const JobRunEntrypoint = "/ko-app/job-run"
 
 // ProxyEntrypoint is chat-proxy's binary in its own image (cmd/chat-proxy), which every inference

@@ -58,6 +58,10 @@ func newGet(g *globals) *cobra.Command {
 			"custom-columns=HEADER:JSONPATH[,...], wide")
 	fl.BoolVarP(&o.all, "all-namespaces", "A", false, "list workspaces in every namespace")
 	fl.StringVarP(&o.selector, "selector", "l", "", "only workspaces whose labels match this selector (team=nlp, tier!=dev, env in (a,b))")
+	// A list used to be looked at again every --watch-interval; it is streamed now. Scripts that
+	// pass it keep working.
+	fl.Duration("watch-interval", 2*time.Second, "")
+	_ = fl.MarkDeprecated("watch-interval", "a list is streamed as it changes; the flag does nothing")
 	fl.BoolVarP(&o.watch, "watch", "w", false, "after printing, print each workspace again when it changes (Ctrl-C stops)")
 	cluster.register(fl)
 	return cmd

@@ -56,12 +56,33 @@ func TestGetWatchListFollowsTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	// A workspace deleted before the watch began: the store keeps its record, which a list does
+	// not show.
+	seed := "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"
+	doc, _ := os.ReadFile(seed)
+	gone := filepath.Join(t.TempDir(), "gone.yaml")
+	if err := os.WriteFile(gone, []byte(strings.Replace(string(doc), "workspace-tuning-phi-3", "gone", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := cli(t, p.URL, "submit", "-f", gone); err != nil {
+		t.Fatalf("submit: %v %s", err, stderr)
+	}
+	if _, stderr, err := cli(t, p.URL, "wait", "gone", "--for=condition=WorkspaceReady", "--timeout=20s"); err != nil {
+		t.Fatalf("wait: %v %s", err, stderr)
+	}
+	if _, stderr, err := cli(t, p.URL, "delete", "gone"); err != nil {
+		t.Fatalf("delete: %v %s", err, stderr)
+	}
+	testenv.Eventually(t, 20*time.Second, "the deleted workspace to leave the list", func() bool {
+		out, _, err := cli(t, p.URL, "get", "workspaces")
+		return err == nil && !strings.Contains(out, "gone")
+	})
 	out, stop := getWatch(t, p.URL)
 	defer stop()
 	testenv.Eventually(t, 10*time.Second, "get -w to say the namespace is empty", func() bool {
 		return strings.Contains(out.String(), "No resources found")
 	})
-	if _, stderr, err := cli(t, p.URL, "submit", "-f", "../../examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml"); err != nil {
+	if _, stderr, err := cli(t, p.URL, "submit", "-f", seed); err != nil {
 		t.Fatalf("submit: %v %s", err, stderr)
 	}
 	testenv.Eventually(t, 30*time.Second, "get -w to print the workspace Ready", func() bool {
@@ -71,6 +92,9 @@ func TestGetWatchListFollowsTheAPI(t *testing.T) {
 		if !strings.Contains(rows(out), want) {
 			t.Errorf("get -w printed no %q:\n%s", want, out.String())
 		}
+	}
+	if strings.Contains(out.String(), "gone") {
+		t.Errorf("get -w printed the deleted workspace:\n%s", out.String())
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
@@ -115,7 +114,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 			if err := fnhost.FromEnv(cmd.Flags()); err != nil {
 				return err
 			}
-			return g.readTokenFile()
+			var err error
+			g.token, err = fnhost.Token(g.token, g.tokenFile)
+			return err
 		},
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", defaultServer, "kaitoflow API URL (env KAITOFLOW_SERVER)")
@@ -137,24 +138,6 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout) // help and the shell's completions
 	root.SetErr(stderr)
 	return root
-}
-
-// readTokenFile sets the token from --token-file, which must not also be given as --token.
-func (g *globals) readTokenFile() error {
-	if g.tokenFile == "" {
-		return nil
-	}
-	if g.token != "" {
-		return errors.New("--token and --token-file: give one")
-	}
-	b, err := os.ReadFile(g.tokenFile)
-	if err != nil {
-		return fmt.Errorf("--token-file: %w", err)
-	}
-	if g.token = strings.TrimSpace(string(b)); g.token == "" {
-		return fmt.Errorf("--token-file %s is empty", g.tokenFile)
-	}
-	return nil
 }
 
 // logger writes to stderr: text on a terminal, JSON otherwise (log collectors parse it).

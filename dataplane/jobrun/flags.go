@@ -2,7 +2,7 @@ package jobrun
 
 import "github.com/spf13/pflag"
 
-// RegisterFlags registers `kaitoflow job-run`'s flags on f: the tuning Job's arguments (jobs.Build
+// RegisterFlags registers job-run's flags on f: the tuning Job's arguments (jobs.Build
 // writes them), parsed into c and the admitted private dataset hosts into allow.
 func RegisterFlags(f *pflag.FlagSet, c *Config, allow *[]string) {
 	f.StringVar(&c.DataDir, "data", "/mnt/data", "where the dataset goes")

@@ -1,4 +1,4 @@
-// Package jobrun is `kaitoflow job-run`, the tuning Job's entrypoint wrapper: it fetches the
+// Package jobrun is job-run (cmd/job-run), the tuning Job's entrypoint wrapper: it fetches the
 // dataset, runs the trainer as a child process (forwarding signals), and on success uploads the
 // adapter's layer to the output repository and writes a summary to the container's termination
 // message. There is no sidecar waiting for a marker file: the Job ends when the trainer does, and a

@@ -165,7 +165,7 @@ func TrainerDir(t testing.TB) string {
 	return filepath.Join(root, "presets", "trainer")
 }
 
-// JobRunOf parses a tuning container's command — `kaitoflow job-run FLAGS -- TRAINER...` as
+// JobRunOf parses a tuning container's command — `job-run FLAGS -- TRAINER...` as
 // jobs.Build writes it — with job-run's own flags, and returns the configuration and the trainer's
 // command line.
 func JobRunOf(t testing.TB, command []string) (jobrun.Config, []string) {

@@ -248,7 +248,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 			return
 		}
-		stream(w, r, updates)
+		stream(w, r, updates, liveOnly())
 		return
 	}
 	l, err := s.Store.List(r.Context(), listNamespace(r))
@@ -354,12 +354,29 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return
 	}
-	stream(w, r, updates)
+	stream(w, r, updates, nil)
 }
 
-// stream sends each record from updates as a server-sent event ("event: status"), and a comment
-// every 15s so proxies keep the connection open, until the request or updates end.
-func stream(w http.ResponseWriter, r *http.Request, updates <-chan status.Workspace) {
+// liveOnly keeps what a list shows: a deleted workspace's record (the store keeps it, with its
+// generation) only as the change of one the stream has shown, never among the current ones.
+func liveOnly() func(status.Workspace) bool {
+	shown := map[string]bool{}
+	return func(rec status.Workspace) bool {
+		k := status.Key(rec.Namespace, rec.Name)
+		if rec.Phase != status.Deleted {
+			shown[k] = true
+			return true
+		}
+		was := shown[k]
+		delete(shown, k)
+		return was
+	}
+}
+
+// stream sends each record from updates that keep keeps (every one when keep is nil) as a
+// server-sent event ("event: status"), and a comment every 15s so proxies keep the connection
+// open, until the request or updates end.
+func stream(w http.ResponseWriter, r *http.Request, updates <-chan status.Workspace, keep func(status.Workspace) bool) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		writeJSON(w, http.StatusInternalServerError, Problem{Error: "streaming unsupported"})
@@ -381,6 +398,9 @@ func stream(w http.ResponseWriter, r *http.Request, updates <-chan status.Worksp
 		case rec, ok := <-updates:
 			if !ok {
 				return
+			}
+			if keep != nil && !keep(rec) {
+				continue
 			}
 			b, _ := json.Marshal(rec)
 			_, _ = fmt.Fprintf(w, "event: status\ndata: %s\n\n", b)

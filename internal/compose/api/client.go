@@ -3,9 +3,9 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -215,10 +215,14 @@ func (c *Client) WatchList(ctx context.Context, all bool, fn func(status.Workspa
 }
 
 // readEvents reads the server-sent workspaces of resp (api's stream) into fn; what names the
-// watch in errors.
+// watch in errors. A stream that ends before fn or ctx does is an error: the server went away.
 func readEvents(ctx context.Context, resp *http.Response, what string, fn func(status.Workspace) bool) error {
 	name := what
 	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		// An older server answers ?watch=true with the list itself.
+		return fmt.Errorf("%s: the server answered %s, not a stream of changes (is it an older kaitoflow?)", name, cmp.Or(ct, "no content type"))
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
 	for sc.Scan() {
@@ -234,10 +238,13 @@ func readEvents(ctx context.Context, resp *http.Response, what string, fn func(s
 			return nil
 		}
 	}
-	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := sc.Err(); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	return ctx.Err()
+	return fmt.Errorf("%s: the server ended the stream", name)
 }
 
 // Logs copies the trainer's output of the workspace's generation to w: attempt 0 is the newest;

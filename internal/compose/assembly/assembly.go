@@ -142,9 +142,11 @@ type Sim struct {
 
 // Config is everything the functions are built from.
 type Config struct {
-	// Functions to build, by name (Pipeline(), or one for `kaitoflow fn`).
+	// Functions to build, by name: what pipeline.Build builds (pipeline.Pipeline() for `up`);
+	// Build here takes its Parts as arguments instead.
 	Functions []string
-	// Controller adds the Workspace controller (custom resources in, status out) as a watch.
+	// Controller makes pipeline.Build add the Workspace controller (custom resources in, status
+	// out) as a watch; Build here never builds it.
 	Controller bool
 	// CRDGroup is the Workspace CRD's group; kaito.sh when empty.
 	CRDGroup string
@@ -247,6 +249,8 @@ type Assembly struct {
 	Logs tune.Logs
 }
 
+// Builder is one assembly in the making: what the Parts share (the clients of each identity, the
+// Azure credential, the status store) is made once, and what each Part builds is added to Out.
 type Builder struct {
 	// Config is what the functions are built from.
 	Config Config

@@ -2,9 +2,12 @@ package fnhost
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +125,41 @@ func TestServeWithTheSimDeployerStartsOverHTTP(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
 		}
+	}
+}
+
+// A token comes from one place, and a token file holds one: an empty file would leave the sim's
+// endpoints open to anyone.
+func TestToken(t *testing.T) {
+	dir := t.TempDir()
+	file := func(content string) string {
+		f := filepath.Join(dir, fmt.Sprintf("token-%d", len(content)))
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		name, token, file, want, err string
+	}{
+		{name: "the flag or environment's", token: "a", want: "a"},
+		{name: "none", want: ""},
+		{name: "the file's first line", file: file("b\n"), want: "b"},
+		{name: "an empty file", file: file(""), err: "is empty"},
+		{name: "both", token: "a", file: file("b\n"), err: "give one"},
+		{name: "a file that is not there", file: filepath.Join(dir, "missing"), err: "--token-file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Token(tc.token, tc.file)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("err %v, want one saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("%q %v, want %q", got, err, tc.want)
+			}
+		})
 	}
 }

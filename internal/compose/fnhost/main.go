@@ -46,13 +46,8 @@ func Command(p assembly.Part) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			f.SimToken = os.Getenv("KAITOFLOW_TOKEN")
-			if tokenFile != "" {
-				b, err := os.ReadFile(tokenFile)
-				if err != nil {
-					return fmt.Errorf("--token-file: %w", err)
-				}
-				f.SimToken = strings.TrimSpace(string(b))
+			if f.SimToken, err = Token(os.Getenv("KAITOFLOW_TOKEN"), tokenFile); err != nil {
+				return err
 			}
 			return Run(cmd.Context(), p, &f, log)
 		},
@@ -62,4 +57,23 @@ func Command(p assembly.Part) *cobra.Command {
 	cmd.Flags().StringVar(&tokenFile, "token-file", "",
 		"serve with the sim deployer: the bearer token its endpoints require, from this file (or KAITOFLOW_TOKEN)")
 	return cmd
+}
+
+// Token is the bearer token a process requires or sends: token (a flag's or the environment's),
+// or the first line of file, which must hold one; not both.
+func Token(token, file string) (string, error) {
+	if file == "" {
+		return token, nil
+	}
+	if token != "" {
+		return "", fmt.Errorf("a token (--token or KAITOFLOW_TOKEN) and --token-file %s: give one", file)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if token = strings.TrimSpace(string(b)); token == "" {
+		return "", fmt.Errorf("--token-file %s is empty", file)
+	}
+	return token, nil
 }
