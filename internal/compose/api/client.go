@@ -214,10 +214,9 @@ func (c *Client) WatchList(ctx context.Context, all bool, fn func(status.Workspa
 	return readEvents(ctx, resp, "watch workspaces", fn)
 }
 
-// readEvents reads the server-sent workspaces of resp (api's stream) into fn; what names the
+// readEvents reads the server-sent workspaces of resp (api's stream) into fn; name names the
 // watch in errors. A stream that ends before fn or ctx does is an error: the server went away.
-func readEvents(ctx context.Context, resp *http.Response, what string, fn func(status.Workspace) bool) error {
-	name := what
+func readEvents(ctx context.Context, resp *http.Response, name string, fn func(status.Workspace) bool) error {
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		// An older server answers ?watch=true with the list itself.

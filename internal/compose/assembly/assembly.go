@@ -65,6 +65,10 @@ const SimInferencePath = "/sim/inference"
 type Part struct {
 	Name  string
 	Build func(ctx context.Context, b *Builder) (runtime.Function, error)
+	// JetStream says the function keeps or reads records in NATS JetStream whatever its
+	// transport (provision's capacity records, status's workspace records, which tune reads for
+	// the adapter a run is scored against): a process running it connects to NATS.
+	JetStream bool
 }
 
 // StepPart is the Part of a step whose handler newHandler builds, taking the events types.
@@ -377,7 +381,7 @@ func (b *Builder) Watch(name string, run func(ctx context.Context, pub events.Pu
 }
 
 // StatusPart builds the status projector on the status store.
-func StatusPart() Part { return Part{Name: Status, Build: statusFunction} }
+func StatusPart() Part { return Part{Name: Status, Build: statusFunction, JetStream: true} }
 
 // SignalsPart builds the signals function: Knative's ApiServerSources and PingSource in,
 // kaitoflow's signals out.

@@ -23,8 +23,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
-	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/callerauth"
 	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
@@ -85,11 +83,10 @@ stored. --transport jetstream consumes the function's input subjects from --nats
 consumer. Drivers: --provider sim|aks|karpenter|byo, --trainer sim|local|job, --deployer
 sim|local|knative. Every flag can come from the environment as KAITOFLOW_<FLAG>.`
 
-// needsNATS reports whether a function needs a NATS connection besides its transport: provision
-// keeps its capacity records in a KV bucket, status its workspace records, and tune reads them
-// for the adapter a run is scored against.
-func needsNATS(name string, f *Flags) bool {
-	return f.transport == "jetstream" || f.sink == "" || name == assembly.Status || name == provision.Name || name == tune.Name
+// needsNATS reports whether p needs a NATS connection: for its transport, for its outputs when
+// there is no sink, or for its own records (Part.JetStream).
+func needsNATS(p assembly.Part, f *Flags) bool {
+	return f.transport == "jetstream" || f.sink == "" || p.JetStream
 }
 
 // validate refuses flag combinations that cannot work.
@@ -121,7 +118,7 @@ func Run(ctx context.Context, p assembly.Part, f *Flags, log *slog.Logger) error
 	name := p.Name
 	cfg.Logger, cfg.Registry, cfg.TickEvery = log, f.registry, f.Delivery.Tick
 	cfg.Sim.BaseURL, cfg.Sim.Token = f.publicURL, f.SimToken
-	js, closeNATS, err := f.jetStream(ctx, name, log)
+	js, closeNATS, err := f.jetStream(ctx, p, log)
 	if err != nil {
 		return err
 	}
@@ -198,11 +195,11 @@ func fnTelemetry(ctx context.Context, name string, reg prometheus.Gatherer, log 
 
 // jetStream connects to NATS when the function needs it (needsNATS) and makes sure the stream
 // exists; otherwise it returns nil.
-func (f *Flags) jetStream(ctx context.Context, name string, log *slog.Logger) (jetstream.JetStream, func(), error) {
-	if !needsNATS(name, f) {
+func (f *Flags) jetStream(ctx context.Context, p assembly.Part, log *slog.Logger) (jetstream.JetStream, func(), error) {
+	if !needsNATS(p, f) {
 		return nil, func() {}, nil
 	}
-	nc, err := f.NATS.Connect("kaitoflow-fn-" + name)
+	nc, err := f.NATS.Connect("kaitoflow-fn-" + p.Name)
 	if err != nil {
 		return nil, nil, err
 	}

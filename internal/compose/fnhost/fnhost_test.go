@@ -15,6 +15,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/servepart"
+	"github.com/kaitoflow/kaitoflow/internal/compose/pipeline"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -161,5 +162,19 @@ func TestToken(t *testing.T) {
 				t.Errorf("%q %v, want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// Over HTTP with a sink, only the functions that keep or read records in JetStream connect to
+// NATS; the others run with no NATS at all.
+func TestOnlyTheFunctionsWithRecordsNeedNATS(t *testing.T) {
+	want := map[string]bool{"provision": true, "tune": true, "status": true}
+	for _, p := range pipeline.Parts() {
+		if got := needsNATS(p, &Flags{transport: "http", sink: "http://broker"}); got != want[p.Name] {
+			t.Errorf("%s over HTTP with a sink: needs NATS %v, want %v", p.Name, got, want[p.Name])
+		}
+		if !needsNATS(p, &Flags{transport: "jetstream"}) || !needsNATS(p, &Flags{transport: "http"}) {
+			t.Errorf("%s: no NATS with the JetStream transport or without a sink", p.Name)
+		}
 	}
 }

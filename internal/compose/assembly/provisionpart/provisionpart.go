@@ -23,7 +23,11 @@ import (
 )
 
 // Part builds provision: the fit check, the capacity records and the provider.
-func Part() assembly.Part { return assembly.StepPart(provision.Name, provision.Types, handler) }
+func Part() assembly.Part {
+	p := assembly.StepPart(provision.Name, provision.Types, handler)
+	p.JetStream = true
+	return p
+}
 
 func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) {
 	if b.Config.JetStream == nil {

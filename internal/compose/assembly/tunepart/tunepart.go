@@ -21,7 +21,11 @@ import (
 )
 
 // Part builds tune: the re-planner and the trainer (sim, local or Kubernetes Jobs).
-func Part() assembly.Part { return assembly.StepPart(tune.Name, tune.Types, handler) }
+func Part() assembly.Part {
+	p := assembly.StepPart(tune.Name, tune.Types, handler)
+	p.JetStream = true
+	return p
+}
 
 func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) {
 	d := b.Config.Drivers
