@@ -207,6 +207,13 @@ func TestEachBinaryLinksItsOwnPartAlone(t *testing.T) {
 		if bin == "chat-proxy" || bin == "job-run" {
 			forbidden = append(forbidden, module+"internal/compose/")
 		}
+		// The clientset's scheme registers every API group at start, and the API server's
+		// authenticator brings the API server's own packages: only the steps that manage
+		// workloads (Nodes, Jobs, Services) may link the clientset, and no binary the apiserver.
+		forbidden = append(forbidden, "k8s.io/apiserver")
+		if _, manages := parts[bin]; !manages || bin == "publish" {
+			forbidden = append(forbidden, "k8s.io/client-go/kubernetes", module+"internal/compose/assembly/clientset")
+		}
 		for _, d := range deps {
 			for _, f := range forbidden {
 				if d == f || strings.HasPrefix(d, strings.TrimSuffix(f, "/")+"/") {

@@ -30,6 +30,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/compose/embedded"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/registryauth"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
@@ -42,6 +43,16 @@ func as(cfg *rest.Config, sa string) *rest.Config {
 	c := rest.CopyConfig(cfg)
 	c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:kaitoflow:" + sa,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kaitoflow", "system:authenticated"}}
+	return c
+}
+
+// readerAs is the client publish reads a workspace's imagePushSecret with, acting as sa.
+func readerAs(t testing.TB, cfg *rest.Config, sa string) *kubeclient.Client {
+	t.Helper()
+	c, err := kubeclient.New(as(cfg, sa))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
@@ -200,7 +211,7 @@ func TestClusterEndToEnd(t *testing.T) {
 			Cluster:    func(identity string) (*rest.Config, error) { return as(restCfg, "kaitoflow-"+identity), nil },
 			// The push goes to the in-process registry, which needs no credentials; reading the
 			// imagePushSecret as publish's ServiceAccount is what a push to ACR does first.
-			PushKeychain: registryauth.Secrets{Client: kubernetes.NewForConfigOrDie(as(restCfg, "kaitoflow-publish"))}.For,
+			PushKeychain: registryauth.Secrets{Client: readerAs(t, restCfg, "kaitoflow-publish")}.For,
 		},
 	})
 	if err != nil {
@@ -236,13 +247,16 @@ func TestClusterEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	// job-run (as kaitoflow-trainer) reports progress on its own Pod.
-	trainer := kubernetes.NewForConfigOrDie(func() *rest.Config {
+	trainer, err := kubeclient.New(func() *rest.Config {
 		c := rest.CopyConfig(restCfg)
 		// As the pod's bound ServiceAccount token says: the account, and the pod it was issued to.
 		c.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + jobs.TrainerServiceAccount,
 			Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {pod.Name}}}
 		return c
 	}())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := (&jobrun.PodAnnotator{Client: trainer, Namespace: ns, Pod: pod.Name}).Report(ctx, events.TuningProgressData{Step: 50, MaxSteps: 100, Loss: 1.4}); err != nil {
 		t.Fatalf("the trainer's ServiceAccount cannot report progress: %v", err)
 	}

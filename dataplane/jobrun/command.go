@@ -7,8 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
@@ -84,8 +85,9 @@ func podReporter(log *slog.Logger) Reporter {
 		log.Warn("job-run: no in-cluster API access; progress is not reported", "err", err)
 		return nil
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kubeclient.New(cfg)
 	if err != nil {
+		log.Warn("job-run: no API client; progress is not reported", "err", err)
 		return nil
 	}
 	return PodAnnotator{Client: client, Namespace: ns, Pod: pod}

@@ -10,10 +10,6 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -96,7 +92,10 @@ func (t tee) run(ctx context.Context, r io.Reader, w io.Writer, every time.Durat
 // into kaitoflow.job.changed and tune into kaitoflow.tuning.progress. It needs only permission to
 // patch its own Pod.
 type PodAnnotator struct {
-	Client    kubernetes.Interface
+	// Client is internal/kubeclient's, acting as the pod's ServiceAccount.
+	Client interface {
+		AnnotatePod(ctx context.Context, namespace, name string, annotations map[string]string) error
+	}
 	Namespace string
 	Pod       string
 }
@@ -107,10 +106,5 @@ func (a PodAnnotator) Report(ctx context.Context, p events.TuningProgressData) e
 	if err != nil {
 		return err
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"kaitoflow.io/progress": string(b)}}})
-	if err != nil {
-		return err
-	}
-	_, err = a.Client.CoreV1().Pods(a.Namespace).Patch(ctx, a.Pod, types.MergePatchType, patch, metav1.PatchOptions{})
-	return err
+	return a.Client.AnnotatePod(ctx, a.Namespace, a.Pod, map[string]string{"kaitoflow.io/progress": string(b)})
 }

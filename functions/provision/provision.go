@@ -13,6 +13,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
@@ -81,6 +82,26 @@ const (
 	// GPUTaint keeps everything but GPU workloads off the nodes (Kaito's sku=gpu:NoSchedule).
 	GPUTaint = "sku=gpu:NoSchedule"
 )
+
+// NodeWant describes the nodes a request needs.
+type NodeWant struct {
+	Selector labels.Selector
+	// Names, when set, limits the nodes to these (Kaito's preferredNodes).
+	Names []string
+	Count int
+	// GPUs is the nvidia.com/gpu each node must have allocatable.
+	GPUs int64
+	// GPU and GPUMemoryGiB describe the SKU's GPU, for node.ready.
+	GPU          string
+	GPUMemoryGiB float64
+}
+
+// Nodes tells a provider which of the nodes it wants are Ready with their GPUs allocatable
+// (nodes.Checker reads them from the API server), and how many match at all, so that a provider
+// can tell "coming" from "not there". The providers share it; none reads nodes itself.
+type Nodes interface {
+	Check(ctx context.Context, w NodeWant) (c Capacity, matching int, err error)
+}
 
 // Capacity is what a provider sees of a request's capacity now.
 type Capacity struct {

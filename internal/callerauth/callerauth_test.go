@@ -3,8 +3,10 @@ package callerauth
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -12,7 +14,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -45,10 +49,16 @@ func TestOnlyAllowedServiceAccountsForTheAudienceMayCall(t *testing.T) {
 	}
 	const audience = "serving.knative.dev/service/kaitoflow/kaitoflow-provision"
 	trigger := "kaitoflow-provision-oidc-eventing.knative.dev-trigger"
-	callers, err := New(kube.AuthenticationV1(), audience, []string{"system:serviceaccount:kaitoflow:" + trigger, "system:serviceaccount:kaitoflow:sources-*"}, nil)
+	reviews, err := kubeclient.New(env.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
+	counted := &countingReviewer{Reviewer: reviews}
+	callers, err := New(counted, audience, []string{"system:serviceaccount:kaitoflow:" + trigger, "system:serviceaccount:kaitoflow:sources-*"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	triggerToken := token(trigger, audience)
 	srv := httptest.NewServer(callers.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })))
 	defer srv.Close()
 
@@ -56,7 +66,7 @@ func TestOnlyAllowedServiceAccountsForTheAudienceMayCall(t *testing.T) {
 		name, token string
 		want        int
 	}{
-		{"the Trigger's token", token(trigger, audience), http.StatusAccepted},
+		{"the Trigger's token", triggerToken, http.StatusAccepted},
 		{"a prefix-allowed ServiceAccount", token("sources-ping", audience), http.StatusAccepted},
 		{"no token", "", http.StatusUnauthorized},
 		{"a forged token", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a2FpdG9mbG93OngifQ.c2ln", http.StatusUnauthorized},
@@ -78,6 +88,92 @@ func TestOnlyAllowedServiceAccountsForTheAudienceMayCall(t *testing.T) {
 				t.Fatalf("%d %s, want %d", resp.StatusCode, b, tc.want)
 			}
 		})
+	}
+	// A token the API server reviewed is remembered for a while: the Trigger's next deliveries
+	// do not ask again.
+	before := counted.count()
+	for range 3 {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, nil)
+		req.Header.Set("Authorization", "Bearer "+triggerToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("%d, want 202", resp.StatusCode)
+		}
+	}
+	if got := counted.count(); got != before {
+		t.Errorf("%d more reviews for a token reviewed already", got-before)
+	}
+}
+
+// countingReviewer counts the reviews that reach the API server.
+type countingReviewer struct {
+	Reviewer
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingReviewer) ReviewToken(ctx context.Context, token string, audiences []string) (*authenticationv1.TokenReviewStatus, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.Reviewer.ReviewToken(ctx, token, audiences)
+}
+
+func (c *countingReviewer) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// An API server that cannot be asked is not a refusal: the sender gets a 503 and retries (a 401
+// would send a good event to the dead letters), and nothing is cached.
+func TestAnUnreachableAPIServerIsRetryable(t *testing.T) {
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	defer down.Close()
+	reviews, err := kubeclient.New(&rest.Config{Host: down.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := &countingReviewer{Reviewer: reviews}
+	callers, err := New(counted, "aud", []string{"system:serviceaccount:ns:sa"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := callers.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) }))
+	for range 2 {
+		req := httptest.NewRequest(http.MethodPost, "/", nil)
+		req.Header.Set("Authorization", "Bearer some-token")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("%d %s, want 503", rec.Code, rec.Body)
+		}
+	}
+	// Three tries per request (the backoff's steps), and the failure is not remembered.
+	if got := counted.count(); got != 6 {
+		t.Errorf("%d reviews, want 6", got)
+	}
+}
+
+func TestBearer(t *testing.T) {
+	for _, tc := range []struct {
+		header, want string
+		ok           bool
+	}{
+		{"Bearer abc", "abc", true},
+		{"bearer  abc ", "abc", true},
+		{"Basic abc", "", false},
+		{"Bearer", "", false},
+		{"Bearer ", "", false},
+		{"", "", false},
+	} {
+		if got, ok := bearer(tc.header); got != tc.want || ok != tc.ok {
+			t.Errorf("bearer(%q) = %q, %v; want %q, %v", tc.header, got, ok, tc.want, tc.ok)
+		}
 	}
 }
 

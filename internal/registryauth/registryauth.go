@@ -23,8 +23,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
@@ -181,10 +179,15 @@ func (a *ACR) exchange(host string) (string, error) {
 	return out.RefreshToken, nil
 }
 
+// SecretReader reads one Secret (internal/kubeclient's Client is one).
+type SecretReader interface {
+	Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+}
+
 // Secrets reads a workspace's imagePushSecret from the cluster and, for ACR, adds Entra ID
 // credentials: the secret's entry wins where it has one.
 type Secrets struct {
-	Client kubernetes.Interface
+	Client SecretReader
 	ACR    *ACR
 }
 
@@ -196,7 +199,7 @@ func (s Secrets) For(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, 
 		if ns == "" {
 			ns = kaito.DefaultNamespace
 		}
-		sec, err := s.Client.CoreV1().Secrets(ns).Get(ctx, out.ImagePushSecret, metav1.GetOptions{})
+		sec, err := s.Client.Secret(ctx, ns, out.ImagePushSecret)
 		switch {
 		case apierrors.IsNotFound(err):
 			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s not found", ns, out.ImagePushSecret)

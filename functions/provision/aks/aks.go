@@ -22,7 +22,6 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
 )
 
 // AgentPools is what the provider uses of armcontainerservice.AgentPoolsClient.
@@ -53,13 +52,13 @@ type Config struct {
 type Provider struct {
 	pools AgentPools
 	cfg   Config
-	nodes *nodes.Checker
+	nodes provision.Nodes
 	log   *slog.Logger
 }
 
 // New returns a provider over an ARM client authenticated by cred (azidentity's workload or
 // managed identity in a cluster). clientOptions may carry a test transport.
-func New(cfg Config, cred azcore.TokenCredential, clientOptions *arm.ClientOptions, n *nodes.Checker, log *slog.Logger) (*Provider, error) {
+func New(cfg Config, cred azcore.TokenCredential, clientOptions *arm.ClientOptions, n provision.Nodes, log *slog.Logger) (*Provider, error) {
 	if cfg.SubscriptionID == "" || cfg.ResourceGroup == "" || cfg.Cluster == "" {
 		return nil, errors.New("aks: subscription, resource group and cluster are required")
 	}
@@ -181,7 +180,7 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 		return provision.Capacity{Waiting: fmt.Sprintf("agent pool %s is %s", name, state)}, nil
 	}
 	sel := labels.SelectorFromSet(labels.Set{provision.LabelWorkspace: req.Ref.Name, provision.LabelNamespace: req.Ref.Namespace})
-	c, _, err := p.nodes.Check(ctx, nodes.Want{
+	c, _, err := p.nodes.Check(ctx, provision.NodeWant{
 		Selector: sel, Count: req.Workspace.NodeCount(), GPUs: int64(max(req.Plan.GPUs, 1)), GPUMemoryGiB: req.Plan.GPUMemoryGiB,
 	})
 	return c, err

@@ -17,7 +17,7 @@ import (
 
 // Provider finds existing nodes.
 type Provider struct {
-	Nodes *nodes.Checker
+	Nodes provision.Nodes
 	Log   *slog.Logger
 }
 
@@ -35,7 +35,7 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 	if err != nil {
 		return provision.Capacity{}, events.Permanentf(events.ReasonInvalidWorkspace, "resource.labelSelector: %v", err)
 	}
-	want := nodes.Want{
+	want := provision.NodeWant{
 		Selector: sel, Names: req.Workspace.Resource.PreferredNodes, Count: req.Workspace.NodeCount(),
 		GPUs: int64(max(req.Plan.GPUs, 1)), GPUMemoryGiB: req.Plan.GPUMemoryGiB,
 	}

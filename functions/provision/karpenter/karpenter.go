@@ -21,7 +21,6 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
-	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 )
@@ -45,7 +44,7 @@ type NodeClassRef struct {
 // Provider creates NodeClaims.
 type Provider struct {
 	Client    dynamic.Interface
-	Nodes     *nodes.Checker
+	Nodes     provision.Nodes
 	NodeClass NodeClassRef
 	Log       *slog.Logger
 }
@@ -196,7 +195,7 @@ func (p *Provider) Check(ctx context.Context, req provision.Request) (provision.
 		waiting = append(waiting, name+": "+strings.Join(parts, " "))
 	}
 	sel := labels.SelectorFromSet(labels.Set{provision.LabelWorkspace: req.Ref.Name, provision.LabelNamespace: req.Ref.Namespace})
-	cap, _, err := p.Nodes.Check(ctx, nodes.Want{
+	cap, _, err := p.Nodes.Check(ctx, provision.NodeWant{
 		Selector: sel, Count: req.Workspace.NodeCount(), GPUs: int64(max(req.Plan.GPUs, 1)), GPUMemoryGiB: req.Plan.GPUMemoryGiB,
 	})
 	if err == nil && !cap.Ready {

@@ -13,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
@@ -28,27 +27,14 @@ const GPUResource corev1.ResourceName = "nvidia.com/gpu"
 // gpuProductLabel is set by NVIDIA's GPU feature discovery.
 const gpuProductLabel = "nvidia.com/gpu.product"
 
-// Want describes the nodes a request needs.
-type Want struct {
-	Selector labels.Selector
-	// Names, when set, limits the nodes to these (Kaito's preferredNodes).
-	Names []string
-	Count int
-	// GPUs is the nvidia.com/gpu each node must have allocatable.
-	GPUs int64
-	// GPU and GPUMemoryGiB describe the SKU's GPU, for node.ready.
-	GPU          string
-	GPUMemoryGiB float64
-}
-
-// Checker finds Ready GPU nodes.
+// Checker finds Ready GPU nodes: it is the providers' provision.Nodes.
 type Checker struct {
 	Client kubernetes.Interface
 }
 
-// Check lists the nodes Want selects. It reports how many exist at all (matching) besides the
+// Check lists the nodes w selects. It reports how many exist at all (matching) besides the
 // ready ones, so a provider can tell "coming" from "not there".
-func (c *Checker) Check(ctx context.Context, w Want) (provision.Capacity, int, error) {
+func (c *Checker) Check(ctx context.Context, w provision.NodeWant) (provision.Capacity, int, error) {
 	list, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: w.Selector.String()})
 	if err != nil {
 		return provision.Capacity{}, 0, fmt.Errorf("list nodes %s: %w", w.Selector, err)

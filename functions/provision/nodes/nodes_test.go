@@ -101,7 +101,7 @@ func TestCheckPrefersNodesWithFreeGPUs(t *testing.T) {
 	}
 	sel, _ := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: labels})
 	c := &Checker{Client: kube}
-	want := Want{Selector: sel, Count: 1, GPUs: 1}
+	want := provision.NodeWant{Selector: sel, Count: 1, GPUs: 1}
 	if got, _, err := c.Check(ctx, want); err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "busy-0" {
 		t.Fatalf("with both free, name order: %+v %v", got, err)
 	}

@@ -22,8 +22,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
@@ -34,6 +32,7 @@ import (
 	tunelocal "github.com/kaitoflow/kaitoflow/functions/tune/local"
 	"github.com/kaitoflow/kaitoflow/internal/compose/election"
 	"github.com/kaitoflow/kaitoflow/internal/compose/sources"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/logctx"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -263,13 +262,13 @@ type Builder struct {
 	// Out is what the parts built so far add up to: a part adds its function's handler there,
 	// and what comes with it (Plan, Logs, SimInference, Close, the watches).
 	Out  *Assembly
-	kube map[string]*Clients
+	kube map[string]*kubeclient.Client
 	cred azcore.TokenCredential
 }
 
 // NewBuilder starts an assembly from cfg.
 func NewBuilder(cfg Config) *Builder {
-	return &Builder{Config: cfg, Log: logctx.Or(cfg.Logger), Out: &Assembly{Store: cfg.Store, Close: func() {}}, kube: map[string]*Clients{}}
+	return &Builder{Config: cfg, Log: logctx.Or(cfg.Logger), Out: &Assembly{Store: cfg.Store, Close: func() {}}, kube: map[string]*kubeclient.Client{}}
 }
 
 // Add builds p into the assembly.
@@ -282,17 +281,9 @@ func (b *Builder) Add(ctx context.Context, p Part) error {
 	return nil
 }
 
-// Clients are one identity's Kubernetes clients.
-type Clients struct {
-	Kube    kubernetes.Interface
-	Dynamic dynamic.Interface
-}
-
-// Clients are identity's clients (see the Identity constants), made once.
-func (b *Builder) Clients(identity string) (*Clients, error) {
-	if c, ok := b.kube[identity]; ok {
-		return c, nil
-	}
+// RESTConfig is the REST config of identity's clients (see the Identity constants). A Part that
+// manages workloads makes client-go's clientset from it; one that only reads uses Kube.
+func (b *Builder) RESTConfig(identity string) (*rest.Config, error) {
 	if b.Config.Cluster == nil {
 		return nil, fmt.Errorf("no cluster configured (a kubeconfig or in-cluster config is needed)")
 	}
@@ -300,15 +291,23 @@ func (b *Builder) Clients(identity string) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster config for %s: %w", identity, err)
 	}
-	kube, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+	return rc, nil
+}
+
+// Kube is identity's client for the Secrets, ConfigMaps and TokenReviews a function reads by
+// itself, made once.
+func (b *Builder) Kube(identity string) (*kubeclient.Client, error) {
+	if c, ok := b.kube[identity]; ok {
+		return c, nil
 	}
-	dyn, err := dynamic.NewForConfig(rc)
+	rc, err := b.RESTConfig(identity)
 	if err != nil {
-		return nil, fmt.Errorf("dynamic client: %w", err)
+		return nil, err
 	}
-	c := &Clients{Kube: kube, Dynamic: dyn}
+	c, err := kubeclient.New(rc)
+	if err != nil {
+		return nil, err
+	}
 	b.kube[identity] = c
 	return c, nil
 }
@@ -336,11 +335,11 @@ func (b *Builder) ConfigMaps(identity string) (presets.ConfigSource, error) {
 	if b.Config.Cluster == nil {
 		return b.Config.ConfigMaps, nil
 	}
-	c, err := b.Clients(identity)
+	c, err := b.Kube(identity)
 	if err != nil {
 		return nil, err
 	}
-	cluster := ClusterConfigMaps(c.Kube)
+	cluster := ClusterConfigMaps(c)
 	first := b.Config.ConfigMaps
 	if first == nil {
 		return cluster, nil
@@ -421,11 +420,11 @@ func (b *Builder) Planner(identity string) (*presets.Planner, error) {
 	planner := &presets.Planner{Catalog: catalog, Configs: configs, Secrets: b.Config.Secrets,
 		Hub: &presets.Hub{BaseURL: b.Config.HubURL, Client: netguard.Client(b.Config.Policy, 30*time.Second)}}
 	if b.Config.Cluster != nil && b.Config.Secrets == nil {
-		c, err := b.Clients(identity)
+		c, err := b.Kube(identity)
 		if err != nil {
 			return nil, err
 		}
-		planner.Secrets = ClusterSecrets(c.Kube)
+		planner.Secrets = ClusterSecrets(c)
 	}
 	if a := b.Config.Drivers.AKS; b.Config.Drivers.Provider == "aks" && a.Location != "" {
 		// Agent pools are bought in the cluster's region: its vCPU quota is read first.

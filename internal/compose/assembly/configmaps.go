@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -14,9 +13,11 @@ import (
 
 // ClusterConfigMaps reads ConfigMaps from the API server: Kaito's tuning.config and
 // inference.config each name one in the workspace's namespace.
-func ClusterConfigMaps(client kubernetes.Interface) presets.ConfigSource {
+func ClusterConfigMaps(client interface {
+	ConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error)
+}) presets.ConfigSource {
 	return func(ctx context.Context, namespace, name string) (map[string]string, error) {
-		cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+		cm, err := client.ConfigMap(ctx, namespace, name)
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("ConfigMap %s/%s: %w", namespace, name, presets.ErrConfigMapNotFound)
 		}
@@ -29,9 +30,11 @@ func ClusterConfigMaps(client kubernetes.Interface) presets.ConfigSource {
 
 // ClusterSecrets reads Secrets from the API server: presetOptions.modelAccessSecret, for the
 // planner's requests to the Hugging Face Hub.
-func ClusterSecrets(client kubernetes.Interface) presets.SecretSource {
+func ClusterSecrets(client interface {
+	Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+}) presets.SecretSource {
 	return func(ctx context.Context, namespace, name string) (map[string][]byte, error) {
-		s, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		s, err := client.Secret(ctx, namespace, name)
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, presets.ErrSecretNotFound)
 		}

@@ -20,13 +20,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"go.opentelemetry.io/otel/trace"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/internal/callerauth"
 	"github.com/kaitoflow/kaitoflow/internal/compose/api"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
 	"github.com/kaitoflow/kaitoflow/internal/httpserve"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/internal/status"
 	"github.com/kaitoflow/kaitoflow/internal/telemetry"
@@ -279,11 +279,11 @@ func callersOnly(f *Flags, log *slog.Logger, h http.Handler) (http.Handler, erro
 	if err != nil {
 		return nil, fmt.Errorf("--caller-audience reviews tokens with the API server: %w", err)
 	}
-	kube, err := kubernetes.NewForConfig(cfg)
+	reviews, err := kubeclient.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	callers, err := callerauth.New(kube.AuthenticationV1(), f.callerAudience, f.callers, log)
+	callers, err := callerauth.New(reviews, f.callerAudience, f.callers, log)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/provisionpart"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/publishpart"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/servepart"
@@ -82,7 +83,7 @@ func Build(ctx context.Context, cfg assembly.Config) (*assembly.Assembly, error)
 
 // addController adds the Workspace controller as a watch.
 func addController(ctx context.Context, b *assembly.Builder) error {
-	c, err := b.Clients(assembly.IdentityController)
+	c, err := clientset.For(b, assembly.IdentityController)
 	if err != nil {
 		return err
 	}

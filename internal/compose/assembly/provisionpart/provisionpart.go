@@ -17,6 +17,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
 	provisionsim "github.com/kaitoflow/kaitoflow/functions/provision/sim"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -64,7 +65,7 @@ func provider(b *assembly.Builder) (provision.Provider, error) {
 	if !slices.Contains([]string{"aks", "karpenter", "byo"}, d.Provider) {
 		return nil, fmt.Errorf("provider %q: want sim, aks, karpenter or byo", d.Provider)
 	}
-	c, err := b.Clients(assembly.IdentityProvision)
+	c, err := clientset.For(b, assembly.IdentityProvision)
 	if err != nil {
 		return nil, fmt.Errorf("provider %s: %w", d.Provider, err)
 	}
@@ -91,7 +92,7 @@ func provider(b *assembly.Builder) (provision.Provider, error) {
 }
 
 func nodeWatch(b *assembly.Builder) error {
-	c, err := b.Clients(assembly.IdentitySources)
+	c, err := clientset.For(b, assembly.IdentitySources)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func handler(_ context.Context, b *assembly.Builder) (runtime.Handler, error) {
 		return f, nil
 	case b.Config.Cluster != nil:
 		// In a cluster: the workspace's imagePushSecret, and Entra ID for ACR.
-		c, err := b.Clients(assembly.IdentityPublish)
+		c, err := b.Kube(assembly.IdentityPublish)
 		if err != nil {
 			return nil, err
 		}
@@ -47,7 +47,7 @@ func handler(_ context.Context, b *assembly.Builder) (runtime.Handler, error) {
 		if cred, err := b.Credential(); err == nil {
 			acr = &registryauth.ACR{Credential: cred}
 		}
-		return f.WithKeychain(registryauth.Secrets{Client: c.Kube, ACR: acr}.For), nil
+		return f.WithKeychain(registryauth.Secrets{Client: c, ACR: acr}.For), nil
 	}
 	// The workspace's own registry from a workstation: the local Docker login.
 	return f.WithKeychain(func(context.Context, *kaito.Workspace) (authn.Keychain, error) { return authn.DefaultKeychain, nil }), nil

@@ -14,6 +14,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	servesim "github.com/kaitoflow/kaitoflow/functions/serve/sim"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -71,7 +72,7 @@ func simDeployer(b *assembly.Builder) (runtime.Handler, error) {
 // knativeDeployer is the Knative deployer and the watch that follows its Services.
 func knativeDeployer(b *assembly.Builder) (runtime.Handler, error) {
 	d := b.Config.Drivers
-	c, err := b.Clients(assembly.IdentityServe)
+	c, err := clientset.For(b, assembly.IdentityServe)
 	if err != nil {
 		return nil, fmt.Errorf("deployer knative: %w", err)
 	}
@@ -96,7 +97,7 @@ func knativeDeployer(b *assembly.Builder) (runtime.Handler, error) {
 			return nil, fmt.Errorf("deployer knative: --inference-pool %w", err)
 		}
 	}
-	w, err := b.Clients(assembly.IdentitySources)
+	w, err := clientset.For(b, assembly.IdentitySources)
 	if err != nil {
 		return nil, err
 	}

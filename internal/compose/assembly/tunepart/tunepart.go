@@ -17,6 +17,7 @@ import (
 	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
+	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -64,7 +65,7 @@ func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) 
 		b.Out.Logs = local.Logs
 		return tune.New(local, opts), nil
 	case "job":
-		c, err := b.Clients(assembly.IdentityTune)
+		c, err := clientset.For(b, assembly.IdentityTune)
 		if err != nil {
 			return nil, fmt.Errorf("trainer job: %w", err)
 		}
@@ -74,7 +75,7 @@ func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) 
 		}
 		o := jobs.DefaultOptions()
 		o.TrainerImage, o.WrapperImage, o.WeightsCache, o.AllowHosts = d.TrainerImage, d.WrapperImage, d.WeightsCache, b.Config.Policy.Allow
-		w, err := b.Clients(assembly.IdentitySources)
+		w, err := clientset.For(b, assembly.IdentitySources)
 		if err != nil {
 			return nil, err
 		}
