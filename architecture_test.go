@@ -208,10 +208,11 @@ func TestEachBinaryLinksItsOwnPartAlone(t *testing.T) {
 			forbidden = append(forbidden, module+"internal/compose/")
 		}
 		// The clientset's scheme registers every API group at start, and the API server's
-		// authenticator brings the API server's own packages: only the steps that manage
-		// workloads (Nodes, Jobs, Services) may link the clientset, and no binary the apiserver.
+		// authenticator brings the API server's own packages: only tune (Jobs, their Pods and
+		// logs) and serve (Knative Services, their Pods) may link the clientset, and no binary
+		// the API server's packages. The others read through internal/kubeclient.
 		forbidden = append(forbidden, "k8s.io/apiserver")
-		if _, manages := parts[bin]; !manages || bin == "publish" {
+		if bin != "tune" && bin != "serve" {
 			forbidden = append(forbidden, "k8s.io/client-go/kubernetes", module+"internal/compose/assembly/clientset")
 		}
 		for _, d := range deps {

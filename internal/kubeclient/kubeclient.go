@@ -1,13 +1,14 @@
-// Package kubeclient reads the few kinds a function asks the API server for by itself — a
-// workspace's Secrets and ConfigMaps, TokenReviews of its callers, and job-run's progress
-// annotation on its own Pod — with client-go's REST
-// client on a scheme of those two API groups alone.
+// Package kubeclient is what a function asks the API server for with the core group and
+// TokenReviews alone: a workspace's Secrets and ConfigMaps, provision's Nodes and the Pods on
+// them (a list, and a list-watch through Core), TokenReviews of a function's callers, and
+// job-run's progress annotation on its own Pod. It is client-go's REST client on a scheme of
+// those two API groups.
 //
 // Why not the generated clientset: linking k8s.io/client-go/kubernetes registers every API group
-// of Kubernetes in its scheme when the process starts, and a function whose image would otherwise
-// start in a few milliseconds pays for that on every scale from zero (bench/README.md,
-// FunctionStart). The steps that manage Jobs, Pods, Nodes and Knative Services keep the clientset;
-// publish, status, signals, dead letters and every function's caller check need only this.
+// of Kubernetes in its scheme when the process starts, and a function pays for that on every
+// scale from zero (bench/README.md, FunctionStart). tune's Jobs and serve's Pods and Knative
+// Services keep the clientset (internal/compose/assembly/clientset); the other functions, job-run
+// and every function's caller check need only this.
 package kubeclient
 
 import (
@@ -17,6 +18,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -24,7 +26,8 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// Client reads Secrets and ConfigMaps, creates TokenReviews and annotates Pods. Its errors are the API server's
+// Client reads Secrets and ConfigMaps, lists Nodes and Pods, creates TokenReviews and
+// annotates Pods. Its errors are the API server's
 // (k8s.io/apimachinery/pkg/api/errors tells a NotFound from a Forbidden).
 type Client struct {
 	core, authn rest.Interface
@@ -103,3 +106,25 @@ func (c *Client) AnnotatePod(ctx context.Context, namespace, name string, annota
 	}
 	return c.core.Patch(types.MergePatchType).Namespace(namespace).Resource("pods").Name(name).Body(patch).Do(ctx).Error()
 }
+
+// Nodes lists the Nodes opts selects.
+func (c *Client) Nodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	var l corev1.NodeList
+	if err := c.core.Get().Resource("nodes").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(&l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Pods lists the Pods of namespace (every namespace when empty) opts selects.
+func (c *Client) Pods(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error) {
+	var l corev1.PodList
+	if err := c.core.Get().Namespace(namespace).Resource("pods").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(&l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Core is the REST client of the core group, for client-go's list-watches
+// (cache.NewFilteredListWatchFromClient) of the kinds above.
+func (c *Client) Core() rest.Interface { return c.core }

@@ -24,18 +24,24 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var (
 	kube    kubernetes.Interface
 	kubeErr error
+	// reader is the narrow client provision reads Nodes with.
+	reader *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
+			if reader, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 		}
 	}))
 }
@@ -120,10 +126,9 @@ func (a *armState) server() *fake.AgentPoolsServer {
 
 func provider(t *testing.T, a *armState, spot bool) *Provider {
 	t.Helper()
-	client := kube
 	p, err := New(Config{SubscriptionID: "00000000-0000-0000-0000-000000000000", ResourceGroup: "rg", Cluster: "aks", Spot: spot, SpotMaxPrice: -1},
 		&azfake.TokenCredential{}, &arm.ClientOptions{ClientOptions: policy.ClientOptions{Transport: fake.NewAgentPoolsServerTransport(a.server())}},
-		&nodes.Checker{Client: client}, slog.New(slog.DiscardHandler))
+		&nodes.Checker{Client: reader}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

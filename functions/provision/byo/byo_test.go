@@ -18,6 +18,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -25,12 +26,17 @@ import (
 var (
 	kube    kubernetes.Interface
 	kubeErr error
+	// reader is the narrow client provision reads Nodes with.
+	reader *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
+			if reader, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 		}
 	}))
 }
@@ -40,7 +46,7 @@ func setup(t *testing.T) *Provider {
 	if kube == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
-	return &Provider{Nodes: &nodes.Checker{Client: kube}, Log: slog.New(slog.DiscardHandler)}
+	return &Provider{Nodes: &nodes.Checker{Client: reader}, Log: slog.New(slog.DiscardHandler)}
 }
 
 func request(app string, count int, preferred ...string) provision.Request {

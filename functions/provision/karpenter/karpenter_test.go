@@ -19,6 +19,7 @@ import (
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -29,6 +30,8 @@ var (
 	kube    kubernetes.Interface
 	dyn     dynamic.Interface
 	kubeErr error
+	// reader is the narrow client provision reads Nodes with.
+	reader *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
@@ -40,6 +43,9 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
+			if reader, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 			dyn = dynamic.NewForConfigOrDie(cfg)
 		}
 	}, filepath.Join(dir, "pkg", "apis", "crds")))
@@ -50,7 +56,7 @@ func setup(t *testing.T) *Provider {
 	if kube == nil {
 		t.Skipf("no API server: %v", kubeErr)
 	}
-	return &Provider{Client: dyn, Nodes: &nodes.Checker{Client: kube}, NodeClass: NodeClassRef{Group: "karpenter.azure.com", Kind: "AKSNodeClass", Name: "default"},
+	return &Provider{Client: dyn, Nodes: &nodes.Checker{Client: reader}, NodeClass: NodeClassRef{Group: "karpenter.azure.com", Kind: "AKSNodeClass", Name: "default"},
 		Log: slog.New(slog.DiscardHandler)}
 }
 

@@ -17,18 +17,24 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var (
 	kube    kubernetes.Interface
 	kubeErr error
+	// reader is the narrow client provision reads Nodes with.
+	reader *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
+			if reader, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 		}
 	}))
 }
@@ -41,7 +47,7 @@ func TestWatchEmitsOnReadinessChangesOnly(t *testing.T) {
 	defer cancel()
 	rec := &testenv.Recorder{}
 	done := make(chan error, 1)
-	go func() { done <- Watch(ctx, kube, rec, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- Watch(ctx, reader, rec, slog.New(slog.DiscardHandler)) }()
 
 	kl := testenv.Kubelet{Client: kube}
 	labels := map[string]string{provision.LabelWorkspace: "ws", provision.LabelNamespace: "team-a"}
@@ -100,7 +106,7 @@ func TestCheckPrefersNodesWithFreeGPUs(t *testing.T) {
 		}
 	}
 	sel, _ := metav1.LabelSelectorAsSelector(&metav1.LabelSelector{MatchLabels: labels})
-	c := &Checker{Client: kube}
+	c := &Checker{Client: reader}
 	want := provision.NodeWant{Selector: sel, Count: 1, GPUs: 1}
 	if got, _, err := c.Check(ctx, want); err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "busy-0" {
 		t.Fatalf("with both free, name order: %+v %v", got, err)

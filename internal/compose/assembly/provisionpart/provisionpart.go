@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/client-go/dynamic"
+
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -17,7 +19,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/provision/nodes"
 	provisionsim "github.com/kaitoflow/kaitoflow/functions/provision/sim"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/dataset"
 	"github.com/kaitoflow/kaitoflow/internal/netguard"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
@@ -65,23 +66,32 @@ func provider(b *assembly.Builder) (provision.Provider, error) {
 	if !slices.Contains([]string{"aks", "karpenter", "byo"}, d.Provider) {
 		return nil, fmt.Errorf("provider %q: want sim, aks, karpenter or byo", d.Provider)
 	}
-	c, err := clientset.For(b, assembly.IdentityProvision)
+	c, err := b.Kube(assembly.IdentityProvision)
 	if err != nil {
 		return nil, fmt.Errorf("provider %s: %w", d.Provider, err)
 	}
 	if err := nodeWatch(b); err != nil {
 		return nil, err
 	}
-	checker := &nodes.Checker{Client: c.Kube}
+	checker := &nodes.Checker{Client: c}
 	switch d.Provider {
 	case "byo":
 		return &byo.Provider{Nodes: checker, Log: b.Log}, nil
 	case "karpenter":
+		// NodeClaims are Karpenter's kind: the dynamic client reads them without a scheme.
+		rc, err := b.RESTConfig(assembly.IdentityProvision)
+		if err != nil {
+			return nil, err
+		}
+		dyn, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("provider karpenter: %w", err)
+		}
 		parts := strings.Split(d.NodeClass, "/")
 		if len(parts) != 3 {
 			return nil, fmt.Errorf("karpenter node class %q: want group/kind/name", d.NodeClass)
 		}
-		return &karpenter.Provider{Client: c.Dynamic, Nodes: checker, NodeClass: karpenter.NodeClassRef{Group: parts[0], Kind: parts[1], Name: parts[2]},
+		return &karpenter.Provider{Client: dyn, Nodes: checker, NodeClass: karpenter.NodeClassRef{Group: parts[0], Kind: parts[1], Name: parts[2]},
 			Log: b.Log}, nil
 	}
 	cred, err := b.Credential()
@@ -92,11 +102,11 @@ func provider(b *assembly.Builder) (provision.Provider, error) {
 }
 
 func nodeWatch(b *assembly.Builder) error {
-	c, err := clientset.For(b, assembly.IdentitySources)
+	c, err := b.Kube(assembly.IdentitySources)
 	if err != nil {
 		return err
 	}
-	b.Watch("nodes", func(ctx context.Context, pub events.Publisher) error { return nodes.Watch(ctx, c.Kube, pub, b.Log) })
+	b.Watch("nodes", func(ctx context.Context, pub events.Publisher) error { return nodes.Watch(ctx, c, pub, b.Log) })
 	return nil
 }
 
