@@ -21,9 +21,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
@@ -725,9 +726,19 @@ func ptr[T any](v T) *T { return &v }
 // Watch publishes kaitoflow.service.changed when a workspace's Knative Service changes: the
 // embedded mode's ApiServerSource on Knative Services. It runs until ctx ends.
 func Watch(ctx context.Context, client dynamic.Interface, pub events.Publisher, log *slog.Logger) error {
-	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 0, metav1.NamespaceAll, func(o *metav1.ListOptions) {
-		o.LabelSelector = events.LabelWorkspace
-	})
-	return kubewatch.Run(ctx, pub, log,
-		kubewatch.Signal{Type: events.ServiceChanged, Kind: "Knative Service", Informer: factory.ForResource(Services).Informer()})
+	// An informer on a list-watch of the dynamic client rather than dynamicinformer, whose
+	// package links every API group's typed informers (bench: FunctionStart).
+	services := client.Resource(Services).Namespace(metav1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = events.LabelWorkspace
+			return services.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = events.LabelWorkspace
+			return services.Watch(ctx, o)
+		},
+	}
+	informer := cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, cache.Indexers{})
+	return kubewatch.Run(ctx, pub, log, kubewatch.Signal{Type: events.ServiceChanged, Kind: "Knative Service", Informer: informer})
 }

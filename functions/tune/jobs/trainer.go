@@ -17,8 +17,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
+	batchinformers "k8s.io/client-go/informers/batch/v1"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
@@ -435,10 +437,10 @@ func (t *Trainer) Delete(ctx context.Context, ref events.Ref) error {
 // Watch publishes kaitoflow.job.changed when a tuning Job or its Pod changes: the embedded mode's
 // ApiServerSource on Jobs and Pods. It runs until ctx ends.
 func Watch(ctx context.Context, client kubernetes.Interface, pub events.Publisher, log *slog.Logger) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.LabelSelector = LabelWorkspace
-	}))
+	// One informer per kind rather than a SharedInformerFactory, whose ForResource links every
+	// API group's informers and listers into the binary (bench: FunctionStart).
+	labelled := func(o *metav1.ListOptions) { o.LabelSelector = LabelWorkspace }
 	return kubewatch.Run(ctx, pub, log,
-		kubewatch.Signal{Type: events.JobChanged, Kind: "job", Informer: factory.Batch().V1().Jobs().Informer()},
-		kubewatch.Signal{Type: events.JobChanged, Kind: "pod", Informer: factory.Core().V1().Pods().Informer()})
+		kubewatch.Signal{Type: events.JobChanged, Kind: "job", Informer: batchinformers.NewFilteredJobInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}, labelled)},
+		kubewatch.Signal{Type: events.JobChanged, Kind: "pod", Informer: coreinformers.NewFilteredPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}, labelled)})
 }
