@@ -183,8 +183,9 @@ func TestTheRulesRefuseUpwardArrows(t *testing.T) {
 // Each deployable's binary links what it runs and not the others' parts: a function's binary
 // (cmd/<function>) links its own step's Part alone, never the pipeline that names every Part, the
 // controller or the embedded mode, nor the heavy libraries of parts it does not run (Knative's
-// serving API outside serve, controller-runtime and the NATS server everywhere); chat-proxy's and
-// job-run's link no composition at all. What a binary links is what it maps and starts with
+// serving API outside serve, controller-runtime, the NATS server, client-go's generated clientset
+// and informer factories and the API server's packages everywhere); chat-proxy's and job-run's
+// link no composition at all. What a binary links is what it maps and starts with
 // (bench: FunctionStart).
 func TestEachBinaryLinksItsOwnPartAlone(t *testing.T) {
 	parts := map[string]string{"provision": "provisionpart", "tune": "tunepart", "publish": "publishpart", "serve": "servepart"}
@@ -207,14 +208,12 @@ func TestEachBinaryLinksItsOwnPartAlone(t *testing.T) {
 		if bin == "chat-proxy" || bin == "job-run" {
 			forbidden = append(forbidden, module+"internal/compose/")
 		}
-		// The clientset's scheme registers every API group at start, and the API server's
-		// authenticator brings the API server's own packages: only tune (Jobs, their Pods and
-		// logs) and serve (Knative Services, their Pods) may link the clientset, and no binary
-		// the API server's packages. The others read through internal/kubeclient.
-		forbidden = append(forbidden, "k8s.io/apiserver")
-		if bin != "tune" && bin != "serve" {
-			forbidden = append(forbidden, "k8s.io/client-go/kubernetes", module+"internal/compose/assembly/clientset")
-		}
+		// The generated clientset's scheme registers every API group at start, its informer
+		// factories link every group's informers, and the API server's authenticator brings the
+		// API server's own packages: a pod's binary reads through internal/kubeclient (typed
+		// clients on a scheme of the groups it uses) and the dynamic client.
+		forbidden = append(forbidden, "k8s.io/apiserver", "k8s.io/client-go/kubernetes", "k8s.io/client-go/informers",
+			"k8s.io/client-go/dynamic/dynamicinformer")
 		for _, d := range deps {
 			for _, f := range forbidden {
 				if d == f || strings.HasPrefix(d, strings.TrimSuffix(f, "/")+"/") {

@@ -126,7 +126,7 @@ func TestFunctionsReadSecretsOnlyWhereANamespaceGrantsIt(t *testing.T) {
 	}
 	// publish, handed a workspace of that namespace, fails it at once and says how to grant.
 	ws, _ := testenv.Seed(t, "secrets-other-team")
-	_, err := registryauth.Secrets{Client: readerAs(t, restCfg, "kaitoflow-publish")}.For(ctx, ws)
+	_, err := registryauth.Secrets{Read: secretsAs(t, restCfg, "kaitoflow-publish")}.For(ctx, ws)
 	if perr, ok := events.AsPermanent(err); !ok || !strings.Contains(err.Error(), "kaitoflow-workspace-secrets") {
 		t.Errorf("want a permanent refusal that names the grant, got %v (%+v)", err, perr)
 	}

@@ -123,7 +123,7 @@ func startBoxed(ctx context.Context, t *testing.T, provider string) *boxed {
 		Drivers:          testDrivers(provider),
 		Controller:       true,
 		Cluster:          func(identity string) (*rest.Config, error) { return as(b.Config, "kaitoflow-"+identity), nil },
-		PushKeychain:     registryauth.Secrets{Client: readerAs(t, b.Config, "kaitoflow-publish")}.For,
+		PushKeychain:     registryauth.Secrets{Read: secretsAs(t, b.Config, "kaitoflow-publish")}.For,
 		CapacityDeadline: 5 * time.Minute,
 		Policy:           loopback,
 	}

@@ -46,14 +46,16 @@ func as(cfg *rest.Config, sa string) *rest.Config {
 	return c
 }
 
-// readerAs is the client publish reads a workspace's imagePushSecret with, acting as sa.
-func readerAs(t testing.TB, cfg *rest.Config, sa string) *kubeclient.Client {
+// secretsAs is how publish reads a workspace's imagePushSecret, acting as sa.
+func secretsAs(t testing.TB, cfg *rest.Config, sa string) func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	t.Helper()
 	c, err := kubeclient.New(as(cfg, sa))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+		return c.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
 }
 
 // applyRBAC installs rbac.yaml for real.
@@ -211,7 +213,7 @@ func TestClusterEndToEnd(t *testing.T) {
 			Cluster:    func(identity string) (*rest.Config, error) { return as(restCfg, "kaitoflow-"+identity), nil },
 			// The push goes to the in-process registry, which needs no credentials; reading the
 			// imagePushSecret as publish's ServiceAccount is what a push to ACR does first.
-			PushKeychain: registryauth.Secrets{Client: readerAs(t, restCfg, "kaitoflow-publish")}.For,
+			PushKeychain: registryauth.Secrets{Read: secretsAs(t, restCfg, "kaitoflow-publish")}.For,
 		},
 	})
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	watchtools "k8s.io/client-go/tools/watch"
@@ -88,7 +89,7 @@ func (g *globals) workspaces(c clusterFlags) (workspaceSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	kube, err := kubernetes.NewForConfig(cfg)
+	kube, err := kubeclient.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +99,7 @@ func (g *globals) workspaces(c clusterFlags) (workspaceSource, error) {
 // clusterWorkspaces reads Workspace resources and the Events the controller records on them.
 type clusterWorkspaces struct {
 	dyn       dynamic.Interface
-	kube      kubernetes.Interface
+	kube      *kubeclient.Client
 	namespace string
 	poll      time.Duration
 }
@@ -140,7 +141,7 @@ func (c *clusterWorkspaces) Get(ctx context.Context, name string) (*status.Works
 		return nil, err
 	}
 	// The timeline: the Events the controller recorded for each pipeline event.
-	evs, err := c.kube.CoreV1().Events(c.namespace).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
+	evs, err := c.kube.Events(c.namespace).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
 		"involvedObject.name": name, "involvedObject.uid": string(u.GetUID())}.String()})
 	if err != nil {
 		return nil, fmt.Errorf("events of workspace %s/%s: %w", c.namespace, name, err)

@@ -10,6 +10,11 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -92,10 +97,8 @@ func (t tee) run(ctx context.Context, r io.Reader, w io.Writer, every time.Durat
 // into kaitoflow.job.changed and tune into kaitoflow.tuning.progress. It needs only permission to
 // patch its own Pod.
 type PodAnnotator struct {
-	// Client is internal/kubeclient's, acting as the pod's ServiceAccount.
-	Client interface {
-		AnnotatePod(ctx context.Context, namespace, name string, annotations map[string]string) error
-	}
+	// Client acts as the pod's ServiceAccount.
+	Client    *kubeclient.Client
 	Namespace string
 	Pod       string
 }
@@ -106,5 +109,10 @@ func (a PodAnnotator) Report(ctx context.Context, p events.TuningProgressData) e
 	if err != nil {
 		return err
 	}
-	return a.Client.AnnotatePod(ctx, a.Namespace, a.Pod, map[string]string{"kaitoflow.io/progress": string(b)})
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"kaitoflow.io/progress": string(b)}}})
+	if err != nil {
+		return err
+	}
+	_, err = a.Client.Pods(a.Namespace).Patch(ctx, a.Pod, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
 }

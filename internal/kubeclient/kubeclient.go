@@ -1,56 +1,55 @@
-// Package kubeclient is what a function asks the API server for with the core group and
-// TokenReviews alone: a workspace's Secrets and ConfigMaps, provision's Nodes and the Pods on
-// them (a list, and a list-watch through Core), TokenReviews of a function's callers, and
-// job-run's progress annotation on its own Pod. It is client-go's REST client on a scheme of
-// those two API groups.
+// Package kubeclient is the Kubernetes client of the function binaries: typed clients on
+// client-go's REST client for the kinds the functions touch — Secrets, ConfigMaps, Pods and their logs, Nodes, Events, Jobs — and
+// TokenReviews, on a scheme of the core, batch and authentication groups alone.
 //
 // Why not the generated clientset: linking k8s.io/client-go/kubernetes registers every API group
 // of Kubernetes in its scheme when the process starts, and a function pays for that on every
-// scale from zero (bench/README.md, FunctionStart). tune's Jobs and serve's Pods and Knative
-// Services keep the clientset (internal/compose/assembly/clientset); the other functions, job-run
-// and every function's caller check need only this.
+// scale from zero (bench/README.md, FunctionStart). The clients here have the generated ones'
+// methods, so code reads the same; the CLI and the controller keep the clientset.
 package kubeclient
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"io"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 )
 
-// Client reads Secrets and ConfigMaps, lists Nodes and Pods, creates TokenReviews and
-// annotates Pods. Its errors are the API server's
+// Client makes the typed clients of one identity. Its errors are the API server's
 // (k8s.io/apimachinery/pkg/api/errors tells a NotFound from a Forbidden).
 type Client struct {
-	core, authn rest.Interface
+	core, batch, authn rest.Interface
+	params             runtime.ParameterCodec
 }
 
 // New returns a Client that talks to the API server cfg names, as cfg's identity.
 func New(cfg *rest.Config) (*Client, error) {
 	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, authenticationv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, batchv1.AddToScheme, authenticationv1.AddToScheme} {
 		if err := add(scheme); err != nil {
 			return nil, fmt.Errorf("kubernetes scheme: %w", err)
 		}
 	}
 	codecs := serializer.NewCodecFactory(scheme).WithoutConversion()
-	core, err := restClient(cfg, codecs, "/api", corev1.SchemeGroupVersion)
-	if err != nil {
+	c := &Client{params: runtime.NewParameterCodec(scheme)}
+	var err error
+	if c.core, err = restClient(cfg, codecs, "/api", corev1.SchemeGroupVersion); err != nil {
 		return nil, err
 	}
-	authn, err := restClient(cfg, codecs, "/apis", authenticationv1.SchemeGroupVersion)
-	if err != nil {
+	if c.batch, err = restClient(cfg, codecs, "/apis", batchv1.SchemeGroupVersion); err != nil {
 		return nil, err
 	}
-	return &Client{core: core, authn: authn}, nil
+	if c.authn, err = restClient(cfg, codecs, "/apis", authenticationv1.SchemeGroupVersion); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func restClient(cfg *rest.Config, codecs runtime.NegotiatedSerializer, path string, gv schema.GroupVersion) (*rest.RESTClient, error) {
@@ -68,22 +67,46 @@ func restClient(cfg *rest.Config, codecs runtime.NegotiatedSerializer, path stri
 	return rc, nil
 }
 
-// Secret reads the Secret namespace/name.
-func (c *Client) Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-	var s corev1.Secret
-	if err := c.core.Get().Namespace(namespace).Resource("secrets").Name(name).Do(ctx).Into(&s); err != nil {
-		return nil, err
-	}
-	return &s, nil
+// Secrets is the typed client of namespace's Secrets.
+func (c *Client) Secrets(namespace string) Resource[*corev1.Secret, *corev1.SecretList] {
+	return Resource[*corev1.Secret, *corev1.SecretList]{rc: c.core, params: c.params, resource: "secrets", namespace: namespace,
+		newT: func() *corev1.Secret { return &corev1.Secret{} }, newL: func() *corev1.SecretList { return &corev1.SecretList{} }}
 }
 
-// ConfigMap reads the ConfigMap namespace/name.
-func (c *Client) ConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
-	var cm corev1.ConfigMap
-	if err := c.core.Get().Namespace(namespace).Resource("configmaps").Name(name).Do(ctx).Into(&cm); err != nil {
-		return nil, err
-	}
-	return &cm, nil
+// ConfigMaps is the typed client of namespace's ConfigMaps.
+func (c *Client) ConfigMaps(namespace string) Resource[*corev1.ConfigMap, *corev1.ConfigMapList] {
+	return Resource[*corev1.ConfigMap, *corev1.ConfigMapList]{rc: c.core, params: c.params, resource: "configmaps", namespace: namespace,
+		newT: func() *corev1.ConfigMap { return &corev1.ConfigMap{} }, newL: func() *corev1.ConfigMapList { return &corev1.ConfigMapList{} }}
+}
+
+// Pods is the typed client of namespace's Pods (every namespace's when empty).
+func (c *Client) Pods(namespace string) Resource[*corev1.Pod, *corev1.PodList] {
+	return Resource[*corev1.Pod, *corev1.PodList]{rc: c.core, params: c.params, resource: "pods", namespace: namespace,
+		newT: func() *corev1.Pod { return &corev1.Pod{} }, newL: func() *corev1.PodList { return &corev1.PodList{} }}
+}
+
+// Nodes is the typed client of the cluster's Nodes.
+func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
+	return Resource[*corev1.Node, *corev1.NodeList]{rc: c.core, params: c.params, resource: "nodes", namespace: "",
+		newT: func() *corev1.Node { return &corev1.Node{} }, newL: func() *corev1.NodeList { return &corev1.NodeList{} }}
+}
+
+// Events is the typed client of namespace's core Events.
+func (c *Client) Events(namespace string) Resource[*corev1.Event, *corev1.EventList] {
+	return Resource[*corev1.Event, *corev1.EventList]{rc: c.core, params: c.params, resource: "events", namespace: namespace,
+		newT: func() *corev1.Event { return &corev1.Event{} }, newL: func() *corev1.EventList { return &corev1.EventList{} }}
+}
+
+// Jobs is the typed client of namespace's Jobs (every namespace's when empty).
+func (c *Client) Jobs(namespace string) Resource[*batchv1.Job, *batchv1.JobList] {
+	return Resource[*batchv1.Job, *batchv1.JobList]{rc: c.batch, params: c.params, resource: "jobs", namespace: namespace,
+		newT: func() *batchv1.Job { return &batchv1.Job{} }, newL: func() *batchv1.JobList { return &batchv1.JobList{} }}
+}
+
+// PodLogs streams the log of a container of the Pod namespace/name, as opts say (the pods/log
+// subresource, which the kubelet serves through the API server).
+func (c *Client) PodLogs(ctx context.Context, namespace, name string, opts *corev1.PodLogOptions) (io.ReadCloser, error) {
+	return c.core.Get().Namespace(namespace).Resource("pods").Name(name).SubResource("log").VersionedParams(opts, c.params).Stream(ctx)
 }
 
 // ReviewToken asks the API server who presented token, for audiences (the caller's identity
@@ -96,35 +119,3 @@ func (c *Client) ReviewToken(ctx context.Context, token string, audiences []stri
 	}
 	return &out.Status, nil
 }
-
-// AnnotatePod sets annotations on the Pod namespace/name, leaving its others as they are (a JSON
-// merge patch: the caller needs pods: patch, and nothing else of the Pod's).
-func (c *Client) AnnotatePod(ctx context.Context, namespace, name string, annotations map[string]string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
-	if err != nil {
-		return fmt.Errorf("annotations of pod %s/%s: %w", namespace, name, err)
-	}
-	return c.core.Patch(types.MergePatchType).Namespace(namespace).Resource("pods").Name(name).Body(patch).Do(ctx).Error()
-}
-
-// Nodes lists the Nodes opts selects.
-func (c *Client) Nodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
-	var l corev1.NodeList
-	if err := c.core.Get().Resource("nodes").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(&l); err != nil {
-		return nil, err
-	}
-	return &l, nil
-}
-
-// Pods lists the Pods of namespace (every namespace when empty) opts selects.
-func (c *Client) Pods(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error) {
-	var l corev1.PodList
-	if err := c.core.Get().Namespace(namespace).Resource("pods").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(&l); err != nil {
-		return nil, err
-	}
-	return &l, nil
-}
-
-// Core is the REST client of the core group, for client-go's list-watches
-// (cache.NewFilteredListWatchFromClient) of the kinds above.
-func (c *Client) Core() rest.Interface { return c.core }

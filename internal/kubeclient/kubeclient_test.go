@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 
+	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,9 +17,10 @@ import (
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
-// Against a real API server, with the generated clientset as the reference: what this client
-// reads is what the clientset wrote, a missing object is the API server's NotFound, an
-// annotation patch keeps the Pod's others, and a token review answers for the audience asked.
+// Against a real API server, with the generated clientset as the reference: what the typed
+// clients read is what the clientset wrote (core and batch), a missing object is the API server's
+// NotFound, a merge patch keeps a Pod's other annotations, a list selects by label, and a token
+// review answers for the audience asked.
 func TestTheNarrowClientAgainstTheAPIServer(t *testing.T) {
 	env := testenv.API(t)
 	ctx := context.Background()
@@ -41,30 +45,51 @@ func TestTheNarrowClientAgainstTheAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := c.Secret(ctx, ns, "push")
+	s, err := c.Secrets(ns).Get(ctx, "push", metav1.GetOptions{})
 	if err != nil || s.Type != corev1.SecretTypeDockerConfigJson || string(s.Data[corev1.DockerConfigJsonKey]) != `{"auths":{}}` {
 		t.Fatalf("Secret = %+v, %v", s, err)
 	}
-	cm, err := c.ConfigMap(ctx, ns, "tuning")
+	cm, err := c.ConfigMaps(ns).Get(ctx, "tuning", metav1.GetOptions{})
 	if err != nil || cm.Data["training_config.yaml"] != "a: 1" {
 		t.Fatalf("ConfigMap = %+v, %v", cm, err)
 	}
+	// Update writes at the object's resourceVersion: a stale one is the API server's Conflict.
+	cm.Data["training_config.yaml"] = "a: 2"
+	updated, err := c.ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+	if err != nil || updated.Data["training_config.yaml"] != "a: 2" {
+		t.Fatalf("Update = %+v, %v", updated, err)
+	}
+	if _, err := c.ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+		t.Errorf("an update at a stale resourceVersion: %v, want Conflict", err)
+	}
+	if err := c.ConfigMaps(ns).Delete(ctx, "tuning", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	for name, get := range map[string]func() error{
-		"Secret":    func() error { _, err := c.Secret(ctx, ns, "absent"); return err },
-		"ConfigMap": func() error { _, err := c.ConfigMap(ctx, ns, "absent"); return err },
+		"Secret":    func() error { _, err := c.Secrets(ns).Get(ctx, "absent", metav1.GetOptions{}); return err },
+		"ConfigMap": func() error { _, err := c.ConfigMaps(ns).Get(ctx, "tuning", metav1.GetOptions{}); return err },
+		"Job":       func() error { _, err := c.Jobs(ns).Get(ctx, "absent", metav1.GetOptions{}); return err },
 	} {
 		if err := get(); !apierrors.IsNotFound(err) {
 			t.Errorf("a missing %s: %v, want NotFound", name, err)
 		}
 	}
 
-	pod, err := ref.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "trainer", Annotations: map[string]string{"keep": "me"}},
+	pod, err := ref.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "trainer", Annotations: map[string]string{"keep": "me"},
+		Labels: map[string]string{"role": "trainer"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "i"}}}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AnnotatePod(ctx, ns, pod.Name, map[string]string{"kaitoflow.io/progress": `{"step":3}`}); err != nil {
+	patch := []byte(`{"metadata":{"annotations":{"kaitoflow.io/progress":"{\"step\":3}"}}}`)
+	if _, err := c.Pods(ns).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	if l, err := c.Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "role=trainer"}); err != nil || len(l.Items) != 1 || l.Items[0].Name != pod.Name {
+		t.Errorf("pods role=trainer: %+v, %v", l, err)
+	}
+	if l, err := c.Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "role=other"}); err != nil || len(l.Items) != 0 {
+		t.Errorf("pods role=other: %+v, %v", l, err)
 	}
 	got, err := ref.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil {
@@ -73,8 +98,13 @@ func TestTheNarrowClientAgainstTheAPIServer(t *testing.T) {
 	if got.Annotations["kaitoflow.io/progress"] != `{"step":3}` || got.Annotations["keep"] != "me" {
 		t.Errorf("annotations after the patch: %v", got.Annotations)
 	}
-	if err := c.AnnotatePod(ctx, ns, "absent", map[string]string{"a": "b"}); !apierrors.IsNotFound(err) {
-		t.Errorf("annotating a missing pod: %v, want NotFound", err)
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "tune"}, Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "c", Image: "i"}}}}}}
+	if _, err := c.Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := ref.BatchV1().Jobs(ns).Get(ctx, "tune", metav1.GetOptions{}); err != nil || j.Spec.Template.Spec.Containers[0].Image != "i" {
+		t.Errorf("the Job the typed client created: %+v, %v", j, err)
 	}
 
 	if _, err := ref.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "caller"}}, metav1.CreateOptions{}); err != nil {

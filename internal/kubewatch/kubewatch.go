@@ -11,10 +11,36 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/events"
 )
+
+// ListerWatcher is a typed client's List and Watch: kubeclient's, the generated clientset's, or the
+// dynamic client's for a resource.
+type ListerWatcher[L runtime.Object] interface {
+	List(ctx context.Context, opts metav1.ListOptions) (L, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// Informer is an informer on the objects of c that selector (a label selector) selects; example
+// is one of them, empty. One informer per kind, rather than client-go's shared informer
+// factories, whose ForResource links every API group's informers and listers into the binary.
+func Informer[L runtime.Object](c ListerWatcher[L], example runtime.Object, selector string) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return c.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return c.Watch(ctx, o)
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, example, 0, cache.Indexers{})
+}
 
 // Signal is one kind of object whose changes become events of Type.
 type Signal struct {

@@ -179,27 +179,25 @@ func (a *ACR) exchange(host string) (string, error) {
 	return out.RefreshToken, nil
 }
 
-// SecretReader reads one Secret (internal/kubeclient's Client is one).
-type SecretReader interface {
-	Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
-}
-
 // Secrets reads a workspace's imagePushSecret from the cluster and, for ACR, adds Entra ID
 // credentials: the secret's entry wins where it has one.
 type Secrets struct {
-	Client SecretReader
-	ACR    *ACR
+	// Read reads the Secret namespace/name as publish's identity (nil: no imagePushSecret is
+	// read). A function rather than a client, so that this package, which chat-proxy links for
+	// pulling adapters, links no Kubernetes client.
+	Read func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+	ACR  *ACR
 }
 
 // For returns the keychain to push the adapter of ws with.
 func (s Secrets) For(ctx context.Context, ws *kaito.Workspace) (authn.Keychain, error) {
 	var chains []authn.Keychain
-	if out := ws.Tuning.Output; out != nil && out.ImagePushSecret != "" && s.Client != nil {
+	if out := ws.Tuning.Output; out != nil && out.ImagePushSecret != "" && s.Read != nil {
 		ns := ws.Namespace
 		if ns == "" {
 			ns = kaito.DefaultNamespace
 		}
-		sec, err := s.Client.Secret(ctx, ns, out.ImagePushSecret)
+		sec, err := s.Read(ctx, ns, out.ImagePushSecret)
 		switch {
 		case apierrors.IsNotFound(err):
 			return nil, events.Permanentf(events.ReasonInvalidWorkspace, "tuning.output.imagePushSecret: secret %s/%s not found", ns, out.ImagePushSecret)

@@ -13,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -30,16 +29,13 @@ const gpuProductLabel = "nvidia.com/gpu.product"
 // Checker finds Ready GPU nodes: it is the providers' provision.Nodes.
 type Checker struct {
 	// Client is internal/kubeclient's, as provision's identity.
-	Client interface {
-		Nodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
-		Pods(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error)
-	}
+	Client *kubeclient.Client
 }
 
 // Check lists the nodes w selects. It reports how many exist at all (matching) besides the
 // ready ones, so a provider can tell "coming" from "not there".
 func (c *Checker) Check(ctx context.Context, w provision.NodeWant) (provision.Capacity, int, error) {
-	list, err := c.Client.Nodes(ctx, metav1.ListOptions{LabelSelector: w.Selector.String()})
+	list, err := c.Client.Nodes().List(ctx, metav1.ListOptions{LabelSelector: w.Selector.String()})
 	if err != nil {
 		return provision.Capacity{}, 0, fmt.Errorf("list nodes %s: %w", w.Selector, err)
 	}
@@ -93,7 +89,7 @@ func (c *Checker) Check(ctx context.Context, w provision.NodeWant) (provision.Ca
 func (c *Checker) freeGPUs(ctx context.Context, ready []events.Node) (map[string]int64, error) {
 	free := map[string]int64{}
 	for _, n := range ready {
-		pods, err := c.Client.Pods(ctx, metav1.NamespaceAll, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
+		pods, err := c.Client.Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
 		if err != nil {
 			return nil, fmt.Errorf("pods on node %s: %w", n.Name, err)
 		}
@@ -144,10 +140,7 @@ func usable(n *corev1.Node, gpus int64) (bool, string) {
 // readiness or GPUs change — not on every status heartbeat. It runs until ctx ends: the embedded
 // mode's ApiServerSource on Nodes.
 func Watch(ctx context.Context, client *kubeclient.Client, pub events.Publisher, log *slog.Logger) error {
-	lw := cache.NewFilteredListWatchFromClient(client.Core(), "nodes", metav1.NamespaceAll, func(o *metav1.ListOptions) {
-		o.LabelSelector = provision.LabelWorkspace
-	})
-	informer := cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+	informer := kubewatch.Informer(client.Nodes(), &corev1.Node{}, provision.LabelWorkspace)
 	return kubewatch.Run(ctx, pub, log, kubewatch.Signal{Type: events.NodeChanged, Kind: "node", Informer: informer,
 		Changed: func(old, cur metav1.Object) bool {
 			o, ok1 := old.(*corev1.Node)

@@ -60,7 +60,7 @@ func (k *Deployer) Canaries(ctx context.Context) ([]serve.CanaryReport, error) {
 // its ConfigMap.
 func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured) ([]serve.CanaryReport, error) {
 	ns, name := u.GetNamespace(), u.GetName()
-	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
+	cm, err := k.Kube.ConfigMaps(ns).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
@@ -125,7 +125,7 @@ func (k *Deployer) canariesOf(ctx context.Context, u *unstructured.Unstructured)
 // the ConfigMap read: of two ticks ending one canary, one does.
 func (k *Deployer) EndCanary(ctx context.Context, v serve.CanaryVerdict) (bool, error) {
 	name := serve.ServiceName(v.Ref)
-	cm, err := k.Kube.CoreV1().ConfigMaps(v.Ref.Namespace).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
+	cm, err := k.Kube.ConfigMaps(v.Ref.Namespace).Get(ctx, AdapterSetName(name), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,10 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	"knative.dev/pkg/apis"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
@@ -56,7 +55,7 @@ type Deployer struct {
 	// Configs reads Kaito's inference.config ConfigMaps (vLLM settings); nil: none can be read.
 	Configs presets.ConfigSource
 	// Kube writes the services' adapter sets (ConfigMaps).
-	Kube kubernetes.Interface
+	Kube *kubeclient.Client
 	// Replicas reads what each running replica serves; nil: inference.ready does not wait for the
 	// replicas to load a new adapter set.
 	Replicas ReplicaReader
@@ -342,7 +341,7 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 	ns, name := d.Ref.Namespace, AdapterSetName(d.Service)
 	labels := map[string]string{events.LabelWorkspace: d.Ref.Name, events.LabelNamespace: ns}
 	want := AdapterSet(d, 1)
-	cur, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	cur, err := k.Kube.ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		token, err := adminToken("")
@@ -388,7 +387,7 @@ func (k *Deployer) ensureSet(ctx context.Context, d serve.Deployment, owner *uns
 // putSet creates an adapter set's ConfigMap (resourceVersion "") or replaces the one at
 // resourceVersion: a write in between is a conflict, retried, never a lost update.
 func (k *Deployer) putSet(ctx context.Context, cm *corev1.ConfigMap, resourceVersion string) error {
-	cms := k.Kube.CoreV1().ConfigMaps(cm.Namespace)
+	cms := k.Kube.ConfigMaps(cm.Namespace)
 	var err error
 	if resourceVersion == "" {
 		_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
@@ -439,7 +438,7 @@ func (k *Deployer) readSet(ctx context.Context, ns, service string) (*chatproxy.
 // readSetAndVerdict is the service's adapter set (nil when it has none) and how the canary the set
 // ended was judged (nil when it ended none), from one read of its ConfigMap.
 func (k *Deployer) readSetAndVerdict(ctx context.Context, ns, service string) (*chatproxy.AdapterSet, *serve.CanaryVerdict, error) {
-	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+	cm, err := k.Kube.ConfigMaps(ns).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil, nil
 	}
@@ -726,19 +725,6 @@ func ptr[T any](v T) *T { return &v }
 // Watch publishes kaitoflow.service.changed when a workspace's Knative Service changes: the
 // embedded mode's ApiServerSource on Knative Services. It runs until ctx ends.
 func Watch(ctx context.Context, client dynamic.Interface, pub events.Publisher, log *slog.Logger) error {
-	// An informer on a list-watch of the dynamic client rather than dynamicinformer, whose
-	// package links every API group's typed informers (bench: FunctionStart).
-	services := client.Resource(Services).Namespace(metav1.NamespaceAll)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = events.LabelWorkspace
-			return services.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = events.LabelWorkspace
-			return services.Watch(ctx, o)
-		},
-	}
-	informer := cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, cache.Indexers{})
+	informer := kubewatch.Informer(client.Resource(Services).Namespace(metav1.NamespaceAll), &unstructured.Unstructured{}, events.LabelWorkspace)
 	return kubewatch.Run(ctx, pub, log, kubewatch.Signal{Type: events.ServiceChanged, Kind: "Knative Service", Informer: informer})
 }

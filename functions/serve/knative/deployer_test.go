@@ -27,6 +27,7 @@ import (
 
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
@@ -43,6 +44,9 @@ var (
 	dyn     dynamic.Interface
 	kube    kubernetes.Interface
 	kubeErr error
+	// client is the typed client the deployer runs with; kube, the generated clientset, is the
+	// test's own view of the API server.
+	client *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
@@ -59,6 +63,9 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			dyn, kube = dynamic.NewForConfigOrDie(cfg), kubernetes.NewForConfigOrDie(cfg)
+			if client, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 		}
 	}, filepath.Join(dir, "config", "core", "300-resources"), filepath.Join(gie, "config", "crd", "bases")))
 }
@@ -73,7 +80,7 @@ func setup(t *testing.T) (*Deployer, string) {
 	if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(context.Background(), nsObj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &Deployer{Client: dyn, Kube: kube, Catalog: catalog(t), Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, ns
+	return &Deployer{Client: dyn, Kube: client, Catalog: catalog(t), Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, ns
 }
 
 func imagePushed(t *testing.T, d serve.Deployment) cloudevents.Event {

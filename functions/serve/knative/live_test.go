@@ -175,7 +175,7 @@ func TestAdapterGoesLiveInRunningReplicas(t *testing.T) {
 	d1 := seedDeployment(t, ns, 1)
 	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = v1, nil
 	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
-	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	k.Replicas = PodReplicas{Kube: client, Address: pods.address}
 	fn := serve.New(k, slog.New(slog.DiscardHandler))
 
 	if out, err := fn.Handle(ctx, imagePushed(t, d1)); err != nil || len(out) != 0 {
@@ -316,7 +316,7 @@ func TestServingPoolInRunningReplicas(t *testing.T) {
 	}
 	support, billing := member("support", testenv.PushAdapter(t, host, "support", "v1")), member("billing", testenv.PushAdapter(t, host, "billing", "v1"))
 	pods := &replicaPods{t: t, ns: ns, rev: pool + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
-	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	k.Replicas = PodReplicas{Kube: client, Address: pods.address}
 	fn := serve.New(k, slog.New(slog.DiscardHandler))
 
 	if _, err := fn.Handle(ctx, imagePushed(t, support)); err != nil {
@@ -393,7 +393,7 @@ func TestCanaryInRunningReplicas(t *testing.T) {
 	d1.Workspace.Annotations = map[string]string{kaito.AnnotationPromotion: "canary:50%:1s"}
 	d1.Adapters[0].Image, d1.Adapters[0].PullSecrets = images[1], nil
 	pods := &replicaPods{t: t, ns: ns, rev: d1.Service + "-00001", urls: map[string]string{}, admins: map[string]string{}, rts: map[string]*vllmsim.Server{}}
-	k.Replicas = PodReplicas{Kube: kube, Address: pods.address}
+	k.Replicas = PodReplicas{Kube: client, Address: pods.address}
 	fn := serve.New(k, slog.New(slog.DiscardHandler))
 	if _, err := fn.Handle(ctx, imagePushed(t, d1)); err != nil {
 		t.Fatal(err)

@@ -151,7 +151,7 @@ func (k *Deployer) readMembers(ctx context.Context, ns, pool string, owner *unst
 	if k.Kube == nil {
 		return st, nil
 	}
-	cm, err := k.Kube.CoreV1().ConfigMaps(ns).Get(ctx, AdapterSetName(pool), metav1.GetOptions{})
+	cm, err := k.Kube.ConfigMaps(ns).Get(ctx, AdapterSetName(pool), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return st, nil
 	}
@@ -277,7 +277,7 @@ func (k *Deployer) leavePool(ctx context.Context, ref events.Ref) error {
 	if len(members.of) == 0 {
 		// The set first, so a member joining meanwhile does not read this one back from a
 		// ConfigMap the garbage collector has not removed yet.
-		if err := k.Kube.CoreV1().ConfigMaps(ref.Namespace).Delete(ctx, AdapterSetName(u.GetName()),
+		if err := k.Kube.ConfigMaps(ref.Namespace).Delete(ctx, AdapterSetName(u.GetName()),
 			metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete serving pool %s/%s's adapter set: %w", ref.Namespace, u.GetName(), err)
 		}

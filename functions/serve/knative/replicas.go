@@ -10,10 +10,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kaitoflow/kaitoflow/dataplane/chatproxy"
 )
@@ -28,7 +29,7 @@ const (
 // /adapters on the pod's own address and admin port: Knative's routing would reach only one of
 // them, and does not route to that port).
 type PodReplicas struct {
-	Kube kubernetes.Interface
+	Kube *kubeclient.Client
 	HTTP *http.Client
 	// Address is a pod's chat-proxy admin base URL; nil: http://<pod IP>:5001.
 	Address func(corev1.Pod) string
@@ -37,7 +38,7 @@ type PodReplicas struct {
 // Replicas implements ReplicaReader: every running pod, ready or not (a pod that cannot load its
 // first set never becomes ready, and its reason is what the workspace should be told).
 func (p PodReplicas) Replicas(ctx context.Context, namespace, revision string) ([]Replica, error) {
-	pods, err := p.Kube.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRevision + "=" + revision})
+	pods, err := p.Kube.Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelRevision + "=" + revision})
 	if err != nil {
 		return nil, fmt.Errorf("list pods of revision %s/%s: %w", namespace, revision, err)
 	}
@@ -82,7 +83,7 @@ type Replica struct {
 // adminToken is the token service's replicas require on their admin port, from its adapter set's
 // ConfigMap; empty when the set has none yet (the replicas then refuse, and say so).
 func (p PodReplicas) adminToken(ctx context.Context, namespace, service string) (string, error) {
-	cm, err := p.Kube.CoreV1().ConfigMaps(namespace).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
+	cm, err := p.Kube.ConfigMaps(namespace).Get(ctx, AdapterSetName(service), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}

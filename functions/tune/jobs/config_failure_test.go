@@ -37,7 +37,7 @@ func TestConfigErrorsFailTheRunFast(t *testing.T) {
 			if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			tr := &Trainer{Client: kube, Options: testOptions(), Log: slog.New(slog.DiscardHandler), ConfigGrace: time.Second}
+			tr := &Trainer{Client: client, Options: testOptions(), Log: slog.New(slog.DiscardHandler), ConfigGrace: time.Second}
 			run := seedRun(t, ns)
 			if err := tr.Start(ctx, run); err != nil {
 				t.Fatal(err)

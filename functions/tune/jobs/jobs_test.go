@@ -20,18 +20,25 @@ import (
 	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
 	"github.com/kaitoflow/kaitoflow/internal/testenv"
 )
 
 var (
 	kube    kubernetes.Interface
 	kubeErr error
+	// client is the typed client the trainer runs with; kube, the generated clientset, is the
+	// test's own view of the API server.
+	client *kubeclient.Client
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(cfg *rest.Config, err error) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
+			if client, err = kubeclient.New(cfg); err != nil {
+				kubeErr = err
+			}
 		}
 	}))
 }
@@ -130,8 +137,8 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &testenv.Recorder{}
-	go func() { _ = Watch(ctx, kube, rec, slog.New(slog.DiscardHandler)) }()
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
+	go func() { _ = Watch(ctx, client, rec, slog.New(slog.DiscardHandler)) }()
+	f := tune.New(&Trainer{Client: client, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	for range 2 { // the second is a redelivery
@@ -235,7 +242,7 @@ func TestOOMKilledFailsTheWorkspace(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f := tune.New(&Trainer{Client: kube, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
+	f := tune.New(&Trainer{Client: client, Options: testOptions(), Log: slog.New(slog.DiscardHandler)}, tune.Options{Log: slog.New(slog.DiscardHandler)})
 	run := seedRun(t, ns)
 	ready := events.Must(events.New("test", events.NodeReady, events.NodeReady, run.Ref, events.NodeReadyData{Workspace: run.Workspace, Nodes: run.Nodes, Plan: run.Plan}, nil))
 	if _, err := f.Handle(ctx, ready); err != nil {

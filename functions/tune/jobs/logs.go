@@ -22,7 +22,7 @@ func (t *Trainer) Logs(ctx context.Context, ref events.Ref, want int, follow boo
 	if err != nil {
 		return err
 	}
-	rc, err := t.Client.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: trainerContainer, Follow: follow}).Stream(ctx)
+	rc, err := t.Client.PodLogs(ctx, p.Namespace, p.Name, &corev1.PodLogOptions{Container: trainerContainer, Follow: follow})
 	if err != nil {
 		return fmt.Errorf("logs of pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
@@ -45,7 +45,7 @@ func (t *Trainer) logPod(ctx context.Context, ref events.Ref, want int) (*corev1
 		return nil, fmt.Errorf("%w: no tuning Job of %s attempt %d", tune.ErrNoLogs, ref.Subject(), want)
 	}
 	j := slices.MaxFunc(js, newer)
-	pods, err := t.Client.CoreV1().Pods(j.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelJob + "=" + j.Name})
+	pods, err := t.Client.Pods(j.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelJob + "=" + j.Name})
 	if err != nil {
 		return nil, fmt.Errorf("list Pods of Job %s: %w", j.Name, err)
 	}

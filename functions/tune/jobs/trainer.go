@@ -11,16 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	batchinformers "k8s.io/client-go/informers/batch/v1"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kaitoflow/kaitoflow/dataplane/jobrun"
 	"github.com/kaitoflow/kaitoflow/events"
@@ -32,7 +30,7 @@ import (
 
 // Trainer runs tuning as Jobs in the workspace's namespace.
 type Trainer struct {
-	Client  kubernetes.Interface
+	Client  *kubeclient.Client
 	Options Options
 	Log     *slog.Logger
 	// ConfigGrace is how long a run may wait for its pod or its volumes before the Events that
@@ -53,11 +51,11 @@ func (t *Trainer) Start(ctx context.Context, job tune.Job) error {
 	if err := t.deleteOlder(ctx, job.Ref); err != nil {
 		return err
 	}
-	if _, err := t.Client.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm,
+	if _, err := t.Client.ConfigMaps(cm.Namespace).Create(ctx, cm,
 		metav1.CreateOptions{FieldManager: "kaitoflow"}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return kubeerr.Classify(fmt.Errorf("create ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err))
 	}
-	_, err = t.Client.BatchV1().Jobs(j.Namespace).Create(ctx, j, metav1.CreateOptions{FieldManager: "kaitoflow"})
+	_, err = t.Client.Jobs(j.Namespace).Create(ctx, j, metav1.CreateOptions{FieldManager: "kaitoflow"})
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		return nil
@@ -70,7 +68,7 @@ func (t *Trainer) Start(ctx context.Context, job tune.Job) error {
 
 func (t *Trainer) jobs(ctx context.Context, ref events.Ref) ([]batchv1.Job, error) {
 	sel := labels.SelectorFromSet(labels.Set{LabelWorkspace: ref.Name, LabelNamespace: ref.Namespace})
-	l, err := t.Client.BatchV1().Jobs(ref.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	l, err := t.Client.Jobs(ref.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
 		return nil, fmt.Errorf("list tuning Jobs of %s: %w", ref.Subject(), err)
 	}
@@ -110,10 +108,10 @@ func (t *Trainer) deleteOlder(ctx context.Context, ref events.Ref) error {
 
 func (t *Trainer) delete(ctx context.Context, j *batchv1.Job) error {
 	bg := metav1.DeletePropagationBackground
-	if err := t.Client.BatchV1().Jobs(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
+	if err := t.Client.Jobs(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete Job %s/%s: %w", j.Namespace, j.Name, err)
 	}
-	if err := t.Client.CoreV1().ConfigMaps(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	if err := t.Client.ConfigMaps(j.Namespace).Delete(ctx, j.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete ConfigMap %s/%s: %w", j.Namespace, j.Name, err)
 	}
 	logctx.Or(t.Log).InfoContext(ctx, "tuning Job deleted", "job", j.Name)
@@ -131,7 +129,7 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 	if err := json.Unmarshal([]byte(j.Annotations[AnnotationRun]), &run); err != nil {
 		return nil, events.Permanentf(events.ReasonBadEvent, "Job %s/%s: annotation %s: %v", j.Namespace, j.Name, AnnotationRun, err)
 	}
-	pods, err := t.Client.CoreV1().Pods(j.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelJob + "=" + j.Name})
+	pods, err := t.Client.Pods(j.Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelJob + "=" + j.Name})
 	if err != nil {
 		return nil, fmt.Errorf("list Pods of Job %s: %w", j.Name, err)
 	}
@@ -152,7 +150,7 @@ func (t *Trainer) Status(ctx context.Context, ref events.Ref) (*tune.Status, err
 // Event reads that fail are not the run's failure: the next tick looks again.
 func (t *Trainer) configFailure(ctx context.Context, j *batchv1.Job, pods []corev1.Pod) (string, string) {
 	list := func(kind, name string) []corev1.Event {
-		evs, err := t.Client.CoreV1().Events(j.Namespace).List(ctx, metav1.ListOptions{
+		evs, err := t.Client.Events(j.Namespace).List(ctx, metav1.ListOptions{
 			FieldSelector: "involvedObject.kind=" + kind + ",involvedObject.name=" + name, Limit: 100})
 		if err != nil {
 			return nil
@@ -386,7 +384,7 @@ func failed(st *tune.Status, c batchv1.JobCondition, seen podsSeen) {
 
 // List implements tune.Trainer: every run not yet acknowledged, in all namespaces.
 func (t *Trainer) List(ctx context.Context) ([]events.Ref, error) {
-	l, err := t.Client.BatchV1().Jobs("").List(ctx, metav1.ListOptions{LabelSelector: LabelWorkspace})
+	l, err := t.Client.Jobs("").List(ctx, metav1.ListOptions{LabelSelector: LabelWorkspace})
 	if err != nil {
 		return nil, fmt.Errorf("list tuning Jobs: %w", err)
 	}
@@ -412,7 +410,7 @@ func (t *Trainer) Acknowledge(ctx context.Context, ref events.Ref, upTo int) err
 		if generation(&j) != ref.Generation || attempt(&j) > upTo || j.Annotations[AnnotationAcked] != "" {
 			continue
 		}
-		_, err := t.Client.BatchV1().Jobs(ref.Namespace).Patch(ctx, j.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		_, err := t.Client.Jobs(ref.Namespace).Patch(ctx, j.Name, types.MergePatchType, patch, metav1.PatchOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("acknowledge Job %s/%s: %w", ref.Namespace, j.Name, err)
 		}
@@ -436,11 +434,8 @@ func (t *Trainer) Delete(ctx context.Context, ref events.Ref) error {
 
 // Watch publishes kaitoflow.job.changed when a tuning Job or its Pod changes: the embedded mode's
 // ApiServerSource on Jobs and Pods. It runs until ctx ends.
-func Watch(ctx context.Context, client kubernetes.Interface, pub events.Publisher, log *slog.Logger) error {
-	// One informer per kind rather than a SharedInformerFactory, whose ForResource links every
-	// API group's informers and listers into the binary (bench: FunctionStart).
-	labelled := func(o *metav1.ListOptions) { o.LabelSelector = LabelWorkspace }
+func Watch(ctx context.Context, client *kubeclient.Client, pub events.Publisher, log *slog.Logger) error {
 	return kubewatch.Run(ctx, pub, log,
-		kubewatch.Signal{Type: events.JobChanged, Kind: "job", Informer: batchinformers.NewFilteredJobInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}, labelled)},
-		kubewatch.Signal{Type: events.JobChanged, Kind: "pod", Informer: coreinformers.NewFilteredPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{}, labelled)})
+		kubewatch.Signal{Type: events.JobChanged, Kind: "job", Informer: kubewatch.Informer(client.Jobs(metav1.NamespaceAll), &batchv1.Job{}, LabelWorkspace)},
+		kubewatch.Signal{Type: events.JobChanged, Kind: "pod", Informer: kubewatch.Informer(client.Pods(metav1.NamespaceAll), &corev1.Pod{}, LabelWorkspace)})
 }

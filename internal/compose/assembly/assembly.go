@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -281,8 +283,7 @@ func (b *Builder) Add(ctx context.Context, p Part) error {
 	return nil
 }
 
-// RESTConfig is the REST config of identity's clients (see the Identity constants). A Part that
-// manages workloads makes client-go's clientset from it; one that only reads uses Kube.
+// RESTConfig is the REST config of identity's clients (see the Identity constants).
 func (b *Builder) RESTConfig(identity string) (*rest.Config, error) {
 	if b.Config.Cluster == nil {
 		return nil, fmt.Errorf("no cluster configured (a kubeconfig or in-cluster config is needed)")
@@ -294,8 +295,7 @@ func (b *Builder) RESTConfig(identity string) (*rest.Config, error) {
 	return rc, nil
 }
 
-// Kube is identity's client for the Secrets, ConfigMaps and TokenReviews a function reads by
-// itself, made once.
+// Kube is identity's typed Kubernetes client (internal/kubeclient), made once.
 func (b *Builder) Kube(identity string) (*kubeclient.Client, error) {
 	if c, ok := b.kube[identity]; ok {
 		return c, nil
@@ -310,6 +310,20 @@ func (b *Builder) Kube(identity string) (*kubeclient.Client, error) {
 	}
 	b.kube[identity] = c
 	return c, nil
+}
+
+// Dynamic is identity's dynamic client, for the kinds kaitoflow reads without their Go types
+// (Knative Services, Karpenter's NodeClaims, Kaito's Workspaces).
+func (b *Builder) Dynamic(identity string) (dynamic.Interface, error) {
+	rc, err := b.RESTConfig(identity)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic client for %s: %w", identity, err)
+	}
+	return dyn, nil
 }
 
 // Credential is Config.AzureCredential, or a DefaultAzureCredential made once.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	corev1 "k8s.io/api/core/v1"
+	"github.com/kaitoflow/kaitoflow/internal/kubeclient"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kaitoflow/kaitoflow/internal/kubeerr"
 	"github.com/kaitoflow/kaitoflow/presets"
@@ -13,11 +15,9 @@ import (
 
 // ClusterConfigMaps reads ConfigMaps from the API server: Kaito's tuning.config and
 // inference.config each name one in the workspace's namespace.
-func ClusterConfigMaps(client interface {
-	ConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error)
-}) presets.ConfigSource {
+func ClusterConfigMaps(client *kubeclient.Client) presets.ConfigSource {
 	return func(ctx context.Context, namespace, name string) (map[string]string, error) {
-		cm, err := client.ConfigMap(ctx, namespace, name)
+		cm, err := client.ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("ConfigMap %s/%s: %w", namespace, name, presets.ErrConfigMapNotFound)
 		}
@@ -30,11 +30,9 @@ func ClusterConfigMaps(client interface {
 
 // ClusterSecrets reads Secrets from the API server: presetOptions.modelAccessSecret, for the
 // planner's requests to the Hugging Face Hub.
-func ClusterSecrets(client interface {
-	Secret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
-}) presets.SecretSource {
+func ClusterSecrets(client *kubeclient.Client) presets.SecretSource {
 	return func(ctx context.Context, namespace, name string) (map[string][]byte, error) {
-		s, err := client.Secret(ctx, namespace, name)
+		s, err := client.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, presets.ErrSecretNotFound)
 		}

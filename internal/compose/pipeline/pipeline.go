@@ -9,13 +9,14 @@ import (
 	"fmt"
 	"strings"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
 	"github.com/kaitoflow/kaitoflow/functions/publish"
 	"github.com/kaitoflow/kaitoflow/functions/serve"
 	"github.com/kaitoflow/kaitoflow/functions/tune"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/provisionpart"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/publishpart"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/servepart"
@@ -83,11 +84,17 @@ func Build(ctx context.Context, cfg assembly.Config) (*assembly.Assembly, error)
 
 // addController adds the Workspace controller as a watch.
 func addController(ctx context.Context, b *assembly.Builder) error {
-	c, err := clientset.For(b, assembly.IdentityController)
+	rc, err := b.RESTConfig(assembly.IdentityController)
 	if err != nil {
 		return err
 	}
-	rc, err := b.Config.Cluster(assembly.IdentityController)
+	// The controller runs on controller-runtime, which links the generated clientset anyway:
+	// its event recorder writes through it.
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client for the controller: %w", err)
+	}
+	dyn, err := b.Dynamic(assembly.IdentityController)
 	if err != nil {
 		return err
 	}
@@ -96,9 +103,9 @@ func addController(ctx context.Context, b *assembly.Builder) error {
 		return err
 	}
 	b.Watch("workspace-controller", func(ctx context.Context, pub events.Publisher) error {
-		recorder, stop := controller.NewRecorder(ctx, c.Kube)
+		recorder, stop := controller.NewRecorder(ctx, kube)
 		defer stop()
-		wc := &controller.Controller{Client: c.Dynamic, Store: store, Publisher: pub, Group: b.Config.CRDGroup, Log: b.Log, Recorder: recorder,
+		wc := &controller.Controller{Client: dyn, Store: store, Publisher: pub, Group: b.Config.CRDGroup, Log: b.Log, Recorder: recorder,
 			Kinds:     b.Config.ControllerKinds,
 			Submitter: &ingress.Submitter{Store: store, Publisher: pub, Policy: b.Config.Policy, Source: controller.Source}}
 		return wc.Run(ctx, rc, controller.RunOptions{Workers: b.Config.ControllerWorkers, Election: b.Config.LeaderElection,

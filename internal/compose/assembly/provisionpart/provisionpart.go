@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"k8s.io/client-go/dynamic"
-
 	"github.com/kaitoflow/kaitoflow/apis/kaito"
 	"github.com/kaitoflow/kaitoflow/events"
 	"github.com/kaitoflow/kaitoflow/functions/provision"
@@ -78,12 +76,7 @@ func provider(b *assembly.Builder) (provision.Provider, error) {
 	case "byo":
 		return &byo.Provider{Nodes: checker, Log: b.Log}, nil
 	case "karpenter":
-		// NodeClaims are Karpenter's kind: the dynamic client reads them without a scheme.
-		rc, err := b.RESTConfig(assembly.IdentityProvision)
-		if err != nil {
-			return nil, err
-		}
-		dyn, err := dynamic.NewForConfig(rc)
+		dyn, err := b.Dynamic(assembly.IdentityProvision)
 		if err != nil {
 			return nil, fmt.Errorf("provider karpenter: %w", err)
 		}

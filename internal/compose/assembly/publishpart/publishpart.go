@@ -5,6 +5,9 @@ package publishpart
 import (
 	"context"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -47,7 +50,9 @@ func handler(_ context.Context, b *assembly.Builder) (runtime.Handler, error) {
 		if cred, err := b.Credential(); err == nil {
 			acr = &registryauth.ACR{Credential: cred}
 		}
-		return f.WithKeychain(registryauth.Secrets{Client: c, ACR: acr}.For), nil
+		return f.WithKeychain(registryauth.Secrets{ACR: acr, Read: func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+			return c.Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		}}.For), nil
 	}
 	// The workspace's own registry from a workstation: the local Docker login.
 	return f.WithKeychain(func(context.Context, *kaito.Workspace) (authn.Keychain, error) { return authn.DefaultKeychain, nil }), nil

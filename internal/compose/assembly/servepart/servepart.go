@@ -14,7 +14,6 @@ import (
 	"github.com/kaitoflow/kaitoflow/functions/serve/knative"
 	servesim "github.com/kaitoflow/kaitoflow/functions/serve/sim"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 	"github.com/kaitoflow/kaitoflow/presets"
 )
@@ -72,7 +71,11 @@ func simDeployer(b *assembly.Builder) (runtime.Handler, error) {
 // knativeDeployer is the Knative deployer and the watch that follows its Services.
 func knativeDeployer(b *assembly.Builder) (runtime.Handler, error) {
 	d := b.Config.Drivers
-	c, err := clientset.For(b, assembly.IdentityServe)
+	kube, err := b.Kube(assembly.IdentityServe)
+	if err != nil {
+		return nil, fmt.Errorf("deployer knative: %w", err)
+	}
+	dyn, err := b.Dynamic(assembly.IdentityServe)
 	if err != nil {
 		return nil, fmt.Errorf("deployer knative: %w", err)
 	}
@@ -97,14 +100,14 @@ func knativeDeployer(b *assembly.Builder) (runtime.Handler, error) {
 			return nil, fmt.Errorf("deployer knative: --inference-pool %w", err)
 		}
 	}
-	w, err := clientset.For(b, assembly.IdentitySources)
+	w, err := b.Dynamic(assembly.IdentitySources)
 	if err != nil {
 		return nil, err
 	}
 	b.Watch("knative-services", func(ctx context.Context, pub events.Publisher) error {
-		return knative.Watch(ctx, w.Dynamic, pub, b.Log)
+		return knative.Watch(ctx, w, pub, b.Log)
 	})
-	return serve.New(&knative.Deployer{Client: c.Dynamic, Kube: c.Kube, Replicas: knative.PodReplicas{Kube: c.Kube, Address: d.ReplicaAddress},
+	return serve.New(&knative.Deployer{Client: dyn, Kube: kube, Replicas: knative.PodReplicas{Kube: kube, Address: d.ReplicaAddress},
 		Catalog: catalog, Options: o, Configs: configs, Log: b.Log}, b.Log), nil
 }
 

@@ -17,7 +17,6 @@ import (
 	tunesim "github.com/kaitoflow/kaitoflow/functions/tune/sim"
 	"github.com/kaitoflow/kaitoflow/internal/adapter"
 	"github.com/kaitoflow/kaitoflow/internal/compose/assembly"
-	"github.com/kaitoflow/kaitoflow/internal/compose/assembly/clientset"
 	"github.com/kaitoflow/kaitoflow/internal/runtime"
 )
 
@@ -65,7 +64,7 @@ func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) 
 		b.Out.Logs = local.Logs
 		return tune.New(local, opts), nil
 	case "job":
-		c, err := clientset.For(b, assembly.IdentityTune)
+		c, err := b.Kube(assembly.IdentityTune)
 		if err != nil {
 			return nil, fmt.Errorf("trainer job: %w", err)
 		}
@@ -75,12 +74,12 @@ func handler(ctx context.Context, b *assembly.Builder) (runtime.Handler, error) 
 		}
 		o := jobs.DefaultOptions()
 		o.TrainerImage, o.WrapperImage, o.WeightsCache, o.AllowHosts = d.TrainerImage, d.WrapperImage, d.WeightsCache, b.Config.Policy.Allow
-		w, err := clientset.For(b, assembly.IdentitySources)
+		w, err := b.Kube(assembly.IdentitySources)
 		if err != nil {
 			return nil, err
 		}
-		b.Watch("jobs", func(ctx context.Context, pub events.Publisher) error { return jobs.Watch(ctx, w.Kube, pub, b.Log) })
-		jt := &jobs.Trainer{Client: c.Kube, Options: o, Log: b.Log}
+		b.Watch("jobs", func(ctx context.Context, pub events.Publisher) error { return jobs.Watch(ctx, w, pub, b.Log) })
+		jt := &jobs.Trainer{Client: c, Options: o, Log: b.Log}
 		b.Out.Logs = jt.Logs
 		return tune.New(jt, opts), nil
 	}
