@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,21 +51,11 @@ func (a *logsAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("step 1 loss 2.0\n"))
 		return
 	case strings.HasSuffix(p, "/jobs"):
-		l := &batchv1.JobList{TypeMeta: metav1.TypeMeta{Kind: "JobList", APIVersion: "batch/v1"}}
-		for _, j := range a.jobs {
-			if sel.Matches(labels.Set(j.Labels)) {
-				l.Items = append(l.Items, j)
-			}
-		}
-		out = l
+		out = &batchv1.JobList{TypeMeta: metav1.TypeMeta{Kind: "JobList", APIVersion: "batch/v1"},
+			Items: slices.DeleteFunc(slices.Clone(a.jobs), func(j batchv1.Job) bool { return !sel.Matches(labels.Set(j.Labels)) })}
 	case strings.HasSuffix(p, "/pods"):
-		l := &corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}}
-		for _, pod := range a.pods {
-			if sel.Matches(labels.Set(pod.Labels)) {
-				l.Items = append(l.Items, pod)
-			}
-		}
-		out = l
+		out = &corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"},
+			Items: slices.DeleteFunc(slices.Clone(a.pods), func(pod corev1.Pod) bool { return !sel.Matches(labels.Set(pod.Labels)) })}
 	default:
 		http.NotFound(w, r)
 		return
