@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -53,7 +54,18 @@ type Server struct {
 	BodyTimeout time.Duration
 	// Logs reads a workspace's trainer output (GET /v1/workspaces/{name}/logs); nil answers 501.
 	Logs tune.Logs
+	// MaxWatches bounds the watch streams open at once (a workspace's events, a list's
+	// ?watch=true): each holds a JetStream watcher until its client leaves, so a client that
+	// opens them without end would hold the server's memory. One more is answered 429.
+	// DefaultMaxWatches when zero.
+	MaxWatches int
+
+	watches atomic.Int64
 }
+
+// DefaultMaxWatches is Server.MaxWatches' default: far more terminals and dashboards than one
+// installation has, far fewer watchers than a server's memory holds.
+const DefaultMaxWatches = 256
 
 // FieldError is one validation problem, as the API returns it.
 type FieldError struct {
@@ -243,6 +255,10 @@ func writeInvalid(w http.ResponseWriter, kind, namespace, name string, errs fiel
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("watch") == "true" {
 		// kubectl's ?watch=true: every record of the namespace (or all) as it changes.
+		if !s.openWatch(w) {
+			return
+		}
+		defer s.watches.Add(-1)
 		updates, err := s.Store.WatchNamespace(r.Context(), listNamespace(r))
 		if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
@@ -349,12 +365,29 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, code, Problem{Error: err.Error()})
 		return
 	}
+	if !s.openWatch(w) {
+		return
+	}
+	defer s.watches.Add(-1)
 	updates, err := s.Store.Watch(r.Context(), ns, name)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 		return
 	}
 	stream(w, r, updates, nil)
+}
+
+// openWatch counts one more watch stream, or answers 429 when MaxWatches are open; the caller
+// counts it off when the stream ends.
+func (s *Server) openWatch(w http.ResponseWriter) bool {
+	limit := int64(cmp.Or(s.MaxWatches, DefaultMaxWatches))
+	if s.watches.Add(1) > limit {
+		s.watches.Add(-1)
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusTooManyRequests, Problem{Error: fmt.Sprintf("%d watch streams are open, the most this server keeps; close one or retry", limit)})
+		return false
+	}
+	return true
 }
 
 // liveOnly keeps what a list shows: a deleted workspace's record (the store keeps it, with its
