@@ -384,7 +384,8 @@ func (s *Server) openWatch(w http.ResponseWriter) bool {
 	if s.watches.Add(1) > limit {
 		s.watches.Add(-1)
 		w.Header().Set("Retry-After", "5")
-		writeJSON(w, http.StatusTooManyRequests, Problem{Error: fmt.Sprintf("%d watch streams are open, the most this server keeps; close one or retry", limit)})
+		msg := fmt.Sprintf("%d watch streams are open, the most this server keeps; close one or retry", limit)
+		writeJSON(w, http.StatusTooManyRequests, Problem{Error: msg})
 		return false
 	}
 	return true
