@@ -36,7 +36,7 @@ const (
 	admittedFor = time.Minute
 	refusedFor  = 10 * time.Second
 	cached      = 4096
-	// reviewTimeout bounds one TokenReview; the retries below add at most about two seconds.
+	// reviewTimeout bounds a token's review, its retries included.
 	reviewTimeout = 10 * time.Second
 )
 

@@ -178,13 +178,21 @@ func TestBearer(t *testing.T) {
 }
 
 func TestNewRefusesAnOpenDoor(t *testing.T) {
+	// A reviewer that is there, so that only the subjects and the audience can be refused.
+	reviews := &countingReviewer{}
+	if _, err := New(reviews, "aud", []string{"system:serviceaccount:ns:sa", "system:serviceaccount:ns:*"}, nil); err != nil {
+		t.Fatalf("a good configuration refused: %v", err)
+	}
 	for _, allowed := range [][]string{nil, {""}, {"*"}, {"system:*:x"}} {
-		if _, err := New(nil, "aud", allowed, nil); err == nil {
+		if _, err := New(reviews, "aud", allowed, nil); err == nil {
 			t.Errorf("allowed %q accepted", allowed)
 		}
 	}
-	if _, err := New(nil, "", []string{"u"}, nil); err == nil {
+	if _, err := New(reviews, "", []string{"u"}, nil); err == nil {
 		t.Error("no audience accepted")
+	}
+	if _, err := New(nil, "aud", []string{"u"}, nil); err == nil {
+		t.Error("no token reviews accepted")
 	}
 }
 

@@ -12,6 +12,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+
+	"k8s.io/client-go/util/flowcontrol"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -38,21 +41,36 @@ func New(cfg *rest.Config) (*Client, error) {
 		}
 	}
 	codecs := serializer.NewCodecFactory(scheme).WithoutConversion()
+	// One HTTP client and one rate limiter for the three groups, as the generated clientset
+	// shares them between its groups: QPS and Burst bound the identity, not each group.
+	shared := rest.CopyConfig(cfg)
+	if shared.RateLimiter == nil {
+		qps, burst := shared.QPS, shared.Burst
+		if qps == 0 {
+			qps, burst = rest.DefaultQPS, rest.DefaultBurst
+		}
+		if qps > 0 {
+			shared.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(qps, burst)
+		}
+	}
+	hc, err := rest.HTTPClientFor(shared)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes HTTP client: %w", err)
+	}
 	c := &Client{params: runtime.NewParameterCodec(scheme)}
-	var err error
-	if c.core, err = restClient(cfg, codecs, "/api", corev1.SchemeGroupVersion); err != nil {
+	if c.core, err = restClient(shared, hc, codecs, "/api", corev1.SchemeGroupVersion); err != nil {
 		return nil, err
 	}
-	if c.batch, err = restClient(cfg, codecs, "/apis", batchv1.SchemeGroupVersion); err != nil {
+	if c.batch, err = restClient(shared, hc, codecs, "/apis", batchv1.SchemeGroupVersion); err != nil {
 		return nil, err
 	}
-	if c.authn, err = restClient(cfg, codecs, "/apis", authenticationv1.SchemeGroupVersion); err != nil {
+	if c.authn, err = restClient(shared, hc, codecs, "/apis", authenticationv1.SchemeGroupVersion); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func restClient(cfg *rest.Config, codecs runtime.NegotiatedSerializer, path string, gv schema.GroupVersion) (*rest.RESTClient, error) {
+func restClient(cfg *rest.Config, hc *http.Client, codecs runtime.NegotiatedSerializer, path string, gv schema.GroupVersion) (*rest.RESTClient, error) {
 	c := rest.CopyConfig(cfg)
 	c.APIPath = path
 	c.GroupVersion = &gv
@@ -60,7 +78,7 @@ func restClient(cfg *rest.Config, codecs runtime.NegotiatedSerializer, path stri
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
-	rc, err := rest.RESTClientFor(c)
+	rc, err := rest.RESTClientForConfigAndClient(c, hc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", gv, err)
 	}

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 		if kubeErr = err; cfg != nil {
 			kube = kubernetes.NewForConfigOrDie(cfg)
 			if reader, err = kubeclient.New(cfg); err != nil {
-				kubeErr = err
+				kubeErr, kube = err, nil
 			}
 		}
 	}))

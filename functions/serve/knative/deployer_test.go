@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 		if kubeErr = err; cfg != nil {
 			dyn, kube = dynamic.NewForConfigOrDie(cfg), kubernetes.NewForConfigOrDie(cfg)
 			if client, err = kubeclient.New(cfg); err != nil {
-				kubeErr = err
+				kubeErr, kube, dyn = err, nil, nil
 			}
 		}
 	}, filepath.Join(dir, "config", "core", "300-resources"), filepath.Join(gie, "config", "crd", "bases")))

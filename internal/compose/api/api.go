@@ -57,7 +57,7 @@ type Server struct {
 	// MaxWatches bounds the watch streams open at once (a workspace's events, a list's
 	// ?watch=true): each holds a JetStream watcher until its client leaves, so a client that
 	// opens them without end would hold the server's memory. One more is answered 429.
-	// DefaultMaxWatches when zero.
+	// DefaultMaxWatches when zero or less.
 	MaxWatches int
 
 	watches atomic.Int64
@@ -380,7 +380,10 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 // openWatch counts one more watch stream, or answers 429 when MaxWatches are open; the caller
 // counts it off when the stream ends.
 func (s *Server) openWatch(w http.ResponseWriter) bool {
-	limit := int64(cmp.Or(s.MaxWatches, DefaultMaxWatches))
+	limit := int64(DefaultMaxWatches)
+	if s.MaxWatches > 0 {
+		limit = int64(s.MaxWatches)
+	}
 	if s.watches.Add(1) > limit {
 		s.watches.Add(-1)
 		w.Header().Set("Retry-After", "5")
