@@ -14,6 +14,8 @@ import (
 	"io"
 	"net/http"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"k8s.io/client-go/util/flowcontrol"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -87,38 +89,32 @@ func restClient(cfg *rest.Config, hc *http.Client, codecs runtime.NegotiatedSeri
 
 // Secrets is the typed client of namespace's Secrets.
 func (c *Client) Secrets(namespace string) Resource[*corev1.Secret, *corev1.SecretList] {
-	return Resource[*corev1.Secret, *corev1.SecretList]{rc: c.core, params: c.params, resource: "secrets", namespace: namespace,
-		newT: func() *corev1.Secret { return &corev1.Secret{} }, newL: func() *corev1.SecretList { return &corev1.SecretList{} }}
+	return resource[corev1.Secret, corev1.SecretList](c.core, c.params, "secrets", namespace)
 }
 
 // ConfigMaps is the typed client of namespace's ConfigMaps.
 func (c *Client) ConfigMaps(namespace string) Resource[*corev1.ConfigMap, *corev1.ConfigMapList] {
-	return Resource[*corev1.ConfigMap, *corev1.ConfigMapList]{rc: c.core, params: c.params, resource: "configmaps", namespace: namespace,
-		newT: func() *corev1.ConfigMap { return &corev1.ConfigMap{} }, newL: func() *corev1.ConfigMapList { return &corev1.ConfigMapList{} }}
+	return resource[corev1.ConfigMap, corev1.ConfigMapList](c.core, c.params, "configmaps", namespace)
 }
 
 // Pods is the typed client of namespace's Pods (every namespace's when empty).
 func (c *Client) Pods(namespace string) Resource[*corev1.Pod, *corev1.PodList] {
-	return Resource[*corev1.Pod, *corev1.PodList]{rc: c.core, params: c.params, resource: "pods", namespace: namespace,
-		newT: func() *corev1.Pod { return &corev1.Pod{} }, newL: func() *corev1.PodList { return &corev1.PodList{} }}
+	return resource[corev1.Pod, corev1.PodList](c.core, c.params, "pods", namespace)
 }
 
 // Nodes is the typed client of the cluster's Nodes.
 func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
-	return Resource[*corev1.Node, *corev1.NodeList]{rc: c.core, params: c.params, resource: "nodes", namespace: "",
-		newT: func() *corev1.Node { return &corev1.Node{} }, newL: func() *corev1.NodeList { return &corev1.NodeList{} }}
+	return resource[corev1.Node, corev1.NodeList](c.core, c.params, "nodes", metav1.NamespaceNone)
 }
 
 // Events is the typed client of namespace's core Events.
 func (c *Client) Events(namespace string) Resource[*corev1.Event, *corev1.EventList] {
-	return Resource[*corev1.Event, *corev1.EventList]{rc: c.core, params: c.params, resource: "events", namespace: namespace,
-		newT: func() *corev1.Event { return &corev1.Event{} }, newL: func() *corev1.EventList { return &corev1.EventList{} }}
+	return resource[corev1.Event, corev1.EventList](c.core, c.params, "events", namespace)
 }
 
 // Jobs is the typed client of namespace's Jobs (every namespace's when empty).
 func (c *Client) Jobs(namespace string) Resource[*batchv1.Job, *batchv1.JobList] {
-	return Resource[*batchv1.Job, *batchv1.JobList]{rc: c.batch, params: c.params, resource: "jobs", namespace: namespace,
-		newT: func() *batchv1.Job { return &batchv1.Job{} }, newL: func() *batchv1.JobList { return &batchv1.JobList{} }}
+	return resource[batchv1.Job, batchv1.JobList](c.batch, c.params, "jobs", namespace)
 }
 
 // PodLogs streams the log of a container of the Pod namespace/name, as opts say (the pods/log

@@ -17,13 +17,30 @@ import (
 // would do the same, but it links server-side apply's support (structured-merge-diff,
 // kube-openapi, protobuf): about 3 MiB more resident in every binary at start
 // (bench/README.md, FunctionStart), for a verb no function uses.
-type Resource[T, L runtime.Object] struct {
+type Resource[T Object, L runtime.Object] struct {
 	rc        rest.Interface
 	params    runtime.ParameterCodec
 	resource  string
 	namespace string
 	newT      func() T
 	newL      func() L
+}
+
+// Object is what a Resource reads and writes: a Kubernetes object with its metadata.
+type Object interface {
+	runtime.Object
+	metav1.Object
+}
+
+// resource is the client of a resource whose objects are E and whose lists are EL.
+func resource[E, EL any, T interface {
+	*E
+	Object
+}, L interface {
+	*EL
+	runtime.Object
+}](rc rest.Interface, params runtime.ParameterCodec, name, namespace string) Resource[T, L] {
+	return Resource[T, L]{rc: rc, params: params, resource: name, namespace: namespace, newT: func() T { return new(E) }, newL: func() L { return new(EL) }}
 }
 
 // Get reads the object name.
@@ -64,11 +81,7 @@ func (r Resource[T, L]) Create(ctx context.Context, obj T, opts metav1.CreateOpt
 // Update replaces obj (at its resourceVersion, when it has one).
 func (r Resource[T, L]) Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error) {
 	out := r.newT()
-	name := ""
-	if m, ok := any(obj).(metav1.Object); ok {
-		name = m.GetName()
-	}
-	err := r.rc.Put().Namespace(r.namespace).Resource(r.resource).Name(name).VersionedParams(&opts, r.params).Body(obj).Do(ctx).Into(out)
+	err := r.rc.Put().Namespace(r.namespace).Resource(r.resource).Name(obj.GetName()).VersionedParams(&opts, r.params).Body(obj).Do(ctx).Into(out)
 	return out, err
 }
 
